@@ -1,0 +1,1 @@
+"""Bund party node: identity, audit, transport, jobs, protocols and the CLI."""

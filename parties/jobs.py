@@ -1,0 +1,402 @@
+"""Job specs, the JobContext a protocol role sees, results, and the registry of protocols.
+
+A protocol role is a function ``run(ctx: JobContext) -> Result | None``. It reaches the other parties
+only through ``ctx.send`` / ``ctx.recv``, so the same code runs over the in-memory transport (unit
+tests) and the gRPC transport (separate node processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from compute.errors import BundError
+from parties.transport import (
+    InMemoryNetwork,
+    JobAbortedError,
+    Mailbox,
+    Transport,
+    check_tag,
+    digest,
+)
+
+if TYPE_CHECKING:
+    from parties.data import Table
+
+#: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+JsonScalar = str | int | float | bool | None
+
+
+class InvalidJobSpecError(BundError):
+    """A job spec is malformed: the message names the field to fix."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid party/role/dataset/column name, else raise."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidJobSpecError(
+            f"{kind} {value!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One party's place in a job: its role, the dataset it brings, and its column bindings.
+
+    ``columns`` maps the protocol's logical column names (for PSI: ``id``) to the dataset's own.
+    """
+
+    party: str
+    role: str
+    dataset: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name("party", self.party)
+        check_name("role", self.role)
+        if self.dataset is not None:
+            check_name("dataset", self.dataset)
+        for logical, column in self.columns.items():
+            check_name("logical column", logical)
+            if not isinstance(column, str) or not column or len(column) > 128:
+                raise InvalidJobSpecError(f"column binding {logical!r} must name a column")
+        object.__setattr__(self, "columns", dict(sorted(self.columns.items())))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job computes, between whom, on which data, for whom, and why.
+
+    ``job_id`` is empty until the requester's node assigns one. ``digest()`` covers every field, so
+    an approval or an audit record made over it is bound to the exact job.
+    """
+
+    protocol: str
+    participants: tuple[Participant, ...]
+    receivers: tuple[str, ...]
+    purpose: str
+    requester: str
+    params: Mapping[str, JsonScalar] = field(default_factory=dict)
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_name("protocol", self.protocol)
+        check_name("requester", self.requester)
+        if not self.participants:
+            raise InvalidJobSpecError("a job needs at least one participant")
+        names = [p.party for p in self.participants]
+        if len(set(names)) != len(names):
+            raise InvalidJobSpecError(f"a party appears twice among the participants: {names}")
+        if self.requester not in names:
+            raise InvalidJobSpecError(
+                f"the requester {self.requester!r} must be one of the participants {names}"
+            )
+        if not self.receivers:
+            raise InvalidJobSpecError("name at least one result receiver")
+        for receiver in self.receivers:
+            if receiver not in names:
+                raise InvalidJobSpecError(f"receiver {receiver!r} is not a participant ({names})")
+        if not self.purpose.strip() or len(self.purpose) > 1000:
+            raise InvalidJobSpecError("state the job's purpose in 1-1000 characters")
+        for key, value in self.params.items():
+            check_name("parameter", key)
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                raise InvalidJobSpecError(f"parameter {key!r} must be a string, number or bool")
+        if self.job_id and not re.fullmatch(r"[0-9a-f]{32}", self.job_id):
+            raise InvalidJobSpecError("job_id must be 32 lower-case hex digits")
+        object.__setattr__(self, "params", dict(sorted(self.params.items())))
+        object.__setattr__(self, "receivers", tuple(self.receivers))
+        object.__setattr__(self, "participants", tuple(self.participants))
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """The participating parties' names, in spec order."""
+        return tuple(p.party for p in self.participants)
+
+    def participant(self, party: str) -> Participant:
+        """The participant entry of ``party``; ``KeyError`` if it takes no part."""
+        for p in self.participants:
+            if p.party == party:
+                return p
+        raise KeyError(party)
+
+    def canonical_json(self) -> bytes:
+        """A canonical JSON encoding of the whole spec (sorted keys, no spaces)."""
+        doc: dict[str, Any] = {
+            "protocol": self.protocol,
+            "participants": [
+                {"party": p.party, "role": p.role, "dataset": p.dataset, "columns": dict(p.columns)}
+                for p in self.participants
+            ],
+            "receivers": list(self.receivers),
+            "purpose": self.purpose,
+            "requester": self.requester,
+            "params": dict(self.params),
+            "job_id": self.job_id,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def digest(self) -> str:
+        """Hex SHA-256 of the canonical encoding: what approvals and audit records refer to."""
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a job delivers to a receiver: a small JSON summary and named binary artifacts.
+
+    ``summary`` holds figures a person reads (for PSI: the intersection size); ``artifacts`` holds
+    files (for PSI in intersection mode: ``intersection.csv``).
+    """
+
+    summary: Mapping[str, JsonScalar]
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class JobContext(Protocol):
+    """Everything a protocol role may touch: its job, its peers' mailboxes, its own data."""
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job being run."""
+        ...
+
+    @property
+    def party(self) -> str:
+        """This party's name."""
+        ...
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        """Deliver ``payload`` to party ``to`` under ``tag`` (unique per job, sender and receiver)."""
+        ...
+
+    def recv(self, frm: str, tag: str) -> bytes:
+        """Wait for the payload that ``frm`` sent under ``tag`` and return it."""
+        ...
+
+    def table(self) -> Table:
+        """This party's own dataset as bound in the spec (never another party's)."""
+        ...
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Report progress of a long phase (shown by ``bund job status``)."""
+        ...
+
+    def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """Append a protocol-level record (never raw data) to this party's audit log."""
+        ...
+
+    def limit(self, name: str) -> int:
+        """A numeric limit from this node's policy (for example ``psi_max_set_size``)."""
+        ...
+
+
+RoleFn = Callable[[JobContext], "Result | None"]
+
+
+@dataclass(frozen=True)
+class ProtocolDef:
+    """A protocol: its version, its roles, and a check of a spec's shape before anything runs.
+
+    ``validate`` raises ``InvalidJobSpecError`` for a spec the protocol cannot run (wrong number of
+    parties, unknown role, missing column binding, bad parameter).
+    """
+
+    name: str
+    version: str
+    roles: Mapping[str, RoleFn]
+    validate: Callable[[JobSpec], None]
+    description: str = ""
+
+
+class MessageSink(Protocol):
+    """Where a role context reports each message and domain record (the audit log, in a node)."""
+
+    def message(self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int) -> None:
+        """One message sent (``direction='sent'``) or received (``'received'``), never its content."""
+        ...
+
+    def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """One protocol-level record."""
+        ...
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        """Progress of a long phase."""
+        ...
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One message of a job as one party saw it: digest and size, never content."""
+
+    direction: str
+    peer: str
+    tag: str
+    sha256: str
+    size: int
+
+
+def transcript_digest(job_id: str, party: str, entries: list[TranscriptEntry]) -> str:
+    """Hex SHA-256 over a party's ordered message records of one job.
+
+    Both ends of a channel record the same (tag, sha256, size), so the regulator can reconcile the
+    per-message records of sender and receiver; this digest binds one party's whole view.
+    """
+    h = hashlib.sha256(b"bund/transcript/v1\x00" + job_id.encode() + b"\x00" + party.encode())
+    for e in entries:
+        line = f"{e.direction}\x00{e.peer}\x00{e.tag}\x00{e.sha256}\x00{e.size}\n"
+        h.update(line.encode())
+    return h.hexdigest()
+
+
+class RoleContext:
+    """The ``JobContext`` of one party in one job, over any transport and mailbox."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        party: str,
+        transport: Transport,
+        mailbox: Mailbox,
+        table: Callable[[], Table],
+        limits: Mapping[str, int],
+        sink: MessageSink,
+        recv_timeout: float,
+    ) -> None:
+        if party not in spec.parties:
+            raise ValueError(f"{party} takes no part in job {spec.job_id}")
+        self._spec = spec
+        self._party = party
+        self._transport = transport
+        self._mailbox = mailbox
+        self._table = table
+        self._limits = dict(limits)
+        self._sink = sink
+        self._recv_timeout = recv_timeout
+        self._lock = threading.Lock()
+        self.transcript: list[TranscriptEntry] = []
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job being run."""
+        return self._spec
+
+    @property
+    def party(self) -> str:
+        """This party's name."""
+        return self._party
+
+    def _log(self, direction: str, peer: str, tag: str, sha: bytes, size: int) -> None:
+        entry = TranscriptEntry(direction, peer, tag, sha.hex(), size)
+        with self._lock:
+            self.transcript.append(entry)
+        self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        """Deliver ``payload`` to ``to`` and record its digest."""
+        check_tag(tag)
+        if to not in self._spec.parties or to == self._party:
+            raise ValueError(f"cannot send to {to!r}: not another participant of this job")
+        self._transport.deliver(self._spec.job_id, to, tag, payload)
+        self._log("sent", to, tag, digest(payload), len(payload))
+
+    def recv(self, frm: str, tag: str) -> bytes:
+        """Wait for ``frm``'s message under ``tag`` and record its digest."""
+        check_tag(tag)
+        if frm not in self._spec.parties or frm == self._party:
+            raise ValueError(f"cannot receive from {frm!r}: not another participant of this job")
+        envelope = self._mailbox.take(self._spec.job_id, frm, tag, self._recv_timeout)
+        self._log("received", frm, tag, envelope.sha256, len(envelope.payload))
+        return envelope.payload
+
+    def table(self) -> Table:
+        """This party's own dataset, loaded on first use."""
+        return self._table()
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Forward progress to the node."""
+        self._sink.progress(self._spec.job_id, phase, done, total)
+
+    def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """Append a protocol-level record to this party's audit log."""
+        self._sink.record(self._spec.job_id, event, fields)
+
+    def limit(self, name: str) -> int:
+        """A numeric limit from this node's policy."""
+        try:
+            return self._limits[name]
+        except KeyError:
+            raise KeyError(f"this node's policy sets no limit {name!r}") from None
+
+    def transcript_digest(self) -> str:
+        """Digest of every message this party sent or received in this job so far."""
+        with self._lock:
+            return transcript_digest(self._spec.job_id, self._party, list(self.transcript))
+
+
+class _NullSink:
+    def message(self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int) -> None:
+        pass
+
+    def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        pass
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        pass
+
+
+def new_job_id() -> str:
+    """A fresh random job id (128 bits from the OS CSPRNG)."""
+    return secrets.token_hex(16)
+
+
+def run_in_memory(
+    spec: JobSpec,
+    definition: ProtocolDef,
+    tables: Mapping[str, Table],
+    limits: Mapping[str, int] | None = None,
+    network: InMemoryNetwork | None = None,
+    recv_timeout: float = 120.0,
+) -> dict[str, Result | None]:
+    """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
+
+    For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
+    The first role to fail aborts the job for all and its error is re-raised.
+    """
+    if not spec.job_id:
+        spec = dataclasses.replace(spec, job_id=new_job_id())
+    definition.validate(spec)
+    net = network or InMemoryNetwork(list(spec.parties))
+    results: dict[str, Result | None] = {}
+    errors: list[BaseException] = []
+
+    def run_one(p: Participant) -> None:
+        ctx = RoleContext(
+            spec, p.party, net.transport_for(p.party), net.mailboxes[p.party],
+            lambda: tables[p.party], limits or {}, _NullSink(), recv_timeout,
+        )
+        try:
+            results[p.party] = definition.roles[p.role](ctx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            net.abort(spec.job_id, f"{p.party} failed: {exc}")
+
+    threads = [threading.Thread(target=run_one, args=(p,), daemon=True) for p in spec.participants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        primary = [e for e in errors if not isinstance(e, JobAbortedError)]
+        raise (primary or errors)[0]
+    return results

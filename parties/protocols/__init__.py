@@ -1,0 +1,21 @@
+"""Joint computations: one module per protocol, one function per role, and their registry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from parties.jobs import InvalidJobSpecError, ProtocolDef
+from parties.protocols import psi
+
+#: Every protocol a node can run, by name.
+PROTOCOLS: Mapping[str, ProtocolDef] = {d.name: d for d in (psi.DEFINITION,)}
+
+
+def get_protocol(name: str) -> ProtocolDef:
+    """The protocol called ``name``; ``InvalidJobSpecError`` naming the known ones otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise InvalidJobSpecError(
+            f"unknown protocol {name!r}: this node knows {sorted(PROTOCOLS)}"
+        ) from None
