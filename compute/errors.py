@@ -37,3 +37,31 @@ class SetTooLargeError(BundError):
 
 class EncodingOverflowError(BundError):
     """A value does not fit the fixed-point or packed encoding it was given."""
+
+
+class InvalidMessageError(BundError):
+    """A peer's protocol message is malformed (layout, version, or a field out of range)."""
+
+
+class CiphertextRangeError(InvalidCiphertextError):
+    """A received Paillier ciphertext is not in the open interval (0, n²)."""
+
+
+class CiphertextNotUnitError(InvalidCiphertextError):
+    """A received Paillier ciphertext shares a factor with n, so it is no valid ciphertext."""
+
+
+class KeyIdMismatchError(InvalidCiphertextError):
+    """Received ciphertexts name a public key other than the one this job agreed on."""
+
+
+class ExponentMismatchError(InvalidCiphertextError):
+    """Received ciphertexts carry a fixed-point exponent other than the protocol's."""
+
+
+class WeakModulusError(InvalidKeyError):
+    """A received Paillier modulus is even, a perfect square, or has a prime factor below 2^20."""
+
+
+class InvalidBaseError(InvalidKeyError):
+    """A received Paillier public key's encryption base h_s is out of range or not a unit."""

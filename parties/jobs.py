@@ -1,13 +1,14 @@
-"""Job specs, the JobContext a protocol role sees, results, and the registry of protocols.
+"""Job specs, the JobContext a protocol role sees, results, and protocol definitions.
 
-A protocol role is a function ``run(ctx: JobContext) -> Result | None``. It reaches the other parties
-only through ``ctx.send`` / ``ctx.recv``, so the same code runs over the in-memory transport (unit
-tests) and the gRPC transport (separate node processes).
+A protocol role is a function ``run(ctx: JobContext) -> Result | None``. It reaches the other
+parties only through ``ctx.send`` / ``ctx.recv``, so the same code runs over the in-memory
+transport (unit tests) and the gRPC transport (separate node processes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import re
@@ -177,7 +178,7 @@ class JobContext(Protocol):
         ...
 
     def send(self, to: str, tag: str, payload: bytes) -> None:
-        """Deliver ``payload`` to party ``to`` under ``tag`` (unique per job, sender and receiver)."""
+        """Deliver ``payload`` to party ``to`` under ``tag`` (unique per job and channel)."""
         ...
 
     def recv(self, frm: str, tag: str) -> bytes:
@@ -222,8 +223,10 @@ class ProtocolDef:
 class MessageSink(Protocol):
     """Where a role context reports each message and domain record (the audit log, in a node)."""
 
-    def message(self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int) -> None:
-        """One message sent (``direction='sent'``) or received (``'received'``), never its content."""
+    def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        """One message sent or received (``direction``), by digest, never its content."""
         ...
 
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
@@ -345,7 +348,9 @@ class RoleContext:
 
 
 class _NullSink:
-    def message(self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int) -> None:
+    def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
@@ -382,8 +387,14 @@ def run_in_memory(
 
     def run_one(p: Participant) -> None:
         ctx = RoleContext(
-            spec, p.party, net.transport_for(p.party), net.mailboxes[p.party],
-            lambda: tables[p.party], limits or {}, _NullSink(), recv_timeout,
+            spec,
+            p.party,
+            net.transport_for(p.party),
+            net.mailboxes[p.party],
+            lambda: tables[p.party],
+            limits or {},
+            _NullSink(),
+            recv_timeout,
         )
         try:
             results[p.party] = definition.roles[p.role](ctx)
@@ -400,3 +411,35 @@ def run_in_memory(
         primary = [e for e in errors if not isinstance(e, JobAbortedError)]
         raise (primary or errors)[0]
     return results
+
+
+class JobState(enum.Enum):
+    """Where a job stands at one node."""
+
+    PROPOSED = "proposed"
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REFUSED = "refused"
+    ABORTED = "aborted"
+
+    @property
+    def final(self) -> bool:
+        """Whether the job can change no more."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REFUSED, JobState.ABORTED)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One node's view of a job."""
+
+    spec: JobSpec
+    state: JobState
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    has_result: bool = False
+    transcript_digest: str = ""
+    updated_at: str = ""

@@ -1,0 +1,272 @@
+"""ECDH-PSI benchmark: the group's own cost (the ceiling) and the whole protocol, in one run.
+
+Kernel rows, measured in this process as CPU time (``time.process_time``), each the median of five
+timed calls after a warm-up call:
+
+- ``x25519_scalar_mult``: ``compute.psi.blind`` over distinct points (OpenSSL X25519).
+- ``hash_to_group``: ``compute.psi.hash_to_points`` (SHA-512 + x-only Elligator 2 in gmpy2).
+- ``hash_to_group_libsodium``: for comparison, the route not taken: libsodium's
+  ``crypto_core_ed25519_from_uniform`` plus the Edwards-to-Montgomery inversion.
+- ``validate_points``: ``compute.psi.validate_points`` on a received payload.
+- ``ceiling``: ``1 / (t_hash + 2 * t_mult)`` elements per second per party: one hash and two
+  scalar multiplications per element, the cost no PSI framework on this group can go below.
+
+Protocol rows: intersection mode, both parties receivers (the most work: each also validates and
+matches the returned set), sets of n ids each overlapping by half. The two members run
+``parties.protocols.psi.run_member`` in two spawned processes, so each can have a core, over the
+real ``RoleContext`` and ``Mailbox`` with a ``multiprocessing`` pipe as the transport. Each process
+reports its own CPU time for the whole role (normalisation, hashing, blinding, sorting, chunking,
+transport, validation, re-blinding, matching); ``elements_per_s_per_party`` is n over the larger
+of the two CPU times, and ``fraction_of_ceiling`` compares it with the ceiling measured again in
+this process just before and just after that run (their mean; both are in the row, with the
+rates they came from).
+CPU time rather than wall time keeps the figure meaningful on a shared machine; wall time is
+reported too.
+
+Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+import gmpy2
+from nacl.bindings import crypto_core_ed25519_from_uniform
+
+from compute import psi
+from parties.data import Table
+from parties.jobs import JobSpec, Participant, RoleContext, new_job_id
+from parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
+from parties.transport import Mailbox
+
+_PARTIES = ("bank", "tax")
+_CONTEXT = bytes(32)
+
+
+def _ids(party: str, n: int) -> list[str]:
+    """USCC-like 18-character ids; the two parties' sets overlap in n // 2 ids."""
+    start = 0 if party == _PARTIES[0] else n - n // 2
+    return [f"91310000{i:010d}" for i in range(start, start + n)]
+
+
+def _cpu_rate(fn: Callable[[], object], count: int, repeats: int = 5) -> float:
+    """Median of ``repeats`` CPU-time rates after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return count / statistics.median(times)
+
+
+def _libsodium_hash(items: list[bytes], context: bytes) -> list[bytes]:
+    """The hash route not taken: libsodium's map (cofactor cleared), then u = (1+y)/(1-y)."""
+    p, mask = psi.FIELD_PRIME, (1 << 255) - 1
+    out = []
+    for item in items:
+        prefix = psi.HASH_DOMAIN + bytes([len(context)]) + context
+        r = hashlib.sha512(prefix + item).digest()[:32]
+        y = int.from_bytes(crypto_core_ed25519_from_uniform(r), "little") & mask
+        u = (1 + y) * gmpy2.invert(1 - y, p) % p
+        out.append(int(u).to_bytes(32, "little"))
+    return out
+
+
+def _group_costs(samples: int) -> tuple[float, float]:
+    """CPU seconds of one hash to the group and of one scalar multiplication."""
+    items = [s.encode() for s in _ids("bank", samples)]
+    points = psi.hash_to_points(items, _CONTEXT)
+    key = psi.create_blinding_key()
+    t_hash = 1 / _cpu_rate(lambda: psi.hash_to_points(items, _CONTEXT), samples)
+    t_mult = 1 / _cpu_rate(lambda: psi.blind(points, key), samples)
+    return t_hash, t_mult
+
+
+def measure_kernels(samples: int) -> list[dict[str, Any]]:
+    """Rates of the group operations, and the ceiling they imply."""
+    context = _CONTEXT
+    items = [s.encode() for s in _ids("bank", samples)]
+    points = psi.hash_to_points(items, context)
+    key = psi.create_blinding_key()
+    t_hash, t_mult = _group_costs(samples)
+    t_sodium = 1 / _cpu_rate(lambda: _libsodium_hash(items, context), samples)
+    payload = b"".join(psi.blind(points, key))
+    t_valid = 1 / _cpu_rate(lambda: psi.validate_points(payload, samples), samples)
+    params = {"samples": samples}
+    rows = [
+        ("x25519_scalar_mult", t_mult),
+        ("hash_to_group", t_hash),
+        ("hash_to_group_libsodium", t_sodium),
+        ("validate_points", t_valid),
+        ("ceiling", t_hash + 2 * t_mult),
+    ]
+    return [
+        {"family": "psi", "kernel": kernel, "params": params, "ops_per_s": 1 / t}
+        for kernel, t in rows
+    ]
+
+
+class _PipeTransport:
+    """Delivers a job's messages to the other process over one end of a pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
+        self._conn.send((job_id, tag, payload))
+
+
+class _NoSink:
+    def message(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+        pass
+
+    def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:
+        pass
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        pass
+
+
+def _party_main(
+    spec: JobSpec, party: str, n: int, inbox: Connection, outbox: Connection, results: Any
+) -> None:
+    """One member in its own process: pump the pipe into a mailbox, run the role, report CPU."""
+    peer = next(p for p in spec.parties if p != party)
+    table = Table.from_columns(party, {"id": _ids(party, n)})
+    mailbox = Mailbox(max_payload=64 << 20)
+
+    def pump() -> None:
+        while True:
+            try:
+                job_id, tag, payload = inbox.recv()
+            except EOFError:
+                return
+            mailbox.put(job_id, peer, tag, payload)
+
+    threading.Thread(target=pump, daemon=True).start()
+    ctx = RoleContext(
+        spec,
+        party,
+        _PipeTransport(outbox),
+        mailbox,
+        lambda: table,
+        {LIMIT_MAX_SET_SIZE: n},
+        _NoSink(),
+        600.0,
+    )
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run_member(ctx)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    size = result.summary["intersection_size"] if result else None
+    results.put({"party": party, "cpu_s": cpu, "wall_s": wall, "intersection_size": size})
+    outbox.close()
+
+
+def measure_protocol(n: int, samples: int) -> dict[str, Any]:
+    """Run both members at n ids each in two processes, between two measurements of the ceiling.
+
+    This machine's speed drifts by a few per cent over minutes, so the ceiling for the fraction
+    is the mean of the group costs measured just before and just after the run.
+    """
+    before = _group_costs(samples)
+    spec = JobSpec(
+        protocol="psi",
+        participants=tuple(Participant(p, "member", p, {"id": "id"}) for p in _PARTIES),
+        receivers=_PARTIES,
+        purpose="benchmark",
+        requester=_PARTIES[0],
+        params={"mode": "intersection"},
+        job_id=new_job_id(),
+    )
+    ctx = mp.get_context("spawn")
+    to_tax_r, to_tax_w = ctx.Pipe(duplex=False)
+    to_bank_r, to_bank_w = ctx.Pipe(duplex=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results)),
+        ctx.Process(target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results)),
+    ]
+    wall = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    reports = {r["party"]: r for r in (results.get(timeout=1200) for _ in procs)}
+    for proc in procs:
+        proc.join()
+    wall = time.perf_counter() - wall
+    after = _group_costs(samples)
+    t_hash, t_mult = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    ceiling = 1 / (t_hash + 2 * t_mult)
+    if any(r["intersection_size"] != n // 2 for r in reports.values()):
+        raise RuntimeError(f"wrong intersection size at n={n}: {reports}")
+    rate = n / max(r["cpu_s"] for r in reports.values())
+    return {
+        "family": "psi",
+        "kernel": "protocol_intersection_two_receivers",
+        "params": {"n": n, "mode": "intersection", "receivers": 2, "overlap": n // 2},
+        "ops_per_s": rate,
+        "elements_per_s_per_party": rate,
+        "ceiling_elements_per_s": ceiling,
+        "ceiling_before_after": [1 / (h + 2 * m) for h, m in (before, after)],
+        "scalar_mults_per_s": 1 / t_mult,
+        "hashes_per_s": 1 / t_hash,
+        "fraction_of_ceiling": rate / ceiling,
+        "party_cpu_s": {p: r["cpu_s"] for p, r in sorted(reports.items())},
+        "party_wall_s": {p: r["wall_s"] for p, r in sorted(reports.items())},
+        "elements_per_s_per_party_wall": n / max(r["wall_s"] for r in reports.values()),
+        "job_wall_s_with_process_start": wall,
+    }
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6."""
+    samples = 5_000 if quick else 20_000
+    rows = measure_kernels(samples)
+    for n in (10**3, 10**4) if quick else (10**4, 10**5, 10**6):
+        rows.append(measure_protocol(n, samples))
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    table = RichTable(title="ECDH-PSI (X25519), per core; CPU-time rates")
+    for column in ("kernel", "params", "ops/s", "elements/s/party", "of ceiling"):
+        table.add_column(column, justify="left" if column in ("kernel", "params") else "right")
+    for r in rows:
+        per_party = r.get("elements_per_s_per_party")
+        fraction = r.get("fraction_of_ceiling")
+        table.add_row(
+            r["kernel"],
+            " ".join(f"{k}={v}" for k, v in r["params"].items()),
+            f"{r['ops_per_s']:,.0f}",
+            "" if per_party is None else f"{per_party:,.0f}",
+            "" if fraction is None else f"{fraction:.1%}",
+        )
+    Console(width=140).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10^3 and 10^4 elements only")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    args = parser.parse_args()
+    rows = run(args.quick)
+    _print_table(rows)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

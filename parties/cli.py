@@ -1,0 +1,401 @@
+"""The ``bund`` command: federation and parties, the node, jobs, audit, data, benchmarks, demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from compute.errors import BundError
+from parties import identity
+from parties.config import NodeConfig, load_config
+from parties.jobs import JobSpec, JobState, JobStatus, Participant
+
+app = typer.Typer(
+    help="Bund: privacy-preserving joint computation between party nodes.", no_args_is_help=True
+)
+federation_app = typer.Typer(help="Federation CA.", no_args_is_help=True)
+party_app = typer.Typer(help="Party certificates and keys.", no_args_is_help=True)
+job_app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export audit logs.", no_args_is_help=True)
+data_app = typer.Typer(help="Demo datasets.", no_args_is_help=True)
+app.add_typer(federation_app, name="federation")
+app.add_typer(party_app, name="party")
+app.add_typer(job_app, name="job")
+app.add_typer(audit_app, name="audit")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.toml.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _config(path: Path) -> NodeConfig:
+    try:
+        return load_config(path)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def own_address(config: NodeConfig) -> str:
+    """Where this party's own node listens, from its port file when it bound port 0."""
+    host, _, port = config.listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    if port == "0":
+        try:
+            port = config.port_file.read_text().strip()
+        except FileNotFoundError:
+            raise _fail(
+                f"the node is not running ({config.port_file} is missing); "
+                "start it with `bund serve`"
+            ) from None
+    return f"{host}:{port}"
+
+
+def _client(config: NodeConfig) -> Any:
+    from parties.client import NodeClient
+
+    return NodeClient(own_address(config), config.party, config.tls, config.max_message_bytes)
+
+
+# -- federation and parties ----------------------------------------------------------------
+
+
+@federation_app.command("init")
+def federation_init(
+    directory: Annotated[Path, typer.Argument(help="Where to write ca.key (0600) and ca.pem.")],
+    name: Annotated[str, typer.Option(help="Federation name.")] = "bund",
+) -> None:
+    """Create a federation CA."""
+    try:
+        cert = identity.create_federation(directory, name)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"federation [bold]{name}[/]: CA certificate {cert}")
+
+
+@party_app.command("init")
+def party_init(
+    name: Annotated[str, typer.Argument(help="Party name, e.g. bank.")],
+    role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
+    federation: Annotated[Path, typer.Option(help="The federation CA directory.")],
+    out: Annotated[Path, typer.Option(help="The party's directory.")],
+) -> None:
+    """Issue a party's certificate and make its audit-signing key."""
+    try:
+        identity.create_party(federation, name, role, out)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"party [bold]{name}[/] ({role}): keys and certificate in {out}")
+
+
+# -- the node ------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOpt, log_level: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run this party's node until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    from parties.node import serve as run
+
+    cfg = _config(config)
+    try:
+        run(cfg)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def load_spec(path: Path, requester: str) -> JobSpec:
+    """Read a job spec TOML file; the requester is this node's party."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _fail(f"job spec {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return JobSpec(
+            protocol=doc["protocol"],
+            participants=tuple(
+                Participant(p["party"], p["role"], p.get("dataset"), p.get("columns", {}))
+                for p in doc["participants"]
+            ),
+            receivers=tuple(doc["receivers"]),
+            purpose=doc["purpose"],
+            requester=requester,
+            params=doc.get("params", {}),
+        )
+    except KeyError as exc:
+        raise _fail(
+            f"{path} lacks {exc.args[0]!r} (see docs/jobs.md for the spec format)"
+        ) from None
+    except BundError as exc:
+        raise _fail(f"{path}: {exc}") from None
+
+
+def wait_for(client: Any, job_id: str, timeout: float = 3600.0) -> JobStatus:
+    """Follow a job with a progress bar until it is final."""
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=None, state="proposed")
+        while True:
+            status: JobStatus = client.status(job_id)
+            progress.update(
+                task,
+                description=status.phase,
+                completed=status.done,
+                total=status.total or None,
+                state=status.state.value,
+            )
+            if status.state.final:
+                return status
+            if time.monotonic() > deadline:
+                raise _fail(f"job {job_id} is still {status.state.value} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def print_status(status: JobStatus) -> None:
+    """A job's status as a small table."""
+    t = RichTable(show_header=False, box=None)
+    colour = {"succeeded": "green", "failed": "red", "refused": "red", "aborted": "yellow"}.get(
+        status.state.value, "cyan"
+    )
+    t.add_row("job", status.spec.job_id)
+    t.add_row("protocol", status.spec.protocol)
+    t.add_row("parties", ", ".join(f"{p.party} ({p.role})" for p in status.spec.participants))
+    t.add_row("state", f"[{colour}]{status.state.value}[/]")
+    if status.phase:
+        t.add_row("phase", f"{status.phase} {status.done}/{status.total}")
+    if status.error:
+        t.add_row("reason", status.error)
+    t.add_row("result to", ", ".join(status.spec.receivers))
+    if status.transcript_digest:
+        t.add_row("transcript", status.transcript_digest)
+    console.print(t)
+
+
+@job_app.command("submit")
+def job_submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec TOML.")],
+    config: ConfigOpt,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+) -> None:
+    """Submit a job to this party's node; the node proposes it to the other participants."""
+    cfg = _config(config)
+    job = load_spec(spec, cfg.party)
+    try:
+        with _client(cfg) as client:
+            job_id = client.submit(job)
+            console.print(f"submitted job [bold]{job_id}[/]")
+            if wait:
+                status = wait_for(client, job_id)
+                print_status(status)
+                if status.state is not JobState.SUCCEEDED:
+                    raise typer.Exit(1)
+                if status.has_result:
+                    _print_result(client.result(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str,
+    config: ConfigOpt,
+    watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+) -> None:
+    """Show a job's status at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            print_status(wait_for(client, job_id) if watch else client.status(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_result(result: Any) -> None:
+    t = RichTable(title="result", show_header=False)
+    for k, v in result.summary.items():
+        t.add_row(k, str(v))
+    for name, data in result.artifacts.items():
+        t.add_row(f"artifact {name}", f"{len(data):,} bytes")
+    console.print(t)
+
+
+@job_app.command("result")
+def job_result(
+    job_id: str,
+    config: ConfigOpt,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the artifacts into this directory.")
+    ] = None,
+) -> None:
+    """Show (and optionally save) a job's result held at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            result = client.result(job_id)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    _print_result(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in result.artifacts.items():
+            target = out / Path(name).name
+            target.write_bytes(data)
+            console.print(f"wrote {target}")
+
+
+@job_app.command("list")
+def job_list(config: ConfigOpt, limit: int = 20) -> None:
+    """List the newest jobs at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            jobs = client.list_jobs(limit)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    t = RichTable("job", "protocol", "parties", "state", "updated")
+    for s in jobs:
+        t.add_row(
+            s.spec.job_id, s.spec.protocol, ",".join(s.spec.parties), s.state.value, s.updated_at
+        )
+    console.print(t)
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Verify this node's own log.")
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option("--log", help="An audit.db or exported .jsonl file.")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="The party's audit public key (PEM).")] = None,
+) -> None:
+    """Check a log's hash chain and signatures; name the first bad record."""
+    from parties.audit import SqliteAuditStore, read_jsonl, verify_records
+
+    if config is not None:
+        cfg = _config(config)
+        log_file = log_file or cfg.state_dir / "audit.db"
+        key = key or cfg.audit_pub
+    if log_file is None or key is None:
+        raise _fail("give --config, or both --log and --key")
+    try:
+        public_key = identity.load_audit_public_key(key)
+        if log_file.suffix == ".jsonl":
+            with log_file.open("r", encoding="utf-8") as fp:
+                records = read_jsonl(fp)
+        else:
+            if not log_file.exists():
+                raise _fail(f"{log_file} not found")
+            store = SqliteAuditStore(log_file, read_only=True)
+            try:
+                records = store.read()
+            finally:
+                store.close()
+        report = verify_records(records, public_key)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    if report.ok:
+        console.print(
+            f"[green]OK[/]: {report.count} records, chain and signatures verify ({log_file})"
+        )
+    else:
+        raise _fail(f"record {report.first_bad_index}: {report.reason} ({log_file})")
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOpt, out: Annotated[Path, typer.Option(help="JSON-lines file.")]
+) -> None:
+    """Export this node's signed audit log as JSON lines (for a regulator)."""
+    from parties.audit import SqliteAuditStore, export_jsonl
+
+    cfg = _config(config)
+    store = SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True)
+    try:
+        records = store.read()
+    finally:
+        store.close()
+    with out.open("w", encoding="utf-8") as fp:
+        export_jsonl(records, fp)
+    console.print(f"exported {len(records)} records to {out}")
+
+
+# -- data, benchmarks, demo ------------------------------------------------------------------
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    scale: Annotated[int, typer.Option(min=1, help="Multiple of the shipped demo size.")] = 1,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 20261124,
+) -> None:
+    """Write the demo datasets (finance and health) at any scale."""
+    from parties.data import write_demo_data
+
+    for path in write_demo_data(out, scale=scale, seed=seed):
+        console.print(str(path))
+
+
+@app.command()
+def bench(
+    kernel: Annotated[str, typer.Argument(help="paillier | ckks | psi | all")],
+    quick: Annotated[bool, typer.Option(help="Small sizes, to check the harness.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write a PNG per kernel family here.")] = None,
+) -> None:
+    """Benchmark the crypto kernels."""
+    from benchmarks.suite import main
+
+    main(kernel, quick, json_path, plots)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path | None, typer.Option(help="Keep the demo's files here.")] = None,
+) -> None:
+    """Three nodes (bank, tax bureau, business registry) on loopback; PSI between bank and tax."""
+    from parties.demo import run_demo
+
+    try:
+        run_demo(workdir, console)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,189 @@
+"""Node configuration: read once from TOML at start-up; nothing else in a node reads env or files.
+
+Paths in the file are relative to the file's own directory. The one exception to "read once" is
+the peer directory (``peers_file``), which an operator may update while the node runs, so that
+nodes started on OS-chosen ports can learn each other's addresses.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compute import insecure
+from parties.data import DataSource
+from parties.errors import ConfigError
+from parties.policy import DEFAULT_LIMITS, DatasetPolicy, Policy
+
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    """The node's TLS material: federation CA, own certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to serve, as read from ``node.toml``."""
+
+    party: str
+    listen: str
+    state_dir: Path
+    tls: TlsPaths
+    audit_key: Path
+    audit_pub: Path
+    peers: Mapping[str, str]
+    peers_file: Path | None
+    datasets: Mapping[str, DataSource]
+    policy: Policy
+    max_message_bytes: int = 8 * _MIB
+    recv_timeout_s: float = 300.0
+    max_workers: int = 16
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def port_file(self) -> Path:
+        """Where the node writes the port it bound, for operators and scripts."""
+        return self.state_dir / "port"
+
+    def peer_address(self, party: str) -> str:
+        """The address of ``party``'s node: the peer directory first, then ``[peers]``."""
+        if self.peers_file is not None and self.peers_file.exists():
+            directory = _read_toml(self.peers_file)
+            entry = directory.get(party)
+            if isinstance(entry, dict) and isinstance(entry.get("address"), str):
+                return str(entry["address"])
+        try:
+            return self.peers[party]
+        except KeyError:
+            raise ConfigError(
+                f'no address for peer {party!r}: add [peers.{party}] address = "HOST:PORT" to '
+                "node.toml or to its peers file"
+            ) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _table(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _str(doc: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = doc.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _int(doc: Mapping[str, Any], key: str, where: str, default: int, lo: int = 1) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{where}: {key} must be an integer >= {lo}")
+    return value
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate ``node.toml``; every error names the key to fix."""
+    path = path.resolve()
+    doc = _read_toml(path)
+    base = path.parent
+    where = str(path)
+
+    def rel(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    party = _str(doc, "party", where)
+    tls = _table(doc, "tls", where)
+    audit = _table(doc, "audit", where)
+    limits_doc = _table(doc, "limits", where)
+    policy_doc = _table(doc, "policy", where)
+
+    datasets: dict[str, DataSource] = {}
+    for name, entry in _table(doc, "datasets", where).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: [datasets.{name}] must be a table")
+        kind = _str(entry, "kind", f"{where} [datasets.{name}]")
+        query = entry.get("query")
+        if query is not None and not isinstance(query, str):
+            raise ConfigError(f"{where} [datasets.{name}]: query must be a string")
+        try:
+            datasets[name] = DataSource(
+                kind=kind, path=rel(_str(entry, "path", where)), query=query
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{where} [datasets.{name}]: {exc}") from None
+
+    counterparties = policy_doc.get("allowed_counterparties", [])
+    if not isinstance(counterparties, list) or not all(isinstance(c, str) for c in counterparties):
+        raise ConfigError(f"{where}: [policy] allowed_counterparties must be a list of party names")
+    dataset_rules: dict[str, DatasetPolicy] = {}
+    for name, rules in _table(policy_doc, "datasets", where).items():
+        protocols = rules.get("protocols", []) if isinstance(rules, dict) else None
+        if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
+            raise ConfigError(f"{where}: [policy.datasets.{name}] protocols must be a list")
+        if name not in datasets:
+            raise ConfigError(f"{where}: [policy.datasets.{name}] names no dataset in [datasets]")
+        dataset_rules[name] = DatasetPolicy(frozenset(protocols))
+    limits = {k: _int(limits_doc, k, f"{where} [limits]", v) for k, v in DEFAULT_LIMITS.items()}
+    policy = Policy(frozenset(counterparties), dataset_rules, limits)
+
+    peers: dict[str, str] = {}
+    for name, entry in _table(doc, "peers", where).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: [peers.{name}] must be a table with an address")
+        peers[name] = _str(entry, "address", f"{where} [peers.{name}]")
+    peers_file = doc.get("peers_file")
+    if peers_file is not None and not isinstance(peers_file, str):
+        raise ConfigError(f"{where}: peers_file must be a path")
+
+    timeout = limits_doc.get("recv_timeout_s", 300)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{where} [limits]: recv_timeout_s must be a positive number")
+    apply_test_switch_from_env()
+    return NodeConfig(
+        party=party,
+        listen=_str(doc, "listen", where, "127.0.0.1:0"),
+        state_dir=rel(_str(doc, "state_dir", where, "state")),
+        tls=TlsPaths(
+            ca=rel(_str(tls, "ca", where, "ca.pem")),
+            cert=rel(_str(tls, "cert", where, "node.pem")),
+            key=rel(_str(tls, "key", where, "node.key")),
+        ),
+        audit_key=rel(_str(audit, "signing_key", where, "audit_ed25519.key")),
+        audit_pub=rel(_str(audit, "public_key", where, "audit_ed25519.pub")),
+        peers=peers,
+        peers_file=rel(peers_file) if peers_file else None,
+        datasets=datasets,
+        policy=policy,
+        max_message_bytes=_int(limits_doc, "max_message_bytes", where, 8 * _MIB, lo=64 * 1024),
+        recv_timeout_s=float(timeout),
+        max_workers=_int(limits_doc, "max_workers", where, 16),
+        source=path,
+    )
+
+
+def apply_test_switch_from_env() -> None:
+    """Turn the test-only switch on when its environment variable holds its exact value."""
+    if os.environ.get(insecure.ENV_VAR) == insecure.ENV_VALUE:
+        insecure.enable_insecure_test_parameters()

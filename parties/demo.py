@@ -1,0 +1,251 @@
+"""The demo: a bank, the tax bureau and the business registry as three node processes on loopback.
+
+It issues the certificates, starts the nodes on OS-chosen ports, runs PSI between the bank and the
+tax bureau on the demo data, shows the intersection size and where the result went, stops the
+nodes, and verifies all three audit logs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from compute.errors import BundError
+from parties import identity
+from parties.audit import SqliteAuditStore, verify_records
+from parties.client import NodeClient, RemoteError
+from parties.config import NodeConfig, load_config
+from parties.data import write_demo_data
+from parties.jobs import JobSpec, JobState, JobStatus, Participant
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What the demo computed: for the test that checks it against plaintext."""
+
+    root: Path
+    data_dir: Path
+    intersection: tuple[str, ...]
+    summary: dict[str, object]
+    audit_records: dict[str, int]
+
+
+class DemoError(BundError):
+    """The demo could not run; the message says which step failed and where its log is."""
+
+
+@dataclass(frozen=True)
+class DemoParty:
+    """One party of the demo: its role and the dataset it serves."""
+
+    name: str
+    role: str
+    dataset: str
+    csv: str
+    id_column: str
+
+
+PARTIES = (
+    DemoParty("bank", "bank", "loan_book", "finance/loan_book.csv", "company_id"),
+    DemoParty("tax", "tax", "tax_filings", "finance/tax_filings.csv", "company_id"),
+    DemoParty(
+        "registry", "registry", "business_registry", "finance/business_registry.csv", "company_id"
+    ),
+)
+
+
+def write_node_config(root: Path, party: DemoParty, data_dir: Path, others: list[str]) -> Path:
+    """Write ``root/party/node.toml``: loopback port 0, the shared peer directory, one dataset."""
+    text = f"""# Node configuration of {party.name} (written by `bund demo`).
+party = "{party.name}"
+listen = "127.0.0.1:0"
+state_dir = "state"
+peers_file = "../peers.toml"
+
+[tls]
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+
+[audit]
+signing_key = "audit_ed25519.key"
+public_key = "audit_ed25519.pub"
+
+[limits]
+psi_max_set_size = 1000000
+recv_timeout_s = 120
+
+[datasets.{party.dataset}]
+kind = "csv"
+path = "{(data_dir / party.csv).as_posix()}"
+
+[policy]
+allowed_counterparties = {others!r}
+
+[policy.datasets.{party.dataset}]
+protocols = ["psi"]
+"""
+    path = root / party.name / "node.toml"
+    path.write_text(text.replace("'", '"'), encoding="utf-8")
+    return path
+
+
+def start_node(config_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``bund serve`` for one node as a separate process, logging to node.log beside it."""
+    with (config_path.parent / "node.log").open("ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "parties.cli", "serve", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def wait_for_port(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """Wait until a node wrote its port file; fail early if its process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(
+                f"{config.party}'s node exited with {proc.returncode}; "
+                f"see {config.source.parent / 'node.log'}"
+                if config.source
+                else f"{config.party}'s node exited"
+            )
+        try:
+            return int(config.port_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.1)
+    raise DemoError(f"{config.party}'s node did not start within {timeout:.0f} s")
+
+
+def stop_nodes(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM every node and wait for it to exit; SIGKILL stragglers."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_final(client: NodeClient, job_id: str, timeout: float = 600.0) -> JobStatus:
+    """Poll a job until it is final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status(job_id)
+        if status.state.final:
+            return status
+        if time.monotonic() > deadline:
+            raise DemoError(f"job {job_id} still {status.state.value} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
+    """Run the whole demo; raise ``DemoError`` naming the failed step."""
+    root = workdir or Path(tempfile.mkdtemp(prefix="bund-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]Bund demo: bank x tax bureau x business registry")
+    fed = root / "federation"
+    identity.create_federation(fed, "shanghai-demo")
+    data_dir = root / "data"
+    write_demo_data(data_dir)
+    console.print(f"federation CA and demo data in {root}")
+
+    configs: dict[str, NodeConfig] = {}
+    for party in PARTIES:
+        identity.create_party(fed, party.name, party.role, root / party.name)
+        others = [p.name for p in PARTIES if p.name != party.name]
+        configs[party.name] = load_config(write_node_config(root, party, data_dir, others))
+        console.print(f"  issued certificate for [bold]{party.name}[/] ({party.role})")
+
+    env = dict(os.environ)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for party in PARTIES:
+            procs[party.name] = start_node(configs[party.name].source or Path(), env)
+        ports = {name: wait_for_port(cfg, procs[name]) for name, cfg in configs.items()}
+        (root / "peers.toml").write_text(
+            "".join(f'[{name}]\naddress = "127.0.0.1:{port}"\n\n' for name, port in ports.items())
+        )
+        for name, port in ports.items():
+            console.print(
+                f"  node [bold]{name}[/] serving mTLS on 127.0.0.1:{port} (pid {procs[name].pid})"
+            )
+
+        bank, tax = PARTIES[0], PARTIES[1]
+        spec = JobSpec(
+            protocol="psi",
+            participants=(
+                Participant(bank.name, "member", bank.dataset, {"id": bank.id_column}),
+                Participant(tax.name, "member", tax.dataset, {"id": tax.id_column}),
+            ),
+            receivers=(bank.name,),
+            purpose="Align the bank's SME loan book with tax filings before joint credit modelling",
+            requester=bank.name,
+            params={"mode": "intersection"},
+        )
+        cfg_bank, cfg_tax = configs[bank.name], configs[tax.name]
+        with (
+            NodeClient(f"127.0.0.1:{ports[bank.name]}", bank.name, cfg_bank.tls) as bank_client,
+            NodeClient(f"127.0.0.1:{ports[tax.name]}", tax.name, cfg_tax.tls) as tax_client,
+        ):
+            started = time.monotonic()
+            job_id = bank_client.submit(spec)
+            console.print(f"PSI job [bold]{job_id}[/] submitted by the bank")
+            status = wait_final(bank_client, job_id)
+            elapsed = time.monotonic() - started
+            if status.state is not JobState.SUCCEEDED:
+                raise DemoError(f"PSI job ended {status.state.value}: {status.error}")
+            result = bank_client.result(job_id)
+            tax_status = wait_final(tax_client, job_id)
+            try:
+                tax_client.result(job_id)
+                raise DemoError("the tax bureau holds a result it must not have")
+            except RemoteError as exc:
+                tax_refusal = exc.details
+        summary = RichTable(title=f"PSI result ({elapsed:.1f} s)", show_header=False)
+        summary.add_row("bank's set", f"{result.summary['own_set_size']:,}")
+        summary.add_row("tax bureau's set", f"{result.summary['peer_set_size']:,}")
+        summary.add_row("[bold]intersection", f"[bold]{result.summary['intersection_size']:,}")
+        summary.add_row("result delivered to", ", ".join(spec.receivers))
+        summary.add_row(
+            "tax bureau's node", f"{tax_status.state.value}, holds no result ({tax_refusal})"
+        )
+        summary.add_row("transcript (bank)", status.transcript_digest[:16] + "...")
+        summary.add_row("transcript (tax)", tax_status.transcript_digest[:16] + "...")
+        console.print(summary)
+    finally:
+        stop_nodes(procs)
+        console.print("nodes stopped")
+
+    audit_table = RichTable("party", "records", "audit log")
+    counts: dict[str, int] = {}
+    for name, cfg in configs.items():
+        store = SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True)
+        try:
+            report = verify_records(store.read(), identity.load_audit_public_key(cfg.audit_pub))
+        finally:
+            store.close()
+        if not report.ok:
+            raise DemoError(
+                f"{name}'s audit log fails at record {report.first_bad_index}: {report.reason}"
+            )
+        audit_table.add_row(name, str(report.count), "[green]verified[/]")
+        counts[name] = report.count
+    console.print(audit_table)
+    console.print(f"files kept in {root}")
+    ids = result.artifacts["intersection.csv"].decode("utf-8").splitlines()[1:]
+    return DemoOutcome(root, data_dir, tuple(ids), dict(result.summary), counts)

@@ -1,0 +1,1 @@
+"""Bund wire contract: generated protobuf and gRPC modules (package bund.v1)."""

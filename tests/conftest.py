@@ -1,0 +1,154 @@
+"""Shared fixtures: a federation with party certificates made once, and nodes on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from compute import insecure
+from parties import identity
+from parties.client import NodeClient
+from parties.config import NodeConfig, TlsPaths, load_config
+from parties.node import Node, create_node
+
+PARTY_ROLES = {
+    "bank": "bank",
+    "tax": "tax",
+    "registry": "registry",
+    "hospital-a": "hospital",
+    "regulator": "regulator",
+}
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Certificates and keys for the test parties, and an intruder from another CA."""
+
+    root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    def party_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def tls(self, name: str) -> TlsPaths:
+        d = self.party_dir(name)
+        return TlsPaths(ca=d / "ca.pem", cert=d / "node.pem", key=d / "node.key")
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    root = tmp_path_factory.mktemp("federation")
+    identity.create_federation(root / "ca", "test")
+    for name, role in PARTY_ROLES.items():
+        identity.create_party(root / "ca", name, role, root / name)
+    identity.create_federation(root / "other-ca", "other")
+    identity.create_party(root / "other-ca", "bank", "bank", root / "intruder")
+    return Federation(root)
+
+
+@pytest.fixture(autouse=True)
+def _insecure_off_by_default() -> Iterator[None]:
+    """Every test starts with the test-only switch off; tests that need it turn it on."""
+    insecure.disable_insecure_test_parameters()
+    yield
+    insecure.disable_insecure_test_parameters()
+
+
+def write_csv(path: Path, columns: Mapping[str, Sequence[str]]) -> Path:
+    """Write a small CSV dataset."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(columns)
+    rows = zip(*(columns[n] for n in names), strict=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerows(rows)
+    return path
+
+
+@dataclass
+class NodeFactory:
+    """Starts in-process nodes from generated node.toml files; stops them all at teardown."""
+
+    federation: Federation
+    workdir: Path
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    @property
+    def peers_file(self) -> Path:
+        return self.workdir / "peers.toml"
+
+    def start(
+        self,
+        name: str,
+        datasets: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        allowed: Sequence[str] = (),
+        protocols: Mapping[str, Sequence[str]] | None = None,
+        extra: str = "",
+    ) -> Node:
+        """Start ``name``'s node with CSV datasets, a counterparty allowlist and protocol rules."""
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        pdir = self.federation.party_dir(name)
+        lines = [
+            f'party = "{name}"',
+            'listen = "127.0.0.1:0"',
+            f'state_dir = "{(home / "state").as_posix()}"',
+            f'peers_file = "{self.peers_file.as_posix()}"',
+            extra,
+            "[tls]",
+            f'ca = "{(pdir / "ca.pem").as_posix()}"',
+            f'cert = "{(pdir / "node.pem").as_posix()}"',
+            f'key = "{(pdir / "node.key").as_posix()}"',
+            "[audit]",
+            f'signing_key = "{(pdir / "audit_ed25519.key").as_posix()}"',
+            f'public_key = "{(pdir / "audit_ed25519.pub").as_posix()}"',
+            "[limits]",
+            "recv_timeout_s = 30",
+            "psi_max_set_size = 100000",
+        ]
+        for ds, cols in (datasets or {}).items():
+            path = write_csv(home / f"{ds}.csv", cols)
+            lines += [f"[datasets.{ds}]", 'kind = "csv"', f'path = "{path.as_posix()}"']
+        lines += ["[policy]", f"allowed_counterparties = {list(allowed)!r}".replace("'", '"')]
+        for ds, protos in (protocols or {}).items():
+            lines += [f"[policy.datasets.{ds}]", f"protocols = {list(protos)!r}".replace("'", '"')]
+        config_path = home / "node.toml"
+        config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        node = create_node(load_config(config_path))
+        self.nodes[name] = node
+        self._write_peers()
+        return node
+
+    def _write_peers(self) -> None:
+        text = "".join(
+            f'[{n}]\naddress = "127.0.0.1:{node.port}"\n' for n, node in self.nodes.items()
+        )
+        self.peers_file.write_text(text, encoding="utf-8")
+
+    def client(self, name: str, as_party: str | None = None) -> NodeClient:
+        """A client to ``name``'s node, presenting ``as_party``'s certificate (default: its own)."""
+        who = as_party or name
+        return NodeClient(f"127.0.0.1:{self.nodes[name].port}", name, self.federation.tls(who))
+
+    def config(self, name: str) -> NodeConfig:
+        return self.nodes[name].config
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            node.stop(grace=1.0)
+        self.nodes.clear()
+
+
+@pytest.fixture
+def node_factory(federation: Federation, tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(federation, tmp_path)
+    yield factory
+    factory.stop_all()

@@ -1,0 +1,137 @@
+"""Every wire conversion round-trips, and garbage is refused with MalformedRequestError."""
+
+from __future__ import annotations
+
+import pytest
+from bund.v1 import common_pb2, job_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+from parties.audit import AuditRecord
+
+from parties import wire
+from parties.errors import MalformedRequestError
+from parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant, Result
+
+names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=50),
+)
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> JobSpec:
+    parties = draw(st.lists(names, min_size=1, max_size=4, unique=True))
+    participants = tuple(
+        Participant(
+            p,
+            draw(names),
+            draw(st.one_of(st.none(), names)),
+            draw(st.dictionaries(names, names, max_size=3)),
+        )
+        for p in parties
+    )
+    return JobSpec(
+        protocol=draw(names),
+        participants=participants,
+        receivers=tuple(draw(st.lists(st.sampled_from(parties), min_size=1, unique=True))),
+        purpose=draw(st.text(min_size=1, max_size=80).filter(lambda s: s.strip() != "")),
+        requester=draw(st.sampled_from(parties)),
+        params=draw(st.dictionaries(names, scalars, max_size=5)),
+        job_id=draw(st.one_of(st.just(""), st.from_regex(r"[0-9a-f]{32}", fullmatch=True))),
+    )
+
+
+@given(specs())
+def test_spec_round_trips(spec: JobSpec) -> None:
+    back = wire.spec_from_proto(wire.spec_to_proto(spec))
+    assert back == spec
+    assert back.digest() == spec.digest()
+    raw = wire.spec_to_proto(spec).SerializeToString()
+    assert wire.spec_from_proto(wire.parse(common_pb2.JobSpec, raw)) == spec  # type: ignore[arg-type]
+
+
+@given(scalars)
+def test_scalar_round_trips(value: object) -> None:
+    assert wire.scalar_from_proto(wire.scalar_to_proto(value)) == value  # type: ignore[arg-type]
+
+
+@given(
+    specs(),
+    st.sampled_from(list(JobState)),
+    st.integers(0, 2**40),
+    st.text(max_size=30),
+    st.booleans(),
+)
+def test_status_round_trips(
+    spec: JobSpec, state: JobState, done: int, phase: str, has_result: bool
+) -> None:
+    status = JobStatus(
+        spec, state, phase, done, done + 1, "why", has_result, "ab" * 32, "2026-11-24T00:00:00Z"
+    )
+    assert wire.status_from_proto(wire.status_to_proto(status)) == status
+
+
+@given(
+    st.dictionaries(names, scalars, max_size=5),
+    st.dictionaries(names, st.binary(max_size=100), max_size=3),
+)
+def test_result_round_trips(summary: dict[str, object], artifacts: dict[str, bytes]) -> None:
+    result = Result(summary, artifacts)  # type: ignore[arg-type]
+    back = wire.result_from_proto(wire.result_to_proto("a" * 32, result))
+    assert dict(back.summary) == summary and dict(back.artifacts) == artifacts
+
+
+def test_node_info_round_trips() -> None:
+    info = wire.NodeInfo("bank", "bank", "0.1.0", b"k" * 32, {"psi": "1"})
+    assert wire.node_info_from_proto(wire.node_info_to_proto(info)) == info
+    bad = wire.node_info_to_proto(info)
+    bad.audit_public_key = b"short"
+    with pytest.raises(MalformedRequestError):
+        wire.node_info_from_proto(bad)
+
+
+@given(st.dictionaries(names, scalars, max_size=5), st.integers(0, 2**40))
+def test_audit_record_and_page_round_trip(fields: dict[str, object], index: int) -> None:
+    record = AuditRecord(
+        index=index,
+        timestamp="2026-11-24T00:00:00.000000Z",
+        party="bank",
+        event="rpc",
+        job_id="",
+        fields=fields,
+        prev_hash=b"\x01" * 32,
+        record_hash=b"\x02" * 32,
+        signature=b"\x03" * 64,  # type: ignore[arg-type]
+    )
+    assert wire.audit_record_from_proto(wire.audit_record_to_proto(record)) == record
+    page = wire.AuditPage((record,), index + 1, b"k" * 32)
+    assert wire.audit_page_from_proto(wire.audit_page_to_proto(page)) == page
+
+
+def test_non_finite_parameters_are_refused() -> None:
+    with pytest.raises(MalformedRequestError):
+        wire.scalar_from_proto(common_pb2.Scalar(real=float("nan")))
+
+
+def test_garbage_is_malformed() -> None:
+    with pytest.raises(MalformedRequestError):
+        wire.parse(job_pb2.DeliverRequest, b"\xff\xff\xff\xff\x0f")
+
+
+@pytest.mark.parametrize("value", ["", "A" * 32, "g" * 32, "a" * 31])
+def test_job_id_must_be_hex(value: str) -> None:
+    with pytest.raises(MalformedRequestError):
+        wire.job_id(value)
+
+
+def test_invalid_spec_from_the_wire_names_the_field() -> None:
+    message = wire.spec_to_proto(
+        JobSpec("psi", (Participant("bank", "member"),), ("bank",), "p", "bank")
+    )
+    message.requester = "tax"
+    with pytest.raises(InvalidJobSpecError, match="requester"):
+        wire.spec_from_proto(message)
