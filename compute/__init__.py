@@ -1,1 +1,1 @@
-"""Pure computation for Bund: no network, no disk, no clocks, no global state beyond the test switch."""
+"""Pure computation for Bund: no network, disk, clock or global state but the test switch."""

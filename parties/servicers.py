@@ -31,8 +31,8 @@ _QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo"})
 def peer_identity(context: grpc.ServicerContext) -> PartyIdentity:
     """The caller's party identity, from the certificate TLS verified against the federation CA."""
     auth = context.auth_context()
-    pems = auth.get("x509_pem_cert") or []
-    if len(pems) != 1:
+    pems: object = auth.get("x509_pem_cert") or []
+    if not isinstance(pems, list) or len(pems) != 1:
         raise NotAuthorizedError("no client certificate: connect with your party's certificate")
     try:
         return identity_from_pem(bytes(pems[0]))
@@ -53,10 +53,10 @@ class Method:
 
 def make_generic_handler(
     service: str, methods: Mapping[str, Method], audit: AuditSink
-) -> grpc.GenericRpcHandler:
+) -> grpc.GenericRpcHandler[bytes, bytes]:
     """A handler for ``service`` that parses, authenticates, translates errors and audits."""
 
-    def wrap(name: str, method: Method) -> grpc.RpcMethodHandler:
+    def wrap(name: str, method: Method) -> grpc.RpcMethodHandler[bytes, bytes]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> bytes:
             caller = "?"
             code = grpc.StatusCode.OK
@@ -68,7 +68,7 @@ def make_generic_handler(
                     request = wire.parse(method.request, raw)
                     return method.call(request, identity).SerializeToString()
             except Exception:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # set by abort()
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
                 raise
             finally:
                 if code is not grpc.StatusCode.OK or name not in _QUIET:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from bund.v1 import job_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from parties.audit import SqliteAuditStore, verify_records
 
+from parties.audit import SqliteAuditStore, verify_records
 from parties.client import NodeClient, RemoteError, channel_options
 from parties.errors import PeerUnavailableError
 from parties.identity import load_audit_public_key
@@ -331,7 +331,9 @@ def test_audit_verify_cli_names_first_bad_record(node_factory: NodeFactory, tmp_
     (target,) = db.execute(
         "SELECT min(idx) FROM audit_records WHERE idx > 0 AND fields LIKE '%psi%'"
     ).fetchone()
-    db.execute("UPDATE audit_records SET fields = replace(fields, 'psi', 'pSi') WHERE idx = ?", (target,))
+    db.execute(
+        "UPDATE audit_records SET fields = replace(fields, 'psi', 'pSi') WHERE idx = ?", (target,)
+    )
     db.commit()
     db.close()
     bad = runner.invoke(app, ["audit", "verify", "--config", str(cfg.source)])
@@ -340,7 +342,8 @@ def test_audit_verify_cli_names_first_bad_record(node_factory: NodeFactory, tmp_
     store = SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True)
     try:
         assert (
-            verify_records(store.read(), load_audit_public_key(cfg.audit_pub)).first_bad_index == target
+            verify_records(store.read(), load_audit_public_key(cfg.audit_pub)).first_bad_index
+            == target
         )
     finally:
         store.close()

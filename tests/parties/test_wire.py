@@ -6,9 +6,9 @@ import pytest
 from bund.v1 import common_pb2, job_pb2
 from hypothesis import given
 from hypothesis import strategies as st
-from parties.audit import AuditRecord
 
 from parties import wire
+from parties.audit import AuditRecord
 from parties.errors import MalformedRequestError
 from parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant, Result
 
