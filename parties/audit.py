@@ -119,7 +119,7 @@ def _frozen_fields(fields: object) -> Mapping[str, JsonScalar]:
         if isinstance(value, str):
             _check_text(f"field {key!r}", value)
         checked[key] = value
-    return MappingProxyType(checked)
+    return MappingProxyType(dict(sorted(checked.items())))
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ class AuditRecord:
         party: The party whose log this is.
         event: What happened (``job_submitted``, ``message_sent``, ``job_closed``, ``rpc``...).
         job_id: The job it concerns, or ``""``.
-        fields: Flat JSON scalars (never payload content); stored as a read-only mapping.
+        fields: Flat JSON scalars (never payload content); kept as a read-only mapping in key
+            order, so a record reads back the same from every store.
         prev_hash: ``record_hash`` of the record before it (32 zero bytes for record 0).
         record_hash: ``SHA-256(0x02 || prev_hash || leaf_hash)``.
         signature: Ed25519 signature over ``SIGNING_DOMAIN || record_hash``.

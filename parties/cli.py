@@ -158,12 +158,12 @@ def wait_for(client: Any, job_id: str, timeout: float = 3600.0) -> JobStatus:
     with Progress(
         TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("", total=None, state="proposed")
+        task = progress.add_task("", total=None, state="proposed", count="")
         while True:
             status: JobStatus = client.status(job_id)
             progress.update(
@@ -172,6 +172,7 @@ def wait_for(client: Any, job_id: str, timeout: float = 3600.0) -> JobStatus:
                 completed=status.done,
                 total=status.total or None,
                 state=status.state.value,
+                count=f"{status.done:,}/{status.total:,}" if status.total else "",
             )
             if status.state.final:
                 return status
@@ -281,7 +282,10 @@ def job_list(config: ConfigOpt, limit: int = 20) -> None:
             jobs = client.list_jobs(limit)
     except BundError as exc:
         raise _fail(str(exc)) from None
-    t = RichTable("job", "protocol", "parties", "state", "updated")
+    t = RichTable()
+    t.add_column("job", no_wrap=True, min_width=32)  # whole, so it can be copied
+    for heading in ("protocol", "parties", "state", "updated"):
+        t.add_column(heading)
     for s in jobs:
         t.add_row(
             s.spec.job_id, s.spec.protocol, ",".join(s.spec.parties), s.state.value, s.updated_at

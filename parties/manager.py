@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import json
 import logging
 import sqlite3
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from compute.errors import BundError
-from parties.data import Table
+from parties.data import DatasetError, Table
 from parties.errors import (
     JobStateError,
     NotAuthorizedError,
@@ -33,12 +34,13 @@ from parties.jobs import (
     JobState,
     JobStatus,
     JsonScalar,
+    Participant,
     ProtocolDef,
     Result,
     RoleContext,
     new_job_id,
 )
-from parties.policy import Policy, PolicyRefusedError
+from parties.policy import Policy
 from parties.transport import JobAbortedError, Mailbox, Transport, digest
 
 log = logging.getLogger("bund.jobs")
@@ -204,8 +206,6 @@ class JobStore:
 
 def spec_from_json(text: str) -> JobSpec:
     """Rebuild a ``JobSpec`` from ``JobSpec.canonical_json``."""
-    from parties.jobs import Participant
-
     doc = json.loads(text)
     return JobSpec(
         protocol=doc["protocol"],
@@ -284,7 +284,7 @@ class JobManager:
         return definition
 
     def _check(self, spec: JobSpec) -> None:
-        """Shape, then this node's policy; raises ``InvalidJobSpecError``/``PolicyRefusedError``."""
+        """Check the shape, then this node's policy; raise on either."""
         self._definition(spec)
         self.policy.check(spec, self.party)
 
@@ -406,8 +406,6 @@ class JobManager:
 
     def deliver(self, job_id: str, caller: str, tag: str, payload: bytes, sha256: bytes) -> bool:
         """Put a peer's message into this node's mailbox; True when it is new."""
-        import hmac
-
         status = self.store.get(job_id)
         if caller not in status.spec.parties or caller == self.party:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}; message refused")
@@ -463,7 +461,7 @@ class JobManager:
 
         def table() -> Table:
             if table_loader is None:
-                raise PolicyRefusedError(f"{self.party} brings no dataset to job {job_id}")
+                raise DatasetError(f"{self.party} brings no dataset to job {job_id}")
             return table_loader()
 
         ctx = RoleContext(

@@ -1,0 +1,110 @@
+"""The `bund` command against real nodes: set-up, submit with progress, status, result, list."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from parties.cli import app
+from tests.conftest import NodeFactory
+from tests.integration.test_node import BANK_IDS, TAX_IDS, start_pair
+
+SPEC = """
+protocol = "psi"
+purpose = "CLI test"
+receivers = ["bank"]
+
+[params]
+mode = "cardinality"
+
+[[participants]]
+party = "bank"
+role = "member"
+dataset = "loans"
+columns = { id = "company_id" }
+
+[[participants]]
+party = "tax"
+role = "member"
+dataset = "filings"
+columns = { id = "uscc" }
+"""
+
+
+def test_federation_and_party_init(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["federation", "init", str(tmp_path / "fed"), "--name", "cli"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        [
+            "party",
+            "init",
+            "insurer-a",
+            "--role",
+            "insurer",
+            "--federation",
+            str(tmp_path / "fed"),
+            "--out",
+            str(tmp_path / "insurer-a"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE((tmp_path / "insurer-a" / "node.key").stat().st_mode) == 0o600
+    r = runner.invoke(
+        app,
+        [
+            "party",
+            "init",
+            "x",
+            "--role",
+            "wizard",
+            "--federation",
+            str(tmp_path / "fed"),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert r.exit_code == 1 and "role" in r.output
+
+
+def test_submit_status_result_list(node_factory: NodeFactory, tmp_path: Path) -> None:
+    start_pair(node_factory)
+    spec = tmp_path / "psi.toml"
+    spec.write_text(SPEC, encoding="utf-8")
+    config = str(node_factory.config("bank").source)
+    runner = CliRunner()
+    r = runner.invoke(app, ["job", "submit", str(spec), "--config", config])
+    assert r.exit_code == 0, r.output
+    assert "succeeded" in r.output
+    expected = len(set(BANK_IDS) & set(TAX_IDS))
+    assert (
+        f"intersection_size │ {expected}" in r.output
+        or f"intersection_size  {expected}" in r.output
+    )
+    job_id = r.output.split("submitted job ")[1].split()[0]
+    r = runner.invoke(app, ["job", "status", job_id, "--config", config])
+    assert r.exit_code == 0 and "succeeded" in r.output
+    r = runner.invoke(app, ["job", "list", "--config", config])
+    assert r.exit_code == 0 and job_id in r.output
+    r = runner.invoke(
+        app, ["job", "result", job_id, "--config", config, "--out", str(tmp_path / "out")]
+    )
+    assert r.exit_code == 0 and str(expected) in r.output
+    # The tax bureau's operator asks its own node: the result went to the bank.
+    tax_config = str(node_factory.config("tax").source)
+    r = runner.invoke(app, ["job", "result", job_id, "--config", tax_config])
+    assert r.exit_code == 1 and "went to bank" in r.output
+
+
+def test_bad_spec_file_names_the_problem(node_factory: NodeFactory, tmp_path: Path) -> None:
+    start_pair(node_factory)
+    spec = tmp_path / "bad.toml"
+    spec.write_text(SPEC.replace('mode = "cardinality"', 'mode = "everything"'), encoding="utf-8")
+    r = CliRunner().invoke(
+        app, ["job", "submit", str(spec), "--config", str(node_factory.config("bank").source)]
+    )
+    assert r.exit_code == 1
+    assert "intersection" in r.output and "cardinality" in r.output
