@@ -32,11 +32,13 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import gmpy2
@@ -227,12 +229,97 @@ def measure_protocol(n: int, samples: int) -> dict[str, Any]:
     }
 
 
+def measure_nodes(n: int, samples: int) -> dict[str, Any]:
+    """The whole job between two `bund serve` processes over mTLS gRPC, timed by wall clock.
+
+    From the bank operator's submission to SUCCEEDED at both nodes: proposal, acceptance,
+    the protocol with every message through the gRPC mailbox, audit records for every message
+    (SQLite, synchronous=FULL) and the closing exchange. Each node has one core of its own.
+    """
+    import tempfile
+
+    from parties import identity
+    from parties.client import NodeClient
+    from parties.config import load_config
+    from parties.data import write_csv
+    from parties.demo import (
+        DemoParty,
+        start_node,
+        stop_nodes,
+        wait_final,
+        wait_for_port,
+        write_node_config,
+    )
+
+    before = _group_costs(samples)
+    with tempfile.TemporaryDirectory(prefix="bund-bench-psi-") as tmp:
+        root = Path(tmp)
+        identity.create_federation(root / "federation", "bench")
+        parties = [DemoParty(p, p, "ids", f"{p}.csv", "id") for p in _PARTIES]
+        configs = {}
+        for party in parties:
+            table = Table.from_columns("ids", {"id": _ids(party.name, n)})
+            write_csv(table, root / "data" / party.csv)
+            identity.create_party(root / "federation", party.name, party.role, root / party.name)
+            others = [p.name for p in parties if p is not party]
+            configs[party.name] = load_config(write_node_config(root, party, root / "data", others))
+        procs = {p: start_node(configs[p].source or Path(), dict(os.environ)) for p in _PARTIES}
+        try:
+            ports = {p: wait_for_port(configs[p], procs[p]) for p in _PARTIES}
+            (root / "peers.toml").write_text(
+                "".join(f'[{p}]\naddress = "127.0.0.1:{port}"\n' for p, port in ports.items())
+            )
+            spec = JobSpec(
+                protocol="psi",
+                participants=tuple(Participant(p, "member", "ids", {"id": "id"}) for p in _PARTIES),
+                receivers=_PARTIES,
+                purpose="benchmark",
+                requester=_PARTIES[0],
+                params={"mode": "intersection"},
+            )
+            clients = {p: NodeClient(f"127.0.0.1:{ports[p]}", p, configs[p].tls) for p in _PARTIES}
+            try:
+                wall = time.perf_counter()
+                job_id = clients["bank"].submit(spec)
+                statuses = {p: wait_final(c, job_id) for p, c in clients.items()}
+                wall = time.perf_counter() - wall
+                summary = clients["bank"].result(job_id).summary
+            finally:
+                for c in clients.values():
+                    c.close()
+        finally:
+            stop_nodes(procs)
+    if any(st.state.value != "succeeded" for st in statuses.values()):
+        raise RuntimeError(f"node job failed at n={n}: {statuses}")
+    if summary["intersection_size"] != n // 2:
+        raise RuntimeError(f"wrong intersection size at n={n}: {summary}")
+    after = _group_costs(samples)
+    t_hash, t_mult = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    ceiling = 1 / (t_hash + 2 * t_mult)
+    rate = n / wall
+    return {
+        "family": "psi",
+        "kernel": "job_over_mtls_nodes",
+        "params": {"n": n, "mode": "intersection", "receivers": 2, "overlap": n // 2},
+        "ops_per_s": rate,
+        "elements_per_s_per_party": rate,
+        "ceiling_elements_per_s": ceiling,
+        "fraction_of_ceiling": rate / ceiling,
+        "job_wall_s": wall,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
-    """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6."""
+    """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6.
+
+    Then the same job between two node processes over mTLS gRPC (10^3 quick; 10^4 and 10^5).
+    """
     samples = 5_000 if quick else 20_000
     rows = measure_kernels(samples)
     for n in (10**3, 10**4) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_protocol(n, samples))
+    for n in (10**3,) if quick else (10**4, 10**5):
+        rows.append(measure_nodes(n, samples))
     return rows
 
 

@@ -307,7 +307,7 @@ def audit_verify(
     key: Annotated[Path | None, typer.Option(help="The party's audit public key (PEM).")] = None,
 ) -> None:
     """Check a log's hash chain and signatures; name the first bad record."""
-    from parties.audit import SqliteAuditStore, read_jsonl, verify_records
+    from parties.audit import SqliteAuditStore, iter_jsonl, verify_records, verify_store
 
     if config is not None:
         cfg = _config(config)
@@ -315,20 +315,17 @@ def audit_verify(
         key = key or cfg.audit_pub
     if log_file is None or key is None:
         raise _fail("give --config, or both --log and --key")
+    if not log_file.exists():
+        raise _fail(f"{log_file} not found")
     try:
         public_key = identity.load_audit_public_key(key)
         if log_file.suffix == ".jsonl":
-            with log_file.open("r", encoding="utf-8") as fp:
-                records = read_jsonl(fp)
+            # A line that cannot even be decoded is reported as the first bad record.
+            with log_file.open("rb") as fp:
+                report = verify_records(iter_jsonl(fp), public_key)
         else:
-            if not log_file.exists():
-                raise _fail(f"{log_file} not found")
-            store = SqliteAuditStore(log_file, read_only=True)
-            try:
-                records = store.read()
-            finally:
-                store.close()
-        report = verify_records(records, public_key)
+            with SqliteAuditStore(log_file, read_only=True) as store:
+                report = verify_store(store, public_key)
     except BundError as exc:
         raise _fail(str(exc)) from None
     if report.ok:

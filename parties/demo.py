@@ -21,7 +21,7 @@ from rich.table import Table as RichTable
 
 from compute.errors import BundError
 from parties import identity
-from parties.audit import SqliteAuditStore, verify_records
+from parties.audit import SqliteAuditStore, verify_store
 from parties.client import NodeClient, RemoteError
 from parties.config import NodeConfig, load_config
 from parties.data import write_demo_data
@@ -234,11 +234,8 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
     audit_table = RichTable("party", "records", "audit log")
     counts: dict[str, int] = {}
     for name, cfg in configs.items():
-        store = SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True)
-        try:
-            report = verify_records(store.read(), identity.load_audit_public_key(cfg.audit_pub))
-        finally:
-            store.close()
+        with SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True) as store:
+            report = verify_store(store, identity.load_audit_public_key(cfg.audit_pub))
         if not report.ok:
             raise DemoError(
                 f"{name}'s audit log fails at record {report.first_bad_index}: {report.reason}"

@@ -108,3 +108,25 @@ def test_bad_spec_file_names_the_problem(node_factory: NodeFactory, tmp_path: Pa
     )
     assert r.exit_code == 1
     assert "intersection" in r.output and "cardinality" in r.output
+
+
+def test_audit_export_and_verify_jsonl(node_factory: NodeFactory, tmp_path: Path) -> None:
+    start_pair(node_factory)
+    cfg = node_factory.config("bank")
+    runner = CliRunner()
+    spec = tmp_path / "psi.toml"
+    spec.write_text(SPEC, encoding="utf-8")
+    assert (
+        runner.invoke(app, ["job", "submit", str(spec), "--config", str(cfg.source)]).exit_code == 0
+    )
+    out = tmp_path / "bank.jsonl"
+    r = runner.invoke(app, ["audit", "export", "--config", str(cfg.source), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    key = str(cfg.audit_pub)
+    r = runner.invoke(app, ["audit", "verify", "--log", str(out), "--key", key])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    del lines[4]  # a removed record
+    out.write_text("".join(lines), encoding="utf-8")
+    r = runner.invoke(app, ["audit", "verify", "--log", str(out), "--key", key])
+    assert r.exit_code == 1 and "record 4" in r.output, r.output
