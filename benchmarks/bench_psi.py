@@ -261,8 +261,10 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
             table = Table.from_columns("ids", {"id": _ids(party.name, n)})
             write_csv(table, root / "data" / party.csv)
             identity.create_party(root / "federation", party.name, party.role, root / party.name)
-            others = [p.name for p in parties if p is not party]
-            configs[party.name] = load_config(write_node_config(root, party, root / "data", others))
+            others = [p for p in parties if p is not party]
+            # Approvals off: the benchmark times the machines, not a person's signature.
+            node_toml = write_node_config(root, party, root / "data", others, approvals=False)
+            configs[party.name] = load_config(node_toml)
         procs = {p: start_node(configs[p].source or Path(), dict(os.environ)) for p in _PARTIES}
         try:
             ports = {p: wait_for_port(configs[p], procs[p]) for p in _PARTIES}

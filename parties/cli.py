@@ -273,6 +273,47 @@ def job_result(
             console.print(f"wrote {target}")
 
 
+@job_app.command("approve")
+def job_approve(
+    job_id: str,
+    config: ConfigOpt,
+    key: Annotated[
+        Path | None, typer.Option(help="The approver's Ed25519 key (default: beside node.toml).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve without asking.")] = False,
+) -> None:
+    """Show what a job will compute and reveal, then sign this node's approval of it."""
+    cfg = _config(config)
+    key_path = key or (cfg.source.parent if cfg.source else Path()) / identity.APPROVER_KEY
+    try:
+        with _client(cfg) as client:
+            request = client.approval_request(job_id)
+            console.print("\n".join(request.summary_lines()))
+            if not yes:
+                typer.confirm("Approve this job?", abort=True)
+            signer = identity.load_audit_signing_key(key_path)
+            client.approve(job_id, signer.sign(request.payload()))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"[green]approved[/] job {job_id}")
+
+
+@job_app.command("deny")
+def job_deny(
+    job_id: str,
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="Why; the requester sees it.")],
+) -> None:
+    """Refuse a job at this node; the requester's job ends refused with the reason."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.deny(job_id, reason)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"denied job {job_id}")
+
+
 @job_app.command("list")
 def job_list(config: ConfigOpt, limit: int = 20) -> None:
     """List the newest jobs at this party's node."""
@@ -289,6 +330,43 @@ def job_list(config: ConfigOpt, limit: int = 20) -> None:
     for s in jobs:
         t.add_row(
             s.spec.job_id, s.spec.protocol, ",".join(s.spec.parties), s.state.value, s.updated_at
+        )
+    console.print(t)
+
+
+budget_app = typer.Typer(help="Privacy budgets per dataset.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+
+@budget_app.command("show")
+def budget_show(config: ConfigOpt) -> None:
+    """Each dataset's privacy budget: total, spent, left (exact)."""
+    from parties.ledger import BudgetLedger
+
+    cfg = _config(config)
+
+    class _NoAudit:
+        def append(self, event: str, job_id: str = "", fields: object = None) -> None:
+            raise RuntimeError("budget show never charges")
+
+    ledger = BudgetLedger(
+        cfg.state_dir / "budget.db",
+        {n: e.budget for n, e in cfg.policy.datasets.items()},
+        _NoAudit(),
+    )
+    try:
+        lines = ledger.lines()
+    finally:
+        ledger.close()
+    t = RichTable("dataset", "level", "total", "spent", "left")
+    for line in lines:
+        entry = cfg.policy.datasets.get(line.dataset)
+        t.add_row(
+            line.dataset,
+            entry.level if entry else "?",
+            str(line.total),
+            str(line.spent),
+            str(line.remaining),
         )
     console.print(t)
 

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from compute.errors import BundError
 from parties import wire
+from parties.approvals import ApprovalRequest
 from parties.config import NodeConfig, TlsPaths
 from parties.errors import PeerUnavailableError
 from parties.jobs import JobSpec, JobStatus, Result
@@ -170,6 +171,34 @@ class NodeClient:
         )
         return wire.audit_page_from_proto(r)
 
+    def approval_request(self, job_id: str) -> ApprovalRequest:
+        """What this node's approver is asked to sign for a job (its own operator only)."""
+        r = self._call(
+            "Jobs",
+            "GetApprovalRequest",
+            job_pb2.GetApprovalRequestRequest(job_id=job_id),
+            job_pb2.ApprovalRequest,
+        )
+        return wire.approval_request_from_proto(r, self.party)
+
+    def approve(self, job_id: str, signature: bytes) -> None:
+        """Hand the approver's signature to this node."""
+        self._call(
+            "Jobs",
+            "ApproveJob",
+            job_pb2.ApproveJobRequest(job_id=job_id, signature=signature),
+            job_pb2.ApproveJobResponse,
+        )
+
+    def deny(self, job_id: str, reason: str) -> None:
+        """Refuse a job at this node."""
+        self._call(
+            "Jobs",
+            "DenyJob",
+            job_pb2.DenyJobRequest(job_id=job_id, reason=reason),
+            job_pb2.DenyJobResponse,
+        )
+
     # -- node-to-node calls ---------------------------------------------------------------
 
     def propose(self, spec: JobSpec) -> tuple[bool, str]:
@@ -245,6 +274,10 @@ class PeerClients:
     def abort(self, to: str, job_id: str, reason: str) -> None:
         """See ``NodeClient.abort``."""
         self.client(to).abort(job_id, reason)
+
+    def status(self, to: str, job_id: str) -> JobStatus:
+        """See ``NodeClient.status``."""
+        return self.client(to).status(job_id)
 
     def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
         """Deliver a job message to ``to``, retrying while it is unreachable."""

@@ -17,7 +17,7 @@ from typing import Any
 from compute import insecure
 from parties.data import DataSource
 from parties.errors import ConfigError
-from parties.policy import DEFAULT_LIMITS, DatasetPolicy, Policy
+from parties.policy import Policy, load_policy
 
 _MIB = 1 << 20
 
@@ -47,6 +47,7 @@ class NodeConfig:
     policy: Policy
     max_message_bytes: int = 8 * _MIB
     recv_timeout_s: float = 300.0
+    approval_timeout_s: float = 86_400.0
     max_workers: int = 16
     source: Path | None = field(default=None, compare=False)
 
@@ -117,7 +118,8 @@ def load_config(path: Path) -> NodeConfig:
     tls = _table(doc, "tls", where)
     audit = _table(doc, "audit", where)
     limits_doc = _table(doc, "limits", where)
-    policy_doc = _table(doc, "policy", where)
+    if "policy" in doc:
+        raise ConfigError(f'{where}: policy lives in its own file: set policy_file = "policy.toml"')
 
     datasets: dict[str, DataSource] = {}
     for name, entry in _table(doc, "datasets", where).items():
@@ -134,19 +136,13 @@ def load_config(path: Path) -> NodeConfig:
         except ValueError as exc:
             raise ConfigError(f"{where} [datasets.{name}]: {exc}") from None
 
-    counterparties = policy_doc.get("allowed_counterparties", [])
-    if not isinstance(counterparties, list) or not all(isinstance(c, str) for c in counterparties):
-        raise ConfigError(f"{where}: [policy] allowed_counterparties must be a list of party names")
-    dataset_rules: dict[str, DatasetPolicy] = {}
-    for name, rules in _table(policy_doc, "datasets", where).items():
-        protocols = rules.get("protocols", []) if isinstance(rules, dict) else None
-        if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
-            raise ConfigError(f"{where}: [policy.datasets.{name}] protocols must be a list")
+    policy = load_policy(rel(_str(doc, "policy_file", where, "policy.toml")), party)
+    for name in policy.datasets:
         if name not in datasets:
-            raise ConfigError(f"{where}: [policy.datasets.{name}] names no dataset in [datasets]")
-        dataset_rules[name] = DatasetPolicy(frozenset(protocols))
-    limits = {k: _int(limits_doc, k, f"{where} [limits]", v) for k, v in DEFAULT_LIMITS.items()}
-    policy = Policy(frozenset(counterparties), dataset_rules, limits)
+            raise ConfigError(
+                f"{where}: the policy's catalog names dataset {name!r} but [datasets.{name}] "
+                "says nowhere where to read it"
+            )
 
     peers: dict[str, str] = {}
     for name, entry in _table(doc, "peers", where).items():
@@ -157,9 +153,13 @@ def load_config(path: Path) -> NodeConfig:
     if peers_file is not None and not isinstance(peers_file, str):
         raise ConfigError(f"{where}: peers_file must be a path")
 
-    timeout = limits_doc.get("recv_timeout_s", 300)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ConfigError(f"{where} [limits]: recv_timeout_s must be a positive number")
+    timeouts = {
+        k: limits_doc.get(k, d)
+        for k, d in (("recv_timeout_s", 300), ("approval_timeout_s", 86_400))
+    }
+    for key, value in timeouts.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where} [limits]: {key} must be a positive number")
     apply_test_switch_from_env()
     return NodeConfig(
         party=party,
@@ -177,7 +177,8 @@ def load_config(path: Path) -> NodeConfig:
         datasets=datasets,
         policy=policy,
         max_message_bytes=_int(limits_doc, "max_message_bytes", where, 8 * _MIB, lo=64 * 1024),
-        recv_timeout_s=float(timeout),
+        recv_timeout_s=float(timeouts["recv_timeout_s"]),
+        approval_timeout_s=float(timeouts["approval_timeout_s"]),
         max_workers=_int(limits_doc, "max_workers", where, 16),
         source=path,
     )

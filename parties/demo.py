@@ -63,13 +63,24 @@ PARTIES = (
 )
 
 
-def write_node_config(root: Path, party: DemoParty, data_dir: Path, others: list[str]) -> Path:
-    """Write ``root/party/node.toml``: loopback port 0, the shared peer directory, one dataset."""
-    text = f"""# Node configuration of {party.name} (written by `bund demo`).
+def write_node_config(
+    root: Path,
+    party: DemoParty,
+    data_dir: Path,
+    others: list[DemoParty],
+    approvals: bool = True,
+) -> Path:
+    """Write ``root/party/node.toml`` and ``policy.toml``: loopback port 0, one dataset.
+
+    The dataset is classified ``confidential`` (company financial data, not personal data);
+    approvals are on, as in production.
+    """
+    node = f"""# Node configuration of {party.name} (written by `bund demo`).
 party = "{party.name}"
 listen = "127.0.0.1:0"
 state_dir = "state"
 peers_file = "../peers.toml"
+policy_file = "policy.toml"
 
 [tls]
 ca = "ca.pem"
@@ -81,22 +92,55 @@ signing_key = "audit_ed25519.key"
 public_key = "audit_ed25519.pub"
 
 [limits]
-psi_max_set_size = 1000000
 recv_timeout_s = 120
+approval_timeout_s = 600
 
 [datasets.{party.dataset}]
 kind = "csv"
 path = "{(data_dir / party.csv).as_posix()}"
+"""
+    counterparties = "".join(f'[counterparties.{o.name}]\nroles = ["{o.role}"]\n\n' for o in others)
+    policy = f"""# Policy of {party.name}'s node (written by `bund demo`).
+cohort_floor = 10
 
-[policy]
-allowed_counterparties = {others!r}
+[limits]
+psi_max_set_size = 1000000
 
-[policy.datasets.{party.dataset}]
+[approvals]
+required = {"true" if approvals else "false"}
+approver_key = "approver_ed25519.pub"
+
+{counterparties}[datasets.{party.dataset}]
+owner = "{party.name}"
+level = "confidential"
 protocols = ["psi"]
 """
-    path = root / party.name / "node.toml"
-    path.write_text(text.replace("'", '"'), encoding="utf-8")
-    return path
+    home = root / party.name
+    (home / "policy.toml").write_text(policy, encoding="utf-8")
+    (home / "node.toml").write_text(node, encoding="utf-8")
+    return home / "node.toml"
+
+
+def approve_as(client: NodeClient, home: Path, job_id: str, console: Console) -> None:
+    """Play a data owner's approver: show the summary, sign it with the approver key."""
+    request = client.approval_request(job_id)
+    console.print(f"[bold]{request.party}'s approver reviews:[/]")
+    for line in request.summary_lines():
+        console.print(f"  {line}")
+    signer = identity.load_audit_signing_key(home / identity.APPROVER_KEY)
+    client.approve(job_id, signer.sign(request.payload()))
+    console.print(f"  [green]approved[/] by {request.party}")
+
+
+def wait_state(client: NodeClient, job_id: str, state: JobState, timeout: float = 60.0) -> None:
+    """Wait until a node reports the job in ``state`` (or final)."""
+    deadline = time.monotonic() + timeout
+    while (status := client.status(job_id)).state is not state:
+        if status.state.final or time.monotonic() > deadline:
+            raise DemoError(
+                f"job {job_id} is {status.state.value} at {client.party}: {status.error}"
+            )
+        time.sleep(0.05)
 
 
 def start_node(config_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -167,7 +211,7 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
     configs: dict[str, NodeConfig] = {}
     for party in PARTIES:
         identity.create_party(fed, party.name, party.role, root / party.name)
-        others = [p.name for p in PARTIES if p.name != party.name]
+        others = [p for p in PARTIES if p.name != party.name]
         configs[party.name] = load_config(write_node_config(root, party, data_dir, others))
         console.print(f"  issued certificate for [bold]{party.name}[/] ({party.role})")
 
@@ -205,6 +249,9 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
             started = time.monotonic()
             job_id = bank_client.submit(spec)
             console.print(f"PSI job [bold]{job_id}[/] submitted by the bank")
+            for client, party in ((bank_client, bank), (tax_client, tax)):
+                wait_state(client, job_id, JobState.AWAITING_APPROVAL)
+                approve_as(client, root / party.name, job_id, console)
             status = wait_final(bank_client, job_id)
             elapsed = time.monotonic() - started
             if status.state is not JobState.SUCCEEDED:

@@ -25,9 +25,12 @@ from compute.errors import (
     KeySizeError,
     SetTooLargeError,
 )
+from parties.approvals import ApprovalError
 from parties.data import DatasetError
+from parties.identity import IdentityError
 from parties.jobs import InvalidJobSpecError
-from parties.policy import PolicyRefusedError
+from parties.ledger import BudgetExhaustedError
+from parties.policy import PolicyFileError, PolicyRefusedError
 from parties.transport import (
     EquivocationError,
     JobAbortedError,
@@ -87,6 +90,10 @@ CATALOG: dict[type[BaseException], grpc.StatusCode] = {
     PeerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     TransportError: grpc.StatusCode.UNAVAILABLE,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
+    IdentityError: grpc.StatusCode.FAILED_PRECONDITION,
+    BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 #: Longest message sent to a peer; longer ones are cut (messages are ours, but bound them anyway).

@@ -9,6 +9,7 @@ that signs its audit log. Private keys are written 0600 and never leave the part
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ NODE_KEY = "node.key"
 NODE_CERT = "node.pem"
 AUDIT_KEY = "audit_ed25519.key"
 AUDIT_PUB = "audit_ed25519.pub"
+APPROVER_KEY = "approver_ed25519.key"
+APPROVER_PUB = "approver_ed25519.pub"
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -195,22 +198,33 @@ def create_party(federation_dir: Path, name: str, role: str, out_dir: Path) -> P
     )
     _write_public(out_dir / NODE_CERT, cert.public_bytes(serialization.Encoding.PEM))
     _write_public(out_dir / CA_CERT, (federation_dir / CA_CERT).read_bytes())
-    audit_key = ed25519.Ed25519PrivateKey.generate()
+    create_signing_key(out_dir / AUDIT_KEY, out_dir / AUDIT_PUB)
+    create_signing_key(out_dir / APPROVER_KEY, out_dir / APPROVER_PUB)
+    return PartyIdentity(name, role)
+
+
+def create_signing_key(private_path: Path, public_path: Path) -> ed25519.Ed25519PublicKey:
+    """Make an Ed25519 key pair: the private key 0600, the public key beside it.
+
+    Each party has two: the node's audit-signing key, and its approver's key, which a person
+    holds (in production on another machine) to sign approvals of jobs.
+    """
+    key = ed25519.Ed25519PrivateKey.generate()
     _write_private(
-        out_dir / AUDIT_KEY,
-        audit_key.private_bytes(
+        private_path,
+        key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
     )
     _write_public(
-        out_dir / AUDIT_PUB,
-        audit_key.public_key().public_bytes(
+        public_path,
+        key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     )
-    return PartyIdentity(name, role)
+    return key.public_key()
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -239,7 +253,7 @@ def load_private_key(path: Path) -> object:
 
 
 def load_audit_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
-    """Read a party's Ed25519 audit-signing key."""
+    """Read an Ed25519 private key (a node's audit key or an approver's key)."""
     key = load_private_key(path)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise IdentityError(f"{path} is not an Ed25519 private key")
@@ -247,7 +261,7 @@ def load_audit_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
 
 
 def load_audit_public_key(path: Path) -> ed25519.Ed25519PublicKey:
-    """Read a party's Ed25519 audit public key (PEM)."""
+    """Read an Ed25519 public key (PEM): a node's audit key or an approver's key."""
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except FileNotFoundError:
@@ -262,6 +276,11 @@ def load_audit_public_key(path: Path) -> ed25519.Ed25519PublicKey:
 def raw_public_key(key: ed25519.Ed25519PublicKey) -> bytes:
     """The 32 raw bytes of an Ed25519 public key."""
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def raw_key_id(key: ed25519.Ed25519PublicKey) -> str:
+    """A short, stable name for a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(raw_public_key(key)).hexdigest()[:16]
 
 
 def _identity_from_name(subject: x509.Name) -> PartyIdentity:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from compute.dp.budget import Budget
 from compute.errors import BundError
 from parties.transport import (
     InMemoryNetwork,
@@ -205,19 +206,42 @@ class JobContext(Protocol):
 RoleFn = Callable[[JobContext], "Result | None"]
 
 
+def no_privacy_cost(spec: JobSpec, party: str) -> Budget:
+    """The cost of a protocol that releases no differentially private output: nothing."""
+    return Budget()
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
-    """A protocol: its version, its roles, and a check of a spec's shape before anything runs.
+    """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
 
-    ``validate`` raises ``InvalidJobSpecError`` for a spec the protocol cannot run (wrong number of
-    parties, unknown role, missing column binding, bad parameter).
+    Attributes:
+        validate: raises ``InvalidJobSpecError`` for a spec the protocol cannot run (wrong number
+            of parties, unknown role, missing column binding, bad parameter).
+        outputs: the kinds of output the job releases (``policy.OUTPUTS``), checked against each
+            dataset's classification.
+        learns: party -> what that party learns, in words (shown to approvers, put in receipts).
+        cost: the privacy budget the job charges to ``party``'s dataset (zero for non-DP jobs).
     """
 
     name: str
     version: str
     roles: Mapping[str, RoleFn]
     validate: Callable[[JobSpec], None]
+    outputs: Callable[[JobSpec], frozenset[str]]
+    learns: Callable[[JobSpec], Mapping[str, str]]
+    cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
     description: str = ""
+
+
+class AuditSink(Protocol):
+    """The part of a node's audit log that jobs, the ledger and the RPC layer append to."""
+
+    def append(
+        self, event: str, job_id: str = "", fields: Mapping[str, JsonScalar] | None = None
+    ) -> object:
+        """Append one signed record."""
+        ...
 
 
 class MessageSink(Protocol):
@@ -423,6 +447,7 @@ class JobState(enum.Enum):
     FAILED = "failed"
     REFUSED = "refused"
     ABORTED = "aborted"
+    AWAITING_APPROVAL = "awaiting_approval"
 
     @property
     def final(self) -> bool:

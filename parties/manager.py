@@ -16,19 +16,26 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from compute.dp.budget import format_rational
 from compute.errors import BundError
+from parties.approvals import ApprovalError, ApprovalRequest, verify_approval
 from parties.data import DatasetError, Table
 from parties.errors import (
     JobStateError,
     NotAuthorizedError,
     UnknownJobError,
 )
+from parties.identity import raw_key_id
 from parties.jobs import (
+    AuditSink,
     InvalidJobSpecError,
     JobSpec,
     JobState,
@@ -40,23 +47,14 @@ from parties.jobs import (
     RoleContext,
     new_job_id,
 )
-from parties.policy import Policy
+from parties.ledger import BudgetExhaustedError, BudgetLedger
+from parties.policy import Policy, PolicyRefusedError
 from parties.transport import JobAbortedError, Mailbox, Transport, digest
 
 log = logging.getLogger("bund.jobs")
 
 #: Mailbox tag of the closing exchange, outside every protocol's own tags.
 CLOSE_TAG = "bund/close"
-
-
-class AuditSink(Protocol):
-    """The part of the audit log the job manager writes to."""
-
-    def append(
-        self, event: str, job_id: str = "", fields: Mapping[str, JsonScalar] | None = None
-    ) -> object:
-        """Append one signed record."""
-        ...
 
 
 class PeerControl(Transport, Protocol):
@@ -74,9 +72,17 @@ class PeerControl(Transport, Protocol):
         """Tell ``to`` that the job is off."""
         ...
 
+    def status(self, to: str, job_id: str) -> JobStatus:
+        """``to``'s view of a job (participants may read each other's status)."""
+        ...
+
 
 def _utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _receipt_json(receipt: Mapping[str, JsonScalar]) -> bytes:
+    return json.dumps(dict(receipt), sort_keys=True, indent=2, ensure_ascii=False).encode()
 
 
 class JobStore:
@@ -256,9 +262,15 @@ class JobManager:
         store: JobStore,
         mailbox: Mailbox,
         peers: PeerControl,
+        ledger: BudgetLedger,
+        approver_key: Ed25519PublicKey | None,
+        code_version: str,
         recv_timeout: float,
+        approval_timeout: float = 86_400.0,
         max_workers: int = 16,
     ) -> None:
+        if policy.approvals_required and approver_key is None:
+            raise ValueError("approvals are required but no approver key was given")
         self.party = party
         self.protocols = protocols
         self.policy = policy
@@ -267,10 +279,17 @@ class JobManager:
         self.store = store
         self.mailbox = mailbox
         self.peers = peers
+        self.ledger = ledger
+        self.approver_key = approver_key
+        self.code_version = code_version
         self.recv_timeout = recv_timeout
+        self.approval_timeout = approval_timeout
+        self.poll_interval = 0.2
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bund-job")
         self._lock = threading.Lock()
         self._running: set[str] = set()
+        #: What each job was admitted on (dataset version, code version): re-checked at start.
+        self._admitted: dict[str, bytes] = {}
 
     # -- checks shared by submission and proposal -------------------------------------------
 
@@ -283,10 +302,87 @@ class JobManager:
         definition.validate(spec)
         return definition
 
-    def _check(self, spec: JobSpec) -> None:
-        """Check the shape, then this node's policy; raise on either."""
-        self._definition(spec)
-        self.policy.check(spec, self.party)
+    def _table(self, dataset: str) -> Table:
+        loader = self.tables.get(dataset)
+        if loader is None:
+            raise PolicyRefusedError(
+                f"{self.party}'s node has no source for dataset {dataset!r}; its operator can "
+                f"declare [datasets.{dataset}] in node.toml"
+            )
+        return loader()
+
+    def _approval_request(self, spec: JobSpec) -> ApprovalRequest | None:
+        """What this node's approver would sign for ``spec``; None when it brings no dataset."""
+        definition = self._definition(spec)
+        me = spec.participant(self.party)
+        if me.dataset is None:
+            return None
+        entry = self.policy.datasets[me.dataset]
+        return ApprovalRequest(
+            spec=spec,
+            party=self.party,
+            code_version=self.code_version,
+            dataset=me.dataset,
+            level=entry.level,
+            dataset_version=self._table(me.dataset).content_hash(),
+            outputs=tuple(sorted(definition.outputs(spec))),
+            learns=dict(definition.learns(spec)),
+            cost=definition.cost(spec, self.party),
+        )
+
+    def _check(self, spec: JobSpec, requester_role: str | None) -> ApprovalRequest | None:
+        """Shape, policy, dataset version pin, cohort floor and budget; raise on any."""
+        definition = self._definition(spec)
+        self.policy.check(spec, self.party, definition.outputs(spec), requester_role)
+        request = self._approval_request(spec)
+        if request is None:
+            return None
+        entry = self.policy.datasets[request.dataset]
+        if entry.version is not None and not hmac.compare_digest(
+            entry.version, request.dataset_version
+        ):
+            raise PolicyRefusedError(
+                f"dataset {request.dataset!r} no longer matches the version pinned in policy.toml "
+                f"({entry.version[:16]}..., now {request.dataset_version[:16]}...); its owner must "
+                "review the change and update the pin"
+            )
+        self.policy.check_cohort(request.dataset, self._table(request.dataset).num_rows)
+        line = self.ledger.line(request.dataset)
+        if not (line.spent + request.cost).fits_within(line.total):
+            raise BudgetExhaustedError(
+                f"dataset {request.dataset!r} has {line.remaining} of its privacy budget left; "
+                f"this job needs {request.cost}"
+            )
+        return request
+
+    def _admit(self, spec: JobSpec, request: ApprovalRequest | None) -> None:
+        """After the checks: wait for this node's approver, or accept now."""
+        if request is not None and self.policy.approvals_required:
+            self.store.update(spec.job_id, state=JobState.AWAITING_APPROVAL.value)
+            self.audit.append(
+                "job_awaiting_approval",
+                spec.job_id,
+                {
+                    "dataset": request.dataset,
+                    "dataset_version": request.dataset_version,
+                    "spec_sha256": spec.digest(),
+                },
+            )
+        else:
+            self._commit(spec, request)
+
+    def _commit(self, spec: JobSpec, request: ApprovalRequest | None) -> None:
+        """Charge the budget (before anything runs, never refunded) and accept the job."""
+        fields: dict[str, JsonScalar] = {
+            "spec_sha256": spec.digest(),
+            "approvals_required": self.policy.approvals_required,
+        }
+        if request is not None:
+            self.ledger.charge(spec.job_id, request.dataset, request.cost)
+            self._admitted[spec.job_id] = request.payload()
+            fields.update(dataset=request.dataset, dataset_version=request.dataset_version)
+        self.store.update(spec.job_id, state=JobState.ACCEPTED.value)
+        self.audit.append("job_accepted", spec.job_id, fields)
 
     def _spec_fields(self, spec: JobSpec) -> dict[str, JsonScalar]:
         return {
@@ -302,10 +398,7 @@ class JobManager:
 
     def submit(self, spec: JobSpec, caller: str) -> str:
         """Accept a job from this node's operator, check it, and start proposing it to the peers."""
-        if caller != self.party:
-            raise NotAuthorizedError(
-                f"only {self.party}'s own operator may submit jobs at this node (caller: {caller})"
-            )
+        self._operator_only(caller, "submit jobs")
         if spec.job_id:
             raise InvalidJobSpecError("leave job_id empty in a submission: the node assigns it")
         if spec.requester != self.party:
@@ -314,52 +407,143 @@ class JobManager:
         self.store.create(spec, JobState.PROPOSED)
         self.audit.append("job_submitted", spec.job_id, self._spec_fields(spec))
         try:
-            self._check(spec)
+            self._admit(spec, self._check(spec, None))
         except BundError as exc:
             self._refuse(spec.job_id, str(exc))
             return spec.job_id
-        self.audit.append("job_accepted", spec.job_id, {"spec_sha256": spec.digest()})
         self._pool.submit(self._coordinate, spec)
         return spec.job_id
+
+    def _operator_only(self, caller: str, what: str) -> None:
+        if caller != self.party:
+            raise NotAuthorizedError(
+                f"only {self.party}'s own operator may {what} at this node (caller: {caller})"
+            )
+
+    def approval_request(self, job_id: str, caller: str) -> ApprovalRequest:
+        """What this node's approver is asked to sign for a job awaiting approval."""
+        self._operator_only(caller, "read approval requests")
+        status = self.store.get(job_id)
+        if status.state is not JobState.AWAITING_APPROVAL:
+            raise JobStateError(f"job {job_id} is {status.state.value}; it awaits no approval")
+        request = self._approval_request(status.spec)
+        if request is None:
+            raise JobStateError(
+                f"{self.party} brings no dataset to job {job_id}; nothing to approve"
+            )
+        return request
+
+    def approve(self, job_id: str, caller: str, signature: bytes) -> None:
+        """Record the approver's signature over the job, charge the budget, and accept it."""
+        request = self.approval_request(job_id, caller)
+        assert self.approver_key is not None  # approvals_required implies a key (see __init__)
+        verify_approval(request, signature, self.approver_key)
+        self.audit.append(
+            "job_approved",
+            job_id,
+            {
+                "spec_sha256": request.spec.digest(),
+                "dataset": request.dataset,
+                "dataset_version": request.dataset_version,
+                "code_version": request.code_version,
+                "approver": raw_key_id(self.approver_key),
+                "signature": signature.hex(),
+            },
+        )
+        try:
+            self._commit(request.spec, request)
+        except BundError as exc:
+            self._refuse(job_id, str(exc))
+            raise
+
+    def deny(self, job_id: str, caller: str, reason: str) -> None:
+        """Refuse a job at this node's approver's word; the requester learns the reason."""
+        self._operator_only(caller, "deny jobs")
+        status = self.store.get(job_id)
+        if status.state not in (JobState.AWAITING_APPROVAL, JobState.ACCEPTED, JobState.PROPOSED):
+            raise JobStateError(f"job {job_id} is {status.state.value}; too late to deny it")
+        why = f"denied by {self.party}'s approver: {reason}"
+        self.store.update(job_id, state=JobState.REFUSED.value, error=why)
+        self.audit.append(
+            "job_denied", job_id, {"spec_sha256": status.spec.digest(), "reason": reason[:500]}
+        )
+        if status.spec.requester != self.party:
+            self._abort_peer(status.spec.requester, job_id, why)
 
     def _refuse(self, job_id: str, reason: str) -> None:
         self.store.update(job_id, state=JobState.REFUSED.value, error=reason)
         self.audit.append("job_refused", job_id, {"reason": reason})
 
     def _coordinate(self, spec: JobSpec) -> None:
-        """Requester side: propose to every peer; start all only if all accepted."""
+        """Requester side: propose to every peer; start all only once all accepted and approved."""
         others = [p for p in spec.parties if p != self.party]
-        accepted: list[str] = []
+        proposed: list[str] = []
         try:
             for peer in others:
                 ok, reason = self.peers.propose(peer, spec)
                 if not ok:
-                    why = f"refused by {peer}: {reason}"
-                    self.store.update(spec.job_id, state=JobState.REFUSED.value, error=why)
-                    self.audit.append(
-                        "job_refused_by_peer", spec.job_id, {"peer": peer, "reason": reason}
-                    )
-                    for done in accepted:
-                        self._abort_peer(done, spec.job_id, why)
+                    self._call_off(spec, proposed, f"refused by {peer}: {reason}", peer, reason)
                     return
-                accepted.append(peer)
-            self.store.update(spec.job_id, state=JobState.ACCEPTED.value)
+                proposed.append(peer)
+            refusal = self._await_acceptance(spec, others)
+            if refusal is not None:
+                peer, reason = refusal
+                self._call_off(spec, proposed, f"refused by {peer}: {reason}", peer, reason)
+                return
             for peer in others:
                 self.peers.start(peer, spec.job_id)
             self.audit.append("job_started", spec.job_id, {"parties": ",".join(spec.parties)})
         except BundError as exc:
             why = f"could not start the job: {exc}"
-            self.store.update(spec.job_id, state=JobState.FAILED.value, error=why)
+            if not self.store.get(spec.job_id).state.final:
+                self.store.update(spec.job_id, state=JobState.FAILED.value, error=why)
             self.audit.append("job_failed", spec.job_id, {"reason": why})
-            for done in accepted:
+            for done in proposed:
                 self._abort_peer(done, spec.job_id, why)
             return
         self._run_role(spec)
 
+    def _call_off(
+        self, spec: JobSpec, proposed: list[str], why: str, peer: str, reason: str
+    ) -> None:
+        if not self.store.get(spec.job_id).state.final:
+            self.store.update(spec.job_id, state=JobState.REFUSED.value, error=why)
+        if peer != self.party:
+            self.audit.append("job_refused_by_peer", spec.job_id, {"peer": peer, "reason": reason})
+        for done in proposed:
+            if done != peer:
+                self._abort_peer(done, spec.job_id, why)
+
+    def _await_acceptance(self, spec: JobSpec, others: list[str]) -> tuple[str, str] | None:
+        """Wait until every participant (this one too) accepted; else return (party, why)."""
+        deadline = time.monotonic() + self.approval_timeout
+        pending = [self.party, *others]
+        while pending:
+            for party in list(pending):
+                state = (
+                    self.store.get(spec.job_id)
+                    if party == self.party
+                    else self.peers.status(party, spec.job_id)
+                )
+                if state.state is JobState.ACCEPTED:
+                    pending.remove(party)
+                elif state.state.final:
+                    return party, state.error or state.state.value
+            if pending:
+                if time.monotonic() > deadline:
+                    return pending[0], (
+                        f"no approval within {self.approval_timeout:.0f} s; submit the job again "
+                        "once its approver is available"
+                    )
+                time.sleep(self.poll_interval)
+        return None
+
     # -- requester node -> participant nodes -----------------------------------------------
 
-    def propose(self, spec: JobSpec, caller: str) -> tuple[bool, str]:
-        """A requester asks this node to take part; check and answer."""
+    def propose(
+        self, spec: JobSpec, caller: str, caller_role: str | None = None
+    ) -> tuple[bool, str]:
+        """A requester asks this node to take part; check and answer (approval may follow)."""
         if caller != spec.requester:
             raise NotAuthorizedError(
                 f"{caller} proposed a job whose requester is {spec.requester}; refused"
@@ -372,12 +556,10 @@ class JobManager:
             raise JobStateError(f"job {spec.job_id} is already known here")
         self.audit.append("job_proposed", spec.job_id, self._spec_fields(spec))
         try:
-            self._check(spec)
+            self._admit(spec, self._check(spec, caller_role))
         except BundError as exc:
             self._refuse(spec.job_id, str(exc))
             return False, str(exc)
-        self.store.update(spec.job_id, state=JobState.ACCEPTED.value)
-        self.audit.append("job_accepted", spec.job_id, {"spec_sha256": spec.digest()})
         return True, ""
 
     def start(self, job_id: str, caller: str) -> None:
@@ -399,16 +581,30 @@ class JobManager:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}")
         self.mailbox.abort(job_id, f"{caller}: {reason}")
         if not status.state.final:
-            self.store.update(
-                job_id, state=JobState.ABORTED.value, error=f"aborted by {caller}: {reason}"
+            # Called off before it ran, the job was refused; once running, it was aborted.
+            before_start = status.state in (
+                JobState.PROPOSED,
+                JobState.AWAITING_APPROVAL,
+                JobState.ACCEPTED,
             )
+            state = JobState.REFUSED if before_start else JobState.ABORTED
+            self.store.update(job_id, state=state.value, error=f"{caller}: {reason}")
         self.audit.append("job_aborted", job_id, {"by": caller, "reason": reason[:500]})
 
-    def deliver(self, job_id: str, caller: str, tag: str, payload: bytes, sha256: bytes) -> bool:
+    def deliver(
+        self,
+        job_id: str,
+        caller: str,
+        tag: str,
+        payload: bytes,
+        sha256: bytes,
+        caller_role: str | None = None,
+    ) -> bool:
         """Put a peer's message into this node's mailbox; True when it is new."""
         status = self.store.get(job_id)
         if caller not in status.spec.parties or caller == self.party:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}; message refused")
+        self.policy.check_counterparty(caller, caller_role)
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING):
             raise JobStateError(f"job {job_id} is {status.state.value}; it takes no messages")
         if not hmac.compare_digest(digest(payload), sha256):
@@ -476,15 +672,22 @@ class JobManager:
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
+            request = self._approval_request(spec)
+            admitted = self._admitted.pop(job_id, None)
+            if request is not None and admitted is not None and request.payload() != admitted:
+                raise ApprovalError(
+                    f"dataset {request.dataset!r} or the code changed since this job was "
+                    "approved; submit it again for a new approval"
+                )
             result = definition.roles[me.role](ctx)
-            if result is not None:
-                if self.party not in spec.receivers:
-                    raise RuntimeError(
-                        f"protocol {spec.protocol} produced a result for a non-receiver"
-                    )
-                self.store.save_result(job_id, result)
+            if result is not None and self.party not in spec.receivers:
+                raise RuntimeError(f"protocol {spec.protocol} produced a result for a non-receiver")
             transcript = ctx.transcript_digest()
             peer_digests = self._exchange_closing(spec, transcript)
+            receipt = self._receipt(spec, definition, request, transcript)
+            if result is not None:
+                artifacts = {**result.artifacts, "receipt.json": _receipt_json(receipt)}
+                self.store.save_result(job_id, Result(result.summary, artifacts))
         except Exception as exc:
             self._fail(spec, ctx, exc)
         else:
@@ -497,11 +700,43 @@ class JobManager:
                 "holds_result": result is not None,
             }
             fields.update({f"peer_transcript.{p}": d for p, d in sorted(peer_digests.items())})
+            self.audit.append("privacy_receipt", job_id, receipt)
             self.audit.append("job_closed", job_id, fields)
         finally:
             self.mailbox.forget(job_id)
             with self._lock:
                 self._running.discard(job_id)
+
+    def _receipt(
+        self,
+        spec: JobSpec,
+        definition: ProtocolDef,
+        request: ApprovalRequest | None,
+        transcript: str,
+    ) -> dict[str, JsonScalar]:
+        """This party's privacy receipt: protocol, crypto, what each learned, budget, digest."""
+        receipt: dict[str, JsonScalar] = {
+            "protocol": spec.protocol,
+            "protocol_version": definition.version,
+            "crypto": definition.description,
+            "code_version": self.code_version,
+            "spec_sha256": spec.digest(),
+            "result_to": ",".join(spec.receivers),
+            "transcript_sha256": transcript,
+        }
+        receipt.update(
+            {f"learned.{p}": what for p, what in sorted(definition.learns(spec).items())}
+        )
+        if request is not None:
+            receipt.update(
+                dataset=request.dataset,
+                dataset_version=request.dataset_version,
+                level=request.level,
+                records=self._table(request.dataset).num_rows,
+                epsilon=format_rational(request.cost.epsilon),
+                delta=format_rational(request.cost.delta),
+            )
+        return receipt
 
     def _exchange_closing(self, spec: JobSpec, transcript: str) -> dict[str, str]:
         """Send our transcript digest to each peer and collect theirs (countersigned in our log)."""

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,10 +32,13 @@ from parties.config import NodeConfig
 from parties.data import Table, open_source
 from parties.identity import (
     identity_from_pem,
+    load_audit_public_key,
     load_audit_signing_key,
     load_certificate,
     raw_public_key,
 )
+from parties.jobs import ProtocolDef
+from parties.ledger import BudgetLedger
 from parties.manager import JobManager, JobStore
 from parties.protocols import PROTOCOLS
 from parties.transport import Mailbox
@@ -79,6 +82,7 @@ class Node:
         self.audit.append("node_stopped", "", {"port": self.port})
         self.peers.close()
         self.manager.store.close()
+        self.manager.ledger.close()
         self.audit_store.close()
 
 
@@ -96,7 +100,7 @@ def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
     return {name: functools.partial(loader, name) for name in config.datasets}
 
 
-def create_node(config: NodeConfig) -> Node:
+def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> Node:
     """Build and start a node from its configuration; returns once it serves."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
@@ -113,16 +117,30 @@ def create_node(config: NodeConfig) -> Node:
     store = JobStore(config.state_dir / "jobs.db")
     mailbox = Mailbox(config.max_message_bytes)
     peers = PeerClients(config)
+    ledger = BudgetLedger(
+        config.state_dir / "budget.db",
+        {name: entry.budget for name, entry in config.policy.datasets.items()},
+        audit,
+    )
+    approver_key = (
+        load_audit_public_key(config.policy.approver_key)
+        if config.policy.approver_key is not None
+        else None
+    )
     manager = JobManager(
         party=config.party,
-        protocols=PROTOCOLS,
+        protocols=protocols,
         policy=config.policy,
         tables=_table_loaders(config),
         audit=audit,
         store=store,
         mailbox=mailbox,
         peers=peers,
+        ledger=ledger,
+        approver_key=approver_key,
+        code_version=version(),
         recv_timeout=config.recv_timeout_s,
+        approval_timeout=config.approval_timeout_s,
         max_workers=config.max_workers,
     )
     info = wire.NodeInfo(
@@ -130,7 +148,7 @@ def create_node(config: NodeConfig) -> Node:
         role=me.role,
         version=version(),
         audit_public_key=raw_public_key(signing_key.public_key()),
-        protocols={name: d.version for name, d in PROTOCOLS.items()},
+        protocols={name: d.version for name, d in protocols.items()},
     )
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:

@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 from parties import wire
 from parties.errors import NotAuthorizedError, rpc_error_translator
 from parties.identity import IdentityError, PartyIdentity, identity_from_pem
-from parties.manager import AuditSink, JobManager
+from parties.jobs import AuditSink
+from parties.manager import JobManager
 
 log = logging.getLogger("bund.rpc")
 
@@ -116,7 +117,7 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         return job_pb2.ListJobsResponse(jobs=[wire.status_to_proto(s) for s in jobs])
 
     def propose(r: job_pb2.ProposeJobRequest, who: PartyIdentity) -> Message:
-        accepted, reason = manager.propose(wire.spec_from_proto(r.spec), who.name)
+        accepted, reason = manager.propose(wire.spec_from_proto(r.spec), who.name, who.role)
         return job_pb2.ProposeJobResponse(accepted=accepted, reason=reason)
 
     def start(r: job_pb2.StartJobRequest, who: PartyIdentity) -> Message:
@@ -128,10 +129,28 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         return job_pb2.AbortJobResponse()
 
     def deliver(r: job_pb2.DeliverRequest, who: PartyIdentity) -> Message:
-        fresh = manager.deliver(wire.job_id(r.job_id), who.name, r.tag, r.payload, r.sha256)
+        fresh = manager.deliver(
+            wire.job_id(r.job_id), who.name, r.tag, r.payload, r.sha256, who.role
+        )
         return job_pb2.DeliverResponse(duplicate=not fresh)
 
+    def approval_request(r: job_pb2.GetApprovalRequestRequest, who: PartyIdentity) -> Message:
+        return wire.approval_request_to_proto(
+            manager.approval_request(wire.job_id(r.job_id), who.name)
+        )
+
+    def approve(r: job_pb2.ApproveJobRequest, who: PartyIdentity) -> Message:
+        manager.approve(wire.job_id(r.job_id), who.name, r.signature)
+        return job_pb2.ApproveJobResponse()
+
+    def deny(r: job_pb2.DenyJobRequest, who: PartyIdentity) -> Message:
+        manager.deny(wire.job_id(r.job_id), who.name, r.reason[:1000])
+        return job_pb2.DenyJobResponse()
+
     return {
+        "GetApprovalRequest": Method(job_pb2.GetApprovalRequestRequest, approval_request),
+        "ApproveJob": Method(job_pb2.ApproveJobRequest, approve),
+        "DenyJob": Method(job_pb2.DenyJobRequest, deny),
         "SubmitJob": Method(job_pb2.SubmitJobRequest, submit),
         "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status),
         "GetJobResult": Method(job_pb2.GetJobResultRequest, result),

@@ -17,11 +17,15 @@ from bund.v1.common_pb2 import JobSpec as ProtoJobSpec
 from bund.v1.common_pb2 import Participant as ProtoParticipant
 from bund.v1.common_pb2 import Scalar as ProtoScalar
 from bund.v1.federation_pb2 import GetNodeInfoResponse as ProtoNodeInfo
+from bund.v1.job_pb2 import ApprovalRequest as ProtoApprovalRequest
 from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
 from bund.v1.job_pb2 import JobState as ProtoJobState
 from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
 from google.protobuf.message import DecodeError, Message
 
+from compute.dp.budget import Budget, format_rational, parse_rational
+from compute.errors import InvalidInputError
+from parties.approvals import ApprovalRequest
 from parties.audit import AuditRecord
 from parties.errors import MalformedRequestError
 from parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant, Result
@@ -122,6 +126,7 @@ _STATE_TO_PROTO = {
     JobState.FAILED: ProtoJobState.JOB_STATE_FAILED,
     JobState.REFUSED: ProtoJobState.JOB_STATE_REFUSED,
     JobState.ABORTED: ProtoJobState.JOB_STATE_ABORTED,
+    JobState.AWAITING_APPROVAL: ProtoJobState.JOB_STATE_AWAITING_APPROVAL,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
@@ -280,3 +285,50 @@ def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
         size=message.size,
         audit_public_key=message.audit_public_key,
     )
+
+
+def approval_request_to_proto(request: ApprovalRequest) -> ProtoApprovalRequest:
+    """Serialise an ``ApprovalRequest`` with the bytes its approver signs."""
+    return ProtoApprovalRequest(
+        spec=spec_to_proto(request.spec),
+        spec_sha256=request.spec.digest(),
+        code_version=request.code_version,
+        dataset=request.dataset,
+        level=request.level,
+        dataset_version=request.dataset_version,
+        outputs=list(request.outputs),
+        learns=dict(request.learns),
+        epsilon=format_rational(request.cost.epsilon),
+        delta=format_rational(request.cost.delta),
+        signing_payload=request.payload(),
+    )
+
+
+def approval_request_from_proto(message: ProtoApprovalRequest, party: str) -> ApprovalRequest:
+    """Deserialise an ``ApprovalRequest`` for ``party``, refusing one whose signing bytes differ.
+
+    The approver signs what it rebuilds from the fields it shows, so a node cannot slip other
+    bytes under a summary.
+    """
+    try:
+        cost = Budget(parse_rational(message.epsilon), parse_rational(message.delta))
+    except (InvalidInputError, ValueError):
+        raise MalformedRequestError(
+            "the approval request's budget is not an exact rational"
+        ) from None
+    request = ApprovalRequest(
+        spec=spec_from_proto(message.spec),
+        party=party,
+        code_version=message.code_version,
+        dataset=message.dataset,
+        level=message.level,
+        dataset_version=message.dataset_version,
+        outputs=tuple(message.outputs),
+        learns=dict(message.learns),
+        cost=cost,
+    )
+    if request.spec.digest() != message.spec_sha256 or request.payload() != message.signing_payload:
+        raise MalformedRequestError(
+            "the node's approval request does not match its own summary; do not approve it"
+        )
+    return request

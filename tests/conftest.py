@@ -13,7 +13,9 @@ from compute import insecure
 from parties import identity
 from parties.client import NodeClient
 from parties.config import NodeConfig, TlsPaths, load_config
+from parties.jobs import ProtocolDef
 from parties.node import Node, create_node
+from parties.protocols import PROTOCOLS
 
 PARTY_ROLES = {
     "bank": "bank",
@@ -92,8 +94,16 @@ class NodeFactory:
         allowed: Sequence[str] = (),
         protocols: Mapping[str, Sequence[str]] | None = None,
         extra: str = "",
+        level: str = "confidential",
+        approvals: bool = False,
+        policy_extra: str = "",
+        registry: Mapping[str, ProtocolDef] | None = None,
     ) -> Node:
-        """Start ``name``'s node with CSV datasets, a counterparty allowlist and protocol rules."""
+        """Start ``name``'s node with CSV datasets and a policy.toml built from the arguments.
+
+        ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
+        may run on each dataset; approvals are off unless asked for.
+        """
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         pdir = self.federation.party_dir(name)
@@ -102,6 +112,7 @@ class NodeFactory:
             'listen = "127.0.0.1:0"',
             f'state_dir = "{(home / "state").as_posix()}"',
             f'peers_file = "{self.peers_file.as_posix()}"',
+            f'policy_file = "{(home / "policy.toml").as_posix()}"',
             extra,
             "[tls]",
             f'ca = "{(pdir / "ca.pem").as_posix()}"',
@@ -112,17 +123,29 @@ class NodeFactory:
             f'public_key = "{(pdir / "audit_ed25519.pub").as_posix()}"',
             "[limits]",
             "recv_timeout_s = 30",
-            "psi_max_set_size = 100000",
+            "approval_timeout_s = 30",
         ]
+        policy = [
+            "cohort_floor = 5",
+            policy_extra,
+            "[limits]",
+            "psi_max_set_size = 100000",
+            "[approvals]",
+            f"required = {'true' if approvals else 'false'}",
+            f'approver_key = "{(pdir / "approver_ed25519.pub").as_posix()}"',
+        ]
+        for other in allowed:
+            policy += [f'[counterparties."{other}"]', f'roles = ["{PARTY_ROLES[other]}"]']
         for ds, cols in (datasets or {}).items():
             path = write_csv(home / f"{ds}.csv", cols)
             lines += [f"[datasets.{ds}]", 'kind = "csv"', f'path = "{path.as_posix()}"']
-        lines += ["[policy]", f"allowed_counterparties = {list(allowed)!r}".replace("'", '"')]
-        for ds, protos in (protocols or {}).items():
-            lines += [f"[policy.datasets.{ds}]", f"protocols = {list(protos)!r}".replace("'", '"')]
+            policy += [f"[datasets.{ds}]", f'level = "{level}"']
+            if protocols and ds in protocols:
+                policy.append(f"protocols = {list(protocols[ds])!r}".replace("'", '"'))
+        (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")
         config_path = home / "node.toml"
         config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        node = create_node(load_config(config_path))
+        node = create_node(load_config(config_path), registry or PROTOCOLS)
         self.nodes[name] = node
         self._write_peers()
         return node

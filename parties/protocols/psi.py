@@ -270,11 +270,36 @@ def validate(spec: JobSpec) -> None:
         raise InvalidJobSpecError(f"psi takes only the parameter {PARAM_MODE!r}; remove {unknown}")
 
 
+def outputs(spec: JobSpec) -> frozenset[str]:
+    """What the job releases: which ids are shared, or only how many (``policy.OUTPUTS``)."""
+    return frozenset({str(spec.params[PARAM_MODE])})
+
+
+def learns(spec: JobSpec) -> dict[str, str]:
+    """What each member learns, as ``docs/protocols/psi.md`` states it."""
+    intersection = spec.params[PARAM_MODE] == Disclosure.INTERSECTION.value
+    out: dict[str, str] = {}
+    for p in spec.parties:
+        (peer,) = (q for q in spec.parties if q != p)
+        if p in spec.receivers:
+            what = (
+                f"which of its own ids {peer} also holds"
+                if intersection
+                else f"how many of its ids {peer} also holds (not which)"
+            )
+            out[p] = f"{what}, and the size of {peer}'s set"
+        else:
+            out[p] = f"the size of {peer}'s set; nothing else"
+    return out
+
+
 #: The protocol as registered in ``parties.protocols.PROTOCOLS``.
 DEFINITION = ProtocolDef(
     name="psi",
     version="1",
     roles={ROLE: run_member},
     validate=validate,
+    outputs=outputs,
+    learns=learns,
     description="ECDH private set intersection (X25519): the intersection or only its size",
 )

@@ -3,7 +3,8 @@
 isort:skip_file
 Job lifecycle and the per-job mailbox.
 
-Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs.
+Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs,
+  GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
@@ -43,6 +44,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_REFUSED: _JobState.ValueType  # 6
     """A participant's policy refused the job; nothing ran."""
     JOB_STATE_ABORTED: _JobState.ValueType  # 7
+    JOB_STATE_AWAITING_APPROVAL: _JobState.ValueType  # 8
+    """Policy allows the job; this node's approver has not signed it yet."""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -57,6 +60,8 @@ JOB_STATE_FAILED: JobState.ValueType  # 5
 JOB_STATE_REFUSED: JobState.ValueType  # 6
 """A participant's policy refused the job; nothing ran."""
 JOB_STATE_ABORTED: JobState.ValueType  # 7
+JOB_STATE_AWAITING_APPROVAL: JobState.ValueType  # 8
+"""Policy allows the job; this node's approver has not signed it yet."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
@@ -477,3 +482,178 @@ class DeliverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
+
+@_typing.final
+class GetApprovalRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApprovalRequestRequest: _TypeAlias = GetApprovalRequestRequest  # noqa: Y015
+
+@_typing.final
+class ApprovalRequest(_message.Message):
+    """What an approver reviews and signs: everything the approval is bound to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LearnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_SHA256_FIELD_NUMBER: _builtins.int
+    CODE_VERSION_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    LEARNS_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    SIGNING_PAYLOAD_FIELD_NUMBER: _builtins.int
+    spec_sha256: _builtins.str
+    code_version: _builtins.str
+    dataset: _builtins.str
+    """This node's dataset in the job, its classification level and content version."""
+    level: _builtins.str
+    dataset_version: _builtins.str
+    epsilon: _builtins.str
+    """Privacy budget this job charges to the dataset, as exact rationals ("1/2"); "0" for none."""
+    delta: _builtins.str
+    signing_payload: _builtins.bytes
+    """The exact bytes the approver's Ed25519 key signs."""
+    @_builtins.property
+    def spec(self) -> _common_pb2.JobSpec: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Kinds of output the job releases (e.g. intersection, cardinality)."""
+
+    @_builtins.property
+    def learns(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Party -> what it learns, from the protocol's documentation."""
+
+    def __init__(
+        self,
+        *,
+        spec: _common_pb2.JobSpec | None = ...,
+        spec_sha256: _builtins.str = ...,
+        code_version: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        level: _builtins.str = ...,
+        dataset_version: _builtins.str = ...,
+        outputs: _abc.Iterable[_builtins.str] | None = ...,
+        learns: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        epsilon: _builtins.str = ...,
+        delta: _builtins.str = ...,
+        signing_payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_version", b"code_version", "dataset", b"dataset", "dataset_version", b"dataset_version", "delta", b"delta", "epsilon", b"epsilon", "learns", b"learns", "level", b"level", "outputs", b"outputs", "signing_payload", b"signing_payload", "spec", b"spec", "spec_sha256", b"spec_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequest: _TypeAlias = ApprovalRequest  # noqa: Y015
+
+@_typing.final
+class ApproveJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    signature: _builtins.bytes
+    """Ed25519 signature of ApprovalRequest.signing_payload by this node's approver key."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveJobRequest: _TypeAlias = ApproveJobRequest  # noqa: Y015
+
+@_typing.final
+class ApproveJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveJobResponse: _TypeAlias = ApproveJobResponse  # noqa: Y015
+
+@_typing.final
+class DenyJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyJobRequest: _TypeAlias = DenyJobRequest  # noqa: Y015
+
+@_typing.final
+class DenyJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyJobResponse: _TypeAlias = DenyJobResponse  # noqa: Y015

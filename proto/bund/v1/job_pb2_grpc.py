@@ -74,6 +74,21 @@ class JobsStub:
                 request_serializer=bund_dot_v1_dot_job__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_job__pb2.DeliverResponse.FromString,
                 _registered_method=True)
+        self.GetApprovalRequest = channel.unary_unary(
+                '/bund.v1.Jobs/GetApprovalRequest',
+                request_serializer=bund_dot_v1_dot_job__pb2.GetApprovalRequestRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.ApprovalRequest.FromString,
+                _registered_method=True)
+        self.ApproveJob = channel.unary_unary(
+                '/bund.v1.Jobs/ApproveJob',
+                request_serializer=bund_dot_v1_dot_job__pb2.ApproveJobRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.ApproveJobResponse.FromString,
+                _registered_method=True)
+        self.DenyJob = channel.unary_unary(
+                '/bund.v1.Jobs/DenyJob',
+                request_serializer=bund_dot_v1_dot_job__pb2.DenyJobRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.DenyJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -127,6 +142,24 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetApprovalRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +202,21 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=bund_dot_v1_dot_job__pb2.DeliverRequest.FromString,
                     response_serializer=bund_dot_v1_dot_job__pb2.DeliverResponse.SerializeToString,
+            ),
+            'GetApprovalRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApprovalRequest,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.GetApprovalRequestRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.ApprovalRequest.SerializeToString,
+            ),
+            'ApproveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveJob,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.ApproveJobRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.ApproveJobResponse.SerializeToString,
+            ),
+            'DenyJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyJob,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.DenyJobRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.DenyJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +435,87 @@ class Jobs:
             '/bund.v1.Jobs/Deliver',
             bund_dot_v1_dot_job__pb2.DeliverRequest.SerializeToString,
             bund_dot_v1_dot_job__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApprovalRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/GetApprovalRequest',
+            bund_dot_v1_dot_job__pb2.GetApprovalRequestRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.ApprovalRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/ApproveJob',
+            bund_dot_v1_dot_job__pb2.ApproveJobRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.ApproveJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/DenyJob',
+            bund_dot_v1_dot_job__pb2.DenyJobRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.DenyJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

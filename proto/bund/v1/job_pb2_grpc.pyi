@@ -3,7 +3,8 @@
 isort:skip_file
 Job lifecycle and the per-job mailbox.
 
-Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs.
+Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs,
+  GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
@@ -45,6 +46,9 @@ class JobsStub:
     StartJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]
     AbortJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.AbortJobRequest, _job_pb2.AbortJobResponse]
     Deliver: _grpc.UnaryUnaryMultiCallable[_job_pb2.DeliverRequest, _job_pb2.DeliverResponse]
+    GetApprovalRequest: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]
+    ApproveJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]
+    DenyJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.DenyJobRequest, _job_pb2.DenyJobResponse]
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -57,6 +61,9 @@ class JobsAsyncStub(JobsStub):
     StartJob: _aio.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]  # type: ignore[assignment]
     AbortJob: _aio.UnaryUnaryMultiCallable[_job_pb2.AbortJobRequest, _job_pb2.AbortJobResponse]  # type: ignore[assignment]
     Deliver: _aio.UnaryUnaryMultiCallable[_job_pb2.DeliverRequest, _job_pb2.DeliverResponse]  # type: ignore[assignment]
+    GetApprovalRequest: _aio.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]  # type: ignore[assignment]
+    ApproveJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]  # type: ignore[assignment]
+    DenyJob: _aio.UnaryUnaryMultiCallable[_job_pb2.DenyJobRequest, _job_pb2.DenyJobResponse]  # type: ignore[assignment]
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +121,26 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.DeliverRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.DeliverResponse, _abc.Awaitable[_job_pb2.DeliverResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetApprovalRequest(
+        self,
+        request: _job_pb2.GetApprovalRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ApprovalRequest, _abc.Awaitable[_job_pb2.ApprovalRequest]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveJob(
+        self,
+        request: _job_pb2.ApproveJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ApproveJobResponse, _abc.Awaitable[_job_pb2.ApproveJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DenyJob(
+        self,
+        request: _job_pb2.DenyJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.DenyJobResponse, _abc.Awaitable[_job_pb2.DenyJobResponse]]: ...
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

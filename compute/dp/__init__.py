@@ -1,0 +1,1 @@
+"""Differential privacy: budgets as exact values (mechanisms and accountants follow)."""
