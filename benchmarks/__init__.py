@@ -1,0 +1,1 @@
+"""Benchmarks of the crypto kernels; run them through ``benchmarks.suite``."""

@@ -1,0 +1,236 @@
+"""The crypto hot-path benchmark suite: run kernel families, print, save JSON and plots.
+
+``bund bench KERNEL [--quick] [--json FILE]`` calls :func:`main`; so does
+``python -m benchmarks.suite KERNEL [--quick] [--json FILE] [--plots DIR]``. ``KERNEL`` is a
+family of :data:`KERNELS` or ``all``. Each family is a module with
+``run(quick: bool) -> list[dict]``; rows carry at least ``family``, ``kernel``, ``params`` and
+``ops_per_s`` (``None`` for size rows, which carry ``bytes``), and Paillier rows ``ratio_vs_phe``.
+Families are imported lazily, so a missing or broken one is reported and skipped, and the
+others still run.
+
+The JSON holds ``machine`` (CPU model, cores, load averages at the start and the end, Python,
+library versions), ``parameters`` (what was asked for), ``rows`` and ``skipped``. One PNG per family
+(``<family>.png``) goes to the plot directory: ``--plots``, or beside ``--json`` by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+#: Kernel family -> module with ``run(quick: bool) -> list[dict[str, Any]]``.
+KERNELS: dict[str, str] = {
+    "paillier": "benchmarks.bench_paillier",
+    "ckks": "benchmarks.bench_ckks",
+    "psi": "benchmarks.bench_psi",
+}
+
+_LIBRARIES = (
+    "gmpy2",
+    "phe",
+    "tenseal",
+    "numpy",
+    "cryptography",
+    "pynacl",
+    "matplotlib",
+    "rich",
+)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> list[float]:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return []
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were taken: CPU, cores, load, Python and library versions."""
+    versions: dict[str, str | None] = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": _load_average(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": versions,
+    }
+
+
+def run_family(name: str, quick: bool) -> list[dict[str, Any]]:
+    """Import one family's module and run it.
+
+    Raises:
+        KeyError: If ``name`` is not in :data:`KERNELS`.
+        ModuleNotFoundError: If its module (or a dependency) is missing.
+    """
+    module = importlib.import_module(KERNELS[name])
+    rows: list[dict[str, Any]] = module.run(quick)
+    return rows
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    shown = {k: v for k, v in params.items() if k not in ("note", "coeff_mod_bits")}
+    parts = []
+    for key, value in shown.items():
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _rate_text(row: dict[str, Any]) -> str:
+    if row.get("ops_per_s") is None:
+        size = row.get("bytes")
+        return "" if size is None else f"{size:,} B"
+    return f"{row['ops_per_s']:,.0f} {row.get('unit', 'ops/s')}"
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
+    """Print the rows as a rich table; the ratio column shows Bund ÷ phe where measured."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("family", "kernel", "params", "rate", "vs phe"):
+        table.add_column(column, justify="right" if column in ("rate", "vs phe") else "left")
+    for row in rows:
+        ratio = row.get("ratio_vs_phe")
+        table.add_row(
+            str(row["family"]),
+            str(row["kernel"]),
+            _params_text(row.get("params", {})),
+            _rate_text(row),
+            "" if ratio is None else f"{ratio:,.1f}×",
+        )
+    Console(width=180).print(table)
+
+
+def _label(row: dict[str, Any]) -> str:
+    params = row.get("params", {})
+    keys = ("bits", "N", "terms", "n", "threads")
+    extra = [
+        f"{k}={params[k]}" for k in keys if k in params and not (k == "threads" and params[k] == 1)
+    ]
+    return " ".join([str(row["kernel"]), *extra])
+
+
+def plot_family(rows: Sequence[dict[str, Any]], family: str, path: pathlib.Path) -> None:
+    """Save one PNG: a horizontal bar per timed row (log scale), annotated with ``vs phe``."""
+    from matplotlib.figure import Figure
+
+    timed = [r for r in rows if r.get("ops_per_s")]
+    fig = Figure(figsize=(10, 0.32 * max(len(timed), 4) + 1.2))
+    ax = fig.add_subplot()
+    labels = [_label(r) for r in timed]
+    rates = [float(r["ops_per_s"]) for r in timed]
+    positions = list(range(len(timed)))
+    ax.barh(positions, rates, color="#3b6ea5")
+    ax.set_yticks(positions, labels, fontsize=7)
+    ax.invert_yaxis()
+    if rates:
+        ax.set_xscale("log")
+    ax.set_xlabel("operations per second (log scale)")
+    ax.set_title(f"{family}: rates" + (" and ratio vs phe" if family == "paillier" else ""))
+    for pos, row in zip(positions, timed, strict=True):
+        ratio = row.get("ratio_vs_phe")
+        if ratio is not None:
+            ax.text(float(row["ops_per_s"]), pos, f" {ratio:,.1f}×", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(
+    kernel: str,
+    quick: bool,
+    json_path: pathlib.Path | None,
+    plot_dir: pathlib.Path | None,
+) -> dict[str, Any]:
+    """Run one family (or ``"all"``), print a table, write the JSON and one PNG per family.
+
+    Args:
+        kernel: A key of :data:`KERNELS`, or ``"all"``.
+        quick: Small sizes only (seconds, not minutes); small test keys where noted in the rows.
+        json_path: Where to write the report, or ``None``.
+        plot_dir: Where to write ``<family>.png``, or ``None`` for no plots.
+
+    Returns:
+        The report: ``machine``, ``parameters``, ``rows``, ``skipped``.
+
+    Raises:
+        ValueError: If ``kernel`` is unknown.
+    """
+    if kernel != "all" and kernel not in KERNELS:
+        raise ValueError(f"unknown kernel family {kernel!r}; choose from {[*KERNELS, 'all']}")
+    families = list(KERNELS) if kernel == "all" else [kernel]
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "parameters": {"kernel": kernel, "quick": quick, "families": families},
+        "rows": [],
+        "skipped": {},
+    }
+    started = time.perf_counter()
+    for family in families:
+        try:
+            rows = run_family(family, quick)
+        except ModuleNotFoundError as err:
+            report["skipped"][family] = f"not available: {err}"
+            print(f"[{family}] skipped: {err}")
+            continue
+        except Exception as err:  # one broken family must not lose the others' results
+            report["skipped"][family] = f"failed: {err!r}"
+            traceback.print_exc()
+            continue
+        report["rows"].extend(rows)
+        print_table(rows, f"{family} ({'quick' if quick else 'full'})")
+        if plot_dir is not None:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+            plot_family(rows, family, plot_dir / f"{family}.png")
+    report["parameters"]["wall_s"] = time.perf_counter() - started
+    report["machine"]["load_average_at_end"] = _load_average()
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return report
+
+
+def _cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Bund crypto hot-path benchmarks")
+    parser.add_argument("kernel", choices=[*KERNELS, "all"], help="kernel family, or all")
+    parser.add_argument("--quick", action="store_true", help="small sizes: seconds, not minutes")
+    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="write the report here")
+    parser.add_argument(
+        "--plots", type=pathlib.Path, metavar="DIR", help="PNG directory (default: beside --json)"
+    )
+    args = parser.parse_args(argv)
+    plot_dir = args.plots or (args.json.parent if args.json else None)
+    report = main(args.kernel, args.quick, args.json, plot_dir)
+    return 1 if report["skipped"] and not report["rows"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
