@@ -314,13 +314,13 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6.
 
-    Then the same job between two node processes over mTLS gRPC (10^3 quick; 10^4 and 10^5).
+    Then the same job between two node processes over mTLS gRPC (10^3 quick; 10^4 to 10^6).
     """
     samples = 5_000 if quick else 20_000
     rows = measure_kernels(samples)
     for n in (10**3, 10**4) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_protocol(n, samples))
-    for n in (10**3,) if quick else (10**4, 10**5):
+    for n in (10**3,) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_nodes(n, samples))
     return rows
 
