@@ -135,14 +135,37 @@ class NodeClient:
         return wire.status_from_proto(r.status)
 
     def result(self, job_id: str) -> Result:
-        """A job's result held at this node."""
+        """A job's result held at this node, its artifacts read in pages."""
         r = self._call(
             "Jobs",
             "GetJobResult",
             job_pb2.GetJobResultRequest(job_id=job_id),
             job_pb2.GetJobResultResponse,
         )
-        return wire.result_from_proto(r)
+        info = wire.result_from_proto(r)
+        return Result(
+            info.summary,
+            {
+                name: self._read_artifact(job_id, name, size)
+                for name, size in info.artifact_sizes.items()
+            },
+        )
+
+    def _read_artifact(self, job_id: str, name: str, size: int) -> bytes:
+        parts: list[bytes] = []
+        offset = 0
+        while offset < size:
+            page = self._call(
+                "Jobs",
+                "ReadArtifact",
+                job_pb2.ReadArtifactRequest(job_id=job_id, name=name, offset=offset),
+                job_pb2.ReadArtifactResponse,
+            )
+            if not page.data or page.total_size != size:
+                raise RemoteError(self.party, grpc.StatusCode.DATA_LOSS, f"artifact {name} changed")
+            parts.append(page.data)
+            offset += len(page.data)
+        return b"".join(parts)
 
     def list_jobs(self, limit: int = 50) -> list[JobStatus]:
         """The newest jobs at this node."""

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -79,6 +80,14 @@ class PeerControl(Transport, Protocol):
 
 def _utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ResultInfo:
+    """A stored result: its summary, and each artifact's size (bytes are read in pages)."""
+
+    summary: Mapping[str, JsonScalar]
+    artifact_sizes: Mapping[str, int]
 
 
 def _receipt_json(receipt: Mapping[str, JsonScalar]) -> bytes:
@@ -191,18 +200,31 @@ class JobStore:
             )
             self._db.execute("COMMIT")
 
-    def load_result(self, job_id: str) -> Result | None:
-        """A stored result, or None."""
+    def load_result(self, job_id: str) -> ResultInfo | None:
+        """A stored result's summary and artifact sizes (the bytes are read in pages), or None."""
         with self._lock:
             row = self._db.execute(
                 "SELECT summary FROM results WHERE job_id = ?", (job_id,)
             ).fetchone()
             if row is None:
                 return None
-            arts = self._db.execute(
-                "SELECT name, data FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
+            sizes = self._db.execute(
+                "SELECT name, length(data) FROM artifacts WHERE job_id = ? ORDER BY name",
+                (job_id,),
             ).fetchall()
-        return Result(summary=json.loads(row[0]), artifacts={n: bytes(d) for n, d in arts})
+        return ResultInfo(json.loads(row[0]), {n: int(size) for n, size in sizes})
+
+    def read_artifact(self, job_id: str, name: str, offset: int, limit: int) -> tuple[bytes, int]:
+        """Up to ``limit`` bytes of an artifact from ``offset``, and its total size."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT substr(data, ?, ?), length(data) FROM artifacts "
+                "WHERE job_id = ? AND name = ?",
+                (offset + 1, limit, job_id, name),
+            ).fetchone()
+        if row is None:
+            raise JobStateError(f"job {job_id} has no artifact {name!r} here")
+        return bytes(row[0] or b""), int(row[1])
 
     def close(self) -> None:
         """Close the database."""
@@ -620,8 +642,8 @@ class JobManager:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}")
         return status
 
-    def result(self, job_id: str, caller: str) -> Result:
-        """A job's result, for this node's operator, where this node is a receiver."""
+    def result(self, job_id: str, caller: str) -> ResultInfo:
+        """A job's result (summary, artifact sizes) for this node's operator, at a receiver."""
         if caller != self.party:
             raise NotAuthorizedError("only this node's own operator may read its results")
         status = self.store.get(job_id)
@@ -636,6 +658,15 @@ class JobManager:
         if result is None:
             raise JobStateError(f"job {job_id} succeeded but holds no result here")
         return result
+
+    def read_artifact(
+        self, job_id: str, caller: str, name: str, offset: int, limit: int
+    ) -> tuple[bytes, int]:
+        """A page of one of a result's artifacts, for this node's operator."""
+        self.result(job_id, caller)
+        if limit <= 0 or offset < 0:
+            raise JobStateError("read an artifact with a positive page size from offset >= 0")
+        return self.store.read_artifact(job_id, name, offset, limit)
 
     def list(self, caller: str, limit: int = 50) -> list[JobStatus]:
         """The newest jobs, for this node's operator."""

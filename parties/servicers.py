@@ -25,6 +25,9 @@ from parties.manager import JobManager
 
 log = logging.getLogger("bund.rpc")
 
+#: Largest artifact page per ReadArtifact call: far below any message limit.
+ARTIFACT_PAGE = 1 << 20
+
 #: RPCs recorded in the audit log only when they fail (polled often, change nothing).
 _QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo"})
 
@@ -112,6 +115,13 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         job_id = wire.job_id(r.job_id)
         return wire.result_to_proto(job_id, manager.result(job_id, who.name))
 
+    def read_artifact(r: job_pb2.ReadArtifactRequest, who: PartyIdentity) -> Message:
+        limit = min(r.limit or ARTIFACT_PAGE, ARTIFACT_PAGE)
+        data, total = manager.read_artifact(
+            wire.job_id(r.job_id), who.name, r.name, r.offset, limit
+        )
+        return job_pb2.ReadArtifactResponse(data=data, total_size=total)
+
     def list_jobs(r: job_pb2.ListJobsRequest, who: PartyIdentity) -> Message:
         jobs = manager.list(who.name, r.limit or default_list_limit)
         return job_pb2.ListJobsResponse(jobs=[wire.status_to_proto(s) for s in jobs])
@@ -154,6 +164,7 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         "SubmitJob": Method(job_pb2.SubmitJobRequest, submit),
         "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status),
         "GetJobResult": Method(job_pb2.GetJobResultRequest, result),
+        "ReadArtifact": Method(job_pb2.ReadArtifactRequest, read_artifact),
         "ListJobs": Method(job_pb2.ListJobsRequest, list_jobs),
         "ProposeJob": Method(job_pb2.ProposeJobRequest, propose),
         "StartJob": Method(job_pb2.StartJobRequest, start),

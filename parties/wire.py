@@ -28,7 +28,8 @@ from compute.errors import InvalidInputError
 from parties.approvals import ApprovalRequest
 from parties.audit import AuditRecord
 from parties.errors import MalformedRequestError
-from parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant, Result
+from parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant
+from parties.manager import ResultInfo
 
 
 def parse(message_type: type[Message], data: bytes) -> Message:
@@ -165,16 +166,18 @@ def status_from_proto(message: ProtoJobStatus) -> JobStatus:
     )
 
 
-def result_to_proto(job_id: str, result: Result) -> ProtoJobResult:
-    """Serialise a ``Result``."""
+def result_to_proto(job_id: str, result: ResultInfo) -> ProtoJobResult:
+    """Serialise a result's summary and artifact sizes."""
     return ProtoJobResult(
-        job_id=job_id, summary=scalars_to_proto(result.summary), artifacts=dict(result.artifacts)
+        job_id=job_id,
+        summary=scalars_to_proto(result.summary),
+        artifact_sizes=dict(result.artifact_sizes),
     )
 
 
-def result_from_proto(message: ProtoJobResult) -> Result:
-    """Deserialise a ``Result``."""
-    return Result(summary=scalars_from_proto(message.summary), artifacts=dict(message.artifacts))
+def result_from_proto(message: ProtoJobResult) -> ResultInfo:
+    """Deserialise a result's summary and artifact sizes."""
+    return ResultInfo(scalars_from_proto(message.summary), dict(message.artifact_sizes))
 
 
 @dataclass(frozen=True)

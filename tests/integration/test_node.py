@@ -15,7 +15,8 @@ from parties.audit import SqliteAuditStore, verify_records
 from parties.client import NodeClient, RemoteError, channel_options
 from parties.errors import PeerUnavailableError
 from parties.identity import load_audit_public_key
-from parties.jobs import JobSpec, JobState, JobStatus, Participant
+from parties.jobs import JobContext, JobSpec, JobState, JobStatus, Participant, ProtocolDef, Result
+from parties.protocols import PROTOCOLS
 from tests.conftest import NodeFactory
 
 BANK_IDS = [f"91310000MA1K{i:06d}" for i in range(0, 60)]
@@ -347,3 +348,47 @@ def test_audit_verify_cli_names_first_bad_record(node_factory: NodeFactory, tmp_
         )
     finally:
         store.close()
+
+
+def _big_result_role(ctx: JobContext) -> Result | None:
+    (peer,) = (p for p in ctx.spec.parties if p != ctx.party)
+    ctx.send(peer, "hello", b"x")
+    ctx.recv(peer, "hello")
+    blob = bytes(range(256)) * (12 * 4096 + 7)  # about 12 MiB: over every message limit
+    return (
+        Result({"size": len(blob)}, {"blob.bin": blob}) if ctx.party in ctx.spec.receivers else None
+    )
+
+
+def test_results_larger_than_a_message_are_read_in_pages(node_factory: NodeFactory) -> None:
+    big = ProtocolDef(
+        name="big_result_test",
+        version="1",
+        roles={"member": _big_result_role},
+        validate=lambda spec: None,
+        outputs=lambda spec: frozenset({"raw"}),
+        learns=lambda spec: dict.fromkeys(spec.parties, "a test blob"),
+    )
+    registry = {**PROTOCOLS, big.name: big}
+    node_factory.start(
+        "bank", {"loans": {"company_id": BANK_IDS}}, ("tax",), level="public", registry=registry
+    )
+    node_factory.start(
+        "tax", {"filings": {"uscc": TAX_IDS}}, ("bank",), level="public", registry=registry
+    )
+    spec = JobSpec(
+        protocol=big.name,
+        participants=(
+            Participant("bank", "member", "loans"),
+            Participant("tax", "member", "filings"),
+        ),
+        receivers=("bank",),
+        purpose="paging test",
+        requester="bank",
+    )
+    with node_factory.client("bank") as bank:
+        job_id = bank.submit(spec)
+        assert wait_final(bank, job_id).state is JobState.SUCCEEDED
+        result = bank.result(job_id)
+    assert result.artifacts["blob.bin"] == bytes(range(256)) * (12 * 4096 + 7)
+    assert "receipt.json" in result.artifacts

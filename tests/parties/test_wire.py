@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from parties import wire
 from parties.audit import AuditRecord
 from parties.errors import MalformedRequestError
-from parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant, Result
+from parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant
+from parties.manager import ResultInfo
 
 names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
 scalars = st.one_of(
@@ -80,9 +81,10 @@ def test_status_round_trips(
     st.dictionaries(names, st.binary(max_size=100), max_size=3),
 )
 def test_result_round_trips(summary: dict[str, object], artifacts: dict[str, bytes]) -> None:
-    result = Result(summary, artifacts)  # type: ignore[arg-type]
+    sizes = {name: len(data) for name, data in artifacts.items()}
+    result = ResultInfo(summary, sizes)  # type: ignore[arg-type]
     back = wire.result_from_proto(wire.result_to_proto("a" * 32, result))
-    assert dict(back.summary) == summary and dict(back.artifacts) == artifacts
+    assert dict(back.summary) == summary and dict(back.artifact_sizes) == sizes
 
 
 def test_node_info_round_trips() -> None:

@@ -3,7 +3,7 @@
 isort:skip_file
 Job lifecycle and the per-job mailbox.
 
-Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs,
+Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
   GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Participant node -> participant node: Deliver (mailbox).
@@ -238,18 +238,18 @@ class GetJobResultResponse(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     @_typing.final
-    class ArtifactsEntry(_message.Message):
+    class ArtifactSizesEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         KEY_FIELD_NUMBER: _builtins.int
         VALUE_FIELD_NUMBER: _builtins.int
         key: _builtins.str
-        value: _builtins.bytes
+        value: _builtins.int
         def __init__(
             self,
             *,
             key: _builtins.str = ...,
-            value: _builtins.bytes = ...,
+            value: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -259,26 +259,79 @@ class GetJobResultResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
-    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_SIZES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     @_builtins.property
     def summary(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Scalar]: ...
     @_builtins.property
-    def artifacts(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]: ...
+    def artifact_sizes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Artifact name -> size in bytes; read the bytes with ReadArtifact, in pages."""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         summary: _abc.Mapping[_builtins.str, _common_pb2.Scalar] | None = ...,
-        artifacts: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        artifact_sizes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "job_id", b"job_id", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sizes", b"artifact_sizes", "job_id", b"job_id", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobResultResponse: _TypeAlias = GetJobResultResponse  # noqa: Y015
+
+@_typing.final
+class ReadArtifactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    offset: _builtins.int
+    limit: _builtins.int
+    """At most this many bytes; 0 means the node's page size (well below the message limit)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "limit", b"limit", "name", b"name", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArtifactRequest: _TypeAlias = ReadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ReadArtifactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    total_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArtifactResponse: _TypeAlias = ReadArtifactResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):

@@ -49,6 +49,11 @@ class JobsStub:
                 request_serializer=bund_dot_v1_dot_job__pb2.GetJobResultRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_job__pb2.GetJobResultResponse.FromString,
                 _registered_method=True)
+        self.ReadArtifact = channel.unary_unary(
+                '/bund.v1.Jobs/ReadArtifact',
+                request_serializer=bund_dot_v1_dot_job__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.ReadArtifactResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/bund.v1.Jobs/ListJobs',
                 request_serializer=bund_dot_v1_dot_job__pb2.ListJobsRequest.SerializeToString,
@@ -107,6 +112,12 @@ class JobsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJobResult(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadArtifact(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +188,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.GetJobResult,
                     request_deserializer=bund_dot_v1_dot_job__pb2.GetJobResultRequest.FromString,
                     response_serializer=bund_dot_v1_dot_job__pb2.GetJobResultResponse.SerializeToString,
+            ),
+            'ReadArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadArtifact,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.ReadArtifactResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -300,6 +316,33 @@ class Jobs:
             '/bund.v1.Jobs/GetJobResult',
             bund_dot_v1_dot_job__pb2.GetJobResultRequest.SerializeToString,
             bund_dot_v1_dot_job__pb2.GetJobResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/ReadArtifact',
+            bund_dot_v1_dot_job__pb2.ReadArtifactRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.ReadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

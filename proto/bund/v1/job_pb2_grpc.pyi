@@ -3,7 +3,7 @@
 isort:skip_file
 Job lifecycle and the per-job mailbox.
 
-Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ListJobs,
+Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
   GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Participant node -> participant node: Deliver (mailbox).
@@ -41,6 +41,7 @@ class JobsStub:
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]
     GetJobStatus: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobStatusRequest, _job_pb2.GetJobStatusResponse]
     GetJobResult: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobResultRequest, _job_pb2.GetJobResultResponse]
+    ReadArtifact: _grpc.UnaryUnaryMultiCallable[_job_pb2.ReadArtifactRequest, _job_pb2.ReadArtifactResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
     ProposeJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ProposeJobRequest, _job_pb2.ProposeJobResponse]
     StartJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]
@@ -56,6 +57,7 @@ class JobsAsyncStub(JobsStub):
     SubmitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]  # type: ignore[assignment]
     GetJobStatus: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobStatusRequest, _job_pb2.GetJobStatusResponse]  # type: ignore[assignment]
     GetJobResult: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobResultRequest, _job_pb2.GetJobResultResponse]  # type: ignore[assignment]
+    ReadArtifact: _aio.UnaryUnaryMultiCallable[_job_pb2.ReadArtifactRequest, _job_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]  # type: ignore[assignment]
     ProposeJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ProposeJobRequest, _job_pb2.ProposeJobResponse]  # type: ignore[assignment]
     StartJob: _aio.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]  # type: ignore[assignment]
@@ -86,6 +88,13 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.GetJobResultRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.GetJobResultResponse, _abc.Awaitable[_job_pb2.GetJobResultResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadArtifact(
+        self,
+        request: _job_pb2.ReadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ReadArtifactResponse, _abc.Awaitable[_job_pb2.ReadArtifactResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListJobs(
