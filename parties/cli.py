@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -194,7 +195,7 @@ def print_status(status: JobStatus) -> None:
     if status.phase:
         t.add_row("phase", f"{status.phase} {status.done}/{status.total}")
     if status.error:
-        t.add_row("reason", status.error)
+        t.add_row("reason", escape(status.error))  # words from a peer: never markup
     t.add_row("result to", ", ".join(status.spec.receivers))
     if status.transcript_digest:
         t.add_row("transcript", status.transcript_digest)
@@ -243,9 +244,9 @@ def job_status(
 def _print_result(result: Any) -> None:
     t = RichTable(title="result", show_header=False)
     for k, v in result.summary.items():
-        t.add_row(k, str(v))
+        t.add_row(escape(k), escape(str(v)))
     for name, data in result.artifacts.items():
-        t.add_row(f"artifact {name}", f"{len(data):,} bytes")
+        t.add_row(escape(f"artifact {name}"), f"{len(data):,} bytes")
     console.print(t)
 
 
@@ -288,7 +289,7 @@ def job_approve(
     try:
         with _client(cfg) as client:
             request = client.approval_request(job_id)
-            console.print("\n".join(request.summary_lines()))
+            console.print("\n".join(request.summary_lines()), markup=False, highlight=False)
             if not yes:
                 typer.confirm("Approve this job?", abort=True)
             signer = identity.load_audit_signing_key(key_path)

@@ -126,7 +126,7 @@ def approve_as(client: NodeClient, home: Path, job_id: str, console: Console) ->
     request = client.approval_request(job_id)
     console.print(f"[bold]{request.party}'s approver reviews:[/]")
     for line in request.summary_lines():
-        console.print(f"  {line}")
+        console.print(f"  {line}", markup=False, highlight=False)
     signer = identity.load_audit_signing_key(home / identity.APPROVER_KEY)
     client.approve(job_id, signer.sign(request.payload()))
     console.print(f"  [green]approved[/] by {request.party}")
