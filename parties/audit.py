@@ -16,9 +16,13 @@ nested values and bytes. Each record is bound to the one before it and signed:
   ``SIGNING_DOMAIN`` is ``bund/audit/v1`` and a zero byte.
 
 :func:`verify_records` names the first record that was altered, removed, reordered or inserted.
-It cannot see records cut off the end of a log (truncation), nor a whole log replaced by another
-one signed with the same key: both need a checkpoint held by someone else (the regulator's signed
-tree head), which a later issue adds. ``docs/audit.md`` says what verification proves.
+It cannot see records cut off the end of a log (truncation), nor a log rewritten and re-signed
+with the party's own key. Those need a :class:`Checkpoint` held by someone else: the party signs
+its log's size and Merkle root (:meth:`AuditLog.checkpoint`), the regulator keeps it, and
+:func:`check_log_against_checkpoints` later finds a log that no longer matches it, or two
+checkpoints of one size that disagree (equivocation). RFC 6962 inclusion and consistency proofs
+let a regulator check one record, or that a log only grew, without the whole log.
+``docs/audit.md`` says what each check proves.
 """
 
 from __future__ import annotations
@@ -32,18 +36,23 @@ import math
 import os
 import re
 import sqlite3
+import struct
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from compute.errors import BundError
+
+if TYPE_CHECKING:
+    import psycopg
 
 JsonScalar = str | int | float | bool | None
 
@@ -55,11 +64,16 @@ SIGNATURE_SIZE: Final = 64
 GENESIS_HASH: Final = bytes(HASH_SIZE)
 #: Prefix of every signed message, so an audit signature is never valid in another context.
 SIGNING_DOMAIN: Final = b"bund/audit/v1\x00"
+#: Prefix of every signed checkpoint; neither domain is a prefix of the other.
+CHECKPOINT_DOMAIN: Final = b"bund/checkpoint/v1\x00"
+#: Root of the empty tree (RFC 6962: ``MTH({}) = SHA-256()``).
+EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 
 _LEAF_PREFIX: Final = b"\x00"  # RFC 6962 section 2.1 leaf
 _NODE_PREFIX: Final = b"\x01"  # RFC 6962 section 2.1 interior node
 _CHAIN_PREFIX: Final = b"\x02"  # Bund: link of the hash chain, distinct from both
 _SCHEMA_VERSION: Final = 1
+_FRONTIER_BATCH: Final = 10_000  # records read at a time to build a log's Merkle frontier
 _TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 _HEX: Final = re.compile(r"(?:[0-9a-f]{2})*")
 _SCALAR_TYPES: Final = (str, int, float, bool, type(None))
@@ -83,6 +97,10 @@ class AuditLogCorruptError(BundError):
 
 class AuditLogConflictError(BundError):
     """A record that is not the next one of the store (another writer appended meanwhile)."""
+
+
+class AuditStoreUnavailableError(BundError):
+    """An audit store that cannot be opened: its driver is not installed or its server is down."""
 
 
 def _canonical(value: object) -> bytes:
@@ -218,8 +236,65 @@ def chain_hash(prev_hash: bytes, leaf: bytes) -> bytes:
     return hashlib.sha256(_CHAIN_PREFIX + prev_hash + leaf).digest()
 
 
-def merkle_root(leaf_hashes: Sequence[bytes]) -> bytes:
-    """The RFC 6962 (section 2.1) Merkle tree hash over already-hashed leaves.
+def _node(left: bytes, right: bytes) -> bytes:
+    """RFC 6962 interior node: ``SHA-256(0x01 || left || right)``."""
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+class MerkleFrontier:
+    """The RFC 6962 tree of a growing log, kept in O(log n) space.
+
+    A tree of ``n`` leaves is a row of perfect subtrees, one per set bit of ``n``, largest first,
+    and its root folds their roots from the right. The frontier keeps only those roots: an append
+    merges equal-sized neighbours like a binary counter (amortised two hashes), and
+    :meth:`root` costs at most ``log2(n)`` hashes. So a node that checkpoints every few minutes
+    never rehashes its log.
+
+    >>> leaves = [leaf_hash(bytes([i])) for i in range(5)]
+    >>> frontier = MerkleFrontier()
+    >>> for leaf in leaves:
+    ...     frontier.append(leaf)
+    >>> len(frontier), frontier.root() == merkle_root(leaves)
+    (5, True)
+    """
+
+    def __init__(self) -> None:
+        self._size = 0
+        self._subtrees: list[bytes] = []  # roots of the perfect subtrees, largest first
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, leaf: bytes) -> None:
+        """Add the next leaf hash.
+
+        Args:
+            leaf: A 32-byte leaf hash (:meth:`AuditRecord.leaf_hash`).
+
+        Raises:
+            ValueError: ``leaf`` is not 32 bytes.
+        """
+        if len(leaf) != HASH_SIZE:
+            raise ValueError("every leaf hash must be 32 bytes")
+        node, size = leaf, self._size
+        while size & 1:
+            node = _node(self._subtrees.pop(), node)
+            size >>= 1
+        self._subtrees.append(node)
+        self._size += 1
+
+    def root(self) -> bytes:
+        """The RFC 6962 root of the leaves appended so far (:data:`EMPTY_ROOT` for none)."""
+        if not self._subtrees:
+            return EMPTY_ROOT
+        root = self._subtrees[-1]
+        for left in reversed(self._subtrees[:-1]):
+            root = _node(left, root)
+        return root
+
+
+def merkle_root(leaf_hashes: Iterable[bytes]) -> bytes:
+    """The RFC 6962 (section 2.1) Merkle tree hash over already-hashed leaves, in O(n).
 
     ``MTH({}) = SHA-256()``; one leaf is its own root; otherwise, with ``k`` the largest power of
     two below ``n``, ``MTH(D[n]) = SHA-256(0x01 || MTH(D[0:k]) || MTH(D[k:n]))``.
@@ -239,16 +314,178 @@ def merkle_root(leaf_hashes: Sequence[bytes]) -> bytes:
     >>> merkle_root([one]) == one
     True
     """
-    if any(len(h) != HASH_SIZE for h in leaf_hashes):
-        raise ValueError("every leaf hash must be 32 bytes")
-    n = len(leaf_hashes)
-    if n == 0:
-        return hashlib.sha256(b"").digest()
-    if n == 1:
-        return leaf_hashes[0]
-    k = 1 << ((n - 1).bit_length() - 1)
-    left, right = merkle_root(leaf_hashes[:k]), merkle_root(leaf_hashes[k:])
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+    frontier = MerkleFrontier()
+    for leaf in leaf_hashes:
+        frontier.append(leaf)
+    return frontier.root()
+
+
+def _split(n: int) -> int:
+    """The largest power of two below ``n`` (``n >= 2``): where RFC 6962 splits a tree."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, tree_size: int) -> list[bytes]:
+    """The RFC 6962 (section 2.1.1) audit path of leaf ``index`` in the tree of ``tree_size``.
+
+    Args:
+        leaf_hashes: The log's leaf hashes, at least ``tree_size`` of them.
+        index: The leaf to prove, ``0 <= index < tree_size``.
+        tree_size: The size of the tree (a checkpoint's ``tree_size``).
+
+    Returns:
+        The sibling hashes from the leaf up to the root; O(n) hashes to compute.
+
+    Raises:
+        ValueError: The sizes are out of range, or a leaf hash is not 32 bytes.
+
+    >>> leaves = [leaf_hash(bytes([i])) for i in range(7)]
+    >>> proof = inclusion_proof(leaves, 3, 7)
+    >>> verify_inclusion(leaves[3], 3, 7, merkle_root(leaves), proof)
+    True
+    """
+    if not 0 <= index < tree_size <= len(leaf_hashes):
+        raise ValueError(f"need 0 <= index ({index}) < tree_size ({tree_size}) <= leaves")
+    path: list[bytes] = []
+    lo, hi, m = 0, tree_size, index
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if m < k:
+            path.append(merkle_root(leaf_hashes[lo + k : hi]))
+            hi = lo + k
+        else:
+            path.append(merkle_root(leaf_hashes[lo : lo + k]))
+            lo, m = lo + k, m - k
+    return path[::-1]
+
+
+def verify_inclusion(
+    leaf: bytes, index: int, tree_size: int, root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """Check an RFC 6962 audit path (the algorithm of RFC 9162, section 2.1.3.2).
+
+    Args:
+        leaf: The leaf hash of the record to check.
+        index: Its position in the log.
+        tree_size: The size of the tree that ``root`` is the root of.
+        root: A checkpoint's root.
+        proof: The audit path (:func:`inclusion_proof`), as received.
+
+    Returns:
+        Whether ``leaf`` is leaf ``index`` of the tree of ``tree_size`` leaves with ``root``.
+
+    Raises:
+        ValueError: ``index`` or ``tree_size`` is negative.
+    """
+    if index < 0 or tree_size < 0:
+        raise ValueError("index and tree_size must not be negative")
+    if index >= tree_size or any(len(h) != HASH_SIZE for h in (leaf, root, *proof)):
+        return False
+    fn, sn, r = index, tree_size - 1, leaf
+    for sibling in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = _node(sibling, r)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = _node(r, sibling)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and hmac.compare_digest(r, root)
+
+
+def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
+    """The RFC 6962 (section 2.1.2) proof that the tree of ``old_size`` leaves is a prefix.
+
+    That is, that the log of ``new_size`` records only appended to the log of ``old_size``. For
+    ``old_size`` 0 or equal to ``new_size`` the proof is empty.
+
+    Args:
+        leaf_hashes: The log's leaf hashes, at least ``new_size`` of them.
+        old_size: The size of the earlier checkpoint.
+        new_size: The size of the later checkpoint.
+
+    Returns:
+        The proof's hashes, in RFC 6962 order; O(n) hashes to compute.
+
+    Raises:
+        ValueError: The sizes are out of range, or a leaf hash is not 32 bytes.
+
+    >>> leaves = [leaf_hash(bytes([i])) for i in range(7)]
+    >>> old, new = merkle_root(leaves[:3]), merkle_root(leaves)
+    >>> verify_consistency(3, 7, old, new, consistency_proof(leaves, 3, 7))
+    True
+    """
+    if not 0 <= old_size <= new_size <= len(leaf_hashes):
+        raise ValueError(f"need 0 <= old_size ({old_size}) <= new_size ({new_size}) <= leaves")
+    if old_size == 0:
+        return []
+    proof: list[bytes] = []
+    lo, hi, m, complete = 0, new_size, old_size, True
+    while m != hi - lo:
+        k = _split(hi - lo)
+        if m <= k:
+            proof.append(merkle_root(leaf_hashes[lo + k : hi]))
+            hi = lo + k
+        else:
+            proof.append(merkle_root(leaf_hashes[lo : lo + k]))
+            lo, m, complete = lo + k, m - k, False
+    if not complete:
+        proof.append(merkle_root(leaf_hashes[lo:hi]))
+    return proof[::-1]
+
+
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """Check an RFC 6962 consistency proof (the algorithm of RFC 9162, section 2.1.4.2).
+
+    Args:
+        old_size: The earlier checkpoint's tree size.
+        new_size: The later checkpoint's tree size.
+        old_root: The earlier checkpoint's root.
+        new_root: The later checkpoint's root.
+        proof: The proof (:func:`consistency_proof`), as received.
+
+    Returns:
+        Whether the tree with ``new_root`` extends the tree with ``old_root``: False means the
+        party rewrote, reordered or dropped records between the two checkpoints, or that the
+        proof is wrong.
+
+    Raises:
+        ValueError: ``old_size`` is negative or above ``new_size``.
+    """
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"need 0 <= old_size ({old_size}) <= new_size ({new_size})")
+    if any(len(h) != HASH_SIZE for h in (old_root, new_root, *proof)):
+        return False
+    if old_size == new_size:
+        return not proof and hmac.compare_digest(old_root, new_root)
+    if old_size == 0:
+        return not proof and hmac.compare_digest(old_root, EMPTY_ROOT)
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # a perfect subtree: its root is the proof's start
+        path.insert(0, old_root)
+    if not path:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    old_ok = hmac.compare_digest(fr, old_root)
+    new_ok = hmac.compare_digest(sr, new_root)
+    return sn == 0 and old_ok and new_ok
 
 
 @dataclass(frozen=True)
@@ -330,23 +567,46 @@ def verify_records(
     Raises:
         AuditFormatError: ``records`` failed to read a record without saying which one.
     """
+    count = 0
+    try:
+        for _ in _verified(records, public_key, party):
+            count += 1
+    except _BadRecord as bad:
+        return VerificationReport(False, bad.index, bad.index, bad.reason)
+    return VerificationReport(True, count, None, "")
+
+
+class _BadRecord(Exception):
+    """Raised by :func:`_verified` at the first record that fails."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+def _verified(
+    records: Iterable[AuditRecord], public_key: Ed25519PublicKey, party: str | None
+) -> Iterator[AuditRecord]:
+    """Yield each record once it verifies; raise :class:`_BadRecord` at the first that fails."""
     prev = GENESIS_HASH
-    position = 0
     iterator = iter(records)
+    position = 0
     while True:
         try:
             record = next(iterator, None)
         except AuditFormatError as exc:
             if exc.index is None:
                 raise
-            return VerificationReport(False, position, position, str(exc))
+            raise _BadRecord(position, str(exc)) from None
         if record is None:
-            return VerificationReport(True, position, None, "")
+            return
         problem = _problem(record, position, prev, public_key, party)
         if problem is not None:
-            return VerificationReport(False, position, position, problem)
+            raise _BadRecord(position, problem)
         prev = record.record_hash
         position += 1
+        yield record
 
 
 def _then_raise(records: Iterable[AuditRecord], exc: AuditFormatError) -> Iterator[AuditRecord]:
@@ -378,6 +638,269 @@ def verify_store(
             raise
         return verify_records(_then_raise(store.read(0, exc.index), exc), public_key, party)
     return verify_records(records, public_key, party)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A party's signed statement of its log's size and Merkle root (an RFC 6962 tree head).
+
+    The party signs one on request (:meth:`AuditLog.checkpoint`) and the regulator keeps it.
+    Having signed it, the party can no longer present a log whose first ``tree_size`` records
+    hash to another root, nor one with fewer records, without being caught
+    (:func:`check_log_against_checkpoints`). Construction checks types only, so that a received
+    checkpoint can be represented and then judged by :func:`verify_checkpoint`.
+
+    Attributes:
+        party: The party whose log it is.
+        tree_size: How many records it covers (records ``0 .. tree_size - 1``).
+        root_hash: :func:`merkle_root` over those records' leaf hashes.
+        timestamp: RFC 3339 UTC time of signing, from the party's clock.
+        signature: Ed25519 over :meth:`signed_bytes` with the party's audit key.
+
+    Raises:
+        AuditFormatError: An attribute of the wrong type, or a size outside ``0 .. 2**64 - 1``.
+    """
+
+    party: str
+    tree_size: int
+    root_hash: bytes
+    timestamp: str
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if type(self.tree_size) is not int or not 0 <= self.tree_size < 2**64:
+            raise AuditFormatError(f"checkpoint tree_size must be a u64, not {self.tree_size!r}")
+        for name in ("party", "timestamp"):
+            _check_text(f"checkpoint {name}", getattr(self, name))
+        for name in ("root_hash", "signature"):
+            if type(getattr(self, name)) is not bytes:
+                raise AuditFormatError(f"checkpoint {name} must be bytes")
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: an unambiguous, domain-separated encoding.
+
+        ``CHECKPOINT_DOMAIN || u32 len || party (UTF-8) || u64 tree_size || root_hash (32) ||
+        u32 len || timestamp (UTF-8)``, integers big-endian. The domain keeps a checkpoint
+        signature from ever verifying as a record signature, and the reverse.
+
+        Raises:
+            ValueError: ``root_hash`` is not 32 bytes.
+        """
+        if len(self.root_hash) != HASH_SIZE:
+            raise ValueError("root_hash must be 32 bytes")
+        party, timestamp = self.party.encode("utf-8"), self.timestamp.encode("utf-8")
+        return b"".join(
+            (
+                CHECKPOINT_DOMAIN,
+                struct.pack(">I", len(party)),
+                party,
+                struct.pack(">Q", self.tree_size),
+                self.root_hash,
+                struct.pack(">I", len(timestamp)),
+                timestamp,
+            )
+        )
+
+    def describe(self) -> str:
+        """The checkpoint in words, for messages: its size, time and the start of its root."""
+        root = self.root_hash.hex()[:16]
+        return f"of {self.tree_size} records signed {self.timestamp} (root {root})"
+
+
+def verify_checkpoint(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> bool:
+    """Whether ``checkpoint`` is well formed and signed with ``public_key``.
+
+    Args:
+        checkpoint: A checkpoint, as received.
+        public_key: The party's audit public key.
+
+    Returns:
+        True only if the root and signature have the right sizes, the timestamp is RFC 3339 UTC
+        and the signature verifies.
+    """
+    if (
+        len(checkpoint.root_hash) != HASH_SIZE
+        or len(checkpoint.signature) != SIGNATURE_SIZE
+        or not _TIMESTAMP.fullmatch(checkpoint.timestamp)
+    ):
+        return False
+    try:
+        public_key.verify(checkpoint.signature, checkpoint.signed_bytes())
+    except InvalidSignature:
+        return False
+    return True
+
+
+class LogFault(StrEnum):
+    """What :func:`check_log_against_checkpoints` found wrong."""
+
+    #: A record fails the hash chain or its signature (as :func:`verify_records` reports).
+    RECORD = "record"
+    #: A checkpoint is not signed with the party's key, or names another party.
+    CHECKPOINT = "checkpoint"
+    #: Two validly signed checkpoints of the same size have different roots.
+    EQUIVOCATION = "equivocation"
+    #: The log verifies, but its first ``tree_size`` records no longer match a checkpoint.
+    REWRITTEN = "rewritten"
+    #: The log has fewer records than a checkpoint covers.
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """The outcome of checking a party's log against the checkpoints a regulator holds.
+
+    Attributes:
+        ok: Every record verified, and the log matches every checkpoint.
+        party: The party checked.
+        count: How many records verified, from the start of the log.
+        fault: What is wrong, or ``None`` when ``ok``.
+        first_bad_index: The first record that fails (``RECORD``); for ``REWRITTEN`` the first
+            record that no matching checkpoint vouches for (the change is at or after it and
+            before the failing checkpoint's ``tree_size``); for ``TRUNCATED`` the first missing
+            record; ``None`` for the checkpoint faults and when ``ok``.
+        checkpoints: The checkpoints involved: the failing one, or both equivocating ones.
+        reason: Why, naming the party and the checkpoint; ``""`` when ``ok``.
+    """
+
+    ok: bool
+    party: str
+    count: int
+    fault: LogFault | None
+    first_bad_index: int | None
+    checkpoints: tuple[Checkpoint, ...]
+    reason: str
+
+
+def check_log_against_checkpoints(
+    records: Iterable[AuditRecord],
+    checkpoints: Iterable[Checkpoint],
+    public_key: Ed25519PublicKey,
+    party: str,
+) -> CheckpointReport:
+    """Verify a party's log and hold it to the checkpoints it signed earlier (the regulator).
+
+    In one pass, O(n) hashes and one signature check per record: the checks of
+    :func:`verify_records`, then the root over the first ``tree_size`` records against each
+    checkpoint. That catches what the chain alone cannot: a log rewritten and re-signed with the
+    party's own key after a checkpoint, and a log truncated below one. Before any record is read,
+    the checkpoints themselves are checked: each must be signed with ``public_key`` and name
+    ``party``, and two of the same size must have the same root, or the party equivocated
+    (showed two different histories).
+
+    Args:
+        records: The log, from record 0, in order; may be lazy (:func:`iter_jsonl`).
+        checkpoints: The party's checkpoints that the regulator holds, in any order.
+        public_key: The party's audit public key.
+        party: The party, as its certificate names it; every record and checkpoint must name it.
+
+    Returns:
+        A report naming the fault, the checkpoint(s) and the record, if anything is wrong.
+
+    Raises:
+        AuditFormatError: ``records`` failed to read a record without saying which one.
+
+    >>> key = Ed25519PrivateKey.generate()
+    >>> log = AuditLog(MemoryAuditStore(), key, "bank", lambda: "2026-11-24T09:30:00Z")
+    >>> _ = log.append("node_started")
+    >>> held = [log.checkpoint()]
+    >>> _ = log.append("node_stopped")
+    >>> check_log_against_checkpoints(log.store.read(), held, key.public_key(), "bank").ok
+    True
+    >>> report = check_log_against_checkpoints([], held, key.public_key(), "bank")
+    >>> report.fault, report.first_bad_index
+    (<LogFault.TRUNCATED: 'truncated'>, 0)
+    """
+
+    def fail(
+        fault: LogFault, count: int, index: int | None, involved: Sequence[Checkpoint], why: str
+    ) -> CheckpointReport:
+        return CheckpointReport(False, party, count, fault, index, tuple(involved), why)
+
+    by_size: dict[int, Checkpoint] = {}
+    for position, checkpoint in enumerate(checkpoints):
+        if checkpoint.party != party:
+            return fail(
+                LogFault.CHECKPOINT,
+                0,
+                None,
+                [checkpoint],
+                f"party {party!r}: checkpoint {position} names party {checkpoint.party!r}: "
+                "it is no evidence about this log",
+            )
+        if not verify_checkpoint(checkpoint, public_key):
+            return fail(
+                LogFault.CHECKPOINT,
+                0,
+                None,
+                [checkpoint],
+                f"party {party!r}: checkpoint {position} {checkpoint.describe()} does not "
+                "verify with the party's audit key: it was forged or altered since it was "
+                "received; keep it as evidence and pull a fresh checkpoint",
+            )
+        earlier = by_size.setdefault(checkpoint.tree_size, checkpoint)
+        if not hmac.compare_digest(earlier.root_hash, checkpoint.root_hash):
+            return fail(
+                LogFault.EQUIVOCATION,
+                0,
+                None,
+                [earlier, checkpoint],
+                f"party {party!r} equivocated: it signed two different logs of "
+                f"{checkpoint.tree_size} records, checkpoint {earlier.describe()} and "
+                f"checkpoint {checkpoint.describe()}; it showed different histories of the same "
+                "records, so at most one of them is its log",
+            )
+    pending = sorted(by_size.values(), key=lambda c: c.tree_size, reverse=True)
+    frontier = MerkleFrontier()
+    vouched = 0  # size of the largest checkpoint matched so far
+
+    def rewritten() -> CheckpointReport | None:
+        nonlocal vouched
+        while pending and pending[-1].tree_size == len(frontier):
+            checkpoint = pending.pop()
+            root = frontier.root()
+            if not hmac.compare_digest(root, checkpoint.root_hash):
+                return fail(
+                    LogFault.REWRITTEN,
+                    len(frontier),
+                    vouched,
+                    [checkpoint],
+                    f"party {party!r} rewrote its log after checkpoint {checkpoint.describe()}: "
+                    f"records 0..{checkpoint.tree_size - 1} verify but now hash to root "
+                    f"{root.hex()[:16]}; a record from index {vouched} (the last matching "
+                    f"checkpoint) to {checkpoint.tree_size - 1} was changed and the log re-signed "
+                    "with the party's key",
+                )
+            vouched = checkpoint.tree_size
+        return None
+
+    try:
+        for record in _verified(records, public_key, party):
+            report = rewritten()
+            if report is not None:
+                return report
+            frontier.append(record.leaf_hash())
+    except _BadRecord as bad:
+        why = f"party {party!r}: record {bad.index} fails: {bad.reason}"
+        return fail(LogFault.RECORD, bad.index, bad.index, [], why)
+    report = rewritten()
+    if report is not None:
+        return report
+    if pending:
+        checkpoint = pending[-1]
+        return fail(
+            LogFault.TRUNCATED,
+            len(frontier),
+            len(frontier),
+            [checkpoint],
+            f"party {party!r} truncated its log: it has {len(frontier)} records, but checkpoint "
+            f"{checkpoint.describe()} covers {checkpoint.tree_size}; records "
+            f"{len(frontier)}..{checkpoint.tree_size - 1} were removed",
+        )
+    return CheckpointReport(True, party, len(frontier), None, None, (), "")
 
 
 # -- stores ------------------------------------------------------------------------------------
@@ -539,7 +1062,7 @@ class SqliteAuditStore(AuditStore):
         else:
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.text_factory = bytes  # decoded strictly by _decode, so bad bytes name a record
+        self._db.text_factory = bytes  # decoded strictly by _decode_row, so bad bytes name a record
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -610,7 +1133,7 @@ class SqliteAuditStore(AuditStore):
             rows = self._db.execute(
                 _SELECT_RANGE, (start, _MAX_INDEX if stop is None else min(stop, _MAX_INDEX))
             ).fetchall()
-        return [self._decode(row) for row in rows]
+        return [_decode_row(row, str(self.path)) for row in rows]
 
     def __len__(self) -> int:
         with self._lock:
@@ -621,30 +1144,32 @@ class SqliteAuditStore(AuditStore):
         """The record with the highest index, or None."""
         with self._lock:
             row = self._db.execute(_SELECT_LAST).fetchone()
-        return None if row is None else self._decode(row)
+        return None if row is None else _decode_row(row, str(self.path))
 
     def close(self) -> None:
         """Close the database; the last connection to close folds the WAL into the file."""
         with self._lock:
             self._db.close()
 
-    def _decode(self, row: Sequence[Any]) -> AuditRecord:
-        index = row[0]
-        try:
-            timestamp, party, event, job_id, fields = (_utf8(value) for value in row[1:6])
-            return AuditRecord(
-                index=index,
-                timestamp=timestamp,
-                party=party,
-                event=event,
-                job_id=job_id,
-                fields=_parse_fields(fields),
-                prev_hash=row[6],
-                record_hash=row[7],
-                signature=row[8],
-            )
-        except AuditFormatError as exc:
-            raise AuditFormatError(f"record {index} in {self.path}: {exc}", index) from None
+
+def _decode_row(row: Sequence[Any], where: str) -> AuditRecord:
+    """A record from a row of ``audit_records`` whose text columns are read as raw bytes."""
+    index = row[0]
+    try:
+        timestamp, party, event, job_id, fields = (_utf8(value) for value in row[1:6])
+        return AuditRecord(
+            index=index,
+            timestamp=timestamp,
+            party=party,
+            event=event,
+            job_id=job_id,
+            fields=_parse_fields(fields),
+            prev_hash=row[6],
+            record_hash=row[7],
+            signature=row[8],
+        )
+    except AuditFormatError as exc:
+        raise AuditFormatError(f"record {index} in {where}: {exc}", index) from None
 
 
 def _utf8(value: object) -> str:
@@ -675,6 +1200,218 @@ def _parse_fields(text: str) -> Mapping[str, JsonScalar]:
     if _canonical(dict(fields)) != text.encode("utf-8"):
         raise AuditFormatError("fields are not in canonical JSON form")
     return fields
+
+
+_PG_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS audit_schema_version (version INTEGER NOT NULL)",
+    # Text columns are BYTEA holding UTF-8: PostgreSQL TEXT cannot hold U+0000, which a record
+    # may, and bytes are decoded as strictly as SQLite's (a bad byte names its record).
+    """CREATE TABLE IF NOT EXISTS audit_records (
+        idx BIGINT PRIMARY KEY CHECK (idx >= 0),
+        timestamp BYTEA NOT NULL,
+        party BYTEA NOT NULL,
+        event BYTEA NOT NULL,
+        job_id BYTEA NOT NULL,
+        fields BYTEA NOT NULL,
+        prev_hash BYTEA NOT NULL,
+        record_hash BYTEA NOT NULL,
+        signature BYTEA NOT NULL
+    )""",
+)
+_PG_SCHEMA_LOCK: Final = 0x62756E64_61756474  # "bundaudt": serialises schema creation
+_PG_INSERT: Final = """
+INSERT INTO audit_records
+    (idx, timestamp, party, event, job_id, fields, prev_hash, record_hash, signature)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+_PG_SELECT_RANGE: Final = """
+SELECT idx, timestamp, party, event, job_id, fields, prev_hash, record_hash, signature
+FROM audit_records WHERE idx >= %s AND idx < %s ORDER BY idx
+"""
+_PG_SELECT_LAST: Final = """
+SELECT idx, timestamp, party, event, job_id, fields, prev_hash, record_hash, signature
+FROM audit_records ORDER BY idx DESC LIMIT 1
+"""
+
+
+class PostgresAuditStore(AuditStore):
+    """A store in a PostgreSQL database, for a production node (``pip install 'bund[postgres]'``).
+
+    Same semantics as :class:`SqliteAuditStore`: an ``audit_records`` table with ``idx`` as
+    primary key and an ``audit_schema_version`` table (another version is refused); no UPDATE
+    or DELETE in the code; an append takes a table lock that only writers contend for, and must
+    carry the next index (:class:`AuditLogConflictError` otherwise). Every append is its own
+    transaction with ``synchronous_commit = on``, so a returned record is in the server's
+    flushed WAL. Text is stored as UTF-8 in BYTEA columns and decoded strictly on read.
+    The tables live in the first schema of the ``search_path``; to use a schema of its own,
+    add ``options=-csearch_path%3Dbund`` to the URL. The database is not trusted: verification
+    shows whether it was altered.
+
+    Args:
+        dsn: A libpq connection string or ``postgresql://`` URL.
+        read_only: Only read (verification, export): the session refuses writes and no table is
+            created.
+
+    Raises:
+        AuditStoreUnavailableError: psycopg is not installed, ``dsn`` is malformed, or the server
+            cannot be reached or refuses the login.
+        AuditFormatError: The database holds no audit log (``read_only``) or another schema
+            version.
+    """
+
+    def __init__(self, dsn: str, read_only: bool = False) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise AuditStoreUnavailableError(
+                "a postgresql:// audit store needs the psycopg driver: run "
+                "`pip install 'bund[postgres]'`, or use an SQLite file path instead"
+            ) from None
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise AuditStoreUnavailableError(
+                f"not a PostgreSQL connection string ({exc}): give a URL such as "
+                "postgresql://bund@db.example:5432/audit"
+            ) from None
+        #: The connection string without its password, for messages.
+        self.where = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
+        self._read_only = read_only
+        self._lock = threading.Lock()
+        if "connect_timeout" not in params:
+            dsn = make_conninfo(dsn, connect_timeout=10)
+        try:
+            self._db: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise AuditStoreUnavailableError(
+                f"cannot connect to the audit database ({self.where}); check that the server is "
+                f"up and that the URL's user, password and database are right: {exc}".rstrip()
+            ) from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        self._db.execute("SET synchronous_commit = on")
+        if self._read_only:
+            self._db.execute("SET default_transaction_read_only = on")
+        else:
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+                for statement in _PG_SCHEMA:
+                    self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO audit_schema_version (version) SELECT %s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM audit_schema_version)",
+                    (_SCHEMA_VERSION,),
+                )
+        [(table,)] = self._db.execute("SELECT to_regclass('audit_schema_version')").fetchall()
+        if table is None:
+            raise AuditFormatError(
+                f"{self.where} holds no Bund audit log (no audit_schema_version table in the "
+                "search_path): check the database and the URL's search_path option"
+            )
+        versions = self._db.execute("SELECT version FROM audit_schema_version").fetchall()
+        if versions != [(_SCHEMA_VERSION,)]:
+            raise AuditFormatError(
+                f"{self.where} has audit schema version {versions}, this Bund reads version "
+                f"{_SCHEMA_VERSION}: verify it with the Bund release that wrote it"
+            )
+
+    def append(self, record: AuditRecord) -> None:
+        """Add ``record`` in one durable transaction (see :meth:`AuditStore.append`).
+
+        Raises:
+            io.UnsupportedOperation: The store was opened read-only.
+            AuditLogConflictError: ``record`` is not the next record.
+        """
+        if self._read_only:
+            raise io.UnsupportedOperation(f"{self.where} was opened read-only")
+        row = (
+            record.index,
+            *(
+                text.encode("utf-8")
+                for text in (record.timestamp, record.party, record.event, record.job_id)
+            ),
+            _canonical(dict(record.fields)),
+            record.prev_hash,
+            record.record_hash,
+            record.signature,
+        )
+        with self._lock, self._db.transaction():
+            # Conflicts with itself only: readers go on, a second writer waits for the commit.
+            self._db.execute("LOCK TABLE audit_records IN SHARE ROW EXCLUSIVE MODE")
+            [(expected,)] = self._db.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_records"
+            ).fetchall()
+            if record.index != expected:
+                raise _conflict(record, expected)
+            self._db.execute(_PG_INSERT, row)
+
+    def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
+        """Records ``start`` to ``stop`` (see :meth:`AuditStore.read`)."""
+        _check_range(start, stop)
+        with self._lock:
+            rows = self._db.execute(
+                _PG_SELECT_RANGE,
+                (min(start, _MAX_INDEX), _MAX_INDEX if stop is None else min(stop, _MAX_INDEX)),
+            ).fetchall()
+        return [_decode_row(row, self.where) for row in rows]
+
+    def __len__(self) -> int:
+        with self._lock:
+            [(count,)] = self._db.execute("SELECT COUNT(*) FROM audit_records").fetchall()
+        return int(count)
+
+    def last(self) -> AuditRecord | None:
+        """The record with the highest index, or None."""
+        with self._lock:
+            row = self._db.execute(_PG_SELECT_LAST).fetchone()
+        return None if row is None else _decode_row(row, self.where)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+
+def open_audit_store(url_or_path: str | os.PathLike[str], read_only: bool = False) -> AuditStore:
+    """Open the store that a node's configuration names.
+
+    Args:
+        url_or_path: A ``postgresql://`` (or ``postgres://``) URL for :class:`PostgresAuditStore`,
+            or a file path for :class:`SqliteAuditStore`.
+        read_only: Open only to read (verification, export).
+
+    Returns:
+        The store; the caller closes it.
+
+    Raises:
+        ValueError: A URL of another scheme.
+        AuditStoreUnavailableError: See :class:`PostgresAuditStore`.
+        AuditFormatError: See the two stores.
+        FileNotFoundError: ``read_only`` and no SQLite file at the path.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with open_audit_store(f"{tmp}/audit.db") as store:
+    ...         type(store).__name__
+    'SqliteAuditStore'
+    """
+    if isinstance(url_or_path, str):
+        if url_or_path.startswith(("postgresql://", "postgres://")):
+            return PostgresAuditStore(url_or_path, read_only)
+        scheme, separator, _ = url_or_path.partition("://")
+        if separator:
+            raise ValueError(
+                f"audit store {scheme}:// is not supported: give a file path (SQLite) or a "
+                "postgresql:// URL"
+            )
+    return SqliteAuditStore(url_or_path, read_only)
 
 
 # -- JSON lines ------------------------------------------------------------------------------
@@ -832,6 +1569,9 @@ class AuditLog:
     (0, 'message_sent')
     >>> verify_store(log.store, key.public_key()).ok
     True
+    >>> checkpoint = log.checkpoint()
+    >>> checkpoint.tree_size, verify_checkpoint(checkpoint, key.public_key())
+    (1, True)
     """
 
     def __init__(
@@ -850,6 +1590,7 @@ class AuditLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_index, self._prev_hash = self._tail()
+        self._frontier: MerkleFrontier | None = None  # built by the first checkpoint
 
     def _tail(self) -> tuple[int, bytes]:
         try:
@@ -893,12 +1634,7 @@ class AuditLog:
         if not event:
             raise ValueError("event must not be empty")
         with self._lock:
-            timestamp = self._clock()
-            if not isinstance(timestamp, str) or not _TIMESTAMP.fullmatch(timestamp):
-                raise ValueError(
-                    f"clock returned {timestamp!r}: it must return RFC 3339 UTC such as "
-                    "2026-11-24T09:30:00.000000Z"
-                )
+            timestamp = self._now()
             unsigned = AuditRecord(
                 index=self._next_index,
                 timestamp=timestamp,
@@ -910,7 +1646,8 @@ class AuditLog:
                 record_hash=b"",
                 signature=b"",
             )
-            record_hash = chain_hash(self._prev_hash, unsigned.leaf_hash())
+            leaf = unsigned.leaf_hash()
+            record_hash = chain_hash(self._prev_hash, leaf)
             record = dataclasses.replace(
                 unsigned,
                 record_hash=record_hash,
@@ -918,4 +1655,81 @@ class AuditLog:
             )
             self.store.append(record)
             self._next_index, self._prev_hash = record.index + 1, record_hash
+            if self._frontier is not None:
+                self._frontier.append(leaf)
             return record
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign the log's current size and Merkle root, for the regulator to keep.
+
+        Appends nothing. A checkpoint is a statement about the log, not an event in it: were it
+        recorded, every checkpoint would grow the log it describes, so an idle node could never
+        checkpoint the same log twice. The regulator's pull that fetches it is recorded anyway,
+        as an ``rpc`` record, by the node's audit interceptor.
+
+        The first call reads the whole store once, in batches, to build the Merkle frontier,
+        and refuses to sign unless every stored record's hash chain leads to the last record
+        (whose signature was checked on open); from then on, appends keep the frontier, and a
+        checkpoint costs O(log n) hashes and one signature.
+
+        Returns:
+            The signed checkpoint.
+
+        Raises:
+            ValueError: The clock's value is not RFC 3339 UTC.
+            AuditLogCorruptError: The stored records do not chain up to the last one: the store
+                was altered, and no checkpoint is signed over it.
+        """
+        with self._lock:
+            timestamp = self._now()
+            if self._frontier is None:
+                self._frontier = self._build_frontier()
+            unsigned = Checkpoint(
+                party=self._party,
+                tree_size=len(self._frontier),
+                root_hash=self._frontier.root(),
+                timestamp=timestamp,
+                signature=b"",
+            )
+            return dataclasses.replace(unsigned, signature=self._key.sign(unsigned.signed_bytes()))
+
+    def _now(self) -> str:
+        timestamp = self._clock()
+        if not isinstance(timestamp, str) or not _TIMESTAMP.fullmatch(timestamp):
+            raise ValueError(
+                f"clock returned {timestamp!r}: it must return RFC 3339 UTC such as "
+                "2026-11-24T09:30:00.000000Z"
+            )
+        return timestamp
+
+    def _build_frontier(self) -> MerkleFrontier:
+        """The frontier of the stored records, checking that they chain up to the last one."""
+        frontier = MerkleFrontier()
+        prev = GENESIS_HASH
+
+        def corrupt(why: str) -> AuditLogCorruptError:
+            return AuditLogCorruptError(
+                f"cannot sign a checkpoint: {why}. Run `bund audit verify` to find the first bad "
+                "record, keep the store as evidence and start a new log"
+            )
+
+        try:
+            for start in range(0, self._next_index, _FRONTIER_BATCH):
+                for record in self.store.read(start, start + _FRONTIER_BATCH):
+                    leaf = record.leaf_hash()
+                    if (
+                        record.index != len(frontier)
+                        or not hmac.compare_digest(record.prev_hash, prev)
+                        or not hmac.compare_digest(record.record_hash, chain_hash(prev, leaf))
+                    ):
+                        raise corrupt(f"stored record {len(frontier)} breaks the hash chain")
+                    frontier.append(leaf)
+                    prev = record.record_hash
+        except AuditFormatError as exc:
+            raise corrupt(str(exc)) from exc
+        if len(frontier) != self._next_index or not hmac.compare_digest(prev, self._prev_hash):
+            raise corrupt(
+                f"the store holds {len(frontier)} chained records, the log expects "
+                f"{self._next_index}"
+            )
+        return frontier

@@ -415,6 +415,17 @@ def audit_verify(
         raise _fail(f"record {report.first_bad_index}: {report.reason} ({log_file})")
 
 
+@audit_app.command("report")
+def audit_report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The regulator's regulator.toml.")],
+    out: Annotated[Path, typer.Option(help="The HTML report to write.")] = Path("report.html"),
+) -> None:
+    """Pull, verify and reconcile every party's audit log; write a self-contained HTML report."""
+    from parties.regulator import report_command
+
+    raise typer.Exit(report_command(config, out))
+
+
 @audit_app.command("export")
 def audit_export(
     config: ConfigOpt, out: Annotated[Path, typer.Option(help="JSON-lines file.")]

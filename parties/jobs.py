@@ -325,9 +325,9 @@ class RoleContext:
 
     def _log(self, direction: str, peer: str, tag: str, sha: bytes, size: int) -> None:
         entry = TranscriptEntry(direction, peer, tag, sha.hex(), size)
-        with self._lock:
+        with self._lock:  # one lock for both, so the audit log and the transcript agree in order
             self.transcript.append(entry)
-        self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+            self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
 
     def send(self, to: str, tag: str, payload: bytes) -> None:
         """Deliver ``payload`` to ``to`` and record its digest."""

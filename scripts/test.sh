@@ -8,4 +8,9 @@ echo "== proto drift";   scripts/check_protos.sh
 echo "== ruff";          ruff check .
 echo "== import-linter"; lint-imports
 echo "== mypy";          mypy
+echo "== chromium";      bash scripts/chromium.sh >/dev/null   # the HTML report test opens it
+echo "== postgresql"     # a throwaway server on 127.0.0.1 for the PostgreSQL audit store tests
+pg_env=$(bash scripts/postgres.sh start)   # two steps, so that a failed start stops the script
+eval "$pg_env"
+trap 'bash scripts/postgres.sh stop' EXIT
 echo "== pytest";        pytest "$@"
