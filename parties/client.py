@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from compute.errors import BundError
 from parties import wire
 from parties.approvals import ApprovalRequest
+from parties.audit import Checkpoint
 from parties.config import NodeConfig, TlsPaths
 from parties.errors import PeerUnavailableError
 from parties.jobs import JobSpec, JobStatus, Result
@@ -221,6 +222,13 @@ class NodeClient:
             job_pb2.DenyJobRequest(job_id=job_id, reason=reason),
             job_pb2.DenyJobResponse,
         )
+
+    def checkpoint(self) -> Checkpoint:
+        """A freshly signed checkpoint of this node's audit log (operator or regulator only)."""
+        r = self._call(
+            "Audit", "GetCheckpoint", audit_pb2.GetCheckpointRequest(), audit_pb2.Checkpoint
+        )
+        return wire.checkpoint_from_proto(r)
 
     # -- node-to-node calls ---------------------------------------------------------------
 

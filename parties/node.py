@@ -174,7 +174,9 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
                 "bund.v1.Federation", servicers.federation_methods(info), audit
             ),
             servicers.make_generic_handler(
-                "bund.v1.Audit", servicers.audit_methods(config.party, read_audit), audit
+                "bund.v1.Audit",
+                servicers.audit_methods(config.party, read_audit, audit.checkpoint),
+                audit,
             ),
         )
     )

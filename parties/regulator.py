@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import json
+import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -196,6 +198,8 @@ class RegulatorConfig:
     parties: Mapping[str, AuditedParty]
     timeout_s: float = 60.0
     max_message_bytes: int = 8 << 20
+    #: Where the regulator keeps every checkpoint it was given (``checkpoints.jsonl``).
+    state_dir: Path | None = None
 
 
 def _text_setting(doc: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
@@ -221,6 +225,8 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         ca = "ca.pem"
         cert = "regulator.pem"        # issued with role "regulator"
         key = "regulator.key"
+
+        state_dir = "regulator-state"  # optional: keeps every checkpoint the parties signed
 
         [limits]                      # optional
         timeout_s = 60
@@ -291,7 +297,55 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         parties[name] = AuditedParty(name, address, key)
     timeout = _number_setting(limits, "timeout_s", f"{path} [limits]", 60.0)
     max_bytes = _number_setting(limits, "max_message_bytes", f"{path} [limits]", 8 << 20)
-    return RegulatorConfig(tls, MappingProxyType(parties), timeout, int(max_bytes))
+    state_dir = base / _text_setting(doc, "state_dir", str(path), "regulator-state")
+    return RegulatorConfig(tls, MappingProxyType(parties), timeout, int(max_bytes), state_dir)
+
+
+# -- checkpoints the regulator holds --------------------------------------------------------
+
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+
+
+def load_held_checkpoints(state_dir: Path) -> dict[str, list[Checkpoint]]:
+    """Every checkpoint this regulator was given, by party (none when it has kept none)."""
+    held: dict[str, list[Checkpoint]] = {}
+    path = state_dir / CHECKPOINTS_FILE
+    if not path.exists():
+        return held
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                doc = json.loads(line)
+                cp = Checkpoint(
+                    party=doc["party"],
+                    tree_size=doc["tree_size"],
+                    root_hash=bytes.fromhex(doc["root_hash"]),
+                    timestamp=doc["timestamp"],
+                    signature=bytes.fromhex(doc["signature"]),
+                )
+            except (ValueError, KeyError, TypeError, BundError):
+                raise ConfigError(f"{path} line {number} is not a checkpoint record") from None
+            held.setdefault(cp.party, []).append(cp)
+    return held
+
+
+def keep_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
+    """Append a checkpoint to the regulator's own store (durably: flushed and synced)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(
+        {
+            "party": checkpoint.party,
+            "tree_size": checkpoint.tree_size,
+            "root_hash": checkpoint.root_hash.hex(),
+            "timestamp": checkpoint.timestamp,
+            "signature": checkpoint.signature.hex(),
+        },
+        sort_keys=True,
+    )
+    with (state_dir / CHECKPOINTS_FILE).open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # -- pulling and verifying one log ----------------------------------------------------------
@@ -1109,13 +1163,20 @@ def audit_federation(
 
     Args:
         config: The regulator's configuration.
-        checkpoints: Checkpoints of each party's log that the regulator holds. Nodes do not
-            serve checkpoints yet, so ``bund audit report`` passes none, and the report says
-            that truncation and re-signed rewrites were not checkable.
+        checkpoints: Checkpoints of each party's log that the regulator holds. When None, they
+            come from ``config.state_dir``: every checkpoint kept by earlier audits, plus a
+            fresh one that each party signs now (asked for before its log is pulled, so the
+            pulled log covers it) and that is kept for the next audit.
 
     Returns:
         The outcome, ready for :func:`parties.report.write_report`.
     """
+    collect = checkpoints is None
+    held: dict[str, list[Checkpoint]] = (
+        load_held_checkpoints(config.state_dir)
+        if collect and config.state_dir is not None
+        else {p: list(cps) for p, cps in (checkpoints or {}).items()}
+    )
     pulled = []
     for party in config.parties.values():
         client = NodeClient(
@@ -1123,6 +1184,11 @@ def audit_federation(
         )
         try:
             with client:
+                if collect:
+                    fresh = client.checkpoint()
+                    held.setdefault(party.name, []).append(fresh)
+                    if config.state_dir is not None:
+                        keep_checkpoint(config.state_dir, fresh)
                 pulled.append(pull_log(client, party.audit_public_key))
         except BundError as exc:
             pulled.append(
@@ -1130,7 +1196,7 @@ def audit_federation(
                     party.name, party.address, party.audit_public_key, (), 0, b"", None, str(exc)
                 )
             )
-    return assess(pulled, checkpoints)
+    return assess(pulled, held)
 
 
 def report_command(config: Path, out: Path) -> int:

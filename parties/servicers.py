@@ -18,6 +18,7 @@ from bund.v1 import audit_pb2, federation_pb2, job_pb2
 from google.protobuf.message import Message
 
 from parties import wire
+from parties.audit import Checkpoint
 from parties.errors import NotAuthorizedError, rpc_error_translator
 from parties.identity import IdentityError, PartyIdentity, identity_from_pem
 from parties.jobs import AuditSink
@@ -183,16 +184,29 @@ def federation_methods(info: wire.NodeInfo) -> dict[str, Method]:
 
 
 def audit_methods(
-    party: str, read: Callable[[int, int], wire.AuditPage], page_size: int = 1000
+    party: str,
+    read: Callable[[int, int], wire.AuditPage],
+    checkpoint: Callable[[], Checkpoint],
+    page_size: int = 1000,
 ) -> dict[str, Method]:
     """The Audit service: this node's operator and regulators may read the signed log."""
 
-    def read_log(r: audit_pb2.ReadAuditLogRequest, who: PartyIdentity) -> Message:
+    def allowed(who: PartyIdentity) -> None:
         if who.name != party and who.role != "regulator":
             raise NotAuthorizedError(
                 "only this node's operator or a regulator may read its audit log"
             )
+
+    def get_checkpoint(r: audit_pb2.GetCheckpointRequest, who: PartyIdentity) -> Message:
+        allowed(who)
+        return wire.checkpoint_to_proto(checkpoint())
+
+    def read_log(r: audit_pb2.ReadAuditLogRequest, who: PartyIdentity) -> Message:
+        allowed(who)
         limit = min(r.limit or page_size, page_size)
         return wire.audit_page_to_proto(read(r.start, limit))
 
-    return {"ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log)}
+    return {
+        "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log),
+        "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint),
+    }

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
+from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
 from bund.v1.common_pb2 import JobSpec as ProtoJobSpec
 from bund.v1.common_pb2 import Participant as ProtoParticipant
@@ -26,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from compute.dp.budget import Budget, format_rational, parse_rational
 from compute.errors import InvalidInputError
 from parties.approvals import ApprovalRequest
-from parties.audit import AuditRecord
+from parties.audit import AuditFormatError, AuditRecord, Checkpoint
 from parties.errors import MalformedRequestError
 from parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant
 from parties.manager import ResultInfo
@@ -335,3 +336,28 @@ def approval_request_from_proto(message: ProtoApprovalRequest, party: str) -> Ap
             "the node's approval request does not match its own summary; do not approve it"
         )
     return request
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint) -> ProtoCheckpoint:
+    """Serialise a signed ``Checkpoint``."""
+    return ProtoCheckpoint(
+        party=checkpoint.party,
+        tree_size=checkpoint.tree_size,
+        root_hash=checkpoint.root_hash,
+        timestamp=checkpoint.timestamp,
+        signature=checkpoint.signature,
+    )
+
+
+def checkpoint_from_proto(message: ProtoCheckpoint) -> Checkpoint:
+    """Deserialise a ``Checkpoint`` (its signature is judged by ``verify_checkpoint``)."""
+    try:
+        return Checkpoint(
+            party=message.party,
+            tree_size=message.tree_size,
+            root_hash=message.root_hash,
+            timestamp=message.timestamp,
+            signature=message.signature,
+        )
+    except AuditFormatError as exc:
+        raise MalformedRequestError(f"malformed checkpoint: {exc}") from None

@@ -439,3 +439,52 @@ def test_checkpoints_catch_rewrites_truncation_and_equivocation(
     other = checkpoint_of(rewritten, key, "bank")
     (finding,) = findings(original, [held, other])
     assert finding.kind is FindingKind.EQUIVOCATION and "equivocated" in finding.detail
+
+
+def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
+    node_factory: NodeFactory, federation: Federation
+) -> None:
+    from parties.audit import SqliteAuditStore
+    from parties.config import load_config
+    from parties.node import create_node
+    from parties.regulator import CHECKPOINTS_FILE, load_held_checkpoints
+
+    start_pair(node_factory)
+    with node_factory.client("bank") as bank:
+        job_id = bank.submit(psi_spec())
+        assert wait_final(bank, job_id).state is JobState.SUCCEEDED
+    wait_closed(node_factory, job_id)
+
+    def audit() -> AuditOutcome:
+        addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
+        path = write_regulator_config(node_factory.workdir / "regulator.toml", federation, addresses)
+        return audit_federation(load_regulator_config(path))
+
+    first = audit()
+    assert first.errors == 0, first.findings
+    state = node_factory.workdir / "regulator-state"
+    assert set(load_held_checkpoints(state)) == {"bank", "tax"}
+    assert (state / CHECKPOINTS_FILE).read_text().count("\n") == 2
+
+    # The bank rewrites an old record and re-signs its whole chain with its own key: the chain
+    # verifies, and reconciliation has nothing to compare that record with.
+    cfg = node_factory.config("bank")
+    node_factory.nodes.pop("bank").stop(grace=0.5)
+    db = cfg.state_dir / "audit.db"
+    with SqliteAuditStore(db, read_only=True) as store:
+        records = store.read()
+    started = next(i for i, r in enumerate(records) if r.event == "node_started")
+    records[started] = with_fields(records[started], version="0.0.0-backdated")
+    rewritten = resign(records, signing_key(federation, "bank"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with SqliteAuditStore(db) as store:
+        for record in rewritten:
+            store.append(record)
+    node_factory.nodes["bank"] = create_node(load_config(cfg.source or Path()))
+    node_factory._write_peers()
+
+    second = audit()
+    kinds = {(f.kind, f.parties) for f in second.findings if f.severity is Severity.ERROR}
+    assert (FindingKind.LOG_REWRITTEN, ("bank",)) in kinds, second.findings
+    assert not [f for f in second.findings if "tax" in f.parties and f.severity is Severity.ERROR]

@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62und/v1/audit.proto\x12\x07\x62und.v1\"3\n\x13ReadAuditLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xad\x01\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x13\n\x0b\x66ields_json\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x13\n\x0brecord_hash\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"e\n\x14ReadAuditLogResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.bund.v1.AuditRecord\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x03 \x01(\x0c\x32T\n\x05\x41udit\x12K\n\x0cReadAuditLog\x12\x1c.bund.v1.ReadAuditLogRequest\x1a\x1d.bund.v1.ReadAuditLogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62und/v1/audit.proto\x12\x07\x62und.v1\"\x16\n\x14GetCheckpointRequest\"g\n\nCheckpoint\x12\r\n\x05party\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"3\n\x13ReadAuditLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xad\x01\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x13\n\x0b\x66ields_json\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x13\n\x0brecord_hash\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"e\n\x14ReadAuditLogResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.bund.v1.AuditRecord\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x03 \x01(\x0c\x32\x99\x01\n\x05\x41udit\x12K\n\x0cReadAuditLog\x12\x1c.bund.v1.ReadAuditLogRequest\x1a\x1d.bund.v1.ReadAuditLogResponse\x12\x43\n\rGetCheckpoint\x12\x1d.bund.v1.GetCheckpointRequest\x1a\x13.bund.v1.Checkpointb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bund.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READAUDITLOGREQUEST']._serialized_start=32
-  _globals['_READAUDITLOGREQUEST']._serialized_end=83
-  _globals['_AUDITRECORD']._serialized_start=86
-  _globals['_AUDITRECORD']._serialized_end=259
-  _globals['_READAUDITLOGRESPONSE']._serialized_start=261
-  _globals['_READAUDITLOGRESPONSE']._serialized_end=362
-  _globals['_AUDIT']._serialized_start=364
-  _globals['_AUDIT']._serialized_end=448
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=32
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=54
+  _globals['_CHECKPOINT']._serialized_start=56
+  _globals['_CHECKPOINT']._serialized_end=159
+  _globals['_READAUDITLOGREQUEST']._serialized_start=161
+  _globals['_READAUDITLOGREQUEST']._serialized_end=212
+  _globals['_AUDITRECORD']._serialized_start=215
+  _globals['_AUDITRECORD']._serialized_end=388
+  _globals['_READAUDITLOGRESPONSE']._serialized_start=390
+  _globals['_READAUDITLOGRESPONSE']._serialized_end=491
+  _globals['_AUDIT']._serialized_start=494
+  _globals['_AUDIT']._serialized_end=647
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class AuditStub:
                 request_serializer=bund_dot_v1_dot_audit__pb2.ReadAuditLogRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_audit__pb2.ReadAuditLogResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/bund.v1.Audit/GetCheckpoint',
+                request_serializer=bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -50,6 +55,13 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """A freshly signed checkpoint (tree size + RFC 6962 Merkle root) of the whole log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.ReadAuditLog,
                     request_deserializer=bund_dot_v1_dot_audit__pb2.ReadAuditLogRequest.FromString,
                     response_serializer=bund_dot_v1_dot_audit__pb2.ReadAuditLogResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Audit:
             '/bund.v1.Audit/ReadAuditLog',
             bund_dot_v1_dot_audit__pb2.ReadAuditLogRequest.SerializeToString,
             bund_dot_v1_dot_audit__pb2.ReadAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Audit/GetCheckpoint',
+            bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            bund_dot_v1_dot_audit__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,15 @@ class AuditStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditAsyncStub: ...
     ReadAuditLog: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ReadAuditLogRequest, _audit_pb2.ReadAuditLogResponse]
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.Checkpoint]
+    """A freshly signed checkpoint (tree size + RFC 6962 Merkle root) of the whole log."""
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReadAuditLog: _aio.UnaryUnaryMultiCallable[_audit_pb2.ReadAuditLogRequest, _audit_pb2.ReadAuditLogResponse]  # type: ignore[assignment]
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.Checkpoint]  # type: ignore[assignment]
+    """A freshly signed checkpoint (tree size + RFC 6962 Merkle root) of the whole log."""
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +49,13 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ReadAuditLogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ReadAuditLogResponse, _abc.Awaitable[_audit_pb2.ReadAuditLogResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _audit_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.Checkpoint, _abc.Awaitable[_audit_pb2.Checkpoint]]:
+        """A freshly signed checkpoint (tree size + RFC 6962 Merkle root) of the whole log."""
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
