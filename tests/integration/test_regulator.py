@@ -457,7 +457,9 @@ def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
 
     def audit() -> AuditOutcome:
         addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
-        path = write_regulator_config(node_factory.workdir / "regulator.toml", federation, addresses)
+        path = write_regulator_config(
+            node_factory.workdir / "regulator.toml", federation, addresses
+        )
         return audit_federation(load_regulator_config(path))
 
     first = audit()
