@@ -428,13 +428,17 @@ class JobManager:
         spec = dataclasses.replace(spec, job_id=new_job_id())
         self.store.create(spec, JobState.PROPOSED)
         self.audit.append("job_submitted", spec.job_id, self._spec_fields(spec))
+        self._pool.submit(self._coordinate, spec)
+        return spec.job_id
+
+    def _admit_own(self, spec: JobSpec) -> str | None:
+        """The requester's own admission; the reason when its own policy refuses the job."""
         try:
             self._admit(spec, self._check(spec, None))
         except BundError as exc:
             self._refuse(spec.job_id, str(exc))
-            return spec.job_id
-        self._pool.submit(self._coordinate, spec)
-        return spec.job_id
+            return str(exc)
+        return None
 
     def _operator_only(self, caller: str, what: str) -> None:
         if caller != self.party:
@@ -497,16 +501,36 @@ class JobManager:
         self.audit.append("job_refused", job_id, {"reason": reason})
 
     def _coordinate(self, spec: JobSpec) -> None:
-        """Requester side: propose to every peer; start all only once all accepted and approved."""
+        """Requester side: admit, propose; start all only once all accepted and approved.
+
+        This node's own admission and the proposals run at once (each loads and hashes its own
+        dataset), so a job's set-up costs the slowest party's check, not their sum. Proposals are
+        control messages: no protocol message is sent before every party accepted.
+        """
         others = [p for p in spec.parties if p != self.party]
-        proposed: list[str] = []
+        with ThreadPoolExecutor(max_workers=len(others) + 1) as pool:
+            own = pool.submit(self._admit_own, spec)
+            asked = {peer: pool.submit(self.peers.propose, peer, spec) for peer in others}
+            own_refusal = own.result()
+            answers: dict[str, tuple[bool, str] | BundError] = {}
+            for peer, future in asked.items():
+                try:
+                    answers[peer] = future.result()
+                except BundError as exc:
+                    answers[peer] = exc
+        proposed = [p for p, a in answers.items() if isinstance(a, tuple) and a[0]]
         try:
-            for peer in others:
-                ok, reason = self.peers.propose(peer, spec)
-                if not ok:
-                    self._call_off(spec, proposed, f"refused by {peer}: {reason}", peer, reason)
+            if own_refusal is not None:
+                self._call_off(spec, proposed, own_refusal, self.party, own_refusal)
+                return
+            for peer, answer in answers.items():
+                if isinstance(answer, BundError):
+                    raise answer
+                if not answer[0]:
+                    self._call_off(
+                        spec, proposed, f"refused by {peer}: {answer[1]}", peer, answer[1]
+                    )
                     return
-                proposed.append(peer)
             refusal = self._await_acceptance(spec, others)
             if refusal is not None:
                 peer, reason = refusal
