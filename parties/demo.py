@@ -197,6 +197,41 @@ def wait_final(client: NodeClient, job_id: str, timeout: float = 600.0) -> JobSt
         time.sleep(0.1)
 
 
+def audit_as_regulator(root: Path, fed: Path, ports: dict[str, int], console: Console) -> int:
+    """The regulator pulls every party's signed log over mTLS, reconciles them, writes a report.
+
+    Returns the number of error findings (zero for an honest run).
+    """
+    from parties.regulator import audit_federation, load_regulator_config
+    from parties.report import write_report
+
+    reg = root / "regulator"
+    identity.create_party(fed, "regulator", "regulator", reg)
+    parties = "".join(
+        f'[parties.{p.name}]\naddress = "127.0.0.1:{ports[p.name]}"\n'
+        f'audit_public_key = "../{p.name}/{identity.AUDIT_PUB}"\n\n'
+        for p in PARTIES
+    )
+    config = reg / "regulator.toml"
+    config.write_text(
+        '[tls]\nca = "ca.pem"\ncert = "node.pem"\nkey = "node.key"\n\n' + parties,
+        encoding="utf-8",
+    )
+    outcome = audit_federation(load_regulator_config(config))
+    report = reg / "report.html"
+    write_report(outcome, report)
+    verdict = (
+        "[green]all logs verified and reconciled[/]"
+        if not outcome.errors
+        else (f"[red]{outcome.errors} error findings[/]")
+    )
+    console.print(
+        f"regulator: pulled {sum(s.records for s in outcome.parties)} signed records from "
+        f"{len(outcome.parties)} parties: {verdict}; report {report}"
+    )
+    return outcome.errors
+
+
 def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
     """Run the whole demo; raise ``DemoError`` naming the failed step."""
     root = workdir or Path(tempfile.mkdtemp(prefix="bund-demo-"))
@@ -274,6 +309,7 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
         summary.add_row("transcript (bank)", status.transcript_digest[:16] + "...")
         summary.add_row("transcript (tax)", tax_status.transcript_digest[:16] + "...")
         console.print(summary)
+        findings = audit_as_regulator(root, fed, ports, console)
     finally:
         stop_nodes(procs)
         console.print("nodes stopped")
@@ -291,5 +327,7 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
         counts[name] = report.count
     console.print(audit_table)
     console.print(f"files kept in {root}")
+    if findings:
+        raise DemoError(f"the regulator found {findings} errors; see {root / 'regulator'}")
     ids = result.artifacts["intersection.csv"].decode("utf-8").splitlines()[1:]
     return DemoOutcome(root, data_dir, tuple(ids), dict(result.summary), counts)
