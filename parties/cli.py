@@ -386,33 +386,36 @@ def audit_verify(
     key: Annotated[Path | None, typer.Option(help="The party's audit public key (PEM).")] = None,
 ) -> None:
     """Check a log's hash chain and signatures; name the first bad record."""
-    from parties.audit import SqliteAuditStore, iter_jsonl, verify_records, verify_store
+    from parties.audit import iter_jsonl, open_audit_store, verify_records, verify_store
 
+    store_name: str | None = str(log_file) if log_file is not None else None
     if config is not None:
         cfg = _config(config)
-        log_file = log_file or cfg.state_dir / "audit.db"
+        store_name = store_name or cfg.audit_store
         key = key or cfg.audit_pub
-    if log_file is None or key is None:
+    if store_name is None or key is None:
         raise _fail("give --config, or both --log and --key")
-    if not log_file.exists():
-        raise _fail(f"{log_file} not found")
+    is_url = "://" in store_name
+    if not is_url and not Path(store_name).exists():
+        raise _fail(f"{store_name} not found")
+    shown = store_name.split("@")[-1] if is_url else store_name  # never print a password
     try:
         public_key = identity.load_audit_public_key(key)
-        if log_file.suffix == ".jsonl":
+        if store_name.endswith(".jsonl"):
             # A line that cannot even be decoded is reported as the first bad record.
-            with log_file.open("rb") as fp:
+            with Path(store_name).open("rb") as fp:
                 report = verify_records(iter_jsonl(fp), public_key)
         else:
-            with SqliteAuditStore(log_file, read_only=True) as store:
+            with open_audit_store(store_name, read_only=True) as store:
                 report = verify_store(store, public_key)
-    except BundError as exc:
+    except (BundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if report.ok:
         console.print(
-            f"[green]OK[/]: {report.count} records, chain and signatures verify ({log_file})"
+            f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})"
         )
     else:
-        raise _fail(f"record {report.first_bad_index}: {report.reason} ({log_file})")
+        raise _fail(f"record {report.first_bad_index}: {report.reason} ({shown})")
 
 
 @audit_app.command("report")
@@ -431,14 +434,11 @@ def audit_export(
     config: ConfigOpt, out: Annotated[Path, typer.Option(help="JSON-lines file.")]
 ) -> None:
     """Export this node's signed audit log as JSON lines (for a regulator)."""
-    from parties.audit import SqliteAuditStore, export_jsonl
+    from parties.audit import export_jsonl, open_audit_store
 
     cfg = _config(config)
-    store = SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True)
-    try:
+    with open_audit_store(cfg.audit_store, read_only=True) as store:
         records = store.read()
-    finally:
-        store.close()
     with out.open("w", encoding="utf-8") as fp:
         export_jsonl(records, fp)
     console.print(f"exported {len(records)} records to {out}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class NodeConfig:
     tls: TlsPaths
     audit_key: Path
     audit_pub: Path
+    #: The audit store: a SQLite file path, or a ``postgresql://`` URL for a production node.
+    audit_store: str
     peers: Mapping[str, str]
     peers_file: Path | None
     datasets: Mapping[str, DataSource]
@@ -172,6 +174,7 @@ def load_config(path: Path) -> NodeConfig:
         ),
         audit_key=rel(_str(audit, "signing_key", where, "audit_ed25519.key")),
         audit_pub=rel(_str(audit, "public_key", where, "audit_ed25519.pub")),
+        audit_store=_audit_store(audit, where, rel, rel(_str(doc, "state_dir", where, "state"))),
         peers=peers,
         peers_file=rel(peers_file) if peers_file else None,
         datasets=datasets,
@@ -182,6 +185,22 @@ def load_config(path: Path) -> NodeConfig:
         max_workers=_int(limits_doc, "max_workers", where, 16),
         source=path,
     )
+
+
+def _audit_store(
+    audit: Mapping[str, Any], where: str, rel: Callable[[str], Path], state_dir: Path
+) -> str:
+    """``[audit] store``: a ``postgresql://`` URL as given, else a path (default state/audit.db)."""
+    store = audit.get("store")
+    if store is None:
+        return str(state_dir / "audit.db")
+    if not isinstance(store, str) or not store:
+        raise ConfigError(f"{where}: [audit] store must be a file path or a postgresql:// URL")
+    if store.startswith(("postgresql://", "postgres://")):
+        return store
+    if "://" in store:
+        raise ConfigError(f"{where}: [audit] store {store.split('://')[0]}:// is not supported")
+    return str(rel(store))
 
 
 def apply_test_switch_from_env() -> None:

@@ -21,7 +21,7 @@ from rich.table import Table as RichTable
 
 from compute.errors import BundError
 from parties import identity
-from parties.audit import SqliteAuditStore, verify_store
+from parties.audit import open_audit_store, verify_store
 from parties.client import NodeClient, RemoteError
 from parties.config import NodeConfig, load_config
 from parties.data import write_demo_data
@@ -317,7 +317,7 @@ def run_demo(workdir: Path | None, console: Console) -> DemoOutcome:
     audit_table = RichTable("party", "records", "audit log")
     counts: dict[str, int] = {}
     for name, cfg in configs.items():
-        with SqliteAuditStore(cfg.state_dir / "audit.db", read_only=True) as store:
+        with open_audit_store(cfg.audit_store, read_only=True) as store:
             report = verify_store(store, identity.load_audit_public_key(cfg.audit_pub))
         if not report.ok:
             raise DemoError(

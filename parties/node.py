@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from parties import servicers, wire
-from parties.audit import AuditLog, SqliteAuditStore
+from parties.audit import AuditLog, AuditStore, open_audit_store
 from parties.client import PeerClients
 from parties.config import NodeConfig
 from parties.data import Table, open_source
@@ -69,7 +69,7 @@ class Node:
     port: int
     manager: JobManager
     audit: AuditLog
-    audit_store: SqliteAuditStore
+    audit_store: AuditStore
     health: health.HealthServicer
     peers: PeerClients
 
@@ -112,7 +112,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         )
     load_certificate(config.tls.ca)
     signing_key = load_audit_signing_key(config.audit_key)
-    audit_store = SqliteAuditStore(config.state_dir / "audit.db")
+    audit_store = open_audit_store(config.audit_store)
     audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
     store = JobStore(config.state_dir / "jobs.db")
     mailbox = Mailbox(config.max_message_bytes)

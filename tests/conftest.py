@@ -98,6 +98,7 @@ class NodeFactory:
         approvals: bool = False,
         policy_extra: str = "",
         registry: Mapping[str, ProtocolDef] | None = None,
+        audit_store: str | None = None,
     ) -> Node:
         """Start ``name``'s node with CSV datasets and a policy.toml built from the arguments.
 
@@ -121,6 +122,7 @@ class NodeFactory:
             "[audit]",
             f'signing_key = "{(pdir / "audit_ed25519.key").as_posix()}"',
             f'public_key = "{(pdir / "audit_ed25519.pub").as_posix()}"',
+            f'store = "{audit_store}"' if audit_store else "",
             "[limits]",
             "recv_timeout_s = 30",
             "approval_timeout_s = 30",
