@@ -342,6 +342,7 @@ app.add_typer(budget_app, name="budget")
 @budget_app.command("show")
 def budget_show(config: ConfigOpt) -> None:
     """Each dataset's privacy budget: total, spent, left (exact)."""
+    from compute.dp.budget import format_rational
     from parties.ledger import BudgetLedger
 
     cfg = _config(config)
@@ -359,16 +360,19 @@ def budget_show(config: ConfigOpt) -> None:
         lines = ledger.lines()
     finally:
         ledger.close()
-    t = RichTable("dataset", "level", "total", "spent", "left")
+    t = RichTable(title="privacy budget per dataset (exact)")
+    for heading in ("dataset", "level", "", "total", "spent", "left"):
+        t.add_column(heading, no_wrap=True)
     for line in lines:
         entry = cfg.policy.datasets.get(line.dataset)
+        budgets = (line.total, line.spent, line.remaining)
         t.add_row(
             line.dataset,
             entry.level if entry else "?",
-            str(line.total),
-            str(line.spent),
-            str(line.remaining),
+            "ε",
+            *(format_rational(b.epsilon) for b in budgets),
         )
+        t.add_row("", "", "δ", *(format_rational(b.delta) for b in budgets))
     console.print(t)
 
 

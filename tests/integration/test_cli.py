@@ -128,3 +128,26 @@ def test_audit_export_and_verify_jsonl(node_factory: NodeFactory, tmp_path: Path
     out.write_text("".join(lines), encoding="utf-8")
     r = runner.invoke(app, ["audit", "verify", "--log", str(out), "--key", key])
     assert r.exit_code == 1 and "record 4" in r.output, r.output
+
+
+def test_budget_show_lists_each_dataset_exactly(node_factory: NodeFactory) -> None:
+    node_factory.start(
+        "bank", {"loans": {"company_id": BANK_IDS}}, ("tax",), level="restricted-personal"
+    )
+    policy = node_factory.workdir / "bank" / "policy.toml"
+    policy.write_text(
+        policy.read_text().replace(
+            'level = "restricted-personal"',
+            'level = "restricted-personal"\nbudget_epsilon = "5/2"\nbudget_delta = "1e-6"',
+        )
+    )
+    config = str(node_factory.config("bank").source)
+    r = CliRunner().invoke(app, ["budget", "show", "--config", config])
+    assert r.exit_code == 0, r.output
+    rows = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in r.output.splitlines()
+        if line.startswith("│")
+    ]
+    assert ["loans", "restricted-personal", "ε", "5/2", "0", "5/2"] in rows
+    assert ["", "", "δ", "1/1000000", "0", "1/1000000"] in rows
