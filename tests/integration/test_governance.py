@@ -231,3 +231,23 @@ def test_budget_is_charged_exactly_and_exhaustion_refuses_before_any_message(
     charges = [f for ev, _, f in audit_events(node_factory, "tax") if ev == "budget_charged"]
     assert [c["spent"] for c in charges] == ["1/2", "1"]
     assert node_factory.nodes["tax"].manager.ledger.line("filings").remaining == Budget()
+
+
+def test_data_changed_after_approval_needs_a_new_approval(node_factory: NodeFactory) -> None:
+    from parties.data import Table
+
+    start_approving_pair(node_factory)
+    with node_factory.client("bank") as bank, node_factory.client("tax") as tax:
+        job_id = bank.submit(psi_spec())
+        wait_state(tax, job_id, JobState.AWAITING_APPROVAL)
+        wait_state(bank, job_id, JobState.AWAITING_APPROVAL)
+        approve(node_factory, "tax", job_id)
+        # The tax bureau's data changes after its approver signed (a reload, a new extract).
+        changed = Table.from_columns("filings", {"uscc": [*TAX_IDS, "91310000MA1K999999"]})
+        node_factory.nodes["tax"].manager.tables = {"filings": lambda: changed}
+        approve(node_factory, "bank", job_id)
+        state = wait_state(tax, job_id, JobState.FAILED, JobState.SUCCEEDED, JobState.ABORTED)
+        assert state is JobState.FAILED
+        assert "changed since this job was approved" in tax.status(job_id).error
+    sent = [ev for ev, jid, _ in audit_events(node_factory, "tax") if jid == job_id]
+    assert "message_sent" not in sent
