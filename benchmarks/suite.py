@@ -32,6 +32,7 @@ KERNELS: dict[str, str] = {
     "paillier": "benchmarks.bench_paillier",
     "ckks": "benchmarks.bench_ckks",
     "psi": "benchmarks.bench_psi",
+    "dp": "benchmarks.bench_dp",
 }
 
 _LIBRARIES = (

@@ -13,6 +13,7 @@ from compute import insecure
 from parties import identity
 from parties.client import NodeClient
 from parties.config import NodeConfig, TlsPaths, load_config
+from parties.data import Table
 from parties.jobs import ProtocolDef
 from parties.node import Node, create_node
 from parties.protocols import PROTOCOLS
@@ -22,6 +23,9 @@ PARTY_ROLES = {
     "tax": "tax",
     "registry": "registry",
     "hospital-a": "hospital",
+    "hospital-b": "hospital",
+    "hospital-c": "hospital",
+    "insurer": "insurer",
     "regulator": "regulator",
 }
 
@@ -99,6 +103,8 @@ class NodeFactory:
         policy_extra: str = "",
         registry: Mapping[str, ProtocolDef] | None = None,
         audit_store: str | None = None,
+        budget_epsilon: str | None = None,
+        tables: Mapping[str, Table] | None = None,
     ) -> Node:
         """Start ``name``'s node with CSV datasets and a policy.toml built from the arguments.
 
@@ -138,10 +144,14 @@ class NodeFactory:
         ]
         for other in allowed:
             policy += [f'[counterparties."{other}"]', f'roles = ["{PARTY_ROLES[other]}"]']
-        for ds, cols in (datasets or {}).items():
+        columns = dict(datasets or {})
+        columns.update({ds: t.data for ds, t in (tables or {}).items()})
+        for ds, cols in columns.items():
             path = write_csv(home / f"{ds}.csv", cols)
             lines += [f"[datasets.{ds}]", 'kind = "csv"', f'path = "{path.as_posix()}"']
             policy += [f"[datasets.{ds}]", f'level = "{level}"']
+            if budget_epsilon is not None:
+                policy.append(f'budget_epsilon = "{budget_epsilon}"')
             if protocols and ds in protocols:
                 policy.append(f"protocols = {list(protocols[ds])!r}".replace("'", '"'))
         (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")

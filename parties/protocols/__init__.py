@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from parties.jobs import InvalidJobSpecError, ProtocolDef
-from parties.protocols import psi
+from parties.protocols import dp_stats, psi
 
 #: Every protocol a node can run, by name.
-PROTOCOLS: Mapping[str, ProtocolDef] = {d.name: d for d in (psi.DEFINITION,)}
+PROTOCOLS: Mapping[str, ProtocolDef] = {
+    d.name: d for d in (psi.DEFINITION, dp_stats.DEFINITION)
+}
 
 
 def get_protocol(name: str) -> ProtocolDef:

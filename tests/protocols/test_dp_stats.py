@@ -1,0 +1,344 @@
+"""DP statistics across three hospitals and an analyst, over the in-memory transport."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compute import insecure
+from compute.dp.budget import Budget
+from compute.dp.stats import contribution, parse_query, release
+from parties.data import Table, generate_health
+from parties.jobs import InvalidJobSpecError, JobSpec, Participant, Result, run_in_memory
+from parties.ledger import BudgetExhaustedError, BudgetLedger
+from parties.protocols import dp_stats, get_protocol
+from parties.transport import InMemoryNetwork
+
+HOSPITALS = {"hosp-a": "hospital_a", "hosp-b": "hospital_b", "hosp-c": "hospital_c"}
+PARTS = (
+    *(Participant(p, "contributor", d) for p, d in HOSPITALS.items()),
+    Participant("insurer", "analyst"),
+)
+_DATA = generate_health(400, 11)
+TABLES: dict[str, Table] = {p: _DATA[d] for p, d in HOSPITALS.items()}
+POOLED = {c: sum((TABLES[p].column(c) for p in HOSPITALS), ()) for c in _DATA["hospital_a"].columns}
+
+QUERIES: dict[str, dict[str, str | int]] = {
+    "count": {"kind": "count", "filter": "age>=65;sex=M"},
+    "sum": {"kind": "sum", "column": "age", "lower": "0", "upper": "100", "filter": "event=1"},
+    "mean": {
+        "kind": "mean", "column": "hba1c_pct", "lower": "4", "upper": "12", "resolution": "0.1",
+    },
+    "histogram_categories": {
+        "kind": "histogram", "column": "diagnosis", "categories": "I25|I50|E11|I10|K80",
+    },
+    "histogram_bins": {
+        "kind": "histogram", "column": "age", "lower": "20", "upper": "100", "bins": 8,
+    },
+    "contingency": {
+        "kind": "contingency", "column": "sex", "categories": "M|F",
+        "column2": "diagnosis", "categories2": "I25|E11|I10",
+    },
+    "quantiles": {
+        "kind": "quantiles", "column": "age", "lower": "0", "upper": "120", "bins": 120,
+        "quantiles": "1/4|1/2|9/10",
+    },
+    "survival": {
+        "kind": "survival", "column": "follow_up_days", "event": "event", "lower": "0",
+        "upper": "2190", "bins": 12,
+    },
+}  # fmt: skip
+
+
+def make_spec(query: Mapping[str, str | int], parts: tuple[Participant, ...] = PARTS,
+              **extra: str | int) -> JobSpec:  # fmt: skip
+    params: dict[str, str | int] = {"epsilon": "1/2", "min_cell": 5, **query, **extra}
+    analyst = next(p.party for p in parts if p.role == "analyst")
+    return JobSpec("dp_stats", parts, (analyst,), "cohort study", analyst, params)
+
+
+def run(spec: JobSpec, net: InMemoryNetwork | None = None) -> Result:
+    results = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=net)
+    assert all(results[p] is None for p in spec.parties if p not in spec.receivers)
+    out = results[spec.receivers[0]]
+    assert out is not None
+    return out
+
+
+def rows(result: Result) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(result.artifacts["result.csv"].decode())))[1:]
+
+
+def suppressed(count: int) -> str:
+    return str(count) if count >= 5 else "suppressed"
+
+
+def num(column: str) -> list[Fraction]:
+    return [Fraction(v) for v in POOLED[column]]
+
+
+@pytest.fixture
+def noise_off() -> None:
+    insecure.enable_insecure_test_parameters()
+
+
+@pytest.mark.usefixtures("noise_off")
+def test_count_sum_mean_equal_the_pooled_plaintext() -> None:
+    count = sum(
+        1 for a, s in zip(POOLED["age"], POOLED["sex"], strict=True) if int(a) >= 65 and s == "M"
+    )
+    assert rows(run(make_spec(QUERIES["count"], noise="off"))) == [["count", suppressed(count)]]
+    lo, hi = Fraction(0), Fraction(100)
+    ages = [
+        min(max(a, lo), hi) for a, e in zip(num("age"), POOLED["event"], strict=True) if e == "1"
+    ]
+    assert rows(run(make_spec(QUERIES["sum"], noise="off"))) == [
+        ["sum", str(sum(ages, Fraction(0)))]
+    ]
+    hba1c = [min(max(v, Fraction(4)), Fraction(12)) for v in num("hba1c_pct")]
+    total = sum(round(v * 10) for v in hba1c) / Fraction(10)
+    result = run(make_spec(QUERIES["mean"], noise="off"))
+    assert result.summary["count"] == len(hba1c)
+    assert Fraction(str(result.summary["sum"])) == total
+    assert Fraction(str(result.summary["mean"])) == round(total / len(hba1c), 6)
+    assert "mean.png" not in result.artifacts
+
+
+@pytest.mark.usefixtures("noise_off")
+def test_histograms_and_contingency_equal_the_pooled_plaintext() -> None:
+    dx = Counter(POOLED["diagnosis"])
+    result = run(make_spec(QUERIES["histogram_categories"], noise="off"))
+    assert rows(result) == [[c, suppressed(dx[c])] for c in ("I25", "I50", "E11", "I10", "K80")]
+    assert result.artifacts["histogram.png"].startswith(b"\x89PNG")
+    decades = Counter(min(max(int(a), 20), 99) // 10 for a in POOLED["age"])
+    expected = [[f"[{10 * d}, {10 * d + 10})", suppressed(decades[d])] for d in range(2, 10)]
+    assert rows(run(make_spec(QUERIES["histogram_bins"], noise="off"))) == expected
+    pairs = Counter(zip(POOLED["sex"], POOLED["diagnosis"], strict=True))
+    expected = [[s, d, suppressed(pairs[s, d])] for s in "MF" for d in ("I25", "E11", "I10")]
+    assert rows(run(make_spec(QUERIES["contingency"], noise="off"))) == expected
+
+
+@pytest.mark.usefixtures("noise_off")
+def test_quantiles_and_survival_equal_the_pooled_plaintext() -> None:
+    ages = sorted(int(a) for a in POOLED["age"])
+    got = rows(run(make_spec(QUERIES["quantiles"], noise="off")))
+    for (q, value), p in zip(got, (0.25, 0.5, 0.9), strict=True):
+        # The q-quantile on a grid of whole years: the upper edge of the first year that
+        # reaches q of the records, i.e. the smallest age a with #(age <= a) >= q·n, plus one.
+        a = next(a for a in ages if sum(1 for x in ages if x <= a) >= p * len(ages))
+        assert (q, value) == (str(p), str(a + 1))
+    result = run(make_spec(QUERIES["survival"], noise="off"))
+    assert result.artifacts["survival.png"].startswith(b"\x89PNG")
+    # Kaplan–Meier on follow-up rounded up to 182.5-day bins, by the textbook product.
+    times = [min(math.ceil(t / Fraction(365, 2)), 12) for t in num("follow_up_days")]
+    died = [e == "1" and Fraction(t) <= 2190 for e, t in
+            zip(POOLED["event"], POOLED["follow_up_days"], strict=True)]  # fmt: skip
+    survival = Fraction(1)
+    for j, row in enumerate(rows(result), start=1):
+        at_risk = sum(1 for t in times if t >= j)
+        deaths = sum(1 for t, d in zip(times, died, strict=True) if t == j and d)
+        survival *= 1 - Fraction(deaths, at_risk)
+        assert row[2:4] == [str(at_risk), str(deaths)]
+        assert row[5] == f"{float(survival):.6f}"
+
+
+def test_noise_is_added_when_on() -> None:
+    spec = make_spec(QUERIES["histogram_categories"], epsilon="1/100")
+    exact = contribution(parse_query(dict(spec.params)), TABLES["hosp-a"].data, 400)
+    noisy = [int(r[1]) for r in rows(run(spec)) if r[1] != "suppressed"]
+    assert noisy and noisy != exact  # scale 100: P(no noise in all cells) < 1e-9
+    result = run(spec)
+    assert result.summary["noise"] == "discrete_laplace" and result.summary["scale_bins"] == 100.0
+
+
+def test_noise_off_is_refused_without_the_test_switch() -> None:
+    with pytest.raises(dp_stats.NoiseOffRefusedError, match="tests only"):
+        run(make_spec(QUERIES["count"], noise="off"))
+
+
+@pytest.mark.usefixtures("noise_off")
+def test_no_single_hospitals_figures_cross_the_wire() -> None:
+    spec = make_spec(QUERIES["histogram_categories"], noise="off")
+    net = InMemoryNetwork(list(spec.parties))
+    run(spec, net)
+    assert {tag for *_, tag, _ in net.captured} == {"dp/key", "dp/masked"}
+    assert {(f, t) for f, t, tag, _ in net.captured if tag == "dp/masked"} == {
+        (h, "insurer") for h in HOSPITALS
+    }
+    wire = b"".join(payload for *_, payload in net.captured)
+    query = parse_query({k: v for k, v in spec.params.items() if k != "noise"})
+    for party, table in TABLES.items():
+        own = contribution(query, {"diagnosis": table.column("diagnosis")}, table.num_rows)
+        cells = np.array(own, dtype="<u8").tobytes()
+        assert cells not in wire, party
+        for value in own:
+            assert value.to_bytes(8, "little") not in wire, (party, value)
+
+
+@pytest.mark.usefixtures("noise_off")
+def test_a_contributing_analyst() -> None:
+    parts = (
+        Participant("hosp-a", "analyst", "hospital_a"),
+        Participant("hosp-b", "contributor", "hospital_b"),
+        Participant("hosp-c", "contributor", "hospital_c"),
+        Participant("insurer", "contributor", "hospital_a"),
+    )
+    tables = {**TABLES, "insurer": TABLES["hosp-a"]}
+    spec = make_spec({"kind": "count"}, parts, noise="off")
+    results = run_in_memory(spec, dp_stats.DEFINITION, tables)
+    assert results["hosp-a"] is not None
+    assert results["hosp-a"].summary["count"] == 1600
+    assert dp_stats.plan(spec).noiser == "hosp-b"
+
+
+def test_cost_is_charged_to_each_dataset_and_an_overspend_is_refused(tmp_path: Path) -> None:
+    spec = make_spec({"kind": "mean", "column": "age", "lower": "0", "upper": "100"}, epsilon="3/4")
+    assert dp_stats.cost(spec, "hosp-b") == Budget(Fraction(3, 4))
+    assert dp_stats.cost(spec, "insurer") == Budget()
+
+    class Audit:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, Mapping[str, object] | None]] = []
+
+        def append(
+            self, event: str, job_id: str = "", fields: Mapping[str, object] | None = None
+        ) -> object:  # noqa: E501
+            self.events.append((event, job_id, fields))
+            return None
+
+    audit = Audit()
+    ledger = BudgetLedger(tmp_path / "ledger.db", {"hospital_b": Budget.parse("1")}, audit)
+    ledger.charge("a" * 32, "hospital_b", dp_stats.cost(spec, "hosp-b"))
+    with pytest.raises(BudgetExhaustedError, match="epsilon=1/4, delta=0 of its privacy budget"):
+        ledger.charge("b" * 32, "hospital_b", dp_stats.cost(spec, "hosp-b"))
+    assert [(e, f and f["epsilon"]) for e, _, f in audit.events] == [("budget_charged", "3/4")]
+    ledger.close()
+
+
+def test_registered_and_definition() -> None:
+    assert get_protocol("dp_stats") is dp_stats.DEFINITION
+    spec = make_spec(QUERIES["count"])
+    assert dp_stats.outputs(spec) == frozenset({"dp_aggregate"})
+    learns = dp_stats.learns(spec)
+    assert "noisy count" in learns["insurer"] and "draws the noise" in learns["hosp-a"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"kind": "median"}, "kind must be one of"),
+        ({"kind": "count", "epsilon": 0.5}, "written exactly"),
+        ({"kind": "count", "epsilon": "20"}, "epsilon must be in"),
+        ({"kind": "count", "min_cell": 0}, "min_cell"),
+        ({"kind": "count", "filter": "age ~ 3"}, "not 'column op value'"),
+        ({"kind": "count", "filter": "age>=old"}, "not a rational"),
+        ({"kind": "count", "column": "age"}, "does not take \\['column'\\]"),
+        ({"kind": "count", "bogus": 1}, "unknown query parameters"),
+        ({"kind": "sum", "column": "age", "lower": "0", "upper": "0.5"}, "multiple of the"),
+        ({"kind": "sum", "column": "age", "lower": "5", "upper": "1"}, "below upper"),
+        ({"kind": "histogram", "column": "dx", "categories": "a|a"}, "distinct"),
+        ({"kind": "histogram", "column": "age", "lower": "0", "upper": "1", "bins": 5000}, "bins"),
+        (
+            {
+                "kind": "quantiles",
+                "column": "a",
+                "lower": "0",
+                "upper": "1",
+                "bins": 2,
+                "quantiles": "1/2|1",
+            },
+            "quantiles must list",
+        ),  # fmt: skip
+        (
+            {
+                "kind": "survival",
+                "column": "t",
+                "event": "e",
+                "lower": "1",
+                "upper": "9",
+                "bins": 3,
+            },
+            "lower = 0",
+        ),  # fmt: skip
+        ({"kind": "count", "noise": "maybe"}, "'on' or 'off'"),
+    ],
+)
+def test_query_errors(query: dict[str, str | int | float], message: str) -> None:
+    with pytest.raises(InvalidJobSpecError, match=message):
+        dp_stats.validate(make_spec(query))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        (PARTS[:3], "exactly one 'analyst'"),
+        ((PARTS[0], PARTS[3]), "at least two contributors besides"),
+        ((*PARTS[:3], Participant("insurer", "reader")), "has role 'reader'"),
+        ((Participant("hosp-a", "contributor"), *PARTS[1:]), "must name its dataset"),
+    ],
+)
+def test_spec_shape_errors(parts: tuple[Participant, ...], message: str) -> None:
+    analyst = next((p.party for p in parts if p.role == "analyst"), parts[0].party)
+    spec = JobSpec("dp_stats", parts, (analyst,), "study", analyst,
+                   {"kind": "count", "epsilon": "1", "min_cell": 1})  # fmt: skip
+    with pytest.raises(InvalidJobSpecError, match=message):
+        dp_stats.validate(spec)
+
+
+def test_only_the_analyst_receives() -> None:
+    spec = JobSpec("dp_stats", PARTS, ("insurer", "hosp-a"), "study", "insurer",
+                   {"kind": "count", "epsilon": "1", "min_cell": 1})  # fmt: skip
+    with pytest.raises(InvalidJobSpecError, match="only receiver"):
+        dp_stats.validate(spec)
+
+
+def test_small_noisy_cells_are_suppressed() -> None:
+    query = parse_query({"kind": "histogram", "column": "d", "categories": "a|b|c",
+                         "epsilon": "1", "min_cell": 10})  # fmt: skip
+    table = release(query, [9, 10, -3])
+    assert table.rows == [("a", None), ("b", 10), ("c", None)] and table.suppressed == 2
+
+
+def _hockey_stick(p: Counter[int], q: Counter[int], epsilon: Fraction, n: int) -> float:
+    """Estimated sup over events S of P(S) - e^ε Q(S) for two empirical pmfs of n draws each."""
+    bound = math.exp(float(epsilon))
+    return sum(max(0.0, p[k] / n - bound * q[k] / n) for k in set(p) | set(q))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("noise_off")
+def test_released_count_on_neighbouring_datasets_respects_epsilon() -> None:
+    """Empirical privacy audit of the released count: D and D minus one of hospital B's records.
+
+    The exact aggregates come from the protocol itself (noise off); the noisy releases add the
+    draws of the very mechanism the noiser uses (``plan(spec).mechanisms()``).
+    """
+    spec = make_spec({"kind": "count", "filter": "sex=F"})
+    neighbour = TABLES["hosp-b"].select(
+        [i for i in range(400) if i != TABLES["hosp-b"].column("sex").index("F")]
+    )
+    exact = []
+    for tables in (TABLES, {**TABLES, "hosp-b": neighbour}):
+        off = make_spec({"kind": "count", "filter": "sex=F"}, noise="off", min_cell=1)
+        result = run_in_memory(off, dp_stats.DEFINITION, tables)["insurer"]
+        assert result is not None
+        exact.append(int(str(result.summary["count"])))
+    assert exact[0] == exact[1] + 1
+    (mech,) = dp_stats.plan(spec).mechanisms()
+    n = 400_000
+    released = [Counter((c + mech.sample(n)).tolist()) for c in exact]
+    epsilon = dp_stats.cost(spec, "hosp-a").epsilon
+    for a, b in ((0, 1), (1, 0)):
+        assert _hockey_stick(released[a], released[b], epsilon, n) < 0.015
+    # The audit has power: a mechanism with half the noise fails at the claimed epsilon.
+    (weak,) = dp_stats.plan(make_spec({"kind": "count"}, epsilon="1")).mechanisms()
+    leaky = [Counter((c + weak.sample(n)).tolist()) for c in exact]
+    assert _hockey_stick(leaky[0], leaky[1], epsilon, n) > 0.1
