@@ -337,13 +337,17 @@ def test_background_refills_are_driven_by_the_caller(keys: Keys) -> None:
     pool = pl.ObfuscatorPool(keys.encryptor, capacity=32, low_water=16)
     worker = threading.Thread(target=pool.run_refills, kwargs={"batch": 8})
     worker.start()
-    try:
-        pool.obfuscators(1)  # below low water: wakes the refiller
+    def wait_full() -> None:
         for _ in range(2000):
             if len(pool) == 32:
-                break
+                return
             threading.Event().wait(0.005)
-        assert len(pool) == 32
+        raise AssertionError(f"the refiller left the pool at {len(pool)} of 32")
+
+    try:
+        wait_full()  # an empty pool is below low water: the refiller fills it
+        pool.obfuscators(20)  # 12 left, below low water again: the refiller wakes
+        wait_full()
     finally:
         pool.close()
         worker.join(timeout=10)
