@@ -6,7 +6,7 @@ import logging
 import time
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,7 +17,10 @@ from rich.table import Table as RichTable
 from compute.errors import BundError
 from parties import identity
 from parties.config import NodeConfig, load_config
-from parties.jobs import JobSpec, JobState, JobStatus, Participant
+from parties.jobs import JobSpec, JobState, JobStatus, Participant, Result
+
+if TYPE_CHECKING:
+    from parties.client import NodeClient
 
 app = typer.Typer(
     help="Bund: privacy-preserving joint computation between party nodes.", no_args_is_help=True
@@ -40,7 +43,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}")  # may quote a peer: no markup
     return typer.Exit(code)
 
 
@@ -67,7 +70,7 @@ def own_address(config: NodeConfig) -> str:
     return f"{host}:{port}"
 
 
-def _client(config: NodeConfig) -> Any:
+def _client(config: NodeConfig) -> NodeClient:
     from parties.client import NodeClient
 
     return NodeClient(own_address(config), config.party, config.tls, config.max_message_bytes)
@@ -153,7 +156,7 @@ def load_spec(path: Path, requester: str) -> JobSpec:
         raise _fail(f"{path}: {exc}") from None
 
 
-def wait_for(client: Any, job_id: str, timeout: float = 3600.0) -> JobStatus:
+def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
     """Follow a job with a progress bar until it is final."""
     deadline = time.monotonic() + timeout
     with Progress(
@@ -241,7 +244,7 @@ def job_status(
         raise _fail(str(exc)) from None
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: Result) -> None:
     t = RichTable(title="result", show_header=False)
     for k, v in result.summary.items():
         t.add_row(escape(k), escape(str(v)))
