@@ -33,6 +33,7 @@ KERNELS: dict[str, str] = {
     "ckks": "benchmarks.bench_ckks",
     "psi": "benchmarks.bench_psi",
     "dp": "benchmarks.bench_dp",
+    "vertical_lr": "benchmarks.bench_vertical_lr",
 }
 
 _LIBRARIES = (
