@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from compute import insecure
 from parties import identity
+from parties.audit import AuditStore
 from parties.client import NodeClient
 from parties.config import NodeConfig, TlsPaths, load_config
 from parties.data import Table
 from parties.jobs import ProtocolDef
 from parties.node import Node, create_node
 from parties.protocols import PROTOCOLS
+
+T = TypeVar("T")
 
 PARTY_ROLES = {
     "bank": "bank",
@@ -65,6 +71,22 @@ def _insecure_off_by_default() -> Iterator[None]:
     insecure.disable_insecure_test_parameters()
     yield
     insecure.disable_insecure_test_parameters()
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02
+) -> T:
+    """Poll ``probe`` until it returns something other than None; fail naming ``what``.
+
+    Nodes answer only over gRPC, so a test can only ask them again; ``interval`` keeps the
+    asking cheap, and ``timeout`` bounds it.
+    """
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while (value := probe()) is None:
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        tick.wait(interval)
+    return value
 
 
 def write_csv(path: Path, columns: Mapping[str, Sequence[str]]) -> Path:
@@ -175,6 +197,22 @@ class NodeFactory:
 
     def config(self, name: str) -> NodeConfig:
         return self.nodes[name].config
+
+    def wait_closed(self, job_id: str, timeout: float = 30.0) -> None:
+        """Wait until every running node appended its closing record of ``job_id``.
+
+        A node marks a job final just before it appends ``job_closed``.
+        """
+        for name, node in self.nodes.items():
+            store = node.audit_store
+
+            def closed(store: AuditStore = store) -> bool | None:
+                return (
+                    any(r.event == "job_closed" and r.job_id == job_id for r in store.read())
+                    or None
+                )
+
+            wait_until(closed, timeout, f"{name} to close {job_id}")
 
     def stop_all(self) -> None:
         for node in self.nodes.values():

@@ -62,21 +62,8 @@ def test_dp_survival_curve_across_hospital_nodes(node_factory: NodeFactory, tmp_
         ledger = node_factory.nodes[hospital].manager.ledger
         assert str(ledger.line("patients").spent) == "epsilon=1, delta=0"
     for job in (first, second):
-        wait_closed_all(node_factory, job)
+        node_factory.wait_closed(job)
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
     config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
     outcome = audit_federation(load_regulator_config(config))
     assert outcome.errors == 0, outcome.findings
-
-
-def wait_closed_all(f: NodeFactory, job_id: str) -> None:
-    """Every participant has appended its closing record."""
-    import time
-
-    deadline = time.monotonic() + 30
-    for name, node in f.nodes.items():
-        while not any(
-            r.event == "job_closed" and r.job_id == job_id for r in node.audit_store.read()
-        ):
-            assert time.monotonic() < deadline, f"{name} did not close {job_id}"
-            time.sleep(0.05)

@@ -6,7 +6,6 @@ Every refusal must happen before any protocol message is sent, and be in the aud
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import grpc
@@ -17,24 +16,23 @@ from parties import identity
 from parties.client import NodeClient, RemoteError
 from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
 from parties.protocols import PROTOCOLS
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, wait_until
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, psi_spec, start_pair
 
 
 def wait_state(client: NodeClient, job_id: str, *states: JobState, timeout: float = 30) -> JobState:
     """Wait for one of ``states``; a participant may not know the job until it is proposed."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> JobState | None:
         try:
             state = client.status(job_id).state
         except RemoteError as exc:
             if exc.code is not grpc.StatusCode.NOT_FOUND:
                 raise
-            state = None
-        if state in states:
-            return state
-        assert time.monotonic() < deadline, f"job is {state}, waited for {states}"
-        time.sleep(0.05)
+            return None
+        return state if state in states else None
+
+    return wait_until(reached, timeout, f"job {job_id} at {client.party} to be one of {states}")
 
 
 def no_protocol_messages(f: NodeFactory, job_id: str) -> None:
@@ -70,7 +68,9 @@ def test_job_runs_only_after_every_data_owner_approved(node_factory: NodeFactory
         assert "tax learns the size of bank's set; nothing else" in text
         assert "privacy budget charged to your dataset: none" in text
         approve(node_factory, "tax", job_id)
-        time.sleep(0.5)  # the bank has not approved: nothing may run meanwhile
+        # The tax bureau has accepted; the bank's own approver has not: nothing may run.
+        wait_state(tax, job_id, JobState.ACCEPTED)
+        assert bank.status(job_id).state is JobState.AWAITING_APPROVAL
         no_protocol_messages(node_factory, job_id)
         approve(node_factory, "bank", job_id)
         assert wait_state(bank, job_id, JobState.SUCCEEDED, JobState.FAILED) is JobState.SUCCEEDED

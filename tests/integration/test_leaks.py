@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from parties.data import write_demo_data
 from parties.demo import PARTIES
 from parties.jobs import JobSpec, JobState, Participant
 from tests.conftest import NodeFactory
+from tests.integration.test_node import wait_final
 
 
 @pytest.fixture
@@ -77,10 +77,7 @@ def test_no_raw_id_in_any_byte_a_node_sends(
     )
     with node_factory.client("bank") as c:
         job_id = c.submit(spec)
-        deadline = time.monotonic() + 120
-        while not (status := c.status(job_id)).state.final:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        status = wait_final(c, job_id, timeout=120)
         assert status.state is JobState.SUCCEEDED, status.error
         captured_before_result = list(captured)
         c.result(job_id)  # the operator reading its own result is not "a node sending to a peer"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,7 @@ from parties.errors import PeerUnavailableError
 from parties.identity import load_audit_public_key
 from parties.jobs import JobContext, JobSpec, JobState, JobStatus, Participant, ProtocolDef, Result
 from parties.protocols import PROTOCOLS
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, wait_until
 
 BANK_IDS = [f"91310000MA1K{i:06d}" for i in range(0, 60)]
 TAX_IDS = [f"91310000MA1K{i:06d}" for i in range(30, 100)]
@@ -63,13 +62,11 @@ def start_pair(
 
 
 def wait_final(client: NodeClient, job_id: str, timeout: float = 60.0) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while True:
+    def final() -> JobStatus | None:
         status = client.status(job_id)
-        if status.state.final:
-            return status
-        assert time.monotonic() < deadline, f"job still {status.state}"
-        time.sleep(0.05)
+        return status if status.state.final else None
+
+    return wait_until(final, timeout, f"job {job_id} to end at {client.party}")
 
 
 def audit_events(f: NodeFactory, name: str) -> list[tuple[str, str, dict[str, object]]]:

@@ -8,7 +8,6 @@ names the kind, the job, the parties and the record.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +87,6 @@ def write_regulator_config(
     return path
 
 
-def wait_closed(f: NodeFactory, job_id: str, timeout: float = 30.0) -> None:
-    """A node marks a job final just before it appends job_closed: wait for the record."""
-    deadline = time.monotonic() + timeout
-    for name in ("bank", "tax"):
-        while not any(
-            r.event == "job_closed" and r.job_id == job_id for r in f.nodes[name].audit_store.read()
-        ):
-            assert time.monotonic() < deadline, f"{name} did not close {job_id}"
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def audited(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
     workdir = tmp_path_factory.mktemp("regulator")
@@ -108,7 +96,7 @@ def audited(federation: Federation, tmp_path_factory: pytest.TempPathFactory) ->
         with factory.client("bank") as bank:
             job_id = bank.submit(psi_spec())
             assert wait_final(bank, job_id).state is JobState.SUCCEEDED
-        wait_closed(factory, job_id)
+        factory.wait_closed(job_id)
         addresses = {n: f"127.0.0.1:{node.port}" for n, node in factory.nodes.items()}
         config = write_regulator_config(workdir / "regulator.toml", federation, addresses)
         outcome = audit_federation(load_regulator_config(config))
@@ -453,7 +441,7 @@ def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
     with node_factory.client("bank") as bank:
         job_id = bank.submit(psi_spec())
         assert wait_final(bank, job_id).state is JobState.SUCCEEDED
-    wait_closed(node_factory, job_id)
+    node_factory.wait_closed(job_id)
 
     def audit() -> AuditOutcome:
         addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}

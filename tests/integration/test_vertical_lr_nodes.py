@@ -18,7 +18,6 @@ from parties.data import generate_finance
 from parties.jobs import JobState
 from parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
-from tests.integration.test_dp_nodes import wait_closed_all
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_vertical_lr import ROLES, make_spec
@@ -45,7 +44,7 @@ def test_vertical_lr_between_three_nodes(node_factory: NodeFactory, tmp_path: Pa
     assert {"roc.png", "ks.png", "receipt.json"} <= set(result.artifacts)
     receipt = json.loads(result.artifacts["receipt.json"])
     assert receipt["protocol"] == "vertical_lr" and receipt["dataset"] == "loan_book"
-    wait_closed_all(node_factory, job_id)
+    node_factory.wait_closed(job_id)
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
     config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
     outcome = audit_federation(load_regulator_config(config))
