@@ -95,9 +95,14 @@ class Disclosure(enum.Enum):
 
 @dataclass(frozen=True)
 class NormalisedIds:
-    """A party's identifiers ready for hashing, and what normalisation dropped."""
+    """A party's identifiers ready for hashing, and what normalisation dropped.
+
+    ``rows[i]`` is the row of the dataset where ``items[i]`` first occurs, so a protocol that
+    aligns rows (vertical learning) can map a matched id back to its record.
+    """
 
     items: list[bytes]
+    rows: list[int]
     blanks: int
     duplicates: int
 
@@ -109,16 +114,21 @@ def normalise_ids(values: Iterable[str]) -> NormalisedIds:
         values: Identifiers as text, in the dataset's order.
 
     Returns:
-        The distinct non-blank identifiers as UTF-8 bytes in order of first occurrence, with the
-        number of blank values and of repeated values that were dropped.
+        The distinct non-blank identifiers as UTF-8 bytes in order of first occurrence, the row
+        of each, and the number of blank values and of repeated values that were dropped.
 
     >>> normalise_ids([" 91310000A ", "", "91310000A", "B"])
-    NormalisedIds(items=[b'91310000A', b'B'], blanks=1, duplicates=1)
+    NormalisedIds(items=[b'91310000A', b'B'], rows=[0, 3], blanks=1, duplicates=1)
     """
-    stripped = [v.strip() for v in values]
-    nonblank = [v.encode("utf-8") for v in stripped if v]
-    items = list(dict.fromkeys(nonblank))
-    return NormalisedIds(items, len(stripped) - len(nonblank), len(nonblank) - len(items))
+    encoded = [v.strip().encode("utf-8") for v in values]
+    first: dict[bytes, int] = {}
+    for row, item in enumerate(encoded):
+        if item and item not in first:
+            first[item] = row
+    blanks = encoded.count(b"")
+    return NormalisedIds(
+        list(first), list(first.values()), blanks, len(encoded) - blanks - len(first)
+    )
 
 
 def hash_to_points(items: Sequence[bytes], context: bytes) -> list[bytes]:

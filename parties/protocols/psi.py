@@ -58,7 +58,6 @@ class _State:
     peer: str
     mode: Disclosure
     ids: NormalisedIds
-    cap: int
     context: bytes
     key: BlindingKey
     own_header: SetHeader
@@ -106,17 +105,52 @@ def run_member(ctx: JobContext) -> Result | None:
     return state.result
 
 
+def check_own_set(ctx: JobContext, column: str, size: int) -> int:
+    """This node's ``psi_max_set_size``, or ``SetTooLargeError`` if ``size`` ids exceed it."""
+    cap = ctx.limit(LIMIT_MAX_SET_SIZE)
+    if size > cap:
+        raise SetTooLargeError(
+            f"this party's column {column!r} holds {size:,} distinct ids, over this "
+            f"node's cap {LIMIT_MAX_SET_SIZE} = {cap:,}; raise {LIMIT_MAX_SET_SIZE} in this "
+            "node's policy or use a smaller set"
+        )
+    return cap
+
+
+def exchange_headers(ctx: JobContext, peer: str, tag: str, own: SetHeader) -> SetHeader:
+    """Send our set header and check the peer's; both refuse an oversized set before any point.
+
+    Raises:
+        InvalidMessageError: The peer runs another disclosure mode (a different spec).
+        SetTooLargeError: Either set is over the other side's ``psi_max_set_size``.
+    """
+    ctx.send(peer, tag, encode_header(own))
+    header = decode_header(ctx.recv(peer, tag))
+    if header.mode is not own.mode:
+        raise InvalidMessageError(
+            f"{peer} runs this job in mode {header.mode.value!r}, this node in "
+            f"{own.mode.value!r}; the two nodes hold different specs"
+        )
+    if header.set_size > own.max_peer_set_size:
+        raise SetTooLargeError(
+            f"{peer} announced a set of {header.set_size:,} ids, over this node's cap "
+            f"{LIMIT_MAX_SET_SIZE} = {own.max_peer_set_size:,}; raise {LIMIT_MAX_SET_SIZE} in "
+            "this node's policy to accept it"
+        )
+    if own.set_size > header.max_peer_set_size:
+        raise SetTooLargeError(
+            f"{peer}'s node accepts at most {header.max_peer_set_size:,} ids and this party's "
+            f"set has {own.set_size:,}; ask {peer} to raise its {LIMIT_MAX_SET_SIZE} "
+            "or split the set"
+        )
+    return header
+
+
 def _setup(ctx: JobContext) -> _State:
     spec = ctx.spec
     column = spec.participant(ctx.party).columns[ID_COLUMN]
     ids = normalise_ids(ctx.table().column(column))
-    cap = ctx.limit(LIMIT_MAX_SET_SIZE)
-    if len(ids.items) > cap:
-        raise SetTooLargeError(
-            f"this party's column {column!r} holds {len(ids.items):,} distinct ids, over this "
-            f"node's cap {LIMIT_MAX_SET_SIZE} = {cap:,}; raise {LIMIT_MAX_SET_SIZE} in this "
-            "node's policy or use a smaller set"
-        )
+    cap = check_own_set(ctx, column, len(ids.items))
     (peer,) = (p for p in spec.parties if p != ctx.party)
     mode = Disclosure(spec.params[PARAM_MODE])
     return _State(
@@ -124,7 +158,6 @@ def _setup(ctx: JobContext) -> _State:
         peer=peer,
         mode=mode,
         ids=ids,
-        cap=cap,
         context=bytes.fromhex(spec.digest()),
         key=create_blinding_key(),
         own_header=SetHeader(mode, len(ids.items), cap, MAX_CHUNK_POINTS),
@@ -133,26 +166,7 @@ def _setup(ctx: JobContext) -> _State:
 
 def _exchange_headers(s: _State) -> None:
     """Message 1 both ways; both refuse an oversized set before any point is sent."""
-    s.ctx.send(s.peer, _TAG_HEADER, encode_header(s.own_header))
-    header = decode_header(s.ctx.recv(s.peer, _TAG_HEADER))
-    if header.mode is not s.mode:
-        raise InvalidMessageError(
-            f"{s.peer} runs this job in mode {header.mode.value!r}, this node in "
-            f"{s.mode.value!r}; the two nodes hold different specs"
-        )
-    if header.set_size > s.cap:
-        raise SetTooLargeError(
-            f"{s.peer} announced a set of {header.set_size:,} ids, over this node's cap "
-            f"{LIMIT_MAX_SET_SIZE} = {s.cap:,}; raise {LIMIT_MAX_SET_SIZE} in this node's policy "
-            "to accept it"
-        )
-    if s.own_header.set_size > header.max_peer_set_size:
-        raise SetTooLargeError(
-            f"{s.peer}'s node accepts at most {header.max_peer_set_size:,} ids and this party's "
-            f"set has {s.own_header.set_size:,}; ask {s.peer} to raise its {LIMIT_MAX_SET_SIZE} "
-            "or split the set"
-        )
-    s.peer_header = header
+    s.peer_header = exchange_headers(s.ctx, s.peer, _TAG_HEADER, s.own_header)
 
 
 def _send_blinded(s: _State) -> None:

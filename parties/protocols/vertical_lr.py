@@ -5,7 +5,7 @@ Roles and column bindings as in ``woe_iv`` (``label_holder`` binds ``id`` and ``
 maths is ``compute.learn.logistic``, which is also the plaintext reference; this module only moves
 the sums. ``docs/protocols/vertical-lr.md`` has the message sizes, what each role learns per
 iteration and the label-leakage analysis. Messages, after the alignment of
-:func:`parties.protocols.woe_iv.align_label_holder`:
+:func:`parties.protocols.vertical.align_label_holder`:
 
 1. ``vlr/meta`` (provider → bank): its number of features. ``vlr/key`` (bank → provider): the
    Paillier public key. Both sides derive the train/test split and the batches from the seed.
@@ -39,7 +39,7 @@ from compute.errors import InvalidMessageError
 from compute.learn import logistic as lg
 from compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
-from parties.protocols.woe_iv import (
+from parties.protocols.vertical import (
     FEATURE_HOLDER,
     ID_COLUMN,
     LABEL_COLUMN,
