@@ -202,6 +202,50 @@ class JobContext(Protocol):
         """A numeric limit from this node's policy (for example ``psi_max_set_size``)."""
         ...
 
+    def checkpoint(self, name: str, state: bytes) -> None:
+        """Durably save this role's ``state`` under ``name`` so a restarted node can resume.
+
+        Call it *before* sending what the state determines (write-ahead): a resumed role that
+        restores the state re-sends byte-identical messages, which peers' mailboxes treat as
+        no-ops, whereas fresh randomness would be refused as equivocation. The node encrypts
+        checkpoints at rest; a later call under the same name replaces the earlier state.
+        """
+        ...
+
+    def restore(self, name: str) -> bytes | None:
+        """The state an earlier run of this job saved under ``name`` at this node, or ``None``."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where a node keeps its roles' checkpoints (``parties.checkpoints`` for a real node)."""
+
+    def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
+        """Durably store ``state``, replacing any earlier one under the same key."""
+        ...
+
+    def load(self, job_id: str, party: str, name: str) -> bytes | None:
+        """The stored state, or ``None``."""
+        ...
+
+
+class MemoryCheckpoints:
+    """Checkpoints in a dict: for in-memory runs, and for tests that simulate a restart."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
+        """Store a copy of ``state``."""
+        with self._lock:
+            self._states[(job_id, party, name)] = bytes(state)
+
+    def load(self, job_id: str, party: str, name: str) -> bytes | None:
+        """The stored state, or ``None``."""
+        with self._lock:
+            return self._states.get((job_id, party, name))
+
 
 RoleFn = Callable[[JobContext], "Result | None"]
 
@@ -299,6 +343,7 @@ class RoleContext:
         limits: Mapping[str, int],
         sink: MessageSink,
         recv_timeout: float,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -310,6 +355,7 @@ class RoleContext:
         self._limits = dict(limits)
         self._sink = sink
         self._recv_timeout = recv_timeout
+        self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
         self._lock = threading.Lock()
         self.transcript: list[TranscriptEntry] = []
 
@@ -365,6 +411,16 @@ class RoleContext:
         except KeyError:
             raise KeyError(f"this node's policy sets no limit {name!r}") from None
 
+    def checkpoint(self, name: str, state: bytes) -> None:
+        """Save this role's state under ``name`` in the node's checkpoint store."""
+        check_name("checkpoint", name)
+        self._checkpoints.save(self._spec.job_id, self._party, name, state)
+
+    def restore(self, name: str) -> bytes | None:
+        """The state saved under ``name`` by an earlier run of this job here, or ``None``."""
+        check_name("checkpoint", name)
+        return self._checkpoints.load(self._spec.job_id, self._party, name)
+
     def transcript_digest(self) -> str:
         """Digest of every message this party sent or received in this job so far."""
         with self._lock:
@@ -396,11 +452,13 @@ def run_in_memory(
     limits: Mapping[str, int] | None = None,
     network: InMemoryNetwork | None = None,
     recv_timeout: float = 120.0,
+    checkpoints: Mapping[str, CheckpointStore] | None = None,
 ) -> dict[str, Result | None]:
     """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
 
     For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
-    The first role to fail aborts the job for all and its error is re-raised.
+    The first role to fail aborts the job for all and its error is re-raised. Passing the same
+    ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart.
     """
     if not spec.job_id:
         spec = dataclasses.replace(spec, job_id=new_job_id())
@@ -419,6 +477,7 @@ def run_in_memory(
             limits or {},
             _NullSink(),
             recv_timeout,
+            checkpoints.get(p.party) if checkpoints else None,
         )
         try:
             results[p.party] = definition.roles[p.role](ctx)

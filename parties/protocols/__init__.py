@@ -5,12 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from parties.jobs import InvalidJobSpecError, ProtocolDef
-from parties.protocols import dp_stats, psi, vertical_lr, woe_iv
+from parties.protocols import (
+    dp_stats,
+    psi,
+    vertical_lr,
+    woe_iv,
+)
 
 #: Every protocol a node can run, by name.
 PROTOCOLS: Mapping[str, ProtocolDef] = {
     d.name: d
-    for d in (psi.DEFINITION, dp_stats.DEFINITION, woe_iv.DEFINITION, vertical_lr.DEFINITION)
+    for d in (
+        psi.DEFINITION,
+        dp_stats.DEFINITION,
+        woe_iv.DEFINITION,
+        vertical_lr.DEFINITION,
+    )
 }
 
 
