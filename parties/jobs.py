@@ -216,6 +216,28 @@ class JobContext(Protocol):
         """The state an earlier run of this job saved under ``name`` at this node, or ``None``."""
         ...
 
+    def prior_result(self, job_id: str, protocol: str) -> Result:
+        """This party's own result of an earlier ``protocol`` job that succeeded here.
+
+        How a model trained in one job is applied in another (each party keeps its own part of
+        a vertical model as its own result). Raises ``PriorResultError`` when this node holds no
+        such result.
+        """
+        ...
+
+
+class PriorResultError(BundError):
+    """A job refers to an earlier job whose result this party does not hold."""
+
+
+#: Loads this party's result of an earlier job: (job_id, protocol) -> Result.
+PriorResults = Callable[[str, str], "Result"]
+
+
+def no_prior_results(job_id: str, protocol: str) -> Result:
+    """The loader of a context that holds no earlier results."""
+    raise PriorResultError(f"this party holds no result of a {protocol} job {job_id}")
+
 
 class CheckpointStore(Protocol):
     """Where a node keeps its roles' checkpoints (``parties.checkpoints`` for a real node)."""
@@ -344,6 +366,7 @@ class RoleContext:
         sink: MessageSink,
         recv_timeout: float,
         checkpoints: CheckpointStore | None = None,
+        prior_results: PriorResults = no_prior_results,
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -356,6 +379,7 @@ class RoleContext:
         self._sink = sink
         self._recv_timeout = recv_timeout
         self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
+        self._prior_results = prior_results
         self._lock = threading.Lock()
         self.transcript: list[TranscriptEntry] = []
 
@@ -421,6 +445,12 @@ class RoleContext:
         check_name("checkpoint", name)
         return self._checkpoints.load(self._spec.job_id, self._party, name)
 
+    def prior_result(self, job_id: str, protocol: str) -> Result:
+        """This party's own result of an earlier ``protocol`` job, from the node's job store."""
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id) or job_id == self._spec.job_id:
+            raise PriorResultError(f"{job_id!r} is not the id of an earlier job")
+        return self._prior_results(job_id, check_name("protocol", protocol))
+
     def transcript_digest(self) -> str:
         """Digest of every message this party sent or received in this job so far."""
         with self._lock:
@@ -453,12 +483,14 @@ def run_in_memory(
     network: InMemoryNetwork | None = None,
     recv_timeout: float = 120.0,
     checkpoints: Mapping[str, CheckpointStore] | None = None,
+    prior_results: Mapping[str, PriorResults] | None = None,
 ) -> dict[str, Result | None]:
     """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
 
     For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
     The first role to fail aborts the job for all and its error is re-raised. Passing the same
-    ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart.
+    ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart;
+    ``prior_results`` (party -> loader) stands in for each node's store of earlier results.
     """
     if not spec.job_id:
         spec = dataclasses.replace(spec, job_id=new_job_id())
@@ -478,6 +510,7 @@ def run_in_memory(
             _NullSink(),
             recv_timeout,
             checkpoints.get(p.party) if checkpoints else None,
+            (prior_results or {}).get(p.party, no_prior_results),
         )
         try:
             results[p.party] = definition.roles[p.role](ctx)

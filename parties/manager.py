@@ -43,6 +43,7 @@ from parties.jobs import (
     JobStatus,
     JsonScalar,
     Participant,
+    PriorResultError,
     ProtocolDef,
     Result,
     RoleContext,
@@ -213,6 +214,19 @@ class JobStore:
                 (job_id,),
             ).fetchall()
         return ResultInfo(json.loads(row[0]), {n: int(size) for n, size in sizes})
+
+    def load_full_result(self, job_id: str) -> Result | None:
+        """A stored result with every artifact's bytes (for a later job that applies it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT summary FROM results WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            artifacts = self._db.execute(
+                "SELECT name, data FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
+            ).fetchall()
+        return Result(json.loads(row[0]), {n: bytes(data) for n, data in artifacts})
 
     def read_artifact(self, job_id: str, name: str, offset: int, limit: int) -> tuple[bytes, int]:
         """Up to ``limit`` bytes of an artifact from ``offset``, and its total size."""
@@ -724,6 +738,7 @@ class JobManager:
             self.policy.limits,
             _Sink(self),
             self.recv_timeout,
+            prior_results=self._prior_result,
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
@@ -761,6 +776,24 @@ class JobManager:
             self.mailbox.forget(job_id)
             with self._lock:
                 self._running.discard(job_id)
+
+    def _prior_result(self, job_id: str, protocol: str) -> Result:
+        """This node's own result of an earlier job that succeeded here with ``protocol``."""
+        try:
+            status = self.store.get(job_id)
+        except UnknownJobError:
+            status = None
+        result = self.store.load_full_result(job_id) if status is not None else None
+        if (
+            status is None
+            or result is None
+            or status.state is not JobState.SUCCEEDED
+            or status.spec.protocol != protocol
+        ):
+            raise PriorResultError(
+                f"{self.party} holds no result of a succeeded {protocol} job {job_id}"
+            )
+        return result
 
     def _receipt(
         self,
