@@ -225,6 +225,27 @@ class JobContext(Protocol):
         """
         ...
 
+    def charge(self, part: str, cost: Budget) -> None:
+        """Charge ``cost`` to this party's dataset before running ``part`` of the job (a round).
+
+        For jobs that pay as they go rather than all up front. Once per (job, part): a resumed
+        job is never charged twice. Raises ``BudgetExhaustedError`` (nothing charged, with what
+        is left in the message) when the cost does not fit, and the audit log records each charge.
+        """
+        ...
+
+
+class BudgetCharge(Protocol):
+    """Charges this party's dataset for one part of a job (``parties.ledger`` in a node)."""
+
+    def __call__(self, part: str, cost: Budget) -> None:
+        """Charge ``cost`` once per ``part``; raise ``BudgetExhaustedError`` if it does not fit."""
+        ...
+
+
+def free_of_charge(part: str, cost: Budget) -> None:
+    """The charger of an in-memory run with no ledger: accepts every charge."""
+
 
 class PriorResultError(BundError):
     """A job refers to an earlier job whose result this party does not hold."""
@@ -367,6 +388,7 @@ class RoleContext:
         recv_timeout: float,
         checkpoints: CheckpointStore | None = None,
         prior_results: PriorResults = no_prior_results,
+        charge: BudgetCharge = free_of_charge,
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -380,6 +402,7 @@ class RoleContext:
         self._recv_timeout = recv_timeout
         self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
         self._prior_results = prior_results
+        self._charge = charge
         self._lock = threading.Lock()
         self.transcript: list[TranscriptEntry] = []
 
@@ -451,6 +474,10 @@ class RoleContext:
             raise PriorResultError(f"{job_id!r} is not the id of an earlier job")
         return self._prior_results(job_id, check_name("protocol", protocol))
 
+    def charge(self, part: str, cost: Budget) -> None:
+        """Charge this party's dataset for ``part`` of the job through the node's ledger."""
+        self._charge(check_name("budget part", part), cost)
+
     def transcript_digest(self) -> str:
         """Digest of every message this party sent or received in this job so far."""
         with self._lock:
@@ -484,13 +511,15 @@ def run_in_memory(
     recv_timeout: float = 120.0,
     checkpoints: Mapping[str, CheckpointStore] | None = None,
     prior_results: Mapping[str, PriorResults] | None = None,
+    chargers: Mapping[str, BudgetCharge] | None = None,
 ) -> dict[str, Result | None]:
     """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
 
     For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
     The first role to fail aborts the job for all and its error is re-raised. Passing the same
     ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart;
-    ``prior_results`` (party -> loader) stands in for each node's store of earlier results.
+    ``prior_results`` (party -> loader) stands in for each node's store of earlier results and
+    ``chargers`` (party -> charger) for each node's ledger.
     """
     if not spec.job_id:
         spec = dataclasses.replace(spec, job_id=new_job_id())
@@ -511,6 +540,7 @@ def run_in_memory(
             recv_timeout,
             checkpoints.get(p.party) if checkpoints else None,
             (prior_results or {}).get(p.party, no_prior_results),
+            (chargers or {}).get(p.party, free_of_charge),
         )
         try:
             results[p.party] = definition.roles[p.role](ctx)

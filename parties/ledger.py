@@ -2,9 +2,9 @@
 
 Each dataset has a total (epsilon, delta) in ``policy.toml``. A job's cost is charged in one
 SQLite transaction (``BEGIN IMMEDIATE``, so concurrent charges from any thread or process are
-serialised) that refuses an overspend; a charge is recorded once per (job, dataset), so a resumed
-job is never charged twice, and a crashed one is never refunded (fail closed). Every charge is in
-the audit log.
+serialised) that refuses an overspend. A charge is recorded once per (job, dataset, part), where
+``part`` names a round of a job that pays as it goes, so a resumed job is never charged twice,
+and a crashed one is never refunded (fail closed). Every charge is in the audit log.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class BudgetLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS charges (job_id TEXT NOT NULL, dataset TEXT NOT NULL, "
+            "part TEXT NOT NULL DEFAULT '', "
             "epsilon TEXT NOT NULL, delta TEXT NOT NULL, at TEXT NOT NULL, "
-            "PRIMARY KEY (job_id, dataset))"
+            "PRIMARY KEY (job_id, dataset, part))"
         )
 
     def _spent(self, dataset: str) -> Budget:
@@ -81,11 +82,11 @@ class BudgetLedger:
                 BudgetLine(n, self._totals.get(n, Budget()), self._spent(n)) for n in sorted(names)
             ]
 
-    def charge(self, job_id: str, dataset: str, cost: Budget) -> BudgetLine:
-        """Charge ``cost`` to ``dataset`` for ``job_id`` before the job runs.
+    def charge(self, job_id: str, dataset: str, cost: Budget, part: str = "") -> BudgetLine:
+        """Charge ``cost`` to ``dataset`` for ``job_id`` (or one ``part`` of it) before it runs.
 
-        A second charge for the same (job, dataset) is a no-op returning the current line, so a
-        resumed job pays once. Raises ``BudgetExhaustedError`` (with what is left) and charges
+        A second charge for the same (job, dataset, part) is a no-op returning the current line,
+        so a resumed job pays once. Raises ``BudgetExhaustedError`` (with what is left) and charges
         nothing when the cost does not fit.
         """
         if cost.is_zero:
@@ -95,7 +96,8 @@ class BudgetLedger:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 done = self._db.execute(
-                    "SELECT 1 FROM charges WHERE job_id = ? AND dataset = ?", (job_id, dataset)
+                    "SELECT 1 FROM charges WHERE job_id = ? AND dataset = ? AND part = ?",
+                    (job_id, dataset, part),
                 ).fetchone()
                 spent = self._spent(dataset)
                 if done is None:
@@ -108,11 +110,12 @@ class BudgetLedger:
                         )
                     now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
                     self._db.execute(
-                        "INSERT INTO charges (job_id, dataset, epsilon, delta, at) "
-                        "VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO charges (job_id, dataset, part, epsilon, delta, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
                         (
                             job_id,
                             dataset,
+                            part,
                             format_rational(cost.epsilon),
                             format_rational(cost.delta),
                             now,
@@ -129,6 +132,7 @@ class BudgetLedger:
                 job_id,
                 {
                     "dataset": dataset,
+                    **({"part": part} if part else {}),
                     "epsilon": format_rational(cost.epsilon),
                     "delta": format_rational(cost.delta),
                     "spent": format_rational(spent.epsilon),

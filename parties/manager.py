@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hmac
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from compute.dp.budget import format_rational
+from compute.dp.budget import Budget, format_rational
 from compute.errors import BundError
 from parties.approvals import ApprovalError, ApprovalRequest, verify_approval
 from parties.data import DatasetError, Table
@@ -739,6 +740,7 @@ class JobManager:
             _Sink(self),
             self.recv_timeout,
             prior_results=self._prior_result,
+            charge=functools.partial(self._charge_part, spec),
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
@@ -776,6 +778,13 @@ class JobManager:
             self.mailbox.forget(job_id)
             with self._lock:
                 self._running.discard(job_id)
+
+    def _charge_part(self, spec: JobSpec, part: str, cost: Budget) -> None:
+        """Charge this party's dataset for one part of a running job (a training round)."""
+        dataset = spec.participant(self.party).dataset
+        if dataset is None:
+            raise BudgetExhaustedError(f"{self.party} brings no dataset to charge in this job")
+        self.ledger.charge(spec.job_id, dataset, cost, part)
 
     def _prior_result(self, job_id: str, protocol: str) -> Result:
         """This node's own result of an earlier job that succeeded here with ``protocol``."""
