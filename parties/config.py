@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compute import insecure
+from compute.executor import create_executor
 from parties.data import DataSource
 from parties.errors import ConfigError
 from parties.policy import Policy, load_policy
@@ -51,6 +52,9 @@ class NodeConfig:
     recv_timeout_s: float = 300.0
     approval_timeout_s: float = 86_400.0
     max_workers: int = 16
+    #: Where heavy kernel batches run: ``inline``, ``thread[:N]``, ``process[:N]`` and any
+    #: back-end ``compute.executor.create_executor`` knows (``[compute] executor``).
+    executor: str = "inline"
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -120,6 +124,7 @@ def load_config(path: Path) -> NodeConfig:
     tls = _table(doc, "tls", where)
     audit = _table(doc, "audit", where)
     limits_doc = _table(doc, "limits", where)
+    compute_doc = _table(doc, "compute", where)
     if "policy" in doc:
         raise ConfigError(f'{where}: policy lives in its own file: set policy_file = "policy.toml"')
 
@@ -162,6 +167,11 @@ def load_config(path: Path) -> NodeConfig:
     for key, value in timeouts.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{where} [limits]: {key} must be a positive number")
+    executor = _str(compute_doc, "executor", f"{where} [compute]", "inline")
+    try:
+        create_executor(executor).close()  # parses the spec; workers start only on first use
+    except ValueError as exc:
+        raise ConfigError(f"{where} [compute]: executor: {exc}") from None
     apply_test_switch_from_env()
     return NodeConfig(
         party=party,
@@ -183,6 +193,7 @@ def load_config(path: Path) -> NodeConfig:
         recv_timeout_s=float(timeouts["recv_timeout_s"]),
         approval_timeout_s=float(timeouts["approval_timeout_s"]),
         max_workers=_int(limits_doc, "max_workers", where, 16),
+        executor=executor,
         source=path,
     )
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from compute.dp.budget import Budget
 from compute.errors import BundError
+from compute.executor import Executor, InlineExecutor
 from parties.transport import (
     InMemoryNetwork,
     JobAbortedError,
@@ -225,6 +226,11 @@ class JobContext(Protocol):
         """
         ...
 
+    @property
+    def executor(self) -> Executor:
+        """Where this node runs heavy kernel batches (``[compute] executor`` in ``node.toml``)."""
+        ...
+
     def charge(self, part: str, cost: Budget) -> None:
         """Charge ``cost`` to this party's dataset before running ``part`` of the job (a round).
 
@@ -389,6 +395,7 @@ class RoleContext:
         checkpoints: CheckpointStore | None = None,
         prior_results: PriorResults = no_prior_results,
         charge: BudgetCharge = free_of_charge,
+        executor: Executor | None = None,
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -403,6 +410,7 @@ class RoleContext:
         self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
         self._prior_results = prior_results
         self._charge = charge
+        self._executor = executor if executor is not None else InlineExecutor()
         self._lock = threading.Lock()
         self.transcript: list[TranscriptEntry] = []
 
@@ -474,6 +482,11 @@ class RoleContext:
             raise PriorResultError(f"{job_id!r} is not the id of an earlier job")
         return self._prior_results(job_id, check_name("protocol", protocol))
 
+    @property
+    def executor(self) -> Executor:
+        """The node's kernel executor (inline unless the node configures another)."""
+        return self._executor
+
     def charge(self, part: str, cost: Budget) -> None:
         """Charge this party's dataset for ``part`` of the job through the node's ledger."""
         self._charge(check_name("budget part", part), cost)
@@ -512,6 +525,7 @@ def run_in_memory(
     checkpoints: Mapping[str, CheckpointStore] | None = None,
     prior_results: Mapping[str, PriorResults] | None = None,
     chargers: Mapping[str, BudgetCharge] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Result | None]:
     """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
 
@@ -519,7 +533,7 @@ def run_in_memory(
     The first role to fail aborts the job for all and its error is re-raised. Passing the same
     ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart;
     ``prior_results`` (party -> loader) stands in for each node's store of earlier results and
-    ``chargers`` (party -> charger) for each node's ledger.
+    ``chargers`` (party -> charger) for each node's ledger; every role shares ``executor``.
     """
     if not spec.job_id:
         spec = dataclasses.replace(spec, job_id=new_job_id())
@@ -541,6 +555,7 @@ def run_in_memory(
             checkpoints.get(p.party) if checkpoints else None,
             (prior_results or {}).get(p.party, no_prior_results),
             (chargers or {}).get(p.party, free_of_charge),
+            executor,
         )
         try:
             results[p.party] = definition.roles[p.role](ctx)

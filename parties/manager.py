@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from compute.dp.budget import Budget, format_rational
 from compute.errors import BundError
+from compute.executor import Executor, InlineExecutor
 from parties.approvals import ApprovalError, ApprovalRequest, verify_approval
 from parties.data import DatasetError, Table
 from parties.errors import (
@@ -305,6 +306,7 @@ class JobManager:
         recv_timeout: float,
         approval_timeout: float = 86_400.0,
         max_workers: int = 16,
+        executor: Executor | None = None,
     ) -> None:
         if policy.approvals_required and approver_key is None:
             raise ValueError("approvals are required but no approver key was given")
@@ -321,6 +323,7 @@ class JobManager:
         self.code_version = code_version
         self.recv_timeout = recv_timeout
         self.approval_timeout = approval_timeout
+        self.executor = executor if executor is not None else InlineExecutor()
         self.poll_interval = 0.2
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bund-job")
         self._lock = threading.Lock()
@@ -741,6 +744,7 @@ class JobManager:
             self.recv_timeout,
             prior_results=self._prior_result,
             charge=functools.partial(self._charge_part, spec),
+            executor=self.executor,
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
@@ -913,3 +917,4 @@ class JobManager:
     def shutdown(self) -> None:
         """Stop taking work and wait for running roles to finish or fail."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.executor.close()

@@ -25,6 +25,7 @@ from bund.v1 import audit_pb2, federation_pb2, job_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from compute.executor import create_executor
 from parties import servicers, wire
 from parties.audit import AuditLog, AuditStore, open_audit_store
 from parties.client import PeerClients
@@ -142,6 +143,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         recv_timeout=config.recv_timeout_s,
         approval_timeout=config.approval_timeout_s,
         max_workers=config.max_workers,
+        executor=create_executor(config.executor),
     )
     info = wire.NodeInfo(
         party=config.party,
