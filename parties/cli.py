@@ -318,6 +318,22 @@ def job_deny(
     console.print(f"denied job {job_id}")
 
 
+@job_app.command("cancel")
+def job_cancel(
+    job_id: str,
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="Why; every participant's log records it.")] = "",
+) -> None:
+    """Cancel a job: stop its work at this node and at every other participant."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.cancel(job_id, reason)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"cancelled job {job_id}")
+
+
 @job_app.command("list")
 def job_list(config: ConfigOpt, limit: int = 20) -> None:
     """List the newest jobs at this party's node."""

@@ -260,6 +260,10 @@ class NodeClient:
             job_pb2.AbortJobResponse,
         )
 
+    def cancel(self, job_id: str, reason: str = "") -> None:
+        """As this node's operator: cancel a job here and at every participant."""
+        self.abort(job_id, reason)
+
     def deliver(self, job_id: str, tag: str, payload: bytes) -> bool:
         """Put a message into this node's mailbox; True when it was new there."""
         request = job_pb2.DeliverRequest(

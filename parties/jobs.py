@@ -192,7 +192,11 @@ class JobContext(Protocol):
         ...
 
     def progress(self, phase: str, done: int, total: int) -> None:
-        """Report progress of a long phase (shown by ``bund job status``)."""
+        """Report progress of a long phase (shown by ``bund job status``).
+
+        Raises ``JobAbortedError`` once the job was cancelled or aborted, so a long computation
+        that reports progress stops there.
+        """
         ...
 
     def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:
@@ -435,6 +439,7 @@ class RoleContext:
         check_tag(tag)
         if to not in self._spec.parties or to == self._party:
             raise ValueError(f"cannot send to {to!r}: not another participant of this job")
+        self._mailbox.check(self._spec.job_id)
         self._transport.deliver(self._spec.job_id, to, tag, payload)
         self._log("sent", to, tag, digest(payload), len(payload))
 
@@ -452,7 +457,8 @@ class RoleContext:
         return self._table()
 
     def progress(self, phase: str, done: int, total: int) -> None:
-        """Forward progress to the node."""
+        """Forward progress to the node; raise ``JobAbortedError`` once the job was called off."""
+        self._mailbox.check(self._spec.job_id)
         self._sink.progress(self._spec.job_id, phase, done, total)
 
     def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:

@@ -638,8 +638,36 @@ class JobManager:
         self.audit.append("job_started", job_id, {"by": caller})
         self._pool.submit(self._run_role, status.spec)
 
+    def cancel(self, job_id: str, caller: str, reason: str = "") -> None:
+        """This node's operator calls a job off: stop the role here and tell every participant.
+
+        The audit log here records who cancelled and why (``job_cancelled``); each peer's log
+        records the abort it received from this party (``job_aborted``).
+        """
+        self._operator_only(caller, "cancel jobs")
+        status = self.store.get(job_id)
+        if status.state.final:
+            raise JobStateError(f"job {job_id} is {status.state.value} already; nothing to cancel")
+        why = f"cancelled by {self.party}'s operator" + (f": {reason}" if reason else "")
+        self.audit.append(
+            "job_cancelled",
+            job_id,
+            {"by": self.party, "state": status.state.value, "reason": reason[:500]},
+        )
+        self.store.update(job_id, state=JobState.ABORTED.value, error=why)
+        self.mailbox.abort(job_id, why)
+        for peer in status.spec.parties:
+            if peer != self.party:
+                self._abort_peer(peer, job_id, why)
+
     def abort(self, job_id: str, caller: str, reason: str) -> None:
-        """A participant calls the job off; wake this node's role if it waits."""
+        """A participant calls the job off; wake this node's role if it waits.
+
+        The node's own operator calling it cancels the job everywhere (:meth:`cancel`).
+        """
+        if caller == self.party:
+            self.cancel(job_id, caller, reason)
+            return
         status = self.store.get(job_id)
         if caller not in status.spec.parties:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}")

@@ -119,6 +119,13 @@ class Mailbox:
                 )
             return self._waiting.pop(key)
 
+    def check(self, job_id: str) -> None:
+        """Raise ``JobAbortedError`` if ``job_id`` was aborted (long computations poll this)."""
+        with self._cond:
+            reason = self._aborted.get(job_id)
+        if reason is not None:
+            raise JobAbortedError(f"job {job_id} was aborted: {reason}")
+
     def abort(self, job_id: str, reason: str) -> None:
         """Wake every role waiting on ``job_id`` with ``JobAbortedError``."""
         with self._cond:

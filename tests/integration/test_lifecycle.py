@@ -1,0 +1,96 @@
+"""Jobs end, one way or another: cancel, deadlines, frozen peers, restarts (issue 9)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from parties.client import RemoteError
+from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
+from parties.protocols import PROTOCOLS
+from tests.conftest import NodeFactory, wait_until
+from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, wait_final
+
+
+def _busy_role(ctx: JobContext) -> Result | None:
+    """The requester computes for up to a minute, reporting progress; the other waits for it."""
+    (peer,) = (p for p in ctx.spec.parties if p != ctx.party)
+    if ctx.party == ctx.spec.requester:
+        for i in range(1200):
+            ctx.progress("busy", i, 1200)
+            time.sleep(0.05)
+        ctx.send(peer, "done", b"1")
+    else:
+        ctx.recv(peer, "done")
+    return Result({"finished": True}) if ctx.party in ctx.spec.receivers else None
+
+
+BUSY = ProtocolDef(
+    name="busy_test",
+    version="1",
+    roles={"member": _busy_role},
+    validate=lambda spec: None,
+    outputs=lambda spec: frozenset({"raw"}),
+    learns=lambda spec: dict.fromkeys(spec.parties, "nothing"),
+)
+
+
+def busy_spec() -> JobSpec:
+    return JobSpec(
+        protocol=BUSY.name,
+        participants=(
+            Participant("bank", "member", "loans"),
+            Participant("tax", "member", "filings"),
+        ),
+        receivers=("bank",),
+        purpose="lifecycle test",
+        requester="bank",
+    )
+
+
+def start_busy_pair(f: NodeFactory) -> None:
+    registry = {**PROTOCOLS, BUSY.name: BUSY}
+    f.start("bank", {"loans": {"id": BANK_IDS}}, ("tax",), level="public", registry=registry)
+    f.start("tax", {"filings": {"id": TAX_IDS}}, ("bank",), level="public", registry=registry)
+
+
+def test_cancel_by_a_participant_stops_the_work_everywhere(node_factory: NodeFactory) -> None:
+    start_busy_pair(node_factory)
+    with node_factory.client("bank") as bank, node_factory.client("tax") as tax:
+        job_id = bank.submit(busy_spec())
+        wait_until(
+            lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase to start"
+        )
+        tax.cancel(job_id, "wrong period")
+        # The requester was computing, not waiting: it stops at its next progress report.
+        for client in (bank, tax):
+            status = wait_final(client, job_id, timeout=10)
+            assert status.state is JobState.ABORTED
+            assert "cancelled by tax's operator: wrong period" in status.error
+        with pytest.raises(RemoteError, match="nothing to cancel"):
+            tax.cancel(job_id)
+    node_factory.wait_closed(job_id)
+    tax_log = audit_events(node_factory, "tax")
+    assert ("job_cancelled", job_id) in [(e, j) for e, j, _ in tax_log]
+    cancelled = next(f for e, j, f in tax_log if e == "job_cancelled" and j == job_id)
+    assert cancelled["by"] == "tax" and cancelled["reason"] == "wrong period"
+    bank_log = audit_events(node_factory, "bank")
+    aborted = next(f for e, j, f in bank_log if e == "job_aborted" and j == job_id)
+    assert aborted["by"] == "tax"
+    for log in (bank_log, tax_log):
+        closed = next(f for e, j, f in log if e == "job_closed" and j == job_id)
+        assert closed["outcome"] == "aborted"
+
+
+def test_only_a_participant_operator_cancels(node_factory: NodeFactory) -> None:
+    start_busy_pair(node_factory)
+    with node_factory.client("bank") as bank, node_factory.client("bank", "tax") as stranger:
+        job_id = bank.submit(busy_spec())
+        wait_until(lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase")
+        # tax's certificate at bank's node is a peer, not bank's operator: an abort from a
+        # participant is allowed, but it is recorded as tax's abort, not as a cancel by bank.
+        stranger.cancel(job_id, "peer says stop")
+        status = wait_final(bank, job_id, timeout=10)
+        assert status.state is JobState.ABORTED
+        assert status.error.startswith("tax: ")
