@@ -125,13 +125,14 @@ class NodeClient:
         )
         return r.job_id
 
-    def status(self, job_id: str) -> JobStatus:
-        """A job's status at this node."""
+    def status(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """A job's status at this node (also a participant's heartbeat)."""
         r = self._call(
             "Jobs",
             "GetJobStatus",
             job_pb2.GetJobStatusRequest(job_id=job_id),
             job_pb2.GetJobStatusResponse,
+            timeout,
         )
         return wire.status_from_proto(r.status)
 
@@ -260,6 +261,15 @@ class NodeClient:
             job_pb2.AbortJobResponse,
         )
 
+    def resume(self, job_id: str) -> None:
+        """Resume an interrupted job (as the operator: here and at every participant)."""
+        self._call(
+            "Jobs",
+            "ResumeJob",
+            job_pb2.ResumeJobRequest(job_id=job_id),
+            job_pb2.ResumeJobResponse,
+        )
+
     def cancel(self, job_id: str, reason: str = "") -> None:
         """As this node's operator: cancel a job here and at every participant."""
         self.abort(job_id, reason)
@@ -277,13 +287,14 @@ class NodeClient:
 class PeerClients:
     """This node's clients to its peers: the ``PeerControl`` and ``Transport`` of the job manager.
 
-    Delivery retries only on UNAVAILABLE: the receiver's mailbox is idempotent on the payload's
-    digest, so a retried message is a no-op there.
+    Delivery retries only on UNAVAILABLE, for up to ``peer_silence_s`` (after which the job is
+    interrupted anyway): the receiver's mailbox is idempotent on the payload's digest, so a
+    retried message is a no-op there.
     """
 
     config: NodeConfig
-    retries: int = 5
     backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
         self._clients: dict[tuple[str, str], NodeClient] = {}
@@ -310,9 +321,13 @@ class PeerClients:
         """See ``NodeClient.abort``."""
         self.client(to).abort(job_id, reason)
 
-    def status(self, to: str, job_id: str) -> JobStatus:
+    def status(self, to: str, job_id: str, timeout: float | None = None) -> JobStatus:
         """See ``NodeClient.status``."""
-        return self.client(to).status(job_id)
+        return self.client(to).status(job_id, timeout)
+
+    def resume(self, to: str, job_id: str) -> None:
+        """See ``NodeClient.resume``."""
+        self.client(to).resume(job_id)
 
     def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
         """Deliver a job message to ``to``, retrying while it is unreachable."""
@@ -322,16 +337,17 @@ class PeerClients:
                 f"a {len(payload)}-byte message exceeds the {limit}-byte limit; "
                 "the protocol must chunk it"
             )
+        deadline = time.monotonic() + self.config.peer_silence_s
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        while True:
             try:
                 self.client(to).deliver(job_id, tag, payload)
                 return
             except PeerUnavailableError:
-                if attempt == self.retries:
+                if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
-                delay *= 2
+                delay = min(2 * delay, self.max_backoff_s)
 
     def close(self) -> None:
         """Close every channel."""

@@ -51,6 +51,12 @@ class NodeConfig:
     max_message_bytes: int = 8 * _MIB
     recv_timeout_s: float = 300.0
     approval_timeout_s: float = 86_400.0
+    #: How often a node asks each peer of a running job how it stands.
+    heartbeat_interval_s: float = 5.0
+    #: A peer silent this long (no heartbeat answered) interrupts the job (resumable).
+    peer_silence_s: float = 60.0
+    #: The longest a job may run at this node; past it the job is aborted.
+    job_deadline_s: float = 7 * 86_400.0
     max_workers: int = 16
     #: Where heavy kernel batches run: ``inline``, ``thread[:N]``, ``process[:N]`` and any
     #: back-end ``compute.executor.create_executor`` knows (``[compute] executor``).
@@ -162,7 +168,13 @@ def load_config(path: Path) -> NodeConfig:
 
     timeouts = {
         k: limits_doc.get(k, d)
-        for k, d in (("recv_timeout_s", 300), ("approval_timeout_s", 86_400))
+        for k, d in (
+            ("recv_timeout_s", 300),
+            ("approval_timeout_s", 86_400),
+            ("heartbeat_interval_s", 5),
+            ("peer_silence_s", 60),
+            ("job_deadline_s", 7 * 86_400),
+        )
     }
     for key, value in timeouts.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -192,6 +204,9 @@ def load_config(path: Path) -> NodeConfig:
         max_message_bytes=_int(limits_doc, "max_message_bytes", where, 8 * _MIB, lo=64 * 1024),
         recv_timeout_s=float(timeouts["recv_timeout_s"]),
         approval_timeout_s=float(timeouts["approval_timeout_s"]),
+        heartbeat_interval_s=float(timeouts["heartbeat_interval_s"]),
+        peer_silence_s=float(timeouts["peer_silence_s"]),
+        job_deadline_s=float(timeouts["job_deadline_s"]),
         max_workers=_int(limits_doc, "max_workers", where, 16),
         executor=executor,
         source=path,

@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -350,6 +350,12 @@ class MessageSink(Protocol):
         """One message sent or received (``direction``), by digest, never its content."""
         ...
 
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        """A message sent or received again by a resumed role: the transcript has it already."""
+        ...
+
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
         """One protocol-level record."""
         ...
@@ -400,6 +406,7 @@ class RoleContext:
         prior_results: PriorResults = no_prior_results,
         charge: BudgetCharge = free_of_charge,
         executor: Executor | None = None,
+        transcript: Sequence[TranscriptEntry] = (),
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -416,7 +423,9 @@ class RoleContext:
         self._charge = charge
         self._executor = executor if executor is not None else InlineExecutor()
         self._lock = threading.Lock()
-        self.transcript: list[TranscriptEntry] = []
+        #: This party's view of the job's messages; a resumed role starts from the saved one.
+        self.transcript: list[TranscriptEntry] = list(transcript)
+        self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
 
     @property
     def spec(self) -> JobSpec:
@@ -430,7 +439,12 @@ class RoleContext:
 
     def _log(self, direction: str, peer: str, tag: str, sha: bytes, size: int) -> None:
         entry = TranscriptEntry(direction, peer, tag, sha.hex(), size)
+        key = (direction, peer, tag, entry.sha256)
         with self._lock:  # one lock for both, so the audit log and the transcript agree in order
+            if key in self._logged:  # a resumed role re-sending or re-taking the same message
+                self._sink.replayed(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+                return
+            self._logged.add(key)
             self.transcript.append(entry)
             self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
 
@@ -505,6 +519,11 @@ class RoleContext:
 
 class _NullSink:
     def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        pass
+
+    def replayed(
         self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
     ) -> None:
         pass
@@ -591,11 +610,19 @@ class JobState(enum.Enum):
     REFUSED = "refused"
     ABORTED = "aborted"
     AWAITING_APPROVAL = "awaiting_approval"
+    #: Stopped by a fault (a silent peer, a missed deadline, a node restart); resumable.
+    INTERRUPTED = "interrupted"
 
     @property
     def final(self) -> bool:
-        """Whether the job can change no more."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REFUSED, JobState.ABORTED)
+        """Whether the job can change no more by itself (an interrupted one waits to be resumed)."""
+        return self in (
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.REFUSED,
+            JobState.ABORTED,
+            JobState.INTERRUPTED,
+        )
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,12 @@ from compute.dp.budget import Budget, format_rational
 from compute.errors import BundError
 from compute.executor import Executor, InlineExecutor
 from parties.approvals import ApprovalError, ApprovalRequest, verify_approval
+from parties.checkpoints import ResumeStore
 from parties.data import DatasetError, Table
 from parties.errors import (
     JobStateError,
     NotAuthorizedError,
+    PeerUnavailableError,
     UnknownJobError,
 )
 from parties.identity import raw_key_id
@@ -49,16 +51,26 @@ from parties.jobs import (
     ProtocolDef,
     Result,
     RoleContext,
+    TranscriptEntry,
     new_job_id,
 )
 from parties.ledger import BudgetExhaustedError, BudgetLedger
 from parties.policy import Policy, PolicyRefusedError
-from parties.transport import JobAbortedError, Mailbox, Transport, digest
+from parties.transport import (
+    JobAbortedError,
+    JobInterruptedError,
+    Mailbox,
+    PeerTimeoutError,
+    Transport,
+    digest,
+)
 
 log = logging.getLogger("bund.jobs")
 
 #: Mailbox tag of the closing exchange, outside every protocol's own tags.
 CLOSE_TAG = "bund/close"
+#: Faults after which a job is interrupted (resumable) rather than failed.
+_FAULTS = (JobInterruptedError, PeerTimeoutError, PeerUnavailableError)
 
 
 class PeerControl(Transport, Protocol):
@@ -76,8 +88,12 @@ class PeerControl(Transport, Protocol):
         """Tell ``to`` that the job is off."""
         ...
 
-    def status(self, to: str, job_id: str) -> JobStatus:
+    def status(self, to: str, job_id: str, timeout: float | None = None) -> JobStatus:
         """``to``'s view of a job (participants may read each other's status)."""
+        ...
+
+    def resume(self, to: str, job_id: str) -> None:
+        """Ask ``to`` to resume its role of an interrupted job."""
         ...
 
 
@@ -162,6 +178,18 @@ class JobStore:
                 f"no job {job_id} at this node; `bund job list` shows the known ones"
             )
         return self._status(row)
+
+    def unfinished(self) -> list[JobStatus]:
+        """Every job not in a final state (what a restarting node must look at)."""
+        pending = [s.value for s in JobState if not s.final]
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT spec, state, phase, done, total, error, transcript, updated, "
+                "EXISTS(SELECT 1 FROM results r WHERE r.job_id = jobs.job_id) "
+                "FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY created",
+                (json.dumps(pending),),
+            ).fetchall()
+        return [self._status(r) for r in rows]
 
     def list(self, limit: int) -> list[JobStatus]:
         """The newest ``limit`` jobs."""
@@ -274,10 +302,20 @@ class _Sink:
     def message(
         self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
     ) -> None:
+        self._m.resume.add_transcript(job_id, TranscriptEntry(direction, peer, tag, sha256, size))
         self._m.audit.append(
             f"message_{direction}",
             job_id,
             {"peer": peer, "tag": tag, "sha256": sha256, "size": size},
+        )
+
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        self._m.audit.append(
+            "message_replayed",
+            job_id,
+            {"direction": direction, "peer": peer, "tag": tag, "sha256": sha256, "size": size},
         )
 
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
@@ -307,6 +345,10 @@ class JobManager:
         approval_timeout: float = 86_400.0,
         max_workers: int = 16,
         executor: Executor | None = None,
+        resume: ResumeStore | None = None,
+        heartbeat_interval: float = 5.0,
+        peer_silence: float = 60.0,
+        job_deadline: float = 7 * 86_400.0,
     ) -> None:
         if policy.approvals_required and approver_key is None:
             raise ValueError("approvals are required but no approver key was given")
@@ -324,12 +366,26 @@ class JobManager:
         self.recv_timeout = recv_timeout
         self.approval_timeout = approval_timeout
         self.executor = executor if executor is not None else InlineExecutor()
+        if resume is None:
+            raise ValueError("a job manager needs a resume store (parties.checkpoints)")
+        self.resume = resume
+        self.heartbeat_interval = heartbeat_interval
+        self.peer_silence = peer_silence
+        self.job_deadline = job_deadline
         self.poll_interval = 0.2
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bund-job")
         self._lock = threading.Lock()
         self._running: set[str] = set()
         #: What each job was admitted on (dataset version, code version): re-checked at start.
         self._admitted: dict[str, bytes] = {}
+        #: Running jobs: when each started here, and when each peer last answered a heartbeat.
+        self._started: dict[str, float] = {}
+        self._last_seen: dict[str, dict[str, float]] = {}
+        self._beating: set[tuple[str, str]] = set()
+        self._stopping = threading.Event()
+        self._beats = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bund-heartbeat")
+        self._watcher = threading.Thread(target=self._watch, name="bund-watch", daemon=True)
+        self._watcher.start()
 
     # -- checks shared by submission and proposal -------------------------------------------
 
@@ -646,7 +702,7 @@ class JobManager:
         """
         self._operator_only(caller, "cancel jobs")
         status = self.store.get(job_id)
-        if status.state.final:
+        if status.state.final and status.state is not JobState.INTERRUPTED:
             raise JobStateError(f"job {job_id} is {status.state.value} already; nothing to cancel")
         why = f"cancelled by {self.party}'s operator" + (f": {reason}" if reason else "")
         self.audit.append(
@@ -656,6 +712,8 @@ class JobManager:
         )
         self.store.update(job_id, state=JobState.ABORTED.value, error=why)
         self.mailbox.abort(job_id, why)
+        if status.state is JobState.INTERRUPTED:
+            self.resume.forget(job_id)
         for peer in status.spec.parties:
             if peer != self.party:
                 self._abort_peer(peer, job_id, why)
@@ -672,7 +730,10 @@ class JobManager:
         if caller not in status.spec.parties:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}")
         self.mailbox.abort(job_id, f"{caller}: {reason}")
-        if not status.state.final:
+        if status.state is JobState.INTERRUPTED:
+            self.store.update(job_id, state=JobState.ABORTED.value, error=f"{caller}: {reason}")
+            self.resume.forget(job_id)
+        elif not status.state.final:
             # Called off before it ran, the job was refused; once running, it was aborted.
             before_start = status.state in (
                 JobState.PROPOSED,
@@ -697,7 +758,7 @@ class JobManager:
         if caller not in status.spec.parties or caller == self.party:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}; message refused")
         self.policy.check_counterparty(caller, caller_role)
-        if status.state not in (JobState.ACCEPTED, JobState.RUNNING):
+        if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):
             raise JobStateError(f"job {job_id} is {status.state.value}; it takes no messages")
         if not hmac.compare_digest(digest(payload), sha256):
             raise JobStateError("the payload does not match its SHA-256; resend it")
@@ -746,12 +807,14 @@ class JobManager:
 
     # -- running a role ----------------------------------------------------------------------
 
-    def _run_role(self, spec: JobSpec) -> None:
+    def _run_role(self, spec: JobSpec, resumed: bool = False) -> None:
         job_id = spec.job_id
         with self._lock:
             if job_id in self._running:
                 return
             self._running.add(job_id)
+            self._started.setdefault(job_id, time.monotonic())
+            self._last_seen[job_id] = dict.fromkeys(spec.parties, time.monotonic())
         me = spec.participant(self.party)
         definition = self.protocols[spec.protocol]
         table_loader = self.tables.get(me.dataset) if me.dataset else None
@@ -770,9 +833,11 @@ class JobManager:
             self.policy.limits,
             _Sink(self),
             self.recv_timeout,
+            checkpoints=self.resume,
             prior_results=self._prior_result,
             charge=functools.partial(self._charge_part, spec),
             executor=self.executor,
+            transcript=self.resume.transcript(job_id) if resumed else (),
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
@@ -806,10 +871,14 @@ class JobManager:
             fields.update({f"peer_transcript.{p}": d for p, d in sorted(peer_digests.items())})
             self.audit.append("privacy_receipt", job_id, receipt)
             self.audit.append("job_closed", job_id, fields)
+            self.resume.forget(job_id)
         finally:
             self.mailbox.forget(job_id)
             with self._lock:
                 self._running.discard(job_id)
+                self._last_seen.pop(job_id, None)
+                if self.store.get(job_id).state is not JobState.RUNNING:
+                    self._started.pop(job_id, None)
 
     def _charge_part(self, spec: JobSpec, part: str, cost: Budget) -> None:
         """Charge this party's dataset for one part of a running job (a training round)."""
@@ -909,6 +978,11 @@ class JobManager:
 
     def _fail(self, spec: JobSpec, ctx: RoleContext, exc: Exception) -> None:
         job_id = spec.job_id
+        current = self.store.get(job_id).state
+        if isinstance(exc, _FAULTS) and current in (JobState.RUNNING, JobState.INTERRUPTED):
+            self._interrupted(spec, ctx, str(exc))
+            return
+        self.resume.forget(job_id)
         if isinstance(exc, BundError):
             reason = str(exc)
         else:
@@ -918,7 +992,6 @@ class JobManager:
             )
         aborted = isinstance(exc, JobAbortedError)
         state = JobState.ABORTED if aborted else JobState.FAILED
-        current = self.store.get(job_id).state
         if not current.final:
             self.store.update(job_id, state=state.value, error=reason)
         self.audit.append(
@@ -936,6 +1009,134 @@ class JobManager:
                 if peer != self.party:
                     self._abort_peer(peer, job_id, f"{self.party} failed: {reason}")
 
+    def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str) -> None:
+        """A fault stopped the role: keep its checkpoints and inbox, so the job can resume."""
+        self.store.update(spec.job_id, state=JobState.INTERRUPTED.value, error=reason[:1000])
+        self.audit.append(
+            "job_interrupted",
+            spec.job_id,
+            {
+                "reason": reason[:500],
+                "transcript_sha256": ctx.transcript_digest(),
+                "messages": len(ctx.transcript),
+            },
+        )
+        log.warning("job %s interrupted at %s: %s", spec.job_id, self.party, reason)
+
+    # -- faults: heartbeats, deadlines, restarts, resumption -----------------------------------
+
+    def _watch(self) -> None:
+        """Every heartbeat interval: enforce job deadlines and ask each peer how the job stands."""
+        while not self._stopping.wait(self.heartbeat_interval):
+            with self._lock:
+                running = list(self._last_seen)
+            for job_id in running:
+                try:
+                    self._check_job(job_id)
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one job
+                    log.exception("heartbeat check of job %s failed", job_id)
+
+    def _check_job(self, job_id: str) -> None:
+        now = time.monotonic()
+        started = self._started.get(job_id, now)
+        if now - started > self.job_deadline:
+            self.mailbox.abort(
+                job_id,
+                f"DEADLINE_EXCEEDED: the job ran longer than this node's job deadline of "
+                f"{self.job_deadline:.0f} s (job_deadline_s)",
+            )
+            return
+        with self._lock:
+            seen = dict(self._last_seen.get(job_id, {}))
+        spec = self.store.get(job_id).spec
+        for peer in spec.parties:
+            if peer == self.party:
+                continue
+            silent = now - seen.get(peer, now)
+            if silent > self.peer_silence:
+                self.mailbox.interrupt(
+                    job_id,
+                    f"DEADLINE_EXCEEDED: {peer} has not answered a heartbeat for {silent:.0f} s "
+                    f"(peer_silence_s = {self.peer_silence:.0f}); the job is interrupted and "
+                    f"resumes with `bund job resume {job_id}` once {peer} is back",
+                )
+                return
+            with self._lock:
+                if (job_id, peer) in self._beating:
+                    continue  # the last heartbeat to this peer has not come back yet
+                self._beating.add((job_id, peer))
+            self._beats.submit(self._heartbeat, job_id, peer)
+
+    def _heartbeat(self, job_id: str, peer: str) -> None:
+        """Ask ``peer`` for its view of the job; note that it answered, follow where it ended."""
+        try:
+            status = self.peers.status(peer, job_id, timeout=self.heartbeat_interval)
+        except BundError:
+            return  # silence: the watcher interrupts the job once it lasts peer_silence_s
+        finally:
+            with self._lock:
+                self._beating.discard((job_id, peer))
+        with self._lock:
+            if job_id in self._last_seen:
+                self._last_seen[job_id][peer] = time.monotonic()
+        if status.state is JobState.INTERRUPTED:
+            self.mailbox.interrupt(job_id, f"{peer} interrupted the job: {status.error}")
+        elif status.state in (JobState.FAILED, JobState.ABORTED, JobState.REFUSED):
+            self.mailbox.abort(job_id, f"{peer} ended the job {status.state.value}: {status.error}")
+
+    def recover(self) -> None:
+        """After a restart: resume the jobs this node was running, fail those it was starting.
+
+        A job that was running here is interrupted by the restart and resumed at once from its
+        checkpoints (its peers are asked to resume too). A job this node had submitted but not
+        yet started cannot be coordinated any more: it fails, and the peers are told.
+        """
+        for status in self.store.unfinished():
+            job_id = status.spec.job_id
+            if status.state is JobState.RUNNING:
+                self.store.update(
+                    job_id, state=JobState.INTERRUPTED.value, error="this node restarted"
+                )
+                self.audit.append("job_interrupted", job_id, {"reason": "node restarted"})
+                try:
+                    self.resume_job(job_id, self.party)
+                except BundError as exc:
+                    log.warning("could not resume job %s after a restart: %s", job_id, exc)
+            elif status.spec.requester == self.party:
+                why = "the requester's node restarted before the job started; submit it again"
+                self.store.update(job_id, state=JobState.FAILED.value, error=why)
+                self.audit.append("job_failed", job_id, {"reason": why})
+                for peer in status.spec.parties:
+                    if peer != self.party:
+                        self._abort_peer(peer, job_id, why)
+
+    def resume_job(self, job_id: str, caller: str) -> None:
+        """Run an interrupted job's role again from its checkpoints.
+
+        This node's operator (or its restart) also asks every other participant to resume; a
+        participant asking resumes only this node's role. A running job is left as it is.
+        """
+        status = self.store.get(job_id)
+        if caller != self.party and caller not in status.spec.parties:
+            raise NotAuthorizedError(f"{caller} takes no part in job {job_id}")
+        if status.state is JobState.RUNNING:
+            return
+        if status.state is not JobState.INTERRUPTED:
+            raise JobStateError(
+                f"job {job_id} is {status.state.value}; only an interrupted job can be resumed"
+            )
+        self.audit.append("job_resumed", job_id, {"by": caller})
+        self.mailbox.reopen(job_id, self.resume.inbox(job_id))
+        self.store.update(job_id, state=JobState.RUNNING.value, error="")
+        if caller == self.party:
+            for peer in status.spec.parties:
+                if peer != self.party:
+                    try:
+                        self.peers.resume(peer, job_id)
+                    except BundError as exc:
+                        log.warning("could not ask %s to resume job %s: %s", peer, job_id, exc)
+        self._pool.submit(self._run_role, status.spec, True)
+
     def _abort_peer(self, peer: str, job_id: str, reason: str) -> None:
         try:
             self.peers.abort(peer, job_id, reason)
@@ -944,5 +1145,8 @@ class JobManager:
 
     def shutdown(self) -> None:
         """Stop taking work and wait for running roles to finish or fail."""
+        self._stopping.set()
+        self._watcher.join()
+        self._beats.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.executor.close()

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from compute.executor import create_executor
 from parties import servicers, wire
 from parties.audit import AuditLog, AuditStore, open_audit_store
+from parties.checkpoints import ResumeStore, load_or_create_key
 from parties.client import PeerClients
 from parties.config import NodeConfig
 from parties.data import Table, open_source
@@ -84,6 +85,7 @@ class Node:
         self.peers.close()
         self.manager.store.close()
         self.manager.ledger.close()
+        self.manager.resume.close()
         self.audit_store.close()
 
 
@@ -116,7 +118,9 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     audit_store = open_audit_store(config.audit_store)
     audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
     store = JobStore(config.state_dir / "jobs.db")
-    mailbox = Mailbox(config.max_message_bytes)
+    resume_key = load_or_create_key(config.state_dir / "resume.key")
+    resume = ResumeStore(config.state_dir / "resume.db", resume_key)
+    mailbox = Mailbox(config.max_message_bytes, journal=resume)
     peers = PeerClients(config)
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
@@ -144,6 +148,10 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         approval_timeout=config.approval_timeout_s,
         max_workers=config.max_workers,
         executor=create_executor(config.executor),
+        resume=resume,
+        heartbeat_interval=config.heartbeat_interval_s,
+        peer_silence=config.peer_silence_s,
+        job_deadline=config.job_deadline_s,
     )
     info = wire.NodeInfo(
         party=config.party,
@@ -212,6 +220,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     tmp.write_text(f"{port}\n")
     tmp.replace(config.port_file)
     log.info("%s serving on port %d (mTLS)", config.party, port)
+    manager.recover()
     return Node(config, server, port, manager, audit, audit_store, health_servicer, peers)
 
 

@@ -139,6 +139,10 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         manager.abort(wire.job_id(r.job_id), who.name, r.reason[:1000])
         return job_pb2.AbortJobResponse()
 
+    def resume(r: job_pb2.ResumeJobRequest, who: PartyIdentity) -> Message:
+        manager.resume_job(wire.job_id(r.job_id), who.name)
+        return job_pb2.ResumeJobResponse()
+
     def deliver(r: job_pb2.DeliverRequest, who: PartyIdentity) -> Message:
         fresh = manager.deliver(
             wire.job_id(r.job_id), who.name, r.tag, r.payload, r.sha256, who.role
@@ -170,6 +174,7 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         "ProposeJob": Method(job_pb2.ProposeJobRequest, propose),
         "StartJob": Method(job_pb2.StartJobRequest, start),
         "AbortJob": Method(job_pb2.AbortJobRequest, abort),
+        "ResumeJob": Method(job_pb2.ResumeJobRequest, resume),
         "Deliver": Method(job_pb2.DeliverRequest, deliver),
     }
 

@@ -47,6 +47,22 @@ class JobAbortedError(TransportError):
     """The job was aborted while a role was waiting for a message."""
 
 
+class JobInterruptedError(TransportError):
+    """A fault stopped the job (a silent peer, a missed deadline); it can be resumed."""
+
+
+class MailboxJournal(Protocol):
+    """Durable record of a mailbox (``parties.checkpoints.ResumeStore`` in a node)."""
+
+    def received(self, job_id: str, sender: str, tag: str, sha256: bytes, payload: bytes) -> None:
+        """Store a new message durably; called before the delivery is acknowledged."""
+        ...
+
+    def taken(self, job_id: str, sender: str, tag: str) -> None:
+        """Note that a message was handed to the role."""
+        ...
+
+
 def digest(payload: bytes) -> bytes:
     """SHA-256 of a payload: what the mailbox and the audit log key messages by."""
     return hashlib.sha256(payload).digest()
@@ -70,14 +86,16 @@ class Mailbox:
     and memory does not grow with finished messages.
     """
 
-    def __init__(self, max_payload: int) -> None:
+    def __init__(self, max_payload: int, journal: MailboxJournal | None = None) -> None:
         if max_payload <= 0:
             raise ValueError("max_payload must be positive")
         self._max_payload = max_payload
+        self._journal = journal
         self._cond = threading.Condition()
         self._waiting: dict[tuple[str, str, str], Envelope] = {}
         self._seen: dict[tuple[str, str, str], bytes] = {}
         self._aborted: dict[str, str] = {}
+        self._interrupted: dict[str, str] = {}
 
     def put(self, job_id: str, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; return False for an identical replay. Raise on equivocation."""
@@ -98,6 +116,8 @@ class Mailbox:
                     f"{sender} sent a different payload under tag {tag!r} of job {job_id}; "
                     "the job cannot continue"
                 )
+            if self._journal is not None:
+                self._journal.received(job_id, sender, tag, sha, payload)
             self._seen[key] = sha
             self._waiting[key] = Envelope(job_id, sender, tag, payload, sha)
             self._cond.notify_all()
@@ -108,23 +128,55 @@ class Mailbox:
         key = (job_id, sender, tag)
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: key in self._waiting or job_id in self._aborted, timeout=timeout
+                lambda: (
+                    key in self._waiting or job_id in self._aborted or job_id in self._interrupted
+                ),
+                timeout=timeout,
             )
-            if job_id in self._aborted:
-                raise JobAbortedError(f"job {job_id} was aborted: {self._aborted[job_id]}")
+            self._raise_if_stopped(job_id)
             if not ok:
                 raise PeerTimeoutError(
-                    f"no message {tag!r} from {sender} for job {job_id} within {timeout:.0f} s; "
-                    f"check that {sender}'s node is up and reachable"
+                    f"DEADLINE_EXCEEDED: no message {tag!r} from {sender} for job {job_id} "
+                    f"within {timeout:.0f} s; check that {sender}'s node is up and reachable, "
+                    "then resume the job"
                 )
-            return self._waiting.pop(key)
+            envelope = self._waiting.pop(key)
+        if self._journal is not None:
+            self._journal.taken(job_id, sender, tag)
+        return envelope
+
+    def _raise_if_stopped(self, job_id: str) -> None:
+        if job_id in self._aborted:
+            raise JobAbortedError(f"job {job_id} was aborted: {self._aborted[job_id]}")
+        if job_id in self._interrupted:
+            raise JobInterruptedError(self._interrupted[job_id])
+
+    def interrupt(self, job_id: str, reason: str) -> None:
+        """Wake every role of ``job_id`` with ``JobInterruptedError`` (the job stays resumable)."""
+        with self._cond:
+            self._interrupted[job_id] = reason
+            self._cond.notify_all()
+
+    def reopen(self, job_id: str, kept: list[tuple[str, str, bytes, bytes | None]]) -> None:
+        """Clear an interrupted job's marks and reload the messages its journal kept.
+
+        ``kept`` holds (sender, tag, sha256, payload or None); a ``None`` payload was consumed
+        before the role's last checkpoint, and only its digest is remembered, to spot replays.
+        """
+        with self._cond:
+            self._interrupted.pop(job_id, None)
+            self._aborted.pop(job_id, None)
+            for sender, tag, sha, payload in kept:
+                key = (job_id, sender, tag)
+                self._seen[key] = sha
+                if payload is not None:
+                    self._waiting[key] = Envelope(job_id, sender, tag, payload, sha)
+            self._cond.notify_all()
 
     def check(self, job_id: str) -> None:
-        """Raise ``JobAbortedError`` if ``job_id`` was aborted (long computations poll this)."""
+        """Raise if ``job_id`` was aborted or interrupted (long computations poll this)."""
         with self._cond:
-            reason = self._aborted.get(job_id)
-        if reason is not None:
-            raise JobAbortedError(f"job {job_id} was aborted: {reason}")
+            self._raise_if_stopped(job_id)
 
     def abort(self, job_id: str, reason: str) -> None:
         """Wake every role waiting on ``job_id`` with ``JobAbortedError``."""
@@ -135,6 +187,7 @@ class Mailbox:
     def forget(self, job_id: str) -> None:
         """Drop everything held for a finished job except its abort mark."""
         with self._cond:
+            self._interrupted.pop(job_id, None)
             for key in [k for k in self._seen if k[0] == job_id]:
                 self._seen.pop(key, None)
                 self._waiting.pop(key, None)

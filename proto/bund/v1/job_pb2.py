@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bund.v1 import common_pb2 as bund_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x62und/v1/job.proto\x12\x07\x62und.v1\x1a\x14\x62und/v1/common.proto\"2\n\x10SubmitJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcb\x01\n\tJobStatus\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.bund.v1.JobState\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nhas_result\x18\x07 \x01(\x08\x12\x19\n\x11transcript_digest\x18\x08 \x01(\t\x12\x12\n\nupdated_at\x18\t \x01(\t\":\n\x14GetJobStatusResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.bund.v1.JobStatus\"%\n\x13GetJobResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa4\x02\n\x14GetJobResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12;\n\x07summary\x18\x02 \x03(\x0b\x32*.bund.v1.GetJobResultResponse.SummaryEntry\x12H\n\x0e\x61rtifact_sizes\x18\x03 \x03(\x0b\x32\x30.bund.v1.GetJobResultResponse.ArtifactSizesEntry\x1a?\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.bund.v1.Scalar:\x02\x38\x01\x1a\x34\n\x12\x41rtifactSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"R\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"8\n\x14ReadArtifactResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.bund.v1.JobStatus\"3\n\x11ProposeJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\"6\n\x12ProposeJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x12\n\x10StartJobResponse\"1\n\x0f\x41\x62ortJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x12\n\x10\x41\x62ortJobResponse\"N\n\x0e\x44\x65liverRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"+\n\x19GetApprovalRequestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc4\x02\n\x0f\x41pprovalRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\x12\x13\n\x0bspec_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x06 \x01(\t\x12\x0f\n\x07outputs\x18\x07 \x03(\t\x12\x34\n\x06learns\x18\x08 \x03(\x0b\x32$.bund.v1.ApprovalRequest.LearnsEntry\x12\x0f\n\x07\x65psilon\x18\t \x01(\t\x12\r\n\x05\x64\x65lta\x18\n \x01(\t\x12\x17\n\x0fsigning_payload\x18\x0b \x01(\x0c\x1a-\n\x0bLearnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x14\n\x12\x41pproveJobResponse\"0\n\x0e\x44\x65nyJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0f\x44\x65nyJobResponse*\xea\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_PROPOSED\x10\x01\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x15\n\x11JOB_STATE_REFUSED\x10\x06\x12\x15\n\x11JOB_STATE_ABORTED\x10\x07\x12\x1f\n\x1bJOB_STATE_AWAITING_APPROVAL\x10\x08\x32\xd2\x06\n\x04Jobs\x12\x42\n\tSubmitJob\x12\x19.bund.v1.SubmitJobRequest\x1a\x1a.bund.v1.SubmitJobResponse\x12K\n\x0cGetJobStatus\x12\x1c.bund.v1.GetJobStatusRequest\x1a\x1d.bund.v1.GetJobStatusResponse\x12K\n\x0cGetJobResult\x12\x1c.bund.v1.GetJobResultRequest\x1a\x1d.bund.v1.GetJobResultResponse\x12K\n\x0cReadArtifact\x12\x1c.bund.v1.ReadArtifactRequest\x1a\x1d.bund.v1.ReadArtifactResponse\x12?\n\x08ListJobs\x12\x18.bund.v1.ListJobsRequest\x1a\x19.bund.v1.ListJobsResponse\x12\x45\n\nProposeJob\x12\x1a.bund.v1.ProposeJobRequest\x1a\x1b.bund.v1.ProposeJobResponse\x12?\n\x08StartJob\x12\x18.bund.v1.StartJobRequest\x1a\x19.bund.v1.StartJobResponse\x12?\n\x08\x41\x62ortJob\x12\x18.bund.v1.AbortJobRequest\x1a\x19.bund.v1.AbortJobResponse\x12<\n\x07\x44\x65liver\x12\x17.bund.v1.DeliverRequest\x1a\x18.bund.v1.DeliverResponse\x12R\n\x12GetApprovalRequest\x12\".bund.v1.GetApprovalRequestRequest\x1a\x18.bund.v1.ApprovalRequest\x12\x45\n\nApproveJob\x12\x1a.bund.v1.ApproveJobRequest\x1a\x1b.bund.v1.ApproveJobResponse\x12<\n\x07\x44\x65nyJob\x12\x17.bund.v1.DenyJobRequest\x1a\x18.bund.v1.DenyJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x62und/v1/job.proto\x12\x07\x62und.v1\x1a\x14\x62und/v1/common.proto\"2\n\x10SubmitJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcb\x01\n\tJobStatus\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.bund.v1.JobState\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nhas_result\x18\x07 \x01(\x08\x12\x19\n\x11transcript_digest\x18\x08 \x01(\t\x12\x12\n\nupdated_at\x18\t \x01(\t\":\n\x14GetJobStatusResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.bund.v1.JobStatus\"%\n\x13GetJobResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa4\x02\n\x14GetJobResultResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12;\n\x07summary\x18\x02 \x03(\x0b\x32*.bund.v1.GetJobResultResponse.SummaryEntry\x12H\n\x0e\x61rtifact_sizes\x18\x03 \x03(\x0b\x32\x30.bund.v1.GetJobResultResponse.ArtifactSizesEntry\x1a?\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.bund.v1.Scalar:\x02\x38\x01\x1a\x34\n\x12\x41rtifactSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"R\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"8\n\x14ReadArtifactResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.bund.v1.JobStatus\"3\n\x11ProposeJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\"6\n\x12ProposeJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x12\n\x10StartJobResponse\"1\n\x0f\x41\x62ortJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x12\n\x10\x41\x62ortJobResponse\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11ResumeJobResponse\"N\n\x0e\x44\x65liverRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"+\n\x19GetApprovalRequestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc4\x02\n\x0f\x41pprovalRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.bund.v1.JobSpec\x12\x13\n\x0bspec_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x06 \x01(\t\x12\x0f\n\x07outputs\x18\x07 \x03(\t\x12\x34\n\x06learns\x18\x08 \x03(\x0b\x32$.bund.v1.ApprovalRequest.LearnsEntry\x12\x0f\n\x07\x65psilon\x18\t \x01(\t\x12\r\n\x05\x64\x65lta\x18\n \x01(\t\x12\x17\n\x0fsigning_payload\x18\x0b \x01(\x0c\x1a-\n\x0bLearnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x14\n\x12\x41pproveJobResponse\"0\n\x0e\x44\x65nyJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0f\x44\x65nyJobResponse*\x85\x02\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_PROPOSED\x10\x01\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x15\n\x11JOB_STATE_REFUSED\x10\x06\x12\x15\n\x11JOB_STATE_ABORTED\x10\x07\x12\x1f\n\x1bJOB_STATE_AWAITING_APPROVAL\x10\x08\x12\x19\n\x15JOB_STATE_INTERRUPTED\x10\t2\x96\x07\n\x04Jobs\x12\x42\n\tSubmitJob\x12\x19.bund.v1.SubmitJobRequest\x1a\x1a.bund.v1.SubmitJobResponse\x12K\n\x0cGetJobStatus\x12\x1c.bund.v1.GetJobStatusRequest\x1a\x1d.bund.v1.GetJobStatusResponse\x12K\n\x0cGetJobResult\x12\x1c.bund.v1.GetJobResultRequest\x1a\x1d.bund.v1.GetJobResultResponse\x12K\n\x0cReadArtifact\x12\x1c.bund.v1.ReadArtifactRequest\x1a\x1d.bund.v1.ReadArtifactResponse\x12?\n\x08ListJobs\x12\x18.bund.v1.ListJobsRequest\x1a\x19.bund.v1.ListJobsResponse\x12\x45\n\nProposeJob\x12\x1a.bund.v1.ProposeJobRequest\x1a\x1b.bund.v1.ProposeJobResponse\x12?\n\x08StartJob\x12\x18.bund.v1.StartJobRequest\x1a\x19.bund.v1.StartJobResponse\x12?\n\x08\x41\x62ortJob\x12\x18.bund.v1.AbortJobRequest\x1a\x19.bund.v1.AbortJobResponse\x12\x42\n\tResumeJob\x12\x19.bund.v1.ResumeJobRequest\x1a\x1a.bund.v1.ResumeJobResponse\x12<\n\x07\x44\x65liver\x12\x17.bund.v1.DeliverRequest\x1a\x18.bund.v1.DeliverResponse\x12R\n\x12GetApprovalRequest\x12\".bund.v1.GetApprovalRequestRequest\x1a\x18.bund.v1.ApprovalRequest\x12\x45\n\nApproveJob\x12\x1a.bund.v1.ApproveJobRequest\x1a\x1b.bund.v1.ApproveJobResponse\x12<\n\x07\x44\x65nyJob\x12\x17.bund.v1.DenyJobRequest\x1a\x18.bund.v1.DenyJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBRESULTRESPONSE_ARTIFACTSIZESENTRY']._serialized_options = b'8\001'
   _globals['_APPROVALREQUEST_LEARNSENTRY']._loaded_options = None
   _globals['_APPROVALREQUEST_LEARNSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1883
-  _globals['_JOBSTATE']._serialized_end=2117
+  _globals['_JOBSTATE']._serialized_start=1940
+  _globals['_JOBSTATE']._serialized_end=2201
   _globals['_SUBMITJOBREQUEST']._serialized_start=52
   _globals['_SUBMITJOBREQUEST']._serialized_end=102
   _globals['_SUBMITJOBRESPONSE']._serialized_start=104
@@ -78,24 +78,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABORTJOBREQUEST']._serialized_end=1223
   _globals['_ABORTJOBRESPONSE']._serialized_start=1225
   _globals['_ABORTJOBRESPONSE']._serialized_end=1243
-  _globals['_DELIVERREQUEST']._serialized_start=1245
-  _globals['_DELIVERREQUEST']._serialized_end=1323
-  _globals['_DELIVERRESPONSE']._serialized_start=1325
-  _globals['_DELIVERRESPONSE']._serialized_end=1361
-  _globals['_GETAPPROVALREQUESTREQUEST']._serialized_start=1363
-  _globals['_GETAPPROVALREQUESTREQUEST']._serialized_end=1406
-  _globals['_APPROVALREQUEST']._serialized_start=1409
-  _globals['_APPROVALREQUEST']._serialized_end=1733
-  _globals['_APPROVALREQUEST_LEARNSENTRY']._serialized_start=1688
-  _globals['_APPROVALREQUEST_LEARNSENTRY']._serialized_end=1733
-  _globals['_APPROVEJOBREQUEST']._serialized_start=1735
-  _globals['_APPROVEJOBREQUEST']._serialized_end=1789
-  _globals['_APPROVEJOBRESPONSE']._serialized_start=1791
-  _globals['_APPROVEJOBRESPONSE']._serialized_end=1811
-  _globals['_DENYJOBREQUEST']._serialized_start=1813
-  _globals['_DENYJOBREQUEST']._serialized_end=1861
-  _globals['_DENYJOBRESPONSE']._serialized_start=1863
-  _globals['_DENYJOBRESPONSE']._serialized_end=1880
-  _globals['_JOBS']._serialized_start=2120
-  _globals['_JOBS']._serialized_end=2970
+  _globals['_RESUMEJOBREQUEST']._serialized_start=1245
+  _globals['_RESUMEJOBREQUEST']._serialized_end=1279
+  _globals['_RESUMEJOBRESPONSE']._serialized_start=1281
+  _globals['_RESUMEJOBRESPONSE']._serialized_end=1300
+  _globals['_DELIVERREQUEST']._serialized_start=1302
+  _globals['_DELIVERREQUEST']._serialized_end=1380
+  _globals['_DELIVERRESPONSE']._serialized_start=1382
+  _globals['_DELIVERRESPONSE']._serialized_end=1418
+  _globals['_GETAPPROVALREQUESTREQUEST']._serialized_start=1420
+  _globals['_GETAPPROVALREQUESTREQUEST']._serialized_end=1463
+  _globals['_APPROVALREQUEST']._serialized_start=1466
+  _globals['_APPROVALREQUEST']._serialized_end=1790
+  _globals['_APPROVALREQUEST_LEARNSENTRY']._serialized_start=1745
+  _globals['_APPROVALREQUEST_LEARNSENTRY']._serialized_end=1790
+  _globals['_APPROVEJOBREQUEST']._serialized_start=1792
+  _globals['_APPROVEJOBREQUEST']._serialized_end=1846
+  _globals['_APPROVEJOBRESPONSE']._serialized_start=1848
+  _globals['_APPROVEJOBRESPONSE']._serialized_end=1868
+  _globals['_DENYJOBREQUEST']._serialized_start=1870
+  _globals['_DENYJOBREQUEST']._serialized_end=1918
+  _globals['_DENYJOBRESPONSE']._serialized_start=1920
+  _globals['_DENYJOBRESPONSE']._serialized_end=1937
+  _globals['_JOBS']._serialized_start=2204
+  _globals['_JOBS']._serialized_end=3122
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ Job lifecycle and the per-job mailbox.
 Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
   GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
+Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
 """
@@ -46,6 +47,10 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_ABORTED: _JobState.ValueType  # 7
     JOB_STATE_AWAITING_APPROVAL: _JobState.ValueType  # 8
     """Policy allows the job; this node's approver has not signed it yet."""
+    JOB_STATE_INTERRUPTED: _JobState.ValueType  # 9
+    """Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
+    last checkpoints.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -62,6 +67,10 @@ JOB_STATE_REFUSED: JobState.ValueType  # 6
 JOB_STATE_ABORTED: JobState.ValueType  # 7
 JOB_STATE_AWAITING_APPROVAL: JobState.ValueType  # 8
 """Policy allows the job; this node's approver has not signed it yet."""
+JOB_STATE_INTERRUPTED: JobState.ValueType  # 9
+"""Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
+last checkpoints.
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
@@ -486,6 +495,40 @@ class AbortJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AbortJobResponse: _TypeAlias = AbortJobResponse  # noqa: Y015
+
+@_typing.final
+class ResumeJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobRequest: _TypeAlias = ResumeJobRequest  # noqa: Y015
+
+@_typing.final
+class ResumeJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobResponse: _TypeAlias = ResumeJobResponse  # noqa: Y015
 
 @_typing.final
 class DeliverRequest(_message.Message):

@@ -74,6 +74,11 @@ class JobsStub:
                 request_serializer=bund_dot_v1_dot_job__pb2.AbortJobRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_job__pb2.AbortJobResponse.FromString,
                 _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/bund.v1.Jobs/ResumeJob',
+                request_serializer=bund_dot_v1_dot_job__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.ResumeJobResponse.FromString,
+                _registered_method=True)
         self.Deliver = channel.unary_unary(
                 '/bund.v1.Jobs/Deliver',
                 request_serializer=bund_dot_v1_dot_job__pb2.DeliverRequest.SerializeToString,
@@ -147,6 +152,12 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Deliver(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -213,6 +224,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.AbortJob,
                     request_deserializer=bund_dot_v1_dot_job__pb2.AbortJobRequest.FromString,
                     response_serializer=bund_dot_v1_dot_job__pb2.AbortJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.ResumeJobRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.ResumeJobResponse.SerializeToString,
             ),
             'Deliver': grpc.unary_unary_rpc_method_handler(
                     servicer.Deliver,
@@ -451,6 +467,33 @@ class Jobs:
             '/bund.v1.Jobs/AbortJob',
             bund_dot_v1_dot_job__pb2.AbortJobRequest.SerializeToString,
             bund_dot_v1_dot_job__pb2.AbortJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/ResumeJob',
+            bund_dot_v1_dot_job__pb2.ResumeJobRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.ResumeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

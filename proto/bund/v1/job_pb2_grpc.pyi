@@ -6,6 +6,7 @@ Job lifecycle and the per-job mailbox.
 Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
   GetApprovalRequest, ApproveJob, DenyJob.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
+Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
 """
@@ -46,6 +47,7 @@ class JobsStub:
     ProposeJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ProposeJobRequest, _job_pb2.ProposeJobResponse]
     StartJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]
     AbortJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.AbortJobRequest, _job_pb2.AbortJobResponse]
+    ResumeJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ResumeJobRequest, _job_pb2.ResumeJobResponse]
     Deliver: _grpc.UnaryUnaryMultiCallable[_job_pb2.DeliverRequest, _job_pb2.DeliverResponse]
     GetApprovalRequest: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]
     ApproveJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]
@@ -62,6 +64,7 @@ class JobsAsyncStub(JobsStub):
     ProposeJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ProposeJobRequest, _job_pb2.ProposeJobResponse]  # type: ignore[assignment]
     StartJob: _aio.UnaryUnaryMultiCallable[_job_pb2.StartJobRequest, _job_pb2.StartJobResponse]  # type: ignore[assignment]
     AbortJob: _aio.UnaryUnaryMultiCallable[_job_pb2.AbortJobRequest, _job_pb2.AbortJobResponse]  # type: ignore[assignment]
+    ResumeJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ResumeJobRequest, _job_pb2.ResumeJobResponse]  # type: ignore[assignment]
     Deliver: _aio.UnaryUnaryMultiCallable[_job_pb2.DeliverRequest, _job_pb2.DeliverResponse]  # type: ignore[assignment]
     GetApprovalRequest: _aio.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]  # type: ignore[assignment]
     ApproveJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]  # type: ignore[assignment]
@@ -123,6 +126,13 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.AbortJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.AbortJobResponse, _abc.Awaitable[_job_pb2.AbortJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeJob(
+        self,
+        request: _job_pb2.ResumeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ResumeJobResponse, _abc.Awaitable[_job_pb2.ResumeJobResponse]]: ...
 
     @_abc_1.abstractmethod
     def Deliver(
