@@ -188,9 +188,13 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
 def print_status(status: JobStatus) -> None:
     """A job's status as a small table."""
     t = RichTable(show_header=False, box=None)
-    colour = {"succeeded": "green", "failed": "red", "refused": "red", "aborted": "yellow"}.get(
-        status.state.value, "cyan"
-    )
+    colour = {
+        "succeeded": "green",
+        "failed": "red",
+        "refused": "red",
+        "aborted": "yellow",
+        "interrupted": "yellow",
+    }.get(status.state.value, "cyan")
     t.add_row("job", status.spec.job_id)
     t.add_row("protocol", status.spec.protocol)
     t.add_row("parties", ", ".join(f"{p.party} ({p.role})" for p in status.spec.participants))
@@ -199,6 +203,8 @@ def print_status(status: JobStatus) -> None:
         t.add_row("phase", f"{status.phase} {status.done}/{status.total}")
     if status.error:
         t.add_row("reason", escape(status.error))  # words from a peer: never markup
+    if status.state is JobState.INTERRUPTED:
+        t.add_row("next", f"bund job resume {status.spec.job_id} (or bund job cancel)")
     t.add_row("result to", ", ".join(status.spec.receivers))
     if status.transcript_digest:
         t.add_row("transcript", status.transcript_digest)
@@ -332,6 +338,23 @@ def job_cancel(
     except BundError as exc:
         raise _fail(str(exc)) from None
     console.print(f"cancelled job {job_id}")
+
+
+@job_app.command("resume")
+def job_resume(
+    job_id: str,
+    config: ConfigOpt,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+) -> None:
+    """Resume an interrupted job from its checkpoints, here and at every other participant."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.resume(job_id)
+            console.print(f"resumed job {job_id}")
+            print_status(wait_for(client, job_id) if wait else client.status(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
 
 
 @job_app.command("list")
@@ -509,6 +532,37 @@ def demo(
         run_demo(workdir, console)
     except BundError as exc:
         raise _fail(str(exc)) from None
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+workflow_app = typer.Typer(help="Chains of jobs, one after the other.", no_args_is_help=True)
+app.add_typer(workflow_app, name="workflow")
+
+
+@workflow_app.command("run")
+def workflow_run(
+    name: Annotated[str, typer.Argument(help="The workflow: credit-model.")],
+    config: ConfigOpt,
+    spec: Annotated[Path, typer.Option("--spec", help="The workflow file (TOML).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write each step's result into out/<step>/.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Longest wait for one step, in seconds.")] = 86400,
+) -> None:
+    """Run a workflow's jobs at this party's node in order; stop at the first that fails."""
+    from parties.client import PeerClients
+    from parties.workflow import run_workflow
+
+    cfg = _config(config)
+    peers = PeerClients(cfg)  # to see each step succeed at every participant, not just here
+    try:
+        with _client(cfg) as client:
+            run_workflow(name, spec, client, console, out=out, step_timeout=timeout, peers=peers)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        peers.close()
 
 
 if __name__ == "__main__":

@@ -274,12 +274,12 @@ class NodeClient:
         """As this node's operator: cancel a job here and at every participant."""
         self.abort(job_id, reason)
 
-    def deliver(self, job_id: str, tag: str, payload: bytes) -> bool:
+    def deliver(self, job_id: str, tag: str, payload: bytes, timeout: float | None = None) -> bool:
         """Put a message into this node's mailbox; True when it was new there."""
         request = job_pb2.DeliverRequest(
             job_id=job_id, tag=tag, payload=payload, sha256=digest(payload)
         )
-        r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse)
+        r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse, timeout)
         return not r.duplicate
 
 
@@ -341,7 +341,8 @@ class PeerClients:
         delay = self.backoff_s
         while True:
             try:
-                self.client(to).deliver(job_id, tag, payload)
+                # A frozen peer accepts the connection and never answers: bound each attempt.
+                self.client(to).deliver(job_id, tag, payload, self.config.peer_silence_s)
                 return
             except PeerUnavailableError:
                 if time.monotonic() + delay > deadline:

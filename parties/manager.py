@@ -1027,9 +1027,16 @@ class JobManager:
 
     def _watch(self) -> None:
         """Every heartbeat interval: enforce job deadlines and ask each peer how the job stands."""
+        tick = time.monotonic()
         while not self._stopping.wait(self.heartbeat_interval):
+            now = time.monotonic()
+            stalled, tick = now - tick > 2 * self.heartbeat_interval + 1, now
             with self._lock:
                 running = list(self._last_seen)
+                if stalled:  # this node was frozen or starved, not its peers: start afresh
+                    for seen in self._last_seen.values():
+                        for peer in seen:
+                            seen[peer] = now
             for job_id in running:
                 try:
                     self._check_job(job_id)

@@ -224,9 +224,9 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     return Node(config, server, port, manager, audit, audit_store, health_servicer, peers)
 
 
-def serve(config: NodeConfig) -> None:
+def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:
     """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
-    node = create_node(config)
+    node = create_node(config, protocols)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

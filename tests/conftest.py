@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -108,6 +112,9 @@ class NodeFactory:
     federation: Federation
     workdir: Path
     nodes: dict[str, Node] = field(default_factory=dict)
+    #: Nodes running as their own processes (``spawn``), and their ports.
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def peers_file(self) -> Path:
@@ -133,6 +140,31 @@ class NodeFactory:
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
         may run on each dataset; approvals are off unless asked for.
         """
+        config_path = self.write_config(
+            name, datasets, allowed, protocols, extra, level, approvals, policy_extra,
+            audit_store, budget_epsilon, tables,
+        )  # fmt: skip
+        node = create_node(load_config(config_path), registry or PROTOCOLS)
+        self.nodes[name] = node
+        self._write_peers()
+        return node
+
+    def write_config(
+        self,
+        name: str,
+        datasets: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        allowed: Sequence[str] = (),
+        protocols: Mapping[str, Sequence[str]] | None = None,
+        extra: str = "",
+        level: str = "confidential",
+        approvals: bool = False,
+        policy_extra: str = "",
+        audit_store: str | None = None,
+        budget_epsilon: str | None = None,
+        tables: Mapping[str, Table] | None = None,
+        limits: str = "",
+    ) -> Path:
+        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         pdir = self.federation.party_dir(name)
@@ -154,6 +186,7 @@ class NodeFactory:
             "[limits]",
             "recv_timeout_s = 30",
             "approval_timeout_s = 30",
+            limits,
         ]
         policy = [
             "cohort_floor = 5",
@@ -179,31 +212,71 @@ class NodeFactory:
         (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")
         config_path = home / "node.toml"
         config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        node = create_node(load_config(config_path), registry or PROTOCOLS)
-        self.nodes[name] = node
+        return config_path
+
+    def spawn(self, name: str, config_path: Path, timeout: float = 60.0) -> int:
+        """Run ``name``'s node as its own process (test protocols included); return its port.
+
+        The process can be frozen (SIGSTOP), killed (SIGKILL) and spawned again on the same
+        state directory, as an operator's restart would.
+        """
+        config = load_config(config_path)
+        config.port_file.unlink(missing_ok=True)
+        log = (config_path.parent / "node.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.serve_test_node", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        log.close()
+        self.processes[name] = proc
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name}'s node exited with {proc.returncode}: see {log.name}")
+            try:
+                port = int(config.port_file.read_text().strip())
+                break
+            except (FileNotFoundError, ValueError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name}'s node did not start: see {log.name}") from None
+                time.sleep(0.05)
+        self.ports[name] = port
         self._write_peers()
-        return node
+        return port
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name``'s node process: no clean-up runs, as in a crash."""
+        proc = self.processes.pop(name)
+        proc.kill()
+        proc.wait()
 
     def _write_peers(self) -> None:
-        text = "".join(
-            f'[{n}]\naddress = "127.0.0.1:{node.port}"\n' for n, node in self.nodes.items()
-        )
+        ports = {**self.ports, **{n: node.port for n, node in self.nodes.items()}}
+        text = "".join(f'[{n}]\naddress = "127.0.0.1:{port}"\n' for n, port in ports.items())
         self.peers_file.write_text(text, encoding="utf-8")
+
+    def port(self, name: str) -> int:
+        """The port of ``name``'s node, in this process or its own."""
+        return self.nodes[name].port if name in self.nodes else self.ports[name]
 
     def client(self, name: str, as_party: str | None = None) -> NodeClient:
         """A client to ``name``'s node, presenting ``as_party``'s certificate (default: its own)."""
         who = as_party or name
-        return NodeClient(f"127.0.0.1:{self.nodes[name].port}", name, self.federation.tls(who))
+        return NodeClient(f"127.0.0.1:{self.port(name)}", name, self.federation.tls(who))
 
     def config(self, name: str) -> NodeConfig:
         return self.nodes[name].config
 
     def wait_closed(self, job_id: str, timeout: float = 30.0) -> None:
-        """Wait until every running node appended its closing record of ``job_id``.
+        """Wait until every in-process node that knows ``job_id`` appended its closing record.
 
         A node marks a job final just before it appends ``job_closed``.
         """
         for name, node in self.nodes.items():
+            if not any(r.job_id == job_id for r in node.audit_store.read()):
+                continue  # this node takes no part in the job
             store = node.audit_store
 
             def closed(store: AuditStore = store) -> bool | None:
@@ -218,6 +291,17 @@ class NodeFactory:
         for node in self.nodes.values():
             node.stop(grace=1.0)
         self.nodes.clear()
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)  # a frozen node cannot handle SIGTERM
+                proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
 
 
 @pytest.fixture

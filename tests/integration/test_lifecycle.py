@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from typer.testing import CliRunner
 
+from parties.cli import app
 from parties.client import RemoteError
 from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
 from parties.protocols import PROTOCOLS
@@ -94,3 +96,24 @@ def test_only_a_participant_operator_cancels(node_factory: NodeFactory) -> None:
         status = wait_final(bank, job_id, timeout=10)
         assert status.state is JobState.ABORTED
         assert status.error.startswith("tax: ")
+
+
+def test_cli_cancel_and_resume(node_factory: NodeFactory) -> None:
+    start_busy_pair(node_factory)
+    config = str(node_factory.config("tax").source)
+    runner = CliRunner()
+    with node_factory.client("bank") as bank:
+        job_id = bank.submit(busy_spec())
+        wait_until(lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase")
+        # Resuming a running job changes nothing.
+        r = runner.invoke(app, ["job", "resume", job_id, "--config", config, "--no-wait"])
+        assert r.exit_code == 0, r.output
+        assert "running" in r.output
+        r = runner.invoke(app, ["job", "cancel", job_id, "--config", config, "--reason", "test"])
+        assert r.exit_code == 0, r.output
+        assert f"cancelled job {job_id}" in r.output
+        assert wait_final(bank, job_id, timeout=10).state is JobState.ABORTED
+        # Only an interrupted job can be resumed; the CLI says why and exits non-zero.
+        r = runner.invoke(app, ["job", "resume", job_id, "--config", config])
+        assert r.exit_code == 1
+        assert "only an interrupted job can be resumed" in r.output

@@ -1,0 +1,206 @@
+"""Faults between node processes: a frozen peer, a killed node, a restart (issue 9).
+
+The nodes run the test protocol ``relay_test`` (``fault_protocols``): rounds of write-ahead
+checkpointed random blinds and a per-round budget charge. Its result does not depend on the blinds,
+so a resumed job must end with exactly the uninterrupted result, no round charged twice, every
+audit chain intact and the regulator's reconciliation clean.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sqlite3
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from parties.audit import SqliteAuditStore, verify_store
+from parties.client import RemoteError
+from parties.config import load_config
+from parties.identity import load_audit_public_key
+from parties.jobs import JobSpec, JobState, Participant
+from parties.node import create_node
+from parties.protocols import PROTOCOLS
+from parties.regulator import audit_federation, load_regulator_config
+from tests.conftest import NodeFactory, wait_until
+from tests.integration.fault_protocols import TEST_PROTOCOLS
+from tests.integration.test_node import BANK_IDS, TAX_IDS, wait_final
+from tests.integration.test_regulator import write_regulator_config
+
+pytestmark = pytest.mark.integration
+
+HEARTBEAT_S = 0.2
+SILENCE_S = 2.0
+LIMITS = f"heartbeat_interval_s = {HEARTBEAT_S}\npeer_silence_s = {SILENCE_S}"
+#: A frozen peer must turn into an interrupted job within the silence plus two heartbeats; the
+#: rest is slack for a loaded CI machine.
+INTERRUPT_BOUND_S = SILENCE_S + 2 * HEARTBEAT_S + 8
+
+
+def relay_spec(rounds: int, pause_s: float, other: str = "tax") -> JobSpec:
+    return JobSpec(
+        protocol="relay_test",
+        participants=(
+            Participant("bank", "member", "loans"),
+            Participant(other, "member", "filings"),
+        ),
+        receivers=("bank",),
+        purpose="fault test",
+        requester="bank",
+        params={"rounds": rounds, "pause_s": pause_s},
+    )
+
+
+def configs(f: NodeFactory, *others: str) -> dict[str, Path]:
+    out = {"bank": f.write_config("bank", {"loans": {"id": BANK_IDS}}, others, level="public",
+                                  limits=LIMITS)}  # fmt: skip
+    for other in others:
+        out[other] = f.write_config(
+            other, {"filings": {"id": TAX_IDS}}, ("bank",), level="public", budget_epsilon="1",
+            limits=LIMITS,
+        )  # fmt: skip
+    return out
+
+
+def start_in_process(f: NodeFactory, name: str, config: Path) -> None:
+    f.nodes[name] = create_node(load_config(config), {**PROTOCOLS, **TEST_PROTOCOLS})
+    f._write_peers()
+
+
+def spent(f: NodeFactory, name: str) -> Fraction:
+    """Epsilon charged to ``name``'s dataset, read from its ledger file."""
+    db = sqlite3.connect(f.workdir / name / "state" / "budget.db")
+    try:
+        return sum((Fraction(e) for (e,) in db.execute("SELECT epsilon FROM charges")), Fraction())
+    finally:
+        db.close()
+
+
+def expected_sum(rounds: int) -> int:
+    return sum(k * k for k in range(rounds))
+
+
+def wait_progress(f: NodeFactory, name: str, job_id: str, at_least: int) -> None:
+    with f.client(name) as c:
+
+        def reached() -> bool | None:
+            try:
+                return c.status(job_id).done >= at_least or None
+            except RemoteError:  # the proposal has not reached this node yet
+                return None
+
+        wait_until(reached, 60, f"{name} to reach round {at_least}")
+
+
+#: Thread pools that grow on demand up to a fixed size: bounded by construction, not leaks.
+BOUNDED_POOLS = ("bund-job", "bund-heartbeat")
+
+
+def resource_counts() -> tuple[int, int]:
+    """Threads outside the bounded pools, and open file descriptors, of this process."""
+    threads = [t.name for t in threading.enumerate() if not t.name.startswith(BOUNDED_POOLS)]
+    return len(threads), len(os.listdir("/proc/self/fd"))
+
+
+def no_more_than(baseline: tuple[int, int]) -> bool | None:
+    threads, fds = resource_counts()
+    return (threads <= baseline[0] and fds <= baseline[1]) or None
+
+
+def test_frozen_peer_interrupts_the_job_which_resumes_once_it_thaws(
+    node_factory: NodeFactory,
+) -> None:
+    f = node_factory
+    paths = configs(f, "tax", "registry")
+    start_in_process(f, "bank", paths["bank"])
+    start_in_process(f, "registry", paths["registry"])
+    f.spawn("tax", paths["tax"])
+    rounds = 80
+    with f.client("bank") as bank:
+        warm = bank.submit(relay_spec(5, 0))
+        assert wait_final(bank, warm).state is JobState.SUCCEEDED
+        f.wait_closed(warm)
+        baseline: tuple[int, int] | None = None
+        for _ in range(2):
+            job_id = bank.submit(relay_spec(rounds, 0.02))
+            wait_progress(f, "bank", job_id, 5)
+            os.kill(f.processes["tax"].pid, signal.SIGSTOP)
+            try:
+                status = wait_final(bank, job_id, timeout=INTERRUPT_BOUND_S)
+                assert status.state is JobState.INTERRUPTED
+                assert "DEADLINE_EXCEEDED" in status.error and "tax" in status.error
+                # Other jobs on the same node carry on while tax is frozen.
+                other = bank.submit(relay_spec(10, 0, other="registry"))
+                done = wait_final(bank, other)
+                assert done.state is JobState.SUCCEEDED
+                assert bank.result(other).summary["sum_of_squares"] == expected_sum(10)
+            finally:
+                os.kill(f.processes["tax"].pid, signal.SIGCONT)
+            bank.resume(job_id)
+            finished = wait_final(bank, job_id, timeout=60)
+            assert finished.state is JobState.SUCCEEDED, finished.error
+            assert bank.result(job_id).summary["sum_of_squares"] == expected_sum(rounds)
+            f.wait_closed(job_id)
+            # After the first fault the node reached its steady state; the second must not leak.
+            if baseline is None:
+                baseline = resource_counts()
+            else:
+                wait_until(
+                    functools.partial(no_more_than, baseline),
+                    10,
+                    f"threads and descriptors at {baseline}",
+                )
+    assert spent(f, "tax") == Fraction(5 + 2 * rounds, 1000)
+
+
+@pytest.mark.parametrize("victim", ["bank", "tax"])
+@pytest.mark.parametrize("restart", ["quick", "late"])
+def test_killed_node_restarts_and_the_job_resumes_exactly(
+    node_factory: NodeFactory, tmp_path: Path, victim: str, restart: str
+) -> None:
+    f = node_factory
+    paths = configs(f, "tax")
+    for name in ("bank", "tax"):
+        f.spawn(name, paths[name])
+    survivor = "tax" if victim == "bank" else "bank"
+    rounds = 40
+    with f.client("bank") as bank:
+        job_id = bank.submit(relay_spec(rounds, 0.03))
+    wait_progress(f, survivor, job_id, 8)
+    f.kill(victim)  # SIGKILL: mid-phase, no clean-up
+    if restart == "late":
+        with f.client(survivor) as c:
+            status = wait_final(c, job_id, timeout=INTERRUPT_BOUND_S)
+        assert status.state is JobState.INTERRUPTED
+    f.spawn(victim, paths[victim])  # recovers: interrupted by the restart, then resumed
+    with f.client("bank") as bank:
+        status = wait_final(bank, job_id, timeout=60)
+        assert status.state is JobState.SUCCEEDED, status.error
+        assert bank.result(job_id).summary["sum_of_squares"] == expected_sum(rounds)
+    with f.client("tax") as tax:
+        assert wait_final(tax, job_id).state is JobState.SUCCEEDED
+    assert spent(f, "tax") == Fraction(rounds, 1000)
+    addresses = {n: f"127.0.0.1:{f.port(n)}" for n in ("bank", "tax")}
+    regulator = write_regulator_config(tmp_path / "regulator.toml", f.federation, addresses)
+    wait_until(
+        lambda: audit_federation(load_regulator_config(regulator)).errors == 0 or None,
+        20,
+        "a clean reconciliation",
+    )
+    f.stop_all()
+    for name in ("bank", "tax"):
+        store = SqliteAuditStore(f.workdir / name / "state" / "audit.db")
+        try:
+            key = load_audit_public_key(f.federation.party_dir(name) / "audit_ed25519.pub")
+            report = verify_store(store, key)
+            assert report.ok, report
+            events = [r.event for r in store.read() if r.job_id == job_id]
+        finally:
+            store.close()
+        # The restarted node resumed; the survivor too if it had given up waiting (late).
+        assert ("job_resumed" in events) == (name == victim or restart == "late")
+        assert events.count("job_closed") == 1
