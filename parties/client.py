@@ -23,7 +23,7 @@ from parties.audit import Checkpoint
 from parties.config import NodeConfig, TlsPaths
 from parties.errors import PeerUnavailableError
 from parties.jobs import JobSpec, JobStatus, Result
-from parties.transport import PayloadTooLargeError, digest
+from parties.transport import PayloadTooLargeError, envelope_digest
 
 T = TypeVar("T", bound=Message)
 
@@ -277,7 +277,7 @@ class NodeClient:
     def deliver(self, job_id: str, tag: str, payload: bytes, timeout: float | None = None) -> bool:
         """Put a message into this node's mailbox; True when it was new there."""
         request = job_pb2.DeliverRequest(
-            job_id=job_id, tag=tag, payload=payload, sha256=digest(payload)
+            job_id=job_id, tag=tag, payload=payload, sha256=envelope_digest(job_id, tag, payload)
         )
         r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse, timeout)
         return not r.duplicate

@@ -57,12 +57,14 @@ from parties.jobs import (
 from parties.ledger import BudgetExhaustedError, BudgetLedger
 from parties.policy import Policy, PolicyRefusedError
 from parties.transport import (
+    EquivocationError,
     JobAbortedError,
     JobInterruptedError,
     Mailbox,
     PeerTimeoutError,
     Transport,
     digest,
+    envelope_digest,
 )
 
 log = logging.getLogger("bund.jobs")
@@ -760,9 +762,30 @@ class JobManager:
         self.policy.check_counterparty(caller, caller_role)
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):
             raise JobStateError(f"job {job_id} is {status.state.value}; it takes no messages")
-        if not hmac.compare_digest(digest(payload), sha256):
-            raise JobStateError("the payload does not match its SHA-256; resend it")
-        return self.mailbox.put(job_id, caller, tag, payload)
+        if not hmac.compare_digest(envelope_digest(job_id, tag, payload), sha256):
+            why = (
+                f"the message's digest does not bind it to job {job_id} and tag {tag!r}: it was "
+                "altered, or moved from another job or slot; refused"
+            )
+            self.audit.append("message_refused", job_id, {"peer": caller, "tag": tag, "why": why})
+            raise JobStateError(why)
+        try:
+            fresh = self.mailbox.put(job_id, caller, tag, payload)
+        except EquivocationError as exc:
+            self.audit.append(
+                "equivocation",
+                job_id,
+                {"peer": caller, "tag": tag, "sha256": digest(payload).hex(), "size": len(payload)},
+            )
+            self._abort_everywhere(status.spec, f"{caller} equivocated: {exc}")
+            raise
+        if not fresh:
+            self.audit.append(
+                "message_duplicate",
+                job_id,
+                {"peer": caller, "tag": tag, "sha256": digest(payload).hex(), "size": len(payload)},
+            )
+        return fresh
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -1143,6 +1166,15 @@ class JobManager:
                     except BundError as exc:
                         log.warning("could not ask %s to resume job %s: %s", peer, job_id, exc)
         self._pool.submit(self._run_role, status.spec, True)
+
+    def _abort_everywhere(self, spec: JobSpec, why: str) -> None:
+        """Abort a job here and tell every other participant (a protocol violation was seen)."""
+        self.mailbox.abort(spec.job_id, why)
+        if not self.store.get(spec.job_id).state.final:
+            self.store.update(spec.job_id, state=JobState.ABORTED.value, error=why)
+        for peer in spec.parties:
+            if peer != self.party:
+                self._abort_peer(peer, spec.job_id, why)
 
     def _abort_peer(self, peer: str, job_id: str, reason: str) -> None:
         try:

@@ -11,10 +11,12 @@ level                  protocols                              outputs
 =====================  =====================================  ==================================
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
-confidential           psi, woe_iv, vertical_lr, dp_stats,    intersection, cardinality,
-                       ckks_scoring, fed_dp_sgd               dp_aggregate, model, score
-restricted-personal    psi, woe_iv, vertical_lr, dp_stats,    cardinality, dp_aggregate, model,
-                       ckks_scoring, fed_dp_sgd               score (never which individuals)
+confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
+                       vertical_score, dp_stats,              dp_aggregate, model, score
+                       ckks_scoring, fed_dp_sgd
+restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
+                       vertical_score, dp_stats,              score (never which individuals)
+                       ckks_scoring, fed_dp_sgd
 =====================  =====================================  ==================================
 
 A dataset entry may narrow its level's protocols further, never widen them.
@@ -45,7 +47,7 @@ class PolicyFileError(BundError):
 OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
 #: Protocols allowed at the two protected levels.
 _PROTECTED_PROTOCOLS = frozenset(
-    {"psi", "woe_iv", "vertical_lr", "dp_stats", "ckks_scoring", "fed_dp_sgd"}
+    {"psi", "woe_iv", "vertical_lr", "vertical_score", "dp_stats", "ckks_scoring", "fed_dp_sgd"}
 )
 ANY_PROTOCOL = "*"
 

@@ -68,6 +68,18 @@ def digest(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
+def envelope_digest(job_id: str, tag: str, payload: bytes) -> bytes:
+    """SHA-256 binding a payload to its job and tag: a delivery carries it, the receiver checks it.
+
+    A message replayed into another job or slot no longer matches, so it is refused rather than
+    taken for a message of that job.
+    """
+    h = hashlib.sha256(b"bund/deliver/v1\x00")
+    h.update(job_id.encode() + b"\x00" + tag.encode() + b"\x00")
+    h.update(digest(payload))
+    return h.digest()
+
+
 @dataclass(frozen=True)
 class Envelope:
     """A delivered message: who sent it, under which tag, and its digest."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from bund.v1 import job_pb2
 from typer.testing import CliRunner
 
 from parties.cli import app
 from parties.client import RemoteError
 from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
 from parties.protocols import PROTOCOLS
+from parties.transport import envelope_digest
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, wait_final
 
@@ -117,3 +119,33 @@ def test_cli_cancel_and_resume(node_factory: NodeFactory) -> None:
         r = runner.invoke(app, ["job", "resume", job_id, "--config", config])
         assert r.exit_code == 1
         assert "only an interrupted job can be resumed" in r.output
+
+
+def test_replay_is_a_noop_equivocation_aborts_and_a_moved_message_is_refused(
+    node_factory: NodeFactory,
+) -> None:
+    start_busy_pair(node_factory)
+    with node_factory.client("bank") as bank, node_factory.client("tax", "bank") as to_tax:
+        first, second = bank.submit(busy_spec()), bank.submit(busy_spec())
+        for job in (first, second):
+            wait_until(lambda j=job: bank.status(j).phase == "busy" or None, 30, "busy")
+        assert to_tax.deliver(first, "probe", b"one") is True
+        assert to_tax.deliver(first, "probe", b"one") is False  # a replay: no-op
+        # The same message moved to the other job: its digest binds it to the first job.
+        binding = envelope_digest(first, "probe", b"one")
+        moved = job_pb2.DeliverRequest(job_id=second, tag="probe", payload=b"one", sha256=binding)
+        with pytest.raises(RemoteError, match="moved from another job"):
+            to_tax._call("Jobs", "Deliver", moved, job_pb2.DeliverResponse)
+        assert bank.status(second).state is JobState.RUNNING
+        # Different content in a used slot: equivocation ends the job everywhere.
+        with pytest.raises(RemoteError, match="different payload"):
+            to_tax.deliver(first, "probe", b"two")
+        with node_factory.client("tax") as tax:
+            for client in (bank, tax):
+                status = wait_final(client, first, timeout=10)
+                assert status.state is JobState.ABORTED and "equivocated" in status.error
+        bank.cancel(second)
+    events = {(e, j): f for e, j, f in audit_events(node_factory, "tax")}
+    assert events[("message_duplicate", first)]["tag"] == "probe"
+    assert events[("message_refused", second)]["peer"] == "bank"
+    assert events[("equivocation", first)]["peer"] == "bank"

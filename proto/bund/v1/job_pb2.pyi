@@ -542,7 +542,9 @@ class DeliverRequest(_message.Message):
     tag: _builtins.str
     payload: _builtins.bytes
     sha256: _builtins.bytes
-    """SHA-256 of payload; the receiver recomputes it and refuses a mismatch."""
+    """SHA-256 binding the payload to job_id and tag (parties.transport.envelope_digest); the
+    receiver recomputes it and refuses a mismatch, so a message moved to another job is refused.
+    """
     def __init__(
         self,
         *,
