@@ -567,7 +567,7 @@ def _company_ids(
     return ids
 
 
-def generate_finance(n_companies: int, seed: int) -> dict[str, Table]:
+def generate_finance(n_companies: int, seed: int, applicants: int = 0) -> dict[str, Table]:
     """The inclusive-finance demo: a bank's SME loan book, tax filings and registry records.
 
     A universe of ``n_companies`` firms, each with a hidden financial health, is drawn; the bank
@@ -580,12 +580,17 @@ def generate_finance(n_companies: int, seed: int) -> dict[str, Table]:
     Args:
         n_companies: size of the firm universe (at least 10).
         seed: the generator seed; equal arguments give equal tables.
+        applicants: if positive, also an ``applicants`` table: that many firms that are not yet
+            the bank's borrowers, with the loan book's columns but no label (to score); the
+            other tables are the same as without it.
 
     Returns:
-        ``{"loan_book", "tax_filings", "business_registry"}`` tables, rows sorted by company id.
+        ``{"loan_book", "tax_filings", "business_registry"}`` tables (and ``applicants``), rows
+        sorted by company id.
 
     Raises:
-        ValueError: if ``n_companies`` is below 10.
+        ValueError: if ``n_companies`` is below 10, or ``applicants`` is negative or more than
+            the firms outside the loan book.
 
     >>> tables = generate_finance(200, seed=1)
     >>> sorted(tables), tables["loan_book"].num_rows
@@ -664,17 +669,26 @@ def generate_finance(n_companies: int, seed: int) -> dict[str, Table]:
         }
         return Table.from_columns(name, data)
 
+    bank_columns = {
+        "loan_amount_10k_cny": _fixed(loan, 1),
+        "term_months": _ints(term),
+        "interest_rate_pct": _fixed(rate, 2),
+        "collateral": _ints(collateral),
+        "years_as_customer": _fixed(tenure, 1),
+        "overdue_count_12m": _ints(overdue),
+        "avg_monthly_turnover_10k_cny": _fixed(turnover, 1),
+    }
+    extra: dict[str, Table] = {}
+    if applicants:
+        # Drawn after everything else, so the other tables are the same with or without them.
+        outside = np.flatnonzero(~bank)
+        if not 0 < applicants <= len(outside):
+            raise ValueError(f"applicants must be in [0, {len(outside)}], not {applicants}")
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.choice(outside, applicants, replace=False)] = True
+        extra["applicants"] = table("applicants", chosen, bank_columns)
     return {
-        "loan_book": table("loan_book", bank, {
-            "loan_amount_10k_cny": _fixed(loan, 1),
-            "term_months": _ints(term),
-            "interest_rate_pct": _fixed(rate, 2),
-            "collateral": _ints(collateral),
-            "years_as_customer": _fixed(tenure, 1),
-            "overdue_count_12m": _ints(overdue),
-            "avg_monthly_turnover_10k_cny": _fixed(turnover, 1),
-            "default_12m": _ints(default),
-        }),
+        "loan_book": table("loan_book", bank, bank_columns | {"default_12m": _ints(default)}),
         "tax_filings": table("tax_filings", tax, {
             "annual_revenue_10k_cny": _fixed(revenue, 1),
             "vat_paid_10k_cny": _fixed(vat, 2),
@@ -694,7 +708,7 @@ def generate_finance(n_companies: int, seed: int) -> dict[str, Table]:
             "admin_penalties_3y": _ints(penalties),
             "abnormal_operation": _ints(abnormal),
         }),
-    }  # fmt: skip
+    } | extra  # fmt: skip
 
 
 # -- health demo ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from parties.protocols import (
     dp_stats,
     psi,
     vertical_lr,
+    vertical_score,
     woe_iv,
 )
 
@@ -20,6 +21,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         dp_stats.DEFINITION,
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
+        vertical_score.DEFINITION,
     )
 }
 

@@ -1,4 +1,4 @@
-"""What the vertical protocols (``woe_iv``, ``vertical_lr``) share: roles, alignment, helpers.
+"""What the vertical protocols (``woe_iv``, ``vertical_lr``, ``vertical_score``) share.
 
 Roles: one ``label_holder`` (the bank: labels, the Paillier key) and one or more
 ``feature_holder`` (tax bureau, business registry). Each binds the logical column ``id`` to its

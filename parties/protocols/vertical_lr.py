@@ -20,8 +20,11 @@ iteration and the label-leakage analysis. Messages, after the alignment of
 4. ``vlr/eval/i`` (provider → bank): its partial scores of the held-out rows; the bank computes
    AUC, KS, the confusion table and the charts.
 
-Providers' weights never leave them; the bank's result holds its own coefficients, the joint and
-the bank-only metrics side by side, ``roc.png`` and ``ks.png``.
+Every participant is a receiver, and each receives its own part of the model only: the bank its
+intercept, coefficients and standardisation with the joint and bank-only metrics side by side,
+``roc.png`` and ``ks.png``; each provider its own weights and standardisation (``model.json``,
+:data:`MODEL_FORMAT`), which never leave it. ``vertical_score`` applies these parts to new
+applicants through ``ctx.prior_result``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ MASK_SIGMA = 40
 MIN_ROWS_PER_FEATURE = 2
 #: Rows of partial scores per message (8 bytes each, below 2 MiB).
 SCORES_PER_MESSAGE = 250_000
+
+#: The ``format`` of every party's ``model.json``: what ``vertical_score`` accepts.
+MODEL_FORMAT = "bund.vertical_lr.part/1"
 
 _INTS = struct.Struct(">4sBBI")
 _SCORES_MAGIC = b"BVLS"
@@ -166,7 +172,7 @@ def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list
 # --- the bank -------------------------------------------------------------------------------
 
 
-def run_label_holder(ctx: JobContext) -> Result | None:
+def run_label_holder(ctx: JobContext) -> Result:
     """The bank's side: align, train with encrypted residuals, evaluate, report.
 
     Raises:
@@ -193,7 +199,8 @@ def run_label_holder(ctx: JobContext) -> Result | None:
     counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
     for peer in providers:
         ctx.send(peer, "vlr/key", public.to_bytes())
-    xq = lg.prepare_features(x, train)
+    scaler = lg.Standardiser.fit(x[train])
+    xq = scaler.apply(x)
     weights = np.zeros(len(names))
     bias = 0.0
     stopper = lg.EarlyStopping(config.tol, config.patience)
@@ -239,9 +246,8 @@ def run_label_holder(ctx: JobContext) -> Result | None:
     baseline = lg.fit_vertical([xq], y, train, config)
     z_bank = lg.predict_scores([xq], baseline, test)
     ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(losses)})
-    if ctx.party not in spec.receivers:
-        return None
-    return _report(spec, names, weights, bias, losses, y[test], z_test, z_bank, len(rows))
+    part = _part(ctx, names, weights, scaler) | {"intercept": bias, "providers": providers}
+    return _report(spec, part, losses, y[test], z_test, z_bank, len(rows))
 
 
 def _int_bytes(width: int) -> int:
@@ -269,11 +275,24 @@ def _provider_feature_counts(ctx: JobContext, providers: list[str], smallest: in
     return counts
 
 
+def _part(
+    ctx: JobContext, names: list[str], weights: lg.FloatArray, scaler: lg.Standardiser
+) -> dict[str, Any]:
+    """This party's own part of the model: what ``vertical_score`` needs to apply it."""
+    return {
+        "format": MODEL_FORMAT,
+        "party": ctx.party,
+        "role": ctx.spec.participant(ctx.party).role,
+        "features": names,
+        "coefficients": dict(zip(names, weights.tolist(), strict=True)),
+        "mean": dict(zip(names, scaler.mean.tolist(), strict=True)),
+        "scale": dict(zip(names, scaler.scale.tolist(), strict=True)),
+    }
+
+
 def _report(
     spec: JobSpec,
-    names: list[str],
-    weights: lg.FloatArray,
-    bias: float,
+    part: dict[str, Any],
     losses: list[float],
     y_test: lg.FloatArray,
     z_test: lg.FloatArray,
@@ -301,9 +320,8 @@ def _report(
         "true_negative": table.true_negative,
         "false_negative": table.false_negative,
     }
-    model = {
-        "intercept": bias,
-        "coefficients": dict(zip(names, weights.tolist(), strict=True)),
+    model = part | {
+        "cutoff": cutoff,
         "note": "on the bank's standardised, clipped features; providers keep their own weights",
         "losses": losses,
         "metrics": {
@@ -361,7 +379,7 @@ def _ks_chart(y: lg.FloatArray, p: lg.FloatArray, ks: float) -> bytes:
 # --- a provider -----------------------------------------------------------------------------
 
 
-def run_feature_holder(ctx: JobContext) -> Result | None:
+def run_feature_holder(ctx: JobContext) -> Result:
     """A provider's side: its partial scores, masked encrypted gradients, its own weights.
 
     Raises:
@@ -380,7 +398,8 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
     public = pl.PublicKey.from_bytes(ctx.recv(bank, "vlr/key"))
     source = pl.Encryptor(public)
-    xq = lg.prepare_features(x, train)
+    scaler = lg.Standardiser.fit(x[train])
+    xq = scaler.apply(x)
     weights = np.zeros(len(names))
     epochs = 0
     for epoch in range(config.epochs):
@@ -414,10 +433,8 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
             break
     _send_scores(ctx, bank, "vlr/eval", lg.quantize_scores(lg.partial_scores(xq[test], weights)))
     ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": epochs})
-    if ctx.party not in spec.receivers:
-        return None
-    model = {
-        "coefficients": dict(zip(names, weights.tolist(), strict=True)),
+    model = _part(ctx, names, weights, scaler) | {
+        "label_holder": bank,
         "note": f"{ctx.party}'s own weights on its standardised, clipped features",
     }
     summary: dict[str, str | int | float | bool | None] = {
@@ -453,6 +470,12 @@ def validate(spec: JobSpec) -> None:
     """
     validate_roles(spec, "vertical_lr")
     validate_params(spec, _PARAMS)
+    missing = [p for p in spec.parties if p not in spec.receivers]
+    if missing:
+        raise InvalidJobSpecError(
+            f"vertical_lr: every participant receives its own part of the model (never another's) "
+            f"so that vertical_score can apply it later; add {missing} to the receivers"
+        )
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -467,14 +490,16 @@ def learns(spec: JobSpec) -> dict[str, str]:
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
             "training batch each provider's partial score x·w of every batch row, and of every "
-            "held-out row at the end; its own coefficients and the joint and bank-only metrics. "
-            "Never a provider's feature values, weights or gradients (they reach it masked)"
+            "held-out row at the end; its own coefficients and standardisation (its result) and "
+            "the joint and bank-only metrics. Never a provider's feature values, weights or "
+            "gradients (they reach it masked)"
         )
     }
     for p in providers:
         out[p] = (
             f"which of its own ids are in the common set; {bank}'s set size; per batch its own "
-            "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights; "
+            "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights "
+            "and standardisation, which it keeps as its own result (nothing of the bank's); "
             "never a label, a residual or a score in the clear"
         )
     return out
@@ -483,7 +508,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
 #: The protocol as registered in ``parties.protocols.PROTOCOLS``.
 DEFINITION = ProtocolDef(
     name="vertical_lr",
-    version="1",
+    version="2",
     roles={LABEL_HOLDER: run_label_holder, FEATURE_HOLDER: run_feature_holder},
     validate=validate,
     outputs=outputs,

@@ -1,4 +1,4 @@
-"""The demo itself: three `bund serve` processes over mTLS on loopback, PSI, audit verification."""
+"""The demo itself: three `bund serve` processes over mTLS, PSI, the credit model, audit checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from parties.demo import PARTIES, run_demo
+from parties.demo import DEMO_APPLICANTS, PARTIES, run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -33,3 +33,15 @@ def test_demo_psi_between_node_processes_matches_plaintext(tmp_path: Path) -> No
     assert all(n >= 2 for n in outcome.audit_records.values())
     text = console.export_text()
     assert "intersection" in text and "verified" in text
+    # The credit-model workflow ran after PSI: joint beats bank-only, applicants were scored.
+    assert list(outcome.credit) == ["screening", "training", "scoring"]
+    training, scoring = outcome.credit["training"], outcome.credit["scoring"]
+    assert training["auc"] > training["auc_bank_only"] + 0.05, training  # type: ignore[operator]
+    assert scoring["applicants"] == DEMO_APPLICANTS
+    assert 0 < scoring["scored"] < DEMO_APPLICANTS  # type: ignore[operator]
+    applicants = _ids(outcome.data_dir / "finance" / "applicants.csv", bank.id_column)
+    providers = [_ids(outcome.data_dir / p.csv, p.id_column) for p in PARTIES[1:]]
+    assert scoring["scored"] == len(applicants.intersection(*providers))
+    scores = outcome.root / "bank" / "credit-results" / "scoring" / "scores.csv"
+    assert len(scores.read_text().splitlines()) == DEMO_APPLICANTS + 1
+    assert "bank only" in text and "joint" in text and "AUC" in text

@@ -44,7 +44,13 @@ def test_vertical_lr_between_three_nodes(node_factory: NodeFactory, tmp_path: Pa
     assert {"roc.png", "ks.png", "receipt.json"} <= set(result.artifacts)
     receipt = json.loads(result.artifacts["receipt.json"])
     assert receipt["protocol"] == "vertical_lr" and receipt["dataset"] == "loan_book"
+    assert receipt["result_to"] == "bank,tax,registry"
     node_factory.wait_closed(job_id)
+    # The tax bureau keeps its own part of the model at its own node, and nothing of the bank's.
+    with node_factory.client("tax") as tax:
+        own = json.loads(tax.result(job_id).artifacts["model.json"])
+    assert set(own["coefficients"]) <= set(data["tax_filings"].columns)
+    assert "intercept" not in own and "default_12m" not in json.dumps(own)
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
     config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
     outcome = audit_federation(load_regulator_config(config))

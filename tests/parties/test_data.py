@@ -542,3 +542,9 @@ def test_patient_ids_are_valid_and_shared_patients_are_one_person() -> None:
         assert all(end <= d for d in deaths for _, _, end, _ in recs), (
             f"{pid} is seen alive after death"
         )
+
+
+@pytest.mark.parametrize("applicants", [-1, 10**6])
+def test_applicants_out_of_range_are_refused(applicants: int) -> None:
+    with pytest.raises(ValueError, match="applicants must be in"):
+        generate_finance(200, 1, applicants=applicants)

@@ -13,8 +13,9 @@ from compute.learn import logistic as lg
 from compute.learn.metrics import auc
 from parties.data import Table, generate_finance
 from parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
-from parties.protocols import PROTOCOLS, woe_iv
+from parties.protocols import PROTOCOLS
 from parties.protocols import vertical_lr as proto
+from parties.protocols.vertical import feature_matrix, numeric_features
 from parties.transport import InMemoryNetwork
 
 LIMITS = {"psi_max_set_size": 100_000}
@@ -37,7 +38,7 @@ def finance() -> dict[str, Table]:
     return {party: data[name] for party, name in ROLES.items()}
 
 
-def make_spec(receivers: tuple[str, ...] = ("bank",), **params: int | float) -> JobSpec:
+def make_spec(receivers: tuple[str, ...] = tuple(ROLES), **params: int | float) -> JobSpec:
     parts = (
         Participant(
             "bank", "label_holder", "loan_book", {"id": "company_id", "label": "default_12m"}
@@ -48,6 +49,21 @@ def make_spec(receivers: tuple[str, ...] = ("bank",), **params: int | float) -> 
     return JobSpec("vertical_lr", parts, receivers, "credit model", "bank", {**PARAMS, **params})
 
 
+EXCLUDE = {"bank": {"company_id", "default_12m"}, "tax": {"company_id"}, "registry": {"company_id"}}
+
+
+def joined_raw(tables: dict[str, Table], ids: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Each party's raw numeric features at ``ids`` (default: the common ids, ascending)."""
+    rows = {p: {c: i for i, c in enumerate(t.column("company_id"))} for p, t in tables.items()}
+    if ids is None:
+        ids = sorted(set(rows["bank"]) & set(rows["tax"]) & set(rows["registry"]))
+    out = {}
+    for party, exclude in EXCLUDE.items():
+        names, _ = numeric_features(tables[party], exclude)
+        out[party] = feature_matrix(tables[party], names, [rows[party][c] for c in ids])
+    return out
+
+
 def joined(
     tables: dict[str, Table],
 ) -> tuple[list[lg.IntArray], np.ndarray, np.ndarray, np.ndarray]:
@@ -56,15 +72,8 @@ def joined(
     common = sorted(set(rows["bank"]) & set(rows["tax"]) & set(rows["registry"]))
     y = tables["bank"].numeric("default_12m")[[rows["bank"][c] for c in common]]
     train, test = lg.split_rows(len(common), PARAMS["test_fraction"], int(PARAMS["seed"]))
-    blocks = []
-    for party, exclude in (
-        ("bank", {"company_id", "default_12m"}),
-        ("tax", {"company_id"}),
-        ("registry", {"company_id"}),
-    ):
-        names, _ = woe_iv.numeric_features(tables[party], exclude)
-        x = woe_iv.feature_matrix(tables[party], names, [rows[party][c] for c in common])
-        blocks.append(lg.prepare_features(x, train))
+    raw = joined_raw(tables, common)
+    blocks = [lg.prepare_features(raw[party], train) for party in EXCLUDE]
     return blocks, y, train, test
 
 
@@ -77,9 +86,7 @@ def config() -> lg.TrainConfig:
 def run(finance: dict[str, Table]) -> tuple[dict, InMemoryNetwork]:  # type: ignore[type-arg]
     insecure.enable_insecure_test_parameters()
     net = InMemoryNetwork(list(ROLES))
-    results = run_in_memory(
-        make_spec(("bank", "tax", "registry")), proto.DEFINITION, finance, LIMITS, network=net
-    )
+    results = run_in_memory(make_spec(), proto.DEFINITION, finance, LIMITS, network=net)
     insecure.disable_insecure_test_parameters()
     return results, net
 
@@ -87,6 +94,7 @@ def run(finance: dict[str, Table]) -> tuple[dict, InMemoryNetwork]:  # type: ign
 def test_matches_the_plaintext_reference(finance: dict[str, Table], run: tuple) -> None:  # type: ignore[type-arg]
     results, _ = run
     blocks, y, train, test = joined(finance)
+    raw = joined_raw(finance)
     fit = lg.fit_vertical(blocks, y, train, config())
     bank = results["bank"]
     model = json.loads(bank.artifacts["model.json"])
@@ -95,6 +103,15 @@ def test_matches_the_plaintext_reference(finance: dict[str, Table], run: tuple) 
     for k, party in enumerate(("tax", "registry"), start=1):
         own = json.loads(results[party].artifacts["model.json"])
         assert np.allclose(list(own["coefficients"].values()), fit.weights[k], atol=1e-4, rtol=0)
+        # Each part keeps the standardisation of its training rows, to score with it later.
+        scaler = lg.Standardiser(
+            np.array([own["mean"][f] for f in own["features"]]),
+            np.array([own["scale"][f] for f in own["features"]]),
+        )
+        assert np.array_equal(scaler.apply(raw[party]), blocks[k])
+        assert own["format"] == proto.MODEL_FORMAT and own["label_holder"] == "bank"
+        assert "intercept" not in own and "metrics" not in own  # nothing of the bank's
+    assert model["providers"] == ["tax", "registry"] and model["role"] == "label_holder"
     ref_auc = auc(y[test], lg.predict_scores(blocks, fit, test))
     assert bank.summary["auc"] == pytest.approx(ref_auc, abs=1e-3)
     assert bank.summary["epochs_run"] == fit.epochs_run
@@ -143,6 +160,9 @@ def test_spec_validation() -> None:
         proto.validate(make_spec(batch_size=0))
     with pytest.raises(InvalidJobSpecError, match="unknown parameter"):
         proto.validate(make_spec(bins=3))
+    # A provider that received nothing could not apply its part of the model later.
+    with pytest.raises(InvalidJobSpecError, match=r"add \['tax', 'registry'\] to the receivers"):
+        proto.validate(make_spec(("bank",)))
 
 
 def _attacks(
@@ -199,6 +219,6 @@ def test_a_forged_gradient_ciphertext_is_refused(finance: dict[str, Table]) -> N
             payload = payload[:27] + b"\x00" * (len(payload) - 27)  # 0 is outside (0, n²)
         return original(job_id, frm, tag, payload)
 
-    net.mailboxes["bank"].put = put  # type: ignore[method-assign]
+    net.mailboxes["bank"].put = put  # type: ignore[method-assign, assignment]
     with pytest.raises(InvalidCiphertextError):
         run_in_memory(make_spec(epochs=1), proto.DEFINITION, finance, LIMITS, network=net)
