@@ -89,6 +89,7 @@ from compute.errors import (
     EncodingOverflowError,
     ExponentMismatchError,
     InvalidBaseError,
+    InvalidKeyError,
     InvalidMessageError,
     KeyIdMismatchError,
     KeySizeError,
@@ -312,6 +313,38 @@ class PrivateKey:
 
     def __repr__(self) -> str:
         return f"PrivateKey(<secret>, bits={self.public_key.bits})"
+
+    def export_for_checkpoint(self) -> bytes:
+        """The key, as bytes for the node's sealed checkpoint store only; never for a message.
+
+        A resumed job must decrypt what was encrypted before a restart, so the key must survive
+        it; the node seals checkpoints with AES-256-GCM under its own key at rest
+        (``parties.checkpoints``). Layout: the public key's wire form, then ``p`` in ``k/2``
+        big-endian bytes.
+        """
+        half = (_key_bytes(self.public_key.bits) + 1) // 2
+        p_bytes: bytes = int(self._p).to_bytes(half, "big")
+        return self.public_key.to_bytes() + p_bytes
+
+    @classmethod
+    def from_checkpoint(cls, data: bytes) -> PrivateKey:
+        """Rebuild a key saved by :meth:`export_for_checkpoint` (its factor is checked).
+
+        Raises:
+            InvalidKeyError: If ``p`` does not divide the public modulus.
+        """
+        if len(data) < _KEY_HEADER.size:
+            raise InvalidKeyError("the checkpointed key is truncated")
+        _, _, bits = _KEY_HEADER.unpack_from(data)
+        k = _key_bytes(bits)
+        end = _KEY_HEADER.size + 3 * k
+        public = PublicKey.from_bytes(bytes(data[:end]))
+        if len(data) != end + (k + 1) // 2:
+            raise InvalidKeyError("the checkpointed key has the wrong length")
+        p = gmpy2.mpz(int.from_bytes(data[end:], "big"))
+        if p < 2 or public.n % p != 0:
+            raise InvalidKeyError("the checkpointed factor does not divide the modulus")
+        return cls(public, p, gmpy2.divexact(public.n, p))
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(

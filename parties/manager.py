@@ -71,6 +71,8 @@ log = logging.getLogger("bund.jobs")
 
 #: Mailbox tag of the closing exchange, outside every protocol's own tags.
 CLOSE_TAG = "bund/close"
+#: How often a node resumes one job by itself after faults it saw (then an operator must).
+AUTO_RESUMES = 3
 #: Faults after which a job is interrupted (resumable) rather than failed.
 _FAULTS = (JobInterruptedError, PeerTimeoutError, PeerUnavailableError)
 
@@ -384,6 +386,9 @@ class JobManager:
         self._started: dict[str, float] = {}
         self._last_seen: dict[str, dict[str, float]] = {}
         self._beating: set[tuple[str, str]] = set()
+        #: Interrupted jobs to resume once their peers answer again, and how often each was.
+        self._healing: set[str] = set()
+        self._healed: dict[str, int] = {}
         self._stopping = threading.Event()
         self._beats = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bund-heartbeat")
         self._watcher = threading.Thread(target=self._watch, name="bund-watch", daemon=True)
@@ -900,8 +905,11 @@ class JobManager:
             with self._lock:
                 self._running.discard(job_id)
                 self._last_seen.pop(job_id, None)
-                if self.store.get(job_id).state is not JobState.RUNNING:
+                state = self.store.get(job_id).state
+                if state is not JobState.RUNNING:
                     self._started.pop(job_id, None)
+                if state.final and state is not JobState.INTERRUPTED:
+                    self._healed.pop(job_id, None)
 
     def _charge_part(self, spec: JobSpec, part: str, cost: Budget) -> None:
         """Charge this party's dataset for one part of a running job (a training round)."""
@@ -1003,7 +1011,10 @@ class JobManager:
         job_id = spec.job_id
         current = self.store.get(job_id).state
         if isinstance(exc, _FAULTS) and current in (JobState.RUNNING, JobState.INTERRUPTED):
-            self._interrupted(spec, ctx, str(exc))
+            # A fault this node saw itself heals once every peer answers again; one a peer
+            # reported is healed by that peer, which asks this node to resume.
+            heal = not (isinstance(exc, JobInterruptedError) and exc.from_peer)
+            self._interrupted(spec, ctx, str(exc), heal)
             return
         self.resume.forget(job_id)
         if isinstance(exc, BundError):
@@ -1032,9 +1043,17 @@ class JobManager:
                 if peer != self.party:
                     self._abort_peer(peer, job_id, f"{self.party} failed: {reason}")
 
-    def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str) -> None:
-        """A fault stopped the role: keep its checkpoints and inbox, so the job can resume."""
+    def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str, heal: bool) -> None:
+        """A fault stopped the role: keep its checkpoints and inbox, so the job can resume.
+
+        With ``heal``, the watcher resumes the job by itself once every peer answers again (at
+        most :data:`AUTO_RESUMES` times; then only an operator's ``bund job resume`` does).
+        """
         self.store.update(spec.job_id, state=JobState.INTERRUPTED.value, error=reason[:1000])
+        if heal:
+            with self._lock:
+                if self._healed.get(spec.job_id, 0) < AUTO_RESUMES:
+                    self._healing.add(spec.job_id)
         self.audit.append(
             "job_interrupted",
             spec.job_id,
@@ -1065,6 +1084,37 @@ class JobManager:
                     self._check_job(job_id)
                 except Exception:  # noqa: BLE001 - the watcher must outlive any one job
                     log.exception("heartbeat check of job %s failed", job_id)
+            with self._lock:
+                healing = list(self._healing)
+            for job_id in healing:
+                try:
+                    self._heal(job_id)
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one job
+                    log.exception("could not heal job %s", job_id)
+
+    def _heal(self, job_id: str) -> None:
+        """Resume an interrupted job by itself once every peer answers and none has ended it."""
+        status = self.store.get(job_id)
+        if status.state is not JobState.INTERRUPTED:
+            with self._lock:
+                self._healing.discard(job_id)
+            return
+        for peer in status.spec.parties:
+            if peer == self.party:
+                continue
+            try:
+                theirs = self.peers.status(peer, job_id, timeout=self.heartbeat_interval)
+            except BundError:
+                return  # still unreachable: try again at the next heartbeat
+            if theirs.state.final and theirs.state is not JobState.INTERRUPTED:
+                with self._lock:
+                    self._healing.discard(job_id)
+                return  # a peer ended the job: only an operator can decide what next
+        with self._lock:
+            self._healing.discard(job_id)
+            self._healed[job_id] = self._healed.get(job_id, 0) + 1
+        log.info("every peer of job %s answers again: resuming it", job_id)
+        self.resume_job(job_id, self.party)
 
     def _check_job(self, job_id: str) -> None:
         now = time.monotonic()
@@ -1110,7 +1160,9 @@ class JobManager:
             if job_id in self._last_seen:
                 self._last_seen[job_id][peer] = time.monotonic()
         if status.state is JobState.INTERRUPTED:
-            self.mailbox.interrupt(job_id, f"{peer} interrupted the job: {status.error}")
+            self.mailbox.interrupt(
+                job_id, f"{peer} interrupted the job: {status.error}", from_peer=True
+            )
         elif status.state in (JobState.FAILED, JobState.ABORTED, JobState.REFUSED):
             self.mailbox.abort(job_id, f"{peer} ended the job {status.state.value}: {status.error}")
 

@@ -214,7 +214,13 @@ class NodeFactory:
         config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return config_path
 
-    def spawn(self, name: str, config_path: Path, timeout: float = 60.0) -> int:
+    def spawn(
+        self,
+        name: str,
+        config_path: Path,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
         """Run ``name``'s node as its own process (test protocols included); return its port.
 
         The process can be frozen (SIGSTOP), killed (SIGKILL) and spawned again on the same
@@ -227,7 +233,11 @@ class NodeFactory:
             [sys.executable, "-m", "tests.integration.serve_test_node", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                **(env or {}),
+            },
         )
         log.close()
         self.processes[name] = proc
@@ -255,7 +265,9 @@ class NodeFactory:
     def _write_peers(self) -> None:
         ports = {**self.ports, **{n: node.port for n, node in self.nodes.items()}}
         text = "".join(f'[{n}]\naddress = "127.0.0.1:{port}"\n' for n, port in ports.items())
-        self.peers_file.write_text(text, encoding="utf-8")
+        staged = self.peers_file.with_suffix(".tmp")
+        staged.write_text(text, encoding="utf-8")
+        staged.replace(self.peers_file)  # atomic: a node reading it never sees half a file
 
     def port(self, name: str) -> int:
         """The port of ``name``'s node, in this process or its own."""

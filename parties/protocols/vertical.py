@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,19 +233,77 @@ def max_ciphertexts_per_message(key: pl.PublicKey) -> int:
     return max(1, (MAX_MESSAGE_BYTES - 64) // (2 * ((key.bits + 7) // 8)))
 
 
+def vector_chunks(vector: pl.EncryptedVector, source: pl.RandomnessSource) -> list[bytes]:
+    """An encrypted vector as the payloads of :func:`send_chunks`, each below 2 MiB.
+
+    Each export re-randomises the ciphertexts, so a role that must be able to re-send the same
+    bytes after a restart checkpoints these payloads before sending them.
+    """
+    key, cts = vector.public_key, vector.ciphertexts
+    per = max_ciphertexts_per_message(key)
+    return [
+        pl.EncryptedVector(key, cts[i : i + per], vector.frac_bits, vector.fresh).to_bytes(source)
+        for i in range(0, max(1, len(vector)), per)
+    ]
+
+
+def send_chunks(ctx: JobContext, to: str, tag: str, chunks: list[bytes]) -> None:
+    """Send payloads as ``tag/0``, ``tag/1``, ... (what :func:`recv_vector` reads)."""
+    for i, chunk in enumerate(chunks):
+        ctx.send(to, f"{tag}/{i}", chunk)
+
+
 def send_vector(
     ctx: JobContext, to: str, tag: str, vector: pl.EncryptedVector, source: pl.RandomnessSource
 ) -> None:
     """Send an encrypted vector in chunks below 2 MiB (``tag/0``, ``tag/1``, ...)."""
-    per = max_ciphertexts_per_message(vector.public_key)
-    for i, start in enumerate(range(0, max(1, len(vector)), per)):
-        part = pl.EncryptedVector(
-            vector.public_key,
-            vector.ciphertexts[start : start + per],
-            vector.frac_bits,
-            vector.fresh,
-        )
-        ctx.send(to, f"{tag}/{i}", part.to_bytes(source))
+    send_chunks(ctx, to, tag, vector_chunks(vector, source))
+
+
+def aligned_once(ctx: JobContext, align: Callable[[], Alignment]) -> Alignment:
+    """Run ``align``, or restore the alignment an earlier run of this job checkpointed.
+
+    The alignment is checkpointed once it is complete, so a resumed role goes straight to the
+    phase after it (a restart in the middle of the alignment itself runs it again).
+    """
+    saved = ctx.restore("align")
+    if saved is not None:
+        doc = json.loads(saved)
+        return Alignment([int(r) for r in doc["rows"]], int(doc["own_set_size"]))
+    alignment = align()
+    state = {"rows": alignment.rows, "own_set_size": alignment.own_set_size}
+    ctx.checkpoint("align", json.dumps(state).encode())
+    return alignment
+
+
+_STATE = struct.Struct(">I")
+
+
+def pack_state(doc: dict[str, Any], blobs: list[bytes]) -> bytes:
+    """A role's checkpoint: a JSON document and binary blobs (for ``ctx.checkpoint``)."""
+    head = json.dumps(doc).encode()
+    parts = [_STATE.pack(len(head)), head, _STATE.pack(len(blobs))]
+    for blob in blobs:
+        parts += [_STATE.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def unpack_state(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The document and blobs of :func:`pack_state` (checkpoints are authenticated at rest)."""
+    view = memoryview(data)
+    (n,) = _STATE.unpack_from(view)
+    doc = json.loads(bytes(view[4 : 4 + n]))
+    at = 4 + n
+    (count,) = _STATE.unpack_from(view, at)
+    at += 4
+    blobs: list[bytes] = []
+    for _ in range(count):
+        (size,) = _STATE.unpack_from(view, at)
+        blobs.append(bytes(view[at + 4 : at + 4 + size]))
+        at += 4 + size
+    if at != len(data) or not isinstance(doc, dict):
+        raise ValueError("a malformed checkpoint")
+    return doc, blobs
 
 
 def recv_vector(

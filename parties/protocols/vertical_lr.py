@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import secrets
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,18 +51,22 @@ from parties.protocols.vertical import (
     MAX_FEATURES,
     align_feature_holder,
     align_label_holder,
+    aligned_once,
     decode_meta,
     encode_meta,
     feature_matrix,
     key_bits_param,
     label_vector,
     numeric_features,
+    pack_state,
     png,
     recv_vector,
     roles_of,
-    send_vector,
+    send_chunks,
+    unpack_state,
     validate_params,
     validate_roles,
+    vector_chunks,
 )
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
@@ -172,8 +177,60 @@ def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list
 # --- the bank -------------------------------------------------------------------------------
 
 
+@dataclass
+class _BankState:
+    """The bank's training state, checkpointed at every step that a restart must not redo.
+
+    ``pending`` holds the encrypted residuals of the current batch, one list of chunks per
+    provider, exactly as sent: they are checkpointed before they are sent (write-ahead), so a
+    resumed bank re-sends the same bytes.
+    """
+
+    counts: list[int]
+    weights: list[float]
+    bias: float = 0.0
+    epoch: int = 0
+    batch: int = 0
+    total: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    best: float = float("inf")
+    stale: int = 0
+    stopped: bool = False
+    pending: list[list[bytes]] = field(default_factory=list)
+
+    def save(self, ctx: JobContext) -> None:
+        doc = {k: v for k, v in vars(self).items() if k != "pending"}
+        doc["chunks"] = [len(p) for p in self.pending]
+        ctx.checkpoint("train", pack_state(doc, [c for p in self.pending for c in p]))
+
+    @classmethod
+    def load(cls, ctx: JobContext) -> _BankState | None:
+        saved = ctx.restore("train")
+        if saved is None:
+            return None
+        doc, blobs = unpack_state(saved)
+        pending, at = [], 0
+        for n in doc.pop("chunks"):
+            pending.append(blobs[at : at + n])
+            at += n
+        return cls(**doc, pending=pending)
+
+
+def _bank_key(ctx: JobContext, bits: int) -> pl.PrivateKey:
+    """The job's Paillier key: made once, checkpointed (sealed) before its public half is sent."""
+    saved = ctx.restore("key")
+    if saved is not None:
+        return pl.PrivateKey.from_checkpoint(saved)
+    _, private = pl.generate_keypair(bits)
+    ctx.checkpoint("key", private.export_for_checkpoint())
+    return private
+
+
 def run_label_holder(ctx: JobContext) -> Result:
     """The bank's side: align, train with encrypted residuals, evaluate, report.
+
+    Resumable: the alignment, the key and every training step are checkpointed (write-ahead), so
+    a restarted bank continues where it stopped and re-sends byte-identical messages.
 
     Raises:
         InvalidJobSpecError: If a batch would be too small for a provider's feature count.
@@ -184,7 +241,7 @@ def run_label_holder(ctx: JobContext) -> Result:
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     config = _config(spec)
-    alignment = align_label_holder(ctx, providers)
+    alignment = aligned_once(ctx, lambda: align_label_holder(ctx, providers))
     rows = alignment.rows
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], rows)
     names, x = _features(ctx, {me.columns[ID_COLUMN], me.columns[LABEL_COLUMN]}, rows)
@@ -194,34 +251,45 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    public, private = pl.generate_keypair(key_bits_param(spec))
+    private = _bank_key(ctx, key_bits_param(spec))
+    public = private.public_key
     source = pl.Encryptor(private)
-    counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
+    st = _BankState.load(ctx)
+    if st is None:
+        counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
+        st = _BankState(counts, [0.0] * len(names))
+        st.save(ctx)
     for peer in providers:
         ctx.send(peer, "vlr/key", public.to_bytes())
+    if st.epoch > 0:  # a resumed bank may have stopped before telling the providers
+        _send_flags(ctx, providers, st.epoch - 1, st.stopped)
     scaler = lg.Standardiser.fit(x[train])
     xq = scaler.apply(x)
-    weights = np.zeros(len(names))
-    bias = 0.0
-    stopper = lg.EarlyStopping(config.tol, config.patience)
-    losses: list[float] = []
-    for epoch in range(config.epochs):
+    stopper = lg.EarlyStopping(config.tol, config.patience, st.best, st.stale)
+    while st.epoch < config.epochs and not st.stopped:
+        epoch = st.epoch
         rate = config.rate(epoch)
-        total = 0.0
         batches = lg.epoch_batches(train, config.batch_size, config.seed, epoch)
-        for t, batch in enumerate(batches):
+        while st.batch < len(batches):
+            t = st.batch
+            batch = batches[t]
             size = len(batch)
-            others = [_recv_scores(ctx, p, f"vlr/s/{epoch}/{t}", size) for p in providers]
-            z = lg.joint_scores(lg.partial_scores(xq[batch], weights), bias, others)
-            total += lg.log_loss(z, y[batch]) * size
-            rq = lg.residuals(z, y[batch])
-            encrypted = pl.encrypt(source, rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS)
-            for peer in providers:
-                send_vector(ctx, peer, f"vlr/r/{epoch}/{t}", encrypted, source)
-            weights = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
-            bias = lg.step_bias(bias, rq, rate)
+            if not st.pending:
+                others = [_recv_scores(ctx, p, f"vlr/s/{epoch}/{t}", size) for p in providers]
+                weights = np.asarray(st.weights)
+                z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
+                rq = lg.residuals(z, y[batch])
+                encrypted = pl.encrypt(source, rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS)
+                st.pending = [vector_chunks(encrypted, source) for _ in providers]
+                st.total += lg.log_loss(z, y[batch]) * size
+                step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
+                st.weights = step.tolist()
+                st.bias = lg.step_bias(st.bias, rq, rate)
+                st.save(ctx)  # write-ahead: the residuals' random encryption, before sending
+            for peer, chunks in zip(providers, st.pending, strict=True):
+                send_chunks(ctx, peer, f"vlr/r/{epoch}/{t}", chunks)
             _, width, per = mask_layout(size, public.bits)
-            for peer, count in zip(providers, counts, strict=True):
+            for peer, count in zip(providers, st.counts, strict=True):
                 packed = pl.PackedVector.from_bytes(
                     public,
                     ctx.recv(peer, f"vlr/g/{epoch}/{t}"),
@@ -234,20 +302,29 @@ def run_label_holder(ctx: JobContext) -> Result:
                 masked = pl.decrypt_packed(private, packed)
                 payload = _encode_ints(_UNMASK_MAGIC, masked, _int_bytes(width))
                 ctx.send(peer, f"vlr/u/{epoch}/{t}", payload)
+            st.batch, st.pending = t + 1, []
+            st.save(ctx)
             ctx.progress("train", epoch * len(batches) + t + 1, config.epochs * len(batches))
-        losses.append(total / len(train))
-        stop = stopper.update(losses[-1]) or epoch == config.epochs - 1
-        for peer in providers:
-            ctx.send(peer, f"vlr/c/{epoch}", b"\x00" if stop else b"\x01")
-        if stop:
-            break
+        st.losses.append(st.total / len(train))
+        st.stopped = stopper.update(st.losses[-1]) or epoch == config.epochs - 1
+        st.epoch, st.batch, st.total = epoch + 1, 0, 0.0
+        st.best, st.stale = stopper.best, stopper.stale
+        st.save(ctx)
+        _send_flags(ctx, providers, epoch, st.stopped)
+    weights = np.asarray(st.weights)
     others = [_recv_scores(ctx, p, "vlr/eval", len(test)) for p in providers]
-    z_test = lg.joint_scores(lg.partial_scores(xq[test], weights), bias, others)
+    z_test = lg.joint_scores(lg.partial_scores(xq[test], weights), st.bias, others)
     baseline = lg.fit_vertical([xq], y, train, config)
     z_bank = lg.predict_scores([xq], baseline, test)
-    ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(losses)})
-    part = _part(ctx, names, weights, scaler) | {"intercept": bias, "providers": providers}
-    return _report(spec, part, losses, y[test], z_test, z_bank, len(rows))
+    ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(st.losses)})
+    part = _part(ctx, names, weights, scaler) | {"intercept": st.bias, "providers": providers}
+    return _report(spec, part, st.losses, y[test], z_test, z_bank, len(rows))
+
+
+def _send_flags(ctx: JobContext, providers: list[str], epoch: int, stop: bool) -> None:
+    """Tell every provider whether training goes on after ``epoch``."""
+    for peer in providers:
+        ctx.send(peer, f"vlr/c/{epoch}", b"\x00" if stop else b"\x01")
 
 
 def _int_bytes(width: int) -> int:
@@ -379,8 +456,41 @@ def _ks_chart(y: lg.FloatArray, p: lg.FloatArray, ks: float) -> bytes:
 # --- a provider -----------------------------------------------------------------------------
 
 
+@dataclass
+class _ProviderState:
+    """A provider's training state, checkpointed at every step that a restart must not redo.
+
+    ``masks`` and ``pending`` (its masked encrypted gradient, as sent) are checkpointed before the
+    gradient is sent, so a resumed provider re-sends the same bytes and removes the same masks.
+    """
+
+    key: bytes
+    weights: list[float]
+    epoch: int = 0
+    batch: int = 0
+    epochs_run: int = 0
+    stopped: bool = False
+    masks: list[int] | None = None
+    pending: bytes | None = None
+
+    def save(self, ctx: JobContext) -> None:
+        doc = {k: v for k, v in vars(self).items() if k not in ("key", "pending")}
+        blobs = [self.key] + ([] if self.pending is None else [self.pending])
+        ctx.checkpoint("train", pack_state(doc, blobs))
+
+    @classmethod
+    def load(cls, ctx: JobContext) -> _ProviderState | None:
+        saved = ctx.restore("train")
+        if saved is None:
+            return None
+        doc, blobs = unpack_state(saved)
+        return cls(key=blobs[0], pending=blobs[1] if len(blobs) > 1 else None, **doc)
+
+
 def run_feature_holder(ctx: JobContext) -> Result:
     """A provider's side: its partial scores, masked encrypted gradients, its own weights.
+
+    Resumable like the bank's side: every training step is checkpointed (write-ahead).
 
     Raises:
         InvalidKeyError: If the bank's key fails validation.
@@ -391,48 +501,67 @@ def run_feature_holder(ctx: JobContext) -> Result:
     bank, _ = roles_of(spec)
     me = spec.participant(ctx.party)
     config = _config(spec)
-    alignment = align_feature_holder(ctx, bank)
+    alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
     rows = alignment.rows
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
     train, test = lg.split_rows(len(rows), _test_fraction(spec), config.seed)
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
-    public = pl.PublicKey.from_bytes(ctx.recv(bank, "vlr/key"))
+    st = _ProviderState.load(ctx)
+    if st is None:
+        st = _ProviderState(ctx.recv(bank, "vlr/key"), [0.0] * len(names))
+        pl.PublicKey.from_bytes(st.key)  # validated before anything is kept
+        st.save(ctx)
+    public = pl.PublicKey.from_bytes(st.key)
     source = pl.Encryptor(public)
     scaler = lg.Standardiser.fit(x[train])
     xq = scaler.apply(x)
-    weights = np.zeros(len(names))
-    epochs = 0
-    for epoch in range(config.epochs):
+    while st.epoch < config.epochs and not st.stopped:
+        epoch = st.epoch
         rate = config.rate(epoch)
         batches = lg.epoch_batches(train, config.batch_size, config.seed, epoch)
-        for t, batch in enumerate(batches):
+        while st.batch < len(batches):
+            t = st.batch
+            batch = batches[t]
             size = len(batch)
-            scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
-            _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
-            residuals = recv_vector(
-                ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
-            )
-            gradient = pl.matvec(xq[batch].T, residuals, lg.FEATURE_FRAC_BITS)
+            weights = np.asarray(st.weights)
             mask_bits, width, _ = mask_layout(size, public.bits)
-            # The mask must come from the CSPRNG: it is all that hides the gradient from the bank.
-            masks = [secrets.randbits(mask_bits) for _ in names]
-            packed = gradient.add_plain(masks).squeeze(_masked_bound(size))
-            ctx.send(bank, f"vlr/g/{epoch}/{t}", packed.to_bytes(source))
+            if st.pending is None or st.masks is None:
+                scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
+                _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
+                residuals = recv_vector(
+                    ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
+                )
+                gradient = pl.matvec(xq[batch].T, residuals, lg.FEATURE_FRAC_BITS)
+                # The mask must come from the CSPRNG: it is all that hides the gradient.
+                st.masks = [secrets.randbits(mask_bits) for _ in names]
+                packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size))
+                st.pending = packed.to_bytes(source)
+                st.save(ctx)  # write-ahead: masks and the re-randomised export, before sending
+            ctx.send(bank, f"vlr/g/{epoch}/{t}", st.pending)
             payload = ctx.recv(bank, f"vlr/u/{epoch}/{t}")
             masked = _decode_ints(_UNMASK_MAGIC, payload, _int_bytes(width), len(names))
-            exact = np.asarray([v - m for v, m in zip(masked, masks, strict=True)], dtype=np.int64)
+            exact = np.asarray(
+                [v - m for v, m in zip(masked, st.masks, strict=True)], dtype=np.int64
+            )
             if np.abs(exact).max(initial=0) > lg.gradient_bound(size):
                 raise InvalidMessageError("the unmasked gradient is out of range: bad reply")
-            weights = lg.step(weights, exact, size, rate, config.l2)
+            st.weights = lg.step(weights, exact, size, rate, config.l2).tolist()
+            st.batch, st.masks, st.pending = t + 1, None, None
+            st.save(ctx)
             ctx.progress("train", epoch * len(batches) + t + 1, config.epochs * len(batches))
-        epochs += 1
         flag = ctx.recv(bank, f"vlr/c/{epoch}")
         if flag not in (b"\x00", b"\x01"):
             raise InvalidMessageError("the continue/stop flag is malformed")
-        if flag == b"\x00":
-            break
+        st.epoch, st.batch, st.epochs_run, st.stopped = (
+            epoch + 1,
+            0,
+            st.epochs_run + 1,
+            flag == b"\x00",
+        )
+        st.save(ctx)
+    weights = np.asarray(st.weights)
     _send_scores(ctx, bank, "vlr/eval", lg.quantize_scores(lg.partial_scores(xq[test], weights)))
-    ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": epochs})
+    ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": st.epochs_run})
     model = _part(ctx, names, weights, scaler) | {
         "label_holder": bank,
         "note": f"{ctx.party}'s own weights on its standardised, clipped features",
@@ -440,7 +569,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
     summary: dict[str, str | int | float | bool | None] = {
         "aligned_rows": len(rows),
         "features": len(names),
-        "epochs_run": epochs,
+        "epochs_run": st.epochs_run,
     }
     return Result(summary, {"model.json": json.dumps(model, indent=1).encode()})
 

@@ -9,6 +9,7 @@ audit chain intact and the regulator's reconciliation clean.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sqlite3
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from compute import insecure
 from parties.audit import SqliteAuditStore, verify_store
 from parties.client import RemoteError
 from parties.config import load_config
+from parties.data import generate_finance
 from parties.identity import load_audit_public_key
 from parties.jobs import JobSpec, JobState, Participant
 from parties.node import create_node
@@ -30,11 +33,12 @@ from tests.conftest import NodeFactory, wait_until
 from tests.integration.fault_protocols import TEST_PROTOCOLS
 from tests.integration.test_node import BANK_IDS, TAX_IDS, wait_final
 from tests.integration.test_regulator import write_regulator_config
+from tests.protocols.test_vertical_lr import ROLES, make_spec
 
 pytestmark = pytest.mark.integration
 
 HEARTBEAT_S = 0.2
-SILENCE_S = 2.0
+SILENCE_S = 3.0
 LIMITS = f"heartbeat_interval_s = {HEARTBEAT_S}\npeer_silence_s = {SILENCE_S}"
 #: A frozen peer must turn into an interrupted job within the silence plus two heartbeats; the
 #: rest is slack for a loaded CI machine.
@@ -204,3 +208,41 @@ def test_killed_node_restarts_and_the_job_resumes_exactly(
         # The restarted node resumed; the survivor too if it had given up waiting (late).
         assert ("job_resumed" in events) == (name == victim or restart == "late")
         assert events.count("job_closed") == 1
+
+
+SMALL_KEYS = {insecure.ENV_VAR: insecure.ENV_VALUE}  # 512-bit Paillier keys in the node processes
+
+
+def run_vertical_lr(f: NodeFactory, victim: str | None) -> dict[str, dict[str, object]]:
+    """One vertical-LR job between three node processes; kill ``victim`` mid-training, restart it.
+
+    Returns each party's model.json.
+    """
+    with f.client("bank") as bank:
+        job_id = bank.submit(make_spec(epochs=8, batch_size=48))
+    if victim is not None:
+        wait_progress(f, "bank", job_id, 12)
+        f.kill(victim)
+        f.spawn(victim, f.workdir / victim / "node.toml", env=SMALL_KEYS)
+    models: dict[str, dict[str, object]] = {}
+    for party in ROLES:
+        with f.client(party) as c:
+            status = wait_final(c, job_id, timeout=240)
+            assert status.state is JobState.SUCCEEDED, (party, status.error)
+            models[party] = json.loads(c.result(job_id).artifacts["model.json"])
+    return models
+
+
+@pytest.mark.parametrize("victim", ["bank", "tax"])
+def test_vertical_lr_resumes_after_kill_with_the_uninterrupted_model(
+    node_factory: NodeFactory, victim: str
+) -> None:
+    f = node_factory
+    data = generate_finance(1500, 11)
+    for party, dataset in ROLES.items():
+        others = [p for p in ROLES if p != party]
+        path = f.write_config(party, allowed=others, tables={dataset: data[dataset]}, limits=LIMITS)
+        f.spawn(party, path, env=SMALL_KEYS)
+    reference = run_vertical_lr(f, None)
+    resumed = run_vertical_lr(f, victim)
+    assert resumed == reference  # bit for bit: every party's coefficients, losses and metrics
