@@ -34,6 +34,7 @@ KERNELS: dict[str, str] = {
     "psi": "benchmarks.bench_psi",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
+    "fed": "benchmarks.bench_fed",
 }
 
 _LIBRARIES = (

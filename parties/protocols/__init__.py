@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from parties.jobs import InvalidJobSpecError, ProtocolDef
 from parties.protocols import (
     dp_stats,
+    fed_dp_sgd,
     psi,
     vertical_lr,
     vertical_score,
@@ -19,6 +20,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     for d in (
         psi.DEFINITION,
         dp_stats.DEFINITION,
+        fed_dp_sgd.DEFINITION,
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,

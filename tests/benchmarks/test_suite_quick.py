@@ -10,17 +10,20 @@ import pytest
 from benchmarks import suite
 from compute import insecure
 
+#: The families run here in quick mode (the others have their own benchmark tests).
+FAMILIES = ("paillier", "ckks", "fed")
+
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
     out = tmp_path_factory.mktemp("bench")
     results = {}
-    for family in ("paillier", "ckks"):
+    for family in FAMILIES:
         results[family] = suite.main(family, True, out / f"{family}.json", out)
     return out, results
 
 
-@pytest.mark.parametrize("family", ["paillier", "ckks"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_quick_suite_writes_json_and_plot(
     reports: tuple[Path, dict[str, dict]], family: str
 ) -> None:

@@ -1,0 +1,194 @@
+"""Federated DP-SGD benchmark: the DP-SGD step against plain SGD, SecAgg per round, accuracy.
+
+Rows (timings are the median of five timed repeats after a warm-up, wall time, one torch thread):
+
+- ``dp_sgd_step``: one Opacus DP-SGD step (per-sample gradients in ``mode``, clipping, noise in
+  ``secure_mode``) on a fixed batch of ``batch`` rows of 7 features, for the ``logistic`` and the
+  ``mlp`` (16 hidden units) models; ``ratio_vs_plain`` is its time over one plain SGD step of
+  the same model, batch and loss. Ops are steps.
+- ``secagg_round``: one whole secure-aggregation round in one process for ``hospitals`` clients
+  and ``cells`` cells, with ``dropouts`` clients dropping out after their upload: every client's
+  key derivation, sharing, inbox opening, masking and answer, and the server's unmasking.
+  ``client_s`` is one client's share of the time, ``server_s`` the unmasking; ``bytes_per_client``
+  what one client uploads in the round. Ops are rounds.
+- ``fed_accuracy``: held-out accuracy of a short in-memory ``fed_dp_sgd`` job on the health demo
+  (three hospitals) with DP on, against the same model trained without privacy on the pooled
+  training rows (plain SGD, same steps). Ops is ``None``; the row carries the accuracies.
+
+Run: ``python -m benchmarks.bench_fed [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from compute.dp import secagg
+from compute.learn import fed
+from parties.data import generate_health
+from parties.jobs import JobSpec, Participant, run_in_memory
+from parties.protocols import fed_dp_sgd
+
+HOSPITALS = {"hospital-a": "hospital_a", "hospital-b": "hospital_b", "hospital-c": "hospital_c"}
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int = 5, inner: int = 1) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - start) / inner)
+    return statistics.median(times)
+
+
+def _steps(kind: str, batch: int, modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(1)
+    spec = fed.ModelSpec(kind, 7, hidden=16)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 7))
+    y = (rng.uniform(size=batch) < 0.3).astype(np.float64)
+    plain = fed.make_step(spec, None, batch, 0)
+    plain_s = _median_seconds(lambda: plain(x, y), inner=50)
+    rows = [
+        {
+            "family": "fed", "kernel": "sgd_step",
+            "params": {"model": kind, "batch": batch, "threads": 1},
+            "ops_per_s": 1 / plain_s,
+        }
+    ]  # fmt: skip
+    for mode in modes:
+        config = fed.DpSgdConfig(1, 0.1, 1.0, 1.0, 0.05, mode)
+        step = fed.make_step(spec, config, batch, secrets.randbits(63))
+        dp_s = _median_seconds(lambda step=step: step(x, y), inner=50)  # type: ignore[misc]
+        rows.append(
+            {
+                "family": "fed", "kernel": "dp_sgd_step",
+                "params": {"model": kind, "batch": batch, "mode": mode, "threads": 1},
+                "ops_per_s": 1 / dp_s, "ratio_vs_plain": dp_s / plain_s,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _secagg(n: int, cells: int, dropouts: int) -> dict[str, Any]:
+    t = n - dropouts
+    context = b"bench"
+    values = np.arange(cells, dtype=np.int64)
+    timings: dict[str, float] = {}
+
+    def one_round() -> None:
+        start = time.perf_counter()
+        clients = {
+            i: secagg.RoundSecrets.from_seed(secrets.token_bytes(32)) for i in range(1, n + 1)
+        }
+        roster = {i: c.advertised(context) for i, c in clients.items()}
+        boxes = {i: c.share(i, roster, t, context) for i, c in clients.items()}
+        opened = {
+            i: c.open_inbox(i, roster, t, {j: boxes[j][i] for j in roster if j != i}, context)
+            for i, c in clients.items()
+        }
+        masked = {i: c.mask(i, values, roster, context) for i, c in clients.items()}
+        answering = list(range(1, t + 1))  # the last `dropouts` clients vanish after uploading
+        reveals = {i: opened[i].reveal(i, sorted(masked), []) for i in answering}
+        middle = time.perf_counter()
+        secagg.unmask(masked, roster, reveals, t, context)
+        timings["client"] = (middle - start) / n
+        timings["server"] = time.perf_counter() - middle
+
+    total = _median_seconds(one_round, repeats=3)
+    upload = 104 + (8 + 156 * (n - 1)) + (12 + 8 * cells) + (8 + 69 * n)
+    return {
+        "family": "fed", "kernel": "secagg_round",
+        "params": {"hospitals": n, "cells": cells, "dropouts": dropouts},
+        "ops_per_s": 1 / total, "client_s": timings["client"], "server_s": timings["server"],
+        "bytes_per_client": upload,
+    }  # fmt: skip
+
+
+def _accuracy(rows_per_hospital: int, rounds: int, model: str) -> dict[str, Any]:
+    data = generate_health(rows_per_hospital, 7)
+    tables = {h: data[t] for h, t in HOSPITALS.items()}
+    params = {
+        "model": model, "rounds": rounds, "local_steps": 20, "sample_rate": 0.05,
+        "noise_multiplier": 1.0, "max_grad_norm": 1.0, "learning_rate": 0.5, "seed": 1,
+    }  # fmt: skip
+    spec = JobSpec(
+        protocol="fed_dp_sgd",
+        participants=(
+            Participant("insurer", "coordinator"),
+            *(Participant(h, "hospital", "patients") for h in HOSPITALS),
+        ),
+        receivers=("insurer",), purpose="benchmark", requester="insurer", params=params,
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = run_in_memory(spec, fed_dp_sgd.DEFINITION, tables)["insurer"]
+    job_s = time.perf_counter() - start
+    assert result is not None
+    plan = fed_dp_sgd.plan(spec)
+    # Non-private reference: the same model and steps on the pooled rows, one held-out split.
+    xs, ys = [], []
+    for table in tables.values():
+        columns = {f: table.numeric(f) for f in plan.features}
+        xs.append(fed.scale_features(columns, plan.ranges))
+        ys.append(table.numeric("event"))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    order = np.random.default_rng(0).permutation(len(y))
+    cut = int(0.8 * len(y))
+    train, test = order[:cut], order[cut:]
+    w0 = fed.initial_weights(plan.model, 1)
+    batch = max(1, round(0.05 * rows_per_hospital * 0.8))
+    update = fed.plain_update(plan.model, w0, x[train], y[train], rounds * 20, 0.5, batch, 0)
+    plain = fed.evaluate(plan.model, w0 + update.delta, x[test], y[test])
+    majority = max(float(np.mean(y[test])), 1 - float(np.mean(y[test])))
+    return {
+        "family": "fed", "kernel": "fed_accuracy",
+        "params": {"model": model, "rows_per_hospital": rows_per_hospital, "rounds": rounds,
+                   "noise_multiplier": 1.0, "local_steps": 20, "sample_rate": 0.05},
+        "ops_per_s": None, "bytes": len(result.artifacts["model.json"]),
+        "dp_accuracy": result.summary["final_accuracy"], "dp_loss": result.summary["final_loss"],
+        "epsilon": result.summary["epsilon_hospital-a"], "delta": result.summary["delta"],
+        "plain_accuracy": plain.accuracy, "plain_loss": plain.loss,
+        "majority_accuracy": majority, "job_s": job_s,
+    }  # fmt: skip
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Every row of the family; ``quick`` keeps sizes small (seconds in all)."""
+    rows: list[dict[str, Any]] = []
+    batches = (64,) if quick else (64, 256, 1024)
+    modes = ("hooks",) if quick else fed.GRAD_SAMPLE_MODES
+    for kind in fed.MODEL_KINDS:
+        for batch in batches:
+            rows += _steps(kind, batch, modes)
+    sizes = [(3, 8), (5, 1000)] if quick else [
+        (n, cells) for n in (3, 5, 10, 20) for cells in (8, 1_000, 100_000)
+    ]  # fmt: skip
+    for n, cells in sizes:
+        rows.append(_secagg(n, cells, (n - 1) // 2))
+    if quick:
+        rows.append(_accuracy(60, 1, "logistic"))
+    else:
+        rows += [_accuracy(1500, 10, "logistic"), _accuracy(1500, 10, "mlp")]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

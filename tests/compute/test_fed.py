@@ -1,0 +1,122 @@
+"""Federated learning maths: models, Opacus DP-SGD updates, FedAvg, accounting."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from compute.errors import InvalidInputError
+from compute.learn import fed
+
+
+def _data(rows: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (rows, 4))
+    return x, (x[:, 0] - x[:, 1] > 0).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind", fed.MODEL_KINDS)
+def test_initial_weights_follow_the_public_seed_and_fit_the_model(kind: str) -> None:
+    spec = fed.ModelSpec(kind, 4, hidden=3)
+    w = fed.initial_weights(spec, 7)
+    assert len(w) == spec.size
+    assert np.array_equal(w, fed.initial_weights(spec, 7))
+    assert not np.array_equal(w, fed.initial_weights(spec, 8))
+    model = fed.create_model(spec)
+    fed.set_weights(model, w)
+    assert np.allclose(fed.get_weights(model), w)
+    with pytest.raises(InvalidInputError):
+        fed.set_weights(model, w[:-1])
+
+
+@pytest.mark.parametrize("kind", fed.MODEL_KINDS)
+def test_every_grad_sample_mode_computes_the_same_dp_sgd_update(kind: str) -> None:
+    spec, (x, y) = fed.ModelSpec(kind, 4, hidden=5), _data()
+    w = fed.initial_weights(spec, 1)
+    updates = [
+        fed.local_update(
+            spec,
+            w,
+            x,
+            y,
+            fed.DpSgdConfig(6, 0.3, 1.1, 0.7, 0.05, mode),
+            noise_seed=3,
+            sample_seed=4,
+        ).delta
+        for mode in fed.GRAD_SAMPLE_MODES
+    ]
+    for other in updates[1:]:
+        assert np.allclose(updates[0], other, atol=1e-5)
+
+
+def test_noise_comes_from_the_given_seed() -> None:
+    spec, (x, y) = fed.ModelSpec("logistic", 4), _data()
+    w = fed.initial_weights(spec, 1)
+    config = fed.DpSgdConfig(3, 0.3, 1.0, 1.0, 0.1)
+    a = fed.local_update(spec, w, x, y, config, 1, 2).delta
+    assert np.array_equal(a, fed.local_update(spec, w, x, y, config, 1, 2).delta)
+    assert not np.allclose(a, fed.local_update(spec, w, x, y, config, 9, 2).delta)
+
+
+def test_per_sample_clipping_bounds_a_noise_free_step() -> None:
+    spec, (x, y) = fed.ModelSpec("mlp", 4, hidden=8), _data()
+    x = x * 50  # large inputs, large gradients: only clipping keeps the step small
+    w = fed.initial_weights(spec, 2)
+    clip, lr = 0.01, 1.0
+    config = fed.DpSgdConfig(1, lr, 0.0, clip, 1.0)  # every row in the batch, no noise
+    update = fed.local_update(spec, w, x, y, config, 1, 2)
+    assert 0 < np.linalg.norm(update.delta) <= lr * clip + 1e-6
+
+
+def test_noise_free_loose_dp_sgd_with_full_batches_is_plain_gradient_descent() -> None:
+    import torch
+
+    spec, (x, y) = fed.ModelSpec("logistic", 4), _data(64)
+    w = fed.initial_weights(spec, 3)
+    dp = fed.local_update(spec, w, x, y, fed.DpSgdConfig(1, 0.5, 0.0, 1e6, 1.0), 1, 2)
+    model = fed.create_model(spec)
+    fed.set_weights(model, w)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        model(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1),
+        torch.as_tensor(y, dtype=torch.float32),
+    )
+    loss.backward()
+    gradient = np.concatenate([p.grad.numpy().ravel() for p in model.parameters()])
+    assert np.allclose(dp.delta, -0.5 * gradient, atol=1e-6)
+
+
+def test_training_improves_held_out_accuracy_over_the_start() -> None:
+    spec, (x, y) = fed.ModelSpec("logistic", 4), _data(400)
+    w = fed.initial_weights(spec, 0)
+    before = fed.evaluate(spec, w, x, y)
+    update = fed.plain_update(spec, w, x, y, 200, 0.5, 32, 1)
+    after = fed.evaluate(spec, w + update.delta, x, y)
+    assert after.accuracy > max(before.accuracy, 0.8)
+    assert after.loss < before.loss and after.rows == 400
+
+
+def test_fedavg_is_the_unweighted_mean_of_the_updates() -> None:
+    w = np.array([1.0, 2.0])
+    assert fed.fedavg(w, [np.array([1.0, 0.0]), np.array([0.0, 4.0])]).tolist() == [1.5, 4.0]
+    with pytest.raises(ValueError):
+        fed.fedavg(w, [])
+
+
+def test_epsilon_grows_with_steps_and_is_charged_rounded_up() -> None:
+    values = [fed.epsilon_spent(1.0, 0.05, steps, 1e-5) for steps in (0, 10, 100, 1000)]
+    assert values[0] == 0 and values == sorted(values) and values[1] > 0
+    assert fed.epsilon_spent(1.0, 0.05, 100, 1e-5, "prv") > 0
+    bound = fed.epsilon_bound(values[2])
+    assert isinstance(bound, Fraction)
+    assert 0 <= bound - Fraction(values[2]) < fed.EPSILON_RESOLUTION
+    assert (bound / fed.EPSILON_RESOLUTION).denominator == 1
+    assert fed.epsilon_spent(0.0, 0.05, 10, 1e-5) == float("inf")
+
+
+def test_features_are_scaled_by_public_ranges_and_unknown_ones_refused() -> None:
+    x = fed.scale_features({"age": np.array([18.0, 59.0, 150.0])}, fed.HEALTH_RANGES)
+    assert x[:, 0].tolist() == [-1.0, 0.0, 1.0]
+    with pytest.raises(InvalidInputError, match="public value range"):
+        fed.scale_features({"salary": np.array([1.0])}, fed.HEALTH_RANGES)

@@ -1,0 +1,65 @@
+"""fed_dp_sgd between four nodes over mTLS: an insurer coordinates three hospitals.
+
+Each hospital's node admits the job on its restricted-personal patient data, charges every
+round's ε increment to its ledger before the round (audited as ``budget_charged`` with the
+round as its part), trains locally with DP-SGD and uploads only masked updates; the insurer
+receives the global model, the curves and the ε per hospital. The regulator reconciles the logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from fractions import Fraction
+from pathlib import Path
+
+from parties.config import load_config
+from parties.data import generate_health
+from parties.jobs import JobState
+from parties.node import create_node
+from parties.protocols import PROTOCOLS, fed_dp_sgd
+from parties.regulator import audit_federation, load_regulator_config
+from tests.conftest import NodeFactory
+from tests.integration.test_node import wait_final
+from tests.integration.test_regulator import write_regulator_config
+from tests.protocols.test_fed_dp_sgd import HOSPITALS, spec
+
+
+def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_path: Path) -> None:
+    data = generate_health(80, 11)
+    for hospital, table in HOSPITALS.items():
+        others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
+        path = node_factory.write_config(
+            hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
+            tables={"patients": data[table]},
+        )  # fmt: skip
+        policy = path.parent / "policy.toml"  # its only dataset's table is the file's last
+        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
+        node_factory.nodes[hospital] = create_node(load_config(path), PROTOCOLS)
+    node_factory.start("insurer", allowed=list(HOSPITALS))
+    job = dataclasses.replace(spec(rounds=2, noise_multiplier=1.0), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+        assert status.state is JobState.SUCCEEDED, status.error
+        result = insurer.result(job_id)
+    p = fed_dp_sgd.plan(job)
+    assert result.summary["rounds_run"] == 2
+    assert {"model.json", "history.csv", "training_curves.png"} <= set(result.artifacts)
+    assert len(json.loads(result.artifacts["model.json"])["weights"]) == p.model.size
+    node_factory.wait_closed(job_id)
+    for hospital in HOSPITALS:
+        assert Fraction(result.summary[f"epsilon_{hospital}"]) == p.epsilon(2)
+        charges = [
+            r.fields
+            for r in node_factory.nodes[hospital].audit_store.read()
+            if r.event == "budget_charged" and r.job_id == job_id
+        ]
+        assert [c["part"] for c in charges] == ["round-1", "round-2"]
+        assert Fraction(str(charges[-1]["spent"])) == p.epsilon(2)
+        ledger = node_factory.nodes[hospital].manager.ledger
+        assert ledger.line("patients").spent.delta == p.delta
+    addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
+    config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
+    outcome = audit_federation(load_regulator_config(config))
+    assert outcome.errors == 0, outcome.findings
