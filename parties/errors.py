@@ -58,7 +58,7 @@ class MalformedRequestError(BundError):
     """A request could not be parsed or misses a required field."""
 
 
-class PeerUnavailableError(BundError):
+class PeerUnavailableError(TransportError):
     """A peer node could not be reached; the message names it and its configured address."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -308,6 +309,11 @@ def no_privacy_cost(spec: JobSpec, party: str) -> Budget:
     return Budget()
 
 
+def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
+    """A protocol that needs every participant: any silent peer interrupts the job."""
+    return frozenset()
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
     """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
@@ -319,6 +325,9 @@ class ProtocolDef:
             dataset's classification.
         learns: party -> what that party learns, in words (shown to approvers, put in receipts).
         cost: the privacy budget the job charges to ``party``'s dataset (zero for non-DP jobs).
+        dropouts: the peers whose silence ``party``'s role handles itself (a federated round
+            carries on without them), so the node does not interrupt the job for them and does
+            not wait for their closing message.
     """
 
     name: str
@@ -329,6 +338,7 @@ class ProtocolDef:
     learns: Callable[[JobSpec], Mapping[str, str]]
     cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
     description: str = ""
+    dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
 
 
 class AuditSink(Protocol):
@@ -407,6 +417,7 @@ class RoleContext:
         charge: BudgetCharge = free_of_charge,
         executor: Executor | None = None,
         transcript: Sequence[TranscriptEntry] = (),
+        alive: Callable[[str], bool] | None = None,
     ) -> None:
         if party not in spec.parties:
             raise ValueError(f"{party} takes no part in job {spec.job_id}")
@@ -426,6 +437,7 @@ class RoleContext:
         #: This party's view of the job's messages; a resumed role starts from the saved one.
         self.transcript: list[TranscriptEntry] = list(transcript)
         self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
+        self._alive = alive
 
     @property
     def spec(self) -> JobSpec:
@@ -462,7 +474,8 @@ class RoleContext:
         check_tag(tag)
         if frm not in self._spec.parties or frm == self._party:
             raise ValueError(f"cannot receive from {frm!r}: not another participant of this job")
-        envelope = self._mailbox.take(self._spec.job_id, frm, tag, self._recv_timeout)
+        alive = None if self._alive is None else functools.partial(self._alive, frm)
+        envelope = self._mailbox.take(self._spec.job_id, frm, tag, self._recv_timeout, alive)
         self._log("received", frm, tag, envelope.sha256, len(envelope.payload))
         return envelope.payload
 

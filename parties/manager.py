@@ -866,6 +866,7 @@ class JobManager:
             charge=functools.partial(self._charge_part, spec),
             executor=self.executor,
             transcript=self.resume.transcript(job_id) if resumed else (),
+            alive=functools.partial(self._peer_alive, job_id),
         )
         self.store.update(job_id, state=JobState.RUNNING.value)
         try:
@@ -880,7 +881,9 @@ class JobManager:
             if result is not None and self.party not in spec.receivers:
                 raise RuntimeError(f"protocol {spec.protocol} produced a result for a non-receiver")
             transcript = ctx.transcript_digest()
-            peer_digests = self._exchange_closing(spec, transcript)
+            peer_digests = self._exchange_closing(
+                spec, transcript, definition.dropouts(spec, self.party)
+            )
             receipt = self._receipt(spec, definition, request, transcript)
             if result is not None:
                 artifacts = {**result.artifacts, "receipt.json": _receipt_json(receipt)}
@@ -897,6 +900,9 @@ class JobManager:
                 "holds_result": result is not None,
             }
             fields.update({f"peer_transcript.{p}": d for p, d in sorted(peer_digests.items())})
+            dropped = sorted(set(spec.parties) - {self.party} - set(peer_digests))
+            if dropped:
+                fields["dropped"] = ",".join(dropped)
             self.audit.append("privacy_receipt", job_id, receipt)
             self.audit.append("job_closed", job_id, fields)
             self.resume.forget(job_id)
@@ -967,12 +973,23 @@ class JobManager:
             )
         return receipt
 
-    def _exchange_closing(self, spec: JobSpec, transcript: str) -> dict[str, str]:
-        """Send our transcript digest to each peer and collect theirs (countersigned in our log)."""
+    def _exchange_closing(
+        self, spec: JobSpec, transcript: str, dropouts: frozenset[str] = frozenset()
+    ) -> dict[str, str]:
+        """Send our transcript digest to each peer and collect theirs (countersigned in our log).
+
+        Peers in ``dropouts`` (the role carried on without them) are sent the digest if they are
+        reachable and waited for one heartbeat interval at most; the others must answer.
+        """
         payload = json.dumps({"party": self.party, "transcript_sha256": transcript}).encode()
         others = [p for p in spec.parties if p != self.party]
         for peer in others:
-            self.peers.deliver(spec.job_id, peer, CLOSE_TAG, payload)
+            try:
+                self.peers.deliver(spec.job_id, peer, CLOSE_TAG, payload)
+            except BundError:
+                if peer not in dropouts:
+                    raise
+                continue
             self.audit.append(
                 "message_sent",
                 spec.job_id,
@@ -985,7 +1002,13 @@ class JobManager:
             )
         digests: dict[str, str] = {}
         for peer in others:
-            envelope = self.mailbox.take(spec.job_id, peer, CLOSE_TAG, self.recv_timeout)
+            patience = self._closing_patience(spec.job_id, peer, dropouts)
+            try:
+                envelope = self.mailbox.take(spec.job_id, peer, CLOSE_TAG, patience)
+            except PeerTimeoutError:
+                if peer not in dropouts:
+                    raise
+                continue
             self.audit.append(
                 "message_received",
                 spec.job_id,
@@ -1006,6 +1029,23 @@ class JobManager:
                 raise JobStateError(f"{peer} sent a malformed closing message") from None
             digests[peer] = value
         return digests
+
+    @property
+    def _heartbeat_timeout(self) -> float:
+        """How long one heartbeat may take: a busy peer is slow, not silent."""
+        return min(self.peer_silence / 2, max(self.heartbeat_interval, 2.0))
+
+    def _peer_alive(self, job_id: str, peer: str) -> bool:
+        """Whether ``peer`` answered a heartbeat of ``job_id`` within ``peer_silence_s``."""
+        with self._lock:
+            seen = self._last_seen.get(job_id, {}).get(peer)
+        return seen is None or time.monotonic() - seen < self.peer_silence
+
+    def _closing_patience(self, job_id: str, peer: str, dropouts: frozenset[str]) -> float:
+        """How long to wait for ``peer``'s closing message: briefly for a silent drop-out."""
+        if peer not in dropouts or self._peer_alive(job_id, peer):
+            return self.recv_timeout
+        return self.heartbeat_interval
 
     def _fail(self, spec: JobSpec, ctx: RoleContext, exc: Exception) -> None:
         job_id = spec.job_id
@@ -1103,7 +1143,7 @@ class JobManager:
             if peer == self.party:
                 continue
             try:
-                theirs = self.peers.status(peer, job_id, timeout=self.heartbeat_interval)
+                theirs = self.peers.status(peer, job_id, timeout=self._heartbeat_timeout)
             except BundError:
                 return  # still unreachable: try again at the next heartbeat
             if theirs.state.final and theirs.state is not JobState.INTERRUPTED:
@@ -1129,8 +1169,9 @@ class JobManager:
         with self._lock:
             seen = dict(self._last_seen.get(job_id, {}))
         spec = self.store.get(job_id).spec
+        tolerated = self.protocols[spec.protocol].dropouts(spec, self.party)
         for peer in spec.parties:
-            if peer == self.party:
+            if peer == self.party or peer in tolerated:
                 continue
             silent = now - seen.get(peer, now)
             if silent > self.peer_silence:
@@ -1150,7 +1191,7 @@ class JobManager:
     def _heartbeat(self, job_id: str, peer: str) -> None:
         """Ask ``peer`` for its view of the job; note that it answered, follow where it ended."""
         try:
-            status = self.peers.status(peer, job_id, timeout=self.heartbeat_interval)
+            status = self.peers.status(peer, job_id, timeout=self._heartbeat_timeout)
         except BundError:
             return  # silence: the watcher interrupts the job once it lasts peer_silence_s
         finally:

@@ -125,6 +125,7 @@ class FindingKind(StrEnum):
     CLOSE_DUPLICATED = "close_duplicated"
     OUTCOME_MISMATCH = "outcome_mismatch"
     TRANSCRIPT_MISMATCH = "transcript_mismatch"
+    DROPPED_OUT = "dropped_out"
     TRANSCRIPT_INCONSISTENT = "transcript_inconsistent"
     RESULT_OUTSIDE_RECEIVERS = "result_outside_receivers"
 
@@ -848,8 +849,19 @@ class _JobReconciler:
             for key, value in close.fields.items()
             if key.startswith(_PEER_TRANSCRIPT)
         }
+        dropped = set(str(close.fields.get("dropped", "")).split(",")) - {""}
         if spec is not None and self.outcome(party) == "succeeded":
             for peer in sorted(set(spec.parties) - {party} - set(reported)):
+                if peer in dropped:  # the protocol carries on without drop-outs, by design
+                    self.flag(
+                        FindingKind.DROPPED_OUT,
+                        [party, peer],
+                        f"{party} closed the job as succeeded (record {close.index}) without "
+                        f"{peer}, which it records as dropped out",
+                        {party: close.index},
+                        Severity.WARNING,
+                    )
+                    continue
                 self.flag(
                     FindingKind.TRANSCRIPT_MISMATCH,
                     [party, peer],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,8 @@ from typing import Protocol
 from compute.errors import BundError
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/:]{0,127}$")
+#: How often a waiting role asks whether its sender is still alive.
+LIVENESS_POLL_S = 0.5
 
 
 def check_tag(tag: str) -> str:
@@ -142,16 +145,40 @@ class Mailbox:
             self._cond.notify_all()
             return True
 
-    def take(self, job_id: str, sender: str, tag: str, timeout: float) -> Envelope:
-        """Wait up to ``timeout`` seconds for the message and remove it from the box."""
+    def take(
+        self,
+        job_id: str,
+        sender: str,
+        tag: str,
+        timeout: float,
+        sender_alive: Callable[[], bool] | None = None,
+    ) -> Envelope:
+        """Wait up to ``timeout`` seconds for the message and remove it from the box.
+
+        ``sender_alive``, polled every :data:`LIVENESS_POLL_S`, ends the wait early once the
+        sender is known to be gone (its node stopped answering heartbeats).
+        """
         key = (job_id, sender, tag)
+        deadline = time.monotonic() + timeout
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: (
-                    key in self._waiting or job_id in self._aborted or job_id in self._interrupted
-                ),
-                timeout=timeout,
-            )
+            while True:
+                left = deadline - time.monotonic()
+                slice_s = left if sender_alive is None else min(left, LIVENESS_POLL_S)
+                ok = self._cond.wait_for(
+                    lambda: (
+                        key in self._waiting
+                        or job_id in self._aborted
+                        or job_id in self._interrupted
+                    ),
+                    timeout=max(0.0, slice_s),
+                )
+                if ok or time.monotonic() >= deadline:
+                    break
+                if sender_alive is not None and not sender_alive():
+                    raise PeerTimeoutError(
+                        f"DEADLINE_EXCEEDED: {sender} stopped answering heartbeats while this "
+                        f"node waited for its message {tag!r} of job {job_id}"
+                    )
             self._raise_if_stopped(job_id)
             if not ok:
                 raise PeerTimeoutError(

@@ -56,7 +56,12 @@ from compute.errors import BundError, InvalidInputError, InvalidMessageError
 from compute.learn import fed
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from parties.ledger import BudgetExhaustedError
-from parties.transport import PeerTimeoutError
+from parties.transport import (
+    JobAbortedError,
+    JobInterruptedError,
+    PeerTimeoutError,
+    TransportError,
+)
 
 ROLE_COORDINATOR = "coordinator"
 ROLE_HOSPITAL = "hospital"
@@ -531,6 +536,8 @@ class _CoordinatorState:
     boxes: dict[str, str] = field(default_factory=dict)
     masked: dict[str, str] = field(default_factory=dict)
     request: str = ""
+    #: Hospitals whose node could not be reached: out of the job from then on.
+    gone: list[str] = field(default_factory=list)
 
     def save(self, ctx: JobContext) -> None:
         ctx.checkpoint("coordinator", json.dumps(asdict(self)).encode())
@@ -567,9 +574,26 @@ def _too_few(p: Plan, step: int, phase: str, count: int) -> secagg.DropoutError:
     )
 
 
+def _send(ctx: JobContext, s: _CoordinatorState, hospital: str, tag: str, payload: bytes) -> None:
+    """Send to a hospital; one whose node cannot be reached drops out of the job (``s.gone``).
+
+    Its missing answers then count against ``max_dropouts`` like any other drop-out.
+    """
+    if hospital in s.gone:
+        return
+    try:
+        ctx.send(hospital, tag, payload)
+    except (JobAbortedError, JobInterruptedError):
+        raise
+    except TransportError:
+        s.gone.append(hospital)
+        ctx.record("fed_dp_sgd.unreachable", {"hospital": hospital, "step": s.step})
+
+
 def _tell(
     ctx: JobContext,
     p: Plan,
+    s: _CoordinatorState,
     members: set[str],
     tag: str,
     payloads: Mapping[str, bytes],
@@ -577,7 +601,7 @@ def _tell(
 ) -> None:
     """Send each member its payload, and every other hospital ``empty`` (sit this step out)."""
     for h in p.hospitals:
-        ctx.send(h, tag, payloads[h] if h in members else empty)
+        _send(ctx, s, h, tag, payloads[h] if h in members else empty)
 
 
 def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndarray[Any, Any]:
@@ -585,7 +609,7 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
     tag, everyone = f"{s.step}", list(p.hospitals)
     names = {p.index(h): h for h in p.hospitals}
     if not s.roster:
-        answers = _collect(ctx, everyone, f"fed/keys/{tag}", 1)
+        answers = _collect(ctx, [h for h in everyone if h not in s.gone], f"fed/keys/{tag}", 1)
         exhausted = sorted(h for h, a in answers.items() if a == _EXHAUSTED)
         for h in answers:  # each hospital that answered a training step has paid for it
             s.joined[h] = s.joined.get(h, 0) + (s.kind == _TRAIN and h not in exhausted)
@@ -604,6 +628,7 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
     _tell(
         ctx,
         p,
+        s,
         members,
         f"fed/roster/{tag}",
         dict.fromkeys(members, bytes.fromhex(s.roster)),
@@ -625,7 +650,7 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
         h: secagg.encode_boxes({p.index(o): uploads[o][p.index(h)] for o in uploads if o != h})
         for h in uploads
     }
-    _tell(ctx, p, set(uploads), f"fed/inbox/{tag}", inboxes, secagg.encode_boxes({}))
+    _tell(ctx, p, s, set(uploads), f"fed/inbox/{tag}", inboxes, secagg.encode_boxes({}))
     length = _vector_length(p, s.kind)
     if not s.request:
         got = _collect(ctx, sorted(uploads), f"fed/masked/{tag}", p.upload_patience)
@@ -643,6 +668,7 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
     _tell(
         ctx,
         p,
+        s,
         alive,
         f"fed/unmask/{tag}",
         dict.fromkeys(alive, request),
@@ -693,7 +719,7 @@ def run_coordinator(ctx: JobContext) -> Result:
         weights = np.asarray(s.weights)
         kind = s.kind
         for h in p.hospitals:
-            ctx.send(h, f"fed/go/{s.step}", encode_go(kind, s.round + 1, weights))
+            _send(ctx, s, h, f"fed/go/{s.step}", encode_go(kind, s.round + 1, weights))
         if kind == _DONE:
             break
         total = _coordinator_step(ctx, p, s)
@@ -836,6 +862,16 @@ def learns(spec: JobSpec) -> dict[str, str]:
 
 
 #: The protocol as registered in ``parties.protocols.PROTOCOLS``.
+def dropouts(spec: JobSpec, party: str) -> frozenset[str]:
+    """Whose silence ``party``'s role handles itself: every hospital but itself.
+
+    The coordinator carries a round on without up to ``max_dropouts`` hospitals (more abort it
+    with ``DropoutError``); a hospital talks only to the coordinator, so another hospital's
+    silence is no concern of its own.
+    """
+    return frozenset(p.party for p in spec.participants if p.role == ROLE_HOSPITAL) - {party}
+
+
 DEFINITION = ProtocolDef(
     name="fed_dp_sgd",
     version="1",
@@ -844,4 +880,5 @@ DEFINITION = ProtocolDef(
     outputs=outputs,
     learns=learns,
     description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",
+    dropouts=dropouts,
 )

@@ -8,7 +8,10 @@ receives the global model, the curves and the ε per hospital. The regulator rec
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import importlib
+import io
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +23,7 @@ from parties.node import create_node
 from parties.protocols import PROTOCOLS, fed_dp_sgd
 from parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
+from tests.integration.serve_test_node import CRASH_ENV
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_fed_dp_sgd import HOSPITALS, spec
@@ -60,6 +64,61 @@ def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_p
         ledger = node_factory.nodes[hospital].manager.ledger
         assert ledger.line("patients").spent.delta == p.delta
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
+    config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
+    outcome = audit_federation(load_regulator_config(config))
+    assert outcome.errors == 0, outcome.findings
+
+
+def test_a_hospital_dying_after_its_upload_does_not_stop_the_training(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """hospital-c's node process dies right after uploading its masked update of round 1.
+
+    The round completes from the other two hospitals' shares (max_dropouts = 1), round 2 runs
+    without hospital-c, and the job succeeds at the coordinator and at the surviving hospitals.
+    """
+    # In-process nodes share one interpreter: import torch and Opacus before the job, so that no
+    # node stalls on the import while its peers wait (separate node processes never would).
+    importlib.import_module("opacus")
+    limits = "heartbeat_interval_s = 0.2\npeer_silence_s = 8"
+    data = generate_health(80, 11)
+    for hospital, table in HOSPITALS.items():
+        others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
+        path = node_factory.write_config(
+            hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
+            tables={"patients": data[table]}, limits=limits,
+        )  # fmt: skip
+        policy = path.parent / "policy.toml"
+        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
+        if hospital == "hospital-c":
+            node_factory.spawn(hospital, path, env={CRASH_ENV: "fed/masked/0"})
+        else:
+            node_factory.nodes[hospital] = create_node(load_config(path), PROTOCOLS)
+    insurer_config = node_factory.write_config("insurer", allowed=list(HOSPITALS), limits=limits)
+    node_factory.nodes["insurer"] = create_node(load_config(insurer_config), PROTOCOLS)
+    node_factory._write_peers()
+    job = dataclasses.replace(spec(rounds=2, noise_multiplier=1.0), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+        assert status.state is JobState.SUCCEEDED, status.error
+        result = insurer.result(job_id)
+    assert node_factory.processes["hospital-c"].wait(10) == 137  # it died where it was told
+    assert result.summary["rounds_run"] == 2
+    history = list(csv.DictReader(io.StringIO(result.artifacts["history.csv"].decode())))
+    assert [int(h["survivors"]) for h in history[:2]] == [3, 2]  # c's round-1 upload counted
+    for hospital in ("hospital-a", "hospital-b"):
+        with node_factory.client(hospital) as c:
+            assert wait_final(c, job_id).state is JobState.SUCCEEDED
+    node_factory.wait_closed(job_id)
+    closes = [
+        r.fields
+        for r in node_factory.nodes["insurer"].audit_store.read()
+        if r.event == "job_closed" and r.job_id == job_id
+    ]
+    assert closes[0]["dropped"] == "hospital-c"
+    survivors = ("insurer", "hospital-a", "hospital-b")
+    addresses = {n: f"127.0.0.1:{node_factory.port(n)}" for n in survivors}
     config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
     outcome = audit_federation(load_regulator_config(config))
     assert outcome.errors == 0, outcome.findings
