@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from parties.jobs import InvalidJobSpecError, ProtocolDef
 from parties.protocols import (
+    ckks_scoring,
     dp_stats,
     fed_dp_sgd,
     psi,
@@ -20,6 +21,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     for d in (
         psi.DEFINITION,
         dp_stats.DEFINITION,
+        ckks_scoring.DEFINITION,
         fed_dp_sgd.DEFINITION,
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
