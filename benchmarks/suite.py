@@ -36,6 +36,7 @@ KERNELS: dict[str, str] = {
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "fed": "benchmarks.bench_fed",
+    "scaling": "benchmarks.bench_scaling",
 }
 
 _LIBRARIES = (

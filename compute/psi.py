@@ -41,6 +41,16 @@ normalisation: two ids match only if they are the same text.
 
 The arithmetic is not constant-time (gmpy2); only the batch time of a whole set is observable to a
 peer, and the secret scalar only ever meets OpenSSL's constant-time X25519.
+
+Executors. :func:`hash_and_blind` and :func:`blind` split their work into one batch per worker of
+a :class:`~compute.executor.Executor`; every executor gives the same points as inline. The
+:class:`BlindingKey` itself refuses pickling, so it can reach no message, checkpoint or log. An
+out-of-process executor (``process``, ``ray``) gets the job's scalar as a ``_WorkerKey``, the
+one object that pickles it: unlike a Paillier private key (which decrypts the peer's values and
+never leaves the process), the scalar is fresh per job and lets its holder compute only what
+this party computes anyway, and the workers that hash the ids already hold the ids themselves.
+So the executor must be the party's own, as trusted as the node with its data: on Ray, a cluster
+dedicated to this party with token authentication and TLS on (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NoReturn
 
 import gmpy2
@@ -57,6 +68,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from compute.errors import InvalidMessageError, InvalidPointError
+from compute.executor import Executor, InlineExecutor, split_evenly
 
 #: Bytes of one encoded point (an X25519 u-coordinate).
 POINT_SIZE = 32
@@ -189,6 +201,21 @@ class BlindingKey:
     def __repr__(self) -> str:
         return "BlindingKey(<secret>)"
 
+    def export_for_checkpoint(self) -> bytes:
+        """The 32-byte scalar, for the node's sealed checkpoint store only; never for a message.
+
+        A resumed job must re-send byte-identical blinded points, so its scalar must survive a
+        restart; the node seals checkpoints with AES-256-GCM under its own key at rest.
+        """
+        return self._key.private_bytes_raw()
+
+    @classmethod
+    def from_checkpoint(cls, raw: bytes) -> BlindingKey:
+        """The key saved by :meth:`export_for_checkpoint`."""
+        if len(raw) != 32:
+            raise ValueError("a checkpointed blinding key is 32 bytes")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
     def __reduce__(self) -> NoReturn:
         raise TypeError("a PSI blinding key never leaves the process that made it")
 
@@ -204,7 +231,9 @@ def create_blinding_key() -> BlindingKey:
     return BlindingKey(X25519PrivateKey.generate())
 
 
-def blind(points: Iterable[bytes], key: BlindingKey) -> list[bytes]:
+def blind(
+    points: Sequence[bytes], key: BlindingKey, executor: Executor | None = None
+) -> list[bytes]:
     """Multiply each point by the key's clamped scalar (X25519).
 
     Blinding commutes, ``k1·(k2·P) == k2·(k1·P)``, so ``blind(blind(P, a), b) ==
@@ -214,6 +243,8 @@ def blind(points: Iterable[bytes], key: BlindingKey) -> list[bytes]:
         points: 32-byte u-coordinates, already checked by :func:`validate_points` if they came
             from a peer.
         key: This party's blinding key.
+        executor: Where the batches run (default inline); the same result on every executor.
+            An out-of-process one receives the job's scalar (see "Executors" above).
 
     Returns:
         The blinded u-coordinates, in order.
@@ -222,13 +253,84 @@ def blind(points: Iterable[bytes], key: BlindingKey) -> list[bytes]:
         InvalidPointError: If a point is not 32 bytes or is of low order (the product would be
             the identity).
     """
+    return _run_batches(_blind_task, points, key, executor)
+
+
+def hash_and_blind(
+    items: Sequence[bytes], context: bytes, key: BlindingKey, executor: Executor | None = None
+) -> list[bytes]:
+    """``blind(hash_to_points(items, context), key)`` in one pass per batch, on ``executor``.
+
+    One task per batch both hashes and blinds, so only the ids go out and only the blinded
+    points come back.
+
+    Raises:
+        ValueError: If ``context`` is longer than 255 bytes.
+    """
+    if len(context) > 255:
+        raise ValueError("the hash context must be at most 255 bytes")
+    return _run_batches(partial(_hash_and_blind_task, context), items, key, executor)
+
+
+class _WorkerKey:
+    """The scalar of one job's :class:`BlindingKey`, in the form worker processes receive it.
+
+    Only :func:`_run_batches` makes one, for an executor that runs batches out of process; it
+    pickles as its 32 raw bytes and nothing else in Bund creates or stores it.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+
+    def __repr__(self) -> str:
+        return "_WorkerKey(<secret>)"
+
+    def __reduce__(self) -> tuple[type[_WorkerKey], tuple[bytes]]:
+        return (_WorkerKey, (self._raw,))
+
+    def x25519(self) -> X25519PrivateKey:
+        """The scalar as an OpenSSL key, rebuilt in the worker."""
+        return X25519PrivateKey.from_private_bytes(self._raw)
+
+
+def _run_batches(
+    task: Callable[[BlindingKey | _WorkerKey, Sequence[bytes]], list[bytes]],
+    values: Sequence[bytes],
+    key: BlindingKey,
+    executor: Executor | None,
+) -> list[bytes]:
+    """Split ``values`` into one batch per worker and run ``task`` with the key on each."""
+    if not isinstance(key, BlindingKey):
+        raise TypeError("blinding needs a BlindingKey")
+    executor = executor or InlineExecutor()
+    held: BlindingKey | _WorkerKey = key
+    if not executor.in_process:
+        held = _WorkerKey(key._key.private_bytes_raw())
+    batches = split_evenly(values, executor.workers)
+    return [point for part in executor.map(partial(task, held), batches) for point in part]
+
+
+def _x25519(key: BlindingKey | _WorkerKey) -> X25519PrivateKey:
+    return key._key if isinstance(key, BlindingKey) else key.x25519()
+
+
+def _blind_task(key: BlindingKey | _WorkerKey, points: Sequence[bytes]) -> list[bytes]:
+    exchange = _x25519(key).exchange
     try:
-        return list(map(key._key.exchange, map(X25519PublicKey.from_public_bytes, points)))
+        return list(map(exchange, map(X25519PublicKey.from_public_bytes, points)))
     except ValueError:
         raise InvalidPointError(
             "a point is malformed or of low order; the peer's PSI payload is invalid and the job "
             "must stop"
         ) from None
+
+
+def _hash_and_blind_task(
+    context: bytes, key: BlindingKey | _WorkerKey, items: Sequence[bytes]
+) -> list[bytes]:
+    return _blind_task(key, hash_to_points(items, context))
 
 
 def validate_points(

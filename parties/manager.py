@@ -389,6 +389,7 @@ class JobManager:
         #: Interrupted jobs to resume once their peers answer again, and how often each was.
         self._healing: set[str] = set()
         self._healed: dict[str, int] = {}
+        self._resumed_at: dict[str, float] = {}
         self._stopping = threading.Event()
         self._beats = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bund-heartbeat")
         self._watcher = threading.Thread(target=self._watch, name="bund-watch", daemon=True)
@@ -916,6 +917,7 @@ class JobManager:
                     self._started.pop(job_id, None)
                 if state.final and state is not JobState.INTERRUPTED:
                     self._healed.pop(job_id, None)
+                    self._resumed_at.pop(job_id, None)
 
     def _charge_part(self, spec: JobSpec, part: str, cost: Budget) -> None:
         """Charge this party's dataset for one part of a running job (a training round)."""
@@ -1051,10 +1053,7 @@ class JobManager:
         job_id = spec.job_id
         current = self.store.get(job_id).state
         if isinstance(exc, _FAULTS) and current in (JobState.RUNNING, JobState.INTERRUPTED):
-            # A fault this node saw itself heals once every peer answers again; one a peer
-            # reported is healed by that peer, which asks this node to resume.
-            heal = not (isinstance(exc, JobInterruptedError) and exc.from_peer)
-            self._interrupted(spec, ctx, str(exc), heal)
+            self._interrupted(spec, ctx, str(exc))
             return
         self.resume.forget(job_id)
         if isinstance(exc, BundError):
@@ -1083,17 +1082,16 @@ class JobManager:
                 if peer != self.party:
                     self._abort_peer(peer, job_id, f"{self.party} failed: {reason}")
 
-    def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str, heal: bool) -> None:
+    def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str) -> None:
         """A fault stopped the role: keep its checkpoints and inbox, so the job can resume.
 
-        With ``heal``, the watcher resumes the job by itself once every peer answers again (at
-        most :data:`AUTO_RESUMES` times; then only an operator's ``bund job resume`` does).
+        The watcher resumes the job by itself once every peer answers again (at most
+        :data:`AUTO_RESUMES` times; then only an operator's ``bund job resume`` does).
         """
         self.store.update(spec.job_id, state=JobState.INTERRUPTED.value, error=reason[:1000])
-        if heal:
-            with self._lock:
-                if self._healed.get(spec.job_id, 0) < AUTO_RESUMES:
-                    self._healing.add(spec.job_id)
+        with self._lock:
+            if self._healed.get(spec.job_id, 0) < AUTO_RESUMES:
+                self._healing.add(spec.job_id)
         self.audit.append(
             "job_interrupted",
             spec.job_id,
@@ -1189,7 +1187,12 @@ class JobManager:
             self._beats.submit(self._heartbeat, job_id, peer)
 
     def _heartbeat(self, job_id: str, peer: str) -> None:
-        """Ask ``peer`` for its view of the job; note that it answered, follow where it ended."""
+        """Ask ``peer`` for its view of the job; note that it answered, follow where it ended.
+
+        An answer to a question asked before this node last resumed the job is stale (the peer
+        was asked to resume too), so only its proof of life counts.
+        """
+        asked = time.monotonic()
         try:
             status = self.peers.status(peer, job_id, timeout=self._heartbeat_timeout)
         except BundError:
@@ -1200,10 +1203,11 @@ class JobManager:
         with self._lock:
             if job_id in self._last_seen:
                 self._last_seen[job_id][peer] = time.monotonic()
+            stale = asked < self._resumed_at.get(job_id, 0.0)
+        if stale:
+            return
         if status.state is JobState.INTERRUPTED:
-            self.mailbox.interrupt(
-                job_id, f"{peer} interrupted the job: {status.error}", from_peer=True
-            )
+            self.mailbox.interrupt(job_id, f"{peer} interrupted the job: {status.error}")
         elif status.state in (JobState.FAILED, JobState.ABORTED, JobState.REFUSED):
             self.mailbox.abort(job_id, f"{peer} ended the job {status.state.value}: {status.error}")
 
@@ -1249,6 +1253,8 @@ class JobManager:
                 f"job {job_id} is {status.state.value}; only an interrupted job can be resumed"
             )
         self.audit.append("job_resumed", job_id, {"by": caller})
+        with self._lock:
+            self._resumed_at[job_id] = time.monotonic()
         self.mailbox.reopen(job_id, self.resume.inbox(job_id))
         self.store.update(job_id, state=JobState.RUNNING.value, error="")
         if caller == self.party:

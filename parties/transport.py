@@ -51,14 +51,7 @@ class JobAbortedError(TransportError):
 
 
 class JobInterruptedError(TransportError):
-    """A fault stopped the job (a silent peer, a missed deadline); it can be resumed.
-
-    ``from_peer`` says a peer reported the fault, rather than this node seeing it.
-    """
-
-    def __init__(self, message: str, from_peer: bool = False) -> None:
-        super().__init__(message)
-        self.from_peer = from_peer
+    """A fault stopped the job (a silent peer, a missed deadline); it can be resumed."""
 
 
 class MailboxJournal(Protocol):
@@ -117,7 +110,7 @@ class Mailbox:
         self._waiting: dict[tuple[str, str, str], Envelope] = {}
         self._seen: dict[tuple[str, str, str], bytes] = {}
         self._aborted: dict[str, str] = {}
-        self._interrupted: dict[str, tuple[str, bool]] = {}
+        self._interrupted: dict[str, str] = {}
 
     def put(self, job_id: str, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; return False for an identical replay. Raise on equivocation."""
@@ -195,12 +188,12 @@ class Mailbox:
         if job_id in self._aborted:
             raise JobAbortedError(f"job {job_id} was aborted: {self._aborted[job_id]}")
         if job_id in self._interrupted:
-            raise JobInterruptedError(*self._interrupted[job_id])
+            raise JobInterruptedError(self._interrupted[job_id])
 
-    def interrupt(self, job_id: str, reason: str, from_peer: bool = False) -> None:
+    def interrupt(self, job_id: str, reason: str) -> None:
         """Wake every role of ``job_id`` with ``JobInterruptedError`` (the job stays resumable)."""
         with self._cond:
-            self._interrupted[job_id] = (reason, from_peer)
+            self._interrupted[job_id] = reason
             self._cond.notify_all()
 
     def reopen(self, job_id: str, kept: list[tuple[str, str, bytes, bytes | None]]) -> None:

@@ -257,7 +257,7 @@ def audit_record_from_proto(message: ProtoAuditRecord) -> AuditRecord:
     """Deserialise an ``AuditRecord`` (its signature is checked by the verifier, not here)."""
     try:
         fields = json.loads(message.fields_json)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than any record's
         raise MalformedRequestError("audit record fields are not JSON") from None
     if not isinstance(fields, dict):
         raise MalformedRequestError("audit record fields must be a JSON object")

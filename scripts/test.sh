@@ -6,6 +6,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== proto drift";   scripts/check_protos.sh
 echo "== ruff";          ruff check .
+echo "== security lint"; python scripts/lint_security.py
 echo "== import-linter"; lint-imports
 echo "== mypy";          mypy
 echo "== chromium";      bash scripts/chromium.sh >/dev/null   # the HTML report test opens it

@@ -11,6 +11,10 @@ member, all under this job (``docs/protocols/psi.md`` has sizes and what each ro
 2. ``psi/blinded/<i>``: the member's hashed ids blinded with its fresh scalar, sorted, in chunks.
 3. ``psi/double/<i>``: only to a receiver: its blinded points re-blinded by the peer, in the order
    received (intersection mode) or sorted as one set (cardinality mode).
+
+Hashing and blinding, the heavy part, run in batches on the node's executor (``ctx.executor``:
+``[compute] executor`` in ``node.toml``, for example ``process:8`` or ``ray://head:10001``); the
+messages and the result are the same on every executor.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from compute.psi import (
     create_blinding_key,
     decode_header,
     encode_header,
-    hash_to_points,
+    hash_and_blind,
     intersect_indices,
     normalise_ids,
     sorted_order,
@@ -159,9 +163,23 @@ def _setup(ctx: JobContext) -> _State:
         mode=mode,
         ids=ids,
         context=bytes.fromhex(spec.digest()),
-        key=create_blinding_key(),
+        key=_blinding_key(ctx),
         own_header=SetHeader(mode, len(ids.items), cap, MAX_CHUNK_POINTS),
     )
+
+
+def _blinding_key(ctx: JobContext) -> BlindingKey:
+    """The job's scalar: fresh, and checkpointed before any point it blinds is sent.
+
+    A resumed member restores it and runs the protocol again from the start: its messages come
+    out byte-identical (replays, which the peer ignores) and the peer's wait in its inbox.
+    """
+    saved = ctx.restore("psi.key")
+    if saved is not None:
+        return BlindingKey.from_checkpoint(saved)
+    key = create_blinding_key()
+    ctx.checkpoint("psi.key", key.export_for_checkpoint())
+    return key
 
 
 def _exchange_headers(s: _State) -> None:
@@ -175,7 +193,7 @@ def _send_blinded(s: _State) -> None:
     blinded: list[bytes] = []
     for start in range(0, total, MAX_CHUNK_POINTS):
         chunk = items[start : start + MAX_CHUNK_POINTS]
-        blinded += blind(hash_to_points(chunk, s.context), s.key)
+        blinded += hash_and_blind(chunk, s.context, s.key, s.ctx.executor)
         s.ctx.progress("blind", len(blinded), total)
     s.sent_order = sorted_order(blinded)
     sent = [blinded[j] for j in s.sent_order]
@@ -194,7 +212,7 @@ def _reblind_peer_set(s: _State) -> None:
     done = 0
     for i, count in enumerate(sizes):
         points = validate_points(ctx.recv(s.peer, f"psi/blinded/{i}"), count, seen)
-        double = blind(points, s.key)
+        double = blind(points, s.key, ctx.executor)
         if reply_now:
             ctx.send(s.peer, f"psi/double/{i}", b"".join(double))
         if keep:

@@ -29,11 +29,13 @@ from compute import paillier as pl
 from compute.errors import InvalidMessageError
 from compute.psi import (
     MAX_CHUNK_POINTS,
+    BlindingKey,
     Disclosure,
     NormalisedIds,
     SetHeader,
     blind,
     create_blinding_key,
+    hash_and_blind,
     hash_to_points,
     normalise_ids,
     sorted_order,
@@ -108,6 +110,22 @@ class Alignment:
     own_set_size: int
 
 
+def _blinding_keys(ctx: JobContext, peers: list[str]) -> dict[str, BlindingKey]:
+    """A fresh blinding key per peer, all checkpointed before the first point is sent.
+
+    All at once: a checkpoint releases the messages taken before it, and a resumed alignment
+    runs from the start, so no key may be saved after a peer's points were taken.
+    """
+    saved = ctx.restore("align.keys")
+    if saved is not None and len(saved) == 32 * len(peers):
+        return {
+            p: BlindingKey.from_checkpoint(saved[32 * i : 32 * i + 32]) for i, p in enumerate(peers)
+        }
+    keys = {p: create_blinding_key() for p in peers}
+    ctx.checkpoint("align.keys", b"".join(k.export_for_checkpoint() for k in keys.values()))
+    return keys
+
+
 def align_label_holder(ctx: JobContext, providers: list[str]) -> Alignment:
     """The label holder's side of the alignment with every feature holder.
 
@@ -122,19 +140,20 @@ def align_label_holder(ctx: JobContext, providers: list[str]) -> Alignment:
     ids, cap = _own_ids(ctx)
     items, item_rows = ids.items, ids.rows
     context = _context(ctx)
+    keys = _blinding_keys(ctx, providers)
     hashed = hash_to_points(items, context)
     # For each provider: our item index -> that provider's sent position.
     matches: list[dict[int, int]] = []
     for peer in providers:
         header = _exchange_headers(ctx, peer, len(items), cap)
-        key = create_blinding_key()
-        blinded = blind(hashed, key)
+        key = keys[peer]
+        blinded = blind(hashed, key, ctx.executor)
         order = sorted_order(blinded)
         peer_points = _recv_points(ctx, peer, "align/blinded", header)
         _send_points(ctx, peer, "align/blinded", [blinded[j] for j in order])
         own_header = SetHeader(Disclosure.INTERSECTION, len(items), cap, MAX_CHUNK_POINTS)
         own_double = _recv_points(ctx, peer, "align/double", own_header, compared_only=True)
-        peer_double = {value: j for j, value in enumerate(blind(peer_points, key))}
+        peer_double = {value: j for j, value in enumerate(blind(peer_points, key, ctx.executor))}
         found: dict[int, int] = {}
         for sent, value in enumerate(own_double):
             j = peer_double.get(value)
@@ -163,12 +182,12 @@ def align_feature_holder(ctx: JobContext, label_holder: str) -> Alignment:
     ids, cap = _own_ids(ctx)
     items, item_rows = ids.items, ids.rows
     header = _exchange_headers(ctx, label_holder, len(items), cap)
-    key = create_blinding_key()
-    blinded = blind(hash_to_points(items, _context(ctx)), key)
+    key = _blinding_keys(ctx, [label_holder])[label_holder]
+    blinded = hash_and_blind(items, _context(ctx), key, ctx.executor)
     order = sorted_order(blinded)
     _send_points(ctx, label_holder, "align/blinded", [blinded[j] for j in order])
     bank_points = _recv_points(ctx, label_holder, "align/blinded", header)
-    double = blind(bank_points, key)
+    double = blind(bank_points, key, ctx.executor)
     _send_points(ctx, label_holder, "align/double", double)
     payload = ctx.recv(label_holder, "align/rows")
     if len(payload) < _ROWS.size:
@@ -344,7 +363,7 @@ def decode_meta(payload: bytes, limit: int = 1 << 20) -> dict[str, Any]:
         raise InvalidMessageError("not a version-1 metadata message: upgrade the older node")
     try:
         doc = json.loads(payload[5:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidMessageError("the metadata message is not valid JSON") from None
     if not isinstance(doc, dict):
         raise InvalidMessageError("the metadata message is not a JSON object")

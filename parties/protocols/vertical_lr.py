@@ -254,6 +254,8 @@ def run_label_holder(ctx: JobContext) -> Result:
     private = _bank_key(ctx, key_bits_param(spec))
     public = private.public_key
     source = pl.Encryptor(private)
+    # The key owner's fast encryptor holds the secret: only an in-process executor may use it.
+    batch_source = source if ctx.executor.in_process else pl.Encryptor(public)
     st = _BankState.load(ctx)
     if st is None:
         counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
@@ -279,7 +281,12 @@ def run_label_holder(ctx: JobContext) -> Result:
                 weights = np.asarray(st.weights)
                 z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
                 rq = lg.residuals(z, y[batch])
-                encrypted = pl.encrypt(source, rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS)
+                encrypted = pl.encrypt(
+                    batch_source,
+                    rq.tolist(),
+                    frac_bits=lg.RESIDUAL_FRAC_BITS,
+                    executor=ctx.executor,
+                )
                 st.pending = [vector_chunks(encrypted, source) for _ in providers]
                 st.total += lg.log_loss(z, y[batch]) * size
                 step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
@@ -531,7 +538,9 @@ def run_feature_holder(ctx: JobContext) -> Result:
                 residuals = recv_vector(
                     ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
                 )
-                gradient = pl.matvec(xq[batch].T, residuals, lg.FEATURE_FRAC_BITS)
+                gradient = pl.matvec(
+                    xq[batch].T, residuals, lg.FEATURE_FRAC_BITS, executor=ctx.executor
+                )
                 # The mask must come from the CSPRNG: it is all that hides the gradient.
                 st.masks = [secrets.randbits(mask_bits) for _ in names]
                 packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size))

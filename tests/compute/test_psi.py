@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import pickle
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import gmpy2
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
 from compute.errors import InvalidMessageError, InvalidPointError
+from compute.executor import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
 from compute.psi import (
     FIELD_PRIME,
     HASH_DOMAIN,
@@ -25,12 +28,15 @@ from compute.psi import (
     create_blinding_key,
     decode_header,
     encode_header,
+    hash_and_blind,
     hash_to_points,
     intersect_indices,
     normalise_ids,
     validate_points,
 )
 
+T = TypeVar("T")
+R = TypeVar("R")
 P = FIELD_PRIME
 A = 486662
 #: Order of the prime-order subgroup of Curve25519.
@@ -270,3 +276,66 @@ def test_header_rejects_malformed(mutate: object) -> None:
     good = encode_header(SetHeader(Disclosure.CARDINALITY, 10, 100, 8))
     with pytest.raises(InvalidMessageError):
         decode_header(mutate(good))  # type: ignore[operator]
+
+
+# --- executors: the same points wherever the batches run ---
+
+
+class PicklingExecutor(Executor):
+    """Runs batches here but, like a process pool or Ray, only on pickled copies of everything."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self.sent: list[bytes] = []
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def map(self, fn: Callable[[T], R], batches: Sequence[T]) -> list[R]:
+        self.sent.append(pickle.dumps(fn))
+        copy_of_fn: Callable[[T], R] = pickle.loads(self.sent[-1])
+        return [copy_of_fn(pickle.loads(pickle.dumps(b))) for b in batches]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("executor", [InlineExecutor(), ThreadExecutor(3), PicklingExecutor(4)])
+def test_hash_and_blind_on_any_executor_equals_inline(executor: Executor) -> None:
+    items = [f"id-{i}".encode() for i in range(37)]
+    key = create_blinding_key()
+    expected = blind(hash_to_points(items, CTX), key)
+    assert hash_and_blind(items, CTX, key, executor) == expected
+    assert blind(expected, key, executor) == blind(expected, key)
+    assert hash_and_blind([], CTX, key, executor) == []
+    executor.close()
+
+
+def test_only_out_of_process_executors_get_the_scalar_and_the_key_object_never() -> None:
+    key = create_blinding_key()
+    points = hash_to_points([b"a", b"b"], CTX)
+    out_of_process = PicklingExecutor(2)
+    blind(points, key, out_of_process)
+    shipped = pickle.loads(out_of_process.sent[0])
+    assert type(shipped.args[0]).__name__ == "_WorkerKey"
+    assert "secret" in repr(shipped.args[0])
+    with pytest.raises(TypeError):
+        pickle.dumps(key)  # the job's key object itself still refuses
+
+
+def test_process_workers_blind_like_inline_and_report_invalid_points() -> None:
+    items = [f"91310000MA1K{i:06d}".encode() for i in range(300)]
+    key = create_blinding_key()
+    with ProcessExecutor(2) as ex:
+        points = hash_and_blind(items, CTX, key, ex)
+        assert points == blind(hash_to_points(items, CTX), key)
+        with pytest.raises(InvalidPointError, match="low order"):
+            blind([*points[:5], bytes(32)], key, ex)
+
+
+def test_hash_and_blind_rejects_long_context() -> None:
+    with pytest.raises(ValueError, match="255"):
+        hash_and_blind([b"x"], bytes(256), create_blinding_key())
+    with pytest.raises(TypeError):
+        blind([], object())  # type: ignore[arg-type]

@@ -21,17 +21,17 @@ import pytest
 
 from compute import insecure
 from parties.audit import SqliteAuditStore, verify_store
-from parties.client import RemoteError
+from parties.client import NodeClient, RemoteError
 from parties.config import load_config
 from parties.data import generate_finance
 from parties.identity import load_audit_public_key
-from parties.jobs import JobSpec, JobState, Participant
+from parties.jobs import JobSpec, JobState, JobStatus, Participant
 from parties.node import create_node
 from parties.protocols import PROTOCOLS
 from parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.fault_protocols import TEST_PROTOCOLS
-from tests.integration.test_node import BANK_IDS, TAX_IDS, wait_final
+from tests.integration.test_node import BANK_IDS, TAX_IDS, psi_spec, wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_vertical_lr import ROLES, make_spec
 
@@ -101,13 +101,44 @@ def wait_progress(f: NodeFactory, name: str, job_id: str, at_least: int) -> None
 
 
 #: Thread pools that grow on demand up to a fixed size: bounded by construction, not leaks.
-BOUNDED_POOLS = ("bund-job", "bund-heartbeat")
+BOUNDED_POOLS = ("bund-job", "bund-heartbeat", "bund-rpc")
+
+
+def wait_succeeded(client: NodeClient, job_id: str, timeout: float = 60) -> JobStatus:
+    """Wait until a job succeeds or ends for good; an interruption may still heal."""
+
+    def settled() -> JobStatus | None:
+        status = client.status(job_id)
+        done = status.state.final and status.state is not JobState.INTERRUPTED
+        return status if done else None
+
+    return wait_until(settled, timeout, f"job {job_id} to succeed at {client.party}")
 
 
 def resource_counts() -> tuple[int, int]:
     """Threads outside the bounded pools, and open file descriptors, of this process."""
     threads = [t.name for t in threading.enumerate() if not t.name.startswith(BOUNDED_POOLS)]
     return len(threads), len(os.listdir("/proc/self/fd"))
+
+
+def resource_names() -> tuple[list[str], list[str]]:
+    """What the counts count, for a failure message."""
+    threads = sorted(t.name for t in threading.enumerate())
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return threads, sorted(fds)
+
+
+def grown(before: tuple[list[str], list[str]]) -> str:
+    """The threads and descriptors that are new since ``before``."""
+    now = resource_names()
+    return f"new threads {sorted(set(now[0]) - set(before[0]))}, new descriptors " + str(
+        sorted(set(now[1]) - set(before[1]))
+    )
 
 
 def no_more_than(baseline: tuple[int, int]) -> bool | None:
@@ -129,6 +160,7 @@ def test_frozen_peer_interrupts_the_job_which_resumes_once_it_thaws(
         assert wait_final(bank, warm).state is JobState.SUCCEEDED
         f.wait_closed(warm)
         baseline: tuple[int, int] | None = None
+        names: tuple[list[str], list[str]] = ([], [])
         for _ in range(2):
             job_id = bank.submit(relay_spec(rounds, 0.02))
             wait_progress(f, "bank", job_id, 5)
@@ -144,19 +176,23 @@ def test_frozen_peer_interrupts_the_job_which_resumes_once_it_thaws(
                 assert bank.result(other).summary["sum_of_squares"] == expected_sum(10)
             finally:
                 os.kill(f.processes["tax"].pid, signal.SIGCONT)
-            bank.resume(job_id)
-            finished = wait_final(bank, job_id, timeout=60)
+            bank.resume(job_id)  # or it heals by itself: either way it must succeed
+            try:
+                finished = wait_succeeded(bank, job_id)
+            except AssertionError:
+                with f.client("tax") as tax:
+                    raise AssertionError((bank.status(job_id), tax.status(job_id))) from None
             assert finished.state is JobState.SUCCEEDED, finished.error
             assert bank.result(job_id).summary["sum_of_squares"] == expected_sum(rounds)
             f.wait_closed(job_id)
             # After the first fault the node reached its steady state; the second must not leak.
             if baseline is None:
-                baseline = resource_counts()
+                baseline, names = resource_counts(), resource_names()
             else:
                 wait_until(
                     functools.partial(no_more_than, baseline),
                     10,
-                    f"threads and descriptors at {baseline}",
+                    f"threads and descriptors at {baseline}: {grown(names)}",
                 )
     assert spent(f, "tax") == Fraction(5 + 2 * rounds, 1000)
 
@@ -246,3 +282,50 @@ def test_vertical_lr_resumes_after_kill_with_the_uninterrupted_model(
     reference = run_vertical_lr(f, None)
     resumed = run_vertical_lr(f, victim)
     assert resumed == reference  # bit for bit: every party's coefficients, losses and metrics
+
+
+@pytest.mark.parametrize("victim", ["bank", "tax"])
+def test_psi_resumes_after_kill_with_the_exact_intersection(
+    node_factory: NodeFactory, victim: str
+) -> None:
+    f = node_factory
+    bank_ids = [f"91310000MA{i:08d}" for i in range(0, 40_000)]
+    tax_ids = [f"91310000MA{i:08d}" for i in range(25_000, 60_000)]
+    paths = {
+        "bank": f.write_config("bank", {"loans": {"company_id": bank_ids}}, ("tax",),
+                               {"loans": ["psi"]}, limits=LIMITS),
+        "tax": f.write_config("tax", {"filings": {"uscc": tax_ids}}, ("bank",),
+                              {"filings": ["psi"]}, limits=LIMITS),
+    }  # fmt: skip
+    for name, path in paths.items():
+        f.spawn(name, path)
+    with f.client("bank") as bank:
+        job_id = bank.submit(psi_spec())
+    survivor = "tax" if victim == "bank" else "bank"
+
+    def busy() -> bool | None:  # the victim is hashing, blinding or re-blinding: mid-phase
+        with f.client(victim) as c:
+            try:
+                status = c.status(job_id)
+            except RemoteError:
+                return None
+        return (status.phase in ("blind", "reblind") and status.done >= 8_000) or None
+
+    wait_until(busy, 60, f"{victim} to be mid-phase")
+    f.kill(victim)
+    f.spawn(victim, paths[victim])
+    with f.client("bank") as bank:
+        status = wait_final(bank, job_id, timeout=120)
+        assert status.state is JobState.SUCCEEDED, status.error
+        result = bank.result(job_id)
+    with f.client(survivor) as c:
+        assert wait_final(c, job_id).state is JobState.SUCCEEDED
+    ids = result.artifacts["intersection.csv"].decode().split()[1:]
+    assert sorted(ids) == sorted(set(bank_ids) & set(tax_ids))
+    f.stop_all()
+    store = SqliteAuditStore(f.workdir / victim / "state" / "audit.db")
+    try:
+        events = [r.event for r in store.read() if r.job_id == job_id]
+    finally:
+        store.close()
+    assert "job_resumed" in events and events.count("job_closed") == 1  # it really restarted
