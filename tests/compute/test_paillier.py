@@ -337,6 +337,7 @@ def test_background_refills_are_driven_by_the_caller(keys: Keys) -> None:
     pool = pl.ObfuscatorPool(keys.encryptor, capacity=32, low_water=16)
     worker = threading.Thread(target=pool.run_refills, kwargs={"batch": 8})
     worker.start()
+
     def wait_full() -> None:
         for _ in range(2000):
             if len(pool) == 32:
