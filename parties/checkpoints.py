@@ -156,23 +156,29 @@ class ResumeStore:
                 (job_id, sender, tag),
             )
 
-    def inbox(self, job_id: str) -> list[tuple[str, str, bytes, bytes | None]]:
-        """Every message of a job kept here: (sender, tag, sha256, payload or None if dropped)."""
+    def inbox(self, job_id: str) -> list[tuple[str, str, bytes, bool]]:
+        """Every message of a job kept here: (sender, tag, sha256, whether its payload is kept)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT sender, tag, sha256, blob FROM inbox WHERE job_id = ?", (job_id,)
+                "SELECT sender, tag, sha256, blob IS NOT NULL FROM inbox WHERE job_id = ?",
+                (job_id,),
             ).fetchall()
-        out: list[tuple[str, str, bytes, bytes | None]] = []
-        for sender, tag, sha, blob in rows:
-            payload = (
-                None
-                if blob is None
-                else self._open(
-                    _aad("message", job_id, sender, tag), bytes(blob), f"message {tag!r}"
-                )
-            )
-            out.append((sender, tag, bytes(sha), payload))
-        return out
+        return [(sender, tag, bytes(sha), bool(kept)) for sender, tag, sha, kept in rows]
+
+    def payload(self, job_id: str, sender: str, tag: str) -> bytes:
+        """A kept message's payload, authenticated.
+
+        Raises:
+            CheckpointTamperedError: If it was altered or moved, or is no longer kept.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT blob FROM inbox WHERE job_id = ? AND sender = ? AND tag = ?",
+                (job_id, sender, tag),
+            ).fetchone()
+        if row is None or row[0] is None:
+            raise CheckpointTamperedError(f"message {tag!r} of {sender} is no longer kept here")
+        return self._open(_aad("message", job_id, sender, tag), bytes(row[0]), f"message {tag!r}")
 
     # -- the transcript ------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from typing import Protocol
 from compute.errors import BundError
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/:]{0,127}$")
+#: Payloads larger than this wait for their role on disk (in a journal), not in memory.
+SPOOL_BYTES = 64 << 10
 #: How often a waiting role asks whether its sender is still alive.
 LIVENESS_POLL_S = 0.5
 
@@ -65,6 +67,10 @@ class MailboxJournal(Protocol):
         """Note that a message was handed to the role."""
         ...
 
+    def payload(self, job_id: str, sender: str, tag: str) -> bytes:
+        """A stored message's payload (the mailbox keeps large ones on disk only)."""
+        ...
+
 
 def digest(payload: bytes) -> bytes:
     """SHA-256 of a payload: what the mailbox and the audit log key messages by."""
@@ -98,7 +104,9 @@ class Mailbox:
     """Received messages of one node, for all its jobs; thread-safe, blocking ``take``.
 
     A payload is handed out once; afterwards only its digest is kept, so a replay stays a no-op
-    and memory does not grow with finished messages.
+    and memory does not grow with finished messages. With a journal, a payload of more than
+    :data:`SPOOL_BYTES` stays on disk until a role takes it, so the messages a fast sender has
+    delivered ahead of a slow role cost the receiver disk, not memory.
     """
 
     def __init__(self, max_payload: int, journal: MailboxJournal | None = None) -> None:
@@ -111,6 +119,8 @@ class Mailbox:
         self._seen: dict[tuple[str, str, str], bytes] = {}
         self._aborted: dict[str, str] = {}
         self._interrupted: dict[str, str] = {}
+        #: Messages waiting on disk only (their envelopes in ``_waiting`` carry no payload).
+        self._spooled: set[tuple[str, str, str]] = set()
 
     def put(self, job_id: str, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; return False for an identical replay. Raise on equivocation."""
@@ -131,10 +141,13 @@ class Mailbox:
                     f"{sender} sent a different payload under tag {tag!r} of job {job_id}; "
                     "the job cannot continue"
                 )
+            spool = self._journal is not None and len(payload) > SPOOL_BYTES
             if self._journal is not None:
                 self._journal.received(job_id, sender, tag, sha, payload)
+            if spool:
+                self._spooled.add(key)
             self._seen[key] = sha
-            self._waiting[key] = Envelope(job_id, sender, tag, payload, sha)
+            self._waiting[key] = Envelope(job_id, sender, tag, b"" if spool else payload, sha)
             self._cond.notify_all()
             return True
 
@@ -180,7 +193,14 @@ class Mailbox:
                     "then resume the job"
                 )
             envelope = self._waiting.pop(key)
+            spooled = key in self._spooled
+            self._spooled.discard(key)
         if self._journal is not None:
+            if spooled:
+                payload = self._journal.payload(job_id, sender, tag)
+                if digest(payload) != envelope.sha256:
+                    raise TransportError(f"the stored message {tag!r} of {sender} is damaged")
+                envelope = Envelope(job_id, sender, tag, payload, envelope.sha256)
             self._journal.taken(job_id, sender, tag)
         return envelope
 
@@ -196,20 +216,24 @@ class Mailbox:
             self._interrupted[job_id] = reason
             self._cond.notify_all()
 
-    def reopen(self, job_id: str, kept: list[tuple[str, str, bytes, bytes | None]]) -> None:
-        """Clear an interrupted job's marks and reload the messages its journal kept.
+    def reopen(self, job_id: str, kept: list[tuple[str, str, bytes, bool]]) -> None:
+        """Clear an interrupted job's marks and offer again the messages its journal kept.
 
-        ``kept`` holds (sender, tag, sha256, payload or None); a ``None`` payload was consumed
-        before the role's last checkpoint, and only its digest is remembered, to spot replays.
+        ``kept`` holds (sender, tag, sha256, whether the payload is still stored); a payload no
+        longer stored was consumed before the role's last checkpoint, and only its digest is
+        remembered, to spot replays. Stored payloads are read from the journal when taken.
         """
+        if kept and self._journal is None:
+            raise ValueError("only a mailbox with a journal can reopen kept messages")
         with self._cond:
             self._interrupted.pop(job_id, None)
             self._aborted.pop(job_id, None)
-            for sender, tag, sha, payload in kept:
+            for sender, tag, sha, stored in kept:
                 key = (job_id, sender, tag)
                 self._seen[key] = sha
-                if payload is not None:
-                    self._waiting[key] = Envelope(job_id, sender, tag, payload, sha)
+                if stored:
+                    self._waiting[key] = Envelope(job_id, sender, tag, b"", sha)
+                    self._spooled.add(key)
             self._cond.notify_all()
 
     def check(self, job_id: str) -> None:
@@ -230,6 +254,7 @@ class Mailbox:
             for key in [k for k in self._seen if k[0] == job_id]:
                 self._seen.pop(key, None)
                 self._waiting.pop(key, None)
+                self._spooled.discard(key)
 
 
 class Transport(Protocol):

@@ -10,7 +10,7 @@ import pytest
 
 from parties.checkpoints import CheckpointTamperedError, ResumeStore, load_or_create_key
 from parties.jobs import TranscriptEntry
-from parties.transport import JobInterruptedError, Mailbox
+from parties.transport import SPOOL_BYTES, JobInterruptedError, Mailbox
 
 JOB = "a" * 32
 
@@ -70,8 +70,9 @@ def test_checkpoint_drops_taken_payloads_but_keeps_their_digests(tmp_path: Path)
     box.put(JOB, "tax", "two", b"second")
     assert box.take(JOB, "tax", "one", 1).payload == b"first"
     s.save(JOB, "bank", "after-one", b"derived from first")
-    kept = {tag: payload for _, tag, _, payload in s.inbox(JOB)}
-    assert kept == {"one": None, "two": b"second"}
+    kept = {tag: stored for _, tag, _, stored in s.inbox(JOB)}
+    assert kept == {"one": False, "two": True}
+    assert s.payload(JOB, "tax", "two") == b"second"
     # A node that restarts reloads the inbox: the untaken message waits, the taken one is a
     # replay if it comes again, and different content under its tag is still equivocation.
     fresh = Mailbox(1024, journal=s)
@@ -85,15 +86,37 @@ def test_checkpoint_drops_taken_payloads_but_keeps_their_digests(tmp_path: Path)
 
 
 def test_interrupt_wakes_waiters_and_reopen_clears_it(tmp_path: Path) -> None:
-    box = Mailbox(1024)
+    s = store(tmp_path)
+    box = Mailbox(1024, journal=s)
+    box.put(JOB, "tax", "x", b"payload")
     box.interrupt(JOB, "DEADLINE_EXCEEDED: tax is silent")
     with pytest.raises(JobInterruptedError, match="DEADLINE_EXCEEDED"):
         box.take(JOB, "tax", "x", 5)
     with pytest.raises(JobInterruptedError):
         box.check(JOB)
-    box.reopen(JOB, [("tax", "x", b"\0" * 32, b"payload")])
+    box.forget(JOB)  # the role ended interrupted; the journal keeps the message
+    box.reopen(JOB, s.inbox(JOB))
     box.check(JOB)
     assert box.take(JOB, "tax", "x", 1).payload == b"payload"
+    with pytest.raises(ValueError, match="journal"):
+        Mailbox(1024).reopen(JOB, s.inbox(JOB))
+
+
+def test_large_payloads_wait_on_disk_and_are_checked_when_taken(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    box = Mailbox(1 << 20, journal=s)
+    big = bytes(range(256)) * (SPOOL_BYTES // 256 + 1)
+    box.put(JOB, "tax", "big", big)
+    box.put(JOB, "tax", "big2", big[::-1])
+    assert box.take(JOB, "tax", "big", 1).payload == big
+    db = sqlite3.connect(tmp_path / "resume.db")
+    (blob,) = db.execute("SELECT blob FROM inbox WHERE tag = 'big2'").fetchone()
+    flipped = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
+    db.execute("UPDATE inbox SET blob = ? WHERE tag = 'big2'", (flipped,))
+    db.commit()
+    db.close()
+    with pytest.raises(CheckpointTamperedError):
+        box.take(JOB, "tax", "big2", 1)
 
 
 def test_transcript_keeps_order(tmp_path: Path) -> None:
