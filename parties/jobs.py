@@ -328,6 +328,8 @@ class ProtocolDef:
         dropouts: the peers whose silence ``party``'s role handles itself (a federated round
             carries on without them), so the node does not interrupt the job for them and does
             not wait for their closing message.
+        resumable: whether every role checkpoints what it sends (write-ahead), so that a job
+            interrupted by a fault can resume; a fault fails any other protocol's job.
     """
 
     name: str
@@ -339,6 +341,7 @@ class ProtocolDef:
     cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
     description: str = ""
     dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
+    resumable: bool = False
 
 
 class AuditSink(Protocol):

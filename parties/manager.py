@@ -53,6 +53,7 @@ from parties.jobs import (
     RoleContext,
     TranscriptEntry,
     new_job_id,
+    transcript_digest,
 )
 from parties.ledger import BudgetExhaustedError, BudgetLedger
 from parties.policy import Policy, PolicyRefusedError
@@ -1053,8 +1054,10 @@ class JobManager:
         job_id = spec.job_id
         current = self.store.get(job_id).state
         if isinstance(exc, _FAULTS) and current in (JobState.RUNNING, JobState.INTERRUPTED):
-            self._interrupted(spec, ctx, str(exc))
-            return
+            if self.protocols[spec.protocol].resumable:
+                self._interrupted(spec, ctx, str(exc))
+                return
+            exc = JobStateError(f"{exc} ({spec.protocol} cannot resume: submit the job again)")
         self.resume.forget(job_id)
         if isinstance(exc, BundError):
             reason = str(exc)
@@ -1220,7 +1223,26 @@ class JobManager:
         """
         for status in self.store.unfinished():
             job_id = status.spec.job_id
-            if status.state is JobState.RUNNING:
+            resumable = self.protocols[status.spec.protocol].resumable
+            if status.state is JobState.RUNNING and not resumable:
+                why = f"this node restarted, and {status.spec.protocol} cannot resume: submit again"
+                self.store.update(job_id, state=JobState.FAILED.value, error=why)
+                seen = self.resume.transcript(job_id)
+                self.audit.append(
+                    "job_closed",
+                    job_id,
+                    {
+                        "outcome": "failed",
+                        "reason": why,
+                        "transcript_sha256": transcript_digest(job_id, self.party, seen),
+                        "messages": len(seen),
+                    },
+                )
+                self.resume.forget(job_id)
+                for peer in status.spec.parties:
+                    if peer != self.party:
+                        self._abort_peer(peer, job_id, why)
+            elif status.state is JobState.RUNNING:
                 self.store.update(
                     job_id, state=JobState.INTERRUPTED.value, error="this node restarted"
                 )
@@ -1252,6 +1274,8 @@ class JobManager:
             raise JobStateError(
                 f"job {job_id} is {status.state.value}; only an interrupted job can be resumed"
             )
+        if not self.protocols[status.spec.protocol].resumable:
+            raise JobStateError(f"{status.spec.protocol} cannot resume: submit the job again")
         self.audit.append("job_resumed", job_id, {"by": caller})
         with self._lock:
             self._resumed_at[job_id] = time.monotonic()

@@ -78,6 +78,21 @@ class MaskingKey:
         """The 32-byte X25519 public key to send to the other contributors."""
         return self._key.public_key().public_bytes_raw()
 
+    def export_for_checkpoint(self) -> bytes:
+        """The 32-byte secret, for the node's sealed checkpoint store only; never for a message.
+
+        A resumed contributor must re-send the same masked vector, so its key must survive a
+        restart; the node seals checkpoints with AES-256-GCM under its own key at rest.
+        """
+        return self._key.private_bytes_raw()
+
+    @classmethod
+    def from_checkpoint(cls, raw: bytes) -> MaskingKey:
+        """The key saved by :meth:`export_for_checkpoint`."""
+        if len(raw) != 32:
+            raise ValueError("a checkpointed masking key is 32 bytes")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
 
 def create_masking_key() -> MaskingKey:
     """A fresh key from the OS CSPRNG (through OpenSSL), for one job only."""

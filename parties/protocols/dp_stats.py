@@ -122,9 +122,19 @@ class _State:
 
     ctx: JobContext
     plan: Plan
-    key: secure_agg.MaskingKey = field(default_factory=secure_agg.create_masking_key)
+    key: secure_agg.MaskingKey
     public_keys: dict[str, bytes] = field(default_factory=dict)
     noise_added: bool = False
+
+
+def _masking_key(ctx: JobContext) -> secure_agg.MaskingKey:
+    """The job's masking key: fresh, and checkpointed before its public half is sent."""
+    saved = ctx.restore("dp.key")
+    if saved is not None:
+        return secure_agg.MaskingKey.from_checkpoint(saved)
+    key = secure_agg.create_masking_key()
+    ctx.checkpoint("dp.key", key.export_for_checkpoint())
+    return key
 
 
 def _own_vector(s: _State) -> list[int]:
@@ -165,10 +175,24 @@ def _masked_vector(s: _State) -> npt.NDArray[np.uint64]:
 
 
 def _contribute(ctx: JobContext) -> tuple[_State, npt.NDArray[np.uint64]]:
-    s = _State(ctx, plan(ctx.spec))
+    """Agree the masks and make the masked vector, or restore the one an earlier run made.
+
+    The masked vector is checkpointed before it is sent: a resumed contributor re-sends the same
+    bytes, so the noise is drawn once, whatever happens (a second draw would release more).
+    """
+    s = _State(ctx, plan(ctx.spec), _masking_key(ctx))
     _check_noise(s.plan)
     _exchange_keys(s)
-    return s, _masked_vector(s)
+    saved = ctx.restore("dp.masked")
+    if saved is not None:
+        masked = secure_agg.decode_vector(saved[1:], s.plan.query.length)
+        s.noise_added = saved[:1] == b"\x01"
+        return s, masked
+    masked = _masked_vector(s)
+    ctx.checkpoint(
+        "dp.masked", (b"\x01" if s.noise_added else b"\x00") + secure_agg.encode_vector(masked)
+    )
+    return s, masked
 
 
 def run_contributor(ctx: JobContext) -> None:
@@ -366,4 +390,5 @@ DEFINITION = ProtocolDef(
     learns=learns,
     cost=cost,
     description="Cross-hospital DP statistics: secure aggregation plus discrete Laplace noise",
+    resumable=True,
 )

@@ -881,4 +881,5 @@ DEFINITION = ProtocolDef(
     learns=learns,
     description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",
     dropouts=dropouts,
+    resumable=True,
 )

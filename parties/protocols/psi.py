@@ -334,4 +334,5 @@ DEFINITION = ProtocolDef(
     outputs=outputs,
     learns=learns,
     description="ECDH private set intersection (X25519): the intersection or only its size",
+    resumable=True,
 )

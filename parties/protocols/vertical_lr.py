@@ -652,4 +652,5 @@ DEFINITION = ProtocolDef(
     outputs=outputs,
     learns=learns,
     description="vertical logistic regression: Paillier-encrypted residuals, masked gradients",
+    resumable=True,
 )

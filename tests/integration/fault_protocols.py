@@ -58,6 +58,7 @@ RELAY = ProtocolDef(
     validate=lambda spec: None,
     outputs=lambda spec: frozenset({"raw"}),
     learns=lambda spec: dict.fromkeys(spec.parties, "the sum of squares of the round numbers"),
+    resumable=True,
 )
 
 #: Registered in the node processes of fault tests (``serve_test_node``).

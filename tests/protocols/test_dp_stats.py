@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections import Counter
@@ -17,7 +18,14 @@ from compute import insecure
 from compute.dp.budget import Budget
 from compute.dp.stats import contribution, parse_query, release
 from parties.data import Table, generate_health
-from parties.jobs import InvalidJobSpecError, JobSpec, Participant, Result, run_in_memory
+from parties.jobs import (
+    InvalidJobSpecError,
+    JobSpec,
+    MemoryCheckpoints,
+    Participant,
+    Result,
+    run_in_memory,
+)
 from parties.ledger import BudgetExhaustedError, BudgetLedger
 from parties.protocols import dp_stats, get_protocol
 from parties.transport import InMemoryNetwork
@@ -342,3 +350,27 @@ def test_released_count_on_neighbouring_datasets_respects_epsilon() -> None:
     (weak,) = dp_stats.plan(make_spec({"kind": "count"}, epsilon="1")).mechanisms()
     leaky = [Counter((c + weak.sample(n)).tolist()) for c in exact]
     assert _hockey_stick(leaky[0], leaky[1], epsilon, n) > 0.1
+
+
+def test_a_resumed_job_sends_the_same_noisy_vectors_and_releases_the_same_table() -> None:
+    """Each contributor checkpoints its key and its noisy masked vector before sending them.
+
+    A second run of the same job on the same checkpoints (a restart) sends byte-identical
+    messages: the noise is drawn once, so a restart can never release a second noisy draw.
+    """
+    spec = dataclasses.replace(
+        make_spec(QUERIES["histogram_categories"], epsilon="1/100"), job_id="c" * 32
+    )
+    stores = {p: MemoryCheckpoints() for p in spec.parties}
+    first, second = InMemoryNetwork(list(spec.parties)), InMemoryNetwork(list(spec.parties))
+    a = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=first, checkpoints=stores)
+    b = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=second, checkpoints=stores)
+    assert sorted(first.captured) == sorted(second.captured)
+    receiver = spec.receivers[0]
+    assert a[receiver] is not None and b[receiver] is not None
+    assert a[receiver].artifacts["result.csv"] == b[receiver].artifacts["result.csv"]
+    fresh = run_in_memory(
+        spec, dp_stats.DEFINITION, TABLES, network=InMemoryNetwork(list(spec.parties))
+    )
+    assert fresh[receiver] is not None
+    assert fresh[receiver].artifacts["result.csv"] != a[receiver].artifacts["result.csv"]
