@@ -1127,35 +1127,33 @@ class JobManager:
                     log.exception("heartbeat check of job %s failed", job_id)
             with self._lock:
                 healing = list(self._healing)
-            for job_id in healing:
-                try:
-                    self._heal(job_id)
-                except Exception:  # noqa: BLE001 - the watcher must outlive any one job
-                    log.exception("could not heal job %s", job_id)
+                self._healing.clear()
+            for job_id in healing:  # off the watcher's thread: a peer may be slow to answer
+                self._beats.submit(self._heal, job_id)
 
     def _heal(self, job_id: str) -> None:
         """Resume an interrupted job by itself once every peer answers and none has ended it."""
-        status = self.store.get(job_id)
-        if status.state is not JobState.INTERRUPTED:
+        try:
+            status = self.store.get(job_id)
+            if status.state is not JobState.INTERRUPTED:
+                return
+            for peer in status.spec.parties:
+                if peer == self.party:
+                    continue
+                try:
+                    theirs = self.peers.status(peer, job_id, timeout=self._heartbeat_timeout)
+                except BundError:
+                    with self._lock:  # still unreachable: ask again at the next heartbeat
+                        self._healing.add(job_id)
+                    return
+                if theirs.state.final and theirs.state is not JobState.INTERRUPTED:
+                    return  # a peer ended the job: only an operator can decide what next
             with self._lock:
-                self._healing.discard(job_id)
-            return
-        for peer in status.spec.parties:
-            if peer == self.party:
-                continue
-            try:
-                theirs = self.peers.status(peer, job_id, timeout=self._heartbeat_timeout)
-            except BundError:
-                return  # still unreachable: try again at the next heartbeat
-            if theirs.state.final and theirs.state is not JobState.INTERRUPTED:
-                with self._lock:
-                    self._healing.discard(job_id)
-                return  # a peer ended the job: only an operator can decide what next
-        with self._lock:
-            self._healing.discard(job_id)
-            self._healed[job_id] = self._healed.get(job_id, 0) + 1
-        log.info("every peer of job %s answers again: resuming it", job_id)
-        self.resume_job(job_id, self.party)
+                self._healed[job_id] = self._healed.get(job_id, 0) + 1
+            log.info("every peer of job %s answers again: resuming it", job_id)
+            self.resume_job(job_id, self.party)
+        except Exception:  # noqa: BLE001 - a pool task: log what would otherwise vanish
+            log.exception("could not heal job %s", job_id)
 
     def _check_job(self, job_id: str) -> None:
         now = time.monotonic()
@@ -1239,25 +1237,31 @@ class JobManager:
                     },
                 )
                 self.resume.forget(job_id)
-                for peer in status.spec.parties:
-                    if peer != self.party:
-                        self._abort_peer(peer, job_id, why)
+                self._pool.submit(self._abort_peers, status.spec, why)
             elif status.state is JobState.RUNNING:
                 self.store.update(
                     job_id, state=JobState.INTERRUPTED.value, error="this node restarted"
                 )
                 self.audit.append("job_interrupted", job_id, {"reason": "node restarted"})
-                try:
-                    self.resume_job(job_id, self.party)
-                except BundError as exc:
-                    log.warning("could not resume job %s after a restart: %s", job_id, exc)
+                self._pool.submit(self._resume_after_restart, job_id)
             elif status.spec.requester == self.party:
                 why = "the requester's node restarted before the job started; submit it again"
                 self.store.update(job_id, state=JobState.FAILED.value, error=why)
                 self.audit.append("job_failed", job_id, {"reason": why})
-                for peer in status.spec.parties:
-                    if peer != self.party:
-                        self._abort_peer(peer, job_id, why)
+                self._pool.submit(self._abort_peers, status.spec, why)
+
+    def _resume_after_restart(self, job_id: str) -> None:
+        """Resume a job the restart interrupted (a pool task: peers may be slow to answer)."""
+        try:
+            self.resume_job(job_id, self.party)
+        except BundError as exc:
+            log.warning("could not resume job %s after a restart: %s", job_id, exc)
+
+    def _abort_peers(self, spec: JobSpec, why: str) -> None:
+        """Tell every other participant that the job is off (a pool task)."""
+        for peer in spec.parties:
+            if peer != self.party:
+                self._abort_peer(peer, spec.job_id, why)
 
     def resume_job(self, job_id: str, caller: str) -> None:
         """Run an interrupted job's role again from its checkpoints.
@@ -1295,9 +1299,7 @@ class JobManager:
         self.mailbox.abort(spec.job_id, why)
         if not self.store.get(spec.job_id).state.final:
             self.store.update(spec.job_id, state=JobState.ABORTED.value, error=why)
-        for peer in spec.parties:
-            if peer != self.party:
-                self._abort_peer(peer, spec.job_id, why)
+        self._abort_peers(spec, why)
 
     def _abort_peer(self, peer: str, job_id: str, reason: str) -> None:
         try:
