@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from compute.dp import secure_agg
 from compute.errors import InvalidKeyError, InvalidMessageError
 
 #: The Mersenne prime 2^521 − 1: the field of the Shamir shares.
@@ -82,7 +83,6 @@ _ROSTER_MAGIC = b"BSGR"
 _BOX_MAGIC = b"BSGS"
 _REQ_MAGIC = b"BSGQ"
 _REVEAL_MAGIC = b"BSGA"
-_VEC = struct.Struct(">4sB3sI")
 _VEC_MAGIC = b"BSGV"
 _SHARE_PT = struct.Struct(">HH66s66s")
 _SHARE_CT_BYTES = _SHARE_PT.size + 16  # AES-GCM tag
@@ -704,14 +704,8 @@ def decode_reveal(payload: bytes) -> Reveal:
 
 
 def encode_vector(vector: U64Array) -> bytes:
-    """A masked vector: 12-byte header then 8 bytes per cell.
-
-    Layout: magic ``b"BSGV"`` (4), version 1 (1), reserved zero (3), cell count (4, big-endian),
-    then each cell as a little-endian uint64.
-    """
-    if vector.dtype != np.uint64 or vector.ndim != 1 or len(vector) > MAX_LENGTH:
-        raise ValueError(f"a masked vector is a 1-D uint64 array of at most {MAX_LENGTH} cells")
-    return _VEC.pack(_VEC_MAGIC, _VERSION, bytes(3), len(vector)) + vector.astype("<u8").tobytes()
+    """A masked vector on the wire: ``secure_agg.encode_u64_vector`` with magic ``b"BSGV"``."""
+    return secure_agg.encode_u64_vector(_VEC_MAGIC, vector, MAX_LENGTH)
 
 
 def decode_vector(payload: bytes, length: int) -> U64Array:
@@ -720,11 +714,4 @@ def decode_vector(payload: bytes, length: int) -> U64Array:
     Raises:
         InvalidMessageError: If the layout, version or cell count is not the expected one.
     """
-    if len(payload) < _VEC.size:
-        raise InvalidMessageError("a masked vector is shorter than its 12-byte header")
-    magic, version, reserved, count = _VEC.unpack_from(payload)
-    if magic != _VEC_MAGIC or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError("not a version-1 masked vector: upgrade the older node")
-    if count != length or len(payload) != _VEC.size + 8 * count:
-        raise InvalidMessageError(f"a masked vector of {count} cells; this round has {length}")
-    return np.frombuffer(payload, dtype="<u8", offset=_VEC.size).astype(np.uint64)
+    return secure_agg.decode_u64_vector(_VEC_MAGIC, payload, length)

@@ -226,16 +226,44 @@ def decode_public_key(payload: bytes) -> bytes:
     return bytes(public)
 
 
-def encode_vector(vector: U64Array) -> bytes:
-    """A masked vector on the wire: a 12-byte header then 8 bytes per cell.
+def encode_u64_vector(magic: bytes, vector: U64Array, max_length: int) -> bytes:
+    """A vector of ``ℤ/2^64`` cells on the wire: a 12-byte header then 8 bytes per cell.
 
-    Layout: magic ``b"BSAV"`` (4), version 1 (1), reserved zero (3), cell count (4, big-endian),
-    then each cell as a little-endian uint64.
+    Layout: ``magic`` (4), version 1 (1), reserved zero (3), cell count (4, big-endian), then each
+    cell as a little-endian uint64. Masked vectors here (``b"BSAV"``) and in
+    ``compute.dp.secagg`` (``b"BSGV"``) share it.
     """
-    if vector.dtype != np.uint64 or vector.ndim != 1 or len(vector) > MAX_LENGTH:
-        raise ValueError(f"a masked vector is a 1-D uint64 array of at most {MAX_LENGTH} cells")
-    header = _VEC.pack(_VEC_MAGIC, _VERSION, bytes(3), len(vector))
+    if vector.dtype != np.uint64 or vector.ndim != 1 or len(vector) > max_length:
+        raise ValueError(f"a masked vector is a 1-D uint64 array of at most {max_length} cells")
+    header = _VEC.pack(magic, _VERSION, bytes(3), len(vector))
     return header + vector.astype("<u8").tobytes()
+
+
+def decode_u64_vector(magic: bytes, payload: bytes, expected_length: int) -> U64Array:
+    """Check a received :func:`encode_u64_vector` layout of ``expected_length`` cells.
+
+    Raises:
+        InvalidMessageError: If the layout, version or cell count is not the expected one.
+    """
+    if len(payload) < _VEC.size:
+        raise InvalidMessageError("a masked vector is shorter than its 12-byte header")
+    got, version, reserved, count = _VEC.unpack_from(payload)
+    if got != magic or version != _VERSION or reserved != bytes(3):
+        raise InvalidMessageError(
+            f"masked vector has magic {got!r} version {version}; this node speaks version "
+            f"{_VERSION}: upgrade the older node"
+        )
+    if count != expected_length or len(payload) != _VEC.size + 8 * count:
+        raise InvalidMessageError(
+            f"masked vector announces {count} cells in {len(payload)} bytes; expected "
+            f"{expected_length} cells ({_VEC.size + 8 * expected_length} bytes)"
+        )
+    return np.frombuffer(payload, dtype="<u8", offset=_VEC.size).astype(np.uint64)
+
+
+def encode_vector(vector: U64Array) -> bytes:
+    """A masked vector of this module on the wire (:func:`encode_u64_vector`, ``b"BSAV"``)."""
+    return encode_u64_vector(_VEC_MAGIC, vector, MAX_LENGTH)
 
 
 def decode_vector(payload: bytes, expected_length: int) -> U64Array:
@@ -244,17 +272,4 @@ def decode_vector(payload: bytes, expected_length: int) -> U64Array:
     Raises:
         InvalidMessageError: If the layout, version or cell count is not the expected one.
     """
-    if len(payload) < _VEC.size:
-        raise InvalidMessageError("a masked vector is shorter than its 12-byte header")
-    magic, version, reserved, count = _VEC.unpack_from(payload)
-    if magic != _VEC_MAGIC or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError(
-            f"masked vector has magic {magic!r} version {version}; this node speaks version "
-            f"{_VERSION}: upgrade the older node"
-        )
-    if count != expected_length or len(payload) != _VEC.size + 8 * count:
-        raise InvalidMessageError(
-            f"masked vector announces {count} cells in {len(payload)} bytes; this query has "
-            f"{expected_length} cells ({_VEC.size + 8 * expected_length} bytes)"
-        )
-    return np.frombuffer(payload, dtype="<u8", offset=_VEC.size).astype(np.uint64)
+    return decode_u64_vector(_VEC_MAGIC, payload, expected_length)

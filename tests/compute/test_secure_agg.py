@@ -103,7 +103,7 @@ def test_wire_round_trips_and_layouts() -> None:
         (b"XSAV\x01\x00\x00\x00\x00\x00\x00\x01" + bytes(8), 1, "magic"),
         (b"BSAV\x02\x00\x00\x00\x00\x00\x00\x01" + bytes(8), 1, "version"),
         (b"BSAV\x01\x00\x00\x00\x00\x00\x00\x02" + bytes(8), 2, "announces 2 cells in 20"),
-        (b"BSAV\x01\x00\x00\x00\x00\x00\x00\x01" + bytes(8), 2, "this query has 2"),
+        (b"BSAV\x01\x00\x00\x00\x00\x00\x00\x01" + bytes(8), 2, "expected 2 cells"),
     ],
 )
 def test_bad_vectors_are_refused(payload: bytes, length: int, message: str) -> None:
