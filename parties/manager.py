@@ -18,11 +18,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -236,22 +236,9 @@ class JobStore:
             )
             self._db.execute("COMMIT")
 
-    def load_result(self, job_id: str) -> ResultInfo | None:
-        """A stored result's summary and artifact sizes (the bytes are read in pages), or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT summary FROM results WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            sizes = self._db.execute(
-                "SELECT name, length(data) FROM artifacts WHERE job_id = ? ORDER BY name",
-                (job_id,),
-            ).fetchall()
-        return ResultInfo(json.loads(row[0]), {n: int(size) for n, size in sizes})
-
-    def load_full_result(self, job_id: str) -> Result | None:
-        """A stored result with every artifact's bytes (for a later job that applies it)."""
+    def _stored(self, job_id: str, bytes_too: bool) -> tuple[Any, Sequence[tuple[str, Any]]] | None:
+        """A result's summary and, per artifact, its bytes or (without ``bytes_too``) its size."""
+        column = "data" if bytes_too else "length(data)"
         with self._lock:
             row = self._db.execute(
                 "SELECT summary FROM results WHERE job_id = ?", (job_id,)
@@ -259,9 +246,24 @@ class JobStore:
             if row is None:
                 return None
             artifacts = self._db.execute(
-                "SELECT name, data FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
+                f"SELECT name, {column} FROM artifacts WHERE job_id = ? ORDER BY name",  # noqa: S608
+                (job_id,),
             ).fetchall()
-        return Result(json.loads(row[0]), {n: bytes(data) for n, data in artifacts})
+        return json.loads(row[0]), artifacts
+
+    def load_result(self, job_id: str) -> ResultInfo | None:
+        """A stored result's summary and artifact sizes (the bytes are read in pages), or None."""
+        stored = self._stored(job_id, bytes_too=False)
+        if stored is None:
+            return None
+        return ResultInfo(stored[0], {n: int(size) for n, size in stored[1]})
+
+    def load_full_result(self, job_id: str) -> Result | None:
+        """A stored result with every artifact's bytes (for a later job that applies it)."""
+        stored = self._stored(job_id, bytes_too=True)
+        if stored is None:
+            return None
+        return Result(stored[0], {n: bytes(data) for n, data in stored[1]})
 
     def read_artifact(self, job_id: str, name: str, offset: int, limit: int) -> tuple[bytes, int]:
         """Up to ``limit`` bytes of an artifact from ``offset``, and its total size."""
