@@ -525,7 +525,11 @@ def bench(
 def demo(
     workdir: Annotated[Path | None, typer.Option(help="Keep the demo's files here.")] = None,
 ) -> None:
-    """Three nodes (bank, tax bureau, business registry) on loopback; PSI between bank and tax."""
+    """The demo: a finance and a health scenario of node processes on loopback.
+
+    Bank, tax bureau and registry (PSI, credit model); three hospitals and an insurer (DP
+    statistics, CKKS scoring, federated DP-SGD).
+    """
     from parties.demo import run_demo
 
     try:

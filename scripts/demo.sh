@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the demo: three nodes on loopback, PSI, audit verification.
+# Set up (scripts/setup.sh) and run the demo: finance and health node scenarios on loopback, audit verification.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
