@@ -1,0 +1,988 @@
+"""The canary test of issue 9: planted ids and values, and every secret key, stay with their owner.
+
+Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
+protocol once over mTLS: psi, woe_iv, vertical_lr and vertical_score between the bank and its
+providers; dp_stats, fed_dp_sgd and ckks_scoring between the hospitals and the insurer. Their
+datasets carry canaries:
+
+* ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
+  registry-only firms, and in every hospital patients recorded nowhere else;
+* marked values (``7777.123457``...) in the feature columns of each party, on rows that take part
+  in the computation (the canary companies present at all three finance parties, the canary
+  patients), plus the insurer's model weights.
+
+No result may contain them: the PSI result at the bank holds only ids that both parties hold (the
+canary ids are each held by one party), the vertical protocols' results hold each party's own
+model part and metrics, the scores of ``vertical_score`` go to the bank (they list its own
+applicants), ``ckks_scoring`` here sends the scores to the hospital only, and dp_stats and
+fed_dp_sgd release noisy aggregates and a model, never a record.
+
+Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
+resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
+and after the jobs every file under each node's state directory (SQLite databases with their
+``-wal``/``-shm``, the sealed ``resume.db``) and each receiver's results are read. The search
+looks for every canary in every encoding it could take, and for every secret key made during the
+jobs (Paillier ``p``, ``q``; PSI blinding scalars; X25519 masking keys of ``secure_agg``; the
+round seeds and keys of ``secagg``; the CKKS secret key, dumped from inside the sandbox worker)
+in everything every node sends and stores, the owner's own stores included: checkpoints must
+hold secrets only sealed. Controls show that the capture and the search do find what is
+legitimately there (public keys on the wire, the intersection at the bank) and deliberately
+leaked copies.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from compute import insecure
+from compute import paillier as pl
+from compute.dp import secagg, secure_agg
+from compute.errors import BundError
+from compute.psi import BlindingKey, create_blinding_key, hash_to_points
+from parties import client as client_module
+from parties.config import load_config
+from parties.data import (
+    Table,
+    generate_finance,
+    generate_health,
+    resident_id_check_char,
+    uscc_check_char,
+)
+from parties.jobs import JobSpec, JobState, Participant
+from parties.node import create_node
+from parties.protocols import PROTOCOLS, ckks_scoring
+from tests.conftest import Federation, NodeFactory
+from tests.integration.test_node import wait_final
+from tests.protocols.test_fed_dp_sgd import spec as fed_spec
+from tests.protocols.test_vertical_lr import make_spec as vlr_spec
+from tests.protocols.test_vertical_score import score_spec
+from tests.protocols.test_woe_iv import make_spec as woe_spec
+
+FINANCE_DATASETS = {
+    "bank": ("loan_book", "applicants"),
+    "tax": ("tax_filings",),
+    "registry": ("business_registry",),
+}
+HOSPITALS = {"hospital-a": "hospital_a", "hospital-b": "hospital_b", "hospital-c": "hospital_c"}
+#: The shortest needle: shorter ones would match by chance in megabytes of ciphertext.
+MIN_NEEDLE = 8
+#: Fractional bits of the fixed-point forms searched: those of compute.learn.logistic
+#: (16 features, 24 scores and residuals, 40 gradients) and 32 between them.
+FRAC_BITS = (16, 24, 32, 40)
+#: Where the CKKS sandbox hook writes the secret keys it sees made.
+CKKS_DUMP_ENV = "BUND_CANARY_CKKS_DUMP"
+
+
+# --- the canaries -------------------------------------------------------------------------------
+
+
+def company_id(kind: int, k: int) -> str:
+    """A valid-looking USCC that no generated firm has (prefix 91310000 is no district)."""
+    body = f"91310000{kind}{k:08d}"
+    return body + uscc_check_char(body)
+
+
+def patient_id(hospital: int, k: int) -> str:
+    """A valid-looking resident id that no generated patient has."""
+    body = f"999777{hospital}{k:010d}"
+    return body + resident_id_check_char(body)
+
+
+#: Companies present at the bank, the tax bureau and the registry: their ids are legitimately in
+#: the intersection, so they are no canaries; they carry the value canaries into the computation
+#: (two rows, adjacent in the aligned order, so a leaked matrix shows value pairs).
+SHARED = (company_id(1, 1), company_id(1, 2))
+#: Applicants of the bank that both providers hold: they carry the same value canaries into
+#: ``vertical_score`` (the shared borrowers above are no applicants).
+SHARED_APPLICANTS = (company_id(6, 1), company_id(6, 2))
+#: Ids each held by one party only: no protocol may let them leave it.
+ONLY_IDS = {
+    "bank": (company_id(2, 1), company_id(2, 2), company_id(5, 1), company_id(5, 2)),
+    "tax": (company_id(3, 1), company_id(3, 2)),
+    "registry": (company_id(4, 1), company_id(4, 2)),
+    **{h: (patient_id(i, 1), patient_id(i, 2)) for i, h in enumerate(HOSPITALS, 1)},
+}
+#: Value canaries: owner -> (dataset, two adjacent numeric columns, the 2x2 block of values by
+#: canary row). Mid-range values with odd decimals, so no clamp, bin edge or range rounds to them.
+VALUES: dict[str, tuple[str, tuple[str, str], tuple[tuple[str, str], tuple[str, str]]]] = {
+    "bank": (
+        "loan_book", ("loan_amount_10k_cny", "term_months"),
+        (("777.654321", "13.777713"), ("812.345679", "19.313137")),
+    ),
+    "tax": (
+        "tax_filings", ("annual_revenue_10k_cny", "vat_paid_10k_cny"),
+        (("7777.123457", "194.428571"), ("6543.210987", "163.580247")),
+    ),
+    "registry": (
+        "business_registry", ("registered_capital_10k_cny", "company_age_years"),
+        (("4321.987654", "12.345679"), ("3456.789012", "17.654329")),
+    ),
+    **{
+        h: ("patients", ("bmi_kg_m2", "hba1c_pct"), (
+            (f"{26 + i}.777123", f"{5 + i}.543217"), (f"{29 + i}.246813", f"{5 + i}.318642"),
+        ))
+        for i, h in enumerate(HOSPITALS)
+    },
+}  # fmt: skip
+
+
+def with_rows(table: Table, rows: Sequence[Mapping[str, str]]) -> Table:
+    """``table`` with ``rows`` appended; columns a row leaves out copy the first row's."""
+    columns = {c: list(table.column(c)) for c in table.columns}
+    template = {c: v[0] for c, v in columns.items()}
+    for row in rows:
+        for c, v in columns.items():
+            v.append({**template, **row}[c])
+    return Table.from_columns(table.name, columns)
+
+
+def value_rows(owner: str, id_column: str, ids: Sequence[str]) -> list[dict[str, str]]:
+    """The canary rows of ``owner``'s value block, keyed by ``ids``."""
+    _, cols, block = VALUES[owner]
+    return [{id_column: i, cols[0]: a, cols[1]: b} for i, (a, b) in zip(ids, block, strict=True)]
+
+
+def finance_tables() -> dict[str, dict[str, Table]]:
+    """Each finance party's datasets with its canaries planted."""
+    data = generate_finance(1500, 11, applicants=200)
+    cid = "company_id"
+    label = [{"default_12m": "0"}, {"default_12m": "1"}]
+    bank_shared = [r | y for r, y in zip(value_rows("bank", cid, SHARED), label, strict=True)]
+    bank_only = [{cid: i, "default_12m": "0"} for i in ONLY_IDS["bank"][:2]]
+    return {
+        "bank": {
+            "loan_book": with_rows(data["loan_book"], bank_shared + bank_only),
+            "applicants": with_rows(
+                data["applicants"],
+                value_rows("bank", cid, SHARED_APPLICANTS)
+                + [{cid: i} for i in ONLY_IDS["bank"][2:]],
+            ),
+        },
+        **{
+            party: {
+                name: with_rows(
+                    data[name],
+                    value_rows(party, cid, SHARED)
+                    + value_rows(party, cid, SHARED_APPLICANTS)
+                    + [{cid: i} for i in ONLY_IDS[party]],
+                )
+            }
+            for party, (name,) in (("tax", ("tax_filings",)), ("registry", ("business_registry",)))
+        },
+    }
+
+
+def health_tables() -> dict[str, Table]:
+    """Each hospital's patients, two canary patients (own ids, marked values) appended."""
+    data = generate_health(80, 11)
+    return {
+        h: with_rows(data[t], value_rows(h, "patient_id", ONLY_IDS[h]))
+        for h, t in HOSPITALS.items()
+    }
+
+
+# --- needles: every form a canary or a secret could take ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A byte string to look for: ``owner`` may hold it in its stores (None: nobody may)."""
+
+    owner: str | None
+    what: str
+    data: bytes
+
+
+def text_needles(owner: str | None, what: str, texts: Iterable[str]) -> list[Needle]:
+    """UTF-8 (and UTF-16) forms of ``texts`` that are long enough not to match by chance."""
+    out = []
+    for t in dict.fromkeys(texts):
+        for enc in ("utf-8", "utf-16-le"):
+            if len(t.encode(enc)) >= MIN_NEEDLE:
+                out.append(Needle(owner, f"{what} as {enc} {t!r}", t.encode(enc)))
+    return out
+
+
+def id_needles(owner: str, raw: str) -> list[Needle]:
+    """An id as text (its normalised form, ``compute.psi.normalise_ids``, is its UTF-8) and hash."""
+    normalised = raw.strip().encode()
+    return [
+        *text_needles(owner, f"id {raw}", [raw]),
+        Needle(owner, f"sha256 of id {raw}", hashlib.sha256(normalised).digest()),
+    ]
+
+
+def value_needles(owner: str, text: str) -> list[Needle]:
+    """A value as decimal text, float64 and fixed-point int64, both byte orders."""
+    v = float(text)
+    what = f"value {text}"
+    texts = [
+        text,
+        repr(v),
+        f"{v:e}",
+        *(f"{v:.{k}f}" for k in range(2, 10)),
+        *(f"{v:.{k}g}" for k in range(6, 18)),
+    ]
+    out = text_needles(owner, what, texts)
+    for order in "<>":
+        out.append(Needle(owner, f"{what} as float64 {order}", struct.pack(f"{order}d", v)))
+        for bits in FRAC_BITS:
+            q = round(v * (1 << bits))
+            packed = struct.pack(f"{order}q", q)
+            if dense(packed):  # a sparser one is searched in pairs (pair_needles)
+                out.append(Needle(owner, f"{what} as {bits}-bit fixed {order}", packed))
+            out += text_needles(owner, f"{what} as {bits}-bit fixed", [str(q)])
+    return out
+
+
+def dense(data: bytes) -> bool:
+    """Whether ``data`` has at least 6 bytes other than 0x00 and 0xFF.
+
+    A sparser binary needle (a small integer padded to 8 bytes) would match by chance in the
+    zero-padded pages of a database.
+    """
+    return sum(b not in (0, 255) for b in data) >= 6
+
+
+def pair_needles(owner: str, a: str, b: str) -> list[Needle]:
+    """Two canaries adjacent in a matrix, as float32 and as fixed-point int32 and int64.
+
+    One float32, or one small fixed-point integer, alone is too short or too sparse to search.
+    """
+    fa, fb = float(a), float(b)
+    out = []
+    for o in "<>":
+        out.append(Needle(owner, f"values {a},{b} as float32 {o}", struct.pack(f"{o}ff", fa, fb)))
+        for bits in FRAC_BITS:
+            qa, qb = round(fa * (1 << bits)), round(fb * (1 << bits))
+            for width, code in (("int32", "i"), ("int64", "q")):
+                if max(qa, qb) < 1 << (8 * struct.calcsize(code) - 1):
+                    packed = struct.pack(f"{o}{code}{code}", qa, qb)
+                    name = f"values {a},{b} as {bits}-bit fixed {width} {o}"
+                    out.append(Needle(owner, name, packed))
+    return out
+
+
+def data_needles() -> list[Needle]:
+    """Every planted id and value, in every form, with its owner."""
+    out: list[Needle] = []
+    for owner, ids in ONLY_IDS.items():
+        for raw in ids:
+            out += id_needles(owner, raw)
+    for owner, (_, _, ((a, b), (c, d))) in VALUES.items():
+        for text in (a, b, c, d):
+            out += value_needles(owner, text)
+        for x, y in ((a, b), (c, d), (a, c), (b, d)):  # row-major and column-major neighbours
+            out += pair_needles(owner, x, y)
+    return out
+
+
+def int_needles(what: str, value: int) -> list[Needle]:
+    """A secret integer as big- and little-endian bytes, decimal and hex text."""
+    n = int(value)
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return [
+        Needle(None, f"{what} big-endian", raw),
+        Needle(None, f"{what} little-endian", raw[::-1]),
+        *text_needles(None, what, [str(n), f"{n:x}", f"{n:X}"]),
+    ]
+
+
+def bytes_needles(what: str, raw: bytes, x25519: bool = False) -> list[Needle]:
+    """A secret byte string: as is, reversed, hex, base64 and as an integer either way.
+
+    An X25519 private key also as its clamped scalar, the form the maths uses.
+    """
+    forms = [raw]
+    if x25519:
+        clamped = bytearray(raw)
+        clamped[0] &= 248
+        clamped[31] = (clamped[31] & 127) | 64
+        forms.append(bytes(clamped))
+    out = []
+    for i, form in enumerate(forms):
+        name = f"{what}{' clamped' if i else ''}"
+        out += [Needle(None, name, form), Needle(None, f"{name} reversed", form[::-1])]
+        out += text_needles(
+            None,
+            name,
+            [
+                form.hex(),
+                form.hex().upper(),
+                base64.b64encode(form).decode(),
+                base64.urlsafe_b64encode(form).decode().rstrip("="),
+                str(int.from_bytes(form, "big")),
+                str(int.from_bytes(form, "little")),
+            ],
+        )
+    return out
+
+
+# --- recording secrets as they are made -----------------------------------------------------------
+
+
+@dataclass
+class Secrets:
+    """Every secret key made while the hooks are on, by kind."""
+
+    paillier: list[tuple[int, int]] = field(default_factory=list)
+    blinding: list[bytes] = field(default_factory=list)
+    masking: list[bytes] = field(default_factory=list)
+    rounds: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    ckks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: SEAL saves of the public keys of the CKKS secret contexts (a control, not a secret).
+    ckks_public: list[bytes] = field(default_factory=list)
+
+    def needles(self) -> list[Needle]:
+        """The searchable forms of every recorded secret."""
+        out: list[Needle] = []
+        for i, (p, q) in enumerate(self.paillier):
+            out += int_needles(f"paillier key {i} p", p)
+            out += int_needles(f"paillier key {i} q", q)
+            out += int_needles(f"paillier key {i} phi", (p - 1) * (q - 1))
+        for i, raw in enumerate(self.blinding):
+            out += bytes_needles(f"psi blinding scalar {i}", raw, x25519=True)
+        for i, raw in enumerate(self.masking):
+            out += bytes_needles(f"secure_agg masking key {i}", raw, x25519=True)
+        for i, (seed, c, s) in enumerate(self.rounds):
+            out += bytes_needles(f"secagg round seed {i}", seed)
+            out += bytes_needles(f"secagg c-key {i}", c, x25519=True)
+            out += bytes_needles(f"secagg s-key {i}", s, x25519=True)
+        for i, (coeffs, saved) in enumerate(self.ckks):
+            out += ckks_needles(f"ckks secret key {i}", coeffs, saved)
+        return out
+
+
+def ckks_needles(what: str, coeffs: bytes, saved: bytes) -> list[Needle]:
+    """Windows of a CKKS secret key: its NTT coefficients (u64 either order) and SEAL's save.
+
+    SEAL compresses a saved key deterministically, and TenSEAL embeds that save in a serialised
+    context, so windows of it find a key serialised either way.
+    """
+    words = np.frombuffer(coeffs, dtype="<u8")
+    out = []
+    for start in range(0, len(words) - 4, len(words) // 5):
+        window = words[start : start + 4]
+        out.append(Needle(None, f"{what} coefficients {start} LE", window.tobytes()))
+        out.append(Needle(None, f"{what} coefficients {start} BE", window.astype(">u8").tobytes()))
+    body = saved[16:]  # after SEAL's header, which every saved object shares
+    for start in range(0, len(body) - 32, len(body) // 5):
+        out.append(Needle(None, f"{what} saved bytes {start}", body[start : start + 32]))
+    return out
+
+
+#: Runs first in every CKKS sandbox worker (``sitecustomize`` on its PYTHONPATH): each secret
+#: context made there also writes its secret key to the test's dump directory. Test-only.
+SANDBOX_HOOK = f'''
+import os
+_dump = os.environ.get("{CKKS_DUMP_ENV}")
+if _dump:
+    import secrets
+    import numpy as np
+    from compute import ckks as _ckks
+    _create = _ckks.CkksContext.create.__func__
+
+    def _recording_create(cls, *args, **kwargs):
+        made = _create(cls, *args, **kwargs)
+        if made.is_private:
+            key = made._ctx.secret_key().data
+            plain = key.data()
+            coeffs = np.array([plain.data(i) for i in range(plain.coeff_count())], dtype="<u8")
+            base = os.path.join(_dump, secrets.token_hex(8))
+            key.save(base + ".seal")
+            made._ctx.public_key().data.save(base + ".pub")
+            with open(base + ".coeffs", "wb") as out:
+                out.write(coeffs.tobytes())
+        return made
+
+    _ckks.CkksContext.create = classmethod(_recording_create)
+'''
+
+
+def sorted_pair(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
+    """Record each secret key where its class is constructed (fresh or from a checkpoint)."""
+    lock = threading.Lock()
+
+    def wrap(cls: type, keep: Callable[[Any, tuple[Any, ...]], None]) -> None:
+        real = cls.__init__  # type: ignore[misc]
+
+        def init(self: Any, *args: Any) -> None:
+            real(self, *args)
+            with lock:
+                keep(self, args)
+
+        mp.setattr(cls, "__init__", init)
+
+    # PrivateKey orders its factors (p < q), and so does the record: p is what it exports.
+    wrap(pl.PrivateKey, lambda _, a: record.paillier.append(sorted_pair(int(a[1]), int(a[2]))))
+    wrap(BlindingKey, lambda _, a: record.blinding.append(a[0].private_bytes_raw()))
+    wrap(secure_agg.MaskingKey, lambda _, a: record.masking.append(a[0].private_bytes_raw()))
+    wrap(
+        secagg.RoundSecrets,
+        lambda s, a: record.rounds.append(
+            (a[0], s._c.private_bytes_raw(), s._s.private_bytes_raw())
+        ),
+    )
+
+
+# --- capturing what nodes send --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One payload a node sent another: a request, an answer or an error message."""
+
+    sender: str
+    receiver: str
+    what: str
+    data: bytes
+
+
+def install_capture(mp: pytest.MonkeyPatch, sent: list[Sent]) -> None:
+    """Record every request a node's client makes to another node, and what comes back.
+
+    A client's own party is the one whose certificate it presents; a test's operator client
+    talks to its own node (sender == receiver), which is not a node sending, and is skipped.
+    """
+    real_init = client_module.NodeClient.__init__
+    real_call = client_module.NodeClient._call
+
+    def init(self: Any, address: str, party: str, tls: Any, *args: Any, **kw: Any) -> None:
+        real_init(self, address, party, tls, *args, **kw)
+        self._canary_sender = Path(tls.cert).parent.name
+
+    def call(
+        self: Any, service: str, method: str, request: Any, response: Any, timeout: Any = None
+    ) -> Any:
+        sender, receiver = self._canary_sender, self.party
+        peer = sender != receiver
+        if peer:
+            sent.append(Sent(sender, receiver, method, request.SerializeToString()))
+        try:
+            out = real_call(self, service, method, request, response, timeout)
+        except BundError as exc:
+            if peer:
+                sent.append(Sent(receiver, sender, f"{method} error", str(exc).encode()))
+            raise
+        if peer:
+            sent.append(Sent(receiver, sender, f"{method} answer", out.SerializeToString()))
+        return out
+
+    mp.setattr(client_module.NodeClient, "__init__", init)
+    mp.setattr(client_module.NodeClient, "_call", call)
+
+
+# --- the search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Haystack:
+    """Bytes to search: ``kind`` "sent" (between nodes), "store" (at ``party``) or "log"."""
+
+    kind: str
+    party: str
+    parts: tuple[tuple[str, bytes], ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.party}"
+
+
+def find(needles: Sequence[Needle], data: bytes) -> dict[int, int]:
+    """Index of each needle found in ``data`` -> its first offset.
+
+    One pass per byte alignment: every 8-byte window of ``data`` is looked up among the needles'
+    first 8 bytes (numpy), and candidates are checked in full, so hundreds of needles cost about
+    what one does.
+    """
+    by_prefix: dict[int, list[int]] = {}
+    for i, n in enumerate(needles):
+        assert len(n.data) >= MIN_NEEDLE, n.what
+        by_prefix.setdefault(int.from_bytes(n.data[:MIN_NEEDLE], "little"), []).append(i)
+    keys = np.array(sorted(by_prefix), dtype=np.uint64)
+    found: dict[int, int] = {}
+    for shift in range(MIN_NEEDLE):
+        count = (len(data) - shift) // MIN_NEEDLE
+        if count <= 0:
+            continue
+        words = np.frombuffer(data, dtype="<u8", count=count, offset=shift)
+        at = np.searchsorted(keys, words).clip(0, len(keys) - 1)
+        for w in np.flatnonzero(keys[at] == words):
+            pos = shift + MIN_NEEDLE * int(w)
+            for i in by_prefix[int(words[w])]:
+                if data.startswith(needles[i].data, pos) and pos < found.get(i, len(data)):
+                    found[i] = pos
+    return found
+
+
+def search(needles: Sequence[Needle], hay: Haystack) -> list[tuple[Needle, str]]:
+    """Each needle found in ``hay``, with the part (message or file) it was found in."""
+    blob = b"\x00".join(d for _, d in hay.parts)
+    starts = list(np.cumsum([0] + [len(d) + 1 for _, d in hay.parts[:-1]]))
+    out = []
+    for i, pos in sorted(find(needles, blob).items()):
+        part = hay.parts[bisect.bisect_right(starts, pos) - 1][0]
+        out.append((needles[i], part))
+    return out
+
+
+def forbidden(needle: Needle, hay: Haystack) -> bool:
+    """Whether ``needle`` may not be in ``hay``: a canary outside its owner's stores, a secret
+    anywhere (logs are searched for secrets only: in-process nodes share one log)."""
+    if needle.owner is None:
+        return True
+    if hay.kind == "log":
+        return False
+    return not (hay.kind == "store" and hay.party == needle.owner)
+
+
+# --- the federation and its jobs ------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """What the jobs left: every payload sent, every node's stores, the secrets made."""
+
+    jobs: dict[str, JobSpec]
+    haystacks: list[Haystack]
+    secrets: Secrets
+    finance: dict[str, dict[str, Table]]
+    health: dict[str, Table]
+    model: Table
+
+    def hay(self, kind: str, party: str) -> Haystack:
+        return next(h for h in self.haystacks if h.kind == kind and h.party == party)
+
+
+def read_state(dirs: Mapping[str, Path], when: str) -> dict[str, list[tuple[str, bytes]]]:
+    """Every file under each node's state directory (the port file aside), named by ``when``."""
+    return {
+        name: [
+            (f"{when} {p.relative_to(root)}", p.read_bytes())
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "port"
+        ]
+        for name, root in dirs.items()
+    }
+
+
+def start_nodes(
+    factory: NodeFactory, model: Table
+) -> tuple[dict[str, dict[str, Table]], dict[str, Table]]:
+    """The seven nodes, each with its own canary-planted datasets; returns the datasets."""
+    finance, health = finance_tables(), health_tables()
+    for party, tables in finance.items():
+        factory.start(party, allowed=[p for p in finance if p != party], tables=tables)
+    for h, table in health.items():
+        others = [p for p in (*HOSPITALS, "insurer") if p != h]
+        path = factory.write_config(
+            h, allowed=others, level="restricted-personal", budget_epsilon="100",
+            tables={"patients": table},
+        )  # fmt: skip
+        policy = path.parent / "policy.toml"  # its only dataset's table is the file's last
+        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
+        factory.nodes[h] = create_node(load_config(path), PROTOCOLS)
+    factory.start("insurer", allowed=list(HOSPITALS), tables={"risk_model": model})
+    return finance, health
+
+
+def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
+    """Every registered protocol once, each to success; returns the specs as the nodes hold them.
+
+    The health jobs run at the insurer while the finance chain runs at the bank.
+    """
+    dp = JobSpec(
+        protocol="dp_stats",
+        participants=(
+            *(Participant(h, "contributor", "patients") for h in HOSPITALS),
+            Participant("insurer", "analyst"),
+        ),
+        receivers=("insurer",),
+        purpose="canary: survival across hospitals",
+        requester="insurer",
+        params={
+            "kind": "survival", "column": "follow_up_days", "event": "event", "lower": "0",
+            "upper": "2190", "bins": 6, "epsilon": "1/2", "min_cell": 5,
+        },
+    )  # fmt: skip
+    fed = dataclasses.replace(fed_spec(rounds=2, noise_multiplier=1.0), job_id="")
+    # Scores to the hospital only: sent to the insurer, they would carry the patient ids.
+    cks = ckks_scoring.make_spec("hospital-a", "insurer", receivers=("hospital-a",))
+    psi = JobSpec(
+        protocol="psi",
+        participants=(
+            Participant("bank", "member", "loan_book", {"id": "company_id"}),
+            Participant("tax", "member", "tax_filings", {"id": "company_id"}),
+        ),
+        receivers=("bank",),
+        purpose="canary: common borrowers",
+        requester="bank",
+        params={"mode": "intersection"},
+    )
+    jobs: dict[str, tuple[str, str]] = {}
+    with factory.client("insurer") as insurer, factory.client("bank") as bank:
+        for name, spec in (("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks)):
+            jobs[name] = ("insurer", insurer.submit(spec))
+        for name, spec in (("psi", psi), ("woe_iv", woe_spec()), ("vertical_lr", vlr_spec())):
+            jobs[name] = ("bank", bank.submit(spec))
+            status = wait_final(bank, jobs[name][1], timeout=240)
+            assert status.state is JobState.SUCCEEDED, (name, status.error)
+        jobs["vertical_score"] = ("bank", bank.submit(score_spec(jobs["vertical_lr"][1])))
+    specs = {}
+    for name, (requester, job_id) in jobs.items():
+        with factory.client(requester) as c:
+            status = wait_final(c, job_id, timeout=240)
+        assert status.state is JobState.SUCCEEDED, (name, status.error)
+        specs[name] = status.spec
+        factory.wait_closed(job_id)
+    return specs
+
+
+def received_results(
+    factory: NodeFactory, jobs: Mapping[str, JobSpec]
+) -> dict[str, list[tuple[str, bytes]]]:
+    """Each node's results as its operator reads them: summary and artifacts."""
+    out: dict[str, list[tuple[str, bytes]]] = {n: [] for n in factory.nodes}
+    for name, spec in jobs.items():
+        for party in spec.receivers:
+            with factory.client(party) as c:
+                result = c.result(spec.job_id)
+            out[party].append((f"result {name} summary", json.dumps(result.summary).encode()))
+            out[party] += [(f"result {name} {a}", d) for a, d in result.artifacts.items()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Run every protocol once with the capture and the secret hooks on; stop the nodes."""
+    root = tmp_path_factory.mktemp("canary")
+    hook_dir, dump_dir = root / "hook", root / "ckks-keys"
+    hook_dir.mkdir()
+    dump_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(SANDBOX_HOOK, encoding="utf-8")
+    sent: list[Sent] = []
+    made = Secrets()
+    logs = LogCapture()
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(logs)
+    root_logger.setLevel(logging.DEBUG)
+    factory = NodeFactory(federation, root / "nodes")
+    with pytest.MonkeyPatch.context() as mp:
+        path = os.environ.get("PYTHONPATH", "")
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(hook_dir), path) if p))
+        mp.setenv(CKKS_DUMP_ENV, str(dump_dir))
+        install_capture(mp, sent)
+        install_secret_hooks(mp, made)
+        insecure.enable_insecure_test_parameters()  # 512-bit Paillier keys: tests only
+        try:
+            model = ckks_scoring.make_demo_model(generate_health(80, 12)["hospital_b"])
+            finance, health = start_nodes(factory, model)
+            dirs = {n: node.config.state_dir for n, node in factory.nodes.items()}
+            jobs = run_jobs(factory)
+            results = received_results(factory, jobs)
+            running = read_state(dirs, "running")
+        finally:
+            factory.stop_all()
+            insecure.disable_insecure_test_parameters()
+            root_logger.removeHandler(logs)
+            root_logger.setLevel(level)
+        stopped = read_state(dirs, "stopped")  # what a clean stop flushed (WAL checkpoints)
+        for coeffs in sorted(dump_dir.glob("*.coeffs")):
+            made.ckks.append((coeffs.read_bytes(), coeffs.with_suffix(".seal").read_bytes()))
+            made.ckks_public.append(coeffs.with_suffix(".pub").read_bytes())
+        pairs = sorted({(m.sender, m.receiver) for m in sent})
+        haystacks = [
+            Haystack(
+                "sent",
+                f"{s}->{r}",
+                tuple((m.what, m.data) for m in sent if (m.sender, m.receiver) == (s, r)),
+            )
+            for s, r in pairs
+        ]
+        haystacks += [
+            Haystack("store", n, tuple(running[n] + stopped[n] + results[n])) for n in dirs
+        ]
+        haystacks.append(Haystack("log", "all", tuple(("log", m.encode()) for m in logs.lines)))
+        yield World(jobs, haystacks, made, finance, health, model)
+
+
+class LogCapture(logging.Handler):
+    """Every log record of the in-process nodes, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(logging.Formatter().format(record))
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+
+def hash_point_needles(jobs: Mapping[str, JobSpec]) -> list[Needle]:
+    """Each finance canary id hashed to the curve as each vertical or PSI job hashes it, unblinded
+    (a dictionary attack would recognise it)."""
+    out = []
+    for name in ("psi", "woe_iv", "vertical_lr", "vertical_score"):
+        context = bytes.fromhex(jobs[name].digest())
+        for owner in FINANCE_DATASETS:
+            for raw in ONLY_IDS[owner]:
+                (point,) = hash_to_points([raw.encode()], context)
+                out.append(Needle(owner, f"id {raw} hashed to the curve in {name}", point))
+    return out
+
+
+def violations(world: World, needles: Sequence[Needle]) -> list[str]:
+    """Each forbidden find: what, where."""
+    return [
+        f"{needle.what} (owner {needle.owner or 'nobody'}) in {hay.label}: {part}"
+        for hay in world.haystacks
+        for needle, part in search(needles, hay)
+        if forbidden(needle, hay)
+    ]
+
+
+def found_in(world: World, needles: Sequence[Needle], kind: str) -> set[str]:
+    """The ``what`` of each needle found in any haystack of ``kind``."""
+    return {n.what for hay in world.haystacks if hay.kind == kind for n, _ in search(needles, hay)}
+
+
+def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
+    # Every registered protocol ran and succeeded: a new protocol must join this test.
+    assert set(world.jobs) == set(PROTOCOLS), "add the new protocol's job to run_jobs"
+    assert world.hay("log", "all").parts, "the nodes' log records were not captured"
+    pairs = {h.party for h in world.haystacks if h.kind == "sent"}
+    expected = {"bank->tax", "tax->bank", "bank->registry", "registry->bank"}
+    expected |= {f"{h}->insurer" for h in HOSPITALS} | {f"insurer->{h}" for h in HOSPITALS}
+    assert expected <= pairs
+    for party in (*FINANCE_DATASETS, *HOSPITALS, "insurer"):
+        names = [n for n, _ in world.hay("store", party).parts]
+        assert any(n.endswith("resume.db") for n in names), names
+        assert any(n.endswith("audit.db") for n in names), names
+    made = world.secrets
+    assert len(made.paillier) >= 2  # woe_iv's and vertical_lr's keys at the bank
+    assert len(made.blinding) >= 2 + 3 * 4  # psi; three alignments with two providers each
+    assert len(made.masking) >= 3 + 2  # dp_stats at each hospital; vertical_score at each provider
+    assert len(made.rounds) >= 2 * len(HOSPITALS)  # fed_dp_sgd: each hospital, each round
+    assert made.ckks and made.ckks_public, "the sandbox worker did not report its secret key"
+
+
+def test_controls_the_search_finds_what_is_legitimately_there(world: World) -> None:
+    """Public keys that the recorded secrets belong to are on the wire, and the intersection ids
+    are in the bank's own store: capture, hooks and search all see real traffic."""
+    made = world.secrets
+    publics = [Needle(None, f"paillier n {i}", int_needles("n", p * q)[0].data)
+               for i, (p, q) in enumerate(made.paillier)]  # fmt: skip
+    publics += [
+        Needle(None, f"masking public key {i}", public_x25519(raw))
+        for i, raw in enumerate(made.masking)
+    ]
+    publics += [
+        Needle(None, f"secagg {k}-key public {i}", public_x25519(raw))
+        for i, keys in enumerate(made.rounds)
+        for k, raw in zip("cs", keys[1:], strict=True)
+    ]
+    found = found_in(world, publics, "sent")
+    assert {n.what for n in publics} == found
+    # The hospital sends its CKKS public key inside the public context, as SEAL saved it.
+    ckks_public = [
+        Needle(None, f"ckks public key {i} bytes {s}", pub[16 + s : 48 + s])
+        for i, pub in enumerate(made.ckks_public)
+        for s in range(0, len(pub) - 64, (len(pub) - 64) // 4)
+    ]
+    assert found_in(world, ckks_public, "sent") == {n.what for n in ckks_public}
+    # The bank's blinded points of a shared canary id reach the tax bureau: the hash-to-curve
+    # context used for the unblinded-point needles is the protocols' own.
+    context = bytes.fromhex(world.jobs["psi"].digest())
+    (point,) = hash_to_points([SHARED[0].encode()], context)
+    blinded = [
+        Needle(None, f"blinded with key {i}", blind_x25519(raw, point))
+        for i, raw in enumerate(made.blinding)
+    ]
+    assert search(blinded, world.hay("sent", "bank->tax")) != []
+    # The PSI intersection at the bank holds the shared canary companies.
+    shared = [n for raw in SHARED for n in id_needles("bank", raw)]
+    assert {n.what for n, _ in search(shared, world.hay("store", "bank"))} >= {
+        f"id {raw} as utf-8 {raw!r}" for raw in SHARED
+    }
+
+
+def public_x25519(raw: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes_raw()
+
+
+def blind_x25519(raw: bytes, point: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(raw).exchange(
+        X25519PublicKey.from_public_bytes(point)
+    )
+
+
+def test_no_planted_id_or_value_leaves_its_owner(world: World) -> None:
+    for owner, ids in ONLY_IDS.items():  # the canaries are really planted
+        tables = world.finance.get(owner) or {"patients": world.health[owner]}
+        held = {
+            i
+            for t in tables.values()
+            for c in ("company_id", "patient_id")
+            if c in t.columns
+            for i in t.column(c)
+        }
+        assert set(ids) <= held
+    needles = data_needles() + hash_point_needles(world.jobs)
+    needles += model_needles(world.model)
+    assert violations(world, needles) == []
+
+
+def model_needles(model: Table) -> list[Needle]:
+    """The insurer's model weights: the hospital learns scores only, never a weight."""
+    out = []
+    for text in model.column("weight"):
+        v = float(text)
+        out += text_needles("insurer", f"model weight {text}", [text, repr(v)])
+        for o in "<>":
+            packed = struct.pack(f"{o}d", v)
+            if dense(packed):  # a round weight (0.5) is no fingerprint
+                out.append(Needle("insurer", f"model weight {text} as float64 {o}", packed))
+    return out
+
+
+def test_no_secret_key_material_is_sent_or_stored_unsealed(world: World) -> None:
+    assert violations(world, world.secrets.needles()) == []
+
+
+def embedded(leak: bytes) -> bytes:
+    """``leak`` between random bytes, as it would sit inside a message or a file."""
+    return secrets.token_bytes(4099) + leak + secrets.token_bytes(4099)
+
+
+def test_the_search_finds_deliberately_leaked_copies(world: World) -> None:
+    """Copies made the ways code would leak them (CSV, numpy, JSON, key exports) are all found."""
+    needles = data_needles()
+    whats = {n.what for n in needles}
+    blocks = {o: np.array(v[2], dtype=np.float64) for o, v in VALUES.items()}
+    texts = [t for o, v in VALUES.items() for row in v[2] for t in row]
+    leaks: dict[str, tuple[bytes, set[str]]] = {}
+    for order in "<>":
+        values = np.concatenate([b.ravel() for b in blocks.values()])
+        leaks[f"float64 {order}"] = (
+            values.astype(f"{order}f8").tobytes(),
+            {f"value {t} as float64 {order}" for t in texts},
+        )
+        for bits in FRAC_BITS:
+            fixed = np.rint(values * (1 << bits))
+            rows = [(a, b) for v in VALUES.values() for a, b in v[2]]
+            for width, dtype in (("int32", "i4"), ("int64", "i8")):
+                if width == "int32" and fixed.max() >= 1 << 31:
+                    continue
+                leaks[f"fixed {bits} {width} {order}"] = (
+                    fixed.astype(f"{order}{dtype}").tobytes(),
+                    {f"values {a},{b} as {bits}-bit fixed {width} {order}" for a, b in rows},
+                )
+        for layout in ("rows", "columns"):
+            matrix = b"".join(
+                (b if layout == "rows" else b.T).astype(f"{order}f4").tobytes()
+                for b in blocks.values()
+            )
+            expect = set()
+            for v in VALUES.values():
+                (a, b), (c, d) = v[2]
+                pairs = ((a, b), (c, d)) if layout == "rows" else ((a, c), (b, d))
+                expect |= {f"values {x},{y} as float32 {order}" for x, y in pairs}
+            leaks[f"float32 {layout} {order}"] = (matrix, expect)
+    leaks["json"] = (
+        json.dumps([float(t) for t in texts]).encode(),
+        {f"value {t} as utf-8 {repr(float(t))!r}" for t in texts},
+    )
+    every_id = [(o, i) for o, ids in ONLY_IDS.items() for i in ids]
+    for owner, tables in world.finance.items():
+        csv = "\n".join(",".join(t.columns) for t in tables.values())
+        for table in tables.values():
+            csv += "\n".join(",".join(r) for r in zip(*table.data.values(), strict=True))
+        leaks[f"{owner} csv"] = (csv.encode(), {f"id {i} as utf-8 {i!r}" for i in ONLY_IDS[owner]})
+    leaks["sha256"] = (
+        b"".join(hashlib.sha256(i.encode()).digest() for _, i in every_id),
+        {f"sha256 of id {i}" for _, i in every_id},
+    )
+    leaks["utf-16"] = (
+        " ".join(i for _, i in every_id).encode("utf-16-le"),
+        {f"id {i} as utf-16-le {i!r}" for _, i in every_id},
+    )
+    for name, (leak, expect) in leaks.items():
+        assert expect <= whats, name  # the expected labels name real needles
+        assert {needles[i].what for i in find(needles, embedded(leak))} >= expect, name
+    assert find(needles, secrets.token_bytes(1 << 20)) == {}  # noise alone matches nothing
+
+
+def test_the_search_finds_leaked_secret_keys(world: World) -> None:
+    """Keys made now are recorded by the hooks, and their exports and text forms are found."""
+    made = world.secrets
+    start = (len(made.paillier), len(made.blinding), len(made.masking), len(made.rounds))
+    insecure.enable_insecure_test_parameters()
+    _, private = pl.generate_keypair(512)
+    blinding = create_blinding_key()
+    masking = secure_agg.create_masking_key()
+    seed = secrets.token_bytes(secagg.SEED_BYTES)
+    secagg.RoundSecrets.from_seed(seed)
+    fresh = Secrets(
+        made.paillier[start[0] :],
+        made.blinding[start[1] :],
+        made.masking[start[2] :],
+        made.rounds[start[3] :],
+    )
+    assert [len(x) for x in (fresh.paillier, fresh.blinding, fresh.masking, fresh.rounds)] == [
+        1, 1, 1, 1,
+    ]  # fmt: skip
+    p, q = fresh.paillier[0]
+    leaks = {
+        "paillier export": (private.export_for_checkpoint(), "paillier key 0 p big-endian"),
+        "paillier json": (json.dumps({"q": q}).encode(), f"paillier key 0 q as utf-8 {str(q)!r}"),
+        "paillier hex": (f"{p:x}".encode(), f"paillier key 0 p as utf-8 {f'{p:x}'!r}"),
+        "blinding export": (blinding.export_for_checkpoint(), "psi blinding scalar 0"),
+        "masking export": (masking.export_for_checkpoint(), "secure_agg masking key 0"),
+        "round seed json": (
+            json.dumps({"seed": seed.hex()}).encode(),
+            f"secagg round seed 0 as utf-8 {seed.hex()!r}",
+        ),
+    }
+    needles = fresh.needles()
+    for name, (leak, expect) in leaks.items():
+        assert expect in {needles[i].what for i in find(needles, embedded(leak))}, name
+
+
+def test_the_search_finds_a_serialised_ckks_secret_key(tmp_path: Path) -> None:
+    """The CKKS needles (windows of the key's coefficients and of SEAL's save) find a secret
+    context serialised with its secret key, and not the public one."""
+    ts = pytest.importorskip("tenseal")
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    key = context.secret_key().data
+    plain = key.data()
+    coeffs = np.array([plain.data(i) for i in range(plain.coeff_count())], dtype="<u8")
+    saved = tmp_path / "key.seal"
+    key.save(str(saved))
+    needles = ckks_needles("ckks secret key 0", coeffs.tobytes(), saved.read_bytes())
+    assert find(needles, embedded(context.serialize(save_secret_key=True))) != {}
+    assert find(needles, context.serialize(save_secret_key=False)) == {}
+    assert find(needles, embedded(coeffs.astype(">u8").tobytes())) != {}
