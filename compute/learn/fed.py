@@ -8,10 +8,11 @@ calls these functions; tests and benchmarks call them directly as the plaintext 
   be a release that DP-SGD does not account for.
 * A local update (:func:`local_update`) is ``steps`` DP-SGD steps with Opacus: Poisson sampling
   (Opacus's ``UniformWithReplacementSampler``), per-sample clipping to ``max_grad_norm`` and
-  Gaussian noise of ``noise_multiplier · max_grad_norm`` (Opacus's ``DPOptimizer`` in
-  ``secure_mode``, which sums four draws against floating-point attacks). ``torchcsprng`` is not
-  available for torch 2.13, so the noise and the sampling come from torch generators seeded
-  with 64 bits that the caller derives from ``secrets`` (see the protocol doc).
+  Gaussian noise of ``noise_multiplier · max_grad_norm`` (Opacus's ``DPOptimizer``, with its
+  noise drawn as in ``secure_mode``: the sum of four draws, against floating-point attacks).
+  ``torchcsprng`` does not exist for torch 2.13, so the noise and the Poisson sampling come from
+  :class:`SecureStream`, a ChaCha20 keystream under a 256-bit key that the caller derives from
+  ``secrets``, never from torch's Mersenne Twister.
 * :func:`fedavg` is the plain, unweighted mean of the clients' updates: the reference the secure
   aggregation must reproduce.
 * :func:`epsilon_spent` is Opacus's RDP (or PRV) accountant over ``steps`` DP-SGD steps;
@@ -22,6 +23,7 @@ Torch and Opacus are imported on first use, so importing this module stays cheap
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from compute.errors import InvalidInputError
 
@@ -194,8 +197,66 @@ def _tensors(x: FloatArray, y: FloatArray) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+class SecureStream:
+    """Uniform and Gaussian draws from a ChaCha20 keystream: DP-SGD's noise and sampling.
+
+    The key (32 bytes) must come from ``secrets``; the same key gives the same draws, which is
+    what lets a resumed hospital rebuild a checkpointed update byte for byte.
+
+    >>> a, b = SecureStream(bytes(32)), SecureStream(bytes(32))
+    >>> bool((a.normal(4) == b.normal(4)).all())
+    True
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a SecureStream key is 32 bytes")
+        cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
+        self._keystream = cipher.encryptor()
+
+    def uniform(self, n: int) -> FloatArray:
+        """``n`` draws from the open interval (0, 1), 53 random bits each."""
+        words = np.frombuffer(self._keystream.update(bytes(8 * n)), dtype="<u8")
+        return ((words >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+
+    def normal(self, n: int) -> FloatArray:
+        """``n`` standard normal draws (Box–Muller on :meth:`uniform` pairs)."""
+        half = (n + 1) // 2
+        u1, u2 = self.uniform(half), self.uniform(half)
+        radius = np.sqrt(-2.0 * np.log(u1))
+        return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[
+            :n
+        ]
+
+    def secure_normal(self, n: int) -> FloatArray:
+        """Standard normal draws as Opacus's ``secure_mode`` makes them: four draws summed, / 2.
+
+        Summing several draws defeats the attacks on a single floating-point Gaussian sample
+        (Holohan & Braghin, 2021), as Opacus does when it has a CSPRNG.
+        """
+        return sum((self.normal(n) for _ in range(4)), np.zeros(n)) / 2.0
+
+
+def _noise_from(stream: SecureStream, base: type) -> type:
+    """An Opacus optimizer class whose noise comes from ``stream`` instead of a torch generator."""
+    torch = _torch()
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class SecureNoise(base):  # type: ignore[misc]
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                draw = stream.secure_normal(p.summed_grad.numel()) * std
+                noise = torch.as_tensor(draw, dtype=p.summed_grad.dtype)
+                p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return SecureNoise
+
+
 def _private(
-    model: torch.nn.Module, config: DpSgdConfig, batch: int, noise: torch.Generator
+    model: torch.nn.Module, config: DpSgdConfig, batch: int, noise: SecureStream
 ) -> tuple[Any, Any, Any]:
     """Wrap a module for DP-SGD: (module, DP optimizer, loss) in the chosen Opacus mode."""
     torch = _torch()
@@ -208,9 +269,9 @@ def _private(
         "max_grad_norm": config.max_grad_norm,
         "expected_batch_size": batch,
         "loss_reduction": "mean",
-        "generator": noise,
-        "secure_mode": True,  # sum of four draws: the floating-point attack defence
     }
+    plain_clipping = _noise_from(noise, DPOptimizer)
+    fast_clipping = _noise_from(noise, DPOptimizerFastGradientClipping)
     if config.grad_sample_mode == "ghost":
         from opacus.grad_sample import GradSampleModuleFastGradientClipping
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
@@ -218,7 +279,7 @@ def _private(
         gsm = GradSampleModuleFastGradientClipping(
             model, loss_reduction="mean", max_grad_norm=config.max_grad_norm
         )
-        dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **common)
+        dp_optimizer = fast_clipping(optimizer, **common)
         return gsm, dp_optimizer, DPLossFastGradientClipping(gsm, dp_optimizer, loss, "mean")
     if config.grad_sample_mode == "ew":
         from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
@@ -228,7 +289,7 @@ def _private(
         from opacus import GradSampleModule
 
         gsm = GradSampleModule(model, loss_reduction="mean")
-    return gsm, DPOptimizer(optimizer, **common), loss
+    return gsm, plain_clipping(optimizer, **common), loss
 
 
 def local_update(
@@ -237,8 +298,7 @@ def local_update(
     x: FloatArray,
     y: FloatArray,
     config: DpSgdConfig,
-    noise_seed: int,
-    sample_seed: int,
+    key: bytes,
 ) -> LocalUpdate:
     """``config.steps`` steps of DP-SGD from ``weights`` on this client's rows.
 
@@ -248,29 +308,25 @@ def local_update(
         x: Scaled features, one row per record.
         y: Labels in {0, 1}.
         config: The DP-SGD settings.
-        noise_seed: Seed of the Gaussian noise generator (64 bits derived from ``secrets``).
-        sample_seed: Seed of the Poisson sampling generator (likewise secret).
+        key: 32 secret bytes (derived from ``secrets``) keying the :class:`SecureStream` of the
+            Poisson sampling and the Gaussian noise.
 
     Returns:
         The weight change and the mean loss over the non-empty batches.
     """
     torch = _torch()
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
     if len(x) == 0:
         raise InvalidInputError("a client needs at least one training row")
     model = create_model(spec)
     set_weights(model, weights)
-    noise = torch.Generator().manual_seed(noise_seed)
-    sampling = torch.Generator().manual_seed(sample_seed)
+    stream = SecureStream(key)
     expected = max(1, round(config.sample_rate * len(x)))
-    gsm, optimizer, criterion = _private(model, config, expected, noise)
+    gsm, optimizer, criterion = _private(model, config, expected, stream)
     xt, yt = _tensors(x, y)
-    sampler = UniformWithReplacementSampler(
-        num_samples=len(x), sample_rate=config.sample_rate, generator=sampling, steps=config.steps
-    )
     losses = []
-    for indices in sampler:
+    for _ in range(config.steps):
+        # Poisson sampling, as Opacus's UniformWithReplacementSampler does, from the stream.
+        indices = np.flatnonzero(stream.uniform(len(x)) < config.sample_rate)
         optimizer.zero_grad()
         if not len(indices):  # an empty Poisson batch: the step releases noise only
             for p in model.parameters():
@@ -300,9 +356,8 @@ def make_step(
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         module, criterion = model, torch.nn.BCEWithLogitsLoss()
     else:
-        module, optimizer, criterion = _private(
-            model, config, batch, torch.Generator().manual_seed(seed)
-        )
+        key = hashlib.sha256(seed.to_bytes(8, "big")).digest()
+        module, optimizer, criterion = _private(model, config, batch, SecureStream(key))
 
     def step(x: FloatArray, y: FloatArray) -> None:
         xt, yt = _tensors(x, y)

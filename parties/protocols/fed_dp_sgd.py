@@ -389,10 +389,9 @@ def _await(ctx: JobContext, frm: str, tag: str, patience: int) -> bytes:
     return ctx.recv(frm, tag)
 
 
-def _seed_ints(seed: bytes) -> tuple[int, int]:
-    """The noise and sampling generator seeds (64 bits each) of a step, from its secret seed."""
-    digest = hashlib.sha256(b"bund/fed_dp_sgd/v1/generators" + seed).digest()
-    return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
+def _stream_key(seed: bytes) -> bytes:
+    """The 256-bit key of a step's noise and sampling stream, from its secret seed."""
+    return hashlib.sha256(b"bund/fed_dp_sgd/v2/stream" + seed).digest()
 
 
 def _values(
@@ -407,9 +406,8 @@ def _values(
     ]
     if kind != _TRAIN:
         return metrics
-    noise_seed, sample_seed = _seed_ints(seed)
     update = fed.local_update(
-        p.model, weights, data.x_train, data.y_train, p.dpsgd, noise_seed, sample_seed
+        p.model, weights, data.x_train, data.y_train, p.dpsgd, _stream_key(seed)
     )
     quantised = secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS)
     return [int(v) for v in quantised] + metrics

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from compute.errors import InvalidInputError
 from compute.learn import fed
+
+KEY = bytes(range(32))  # a fixed stream key: these tests compare updates, not secrecy
 
 
 def _data(rows: int = 120) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +46,7 @@ def test_every_grad_sample_mode_computes_the_same_dp_sgd_update(kind: str) -> No
             x,
             y,
             fed.DpSgdConfig(6, 0.3, 1.1, 0.7, 0.05, mode),
-            noise_seed=3,
-            sample_seed=4,
+            key=KEY,
         ).delta
         for mode in fed.GRAD_SAMPLE_MODES
     ]
@@ -51,13 +54,27 @@ def test_every_grad_sample_mode_computes_the_same_dp_sgd_update(kind: str) -> No
         assert np.allclose(updates[0], other, atol=1e-5)
 
 
-def test_noise_comes_from_the_given_seed() -> None:
+def test_noise_and_sampling_come_from_the_given_key() -> None:
     spec, (x, y) = fed.ModelSpec("logistic", 4), _data()
     w = fed.initial_weights(spec, 1)
     config = fed.DpSgdConfig(3, 0.3, 1.0, 1.0, 0.1)
-    a = fed.local_update(spec, w, x, y, config, 1, 2).delta
-    assert np.array_equal(a, fed.local_update(spec, w, x, y, config, 1, 2).delta)
-    assert not np.allclose(a, fed.local_update(spec, w, x, y, config, 9, 2).delta)
+    a = fed.local_update(spec, w, x, y, config, KEY).delta
+    assert np.array_equal(a, fed.local_update(spec, w, x, y, config, KEY).delta)
+    assert not np.allclose(a, fed.local_update(spec, w, x, y, config, bytes(32)).delta)
+
+
+@pytest.mark.slow
+def test_the_secure_stream_draws_the_distributions_it_claims() -> None:
+    """KS tests over 10^6 draws each: uniform on (0, 1), and the secure-mode standard normal."""
+    stream = fed.SecureStream(secrets.token_bytes(32))
+    uniform = stream.uniform(1_000_000)
+    assert 0 < uniform.min() and uniform.max() < 1
+    assert stats.kstest(uniform, "uniform").pvalue > 1e-4
+    normal = stream.secure_normal(1_000_000)
+    assert stats.kstest(normal, "norm").pvalue > 1e-4
+    assert abs(normal.mean()) < 0.01 and abs(normal.std() - 1) < 0.01
+    with pytest.raises(ValueError, match="32 bytes"):
+        fed.SecureStream(b"short")
 
 
 def test_per_sample_clipping_bounds_a_noise_free_step() -> None:
@@ -66,7 +83,7 @@ def test_per_sample_clipping_bounds_a_noise_free_step() -> None:
     w = fed.initial_weights(spec, 2)
     clip, lr = 0.01, 1.0
     config = fed.DpSgdConfig(1, lr, 0.0, clip, 1.0)  # every row in the batch, no noise
-    update = fed.local_update(spec, w, x, y, config, 1, 2)
+    update = fed.local_update(spec, w, x, y, config, KEY)
     assert 0 < np.linalg.norm(update.delta) <= lr * clip + 1e-6
 
 
@@ -75,7 +92,7 @@ def test_noise_free_loose_dp_sgd_with_full_batches_is_plain_gradient_descent() -
 
     spec, (x, y) = fed.ModelSpec("logistic", 4), _data(64)
     w = fed.initial_weights(spec, 3)
-    dp = fed.local_update(spec, w, x, y, fed.DpSgdConfig(1, 0.5, 0.0, 1e6, 1.0), 1, 2)
+    dp = fed.local_update(spec, w, x, y, fed.DpSgdConfig(1, 0.5, 0.0, 1e6, 1.0), KEY)
     model = fed.create_model(spec)
     fed.set_weights(model, w)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
