@@ -769,6 +769,16 @@ class JobManager:
         if caller not in status.spec.parties or caller == self.party:
             raise NotAuthorizedError(f"{caller} takes no part in job {job_id}; message refused")
         self.policy.check_counterparty(caller, caller_role)
+        if status.state is JobState.SUCCEEDED and hmac.compare_digest(
+            envelope_digest(job_id, tag, payload), sha256
+        ):
+            # A peer resumed after this node finished: its re-sent messages change nothing here.
+            self.audit.append(
+                "message_after_close",
+                job_id,
+                {"peer": caller, "tag": tag, "sha256": digest(payload).hex(), "size": len(payload)},
+            )
+            return False
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):
             raise JobStateError(f"job {job_id} is {status.state.value}; it takes no messages")
         if not hmac.compare_digest(envelope_digest(job_id, tag, payload), sha256):

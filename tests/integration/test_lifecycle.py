@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef
 from parties.protocols import PROTOCOLS
 from parties.transport import envelope_digest
 from tests.conftest import NodeFactory, wait_until
+from tests.integration.fault_protocols import RELAY
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, wait_final
 
 
@@ -149,3 +151,25 @@ def test_replay_is_a_noop_equivocation_aborts_and_a_moved_message_is_refused(
     assert events[("message_duplicate", first)]["tag"] == "probe"
     assert events[("message_refused", second)]["peer"] == "bank"
     assert events[("equivocation", first)]["peer"] == "bank"
+
+
+def test_a_message_for_a_job_that_succeeded_here_is_ignored_not_refused(
+    node_factory: NodeFactory,
+) -> None:
+    """A peer that resumes after this node closed the job re-sends what it sent: a no-op here."""
+    registry = {**PROTOCOLS, RELAY.name: RELAY}
+    node_factory.start("bank", {"loans": {"id": BANK_IDS}}, ("tax",), level="public",
+                       registry=registry)  # fmt: skip
+    node_factory.start("tax", {"filings": {"id": TAX_IDS}}, ("bank",), level="public",
+                       registry=registry, budget_epsilon="1")  # fmt: skip
+    spec = dataclasses.replace(busy_spec(), protocol=RELAY.name, params={"rounds": 3})
+    with node_factory.client("bank") as bank, node_factory.client("tax", "bank") as to_tax:
+        job_id = bank.submit(spec)
+        assert wait_final(bank, job_id).state is JobState.SUCCEEDED
+        node_factory.wait_closed(job_id)
+        assert to_tax.deliver(job_id, "x/0", b"late") is False
+        bad = job_pb2.DeliverRequest(job_id=job_id, tag="x/0", payload=b"late", sha256=bytes(32))
+        with pytest.raises(RemoteError, match="takes no messages"):
+            to_tax._call("Jobs", "Deliver", bad, job_pb2.DeliverResponse)
+    events = [(e, f.get("tag")) for e, j, f in audit_events(node_factory, "tax") if j == job_id]
+    assert ("message_after_close", "x/0") in events
