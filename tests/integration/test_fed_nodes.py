@@ -13,16 +13,20 @@ import dataclasses
 import importlib
 import io
 import json
+import sqlite3
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
+
+from parties.client import RemoteError
 from parties.config import load_config
 from parties.data import generate_health
 from parties.jobs import JobState
 from parties.node import create_node
 from parties.protocols import PROTOCOLS, fed_dp_sgd
 from parties.regulator import audit_federation, load_regulator_config
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, wait_until
 from tests.integration.serve_test_node import CRASH_ENV
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
@@ -122,3 +126,64 @@ def test_a_hospital_dying_after_its_upload_does_not_stop_the_training(
     config = write_regulator_config(tmp_path / "regulator.toml", node_factory.federation, addresses)
     outcome = audit_federation(load_regulator_config(config))
     assert outcome.errors == 0, outcome.findings
+
+
+@pytest.mark.parametrize("victim", ["insurer", "hospital-a"])
+def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
+    node_factory: NodeFactory, victim: str
+) -> None:
+    """``kill -9`` of the coordinator or of a hospital mid-training, then a quick restart.
+
+    The restarted node resumes from its last checkpoint and re-sends what it had sent; every
+    hospital still takes part in every round, and each ledger holds each round once.
+    """
+    importlib.import_module("opacus")  # see the drop-out test above
+    limits = "heartbeat_interval_s = 0.2\npeer_silence_s = 15"
+    rounds = 5
+    data = generate_health(80, 11)
+    paths: dict[str, Path] = {}
+    for hospital, table in HOSPITALS.items():
+        others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
+        paths[hospital] = node_factory.write_config(
+            hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
+            tables={"patients": data[table]}, limits=limits,
+        )  # fmt: skip
+        policy = paths[hospital].parent / "policy.toml"
+        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
+    paths["insurer"] = node_factory.write_config("insurer", allowed=list(HOSPITALS), limits=limits)
+    for name, path in paths.items():
+        if name == victim:
+            node_factory.spawn(name, path)
+        else:
+            node_factory.nodes[name] = create_node(load_config(path), PROTOCOLS)
+    node_factory._write_peers()
+    job = dataclasses.replace(spec(rounds=rounds, local_steps=20, noise_multiplier=1.0), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+
+    def mid_training() -> bool | None:
+        with node_factory.client(victim) as c:
+            try:
+                return c.status(job_id).done >= 2 or None
+            except RemoteError:
+                return None
+
+    wait_until(mid_training, 60, f"{victim} to be in round 2")
+    node_factory.kill(victim)
+    node_factory.spawn(victim, paths[victim])
+    with node_factory.client("insurer") as insurer:
+        status = wait_final(insurer, job_id, timeout=180)
+        assert status.state is JobState.SUCCEEDED, status.error
+        result = insurer.result(job_id)
+    assert result.summary["rounds_run"] == rounds
+    history = list(csv.DictReader(io.StringIO(result.artifacts["history.csv"].decode())))
+    assert all(int(h["survivors"]) == 3 for h in history)  # nobody dropped out
+    for hospital in HOSPITALS:
+        db = sqlite3.connect(node_factory.workdir / hospital / "state" / "budget.db")
+        try:
+            parts = [
+                p for (p,) in db.execute("SELECT part FROM charges WHERE job_id = ?", (job_id,))
+            ]
+        finally:
+            db.close()
+        assert sorted(parts) == [f"round-{r}" for r in range(1, rounds + 1)]
