@@ -223,11 +223,12 @@ class JobStore:
         )
 
     def save_result(self, job_id: str, result: Result) -> None:
-        """Store a receiver's result."""
+        """Store a receiver's result (a resumed job that had stored one replaces it)."""
         with self._lock:
             self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM artifacts WHERE job_id = ?", (job_id,))
             self._db.execute(
-                "INSERT INTO results (job_id, summary) VALUES (?, ?)",
+                "INSERT OR REPLACE INTO results (job_id, summary) VALUES (?, ?)",
                 (job_id, json.dumps(dict(result.summary), sort_keys=True)),
             )
             self._db.executemany(
