@@ -226,15 +226,19 @@ class JobStore:
         """Store a receiver's result (a resumed job that had stored one replaces it)."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM artifacts WHERE job_id = ?", (job_id,))
-            self._db.execute(
-                "INSERT OR REPLACE INTO results (job_id, summary) VALUES (?, ?)",
-                (job_id, json.dumps(dict(result.summary), sort_keys=True)),
-            )
-            self._db.executemany(
-                "INSERT INTO artifacts (job_id, name, data) VALUES (?, ?, ?)",
-                [(job_id, name, data) for name, data in result.artifacts.items()],
-            )
+            try:
+                self._db.execute("DELETE FROM artifacts WHERE job_id = ?", (job_id,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO results (job_id, summary) VALUES (?, ?)",
+                    (job_id, json.dumps(dict(result.summary), sort_keys=True)),
+                )
+                self._db.executemany(
+                    "INSERT INTO artifacts (job_id, name, data) VALUES (?, ?, ?)",
+                    [(job_id, name, data) for name, data in result.artifacts.items()],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
 
     def _stored(self, job_id: str, bytes_too: bool) -> tuple[Any, Sequence[tuple[str, Any]]] | None:
