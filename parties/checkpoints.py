@@ -206,11 +206,15 @@ class ResumeStore:
         """Delete everything kept for a job that ended."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for table in ("checkpoints", "inbox", "transcript"):
-                self._db.execute(
-                    f"DELETE FROM {table} WHERE job_id = ?",  # noqa: S608 - fixed names
-                    (job_id,),
-                )
+            try:
+                for table in ("checkpoints", "inbox", "transcript"):
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE job_id = ?",  # noqa: S608 - fixed names
+                        (job_id,),
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
 
     def close(self) -> None:
