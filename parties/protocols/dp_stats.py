@@ -33,6 +33,7 @@ from compute.dp.stats import contribution as compute_contribution
 from compute.dp.stats import release as compute_release
 from compute.errors import BundError, InvalidInputError, InvalidMessageError
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from parties.protocols.plots import png
 
 ROLE_CONTRIBUTOR = "contributor"
 ROLE_ANALYST = "analyst"
@@ -329,9 +330,7 @@ def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
         axes.set_title(f"Kaplan–Meier, ε = {p.query.epsilon} ({noise_note})")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png(figure)
 
 
 def validate(spec: JobSpec) -> None:

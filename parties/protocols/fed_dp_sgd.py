@@ -56,6 +56,7 @@ from compute.errors import BundError, InvalidInputError, InvalidMessageError
 from compute.learn import fed
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from parties.ledger import BudgetExhaustedError
+from parties.protocols.plots import png
 from parties.transport import (
     JobAbortedError,
     JobInterruptedError,
@@ -818,9 +819,7 @@ def _curves(p: Plan, history: list[dict[str, Any]]) -> bytes:
     noise = f"σ = {p.dpsgd.noise_multiplier}, ε = {eps[-1]}" if eps and p.noise else "no noise"
     figure.suptitle(f"fed_dp_sgd {p.model.kind}: {noise}, δ = {p.delta if p.noise else 0}")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png(figure)
 
 
 # --- the job spec -----------------------------------------------------------------------------

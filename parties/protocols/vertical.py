@@ -15,7 +15,6 @@ learn which of their own ids are in the common set, nothing about other ids.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from collections.abc import Callable
@@ -368,16 +367,6 @@ def decode_meta(payload: bytes, limit: int = 1 << 20) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidMessageError("the metadata message is not a JSON object")
     return doc
-
-
-def png(figure: Any) -> bytes:
-    """Render a matplotlib ``Figure`` to PNG bytes (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=100)
-    return out.getvalue()
 
 
 def key_bits_param(spec: JobSpec) -> int:

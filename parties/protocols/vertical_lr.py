@@ -43,6 +43,7 @@ from compute.errors import InvalidMessageError
 from compute.learn import logistic as lg
 from compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from parties.protocols.plots import png
 from parties.protocols.vertical import (
     FEATURE_HOLDER,
     ID_COLUMN,
@@ -59,7 +60,6 @@ from parties.protocols.vertical import (
     label_vector,
     numeric_features,
     pack_state,
-    png,
     recv_vector,
     roles_of,
     send_chunks,

@@ -40,6 +40,7 @@ from compute.learn.woe_iv import (
     woe_iv,
 )
 from parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from parties.protocols.plots import png
 from parties.protocols.vertical import (
     FEATURE_HOLDER,
     ID_COLUMN,
@@ -54,7 +55,6 @@ from parties.protocols.vertical import (
     key_bits_param,
     label_vector,
     numeric_features,
-    png,
     recv_vector,
     roles_of,
     send_vector,
