@@ -134,6 +134,7 @@ class NodeFactory:
         audit_store: str | None = None,
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
+        budget_delta: str | None = None,
     ) -> Node:
         """Start ``name``'s node with CSV datasets and a policy.toml built from the arguments.
 
@@ -142,7 +143,7 @@ class NodeFactory:
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, policy_extra,
-            audit_store, budget_epsilon, tables,
+            audit_store, budget_epsilon, tables, budget_delta=budget_delta,
         )  # fmt: skip
         node = create_node(load_config(config_path), registry or PROTOCOLS)
         self.nodes[name] = node
@@ -163,6 +164,7 @@ class NodeFactory:
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
         limits: str = "",
+        budget_delta: str | None = None,
     ) -> Path:
         """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
         home = self.workdir / name
@@ -207,6 +209,8 @@ class NodeFactory:
             policy += [f"[datasets.{ds}]", f'level = "{level}"']
             if budget_epsilon is not None:
                 policy.append(f'budget_epsilon = "{budget_epsilon}"')
+            if budget_delta is not None:
+                policy.append(f'budget_delta = "{budget_delta}"')
             if protocols and ds in protocols:
                 policy.append(f"protocols = {list(protocols[ds])!r}".replace("'", '"'))
         (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")

@@ -57,7 +57,6 @@ from compute.dp import secagg, secure_agg
 from compute.errors import BundError
 from compute.psi import BlindingKey, create_blinding_key, hash_to_points
 from parties import client as client_module
-from parties.config import load_config
 from parties.data import (
     Table,
     generate_finance,
@@ -66,7 +65,6 @@ from parties.data import (
     uscc_check_char,
 )
 from parties.jobs import JobSpec, JobState, Participant
-from parties.node import create_node
 from parties.protocols import PROTOCOLS, ckks_scoring
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
@@ -596,13 +594,10 @@ def start_nodes(
         factory.start(party, allowed=[p for p in finance if p != party], tables=tables)
     for h, table in health.items():
         others = [p for p in (*HOSPITALS, "insurer") if p != h]
-        path = factory.write_config(
+        factory.start(
             h, allowed=others, level="restricted-personal", budget_epsilon="100",
-            tables={"patients": table},
+            budget_delta="1/1000", tables={"patients": table},
         )  # fmt: skip
-        policy = path.parent / "policy.toml"  # its only dataset's table is the file's last
-        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
-        factory.nodes[h] = create_node(load_config(path), PROTOCOLS)
     factory.start("insurer", allowed=list(HOSPITALS), tables={"risk_model": model})
     return finance, health
 

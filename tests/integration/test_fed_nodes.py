@@ -37,13 +37,10 @@ def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_p
     data = generate_health(80, 11)
     for hospital, table in HOSPITALS.items():
         others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
-        path = node_factory.write_config(
+        node_factory.start(
             hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
-            tables={"patients": data[table]},
+            budget_delta="1/1000", tables={"patients": data[table]},
         )  # fmt: skip
-        policy = path.parent / "policy.toml"  # its only dataset's table is the file's last
-        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
-        node_factory.nodes[hospital] = create_node(load_config(path), PROTOCOLS)
     node_factory.start("insurer", allowed=list(HOSPITALS))
     job = dataclasses.replace(spec(rounds=2, noise_multiplier=1.0), job_id="")
     with node_factory.client("insurer") as insurer:
@@ -90,10 +87,8 @@ def test_a_hospital_dying_after_its_upload_does_not_stop_the_training(
         others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
         path = node_factory.write_config(
             hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
-            tables={"patients": data[table]}, limits=limits,
+            budget_delta="1/1000", tables={"patients": data[table]}, limits=limits,
         )  # fmt: skip
-        policy = path.parent / "policy.toml"
-        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
         if hospital == "hospital-c":
             node_factory.spawn(hospital, path, env={CRASH_ENV: "fed/masked/0"})
         else:
@@ -146,10 +141,8 @@ def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
         others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
         paths[hospital] = node_factory.write_config(
             hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
-            tables={"patients": data[table]}, limits=limits,
+            budget_delta="1/1000", tables={"patients": data[table]}, limits=limits,
         )  # fmt: skip
-        policy = paths[hospital].parent / "policy.toml"
-        policy.write_text(policy.read_text() + 'budget_delta = "1/1000"\n', encoding="utf-8")
     paths["insurer"] = node_factory.write_config("insurer", allowed=list(HOSPITALS), limits=limits)
     for name, path in paths.items():
         if name == victim:
