@@ -245,17 +245,16 @@ class NodeFactory:
         )
         log.close()
         self.processes[name] = proc
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def bound_port() -> int | None:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name}'s node exited with {proc.returncode}: see {log.name}")
             try:
-                port = int(config.port_file.read_text().strip())
-                break
+                return int(config.port_file.read_text().strip())
             except (FileNotFoundError, ValueError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name}'s node did not start: see {log.name}") from None
-                time.sleep(0.05)
+                return None  # not written yet
+
+        port = wait_until(bound_port, timeout, f"{name}'s node to start (see {log.name})")
         self.ports[name] = port
         self._write_peers()
         return port
