@@ -218,11 +218,11 @@ def test_killed_node_restarts_and_the_job_resumes_exactly(
         assert status.state is JobState.INTERRUPTED
     f.spawn(victim, paths[victim])  # recovers: interrupted by the restart, then resumed
     with f.client("bank") as bank:
-        status = wait_final(bank, job_id, timeout=60)
+        status = wait_succeeded(bank, job_id, timeout=60)
         assert status.state is JobState.SUCCEEDED, status.error
         assert bank.result(job_id).summary["sum_of_squares"] == expected_sum(rounds)
     with f.client("tax") as tax:
-        assert wait_final(tax, job_id).state is JobState.SUCCEEDED
+        assert wait_succeeded(tax, job_id).state is JobState.SUCCEEDED
     assert spent(f, "tax") == Fraction(rounds, 1000)
     addresses = {n: f"127.0.0.1:{f.port(n)}" for n in ("bank", "tax")}
     regulator = write_regulator_config(tmp_path / "regulator.toml", f.federation, addresses)
@@ -263,7 +263,7 @@ def run_vertical_lr(f: NodeFactory, victim: str | None) -> dict[str, dict[str, o
     models: dict[str, dict[str, object]] = {}
     for party in ROLES:
         with f.client(party) as c:
-            status = wait_final(c, job_id, timeout=240)
+            status = wait_succeeded(c, job_id, timeout=240)
             assert status.state is JobState.SUCCEEDED, (party, status.error)
             models[party] = json.loads(c.result(job_id).artifacts["model.json"])
     return models
@@ -315,11 +315,11 @@ def test_psi_resumes_after_kill_with_the_exact_intersection(
     f.kill(victim)
     f.spawn(victim, paths[victim])
     with f.client("bank") as bank:
-        status = wait_final(bank, job_id, timeout=120)
+        status = wait_succeeded(bank, job_id, timeout=120)
         assert status.state is JobState.SUCCEEDED, status.error
         result = bank.result(job_id)
     with f.client(survivor) as c:
-        assert wait_final(c, job_id).state is JobState.SUCCEEDED
+        assert wait_succeeded(c, job_id).state is JobState.SUCCEEDED
     ids = result.artifacts["intersection.csv"].decode().split()[1:]
     assert sorted(ids) == sorted(set(bank_ids) & set(tax_ids))
     f.stop_all()
