@@ -28,6 +28,7 @@ from parties.protocols import PROTOCOLS, fed_dp_sgd
 from parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.serve_test_node import CRASH_ENV
+from tests.integration.test_faults import wait_succeeded
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_fed_dp_sgd import HOSPITALS, spec
@@ -165,7 +166,7 @@ def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
     node_factory.kill(victim)
     node_factory.spawn(victim, paths[victim])
     with node_factory.client("insurer") as insurer:
-        status = wait_final(insurer, job_id, timeout=180)
+        status = wait_succeeded(insurer, job_id, timeout=180)
         assert status.state is JobState.SUCCEEDED, status.error
         result = insurer.result(job_id)
     assert result.summary["rounds_run"] == rounds
