@@ -1,7 +1,7 @@
-"""CKKS kernels through ``compute.ckks`` (TenSEAL) at N = 8192 and 16384.
+"""CKKS kernels through ``bund.compute.ckks`` (TenSEAL) at N = 8192 and 16384.
 
 Rates are wall-clock, best of ``repeats`` runs of ``count`` operations each, on full vectors of
-``N/2`` slots with the default coefficient moduli of ``compute.ckks`` (scale 2^40):
+``N/2`` slots with the default coefficient moduli of ``bund.compute.ckks`` (scale 2^40):
 
 - ``keygen``: ``CkksContext.create`` with relinearisation and Galois keys (contexts/s).
 - ``encrypt`` / ``decrypt``: one vector of ``N/2`` reals (vectors/s).
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from compute.ckks import CkksContext, CkksParameters
+from bund.compute.ckks import CkksContext, CkksParameters
 
 FAMILY = "ckks"
 

@@ -1,14 +1,14 @@
 """Encrypted risk scoring (``ckks_scoring``): patients/s at N = 8192 and 16384, by phase.
 
 One batch is ``N/2`` patients (one ciphertext per feature, feature-major), the health demo's
-seven features tiled to fill it, the demo models (``parties.protocols.ckks_scoring``) with the
-scoring chain of ``compute.ckks`` (scale 2^50). Rates are patients/s, best of ``repeats`` runs:
+seven features tiled to fill it, the demo models (``bund.parties.protocols.ckks_scoring``) with the
+scoring chain of ``bund.compute.ckks`` (scale 2^50). Rates are patients/s, best of ``repeats`` runs:
 
 - ``encrypt``: the hospital encrypts the batch's seven feature vectors;
 - ``evaluate``: the insurer's model on them (logistic: one layer; mlp: four square units);
 - ``decrypt_flood``: the hospital decrypts the logits, floods and rounds them;
 - ``total``: the three in sequence (no transport);
-- ``sandboxed_total``: the same through two ``compute.ckks_sandbox`` workers (parsing and
+- ``sandboxed_total``: the same through two ``bund.compute.ckks_sandbox`` workers (parsing and
   checks of every received object included), keygen and context loading excluded.
 
 Size rows: ``public_context_bytes``, ``feature_ciphertext_bytes``, ``logits_ciphertext_bytes``.
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from compute import ckks
-from compute.ckks_sandbox import CkksSandbox
-from compute.learn.risk_model import RiskModel, model_from_columns, model_to_columns
-from parties.data import generate_health
-from parties.protocols import ckks_scoring as cs
+from bund.compute import ckks
+from bund.compute.ckks_sandbox import CkksSandbox
+from bund.compute.learn.risk_model import RiskModel, model_from_columns, model_to_columns
+from bund.parties.data import generate_health
+from bund.parties.protocols import ckks_scoring as cs
 
 FAMILY = "ckks_scoring"
 

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from compute.dp.mechanisms import DiscreteLaplace
-from compute.dp.secure_agg import create_masking_key, mask_vector
-from parties.data import generate_health
-from parties.jobs import JobSpec, Participant, run_in_memory
-from parties.protocols import dp_stats
+from bund.compute.dp.mechanisms import DiscreteLaplace
+from bund.compute.dp.secure_agg import create_masking_key, mask_vector
+from bund.parties.data import generate_health
+from bund.parties.jobs import JobSpec, Participant, run_in_memory
+from bund.parties.protocols import dp_stats
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:

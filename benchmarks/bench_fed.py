@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from compute.dp import secagg
-from compute.learn import fed
-from parties.data import generate_health
-from parties.jobs import JobSpec, Participant, run_in_memory
-from parties.protocols import fed_dp_sgd
+from bund.compute.dp import secagg
+from bund.compute.learn import fed
+from bund.parties.data import generate_health
+from bund.parties.jobs import JobSpec, Participant, run_in_memory
+from bund.parties.protocols import fed_dp_sgd
 
 HOSPITALS = {"hospital-a": "hospital_a", "hospital-b": "hospital_b", "hospital-c": "hospital_c"}
 

@@ -1,4 +1,4 @@
-"""Paillier kernels of ``compute.paillier`` against python-paillier (``phe``), in one run.
+"""Paillier kernels of ``bund.compute.paillier`` against python-paillier (``phe``), in one run.
 
 Every row times one kernel of Bund's engine and the same kernel of ``phe`` (with gmpy2) on the
 same modulus in the same process, and reports ``ratio_vs_phe`` = Bund's rate / phe's rate.
@@ -42,10 +42,10 @@ from typing import Any
 
 import phe
 
-from compute import insecure
-from compute import paillier as pl
-from compute.encoding import PackingLayout, squeeze_layout
-from compute.executor import Executor, InlineExecutor, ThreadExecutor
+from bund.compute import insecure
+from bund.compute import paillier as pl
+from bund.compute.encoding import PackingLayout, squeeze_layout
+from bund.compute.executor import Executor, InlineExecutor, ThreadExecutor
 
 FAMILY = "paillier"
 #: Signed 32-bit scalars for products and dot products.

@@ -3,22 +3,22 @@
 Kernel rows, measured in this process as CPU time (``time.process_time``), each the median of five
 timed calls after a warm-up call:
 
-- ``x25519_scalar_mult``: ``compute.psi.blind`` over distinct points (OpenSSL X25519).
-- ``hash_to_group``: ``compute.psi.hash_to_points`` (SHA-512 + x-only Elligator 2 in gmpy2).
+- ``x25519_scalar_mult``: ``bund.compute.psi.blind`` over distinct points (OpenSSL X25519).
+- ``hash_to_group``: ``bund.compute.psi.hash_to_points`` (SHA-512 + x-only Elligator 2 in gmpy2).
 - ``hash_to_group_libsodium``: for comparison, the route not taken: libsodium's
   ``crypto_core_ed25519_from_uniform`` plus the Edwards-to-Montgomery inversion.
-- ``validate_points``: ``compute.psi.validate_points`` on a received payload.
+- ``validate_points``: ``bund.compute.psi.validate_points`` on a received payload.
 - ``ceiling``: ``1 / (t_hash + 2 * t_mult)`` elements per second per party: one hash and two
   scalar multiplications per element, the cost no PSI framework on this group can go below.
 
 Protocol rows: intersection mode, both parties receivers (the most work: each also validates and
 matches the returned set), sets of n ids each overlapping by half. The two members run
-``parties.protocols.psi.run_member`` in two spawned processes, so each can have a core, over the
-real ``RoleContext`` and ``Mailbox`` with a ``multiprocessing`` pipe as the transport. Each process
-reports its own CPU time for the whole role (normalisation, hashing, blinding, sorting, chunking,
-transport, validation, re-blinding, matching); ``elements_per_s_per_party`` is n over the larger
-of the two CPU times, and ``fraction_of_ceiling`` compares it with the ceiling measured again in
-this process just before and just after that run (their mean; both are in the row, with the
+``bund.parties.protocols.psi.run_member`` in two spawned processes, so each can have a core, over
+the real ``RoleContext`` and ``Mailbox`` with a ``multiprocessing`` pipe as the transport. Each
+process reports its own CPU time for the whole role (normalisation, hashing, blinding, sorting,
+chunking, transport, validation, re-blinding, matching); ``elements_per_s_per_party`` is n over the
+larger of the two CPU times, and ``fraction_of_ceiling`` compares it with the ceiling measured
+again in this process just before and just after that run (their mean; both are in the row, with the
 rates they came from).
 CPU time rather than wall time keeps the figure meaningful on a shared machine; wall time is
 reported too.
@@ -44,11 +44,11 @@ from typing import Any
 import gmpy2
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
-from compute import psi
-from parties.data import Table
-from parties.jobs import JobSpec, Participant, RoleContext, new_job_id
-from parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
-from parties.transport import Mailbox
+from bund.compute import psi
+from bund.parties.data import Table
+from bund.parties.jobs import JobSpec, Participant, RoleContext, new_job_id
+from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
+from bund.parties.transport import Mailbox
 
 _PARTIES = ("bank", "tax")
 _CONTEXT = bytes(32)
@@ -238,11 +238,11 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     """
     import tempfile
 
-    from parties import identity
-    from parties.client import NodeClient
-    from parties.config import load_config
-    from parties.data import write_csv
-    from parties.demo import (
+    from bund.parties import identity
+    from bund.parties.client import NodeClient
+    from bund.parties.config import load_config
+    from bund.parties.data import write_csv
+    from bund.parties.demo import (
         DemoParty,
         start_node,
         stop_nodes,

@@ -5,11 +5,11 @@ are wall-clock (the point is the wall time a pool of N workers saves), each the 
 samples (quick: 1, full: 3) after a warm-up that starts the workers; the start-up itself is its
 own row. Rows, per executor (named ``kernel@spec``, e.g. ``psi_party@process:2``):
 
-- ``psi_party``: one member's heavy PSI work on ``n`` ids: ``compute.psi.hash_and_blind`` of its
-  own ids and ``compute.psi.blind`` of the peer's ``n`` points (the re-blinding).
+- ``psi_party``: one member's heavy PSI work on ``n`` ids: ``bund.compute.psi.hash_and_blind`` of
+  its own ids and ``bund.compute.psi.blind`` of the peer's ``n`` points (the re-blinding).
   ``ops_per_s`` is ids per second.
 - ``psi_job``: the whole two-member job (intersection mode, both receivers, sets overlapping by
-  half) in memory through ``parties.jobs.run_in_memory``; both members share the executor, as
+  half) in memory through ``bund.parties.jobs.run_in_memory``; both members share the executor, as
   two nodes on one machine would share its cores. ``ops_per_s`` is ids per member per second.
 - ``paillier_encrypt`` and ``paillier_matvec``: a vertical-LR epoch's Paillier kernels on
   ``rows`` rows: the label holder encrypts its ``rows`` residuals (a public-key ``Encryptor``,
@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from compute import insecure, psi
-from compute import paillier as pl
-from compute.executor import Executor, create_executor
-from parties.data import Table
-from parties.jobs import JobSpec, Participant, run_in_memory
-from parties.protocols import psi as psi_protocol
+from bund.compute import insecure, psi
+from bund.compute import paillier as pl
+from bund.compute.executor import Executor, create_executor
+from bund.parties.data import Table
+from bund.parties.jobs import JobSpec, Participant, run_in_memory
+from bund.parties.protocols import psi as psi_protocol
 
 _CONTEXT = bytes(32)
 _FEATURES = 10

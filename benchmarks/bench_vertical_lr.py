@@ -1,7 +1,7 @@
 """Vertical LR benchmark: one training epoch, timed by phase, at the kernel level.
 
 One process plays the bank and one provider in turn, with the same calls the protocol makes
-(``parties/protocols/vertical_lr.py``) on synthetic standardised features: per batch, the
+(``bund/parties/protocols/vertical_lr.py``) on synthetic standardised features: per batch, the
 provider's partial scores, the bank's residuals (plaintext); ``pl.encrypt`` of the residuals by
 the key owner (encryption); the provider's ``pl.matvec`` of its features with the encrypted
 residuals, its mask and the squeeze (encrypted products); ``pl.decrypt_packed`` (decryption);
@@ -33,14 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from compute import insecure
-from compute import paillier as pl
-from compute.executor import create_executor
-from compute.learn import logistic as lg
-from parties.data import generate_finance
-from parties.jobs import JobSpec, Participant, PriorResultError, Result, new_job_id, run_in_memory
-from parties.protocols import vertical_lr, vertical_score
-from parties.protocols.vertical_lr import _masked_bound, mask_layout
+from bund.compute import insecure
+from bund.compute import paillier as pl
+from bund.compute.executor import create_executor
+from bund.compute.learn import logistic as lg
+from bund.parties.data import generate_finance
+from bund.parties.jobs import (
+    JobSpec,
+    Participant,
+    PriorResultError,
+    Result,
+    new_job_id,
+    run_in_memory,
+)
+from bund.parties.protocols import vertical_lr, vertical_score
+from bund.parties.protocols.vertical_lr import _masked_bound, mask_layout
 
 
 def epoch(

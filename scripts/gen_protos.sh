@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerate the Python modules and typed stubs of the wire contract (proto/bund/v1) in place.
-# Usage: scripts/gen_protos.sh [OUT_DIR]   (default: proto, beside the sources)
+# Regenerate the Python modules and typed stubs of the wire contract (proto/bund/v1) into bund/v1.
+# Usage: scripts/gen_protos.sh [OUT_DIR]   (default: ., which puts them in bund/v1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-proto}"
+out="${1:-.}"
 py="${PYTHON:-.venv/bin/python}"
 export PATH="$(dirname "$py"):$PATH"  # protoc-gen-mypy lives beside the interpreter
 mkdir -p "$out"

@@ -1,8 +1,8 @@
 """Security lint: unsafe deserialisation anywhere, and non-cryptographic randomness in the maths.
 
-A standard-library ``ast`` walk over ``compute/``, ``parties/``, ``benchmarks/`` and ``scripts/``
-(not ``tests/``, which pickle keys on purpose to check that they refuse). It fails, printing
-``file:line: rule: message`` for each finding, on:
+A standard-library ``ast`` walk over ``bund/compute/``, ``bund/parties/``, ``benchmarks/`` and
+``scripts/`` (not ``tests/``, which pickle keys on purpose to check that they refuse). It fails,
+printing ``file:line: rule: message`` for each finding, on:
 
 - ``pickle-import``: importing ``pickle``, ``_pickle``, ``cPickle``, ``marshal``, ``shelve``,
   ``dill`` or ``cloudpickle`` (also through ``importlib.import_module``/``__import__`` with a
@@ -14,14 +14,14 @@ A standard-library ``ast`` walk over ``compute/``, ``parties/``, ``benchmarks/``
 - ``torch-load``: ``torch.load`` (or ``from torch import load``) without ``weights_only=True``.
 - ``yaml-load``: ``yaml.load``, ``load_all``, ``full_load``, ``unsafe_load`` and their ``_all``
   forms, called or imported; ``yaml.safe_load`` is the one to use.
-- ``random-import``: importing ``random`` anywhere in ``compute/`` or ``parties/``. It is a
-  Mersenne Twister: predictable from its outputs, so never a key, mask, blinding factor or
+- ``random-import``: importing ``random`` anywhere in ``bund/compute/`` or ``bund/parties/``. It is
+  a Mersenne Twister: predictable from its outputs, so never a key, mask, blinding factor or
   noise. These packages draw those from ``secrets``/``os.urandom`` or OpenSSL, and nothing
   else in them needs ``random``.
-- ``numpy-random``: any use of ``numpy.random`` in ``compute/`` or ``parties/`` (the module, an
-  attribute of a numpy alias such as ``np.random.default_rng``, or an import from it), except in
-  the files of :data:`NUMPY_RANDOM_ALLOWED`, each with the non-secret use that justifies it.
-  ``benchmarks/`` and ``scripts/`` may use both generators for synthetic inputs: they never make
+- ``numpy-random``: any use of ``numpy.random`` in ``bund/compute/`` or ``bund/parties/`` (the
+  module, an attribute of a numpy alias such as ``np.random.default_rng``, or an import from it),
+  except in the files of :data:`NUMPY_RANDOM_ALLOWED`, each with the non-secret use that justifies
+  it. ``benchmarks/`` and ``scripts/`` may use both generators for synthetic inputs: they never make
   a key, a mask or noise that protects anyone's data.
 
 Run: ``python scripts/lint_security.py [ROOT]`` (default: the repository holding this script);
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Directories scanned, relative to the repository root.
-SCANNED = ("compute", "parties", "benchmarks", "scripts")
+SCANNED = ("bund/compute", "bund/parties", "benchmarks", "scripts")
 #: Directories where ``random`` and ``numpy.random`` are forbidden (key, mask and noise paths).
-SECRET_PATHS = ("compute", "parties")
+SECRET_PATHS = ("bund/compute", "bund/parties")
 #: Modules whose loading runs arbitrary code from the bytes loaded.
 PICKLE_MODULES = frozenset(
     {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}
@@ -48,17 +48,17 @@ PICKLE_MODULES = frozenset(
 YAML_UNSAFE = frozenset(
     {"load", "load_all", "full_load", "full_load_all", "unsafe_load", "unsafe_load_all"}
 )
-#: Files of ``compute/`` and ``parties/`` that may use ``numpy.random``, and why it is safe there.
+#: Files of ``bund/compute/`` and ``bund/parties/`` that may use ``numpy.random``, and why.
 NUMPY_RANDOM_ALLOWED: dict[str, str] = {
-    "compute/learn/logistic.py": (
+    "bund/compute/learn/logistic.py": (
         "orders mini-batches and splits train/test rows from the job's public seed, which every "
         "party must reproduce; it protects nothing"
     ),
-    "compute/learn/risk_model.py": (
+    "bund/compute/learn/risk_model.py": (
         "draws the initial weights of a plaintext model that its owner fits on its own data; "
         "the weights are no secret from anyone who runs the fit"
     ),
-    "parties/data.py": "generates the bundled synthetic demo datasets from a fixed seed",
+    "bund/parties/data.py": "generates the bundled synthetic demo datasets from a fixed seed",
 }
 
 

@@ -16,15 +16,15 @@ from typing import TypeVar
 
 import pytest
 
-from compute import insecure
-from parties import identity
-from parties.audit import AuditStore
-from parties.client import NodeClient
-from parties.config import NodeConfig, TlsPaths, load_config
-from parties.data import Table
-from parties.jobs import ProtocolDef
-from parties.node import Node, create_node
-from parties.protocols import PROTOCOLS
+from bund.compute import insecure
+from bund.parties import identity
+from bund.parties.audit import AuditStore
+from bund.parties.client import NodeClient
+from bund.parties.config import NodeConfig, TlsPaths, load_config
+from bund.parties.data import Table
+from bund.parties.jobs import ProtocolDef
+from bund.parties.node import Node, create_node
+from bund.parties.protocols import PROTOCOLS
 
 T = TypeVar("T")
 

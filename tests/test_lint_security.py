@@ -26,7 +26,7 @@ def _load() -> ModuleType:
 lint = _load()
 
 
-def rules(source: str, path: str = "compute/x.py") -> list[tuple[int, str]]:
+def rules(source: str, path: str = "bund/compute/x.py") -> list[tuple[int, str]]:
     return [(f.line, f.rule) for f in lint.check_source(source, path)]
 
 
@@ -35,41 +35,49 @@ def rules(source: str, path: str = "compute/x.py") -> list[tuple[int, str]]:
     [
         ("import pickle", "benchmarks/b.py", "pickle-import"),
         ("import os\nimport cloudpickle as cp", "scripts/s.py", "pickle-import"),
-        ("from dill import loads", "parties/p.py", "pickle-import"),
-        ("from marshal import loads", "compute/c.py", "pickle-import"),
-        ("import shelve", "compute/c.py", "pickle-import"),
-        ("import _pickle", "compute/c.py", "pickle-import"),
+        ("from dill import loads", "bund/parties/p.py", "pickle-import"),
+        ("from marshal import loads", "bund/compute/c.py", "pickle-import"),
+        ("import shelve", "bund/compute/c.py", "pickle-import"),
+        ("import _pickle", "bund/compute/c.py", "pickle-import"),
         (
             "import importlib\nm = importlib.import_module('pickle')",
-            "parties/p.py",
+            "bund/parties/p.py",
             "pickle-import",
         ),
-        ("m = __import__('marshal')", "compute/c.py", "pickle-import"),
+        ("m = __import__('marshal')", "bund/compute/c.py", "pickle-import"),
         (
             "import numpy as np\nnp.load('a.npy', allow_pickle=True)",
             "benchmarks/b.py",
             "pickle-load",
         ),
-        ("from numpy import load\nload(f, allow_pickle=flag)", "compute/c.py", "pickle-load"),
+        ("from numpy import load\nload(f, allow_pickle=flag)", "bund/compute/c.py", "pickle-load"),
         ("import pandas as pd\npd.read_pickle('x')", "scripts/s.py", "pickle-load"),
-        ("import torch\ntorch.load('m.pt')", "compute/c.py", "torch-load"),
-        ("import torch as t\nt.load('m.pt', weights_only=False)", "parties/p.py", "torch-load"),
+        ("import torch\ntorch.load('m.pt')", "bund/compute/c.py", "torch-load"),
+        (
+            "import torch as t\nt.load('m.pt', weights_only=False)",
+            "bund/parties/p.py",
+            "torch-load",
+        ),
         ("from torch import load as tl\ntl('m.pt')", "benchmarks/b.py", "torch-load"),
         ("import yaml\nyaml.load(s, Loader=yaml.Loader)", "scripts/s.py", "yaml-load"),
-        ("import yaml as y\ny.unsafe_load(s)", "compute/c.py", "yaml-load"),
-        ("from yaml import full_load", "parties/p.py", "yaml-load"),
-        ("import random\nkey = random.getrandbits(128)", "compute/dp/m.py", "random-import"),
-        ("from random import randbytes", "parties/protocols/p.py", "random-import"),
-        ("import numpy as np\nmask = np.random.randint(0, 2**31)", "compute/c.py", "numpy-random"),
+        ("import yaml as y\ny.unsafe_load(s)", "bund/compute/c.py", "yaml-load"),
+        ("from yaml import full_load", "bund/parties/p.py", "yaml-load"),
+        ("import random\nkey = random.getrandbits(128)", "bund/compute/dp/m.py", "random-import"),
+        ("from random import randbytes", "bund/parties/protocols/p.py", "random-import"),
         (
-            "import numpy\nnoise = numpy.random.default_rng().laplace()",
-            "parties/p.py",
+            "import numpy as np\nmask = np.random.randint(0, 2**31)",
+            "bund/compute/c.py",
             "numpy-random",
         ),
-        ("from numpy.random import default_rng", "compute/c.py", "numpy-random"),
-        ("from numpy import random as r", "compute/c.py", "numpy-random"),
-        ("import numpy.random", "parties/p.py", "numpy-random"),
-        ("def f(:", "compute/c.py", "syntax"),
+        (
+            "import numpy\nnoise = numpy.random.default_rng().laplace()",
+            "bund/parties/p.py",
+            "numpy-random",
+        ),
+        ("from numpy.random import default_rng", "bund/compute/c.py", "numpy-random"),
+        ("from numpy import random as r", "bund/compute/c.py", "numpy-random"),
+        ("import numpy.random", "bund/parties/p.py", "numpy-random"),
+        ("def f(:", "bund/compute/c.py", "syntax"),
     ],
 )
 def test_each_rule_flags_its_bad_source(source: str, path: str, rule: str) -> None:
@@ -81,22 +89,22 @@ def test_each_rule_flags_its_bad_source(source: str, path: str, rule: str) -> No
 @pytest.mark.parametrize(
     ("source", "path"),
     [
-        ("import yaml\nyaml.safe_load(s)", "compute/c.py"),
-        ("import torch\ntorch.load('m.pt', weights_only=True)", "compute/c.py"),
+        ("import yaml\nyaml.safe_load(s)", "bund/compute/c.py"),
+        ("import torch\ntorch.load('m.pt', weights_only=True)", "bund/compute/c.py"),
         (
             "import numpy as np\nnp.load('a.npy', allow_pickle=False)\nnp.load('b.npy')",
-            "parties/p.py",
+            "bund/parties/p.py",
         ),
-        ("import secrets\nkey = secrets.token_bytes(32)", "compute/c.py"),
+        ("import secrets\nkey = secrets.token_bytes(32)", "bund/compute/c.py"),
         (
             "rng = make()\nx = rng.random(3)",
-            "parties/p.py",
+            "bund/parties/p.py",
         ),  # a Generator's method, not numpy.random
         ("import random\nids = random.sample(range(9), 3)", "benchmarks/b.py"),
         ("import numpy as np\nrng = np.random.default_rng(0)", "scripts/s.py"),
-        ("import numpy as np\norder = np.random.default_rng(1)", "compute/learn/logistic.py"),
-        ("json = 'pickle'\nprint('import random')", "compute/c.py"),
-        ("from . import pickle_free", "compute/c.py"),
+        ("import numpy as np\norder = np.random.default_rng(1)", "bund/compute/learn/logistic.py"),
+        ("json = 'pickle'\nprint('import random')", "bund/compute/c.py"),
+        ("from . import pickle_free", "bund/compute/c.py"),
     ],
 )
 def test_safe_sources_and_allowed_places_pass(source: str, path: str) -> None:
@@ -107,14 +115,16 @@ def test_findings_carry_the_line_and_main_prints_file_colon_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert rules("x = 1\n\nimport pickle\n", "scripts/s.py") == [(3, "pickle-import")]
-    (tmp_path / "compute").mkdir()
-    (tmp_path / "compute" / "bad.py").write_text("import numpy as np\n\nn = np.random.rand()\n")
+    (tmp_path / "bund" / "compute").mkdir(parents=True)
+    (tmp_path / "bund" / "compute" / "bad.py").write_text(
+        "import numpy as np\n\nn = np.random.rand()\n"
+    )
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.py").write_text("import pickle\n")  # tests are not scanned
     assert lint.main([str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"compute/bad.py:3: numpy-random: {out[0].split(': ', 2)[2]}"]
-    (tmp_path / "compute" / "bad.py").write_text("import secrets\n")
+    assert out == [f"bund/compute/bad.py:3: numpy-random: {out[0].split(': ', 2)[2]}"]
+    (tmp_path / "bund" / "compute" / "bad.py").write_text("import secrets\n")
     assert lint.main([str(tmp_path)]) == 0
 
 

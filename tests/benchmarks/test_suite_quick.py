@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import suite
-from compute import insecure
+from bund.compute import insecure
 
 #: The families run here in quick mode (the others have their own benchmark tests).
 FAMILIES = ("paillier", "ckks", "fed", "ckks_scoring", "vertical_lr")

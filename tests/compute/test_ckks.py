@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from compute.ckks import CkksContext, CkksParameters
+from bund.compute.ckks import CkksContext, CkksParameters
 
 
 @pytest.fixture(scope="module")

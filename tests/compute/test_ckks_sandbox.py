@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from compute import ckks
-from compute.ckks_sandbox import CkksSandbox, SandboxError, encode_frame, read_frame
-from compute.errors import InvalidCiphertextError, InvalidKeyError, InvalidMessageError
-from compute.learn.risk_model import RiskModel, model_to_columns
+from bund.compute import ckks
+from bund.compute.ckks_sandbox import CkksSandbox, SandboxError, encode_frame, read_frame
+from bund.compute.errors import InvalidCiphertextError, InvalidKeyError, InvalidMessageError
+from bund.compute.learn.risk_model import RiskModel, model_to_columns
 
 FEATURES = ["a", "b"]
 MODEL = model_to_columns(RiskModel(tuple(FEATURES), np.array([[0.5, -0.25]]), np.array([0.1])))

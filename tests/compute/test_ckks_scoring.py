@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from compute import ckks
-from compute.errors import InvalidCiphertextError, InvalidInputError, InvalidKeyError
-from compute.learn.risk_model import (
+from bund.compute import ckks
+from bund.compute.errors import InvalidCiphertextError, InvalidInputError, InvalidKeyError
+from bund.compute.learn.risk_model import (
     RiskModel,
     model_from_columns,
     model_to_columns,

@@ -11,7 +11,7 @@ import scipy.stats  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.dp.mechanisms import DiscreteLaplace
+from bund.compute.dp.mechanisms import DiscreteLaplace
 
 DRAWS = 1_000_000
 

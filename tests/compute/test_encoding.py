@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.encoding import (
+from bund.compute.encoding import (
     FixedPoint,
     PackingLayout,
     from_plaintext,
@@ -20,7 +20,7 @@ from compute.encoding import (
     to_plaintext,
     unpack_slots,
 )
-from compute.errors import EncodingOverflowError
+from bund.compute.errors import EncodingOverflowError
 
 P = int(gmpy2.next_prime(2**255 + 12345))
 Q = int(gmpy2.next_prime(2**255 + 987654321))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compute.executor import (
+from bund.compute.executor import (
     RAY_INSTALL_HINT,
     Executor,
     InlineExecutor,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from compute.errors import InvalidInputError
-from compute.learn import fed
+from bund.compute.errors import InvalidInputError
+from bund.compute.learn import fed
 
 KEY = bytes(range(32))  # a fixed stream key: these tests compare updates, not secrecy
 

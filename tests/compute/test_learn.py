@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.learn import logistic as lg
-from compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
-from compute.learn.woe_iv import (
+from bund.compute.learn import logistic as lg
+from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
+from bund.compute.learn.woe_iv import (
     assign_bins,
     bin_indicator_rows,
     merge_small_bins,

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute import insecure
-from compute import paillier as pl
-from compute.encoding import FixedPoint, PackingLayout
-from compute.errors import (
+from bund.compute import insecure
+from bund.compute import paillier as pl
+from bund.compute.encoding import FixedPoint, PackingLayout
+from bund.compute.errors import (
     CiphertextNotUnitError,
     CiphertextRangeError,
     EncodingOverflowError,
@@ -31,7 +31,7 @@ from compute.errors import (
     KeySizeError,
     WeakModulusError,
 )
-from compute.executor import InlineExecutor, ProcessExecutor, ThreadExecutor
+from bund.compute.executor import InlineExecutor, ProcessExecutor, ThreadExecutor
 
 BITS = 512
 #: Signed values well inside the plaintext space of a 512-bit key (|v| < n/3 after the laws).

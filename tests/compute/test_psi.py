@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
-from compute.errors import InvalidMessageError, InvalidPointError
-from compute.executor import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
-from compute.psi import (
+from bund.compute.errors import InvalidMessageError, InvalidPointError
+from bund.compute.executor import Executor, InlineExecutor, ProcessExecutor, ThreadExecutor
+from bund.compute.psi import (
     FIELD_PRIME,
     HASH_DOMAIN,
     LOW_ORDER_POINTS,

@@ -8,8 +8,8 @@ import secrets
 import numpy as np
 import pytest
 
-from compute.dp import secagg
-from compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.dp import secagg
+from bund.compute.errors import InvalidKeyError, InvalidMessageError
 
 CTX = b"job/step-0"
 

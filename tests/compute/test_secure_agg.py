@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.dp.secure_agg import (
+from bund.compute.dp.secure_agg import (
     MAX_CELL,
     create_masking_key,
     decode_public_key,
@@ -20,7 +20,7 @@ from compute.dp.secure_agg import (
     pair_mask,
     unmask_sum,
 )
-from compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.errors import InvalidKeyError, InvalidMessageError
 
 cells = st.integers(min_value=-(MAX_CELL - 1) // 64, max_value=(MAX_CELL - 1) // 64)
 

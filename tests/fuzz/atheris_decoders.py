@@ -17,7 +17,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from compute import insecure
+    from bund.compute import insecure
     from tests.fuzz.test_decoders import check, decoders
 
 NAMES = sorted(decoders())

@@ -11,8 +11,8 @@ import json
 import random
 import sys
 
-from compute.ckks import CkksContext, CkksParameters
-from compute.errors import BundError
+from bund.compute.ckks import CkksContext, CkksParameters
+from bund.compute.errors import BundError
 
 #: Fixed seed: the same inputs on every run.
 SEED = 20_240_601

@@ -1,10 +1,10 @@
 """Fuzz every wire decoder: any bytes give a value or a defined error, never another exception.
 
-Decoders: ``parties.wire`` (protobuf parse, then each ``*_from_proto``), and every ``from_bytes`` /
-``decode_*`` of ``compute`` and ``parties/protocols``. Inputs are mutations of valid encodings
-(``tests/fuzz/corpus.py``), derandomised, plus one oversized input per seed. A defined error is
-a ``BundError`` (what the node maps to a status) or a ``ValueError`` other than a leaked
-``UnicodeError``. CKKS loading runs in a child process (``ckks_child.py``): TenSEAL is native
+Decoders: ``bund.parties.wire`` (protobuf parse, then each ``*_from_proto``), and every
+``from_bytes`` / ``decode_*`` of ``compute`` and ``bund/parties/protocols``. Inputs are mutations of
+valid encodings (``tests/fuzz/corpus.py``), derandomised, plus one oversized input per seed. A
+defined error is a ``BundError`` (what the node maps to a status) or a ``ValueError`` other than a
+leaked ``UnicodeError``. CKKS loading runs in a child process (``ckks_child.py``): TenSEAL is native
 code, and a crash there must fail the test, not kill the run.
 """
 
@@ -20,6 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bund.compute import insecure, psi
+from bund.compute import paillier as pl
+from bund.compute.dp import secagg, secure_agg
+from bund.compute.errors import BundError
+from bund.parties import wire
+from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
+from bund.parties.protocols import vertical, vertical_lr
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
@@ -28,17 +39,6 @@ from bund.v1.federation_pb2 import GetNodeInfoResponse as ProtoNodeInfo
 from bund.v1.job_pb2 import ApprovalRequest as ProtoApprovalRequest
 from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
 from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
-from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from compute import insecure, psi
-from compute import paillier as pl
-from compute.dp import secagg, secure_agg
-from compute.errors import BundError
-from parties import wire
-from parties.jobs import JobSpec, JobState, JobStatus, Participant
-from parties.protocols import vertical, vertical_lr
 from tests.fuzz.corpus import mutations, oversized, populate
 
 FUZZ = settings(

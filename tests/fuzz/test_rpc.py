@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
-from parties.client import channel_options
+from bund.parties.client import channel_options
+from bund.v1 import audit_pb2, federation_pb2, job_pb2
 from tests.conftest import NodeFactory
 from tests.fuzz.corpus import mutations, populate
 

@@ -16,8 +16,8 @@ import secrets
 import time
 from fractions import Fraction
 
-from compute.dp.budget import Budget
-from parties.jobs import JobContext, JobSpec, ProtocolDef, Result
+from bund.compute.dp.budget import Budget
+from bund.parties.jobs import JobContext, JobSpec, ProtocolDef, Result
 
 ROUND_COST = Budget(Fraction(1, 1000))
 

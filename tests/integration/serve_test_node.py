@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from parties.config import load_config
-from parties.jobs import JobContext, ProtocolDef, Result, RoleFn
-from parties.node import serve
-from parties.protocols import PROTOCOLS
+from bund.parties.config import load_config
+from bund.parties.jobs import JobContext, ProtocolDef, Result, RoleFn
+from bund.parties.node import serve
+from bund.parties.protocols import PROTOCOLS
 from tests.integration.fault_protocols import TEST_PROTOCOLS
 
 CRASH_ENV = "BUND_TEST_CRASH_AFTER_SEND"

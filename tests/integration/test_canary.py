@@ -51,21 +51,21 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from compute import insecure
-from compute import paillier as pl
-from compute.dp import secagg, secure_agg
-from compute.errors import BundError
-from compute.psi import BlindingKey, create_blinding_key, hash_to_points
-from parties import client as client_module
-from parties.data import (
+from bund.compute import insecure
+from bund.compute import paillier as pl
+from bund.compute.dp import secagg, secure_agg
+from bund.compute.errors import BundError
+from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
+from bund.parties import client as client_module
+from bund.parties.data import (
     Table,
     generate_finance,
     generate_health,
     resident_id_check_char,
     uscc_check_char,
 )
-from parties.jobs import JobSpec, JobState, Participant
-from parties.protocols import PROTOCOLS, ckks_scoring
+from bund.parties.jobs import JobSpec, JobState, Participant
+from bund.parties.protocols import PROTOCOLS, ckks_scoring
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
@@ -219,7 +219,7 @@ def text_needles(owner: str | None, what: str, texts: Iterable[str]) -> list[Nee
 
 
 def id_needles(owner: str, raw: str) -> list[Needle]:
-    """An id as text (its normalised form, ``compute.psi.normalise_ids``, is its UTF-8) and hash."""
+    """An id as text (normalised by ``bund.compute.psi.normalise_ids``: its UTF-8) and hash."""
     normalised = raw.strip().encode()
     return [
         *text_needles(owner, f"id {raw}", [raw]),
@@ -394,7 +394,7 @@ _dump = os.environ.get("{CKKS_DUMP_ENV}")
 if _dump:
     import secrets
     import numpy as np
-    from compute import ckks as _ckks
+    from bund.compute import ckks as _ckks
     _create = _ckks.CkksContext.create.__func__
 
     def _recording_create(cls, *args, **kwargs):

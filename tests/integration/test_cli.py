@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from parties.cli import app
+from bund.parties.cli import app
 from tests.conftest import NodeFactory
 from tests.integration.test_node import BANK_IDS, TAX_IDS, start_pair
 

@@ -17,11 +17,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from compute import insecure
-from parties.client import PeerClients, RemoteError
-from parties.data import Table, generate_finance
-from parties.regulator import audit_federation, load_regulator_config
-from parties.workflow import CreditWorkflow, WorkflowError, parse_credit_workflow, run_credit_model
+from bund.compute import insecure
+from bund.parties.client import PeerClients, RemoteError
+from bund.parties.data import Table, generate_finance
+from bund.parties.regulator import audit_federation, load_regulator_config
+from bund.parties.workflow import (
+    CreditWorkflow,
+    WorkflowError,
+    parse_credit_workflow,
+    run_credit_model,
+)
 from tests.conftest import NodeFactory
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_vertical_lr import PARAMS

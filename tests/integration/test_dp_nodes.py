@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parties.data import generate_health
-from parties.jobs import JobSpec, JobState, Participant
-from parties.regulator import audit_federation, load_regulator_config
+from bund.parties.data import generate_health
+from bund.parties.jobs import JobSpec, JobState, Participant
+from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config

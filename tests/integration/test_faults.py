@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from compute import insecure
-from parties.audit import SqliteAuditStore, verify_store
-from parties.client import NodeClient, RemoteError
-from parties.config import load_config
-from parties.data import generate_finance
-from parties.identity import load_audit_public_key
-from parties.jobs import JobSpec, JobState, JobStatus, Participant
-from parties.node import create_node
-from parties.protocols import PROTOCOLS
-from parties.regulator import audit_federation, load_regulator_config
+from bund.compute import insecure
+from bund.parties.audit import SqliteAuditStore, verify_store
+from bund.parties.client import NodeClient, RemoteError
+from bund.parties.config import load_config
+from bund.parties.data import generate_finance
+from bund.parties.identity import load_audit_public_key
+from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
+from bund.parties.node import create_node
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.fault_protocols import TEST_PROTOCOLS
 from tests.integration.test_node import BANK_IDS, TAX_IDS, psi_spec, wait_final

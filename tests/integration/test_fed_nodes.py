@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from parties.client import RemoteError
-from parties.config import load_config
-from parties.data import generate_health
-from parties.jobs import JobState
-from parties.node import create_node
-from parties.protocols import PROTOCOLS, fed_dp_sgd
-from parties.regulator import audit_federation, load_regulator_config
+from bund.parties.client import RemoteError
+from bund.parties.config import load_config
+from bund.parties.data import generate_health
+from bund.parties.jobs import JobState
+from bund.parties.node import create_node
+from bund.parties.protocols import PROTOCOLS, fed_dp_sgd
+from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.serve_test_node import CRASH_ENV
 from tests.integration.test_faults import wait_succeeded

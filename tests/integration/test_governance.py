@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from compute.dp.budget import Budget
-from parties import identity
-from parties.client import NodeClient, RemoteError
-from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
-from parties.protocols import PROTOCOLS
+from bund.compute.dp.budget import Budget
+from bund.parties import identity
+from bund.parties.client import NodeClient, RemoteError
+from bund.parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
+from bund.parties.protocols import PROTOCOLS
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, psi_spec, start_pair
 
@@ -203,8 +203,8 @@ def test_budget_is_charged_exactly_and_exhaustion_refuses_before_any_message(
     for name in ("bank", "tax"):
         cfg = node_factory.config(name)
         node_factory.nodes.pop(name).stop(grace=0.5)
-        from parties.config import load_config
-        from parties.node import create_node
+        from bund.parties.config import load_config
+        from bund.parties.node import create_node
 
         node_factory.nodes[name] = create_node(load_config(cfg.source or Path()), registry)
     node_factory._write_peers()
@@ -234,7 +234,7 @@ def test_budget_is_charged_exactly_and_exhaustion_refuses_before_any_message(
 
 
 def test_data_changed_after_approval_needs_a_new_approval(node_factory: NodeFactory) -> None:
-    from parties.data import Table
+    from bund.parties.data import Table
 
     start_approving_pair(node_factory)
     with node_factory.client("bank") as bank, node_factory.client("tax") as tax:

@@ -9,11 +9,11 @@ from typing import Any
 import grpc
 import pytest
 
-from parties import client as client_module
-from parties import servicers
-from parties.data import write_demo_data
-from parties.demo import PARTIES
-from parties.jobs import JobSpec, JobState, Participant
+from bund.parties import client as client_module
+from bund.parties import servicers
+from bund.parties.data import write_demo_data
+from bund.parties.demo import PARTIES
+from bund.parties.jobs import JobSpec, JobState, Participant
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
 
@@ -53,7 +53,7 @@ def test_no_raw_id_in_any_byte_a_node_sends(
 ) -> None:
     data_dir = node_factory.workdir / "data"
     write_demo_data(data_dir)
-    from parties.data import load_csv
+    from bund.parties.data import load_csv
 
     bank, tax = PARTIES[0], PARTIES[1]
     bank_ids = load_csv(data_dir / bank.csv).column(bank.id_column)

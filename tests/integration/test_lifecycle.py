@@ -6,14 +6,14 @@ import dataclasses
 import time
 
 import pytest
-from bund.v1 import job_pb2
 from typer.testing import CliRunner
 
-from parties.cli import app
-from parties.client import RemoteError
-from parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
-from parties.protocols import PROTOCOLS
-from parties.transport import envelope_digest
+from bund.parties.cli import app
+from bund.parties.client import RemoteError
+from bund.parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.transport import envelope_digest
+from bund.v1 import job_pb2
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.fault_protocols import RELAY
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, wait_final

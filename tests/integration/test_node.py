@@ -7,15 +7,23 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bund.v1 import job_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parties.audit import SqliteAuditStore, verify_records
-from parties.client import NodeClient, RemoteError, channel_options
-from parties.errors import PeerUnavailableError
-from parties.identity import load_audit_public_key
-from parties.jobs import JobContext, JobSpec, JobState, JobStatus, Participant, ProtocolDef, Result
-from parties.protocols import PROTOCOLS
+from bund.parties.audit import SqliteAuditStore, verify_records
+from bund.parties.client import NodeClient, RemoteError, channel_options
+from bund.parties.errors import PeerUnavailableError
+from bund.parties.identity import load_audit_public_key
+from bund.parties.jobs import (
+    JobContext,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Participant,
+    ProtocolDef,
+    Result,
+)
+from bund.parties.protocols import PROTOCOLS
+from bund.v1 import job_pb2
 from tests.conftest import NodeFactory, wait_until
 
 BANK_IDS = [f"91310000MA1K{i:06d}" for i in range(0, 60)]
@@ -312,7 +320,7 @@ def test_message_for_a_job_the_sender_is_not_in_is_refused(node_factory: NodeFac
 def test_audit_verify_cli_names_first_bad_record(node_factory: NodeFactory, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from parties.cli import app
+    from bund.parties.cli import app
 
     start_pair(node_factory)
     with node_factory.client("bank") as bank:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compute.learn import fed
-from compute.learn.risk_model import model_from_columns
-from parties.data import load_csv
-from parties.demo import (
+from bund.compute.learn import fed
+from bund.compute.learn.risk_model import model_from_columns
+from bund.parties.data import load_csv
+from bund.parties.demo import (
     COHORT_FLOOR,
     COHORT_QUERY,
     DEMO_APPLICANTS,
@@ -30,7 +30,7 @@ from parties.demo import (
     dp_spec,
     run_demo,
 )
-from parties.protocols import ckks_scoring, dp_stats
+from bund.parties.protocols import ckks_scoring, dp_stats
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,13 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the optional extra bund[ray] is not installed")
 
-from compute import insecure  # noqa: E402 - after the skip: Ray is optional
-from compute import paillier as pl  # noqa: E402
-from compute.executor import Executor, InlineExecutor, RayExecutor  # noqa: E402
-from compute.psi import blind, create_blinding_key, hash_and_blind, hash_to_points  # noqa: E402
-from parties.data import Table  # noqa: E402
-from parties.jobs import JobSpec, JobState, Participant, Result, run_in_memory  # noqa: E402
-from parties.protocols import psi  # noqa: E402
+from bund.compute import insecure  # noqa: E402 - after the skip: Ray is optional
+from bund.compute import paillier as pl  # noqa: E402
+from bund.compute.executor import Executor, InlineExecutor, RayExecutor  # noqa: E402
+from bund.compute.psi import blind, create_blinding_key, hash_and_blind, hash_to_points  # noqa: E402
+from bund.parties.data import Table  # noqa: E402
+from bund.parties.jobs import JobSpec, JobState, Participant, Result, run_in_memory  # noqa: E402
+from bund.parties.protocols import psi  # noqa: E402
 from tests.compute.test_executor import ExecutorContract  # noqa: E402
 from tests.conftest import NodeFactory  # noqa: E402
 from tests.integration.test_node import psi_spec, wait_final  # noqa: E402

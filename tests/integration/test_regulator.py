@@ -16,7 +16,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from parties.audit import (
+from bund.parties.audit import (
     GENESIS_HASH,
     SIGNING_DOMAIN,
     AuditLog,
@@ -26,12 +26,12 @@ from parties.audit import (
     MemoryAuditStore,
     chain_hash,
 )
-from parties.client import NodeClient, RemoteError
-from parties.errors import ConfigError
-from parties.identity import load_audit_public_key, load_audit_signing_key
-from parties.jobs import JobState
-from parties.manager import CLOSE_TAG
-from parties.regulator import (
+from bund.parties.client import NodeClient, RemoteError
+from bund.parties.errors import ConfigError
+from bund.parties.identity import load_audit_public_key, load_audit_signing_key
+from bund.parties.jobs import JobState
+from bund.parties.manager import CLOSE_TAG
+from bund.parties.regulator import (
     AuditOutcome,
     Finding,
     FindingKind,
@@ -432,10 +432,10 @@ def test_checkpoints_catch_rewrites_truncation_and_equivocation(
 def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
     node_factory: NodeFactory, federation: Federation
 ) -> None:
-    from parties.audit import SqliteAuditStore
-    from parties.config import load_config
-    from parties.node import create_node
-    from parties.regulator import CHECKPOINTS_FILE, load_held_checkpoints
+    from bund.parties.audit import SqliteAuditStore
+    from bund.parties.config import load_config
+    from bund.parties.node import create_node
+    from bund.parties.regulator import CHECKPOINTS_FILE, load_held_checkpoints
 
     start_pair(node_factory)
     with node_factory.client("bank") as bank:

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from parties.audit import AuditLog, JsonScalar, MemoryAuditStore
-from parties.jobs import TranscriptEntry, transcript_digest
-from parties.manager import CLOSE_TAG
-from parties.regulator import AuditOutcome, FindingKind, assess, make_pulled_log
-from parties.report import render_report, write_report
+from bund.parties.audit import AuditLog, JsonScalar, MemoryAuditStore
+from bund.parties.jobs import TranscriptEntry, transcript_digest
+from bund.parties.manager import CLOSE_TAG
+from bund.parties.regulator import AuditOutcome, FindingKind, assess, make_pulled_log
+from bund.parties.report import render_report, write_report
 
 HOSTILE = '<script>alert("x")</script>'
 CHROMIUM_FLAGS = (

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from compute import insecure
-from parties.data import generate_finance
-from parties.jobs import JobState
-from parties.regulator import audit_federation, load_regulator_config
+from bund.compute import insecure
+from bund.parties.data import generate_finance
+from bund.parties.jobs import JobState
+from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from compute import insecure
-from parties.cli import app
-from parties.data import Table, generate_finance
+from bund.compute import insecure
+from bund.parties.cli import app
+from bund.parties.data import Table, generate_finance
 from tests.conftest import NodeFactory
 from tests.integration.test_credit_workflow import start_nodes
 from tests.protocols.test_vertical_score import APPLICANTS

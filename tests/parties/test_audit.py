@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parties.audit import (
+from bund.parties.audit import (
     CHECKPOINT_DOMAIN,
     EMPTY_ROOT,
     GENESIS_HASH,
@@ -882,7 +882,7 @@ class TestSqliteAuditStore(AuditStoreContract):
         script = (
             "import os, sys\n"
             "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
-            "from parties.audit import AuditLog, SqliteAuditStore\n"
+            "from bund.parties.audit import AuditLog, SqliteAuditStore\n"
             "key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[2]))\n"
             "log = AuditLog(SqliteAuditStore(sys.argv[1]), key, 'bank',"
             " lambda: '2026-11-24T00:00:00Z')\n"
@@ -1156,7 +1156,7 @@ class TestPostgresAuditStore(AuditStoreContract):
         script = (
             "import os, sys\n"
             "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\n"
-            "from parties.audit import AuditLog, PostgresAuditStore\n"
+            "from bund.parties.audit import AuditLog, PostgresAuditStore\n"
             "log = AuditLog(PostgresAuditStore(sys.argv[1]), Ed25519PrivateKey.generate(),"
             " 'bank', lambda: '2026-11-24T00:00:00Z')\n"
             "for i in range(3):\n"
@@ -1364,6 +1364,6 @@ def test_flipped_byte_in_an_exported_record_names_the_record(data: st.DataObject
 def test_doc_example_runs() -> None:
     import doctest
 
-    import parties.audit
+    import bund.parties.audit as audit_module
 
-    assert doctest.testmod(parties.audit).failed == 0
+    assert doctest.testmod(audit_module).failed == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from parties.checkpoints import CheckpointTamperedError, ResumeStore, load_or_create_key
-from parties.jobs import TranscriptEntry
-from parties.transport import SPOOL_BYTES, JobInterruptedError, Mailbox
+from bund.parties.checkpoints import CheckpointTamperedError, ResumeStore, load_or_create_key
+from bund.parties.jobs import TranscriptEntry
+from bund.parties.transport import SPOOL_BYTES, JobInterruptedError, Mailbox
 
 JOB = "a" * 32
 

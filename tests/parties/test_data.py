@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parties.data import (
+from bund.parties.data import (
     DEMO_SEED,
     DatasetError,
     DataSource,

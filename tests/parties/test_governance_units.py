@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compute.dp.budget import Budget
-from compute.errors import InvalidInputError
-from parties.audit import AuditLog, MemoryAuditStore, verify_store
-from parties.ledger import BudgetExhaustedError, BudgetLedger
-from parties.policy import PolicyFileError, load_policy
+from bund.compute.dp.budget import Budget
+from bund.compute.errors import InvalidInputError
+from bund.parties.audit import AuditLog, MemoryAuditStore, verify_store
+from bund.parties.ledger import BudgetExhaustedError, BudgetLedger
+from bund.parties.policy import PolicyFileError, load_policy
 
 
 class _Audit:

@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from parties import identity
-from parties.identity import IdentityError
+from bund.parties import identity
+from bund.parties.identity import IdentityError
 from tests.conftest import Federation
 
 

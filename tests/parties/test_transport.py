@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from parties.transport import (
+from bund.parties.transport import (
     EquivocationError,
     InMemoryNetwork,
     JobAbortedError,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from bund.v1 import common_pb2, job_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parties import wire
-from parties.audit import AuditRecord
-from parties.errors import MalformedRequestError
-from parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant
-from parties.manager import ResultInfo
+from bund.parties import wire
+from bund.parties.audit import AuditRecord
+from bund.parties.errors import MalformedRequestError
+from bund.parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant
+from bund.parties.manager import ResultInfo
+from bund.v1 import common_pb2, job_pb2
 
 names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
 scalars = st.one_of(

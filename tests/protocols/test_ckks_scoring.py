@@ -10,14 +10,14 @@ import struct
 import numpy as np
 import pytest
 
-from compute import ckks
-from compute.ckks_sandbox import CkksSandbox
-from compute.errors import InvalidKeyError, InvalidMessageError
-from compute.learn.risk_model import model_from_columns
-from parties.data import Table, generate_health
-from parties.jobs import InvalidJobSpecError, Participant, Result, run_in_memory
-from parties.protocols import PROTOCOLS
-from parties.protocols import ckks_scoring as cs
+from bund.compute import ckks
+from bund.compute.ckks_sandbox import CkksSandbox
+from bund.compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.learn.risk_model import model_from_columns
+from bund.parties.data import Table, generate_health
+from bund.parties.jobs import InvalidJobSpecError, Participant, Result, run_in_memory
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import ckks_scoring as cs
 
 HOSPITAL, INSURER = "hospital-a", "insurer"
 

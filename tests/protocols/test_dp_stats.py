@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compute import insecure
-from compute.dp.budget import Budget
-from compute.dp.stats import contribution, parse_query, release
-from parties.data import Table, generate_health
-from parties.jobs import (
+from bund.compute import insecure
+from bund.compute.dp.budget import Budget
+from bund.compute.dp.stats import contribution, parse_query, release
+from bund.parties.data import Table, generate_health
+from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,
     MemoryCheckpoints,
@@ -26,9 +26,9 @@ from parties.jobs import (
     Result,
     run_in_memory,
 )
-from parties.ledger import BudgetExhaustedError, BudgetLedger
-from parties.protocols import dp_stats, get_protocol
-from parties.transport import InMemoryNetwork
+from bund.parties.ledger import BudgetExhaustedError, BudgetLedger
+from bund.parties.protocols import dp_stats, get_protocol
+from bund.parties.transport import InMemoryNetwork
 
 HOSPITALS = {"hosp-a": "hospital_a", "hosp-b": "hospital_b", "hosp-c": "hospital_c"}
 PARTS = (

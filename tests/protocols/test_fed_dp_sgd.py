@@ -12,15 +12,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compute import insecure
-from compute.dp import secagg
-from compute.dp.budget import Budget
-from compute.learn import fed
-from parties.data import generate_health
-from parties.jobs import InvalidJobSpecError, JobSpec, MemoryCheckpoints, Participant, run_in_memory
-from parties.ledger import BudgetExhaustedError
-from parties.protocols import fed_dp_sgd
-from parties.transport import InMemoryNetwork
+from bund.compute import insecure
+from bund.compute.dp import secagg
+from bund.compute.dp.budget import Budget
+from bund.compute.learn import fed
+from bund.parties.data import generate_health
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobSpec,
+    MemoryCheckpoints,
+    Participant,
+    run_in_memory,
+)
+from bund.parties.ledger import BudgetExhaustedError
+from bund.parties.protocols import fed_dp_sgd
+from bund.parties.transport import InMemoryNetwork
 
 HOSPITALS = {"hospital-a": "hospital_a", "hospital-b": "hospital_b", "hospital-c": "hospital_c"}
 TABLES = dict(zip(HOSPITALS, generate_health(80, 11).values(), strict=True))

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.errors import InvalidPointError, SetTooLargeError
-from parties.data import Table
-from parties.jobs import (
+from bund.compute.errors import InvalidPointError, SetTooLargeError
+from bund.parties.data import Table
+from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,
     Participant,
@@ -25,8 +25,8 @@ from parties.jobs import (
     new_job_id,
     run_in_memory,
 )
-from parties.protocols import psi
-from parties.transport import InMemoryNetwork, Transport
+from bund.parties.protocols import psi
+from bund.parties.transport import InMemoryNetwork, Transport
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo" / "finance"
 LIMITS = {"psi_max_set_size": 100_000}
@@ -316,7 +316,7 @@ def test_spec_shape_errors(participants: tuple[Participant, ...], message: str) 
 
 
 def test_registered() -> None:
-    from parties.protocols import get_protocol
+    from bund.parties.protocols import get_protocol
 
     assert get_protocol("psi") is psi.DEFINITION
     assert psi.DEFINITION.version == "1" and set(psi.DEFINITION.roles) == {"member"}

@@ -8,15 +8,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from compute import insecure
-from compute.learn import logistic as lg
-from compute.learn.metrics import auc
-from parties.data import Table, generate_finance
-from parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
-from parties.protocols import PROTOCOLS
-from parties.protocols import vertical_lr as proto
-from parties.protocols.vertical import feature_matrix, numeric_features
-from parties.transport import InMemoryNetwork
+from bund.compute import insecure
+from bund.compute.learn import logistic as lg
+from bund.compute.learn.metrics import auc
+from bund.parties.data import Table, generate_finance
+from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import vertical_lr as proto
+from bund.parties.protocols.vertical import feature_matrix, numeric_features
+from bund.parties.transport import InMemoryNetwork
 
 LIMITS = {"psi_max_set_size": 100_000}
 ROLES = {"bank": "loan_book", "tax": "tax_filings", "registry": "business_registry"}
@@ -209,7 +209,7 @@ def test_gradient_label_leakage_is_no_more_than_the_providers_own_model(
 
 
 def test_a_forged_gradient_ciphertext_is_refused(finance: dict[str, Table]) -> None:
-    from compute.errors import InvalidCiphertextError
+    from bund.compute.errors import InvalidCiphertextError
 
     net = InMemoryNetwork(list(ROLES))
     original = net.mailboxes["bank"].put

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from compute import insecure
-from compute.dp import secure_agg
-from compute.learn import logistic as lg
-from parties.data import DatasetError, Table, generate_finance
-from parties.jobs import (
+from bund.compute import insecure
+from bund.compute.dp import secure_agg
+from bund.compute.learn import logistic as lg
+from bund.parties.data import DatasetError, Table, generate_finance
+from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,
     Participant,
@@ -23,10 +23,10 @@ from parties.jobs import (
     new_job_id,
     run_in_memory,
 )
-from parties.protocols import PROTOCOLS
-from parties.protocols import vertical_lr as training
-from parties.protocols import vertical_score as proto
-from parties.transport import InMemoryNetwork
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import vertical_lr as training
+from bund.parties.protocols import vertical_score as proto
+from bund.parties.transport import InMemoryNetwork
 from tests.protocols.test_vertical_lr import (
     LIMITS,
     PARAMS,

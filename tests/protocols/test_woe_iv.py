@@ -8,14 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from compute import insecure
-from compute.errors import InvalidCiphertextError
-from compute.learn.woe_iv import assign_bins, merge_small_bins, quantile_edges, woe_iv
-from parties.data import Table, generate_finance
-from parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
-from parties.protocols import PROTOCOLS
-from parties.protocols import woe_iv as proto
-from parties.transport import InMemoryNetwork
+from bund.compute import insecure
+from bund.compute.errors import InvalidCiphertextError
+from bund.compute.learn.woe_iv import assign_bins, merge_small_bins, quantile_edges, woe_iv
+from bund.parties.data import Table, generate_finance
+from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import woe_iv as proto
+from bund.parties.transport import InMemoryNetwork
 
 LIMITS = {"psi_max_set_size": 100_000}
 ROLES = {"bank": "loan_book", "tax": "tax_filings", "registry": "business_registry"}

@@ -1,0 +1,80 @@
+"""Privacy budgets as exact rationals: (epsilon, delta) pairs that add and compare without rounding.
+
+Floats would let a ledger drift: 0.1 + 0.2 > 0.3 refuses a job that fits, and enough small
+charges can overspend by rounding down. Budgets are ``Fraction`` pairs parsed from strings.
+
+>>> Budget.parse("1/2") + Budget.parse("0.25", "1e-6")
+Budget(epsilon=Fraction(3, 4), delta=Fraction(1, 1000000))
+>>> Budget.parse("1").fits_within(Budget.parse("3/4"))
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from bund.compute.errors import InvalidInputError
+
+
+def parse_rational(value: str | int | Fraction, what: str = "value") -> Fraction:
+    """An exact non-negative rational from ``"1/2"``, ``"0.25"``, ``"1e-6"`` or an int.
+
+    Floats are refused: their binary rounding is exactly what exact budgets avoid.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidInputError(f'{what} must be written exactly, as a string like "1/2" or "0.5"')
+    try:
+        result = Fraction(value)
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise InvalidInputError(f'{what} {value!r} is not a rational number like "1/2"') from None
+    if result < 0:
+        raise InvalidInputError(f"{what} must not be negative, got {value!r}")
+    return result
+
+
+def format_rational(value: Fraction) -> str:
+    """``Fraction(3, 4)`` as ``"3/4"`` and ``Fraction(2)`` as ``"2"``: exact and parseable."""
+    return str(value)
+
+
+@dataclass(frozen=True, order=False)
+class Budget:
+    """An (epsilon, delta) privacy budget or cost, exact."""
+
+    epsilon: Fraction = Fraction(0)
+    delta: Fraction = Fraction(0)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epsilon, Fraction) or not isinstance(self.delta, Fraction):
+            raise TypeError("Budget takes Fractions; use Budget.parse for strings")
+        if self.epsilon < 0 or self.delta < 0:
+            raise ValueError("a budget is never negative")
+        if self.delta >= 1:
+            raise ValueError("delta must be below 1")
+
+    @classmethod
+    def parse(cls, epsilon: str | int | Fraction, delta: str | int | Fraction = 0) -> Budget:
+        """A budget from exact strings or ints."""
+        return cls(parse_rational(epsilon, "epsilon"), parse_rational(delta, "delta"))
+
+    def __add__(self, other: Budget) -> Budget:
+        return Budget(self.epsilon + other.epsilon, self.delta + other.delta)
+
+    def __sub__(self, other: Budget) -> Budget:
+        return Budget(
+            max(self.epsilon - other.epsilon, Fraction(0)),
+            max(self.delta - other.delta, Fraction(0)),
+        )
+
+    def fits_within(self, limit: Budget) -> bool:
+        """Whether spending this stays within ``limit`` in both epsilon and delta."""
+        return self.epsilon <= limit.epsilon and self.delta <= limit.delta
+
+    @property
+    def is_zero(self) -> bool:
+        """Whether this costs nothing."""
+        return self.epsilon == 0 and self.delta == 0
+
+    def __str__(self) -> str:
+        return f"epsilon={format_rational(self.epsilon)}, delta={format_rational(self.delta)}"

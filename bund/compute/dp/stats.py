@@ -1,0 +1,647 @@
+"""DP statistics as integer vectors: queries, per-party contributions, and the released table.
+
+Every query Bund answers across hospitals is *linear*: the statistic of the pooled cohort is the
+sum over records of a small integer vector ``f(record)``, so it is the sum of each hospital's
+contribution and can be aggregated with masks (``bund.compute.dp.secure_agg``). A query is cut into
+*blocks*; block ``b`` has a length, an L1 sensitivity ``Δ_b`` (the most one record changes it,
+after the clamping that is part of the query) and its share ``ε_b`` of the query's ``ε``
+(``Σ ε_b = ε``). Discrete Laplace noise of scale ``Δ_b/ε_b`` on block ``b``
+(``bund.compute.dp.mechanisms``) makes the whole release ``ε``-DP under adding or removing one
+record of any one dataset (basic composition over the blocks).
+
+=============  ==============================================  ===========================
+kind           blocks (cells, L1 sensitivity, share of ε)      released
+=============  ==============================================  ===========================
+count          1 cell, Δ 1, ε                                  the cohort size
+sum            1 cell, Δ max(|lower|, |upper|)/resolution, ε   the sum of clamped values
+mean           sum block (ε/2) + count block (ε/2)             sum, count and their ratio
+histogram      bins or categories cells, Δ 1, ε                one count per bin
+contingency    rows × columns cells, Δ 1, ε                    one count per cell
+quantiles      bins cells, Δ 1, ε                              quantiles of the noisy CDF
+survival       events per time bin + censored per time bin,    Kaplan–Meier curve, at-risk
+               Δ 1, ε                                          and event counts per bin
+=============  ==============================================  ===========================
+
+Everything after the noise (suppression of small cells, ratios, quantiles, the Kaplan–Meier
+product) is post-processing of the noisy vector and costs no privacy. With noise off (tests only)
+the released table equals the plaintext computation on the pooled records exactly.
+
+>>> q = parse_query({"kind": "count", "epsilon": "1/2", "min_cell": 1, "filter": "age>=65"})
+>>> contribution(q, {"age": ["70", "40", "65"]}, rows=3)
+[2]
+>>> release(q, [2]).rows
+[('count', 2)]
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from bund.compute.dp.budget import parse_rational
+from bund.compute.errors import InvalidInputError
+
+#: The most cells (bins, categories, table cells, time bins × 2) one query may release.
+MAX_CELLS = 4096
+#: Bounds on ε per query: below, the noise swamps everything; above, the guarantee is void.
+MIN_EPSILON, MAX_EPSILON = Fraction(1, 1000), Fraction(10)
+#: The largest clamping bound in units of the resolution.
+MAX_UNITS = 1 << 32
+#: Every parameter a query may carry (beyond these the protocol adds ``noise``).
+QUERY_PARAMS = frozenset(
+    {
+        "kind",
+        "epsilon",
+        "min_cell",
+        "filter",
+        "column",
+        "lower",
+        "upper",
+        "resolution",
+        "bins",
+        "categories",
+        "column2",
+        "categories2",
+        "event",
+        "quantiles",
+    }
+)
+
+Cell = str | int | None
+
+
+class QueryKind(enum.Enum):
+    """What a query computes."""
+
+    COUNT = "count"
+    SUM = "sum"
+    MEAN = "mean"
+    HISTOGRAM = "histogram"
+    CONTINGENCY = "contingency"
+    QUANTILES = "quantiles"
+    SURVIVAL = "survival"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One clause of a cohort filter: ``column op value``.
+
+    ``=`` and ``!=`` compare text against one or more ``|``-separated values; ``<``, ``<=``,
+    ``>``, ``>=`` compare numbers exactly (as rationals).
+    """
+
+    column: str
+    op: str
+    values: tuple[str, ...]
+
+    def matches(self, cell: str) -> bool:
+        """Whether a record's ``cell`` passes this clause."""
+        if self.op == "=":
+            return cell.strip() in self.values
+        if self.op == "!=":
+            return cell.strip() not in self.values
+        left, right = _number(cell, self.column), Fraction(self.values[0])
+        return {
+            "<": left < right,
+            "<=": left <= right,
+            ">": left > right,
+            ">=": left >= right,
+        }[self.op]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A part of a query's vector with its own sensitivity and share of ε."""
+
+    name: str
+    length: int
+    sensitivity: int
+    epsilon: Fraction
+
+
+@dataclass(frozen=True)
+class Query:
+    """A validated query. Build it with :func:`parse_query` from a job's flat parameters."""
+
+    kind: QueryKind
+    epsilon: Fraction
+    min_cell: int
+    filters: tuple[Filter, ...] = ()
+    column: str | None = None
+    lower: Fraction = Fraction(0)
+    upper: Fraction = Fraction(0)
+    resolution: Fraction = Fraction(1)
+    bins: int = 0
+    categories: tuple[str, ...] = ()
+    column2: str | None = None
+    categories2: tuple[str, ...] = ()
+    event: str | None = None
+    quantiles: tuple[Fraction, ...] = ()
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """The query's vector, block by block; the shares of ε add up to ``epsilon`` exactly."""
+        kind, eps = self.kind, self.epsilon
+        if kind is QueryKind.COUNT:
+            return (Block("count", 1, 1, eps),)
+        if kind is QueryKind.SUM:
+            return (Block("sum", 1, self.sum_sensitivity, eps),)
+        if kind is QueryKind.MEAN:
+            return (Block("sum", 1, self.sum_sensitivity, eps / 2), Block("count", 1, 1, eps / 2))
+        if kind is QueryKind.HISTOGRAM:
+            return (Block("bins", len(self.categories) or self.bins, 1, eps),)
+        if kind is QueryKind.CONTINGENCY:
+            return (Block("cells", len(self.categories) * len(self.categories2), 1, eps),)
+        if kind is QueryKind.QUANTILES:
+            return (Block("bins", self.bins, 1, eps),)
+        return (Block("events_censored", 2 * self.bins, 1, eps),)
+
+    @property
+    def length(self) -> int:
+        """Cells in the whole vector."""
+        return sum(b.length for b in self.blocks)
+
+    @property
+    def sum_sensitivity(self) -> int:
+        """``max(|lower|, |upper|)`` in units of the resolution: one record's largest share."""
+        return max(1, int(max(abs(self.lower), abs(self.upper)) / self.resolution))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every logical column the query reads."""
+        names = [f.column for f in self.filters]
+        names += [c for c in (self.column, self.column2, self.event) if c is not None]
+        return tuple(dict.fromkeys(names))
+
+    def bin_edges(self) -> list[Fraction]:
+        """The ``bins + 1`` edges of a numeric histogram, quantile grid or survival time grid."""
+        width = (self.upper - self.lower) / self.bins
+        return [self.lower + i * width for i in range(self.bins + 1)]
+
+
+def _number(cell: str, column: str) -> Fraction:
+    try:
+        return Fraction(cell.strip())
+    except (ValueError, ZeroDivisionError):
+        raise InvalidInputError(
+            f"column {column!r} holds {cell!r}, which is not a number; fix the data or bind "
+            "another column"
+        ) from None
+
+
+_CLAUSE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})\s*(>=|<=|!=|=|<|>)\s*(\S.*?)\s*$")
+
+
+def _parse_filter(text: str) -> tuple[Filter, ...]:
+    clauses: list[Filter] = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        match = _CLAUSE.match(part)
+        if match is None:
+            raise InvalidInputError(
+                f"filter clause {part.strip()!r} is not 'column op value' with op one of "
+                "= != < <= > >= (for example 'age>=65;sex=M;diagnosis=I50|I21')"
+            )
+        column, op, value = match.groups()
+        values = tuple(v.strip() for v in value.split("|"))
+        if op in ("=", "!="):
+            if not all(values):
+                raise InvalidInputError(f"filter clause {part.strip()!r} has an empty value")
+        else:
+            if len(values) != 1:
+                raise InvalidInputError(f"filter clause {part.strip()!r}: '|' only with = or !=")
+            _exact(values[0], f"filter value of {column!r}", signed=True)
+        clauses.append(Filter(column, op, values))
+    return tuple(clauses)
+
+
+def _exact(value: object, what: str, signed: bool = False) -> Fraction:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise InvalidInputError(f'{what} must be written exactly, as a string like "1/2" or "0.5"')
+    text = str(value).strip()
+    negative = signed and text.startswith("-")
+    magnitude = parse_rational(text[1:] if negative else text, what)
+    return -magnitude if negative else magnitude
+
+
+def _int(params: Mapping[str, object], key: str, low: int, high: int) -> int:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInputError(f"parameter {key} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _name(params: Mapping[str, object], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", value):
+        raise InvalidInputError(f"parameter {key} must name a column (letters, digits, _ . -)")
+    return value
+
+
+def _categories(params: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = params.get(key)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"parameter {key} must list categories as 'a|b|c'")
+    cats = tuple(c.strip() for c in value.split("|"))
+    if not all(cats) or len(set(cats)) != len(cats) or len(cats) > MAX_CELLS:
+        raise InvalidInputError(
+            f"parameter {key} must list distinct, non-empty categories as 'a|b|c'"
+        )
+    return cats
+
+
+def _bounds(params: Mapping[str, object], resolution: Fraction | None) -> tuple[Fraction, Fraction]:
+    """``lower < upper``; for sums (``resolution`` given) whole multiples of it, for bins any."""
+    lower = _exact(params.get("lower"), "parameter lower", signed=True)
+    upper = _exact(params.get("upper"), "parameter upper", signed=True)
+    if not lower < upper:
+        raise InvalidInputError("parameter lower must be below upper")
+    for bound in (lower, upper):
+        units = bound / (resolution or 1)
+        if (resolution and units.denominator != 1) or abs(units) > MAX_UNITS:
+            raise InvalidInputError(
+                f"the bound {bound} must be a multiple of the resolution {resolution} and at most "
+                f"{MAX_UNITS} resolution units from 0"
+            )
+    return lower, upper
+
+
+def parse_query(params: Mapping[str, object]) -> Query:
+    """Validate a job's flat query parameters strictly and build the :class:`Query`.
+
+    Parameters (values as in a job spec; rationals as exact strings):
+        kind: ``count``, ``sum``, ``mean``, ``histogram``, ``contingency``, ``quantiles`` or
+            ``survival``.
+        epsilon: The query's privacy loss, e.g. ``"1/2"``; in ``[1/1000, 10]``.
+        min_cell: Cells whose *noisy* count is below it are suppressed; an integer ≥ 1.
+        filter: Optional cohort filter, ``"age>=65;sex=M;diagnosis=I50|I21"``.
+        column: The value column (sum, mean, numeric histogram, quantiles) or the row
+            category column (contingency) or the follow-up time column (survival).
+        lower, upper, resolution: Clamping bounds and the unit values are rounded to (sum,
+            mean); the bin range (numeric histogram, quantiles); ``lower`` must be 0 and
+            ``upper`` the horizon for survival.
+        bins: Number of equal-width bins in ``[lower, upper]`` (numeric histogram, quantiles,
+            survival time grid).
+        categories, categories2: ``"a|b|c"`` category lists (categorical histogram,
+            contingency rows and columns); records in no listed category count nowhere.
+        column2: The column category column (contingency).
+        event: The 0/1 event column (survival).
+        quantiles: ``"1/4|1/2|3/4"`` (quantiles).
+
+    Raises:
+        InvalidInputError: Naming the parameter to fix.
+    """
+    unknown = sorted(set(params) - QUERY_PARAMS)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown query parameters {unknown}; known: {sorted(QUERY_PARAMS)}"
+        )
+    try:
+        kind = QueryKind(params.get("kind"))
+    except ValueError:
+        raise InvalidInputError(
+            f"parameter kind must be one of {[k.value for k in QueryKind]}, "
+            f"not {params.get('kind')!r}"
+        ) from None
+    epsilon = _exact(params.get("epsilon"), "parameter epsilon")
+    if not MIN_EPSILON <= epsilon <= MAX_EPSILON:
+        raise InvalidInputError(f"parameter epsilon must be in [{MIN_EPSILON}, {MAX_EPSILON}]")
+    min_cell = _int(params, "min_cell", 1, 1 << 30)
+    raw_filter = params.get("filter", "")
+    if not isinstance(raw_filter, str):
+        raise InvalidInputError("parameter filter must be a string like 'age>=65;sex=M'")
+    filters = _parse_filter(raw_filter)
+    allowed = {"kind", "epsilon", "min_cell", "filter"}
+    fields: dict[str, object] = {}
+    if kind in (QueryKind.SUM, QueryKind.MEAN):
+        allowed |= {"column", "lower", "upper", "resolution"}
+        resolution = _exact(params.get("resolution", "1"), "parameter resolution")
+        if resolution <= 0:
+            raise InvalidInputError("parameter resolution must be positive")
+        lower, upper = _bounds(params, resolution)
+        fields.update(column=_name(params, "column"), lower=lower, upper=upper)
+        fields["resolution"] = resolution
+    elif kind is QueryKind.HISTOGRAM and "categories" in params:
+        allowed |= {"column", "categories"}
+        fields.update(column=_name(params, "column"), categories=_categories(params, "categories"))
+    elif kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES, QueryKind.SURVIVAL):
+        allowed |= {"column", "lower", "upper", "bins"}
+        cap = MAX_CELLS // 2 if kind is QueryKind.SURVIVAL else MAX_CELLS
+        fields.update(column=_name(params, "column"), bins=_int(params, "bins", 1, cap))
+        fields["lower"], fields["upper"] = _bounds(params, None)
+        if kind is QueryKind.QUANTILES:
+            allowed.add("quantiles")
+            listed = str(params.get("quantiles", "")).split("|")
+            qs = tuple(_exact(q.strip(), "a quantile") for q in listed)
+            if not all(0 < q < 1 for q in qs) or len(set(qs)) != len(qs) or len(qs) > 99:
+                raise InvalidInputError(
+                    "parameter quantiles must list distinct values in (0, 1): '1/2|9/10'"
+                )
+            fields["quantiles"] = qs
+        if kind is QueryKind.SURVIVAL:
+            allowed.add("event")
+            fields["event"] = _name(params, "event")
+            if fields["lower"] != 0:
+                raise InvalidInputError("a survival query's time grid starts at lower = 0")
+    elif kind is QueryKind.CONTINGENCY:
+        allowed |= {"column", "categories", "column2", "categories2"}
+        rows, cols = _categories(params, "categories"), _categories(params, "categories2")
+        if len(rows) * len(cols) > MAX_CELLS:
+            raise InvalidInputError(f"a contingency table may have at most {MAX_CELLS} cells")
+        fields.update(column=_name(params, "column"), column2=_name(params, "column2"))
+        fields.update(categories=rows, categories2=cols)
+    extra = sorted(set(params) - allowed)
+    if extra:
+        raise InvalidInputError(f"a {kind.value} query does not take {extra}; remove them")
+    query = Query(kind, epsilon, min_cell, filters, **fields)  # type: ignore[arg-type]
+    if not 1 <= query.length <= MAX_CELLS:
+        raise InvalidInputError(f"a query releases 1 to {MAX_CELLS} cells, this one {query.length}")
+    return query
+
+
+def _selected(query: Query, columns: Mapping[str, Sequence[str]], rows: int) -> list[int]:
+    for name in query.columns:
+        if name not in columns:
+            raise InvalidInputError(f"the query reads column {name!r}, which the data lacks")
+        if len(columns[name]) != rows:
+            raise ValueError(f"column {name!r} has {len(columns[name])} cells, not {rows}")
+    keep = list(range(rows))
+    for clause in query.filters:
+        cells = columns[clause.column]
+        keep = [i for i in keep if clause.matches(cells[i])]
+    return keep
+
+
+def _bin(value: Fraction, query: Query) -> int:
+    """The bin of ``value`` after clamping into ``[lower, upper]`` (upper falls in the last bin)."""
+    clamped = min(max(value, query.lower), query.upper)
+    index = math.floor((clamped - query.lower) * query.bins / (query.upper - query.lower))
+    return min(index, query.bins - 1)
+
+
+def contribution(query: Query, columns: Mapping[str, Sequence[str]], rows: int) -> list[int]:
+    """One party's integer vector for ``query``: the query's statistic of its own records.
+
+    The vectors of several parties add up to the vector of their pooled records.
+
+    Args:
+        query: The validated query.
+        columns: The party's data as logical column name -> text cells (at least the
+            query's :attr:`Query.columns`).
+        rows: The party's number of records.
+
+    Raises:
+        InvalidInputError: If a column is missing or a numeric cell is not a number.
+    """
+    keep = _selected(query, columns, rows)
+    kind = query.kind
+    if kind is QueryKind.COUNT:
+        return [len(keep)]
+    assert query.column is not None
+    cells = columns[query.column]
+    if kind in (QueryKind.SUM, QueryKind.MEAN):
+        total = 0
+        for i in keep:
+            clamped = min(max(_number(cells[i], query.column), query.lower), query.upper)
+            total += round(clamped / query.resolution)  # half to even, exact on Fractions
+        return [total] if kind is QueryKind.SUM else [total, len(keep)]
+    if kind is QueryKind.CONTINGENCY:
+        assert query.column2 is not None
+        cells2 = columns[query.column2]
+        row_of = {c: r for r, c in enumerate(query.categories)}
+        col_of = {c: k for k, c in enumerate(query.categories2)}
+        out = [0] * query.length
+        for i in keep:
+            r, k = row_of.get(cells[i].strip()), col_of.get(cells2[i].strip())
+            if r is not None and k is not None:
+                out[r * len(col_of) + k] += 1
+        return out
+    if kind is QueryKind.HISTOGRAM and query.categories:
+        index = {c: k for k, c in enumerate(query.categories)}
+        out = [0] * query.length
+        for i in keep:
+            k = index.get(cells[i].strip())
+            if k is not None:
+                out[k] += 1
+        return out
+    if kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES):
+        out = [0] * query.bins
+        for i in keep:
+            out[_bin(_number(cells[i], query.column), query)] += 1
+        return out
+    assert query.event is not None
+    events = columns[query.event]
+    out = [0] * (2 * query.bins)
+    for i in keep:
+        time = _number(cells[i], query.column)
+        flag = events[i].strip()
+        if flag not in ("0", "1"):
+            raise InvalidInputError(f"event column {query.event!r} holds {flag!r}; use 0 or 1")
+        died = flag == "1" and time <= query.upper
+        # Right-closed bins (start, end]: a time is rounded up to the end of its bin.
+        slot = math.ceil(min(max(time, query.lower), query.upper) * query.bins / query.upper)
+        out[max(slot - 1, 0) + (0 if died else query.bins)] += 1
+    return out
+
+
+@dataclass(frozen=True)
+class Release:
+    """The released table: a header and rows of text, integers or ``None`` (suppressed)."""
+
+    header: tuple[str, ...]
+    rows: list[tuple[Cell, ...]]
+    suppressed: int = 0
+
+
+def format_exact(value: Fraction) -> str:
+    """An exact rational as a decimal if it has one (``"12.5"``), else as ``"p/q"``."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    den, twos, fives = value.denominator, 0, 0
+    while den % 2 == 0:
+        den, twos = den // 2, twos + 1
+    while den % 5 == 0:
+        den, fives = den // 5, fives + 1
+    if den != 1:
+        return str(value)
+    digits = max(twos, fives)
+    scaled = value * 10**digits
+    sign = "-" if scaled < 0 else ""
+    whole, frac = divmod(abs(scaled.numerator), 10**digits)
+    return f"{sign}{whole}.{frac:0{digits}d}"
+
+
+def _label(low: Fraction, high: Fraction) -> str:
+    return f"[{format_exact(low)}, {format_exact(high)})"
+
+
+def _suppress(count: int, query: Query) -> int | None:
+    return count if count >= query.min_cell else None
+
+
+def release(query: Query, vector: Sequence[int]) -> Release:
+    """The released table from the aggregate (noisy, or exact with noise off) vector.
+
+    Counts below ``min_cell`` are suppressed (``None``); a mean is suppressed with its count.
+    This is post-processing: it reads nothing but the vector and the public query.
+
+    Raises:
+        ValueError: If the vector does not have the query's length.
+    """
+    if len(vector) != query.length:
+        raise ValueError(f"the query has {query.length} cells, the vector {len(vector)}")
+    v = [int(x) for x in vector]
+    kind = query.kind
+    if kind is QueryKind.COUNT:
+        count = _suppress(v[0], query)
+        return Release(("statistic", "value"), [("count", count)], int(count is None))
+    if kind is QueryKind.SUM:
+        return Release(("statistic", "value"), [("sum", format_exact(v[0] * query.resolution))])
+    if kind is QueryKind.MEAN:
+        count = _suppress(v[1], query)
+        total = v[0] * query.resolution
+        mean = None if count is None or count <= 0 else format_exact(round(total / count, 6))
+        rows: list[tuple[Cell, ...]] = [
+            ("sum", format_exact(total)),
+            ("count", count),
+            ("mean", mean),
+        ]
+        return Release(("statistic", "value"), rows, int(count is None))
+    if kind is QueryKind.CONTINGENCY:
+        width = len(query.categories2)
+        cells = [_suppress(x, query) for x in v]
+        rows = [
+            (query.categories[i // width], query.categories2[i % width], c)
+            for i, c in enumerate(cells)
+        ]
+        return Release((query.column or "", query.column2 or "", "count"), rows, cells.count(None))
+    if kind is QueryKind.HISTOGRAM:
+        cells = [_suppress(x, query) for x in v]
+        labels = list(query.categories) or [
+            _label(lo, hi) for lo, hi in zip(query.bin_edges(), query.bin_edges()[1:], strict=False)
+        ]
+        return Release(("bin", "count"), list(zip(labels, cells, strict=True)), cells.count(None))
+    if kind is QueryKind.QUANTILES:
+        return Release(("quantile", "value"), _quantile_rows(query, v))
+    return _survival(query, v)
+
+
+def _quantile_rows(query: Query, v: list[int]) -> list[tuple[Cell, ...]]:
+    """Quantiles of the CDF of the (noisy) histogram, clamped to non-negative counts.
+
+    The ``q``-quantile is the upper edge of the first bin at which the cumulative count reaches
+    ``q`` times the total: exact at the grid's resolution when there is no noise.
+    """
+    counts = [max(0, x) for x in v]
+    total = sum(counts)
+    edges = query.bin_edges()
+    rows: list[tuple[Cell, ...]] = []
+    for q in query.quantiles:
+        if total < query.min_cell:
+            rows.append((format_exact(q), None))
+            continue
+        running, value = 0, edges[-1]
+        for j, c in enumerate(counts):
+            running += c
+            if running >= q * total:
+                value = edges[j + 1]
+                break
+        rows.append((format_exact(q), format_exact(value)))
+    return rows
+
+
+@dataclass(frozen=True)
+class SurvivalPoint:
+    """One time bin of a Kaplan–Meier curve from (noisy) counts."""
+
+    start: Fraction
+    end: Fraction
+    at_risk: int
+    events: int
+    censored: int
+    survival: float
+    greenwood_se: float
+
+
+def kaplan_meier(query: Query, vector: Sequence[int]) -> list[SurvivalPoint]:
+    """Kaplan–Meier on the query's time grid from per-bin event and censoring counts.
+
+    A record's time is rounded up to the end of its bin (bins are ``(start, end]``; a time of 0
+    falls in the first); within a bin, censorings count as at risk for that bin's events (the
+    usual tie rule). Noisy counts are clamped at zero, the
+    number at risk is the (noisy) total less everyone who left in earlier bins, and a bin whose
+    at-risk count is not positive leaves the curve flat. The standard error is Greenwood's.
+    """
+    bins = query.bins
+    events = [max(0, int(x)) for x in vector[:bins]]
+    censored = [max(0, int(x)) for x in vector[bins:]]
+    at_risk = sum(events) + sum(censored)
+    edges = query.bin_edges()
+    survival, greenwood = 1.0, 0.0
+    out: list[SurvivalPoint] = []
+    for j in range(bins):
+        d = min(events[j], at_risk)
+        if at_risk > 0:
+            survival *= 1 - d / at_risk
+            if at_risk > d:
+                greenwood += d / (at_risk * (at_risk - d))
+        se = survival * math.sqrt(greenwood)
+        out.append(
+            SurvivalPoint(edges[j], edges[j + 1], at_risk, events[j], censored[j], survival, se)
+        )
+        at_risk = max(0, at_risk - events[j] - censored[j])
+    return out
+
+
+def survival_band(
+    query: Query, vector: Sequence[int], noise_draws: Sequence[Sequence[int]], confidence: float
+) -> tuple[list[float], list[float]]:
+    """A pointwise band for the noise in a released Kaplan–Meier curve (post-processing).
+
+    Each row of ``noise_draws`` is a fresh draw of the release's noise (same mechanism, same
+    scale); the curve is recomputed from ``vector`` plus each draw and the band is the central
+    ``confidence`` range at every bin. It shows how much the curve moves by noise alone; it
+    reads nothing but the released vector and public parameters.
+
+    Returns:
+        The lower and upper band, one value per time bin.
+    """
+    if not noise_draws:
+        raise ValueError("the band needs at least one noise draw")
+    curves = [
+        [p.survival for p in kaplan_meier(query, [a + b for a, b in zip(vector, d, strict=True)])]
+        for d in noise_draws
+    ]
+    tail = (1 - confidence) / 2
+    lower, upper = [], []
+    for j in range(query.bins):
+        column = sorted(c[j] for c in curves)
+        lower.append(column[int(tail * (len(column) - 1))])
+        upper.append(column[math.ceil((1 - tail) * (len(column) - 1))])
+    return lower, upper
+
+
+def _survival(query: Query, v: list[int]) -> Release:
+    points = kaplan_meier(query, v)
+    rows: list[tuple[Cell, ...]] = []
+    suppressed = 0
+    for p in points:
+        small = p.at_risk < query.min_cell
+        suppressed += int(small)
+        rows.append(
+            (
+                format_exact(p.start),
+                format_exact(p.end),
+                None if small else p.at_risk,
+                None if small else p.events,
+                None if small else p.censored,
+                None if small else f"{p.survival:.6f}",
+            )
+        )
+    header = ("start", "end", "at_risk", "events", "censored", "survival")
+    return Release(header, rows, suppressed)

@@ -1,0 +1,463 @@
+"""Horizontal federated learning maths: models, DP-SGD local updates (Opacus), FedAvg, accounting.
+
+The federated protocol (``bund/parties/protocols/fed_dp_sgd.py``, ``docs/protocols/fed-dp-sgd.md``)
+calls these functions; tests and benchmarks call them directly as the plaintext reference.
+
+* Models: ``logistic`` (one linear layer) and ``mlp`` (linear, ReLU, linear) over features scaled
+  to ``[-1, 1]`` with *public* ranges (:func:`scale_features`): a data-dependent scaling would
+  be a release that DP-SGD does not account for.
+* A local update (:func:`local_update`) is ``steps`` DP-SGD steps with Opacus: Poisson sampling
+  (Opacus's ``UniformWithReplacementSampler``), per-sample clipping to ``max_grad_norm`` and
+  Gaussian noise of ``noise_multiplier · max_grad_norm`` (Opacus's ``DPOptimizer``, with its
+  noise drawn as in ``secure_mode``: the sum of four draws, against floating-point attacks).
+  ``torchcsprng`` does not exist for torch 2.13, so the noise and the Poisson sampling come from
+  :class:`SecureStream`, a ChaCha20 keystream under a 256-bit key that the caller derives from
+  ``secrets``, never from torch's Mersenne Twister.
+* :func:`fedavg` is the plain, unweighted mean of the clients' updates: the reference the secure
+  aggregation must reproduce.
+* :func:`epsilon_spent` is Opacus's RDP (or PRV) accountant over ``steps`` DP-SGD steps;
+  :func:`epsilon_bound` rounds it *up* to an exact rational for the budget ledger.
+
+Torch and Opacus are imported on first use, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from bund.compute.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Model kinds, by name.
+MODEL_KINDS = ("logistic", "mlp")
+#: Opacus per-sample gradient modes this module drives.
+GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost")
+#: Privacy accountants, by Opacus's name.
+ACCOUNTANTS = ("rdp", "prv")
+#: Per-row log-loss is capped here in evaluations, so a sum of losses has a known bound.
+LOSS_CAP = 20.0
+#: Public value ranges of the health demo's numeric columns (clinically plausible limits).
+HEALTH_RANGES: Mapping[str, tuple[float, float]] = {
+    "age": (18.0, 100.0),
+    "systolic_bp_mmhg": (80.0, 220.0),
+    "heart_rate_bpm": (35.0, 160.0),
+    "bmi_kg_m2": (15.0, 50.0),
+    "hba1c_pct": (4.0, 14.0),
+    "ldl_mmol_l": (0.5, 8.0),
+    "egfr_ml_min_1_73m2": (5.0, 130.0),
+}
+#: Resolution of the exact privacy charge: epsilon is rounded up to a multiple of this.
+EPSILON_RESOLUTION = Fraction(1, 10**6)
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the install
+        raise ImportError("federated training needs torch: pip install 'torch==2.13.0'") from None
+    return torch
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture every party agrees on: its kind, input width and hidden width."""
+
+    kind: str
+    features: int
+    hidden: int = 16
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {MODEL_KINDS}, not {self.kind!r}")
+        if not 1 <= self.features <= 1024 or not 1 <= self.hidden <= 1024:
+            raise ValueError("features and hidden width must lie in 1..1024")
+
+    @property
+    def size(self) -> int:
+        """Number of parameters (the length of a weight vector)."""
+        if self.kind == "logistic":
+            return self.features + 1
+        return self.features * self.hidden + self.hidden + self.hidden + 1
+
+
+def create_model(spec: ModelSpec) -> torch.nn.Module:
+    """A fresh torch module of ``spec`` (weights to be loaded with :func:`set_weights`)."""
+    torch = _torch()
+    nn = torch.nn
+    if spec.kind == "logistic":
+        return nn.Linear(spec.features, 1)  # type: ignore[no-any-return]
+    return nn.Sequential(  # type: ignore[no-any-return]
+        nn.Linear(spec.features, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, 1)
+    )
+
+
+def initial_weights(spec: ModelSpec, seed: int) -> FloatArray:
+    """The starting weights from the public ``seed`` (torch's default initialisation)."""
+    torch = _torch()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_weights(create_model(spec))
+
+
+def get_weights(model: torch.nn.Module) -> FloatArray:
+    """The module's parameters as one float64 vector."""
+    torch = _torch()
+    with torch.no_grad():
+        vector = torch.nn.utils.parameters_to_vector(model.parameters())
+    return np.asarray(vector.detach().numpy(), dtype=np.float64)
+
+
+def set_weights(model: torch.nn.Module, weights: FloatArray) -> None:
+    """Load a weight vector into the module's parameters."""
+    torch = _torch()
+    params = list(model.parameters())
+    if len(weights) != sum(p.numel() for p in params):
+        raise InvalidInputError(f"a weight vector of {len(weights)} values does not fit the model")
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(
+            torch.as_tensor(np.asarray(weights), dtype=params[0].dtype), params
+        )
+
+
+def scale_features(
+    columns: Mapping[str, FloatArray], ranges: Mapping[str, tuple[float, float]]
+) -> FloatArray:
+    """A row-major feature matrix: each column mapped from its public range onto ``[-1, 1]``.
+
+    Raises:
+        InvalidInputError: If a column has no public range or a range is empty.
+    """
+    out = []
+    for name, values in columns.items():
+        if name not in ranges:
+            raise InvalidInputError(f"feature {name!r} has no public value range")
+        low, high = ranges[name]
+        if not high > low:
+            raise InvalidInputError(f"feature {name!r} has an empty range [{low}, {high}]")
+        out.append(np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0, 1))
+    return np.stack(out, axis=1) * 2.0 - 1.0
+
+
+@dataclass(frozen=True)
+class DpSgdConfig:
+    """One client's local DP-SGD in a round.
+
+    Attributes:
+        steps: DP-SGD steps per round (each one Poisson batch).
+        learning_rate: Step size of plain SGD on the noisy mean gradient.
+        noise_multiplier: Noise standard deviation over the clipping norm (0 only in tests).
+        max_grad_norm: Per-sample clipping norm.
+        sample_rate: Probability that a row joins a batch (Poisson sampling).
+        grad_sample_mode: Opacus's per-sample gradient mode: ``hooks``, ``ew`` or ``ghost``.
+    """
+
+    steps: int
+    learning_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.learning_rate <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("steps, learning rate and clipping norm must be positive")
+        if self.noise_multiplier < 0 or not 0 < self.sample_rate <= 1:
+            raise ValueError("noise multiplier must be >= 0 and sample rate in (0, 1]")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """A client's round: its weight change and the mean training loss of its batches."""
+
+    delta: FloatArray
+    loss: float
+    rows: int
+
+
+def _tensors(x: FloatArray, y: FloatArray) -> tuple[torch.Tensor, torch.Tensor]:
+    torch = _torch()
+    return (
+        torch.as_tensor(np.asarray(x), dtype=torch.float32),
+        torch.as_tensor(np.asarray(y), dtype=torch.float32),
+    )
+
+
+class SecureStream:
+    """Uniform and Gaussian draws from a ChaCha20 keystream: DP-SGD's noise and sampling.
+
+    The key (32 bytes) must come from ``secrets``; the same key gives the same draws, which is
+    what lets a resumed hospital rebuild a checkpointed update byte for byte.
+
+    >>> a, b = SecureStream(bytes(32)), SecureStream(bytes(32))
+    >>> bool((a.normal(4) == b.normal(4)).all())
+    True
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a SecureStream key is 32 bytes")
+        cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
+        self._keystream = cipher.encryptor()
+
+    def uniform(self, n: int) -> FloatArray:
+        """``n`` draws from the open interval (0, 1), 53 random bits each."""
+        words = np.frombuffer(self._keystream.update(bytes(8 * n)), dtype="<u8")
+        return ((words >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+
+    def normal(self, n: int) -> FloatArray:
+        """``n`` standard normal draws (Box–Muller on :meth:`uniform` pairs)."""
+        half = (n + 1) // 2
+        u1, u2 = self.uniform(half), self.uniform(half)
+        radius = np.sqrt(-2.0 * np.log(u1))
+        return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[
+            :n
+        ]
+
+    def secure_normal(self, n: int) -> FloatArray:
+        """Standard normal draws as Opacus's ``secure_mode`` makes them: four draws summed, / 2.
+
+        Summing several draws defeats the attacks on a single floating-point Gaussian sample
+        (Holohan & Braghin, 2021), as Opacus does when it has a CSPRNG.
+        """
+        return sum((self.normal(n) for _ in range(4)), np.zeros(n)) / 2.0
+
+
+def _noise_from(stream: SecureStream, base: type) -> type:
+    """An Opacus optimizer class whose noise comes from ``stream`` instead of a torch generator."""
+    torch = _torch()
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class SecureNoise(base):  # type: ignore[misc]
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                draw = stream.secure_normal(p.summed_grad.numel()) * std
+                noise = torch.as_tensor(draw, dtype=p.summed_grad.dtype)
+                p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return SecureNoise
+
+
+def _private(
+    model: torch.nn.Module, config: DpSgdConfig, batch: int, noise: SecureStream
+) -> tuple[Any, Any, Any]:
+    """Wrap a module for DP-SGD: (module, DP optimizer, loss) in the chosen Opacus mode."""
+    torch = _torch()
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    loss = torch.nn.BCEWithLogitsLoss(reduction="mean")
+    common = {
+        "noise_multiplier": config.noise_multiplier,
+        "max_grad_norm": config.max_grad_norm,
+        "expected_batch_size": batch,
+        "loss_reduction": "mean",
+    }
+    plain_clipping = _noise_from(noise, DPOptimizer)
+    fast_clipping = _noise_from(noise, DPOptimizerFastGradientClipping)
+    if config.grad_sample_mode == "ghost":
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        gsm = GradSampleModuleFastGradientClipping(
+            model, loss_reduction="mean", max_grad_norm=config.max_grad_norm
+        )
+        dp_optimizer = fast_clipping(optimizer, **common)
+        return gsm, dp_optimizer, DPLossFastGradientClipping(gsm, dp_optimizer, loss, "mean")
+    if config.grad_sample_mode == "ew":
+        from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+
+        gsm = GradSampleModuleExpandedWeights(model, loss_reduction="mean")
+    else:
+        from opacus import GradSampleModule
+
+        gsm = GradSampleModule(model, loss_reduction="mean")
+    return gsm, plain_clipping(optimizer, **common), loss
+
+
+def local_update(
+    spec: ModelSpec,
+    weights: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    config: DpSgdConfig,
+    key: bytes,
+) -> LocalUpdate:
+    """``config.steps`` steps of DP-SGD from ``weights`` on this client's rows.
+
+    Args:
+        spec: The model.
+        weights: The global weights of this round.
+        x: Scaled features, one row per record.
+        y: Labels in {0, 1}.
+        config: The DP-SGD settings.
+        key: 32 secret bytes (derived from ``secrets``) keying the :class:`SecureStream` of the
+            Poisson sampling and the Gaussian noise.
+
+    Returns:
+        The weight change and the mean loss over the non-empty batches.
+    """
+    torch = _torch()
+    if len(x) == 0:
+        raise InvalidInputError("a client needs at least one training row")
+    model = create_model(spec)
+    set_weights(model, weights)
+    stream = SecureStream(key)
+    expected = max(1, round(config.sample_rate * len(x)))
+    gsm, optimizer, criterion = _private(model, config, expected, stream)
+    xt, yt = _tensors(x, y)
+    losses = []
+    for _ in range(config.steps):
+        # Poisson sampling, as Opacus's UniformWithReplacementSampler does, from the stream.
+        indices = np.flatnonzero(stream.uniform(len(x)) < config.sample_rate)
+        optimizer.zero_grad()
+        if not len(indices):  # an empty Poisson batch: the step releases noise only
+            for p in model.parameters():
+                p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+            optimizer.step()
+            continue
+        batch = torch.as_tensor(indices, dtype=torch.long)
+        # Opacus's hooks need a graph input that requires grad, or torch warns on every step.
+        out = criterion(gsm(xt[batch].requires_grad_(True)).squeeze(-1), yt[batch])
+        out.backward()
+        optimizer.step()
+        losses.append(float(out.detach()))
+    new = get_weights(model)
+    return LocalUpdate(new - weights, float(np.mean(losses)) if losses else math.nan, len(x))
+
+
+def make_step(
+    spec: ModelSpec, config: DpSgdConfig | None, batch: int, seed: int
+) -> Callable[[FloatArray, FloatArray], None]:
+    """One training step on a given batch, DP-SGD (``config``) or plain SGD (``None``).
+
+    For benchmarks: the same model, batch and learning rate on both sides of the comparison.
+    """
+    torch = _torch()
+    model = create_model(spec)
+    if config is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        module, criterion = model, torch.nn.BCEWithLogitsLoss()
+    else:
+        key = hashlib.sha256(seed.to_bytes(8, "big")).digest()
+        module, optimizer, criterion = _private(model, config, batch, SecureStream(key))
+
+    def step(x: FloatArray, y: FloatArray) -> None:
+        xt, yt = _tensors(x, y)
+        optimizer.zero_grad()
+        criterion(module(xt.requires_grad_(config is not None)).squeeze(-1), yt).backward()
+        optimizer.step()
+
+    return step
+
+
+def plain_update(
+    spec: ModelSpec,
+    weights: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+) -> LocalUpdate:
+    """``steps`` steps of ordinary mini-batch SGD: the non-private comparison."""
+    torch = _torch()
+    model = create_model(spec)
+    set_weights(model, weights)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    xt, yt = _tensors(x, y)
+    order = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (batch_size,), generator=order)
+        optimizer.zero_grad()
+        out = criterion(model(xt[batch]).squeeze(-1), yt[batch])
+        out.backward()
+        optimizer.step()
+        losses.append(float(out.detach()))
+    return LocalUpdate(get_weights(model) - weights, float(np.mean(losses)), len(x))
+
+
+def fedavg(weights: FloatArray, deltas: list[FloatArray]) -> FloatArray:
+    """Plain FedAvg: the global weights plus the unweighted mean of the clients' updates."""
+    if not deltas:
+        raise ValueError("FedAvg needs at least one update")
+    mean: FloatArray = np.mean(np.stack(deltas), axis=0)
+    return np.asarray(weights, dtype=np.float64) + mean
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Sums over evaluation rows: capped log-loss, correct predictions at 0.5, and rows."""
+
+    loss_sum: float
+    correct: int
+    rows: int
+
+    @property
+    def loss(self) -> float:
+        """Mean log-loss (NaN without rows)."""
+        return self.loss_sum / self.rows if self.rows else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        """Share of rows predicted right (NaN without rows)."""
+        return self.correct / self.rows if self.rows else math.nan
+
+
+def evaluate(spec: ModelSpec, weights: FloatArray, x: FloatArray, y: FloatArray) -> Evaluation:
+    """The model's capped log-loss sum and correct count on ``(x, y)``."""
+    torch = _torch()
+    if len(x) == 0:
+        return Evaluation(0.0, 0, 0)
+    model = create_model(spec)
+    set_weights(model, weights)
+    xt, yt = _tensors(x, y)
+    with torch.no_grad():
+        logits = model(xt).squeeze(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, reduction="none")
+        correct = int(((logits > 0).float() == yt).sum())
+    return Evaluation(float(loss.clamp(max=LOSS_CAP).sum()), correct, len(x))
+
+
+def epsilon_spent(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
+    """The ε of ``steps`` DP-SGD steps at ``delta``, by Opacus's accountant (0 for no steps)."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}")
+    if steps == 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import create_accountant
+
+    ledger = create_accountant(accountant)
+    ledger.history = [(noise_multiplier, sample_rate, steps)]
+    return float(ledger.get_epsilon(delta=delta))
+
+
+def epsilon_bound(epsilon: float) -> Fraction:
+    """``epsilon`` rounded up to a multiple of :data:`EPSILON_RESOLUTION`: exact, never less."""
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise ValueError("epsilon must be finite and non-negative")
+    return Fraction(math.ceil(Fraction(epsilon) / EPSILON_RESOLUTION)) * EPSILON_RESOLUTION

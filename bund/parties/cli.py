@@ -1,0 +1,578 @@
+"""The ``bund`` command: federation and parties, the node, jobs, audit, data, benchmarks, demo."""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from bund.compute.errors import BundError
+from bund.parties import identity
+from bund.parties.config import NodeConfig, load_config
+from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant, Result
+
+if TYPE_CHECKING:
+    from bund.parties.client import NodeClient
+
+app = typer.Typer(
+    help="Bund: privacy-preserving joint computation between party nodes.", no_args_is_help=True
+)
+federation_app = typer.Typer(help="Federation CA.", no_args_is_help=True)
+party_app = typer.Typer(help="Party certificates and keys.", no_args_is_help=True)
+job_app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export audit logs.", no_args_is_help=True)
+data_app = typer.Typer(help="Demo datasets.", no_args_is_help=True)
+app.add_typer(federation_app, name="federation")
+app.add_typer(party_app, name="party")
+app.add_typer(job_app, name="job")
+app.add_typer(audit_app, name="audit")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.toml.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}")  # may quote a peer: no markup
+    return typer.Exit(code)
+
+
+def _config(path: Path) -> NodeConfig:
+    try:
+        return load_config(path)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def own_address(config: NodeConfig) -> str:
+    """Where this party's own node listens, from its port file when it bound port 0."""
+    host, _, port = config.listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    if port == "0":
+        try:
+            port = config.port_file.read_text().strip()
+        except FileNotFoundError:
+            raise _fail(
+                f"the node is not running ({config.port_file} is missing); "
+                "start it with `bund serve`"
+            ) from None
+    return f"{host}:{port}"
+
+
+def _client(config: NodeConfig) -> NodeClient:
+    from bund.parties.client import NodeClient
+
+    return NodeClient(own_address(config), config.party, config.tls, config.max_message_bytes)
+
+
+# -- federation and parties ----------------------------------------------------------------
+
+
+@federation_app.command("init")
+def federation_init(
+    directory: Annotated[Path, typer.Argument(help="Where to write ca.key (0600) and ca.pem.")],
+    name: Annotated[str, typer.Option(help="Federation name.")] = "bund",
+) -> None:
+    """Create a federation CA."""
+    try:
+        cert = identity.create_federation(directory, name)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"federation [bold]{name}[/]: CA certificate {cert}")
+
+
+@party_app.command("init")
+def party_init(
+    name: Annotated[str, typer.Argument(help="Party name, e.g. bank.")],
+    role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
+    federation: Annotated[Path, typer.Option(help="The federation CA directory.")],
+    out: Annotated[Path, typer.Option(help="The party's directory.")],
+) -> None:
+    """Issue a party's certificate and make its audit-signing key."""
+    try:
+        identity.create_party(federation, name, role, out)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"party [bold]{name}[/] ({role}): keys and certificate in {out}")
+
+
+# -- the node ------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOpt, log_level: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run this party's node until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    from bund.parties.node import serve as run
+
+    cfg = _config(config)
+    try:
+        run(cfg)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def load_spec(path: Path, requester: str) -> JobSpec:
+    """Read a job spec TOML file; the requester is this node's party."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _fail(f"job spec {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return JobSpec(
+            protocol=doc["protocol"],
+            participants=tuple(
+                Participant(p["party"], p["role"], p.get("dataset"), p.get("columns", {}))
+                for p in doc["participants"]
+            ),
+            receivers=tuple(doc["receivers"]),
+            purpose=doc["purpose"],
+            requester=requester,
+            params=doc.get("params", {}),
+        )
+    except KeyError as exc:
+        raise _fail(
+            f"{path} lacks {exc.args[0]!r} (see docs/jobs.md for the spec format)"
+        ) from None
+    except BundError as exc:
+        raise _fail(f"{path}: {exc}") from None
+
+
+def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
+    """Follow a job with a progress bar until it is final."""
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[count]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=None, state="proposed", count="")
+        while True:
+            status: JobStatus = client.status(job_id)
+            progress.update(
+                task,
+                description=status.phase,
+                completed=status.done,
+                total=status.total or None,
+                state=status.state.value,
+                count=f"{status.done:,}/{status.total:,}" if status.total else "",
+            )
+            if status.state.final:
+                return status
+            if time.monotonic() > deadline:
+                raise _fail(f"job {job_id} is still {status.state.value} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def print_status(status: JobStatus) -> None:
+    """A job's status as a small table."""
+    t = RichTable(show_header=False, box=None)
+    colour = {
+        "succeeded": "green",
+        "failed": "red",
+        "refused": "red",
+        "aborted": "yellow",
+        "interrupted": "yellow",
+    }.get(status.state.value, "cyan")
+    t.add_row("job", status.spec.job_id)
+    t.add_row("protocol", status.spec.protocol)
+    t.add_row("parties", ", ".join(f"{p.party} ({p.role})" for p in status.spec.participants))
+    t.add_row("state", f"[{colour}]{status.state.value}[/]")
+    if status.phase:
+        t.add_row("phase", f"{status.phase} {status.done}/{status.total}")
+    if status.error:
+        t.add_row("reason", escape(status.error))  # words from a peer: never markup
+    if status.state is JobState.INTERRUPTED:
+        t.add_row("next", f"bund job resume {status.spec.job_id} (or bund job cancel)")
+    t.add_row("result to", ", ".join(status.spec.receivers))
+    if status.transcript_digest:
+        t.add_row("transcript", status.transcript_digest)
+    console.print(t)
+
+
+@job_app.command("submit")
+def job_submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec TOML.")],
+    config: ConfigOpt,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+) -> None:
+    """Submit a job to this party's node; the node proposes it to the other participants."""
+    cfg = _config(config)
+    job = load_spec(spec, cfg.party)
+    try:
+        with _client(cfg) as client:
+            job_id = client.submit(job)
+            console.print(f"submitted job [bold]{job_id}[/]")
+            if wait:
+                status = wait_for(client, job_id)
+                print_status(status)
+                if status.state is not JobState.SUCCEEDED:
+                    raise typer.Exit(1)
+                if status.has_result:
+                    _print_result(client.result(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str,
+    config: ConfigOpt,
+    watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+) -> None:
+    """Show a job's status at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            print_status(wait_for(client, job_id) if watch else client.status(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_result(result: Result) -> None:
+    t = RichTable(title="result", show_header=False)
+    for k, v in result.summary.items():
+        t.add_row(escape(k), escape(str(v)))
+    for name, data in result.artifacts.items():
+        t.add_row(escape(f"artifact {name}"), f"{len(data):,} bytes")
+    console.print(t)
+
+
+@job_app.command("result")
+def job_result(
+    job_id: str,
+    config: ConfigOpt,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the artifacts into this directory.")
+    ] = None,
+) -> None:
+    """Show (and optionally save) a job's result held at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            result = client.result(job_id)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    _print_result(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in result.artifacts.items():
+            target = out / Path(name).name
+            target.write_bytes(data)
+            console.print(f"wrote {target}")
+
+
+@job_app.command("approve")
+def job_approve(
+    job_id: str,
+    config: ConfigOpt,
+    key: Annotated[
+        Path | None, typer.Option(help="The approver's Ed25519 key (default: beside node.toml).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve without asking.")] = False,
+) -> None:
+    """Show what a job will compute and reveal, then sign this node's approval of it."""
+    cfg = _config(config)
+    key_path = key or (cfg.source.parent if cfg.source else Path()) / identity.APPROVER_KEY
+    try:
+        with _client(cfg) as client:
+            request = client.approval_request(job_id)
+            console.print("\n".join(request.summary_lines()), markup=False, highlight=False)
+            if not yes:
+                typer.confirm("Approve this job?", abort=True)
+            signer = identity.load_audit_signing_key(key_path)
+            client.approve(job_id, signer.sign(request.payload()))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"[green]approved[/] job {job_id}")
+
+
+@job_app.command("deny")
+def job_deny(
+    job_id: str,
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="Why; the requester sees it.")],
+) -> None:
+    """Refuse a job at this node; the requester's job ends refused with the reason."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.deny(job_id, reason)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"denied job {job_id}")
+
+
+@job_app.command("cancel")
+def job_cancel(
+    job_id: str,
+    config: ConfigOpt,
+    reason: Annotated[str, typer.Option(help="Why; every participant's log records it.")] = "",
+) -> None:
+    """Cancel a job: stop its work at this node and at every other participant."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.cancel(job_id, reason)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"cancelled job {job_id}")
+
+
+@job_app.command("resume")
+def job_resume(
+    job_id: str,
+    config: ConfigOpt,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+) -> None:
+    """Resume an interrupted job from its checkpoints, here and at every other participant."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            client.resume(job_id)
+            console.print(f"resumed job {job_id}")
+            print_status(wait_for(client, job_id) if wait else client.status(job_id))
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+@job_app.command("list")
+def job_list(config: ConfigOpt, limit: int = 20) -> None:
+    """List the newest jobs at this party's node."""
+    cfg = _config(config)
+    try:
+        with _client(cfg) as client:
+            jobs = client.list_jobs(limit)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    t = RichTable()
+    t.add_column("job", no_wrap=True, min_width=32)  # whole, so it can be copied
+    for heading in ("protocol", "parties", "state", "updated"):
+        t.add_column(heading)
+    for s in jobs:
+        t.add_row(
+            s.spec.job_id, s.spec.protocol, ",".join(s.spec.parties), s.state.value, s.updated_at
+        )
+    console.print(t)
+
+
+budget_app = typer.Typer(help="Privacy budgets per dataset.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+
+
+@budget_app.command("show")
+def budget_show(config: ConfigOpt) -> None:
+    """Each dataset's privacy budget: total, spent, left (exact)."""
+    from bund.compute.dp.budget import format_rational
+    from bund.parties.ledger import BudgetLedger
+
+    cfg = _config(config)
+
+    class _NoAudit:
+        def append(self, event: str, job_id: str = "", fields: object = None) -> None:
+            raise RuntimeError("budget show never charges")
+
+    ledger = BudgetLedger(
+        cfg.state_dir / "budget.db",
+        {n: e.budget for n, e in cfg.policy.datasets.items()},
+        _NoAudit(),
+    )
+    try:
+        lines = ledger.lines()
+    finally:
+        ledger.close()
+    t = RichTable(title="privacy budget per dataset (exact)")
+    for heading in ("dataset", "level", "", "total", "spent", "left"):
+        t.add_column(heading, no_wrap=True)
+    for line in lines:
+        entry = cfg.policy.datasets.get(line.dataset)
+        budgets = (line.total, line.spent, line.remaining)
+        t.add_row(
+            line.dataset,
+            entry.level if entry else "?",
+            "ε",
+            *(format_rational(b.epsilon) for b in budgets),
+        )
+        t.add_row("", "", "δ", *(format_rational(b.delta) for b in budgets))
+    console.print(t)
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Verify this node's own log.")
+    ] = None,
+    log_file: Annotated[
+        Path | None, typer.Option("--log", help="An audit.db or exported .jsonl file.")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="The party's audit public key (PEM).")] = None,
+) -> None:
+    """Check a log's hash chain and signatures; name the first bad record."""
+    from bund.parties.audit import iter_jsonl, open_audit_store, verify_records, verify_store
+
+    store_name: str | None = str(log_file) if log_file is not None else None
+    if config is not None:
+        cfg = _config(config)
+        store_name = store_name or cfg.audit_store
+        key = key or cfg.audit_pub
+    if store_name is None or key is None:
+        raise _fail("give --config, or both --log and --key")
+    is_url = "://" in store_name
+    if not is_url and not Path(store_name).exists():
+        raise _fail(f"{store_name} not found")
+    shown = store_name.split("@")[-1] if is_url else store_name  # never print a password
+    try:
+        public_key = identity.load_audit_public_key(key)
+        if store_name.endswith(".jsonl"):
+            # A line that cannot even be decoded is reported as the first bad record.
+            with Path(store_name).open("rb") as fp:
+                report = verify_records(iter_jsonl(fp), public_key)
+        else:
+            with open_audit_store(store_name, read_only=True) as store:
+                report = verify_store(store, public_key)
+    except (BundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if report.ok:
+        console.print(
+            f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})"
+        )
+    else:
+        raise _fail(f"record {report.first_bad_index}: {report.reason} ({shown})")
+
+
+@audit_app.command("report")
+def audit_report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The regulator's regulator.toml.")],
+    out: Annotated[Path, typer.Option(help="The HTML report to write.")] = Path("report.html"),
+) -> None:
+    """Pull, verify and reconcile every party's audit log; write a self-contained HTML report."""
+    from bund.parties.regulator import report_command
+
+    raise typer.Exit(report_command(config, out))
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOpt, out: Annotated[Path, typer.Option(help="JSON-lines file.")]
+) -> None:
+    """Export this node's signed audit log as JSON lines (for a regulator)."""
+    from bund.parties.audit import export_jsonl, open_audit_store
+
+    cfg = _config(config)
+    with open_audit_store(cfg.audit_store, read_only=True) as store:
+        records = store.read()
+    with out.open("w", encoding="utf-8") as fp:
+        export_jsonl(records, fp)
+    console.print(f"exported {len(records)} records to {out}")
+
+
+# -- data, benchmarks, demo ------------------------------------------------------------------
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    scale: Annotated[int, typer.Option(min=1, help="Multiple of the shipped demo size.")] = 1,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 20261124,
+) -> None:
+    """Write the demo datasets (finance and health) at any scale."""
+    from bund.parties.data import write_demo_data
+
+    for path in write_demo_data(out, scale=scale, seed=seed):
+        console.print(str(path))
+
+
+@app.command()
+def bench(
+    kernel: Annotated[str, typer.Argument(help="paillier | ckks | psi | all")],
+    quick: Annotated[bool, typer.Option(help="Small sizes, to check the harness.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write a PNG per kernel family here.")] = None,
+) -> None:
+    """Benchmark the crypto kernels (from a source checkout: the benchmarks are not installed)."""
+    try:
+        from benchmarks.suite import main
+    except ModuleNotFoundError:
+        raise typer.BadParameter(
+            "the benchmarks ship with the source, not the package: run `bund bench` from a clone "
+            "of the repository (after `bash scripts/setup.sh`)"
+        ) from None
+    main(kernel, quick, json_path, plots)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path | None, typer.Option(help="Keep the demo's files here.")] = None,
+) -> None:
+    """The demo: a finance and a health scenario of node processes on loopback.
+
+    Bank, tax bureau and registry (PSI, credit model); three hospitals and an insurer (DP
+    statistics, CKKS scoring, federated DP-SGD).
+    """
+    from bund.parties.demo import run_demo
+
+    try:
+        run_demo(workdir, console)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+workflow_app = typer.Typer(help="Chains of jobs, one after the other.", no_args_is_help=True)
+app.add_typer(workflow_app, name="workflow")
+
+
+@workflow_app.command("run")
+def workflow_run(
+    name: Annotated[str, typer.Argument(help="The workflow: credit-model.")],
+    config: ConfigOpt,
+    spec: Annotated[Path, typer.Option("--spec", help="The workflow file (TOML).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write each step's result into out/<step>/.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Longest wait for one step, in seconds.")] = 86400,
+) -> None:
+    """Run a workflow's jobs at this party's node in order; stop at the first that fails."""
+    from bund.parties.client import PeerClients
+    from bund.parties.workflow import run_workflow
+
+    cfg = _config(config)
+    peers = PeerClients(cfg)  # to see each step succeed at every participant, not just here
+    try:
+        with _client(cfg) as client:
+            run_workflow(name, spec, client, console, out=out, step_timeout=timeout, peers=peers)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        peers.close()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,362 @@
+"""Typed mTLS client of a Bund node: operator calls, and the node-to-node calls of a job.
+
+Every call returns domain objects. The channel verifies that the server's certificate was issued
+by the federation CA *to the expected party* (the party name is the TLS target name), and presents
+this party's own certificate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from bund.compute.errors import BundError
+from bund.parties import wire
+from bund.parties.approvals import ApprovalRequest
+from bund.parties.audit import Checkpoint
+from bund.parties.config import NodeConfig, TlsPaths
+from bund.parties.errors import PeerUnavailableError
+from bund.parties.jobs import JobSpec, JobStatus, Result
+from bund.parties.transport import PayloadTooLargeError, envelope_digest
+from bund.v1 import audit_pb2, federation_pb2, job_pb2
+
+T = TypeVar("T", bound=Message)
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class RemoteError(BundError):
+    """A node answered a call with an error status; ``code`` and the node's message are kept."""
+
+    def __init__(self, party: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{party} answered {code.name}: {details}")
+        self.party = party
+        self.code = code
+        self.details = details
+
+    @property
+    def not_found(self) -> bool:
+        """Whether the node answered NOT_FOUND (for example a job not proposed to it yet)."""
+        return self.code is grpc.StatusCode.NOT_FOUND
+
+
+def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str, int | str]]:
+    """GRPC channel options: message limits, expected server identity, keepalive."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.ssl_target_name_override", target_name),
+        ("grpc.default_authority", target_name),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+
+
+class NodeClient:
+    """Calls to one node, made as this party over mTLS."""
+
+    def __init__(
+        self,
+        address: str,
+        party: str,
+        tls: TlsPaths,
+        max_message_bytes: int = 8 << 20,
+        timeout: float = 60.0,
+    ) -> None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca.read_bytes(),
+            private_key=tls.key.read_bytes(),
+            certificate_chain=tls.cert.read_bytes(),
+        )
+        self.address = address
+        self.party = party
+        self.timeout = timeout
+        self._channel = grpc.secure_channel(
+            address, creds, options=channel_options(max_message_bytes, party)
+        )
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        response: type[T],
+        timeout: float | None = None,
+    ) -> T:
+        rpc: Callable[..., bytes] = self._channel.unary_unary(
+            f"/bund.v1.{service}/{method}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            raw = rpc(request.SerializeToString(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise PeerUnavailableError(
+                    f"{self.party} at {self.address} is unreachable ({code.name}: {details}); "
+                    "check that its node runs and the address is right"
+                ) from None
+            raise RemoteError(self.party, code, details) from None
+        out = response()
+        out.ParseFromString(raw)
+        return out
+
+    # -- operator calls -------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Submit a job to this node (its own operator only); returns the job id."""
+        r = self._call(
+            "Jobs",
+            "SubmitJob",
+            job_pb2.SubmitJobRequest(spec=wire.spec_to_proto(spec)),
+            job_pb2.SubmitJobResponse,
+        )
+        return r.job_id
+
+    def status(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """A job's status at this node (also a participant's heartbeat)."""
+        r = self._call(
+            "Jobs",
+            "GetJobStatus",
+            job_pb2.GetJobStatusRequest(job_id=job_id),
+            job_pb2.GetJobStatusResponse,
+            timeout,
+        )
+        return wire.status_from_proto(r.status)
+
+    def result(self, job_id: str) -> Result:
+        """A job's result held at this node, its artifacts read in pages."""
+        r = self._call(
+            "Jobs",
+            "GetJobResult",
+            job_pb2.GetJobResultRequest(job_id=job_id),
+            job_pb2.GetJobResultResponse,
+        )
+        info = wire.result_from_proto(r)
+        return Result(
+            info.summary,
+            {
+                name: self._read_artifact(job_id, name, size)
+                for name, size in info.artifact_sizes.items()
+            },
+        )
+
+    def _read_artifact(self, job_id: str, name: str, size: int) -> bytes:
+        parts: list[bytes] = []
+        offset = 0
+        while offset < size:
+            page = self._call(
+                "Jobs",
+                "ReadArtifact",
+                job_pb2.ReadArtifactRequest(job_id=job_id, name=name, offset=offset),
+                job_pb2.ReadArtifactResponse,
+            )
+            if not page.data or page.total_size != size:
+                raise RemoteError(self.party, grpc.StatusCode.DATA_LOSS, f"artifact {name} changed")
+            parts.append(page.data)
+            offset += len(page.data)
+        return b"".join(parts)
+
+    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
+        """The newest jobs at this node."""
+        r = self._call(
+            "Jobs", "ListJobs", job_pb2.ListJobsRequest(limit=limit), job_pb2.ListJobsResponse
+        )
+        return [wire.status_from_proto(s) for s in r.jobs]
+
+    def node_info(self) -> wire.NodeInfo:
+        """Who this node says it is."""
+        r = self._call(
+            "Federation",
+            "GetNodeInfo",
+            federation_pb2.GetNodeInfoRequest(),
+            federation_pb2.GetNodeInfoResponse,
+        )
+        return wire.node_info_from_proto(r)
+
+    def read_audit(self, start: int = 0, limit: int = 0) -> wire.AuditPage:
+        """A page of this node's signed audit log (operator or regulator only)."""
+        r = self._call(
+            "Audit",
+            "ReadAuditLog",
+            audit_pb2.ReadAuditLogRequest(start=start, limit=limit),
+            audit_pb2.ReadAuditLogResponse,
+        )
+        return wire.audit_page_from_proto(r)
+
+    def approval_request(self, job_id: str) -> ApprovalRequest:
+        """What this node's approver is asked to sign for a job (its own operator only)."""
+        r = self._call(
+            "Jobs",
+            "GetApprovalRequest",
+            job_pb2.GetApprovalRequestRequest(job_id=job_id),
+            job_pb2.ApprovalRequest,
+        )
+        return wire.approval_request_from_proto(r, self.party)
+
+    def approve(self, job_id: str, signature: bytes) -> None:
+        """Hand the approver's signature to this node."""
+        self._call(
+            "Jobs",
+            "ApproveJob",
+            job_pb2.ApproveJobRequest(job_id=job_id, signature=signature),
+            job_pb2.ApproveJobResponse,
+        )
+
+    def deny(self, job_id: str, reason: str) -> None:
+        """Refuse a job at this node."""
+        self._call(
+            "Jobs",
+            "DenyJob",
+            job_pb2.DenyJobRequest(job_id=job_id, reason=reason),
+            job_pb2.DenyJobResponse,
+        )
+
+    def checkpoint(self) -> Checkpoint:
+        """A freshly signed checkpoint of this node's audit log (operator or regulator only)."""
+        r = self._call(
+            "Audit", "GetCheckpoint", audit_pb2.GetCheckpointRequest(), audit_pb2.Checkpoint
+        )
+        return wire.checkpoint_from_proto(r)
+
+    # -- node-to-node calls ---------------------------------------------------------------
+
+    def propose(self, spec: JobSpec) -> tuple[bool, str]:
+        """Ask this node to accept a job; an error status counts as a refusal with its message."""
+        try:
+            r = self._call(
+                "Jobs",
+                "ProposeJob",
+                job_pb2.ProposeJobRequest(spec=wire.spec_to_proto(spec)),
+                job_pb2.ProposeJobResponse,
+            )
+        except RemoteError as exc:
+            return False, exc.details
+        return r.accepted, r.reason
+
+    def start(self, job_id: str) -> None:
+        """Tell this node to run its role."""
+        self._call(
+            "Jobs", "StartJob", job_pb2.StartJobRequest(job_id=job_id), job_pb2.StartJobResponse
+        )
+
+    def abort(self, job_id: str, reason: str) -> None:
+        """Tell this node the job is off."""
+        self._call(
+            "Jobs",
+            "AbortJob",
+            job_pb2.AbortJobRequest(job_id=job_id, reason=reason),
+            job_pb2.AbortJobResponse,
+        )
+
+    def resume(self, job_id: str) -> None:
+        """Resume an interrupted job (as the operator: here and at every participant)."""
+        self._call(
+            "Jobs",
+            "ResumeJob",
+            job_pb2.ResumeJobRequest(job_id=job_id),
+            job_pb2.ResumeJobResponse,
+        )
+
+    def cancel(self, job_id: str, reason: str = "") -> None:
+        """As this node's operator: cancel a job here and at every participant."""
+        self.abort(job_id, reason)
+
+    def deliver(self, job_id: str, tag: str, payload: bytes, timeout: float | None = None) -> bool:
+        """Put a message into this node's mailbox; True when it was new there."""
+        request = job_pb2.DeliverRequest(
+            job_id=job_id, tag=tag, payload=payload, sha256=envelope_digest(job_id, tag, payload)
+        )
+        r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse, timeout)
+        return not r.duplicate
+
+
+@dataclass
+class PeerClients:
+    """This node's clients to its peers: the ``PeerControl`` and ``Transport`` of the job manager.
+
+    Delivery retries only on UNAVAILABLE, for up to ``peer_silence_s`` (after which the job is
+    interrupted anyway): the receiver's mailbox is idempotent on the payload's digest, so a
+    retried message is a no-op there.
+    """
+
+    config: NodeConfig
+    backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._clients: dict[tuple[str, str], NodeClient] = {}
+
+    def client(self, party: str) -> NodeClient:
+        """A (cached) client to ``party``'s node at its current address."""
+        address = self.config.peer_address(party)
+        key = (party, address)
+        if key not in self._clients:
+            self._clients[key] = NodeClient(
+                address, party, self.config.tls, self.config.max_message_bytes
+            )
+        return self._clients[key]
+
+    def propose(self, to: str, spec: JobSpec) -> tuple[bool, str]:
+        """See ``NodeClient.propose``."""
+        return self.client(to).propose(spec)
+
+    def start(self, to: str, job_id: str) -> None:
+        """See ``NodeClient.start``."""
+        self.client(to).start(job_id)
+
+    def abort(self, to: str, job_id: str, reason: str) -> None:
+        """See ``NodeClient.abort``."""
+        self.client(to).abort(job_id, reason)
+
+    def status(self, to: str, job_id: str, timeout: float | None = None) -> JobStatus:
+        """See ``NodeClient.status``."""
+        return self.client(to).status(job_id, timeout)
+
+    def resume(self, to: str, job_id: str) -> None:
+        """See ``NodeClient.resume``."""
+        self.client(to).resume(job_id)
+
+    def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
+        """Deliver a job message to ``to``, retrying while it is unreachable."""
+        limit = self.config.max_message_bytes - 4096
+        if len(payload) > limit:
+            raise PayloadTooLargeError(
+                f"a {len(payload)}-byte message exceeds the {limit}-byte limit; "
+                "the protocol must chunk it"
+            )
+        deadline = time.monotonic() + self.config.peer_silence_s
+        delay = self.backoff_s
+        while True:
+            try:
+                # A frozen peer accepts the connection and never answers: bound each attempt.
+                self.client(to).deliver(job_id, tag, payload, self.config.peer_silence_s)
+                return
+            except PeerUnavailableError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, self.max_backoff_s)
+
+    def close(self) -> None:
+        """Close every channel."""
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()

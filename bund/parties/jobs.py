@@ -1,0 +1,656 @@
+"""Job specs, the JobContext a protocol role sees, results, and protocol definitions.
+
+A protocol role is a function ``run(ctx: JobContext) -> Result | None``. It reaches the other
+parties only through ``ctx.send`` / ``ctx.recv``, so the same code runs over the in-memory
+transport (unit tests) and the gRPC transport (separate node processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bund.compute.dp.budget import Budget
+from bund.compute.errors import BundError
+from bund.compute.executor import Executor, InlineExecutor
+from bund.parties.transport import (
+    InMemoryNetwork,
+    JobAbortedError,
+    Mailbox,
+    Transport,
+    check_tag,
+    digest,
+)
+
+if TYPE_CHECKING:
+    from bund.parties.data import Table
+
+#: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+JsonScalar = str | int | float | bool | None
+
+
+class InvalidJobSpecError(BundError):
+    """A job spec is malformed: the message names the field to fix."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid party/role/dataset/column name, else raise."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidJobSpecError(
+            f"{kind} {value!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One party's place in a job: its role, the dataset it brings, and its column bindings.
+
+    ``columns`` maps the protocol's logical column names (for PSI: ``id``) to the dataset's own.
+    """
+
+    party: str
+    role: str
+    dataset: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name("party", self.party)
+        check_name("role", self.role)
+        if self.dataset is not None:
+            check_name("dataset", self.dataset)
+        for logical, column in self.columns.items():
+            check_name("logical column", logical)
+            if not isinstance(column, str) or not column or len(column) > 128:
+                raise InvalidJobSpecError(f"column binding {logical!r} must name a column")
+        object.__setattr__(self, "columns", dict(sorted(self.columns.items())))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job computes, between whom, on which data, for whom, and why.
+
+    ``job_id`` is empty until the requester's node assigns one. ``digest()`` covers every field, so
+    an approval or an audit record made over it is bound to the exact job.
+    """
+
+    protocol: str
+    participants: tuple[Participant, ...]
+    receivers: tuple[str, ...]
+    purpose: str
+    requester: str
+    params: Mapping[str, JsonScalar] = field(default_factory=dict)
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_name("protocol", self.protocol)
+        check_name("requester", self.requester)
+        if not self.participants:
+            raise InvalidJobSpecError("a job needs at least one participant")
+        names = [p.party for p in self.participants]
+        if len(set(names)) != len(names):
+            raise InvalidJobSpecError(f"a party appears twice among the participants: {names}")
+        if self.requester not in names:
+            raise InvalidJobSpecError(
+                f"the requester {self.requester!r} must be one of the participants {names}"
+            )
+        if not self.receivers:
+            raise InvalidJobSpecError("name at least one result receiver")
+        for receiver in self.receivers:
+            if receiver not in names:
+                raise InvalidJobSpecError(f"receiver {receiver!r} is not a participant ({names})")
+        if not self.purpose.strip() or len(self.purpose) > 1000:
+            raise InvalidJobSpecError("state the job's purpose in 1-1000 characters")
+        for key, value in self.params.items():
+            check_name("parameter", key)
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                raise InvalidJobSpecError(f"parameter {key!r} must be a string, number or bool")
+        if self.job_id and not re.fullmatch(r"[0-9a-f]{32}", self.job_id):
+            raise InvalidJobSpecError("job_id must be 32 lower-case hex digits")
+        object.__setattr__(self, "params", dict(sorted(self.params.items())))
+        object.__setattr__(self, "receivers", tuple(self.receivers))
+        object.__setattr__(self, "participants", tuple(self.participants))
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """The participating parties' names, in spec order."""
+        return tuple(p.party for p in self.participants)
+
+    def participant(self, party: str) -> Participant:
+        """The participant entry of ``party``; ``KeyError`` if it takes no part."""
+        for p in self.participants:
+            if p.party == party:
+                return p
+        raise KeyError(party)
+
+    def canonical_json(self) -> bytes:
+        """A canonical JSON encoding of the whole spec (sorted keys, no spaces)."""
+        doc: dict[str, Any] = {
+            "protocol": self.protocol,
+            "participants": [
+                {"party": p.party, "role": p.role, "dataset": p.dataset, "columns": dict(p.columns)}
+                for p in self.participants
+            ],
+            "receivers": list(self.receivers),
+            "purpose": self.purpose,
+            "requester": self.requester,
+            "params": dict(self.params),
+            "job_id": self.job_id,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def digest(self) -> str:
+        """Hex SHA-256 of the canonical encoding: what approvals and audit records refer to."""
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a job delivers to a receiver: a small JSON summary and named binary artifacts.
+
+    ``summary`` holds figures a person reads (for PSI: the intersection size); ``artifacts`` holds
+    files (for PSI in intersection mode: ``intersection.csv``).
+    """
+
+    summary: Mapping[str, JsonScalar]
+    artifacts: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class JobContext(Protocol):
+    """Everything a protocol role may touch: its job, its peers' mailboxes, its own data."""
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job being run."""
+        ...
+
+    @property
+    def party(self) -> str:
+        """This party's name."""
+        ...
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        """Deliver ``payload`` to party ``to`` under ``tag`` (unique per job and channel)."""
+        ...
+
+    def recv(self, frm: str, tag: str) -> bytes:
+        """Wait for the payload that ``frm`` sent under ``tag`` and return it."""
+        ...
+
+    def table(self) -> Table:
+        """This party's own dataset as bound in the spec (never another party's)."""
+        ...
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Report progress of a long phase (shown by ``bund job status``).
+
+        Raises ``JobAbortedError`` once the job was cancelled or aborted, so a long computation
+        that reports progress stops there.
+        """
+        ...
+
+    def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """Append a protocol-level record (never raw data) to this party's audit log."""
+        ...
+
+    def limit(self, name: str) -> int:
+        """A numeric limit from this node's policy (for example ``psi_max_set_size``)."""
+        ...
+
+    def checkpoint(self, name: str, state: bytes) -> None:
+        """Durably save this role's ``state`` under ``name`` so a restarted node can resume.
+
+        Call it *before* sending what the state determines (write-ahead): a resumed role that
+        restores the state re-sends byte-identical messages, which peers' mailboxes treat as
+        no-ops, whereas fresh randomness would be refused as equivocation. The node encrypts
+        checkpoints at rest; a later call under the same name replaces the earlier state.
+        """
+        ...
+
+    def restore(self, name: str) -> bytes | None:
+        """The state an earlier run of this job saved under ``name`` at this node, or ``None``."""
+        ...
+
+    def prior_result(self, job_id: str, protocol: str) -> Result:
+        """This party's own result of an earlier ``protocol`` job that succeeded here.
+
+        How a model trained in one job is applied in another (each party keeps its own part of
+        a vertical model as its own result). Raises ``PriorResultError`` when this node holds no
+        such result.
+        """
+        ...
+
+    @property
+    def executor(self) -> Executor:
+        """Where this node runs heavy kernel batches (``[compute] executor`` in ``node.toml``)."""
+        ...
+
+    def charge(self, part: str, cost: Budget) -> None:
+        """Charge ``cost`` to this party's dataset before running ``part`` of the job (a round).
+
+        For jobs that pay as they go rather than all up front. Once per (job, part): a resumed
+        job is never charged twice. Raises ``BudgetExhaustedError`` (nothing charged, with what
+        is left in the message) when the cost does not fit, and the audit log records each charge.
+        """
+        ...
+
+
+class BudgetCharge(Protocol):
+    """Charges this party's dataset for one part of a job (``bund.parties.ledger`` in a node)."""
+
+    def __call__(self, part: str, cost: Budget) -> None:
+        """Charge ``cost`` once per ``part``; raise ``BudgetExhaustedError`` if it does not fit."""
+        ...
+
+
+def free_of_charge(part: str, cost: Budget) -> None:
+    """The charger of an in-memory run with no ledger: accepts every charge."""
+
+
+class PriorResultError(BundError):
+    """A job refers to an earlier job whose result this party does not hold."""
+
+
+#: Loads this party's result of an earlier job: (job_id, protocol) -> Result.
+PriorResults = Callable[[str, str], "Result"]
+
+
+def no_prior_results(job_id: str, protocol: str) -> Result:
+    """The loader of a context that holds no earlier results."""
+    raise PriorResultError(f"this party holds no result of a {protocol} job {job_id}")
+
+
+class CheckpointStore(Protocol):
+    """Where a node keeps its roles' checkpoints (``bund.parties.checkpoints`` for a real node)."""
+
+    def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
+        """Durably store ``state``, replacing any earlier one under the same key."""
+        ...
+
+    def load(self, job_id: str, party: str, name: str) -> bytes | None:
+        """The stored state, or ``None``."""
+        ...
+
+
+class MemoryCheckpoints:
+    """Checkpoints in a dict: for in-memory runs, and for tests that simulate a restart."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
+        """Store a copy of ``state``."""
+        with self._lock:
+            self._states[(job_id, party, name)] = bytes(state)
+
+    def load(self, job_id: str, party: str, name: str) -> bytes | None:
+        """The stored state, or ``None``."""
+        with self._lock:
+            return self._states.get((job_id, party, name))
+
+
+RoleFn = Callable[[JobContext], "Result | None"]
+
+
+def no_privacy_cost(spec: JobSpec, party: str) -> Budget:
+    """The cost of a protocol that releases no differentially private output: nothing."""
+    return Budget()
+
+
+def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
+    """A protocol that needs every participant: any silent peer interrupts the job."""
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class ProtocolDef:
+    """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
+
+    Attributes:
+        validate: raises ``InvalidJobSpecError`` for a spec the protocol cannot run (wrong number
+            of parties, unknown role, missing column binding, bad parameter).
+        outputs: the kinds of output the job releases (``policy.OUTPUTS``), checked against each
+            dataset's classification.
+        learns: party -> what that party learns, in words (shown to approvers, put in receipts).
+        cost: the privacy budget the job charges to ``party``'s dataset (zero for non-DP jobs).
+        dropouts: the peers whose silence ``party``'s role handles itself (a federated round
+            carries on without them), so the node does not interrupt the job for them and does
+            not wait for their closing message.
+        resumable: whether every role checkpoints what it sends (write-ahead), so that a job
+            interrupted by a fault can resume; a fault fails any other protocol's job.
+    """
+
+    name: str
+    version: str
+    roles: Mapping[str, RoleFn]
+    validate: Callable[[JobSpec], None]
+    outputs: Callable[[JobSpec], frozenset[str]]
+    learns: Callable[[JobSpec], Mapping[str, str]]
+    cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
+    description: str = ""
+    dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
+    resumable: bool = False
+
+
+class AuditSink(Protocol):
+    """The part of a node's audit log that jobs, the ledger and the RPC layer append to."""
+
+    def append(
+        self, event: str, job_id: str = "", fields: Mapping[str, JsonScalar] | None = None
+    ) -> object:
+        """Append one signed record."""
+        ...
+
+
+class MessageSink(Protocol):
+    """Where a role context reports each message and domain record (the audit log, in a node)."""
+
+    def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        """One message sent or received (``direction``), by digest, never its content."""
+        ...
+
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        """A message sent or received again by a resumed role: the transcript has it already."""
+        ...
+
+    def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """One protocol-level record."""
+        ...
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        """Progress of a long phase."""
+        ...
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One message of a job as one party saw it: digest and size, never content."""
+
+    direction: str
+    peer: str
+    tag: str
+    sha256: str
+    size: int
+
+
+def transcript_digest(job_id: str, party: str, entries: list[TranscriptEntry]) -> str:
+    """Hex SHA-256 over a party's ordered message records of one job.
+
+    Both ends of a channel record the same (tag, sha256, size), so the regulator can reconcile the
+    per-message records of sender and receiver; this digest binds one party's whole view.
+    """
+    h = hashlib.sha256(b"bund/transcript/v1\x00" + job_id.encode() + b"\x00" + party.encode())
+    for e in entries:
+        line = f"{e.direction}\x00{e.peer}\x00{e.tag}\x00{e.sha256}\x00{e.size}\n"
+        h.update(line.encode())
+    return h.hexdigest()
+
+
+class RoleContext:
+    """The ``JobContext`` of one party in one job, over any transport and mailbox."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        party: str,
+        transport: Transport,
+        mailbox: Mailbox,
+        table: Callable[[], Table],
+        limits: Mapping[str, int],
+        sink: MessageSink,
+        recv_timeout: float,
+        checkpoints: CheckpointStore | None = None,
+        prior_results: PriorResults = no_prior_results,
+        charge: BudgetCharge = free_of_charge,
+        executor: Executor | None = None,
+        transcript: Sequence[TranscriptEntry] = (),
+        alive: Callable[[str], bool] | None = None,
+    ) -> None:
+        if party not in spec.parties:
+            raise ValueError(f"{party} takes no part in job {spec.job_id}")
+        self._spec = spec
+        self._party = party
+        self._transport = transport
+        self._mailbox = mailbox
+        self._table = table
+        self._limits = dict(limits)
+        self._sink = sink
+        self._recv_timeout = recv_timeout
+        self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
+        self._prior_results = prior_results
+        self._charge = charge
+        self._executor = executor if executor is not None else InlineExecutor()
+        self._lock = threading.Lock()
+        #: This party's view of the job's messages; a resumed role starts from the saved one.
+        self.transcript: list[TranscriptEntry] = list(transcript)
+        self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
+        self._alive = alive
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job being run."""
+        return self._spec
+
+    @property
+    def party(self) -> str:
+        """This party's name."""
+        return self._party
+
+    def _log(self, direction: str, peer: str, tag: str, sha: bytes, size: int) -> None:
+        entry = TranscriptEntry(direction, peer, tag, sha.hex(), size)
+        key = (direction, peer, tag, entry.sha256)
+        with self._lock:  # one lock for both, so the audit log and the transcript agree in order
+            if key in self._logged:  # a resumed role re-sending or re-taking the same message
+                self._sink.replayed(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+                return
+            self._logged.add(key)
+            self.transcript.append(entry)
+            self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        """Deliver ``payload`` to ``to`` and record its digest."""
+        check_tag(tag)
+        if to not in self._spec.parties or to == self._party:
+            raise ValueError(f"cannot send to {to!r}: not another participant of this job")
+        self._mailbox.check(self._spec.job_id)
+        self._transport.deliver(self._spec.job_id, to, tag, payload)
+        self._log("sent", to, tag, digest(payload), len(payload))
+
+    def recv(self, frm: str, tag: str) -> bytes:
+        """Wait for ``frm``'s message under ``tag`` and record its digest."""
+        check_tag(tag)
+        if frm not in self._spec.parties or frm == self._party:
+            raise ValueError(f"cannot receive from {frm!r}: not another participant of this job")
+        alive = None if self._alive is None else functools.partial(self._alive, frm)
+        envelope = self._mailbox.take(self._spec.job_id, frm, tag, self._recv_timeout, alive)
+        self._log("received", frm, tag, envelope.sha256, len(envelope.payload))
+        return envelope.payload
+
+    def table(self) -> Table:
+        """This party's own dataset, loaded on first use."""
+        return self._table()
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Forward progress to the node; raise ``JobAbortedError`` once the job was called off."""
+        self._mailbox.check(self._spec.job_id)
+        self._sink.progress(self._spec.job_id, phase, done, total)
+
+    def record(self, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        """Append a protocol-level record to this party's audit log."""
+        self._sink.record(self._spec.job_id, event, fields)
+
+    def limit(self, name: str) -> int:
+        """A numeric limit from this node's policy."""
+        try:
+            return self._limits[name]
+        except KeyError:
+            raise KeyError(f"this node's policy sets no limit {name!r}") from None
+
+    def checkpoint(self, name: str, state: bytes) -> None:
+        """Save this role's state under ``name`` in the node's checkpoint store."""
+        check_name("checkpoint", name)
+        self._checkpoints.save(self._spec.job_id, self._party, name, state)
+
+    def restore(self, name: str) -> bytes | None:
+        """The state saved under ``name`` by an earlier run of this job here, or ``None``."""
+        check_name("checkpoint", name)
+        return self._checkpoints.load(self._spec.job_id, self._party, name)
+
+    def prior_result(self, job_id: str, protocol: str) -> Result:
+        """This party's own result of an earlier ``protocol`` job, from the node's job store."""
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id) or job_id == self._spec.job_id:
+            raise PriorResultError(f"{job_id!r} is not the id of an earlier job")
+        return self._prior_results(job_id, check_name("protocol", protocol))
+
+    @property
+    def executor(self) -> Executor:
+        """The node's kernel executor (inline unless the node configures another)."""
+        return self._executor
+
+    def charge(self, part: str, cost: Budget) -> None:
+        """Charge this party's dataset for ``part`` of the job through the node's ledger."""
+        self._charge(check_name("budget part", part), cost)
+
+    def transcript_digest(self) -> str:
+        """Digest of every message this party sent or received in this job so far."""
+        with self._lock:
+            return transcript_digest(self._spec.job_id, self._party, list(self.transcript))
+
+
+class _NullSink:
+    def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        pass
+
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        pass
+
+    def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
+        pass
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        pass
+
+
+def new_job_id() -> str:
+    """A fresh random job id (128 bits from the OS CSPRNG)."""
+    return secrets.token_hex(16)
+
+
+def run_in_memory(
+    spec: JobSpec,
+    definition: ProtocolDef,
+    tables: Mapping[str, Table],
+    limits: Mapping[str, int] | None = None,
+    network: InMemoryNetwork | None = None,
+    recv_timeout: float = 120.0,
+    checkpoints: Mapping[str, CheckpointStore] | None = None,
+    prior_results: Mapping[str, PriorResults] | None = None,
+    chargers: Mapping[str, BudgetCharge] | None = None,
+    executor: Executor | None = None,
+) -> dict[str, Result | None]:
+    """Run every role of ``spec`` in threads of this process over an ``InMemoryNetwork``.
+
+    For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
+    The first role to fail aborts the job for all and its error is re-raised. Passing the same
+    ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart;
+    ``prior_results`` (party -> loader) stands in for each node's store of earlier results and
+    ``chargers`` (party -> charger) for each node's ledger; every role shares ``executor``.
+    """
+    if not spec.job_id:
+        spec = dataclasses.replace(spec, job_id=new_job_id())
+    definition.validate(spec)
+    net = network or InMemoryNetwork(list(spec.parties))
+    results: dict[str, Result | None] = {}
+    errors: list[BaseException] = []
+
+    def run_one(p: Participant) -> None:
+        ctx = RoleContext(
+            spec,
+            p.party,
+            net.transport_for(p.party),
+            net.mailboxes[p.party],
+            lambda: tables[p.party],
+            limits or {},
+            _NullSink(),
+            recv_timeout,
+            checkpoints.get(p.party) if checkpoints else None,
+            (prior_results or {}).get(p.party, no_prior_results),
+            (chargers or {}).get(p.party, free_of_charge),
+            executor,
+        )
+        try:
+            results[p.party] = definition.roles[p.role](ctx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            net.abort(spec.job_id, f"{p.party} failed: {exc}")
+
+    threads = [threading.Thread(target=run_one, args=(p,), daemon=True) for p in spec.participants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        primary = [e for e in errors if not isinstance(e, JobAbortedError)]
+        raise (primary or errors)[0]
+    return results
+
+
+class JobState(enum.Enum):
+    """Where a job stands at one node."""
+
+    PROPOSED = "proposed"
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REFUSED = "refused"
+    ABORTED = "aborted"
+    AWAITING_APPROVAL = "awaiting_approval"
+    #: Stopped by a fault (a silent peer, a missed deadline, a node restart); resumable.
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        """Whether the job can change no more by itself (an interrupted one waits to be resumed)."""
+        return self in (
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.REFUSED,
+            JobState.ABORTED,
+            JobState.INTERRUPTED,
+        )
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One node's view of a job."""
+
+    spec: JobSpec
+    state: JobState
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+    error: str = ""
+    has_result: bool = False
+    transcript_digest: str = ""
+    updated_at: str = ""

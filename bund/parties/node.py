@@ -1,0 +1,240 @@
+"""The party node: a gRPC server with mTLS only, health, reflection, limits and the Bund services.
+
+``create_node(config)`` builds everything and returns a ``Node`` holding the bound port, so tests
+bind ``127.0.0.1:0``. There is no insecure port: every caller presents a certificate from the
+federation CA, and its party identity is read from that certificate alone. gRPC's TLS stack
+negotiates TLS 1.2 or 1.3 only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bund.compute.executor import create_executor
+from bund.parties import servicers, wire
+from bund.parties.audit import AuditLog, AuditStore, open_audit_store
+from bund.parties.checkpoints import ResumeStore, load_or_create_key
+from bund.parties.client import PeerClients
+from bund.parties.config import NodeConfig
+from bund.parties.data import Table, open_source
+from bund.parties.identity import (
+    identity_from_pem,
+    load_audit_public_key,
+    load_audit_signing_key,
+    load_certificate,
+    raw_public_key,
+)
+from bund.parties.jobs import ProtocolDef
+from bund.parties.ledger import BudgetLedger
+from bund.parties.manager import JobManager, JobStore
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.transport import Mailbox
+from bund.v1 import audit_pb2, federation_pb2, job_pb2
+
+log = logging.getLogger("bund.node")
+
+SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
+
+
+def version() -> str:
+    """The installed Bund version."""
+    try:
+        return metadata.version("bund")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _utc_clock() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Node:
+    """A running node: its server, bound port, and the parts tests and the CLI reach into."""
+
+    config: NodeConfig
+    server: grpc.Server
+    port: int
+    manager: JobManager
+    audit: AuditLog
+    audit_store: AuditStore
+    health: health.HealthServicer
+    peers: PeerClients
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
+        for service in ("", *SERVICES):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.manager.shutdown()
+        self.audit.append("node_stopped", "", {"port": self.port})
+        self.peers.close()
+        self.manager.store.close()
+        self.manager.ledger.close()
+        self.manager.resume.close()
+        self.audit_store.close()
+
+
+def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
+    """One loader per catalog dataset; each reads its source once, on first use by a job."""
+    cache: dict[str, Table] = {}
+    lock = threading.Lock()
+
+    def loader(name: str) -> Table:
+        with lock:
+            if name not in cache:
+                cache[name] = open_source(config.datasets[name], name)
+            return cache[name]
+
+    return {name: functools.partial(loader, name) for name in config.datasets}
+
+
+def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> Node:
+    """Build and start a node from its configuration; returns once it serves."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    cert_pem = config.tls.cert.read_bytes()
+    me = identity_from_pem(cert_pem)
+    if me.name != config.party:
+        raise ValueError(
+            f"node.toml says party {config.party!r} but {config.tls.cert} was issued to {me.name!r}"
+        )
+    load_certificate(config.tls.ca)
+    signing_key = load_audit_signing_key(config.audit_key)
+    audit_store = open_audit_store(config.audit_store)
+    audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
+    store = JobStore(config.state_dir / "jobs.db")
+    resume_key = load_or_create_key(config.state_dir / "resume.key")
+    resume = ResumeStore(config.state_dir / "resume.db", resume_key)
+    mailbox = Mailbox(config.max_message_bytes, journal=resume)
+    peers = PeerClients(config)
+    ledger = BudgetLedger(
+        config.state_dir / "budget.db",
+        {name: entry.budget for name, entry in config.policy.datasets.items()},
+        audit,
+    )
+    approver_key = (
+        load_audit_public_key(config.policy.approver_key)
+        if config.policy.approver_key is not None
+        else None
+    )
+    manager = JobManager(
+        party=config.party,
+        protocols=protocols,
+        policy=config.policy,
+        tables=_table_loaders(config),
+        audit=audit,
+        store=store,
+        mailbox=mailbox,
+        peers=peers,
+        ledger=ledger,
+        approver_key=approver_key,
+        code_version=version(),
+        recv_timeout=config.recv_timeout_s,
+        approval_timeout=config.approval_timeout_s,
+        max_workers=config.max_workers,
+        executor=create_executor(config.executor),
+        resume=resume,
+        heartbeat_interval=config.heartbeat_interval_s,
+        peer_silence=config.peer_silence_s,
+        job_deadline=config.job_deadline_s,
+    )
+    info = wire.NodeInfo(
+        party=config.party,
+        role=me.role,
+        version=version(),
+        audit_public_key=raw_public_key(signing_key.public_key()),
+        protocols={name: d.version for name, d in protocols.items()},
+    )
+
+    def read_audit(start: int, limit: int) -> wire.AuditPage:
+        return wire.AuditPage(
+            records=tuple(audit_store.read(start, start + limit)),
+            size=len(audit_store),
+            audit_public_key=info.audit_public_key,
+        )
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bund-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=256,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            servicers.make_generic_handler("bund.v1.Jobs", servicers.job_methods(manager), audit),
+            servicers.make_generic_handler(
+                "bund.v1.Federation", servicers.federation_methods(info), audit
+            ),
+            servicers.make_generic_handler(
+                "bund.v1.Audit",
+                servicers.audit_methods(config.party, read_audit, audit.checkpoint),
+                audit,
+            ),
+        )
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            job_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
+            federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(config.tls.key.read_bytes(), cert_pem)],
+        root_certificates=config.tls.ca.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(config.listen, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {config.listen}")
+    server.start()
+    for service in ("", *SERVICES):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    audit.append(
+        "node_started", "", {"listen": config.listen, "port": port, "version": info.version}
+    )
+    tmp = config.port_file.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(config.port_file)
+    log.info("%s serving on port %d (mTLS)", config.party, port)
+    manager.recover()
+    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers)
+
+
+def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
+    node = create_node(config, protocols)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    node.stop()
+    Path(config.port_file).unlink(missing_ok=True)

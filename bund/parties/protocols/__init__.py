@@ -1,0 +1,40 @@
+"""Joint computations: one module per protocol, one function per role, and their registry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bund.parties.jobs import InvalidJobSpecError, ProtocolDef
+from bund.parties.protocols import (
+    ckks_scoring,
+    dp_stats,
+    fed_dp_sgd,
+    psi,
+    vertical_lr,
+    vertical_score,
+    woe_iv,
+)
+
+#: Every protocol a node can run, by name.
+PROTOCOLS: Mapping[str, ProtocolDef] = {
+    d.name: d
+    for d in (
+        psi.DEFINITION,
+        dp_stats.DEFINITION,
+        ckks_scoring.DEFINITION,
+        fed_dp_sgd.DEFINITION,
+        woe_iv.DEFINITION,
+        vertical_lr.DEFINITION,
+        vertical_score.DEFINITION,
+    )
+}
+
+
+def get_protocol(name: str) -> ProtocolDef:
+    """The protocol called ``name``; ``InvalidJobSpecError`` naming the known ones otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise InvalidJobSpecError(
+            f"unknown protocol {name!r}: this node knows {sorted(PROTOCOLS)}"
+        ) from None

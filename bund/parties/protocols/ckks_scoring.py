@@ -1,0 +1,562 @@
+"""Encrypted risk scoring with CKKS: an insurer's model on a hospital's encrypted patients.
+
+Roles: the ``feature_holder`` (the hospital: its patients' dataset, binding ``id`` to the patient
+id column and, optionally, each feature to its own column) and the ``model_holder`` (the insurer:
+its model as a dataset with the columns ``layer, unit, input, weight``,
+``bund.compute.learn.risk_model``). Parameters: ``features`` (comma-separated, the model's inputs in
+order), ``model`` (``logistic`` or ``mlp``), ``degree`` (8192 or 16384; default 8192) and
+``tolerance`` (largest accepted score error; default 1e-3 logistic, 2e-2 MLP). The receivers are
+the hospital, the insurer, or both. ``docs/protocols/ckks-scoring.md`` has the layouts, what each
+role learns and the threat model.
+
+Messages (every TenSEAL object is parsed and computed on inside ``bund.compute.ckks_sandbox``):
+
+1. ``cks/ctx`` (hospital → insurer, ``BCKC``): patients, coarse feature ranges, and the public
+   context (no secret key, no Galois keys; relinearisation keys for an MLP only).
+2. ``cks/x/<b>/<j>`` (hospital → insurer, ``BCKV``): feature ``j`` of batch ``b`` (``N/2``
+   patients a batch), one fresh ciphertext.
+3. ``cks/z/<b>`` (insurer → hospital, ``BCKZ``): the batch's encrypted logits and the bound on
+   their evaluation error.
+4. ``cks/scores`` (hospital → insurer, ``BCKS``, only when the insurer receives): patient ids and
+   the flooded, rounded logits.
+
+The hospital decrypts inside its sandbox, which adds Gaussian noise of ``σ = B·√(2M)·2^(s/2)``
+(``bund.compute.ckks.flooding_sigma``) and rounds to ``2^-12`` before any value leaves it; its own
+``scores.csv`` holds the same released values, so both receivers see identical scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bund.compute import ckks
+from bund.compute.ckks_sandbox import CkksSandbox
+from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.compute.learn.risk_model import (
+    MAX_FEATURES,
+    RiskModel,
+    model_from_columns,
+    model_to_columns,
+    sigmoid,
+    train_logistic,
+    train_square_mlp,
+)
+from bund.parties.data import DatasetError, Table
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobContext,
+    JobSpec,
+    Participant,
+    ProtocolDef,
+    Result,
+    check_name,
+)
+
+FEATURE_HOLDER = "feature_holder"
+MODEL_HOLDER = "model_holder"
+ID_COLUMN = "id"
+KINDS = ("logistic", "mlp")
+DEFAULT_TOLERANCE = {"logistic": 1e-3, "mlp": 2e-2}
+#: Most patients one job scores (the flooding noise grows with √M; split larger cohorts).
+MAX_PATIENTS = 1 << 16
+#: Largest feature magnitude the hospital may announce (keeps the error bounds meaningful).
+MAX_FEATURE_MAGNITUDE = 2.0**20
+#: Largest evaluation error bound accepted from the insurer (beyond it no score is useful).
+MAX_ERROR_BOUND = 2.0**-8
+#: Longest patient id in ``cks/scores``.
+MAX_ID_BYTES = 128
+
+_CTX = struct.Struct(">4sBIIH")
+_VEC = struct.Struct(">4sBIHI")
+_RES = struct.Struct(">4sBIId")
+_SCO = struct.Struct(">4sBBddI")
+_VERSION = 1
+
+_TAG_CTX = "cks/ctx"
+_TAG_X = "cks/x"
+_TAG_Z = "cks/z"
+_TAG_SCORES = "cks/scores"
+
+
+class ScoreToleranceError(BundError):
+    """The flooding this job needs would make scores coarser than the spec's ``tolerance``."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What both sides derive from the spec: roles, features, model kind, ring degree."""
+
+    hospital: str
+    insurer: str
+    features: tuple[str, ...]
+    kind: str
+    degree: int
+    tolerance: float
+
+    @property
+    def params(self) -> ckks.CkksParameters:
+        """The CKKS parameters of the job."""
+        return ckks.CkksParameters.for_scoring(self.degree)
+
+    def batches(self, patients: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` rows of each batch: ``N/2`` patients per ciphertext."""
+        step = self.params.slots
+        return [(a, min(patients, a + step)) for a in range(0, patients, step)]
+
+
+def plan(spec: JobSpec) -> Plan:
+    """Validate ``spec`` as a ``ckks_scoring`` job and derive its plan.
+
+    Raises:
+        InvalidJobSpecError: Naming the participant or parameter to fix.
+    """
+    roles = {p.role: p for p in spec.participants}
+    if len(spec.participants) != 2 or set(roles) != {FEATURE_HOLDER, MODEL_HOLDER}:
+        raise InvalidJobSpecError(
+            f"ckks_scoring needs one {FEATURE_HOLDER!r} (the hospital) and one {MODEL_HOLDER!r} "
+            "(the insurer), no other participant"
+        )
+    hospital, insurer = roles[FEATURE_HOLDER], roles[MODEL_HOLDER]
+    if hospital.dataset is None or ID_COLUMN not in hospital.columns:
+        raise InvalidJobSpecError(
+            f"the {FEATURE_HOLDER} names its patients' dataset and binds {ID_COLUMN!r}"
+        )
+    if insurer.dataset is None:
+        raise InvalidJobSpecError(f"the {MODEL_HOLDER} names its model dataset")
+    known = {"features", "model", "degree", "tolerance"}
+    unknown = set(spec.params) - known
+    if unknown:
+        raise InvalidJobSpecError(f"unknown parameters {sorted(unknown)}; known: {sorted(known)}")
+    raw = spec.params.get("features")
+    features = tuple(f.strip() for f in raw.split(",")) if isinstance(raw, str) else ()
+    if not 1 <= len(features) <= MAX_FEATURES or len(set(features)) != len(features):
+        raise InvalidJobSpecError(
+            f"parameter 'features' lists 1-{MAX_FEATURES} distinct feature names, comma-separated"
+        )
+    for f in features:
+        check_name("feature", f)
+    kind = spec.params.get("model")
+    if kind not in KINDS:
+        raise InvalidJobSpecError(f"parameter 'model' is one of {list(KINDS)}")
+    degree = spec.params.get("degree", 8192)
+    if isinstance(degree, bool) or degree not in ckks.SCORING_COEFF_MOD_BITS:
+        raise InvalidJobSpecError(
+            f"parameter 'degree' is one of {sorted(ckks.SCORING_COEFF_MOD_BITS)}"
+        )
+    tolerance = spec.params.get("tolerance", DEFAULT_TOLERANCE[str(kind)])
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise InvalidJobSpecError("parameter 'tolerance' is a number in (0, 0.5]")
+    if not 0 < tolerance <= 0.5:
+        raise InvalidJobSpecError("parameter 'tolerance' is a number in (0, 0.5]")
+    return Plan(hospital.party, insurer.party, features, str(kind), int(degree), float(tolerance))
+
+
+# --- wire layouts ---------------------------------------------------------------------------
+
+
+def encode_context(
+    degree: int, patients: int, ranges: Sequence[tuple[float, float]], context: bytes
+) -> bytes:
+    """``BCKC`` v1: magic, version u8, degree u32, patients u32, d u16, d × (lo, hi) f64, ctx."""
+    head = _CTX.pack(b"BCKC", _VERSION, degree, patients, len(ranges))
+    body = b"".join(struct.pack(">dd", lo, hi) for lo, hi in ranges)
+    return head + body + context
+
+
+def decode_context(data: bytes, p: Plan) -> tuple[int, list[tuple[float, float]], bytes]:
+    """Parse ``BCKC``: patients (1..``MAX_PATIENTS``), ranges (finite, ordered), the context.
+
+    Raises:
+        InvalidMessageError: If the layout, version, counts or ranges are wrong.
+    """
+    d = len(p.features)
+    if len(data) < _CTX.size + 16 * d:
+        raise InvalidMessageError("cks/ctx is shorter than its header")
+    magic, version, degree, patients, count = _CTX.unpack_from(data)
+    if (magic, version, degree, count) != (b"BCKC", _VERSION, p.degree, d):
+        raise InvalidMessageError(
+            f"cks/ctx is not a BCKC v{_VERSION} header for degree {p.degree} and {d} features"
+        )
+    if not 1 <= patients <= MAX_PATIENTS:
+        raise InvalidMessageError(f"cks/ctx announces {patients} patients (1-{MAX_PATIENTS})")
+    ranges = [struct.unpack_from(">dd", data, _CTX.size + 16 * j) for j in range(d)]
+    for lo, hi in ranges:
+        ok = math.isfinite(lo) and math.isfinite(hi) and lo <= hi
+        if not ok or max(abs(lo), abs(hi)) > MAX_FEATURE_MAGNITUDE:
+            raise InvalidMessageError("cks/ctx holds a feature range that is not finite and sane")
+    return patients, [(float(lo), float(hi)) for lo, hi in ranges], data[_CTX.size + 16 * d :]
+
+
+def encode_vector(batch: int, feature: int, size: int, vector: bytes) -> bytes:
+    """``BCKV`` v1: magic, version, batch u32, feature u16, size u32, the ciphertext."""
+    return _VEC.pack(b"BCKV", _VERSION, batch, feature, size) + vector
+
+
+def decode_vector(data: bytes, batch: int, feature: int, size: int) -> bytes:
+    """Parse ``BCKV`` and check it is the expected batch, feature and size.
+
+    Raises:
+        InvalidMessageError: If not.
+    """
+    if len(data) <= _VEC.size or _VEC.unpack_from(data) != (
+        b"BCKV",
+        _VERSION,
+        batch,
+        feature,
+        size,
+    ):
+        raise InvalidMessageError(f"cks/x/{batch}/{feature} is not the expected BCKV vector")
+    return data[_VEC.size :]
+
+
+def encode_result(batch: int, size: int, error_bound: float, vector: bytes) -> bytes:
+    """``BCKZ`` v1: magic, version, batch u32, size u32, error bound f64, the ciphertext."""
+    return _RES.pack(b"BCKZ", _VERSION, batch, size, error_bound) + vector
+
+
+def decode_result(data: bytes, batch: int, size: int) -> tuple[float, bytes]:
+    """Parse ``BCKZ``: the batch's error bound (positive, ≤ ``MAX_ERROR_BOUND``) and ciphertext.
+
+    Raises:
+        InvalidMessageError: If the layout, batch, size or bound is wrong.
+    """
+    if len(data) <= _RES.size:
+        raise InvalidMessageError(f"cks/z/{batch} is shorter than its header")
+    magic, version, got_batch, got_size, bound = _RES.unpack_from(data)
+    if (magic, version, got_batch, got_size) != (b"BCKZ", _VERSION, batch, size):
+        raise InvalidMessageError(f"cks/z/{batch} is not the expected BCKZ result")
+    if not 0 < bound <= MAX_ERROR_BOUND:
+        raise InvalidMessageError(f"cks/z/{batch} reports an error bound outside (0, 2^-8]")
+    return float(bound), data[_RES.size :]
+
+
+@dataclass(frozen=True)
+class Released:
+    """The released scores: ids, rounded logits (units of ``2^-precision``) and their bounds."""
+
+    ids: list[str]
+    logits: list[int]
+    precision_bits: int
+    sigma: float
+    error_bound: float
+
+    def scores(self) -> list[float]:
+        """``sigmoid(logit)`` of each released logit."""
+        z = np.array(self.logits, dtype=np.float64) * 2.0**-self.precision_bits
+        return [float(s) for s in sigmoid(z)]
+
+
+def encode_scores(r: Released) -> bytes:
+    """``BCKS`` v1: magic, version, precision u8, σ f64, score bound f64, count u32, entries.
+
+    Each entry: u16 id length, the UTF-8 id, the i64 rounded logit.
+    """
+    out = [_SCO.pack(b"BCKS", _VERSION, r.precision_bits, r.sigma, r.error_bound, len(r.ids))]
+    for pid, z in zip(r.ids, r.logits, strict=True):
+        raw = pid.encode()
+        out.append(struct.pack(">H", len(raw)) + raw + struct.pack(">q", z))
+    return b"".join(out)
+
+
+def decode_scores(data: bytes, patients: int) -> Released:
+    """Parse ``BCKS`` holding exactly ``patients`` entries with distinct, valid ids.
+
+    Raises:
+        InvalidMessageError: If the layout, count, ids or values are wrong.
+    """
+    if len(data) < _SCO.size:
+        raise InvalidMessageError("cks/scores is shorter than its header")
+    magic, version, precision, sigma, bound, count = _SCO.unpack_from(data)
+    if (magic, version, precision, count) != (b"BCKS", _VERSION, ckks.PRECISION_BITS, patients):
+        raise InvalidMessageError(f"cks/scores is not a BCKS v{_VERSION} list of {patients}")
+    if not (0 < sigma < 1 and 0 < bound < 1):
+        raise InvalidMessageError("cks/scores carries an implausible flooding level")
+    ids: list[str] = []
+    logits: list[int] = []
+    offset = _SCO.size
+    limit = int(ckks.MAX_LOGIT * 2 ** (precision + 1))
+    try:
+        for _ in range(count):
+            (length,) = struct.unpack_from(">H", data, offset)
+            if not 1 <= length <= MAX_ID_BYTES:
+                raise InvalidMessageError("cks/scores holds an empty or overlong patient id")
+            pid = data[offset + 2 : offset + 2 + length].decode()
+            (z,) = struct.unpack_from(">q", data, offset + 2 + length)
+            if abs(z) > limit:
+                raise InvalidMessageError("cks/scores holds a logit beyond the model's range")
+            ids.append(pid)
+            logits.append(int(z))
+            offset += 2 + length + 8
+    except (struct.error, UnicodeDecodeError):
+        raise InvalidMessageError("cks/scores is truncated or holds a non-UTF-8 id") from None
+    if offset != len(data) or len(set(ids)) != len(ids):
+        raise InvalidMessageError("cks/scores has trailing bytes or repeats a patient id")
+    return Released(ids, logits, precision, sigma, bound)
+
+
+# --- the hospital ---------------------------------------------------------------------------
+
+
+def _features(ctx: JobContext, p: Plan) -> tuple[list[str], np.ndarray]:
+    """The hospital's patient ids and features (rows × features), from its own table."""
+    me = ctx.spec.participant(ctx.party)
+    table = ctx.table()
+    ids = [v.strip() for v in table.column(me.columns[ID_COLUMN])]
+    if not 1 <= len(ids) <= MAX_PATIENTS:
+        raise DatasetError(f"score 1-{MAX_PATIENTS} patients a job, not {len(ids)}: split it")
+    if len(set(ids)) != len(ids) or any(not 1 <= len(i.encode()) <= MAX_ID_BYTES for i in ids):
+        raise DatasetError("patient ids must be distinct, non-empty and at most 128 bytes")
+    x = np.column_stack([table.numeric(me.columns.get(f, f)) for f in p.features])
+    if not np.isfinite(x).all() or np.abs(x).max() > MAX_FEATURE_MAGNITUDE:
+        raise DatasetError(f"feature values must be finite and within ±{MAX_FEATURE_MAGNITUDE:g}")
+    return ids, x
+
+
+def _csv(r: Released) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["patient_id", "score"])
+    for pid, score in zip(r.ids, r.scores(), strict=True):
+        writer.writerow([pid, f"{score:.6f}"])
+    return out.getvalue().encode()
+
+
+def _result(p: Plan, r: Released) -> Result:
+    scores = r.scores()
+    return Result(
+        {
+            "patients": len(r.ids),
+            "model": p.kind,
+            "degree": p.degree,
+            "batches": len(p.batches(len(r.ids))),
+            "security_bits": ckks.STATISTICAL_SECURITY_BITS,
+            "precision_bits": r.precision_bits,
+            "flooding_sigma": r.sigma,
+            "score_error_bound": r.error_bound,
+            "mean_score": float(np.mean(scores)),
+        },
+        {"scores.csv": _csv(r)},
+    )
+
+
+def run_feature_holder(ctx: JobContext) -> Result | None:
+    """The hospital: encrypt, send, decrypt in the sandbox with flooding, release the scores.
+
+    Raises:
+        DatasetError: If the patients' ids or features are unusable.
+        InvalidMessageError: If the insurer's results are malformed (or crash the sandbox).
+        ScoreToleranceError: If the flooding would make scores coarser than ``tolerance``.
+    """
+    p = plan(ctx.spec)
+    ids, x = _features(ctx, p)
+    ranges = [ckks.coarse_range(float(c.min()), float(c.max())) for c in x.T]
+    batches = p.batches(len(ids))
+    with CkksSandbox() as sandbox:
+        _, (public,) = sandbox.call("keygen", {"degree": p.degree, "relin": p.kind == "mlp"})
+        ctx.send(p.insurer, _TAG_CTX, encode_context(p.degree, len(ids), ranges, public))
+        for b, (start, stop) in enumerate(batches):
+            columns = [np.ascontiguousarray(c[start:stop], dtype="<f8").tobytes() for c in x.T]
+            _, vectors = sandbox.call("encrypt", {}, columns)
+            for j, vector in enumerate(vectors):
+                ctx.send(p.insurer, f"{_TAG_X}/{b}/{j}", encode_vector(b, j, stop - start, vector))
+            ctx.progress("encrypt", b + 1, len(batches))
+        results = [
+            decode_result(ctx.recv(p.insurer, f"{_TAG_Z}/{b}"), b, stop - start)
+            for b, (start, stop) in enumerate(batches)
+        ]
+        bound = max([ckks.minimum_error_bound(p.params)] + [r[0] for r in results])
+        sigma = ckks.flooding_sigma(bound, len(ids))
+        score_bound = ckks.released_error_bound(bound, sigma) / 4.0  # sigmoid' ≤ 1/4
+        if score_bound > p.tolerance:
+            raise ScoreToleranceError(
+                f"flooding {len(ids)} scores at {ckks.STATISTICAL_SECURITY_BITS}-bit security "
+                f"needs σ = {sigma:.2g}, so scores are only within {score_bound:.2g} (tolerance "
+                f"{p.tolerance:g}): score fewer patients per job or raise 'tolerance'"
+            )
+        level = ckks.result_level(p.kind, p.params)
+        logits: list[int] = []
+        for b, ((start, stop), (_, vector)) in enumerate(zip(batches, results, strict=True)):
+            header = {"sizes": [stop - start], "level": level, "sigma": sigma}
+            _, (out,) = sandbox.call(
+                "decrypt", {**header, "precision": ckks.PRECISION_BITS}, [vector]
+            )
+            logits += np.frombuffer(out, dtype="<i8").tolist()
+            ctx.progress("decrypt", b + 1, len(batches))
+    released = Released(ids, logits, ckks.PRECISION_BITS, sigma, score_bound)
+    ctx.record(
+        "ckks_scoring.released",
+        {"patients": len(ids), "sigma": sigma, "score_error_bound": score_bound},
+    )
+    if p.insurer in ctx.spec.receivers:
+        ctx.send(p.insurer, _TAG_SCORES, encode_scores(released))
+    return _result(p, released) if ctx.party in ctx.spec.receivers else None
+
+
+# --- the insurer ----------------------------------------------------------------------------
+
+
+def load_model(ctx: JobContext, p: Plan) -> RiskModel:
+    """The insurer's model from its own dataset, checked against the job's features and kind.
+
+    Raises:
+        DatasetError: If the table is no model over the job's features of the job's kind.
+    """
+    table = ctx.table()
+    try:
+        model = model_from_columns(table.data, p.features)
+    except InvalidInputError as exc:
+        raise DatasetError(f"dataset {table.name!r} is no risk model: {exc}") from None
+    if model.kind != p.kind:
+        raise DatasetError(f"dataset {table.name!r} holds a {model.kind} model, not {p.kind}")
+    return model
+
+
+def run_model_holder(ctx: JobContext) -> Result | None:
+    """The insurer: evaluate its model on the hospital's ciphertexts inside the sandbox.
+
+    Raises:
+        DatasetError: If its model table is unusable for this job.
+        InvalidMessageError / InvalidKeyError / InvalidCiphertextError: If the hospital's
+            context or vectors are malformed (or crash the sandbox).
+    """
+    p = plan(ctx.spec)
+    model = load_model(ctx, p)
+    columns = model_to_columns(model)
+    patients, ranges, public = decode_context(ctx.recv(p.hospital, _TAG_CTX), p)
+    batches = p.batches(patients)
+    bounds: list[float] = []
+    with CkksSandbox() as sandbox:
+        answer, _ = sandbox.call("load", {"relin": p.kind == "mlp"}, [public])
+        if answer.get("degree") != p.degree:
+            raise InvalidMessageError(f"the hospital's context is not of degree {p.degree}")
+        for b, (start, stop) in enumerate(batches):
+            vectors = [
+                decode_vector(ctx.recv(p.hospital, f"{_TAG_X}/{b}/{j}"), b, j, stop - start)
+                for j in range(len(p.features))
+            ]
+            header = {"model": columns, "features": list(p.features), "ranges": ranges}
+            answer, (logits,) = sandbox.call("evaluate", {**header, "size": stop - start}, vectors)
+            bound = float(answer["error_bound"])
+            if not 0 < bound <= MAX_ERROR_BOUND:
+                raise InvalidInputError(
+                    f"the model's evaluation error bound {bound:.3g} exceeds 2^-8: its weights are "
+                    "too large for these CKKS parameters"
+                )
+            bounds.append(bound)
+            ctx.send(p.hospital, f"{_TAG_Z}/{b}", encode_result(b, stop - start, bound, logits))
+            ctx.progress("evaluate", b + 1, len(batches))
+    ctx.record(
+        "ckks_scoring.evaluated",
+        {"patients": patients, "batches": len(batches), "error_bound": max(bounds)},
+    )
+    if p.insurer not in ctx.spec.receivers:
+        return None
+    return _result(p, decode_scores(ctx.recv(p.hospital, _TAG_SCORES), patients))
+
+
+# --- the demo -------------------------------------------------------------------------------
+
+#: The health demo's numeric patient features (``bund.parties.data.generate_health``).
+DEMO_FEATURES = (
+    "age",
+    "systolic_bp_mmhg",
+    "heart_rate_bpm",
+    "bmi_kg_m2",
+    "hba1c_pct",
+    "ldl_mmol_l",
+    "egfr_ml_min_1_73m2",
+)
+
+
+def make_demo_model(train: Table, kind: str = "logistic", seed: int = 0) -> Table:
+    """The insurer's demo model table, fitted in plaintext on ``train`` (a demo hospital table).
+
+    The label is the demo's ``event`` (death during follow-up); the features are
+    :data:`DEMO_FEATURES`. Load the returned table as the insurer's ``risk_model`` dataset.
+    """
+    x = np.column_stack([train.numeric(f) for f in DEMO_FEATURES])
+    y = train.numeric("event")
+    if kind == "logistic":
+        model = train_logistic(DEMO_FEATURES, x, y)
+    elif kind == "mlp":
+        model = train_square_mlp(DEMO_FEATURES, x, y, seed=seed)
+    else:
+        raise ValueError(f"kind is one of {list(KINDS)}")
+    return Table.from_columns("risk_model", model_to_columns(model))
+
+
+def make_spec(
+    hospital: str,
+    insurer: str,
+    *,
+    kind: str = "logistic",
+    receivers: Sequence[str] | None = None,
+    degree: int = 8192,
+    patients: str = "patients",
+    model: str = "risk_model",
+) -> JobSpec:
+    """A demo job: ``insurer`` scores ``hospital``'s ``patients`` with its ``model`` dataset.
+
+    The scores go to ``receivers`` (default: both); the insurer requests the job.
+    """
+    return JobSpec(
+        protocol=DEFINITION.name,
+        participants=(
+            Participant(hospital, FEATURE_HOLDER, patients, {ID_COLUMN: "patient_id"}),
+            Participant(insurer, MODEL_HOLDER, model),
+        ),
+        receivers=tuple(receivers or (hospital, insurer)),
+        purpose="Encrypted mortality-risk scoring of a hospital's patients for an insurer",
+        requester=insurer,
+        params={"features": ",".join(DEMO_FEATURES), "model": kind, "degree": degree},
+    )
+
+
+# --- the job spec ---------------------------------------------------------------------------
+
+
+def validate(spec: JobSpec) -> None:
+    """Check that ``spec`` is a runnable ``ckks_scoring`` job.
+
+    Raises:
+        InvalidJobSpecError: Naming the field to fix.
+    """
+    plan(spec)
+
+
+def outputs(spec: JobSpec) -> frozenset[str]:
+    """What the job releases: scores (``policy.OUTPUTS``)."""
+    return frozenset({"score"})
+
+
+def learns(spec: JobSpec) -> dict[str, str]:
+    """What each party learns, as ``docs/protocols/ckks-scoring.md`` states it."""
+    p = plan(spec)
+    scores = "each patient's score, from a logit flooded with Gaussian noise and rounded to 2^-12"
+    hospital = f"{scores} (it decrypts them); nothing of the model beyond what the scores imply"
+    insurer = (
+        "the number of patients and each feature's range to 3 significant bits; no feature "
+        "value (only CKKS ciphertexts)"
+    )
+    if p.insurer in spec.receivers:
+        insurer += f"; as a receiver, the patient ids and {scores}"
+    return {p.hospital: hospital, p.insurer: insurer}
+
+
+#: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
+DEFINITION = ProtocolDef(
+    name="ckks_scoring",
+    version="1",
+    roles={FEATURE_HOLDER: run_feature_holder, MODEL_HOLDER: run_model_holder},
+    validate=validate,
+    outputs=outputs,
+    learns=learns,
+    description="encrypted risk scoring: CKKS model evaluation, flooded and rounded decryption",
+)

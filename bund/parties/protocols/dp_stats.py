@@ -1,0 +1,400 @@
+"""Cross-hospital DP statistics: who sends what to whom (the maths is in ``bund.compute.dp``).
+
+Roles: every hospital is a ``contributor`` with its dataset; one ``analyst`` (an insurer, a
+regulator's statistician, or a hospital that contributes too when it names a dataset) receives
+the result. The query is the job's flat parameters (``bund.compute.dp.stats.parse_query``) plus
+``noise`` (``"on"``, the default; ``"off"`` only under the test-only switch).
+
+Messages (``docs/protocols/dp-statistics.md`` has layouts and what each role learns):
+
+1. ``dp/key``: each contributor to every other contributor: its fresh X25519 masking key (40 B).
+2. ``dp/masked``: each contributor to the analyst: its integer vector plus its pairwise masks,
+   mod 2^64 (12 + 8·cells bytes). The *noiser*, the first contributor in spec order that is not
+   the analyst, adds the query's full discrete Laplace noise before masking, so the analyst only
+   ever unmasks the noisy aggregate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import numpy.typing as npt
+
+from bund.compute import insecure
+from bund.compute.dp import secure_agg
+from bund.compute.dp.budget import Budget, format_rational
+from bund.compute.dp.mechanisms import DiscreteLaplace
+from bund.compute.dp.stats import (
+    Query,
+    QueryKind,
+    Release,
+    kaplan_meier,
+    parse_query,
+    survival_band,
+)
+from bund.compute.dp.stats import contribution as compute_contribution
+from bund.compute.dp.stats import release as compute_release
+from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.protocols.plots import png
+
+ROLE_CONTRIBUTOR = "contributor"
+ROLE_ANALYST = "analyst"
+#: The parameter that turns noise off; only ``"on"`` is accepted without the test-only switch.
+PARAM_NOISE = "noise"
+#: Confidence of the noise band drawn on histograms and survival curves.
+BAND_CONFIDENCE = 0.95
+#: Noise redraws behind the survival curve's noise band (post-processing, no privacy cost).
+BAND_DRAWS = 200
+
+_TAG_KEY = "dp/key"
+_TAG_MASKED = "dp/masked"
+
+
+class NoiseOffRefusedError(BundError):
+    """A job asked for noise-free DP statistics while the test-only switch is off."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every party derives from the spec alone: the query, who contributes, who adds noise."""
+
+    query: Query
+    analyst: str
+    contributors: tuple[str, ...]
+    noiser: str
+    noise: bool
+
+    def mechanisms(self) -> list[DiscreteLaplace]:
+        """One discrete Laplace mechanism per block of the query's vector."""
+        return [DiscreteLaplace.create(b.epsilon, b.sensitivity) for b in self.query.blocks]
+
+
+def plan(spec: JobSpec) -> Plan:
+    """Validate ``spec`` as a dp_stats job and derive its plan.
+
+    Raises:
+        InvalidJobSpecError: Naming the participant or parameter to fix.
+    """
+    analysts = [p for p in spec.participants if p.role == ROLE_ANALYST]
+    for p in spec.participants:
+        if p.role not in (ROLE_CONTRIBUTOR, ROLE_ANALYST):
+            raise InvalidJobSpecError(
+                f"participant {p.party!r} has role {p.role!r}; dp_stats has the roles "
+                f"{ROLE_CONTRIBUTOR!r} and {ROLE_ANALYST!r}"
+            )
+        if p.role == ROLE_CONTRIBUTOR and p.dataset is None:
+            raise InvalidJobSpecError(f"contributor {p.party!r} must name its dataset")
+    if len(analysts) != 1:
+        raise InvalidJobSpecError(
+            f"dp_stats needs exactly one {ROLE_ANALYST!r}, not {len(analysts)}"
+        )
+    analyst = analysts[0].party
+    if tuple(spec.receivers) != (analyst,):
+        raise InvalidJobSpecError(f"the only receiver of dp_stats is its analyst, {analyst!r}")
+    contributors = tuple(p.party for p in spec.participants if p.dataset is not None)
+    others = [c for c in contributors if c != analyst]
+    if len(others) < 2:
+        raise InvalidJobSpecError(
+            "dp_stats needs at least two contributors besides the analyst, so that the analyst "
+            "never unmasks a single other hospital's figures"
+        )
+    if len(contributors) > secure_agg.MAX_CONTRIBUTORS:
+        raise InvalidJobSpecError(f"at most {secure_agg.MAX_CONTRIBUTORS} contributors")
+    params = dict(spec.params)
+    noise = params.pop(PARAM_NOISE, "on")
+    if noise not in ("on", "off"):
+        raise InvalidJobSpecError(f"parameter {PARAM_NOISE} must be 'on' or 'off', not {noise!r}")
+    try:
+        query = parse_query(params)
+    except InvalidInputError as exc:
+        raise InvalidJobSpecError(f"dp_stats query: {exc}") from None
+    return Plan(query, analyst, contributors, others[0], noise == "on")
+
+
+def _check_noise(p: Plan) -> None:
+    if not p.noise and not insecure.insecure_test_parameters_enabled():
+        raise NoiseOffRefusedError(
+            f"{PARAM_NOISE}='off' releases exact statistics and is for tests only; remove it (this "
+            "node's test-only switch is off, as it must be in production)"
+        )
+
+
+@dataclass
+class _State:
+    """One contributor's run: its plan, its masking key, and the peers' keys as they arrive."""
+
+    ctx: JobContext
+    plan: Plan
+    key: secure_agg.MaskingKey
+    public_keys: dict[str, bytes] = field(default_factory=dict)
+    noise_added: bool = False
+
+
+def _masking_key(ctx: JobContext) -> secure_agg.MaskingKey:
+    """The job's masking key: fresh, and checkpointed before its public half is sent."""
+    saved = ctx.restore("dp.key")
+    if saved is not None:
+        return secure_agg.MaskingKey.from_checkpoint(saved)
+    key = secure_agg.create_masking_key()
+    ctx.checkpoint("dp.key", key.export_for_checkpoint())
+    return key
+
+
+def _own_vector(s: _State) -> list[int]:
+    """This party's contribution, computed from its own table through its column bindings."""
+    query = s.plan.query
+    me = s.ctx.spec.participant(s.ctx.party)
+    table = s.ctx.table()
+    columns = {name: table.column(me.columns.get(name, name)) for name in query.columns}
+    return compute_contribution(query, columns, table.num_rows)
+
+
+def _exchange_keys(s: _State) -> None:
+    """Message 1 both ways between every pair of contributors."""
+    me, ctx = s.ctx.party, s.ctx
+    s.public_keys[me] = s.key.public_bytes()
+    peers = [c for c in s.plan.contributors if c != me]
+    for peer in peers:
+        ctx.send(peer, _TAG_KEY, secure_agg.encode_public_key(s.public_keys[me]))
+    for peer in peers:
+        public = secure_agg.decode_public_key(ctx.recv(peer, _TAG_KEY))
+        if public in s.public_keys.values():
+            raise InvalidMessageError(f"{peer} sent a masking key another contributor also uses")
+        s.public_keys[peer] = public
+
+
+def _masked_vector(s: _State) -> npt.NDArray[np.uint64]:
+    """This party's contribution (plus the full noise, if it is the noiser), masked."""
+    vector = np.array(_own_vector(s), dtype=object)
+    if s.plan.noise and s.ctx.party == s.plan.noiser:
+        blocks = zip(s.plan.mechanisms(), s.plan.query.blocks, strict=True)
+        noise = [mech.sample(block.length) for mech, block in blocks]
+        vector = vector + np.concatenate(noise).astype(object)
+        s.noise_added = True
+    context = bytes.fromhex(s.ctx.spec.digest())
+    return secure_agg.mask_vector(
+        [int(v) for v in vector], s.key, s.ctx.party, s.public_keys, context
+    )
+
+
+def _contribute(ctx: JobContext) -> tuple[_State, npt.NDArray[np.uint64]]:
+    """Agree the masks and make the masked vector, or restore the one an earlier run made.
+
+    The masked vector is checkpointed before it is sent: a resumed contributor re-sends the same
+    bytes, so the noise is drawn once, whatever happens (a second draw would release more).
+    """
+    s = _State(ctx, plan(ctx.spec), _masking_key(ctx))
+    _check_noise(s.plan)
+    _exchange_keys(s)
+    saved = ctx.restore("dp.masked")
+    if saved is not None:
+        masked = secure_agg.decode_vector(saved[1:], s.plan.query.length)
+        s.noise_added = saved[:1] == b"\x01"
+        return s, masked
+    masked = _masked_vector(s)
+    ctx.checkpoint(
+        "dp.masked", (b"\x01" if s.noise_added else b"\x00") + secure_agg.encode_vector(masked)
+    )
+    return s, masked
+
+
+def run_contributor(ctx: JobContext) -> None:
+    """Run one hospital's side: agree masks, send the masked (and maybe noised) vector.
+
+    Raises:
+        NoiseOffRefusedError: If the job asks for noise off and the test-only switch is off.
+        InvalidMessageError: If a peer's key message is malformed or repeats another's key.
+        InvalidKeyError: If a peer's public key is of low order.
+    """
+    s, masked = _contribute(ctx)
+    ctx.send(s.plan.analyst, _TAG_MASKED, secure_agg.encode_vector(masked))
+    ctx.record("dp_stats.contributed", _audit_fields(s.plan, noise_added=s.noise_added))
+
+
+def run_analyst(ctx: JobContext) -> Result:
+    """Collect the masked vectors, unmask only the noisy aggregate, and build the release.
+
+    Raises:
+        NoiseOffRefusedError: If the job asks for noise off and the test-only switch is off.
+        InvalidMessageError: If a masked vector has the wrong layout or length.
+    """
+    p = plan(ctx.spec)
+    _check_noise(p)
+    vectors: list[npt.NDArray[np.uint64]] = []
+    if ctx.party in p.contributors:
+        _, own = _contribute(ctx)
+        vectors.append(own)
+    for c in p.contributors:
+        if c != ctx.party:
+            vectors.append(secure_agg.decode_vector(ctx.recv(c, _TAG_MASKED), p.query.length))
+    aggregate = secure_agg.unmask_sum(vectors)
+    table = compute_release(p.query, aggregate)
+    artifacts = {"result.csv": _csv(table)}
+    plot = _plot(p, aggregate)
+    if plot is not None:
+        artifacts[f"{p.query.kind.value}.png"] = plot
+    fields = _audit_fields(p, noise_added=False)
+    fields["suppressed_cells"] = table.suppressed
+    ctx.record("dp_stats.released", fields)
+    summary: dict[str, str | int | float | bool | None] = {
+        "kind": p.query.kind.value,
+        "epsilon": format_rational(p.query.epsilon),
+        "noise": "discrete_laplace" if p.noise else "off (test only)",
+        "cells": p.query.length,
+        "suppressed_cells": table.suppressed,
+        "contributors": len(p.contributors),
+    }
+    for block, mech in zip(p.query.blocks, p.mechanisms(), strict=True):
+        summary[f"scale_{block.name}"] = float(mech.scale)
+    if len(table.rows) <= 3 and table.header == ("statistic", "value"):
+        for name, value in table.rows:
+            summary[str(name)] = value
+    return Result(summary, artifacts)
+
+
+def _audit_fields(p: Plan, *, noise_added: bool) -> dict[str, str | int | float | bool | None]:
+    return {
+        "kind": p.query.kind.value,
+        "epsilon": format_rational(p.query.epsilon),
+        "cells": p.query.length,
+        "noise": p.noise,
+        "noise_added_here": noise_added,
+    }
+
+
+def _csv(table: Release) -> bytes:
+    """``result.csv``: the header, then one row per cell; a suppressed cell is ``suppressed``."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.header)
+    for row in table.rows:
+        writer.writerow(["suppressed" if c is None else c for c in row])
+    return out.getvalue().encode()
+
+
+def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
+    """A PNG with the noise band for histograms and survival curves; None for other kinds."""
+    kind = p.query.kind
+    if kind not in (QueryKind.HISTOGRAM, QueryKind.SURVIVAL):
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    (mech,) = p.mechanisms()
+    noise_note = f"discrete Laplace, scale {float(mech.scale):.3g}" if p.noise else "noise off"
+    if kind is QueryKind.HISTOGRAM:
+        labels = list(p.query.categories) or [f"{float(a):g}" for a in p.query.bin_edges()[:-1]]
+        shown = [x if x >= p.query.min_cell else 0 for x in aggregate]
+        axes.bar(range(len(shown)), shown, color="#4c72b0", label="noisy count")
+        if p.noise:
+            k = mech.half_width(BAND_CONFIDENCE)
+            axes.errorbar(
+                range(len(shown)),
+                shown,
+                yerr=k,
+                fmt="none",
+                ecolor="#c44e52",
+                label=f"{BAND_CONFIDENCE:.0%} noise band (±{k})",
+            )
+        axes.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        axes.set_ylabel("records")
+        axes.set_title(f"{p.query.column}: ε = {p.query.epsilon} ({noise_note})")
+    else:
+        points = kaplan_meier(p.query, aggregate)
+        times = [float(pt.end) for pt in points]
+        survival = [pt.survival for pt in points]
+        axes.step([0.0, *times], [1.0, *survival], where="post", color="#4c72b0", label="KM")
+        low = [max(0.0, s - 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)]
+        high = [
+            min(1.0, s + 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)
+        ]
+        axes.fill_between(
+            times, low, high, step="post", alpha=0.2, color="#4c72b0", label="95% Greenwood band"
+        )
+        if p.noise:
+            draws = mech.sample(BAND_DRAWS * p.query.length).reshape(BAND_DRAWS, -1).tolist()
+            band_low, band_high = survival_band(p.query, aggregate, draws, BAND_CONFIDENCE)
+            axes.fill_between(
+                times,
+                band_low,
+                band_high,
+                step="post",
+                alpha=0.3,
+                color="#c44e52",
+                label=f"{BAND_CONFIDENCE:.0%} noise band",
+            )
+        axes.set_ylim(0, 1.02)
+        axes.set_xlabel(p.query.column or "time")
+        axes.set_ylabel("survival")
+        axes.set_title(f"Kaplan–Meier, ε = {p.query.epsilon} ({noise_note})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return png(figure)
+
+
+def validate(spec: JobSpec) -> None:
+    """Check that ``spec`` is a runnable dp_stats job (roles, receivers, query, noise switch).
+
+    Raises:
+        InvalidJobSpecError: Naming the field to fix.
+        NoiseOffRefusedError: If it asks for noise off while the test-only switch is off.
+    """
+    _check_noise(plan(spec))
+
+
+def outputs(spec: JobSpec) -> frozenset[str]:
+    """What the job releases: a differentially private aggregate, nothing else."""
+    return frozenset({"dp_aggregate"})
+
+
+def learns(spec: JobSpec) -> dict[str, str]:
+    """What each party learns, as ``docs/protocols/dp-statistics.md`` states it."""
+    p = plan(spec)
+    out: dict[str, str] = {}
+    for party in spec.parties:
+        if party == p.analyst:
+            out[party] = (
+                f"the noisy {p.query.kind.value} over all contributors' pooled records "
+                f"(ε = {p.query.epsilon}), with cells below min_cell = {p.query.min_cell} "
+                "suppressed; no single hospital's figures"
+            )
+        elif party == p.noiser:
+            out[party] = "nothing but the other contributors' masking keys; it draws the noise"
+        else:
+            out[party] = "nothing but the other contributors' masking keys"
+    return out
+
+
+def cost(spec: JobSpec, party: str) -> Budget:
+    """The query's ε, charged to every contributing dataset; nothing for a party without one.
+
+    The ε is the sum of the shares of the query's blocks, each the loss bound of its discrete
+    Laplace mechanism, so the cost is what the mechanisms guarantee, exactly.
+    """
+    if spec.participant(party).dataset is None:
+        return Budget()
+    p = plan(spec)
+    total = sum((mech.epsilon for mech in p.mechanisms()), Fraction(0))
+    return Budget(total)
+
+
+#: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
+DEFINITION = ProtocolDef(
+    name="dp_stats",
+    version="1",
+    roles={ROLE_CONTRIBUTOR: run_contributor, ROLE_ANALYST: run_analyst},
+    validate=validate,
+    outputs=outputs,
+    learns=learns,
+    cost=cost,
+    description="Cross-hospital DP statistics: secure aggregation plus discrete Laplace noise",
+    resumable=True,
+)

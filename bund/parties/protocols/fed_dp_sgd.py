@@ -1,0 +1,882 @@
+"""Horizontal federated DP-SGD across hospitals, combined by drop-out tolerant secure aggregation.
+
+Roles: one ``coordinator`` (no dataset; it must receive the result) and two or more ``hospital``
+participants, each with a dataset of patient rows holding the feature columns (public value
+ranges, ``bund.compute.learn.fed.HEALTH_RANGES`` or the ``feature_ranges`` parameter) and the label
+``event`` (bind other names through the participant's columns). The maths is in
+``bund.compute.learn.fed`` (models, Opacus DP-SGD, accounting) and ``bund.compute.dp.secagg``
+(SecAgg). ``docs/protocols/fed-dp-sgd.md`` has the parameters, what each role learns and the threat
+model; ``docs/protocols/secure-aggregation.md`` the masking, the shares and the drop-out bound.
+
+The job is a sequence of *steps* ``s = 0, 1, …``; each is a training round, the final evaluation,
+or the end. Messages of step ``s`` (H: a hospital, C: the coordinator):
+
+1. ``fed/go/s`` (C → every H): kind (train, evaluate, done), round and the global weights.
+   On *train*, H charges its round's ε increment to its dataset (``ctx.charge``) and draws the
+   step's 32-byte seed from ``secrets`` (checkpointed before it sends anything).
+2. ``fed/keys/s`` (H → C): its two X25519 public keys and a commitment to its self-mask seed,
+   or the budget-exhausted marker.
+3. ``fed/roster/s`` (C → H): the keys of the hospitals that answered in time (at least the
+   threshold ``t = hospitals − max_dropouts``), or an empty roster: sit this step out.
+4. ``fed/shares/s`` (H → C): its Shamir shares of both secrets, AES-GCM-encrypted per peer.
+5. ``fed/inbox/s`` (C → H): the encrypted shares addressed to it (or an empty list).
+6. ``fed/masked/s`` (H → C): its masked, quantised update (and held-out evaluation sums).
+7. ``fed/unmask/s`` (C → H): which masked vectors arrived and which did not (or empty).
+8. ``fed/reveal/s`` (H → C): shares of the arrived hospitals' self-mask seeds and of the
+   missing hospitals' mask keys, never both for one hospital.
+
+The coordinator waits one receive timeout per phase (``upload_patience`` timeouts for the masked
+updates, which follow local training) and carries on with whoever answered; fewer than ``t``
+aborts the job with :class:`bund.compute.dp.secagg.DropoutError`. Both roles checkpoint their state
+before each message that it determines, so a killed node resumes the step it was in, re-sends
+identical messages, and is never charged twice for a round (the ledger charges once per part).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import secrets
+import struct
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from bund.compute import insecure
+from bund.compute.dp import secagg
+from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.compute.learn import fed
+from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.ledger import BudgetExhaustedError
+from bund.parties.protocols.plots import png
+from bund.parties.transport import (
+    JobAbortedError,
+    JobInterruptedError,
+    PeerTimeoutError,
+    TransportError,
+)
+
+ROLE_COORDINATOR = "coordinator"
+ROLE_HOSPITAL = "hospital"
+#: The label column's logical name (bind another column through the participant's columns).
+LABEL = "event"
+#: Fractional bits of a quantised weight update, and of a held-out loss sum.
+UPDATE_FRAC_BITS = 24
+METRIC_FRAC_BITS = 8
+#: Most rows one hospital may bring (keeps the evaluation sums far inside 63 bits).
+MAX_ROWS = 1 << 20
+#: The ``format`` of ``model.json``.
+MODEL_FORMAT = "bund.fed_dp_sgd.model/1"
+
+_TRAIN, _EVAL, _DONE = 1, 2, 3
+_GO = struct.Struct(">4sBBII")  # magic, version, kind, round, weight count
+_GO_MAGIC = b"BFDG"
+_EXHAUSTED = b"BFDX\x01\x00\x00\x00"
+
+
+class NoiseOffRefusedError(BundError):
+    """A job asked for DP-SGD without noise while the test-only switch is off."""
+
+
+# --- the plan: what every party derives from the spec alone ---------------------------------
+
+_PARAMS: dict[str, tuple[type, float, float]] = {
+    "hidden": (int, 1, 256),
+    "rounds": (int, 1, 1000),
+    "local_steps": (int, 1, 100_000),
+    "learning_rate": (float, 1e-6, 100),
+    "noise_multiplier": (float, 0, 100),
+    "max_grad_norm": (float, 1e-6, 1e6),
+    "sample_rate": (float, 1e-6, 1),
+    "max_dropouts": (int, 0, secagg.MAX_CLIENTS),
+    "seed": (int, 0, 2**63 - 1),
+    "test_fraction": (float, 0, 0.5),
+    "update_bound": (float, 1e-3, 1024),
+    "upload_patience": (int, 1, 100),
+    "patience": (int, 1, 1000),
+}
+_CHOICES = {
+    "model": fed.MODEL_KINDS,
+    "accountant": fed.ACCOUNTANTS,
+    "grad_sample_mode": fed.GRAD_SAMPLE_MODES,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The job's settings, hospitals (in spec order: index 1..n) and drop-out threshold."""
+
+    coordinator: str
+    hospitals: tuple[str, ...]
+    model: fed.ModelSpec
+    features: tuple[str, ...]
+    ranges: Mapping[str, tuple[float, float]]
+    rounds: int
+    dpsgd: fed.DpSgdConfig
+    delta: Fraction
+    accountant: str
+    threshold: int
+    seed: int
+    test_fraction: float
+    update_bound: float
+    upload_patience: int
+    patience: int
+
+    @property
+    def noise(self) -> bool:
+        """Whether DP-SGD adds noise (always, unless a test turned it off)."""
+        return self.dpsgd.noise_multiplier > 0
+
+    def index(self, hospital: str) -> int:
+        """A hospital's secure-aggregation index (1-based, spec order)."""
+        return self.hospitals.index(hospital) + 1
+
+    def epsilon(self, rounds: int) -> Fraction:
+        """The exact ε bound charged for ``rounds`` rounds of local DP-SGD (0 with noise off)."""
+        if not self.noise or rounds == 0:
+            return Fraction(0)
+        steps = rounds * self.dpsgd.steps
+        d = self.dpsgd
+        return _epsilon(d.noise_multiplier, d.sample_rate, steps, self.delta, self.accountant)
+
+    def round_cost(self, trained: int) -> Budget:
+        """What a hospital that has trained ``trained`` rounds pays for its next one.
+
+        The ε increment telescopes, so after ``k`` rounds a hospital has paid exactly the bound
+        for ``k`` rounds; δ is paid once, with its first round.
+        """
+        increment = max(self.epsilon(trained + 1) - self.epsilon(trained), Fraction(0))
+        delta = self.delta if self.noise and trained == 0 else Fraction(0)
+        return Budget(increment, delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(sigma: float, rate: float, steps: int, delta: Fraction, accountant: str) -> Fraction:
+    """The accountant's ε, rounded up; cached, as every party asks for the same few values."""
+    return fed.epsilon_bound(fed.epsilon_spent(sigma, rate, steps, float(delta), accountant))
+
+
+def _param(spec: JobSpec, name: str, default: Any) -> Any:
+    value = spec.params.get(name)
+    return default if value is None else value
+
+
+def _ranges(spec: JobSpec) -> dict[str, tuple[float, float]]:
+    ranges = dict(fed.HEALTH_RANGES)
+    text = str(_param(spec, "feature_ranges", ""))
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        try:
+            name, low, high = item.split(":")
+            ranges[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise InvalidJobSpecError(
+                f"feature_ranges entry {item!r} is not name:low:high (entries separated by ';')"
+            ) from None
+    return ranges
+
+
+def plan(spec: JobSpec) -> Plan:
+    """Validate ``spec`` as a fed_dp_sgd job and derive its plan.
+
+    Raises:
+        InvalidJobSpecError: Naming the participant or parameter to fix.
+    """
+    coordinators = [p.party for p in spec.participants if p.role == ROLE_COORDINATOR]
+    hospitals = tuple(p.party for p in spec.participants if p.role == ROLE_HOSPITAL)
+    for p in spec.participants:
+        if p.role not in (ROLE_COORDINATOR, ROLE_HOSPITAL):
+            raise InvalidJobSpecError(
+                f"participant {p.party!r} has role {p.role!r}; fed_dp_sgd has the roles "
+                f"{ROLE_COORDINATOR!r} and {ROLE_HOSPITAL!r}"
+            )
+        if p.role == ROLE_HOSPITAL and p.dataset is None:
+            raise InvalidJobSpecError(f"hospital {p.party!r} must name its dataset")
+    if len(coordinators) != 1:
+        raise InvalidJobSpecError(f"fed_dp_sgd needs exactly one {ROLE_COORDINATOR!r}")
+    if not 2 <= len(hospitals) <= secagg.MAX_CLIENTS:
+        raise InvalidJobSpecError(
+            f"fed_dp_sgd needs 2 to {secagg.MAX_CLIENTS} hospitals, so the coordinator only "
+            "ever unmasks a sum"
+        )
+    if coordinators[0] not in spec.receivers:
+        raise InvalidJobSpecError(f"the coordinator {coordinators[0]!r} must receive the result")
+    for name, (kind, low, high) in _PARAMS.items():
+        value = spec.params.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:  # type: ignore[operator]
+            raise InvalidJobSpecError(
+                f"parameter {name} must be a {kind.__name__} in [{low}, {high}]"
+            )
+    for name, choices in _CHOICES.items():
+        if _param(spec, name, choices[0]) not in choices:
+            raise InvalidJobSpecError(f"parameter {name} must be one of {list(choices)}")
+    ranges = _ranges(spec)
+    features = tuple(
+        f.strip() for f in str(_param(spec, "features", ",".join(fed.HEALTH_RANGES))).split(",")
+    )
+    missing = [f for f in features if f not in ranges]
+    if not features or missing or len(set(features)) != len(features):
+        raise InvalidJobSpecError(
+            f"features {missing or list(features)} need distinct names with public value ranges "
+            "(add them to feature_ranges as name:low:high)"
+        )
+    dropouts = int(_param(spec, "max_dropouts", 0))
+    if 2 * dropouts >= len(hospitals):
+        raise InvalidJobSpecError(
+            f"max_dropouts = {dropouts} must be below half of the {len(hospitals)} hospitals, so "
+            "that a coordinator can never collect two disjoint quorums of shares"
+        )
+    try:
+        delta = parse_rational(str(_param(spec, "delta", "1/100000")), "delta")
+        model = fed.ModelSpec(
+            str(_param(spec, "model", "logistic")), len(features), int(_param(spec, "hidden", 16))
+        )
+        dpsgd = fed.DpSgdConfig(
+            steps=int(_param(spec, "local_steps", 20)),
+            learning_rate=float(_param(spec, "learning_rate", 0.5)),
+            noise_multiplier=float(_param(spec, "noise_multiplier", 1.0)),
+            max_grad_norm=float(_param(spec, "max_grad_norm", 1.0)),
+            sample_rate=float(_param(spec, "sample_rate", 0.05)),
+            grad_sample_mode=str(_param(spec, "grad_sample_mode", "hooks")),
+        )
+        update_bound = float(_param(spec, "update_bound", 8.0))
+        secagg.check_capacity(len(hospitals), update_bound, UPDATE_FRAC_BITS)
+    except (ValueError, InvalidInputError) as exc:
+        raise InvalidJobSpecError(f"fed_dp_sgd: {exc}") from None
+    if not 0 < delta < 1:
+        raise InvalidJobSpecError("delta must lie strictly between 0 and 1")
+    return Plan(
+        coordinator=coordinators[0],
+        hospitals=hospitals,
+        model=model,
+        features=features,
+        ranges={f: ranges[f] for f in features},
+        rounds=int(_param(spec, "rounds", 5)),
+        dpsgd=dpsgd,
+        delta=delta,
+        accountant=str(_param(spec, "accountant", "rdp")),
+        threshold=len(hospitals) - dropouts,
+        seed=int(_param(spec, "seed", 0)),
+        test_fraction=float(_param(spec, "test_fraction", 0.2)),
+        update_bound=update_bound,
+        upload_patience=int(_param(spec, "upload_patience", 4)),
+        patience=int(_param(spec, "patience", 10)),
+    )
+
+
+def _check_noise(p: Plan) -> None:
+    if not p.noise and not insecure.insecure_test_parameters_enabled():
+        raise NoiseOffRefusedError(
+            "noise_multiplier = 0 trains without differential privacy and is for tests only; "
+            "set a positive noise_multiplier (this node's test-only switch is off)"
+        )
+
+
+def _context(spec: JobSpec, step: int) -> bytes:
+    """Binds every key, mask and share of a step to this job and step."""
+    return hashlib.sha256(f"bund/fed_dp_sgd/v1/{spec.digest()}/{step}".encode()).digest()
+
+
+def _vector_length(p: Plan, kind: int) -> int:
+    """The update's cells (on a training step) plus three evaluation sums."""
+    return (p.model.size if kind == _TRAIN else 0) + 3
+
+
+# --- messages of this module ------------------------------------------------------------------
+
+
+def encode_go(kind: int, round_: int, weights: np.ndarray[Any, Any]) -> bytes:
+    """The coordinator's step message: a 15-byte header then 8 bytes per weight.
+
+    Layout: magic ``b"BFDG"`` (4), version 1 (1), kind (1: train, 2: evaluate, 3: done),
+    training round (4, big-endian), weight count (4), then each weight as little-endian float64.
+    """
+    vector = np.asarray(weights, dtype="<f8")
+    return _GO.pack(_GO_MAGIC, 1, kind, round_, len(vector)) + vector.tobytes()
+
+
+def decode_go(payload: bytes, size: int) -> tuple[int, int, np.ndarray[Any, Any]]:
+    """Check a step message: known kind, ``size`` finite weights.
+
+    Raises:
+        InvalidMessageError: If anything is out of place.
+    """
+    if len(payload) < _GO.size:
+        raise InvalidMessageError("a step message is shorter than its header")
+    magic, version, kind, round_, count = _GO.unpack_from(payload)
+    if magic != _GO_MAGIC or version != 1 or kind not in (_TRAIN, _EVAL, _DONE):
+        raise InvalidMessageError("not a version-1 fed_dp_sgd step message: upgrade the node")
+    if count != size or len(payload) != _GO.size + 8 * size:
+        raise InvalidMessageError(f"a step message carries {count} weights; the model has {size}")
+    weights = np.frombuffer(payload, dtype="<f8", offset=_GO.size).astype(np.float64)
+    if not np.all(np.isfinite(weights)):
+        raise InvalidMessageError("a step message carries non-finite weights")
+    return kind, round_, weights
+
+
+# --- a hospital -------------------------------------------------------------------------------
+
+
+@dataclass
+class _HospitalState:
+    """A hospital's progress, checkpointed (as JSON) before each message it determines."""
+
+    step: int = 0
+    trained: int = 0
+    go: str = ""
+    seed: str = ""
+    exhausted: bool = False
+    values: list[int] = field(default_factory=list)
+    request: list[list[int]] = field(default_factory=list)
+
+    def save(self, ctx: JobContext) -> None:
+        ctx.checkpoint("hospital", json.dumps(asdict(self)).encode())
+
+    @classmethod
+    def load(cls, ctx: JobContext) -> _HospitalState:
+        saved = ctx.restore("hospital")
+        return cls(**json.loads(saved)) if saved else cls()
+
+
+@dataclass(frozen=True)
+class _Data:
+    """A hospital's rows, split once by the public seed: training rows and held-out rows."""
+
+    x_train: np.ndarray[Any, Any]
+    y_train: np.ndarray[Any, Any]
+    x_test: np.ndarray[Any, Any]
+    y_test: np.ndarray[Any, Any]
+
+
+def _load_data(ctx: JobContext, p: Plan) -> _Data:
+    me = ctx.spec.participant(ctx.party)
+    table = ctx.table()
+    if not 1 <= table.num_rows <= MAX_ROWS:
+        raise InvalidJobSpecError(f"{ctx.party}'s dataset needs 1 to {MAX_ROWS} rows")
+    columns = {f: table.numeric(me.columns.get(f, f)) for f in p.features}
+    y = table.numeric(me.columns.get(LABEL, LABEL))
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise InvalidInputError(f"the label column of {ctx.party} must hold 0 and 1 only")
+    x = fed.scale_features(columns, p.ranges)
+    # A repeatable split from the public seed, by hashing (no PRNG): it protects nothing.
+    salt = f"bund/fed_dp_sgd/split/{p.seed}/{p.index(ctx.party)}/".encode()
+    order = np.array(
+        sorted(range(len(y)), key=lambda i: hashlib.sha256(salt + str(i).encode()).digest())
+    )
+    cut = int(round(len(y) * (1 - p.test_fraction)))
+    train, test = order[:cut], order[cut:]
+    if len(train) == 0:
+        raise InvalidJobSpecError(f"{ctx.party} has no training rows left: lower test_fraction")
+    return _Data(x[train], y[train], x[test], y[test])
+
+
+def _await(ctx: JobContext, frm: str, tag: str, patience: int) -> bytes:
+    """Receive, waiting up to ``patience`` receive timeouts (the coordinator waits on others)."""
+    for _ in range(patience - 1):
+        try:
+            return ctx.recv(frm, tag)
+        except PeerTimeoutError:
+            continue
+    return ctx.recv(frm, tag)
+
+
+def _stream_key(seed: bytes) -> bytes:
+    """The 256-bit key of a step's noise and sampling stream, from its secret seed."""
+    return hashlib.sha256(b"bund/fed_dp_sgd/v2/stream" + seed).digest()
+
+
+def _values(
+    p: Plan, kind: int, weights: np.ndarray[Any, Any], data: _Data, seed: bytes
+) -> list[int]:
+    """This hospital's integer vector of a step: its quantised update and evaluation sums."""
+    score = fed.evaluate(p.model, weights, data.x_test, data.y_test)
+    metrics = [
+        int(secagg.quantize([score.loss_sum], fed.LOSS_CAP * MAX_ROWS, METRIC_FRAC_BITS)[0]),
+        score.correct,
+        score.rows,
+    ]
+    if kind != _TRAIN:
+        return metrics
+    update = fed.local_update(
+        p.model, weights, data.x_train, data.y_train, p.dpsgd, _stream_key(seed)
+    )
+    quantised = secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS)
+    return [int(v) for v in quantised] + metrics
+
+
+def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> None:
+    """Phases 2-8 of one step at a hospital, resuming wherever its state says it stopped."""
+    me, c = p.index(ctx.party), p.coordinator
+    kind, _, weights = decode_go(bytes.fromhex(s.go), p.model.size)
+    tag = f"{s.step}"
+    if s.exhausted:
+        ctx.send(c, f"fed/keys/{tag}", _EXHAUSTED)
+        _await(ctx, c, f"fed/roster/{tag}", p.patience)  # the coordinator calls the step off
+        return
+    seed = bytes.fromhex(s.seed)
+    mine = secagg.RoundSecrets.from_seed(seed)
+    context = _context(ctx.spec, s.step)
+    ctx.send(c, f"fed/keys/{tag}", secagg.encode_advertised(mine.advertised(context)))
+    roster = secagg.decode_roster(_await(ctx, c, f"fed/roster/{tag}", p.patience))
+    if not roster:
+        return  # left out of this step (late, or the step was called off)
+    ctx.send(
+        c, f"fed/shares/{tag}", secagg.encode_boxes(mine.share(me, roster, p.threshold, context))
+    )
+    inbox = secagg.decode_boxes(_await(ctx, c, f"fed/inbox/{tag}", p.patience))
+    if not inbox:
+        return
+    opened = mine.open_inbox(me, roster, p.threshold, inbox, context)
+    shared = {j: roster[j] for j in opened.s}
+    if not s.values:
+        s.values = _values(p, kind, weights, data, seed)
+        s.save(ctx)  # write-ahead: the masked vector below is determined by it
+    masked = mine.mask(me, np.asarray(s.values, dtype=np.int64), shared, context)
+    ctx.send(c, f"fed/masked/{tag}", secagg.encode_vector(masked))
+    survivors, dropped = secagg.decode_request(_await(ctx, c, f"fed/unmask/{tag}", p.patience))
+    if not survivors:
+        return
+    if s.request and s.request != [survivors, dropped]:
+        raise InvalidMessageError(
+            "the coordinator asked this hospital a second, different unmasking question in one "
+            "step; answering both could unmask one hospital's update, so the job stops"
+        )
+    if not s.request:
+        s.request = [survivors, dropped]
+        s.save(ctx)  # answer one request per step, even across restarts
+    reveal = opened.reveal(me, survivors, dropped)
+    ctx.send(c, f"fed/reveal/{tag}", secagg.encode_reveal(reveal))
+
+
+def run_hospital(ctx: JobContext) -> Result | None:
+    """A hospital's side: per round, pay, train locally with DP-SGD and upload masked.
+
+    Raises:
+        NoiseOffRefusedError: If the job turns noise off while the test-only switch is off.
+        InvalidMessageError: If the coordinator's or a peer's message is malformed.
+        DropoutError: If too few hospitals are left to form a round.
+    """
+    p = plan(ctx.spec)
+    _check_noise(p)
+    data = _load_data(ctx, p)
+    s = _HospitalState.load(ctx)
+    while True:
+        if not s.go:
+            go = _await(ctx, p.coordinator, f"fed/go/{s.step}", p.patience)
+            kind, round_, weights = decode_go(go, p.model.size)
+            if kind == _DONE:
+                ctx.record("fed_dp_sgd.finished", {"rounds_trained": s.trained})
+                return _hospital_result(ctx, p, weights, s.trained)
+            s.go, s.exhausted = go.hex(), False
+            if kind == _TRAIN:
+                cost = p.round_cost(s.trained)
+                try:
+                    ctx.charge(f"round-{round_}", cost)
+                except BudgetExhaustedError as exc:
+                    s.exhausted = True
+                    ctx.record("fed_dp_sgd.budget_stop", {"round": round_, "reason": str(exc)})
+                else:
+                    s.trained += 1
+                    ctx.record(
+                        "fed_dp_sgd.round_charged",
+                        {
+                            "round": round_,
+                            "epsilon": format_rational(cost.epsilon),
+                            "delta": format_rational(cost.delta),
+                            "epsilon_total": format_rational(p.epsilon(s.trained)),
+                        },
+                    )
+            s.seed = secrets.token_bytes(secagg.SEED_BYTES).hex()
+            s.save(ctx)  # write-ahead: keys, shares and masks all derive from this seed
+        _hospital_step(ctx, p, s, data)
+        s = _HospitalState(step=s.step + 1, trained=s.trained)
+        s.save(ctx)
+        ctx.progress("train", s.step, p.rounds + 2)
+
+
+def _hospital_result(
+    ctx: JobContext, p: Plan, weights: np.ndarray[Any, Any], trained: int
+) -> Result | None:
+    if ctx.party not in ctx.spec.receivers:
+        return None
+    summary: dict[str, str | int | float | bool | None] = {
+        "rounds_trained_here": trained,
+        "epsilon_spent_here": format_rational(p.epsilon(trained)),
+        "delta": format_rational(p.delta) if p.noise else "0",
+    }
+    return Result(summary, {"model.json": _model_json(p, weights, [])})
+
+
+# --- the coordinator --------------------------------------------------------------------------
+
+
+@dataclass
+class _CoordinatorState:
+    """The coordinator's progress: the model, the history, and the current step's decisions."""
+
+    step: int = 0
+    round: int = 0
+    weights: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    joined: dict[str, int] = field(default_factory=dict)
+    stop: str = ""
+    kind: int = _TRAIN
+    roster: str = ""
+    boxes: dict[str, str] = field(default_factory=dict)
+    masked: dict[str, str] = field(default_factory=dict)
+    request: str = ""
+    #: Hospitals whose node could not be reached: out of the job from then on.
+    gone: list[str] = field(default_factory=list)
+
+    def save(self, ctx: JobContext) -> None:
+        ctx.checkpoint("coordinator", json.dumps(asdict(self)).encode())
+
+    @classmethod
+    def load(cls, ctx: JobContext) -> _CoordinatorState | None:
+        saved = ctx.restore("coordinator")
+        return cls(**json.loads(saved)) if saved else None
+
+
+def _collect(ctx: JobContext, members: list[str], tag: str, patience: int) -> dict[str, bytes]:
+    """Receive ``tag`` from every member at once; those silent for ``patience`` timeouts drop."""
+
+    def one(member: str) -> bytes | None:
+        for _ in range(patience):
+            try:
+                return ctx.recv(member, tag)
+            except PeerTimeoutError:
+                continue
+        return None
+
+    if not members:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(members)) as pool:
+        got = dict(zip(members, pool.map(one, members), strict=True))
+    return {m: payload for m, payload in got.items() if payload is not None}
+
+
+def _too_few(p: Plan, step: int, phase: str, count: int) -> secagg.DropoutError:
+    return secagg.DropoutError(
+        f"step {step}: only {count} hospitals answered the {phase} phase in time; the round "
+        f"needs {p.threshold} (max_dropouts = {len(p.hospitals) - p.threshold}). Bring the "
+        "missing hospitals' nodes back and resume the job, or run with fewer hospitals"
+    )
+
+
+def _send(ctx: JobContext, s: _CoordinatorState, hospital: str, tag: str, payload: bytes) -> None:
+    """Send to a hospital; one whose node cannot be reached drops out of the job (``s.gone``).
+
+    Its missing answers then count against ``max_dropouts`` like any other drop-out.
+    """
+    if hospital in s.gone:
+        return
+    try:
+        ctx.send(hospital, tag, payload)
+    except (JobAbortedError, JobInterruptedError):
+        raise
+    except TransportError:
+        s.gone.append(hospital)
+        ctx.record("fed_dp_sgd.unreachable", {"hospital": hospital, "step": s.step})
+
+
+def _tell(
+    ctx: JobContext,
+    p: Plan,
+    s: _CoordinatorState,
+    members: set[str],
+    tag: str,
+    payloads: Mapping[str, bytes],
+    empty: bytes,
+) -> None:
+    """Send each member its payload, and every other hospital ``empty`` (sit this step out)."""
+    for h in p.hospitals:
+        _send(ctx, s, h, tag, payloads[h] if h in members else empty)
+
+
+def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndarray[Any, Any]:
+    """Phases 2-8 of a training or evaluation step: the unmasked sum of the survivors' vectors."""
+    tag, everyone = f"{s.step}", list(p.hospitals)
+    names = {p.index(h): h for h in p.hospitals}
+    if not s.roster:
+        answers = _collect(ctx, [h for h in everyone if h not in s.gone], f"fed/keys/{tag}", 1)
+        exhausted = sorted(h for h, a in answers.items() if a == _EXHAUSTED)
+        for h in answers:  # each hospital that answered a training step has paid for it
+            s.joined[h] = s.joined.get(h, 0) + (s.kind == _TRAIN and h not in exhausted)
+        if exhausted:
+            s.stop = f"privacy budget exhausted at {', '.join(exhausted)}"
+            s.roster = secagg.encode_roster({}).hex()
+        else:
+            roster = {p.index(h): secagg.decode_advertised(a) for h, a in answers.items()}
+            if len(roster) < p.threshold:
+                raise _too_few(p, s.step, "keys", len(roster))
+            s.roster = secagg.encode_roster(roster).hex()
+        s.save(ctx)
+    roster = secagg.decode_roster(bytes.fromhex(s.roster))
+    members = {names[i] for i in roster}
+    empty_roster = secagg.encode_roster({})
+    _tell(
+        ctx,
+        p,
+        s,
+        members,
+        f"fed/roster/{tag}",
+        dict.fromkeys(members, bytes.fromhex(s.roster)),
+        empty_roster,
+    )
+    if not roster:
+        return np.zeros(0, dtype=np.int64)
+    if not s.boxes:
+        got = _collect(ctx, sorted(members), f"fed/shares/{tag}", 1)
+        s.boxes = {h: payload.hex() for h, payload in got.items()}
+        if len(s.boxes) < p.threshold:
+            raise _too_few(p, s.step, "share", len(s.boxes))
+        s.save(ctx)
+    uploads = {h: secagg.decode_boxes(bytes.fromhex(b)) for h, b in s.boxes.items()}
+    for h, boxes in uploads.items():
+        if set(boxes) != set(roster) - {p.index(h)}:
+            raise InvalidMessageError(f"{h} sent shares for other hospitals than the roster's")
+    inboxes = {
+        h: secagg.encode_boxes({p.index(o): uploads[o][p.index(h)] for o in uploads if o != h})
+        for h in uploads
+    }
+    _tell(ctx, p, s, set(uploads), f"fed/inbox/{tag}", inboxes, secagg.encode_boxes({}))
+    length = _vector_length(p, s.kind)
+    if not s.request:
+        got = _collect(ctx, sorted(uploads), f"fed/masked/{tag}", p.upload_patience)
+        s.masked = {h: payload.hex() for h, payload in got.items()}
+        if len(s.masked) < p.threshold:
+            raise _too_few(p, s.step, "upload", len(s.masked))
+        dropped = [p.index(h) for h in uploads if h not in s.masked]
+        s.request = secagg.encode_request([p.index(h) for h in s.masked], dropped).hex()
+        s.save(ctx)  # write-ahead: one unmasking question per step, even across restarts
+    masked = {
+        p.index(h): secagg.decode_vector(bytes.fromhex(v), length) for h, v in s.masked.items()
+    }
+    request = bytes.fromhex(s.request)
+    alive = {names[i] for i in masked}
+    _tell(
+        ctx,
+        p,
+        s,
+        alive,
+        f"fed/unmask/{tag}",
+        dict.fromkeys(alive, request),
+        secagg.encode_request([], []),
+    )
+    answers = _collect(ctx, sorted(alive), f"fed/reveal/{tag}", 1)
+    reveals = {p.index(h): secagg.decode_reveal(a) for h, a in answers.items()}
+    shared = {j: roster[j] for j in (p.index(h) for h in uploads)}
+    total = secagg.unmask(masked, shared, reveals, p.threshold, _context(ctx.spec, s.step))
+    s.history.append(
+        {"step": s.step, "survivors": len(masked), "dropped": len(members) - len(masked)}
+    )
+    return total
+
+
+def _aggregate(p: Plan, s: _CoordinatorState, total: np.ndarray[Any, Any]) -> None:
+    """Apply the unmasked sum: FedAvg step on a training round, and the evaluation figures."""
+    entry = s.history[-1]
+    survivors = entry["survivors"]
+    loss_sum, correct, rows = total[-3:]
+    entry["round"] = s.round
+    entry["kind"] = "train" if s.kind == _TRAIN else "evaluate"
+    entry["eval_rows"] = int(rows)
+    entry["loss"] = float(loss_sum) / 2**METRIC_FRAC_BITS / int(rows) if rows else None
+    entry["accuracy"] = int(correct) / int(rows) if rows else None
+    if s.kind == _TRAIN:
+        mean = secagg.dequantize(total[:-3], UPDATE_FRAC_BITS) / survivors
+        s.weights = (np.asarray(s.weights) + mean).tolist()
+        s.round += 1
+        entry["epsilon"] = format_rational(p.epsilon(s.round))
+
+
+def run_coordinator(ctx: JobContext) -> Result:
+    """The coordinator's side: drive the rounds, unmask only sums, build the result.
+
+    Raises:
+        NoiseOffRefusedError: If the job turns noise off while the test-only switch is off.
+        DropoutError: If more hospitals drop out of a round than ``max_dropouts``.
+        InvalidMessageError: If a hospital's message is malformed or its shares inconsistent.
+    """
+    p = plan(ctx.spec)
+    _check_noise(p)
+    s = _CoordinatorState.load(ctx)
+    if s is None:
+        s = _CoordinatorState(weights=fed.initial_weights(p.model, p.seed).tolist())
+        s.save(ctx)
+    while True:
+        weights = np.asarray(s.weights)
+        kind = s.kind
+        for h in p.hospitals:
+            _send(ctx, s, h, f"fed/go/{s.step}", encode_go(kind, s.round + 1, weights))
+        if kind == _DONE:
+            break
+        total = _coordinator_step(ctx, p, s)
+        if len(total):
+            _aggregate(p, s, total)
+            entry = s.history[-1]
+            ctx.record("fed_dp_sgd.step", {k: v for k, v in entry.items() if k != "step"})
+        s.kind = _next_kind(p, s)
+        s.step, s.roster, s.boxes, s.masked, s.request = s.step + 1, "", {}, {}, ""
+        s.save(ctx)
+        ctx.progress("train", s.step, p.rounds + 2)
+    return _coordinator_result(ctx, p, s)
+
+
+def _next_kind(p: Plan, s: _CoordinatorState) -> int:
+    if s.kind == _EVAL:
+        return _DONE
+    return _EVAL if s.stop or s.round >= p.rounds else _TRAIN
+
+
+def _coordinator_result(ctx: JobContext, p: Plan, s: _CoordinatorState) -> Result:
+    final = next((h for h in reversed(s.history) if h.get("kind") == "evaluate"), None)
+    summary: dict[str, str | int | float | bool | None] = {
+        "model": p.model.kind,
+        "parameters": p.model.size,
+        "rounds_run": s.round,
+        "rounds_planned": p.rounds,
+        "stopped": s.stop or "completed",
+        "noise": "gaussian (Opacus DP-SGD)" if p.noise else "off (test only)",
+        "noise_multiplier": p.dpsgd.noise_multiplier,
+        "delta": format_rational(p.delta) if p.noise else "0",
+        "final_loss": final["loss"] if final else None,
+        "final_accuracy": final["accuracy"] if final else None,
+    }
+    for h in p.hospitals:
+        summary[f"epsilon_{h}"] = format_rational(p.epsilon(s.joined.get(h, 0)))
+    ctx.record("fed_dp_sgd.finished", {"rounds": s.round, "stopped": summary["stopped"]})
+    artifacts = {
+        "model.json": _model_json(p, np.asarray(s.weights), s.history),
+        "history.csv": _history_csv(s.history),
+        "training_curves.png": _curves(p, s.history),
+    }
+    return Result(summary, artifacts)
+
+
+def _model_json(p: Plan, weights: np.ndarray[Any, Any], history: list[dict[str, Any]]) -> bytes:
+    doc = {
+        "format": MODEL_FORMAT,
+        "kind": p.model.kind,
+        "hidden": p.model.hidden if p.model.kind == "mlp" else None,
+        "features": list(p.features),
+        "ranges": {f: list(r) for f, r in p.ranges.items()},
+        "scaling": "each feature clipped to its range and mapped onto [-1, 1]",
+        "label": LABEL,
+        "layout": "torch parameters_to_vector order: weight then bias of each linear layer",
+        "weights": [float(w) for w in weights],
+        "history": history,
+    }
+    return json.dumps(doc, indent=1).encode()
+
+
+def _history_csv(history: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO(newline="")
+    columns = [
+        "step",
+        "kind",
+        "round",
+        "survivors",
+        "dropped",
+        "eval_rows",
+        "loss",
+        "accuracy",
+        "epsilon",
+    ]
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue().encode()
+
+
+def _curves(p: Plan, history: list[dict[str, Any]]) -> bytes:
+    """Held-out loss and accuracy of the global model before each round and at the end."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [h for h in history if h.get("loss") is not None]
+    x = [h["round"] for h in points]
+    figure = Figure(figsize=(8, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    left.plot(x, [h["loss"] for h in points], marker="o")
+    left.set_xlabel("rounds trained")
+    left.set_ylabel("held-out log-loss")
+    right.plot(x, [h["accuracy"] for h in points], marker="o", color="#55a868")
+    right.set_xlabel("rounds trained")
+    right.set_ylabel("held-out accuracy")
+    eps = [h["epsilon"] for h in history if "epsilon" in h]
+    noise = f"σ = {p.dpsgd.noise_multiplier}, ε = {eps[-1]}" if eps and p.noise else "no noise"
+    figure.suptitle(f"fed_dp_sgd {p.model.kind}: {noise}, δ = {p.delta if p.noise else 0}")
+    figure.tight_layout()
+    return png(figure)
+
+
+# --- the job spec -----------------------------------------------------------------------------
+
+
+def validate(spec: JobSpec) -> None:
+    """Check that ``spec`` is a runnable fed_dp_sgd job.
+
+    Raises:
+        InvalidJobSpecError: Naming the field to fix.
+        NoiseOffRefusedError: If it turns noise off while the test-only switch is off.
+    """
+    _check_noise(plan(spec))
+
+
+def outputs(spec: JobSpec) -> frozenset[str]:
+    """What the job releases: a model (trained with DP-SGD)."""
+    return frozenset({"model"})
+
+
+def learns(spec: JobSpec) -> dict[str, str]:
+    """What each party learns, as ``docs/protocols/fed-dp-sgd.md`` states it."""
+    p = plan(spec)
+    out = {
+        p.coordinator: (
+            "per round the sum of the surviving hospitals' DP-SGD updates (never one hospital's), "
+            "hence the global model; the pooled held-out loss sum, correct count and row count "
+            "(exact aggregates over the hospitals' held-out rows); who answered each phase"
+        )
+    }
+    for h in p.hospitals:
+        out[h] = (
+            "the global model of every round; the other hospitals' public keys and the Shamir "
+            "shares they encrypted for it (which alone reveal nothing)"
+        )
+    return out
+
+
+#: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
+def dropouts(spec: JobSpec, party: str) -> frozenset[str]:
+    """Whose silence ``party``'s role handles itself: every hospital but itself.
+
+    The coordinator carries a round on without up to ``max_dropouts`` hospitals (more abort it
+    with ``DropoutError``); a hospital talks only to the coordinator, so another hospital's
+    silence is no concern of its own.
+    """
+    return frozenset(p.party for p in spec.participants if p.role == ROLE_HOSPITAL) - {party}
+
+
+DEFINITION = ProtocolDef(
+    name="fed_dp_sgd",
+    version="1",
+    roles={ROLE_COORDINATOR: run_coordinator, ROLE_HOSPITAL: run_hospital},
+    validate=validate,
+    outputs=outputs,
+    learns=learns,
+    description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",
+    dropouts=dropouts,
+    resumable=True,
+)

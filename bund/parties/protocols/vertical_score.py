@@ -1,0 +1,344 @@
+"""Scoring new applicants with a vertical logistic-regression model trained by ``vertical_lr``.
+
+Every party applies its own part of the model of the training job ``model_job``, which it kept
+as its own result (``ctx.prior_result``), to its own data; only the bank learns the scores.
+Roles as in training: the ``label_holder`` (the bank, binding ``id`` in its dataset of applicants,
+no label) and each ``feature_holder`` (binding ``id``); the providers must be exactly those of the
+training job. ``docs/protocols/vertical-lr.md`` ("Scoring") has what each role learns. Messages,
+after the alignment of :func:`bund.parties.protocols.vertical.align_label_holder` (PSI, as in
+training; the common rows are the applicants that every provider holds, ascending id):
+
+1. ``vsc/key`` (provider ↔ provider, only with two or more providers): an X25519 masking public
+   key (``bund.compute.dp.secure_agg`` layout ``BSAK``).
+2. ``vsc/s/i`` (provider → bank): chunk ``i`` of its partial scores ``x·w`` of the common rows
+   (standardised exactly as in training, ``SCORE_FRAC_BITS`` fixed point) plus its pairwise
+   masks, mod 2^64 (layout ``BSAV``, at most ``MAX_LENGTH`` rows a chunk, fresh masks per chunk).
+   The masks cancel in the bank's sum, so the bank learns the providers' total per row and not
+   how it splits between them.
+
+The bank adds its own ``x·w + b``, applies the sigmoid and keeps ``scores.csv`` (``id``,
+``probability``, ``decision`` at the cut-off, ``matched``). Applicants that not every provider
+holds get no probability and the decision ``refer``: the model has no provider features for them,
+and scoring them as average firms would hide that.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bund.compute.dp import secure_agg
+from bund.compute.errors import InvalidMessageError
+from bund.compute.learn import logistic as lg
+from bund.compute.psi import normalise_ids
+from bund.parties.data import DatasetError, Table
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobContext,
+    JobSpec,
+    PriorResultError,
+    ProtocolDef,
+    Result,
+)
+from bund.parties.protocols.vertical import (
+    FEATURE_HOLDER,
+    ID_COLUMN,
+    LABEL_HOLDER,
+    MAX_FEATURES,
+    align_feature_holder,
+    align_label_holder,
+    feature_matrix,
+    roles_of,
+)
+from bund.parties.protocols.vertical_lr import MODEL_FORMAT
+
+#: The training protocol whose parts this one applies.
+TRAINING = "vertical_lr"
+#: Rows a chunk of partial scores carries (the masked-vector layout's cap).
+ROWS_PER_MESSAGE = secure_agg.MAX_LENGTH
+#: Largest magnitude of one provider's fixed-point partial score: ``2^20`` in logit units, far
+#: beyond any sane model, and small enough that the sum of every provider's stays inside int64.
+MAX_PARTIAL = 1 << (lg.SCORE_FRAC_BITS + 20)
+#: Decisions in ``scores.csv``: default probability at or above the cut-off, below it, unscored.
+DECLINE, APPROVE, REFER = "decline", "approve", "refer"
+
+_TAG_KEY = "vsc/key"
+_TAG_SCORES = "vsc/s"
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """One party's part of a trained model, as it kept it: features, weights, standardisation.
+
+    Attributes:
+        features: The feature columns, in the model's order.
+        weights: One weight per feature.
+        scaler: The training rows' means and scales.
+        doc: The whole stored ``model.json`` (intercept, providers, cut-off at the bank).
+    """
+
+    features: list[str]
+    weights: lg.FloatArray
+    scaler: lg.Standardiser
+    doc: Mapping[str, Any]
+
+    def partial_scores(self, table: Table, rows: list[int]) -> lg.FloatArray:
+        """``x·w`` of ``rows`` of ``table``, standardised exactly as in training.
+
+        Raises:
+            DatasetError: If the table lacks a feature column or a value is not a finite number.
+        """
+        missing = [f for f in self.features if f not in table.columns]
+        if missing:
+            raise DatasetError(
+                f"the dataset lacks the model's feature columns {missing}: score a dataset with "
+                "the columns the model was trained on"
+            )
+        x = feature_matrix(table, self.features, rows)
+        if not np.isfinite(x).all():
+            raise DatasetError("a feature value to score is not a finite number")
+        return lg.partial_scores(self.scaler.apply(x), self.weights)
+
+
+def load_part(ctx: JobContext, role: str) -> ModelPart:
+    """This party's part of the model of job ``model_job``, from its own store, checked.
+
+    Raises:
+        PriorResultError: If this node holds no such result, or it is not a part for ``role``.
+    """
+    job = str(ctx.spec.params["model_job"])
+    result = ctx.prior_result(job, TRAINING)
+    try:
+        doc = json.loads(result.artifacts["model.json"])
+        features = doc["features"]
+        ok = (
+            doc.get("format") == MODEL_FORMAT
+            and doc.get("role") == role
+            and isinstance(features, list)
+            and 1 <= len(features) <= MAX_FEATURES
+            and all(isinstance(f, str) for f in features)
+        )
+        values = [[float(doc[k][f]) for f in features] for k in ("coefficients", "mean", "scale")]
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok or not np.isfinite(values).all() or min(values[2]) <= 0:
+        raise PriorResultError(
+            f"{ctx.party}'s result of job {job} is not a {role} part of a {MODEL_FORMAT} model; "
+            "train again with this version of vertical_lr"
+        )
+    weights, mean, scale = (np.asarray(v, dtype=np.float64) for v in values)
+    return ModelPart(features, weights, lg.Standardiser(mean, scale), doc)
+
+
+def _chunks(count: int) -> list[tuple[int, int]]:
+    return [
+        (start, min(count, start + ROWS_PER_MESSAGE))
+        for start in range(0, max(1, count), ROWS_PER_MESSAGE)
+    ]
+
+
+def _mask_context(ctx: JobContext, chunk: int) -> bytes:
+    return bytes.fromhex(ctx.spec.digest()) + b"/vsc/" + chunk.to_bytes(4, "big")
+
+
+# --- a provider -----------------------------------------------------------------------------
+
+
+def run_feature_holder(ctx: JobContext) -> None:
+    """A provider's side: align, score its own features, send the masked scores to the bank.
+
+    Raises:
+        PriorResultError: If this node holds no provider part of ``model_job``.
+        InvalidJobSpecError: If the bank of this job did not train the model.
+        DatasetError: If the dataset lacks a feature column of the model.
+        InvalidKeyError: If another provider's masking key is malformed.
+    """
+    bank, providers = roles_of(ctx.spec)
+    part = load_part(ctx, FEATURE_HOLDER)
+    if part.doc.get("label_holder") != bank:
+        raise InvalidJobSpecError(
+            f"{ctx.party}'s part of job {ctx.spec.params['model_job']} was trained with "
+            f"{part.doc.get('label_holder')!r} as the label holder, not {bank!r}"
+        )
+    alignment = align_feature_holder(ctx, bank)
+    scores = lg.quantize_scores(part.partial_scores(ctx.table(), alignment.rows))
+    if len(scores) and int(np.abs(scores).max()) >= MAX_PARTIAL:
+        raise DatasetError(
+            f"{ctx.party}'s partial scores are out of range (|x·w| ≥ 2^20): the model is broken"
+        )
+    key = secure_agg.create_masking_key()
+    public_keys = {ctx.party: key.public_bytes()}
+    others = [p for p in providers if p != ctx.party]
+    for peer in others:
+        ctx.send(peer, _TAG_KEY, secure_agg.encode_public_key(public_keys[ctx.party]))
+    for peer in others:
+        public = secure_agg.decode_public_key(ctx.recv(peer, _TAG_KEY))
+        if public in public_keys.values():
+            raise InvalidMessageError(f"{peer} announced a masking key already in use; stopping")
+        public_keys[peer] = public
+    for i, (start, stop) in enumerate(_chunks(len(scores))):
+        masked = secure_agg.mask_vector(
+            scores[start:stop], key, ctx.party, public_keys, _mask_context(ctx, i)
+        )
+        ctx.send(bank, f"{_TAG_SCORES}/{i}", secure_agg.encode_vector(masked))
+    ctx.record("vertical_score.finished", {"scored_rows": len(scores)})
+
+
+# --- the bank -------------------------------------------------------------------------------
+
+
+def run_label_holder(ctx: JobContext) -> Result:
+    """The bank's side: align, add the providers' masked scores to its own, write the scores.
+
+    Raises:
+        PriorResultError: If this node holds no bank part of ``model_job``.
+        InvalidJobSpecError: If the providers are not those the model was trained with.
+        DatasetError: If the applicants' dataset lacks a feature column of the model.
+        InvalidMessageError: If a provider's message is malformed or its total out of range.
+    """
+    spec = ctx.spec
+    _, providers = roles_of(spec)
+    part = load_part(ctx, LABEL_HOLDER)
+    trained_with = part.doc.get("providers")
+    if not isinstance(trained_with, list) or sorted(trained_with) != sorted(providers):
+        raise InvalidJobSpecError(
+            f"job {spec.params['model_job']} trained with providers {trained_with}; score with "
+            f"exactly those as feature holders, not {providers}"
+        )
+    bias = float(part.doc.get("intercept", math.nan))
+    cutoff = float(spec.params.get("cutoff", part.doc.get("cutoff", 0.5)))
+    if not math.isfinite(bias) or not 0 <= cutoff <= 1:
+        raise PriorResultError(f"{ctx.party}'s part of job {spec.params['model_job']} is damaged")
+    table = ctx.table()
+    id_column = spec.participant(ctx.party).columns[ID_COLUMN]
+    alignment = align_label_holder(ctx, providers)
+    rows = alignment.rows
+    own = part.partial_scores(table, rows)
+    total = np.zeros(len(rows), dtype=np.int64)
+    for i, (start, stop) in enumerate(_chunks(len(rows))):
+        vectors = [
+            secure_agg.decode_vector(ctx.recv(p, f"{_TAG_SCORES}/{i}"), stop - start)
+            for p in providers
+        ]
+        total[start:stop] = secure_agg.unmask_sum(vectors)
+    if len(total) and int(np.abs(total).max()) >= MAX_PARTIAL * len(providers):
+        raise InvalidMessageError("the providers' summed partial scores are out of range")
+    probability = lg.sigmoid(lg.joint_scores(own, bias, [total]))
+    id_values = table.column(id_column)
+    ids = normalise_ids(id_values)
+    scored = dict(zip(rows, probability.tolist(), strict=True))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "probability", "decision", "matched"])
+    decisions = {DECLINE: 0, APPROVE: 0, REFER: 0}
+    for row in ids.rows:
+        p = scored.get(row)
+        decision = REFER if p is None else DECLINE if p >= cutoff else APPROVE
+        decisions[decision] += 1
+        writer.writerow(
+            [id_values[row].strip(), "" if p is None else f"{p:.6f}", decision, int(p is not None)]
+        )
+    ctx.record("vertical_score.finished", {"applicants": len(ids.rows), "scored": len(rows)})
+    summary: dict[str, str | int | float | bool | None] = {
+        "model_job": str(spec.params["model_job"]),
+        "applicants": len(ids.rows),
+        "scored": len(rows),
+        "unmatched": len(ids.rows) - len(rows),
+        "cutoff": cutoff,
+        "approve": decisions[APPROVE],
+        "decline": decisions[DECLINE],
+        "refer": decisions[REFER],
+        "mean_probability": float(probability.mean()) if len(rows) else None,
+    }
+    return Result(summary, {"scores.csv": out.getvalue().encode()})
+
+
+# --- the job spec ---------------------------------------------------------------------------
+
+
+def validate(spec: JobSpec) -> None:
+    """Check that ``spec`` is a runnable ``vertical_score`` job.
+
+    Raises:
+        InvalidJobSpecError: Naming the field to fix.
+    """
+    banks = [p for p in spec.participants if p.role == LABEL_HOLDER]
+    providers = [p for p in spec.participants if p.role == FEATURE_HOLDER]
+    if len(banks) != 1 or not providers or len(banks) + len(providers) != len(spec.participants):
+        raise InvalidJobSpecError(
+            f"vertical_score needs exactly one {LABEL_HOLDER!r} and at least one "
+            f"{FEATURE_HOLDER!r} (those of the training job), and no other role"
+        )
+    if len(providers) > secure_agg.MAX_CONTRIBUTORS:
+        raise InvalidJobSpecError(f"at most {secure_agg.MAX_CONTRIBUTORS} feature holders")
+    for p in spec.participants:
+        if p.dataset is None or ID_COLUMN not in p.columns:
+            raise InvalidJobSpecError(
+                f"participant {p.party!r} must name a dataset and bind the logical column "
+                f"{ID_COLUMN!r} (columns={{'{ID_COLUMN}': ...}})"
+            )
+    if tuple(spec.receivers) != (banks[0].party,):
+        raise InvalidJobSpecError(
+            f"vertical_score delivers the scores to the label holder only: set receivers = "
+            f"[{banks[0].party!r}]"
+        )
+    known = {"model_job", "cutoff"}
+    unknown = set(spec.params) - known
+    if unknown:
+        raise InvalidJobSpecError(f"unknown parameters {sorted(unknown)}; known: {sorted(known)}")
+    job = spec.params.get("model_job")
+    if not isinstance(job, str) or not re.fullmatch(r"[0-9a-f]{32}", job):
+        raise InvalidJobSpecError(
+            "parameter 'model_job' must be the 32-hex-digit id of the vertical_lr job whose "
+            "model to apply"
+        )
+    cutoff = spec.params.get("cutoff", 0.5)
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 <= cutoff <= 1:
+        raise InvalidJobSpecError(f"parameter 'cutoff' must be a number in [0, 1]; got {cutoff!r}")
+
+
+def outputs(spec: JobSpec) -> frozenset[str]:
+    """What the job releases: scores (``policy.OUTPUTS``)."""
+    return frozenset({"score"})
+
+
+def learns(spec: JobSpec) -> dict[str, str]:
+    """What each party learns, as ``docs/protocols/vertical-lr.md`` ("Scoring") states it."""
+    bank, providers = roles_of(spec)
+    split = (
+        "the sum of the providers' partial scores (masked pairwise: never one provider's alone)"
+        if len(providers) > 1
+        else f"{providers[0]}'s partial score"
+    )
+    out = {
+        bank: (
+            "which of its applicants every provider holds; for each of those, " + split + ", "
+            "hence the default probability; never a provider's feature values or weights"
+        )
+    }
+    for p in providers:
+        out[p] = (
+            f"{bank}'s number of applicants; which of its own ids are applicants that every "
+            "provider holds; no score, label or other party's feature"
+        )
+    return out
+
+
+#: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
+DEFINITION = ProtocolDef(
+    name="vertical_score",
+    version="1",
+    roles={LABEL_HOLDER: run_label_holder, FEATURE_HOLDER: run_feature_holder},
+    validate=validate,
+    outputs=outputs,
+    learns=learns,
+    description="scoring with a vertical_lr model: PSI alignment, pairwise-masked partial scores",
+)

@@ -1,0 +1,1250 @@
+"""The regulator: pull every party's signed audit log, verify it, reconcile the logs, report.
+
+A regulator holds a certificate with role ``regulator`` and, for every party, the address of its
+node and its audit public key, handed over out of band and written into ``regulator.toml``. It
+never trusts the key a node reports about itself: a node that reports another key is flagged, and
+its log is verified with the configured key all the same.
+
+Each layer can be used alone:
+
+* :func:`pull_log` pages through one node's ``Audit/ReadAuditLog`` over mTLS (only a regulator
+  certificate, or the node's own operator, may call it) and verifies the chain with
+  :func:`bund.parties.audit.verify_records`; :func:`make_pulled_log` verifies records obtained any
+  other way (an export, a test).
+* :func:`log_findings` turns one log's verification, and the checkpoints the regulator holds for
+  that party (:func:`bund.parties.audit.check_log_against_checkpoints`), into findings.
+* :func:`reconcile` is pure: it compares the logs of all parties, job by job. Every message must
+  appear with the same digest in the sender's and the receiver's log, every participant must
+  close the job, and the transcript digest each party reports to its peers must be the one it
+  recorded, and the one its own message records hash to.
+
+:func:`audit_federation` runs them for every configured party and returns an
+:class:`AuditOutcome`, which :func:`bund.parties.report.write_report` renders as one HTML file.
+``docs/governance.md`` explains every finding kind and what to do about it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bund.compute.errors import BundError
+from bund.parties.audit import (
+    AuditRecord,
+    Checkpoint,
+    JsonScalar,
+    LogFault,
+    VerificationReport,
+    check_log_against_checkpoints,
+    verify_records,
+)
+from bund.parties.client import NodeClient
+from bund.parties.config import TlsPaths
+from bund.parties.errors import ConfigError
+from bund.parties.identity import (
+    IdentityError,
+    identity_from_pem,
+    load_audit_public_key,
+    raw_key_id,
+    raw_public_key,
+)
+from bund.parties.jobs import TranscriptEntry, transcript_digest
+from bund.parties.manager import CLOSE_TAG
+
+#: Lifecycle records and the state of the job at that party once it is written.
+_STATES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "job_submitted": "proposed",
+        "job_proposed": "proposed",
+        "job_awaiting_approval": "awaiting approval",
+        "job_approved": "approved",
+        "job_accepted": "accepted",
+        "job_started": "running",
+        "job_refused": "refused",
+        "job_refused_by_peer": "refused",
+        "job_denied": "denied",
+        "job_aborted": "aborted",
+        "job_failed": "failed",
+    }
+)
+_SPEC_EVENTS: Final = frozenset({"job_submitted", "job_proposed"})
+_SPEC_FIELDS: Final = ("protocol", "requester", "parties", "receivers", "purpose")
+_MESSAGE_EVENTS: Final[Mapping[str, str]] = MappingProxyType(
+    {"message_sent": "sent", "message_received": "received"}
+)
+_PEER_TRANSCRIPT: Final = "peer_transcript."
+#: How far a party's log must reach past an event before a record it lacks counts as omitted
+#: rather than not yet written. The logs are pulled one after another, each party's clock is its
+#: own, and a pull appends an ``rpc`` record to the log, so a second pull settles the question.
+SETTLE_TIME: Final = dt.timedelta(minutes=5)
+
+
+class Severity(StrEnum):
+    """How much a finding matters."""
+
+    #: The logs contradict each other or the signatures: evidence of loss or tampering.
+    ERROR = "error"
+    #: Something the regulator could not check, or that an ordinary failure can explain.
+    WARNING = "warning"
+
+
+class FindingKind(StrEnum):
+    """What a finding is about; ``docs/governance.md`` says what to do about each."""
+
+    PULL_FAILED = "pull_failed"
+    KEY_MISMATCH = "key_mismatch"
+    LOG_INCOMPLETE = "log_incomplete"
+    LOG_INVALID = "log_invalid"
+    CHECKPOINT_INVALID = "checkpoint_invalid"
+    EQUIVOCATION = "equivocation"
+    LOG_REWRITTEN = "log_rewritten"
+    LOG_TRUNCATED = "log_truncated"
+    MALFORMED_RECORD = "malformed_record"
+    SPEC_MISSING = "spec_missing"
+    SPEC_MISMATCH = "spec_mismatch"
+    UNEXPECTED_PARTY = "unexpected_party"
+    JOB_MISSING = "job_missing"
+    NOT_RECONCILED = "not_reconciled"
+    MESSAGE_OMITTED = "message_omitted"
+    DIGEST_MISMATCH = "digest_mismatch"
+    CLOSE_MISSING = "close_missing"
+    CLOSE_DUPLICATED = "close_duplicated"
+    OUTCOME_MISMATCH = "outcome_mismatch"
+    TRANSCRIPT_MISMATCH = "transcript_mismatch"
+    DROPPED_OUT = "dropped_out"
+    TRANSCRIPT_INCONSISTENT = "transcript_inconsistent"
+    RESULT_OUTSIDE_RECEIVERS = "result_outside_receivers"
+
+
+_CHECKPOINT_KINDS: Final[Mapping[LogFault, FindingKind]] = MappingProxyType(
+    {
+        LogFault.CHECKPOINT: FindingKind.CHECKPOINT_INVALID,
+        LogFault.EQUIVOCATION: FindingKind.EQUIVOCATION,
+        LogFault.REWRITTEN: FindingKind.LOG_REWRITTEN,
+        LogFault.TRUNCATED: FindingKind.LOG_TRUNCATED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the regulator found wrong, or could not check.
+
+    Every string in a finding may come from a party's log: escape it before rendering.
+
+    Attributes:
+        severity: :attr:`Severity.ERROR` or :attr:`Severity.WARNING`.
+        kind: What it is about.
+        job_id: The job concerned, or ``""`` for a finding about a whole log.
+        parties: The parties involved; for a message, sender first.
+        detail: What was found, in words, naming the records.
+        indexes: For each party whose log holds the evidence, the index of the record.
+    """
+
+    severity: Severity
+    kind: FindingKind
+    job_id: str
+    parties: tuple[str, ...]
+    detail: str
+    indexes: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indexes", MappingProxyType(dict(self.indexes)))
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditedParty:
+    """A party whose log the regulator pulls.
+
+    Attributes:
+        name: The party's name; its node's certificate must carry it.
+        address: ``HOST:PORT`` of its node.
+        audit_public_key: The party's audit key as the regulator was given it.
+    """
+
+    name: str
+    address: str
+    audit_public_key: Ed25519PublicKey
+
+
+@dataclass(frozen=True)
+class RegulatorConfig:
+    """Everything :func:`audit_federation` needs, as read from ``regulator.toml``.
+
+    Attributes:
+        tls: The regulator's CA, certificate (role ``regulator``) and key.
+        parties: The parties to audit, by name.
+        timeout_s: Deadline of each call to a node.
+        max_message_bytes: gRPC message limit; a page of the log must fit in it.
+    """
+
+    tls: TlsPaths
+    parties: Mapping[str, AuditedParty]
+    timeout_s: float = 60.0
+    max_message_bytes: int = 8 << 20
+    #: Where the regulator keeps every checkpoint it was given (``checkpoints.jsonl``).
+    state_dir: Path | None = None
+
+
+def _text_setting(doc: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = doc.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'{where}: {key} must be a string, e.g. {key} = "..."')
+    return value
+
+
+def _number_setting(doc: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}: {key} must be a positive number")
+    return float(value)
+
+
+def load_regulator_config(path: Path) -> RegulatorConfig:
+    """Read ``regulator.toml``; paths in it are relative to the file.
+
+    ::
+
+        [tls]                         # like a node's: the regulator's own certificate
+        ca = "ca.pem"
+        cert = "regulator.pem"        # issued with role "regulator"
+        key = "regulator.key"
+
+        state_dir = "regulator-state"  # optional: keeps every checkpoint the parties signed
+
+        [limits]                      # optional
+        timeout_s = 60
+        max_message_bytes = 8388608
+
+        [parties.bank]
+        address = "bank.example:7443"
+        audit_public_key = "keys/bank_audit_ed25519.pub"   # PEM, handed over by the bank
+
+    Args:
+        path: The file.
+
+    Returns:
+        The configuration, with every audit public key loaded.
+
+    Raises:
+        ConfigError: The file is missing or malformed, a key cannot be read, or the certificate
+            is not a regulator's; the message names what to fix.
+    """
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"regulator configuration {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    base = path.parent
+
+    def table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{key}] must be a table")
+        return value
+
+    tls_doc, limits, parties_doc = table(doc, "tls"), table(doc, "limits"), table(doc, "parties")
+    tls = TlsPaths(
+        ca=base / _text_setting(tls_doc, "ca", f"{path} [tls]", "ca.pem"),
+        cert=base / _text_setting(tls_doc, "cert", f"{path} [tls]", "node.pem"),
+        key=base / _text_setting(tls_doc, "key", f"{path} [tls]", "node.key"),
+    )
+    for name, file in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
+        if not file.is_file():
+            raise ConfigError(f"{path} [tls] {name}: {file} not found")
+    try:
+        who = identity_from_pem(tls.cert.read_bytes())
+    except IdentityError as exc:
+        raise ConfigError(f"{path} [tls] cert: {exc}") from None
+    if who.role != "regulator":
+        raise ConfigError(
+            f"{path} [tls] cert is {who.name}'s, with role {who.role!r}: the audit service "
+            "answers only regulators; use a certificate issued with role 'regulator'"
+        )
+    if not parties_doc:
+        raise ConfigError(f'{path}: no [parties.NAME] with address = "HOST:PORT" to audit')
+    parties: dict[str, AuditedParty] = {}
+    for name, entry in sorted(parties_doc.items()):
+        where = f"{path} [parties.{name}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        address = _text_setting(entry, "address", where)
+        if address.rpartition(":")[0] == "":
+            raise ConfigError(f'{where}: address must be "HOST:PORT", not {address!r}')
+        key_path = base / _text_setting(entry, "audit_public_key", where)
+        try:
+            key = load_audit_public_key(key_path)
+        except IdentityError as exc:
+            raise ConfigError(f"{where} audit_public_key: {exc}") from None
+        parties[name] = AuditedParty(name, address, key)
+    timeout = _number_setting(limits, "timeout_s", f"{path} [limits]", 60.0)
+    max_bytes = _number_setting(limits, "max_message_bytes", f"{path} [limits]", 8 << 20)
+    state_dir = base / _text_setting(doc, "state_dir", str(path), "regulator-state")
+    return RegulatorConfig(tls, MappingProxyType(parties), timeout, int(max_bytes), state_dir)
+
+
+# -- checkpoints the regulator holds --------------------------------------------------------
+
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+
+
+def load_held_checkpoints(state_dir: Path) -> dict[str, list[Checkpoint]]:
+    """Every checkpoint this regulator was given, by party (none when it has kept none)."""
+    held: dict[str, list[Checkpoint]] = {}
+    path = state_dir / CHECKPOINTS_FILE
+    if not path.exists():
+        return held
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                doc = json.loads(line)
+                cp = Checkpoint(
+                    party=doc["party"],
+                    tree_size=doc["tree_size"],
+                    root_hash=bytes.fromhex(doc["root_hash"]),
+                    timestamp=doc["timestamp"],
+                    signature=bytes.fromhex(doc["signature"]),
+                )
+            except (ValueError, KeyError, TypeError, BundError):
+                raise ConfigError(f"{path} line {number} is not a checkpoint record") from None
+            held.setdefault(cp.party, []).append(cp)
+    return held
+
+
+def keep_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
+    """Append a checkpoint to the regulator's own store (durably: flushed and synced)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(
+        {
+            "party": checkpoint.party,
+            "tree_size": checkpoint.tree_size,
+            "root_hash": checkpoint.root_hash.hex(),
+            "timestamp": checkpoint.timestamp,
+            "signature": checkpoint.signature.hex(),
+        },
+        sort_keys=True,
+    )
+    with (state_dir / CHECKPOINTS_FILE).open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- pulling and verifying one log ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PulledLog:
+    """One party's log as the regulator pulled it, and whether it verifies.
+
+    Attributes:
+        party: The party, as the regulator's configuration names it.
+        address: Where it was pulled from.
+        public_key: The party's audit key from the regulator's configuration.
+        records: The records received, in order.
+        reported_size: How many records the node said its log held when the pull began.
+        reported_key: The raw audit public key the node reported (trusted for nothing).
+        verification: The chain and signatures checked with ``public_key``; ``None`` when the
+            pull failed.
+        error: Why the pull failed, or ``""``.
+    """
+
+    party: str
+    address: str
+    public_key: Ed25519PublicKey
+    records: tuple[AuditRecord, ...]
+    reported_size: int
+    reported_key: bytes
+    verification: VerificationReport | None
+    error: str = ""
+
+    @property
+    def key_matches(self) -> bool:
+        """Whether the node reported the key the regulator was given for it."""
+        return hmac.compare_digest(self.reported_key, raw_public_key(self.public_key))
+
+
+def make_pulled_log(
+    party: str,
+    records: Iterable[AuditRecord],
+    public_key: Ed25519PublicKey,
+    address: str = "",
+    reported_size: int | None = None,
+    reported_key: bytes | None = None,
+) -> PulledLog:
+    """Verify records of ``party``'s log (however obtained) with the key the regulator holds.
+
+    Args:
+        party: The party whose log it is; every record must name it.
+        records: The log from record 0, in order.
+        public_key: The party's audit key as the regulator was given it.
+        address: Where the records came from, for the report.
+        reported_size: The size the source claimed; the number of records when omitted.
+        reported_key: The raw key the source claimed; ``public_key`` when omitted.
+
+    Returns:
+        The log and its verification report.
+    """
+    kept = tuple(records)
+    return PulledLog(
+        party=party,
+        address=address,
+        public_key=public_key,
+        records=kept,
+        reported_size=len(kept) if reported_size is None else reported_size,
+        reported_key=raw_public_key(public_key) if reported_key is None else reported_key,
+        verification=verify_records(kept, public_key, party),
+    )
+
+
+def pull_log(client: NodeClient, public_key: Ed25519PublicKey, page_size: int = 0) -> PulledLog:
+    """Pull a node's whole audit log over mTLS, page by page, and verify it.
+
+    The pull stops at the size the node reported on the first page: records appended meanwhile
+    (the pull's own ``rpc`` records, say) wait for the next pull. A node that stops sending
+    before that size is reported by :func:`log_findings` as ``log_incomplete``.
+
+    Args:
+        client: A client to the party's node, made with the regulator's certificate; its
+            ``party`` is the name the node's certificate must carry.
+        public_key: The party's audit key as the regulator was given it, never the node's word.
+        page_size: Records per call; 0 lets the node choose.
+
+    Returns:
+        The log, verified with ``public_key``.
+
+    Raises:
+        RemoteError: The node refused (PERMISSION_DENIED for a certificate that is neither the
+            node's operator nor a regulator).
+        PeerUnavailableError: The node cannot be reached.
+        BundError: The node sent records that cannot be decoded.
+    """
+    page = client.read_audit(0, page_size)
+    size, reported_key = page.size, page.audit_public_key
+    records = list(page.records)
+    while len(records) < size:
+        page = client.read_audit(len(records), page_size)
+        if not page.records:
+            break
+        records.extend(page.records)
+    return make_pulled_log(client.party, records, public_key, client.address, size, reported_key)
+
+
+def log_findings(log: PulledLog, checkpoints: Sequence[Checkpoint] = ()) -> list[Finding]:
+    """What is wrong with one party's log on its own: pull, key, chain, checkpoints.
+
+    Args:
+        log: The pulled log.
+        checkpoints: Checkpoints of this party's log that the regulator holds; with them a log
+            truncated, or rewritten and re-signed with the party's own key, is caught too.
+
+    Returns:
+        Findings about the log, with ``job_id`` ``""``.
+    """
+    party, found = log.party, []
+
+    def flag(kind: FindingKind, detail: str, index: int | None = None) -> None:
+        indexes = {} if index is None else {party: index}
+        found.append(Finding(Severity.ERROR, kind, "", (party,), detail, indexes))
+
+    if log.verification is None:
+        flag(FindingKind.PULL_FAILED, f"{party}'s log at {log.address} was not pulled: {log.error}")
+        return found
+    if not log.key_matches:
+        flag(
+            FindingKind.KEY_MISMATCH,
+            f"{party}'s node reports audit key {log.reported_key.hex()[:16]}..., not the key "
+            f"{raw_key_id(log.public_key)} the regulator was given for {party}; its log was "
+            "verified with the given key",
+        )
+    if len(log.records) < log.reported_size:
+        flag(
+            FindingKind.LOG_INCOMPLETE,
+            f"{party}'s node reported {log.reported_size} records but sent {len(log.records)}",
+            len(log.records),
+        )
+    report = log.verification
+    if not report.ok:
+        flag(
+            FindingKind.LOG_INVALID,
+            f"{party}'s log fails verification at record {report.first_bad_index}: "
+            f"{report.reason}; records from there on are not evidence the party signed",
+            report.first_bad_index,
+        )
+    if checkpoints:
+        held = check_log_against_checkpoints(log.records, checkpoints, log.public_key, party)
+        if held.fault is not None and held.fault is not LogFault.RECORD:
+            flag(_CHECKPOINT_KINDS[held.fault], held.reason, held.first_bad_index)
+    return found
+
+
+# -- reconciliation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Message:
+    record: AuditRecord
+    direction: str
+    peer: str
+    tag: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Spec:
+    record: AuditRecord
+    requester: str
+    parties: tuple[str, ...]
+    receivers: tuple[str, ...]
+    digest: str
+
+
+def _text(record: AuditRecord, key: str) -> str | None:
+    value = record.fields.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
+
+
+def _when(timestamp: str) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+class _JobReconciler:
+    """Reconciles the records of one job across the logs of all pulled parties."""
+
+    def __init__(
+        self, job_id: str, views: Mapping[str, Sequence[AuditRecord]], last_seen: Mapping[str, str]
+    ) -> None:
+        self.job_id = job_id
+        self.views = views
+        self.pulled = frozenset(last_seen)
+        self.last_seen = last_seen
+        self.found: list[Finding] = []
+        self.messages: dict[str, list[_Message]] = {}  # with other participants: reconciled
+        self.recorded: dict[str, list[_Message]] = {}  # every readable one: the transcript
+        self.closes: dict[str, AuditRecord] = {}
+        self.started = False
+
+    def flag(
+        self,
+        kind: FindingKind,
+        parties: Sequence[str],
+        detail: str,
+        indexes: Mapping[str, int] | None = None,
+        severity: Severity = Severity.ERROR,
+    ) -> None:
+        self.found.append(
+            Finding(severity, kind, self.job_id, tuple(parties), detail, indexes or {})
+        )
+
+    def malformed(self, party: str, record: AuditRecord, what: str) -> None:
+        self.flag(
+            FindingKind.MALFORMED_RECORD,
+            [party],
+            f"{party}'s {record.event} record {record.index} {what}; it was left out of the "
+            "reconciliation",
+            {party: record.index},
+        )
+
+    def run(self) -> list[Finding]:
+        participants = self.check_specs()
+        self.read_records(participants)
+        present = self.check_presence(participants)
+        self.check_messages(present)
+        self.check_closes(participants, present)
+        return self.found
+
+    def check_specs(self) -> _Spec | None:
+        """Every party's admission record, and that all were shown the same spec."""
+        specs: dict[str, _Spec] = {}
+        for party, records in self.views.items():
+            record = next((r for r in records if r.event in _SPEC_EVENTS), None)
+            if record is None:
+                self.flag(
+                    FindingKind.SPEC_MISSING,
+                    [party],
+                    f"{party}'s log has records of the job (from record {records[0].index}) but "
+                    "no job_submitted or job_proposed record saying what it agreed to",
+                    {party: records[0].index},
+                )
+                continue
+            requester, names, receivers, digest = (
+                _text(record, key) for key in ("requester", "parties", "receivers", "spec_sha256")
+            )
+            if requester is None or names is None or receivers is None or digest is None:
+                self.malformed(party, record, "lacks requester, parties, receivers or spec_sha256")
+                continue
+            specs[party] = _Spec(record, requester, _names(names), _names(receivers), digest)
+        if len({spec.digest for spec in specs.values()}) > 1:
+            shown = "; ".join(f"{p}: {s.digest[:16]}..." for p, s in sorted(specs.items()))
+            self.flag(
+                FindingKind.SPEC_MISMATCH,
+                sorted(specs),
+                f"the parties recorded different specs for the job ({shown})",
+                {p: s.record.index for p, s in specs.items()},
+            )
+        if not specs:
+            return None
+        # The requester's own record (job_submitted) when its log was pulled.
+        return next((s for p, s in sorted(specs.items()) if s.requester == p), specs[min(specs)])
+
+    def read_records(self, spec: _Spec | None) -> None:
+        """Collect each party's messages and closing record; flag strangers."""
+        members = None if spec is None else set(spec.parties)
+        for party, records in self.views.items():
+            if members is not None and party not in members:
+                self.flag(
+                    FindingKind.UNEXPECTED_PARTY,
+                    [party],
+                    f"{party}'s log has records of the job (from record {records[0].index}), but "
+                    f"the job's spec names only {', '.join(sorted(members))}",
+                    {party: records[0].index},
+                )
+            messages = self.messages.setdefault(party, [])
+            recorded = self.recorded.setdefault(party, [])
+            for record in records:
+                if record.event in _MESSAGE_EVENTS:
+                    message = self.read_message(party, record)
+                    if message is None:
+                        continue
+                    recorded.append(message)
+                    if message.peer == party or (
+                        members is not None and message.peer not in members
+                    ):
+                        self.flag(
+                            FindingKind.UNEXPECTED_PARTY,
+                            [party, message.peer],
+                            f"{party}'s {record.event} record {record.index} (tag "
+                            f"{message.tag!r}) names peer {message.peer!r}, who is not another "
+                            "participant of the job",
+                            {party: record.index},
+                        )
+                        continue
+                    messages.append(message)
+                elif record.event == "job_started":
+                    self.started = True
+                elif record.event == "job_closed":
+                    if party in self.closes:
+                        self.flag(
+                            FindingKind.CLOSE_DUPLICATED,
+                            [party],
+                            f"{party} closed the job twice (records {self.closes[party].index} "
+                            f"and {record.index}); the first is reconciled",
+                            {party: record.index},
+                        )
+                    elif _text(record, "transcript_sha256") is None:
+                        self.malformed(party, record, "has no transcript_sha256")
+                    else:
+                        self.closes[party] = record
+
+    def read_message(self, party: str, record: AuditRecord) -> _Message | None:
+        peer, tag, sha256 = (_text(record, key) for key in ("peer", "tag", "sha256"))
+        size = record.fields.get("size")
+        if peer is None or tag is None or sha256 is None or type(size) is not int:
+            self.malformed(party, record, "lacks a peer, tag, sha256 or integer size")
+            return None
+        return _Message(record, _MESSAGE_EVENTS[record.event], peer, tag, sha256, size)
+
+    def check_presence(self, spec: _Spec | None) -> set[str]:
+        """Who must have a record of the job; flag those whose log has none."""
+        # party -> (witness, index of the witness's record, what that record shows)
+        expected: dict[str, tuple[str, int, str]] = {}
+        for party, records in sorted(self.views.items()):
+            for record in records:
+                peer = _text(record, "peer") if record.event == "job_refused_by_peer" else None
+                if peer is not None:
+                    expected.setdefault(peer, (party, record.index, "records its refusal"))
+            for m in self.messages[party]:
+                expected.setdefault(m.peer, (party, m.record.index, f"records a message {m.tag!r}"))
+        if spec is not None:
+            witness = min(self.views)
+            index = self.views[witness][0].index
+            if self.started:
+                for member in spec.parties:
+                    why = "names it a participant of the job, which started"
+                    expected.setdefault(member, (witness, index, why))
+            expected.setdefault(spec.requester, (witness, index, "names it the requester"))
+        for party, (witness, index, why) in sorted(expected.items()):
+            if party in self.views:
+                continue
+            if party in self.pulled:
+                self.flag(
+                    FindingKind.JOB_MISSING,
+                    [party, witness],
+                    f"{party}'s log has no record of the job, but {witness}'s log {why} "
+                    f"(record {index})",
+                    {witness: index},
+                )
+            else:
+                self.flag(
+                    FindingKind.NOT_RECONCILED,
+                    [party],
+                    f"{party} takes part in the job but its log was not pulled; its side of the "
+                    "job is not reconciled",
+                    severity=Severity.WARNING,
+                )
+        return set(self.views)
+
+    def check_messages(self, present: set[str]) -> None:
+        """Each message in the sender's log and the receiver's, with the same digest and size."""
+        channels: dict[tuple[str, str, str], tuple[list[_Message], list[_Message]]] = {}
+        for party in sorted(present):
+            for m in self.messages[party]:
+                sender, receiver = (party, m.peer) if m.direction == "sent" else (m.peer, party)
+                sent, received = channels.setdefault((sender, receiver, m.tag), ([], []))
+                (sent if m.direction == "sent" else received).append(m)
+        for (sender, receiver, tag), (sent, received) in sorted(channels.items()):
+            if sender not in present or receiver not in present:
+                continue  # flagged as job_missing or not_reconciled already
+            for s, r in zip(sent, received, strict=False):
+                if (s.sha256, s.size) != (r.sha256, r.size):
+                    self.flag(
+                        FindingKind.DIGEST_MISMATCH,
+                        [sender, receiver],
+                        f"message {tag!r} from {sender} to {receiver}: {sender}'s message_sent "
+                        f"(record {s.record.index}) has sha256 {s.sha256[:16]}... and {s.size} "
+                        f"bytes, {receiver}'s message_received (record {r.record.index}) has "
+                        f"{r.sha256[:16]}... and {r.size} bytes",
+                        {sender: s.record.index, receiver: r.record.index},
+                    )
+            for s in sent[len(received) :]:
+                outcome = self.outcome(receiver)
+                severity = Severity.ERROR if outcome == "succeeded" else Severity.WARNING
+                why = (
+                    f"{receiver} closed the job as succeeded, so it must have taken the message"
+                    if severity is Severity.ERROR
+                    else f"the job did not succeed at {receiver} ({outcome or 'not closed'}), "
+                    "so it may never have taken the message"
+                )
+                self.flag(
+                    FindingKind.MESSAGE_OMITTED,
+                    [sender, receiver],
+                    f"message {tag!r} from {sender} to {receiver}: {receiver}'s log has no "
+                    f"message_received for {sender}'s message_sent (record {s.record.index}); "
+                    f"{why}",
+                    {sender: s.record.index},
+                    severity,
+                )
+            for r in received[len(sent) :]:
+                # A sender records a message once it was delivered: the receiver may be first.
+                done = sender in self.closes or self.settled(sender, r.record.timestamp)
+                self.flag(
+                    FindingKind.MESSAGE_OMITTED,
+                    [sender, receiver],
+                    f"message {tag!r} from {sender} to {receiver}: {sender}'s log has no "
+                    f"message_sent for {receiver}'s message_received (record {r.record.index})"
+                    + ("" if done else f"; {sender} may not have recorded it yet: pull again"),
+                    {receiver: r.record.index},
+                    Severity.ERROR if done else Severity.WARNING,
+                )
+
+    def settled(self, party: str, since: str) -> bool:
+        """Whether ``party``'s pulled log reaches :data:`SETTLE_TIME` past ``since``."""
+        last, then = _when(self.last_seen.get(party, "")), _when(since)
+        return last is not None and then is not None and last - then > SETTLE_TIME
+
+    def outcome(self, party: str) -> str | None:
+        close = self.closes.get(party)
+        return None if close is None else _text(close, "outcome")
+
+    def check_closes(self, spec: _Spec | None, present: set[str]) -> None:
+        """Every participant closed; closes agree, countersign each other, match the messages."""
+        if self.started and spec is not None:
+            for party in sorted(present & set(spec.parties)):
+                if party in self.closes:
+                    continue
+                others = sorted(set(self.closes) - {party})
+                if others:
+                    done = all(self.settled(party, self.closes[p].timestamp) for p in others)
+                    self.flag(
+                        FindingKind.CLOSE_MISSING,
+                        [party, *others],
+                        f"{party}'s log has no job_closed record, though {', '.join(others)} "
+                        "closed the job"
+                        + ("" if done else f"; {party} may not have closed it yet: pull again"),
+                        {p: self.closes[p].index for p in others},
+                        Severity.ERROR if done else Severity.WARNING,
+                    )
+                else:
+                    self.flag(
+                        FindingKind.CLOSE_MISSING,
+                        [party],
+                        f"{party}'s log has no job_closed record, nor has any other party's: "
+                        "the job may still be running; pull again later",
+                        severity=Severity.WARNING,
+                    )
+        outcomes = {p: self.outcome(p) for p in sorted(self.closes)}
+        if len(set(outcomes.values())) > 1:
+            self.flag(
+                FindingKind.OUTCOME_MISMATCH,
+                sorted(outcomes),
+                "the parties closed the job with different outcomes: "
+                + ", ".join(f"{p} {o}" for p, o in outcomes.items()),
+                {p: c.index for p, c in self.closes.items()},
+                Severity.WARNING,
+            )
+        for party, close in sorted(self.closes.items()):
+            self.check_transcript(party, close)
+            self.check_countersignatures(party, close, spec)
+            if spec is not None and close.fields.get("holds_result") is True:
+                if party not in spec.receivers:
+                    self.flag(
+                        FindingKind.RESULT_OUTSIDE_RECEIVERS,
+                        [party],
+                        f"{party}'s job_closed (record {close.index}) says it holds the result, "
+                        f"but the spec sends the result only to {', '.join(spec.receivers)}",
+                        {party: close.index},
+                    )
+
+    def check_transcript(self, party: str, close: AuditRecord) -> None:
+        """A party's transcript digest must be the hash of its own message records."""
+        entries = [
+            TranscriptEntry(m.direction, m.peer, m.tag, m.sha256, m.size)
+            for m in self.recorded.get(party, [])
+            if m.record.index < close.index and m.tag != CLOSE_TAG
+        ]
+        recorded = _text(close, "transcript_sha256")
+        computed = transcript_digest(self.job_id, party, entries)
+        if recorded is not None and not hmac.compare_digest(recorded, computed):
+            self.flag(
+                FindingKind.TRANSCRIPT_INCONSISTENT,
+                [party],
+                f"{party}'s job_closed (record {close.index}) reports transcript "
+                f"{recorded[:16]}..., but its {len(entries)} message records of the job hash to "
+                f"{computed[:16]}...: its log does not show the messages it closed the job on",
+                {party: close.index},
+            )
+
+    def check_countersignatures(self, party: str, close: AuditRecord, spec: _Spec | None) -> None:
+        """Each peer digest in a party's close must be the peer's own transcript digest."""
+        reported = {
+            key.removeprefix(_PEER_TRANSCRIPT): value
+            for key, value in close.fields.items()
+            if key.startswith(_PEER_TRANSCRIPT)
+        }
+        dropped = set(str(close.fields.get("dropped", "")).split(",")) - {""}
+        if spec is not None and self.outcome(party) == "succeeded":
+            for peer in sorted(set(spec.parties) - {party} - set(reported)):
+                if peer in dropped:  # the protocol carries on without drop-outs, by design
+                    self.flag(
+                        FindingKind.DROPPED_OUT,
+                        [party, peer],
+                        f"{party} closed the job as succeeded (record {close.index}) without "
+                        f"{peer}, which it records as dropped out",
+                        {party: close.index},
+                        Severity.WARNING,
+                    )
+                    continue
+                self.flag(
+                    FindingKind.TRANSCRIPT_MISMATCH,
+                    [party, peer],
+                    f"{party} closed the job as succeeded (record {close.index}) without "
+                    f"countersigning {peer}'s transcript digest",
+                    {party: close.index},
+                )
+        for peer, digest in sorted(reported.items()):
+            theirs = self.closes.get(peer)
+            own = None if theirs is None else _text(theirs, "transcript_sha256")
+            if theirs is None or own is None:
+                continue  # no close to compare with: flagged as close_missing or not_reconciled
+            if not isinstance(digest, str) or not hmac.compare_digest(digest, own):
+                self.flag(
+                    FindingKind.TRANSCRIPT_MISMATCH,
+                    [party, peer],
+                    f"{party}'s job_closed (record {close.index}) says {peer} reported transcript "
+                    f"{str(digest)[:16]}..., but {peer}'s own job_closed (record {theirs.index}) "
+                    f"records {own[:16]}...: one of them recorded something other than what was "
+                    "exchanged",
+                    {party: close.index, peer: theirs.index},
+                )
+
+
+def reconcile(logs: Mapping[str, Sequence[AuditRecord]]) -> list[Finding]:
+    """Compare the logs of all parties, job by job; pure.
+
+    For every job: each party recorded the job's spec, and the same one; no party outside the
+    spec has records of it or exchanges messages in it; every party that must know the job
+    (the requester; every participant once the job started; a peer that messages or refusals
+    name) has records of it; every ``message_sent`` by A to B with (tag, sha256, size) appears
+    as ``message_received`` from A in B's log, and the reverse; every participant of a started
+    job closed it, with the same outcome; each ``peer_transcript.<p>`` in a close equals p's own
+    ``transcript_sha256``, and that digest is the hash of p's own message records
+    (:func:`bund.parties.jobs.transcript_digest`); only receivers hold the result.
+
+    Logs are snapshots taken one after another, so a job may be in flight in one and finished
+    in the next. A missing record that a job still running explains is a warning; it becomes
+    an error once the log that lacks it reaches :data:`SETTLE_TIME` past the evidence, or the
+    party closed the job without it.
+
+    Args:
+        logs: Each pulled party's records, in log order; a party missing here is not audited
+            (its jobs are flagged ``not_reconciled``).
+
+    Returns:
+        Findings, job by job in the order the jobs first appear.
+
+    >>> reconcile({"bank": [], "tax": []})
+    []
+    """
+    by_job: dict[str, dict[str, list[AuditRecord]]] = {}
+    first_seen: dict[str, str] = {}
+    last_seen = {party: records[-1].timestamp if records else "" for party, records in logs.items()}
+    for party in sorted(logs):
+        for record in logs[party]:
+            if record.job_id:
+                by_job.setdefault(record.job_id, {}).setdefault(party, []).append(record)
+                seen = first_seen.setdefault(record.job_id, record.timestamp)
+                first_seen[record.job_id] = min(seen, record.timestamp)
+    found: list[Finding] = []
+    for job_id in sorted(by_job, key=lambda j: (first_seen[j], j)):
+        found.extend(_JobReconciler(job_id, by_job[job_id], last_seen).run())
+    return found
+
+
+# -- what the report shows --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartyStatus:
+    """One configured party's log, in a line.
+
+    Attributes:
+        party: The party.
+        address: Its node's address.
+        key_id: :func:`bund.parties.identity.raw_key_id` of the audit key the regulator holds.
+        pulled: Whether the log was pulled.
+        records: Records received.
+        verified: Whether every record verified with the held key (and the node reported it).
+        first_bad_index: The first record that failed verification, if any.
+        checkpoints: How many of the party's checkpoints the log was held to.
+        detail: Why it failed to pull or verify; ``""`` when it verified.
+    """
+
+    party: str
+    address: str
+    key_id: str
+    pulled: bool
+    records: int
+    verified: bool
+    first_bad_index: int | None
+    checkpoints: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A data owner's approver approving or denying a job, as that party's log records it."""
+
+    party: str
+    decision: str
+    approver: str
+    reason: str
+    index: int
+    timestamp: str
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as the pulled logs show it (spec from the requester's record when available).
+
+    Attributes:
+        job_id: The job.
+        protocol: Its protocol.
+        requester: Who submitted it.
+        parties: Its participants.
+        receivers: Who the spec sends the result to.
+        purpose: The stated purpose.
+        first_seen: Timestamp of its first record in any log.
+        states: Each party's state of the job from its own log (``succeeded``, ``refused``...).
+        transcripts: Each party's transcript digest from its ``job_closed``.
+        holders: Parties whose ``job_closed`` says they hold the result.
+        approvals: Approvals and denials recorded for it.
+    """
+
+    job_id: str
+    protocol: str
+    requester: str
+    parties: tuple[str, ...]
+    receivers: tuple[str, ...]
+    purpose: str
+    first_seen: str
+    states: Mapping[str, str]
+    transcripts: Mapping[str, str]
+    holders: tuple[str, ...]
+    approvals: tuple[Approval, ...]
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A record the report lists as it is (``budget_charged``, ``privacy_receipt``).
+
+    Attributes:
+        party: Whose log holds it.
+        job_id: The job it concerns.
+        index: Its index in that log.
+        timestamp: When that party recorded it.
+        fields: Its fields, as recorded.
+    """
+
+    party: str
+    job_id: str
+    index: int
+    timestamp: str
+    fields: Mapping[str, JsonScalar]
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """Everything one audit found, for :func:`bund.parties.report.write_report`.
+
+    Attributes:
+        generated_at: When the audit ran (RFC 3339 UTC).
+        parties: Each configured party's log status.
+        logs: The records pulled from each party.
+        jobs: Every job seen, in the order they first appear.
+        budget: Every ``budget_charged`` record, in time order.
+        receipts: Every ``privacy_receipt`` record, in time order.
+        findings: Everything found wrong, errors first.
+    """
+
+    generated_at: str
+    parties: tuple[PartyStatus, ...]
+    logs: Mapping[str, tuple[AuditRecord, ...]]
+    jobs: tuple[JobSummary, ...]
+    budget: tuple[LoggedEvent, ...]
+    receipts: tuple[LoggedEvent, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def errors(self) -> int:
+        """How many findings are errors."""
+        return sum(f.severity is Severity.ERROR for f in self.findings)
+
+
+def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
+    by_job: dict[str, list[tuple[str, AuditRecord]]] = {}
+    for party in sorted(logs):
+        for record in logs[party]:
+            if record.job_id:
+                by_job.setdefault(record.job_id, []).append((party, record))
+    jobs = []
+    for job_id, rows in by_job.items():
+        specs = [r for _, r in rows if r.event in _SPEC_EVENTS]
+        spec = next((r for r in specs if r.event == "job_submitted"), specs[0] if specs else None)
+        told = {k: "" if spec is None else _text(spec, k) or "" for k in _SPEC_FIELDS}
+        states: dict[str, str] = {}
+        transcripts: dict[str, str] = {}
+        holders: list[str] = []
+        approvals = []
+        for party, r in rows:
+            if r.event in _STATES:
+                states[party] = _STATES[r.event]
+            elif r.event == "job_closed":
+                states[party] = _text(r, "outcome") or "closed"
+                transcripts[party] = _text(r, "transcript_sha256") or ""
+                if r.fields.get("holds_result") is True:
+                    holders.append(party)
+            if r.event in ("job_approved", "job_denied"):
+                approvals.append(
+                    Approval(
+                        party,
+                        "approved" if r.event == "job_approved" else "denied",
+                        _text(r, "approver") or "",
+                        _text(r, "reason") or "",
+                        r.index,
+                        r.timestamp,
+                    )
+                )
+        jobs.append(
+            JobSummary(
+                job_id=job_id,
+                protocol=told["protocol"],
+                requester=told["requester"],
+                parties=_names(told["parties"]),
+                receivers=_names(told["receivers"]),
+                purpose=told["purpose"],
+                first_seen=min(r.timestamp for _, r in rows),
+                states=MappingProxyType(states),
+                transcripts=MappingProxyType(transcripts),
+                holders=tuple(holders),
+                approvals=tuple(approvals),
+            )
+        )
+    return tuple(sorted(jobs, key=lambda j: (j.first_seen, j.job_id)))
+
+
+def _events(logs: Mapping[str, Sequence[AuditRecord]], event: str) -> tuple[LoggedEvent, ...]:
+    found = [
+        LoggedEvent(party, r.job_id, r.index, r.timestamp, r.fields)
+        for party in sorted(logs)
+        for r in logs[party]
+        if r.event == event
+    ]
+    return tuple(sorted(found, key=lambda e: (e.timestamp, e.party, e.index)))
+
+
+def _utcnow() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def assess(
+    pulled: Sequence[PulledLog],
+    checkpoints: Mapping[str, Sequence[Checkpoint]] | None = None,
+    generated_at: str | None = None,
+) -> AuditOutcome:
+    """Judge pulled logs: each on its own (:func:`log_findings`), then all together.
+
+    Pure apart from the default ``generated_at``.
+
+    Args:
+        pulled: One log per configured party, failed pulls included.
+        checkpoints: Checkpoints the regulator holds, by party.
+        generated_at: The audit's time; now when omitted.
+
+    Returns:
+        The outcome, findings sorted errors first, then as found.
+    """
+    held = checkpoints or {}
+    findings: list[Finding] = []
+    statuses = []
+    for log in pulled:
+        own = log_findings(log, held.get(log.party, ()))
+        findings.extend(own)
+        report = log.verification
+        statuses.append(
+            PartyStatus(
+                party=log.party,
+                address=log.address,
+                key_id=raw_key_id(log.public_key),
+                pulled=report is not None,
+                records=len(log.records),
+                verified=not own,
+                first_bad_index=None if report is None else report.first_bad_index,
+                checkpoints=len(held.get(log.party, ())),
+                detail="; ".join(f.detail for f in own),
+            )
+        )
+    logs = {log.party: log.records for log in pulled if log.verification is not None}
+    findings.extend(reconcile(logs))
+    findings.sort(key=lambda f: f.severity is not Severity.ERROR)
+    return AuditOutcome(
+        generated_at=generated_at or _utcnow(),
+        parties=tuple(statuses),
+        logs=MappingProxyType(logs),
+        jobs=_jobs(logs),
+        budget=_events(logs, "budget_charged"),
+        receipts=_events(logs, "privacy_receipt"),
+        findings=tuple(findings),
+    )
+
+
+def audit_federation(
+    config: RegulatorConfig,
+    checkpoints: Mapping[str, Sequence[Checkpoint]] | None = None,
+) -> AuditOutcome:
+    """Pull every configured party's log over mTLS, verify each, and reconcile them all.
+
+    A party that cannot be pulled is a ``pull_failed`` finding; the others are still audited.
+
+    Args:
+        config: The regulator's configuration.
+        checkpoints: Checkpoints of each party's log that the regulator holds. When None, they
+            come from ``config.state_dir``: every checkpoint kept by earlier audits, plus a
+            fresh one that each party signs now (asked for before its log is pulled, so the
+            pulled log covers it) and that is kept for the next audit.
+
+    Returns:
+        The outcome, ready for :func:`bund.parties.report.write_report`.
+    """
+    collect = checkpoints is None
+    held: dict[str, list[Checkpoint]] = (
+        load_held_checkpoints(config.state_dir)
+        if collect and config.state_dir is not None
+        else {p: list(cps) for p, cps in (checkpoints or {}).items()}
+    )
+    pulled = []
+    for party in config.parties.values():
+        client = NodeClient(
+            party.address, party.name, config.tls, config.max_message_bytes, config.timeout_s
+        )
+        try:
+            with client:
+                if collect:
+                    fresh = client.checkpoint()
+                    held.setdefault(party.name, []).append(fresh)
+                    if config.state_dir is not None:
+                        keep_checkpoint(config.state_dir, fresh)
+                pulled.append(pull_log(client, party.audit_public_key))
+        except BundError as exc:
+            pulled.append(
+                PulledLog(
+                    party.name, party.address, party.audit_public_key, (), 0, b"", None, str(exc)
+                )
+            )
+    return assess(pulled, held)
+
+
+def report_command(config: Path, out: Path) -> int:
+    """``bund audit report``: audit every party, print a summary, write the HTML report.
+
+    Args:
+        config: ``regulator.toml``.
+        out: Where to write the report.
+
+    Returns:
+        0 when nothing is wrong, 1 when any finding is an error, 2 when the audit could not
+        run (configuration, or the report could not be written).
+    """
+    from bund.parties.report import write_report  # the report module renders this module's types
+
+    console, err = Console(), Console(stderr=True)
+    try:
+        outcome = audit_federation(load_regulator_config(config))
+        write_report(outcome, out)
+    except (BundError, OSError) as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        return 2
+    table = Table(title=f"Audit of {len(outcome.parties)} parties, {len(outcome.jobs)} jobs")
+    for column in ("party", "records", "log", "findings"):
+        table.add_column(column)
+    for status in outcome.parties:
+        mine = sum(status.party in f.parties for f in outcome.findings)
+        state = ("verified", "green") if status.verified else ("NOT VERIFIED", "bold red")
+        table.add_row(Text(status.party), str(status.records), Text(*state), str(mine))
+    console.print(table)
+    for finding in outcome.findings:
+        style = "red" if finding.severity is Severity.ERROR else "yellow"
+        job = f" job {finding.job_id}" if finding.job_id else ""
+        console.print(
+            Text.assemble((f"{finding.severity}: {finding.kind}{job}: ", style), finding.detail)
+        )
+    warnings = len(outcome.findings) - outcome.errors
+    console.print(Text(f"{outcome.errors} errors, {warnings} warnings; report written to {out}"))
+    return 1 if outcome.errors else 0

@@ -1,0 +1,217 @@
+"""Thin gRPC servicers: parse -> call the domain -> serialise, inside one error translator.
+
+Requests arrive as raw bytes and are parsed here (``wire.parse``), so garbage gets
+INVALID_ARGUMENT rather than a transport-level failure. The caller's identity comes only from the
+verified TLS certificate. Each call is recorded in the audit log by method, caller and status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from bund.parties import wire
+from bund.parties.audit import Checkpoint
+from bund.parties.errors import NotAuthorizedError, rpc_error_translator
+from bund.parties.identity import IdentityError, PartyIdentity, identity_from_pem
+from bund.parties.jobs import AuditSink
+from bund.parties.manager import JobManager
+from bund.v1 import audit_pb2, federation_pb2, job_pb2
+
+log = logging.getLogger("bund.rpc")
+
+#: Largest artifact page per ReadArtifact call: far below any message limit.
+ARTIFACT_PAGE = 1 << 20
+
+#: RPCs recorded in the audit log only when they fail (polled often, change nothing).
+_QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo"})
+
+
+def peer_identity(context: grpc.ServicerContext) -> PartyIdentity:
+    """The caller's party identity, from the certificate TLS verified against the federation CA."""
+    auth = context.auth_context()
+    pems: object = auth.get("x509_pem_cert") or []
+    if not isinstance(pems, list) or len(pems) != 1:
+        raise NotAuthorizedError("no client certificate: connect with your party's certificate")
+    try:
+        return identity_from_pem(bytes(pems[0]))
+    except IdentityError as exc:
+        raise NotAuthorizedError(f"client certificate refused: {exc}") from None
+
+
+Handler = Callable[[Any, PartyIdentity], Message]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC: its request type and the domain call behind it."""
+
+    request: type[Message]
+    call: Handler
+
+
+def make_generic_handler(
+    service: str, methods: Mapping[str, Method], audit: AuditSink
+) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """A handler for ``service`` that parses, authenticates, translates errors and audits."""
+
+    def wrap(name: str, method: Method) -> grpc.RpcMethodHandler[bytes, bytes]:
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            caller = "?"
+            code = grpc.StatusCode.OK
+            started = time.monotonic()
+            try:
+                with rpc_error_translator(context, f"{service}/{name}"):
+                    identity = peer_identity(context)
+                    caller = identity.name
+                    request = wire.parse(method.request, raw)
+                    return method.call(request, identity).SerializeToString()
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+                raise
+            finally:
+                if code is not grpc.StatusCode.OK or name not in _QUIET:
+                    try:
+                        audit.append(
+                            "rpc",
+                            "",
+                            {
+                                "method": f"{service}/{name}",
+                                "caller": caller,
+                                "code": code.name,
+                                "request_bytes": len(raw),
+                                "ms": round((time.monotonic() - started) * 1000, 1),
+                            },
+                        )
+                    except Exception:
+                        log.exception("could not audit %s/%s", service, name)
+
+        return grpc.unary_unary_rpc_method_handler(behavior)
+
+    return grpc.method_handlers_generic_handler(
+        service, {name: wrap(name, m) for name, m in methods.items()}
+    )
+
+
+def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, Method]:
+    """The Jobs service over a ``JobManager``."""
+
+    def submit(r: job_pb2.SubmitJobRequest, who: PartyIdentity) -> Message:
+        return job_pb2.SubmitJobResponse(
+            job_id=manager.submit(wire.spec_from_proto(r.spec), who.name)
+        )
+
+    def status(r: job_pb2.GetJobStatusRequest, who: PartyIdentity) -> Message:
+        return job_pb2.GetJobStatusResponse(
+            status=wire.status_to_proto(manager.status(wire.job_id(r.job_id), who.name))
+        )
+
+    def result(r: job_pb2.GetJobResultRequest, who: PartyIdentity) -> Message:
+        job_id = wire.job_id(r.job_id)
+        return wire.result_to_proto(job_id, manager.result(job_id, who.name))
+
+    def read_artifact(r: job_pb2.ReadArtifactRequest, who: PartyIdentity) -> Message:
+        limit = min(r.limit or ARTIFACT_PAGE, ARTIFACT_PAGE)
+        data, total = manager.read_artifact(
+            wire.job_id(r.job_id), who.name, r.name, r.offset, limit
+        )
+        return job_pb2.ReadArtifactResponse(data=data, total_size=total)
+
+    def list_jobs(r: job_pb2.ListJobsRequest, who: PartyIdentity) -> Message:
+        jobs = manager.list(who.name, r.limit or default_list_limit)
+        return job_pb2.ListJobsResponse(jobs=[wire.status_to_proto(s) for s in jobs])
+
+    def propose(r: job_pb2.ProposeJobRequest, who: PartyIdentity) -> Message:
+        accepted, reason = manager.propose(wire.spec_from_proto(r.spec), who.name, who.role)
+        return job_pb2.ProposeJobResponse(accepted=accepted, reason=reason)
+
+    def start(r: job_pb2.StartJobRequest, who: PartyIdentity) -> Message:
+        manager.start(wire.job_id(r.job_id), who.name)
+        return job_pb2.StartJobResponse()
+
+    def abort(r: job_pb2.AbortJobRequest, who: PartyIdentity) -> Message:
+        manager.abort(wire.job_id(r.job_id), who.name, r.reason[:1000])
+        return job_pb2.AbortJobResponse()
+
+    def resume(r: job_pb2.ResumeJobRequest, who: PartyIdentity) -> Message:
+        manager.resume_job(wire.job_id(r.job_id), who.name)
+        return job_pb2.ResumeJobResponse()
+
+    def deliver(r: job_pb2.DeliverRequest, who: PartyIdentity) -> Message:
+        fresh = manager.deliver(
+            wire.job_id(r.job_id), who.name, r.tag, r.payload, r.sha256, who.role
+        )
+        return job_pb2.DeliverResponse(duplicate=not fresh)
+
+    def approval_request(r: job_pb2.GetApprovalRequestRequest, who: PartyIdentity) -> Message:
+        return wire.approval_request_to_proto(
+            manager.approval_request(wire.job_id(r.job_id), who.name)
+        )
+
+    def approve(r: job_pb2.ApproveJobRequest, who: PartyIdentity) -> Message:
+        manager.approve(wire.job_id(r.job_id), who.name, r.signature)
+        return job_pb2.ApproveJobResponse()
+
+    def deny(r: job_pb2.DenyJobRequest, who: PartyIdentity) -> Message:
+        manager.deny(wire.job_id(r.job_id), who.name, r.reason[:1000])
+        return job_pb2.DenyJobResponse()
+
+    return {
+        "GetApprovalRequest": Method(job_pb2.GetApprovalRequestRequest, approval_request),
+        "ApproveJob": Method(job_pb2.ApproveJobRequest, approve),
+        "DenyJob": Method(job_pb2.DenyJobRequest, deny),
+        "SubmitJob": Method(job_pb2.SubmitJobRequest, submit),
+        "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status),
+        "GetJobResult": Method(job_pb2.GetJobResultRequest, result),
+        "ReadArtifact": Method(job_pb2.ReadArtifactRequest, read_artifact),
+        "ListJobs": Method(job_pb2.ListJobsRequest, list_jobs),
+        "ProposeJob": Method(job_pb2.ProposeJobRequest, propose),
+        "StartJob": Method(job_pb2.StartJobRequest, start),
+        "AbortJob": Method(job_pb2.AbortJobRequest, abort),
+        "ResumeJob": Method(job_pb2.ResumeJobRequest, resume),
+        "Deliver": Method(job_pb2.DeliverRequest, deliver),
+    }
+
+
+def federation_methods(info: wire.NodeInfo) -> dict[str, Method]:
+    """The Federation service: who this node is."""
+
+    def get_info(r: federation_pb2.GetNodeInfoRequest, who: PartyIdentity) -> Message:
+        return wire.node_info_to_proto(info)
+
+    return {"GetNodeInfo": Method(federation_pb2.GetNodeInfoRequest, get_info)}
+
+
+def audit_methods(
+    party: str,
+    read: Callable[[int, int], wire.AuditPage],
+    checkpoint: Callable[[], Checkpoint],
+    page_size: int = 1000,
+) -> dict[str, Method]:
+    """The Audit service: this node's operator and regulators may read the signed log."""
+
+    def allowed(who: PartyIdentity) -> None:
+        if who.name != party and who.role != "regulator":
+            raise NotAuthorizedError(
+                "only this node's operator or a regulator may read its audit log"
+            )
+
+    def get_checkpoint(r: audit_pb2.GetCheckpointRequest, who: PartyIdentity) -> Message:
+        allowed(who)
+        return wire.checkpoint_to_proto(checkpoint())
+
+    def read_log(r: audit_pb2.ReadAuditLogRequest, who: PartyIdentity) -> Message:
+        allowed(who)
+        limit = min(r.limit or page_size, page_size)
+        return wire.audit_page_to_proto(read(r.start, limit))
+
+    return {
+        "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log),
+        "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint),
+    }

@@ -1,0 +1,364 @@
+"""Protobuf <-> domain objects: the only module (with servicers, client and node) that sees bund.v1.
+
+Every ``x_to_proto`` has its ``x_from_proto``; ``from_proto`` functions validate what they build and
+raise ``MalformedRequestError`` (or the domain's own error) on anything a peer could get wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
+from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.errors import InvalidInputError
+from bund.parties.approvals import ApprovalRequest
+from bund.parties.audit import AuditFormatError, AuditRecord, Checkpoint
+from bund.parties.errors import MalformedRequestError
+from bund.parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant
+from bund.parties.manager import ResultInfo
+from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
+from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
+from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
+from bund.v1.common_pb2 import JobSpec as ProtoJobSpec
+from bund.v1.common_pb2 import Participant as ProtoParticipant
+from bund.v1.common_pb2 import Scalar as ProtoScalar
+from bund.v1.federation_pb2 import GetNodeInfoResponse as ProtoNodeInfo
+from bund.v1.job_pb2 import ApprovalRequest as ProtoApprovalRequest
+from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
+from bund.v1.job_pb2 import JobState as ProtoJobState
+from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
+
+
+def parse(message_type: type[Message], data: bytes) -> Message:
+    """Parse ``data`` as ``message_type``; garbage raises ``MalformedRequestError``."""
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise MalformedRequestError(
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message"
+        ) from None
+    return message
+
+
+def scalar_to_proto(value: JsonScalar) -> ProtoScalar:
+    """A JSON scalar as a ``Scalar`` (None leaves the oneof unset)."""
+    if value is None:
+        return ProtoScalar()
+    if isinstance(value, bool):
+        return ProtoScalar(flag=value)
+    if isinstance(value, int):
+        return ProtoScalar(integer=value)
+    if isinstance(value, float):
+        return ProtoScalar(real=value)
+    if isinstance(value, str):
+        return ProtoScalar(text=value)
+    raise TypeError(f"not a JSON scalar: {type(value).__name__}")
+
+
+def scalar_from_proto(message: ProtoScalar) -> JsonScalar:
+    """A ``Scalar`` as a JSON scalar; non-finite reals are refused."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        return None
+    value: JsonScalar = getattr(message, kind)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MalformedRequestError("a parameter holds a non-finite number")
+    return value
+
+
+def scalars_to_proto(values: Mapping[str, JsonScalar]) -> dict[str, ProtoScalar]:
+    """A mapping of JSON scalars as ``map<string, Scalar>``."""
+    return {k: scalar_to_proto(v) for k, v in values.items()}
+
+
+def scalars_from_proto(values: Mapping[str, ProtoScalar]) -> dict[str, JsonScalar]:
+    """``map<string, Scalar>`` as a mapping of JSON scalars."""
+    return {k: scalar_from_proto(v) for k, v in values.items()}
+
+
+def spec_to_proto(spec: JobSpec) -> ProtoJobSpec:
+    """Serialise a ``JobSpec``."""
+    return ProtoJobSpec(
+        job_id=spec.job_id,
+        protocol=spec.protocol,
+        participants=[
+            ProtoParticipant(
+                party=p.party, role=p.role, dataset=p.dataset or "", columns=dict(p.columns)
+            )
+            for p in spec.participants
+        ],
+        receivers=list(spec.receivers),
+        purpose=spec.purpose,
+        requester=spec.requester,
+        params=scalars_to_proto(spec.params),
+    )
+
+
+def spec_from_proto(message: ProtoJobSpec) -> JobSpec:
+    """Deserialise and validate a ``JobSpec`` (``InvalidJobSpecError`` names the bad field)."""
+    return JobSpec(
+        protocol=message.protocol,
+        participants=tuple(
+            Participant(
+                party=p.party,
+                role=p.role,
+                dataset=p.dataset or None,
+                columns=dict(p.columns),
+            )
+            for p in message.participants
+        ),
+        receivers=tuple(message.receivers),
+        purpose=message.purpose,
+        requester=message.requester,
+        params=scalars_from_proto(message.params),
+        job_id=message.job_id,
+    )
+
+
+_STATE_TO_PROTO = {
+    JobState.PROPOSED: ProtoJobState.JOB_STATE_PROPOSED,
+    JobState.ACCEPTED: ProtoJobState.JOB_STATE_ACCEPTED,
+    JobState.RUNNING: ProtoJobState.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: ProtoJobState.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: ProtoJobState.JOB_STATE_FAILED,
+    JobState.REFUSED: ProtoJobState.JOB_STATE_REFUSED,
+    JobState.ABORTED: ProtoJobState.JOB_STATE_ABORTED,
+    JobState.AWAITING_APPROVAL: ProtoJobState.JOB_STATE_AWAITING_APPROVAL,
+    JobState.INTERRUPTED: ProtoJobState.JOB_STATE_INTERRUPTED,
+}
+_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+
+
+def status_to_proto(status: JobStatus) -> ProtoJobStatus:
+    """Serialise a ``JobStatus``."""
+    return ProtoJobStatus(
+        spec=spec_to_proto(status.spec),
+        state=_STATE_TO_PROTO[status.state],
+        phase=status.phase,
+        done=status.done,
+        total=status.total,
+        error=status.error,
+        has_result=status.has_result,
+        transcript_digest=status.transcript_digest,
+        updated_at=status.updated_at,
+    )
+
+
+def status_from_proto(message: ProtoJobStatus) -> JobStatus:
+    """Deserialise a ``JobStatus``."""
+    try:
+        state = _STATE_FROM_PROTO[message.state]
+    except KeyError:
+        raise MalformedRequestError(f"unknown job state {message.state}") from None
+    return JobStatus(
+        spec=spec_from_proto(message.spec),
+        state=state,
+        phase=message.phase,
+        done=message.done,
+        total=message.total,
+        error=message.error,
+        has_result=message.has_result,
+        transcript_digest=message.transcript_digest,
+        updated_at=message.updated_at,
+    )
+
+
+def result_to_proto(job_id: str, result: ResultInfo) -> ProtoJobResult:
+    """Serialise a result's summary and artifact sizes."""
+    return ProtoJobResult(
+        job_id=job_id,
+        summary=scalars_to_proto(result.summary),
+        artifact_sizes=dict(result.artifact_sizes),
+    )
+
+
+def result_from_proto(message: ProtoJobResult) -> ResultInfo:
+    """Deserialise a result's summary and artifact sizes."""
+    return ResultInfo(scalars_from_proto(message.summary), dict(message.artifact_sizes))
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Who a node is, as it reports itself (its TLS certificate is what authenticates it)."""
+
+    party: str
+    role: str
+    version: str
+    audit_public_key: bytes
+    protocols: Mapping[str, str]
+
+
+def fields_to_json(fields: Mapping[str, JsonScalar]) -> str:
+    """Canonical JSON of a flat mapping (for audit record fields on the wire)."""
+    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_id(value: str) -> str:
+    """A job id from a request: 32 lower-case hex digits."""
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise MalformedRequestError("job_id must be 32 lower-case hex digits")
+    return value
+
+
+def node_info_to_proto(info: NodeInfo) -> ProtoNodeInfo:
+    """Serialise a ``NodeInfo``."""
+    return ProtoNodeInfo(
+        party=info.party,
+        role=info.role,
+        version=info.version,
+        audit_public_key=info.audit_public_key,
+        protocols=dict(info.protocols),
+    )
+
+
+def node_info_from_proto(message: ProtoNodeInfo) -> NodeInfo:
+    """Deserialise a ``NodeInfo``."""
+    if len(message.audit_public_key) != 32:
+        raise MalformedRequestError("audit_public_key must be 32 raw Ed25519 bytes")
+    return NodeInfo(
+        party=message.party,
+        role=message.role,
+        version=message.version,
+        audit_public_key=message.audit_public_key,
+        protocols=dict(message.protocols),
+    )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A slice of a node's audit log, with the log's size and the key that verifies it."""
+
+    records: tuple[AuditRecord, ...]
+    size: int
+    audit_public_key: bytes
+
+
+def audit_record_to_proto(record: AuditRecord) -> ProtoAuditRecord:
+    """Serialise an ``AuditRecord``."""
+    return ProtoAuditRecord(
+        index=record.index,
+        timestamp=record.timestamp,
+        party=record.party,
+        event=record.event,
+        job_id=record.job_id,
+        fields_json=fields_to_json(record.fields),
+        prev_hash=record.prev_hash,
+        record_hash=record.record_hash,
+        signature=record.signature,
+    )
+
+
+def audit_record_from_proto(message: ProtoAuditRecord) -> AuditRecord:
+    """Deserialise an ``AuditRecord`` (its signature is checked by the verifier, not here)."""
+    try:
+        fields = json.loads(message.fields_json)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than any record's
+        raise MalformedRequestError("audit record fields are not JSON") from None
+    if not isinstance(fields, dict):
+        raise MalformedRequestError("audit record fields must be a JSON object")
+    return AuditRecord(
+        index=message.index,
+        timestamp=message.timestamp,
+        party=message.party,
+        event=message.event,
+        job_id=message.job_id,
+        fields=fields,
+        prev_hash=message.prev_hash,
+        record_hash=message.record_hash,
+        signature=message.signature,
+    )
+
+
+def audit_page_to_proto(page: AuditPage) -> ProtoAuditPage:
+    """Serialise an ``AuditPage``."""
+    return ProtoAuditPage(
+        records=[audit_record_to_proto(r) for r in page.records],
+        size=page.size,
+        audit_public_key=page.audit_public_key,
+    )
+
+
+def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
+    """Deserialise an ``AuditPage``."""
+    return AuditPage(
+        records=tuple(audit_record_from_proto(r) for r in message.records),
+        size=message.size,
+        audit_public_key=message.audit_public_key,
+    )
+
+
+def approval_request_to_proto(request: ApprovalRequest) -> ProtoApprovalRequest:
+    """Serialise an ``ApprovalRequest`` with the bytes its approver signs."""
+    return ProtoApprovalRequest(
+        spec=spec_to_proto(request.spec),
+        spec_sha256=request.spec.digest(),
+        code_version=request.code_version,
+        dataset=request.dataset,
+        level=request.level,
+        dataset_version=request.dataset_version,
+        outputs=list(request.outputs),
+        learns=dict(request.learns),
+        epsilon=format_rational(request.cost.epsilon),
+        delta=format_rational(request.cost.delta),
+        signing_payload=request.payload(),
+    )
+
+
+def approval_request_from_proto(message: ProtoApprovalRequest, party: str) -> ApprovalRequest:
+    """Deserialise an ``ApprovalRequest`` for ``party``, refusing one whose signing bytes differ.
+
+    The approver signs what it rebuilds from the fields it shows, so a node cannot slip other
+    bytes under a summary.
+    """
+    try:
+        cost = Budget(parse_rational(message.epsilon), parse_rational(message.delta))
+    except (InvalidInputError, ValueError):
+        raise MalformedRequestError(
+            "the approval request's budget is not an exact rational"
+        ) from None
+    request = ApprovalRequest(
+        spec=spec_from_proto(message.spec),
+        party=party,
+        code_version=message.code_version,
+        dataset=message.dataset,
+        level=message.level,
+        dataset_version=message.dataset_version,
+        outputs=tuple(message.outputs),
+        learns=dict(message.learns),
+        cost=cost,
+    )
+    if request.spec.digest() != message.spec_sha256 or request.payload() != message.signing_payload:
+        raise MalformedRequestError(
+            "the node's approval request does not match its own summary; do not approve it"
+        )
+    return request
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint) -> ProtoCheckpoint:
+    """Serialise a signed ``Checkpoint``."""
+    return ProtoCheckpoint(
+        party=checkpoint.party,
+        tree_size=checkpoint.tree_size,
+        root_hash=checkpoint.root_hash,
+        timestamp=checkpoint.timestamp,
+        signature=checkpoint.signature,
+    )
+
+
+def checkpoint_from_proto(message: ProtoCheckpoint) -> Checkpoint:
+    """Deserialise a ``Checkpoint`` (its signature is judged by ``verify_checkpoint``)."""
+    try:
+        return Checkpoint(
+            party=message.party,
+            tree_size=message.tree_size,
+            root_hash=message.root_hash,
+            timestamp=message.timestamp,
+            signature=message.signature,
+        )
+    except AuditFormatError as exc:
+        raise MalformedRequestError(f"malformed checkpoint: {exc}") from None
