@@ -4,7 +4,7 @@ Rows (each the median of five timed calls after a warm-up call, wall time):
 
 - ``discrete_laplace_sample``: ``DiscreteLaplace.sample(n)`` (OpenDP's exact sampler); ops are
   draws.
-- ``mask_vector``: ``secure_agg.mask_vector`` of one contributor with ``peers`` other
+- ``mask_vector``: ``pairwise_masks.mask_vector`` of one contributor with ``peers`` other
   contributors over ``cells`` cells (X25519 + HKDF + ChaCha20 per peer); ops are masked vectors.
 - ``dp_stats_job``: ``run_in_memory`` of a noisy histogram query (8 age bins, PNG included) over
   three hospitals of ``n`` records each and an analyst; ops are jobs.
@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from bund.compute.dp.mechanisms import DiscreteLaplace
-from bund.compute.dp.secure_agg import create_masking_key, mask_vector
+from bund.compute.dp.pairwise_masks import create_masking_key, mask_vector
 from bund.parties.data import generate_health
 from bund.parties.jobs import JobSpec, Participant, run_in_memory
 from bund.parties.protocols import dp_stats

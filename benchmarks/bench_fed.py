@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bund.compute.dp import secagg
+from bund.compute.dp import dropout_secagg
 from bund.compute.learn import fed
 from bund.parties.data import generate_health
 from bund.parties.jobs import JobSpec, Participant, run_in_memory
@@ -90,7 +90,8 @@ def _secagg(n: int, cells: int, dropouts: int) -> dict[str, Any]:
     def one_round() -> None:
         start = time.perf_counter()
         clients = {
-            i: secagg.RoundSecrets.from_seed(secrets.token_bytes(32)) for i in range(1, n + 1)
+            i: dropout_secagg.RoundSecrets.from_seed(secrets.token_bytes(32))
+            for i in range(1, n + 1)
         }
         roster = {i: c.advertised(context) for i, c in clients.items()}
         boxes = {i: c.share(i, roster, t, context) for i, c in clients.items()}
@@ -102,7 +103,7 @@ def _secagg(n: int, cells: int, dropouts: int) -> dict[str, Any]:
         answering = list(range(1, t + 1))  # the last `dropouts` clients vanish after uploading
         reveals = {i: opened[i].reveal(i, sorted(masked), []) for i in answering}
         middle = time.perf_counter()
-        secagg.unmask(masked, roster, reveals, t, context)
+        dropout_secagg.unmask(masked, roster, reveals, t, context)
         timings["client"] = (middle - start) / n
         timings["server"] = time.perf_counter() - middle
 

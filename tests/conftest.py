@@ -69,6 +69,18 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     return Federation(root)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts real nodes ``integration``, so ``-m "not integration"`` is fast.
+
+    That is everything under ``tests/integration/`` (node processes, kill -9) and every test that
+    starts in-process nodes over mTLS through the ``node_factory`` fixture.
+    """
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "integration" in item.path.parts or "node_factory" in fixtures:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True)
 def _insecure_off_by_default() -> Iterator[None]:
     """Every test starts with the test-only switch off; tests that need it turn it on."""

@@ -314,12 +314,12 @@ class PrivateKey:
     def __repr__(self) -> str:
         return f"PrivateKey(<secret>, bits={self.public_key.bits})"
 
-    def export_for_checkpoint(self) -> bytes:
-        """The key, as bytes for the node's sealed checkpoint store only; never for a message.
+    def export_for_resume(self) -> bytes:
+        """The key, as bytes for the node's sealed resume store only; never for a message.
 
         A resumed job must decrypt what was encrypted before a restart, so the key must survive
-        it; the node seals checkpoints with AES-256-GCM under its own key at rest
-        (``bund.parties.checkpoints``). Layout: the public key's wire form, then ``p`` in ``k/2``
+        it; the node seals resume states with AES-256-GCM under its own key at rest
+        (``bund.parties.resume``). Layout: the public key's wire form, then ``p`` in ``k/2``
         big-endian bytes.
         """
         half = (_key_bytes(self.public_key.bits) + 1) // 2
@@ -327,23 +327,23 @@ class PrivateKey:
         return self.public_key.to_bytes() + p_bytes
 
     @classmethod
-    def from_checkpoint(cls, data: bytes) -> PrivateKey:
-        """Rebuild a key saved by :meth:`export_for_checkpoint` (its factor is checked).
+    def from_resume_state(cls, data: bytes) -> PrivateKey:
+        """Rebuild a key saved by :meth:`export_for_resume` (its factor is checked).
 
         Raises:
             InvalidKeyError: If ``p`` does not divide the public modulus.
         """
         if len(data) < _KEY_HEADER.size:
-            raise InvalidKeyError("the checkpointed key is truncated")
+            raise InvalidKeyError("the saved key is truncated")
         _, _, bits = _KEY_HEADER.unpack_from(data)
         k = _key_bytes(bits)
         end = _KEY_HEADER.size + 3 * k
         public = PublicKey.from_bytes(bytes(data[:end]))
         if len(data) != end + (k + 1) // 2:
-            raise InvalidKeyError("the checkpointed key has the wrong length")
+            raise InvalidKeyError("the saved key has the wrong length")
         p = gmpy2.mpz(int.from_bytes(data[end:], "big"))
         if p < 2 or public.n % p != 0:
-            raise InvalidKeyError("the checkpointed factor does not divide the modulus")
+            raise InvalidKeyError("the saved factor does not divide the modulus")
         return cls(public, p, gmpy2.divexact(public.n, p))
 
     def __reduce__(self) -> NoReturn:

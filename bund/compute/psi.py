@@ -44,7 +44,7 @@ peer, and the secret scalar only ever meets OpenSSL's constant-time X25519.
 
 Executors. :func:`hash_and_blind` and :func:`blind` split their work into one batch per worker of
 a :class:`~compute.executor.Executor`; every executor gives the same points as inline. The
-:class:`BlindingKey` itself refuses pickling, so it can reach no message, checkpoint or log. An
+:class:`BlindingKey` itself refuses pickling, so it can reach no message, saved state or log. An
 out-of-process executor (``process``, ``ray``) gets the job's scalar as a ``_WorkerKey``, the
 one object that pickles it: unlike a Paillier private key (which decrypts the peer's values and
 never leaves the process), the scalar is fresh per job and lets its holder compute only what
@@ -201,19 +201,19 @@ class BlindingKey:
     def __repr__(self) -> str:
         return "BlindingKey(<secret>)"
 
-    def export_for_checkpoint(self) -> bytes:
-        """The 32-byte scalar, for the node's sealed checkpoint store only; never for a message.
+    def export_for_resume(self) -> bytes:
+        """The 32-byte scalar, for the node's sealed resume store only; never for a message.
 
         A resumed job must re-send byte-identical blinded points, so its scalar must survive a
-        restart; the node seals checkpoints with AES-256-GCM under its own key at rest.
+        restart; the node seals resume states with AES-256-GCM under its own key at rest.
         """
         return self._key.private_bytes_raw()
 
     @classmethod
-    def from_checkpoint(cls, raw: bytes) -> BlindingKey:
-        """The key saved by :meth:`export_for_checkpoint`."""
+    def from_resume_state(cls, raw: bytes) -> BlindingKey:
+        """The key saved by :meth:`export_for_resume`."""
         if len(raw) != 32:
-            raise ValueError("a checkpointed blinding key is 32 bytes")
+            raise ValueError("a saved blinding key is 32 bytes")
         return cls(X25519PrivateKey.from_private_bytes(raw))
 
     def __reduce__(self) -> NoReturn:

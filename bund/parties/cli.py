@@ -346,7 +346,7 @@ def job_resume(
     config: ConfigOpt,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
-    """Resume an interrupted job from its checkpoints, here and at every other participant."""
+    """Resume an interrupted job from its resume states, here and at every other participant."""
     cfg = _config(config)
     try:
         with _client(cfg) as client:

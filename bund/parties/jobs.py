@@ -208,17 +208,17 @@ class JobContext(Protocol):
         """A numeric limit from this node's policy (for example ``psi_max_set_size``)."""
         ...
 
-    def checkpoint(self, name: str, state: bytes) -> None:
-        """Durably save this role's ``state`` under ``name`` so a restarted node can resume.
+    def save_state(self, name: str, state: bytes) -> None:
+        """Durably save this role's resume ``state`` under ``name`` so a restarted node resumes.
 
         Call it *before* sending what the state determines (write-ahead): a resumed role that
         restores the state re-sends byte-identical messages, which peers' mailboxes treat as
         no-ops, whereas fresh randomness would be refused as equivocation. The node encrypts
-        checkpoints at rest; a later call under the same name replaces the earlier state.
+        resume states at rest; a later call under the same name replaces the earlier state.
         """
         ...
 
-    def restore(self, name: str) -> bytes | None:
+    def load_state(self, name: str) -> bytes | None:
         """The state an earlier run of this job saved under ``name`` at this node, or ``None``."""
         ...
 
@@ -271,8 +271,8 @@ def no_prior_results(job_id: str, protocol: str) -> Result:
     raise PriorResultError(f"this party holds no result of a {protocol} job {job_id}")
 
 
-class CheckpointStore(Protocol):
-    """Where a node keeps its roles' checkpoints (``bund.parties.checkpoints`` for a real node)."""
+class ResumeStateStore(Protocol):
+    """Where a node keeps its roles' resume states (``bund.parties.resume`` for a real node)."""
 
     def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
         """Durably store ``state``, replacing any earlier one under the same key."""
@@ -283,8 +283,8 @@ class CheckpointStore(Protocol):
         ...
 
 
-class MemoryCheckpoints:
-    """Checkpoints in a dict: for in-memory runs, and for tests that simulate a restart."""
+class MemoryResumeStates:
+    """Resume states in a dict: for in-memory runs, and for tests that simulate a restart."""
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str, str], bytes] = {}
@@ -328,8 +328,8 @@ class ProtocolDef:
         dropouts: the peers whose silence ``party``'s role handles itself (a federated round
             carries on without them), so the node does not interrupt the job for them and does
             not wait for their closing message.
-        resumable: whether every role checkpoints what it sends (write-ahead), so that a job
-            interrupted by a fault can resume; a fault fails any other protocol's job.
+        resumable: whether every role saves the state behind what it sends first (write-ahead),
+            so that a job interrupted by a fault can resume; a fault fails any other protocol's job.
     """
 
     name: str
@@ -415,7 +415,7 @@ class RoleContext:
         limits: Mapping[str, int],
         sink: MessageSink,
         recv_timeout: float,
-        checkpoints: CheckpointStore | None = None,
+        states: ResumeStateStore | None = None,
         prior_results: PriorResults = no_prior_results,
         charge: BudgetCharge = free_of_charge,
         executor: Executor | None = None,
@@ -432,7 +432,7 @@ class RoleContext:
         self._limits = dict(limits)
         self._sink = sink
         self._recv_timeout = recv_timeout
-        self._checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
+        self._states = states if states is not None else MemoryResumeStates()
         self._prior_results = prior_results
         self._charge = charge
         self._executor = executor if executor is not None else InlineExecutor()
@@ -502,15 +502,15 @@ class RoleContext:
         except KeyError:
             raise KeyError(f"this node's policy sets no limit {name!r}") from None
 
-    def checkpoint(self, name: str, state: bytes) -> None:
-        """Save this role's state under ``name`` in the node's checkpoint store."""
-        check_name("checkpoint", name)
-        self._checkpoints.save(self._spec.job_id, self._party, name, state)
+    def save_state(self, name: str, state: bytes) -> None:
+        """Save this role's resume state under ``name`` in the node's resume store."""
+        check_name("resume state", name)
+        self._states.save(self._spec.job_id, self._party, name, state)
 
-    def restore(self, name: str) -> bytes | None:
+    def load_state(self, name: str) -> bytes | None:
         """The state saved under ``name`` by an earlier run of this job here, or ``None``."""
-        check_name("checkpoint", name)
-        return self._checkpoints.load(self._spec.job_id, self._party, name)
+        check_name("resume state", name)
+        return self._states.load(self._spec.job_id, self._party, name)
 
     def prior_result(self, job_id: str, protocol: str) -> Result:
         """This party's own result of an earlier ``protocol`` job, from the node's job store."""
@@ -563,7 +563,7 @@ def run_in_memory(
     limits: Mapping[str, int] | None = None,
     network: InMemoryNetwork | None = None,
     recv_timeout: float = 120.0,
-    checkpoints: Mapping[str, CheckpointStore] | None = None,
+    states: Mapping[str, ResumeStateStore] | None = None,
     prior_results: Mapping[str, PriorResults] | None = None,
     chargers: Mapping[str, BudgetCharge] | None = None,
     executor: Executor | None = None,
@@ -572,7 +572,7 @@ def run_in_memory(
 
     For unit tests and benchmarks of protocol choreography; a node runs one role over gRPC instead.
     The first role to fail aborts the job for all and its error is re-raised. Passing the same
-    ``checkpoints`` (party -> store) to a second run of the same spec simulates a restart;
+    ``states`` (party -> store) to a second run of the same spec simulates a restart;
     ``prior_results`` (party -> loader) stands in for each node's store of earlier results and
     ``chargers`` (party -> charger) for each node's ledger; every role shares ``executor``.
     """
@@ -593,7 +593,7 @@ def run_in_memory(
             limits or {},
             _NullSink(),
             recv_timeout,
-            checkpoints.get(p.party) if checkpoints else None,
+            states.get(p.party) if states else None,
             (prior_results or {}).get(p.party, no_prior_results),
             (chargers or {}).get(p.party, free_of_charge),
             executor,

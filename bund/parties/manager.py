@@ -30,7 +30,6 @@ from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
 from bund.compute.executor import Executor, InlineExecutor
 from bund.parties.approvals import ApprovalError, ApprovalRequest, verify_approval
-from bund.parties.checkpoints import ResumeStore
 from bund.parties.data import DatasetError, Table
 from bund.parties.errors import (
     JobStateError,
@@ -57,6 +56,7 @@ from bund.parties.jobs import (
 )
 from bund.parties.ledger import BudgetExhaustedError, BudgetLedger
 from bund.parties.policy import Policy, PolicyRefusedError
+from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
     EquivocationError,
     JobAbortedError,
@@ -379,7 +379,7 @@ class JobManager:
         self.approval_timeout = approval_timeout
         self.executor = executor if executor is not None else InlineExecutor()
         if resume is None:
-            raise ValueError("a job manager needs a resume store (parties.checkpoints)")
+            raise ValueError("a job manager needs a resume store (bund.parties.resume)")
         self.resume = resume
         self.heartbeat_interval = heartbeat_interval
         self.peer_silence = peer_silence
@@ -880,7 +880,7 @@ class JobManager:
             self.policy.limits,
             _Sink(self),
             self.recv_timeout,
-            checkpoints=self.resume,
+            states=self.resume,
             prior_results=self._prior_result,
             charge=functools.partial(self._charge_part, spec),
             executor=self.executor,
@@ -1103,7 +1103,7 @@ class JobManager:
                     self._abort_peer(peer, job_id, f"{self.party} failed: {reason}")
 
     def _interrupted(self, spec: JobSpec, ctx: RoleContext, reason: str) -> None:
-        """A fault stopped the role: keep its checkpoints and inbox, so the job can resume.
+        """A fault stopped the role: keep its resume states and inbox, so the job can resume.
 
         The watcher resumes the job by itself once every peer answers again (at most
         :data:`AUTO_RESUMES` times; then only an operator's ``bund job resume`` does).
@@ -1233,7 +1233,7 @@ class JobManager:
         """After a restart: resume the jobs this node was running, fail those it was starting.
 
         A job that was running here is interrupted by the restart and resumed at once from its
-        checkpoints (its peers are asked to resume too). A job this node had submitted but not
+        resume states (its peers are asked to resume too). A job this node had submitted but not
         yet started cannot be coordinated any more: it fails, and the peers are told.
         """
         for status in self.store.unfinished():
@@ -1281,7 +1281,7 @@ class JobManager:
                 self._abort_peer(peer, spec.job_id, why)
 
     def resume_job(self, job_id: str, caller: str) -> None:
-        """Run an interrupted job's role again from its checkpoints.
+        """Run an interrupted job's role again from its resume states.
 
         This node's operator (or its restart) also asks every other participant to resume; a
         participant asking resumes only this node's role. A running job is left as it is.

@@ -27,7 +27,6 @@ from grpc_reflection.v1alpha import reflection
 from bund.compute.executor import create_executor
 from bund.parties import servicers, wire
 from bund.parties.audit import AuditLog, AuditStore, open_audit_store
-from bund.parties.checkpoints import ResumeStore, load_or_create_key
 from bund.parties.client import PeerClients
 from bund.parties.config import NodeConfig
 from bund.parties.data import Table, open_source
@@ -42,6 +41,7 @@ from bund.parties.jobs import ProtocolDef
 from bund.parties.ledger import BudgetLedger
 from bund.parties.manager import JobManager, JobStore
 from bund.parties.protocols import PROTOCOLS
+from bund.parties.resume import ResumeStore, load_or_create_key
 from bund.parties.transport import Mailbox
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 

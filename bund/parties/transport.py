@@ -57,7 +57,7 @@ class JobInterruptedError(TransportError):
 
 
 class MailboxJournal(Protocol):
-    """Durable record of a mailbox (``bund.parties.checkpoints.ResumeStore`` in a node)."""
+    """Durable record of a mailbox (``bund.parties.resume.ResumeStore`` in a node)."""
 
     def received(self, job_id: str, sender: str, tag: str, sha256: bytes, payload: bytes) -> None:
         """Store a new message durably; called before the delivery is acknowledged."""
@@ -220,7 +220,7 @@ class Mailbox:
         """Clear an interrupted job's marks and offer again the messages its journal kept.
 
         ``kept`` holds (sender, tag, sha256, whether the payload is still stored); a payload no
-        longer stored was consumed before the role's last checkpoint, and only its digest is
+        longer stored was consumed before the role last saved its state, and only its digest is
         remembered, to spot replays. Stored payloads are read from the journal when taken.
         """
         if kept and self._journal is None:

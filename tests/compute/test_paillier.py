@@ -566,14 +566,14 @@ def test_encodings_agree_with_phe(keys: Keys, x: float) -> None:
     )
 
 
-def test_private_key_checkpoint_round_trip_and_refusals(keys: Keys, other_keys: Keys) -> None:
-    saved = keys.private.export_for_checkpoint()
-    again = pl.PrivateKey.from_checkpoint(saved)
+def test_private_key_resume_state_round_trip_and_refusals(keys: Keys, other_keys: Keys) -> None:
+    saved = keys.private.export_for_resume()
+    again = pl.PrivateKey.from_resume_state(saved)
     assert again.public_key == keys.public
     vector = pl.encrypt(keys.encryptor, [12345, -678])
     assert pl.decrypt(again, vector) == [12345, -678]
     # Another key's factor, a truncated blob and a stray byte are all refused.
-    foreign = keys.public.to_bytes() + other_keys.private.export_for_checkpoint()[-32:]
+    foreign = keys.public.to_bytes() + other_keys.private.export_for_resume()[-32:]
     for bad in (foreign, saved[:-1], saved + b"\x00", saved[:3]):
         with pytest.raises((InvalidKeyError, InvalidMessageError)):
-            pl.PrivateKey.from_checkpoint(bad)
+            pl.PrivateKey.from_resume_state(bad)

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from bund.compute import insecure, psi
 from bund.compute import paillier as pl
-from bund.compute.dp import secagg, secure_agg
+from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
-from bund.parties.protocols import vertical, vertical_lr
+from bund.parties.protocols import vertical_alignment, vertical_lr
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
@@ -84,9 +84,9 @@ def decoders() -> dict[str, Decoder]:
     packed = pl.encrypt(encryptor, list(range(-20, 20))).squeeze(1 << 12)
     key = psi.create_blinding_key()
     points = b"".join(psi.hash_and_blind([b"a", b"b", b"c"], b"ctx", key))
-    adv = secagg.Advertised(bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34)))
+    adv = dropout_secagg.Advertised(bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34)))
     u64 = np.arange(4, dtype=np.uint64)
-    box = secagg._SHARE_CT_BYTES
+    box = dropout_secagg._SHARE_CT_BYTES
     spec = _spec()
     status = JobStatus(spec, JobState.RUNNING, "blind", 1, 2, updated_at="2026-01-01T00:00:00Z")
     return {
@@ -114,32 +114,35 @@ def decoders() -> dict[str, Decoder]:
             ),
             [packed.to_bytes(encryptor)],
         ),
-        "secure_agg.decode_public_key": Decoder(
-            secure_agg.decode_public_key, [secure_agg.encode_public_key(bytes(range(32)))]
+        "pairwise_masks.decode_public_key": Decoder(
+            pairwise_masks.decode_public_key, [pairwise_masks.encode_public_key(bytes(range(32)))]
         ),
-        "secure_agg.decode_vector": Decoder(
-            lambda b: secure_agg.decode_vector(b, 4), [secure_agg.encode_vector(u64)]
+        "pairwise_masks.decode_vector": Decoder(
+            lambda b: pairwise_masks.decode_vector(b, 4), [pairwise_masks.encode_vector(u64)]
         ),
-        "secagg.decode_advertised": Decoder(
-            secagg.decode_advertised, [secagg.encode_advertised(adv)]
+        "dropout_secagg.decode_advertised": Decoder(
+            dropout_secagg.decode_advertised, [dropout_secagg.encode_advertised(adv)]
         ),
-        "secagg.decode_roster": Decoder(
-            secagg.decode_roster, [secagg.encode_roster({1: adv, 3: adv})]
+        "dropout_secagg.decode_roster": Decoder(
+            dropout_secagg.decode_roster, [dropout_secagg.encode_roster({1: adv, 3: adv})]
         ),
-        "secagg.decode_boxes": Decoder(
-            secagg.decode_boxes, [secagg.encode_boxes({2: bytes(box), 5: bytes(range(box))})]
+        "dropout_secagg.decode_boxes": Decoder(
+            dropout_secagg.decode_boxes,
+            [dropout_secagg.encode_boxes({2: bytes(box), 5: bytes(range(box))})],
         ),
-        "secagg.decode_request": Decoder(
-            secagg.decode_request, [secagg.encode_request([1, 2], [3])]
+        "dropout_secagg.decode_request": Decoder(
+            dropout_secagg.decode_request, [dropout_secagg.encode_request([1, 2], [3])]
         ),
-        "secagg.decode_reveal": Decoder(
-            secagg.decode_reveal, [secagg.encode_reveal(secagg.Reveal({1: 5}, {2: 2**500}))]
+        "dropout_secagg.decode_reveal": Decoder(
+            dropout_secagg.decode_reveal,
+            [dropout_secagg.encode_reveal(dropout_secagg.Reveal({1: 5}, {2: 2**500}))],
         ),
-        "secagg.decode_vector": Decoder(
-            lambda b: secagg.decode_vector(b, 4), [secagg.encode_vector(u64)]
+        "dropout_secagg.decode_vector": Decoder(
+            lambda b: dropout_secagg.decode_vector(b, 4), [dropout_secagg.encode_vector(u64)]
         ),
-        "vertical.decode_meta": Decoder(
-            vertical.decode_meta, [vertical.encode_meta({"features": 3, "names": ["a", "b"]})]
+        "vertical_alignment.decode_meta": Decoder(
+            vertical_alignment.decode_meta,
+            [vertical_alignment.encode_meta({"features": 3, "names": ["a", "b"]})],
         ),
         "vertical_lr._decode_ints": Decoder(
             lambda b: vertical_lr._decode_ints(vertical_lr._SCORES_MAGIC, b, 8, 4),
@@ -208,13 +211,13 @@ def test_seeds_decode_and_oversized_input_is_refused(name: str) -> None:
 @pytest.mark.parametrize(
     "payload",
     [
-        vertical.encode_meta({})[:5] + b"[" * 100_000 + b"]" * 100_000,
-        vertical.encode_meta({})[:5] + b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        vertical_alignment.encode_meta({})[:5] + b"[" * 100_000 + b"]" * 100_000,
+        vertical_alignment.encode_meta({})[:5] + b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
     ],
     ids=["deep-list", "deep-object"],
 )
 def test_deeply_nested_metadata_is_a_defined_error(payload: bytes) -> None:
-    check(decoders()["vertical.decode_meta"], payload)
+    check(decoders()["vertical_alignment.decode_meta"], payload)
 
 
 @pytest.mark.timeout(120)

@@ -1,8 +1,8 @@
-"""A protocol for fault tests: many short rounds, randomness, checkpoints and a per-round charge.
+"""A protocol for fault tests: many short rounds, randomness, resume states and a per-round charge.
 
 ``relay_test`` between two members. In round ``k`` the requester draws a fresh random blind
-``r`` (from ``secrets``), checkpoints it *before* sending ``r`` (write-ahead), and sends it; the
-other member answers ``r + k²`` and checkpoints that it answered; the requester adds the answer
+``r`` (from ``secrets``), saves it *before* sending ``r`` (write-ahead), and sends it; the
+other member answers ``r + k²`` and saves that it answered; the requester adds the answer
 minus ``r``. The result, ``Σ k²``, does not depend on the blinds, so a resumed run must give
 exactly the uninterrupted one, and any blind re-drawn after a restart would be refused by the
 peer's mailbox as equivocation. The answering member charges ``1/1000`` epsilon per round to its
@@ -30,13 +30,13 @@ def _relay(ctx: JobContext) -> Result | None:
     rounds, pause = _params(ctx.spec)
     (peer,) = (p for p in ctx.spec.parties if p != ctx.party)
     leader = ctx.party == ctx.spec.requester
-    saved = ctx.restore("relay")
+    saved = ctx.load_state("relay")
     k, acc, blind = json.loads(saved) if saved else (0, 0, None)
     while k < rounds:
         if leader:
             if blind is None:
                 blind = secrets.randbits(64)
-                ctx.checkpoint("relay", json.dumps([k, acc, blind]).encode())  # before sending
+                ctx.save_state("relay", json.dumps([k, acc, blind]).encode())  # before sending
             ctx.send(peer, f"x/{k}", str(blind).encode())
             answer = int(ctx.recv(peer, f"y/{k}"))
             acc, blind = acc + answer - blind, None
@@ -45,7 +45,7 @@ def _relay(ctx: JobContext) -> Result | None:
             theirs = int(ctx.recv(peer, f"x/{k}"))
             ctx.send(peer, f"y/{k}", str(theirs + k * k).encode())
         k += 1
-        ctx.checkpoint("relay", json.dumps([k, acc, blind]).encode())
+        ctx.save_state("relay", json.dumps([k, acc, blind]).encode())
         ctx.progress("relay", k, rounds)
         time.sleep(pause)
     return Result({"sum_of_squares": acc}) if ctx.party in ctx.spec.receivers else None

@@ -22,9 +22,9 @@ resume, abort, and each answer and error coming back) is recorded with its sende
 and after the jobs every file under each node's state directory (SQLite databases with their
 ``-wal``/``-shm``, the sealed ``resume.db``) and each receiver's results are read. The search
 looks for every canary in every encoding it could take, and for every secret key made during the
-jobs (Paillier ``p``, ``q``; PSI blinding scalars; X25519 masking keys of ``secure_agg``; the
+jobs (Paillier ``p``, ``q``; PSI blinding scalars; X25519 masking keys of ``pairwise_masks``; the
 round seeds and keys of ``secagg``; the CKKS secret key, dumped from inside the sandbox worker)
-in everything every node sends and stores, the owner's own stores included: checkpoints must
+in everything every node sends and stores, the owner's own stores included: resume states must
 hold secrets only sealed. Controls show that the capture and the search do find what is
 legitimately there (public keys on the wire, the intersection at the bank) and deliberately
 leaked copies.
@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from bund.compute import insecure
 from bund.compute import paillier as pl
-from bund.compute.dp import secagg, secure_agg
+from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
 from bund.parties import client as client_module
@@ -358,7 +358,7 @@ class Secrets:
         for i, raw in enumerate(self.blinding):
             out += bytes_needles(f"psi blinding scalar {i}", raw, x25519=True)
         for i, raw in enumerate(self.masking):
-            out += bytes_needles(f"secure_agg masking key {i}", raw, x25519=True)
+            out += bytes_needles(f"pairwise_masks masking key {i}", raw, x25519=True)
         for i, (seed, c, s) in enumerate(self.rounds):
             out += bytes_needles(f"secagg round seed {i}", seed)
             out += bytes_needles(f"secagg c-key {i}", c, x25519=True)
@@ -419,7 +419,7 @@ def sorted_pair(a: int, b: int) -> tuple[int, int]:
 
 
 def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
-    """Record each secret key where its class is constructed (fresh or from a checkpoint)."""
+    """Record each secret key where its class is constructed (fresh or from a resume state)."""
     lock = threading.Lock()
 
     def wrap(cls: type, keep: Callable[[Any, tuple[Any, ...]], None]) -> None:
@@ -435,9 +435,9 @@ def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
     # PrivateKey orders its factors (p < q), and so does the record: p is what it exports.
     wrap(pl.PrivateKey, lambda _, a: record.paillier.append(sorted_pair(int(a[1]), int(a[2]))))
     wrap(BlindingKey, lambda _, a: record.blinding.append(a[0].private_bytes_raw()))
-    wrap(secure_agg.MaskingKey, lambda _, a: record.masking.append(a[0].private_bytes_raw()))
+    wrap(pairwise_masks.MaskingKey, lambda _, a: record.masking.append(a[0].private_bytes_raw()))
     wrap(
-        secagg.RoundSecrets,
+        dropout_secagg.RoundSecrets,
         lambda s, a: record.rounds.append(
             (a[0], s._c.private_bytes_raw(), s._s.private_bytes_raw())
         ),
@@ -938,9 +938,9 @@ def test_the_search_finds_leaked_secret_keys(world: World) -> None:
     insecure.enable_insecure_test_parameters()
     _, private = pl.generate_keypair(512)
     blinding = create_blinding_key()
-    masking = secure_agg.create_masking_key()
-    seed = secrets.token_bytes(secagg.SEED_BYTES)
-    secagg.RoundSecrets.from_seed(seed)
+    masking = pairwise_masks.create_masking_key()
+    seed = secrets.token_bytes(dropout_secagg.SEED_BYTES)
+    dropout_secagg.RoundSecrets.from_seed(seed)
     fresh = Secrets(
         made.paillier[start[0] :],
         made.blinding[start[1] :],
@@ -952,11 +952,11 @@ def test_the_search_finds_leaked_secret_keys(world: World) -> None:
     ]  # fmt: skip
     p, q = fresh.paillier[0]
     leaks = {
-        "paillier export": (private.export_for_checkpoint(), "paillier key 0 p big-endian"),
+        "paillier export": (private.export_for_resume(), "paillier key 0 p big-endian"),
         "paillier json": (json.dumps({"q": q}).encode(), f"paillier key 0 q as utf-8 {str(q)!r}"),
         "paillier hex": (f"{p:x}".encode(), f"paillier key 0 p as utf-8 {f'{p:x}'!r}"),
-        "blinding export": (blinding.export_for_checkpoint(), "psi blinding scalar 0"),
-        "masking export": (masking.export_for_checkpoint(), "secure_agg masking key 0"),
+        "blinding export": (blinding.export_for_resume(), "psi blinding scalar 0"),
+        "masking export": (masking.export_for_resume(), "pairwise_masks masking key 0"),
         "round seed json": (
             json.dumps({"seed": seed.hex()}).encode(),
             f"secagg round seed 0 as utf-8 {seed.hex()!r}",

@@ -1,7 +1,7 @@
 """Faults between node processes: a frozen peer, a killed node, a restart (issue 9).
 
 The nodes run the test protocol ``relay_test`` (``fault_protocols``): rounds of write-ahead
-checkpointed random blinds and a per-round budget charge. Its result does not depend on the blinds,
+saved random blinds and a per-round budget charge. Its result does not depend on the blinds,
 so a resumed job must end with exactly the uninterrupted result, no round charged twice, every
 audit chain intact and the regulator's reconciliation clean.
 """

@@ -130,7 +130,7 @@ def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
 ) -> None:
     """``kill -9`` of the coordinator or of a hospital mid-training, then a quick restart.
 
-    The restarted node resumes from its last checkpoint and re-sends what it had sent; every
+    The restarted node resumes from its last saved state and re-sends what it had sent; every
     hospital still takes part in every round, and each ledger holds each round once.
     """
     importlib.import_module("opacus")  # see the drop-out test above

@@ -21,7 +21,7 @@ from bund.parties.data import Table, generate_health
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,
-    MemoryCheckpoints,
+    MemoryResumeStates,
     Participant,
     Result,
     run_in_memory,
@@ -353,18 +353,18 @@ def test_released_count_on_neighbouring_datasets_respects_epsilon() -> None:
 
 
 def test_a_resumed_job_sends_the_same_noisy_vectors_and_releases_the_same_table() -> None:
-    """Each contributor checkpoints its key and its noisy masked vector before sending them.
+    """Each contributor saves its key and its noisy masked vector before sending them.
 
-    A second run of the same job on the same checkpoints (a restart) sends byte-identical
+    A second run of the same job on the same resume stores (a restart) sends byte-identical
     messages: the noise is drawn once, so a restart can never release a second noisy draw.
     """
     spec = dataclasses.replace(
         make_spec(QUERIES["histogram_categories"], epsilon="1/100"), job_id="c" * 32
     )
-    stores = {p: MemoryCheckpoints() for p in spec.parties}
+    stores = {p: MemoryResumeStates() for p in spec.parties}
     first, second = InMemoryNetwork(list(spec.parties)), InMemoryNetwork(list(spec.parties))
-    a = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=first, checkpoints=stores)
-    b = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=second, checkpoints=stores)
+    a = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=first, states=stores)
+    b = run_in_memory(spec, dp_stats.DEFINITION, TABLES, network=second, states=stores)
     assert sorted(first.captured) == sorted(second.captured)
     receiver = spec.receivers[0]
     assert a[receiver] is not None and b[receiver] is not None

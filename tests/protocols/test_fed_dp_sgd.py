@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from bund.compute import insecure
-from bund.compute.dp import secagg
+from bund.compute.dp import dropout_secagg
 from bund.compute.dp.budget import Budget
 from bund.compute.learn import fed
 from bund.parties.data import generate_health
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,
-    MemoryCheckpoints,
+    MemoryResumeStates,
     Participant,
     run_in_memory,
 )
@@ -147,11 +147,11 @@ def test_with_noise_the_result_reports_epsilon_per_hospital_and_the_curves() -> 
     assert [h["kind"] for h in history] == ["train", "train", "evaluate"]
 
 
-def _reveals(network: InMemoryNetwork) -> dict[str, list[secagg.Reveal]]:
-    out: dict[str, list[secagg.Reveal]] = {}
+def _reveals(network: InMemoryNetwork) -> dict[str, list[dropout_secagg.Reveal]]:
+    out: dict[str, list[dropout_secagg.Reveal]] = {}
     for _sender, _to, tag, payload in network.captured:
         if tag.startswith("fed/reveal/"):
-            out.setdefault(tag, []).append(secagg.decode_reveal(payload))
+            out.setdefault(tag, []).append(dropout_secagg.decode_reveal(payload))
     return out
 
 
@@ -180,7 +180,7 @@ def test_a_hospital_dropping_out_within_the_bound_leaves_the_round_intact(
 
 def test_more_dropouts_than_allowed_abort_the_job_with_a_clear_error(test_switch: None) -> None:
     job = spec(noise_multiplier=0.0, max_dropouts=0)
-    with pytest.raises(secagg.DropoutError, match="max_dropouts = 0"):
+    with pytest.raises(dropout_secagg.DropoutError, match="max_dropouts = 0"):
         run_in_memory(job, with_dropout("hospital-c", "fed/keys/1"), TABLES, recv_timeout=1.0)
 
 
@@ -228,7 +228,7 @@ def test_training_stops_when_a_hospitals_budget_would_be_exceeded() -> None:
 
 
 class CrashAfter:
-    """The coordinator's context, failing right after it checkpoints the start of ``step``."""
+    """The coordinator's context, failing right after it saves the start of ``step``."""
 
     def __init__(self, ctx: Any, step: int) -> None:
         self._ctx, self._step = ctx, step
@@ -236,15 +236,15 @@ class CrashAfter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
 
-    def checkpoint(self, name: str, state: bytes) -> None:
-        self._ctx.checkpoint(name, state)
+    def save_state(self, name: str, state: bytes) -> None:
+        self._ctx.save_state(name, state)
         if json.loads(state).get("step") == self._step and not json.loads(state)["roster"]:
             raise RuntimeError("coordinator killed")
 
 
 def test_a_killed_coordinator_resumes_from_the_last_round_without_double_charges() -> None:
     job = spec(rounds=3, noise_multiplier=1.0)
-    stores = {party: MemoryCheckpoints() for party in job.parties}
+    stores = {party: MemoryResumeStates() for party in job.parties}
     ledgers = {h: Ledger(Budget(Fraction(100), Fraction(1, 1000))) for h in HOSPITALS}
     roles = {**fed_dp_sgd.DEFINITION.roles}
     crashing = dataclasses.replace(
@@ -252,10 +252,10 @@ def test_a_killed_coordinator_resumes_from_the_last_round_without_double_charges
         roles={**roles, "coordinator": lambda ctx: fed_dp_sgd.run_coordinator(CrashAfter(ctx, 2))},
     )
     with pytest.raises(RuntimeError, match="killed"):
-        run_in_memory(job, crashing, TABLES, checkpoints=stores, chargers=ledgers)
+        run_in_memory(job, crashing, TABLES, states=stores, chargers=ledgers)
     before = json.loads(stores["insurer"].load(job.job_id, "insurer", "coordinator"))
     assert before["round"] == 2
-    result = run_in_memory(job, fed_dp_sgd.DEFINITION, TABLES, checkpoints=stores, chargers=ledgers)
+    result = run_in_memory(job, fed_dp_sgd.DEFINITION, TABLES, states=stores, chargers=ledgers)
     summary = result["insurer"].summary
     assert summary["rounds_run"] == 3 and summary["stopped"] == "completed"
     history = json.loads(result["insurer"].artifacts["model.json"])["history"]

@@ -15,7 +15,7 @@ from bund.parties.data import Table, generate_finance
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import vertical_lr as proto
-from bund.parties.protocols.vertical import feature_matrix, numeric_features
+from bund.parties.protocols.vertical_alignment import feature_matrix, numeric_features
 from bund.parties.transport import InMemoryNetwork
 
 LIMITS = {"psi_max_set_size": 100_000}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bund.compute import insecure
-from bund.compute.dp import secure_agg
+from bund.compute.dp import pairwise_masks
 from bund.compute.learn import logistic as lg
 from bund.parties.data import DatasetError, Table, generate_finance
 from bund.parties.jobs import (
@@ -169,10 +169,14 @@ def test_scores_match_the_plaintext_model(data: dict[str, Table], trained: Train
     registry = [
         p for frm, _, tag, p in net.captured if frm == "registry" and tag.startswith("vsc/s/")
     ]
-    a, b = (secure_agg.decode_vector(m[0], len(matched)) for m in (tax, registry))
-    tax_alone = np.array(secure_agg.unmask_sum([a]), dtype=np.float64) / (1 << lg.SCORE_FRAC_BITS)
+    a, b = (pairwise_masks.decode_vector(m[0], len(matched)) for m in (tax, registry))
+    tax_alone = np.array(pairwise_masks.unmask_sum([a]), dtype=np.float64) / (
+        1 << lg.SCORE_FRAC_BITS
+    )
     assert np.abs(tax_alone).min() > 1e3  # uniform mod 2^64: nothing like a score of a few logits
-    total = np.array(secure_agg.unmask_sum([a, b]), dtype=np.float64) / (1 << lg.SCORE_FRAC_BITS)
+    total = np.array(pairwise_masks.unmask_sum([a, b]), dtype=np.float64) / (
+        1 << lg.SCORE_FRAC_BITS
+    )
     assert np.abs(total).max() < 20
 
 

@@ -2,9 +2,9 @@
 
 Every query Bund answers across hospitals is *linear*: the statistic of the pooled cohort is the
 sum over records of a small integer vector ``f(record)``, so it is the sum of each hospital's
-contribution and can be aggregated with masks (``bund.compute.dp.secure_agg``). A query is cut into
-*blocks*; block ``b`` has a length, an L1 sensitivity ``Δ_b`` (the most one record changes it,
-after the clamping that is part of the query) and its share ``ε_b`` of the query's ``ε``
+contribution and can be aggregated with masks (``bund.compute.dp.pairwise_masks``). A query is
+cut into *blocks*; block ``b`` has a length, an L1 sensitivity ``Δ_b`` (the most one record
+changes it, after the clamping that is part of the query) and its share ``ε_b`` of the query's ``ε``
 (``Σ ε_b = ε``). Discrete Laplace noise of scale ``Δ_b/ε_b`` on block ``b``
 (``bund.compute.dp.mechanisms``) makes the whole release ``ε``-DP under adding or removing one
 record of any one dataset (basic composition over the blocks).

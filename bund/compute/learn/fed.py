@@ -201,7 +201,7 @@ class SecureStream:
     """Uniform and Gaussian draws from a ChaCha20 keystream: DP-SGD's noise and sampling.
 
     The key (32 bytes) must come from ``secrets``; the same key gives the same draws, which is
-    what lets a resumed hospital rebuild a checkpointed update byte for byte.
+    what lets a resumed hospital rebuild a saved update byte for byte.
 
     >>> a, b = SecureStream(bytes(32)), SecureStream(bytes(32))
     >>> bool((a.normal(4) == b.normal(4)).all())

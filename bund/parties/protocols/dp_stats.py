@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bund.compute import insecure
-from bund.compute.dp import secure_agg
+from bund.compute.dp import pairwise_masks
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.dp.mechanisms import DiscreteLaplace
 from bund.compute.dp.stats import (
@@ -103,8 +103,8 @@ def plan(spec: JobSpec) -> Plan:
             "dp_stats needs at least two contributors besides the analyst, so that the analyst "
             "never unmasks a single other hospital's figures"
         )
-    if len(contributors) > secure_agg.MAX_CONTRIBUTORS:
-        raise InvalidJobSpecError(f"at most {secure_agg.MAX_CONTRIBUTORS} contributors")
+    if len(contributors) > pairwise_masks.MAX_CONTRIBUTORS:
+        raise InvalidJobSpecError(f"at most {pairwise_masks.MAX_CONTRIBUTORS} contributors")
     params = dict(spec.params)
     noise = params.pop(PARAM_NOISE, "on")
     if noise not in ("on", "off"):
@@ -130,18 +130,18 @@ class _State:
 
     ctx: JobContext
     plan: Plan
-    key: secure_agg.MaskingKey
+    key: pairwise_masks.MaskingKey
     public_keys: dict[str, bytes] = field(default_factory=dict)
     noise_added: bool = False
 
 
-def _masking_key(ctx: JobContext) -> secure_agg.MaskingKey:
-    """The job's masking key: fresh, and checkpointed before its public half is sent."""
-    saved = ctx.restore("dp.key")
+def _masking_key(ctx: JobContext) -> pairwise_masks.MaskingKey:
+    """The job's masking key: fresh, and saved before its public half is sent."""
+    saved = ctx.load_state("dp.key")
     if saved is not None:
-        return secure_agg.MaskingKey.from_checkpoint(saved)
-    key = secure_agg.create_masking_key()
-    ctx.checkpoint("dp.key", key.export_for_checkpoint())
+        return pairwise_masks.MaskingKey.from_resume_state(saved)
+    key = pairwise_masks.create_masking_key()
+    ctx.save_state("dp.key", key.export_for_resume())
     return key
 
 
@@ -160,9 +160,9 @@ def _exchange_keys(s: _State) -> None:
     s.public_keys[me] = s.key.public_bytes()
     peers = [c for c in s.plan.contributors if c != me]
     for peer in peers:
-        ctx.send(peer, _TAG_KEY, secure_agg.encode_public_key(s.public_keys[me]))
+        ctx.send(peer, _TAG_KEY, pairwise_masks.encode_public_key(s.public_keys[me]))
     for peer in peers:
-        public = secure_agg.decode_public_key(ctx.recv(peer, _TAG_KEY))
+        public = pairwise_masks.decode_public_key(ctx.recv(peer, _TAG_KEY))
         if public in s.public_keys.values():
             raise InvalidMessageError(f"{peer} sent a masking key another contributor also uses")
         s.public_keys[peer] = public
@@ -177,7 +177,7 @@ def _masked_vector(s: _State) -> npt.NDArray[np.uint64]:
         vector = vector + np.concatenate(noise).astype(object)
         s.noise_added = True
     context = bytes.fromhex(s.ctx.spec.digest())
-    return secure_agg.mask_vector(
+    return pairwise_masks.mask_vector(
         [int(v) for v in vector], s.key, s.ctx.party, s.public_keys, context
     )
 
@@ -185,20 +185,20 @@ def _masked_vector(s: _State) -> npt.NDArray[np.uint64]:
 def _contribute(ctx: JobContext) -> tuple[_State, npt.NDArray[np.uint64]]:
     """Agree the masks and make the masked vector, or restore the one an earlier run made.
 
-    The masked vector is checkpointed before it is sent: a resumed contributor re-sends the same
+    The masked vector is saved before it is sent: a resumed contributor re-sends the same
     bytes, so the noise is drawn once, whatever happens (a second draw would release more).
     """
     s = _State(ctx, plan(ctx.spec), _masking_key(ctx))
     _check_noise(s.plan)
     _exchange_keys(s)
-    saved = ctx.restore("dp.masked")
+    saved = ctx.load_state("dp.masked")
     if saved is not None:
-        masked = secure_agg.decode_vector(saved[1:], s.plan.query.length)
+        masked = pairwise_masks.decode_vector(saved[1:], s.plan.query.length)
         s.noise_added = saved[:1] == b"\x01"
         return s, masked
     masked = _masked_vector(s)
-    ctx.checkpoint(
-        "dp.masked", (b"\x01" if s.noise_added else b"\x00") + secure_agg.encode_vector(masked)
+    ctx.save_state(
+        "dp.masked", (b"\x01" if s.noise_added else b"\x00") + pairwise_masks.encode_vector(masked)
     )
     return s, masked
 
@@ -212,7 +212,7 @@ def run_contributor(ctx: JobContext) -> None:
         InvalidKeyError: If a peer's public key is of low order.
     """
     s, masked = _contribute(ctx)
-    ctx.send(s.plan.analyst, _TAG_MASKED, secure_agg.encode_vector(masked))
+    ctx.send(s.plan.analyst, _TAG_MASKED, pairwise_masks.encode_vector(masked))
     ctx.record("dp_stats.contributed", _audit_fields(s.plan, noise_added=s.noise_added))
 
 
@@ -231,8 +231,8 @@ def run_analyst(ctx: JobContext) -> Result:
         vectors.append(own)
     for c in p.contributors:
         if c != ctx.party:
-            vectors.append(secure_agg.decode_vector(ctx.recv(c, _TAG_MASKED), p.query.length))
-    aggregate = secure_agg.unmask_sum(vectors)
+            vectors.append(pairwise_masks.decode_vector(ctx.recv(c, _TAG_MASKED), p.query.length))
+    aggregate = pairwise_masks.unmask_sum(vectors)
     table = compute_release(p.query, aggregate)
     artifacts = {"result.csv": _csv(table)}
     plot = _plot(p, aggregate)

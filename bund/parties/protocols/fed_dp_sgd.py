@@ -4,16 +4,17 @@ Roles: one ``coordinator`` (no dataset; it must receive the result) and two or m
 participants, each with a dataset of patient rows holding the feature columns (public value
 ranges, ``bund.compute.learn.fed.HEALTH_RANGES`` or the ``feature_ranges`` parameter) and the label
 ``event`` (bind other names through the participant's columns). The maths is in
-``bund.compute.learn.fed`` (models, Opacus DP-SGD, accounting) and ``bund.compute.dp.secagg``
-(SecAgg). ``docs/protocols/fed-dp-sgd.md`` has the parameters, what each role learns and the threat
-model; ``docs/protocols/secure-aggregation.md`` the masking, the shares and the drop-out bound.
+``bund.compute.learn.fed`` (models, Opacus DP-SGD, accounting) and
+``bund.compute.dp.dropout_secagg`` (SecAgg). ``docs/protocols/fed-dp-sgd.md`` has the
+parameters, what each role learns and the threat model; ``docs/protocols/secure-aggregation.md``
+the masking, the shares and the drop-out bound.
 
 The job is a sequence of *steps* ``s = 0, 1, …``; each is a training round, the final evaluation,
 or the end. Messages of step ``s`` (H: a hospital, C: the coordinator):
 
 1. ``fed/go/s`` (C → every H): kind (train, evaluate, done), round and the global weights.
    On *train*, H charges its round's ε increment to its dataset (``ctx.charge``) and draws the
-   step's 32-byte seed from ``secrets`` (checkpointed before it sends anything).
+   step's 32-byte seed from ``secrets`` (saved before it sends anything).
 2. ``fed/keys/s`` (H → C): its two X25519 public keys and a commitment to its self-mask seed,
    or the budget-exhausted marker.
 3. ``fed/roster/s`` (C → H): the keys of the hospitals that answered in time (at least the
@@ -27,8 +28,8 @@ or the end. Messages of step ``s`` (H: a hospital, C: the coordinator):
 
 The coordinator waits one receive timeout per phase (``upload_patience`` timeouts for the masked
 updates, which follow local training) and carries on with whoever answered; fewer than ``t``
-aborts the job with :class:`bund.compute.dp.secagg.DropoutError`. Both roles checkpoint their state
-before each message that it determines, so a killed node resumes the step it was in, re-sends
+aborts the job with :class:`bund.compute.dp.dropout_secagg.DropoutError`. Both roles save their
+state before each message that it determines, so a killed node resumes the step it was in, re-sends
 identical messages, and is never charged twice for a round (the ledger charges once per part).
 """
 
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from bund.compute import insecure
-from bund.compute.dp import secagg
+from bund.compute.dp import dropout_secagg
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
 from bund.compute.learn import fed
@@ -96,7 +97,7 @@ _PARAMS: dict[str, tuple[type, float, float]] = {
     "noise_multiplier": (float, 0, 100),
     "max_grad_norm": (float, 1e-6, 1e6),
     "sample_rate": (float, 1e-6, 1),
-    "max_dropouts": (int, 0, secagg.MAX_CLIENTS),
+    "max_dropouts": (int, 0, dropout_secagg.MAX_CLIENTS),
     "seed": (int, 0, 2**63 - 1),
     "test_fraction": (float, 0, 0.5),
     "update_bound": (float, 1e-3, 1024),
@@ -201,10 +202,10 @@ def plan(spec: JobSpec) -> Plan:
             raise InvalidJobSpecError(f"hospital {p.party!r} must name its dataset")
     if len(coordinators) != 1:
         raise InvalidJobSpecError(f"fed_dp_sgd needs exactly one {ROLE_COORDINATOR!r}")
-    if not 2 <= len(hospitals) <= secagg.MAX_CLIENTS:
+    if not 2 <= len(hospitals) <= dropout_secagg.MAX_CLIENTS:
         raise InvalidJobSpecError(
-            f"fed_dp_sgd needs 2 to {secagg.MAX_CLIENTS} hospitals, so the coordinator only "
-            "ever unmasks a sum"
+            f"fed_dp_sgd needs 2 to {dropout_secagg.MAX_CLIENTS} hospitals, so the coordinator "
+            "only ever unmasks a sum"
         )
     if coordinators[0] not in spec.receivers:
         raise InvalidJobSpecError(f"the coordinator {coordinators[0]!r} must receive the result")
@@ -250,7 +251,7 @@ def plan(spec: JobSpec) -> Plan:
             grad_sample_mode=str(_param(spec, "grad_sample_mode", "hooks")),
         )
         update_bound = float(_param(spec, "update_bound", 8.0))
-        secagg.check_capacity(len(hospitals), update_bound, UPDATE_FRAC_BITS)
+        dropout_secagg.check_capacity(len(hospitals), update_bound, UPDATE_FRAC_BITS)
     except (ValueError, InvalidInputError) as exc:
         raise InvalidJobSpecError(f"fed_dp_sgd: {exc}") from None
     if not 0 < delta < 1:
@@ -329,7 +330,7 @@ def decode_go(payload: bytes, size: int) -> tuple[int, int, np.ndarray[Any, Any]
 
 @dataclass
 class _HospitalState:
-    """A hospital's progress, checkpointed (as JSON) before each message it determines."""
+    """A hospital's progress, saved (as JSON) before each message it determines."""
 
     step: int = 0
     trained: int = 0
@@ -340,11 +341,11 @@ class _HospitalState:
     request: list[list[int]] = field(default_factory=list)
 
     def save(self, ctx: JobContext) -> None:
-        ctx.checkpoint("hospital", json.dumps(asdict(self)).encode())
+        ctx.save_state("hospital", json.dumps(asdict(self)).encode())
 
     @classmethod
     def load(cls, ctx: JobContext) -> _HospitalState:
-        saved = ctx.restore("hospital")
+        saved = ctx.load_state("hospital")
         return cls(**json.loads(saved)) if saved else cls()
 
 
@@ -401,7 +402,9 @@ def _values(
     """This hospital's integer vector of a step: its quantised update and evaluation sums."""
     score = fed.evaluate(p.model, weights, data.x_test, data.y_test)
     metrics = [
-        int(secagg.quantize([score.loss_sum], fed.LOSS_CAP * MAX_ROWS, METRIC_FRAC_BITS)[0]),
+        int(
+            dropout_secagg.quantize([score.loss_sum], fed.LOSS_CAP * MAX_ROWS, METRIC_FRAC_BITS)[0]
+        ),
         score.correct,
         score.rows,
     ]
@@ -410,7 +413,7 @@ def _values(
     update = fed.local_update(
         p.model, weights, data.x_train, data.y_train, p.dpsgd, _stream_key(seed)
     )
-    quantised = secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS)
+    quantised = dropout_secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS)
     return [int(v) for v in quantised] + metrics
 
 
@@ -424,16 +427,18 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
         _await(ctx, c, f"fed/roster/{tag}", p.patience)  # the coordinator calls the step off
         return
     seed = bytes.fromhex(s.seed)
-    mine = secagg.RoundSecrets.from_seed(seed)
+    mine = dropout_secagg.RoundSecrets.from_seed(seed)
     context = _context(ctx.spec, s.step)
-    ctx.send(c, f"fed/keys/{tag}", secagg.encode_advertised(mine.advertised(context)))
-    roster = secagg.decode_roster(_await(ctx, c, f"fed/roster/{tag}", p.patience))
+    ctx.send(c, f"fed/keys/{tag}", dropout_secagg.encode_advertised(mine.advertised(context)))
+    roster = dropout_secagg.decode_roster(_await(ctx, c, f"fed/roster/{tag}", p.patience))
     if not roster:
         return  # left out of this step (late, or the step was called off)
     ctx.send(
-        c, f"fed/shares/{tag}", secagg.encode_boxes(mine.share(me, roster, p.threshold, context))
+        c,
+        f"fed/shares/{tag}",
+        dropout_secagg.encode_boxes(mine.share(me, roster, p.threshold, context)),
     )
-    inbox = secagg.decode_boxes(_await(ctx, c, f"fed/inbox/{tag}", p.patience))
+    inbox = dropout_secagg.decode_boxes(_await(ctx, c, f"fed/inbox/{tag}", p.patience))
     if not inbox:
         return
     opened = mine.open_inbox(me, roster, p.threshold, inbox, context)
@@ -442,8 +447,10 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
         s.values = _values(p, kind, weights, data, seed)
         s.save(ctx)  # write-ahead: the masked vector below is determined by it
     masked = mine.mask(me, np.asarray(s.values, dtype=np.int64), shared, context)
-    ctx.send(c, f"fed/masked/{tag}", secagg.encode_vector(masked))
-    survivors, dropped = secagg.decode_request(_await(ctx, c, f"fed/unmask/{tag}", p.patience))
+    ctx.send(c, f"fed/masked/{tag}", dropout_secagg.encode_vector(masked))
+    survivors, dropped = dropout_secagg.decode_request(
+        _await(ctx, c, f"fed/unmask/{tag}", p.patience)
+    )
     if not survivors:
         return
     if s.request and s.request != [survivors, dropped]:
@@ -455,7 +462,7 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
         s.request = [survivors, dropped]
         s.save(ctx)  # answer one request per step, even across restarts
     reveal = opened.reveal(me, survivors, dropped)
-    ctx.send(c, f"fed/reveal/{tag}", secagg.encode_reveal(reveal))
+    ctx.send(c, f"fed/reveal/{tag}", dropout_secagg.encode_reveal(reveal))
 
 
 def run_hospital(ctx: JobContext) -> Result | None:
@@ -496,7 +503,7 @@ def run_hospital(ctx: JobContext) -> Result | None:
                             "epsilon_total": format_rational(p.epsilon(s.trained)),
                         },
                     )
-            s.seed = secrets.token_bytes(secagg.SEED_BYTES).hex()
+            s.seed = secrets.token_bytes(dropout_secagg.SEED_BYTES).hex()
             s.save(ctx)  # write-ahead: keys, shares and masks all derive from this seed
         _hospital_step(ctx, p, s, data)
         s = _HospitalState(step=s.step + 1, trained=s.trained)
@@ -539,11 +546,11 @@ class _CoordinatorState:
     gone: list[str] = field(default_factory=list)
 
     def save(self, ctx: JobContext) -> None:
-        ctx.checkpoint("coordinator", json.dumps(asdict(self)).encode())
+        ctx.save_state("coordinator", json.dumps(asdict(self)).encode())
 
     @classmethod
     def load(cls, ctx: JobContext) -> _CoordinatorState | None:
-        saved = ctx.restore("coordinator")
+        saved = ctx.load_state("coordinator")
         return cls(**json.loads(saved)) if saved else None
 
 
@@ -565,8 +572,8 @@ def _collect(ctx: JobContext, members: list[str], tag: str, patience: int) -> di
     return {m: payload for m, payload in got.items() if payload is not None}
 
 
-def _too_few(p: Plan, step: int, phase: str, count: int) -> secagg.DropoutError:
-    return secagg.DropoutError(
+def _too_few(p: Plan, step: int, phase: str, count: int) -> dropout_secagg.DropoutError:
+    return dropout_secagg.DropoutError(
         f"step {step}: only {count} hospitals answered the {phase} phase in time; the round "
         f"needs {p.threshold} (max_dropouts = {len(p.hospitals) - p.threshold}). Bring the "
         "missing hospitals' nodes back and resume the job, or run with fewer hospitals"
@@ -614,16 +621,16 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
             s.joined[h] = s.joined.get(h, 0) + (s.kind == _TRAIN and h not in exhausted)
         if exhausted:
             s.stop = f"privacy budget exhausted at {', '.join(exhausted)}"
-            s.roster = secagg.encode_roster({}).hex()
+            s.roster = dropout_secagg.encode_roster({}).hex()
         else:
-            roster = {p.index(h): secagg.decode_advertised(a) for h, a in answers.items()}
+            roster = {p.index(h): dropout_secagg.decode_advertised(a) for h, a in answers.items()}
             if len(roster) < p.threshold:
                 raise _too_few(p, s.step, "keys", len(roster))
-            s.roster = secagg.encode_roster(roster).hex()
+            s.roster = dropout_secagg.encode_roster(roster).hex()
         s.save(ctx)
-    roster = secagg.decode_roster(bytes.fromhex(s.roster))
+    roster = dropout_secagg.decode_roster(bytes.fromhex(s.roster))
     members = {names[i] for i in roster}
-    empty_roster = secagg.encode_roster({})
+    empty_roster = dropout_secagg.encode_roster({})
     _tell(
         ctx,
         p,
@@ -641,15 +648,17 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
         if len(s.boxes) < p.threshold:
             raise _too_few(p, s.step, "share", len(s.boxes))
         s.save(ctx)
-    uploads = {h: secagg.decode_boxes(bytes.fromhex(b)) for h, b in s.boxes.items()}
+    uploads = {h: dropout_secagg.decode_boxes(bytes.fromhex(b)) for h, b in s.boxes.items()}
     for h, boxes in uploads.items():
         if set(boxes) != set(roster) - {p.index(h)}:
             raise InvalidMessageError(f"{h} sent shares for other hospitals than the roster's")
     inboxes = {
-        h: secagg.encode_boxes({p.index(o): uploads[o][p.index(h)] for o in uploads if o != h})
+        h: dropout_secagg.encode_boxes(
+            {p.index(o): uploads[o][p.index(h)] for o in uploads if o != h}
+        )
         for h in uploads
     }
-    _tell(ctx, p, s, set(uploads), f"fed/inbox/{tag}", inboxes, secagg.encode_boxes({}))
+    _tell(ctx, p, s, set(uploads), f"fed/inbox/{tag}", inboxes, dropout_secagg.encode_boxes({}))
     length = _vector_length(p, s.kind)
     if not s.request:
         got = _collect(ctx, sorted(uploads), f"fed/masked/{tag}", p.upload_patience)
@@ -657,10 +666,11 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
         if len(s.masked) < p.threshold:
             raise _too_few(p, s.step, "upload", len(s.masked))
         dropped = [p.index(h) for h in uploads if h not in s.masked]
-        s.request = secagg.encode_request([p.index(h) for h in s.masked], dropped).hex()
+        s.request = dropout_secagg.encode_request([p.index(h) for h in s.masked], dropped).hex()
         s.save(ctx)  # write-ahead: one unmasking question per step, even across restarts
     masked = {
-        p.index(h): secagg.decode_vector(bytes.fromhex(v), length) for h, v in s.masked.items()
+        p.index(h): dropout_secagg.decode_vector(bytes.fromhex(v), length)
+        for h, v in s.masked.items()
     }
     request = bytes.fromhex(s.request)
     alive = {names[i] for i in masked}
@@ -671,12 +681,12 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
         alive,
         f"fed/unmask/{tag}",
         dict.fromkeys(alive, request),
-        secagg.encode_request([], []),
+        dropout_secagg.encode_request([], []),
     )
     answers = _collect(ctx, sorted(alive), f"fed/reveal/{tag}", 1)
-    reveals = {p.index(h): secagg.decode_reveal(a) for h, a in answers.items()}
+    reveals = {p.index(h): dropout_secagg.decode_reveal(a) for h, a in answers.items()}
     shared = {j: roster[j] for j in (p.index(h) for h in uploads)}
-    total = secagg.unmask(masked, shared, reveals, p.threshold, _context(ctx.spec, s.step))
+    total = dropout_secagg.unmask(masked, shared, reveals, p.threshold, _context(ctx.spec, s.step))
     s.history.append(
         {"step": s.step, "survivors": len(masked), "dropped": len(members) - len(masked)}
     )
@@ -694,7 +704,7 @@ def _aggregate(p: Plan, s: _CoordinatorState, total: np.ndarray[Any, Any]) -> No
     entry["loss"] = float(loss_sum) / 2**METRIC_FRAC_BITS / int(rows) if rows else None
     entry["accuracy"] = int(correct) / int(rows) if rows else None
     if s.kind == _TRAIN:
-        mean = secagg.dequantize(total[:-3], UPDATE_FRAC_BITS) / survivors
+        mean = dropout_secagg.dequantize(total[:-3], UPDATE_FRAC_BITS) / survivors
         s.weights = (np.asarray(s.weights) + mean).tolist()
         s.round += 1
         entry["epsilon"] = format_rational(p.epsilon(s.round))

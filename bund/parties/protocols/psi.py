@@ -169,16 +169,16 @@ def _setup(ctx: JobContext) -> _State:
 
 
 def _blinding_key(ctx: JobContext) -> BlindingKey:
-    """The job's scalar: fresh, and checkpointed before any point it blinds is sent.
+    """The job's scalar: fresh, and saved before any point it blinds is sent.
 
     A resumed member restores it and runs the protocol again from the start: its messages come
     out byte-identical (replays, which the peer ignores) and the peer's wait in its inbox.
     """
-    saved = ctx.restore("psi.key")
+    saved = ctx.load_state("psi.key")
     if saved is not None:
-        return BlindingKey.from_checkpoint(saved)
+        return BlindingKey.from_resume_state(saved)
     key = create_blinding_key()
-    ctx.checkpoint("psi.key", key.export_for_checkpoint())
+    ctx.save_state("psi.key", key.export_for_resume())
     return key
 
 

@@ -5,7 +5,7 @@ Roles and column bindings as in ``woe_iv`` (``label_holder`` binds ``id`` and ``
 maths is ``bund.compute.learn.logistic``, which is also the plaintext reference; this module only
 moves the sums. ``docs/protocols/vertical-lr.md`` has the message sizes, what each role learns per
 iteration and the label-leakage analysis. Messages, after the alignment of
-:func:`bund.parties.protocols.vertical.align_label_holder`:
+:func:`bund.parties.protocols.vertical_alignment.align_label_holder`:
 
 1. ``vlr/meta`` (provider → bank): its number of features. ``vlr/key`` (bank → provider): the
    Paillier public key. Both sides derive the train/test split and the batches from the seed.
@@ -44,7 +44,7 @@ from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
-from bund.parties.protocols.vertical import (
+from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     ID_COLUMN,
     LABEL_COLUMN,
@@ -179,10 +179,10 @@ def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list
 
 @dataclass
 class _BankState:
-    """The bank's training state, checkpointed at every step that a restart must not redo.
+    """The bank's training state, saved at every step that a restart must not redo.
 
     ``pending`` holds the encrypted residuals of the current batch, one list of chunks per
-    provider, exactly as sent: they are checkpointed before they are sent (write-ahead), so a
+    provider, exactly as sent: they are saved before they are sent (write-ahead), so a
     resumed bank re-sends the same bytes.
     """
 
@@ -201,11 +201,11 @@ class _BankState:
     def save(self, ctx: JobContext) -> None:
         doc = {k: v for k, v in vars(self).items() if k != "pending"}
         doc["chunks"] = [len(p) for p in self.pending]
-        ctx.checkpoint("train", pack_state(doc, [c for p in self.pending for c in p]))
+        ctx.save_state("train", pack_state(doc, [c for p in self.pending for c in p]))
 
     @classmethod
     def load(cls, ctx: JobContext) -> _BankState | None:
-        saved = ctx.restore("train")
+        saved = ctx.load_state("train")
         if saved is None:
             return None
         doc, blobs = unpack_state(saved)
@@ -217,19 +217,19 @@ class _BankState:
 
 
 def _bank_key(ctx: JobContext, bits: int) -> pl.PrivateKey:
-    """The job's Paillier key: made once, checkpointed (sealed) before its public half is sent."""
-    saved = ctx.restore("key")
+    """The job's Paillier key: made once, saved (sealed) before its public half is sent."""
+    saved = ctx.load_state("key")
     if saved is not None:
-        return pl.PrivateKey.from_checkpoint(saved)
+        return pl.PrivateKey.from_resume_state(saved)
     _, private = pl.generate_keypair(bits)
-    ctx.checkpoint("key", private.export_for_checkpoint())
+    ctx.save_state("key", private.export_for_resume())
     return private
 
 
 def run_label_holder(ctx: JobContext) -> Result:
     """The bank's side: align, train with encrypted residuals, evaluate, report.
 
-    Resumable: the alignment, the key and every training step are checkpointed (write-ahead), so
+    Resumable: the alignment, the key and every training step are saved (write-ahead), so
     a restarted bank continues where it stopped and re-sends byte-identical messages.
 
     Raises:
@@ -465,9 +465,9 @@ def _ks_chart(y: lg.FloatArray, p: lg.FloatArray, ks: float) -> bytes:
 
 @dataclass
 class _ProviderState:
-    """A provider's training state, checkpointed at every step that a restart must not redo.
+    """A provider's training state, saved at every step that a restart must not redo.
 
-    ``masks`` and ``pending`` (its masked encrypted gradient, as sent) are checkpointed before the
+    ``masks`` and ``pending`` (its masked encrypted gradient, as sent) are saved before the
     gradient is sent, so a resumed provider re-sends the same bytes and removes the same masks.
     """
 
@@ -483,11 +483,11 @@ class _ProviderState:
     def save(self, ctx: JobContext) -> None:
         doc = {k: v for k, v in vars(self).items() if k not in ("key", "pending")}
         blobs = [self.key] + ([] if self.pending is None else [self.pending])
-        ctx.checkpoint("train", pack_state(doc, blobs))
+        ctx.save_state("train", pack_state(doc, blobs))
 
     @classmethod
     def load(cls, ctx: JobContext) -> _ProviderState | None:
-        saved = ctx.restore("train")
+        saved = ctx.load_state("train")
         if saved is None:
             return None
         doc, blobs = unpack_state(saved)
@@ -497,7 +497,7 @@ class _ProviderState:
 def run_feature_holder(ctx: JobContext) -> Result:
     """A provider's side: its partial scores, masked encrypted gradients, its own weights.
 
-    Resumable like the bank's side: every training step is checkpointed (write-ahead).
+    Resumable like the bank's side: every training step is saved (write-ahead).
 
     Raises:
         InvalidKeyError: If the bank's key fails validation.

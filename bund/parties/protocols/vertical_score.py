@@ -5,11 +5,11 @@ as its own result (``ctx.prior_result``), to its own data; only the bank learns 
 Roles as in training: the ``label_holder`` (the bank, binding ``id`` in its dataset of applicants,
 no label) and each ``feature_holder`` (binding ``id``); the providers must be exactly those of the
 training job. ``docs/protocols/vertical-lr.md`` ("Scoring") has what each role learns. Messages,
-after the alignment of :func:`bund.parties.protocols.vertical.align_label_holder` (PSI, as in
-training; the common rows are the applicants that every provider holds, ascending id):
+after the alignment of :func:`bund.parties.protocols.vertical_alignment.align_label_holder` (PSI,
+as in training; the common rows are the applicants that every provider holds, ascending id):
 
 1. ``vsc/key`` (provider ↔ provider, only with two or more providers): an X25519 masking public
-   key (``bund.compute.dp.secure_agg`` layout ``BSAK``).
+   key (``bund.compute.dp.pairwise_masks`` layout ``BSAK``).
 2. ``vsc/s/i`` (provider → bank): chunk ``i`` of its partial scores ``x·w`` of the common rows
    (standardised exactly as in training, ``SCORE_FRAC_BITS`` fixed point) plus its pairwise
    masks, mod 2^64 (layout ``BSAV``, at most ``MAX_LENGTH`` rows a chunk, fresh masks per chunk).
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bund.compute.dp import secure_agg
+from bund.compute.dp import pairwise_masks
 from bund.compute.errors import InvalidMessageError
 from bund.compute.learn import logistic as lg
 from bund.compute.psi import normalise_ids
@@ -48,7 +48,7 @@ from bund.parties.jobs import (
     ProtocolDef,
     Result,
 )
-from bund.parties.protocols.vertical import (
+from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     ID_COLUMN,
     LABEL_HOLDER,
@@ -63,7 +63,7 @@ from bund.parties.protocols.vertical_lr import MODEL_FORMAT
 #: The training protocol whose parts this one applies.
 TRAINING = "vertical_lr"
 #: Rows a chunk of partial scores carries (the masked-vector layout's cap).
-ROWS_PER_MESSAGE = secure_agg.MAX_LENGTH
+ROWS_PER_MESSAGE = pairwise_masks.MAX_LENGTH
 #: Largest magnitude of one provider's fixed-point partial score: ``2^20`` in logit units, far
 #: beyond any sane model, and small enough that the sum of every provider's stays inside int64.
 MAX_PARTIAL = 1 << (lg.SCORE_FRAC_BITS + 20)
@@ -174,21 +174,21 @@ def run_feature_holder(ctx: JobContext) -> None:
         raise DatasetError(
             f"{ctx.party}'s partial scores are out of range (|x·w| ≥ 2^20): the model is broken"
         )
-    key = secure_agg.create_masking_key()
+    key = pairwise_masks.create_masking_key()
     public_keys = {ctx.party: key.public_bytes()}
     others = [p for p in providers if p != ctx.party]
     for peer in others:
-        ctx.send(peer, _TAG_KEY, secure_agg.encode_public_key(public_keys[ctx.party]))
+        ctx.send(peer, _TAG_KEY, pairwise_masks.encode_public_key(public_keys[ctx.party]))
     for peer in others:
-        public = secure_agg.decode_public_key(ctx.recv(peer, _TAG_KEY))
+        public = pairwise_masks.decode_public_key(ctx.recv(peer, _TAG_KEY))
         if public in public_keys.values():
             raise InvalidMessageError(f"{peer} announced a masking key already in use; stopping")
         public_keys[peer] = public
     for i, (start, stop) in enumerate(_chunks(len(scores))):
-        masked = secure_agg.mask_vector(
+        masked = pairwise_masks.mask_vector(
             scores[start:stop], key, ctx.party, public_keys, _mask_context(ctx, i)
         )
-        ctx.send(bank, f"{_TAG_SCORES}/{i}", secure_agg.encode_vector(masked))
+        ctx.send(bank, f"{_TAG_SCORES}/{i}", pairwise_masks.encode_vector(masked))
     ctx.record("vertical_score.finished", {"scored_rows": len(scores)})
 
 
@@ -225,10 +225,10 @@ def run_label_holder(ctx: JobContext) -> Result:
     total = np.zeros(len(rows), dtype=np.int64)
     for i, (start, stop) in enumerate(_chunks(len(rows))):
         vectors = [
-            secure_agg.decode_vector(ctx.recv(p, f"{_TAG_SCORES}/{i}"), stop - start)
+            pairwise_masks.decode_vector(ctx.recv(p, f"{_TAG_SCORES}/{i}"), stop - start)
             for p in providers
         ]
-        total[start:stop] = secure_agg.unmask_sum(vectors)
+        total[start:stop] = pairwise_masks.unmask_sum(vectors)
     if len(total) and int(np.abs(total).max()) >= MAX_PARTIAL * len(providers):
         raise InvalidMessageError("the providers' summed partial scores are out of range")
     probability = lg.sigmoid(lg.joint_scores(own, bias, [total]))
@@ -277,8 +277,8 @@ def validate(spec: JobSpec) -> None:
             f"vertical_score needs exactly one {LABEL_HOLDER!r} and at least one "
             f"{FEATURE_HOLDER!r} (those of the training job), and no other role"
         )
-    if len(providers) > secure_agg.MAX_CONTRIBUTORS:
-        raise InvalidJobSpecError(f"at most {secure_agg.MAX_CONTRIBUTORS} feature holders")
+    if len(providers) > pairwise_masks.MAX_CONTRIBUTORS:
+        raise InvalidJobSpecError(f"at most {pairwise_masks.MAX_CONTRIBUTORS} feature holders")
     for p in spec.participants:
         if p.dataset is None or ID_COLUMN not in p.columns:
             raise InvalidJobSpecError(

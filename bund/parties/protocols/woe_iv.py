@@ -7,8 +7,8 @@ holder's features are every numeric column of its dataset but the id; each is bi
 of its own values on the aligned rows. ``docs/protocols/woe-iv.md`` has the messages, sizes and
 what each role learns. In short:
 
-1. **Align** (``bund.parties.protocols.vertical``): ECDH-PSI between the label holder and each
-   feature holder; each feature holder learns only which of its own ids are in the common set.
+1. **Align** (``bund.parties.protocols.vertical_alignment``): ECDH-PSI between the label holder and
+   each feature holder; each feature holder learns only which of its own ids are in the common set.
 2. ``woe/key``: the label holder's Paillier public key; ``woe/labels/<i>``: the encrypted 0/1
    labels of the common rows, in chunks below 2 MiB.
 3. ``woe/meta``: each feature holder's feature names, bins per feature and rows per bin;
@@ -41,7 +41,7 @@ from bund.compute.learn.woe_iv import (
 )
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
-from bund.parties.protocols.vertical import (
+from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     ID_COLUMN,
     LABEL_COLUMN,

@@ -1,4 +1,4 @@
-"""The resume store: sealed checkpoints, the durable inbox, the transcript, and tampering."""
+"""The resume store: sealed resume states, the durable inbox, the transcript, and tampering."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bund.parties.checkpoints import CheckpointTamperedError, ResumeStore, load_or_create_key
 from bund.parties.jobs import TranscriptEntry
+from bund.parties.resume import ResumeStateTamperedError, ResumeStore, load_or_create_key
 from bund.parties.transport import SPOOL_BYTES, JobInterruptedError, Mailbox
 
 JOB = "a" * 32
@@ -19,7 +19,7 @@ def store(tmp_path: Path, name: str = "resume") -> ResumeStore:
     return ResumeStore(tmp_path / f"{name}.db", load_or_create_key(tmp_path / f"{name}.key"))
 
 
-def test_checkpoints_round_trip_and_are_sealed_at_rest(tmp_path: Path) -> None:
+def test_resume_states_round_trip_and_are_sealed_at_rest(tmp_path: Path) -> None:
     s = store(tmp_path)
     secret = b"blinding scalar 0123456789abcdef"
     s.save(JOB, "bank", "psi", secret)
@@ -41,7 +41,7 @@ def test_key_is_private_and_refused_when_readable(tmp_path: Path) -> None:
         load_or_create_key(tmp_path / "k")
 
 
-def test_tampered_or_moved_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_tampered_or_moved_resume_state_is_refused(tmp_path: Path) -> None:
     s = store(tmp_path)
     s.save(JOB, "bank", "psi", b"state")
     s.close()
@@ -56,14 +56,14 @@ def test_tampered_or_moved_checkpoint_is_refused(tmp_path: Path) -> None:
     db.close()
     s = store(tmp_path)
     for job, name in ((JOB, "psi"), (JOB, "moved"), ("b" * 32, "psi")):
-        with pytest.raises(CheckpointTamperedError, match="failed authentication"):
+        with pytest.raises(ResumeStateTamperedError, match="failed authentication"):
             s.load(job, "bank", name)
     other = ResumeStore(tmp_path / "resume.db", load_or_create_key(tmp_path / "other.key"))
-    with pytest.raises(CheckpointTamperedError):
+    with pytest.raises(ResumeStateTamperedError):
         other.load(JOB, "bank", "moved")
 
 
-def test_checkpoint_drops_taken_payloads_but_keeps_their_digests(tmp_path: Path) -> None:
+def test_saving_state_drops_taken_payloads_but_keeps_their_digests(tmp_path: Path) -> None:
     s = store(tmp_path)
     box = Mailbox(1024, journal=s)
     box.put(JOB, "tax", "one", b"first")
@@ -115,7 +115,7 @@ def test_large_payloads_wait_on_disk_and_are_checked_when_taken(tmp_path: Path) 
     db.execute("UPDATE inbox SET blob = ? WHERE tag = 'big2'", (flipped,))
     db.commit()
     db.close()
-    with pytest.raises(CheckpointTamperedError):
+    with pytest.raises(ResumeStateTamperedError):
         box.take(JOB, "tax", "big2", 1)
 
 

@@ -110,18 +110,19 @@ class Alignment:
 
 
 def _blinding_keys(ctx: JobContext, peers: list[str]) -> dict[str, BlindingKey]:
-    """A fresh blinding key per peer, all checkpointed before the first point is sent.
+    """A fresh blinding key per peer, all saved before the first point is sent.
 
-    All at once: a checkpoint releases the messages taken before it, and a resumed alignment
+    All at once: a resume state releases the messages taken before it, and a resumed alignment
     runs from the start, so no key may be saved after a peer's points were taken.
     """
-    saved = ctx.restore("align.keys")
+    saved = ctx.load_state("align.keys")
     if saved is not None and len(saved) == 32 * len(peers):
         return {
-            p: BlindingKey.from_checkpoint(saved[32 * i : 32 * i + 32]) for i, p in enumerate(peers)
+            p: BlindingKey.from_resume_state(saved[32 * i : 32 * i + 32])
+            for i, p in enumerate(peers)
         }
     keys = {p: create_blinding_key() for p in peers}
-    ctx.checkpoint("align.keys", b"".join(k.export_for_checkpoint() for k in keys.values()))
+    ctx.save_state("align.keys", b"".join(k.export_for_resume() for k in keys.values()))
     return keys
 
 
@@ -255,7 +256,7 @@ def vector_chunks(vector: pl.EncryptedVector, source: pl.RandomnessSource) -> li
     """An encrypted vector as the payloads of :func:`send_chunks`, each below 2 MiB.
 
     Each export re-randomises the ciphertexts, so a role that must be able to re-send the same
-    bytes after a restart checkpoints these payloads before sending them.
+    bytes after a restart saves these payloads before sending them.
     """
     key, cts = vector.public_key, vector.ciphertexts
     per = max_ciphertexts_per_message(key)
@@ -279,18 +280,18 @@ def send_vector(
 
 
 def aligned_once(ctx: JobContext, align: Callable[[], Alignment]) -> Alignment:
-    """Run ``align``, or restore the alignment an earlier run of this job checkpointed.
+    """Run ``align``, or restore the alignment an earlier run of this job saved.
 
-    The alignment is checkpointed once it is complete, so a resumed role goes straight to the
+    The alignment is saved once it is complete, so a resumed role goes straight to the
     phase after it (a restart in the middle of the alignment itself runs it again).
     """
-    saved = ctx.restore("align")
+    saved = ctx.load_state("align")
     if saved is not None:
         doc = json.loads(saved)
         return Alignment([int(r) for r in doc["rows"]], int(doc["own_set_size"]))
     alignment = align()
     state = {"rows": alignment.rows, "own_set_size": alignment.own_set_size}
-    ctx.checkpoint("align", json.dumps(state).encode())
+    ctx.save_state("align", json.dumps(state).encode())
     return alignment
 
 
@@ -298,7 +299,7 @@ _STATE = struct.Struct(">I")
 
 
 def pack_state(doc: dict[str, Any], blobs: list[bytes]) -> bytes:
-    """A role's checkpoint: a JSON document and binary blobs (for ``ctx.checkpoint``)."""
+    """A role's resume state: a JSON document and binary blobs (for ``ctx.save_state``)."""
     head = json.dumps(doc).encode()
     parts = [_STATE.pack(len(head)), head, _STATE.pack(len(blobs))]
     for blob in blobs:
@@ -307,7 +308,7 @@ def pack_state(doc: dict[str, Any], blobs: list[bytes]) -> bytes:
 
 
 def unpack_state(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """The document and blobs of :func:`pack_state` (checkpoints are authenticated at rest)."""
+    """The document and blobs of :func:`pack_state` (resume states are authenticated at rest)."""
     view = memoryview(data)
     (n,) = _STATE.unpack_from(view)
     doc = json.loads(bytes(view[4 : 4 + n]))
@@ -320,7 +321,7 @@ def unpack_state(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
         blobs.append(bytes(view[at + 4 : at + 4 + size]))
         at += 4 + size
     if at != len(data) or not isinstance(doc, dict):
-        raise ValueError("a malformed checkpoint")
+        raise ValueError("a malformed resume state")
     return doc, blobs
 
 

@@ -18,7 +18,7 @@ any point after announcing their keys.
 Shamir sharing is over the prime field ``GF(2^521 − 1)`` (:func:`split_secret`,
 :func:`combine_shares`), big enough for a 32-byte secret in one share. Every random choice of a
 client (keys, ``b``, share polynomials) comes from its round seed through HKDF and ChaCha20
-(:class:`Drbg`), so a role that restores the seed from its checkpoint re-sends byte-identical
+(:class:`Drbg`), so a role that restores the seed from its resume state re-sends byte-identical
 messages; AES-GCM keys are used once per direction and round, so a fixed nonce is safe.
 
 Floats enter by :func:`quantize`: each coordinate clipped to ``±bound`` and rounded to
@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bund.compute.dp import secure_agg
+from bund.compute.dp import pairwise_masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
 
 #: The Mersenne prime 2^521 − 1: the field of the Shamir shares.
@@ -119,7 +119,7 @@ class Drbg:
     """A deterministic random bit generator over ChaCha20, for a client's choices in one round.
 
     Its key comes from the client's round seed, itself from ``secrets``; re-deriving from the
-    checkpointed seed reproduces every choice, so a resumed client re-sends identical messages.
+    saved seed reproduces every choice, so a resumed client re-sends identical messages.
     """
 
     __slots__ = ("_buffer", "_key", "_used")
@@ -277,7 +277,7 @@ def _signed_pair_mask(
 class RoundSecrets:
     """A client's secrets for one round, all derived from one 32-byte seed; never serialisable.
 
-    The caller draws the seed with ``secrets.token_bytes(32)`` and checkpoints it before the
+    The caller draws the seed with ``secrets.token_bytes(32)`` and saves it before the
     first message, so a resumed client derives the same keys, self-mask and shares.
     """
 
@@ -407,7 +407,7 @@ class RoundSecrets:
 class OpenedShares:
     """The shares a client holds after opening its inbox: of every sender's ``s`` and ``b``.
 
-    It answers one unmasking request per round (:meth:`reveal`); the protocol checkpoints the
+    It answers one unmasking request per round (:meth:`reveal`); the protocol saves the
     request it answered so a resumed client answers the same one again, and no other.
     """
 
@@ -704,8 +704,8 @@ def decode_reveal(payload: bytes) -> Reveal:
 
 
 def encode_vector(vector: U64Array) -> bytes:
-    """A masked vector on the wire: ``secure_agg.encode_u64_vector`` with magic ``b"BSGV"``."""
-    return secure_agg.encode_u64_vector(_VEC_MAGIC, vector, MAX_LENGTH)
+    """A masked vector on the wire: ``pairwise_masks.encode_u64_vector`` with magic ``b"BSGV"``."""
+    return pairwise_masks.encode_u64_vector(_VEC_MAGIC, vector, MAX_LENGTH)
 
 
 def decode_vector(payload: bytes, length: int) -> U64Array:
@@ -714,4 +714,4 @@ def decode_vector(payload: bytes, length: int) -> U64Array:
     Raises:
         InvalidMessageError: If the layout, version or cell count is not the expected one.
     """
-    return secure_agg.decode_u64_vector(_VEC_MAGIC, payload, length)
+    return pairwise_masks.decode_u64_vector(_VEC_MAGIC, payload, length)

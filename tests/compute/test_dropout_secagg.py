@@ -8,38 +8,38 @@ import secrets
 import numpy as np
 import pytest
 
-from bund.compute.dp import secagg
+from bund.compute.dp import dropout_secagg
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
 
 CTX = b"job/step-0"
 
 
-def _drbg() -> secagg.Drbg:
-    return secagg.Drbg(secrets.token_bytes(32))
+def _drbg() -> dropout_secagg.Drbg:
+    return dropout_secagg.Drbg(secrets.token_bytes(32))
 
 
 @pytest.mark.parametrize(("t", "n"), [(1, 1), (2, 3), (3, 5), (5, 9)])
 def test_any_threshold_of_shares_rebuilds_the_secret(t: int, n: int) -> None:
     secret = secrets.randbits(256)
-    shares = secagg.split_secret(secret, t, range(1, n + 1), _drbg())
+    shares = dropout_secagg.split_secret(secret, t, range(1, n + 1), _drbg())
     for start in range(n - t + 1):
         subset = {x: shares[x] for x in list(shares)[start : start + t]}
-        assert secagg.combine_shares(subset, t) == secret
+        assert dropout_secagg.combine_shares(subset, t) == secret
 
 
 def test_fewer_shares_than_the_threshold_are_refused() -> None:
-    shares = secagg.split_secret(12345, 3, [1, 2, 3, 4], _drbg())
-    with pytest.raises(secagg.DropoutError):
-        secagg.combine_shares({1: shares[1], 2: shares[2]}, 3)
+    shares = dropout_secagg.split_secret(12345, 3, [1, 2, 3, 4], _drbg())
+    with pytest.raises(dropout_secagg.DropoutError):
+        dropout_secagg.combine_shares({1: shares[1], 2: shares[2]}, 3)
 
 
 def test_a_share_below_the_threshold_does_not_fix_the_secret() -> None:
     # Two different secrets can give the same single share: one share reveals nothing alone.
     rng = _drbg()
-    a = secagg.split_secret(1, 2, [1, 2], rng)
-    b = secagg.split_secret(2, 2, [1, 2], rng)
+    a = dropout_secagg.split_secret(1, 2, [1, 2], rng)
+    b = dropout_secagg.split_secret(2, 2, [1, 2], rng)
     assert a[1] != b[1] or a[2] != b[2]
-    assert secagg.combine_shares({1: a[1], 2: a[2]}, 2) == 1
+    assert dropout_secagg.combine_shares({1: a[1], 2: a[2]}, 2) == 1
 
 
 class Round:
@@ -48,7 +48,8 @@ class Round:
     def __init__(self, n: int, t: int, length: int = 5) -> None:
         self.t = t
         self.clients = {
-            i: secagg.RoundSecrets.from_seed(secrets.token_bytes(32)) for i in range(1, n + 1)
+            i: dropout_secagg.RoundSecrets.from_seed(secrets.token_bytes(32))
+            for i in range(1, n + 1)
         }
         self.values = {i: np.arange(length, dtype=np.int64) * i - 7 for i in self.clients}
         self.roster = {i: c.advertised(CTX) for i, c in self.clients.items()}
@@ -72,7 +73,7 @@ class Round:
             for i in masked
             if i not in drop_before_answer
         }
-        return secagg.unmask(masked, self.roster, reveals, self.t, CTX, shared=shared)
+        return dropout_secagg.unmask(masked, self.roster, reveals, self.t, CTX, shared=shared)
 
     def expected(self, included) -> list[int]:
         return sum(self.values[i] for i in included).tolist()
@@ -108,7 +109,7 @@ def test_mixed_dropouts_within_the_bound_still_complete() -> None:
 @pytest.mark.parametrize("phase", ["share", "upload", "answer"])
 def test_more_dropouts_than_the_bound_abort(phase: str) -> None:
     r = Round(5, 3)
-    with pytest.raises(secagg.DropoutError):
+    with pytest.raises(dropout_secagg.DropoutError):
         r.run(**{f"drop_before_{phase}": (1, 2, 3)})
 
 
@@ -146,27 +147,29 @@ def test_a_wrong_share_is_caught_by_the_commitment_or_the_public_key() -> None:
     }
     masked = {i: r.clients[i].mask(i, r.values[i], r.roster, CTX) for i in (1, 2)}
     reveals = {i: opened[i].reveal(i, [1, 2], [3]) for i in (1, 2)}
-    forged_b = secagg.Reveal(
-        {**reveals[1].b, 2: (reveals[1].b[2] + 1) % secagg.PRIME}, reveals[1].s
+    forged_b = dropout_secagg.Reveal(
+        {**reveals[1].b, 2: (reveals[1].b[2] + 1) % dropout_secagg.PRIME}, reveals[1].s
     )
     with pytest.raises(InvalidMessageError, match="commitment|32-byte"):
-        secagg.unmask({**masked}, r.roster, {1: forged_b, 2: reveals[2]}, 2, CTX)
-    forged_s = secagg.Reveal(reveals[1].b, {3: (reveals[1].s[3] + 1) % secagg.PRIME})
+        dropout_secagg.unmask({**masked}, r.roster, {1: forged_b, 2: reveals[2]}, 2, CTX)
+    forged_s = dropout_secagg.Reveal(
+        reveals[1].b, {3: (reveals[1].s[3] + 1) % dropout_secagg.PRIME}
+    )
     with pytest.raises(InvalidMessageError, match="public key|32-byte"):
-        secagg.unmask({**masked}, r.roster, {1: forged_s, 2: reveals[2]}, 2, CTX)
+        dropout_secagg.unmask({**masked}, r.roster, {1: forged_s, 2: reveals[2]}, 2, CTX)
 
 
 def test_same_seed_gives_identical_messages_so_a_resumed_client_is_no_equivocator() -> None:
     seed = secrets.token_bytes(32)
-    a, b = secagg.RoundSecrets.from_seed(seed), secagg.RoundSecrets.from_seed(seed)
-    other = secagg.RoundSecrets.from_seed(secrets.token_bytes(32))
+    a, b = dropout_secagg.RoundSecrets.from_seed(seed), dropout_secagg.RoundSecrets.from_seed(seed)
+    other = dropout_secagg.RoundSecrets.from_seed(secrets.token_bytes(32))
     roster = {1: a.advertised(CTX), 2: other.advertised(CTX)}
     assert a.share(1, roster, 2, CTX) == b.share(1, roster, 2, CTX)
     assert np.array_equal(a.mask(1, [1, 2], roster, CTX), b.mask(1, [1, 2], roster, CTX))
 
 
 def test_round_secrets_never_pickle_and_hide_in_repr() -> None:
-    s = secagg.RoundSecrets.from_seed(bytes(32))
+    s = dropout_secagg.RoundSecrets.from_seed(bytes(32))
     with pytest.raises(TypeError):
         pickle.dumps(s)
     assert "secret" in repr(s)
@@ -174,14 +177,14 @@ def test_round_secrets_never_pickle_and_hide_in_repr() -> None:
 
 def test_rosters_with_low_order_or_repeated_keys_are_refused() -> None:
     r = Round(3, 2)
-    low_order = secagg.Advertised(bytes(32), bytes(32), bytes(32))
+    low_order = dropout_secagg.Advertised(bytes(32), bytes(32), bytes(32))
     roster = {**r.roster, 2: low_order}
     with pytest.raises(InvalidKeyError):
         r.clients[1].share(1, roster, 2, CTX)
     twin = {**r.roster, 3: r.roster[2]}
     with pytest.raises(InvalidKeyError, match="share a public key"):
         r.clients[1].share(1, twin, 2, CTX)
-    with pytest.raises(secagg.DropoutError):
+    with pytest.raises(dropout_secagg.DropoutError):
         r.clients[1].share(1, {1: r.roster[1]}, 2, CTX)
     with pytest.raises(InvalidMessageError, match="misquotes"):
         r.clients[1].share(1, {**r.roster, 1: r.roster[2]}, 2, CTX)
@@ -189,47 +192,55 @@ def test_rosters_with_low_order_or_repeated_keys_are_refused() -> None:
 
 def test_wire_layouts_round_trip_and_refuse_malformed_payloads() -> None:
     r = Round(3, 2)
-    assert secagg.decode_roster(secagg.encode_roster(r.roster)) == r.roster
+    assert dropout_secagg.decode_roster(dropout_secagg.encode_roster(r.roster)) == r.roster
     adv = r.roster[1]
-    assert secagg.decode_advertised(secagg.encode_advertised(adv)) == adv
+    assert dropout_secagg.decode_advertised(dropout_secagg.encode_advertised(adv)) == adv
     boxes = r.clients[1].share(1, r.roster, 2, CTX)
-    assert secagg.decode_boxes(secagg.encode_boxes(boxes)) == boxes
-    assert secagg.decode_request(secagg.encode_request([3, 1], [2])) == ([1, 3], [2])
-    reveal = secagg.Reveal({1: 5, 3: 7}, {2: 9})
-    assert secagg.decode_reveal(secagg.encode_reveal(reveal)) == reveal
+    assert dropout_secagg.decode_boxes(dropout_secagg.encode_boxes(boxes)) == boxes
+    assert dropout_secagg.decode_request(dropout_secagg.encode_request([3, 1], [2])) == (
+        [1, 3],
+        [2],
+    )
+    reveal = dropout_secagg.Reveal({1: 5, 3: 7}, {2: 9})
+    assert dropout_secagg.decode_reveal(dropout_secagg.encode_reveal(reveal)) == reveal
     vector = np.arange(4, dtype=np.uint64)
-    assert np.array_equal(secagg.decode_vector(secagg.encode_vector(vector), 4), vector)
+    assert np.array_equal(
+        dropout_secagg.decode_vector(dropout_secagg.encode_vector(vector), 4), vector
+    )
     bad_cases = [
-        (secagg.decode_advertised, secagg.encode_advertised(adv)[:-1]),
-        (secagg.decode_advertised, b"XXXX" + secagg.encode_advertised(adv)[4:]),
-        (secagg.decode_roster, secagg.encode_roster(r.roster) + b"\x00"),
-        (secagg.decode_boxes, secagg.encode_boxes(boxes)[:-3]),
-        (lambda b: secagg.decode_vector(b, 5), secagg.encode_vector(vector)),
-        (secagg.decode_request, secagg.encode_request([1], [])[:-1] + b"\x09"),
+        (dropout_secagg.decode_advertised, dropout_secagg.encode_advertised(adv)[:-1]),
+        (dropout_secagg.decode_advertised, b"XXXX" + dropout_secagg.encode_advertised(adv)[4:]),
+        (dropout_secagg.decode_roster, dropout_secagg.encode_roster(r.roster) + b"\x00"),
+        (dropout_secagg.decode_boxes, dropout_secagg.encode_boxes(boxes)[:-3]),
+        (lambda b: dropout_secagg.decode_vector(b, 5), dropout_secagg.encode_vector(vector)),
+        (dropout_secagg.decode_request, dropout_secagg.encode_request([1], [])[:-1] + b"\x09"),
         (
-            secagg.decode_reveal,
-            secagg.encode_reveal(secagg.Reveal({1: secagg.PRIME - 1}, {}))[:-66] + b"\xff" * 66,
+            dropout_secagg.decode_reveal,
+            dropout_secagg.encode_reveal(dropout_secagg.Reveal({1: dropout_secagg.PRIME - 1}, {}))[
+                :-66
+            ]
+            + b"\xff" * 66,
         ),
     ]
     for decode, payload in bad_cases:
         with pytest.raises(InvalidMessageError):
             decode(payload)
-    doubled = secagg.encode_roster(r.roster)
+    doubled = dropout_secagg.encode_roster(r.roster)
     header, body = doubled[:8], doubled[8:]
     twice = header[:6] + (4).to_bytes(2, "big") + body + body[:98]
     with pytest.raises(InvalidMessageError, match="twice"):
-        secagg.decode_roster(twice)
-    out_of_range = secagg.encode_request([1], [])[:-3] + (99).to_bytes(2, "big") + b"\x01"
+        dropout_secagg.decode_roster(twice)
+    out_of_range = dropout_secagg.encode_request([1], [])[:-3] + (99).to_bytes(2, "big") + b"\x01"
     with pytest.raises(InvalidMessageError, match="outside"):
-        secagg.decode_request(out_of_range)
+        dropout_secagg.decode_request(out_of_range)
 
 
 def test_quantisation_clips_rounds_and_refuses_overflowing_parameters() -> None:
-    q = secagg.quantize([0.5, -3.0, 100.0], bound=4.0, frac_bits=8)
+    q = dropout_secagg.quantize([0.5, -3.0, 100.0], bound=4.0, frac_bits=8)
     assert q.tolist() == [128, -768, 1024]
-    assert secagg.dequantize(q, 8).tolist() == [0.5, -3.0, 4.0]
-    secagg.check_capacity(64, 1024.0, 24)
+    assert dropout_secagg.dequantize(q, 8).tolist() == [0.5, -3.0, 4.0]
+    dropout_secagg.check_capacity(64, 1024.0, 24)
     with pytest.raises(ValueError, match="overflows"):
-        secagg.check_capacity(64, 2.0**40, 24)
+        dropout_secagg.check_capacity(64, 2.0**40, 24)
     with pytest.raises(ValueError):
-        secagg.quantize([float("nan")], 1.0, 8)
+        dropout_secagg.quantize([float("nan")], 1.0, 8)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bund.compute.dp.secure_agg import (
+from bund.compute.dp.pairwise_masks import (
     MAX_CELL,
     create_masking_key,
     decode_public_key,

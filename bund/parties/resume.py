@@ -1,15 +1,15 @@
-"""What a node keeps so an interrupted job can resume: checkpoints, inbox and transcript.
+"""What a node keeps so an interrupted job can resume: role states, inbox and transcript.
 
 A node that is killed mid-job loses its memory but not this store. On restart (or on
-``bund job resume``) the job's role runs again: it restores its last checkpoint, finds the
-messages it had received since then in the inbox, and re-sends what its checkpoint determines,
+``bund job resume``) the job's role runs again: it loads its last saved state, finds the
+messages it had received since then in the inbox, and re-sends what its resume state determines,
 which peers' mailboxes treat as no-ops.
 
 Everything lives in one SQLite file (``state_dir/resume.db``, WAL, ``synchronous=FULL``) and every
-checkpoint and message payload is sealed with AES-256-GCM under the node's resume key
+saved state and message payload is sealed with AES-256-GCM under the node's resume key
 (``state_dir/resume.key``, 32 bytes from the OS, mode 0600, never sent anywhere). The associated
 data binds each blob to its job, party, kind and name, so a blob copied to another slot, another
-job or another node fails authentication: a tampered or moved checkpoint is refused, never used.
+job or another node fails authentication: a tampered or moved state is refused, never used.
 
 Rows of a job are deleted when the job ends, whatever the outcome, except while it is
 interrupted (resumable).
@@ -34,8 +34,8 @@ _NONCE_BYTES = 12
 _AAD = b"bund/resume/v1\x00"
 
 
-class CheckpointTamperedError(BundError):
-    """A stored checkpoint or message failed authentication: altered, moved, or another key."""
+class ResumeStateTamperedError(BundError):
+    """A stored resume state or message failed authentication: altered, moved, or another key."""
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -60,7 +60,7 @@ def _aad(kind: str, job_id: str, party: str, name: str) -> bytes:
 
 
 class ResumeStore:
-    """Sealed checkpoints, the durable inbox and the transcript of every unfinished job."""
+    """Sealed resume states, the durable inbox and the transcript of every unfinished job."""
 
     def __init__(self, path: Path, key: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,17 +93,19 @@ class ResumeStore:
         try:
             return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], aad)
         except (InvalidTag, ValueError):
-            raise CheckpointTamperedError(
+            raise ResumeStateTamperedError(
                 f"{what} failed authentication: it was altered, moved, or sealed under another "
                 "node's key; the job cannot resume from it"
             ) from None
 
-    # -- checkpoints (parties.jobs.CheckpointStore) -------------------------------------------
+    # -- resume states (parties.jobs.ResumeStateStore) ------------------------------------------
+    # On disk they keep the table name `checkpoints` and the sealing label "checkpoint", so the
+    # state directory of a node written before the rename still opens.
 
     def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
-        """Seal and store a role's checkpoint; drop the payloads of messages already taken.
+        """Seal and store a role's resume state; drop the payloads of messages already taken.
 
-        A checkpoint captures everything the role derived from the messages it took so far, so
+        A resume state captures everything the role derived from the messages it took so far, so
         their payloads are no longer needed (their digests stay, to recognise replays).
         """
         blob = self._seal(_aad("checkpoint", job_id, party, name), state)
@@ -124,7 +126,7 @@ class ResumeStore:
                 raise
 
     def load(self, job_id: str, party: str, name: str) -> bytes | None:
-        """A role's checkpoint, authenticated; ``None`` if none was saved."""
+        """A role's resume state, authenticated; ``None`` if none was saved."""
         with self._lock:
             row = self._db.execute(
                 "SELECT blob FROM checkpoints WHERE job_id = ? AND party = ? AND name = ?",
@@ -133,7 +135,7 @@ class ResumeStore:
         if row is None:
             return None
         return self._open(
-            _aad("checkpoint", job_id, party, name), bytes(row[0]), f"checkpoint {name!r}"
+            _aad("checkpoint", job_id, party, name), bytes(row[0]), f"resume state {name!r}"
         )
 
     # -- the durable inbox (parties.transport.MailboxJournal) ---------------------------------
@@ -169,7 +171,7 @@ class ResumeStore:
         """A kept message's payload, authenticated.
 
         Raises:
-            CheckpointTamperedError: If it was altered or moved, or is no longer kept.
+            ResumeStateTamperedError: If it was altered or moved, or is no longer kept.
         """
         with self._lock:
             row = self._db.execute(
@@ -177,7 +179,7 @@ class ResumeStore:
                 (job_id, sender, tag),
             ).fetchone()
         if row is None or row[0] is None:
-            raise CheckpointTamperedError(f"message {tag!r} of {sender} is no longer kept here")
+            raise ResumeStateTamperedError(f"message {tag!r} of {sender} is no longer kept here")
         return self._open(_aad("message", job_id, sender, tag), bytes(row[0]), f"message {tag!r}")
 
     # -- the transcript ------------------------------------------------------------------------

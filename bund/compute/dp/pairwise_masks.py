@@ -78,19 +78,19 @@ class MaskingKey:
         """The 32-byte X25519 public key to send to the other contributors."""
         return self._key.public_key().public_bytes_raw()
 
-    def export_for_checkpoint(self) -> bytes:
-        """The 32-byte secret, for the node's sealed checkpoint store only; never for a message.
+    def export_for_resume(self) -> bytes:
+        """The 32-byte secret, for the node's sealed resume store only; never for a message.
 
         A resumed contributor must re-send the same masked vector, so its key must survive a
-        restart; the node seals checkpoints with AES-256-GCM under its own key at rest.
+        restart; the node seals resume states with AES-256-GCM under its own key at rest.
         """
         return self._key.private_bytes_raw()
 
     @classmethod
-    def from_checkpoint(cls, raw: bytes) -> MaskingKey:
-        """The key saved by :meth:`export_for_checkpoint`."""
+    def from_resume_state(cls, raw: bytes) -> MaskingKey:
+        """The key saved by :meth:`export_for_resume`."""
         if len(raw) != 32:
-            raise ValueError("a checkpointed masking key is 32 bytes")
+            raise ValueError("a saved masking key is 32 bytes")
         return cls(X25519PrivateKey.from_private_bytes(raw))
 
 
@@ -231,7 +231,7 @@ def encode_u64_vector(magic: bytes, vector: U64Array, max_length: int) -> bytes:
 
     Layout: ``magic`` (4), version 1 (1), reserved zero (3), cell count (4, big-endian), then each
     cell as a little-endian uint64. Masked vectors here (``b"BSAV"``) and in
-    ``bund.compute.dp.secagg`` (``b"BSGV"``) share it.
+    ``bund.compute.dp.dropout_secagg`` (``b"BSGV"``) share it.
     """
     if vector.dtype != np.uint64 or vector.ndim != 1 or len(vector) > max_length:
         raise ValueError(f"a masked vector is a 1-D uint64 array of at most {max_length} cells")
