@@ -17,7 +17,8 @@ from rich.table import Table as RichTable
 from bund.compute.errors import BundError
 from bund.parties import identity
 from bund.parties.config import NodeConfig, load_config
-from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant, Result
+from bund.parties.jobs import JobSpec, Participant, Result
+from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
 
 if TYPE_CHECKING:
     from bund.parties.client import NodeClient
@@ -178,7 +179,7 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
                 state=status.state.value,
                 count=f"{status.done:,}/{status.total:,}" if status.total else "",
             )
-            if status.state.final:
+            if is_terminal(status.state) or is_resumable(status.state):
                 return status
             if time.monotonic() > deadline:
                 raise _fail(f"job {job_id} is still {status.state.value} after {timeout:.0f} s")

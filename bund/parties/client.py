@@ -21,7 +21,8 @@ from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import Checkpoint
 from bund.parties.config import NodeConfig, TlsPaths
 from bund.parties.errors import PeerUnavailableError
-from bund.parties.jobs import JobSpec, JobStatus, Result
+from bund.parties.jobs import JobSpec, Result
+from bund.parties.lifecycle.states import JobStatus
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 

@@ -51,7 +51,8 @@ from bund.parties.data import (
     write_csv,
     write_demo_data,
 )
-from bund.parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant, Result
+from bund.parties.jobs import JobSpec, JsonScalar, Participant, Result
+from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
 from bund.parties.protocols import ckks_scoring
 from bund.parties.workflow import load_credit_workflow, run_credit_model
 
@@ -335,7 +336,9 @@ def wait_state(client: NodeClient, job_id: str, state: JobState, timeout: float 
         else:
             if status.state is state:
                 return
-            if status.state.final or time.monotonic() > deadline:
+            if (
+                is_terminal(status.state) or is_resumable(status.state)
+            ) or time.monotonic() > deadline:
                 raise DemoError(
                     f"job {job_id} is {status.state.value} at {client.party}: {status.error}"
                 )
@@ -389,7 +392,7 @@ def wait_final(client: NodeClient, job_id: str, timeout: float = 600.0) -> JobSt
     deadline = time.monotonic() + timeout
     while True:
         status = client.status(job_id)
-        if status.state.final:
+        if is_terminal(status.state) or is_resumable(status.state):
             return status
         if time.monotonic() > deadline:
             raise DemoError(f"job {job_id} still {status.state.value} after {timeout:.0f} s")

@@ -8,7 +8,6 @@ transport (unit tests) and the gRPC transport (separate node processes).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import hashlib
 import json
@@ -358,9 +357,20 @@ class MessageSink(Protocol):
     """Where a role context reports each message and domain record (the audit log, in a node)."""
 
     def message(
-        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+        self,
+        job_id: str,
+        direction: str,
+        peer: str,
+        tag: str,
+        sha256: str,
+        size: int,
+        in_transcript: bool = True,
     ) -> None:
-        """One message sent or received (``direction``), by digest, never its content."""
+        """One message sent or received (``direction``), by digest, never its content.
+
+        ``in_transcript`` is False for the closing messages, which carry the transcript's digest
+        and so cannot be part of it.
+        """
         ...
 
     def replayed(
@@ -441,6 +451,7 @@ class RoleContext:
         self.transcript: list[TranscriptEntry] = list(transcript)
         self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
         self._alive = alive
+        self._sealed = False
 
     @property
     def spec(self) -> JobSpec:
@@ -459,9 +470,12 @@ class RoleContext:
             if key in self._logged:  # a resumed role re-sending or re-taking the same message
                 self._sink.replayed(self._spec.job_id, direction, peer, tag, entry.sha256, size)
                 return
-            self._logged.add(key)
-            self.transcript.append(entry)
-            self._sink.message(self._spec.job_id, direction, peer, tag, entry.sha256, size)
+            if not self._sealed:
+                self._logged.add(key)
+                self.transcript.append(entry)
+            self._sink.message(
+                self._spec.job_id, direction, peer, tag, entry.sha256, size, not self._sealed
+            )
 
     def send(self, to: str, tag: str, payload: bytes) -> None:
         """Deliver ``payload`` to ``to`` and record its digest."""
@@ -472,13 +486,18 @@ class RoleContext:
         self._transport.deliver(self._spec.job_id, to, tag, payload)
         self._log("sent", to, tag, digest(payload), len(payload))
 
-    def recv(self, frm: str, tag: str) -> bytes:
-        """Wait for ``frm``'s message under ``tag`` and record its digest."""
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
+        """Wait for ``frm``'s message under ``tag`` and record its digest.
+
+        ``timeout`` overrides the node's receive timeout (the closing exchange waits briefly for
+        a peer that dropped out).
+        """
         check_tag(tag)
         if frm not in self._spec.parties or frm == self._party:
             raise ValueError(f"cannot receive from {frm!r}: not another participant of this job")
         alive = None if self._alive is None else functools.partial(self._alive, frm)
-        envelope = self._mailbox.take(self._spec.job_id, frm, tag, self._recv_timeout, alive)
+        patience = self._recv_timeout if timeout is None else timeout
+        envelope = self._mailbox.take(self._spec.job_id, frm, tag, patience, alive)
         self._log("received", frm, tag, envelope.sha256, len(envelope.payload))
         return envelope.payload
 
@@ -532,10 +551,27 @@ class RoleContext:
         with self._lock:
             return transcript_digest(self._spec.job_id, self._party, list(self.transcript))
 
+    def seal_transcript(self) -> str:
+        """Close the transcript and return its digest, which the closing messages carry.
+
+        Messages after this (the closing exchange) are still recorded, but outside the
+        transcript, so its digest stays the one the peers were told.
+        """
+        with self._lock:
+            self._sealed = True
+            return transcript_digest(self._spec.job_id, self._party, list(self.transcript))
+
 
 class _NullSink:
     def message(
-        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+        self,
+        job_id: str,
+        direction: str,
+        peer: str,
+        tag: str,
+        sha256: str,
+        size: int,
+        in_transcript: bool = True,
     ) -> None:
         pass
 
@@ -613,44 +649,3 @@ def run_in_memory(
         primary = [e for e in errors if not isinstance(e, JobAbortedError)]
         raise (primary or errors)[0]
     return results
-
-
-class JobState(enum.Enum):
-    """Where a job stands at one node."""
-
-    PROPOSED = "proposed"
-    ACCEPTED = "accepted"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    REFUSED = "refused"
-    ABORTED = "aborted"
-    AWAITING_APPROVAL = "awaiting_approval"
-    #: Stopped by a fault (a silent peer, a missed deadline, a node restart); resumable.
-    INTERRUPTED = "interrupted"
-
-    @property
-    def final(self) -> bool:
-        """Whether the job can change no more by itself (an interrupted one waits to be resumed)."""
-        return self in (
-            JobState.SUCCEEDED,
-            JobState.FAILED,
-            JobState.REFUSED,
-            JobState.ABORTED,
-            JobState.INTERRUPTED,
-        )
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """One node's view of a job."""
-
-    spec: JobSpec
-    state: JobState
-    phase: str = ""
-    done: int = 0
-    total: int = 0
-    error: str = ""
-    has_result: bool = False
-    transcript_digest: str = ""
-    updated_at: str = ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
 from bund.parties.jobs import AuditSink
+from bund.parties.lifecycle.events import Event
 
 
 class BudgetExhaustedError(BundError):
@@ -128,7 +129,7 @@ class BudgetLedger:
                 raise
         if done is None:
             self._audit.append(
-                "budget_charged",
+                Event.BUDGET_CHARGED,
                 job_id,
                 {
                     "dataset": dataset,

@@ -39,7 +39,9 @@ from bund.parties.identity import (
 )
 from bund.parties.jobs import ProtocolDef
 from bund.parties.ledger import BudgetLedger
-from bund.parties.manager import JobManager, JobStore
+from bund.parties.lifecycle.events import Event, Key
+from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
+from bund.parties.lifecycle.store import SqliteJobStore
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
 from bund.parties.transport import Mailbox
@@ -81,7 +83,7 @@ class Node:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.manager.shutdown()
-        self.audit.append("node_stopped", "", {"port": self.port})
+        self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
         self.peers.close()
         self.manager.store.close()
         self.manager.ledger.close()
@@ -117,7 +119,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     signing_key = load_audit_signing_key(config.audit_key)
     audit_store = open_audit_store(config.audit_store)
     audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
-    store = JobStore(config.state_dir / "jobs.db")
+    store = SqliteJobStore(config.state_dir / "jobs.db", audit)
     resume_key = load_or_create_key(config.state_dir / "resume.key")
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
@@ -137,21 +139,20 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         protocols=protocols,
         policy=config.policy,
         tables=_table_loaders(config),
-        audit=audit,
-        store=store,
+        stores=NodeStores(audit=audit, jobs=store, resume=resume, ledger=ledger),
         mailbox=mailbox,
         peers=peers,
-        ledger=ledger,
         approver_key=approver_key,
         code_version=version(),
-        recv_timeout=config.recv_timeout_s,
-        approval_timeout=config.approval_timeout_s,
-        max_workers=config.max_workers,
+        timing=LifecycleTiming(
+            recv_timeout=config.recv_timeout_s,
+            approval_timeout=config.approval_timeout_s,
+            heartbeat_interval=config.heartbeat_interval_s,
+            peer_silence=config.peer_silence_s,
+            job_deadline=config.job_deadline_s,
+            max_workers=config.max_workers,
+        ),
         executor=create_executor(config.executor),
-        resume=resume,
-        heartbeat_interval=config.heartbeat_interval_s,
-        peer_silence=config.peer_silence_s,
-        job_deadline=config.job_deadline_s,
     )
     info = wire.NodeInfo(
         party=config.party,
@@ -214,7 +215,9 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     audit.append(
-        "node_started", "", {"listen": config.listen, "port": port, "version": info.version}
+        Event.NODE_STARTED,
+        "",
+        {Key.LISTEN: config.listen, Key.PORT: port, Key.VERSION: info.version},
     )
     tmp = config.port_file.with_suffix(".tmp")
     tmp.write_text(f"{port}\n")

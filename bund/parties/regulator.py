@@ -63,30 +63,18 @@ from bund.parties.identity import (
     raw_public_key,
 )
 from bund.parties.jobs import TranscriptEntry, transcript_digest
-from bund.parties.manager import CLOSE_TAG
+from bund.parties.lifecycle.events import (
+    CLOSE_TAG,
+    MESSAGE_DIRECTIONS,
+    PEER_TRANSCRIPT_PREFIX,
+    SPEC_EVENTS,
+    Event,
+    Key,
+    state_after,
+)
 
-#: Lifecycle records and the state of the job at that party once it is written.
-_STATES: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "job_submitted": "proposed",
-        "job_proposed": "proposed",
-        "job_awaiting_approval": "awaiting approval",
-        "job_approved": "approved",
-        "job_accepted": "accepted",
-        "job_started": "running",
-        "job_refused": "refused",
-        "job_refused_by_peer": "refused",
-        "job_denied": "denied",
-        "job_aborted": "aborted",
-        "job_failed": "failed",
-    }
-)
-_SPEC_EVENTS: Final = frozenset({"job_submitted", "job_proposed"})
-_SPEC_FIELDS: Final = ("protocol", "requester", "parties", "receivers", "purpose")
-_MESSAGE_EVENTS: Final[Mapping[str, str]] = MappingProxyType(
-    {"message_sent": "sent", "message_received": "received"}
-)
-_PEER_TRANSCRIPT: Final = "peer_transcript."
+#: The fields of a spec record that the report shows.
+_SPEC_FIELDS: Final = (Key.PROTOCOL, Key.REQUESTER, Key.PARTIES, Key.RECEIVERS, Key.PURPOSE)
 #: How far a party's log must reach past an event before a record it lacks counts as omitted
 #: rather than not yet written. The logs are pulled one after another, each party's clock is its
 #: own, and a pull appends an ``rpc`` record to the log, so a second pull settles the question.
@@ -585,7 +573,7 @@ class _JobReconciler:
         """Every party's admission record, and that all were shown the same spec."""
         specs: dict[str, _Spec] = {}
         for party, records in self.views.items():
-            record = next((r for r in records if r.event in _SPEC_EVENTS), None)
+            record = next((r for r in records if r.event in SPEC_EVENTS), None)
             if record is None:
                 self.flag(
                     FindingKind.SPEC_MISSING,
@@ -630,7 +618,7 @@ class _JobReconciler:
             messages = self.messages.setdefault(party, [])
             recorded = self.recorded.setdefault(party, [])
             for record in records:
-                if record.event in _MESSAGE_EVENTS:
+                if record.event in MESSAGE_DIRECTIONS:
                     message = self.read_message(party, record)
                     if message is None:
                         continue
@@ -648,9 +636,9 @@ class _JobReconciler:
                         )
                         continue
                     messages.append(message)
-                elif record.event == "job_started":
+                elif record.event == Event.JOB_STARTED:
                     self.started = True
-                elif record.event == "job_closed":
+                elif record.event == Event.JOB_CLOSED:
                     if party in self.closes:
                         self.flag(
                             FindingKind.CLOSE_DUPLICATED,
@@ -670,7 +658,7 @@ class _JobReconciler:
         if peer is None or tag is None or sha256 is None or type(size) is not int:
             self.malformed(party, record, "lacks a peer, tag, sha256 or integer size")
             return None
-        return _Message(record, _MESSAGE_EVENTS[record.event], peer, tag, sha256, size)
+        return _Message(record, MESSAGE_DIRECTIONS[Event(record.event)], peer, tag, sha256, size)
 
     def check_presence(self, spec: _Spec | None) -> set[str]:
         """Who must have a record of the job; flag those whose log has none."""
@@ -678,7 +666,7 @@ class _JobReconciler:
         expected: dict[str, tuple[str, int, str]] = {}
         for party, records in sorted(self.views.items()):
             for record in records:
-                peer = _text(record, "peer") if record.event == "job_refused_by_peer" else None
+                peer = _text(record, "peer") if record.event == Event.JOB_REFUSED_BY_PEER else None
                 if peer is not None:
                     expected.setdefault(peer, (party, record.index, "records its refusal"))
             for m in self.messages[party]:
@@ -845,9 +833,9 @@ class _JobReconciler:
     def check_countersignatures(self, party: str, close: AuditRecord, spec: _Spec | None) -> None:
         """Each peer digest in a party's close must be the peer's own transcript digest."""
         reported = {
-            key.removeprefix(_PEER_TRANSCRIPT): value
+            key.removeprefix(PEER_TRANSCRIPT_PREFIX): value
             for key, value in close.fields.items()
-            if key.startswith(_PEER_TRANSCRIPT)
+            if key.startswith(PEER_TRANSCRIPT_PREFIX)
         }
         dropped = set(str(close.fields.get("dropped", "")).split(",")) - {""}
         if spec is not None and self.outcome(party) == "succeeded":
@@ -1056,26 +1044,28 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
                 by_job.setdefault(record.job_id, []).append((party, record))
     jobs = []
     for job_id, rows in by_job.items():
-        specs = [r for _, r in rows if r.event in _SPEC_EVENTS]
-        spec = next((r for r in specs if r.event == "job_submitted"), specs[0] if specs else None)
+        specs = [r for _, r in rows if r.event in SPEC_EVENTS]
+        spec = next(
+            (r for r in specs if r.event == Event.JOB_SUBMITTED), specs[0] if specs else None
+        )
         told = {k: "" if spec is None else _text(spec, k) or "" for k in _SPEC_FIELDS}
         states: dict[str, str] = {}
         transcripts: dict[str, str] = {}
         holders: list[str] = []
         approvals = []
         for party, r in rows:
-            if r.event in _STATES:
-                states[party] = _STATES[r.event]
-            elif r.event == "job_closed":
-                states[party] = _text(r, "outcome") or "closed"
-                transcripts[party] = _text(r, "transcript_sha256") or ""
-                if r.fields.get("holds_result") is True:
+            state = state_after(r.event, r.fields)
+            if state is not None:
+                states[party] = state.value.replace("_", " ")
+            if r.event == Event.JOB_CLOSED:
+                transcripts[party] = _text(r, Key.TRANSCRIPT_SHA256) or ""
+                if r.fields.get(Key.HOLDS_RESULT) is True:
                     holders.append(party)
-            if r.event in ("job_approved", "job_denied"):
+            if r.event in (Event.JOB_APPROVED, Event.JOB_DENIED):
                 approvals.append(
                     Approval(
                         party,
-                        "approved" if r.event == "job_approved" else "denied",
+                        "approved" if r.event == Event.JOB_APPROVED else "denied",
                         _text(r, "approver") or "",
                         _text(r, "reason") or "",
                         r.index,
@@ -1085,11 +1075,11 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
         jobs.append(
             JobSummary(
                 job_id=job_id,
-                protocol=told["protocol"],
-                requester=told["requester"],
-                parties=_names(told["parties"]),
-                receivers=_names(told["receivers"]),
-                purpose=told["purpose"],
+                protocol=told[Key.PROTOCOL],
+                requester=told[Key.REQUESTER],
+                parties=_names(told[Key.PARTIES]),
+                receivers=_names(told[Key.RECEIVERS]),
+                purpose=told[Key.PURPOSE],
                 first_seen=min(r.timestamp for _, r in rows),
                 states=MappingProxyType(states),
                 transcripts=MappingProxyType(transcripts),
@@ -1159,8 +1149,8 @@ def assess(
         parties=tuple(statuses),
         logs=MappingProxyType(logs),
         jobs=_jobs(logs),
-        budget=_events(logs, "budget_charged"),
-        receipts=_events(logs, "privacy_receipt"),
+        budget=_events(logs, Event.BUDGET_CHARGED),
+        receipts=_events(logs, Event.PRIVACY_RECEIPT),
         findings=tuple(findings),
     )
 

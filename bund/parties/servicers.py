@@ -21,7 +21,8 @@ from bund.parties.audit import Checkpoint
 from bund.parties.errors import NotAuthorizedError, rpc_error_translator
 from bund.parties.identity import IdentityError, PartyIdentity, identity_from_pem
 from bund.parties.jobs import AuditSink
-from bund.parties.manager import JobManager
+from bund.parties.lifecycle.events import Event
+from bund.parties.lifecycle.manager import JobManager
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 
 log = logging.getLogger("bund.rpc")
@@ -79,7 +80,7 @@ def make_generic_handler(
                 if code is not grpc.StatusCode.OK or name not in _QUIET:
                     try:
                         audit.append(
-                            "rpc",
+                            Event.RPC,
                             "",
                             {
                                 "method": f"{service}/{name}",

@@ -18,8 +18,9 @@ from bund.compute.errors import InvalidInputError
 from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import AuditFormatError, AuditRecord, Checkpoint
 from bund.parties.errors import MalformedRequestError
-from bund.parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant
-from bund.parties.manager import ResultInfo
+from bund.parties.jobs import JobSpec, JsonScalar, Participant
+from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.lifecycle.store import ResultInfo
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage

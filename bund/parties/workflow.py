@@ -28,7 +28,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
-from bund.parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant, Result
+from bund.parties.jobs import JobSpec, JsonScalar, Participant, Result
+from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
 
 if TYPE_CHECKING:
     from bund.parties.client import NodeClient
@@ -235,7 +236,7 @@ def _wait(
             total=status.total or None,
             count=f"{status.done:,}/{status.total:,}" if status.total else "",
         )
-        if status.state.final:
+        if is_terminal(status.state) or is_resumable(status.state):
             return status
         if time.monotonic() > deadline:
             raise WorkflowError(

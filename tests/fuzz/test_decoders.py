@@ -29,7 +29,8 @@ from bund.compute import paillier as pl
 from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.parties import wire
-from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
+from bund.parties.jobs import JobSpec, Participant
+from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.protocols import vertical_alignment, vertical_lr
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint

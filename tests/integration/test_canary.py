@@ -64,7 +64,8 @@ from bund.parties.data import (
     resident_id_check_char,
     uscc_check_char,
 )
-from bund.parties.jobs import JobSpec, JobState, Participant
+from bund.parties.jobs import JobSpec, Participant
+from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS, ckks_scoring
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final

@@ -14,7 +14,7 @@ import numpy as np
 
 from bund.compute.learn.risk_model import model_from_columns
 from bund.parties.data import generate_health
-from bund.parties.jobs import JobState
+from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import ckks_scoring as cs
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final

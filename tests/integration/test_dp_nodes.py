@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bund.parties.data import generate_health
-from bund.parties.jobs import JobSpec, JobState, Participant
+from bund.parties.jobs import JobSpec, Participant
+from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final

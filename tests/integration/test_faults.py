@@ -25,7 +25,8 @@ from bund.parties.client import NodeClient, RemoteError
 from bund.parties.config import load_config
 from bund.parties.data import generate_finance
 from bund.parties.identity import load_audit_public_key
-from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
+from bund.parties.jobs import JobSpec, Participant
+from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
 from bund.parties.node import create_node
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.regulator import audit_federation, load_regulator_config
@@ -109,7 +110,7 @@ def wait_succeeded(client: NodeClient, job_id: str, timeout: float = 60) -> JobS
 
     def settled() -> JobStatus | None:
         status = client.status(job_id)
-        done = status.state.final and status.state is not JobState.INTERRUPTED
+        done = is_terminal(status.state)
         return status if done else None
 
     return wait_until(settled, timeout, f"job {job_id} to succeed at {client.party}")

@@ -14,7 +14,8 @@ import pytest
 from bund.compute.dp.budget import Budget
 from bund.parties import identity
 from bund.parties.client import NodeClient, RemoteError
-from bund.parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
+from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
+from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS
 from tests.conftest import NodeFactory, wait_until
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, psi_spec, start_pair
@@ -123,7 +124,7 @@ def test_denied_job_is_refused_everywhere_before_any_message(node_factory: NodeF
 
 def test_unapproved_job_times_out_refused(node_factory: NodeFactory) -> None:
     start_approving_pair(node_factory)
-    node_factory.nodes["bank"].manager.approval_timeout = 1.0
+    node_factory.nodes["bank"].manager.coordinator.approval_timeout = 1.0
     with node_factory.client("bank") as bank:
         job_id = bank.submit(psi_spec())
         approve(node_factory, "bank", job_id)
@@ -244,7 +245,7 @@ def test_data_changed_after_approval_needs_a_new_approval(node_factory: NodeFact
         approve(node_factory, "tax", job_id)
         # The tax bureau's data changes after its approver signed (a reload, a new extract).
         changed = Table.from_columns("filings", {"uscc": [*TAX_IDS, "91310000MA1K999999"]})
-        node_factory.nodes["tax"].manager.tables = {"filings": lambda: changed}
+        node_factory.nodes["tax"].manager.admission.tables = {"filings": lambda: changed}
         approve(node_factory, "bank", job_id)
         state = wait_state(tax, job_id, JobState.FAILED, JobState.SUCCEEDED, JobState.ABORTED)
         assert state is JobState.FAILED

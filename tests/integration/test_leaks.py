@@ -13,7 +13,8 @@ from bund.parties import client as client_module
 from bund.parties import servicers
 from bund.parties.data import write_demo_data
 from bund.parties.demo import PARTIES
-from bund.parties.jobs import JobSpec, JobState, Participant
+from bund.parties.jobs import JobSpec, Participant
+from bund.parties.lifecycle.states import JobState
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
 

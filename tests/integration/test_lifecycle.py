@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from bund.parties.cli import app
 from bund.parties.client import RemoteError
-from bund.parties.jobs import JobContext, JobSpec, JobState, Participant, ProtocolDef, Result
+from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
+from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.transport import envelope_digest
 from bund.v1 import job_pb2

@@ -13,15 +13,8 @@ from bund.parties.audit import SqliteAuditStore, verify_records
 from bund.parties.client import NodeClient, RemoteError, channel_options
 from bund.parties.errors import PeerUnavailableError
 from bund.parties.identity import load_audit_public_key
-from bund.parties.jobs import (
-    JobContext,
-    JobSpec,
-    JobState,
-    JobStatus,
-    Participant,
-    ProtocolDef,
-    Result,
-)
+from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
+from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
 from bund.parties.protocols import PROTOCOLS
 from bund.v1 import job_pb2
 from tests.conftest import NodeFactory, wait_until
@@ -72,7 +65,7 @@ def start_pair(
 def wait_final(client: NodeClient, job_id: str, timeout: float = 60.0) -> JobStatus:
     def final() -> JobStatus | None:
         status = client.status(job_id)
-        return status if status.state.final else None
+        return status if (is_terminal(status.state) or is_resumable(status.state)) else None
 
     return wait_until(final, timeout, f"job {job_id} to end at {client.party}")
 

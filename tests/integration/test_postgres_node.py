@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from bund.parties.cli import app
-from bund.parties.jobs import JobState
+from bund.parties.lifecycle.states import JobState
 from tests.conftest import NodeFactory
 from tests.integration.test_node import BANK_IDS, TAX_IDS, psi_spec, wait_final
 from tests.parties.test_audit import PostgresSandbox, postgres_dsn_from_env

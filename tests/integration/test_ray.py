@@ -20,7 +20,8 @@ from bund.compute import paillier as pl  # noqa: E402
 from bund.compute.executor import Executor, InlineExecutor, RayExecutor  # noqa: E402
 from bund.compute.psi import blind, create_blinding_key, hash_and_blind, hash_to_points  # noqa: E402
 from bund.parties.data import Table  # noqa: E402
-from bund.parties.jobs import JobSpec, JobState, Participant, Result, run_in_memory  # noqa: E402
+from bund.parties.jobs import JobSpec, Participant, Result, run_in_memory  # noqa: E402
+from bund.parties.lifecycle.states import JobState  # noqa: E402
 from bund.parties.protocols import psi  # noqa: E402
 from tests.compute.test_executor import ExecutorContract  # noqa: E402
 from tests.conftest import NodeFactory  # noqa: E402

@@ -29,8 +29,8 @@ from bund.parties.audit import (
 from bund.parties.client import NodeClient, RemoteError
 from bund.parties.errors import ConfigError
 from bund.parties.identity import load_audit_public_key, load_audit_signing_key
-from bund.parties.jobs import JobState
-from bund.parties.manager import CLOSE_TAG
+from bund.parties.lifecycle.events import CLOSE_TAG
+from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import (
     AuditOutcome,
     Finding,

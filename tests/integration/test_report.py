@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bund.parties.audit import AuditLog, JsonScalar, MemoryAuditStore
 from bund.parties.jobs import TranscriptEntry, transcript_digest
-from bund.parties.manager import CLOSE_TAG
+from bund.parties.lifecycle.events import CLOSE_TAG
 from bund.parties.regulator import AuditOutcome, FindingKind, assess, make_pulled_log
 from bund.parties.report import render_report, write_report
 

@@ -15,7 +15,7 @@ import pytest
 
 from bund.compute import insecure
 from bund.parties.data import generate_finance
-from bund.parties.jobs import JobState
+from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final

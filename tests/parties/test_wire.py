@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from bund.parties import wire
 from bund.parties.audit import AuditRecord
 from bund.parties.errors import MalformedRequestError
-from bund.parties.jobs import InvalidJobSpecError, JobSpec, JobState, JobStatus, Participant
-from bund.parties.manager import ResultInfo
+from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant
+from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.lifecycle.store import ResultInfo
 from bund.v1 import common_pb2, job_pb2
 
 names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)

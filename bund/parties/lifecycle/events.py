@@ -1,0 +1,223 @@
+"""The one vocabulary of audit records: every event name and field key a node writes.
+
+The lifecycle, the ledger, the node and the RPC layer write these; the regulator and the report
+read them. Both import this module, so a name cannot drift between writer and reader, and a
+test checks that every event has a meaning on the reader's side (:data:`KINDS`).
+
+Records that change a job's state are written by the job store's one ``transition`` and carry
+the new state in the field ``state``; the reader takes the state from there. Logs written before
+that field existed are read with :data:`LEGACY_STATE_AFTER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+from bund.parties.lifecycle.states import JobState
+
+#: Mailbox tag of the closing exchange, outside every protocol's own tags.
+CLOSE_TAG: Final = "bund/close"
+#: Prefix of the records a protocol adds through ``JobContext.record`` (``protocol_psi.finished``).
+PROTOCOL_PREFIX: Final = "protocol_"
+#: Prefix of the fields of a closing record that hold each peer's transcript digest.
+PEER_TRANSCRIPT_PREFIX: Final = "peer_transcript."
+
+
+class Event(StrEnum):
+    """Every audit event a node writes, by name."""
+
+    # A job's life (each written with the job's new state, except approvals).
+    JOB_SUBMITTED = "job_submitted"
+    JOB_PROPOSED = "job_proposed"
+    JOB_AWAITING_APPROVAL = "job_awaiting_approval"
+    JOB_APPROVED = "job_approved"
+    JOB_DENIED = "job_denied"
+    JOB_ACCEPTED = "job_accepted"
+    JOB_REFUSED = "job_refused"
+    JOB_REFUSED_BY_PEER = "job_refused_by_peer"
+    JOB_STARTED = "job_started"
+    JOB_CANCELLED = "job_cancelled"
+    JOB_ABORTED = "job_aborted"
+    JOB_FAILED = "job_failed"
+    JOB_INTERRUPTED = "job_interrupted"
+    JOB_RESUMED = "job_resumed"
+    JOB_CLOSED = "job_closed"
+    PRIVACY_RECEIPT = "privacy_receipt"
+    # Messages, by digest and size, never content.
+    MESSAGE_SENT = "message_sent"
+    MESSAGE_RECEIVED = "message_received"
+    MESSAGE_REPLAYED = "message_replayed"
+    MESSAGE_DUPLICATE = "message_duplicate"
+    MESSAGE_REFUSED = "message_refused"
+    MESSAGE_AFTER_CLOSE = "message_after_close"
+    EQUIVOCATION = "equivocation"
+    # The privacy-budget ledger.
+    BUDGET_CHARGED = "budget_charged"
+    # The node itself.
+    NODE_STARTED = "node_started"
+    NODE_STOPPED = "node_stopped"
+    RPC = "rpc"
+
+
+class Key(StrEnum):
+    """Field keys that a writer and a reader of the audit log both name."""
+
+    STATE = "state"
+    REASON = "reason"
+    BY = "by"
+    PEER = "peer"
+    TAG = "tag"
+    SHA256 = "sha256"
+    SIZE = "size"
+    DIRECTION = "direction"
+    WHY = "why"
+    PROTOCOL = "protocol"
+    REQUESTER = "requester"
+    PARTIES = "parties"
+    RECEIVERS = "receivers"
+    PURPOSE = "purpose"
+    SPEC_SHA256 = "spec_sha256"
+    DATASET = "dataset"
+    DATASET_VERSION = "dataset_version"
+    CODE_VERSION = "code_version"
+    APPROVER = "approver"
+    SIGNATURE = "signature"
+    APPROVALS_REQUIRED = "approvals_required"
+    OUTCOME = "outcome"
+    TRANSCRIPT_SHA256 = "transcript_sha256"
+    MESSAGES = "messages"
+    RESULT_TO = "result_to"
+    HOLDS_RESULT = "holds_result"
+    DROPPED = "dropped"
+    PART = "part"
+    EPSILON = "epsilon"
+    DELTA = "delta"
+    SPENT = "spent"
+    SPENT_DELTA = "spent_delta"
+    TOTAL = "total"
+    TOTAL_DELTA = "total_delta"
+    METHOD = "method"
+    CALLER = "caller"
+    CODE = "code"
+    REQUEST_BYTES = "request_bytes"
+    MS = "ms"
+    LISTEN = "listen"
+    PORT = "port"
+    VERSION = "version"
+
+
+class EventKind(StrEnum):
+    """What a reader of the log does with an event."""
+
+    #: A step of a job's life; most change its state at that party.
+    LIFECYCLE = "lifecycle"
+    #: A message of a job, reconciled between sender and receiver.
+    MESSAGE = "message"
+    #: Something about a message that needs no counterpart (a replay, a refusal).
+    MESSAGE_NOTE = "message_note"
+    #: What a party received and spent in a job (the privacy receipt).
+    RECEIPT = "receipt"
+    #: A privacy-budget charge.
+    BUDGET = "budget"
+    #: The node started or stopped.
+    NODE = "node"
+    #: An RPC the node served.
+    RPC = "rpc"
+
+
+_E = Event
+#: The kind of every event; a test checks that none is missing.
+KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
+    {
+        **dict.fromkeys(
+            (
+                _E.JOB_SUBMITTED,
+                _E.JOB_PROPOSED,
+                _E.JOB_AWAITING_APPROVAL,
+                _E.JOB_APPROVED,
+                _E.JOB_DENIED,
+                _E.JOB_ACCEPTED,
+                _E.JOB_REFUSED,
+                _E.JOB_REFUSED_BY_PEER,
+                _E.JOB_STARTED,
+                _E.JOB_CANCELLED,
+                _E.JOB_ABORTED,
+                _E.JOB_FAILED,
+                _E.JOB_INTERRUPTED,
+                _E.JOB_RESUMED,
+                _E.JOB_CLOSED,
+            ),
+            EventKind.LIFECYCLE,
+        ),
+        _E.PRIVACY_RECEIPT: EventKind.RECEIPT,
+        _E.MESSAGE_SENT: EventKind.MESSAGE,
+        _E.MESSAGE_RECEIVED: EventKind.MESSAGE,
+        **dict.fromkeys(
+            (
+                _E.MESSAGE_REPLAYED,
+                _E.MESSAGE_DUPLICATE,
+                _E.MESSAGE_REFUSED,
+                _E.MESSAGE_AFTER_CLOSE,
+                _E.EQUIVOCATION,
+            ),
+            EventKind.MESSAGE_NOTE,
+        ),
+        _E.BUDGET_CHARGED: EventKind.BUDGET,
+        _E.NODE_STARTED: EventKind.NODE,
+        _E.NODE_STOPPED: EventKind.NODE,
+        _E.RPC: EventKind.RPC,
+    }
+)
+#: Lifecycle events that record a decision without changing the job's state by themselves.
+STATELESS_LIFECYCLE: Final = frozenset({_E.JOB_APPROVED})
+#: The events that carry a job's spec (protocol, requester, parties, receivers, purpose).
+SPEC_EVENTS: Final = frozenset({_E.JOB_SUBMITTED, _E.JOB_PROPOSED})
+#: Message records and the direction each names.
+MESSAGE_DIRECTIONS: Final[Mapping[Event, str]] = MappingProxyType(
+    {_E.MESSAGE_SENT: "sent", _E.MESSAGE_RECEIVED: "received"}
+)
+
+#: The state a lifecycle record left the job in, for logs written before records carried it.
+#: ``job_closed`` named its state in ``outcome``; an abort before the start was a refusal, which
+#: these old records do not tell apart, so they read as aborted.
+LEGACY_STATE_AFTER: Final[Mapping[Event, JobState]] = MappingProxyType(
+    {
+        _E.JOB_SUBMITTED: JobState.PROPOSED,
+        _E.JOB_PROPOSED: JobState.PROPOSED,
+        _E.JOB_AWAITING_APPROVAL: JobState.AWAITING_APPROVAL,
+        _E.JOB_ACCEPTED: JobState.ACCEPTED,
+        _E.JOB_REFUSED: JobState.REFUSED,
+        _E.JOB_REFUSED_BY_PEER: JobState.REFUSED,
+        _E.JOB_DENIED: JobState.REFUSED,
+        _E.JOB_STARTED: JobState.RUNNING,
+        _E.JOB_CANCELLED: JobState.ABORTED,
+        _E.JOB_ABORTED: JobState.ABORTED,
+        _E.JOB_FAILED: JobState.FAILED,
+        _E.JOB_INTERRUPTED: JobState.INTERRUPTED,
+        _E.JOB_RESUMED: JobState.RUNNING,
+    }
+)
+
+
+def state_after(event: str, fields: Mapping[str, object]) -> JobState | None:
+    """The state a job was in at a party once it wrote this record; None if it did not change.
+
+    Records written by a job store's transition name the state (``state``); older ones are read
+    by their event (and a closing record by its ``outcome``).
+    """
+    lifecycle = KINDS.get(event) is EventKind.LIFECYCLE  # type: ignore[call-overload]
+    named = fields.get(Key.STATE) if lifecycle else None
+    if named is None and event == Event.JOB_CLOSED:
+        named = fields.get(Key.OUTCOME)
+    if isinstance(named, str):
+        try:
+            return JobState(named)
+        except ValueError:
+            return None
+    try:
+        return LEGACY_STATE_AFTER.get(Event(event))
+    except ValueError:
+        return None
