@@ -67,7 +67,6 @@ class AuditLog:
         ValueError: ``party`` is empty.
         AuditLogCorruptError: The store's last record does not verify.
 
-    >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     >>> from bund.parties.audit import MemoryAuditStore, verify_checkpoint, verify_store
     >>> key = Ed25519PrivateKey.generate()
     >>> log = AuditLog(MemoryAuditStore(), key, "bank", lambda: "2026-11-24T09:30:00Z")
