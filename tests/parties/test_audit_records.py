@@ -84,9 +84,7 @@ def test_bad_event_or_clock_is_refused() -> None:
         AuditLog(MemoryAuditStore(), KEY, "", make_clock())
 
 
-@pytest.mark.parametrize(
-    "module", ["__init__", "jsonl", "log", "records", "stores", "treehead", "verify"]
-)
+@pytest.mark.parametrize("module", ["log", "stores", "treehead"])
 def test_doc_examples_run(module: str) -> None:
-    name = "bund.parties.audit" + ("" if module == "__init__" else f".{module}")
-    assert doctest.testmod(importlib.import_module(name)).failed == 0
+    result = doctest.testmod(importlib.import_module(f"bund.parties.audit.{module}"))
+    assert result.failed == 0 and result.attempted > 0
