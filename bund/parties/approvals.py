@@ -7,13 +7,13 @@ bytes from what it shows the person, so nobody signs bytes they were not shown.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
 from bund.parties.jobs import JobSpec
@@ -40,7 +40,7 @@ class ApprovalRequest:
     cost: Budget
 
     def payload(self) -> bytes:
-        """The exact bytes the approver signs."""
+        """The exact bytes the approver signs: a domain prefix, then canonical JSON (version 1)."""
         doc = {
             "job_id": self.spec.job_id,
             "spec_sha256": self.spec.digest(),
@@ -51,7 +51,7 @@ class ApprovalRequest:
             "epsilon": format_rational(self.cost.epsilon),
             "delta": format_rational(self.cost.delta),
         }
-        return _DOMAIN + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return _DOMAIN + canonical_json(doc)
 
     def summary_lines(self) -> list[str]:
         """A human-readable summary: what is computed, what each party learns, what it costs."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import re
 import secrets
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError
 from bund.compute.executor import Executor, InlineExecutor
@@ -134,7 +134,12 @@ class JobSpec:
         raise KeyError(party)
 
     def canonical_json(self) -> bytes:
-        """A canonical JSON encoding of the whole spec (sorted keys, no spaces)."""
+        """The whole spec as canonical JSON (:func:`bund.compute.canonical.canonical_json`, v1).
+
+        Raises:
+            InvalidJobSpecError: A parameter is NaN or infinite (JSON has no such number), or a
+                text holds a lone surrogate.
+        """
         doc: dict[str, Any] = {
             "protocol": self.protocol,
             "participants": [
@@ -147,10 +152,20 @@ class JobSpec:
             "params": dict(self.params),
             "job_id": self.job_id,
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            return canonical_json(doc)
+        except ValueError as exc:
+            raise InvalidJobSpecError(
+                f"the job spec cannot be encoded ({exc}): parameters must be finite numbers and "
+                "text valid Unicode"
+            ) from None
 
     def digest(self) -> str:
-        """Hex SHA-256 of the canonical encoding: what approvals and audit records refer to."""
+        """Hex SHA-256 of the canonical encoding: what approvals and audit records refer to.
+
+        Raises:
+            InvalidJobSpecError: See :meth:`canonical_json`.
+        """
         return hashlib.sha256(self.canonical_json()).hexdigest()
 
 

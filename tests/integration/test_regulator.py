@@ -16,6 +16,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bund.compute.merkle import chain_hash
 from bund.parties.audit import (
     GENESIS_HASH,
     SIGNING_DOMAIN,
@@ -24,7 +25,6 @@ from bund.parties.audit import (
     Checkpoint,
     JsonScalar,
     MemoryAuditStore,
-    chain_hash,
 )
 from bund.parties.client import NodeClient, RemoteError
 from bund.parties.errors import ConfigError

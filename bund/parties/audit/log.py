@@ -1,0 +1,241 @@
+"""A party's audit log: signed, chained records appended to a store, and signed tree heads.
+
+Every record is bound to the one before it and signed:
+
+* ``leaf_hash = SHA-256(0x00 || body)``, the RFC 6962 leaf hash of the record's canonical body
+  (:meth:`AuditRecord.body`), so the signed checkpoints that come with the regulator's pull
+  (tree size and Merkle root over the leaf hashes) need no second hash per record;
+* ``record_hash = SHA-256(0x02 || prev_hash || leaf_hash)``
+  (:func:`~bund.compute.merkle.chain_hash`), with ``prev_hash`` of record 0 equal to 32 zero
+  bytes;
+* ``signature = Ed25519(SIGNING_DOMAIN || record_hash)`` with the node's audit key, where
+  ``SIGNING_DOMAIN`` is ``bund/audit/v1`` and a zero byte.
+
+``docs/audit.md`` says what each check proves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import threading
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bund.compute.errors import BundError
+from bund.compute.merkle import MerkleFrontier, chain_hash
+from bund.parties.audit.records import (
+    GENESIS_HASH,
+    SIGNING_DOMAIN,
+    AuditFormatError,
+    AuditRecord,
+    JsonScalar,
+    check_text,
+    is_timestamp,
+)
+from bund.parties.audit.stores import AuditStore
+from bund.parties.audit.treehead import Checkpoint
+from bund.parties.audit.verify import record_problem
+
+_FRONTIER_BATCH: Final = 10_000  # records read at a time to build a log's Merkle frontier
+
+
+class AuditLogCorruptError(BundError):
+    """An audit log that cannot be continued because its last record does not verify."""
+
+
+class AuditLog:
+    """A party's audit log: appends signed, chained records to a store, one at a time.
+
+    On open it checks the store's last record (index, hash, signature with this key, party) and
+    continues the chain after it; it refuses a log it cannot continue, rather than chain new
+    records onto a tampered tail. The whole log is checked by
+    :func:`~bund.parties.audit.verify_store`.
+
+    Args:
+        store: Where records go.
+        signing_key: The party's Ed25519 audit key.
+        party: The party's name, written into every record.
+        clock: Returns the current time as RFC 3339 UTC, e.g. ``2026-11-24T09:30:00.000000Z``.
+
+    Attributes:
+        store: The store given.
+
+    Raises:
+        ValueError: ``party`` is empty.
+        AuditLogCorruptError: The store's last record does not verify.
+
+    >>> from bund.parties.audit import MemoryAuditStore, verify_checkpoint, verify_store
+    >>> key = Ed25519PrivateKey.generate()
+    >>> log = AuditLog(MemoryAuditStore(), key, "bank", lambda: "2026-11-24T09:30:00Z")
+    >>> record = log.append("message_sent", "job-1", {"peer": "tax", "sha256": "ab", "size": 2})
+    >>> record.index, record.event
+    (0, 'message_sent')
+    >>> verify_store(log.store, key.public_key()).ok
+    True
+    >>> checkpoint = log.checkpoint()
+    >>> checkpoint.tree_size, verify_checkpoint(checkpoint, key.public_key())
+    (1, True)
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        signing_key: Ed25519PrivateKey,
+        party: str,
+        clock: Callable[[], str],
+    ) -> None:
+        check_text("party", party)
+        if not party:
+            raise ValueError("party must not be empty")
+        self.store = store
+        self._key = signing_key
+        self._party = party
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_index, self._prev_hash = self._tail()
+        self._frontier: MerkleFrontier | None = None  # built by the first checkpoint
+
+    def _tail(self) -> tuple[int, bytes]:
+        try:
+            last = self.store.last()
+            size = len(self.store)
+        except AuditFormatError as exc:
+            raise AuditLogCorruptError(
+                f"cannot continue the audit log: {exc}. Run `bund audit verify` to find the "
+                "first bad record, keep the file as evidence and start a new log"
+            ) from exc
+        if last is None:
+            return 0, GENESIS_HASH
+        problem = record_problem(last, size - 1, None, self._key.public_key(), self._party)
+        if problem is not None:
+            raise AuditLogCorruptError(
+                f"cannot continue the audit log: its last record ({last.index}) does not verify: "
+                f"{problem}. Run `bund audit verify` to find the first bad record, keep the file "
+                "as evidence and start a new log"
+            )
+        return last.index + 1, last.record_hash
+
+    def append(
+        self, event: str, job_id: str = "", fields: Mapping[str, JsonScalar] | None = None
+    ) -> AuditRecord:
+        """Append one signed record; return it once the store holds it durably.
+
+        Args:
+            event: What happened, e.g. ``job_refused``.
+            job_id: The job it concerns, or ``""``.
+            fields: Flat JSON scalars (a message's sha256, size, tag and peer; a refusal's
+                reason); never payload content.
+
+        Returns:
+            The record as stored.
+
+        Raises:
+            ValueError: ``event`` is empty, or the clock's value is not RFC 3339 UTC.
+            AuditFormatError: A field is nested, bytes, or a non-finite number; nothing is
+                appended.
+        """
+        if not event:
+            raise ValueError("event must not be empty")
+        with self._lock:
+            timestamp = self._now()
+            unsigned = AuditRecord(
+                index=self._next_index,
+                timestamp=timestamp,
+                party=self._party,
+                event=event,
+                job_id=job_id,
+                fields={} if fields is None else fields,
+                prev_hash=self._prev_hash,
+                record_hash=b"",
+                signature=b"",
+            )
+            leaf = unsigned.leaf_hash()
+            record_hash = chain_hash(self._prev_hash, leaf)
+            record = dataclasses.replace(
+                unsigned,
+                record_hash=record_hash,
+                signature=self._key.sign(SIGNING_DOMAIN + record_hash),
+            )
+            self.store.append(record)
+            self._next_index, self._prev_hash = record.index + 1, record_hash
+            if self._frontier is not None:
+                self._frontier.append(leaf)
+            return record
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign the log's current size and Merkle root, for the regulator to keep.
+
+        Appends nothing. A checkpoint is a statement about the log, not an event in it: were it
+        recorded, every checkpoint would grow the log it describes, so an idle node could never
+        checkpoint the same log twice. The regulator's pull that fetches it is recorded anyway,
+        as an ``rpc`` record, by the node's audit interceptor.
+
+        The first call reads the whole store once, in batches, to build the Merkle frontier,
+        and refuses to sign unless every stored record's hash chain leads to the last record
+        (whose signature was checked on open); from then on, appends keep the frontier, and a
+        checkpoint costs O(log n) hashes and one signature.
+
+        Returns:
+            The signed checkpoint.
+
+        Raises:
+            ValueError: The clock's value is not RFC 3339 UTC.
+            AuditLogCorruptError: The stored records do not chain up to the last one: the store
+                was altered, and no checkpoint is signed over it.
+        """
+        with self._lock:
+            timestamp = self._now()
+            if self._frontier is None:
+                self._frontier = self._build_frontier()
+            unsigned = Checkpoint(
+                party=self._party,
+                tree_size=len(self._frontier),
+                root_hash=self._frontier.root(),
+                timestamp=timestamp,
+                signature=b"",
+            )
+            return dataclasses.replace(unsigned, signature=self._key.sign(unsigned.signed_bytes()))
+
+    def _now(self) -> str:
+        timestamp = self._clock()
+        if not is_timestamp(timestamp):
+            raise ValueError(
+                f"clock returned {timestamp!r}: it must return RFC 3339 UTC such as "
+                "2026-11-24T09:30:00.000000Z"
+            )
+        return timestamp
+
+    def _build_frontier(self) -> MerkleFrontier:
+        """The frontier of the stored records, checking that they chain up to the last one."""
+        frontier = MerkleFrontier()
+        prev = GENESIS_HASH
+
+        def corrupt(why: str) -> AuditLogCorruptError:
+            return AuditLogCorruptError(
+                f"cannot sign a checkpoint: {why}. Run `bund audit verify` to find the first bad "
+                "record, keep the store as evidence and start a new log"
+            )
+
+        try:
+            for start in range(0, self._next_index, _FRONTIER_BATCH):
+                for record in self.store.read(start, start + _FRONTIER_BATCH):
+                    leaf = record.leaf_hash()
+                    if (
+                        record.index != len(frontier)
+                        or not hmac.compare_digest(record.prev_hash, prev)
+                        or not hmac.compare_digest(record.record_hash, chain_hash(prev, leaf))
+                    ):
+                        raise corrupt(f"stored record {len(frontier)} breaks the hash chain")
+                    frontier.append(leaf)
+                    prev = record.record_hash
+        except AuditFormatError as exc:
+            raise corrupt(str(exc)) from exc
+        if len(frontier) != self._next_index or not hmac.compare_digest(prev, self._prev_hash):
+            raise corrupt(
+                f"the store holds {len(frontier)} chained records, the log expects "
+                f"{self._next_index}"
+            )
+        return frontier
