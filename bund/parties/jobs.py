@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 import re
 import secrets
 import threading
@@ -115,6 +116,8 @@ class JobSpec:
             check_name("parameter", key)
             if not isinstance(value, str | int | float | bool) and value is not None:
                 raise InvalidJobSpecError(f"parameter {key!r} must be a string, number or bool")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidJobSpecError(f"parameter {key!r} must be a finite number")
         if self.job_id and not re.fullmatch(r"[0-9a-f]{32}", self.job_id):
             raise InvalidJobSpecError("job_id must be 32 lower-case hex digits")
         object.__setattr__(self, "params", dict(sorted(self.params.items())))

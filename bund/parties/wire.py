@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
+from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import InvalidInputError
 from bund.parties.approvals import ApprovalRequest
@@ -196,7 +197,7 @@ class NodeInfo:
 
 def fields_to_json(fields: Mapping[str, JsonScalar]) -> str:
     """Canonical JSON of a flat mapping (for audit record fields on the wire)."""
-    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(dict(fields)).decode()
 
 
 def job_id(value: str) -> str:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
 from bund.compute.executor import Executor
@@ -65,8 +66,8 @@ _MAX_CLOSING_BYTES = 512
 
 
 def encode_closing(party: str, transcript: str) -> bytes:
-    """The closing message: this party's name and its transcript digest."""
-    return json.dumps({"party": party, "transcript_sha256": transcript}).encode()
+    """The closing message: this party's name and its transcript digest (canonical JSON)."""
+    return canonical_json({"party": party, "transcript_sha256": transcript})
 
 
 def decode_closing(payload: bytes, peer: str) -> str:
@@ -88,8 +89,11 @@ def decode_closing(payload: bytes, peer: str) -> str:
 
 
 def receipt_json(receipt: Mapping[str, JsonScalar]) -> bytes:
-    """The privacy receipt as the ``receipt.json`` artifact a receiver downloads."""
-    return json.dumps(dict(receipt), sort_keys=True, indent=2, ensure_ascii=False).encode()
+    """The ``receipt.json`` a receiver downloads: the canonical bytes of the signed record's fields.
+
+    So a receiver can check the file against the ``privacy_receipt`` record of the audit log.
+    """
+    return canonical_json(dict(receipt))
 
 
 class LivenessHooks:

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bund.compute import paillier as pl
+from bund.compute.canonical import canonical_json
 from bund.compute.errors import InvalidMessageError
 from bund.compute.psi import (
     MAX_CHUNK_POINTS,
@@ -349,7 +350,7 @@ def recv_vector(
 
 def encode_meta(doc: dict[str, Any]) -> bytes:
     """A small metadata message: magic ``b"BWOE"``, version 1, then canonical UTF-8 JSON."""
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    body = canonical_json(doc)
     return _META_MAGIC + bytes([_WIRE_VERSION]) + body
 
 
