@@ -500,7 +500,7 @@ def data_generate(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 20261124,
 ) -> None:
     """Write the demo datasets (finance and health) at any scale."""
-    from bund.parties.data import write_demo_data
+    from bund.parties.demo_data import write_demo_data
 
     for path in write_demo_data(out, scale=scale, seed=seed):
         console.print(str(path))

@@ -42,13 +42,13 @@ from bund.parties import identity
 from bund.parties.audit import open_audit_store, verify_store
 from bund.parties.client import NodeClient, PeerClients, RemoteError
 from bund.parties.config import NodeConfig, load_config
-from bund.parties.data import (
+from bund.parties.data import write_csv
+from bund.parties.demo_data import (
     DEMO_COMPANIES_PER_SCALE,
     DEMO_PATIENTS_PER_SCALE,
     DEMO_SEED,
     generate_finance,
     generate_health,
-    write_csv,
     write_demo_data,
 )
 from bund.parties.jobs import JobSpec, JobState, JobStatus, JsonScalar, Participant, Result

@@ -23,7 +23,7 @@ from bund.compute import insecure
 from bund.parties.audit import SqliteAuditStore, verify_store
 from bund.parties.client import NodeClient, RemoteError
 from bund.parties.config import load_config
-from bund.parties.data import generate_finance
+from bund.parties.demo_data import generate_finance
 from bund.parties.identity import load_audit_public_key
 from bund.parties.jobs import JobSpec, JobState, JobStatus, Participant
 from bund.parties.node import create_node

@@ -21,7 +21,7 @@ import pytest
 
 from bund.parties.client import RemoteError
 from bund.parties.config import load_config
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import JobState
 from bund.parties.node import create_node
 from bund.parties.protocols import PROTOCOLS, fed_dp_sgd
