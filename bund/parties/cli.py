@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -157,8 +156,16 @@ def load_spec(path: Path, requester: str) -> JobSpec:
 
 
 def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
-    """Follow a job with a progress bar until it is final."""
-    deadline = time.monotonic() + timeout
+    """Follow a job with a progress bar until it is terminal.
+
+    An interrupted job is followed on (its node resumes it once its peers answer); the user is
+    told so, with the command that stops it instead.
+
+    Raises:
+        FollowTimeoutError: If the job is still going after ``timeout`` seconds.
+    """
+    from bund.parties.follow import follow_job
+
     with Progress(
         TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
         BarColumn(),
@@ -168,8 +175,8 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
         transient=True,
     ) as progress:
         task = progress.add_task("", total=None, state="proposed", count="")
-        while True:
-            status: JobStatus = client.status(job_id)
+
+        def show(status: JobStatus) -> None:
             progress.update(
                 task,
                 description=status.phase,
@@ -178,11 +185,14 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
                 state=status.state.value,
                 count=f"{status.done:,}/{status.total:,}" if status.total else "",
             )
-            if status.state.final:
-                return status
-            if time.monotonic() > deadline:
-                raise _fail(f"job {job_id} is still {status.state.value} after {timeout:.0f} s")
-            time.sleep(0.2)
+            if status.state is JobState.INTERRUPTED:
+                progress.console.print(
+                    f"[yellow]interrupted[/]: {escape(status.error)}; the node resumes the job "
+                    f"when its peers answer (or stop it: bund job cancel {job_id})"
+                )
+
+        # The operator's own node knows the job it is asked about, or the id is wrong.
+        return follow_job(client, job_id, timeout=timeout, on_update=show, not_found_grace=0)
 
 
 def print_status(status: JobStatus) -> None:
