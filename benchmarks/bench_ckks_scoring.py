@@ -31,7 +31,7 @@ import numpy as np
 from bund.compute import ckks
 from bund.compute.ckks_sandbox import CkksSandbox
 from bund.compute.learn.risk_model import RiskModel, model_from_columns, model_to_columns
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.protocols import ckks_scoring as cs
 
 FAMILY = "ckks_scoring"

@@ -24,7 +24,7 @@ from typing import Any
 
 from bund.compute.dp.mechanisms import DiscreteLaplace
 from bund.compute.dp.pairwise_masks import create_masking_key, mask_vector
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import JobSpec, Participant, run_in_memory
 from bund.parties.protocols import dp_stats
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from bund.compute.dp import dropout_secagg
 from bund.compute.learn import fed
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import JobSpec, Participant, run_in_memory
 from bund.parties.protocols import fed_dp_sgd
 

@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import statistics
 import threading
 import time
@@ -242,35 +241,27 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     from bund.parties.client import NodeClient
     from bund.parties.config import load_config
     from bund.parties.data import write_csv
-    from bund.parties.demo import (
-        DemoParty,
-        start_node,
-        stop_nodes,
-        wait_final,
-        wait_for_port,
-        write_node_config,
-    )
+    from bund.parties.demo import DemoParty, node_files
+    from bund.parties.follow import follow_job
+    from bund.parties.processes import NodeGroup, write_node_files
 
     before = _group_costs(samples)
     with tempfile.TemporaryDirectory(prefix="bund-bench-psi-") as tmp:
         root = Path(tmp)
         identity.create_federation(root / "federation", "bench")
         parties = [DemoParty(p, p, "ids", f"{p}.csv", "id") for p in _PARTIES]
-        configs = {}
+        paths, configs = {}, {}
         for party in parties:
             table = Table.from_columns("ids", {"id": _ids(party.name, n)})
             write_csv(table, root / "data" / party.csv)
             identity.create_party(root / "federation", party.name, party.role, root / party.name)
             others = [p for p in parties if p is not party]
             # Approvals off: the benchmark times the machines, not a person's signature.
-            node_toml = write_node_config(root, party, root / "data", others, approvals=False)
-            configs[party.name] = load_config(node_toml)
-        procs = {p: start_node(configs[p].source or Path(), dict(os.environ)) for p in _PARTIES}
-        try:
-            ports = {p: wait_for_port(configs[p], procs[p]) for p in _PARTIES}
-            (root / "peers.toml").write_text(
-                "".join(f'[{p}]\naddress = "127.0.0.1:{port}"\n' for p, port in ports.items())
-            )
+            files = node_files(root, party, root / "data", others, root / "peers.toml", False)
+            paths[party.name] = write_node_files(files)
+            configs[party.name] = load_config(paths[party.name])
+        with NodeGroup(root / "peers.toml") as group:
+            ports = group.spawn_all(paths)
             spec = JobSpec(
                 protocol="psi",
                 participants=tuple(Participant(p, "member", "ids", {"id": "id"}) for p in _PARTIES),
@@ -283,14 +274,14 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
             try:
                 wall = time.perf_counter()
                 job_id = clients["bank"].submit(spec)
-                statuses = {p: wait_final(c, job_id) for p, c in clients.items()}
+                statuses = {
+                    p: follow_job(c, job_id, timeout=600, interval=0.1) for p, c in clients.items()
+                }
                 wall = time.perf_counter() - wall
                 summary = clients["bank"].result(job_id).summary
             finally:
                 for c in clients.values():
                     c.close()
-        finally:
-            stop_nodes(procs)
     if any(st.state.value != "succeeded" for st in statuses.values()):
         raise RuntimeError(f"node job failed at n={n}: {statuses}")
     if summary["intersection_size"] != n // 2:

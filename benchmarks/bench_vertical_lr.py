@@ -37,7 +37,7 @@ from bund.compute import insecure
 from bund.compute import paillier as pl
 from bund.compute.executor import create_executor
 from bund.compute.learn import logistic as lg
-from bund.parties.data import generate_finance
+from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import (
     JobSpec,
     Participant,

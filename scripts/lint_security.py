@@ -58,7 +58,11 @@ NUMPY_RANDOM_ALLOWED: dict[str, str] = {
         "draws the initial weights of a plaintext model that its owner fits on its own data; "
         "the weights are no secret from anyone who runs the fit"
     ),
-    "bund/parties/data.py": "generates the bundled synthetic demo datasets from a fixed seed",
+    "bund/parties/demo_data.py": (
+        "draws the bundled synthetic demo datasets from a fixed, public seed so that they are "
+        "reproducible; no key, mask or noise comes from it (only the demo, `bund data generate`, "
+        "tests and benchmarks import it)"
+    ),
 }
 
 

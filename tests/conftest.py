@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,9 +17,16 @@ from bund.parties import identity
 from bund.parties.audit import AuditStore
 from bund.parties.client import NodeClient
 from bund.parties.config import NodeConfig, TlsPaths, load_config
-from bund.parties.data import Table
+from bund.parties.data import Table, write_csv
 from bund.parties.jobs import ProtocolDef
 from bund.parties.node import Node, create_node
+from bund.parties.processes import (
+    CatalogEntry,
+    NodeFiles,
+    NodeGroup,
+    NodeProcess,
+    write_node_files,
+)
 from bund.parties.protocols import PROTOCOLS
 
 T = TypeVar("T")
@@ -105,32 +108,33 @@ def wait_until(
     return value
 
 
-def write_csv(path: Path, columns: Mapping[str, Sequence[str]]) -> Path:
-    """Write a small CSV dataset."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = list(columns)
-    rows = zip(*(columns[n] for n in names), strict=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        w.writerows(rows)
-    return path
+#: The test node server: ``bund serve`` with the fault-test protocols; the config path follows.
+TEST_SERVE = (sys.executable, "-m", "tests.integration.serve_test_node")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
 class NodeFactory:
-    """Starts in-process nodes from generated node.toml files; stops them all at teardown."""
+    """Starts nodes from generated node.toml files, in this process or in their own; stops them.
+
+    The files and processes come from ``bund.parties.processes``, as in the demo: one peers file
+    in ``workdir`` tells every node, of either kind, where the others listen.
+    """
 
     federation: Federation
     workdir: Path
+    #: Nodes running in this process (``start``, ``run``).
     nodes: dict[str, Node] = field(default_factory=dict)
-    #: Nodes running as their own processes (``spawn``), and their ports.
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    ports: dict[str, int] = field(default_factory=dict)
+    #: Every node's port and the node processes (``spawn``).
+    group: NodeGroup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = NodeGroup(self.workdir / "peers.toml")
 
     @property
-    def peers_file(self) -> Path:
-        return self.workdir / "peers.toml"
+    def processes(self) -> dict[str, NodeProcess]:
+        """Nodes running as their own processes, by party."""
+        return self.group.processes
 
     def start(
         self,
@@ -141,25 +145,34 @@ class NodeFactory:
         extra: str = "",
         level: str = "confidential",
         approvals: bool = False,
-        policy_extra: str = "",
         registry: Mapping[str, ProtocolDef] | None = None,
         audit_store: str | None = None,
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
         budget_delta: str | None = None,
     ) -> Node:
-        """Start ``name``'s node with CSV datasets and a policy.toml built from the arguments.
+        """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
         may run on each dataset; approvals are off unless asked for.
         """
         config_path = self.write_config(
-            name, datasets, allowed, protocols, extra, level, approvals, policy_extra,
-            audit_store, budget_epsilon, tables, budget_delta=budget_delta,
+            name, datasets, allowed, protocols, extra, level, approvals, audit_store,
+            budget_epsilon, tables, budget_delta=budget_delta,
         )  # fmt: skip
+        return self.run(name, config_path, registry)
+
+    def run(
+        self, name: str, config_path: Path, registry: Mapping[str, ProtocolDef] | None = None
+    ) -> Node:
+        """Run ``name``'s node in this process from an existing node.toml, on its state directory.
+
+        A node stopped earlier (``nodes.pop(name).stop()``) comes back as an operator's restart
+        would; the peers file gets its new port.
+        """
         node = create_node(load_config(config_path), registry or PROTOCOLS)
         self.nodes[name] = node
-        self._write_peers()
+        self.group.add({name: node.port})
         return node
 
     def write_config(
@@ -171,7 +184,6 @@ class NodeFactory:
         extra: str = "",
         level: str = "confidential",
         approvals: bool = False,
-        policy_extra: str = "",
         audit_store: str | None = None,
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
@@ -180,55 +192,36 @@ class NodeFactory:
     ) -> Path:
         """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
         home = self.workdir / name
-        home.mkdir(parents=True, exist_ok=True)
-        pdir = self.federation.party_dir(name)
-        lines = [
-            f'party = "{name}"',
-            'listen = "127.0.0.1:0"',
-            f'state_dir = "{(home / "state").as_posix()}"',
-            f'peers_file = "{self.peers_file.as_posix()}"',
-            f'policy_file = "{(home / "policy.toml").as_posix()}"',
-            extra,
-            "[tls]",
-            f'ca = "{(pdir / "ca.pem").as_posix()}"',
-            f'cert = "{(pdir / "node.pem").as_posix()}"',
-            f'key = "{(pdir / "node.key").as_posix()}"',
-            "[audit]",
-            f'signing_key = "{(pdir / "audit_ed25519.key").as_posix()}"',
-            f'public_key = "{(pdir / "audit_ed25519.pub").as_posix()}"',
-            f'store = "{audit_store}"' if audit_store else "",
-            "[limits]",
-            "recv_timeout_s = 30",
-            "approval_timeout_s = 30",
-            limits,
-        ]
-        policy = [
-            "cohort_floor = 5",
-            policy_extra,
-            "[limits]",
-            "psi_max_set_size = 100000",
-            "[approvals]",
-            f"required = {'true' if approvals else 'false'}",
-            f'approver_key = "{(pdir / "approver_ed25519.pub").as_posix()}"',
-        ]
-        for other in allowed:
-            policy += [f'[counterparties."{other}"]', f'roles = ["{PARTY_ROLES[other]}"]']
-        columns = dict(datasets or {})
-        columns.update({ds: t.data for ds, t in (tables or {}).items()})
-        for ds, cols in columns.items():
-            path = write_csv(home / f"{ds}.csv", cols)
-            lines += [f"[datasets.{ds}]", 'kind = "csv"', f'path = "{path.as_posix()}"']
-            policy += [f"[datasets.{ds}]", f'level = "{level}"']
-            if budget_epsilon is not None:
-                policy.append(f'budget_epsilon = "{budget_epsilon}"')
-            if budget_delta is not None:
-                policy.append(f'budget_delta = "{budget_delta}"')
-            if protocols and ds in protocols:
-                policy.append(f"protocols = {list(protocols[ds])!r}".replace("'", '"'))
-        (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")
-        config_path = home / "node.toml"
-        config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return config_path
+        given = {ds: Table.from_columns(ds, cols) for ds, cols in (datasets or {}).items()}
+        catalogue = tuple(
+            CatalogEntry(
+                ds,
+                write_csv(table, home / f"{ds}.csv"),
+                level,
+                tuple(protocols[ds]) if protocols and ds in protocols else None,
+                budget_epsilon,
+                budget_delta,
+            )
+            for ds, table in {**given, **(tables or {})}.items()
+        )
+        files = NodeFiles(
+            party=name,
+            home=home,
+            identity=self.federation.party_dir(name),
+            peers_file=self.group.peers_file,
+            counterparties=tuple((other, PARTY_ROLES[other]) for other in allowed),
+            datasets=catalogue,
+            approvals=approvals,
+            cohort_floor=5,
+            psi_max_set_size=100_000,
+            recv_timeout_s=30,
+            approval_timeout_s=30,
+            limits=limits,
+            extra=extra,
+            audit_store=audit_store,
+            written_by="the test NodeFactory",
+        )
+        return write_node_files(files)
 
     def spawn(
         self,
@@ -239,54 +232,19 @@ class NodeFactory:
     ) -> int:
         """Run ``name``'s node as its own process (test protocols included); return its port.
 
-        The process can be frozen (SIGSTOP), killed (SIGKILL) and spawned again on the same
-        state directory, as an operator's restart would.
+        The process can be frozen (``processes[name].freeze()``), killed (``kill``) and spawned
+        again on the same state directory, as an operator's restart would.
         """
-        config = load_config(config_path)
-        config.port_file.unlink(missing_ok=True)
-        log = (config_path.parent / "node.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.serve_test_node", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                **(env or {}),
-            },
-        )
-        log.close()
-        self.processes[name] = proc
-
-        def bound_port() -> int | None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name}'s node exited with {proc.returncode}: see {log.name}")
-            try:
-                return int(config.port_file.read_text().strip())
-            except (FileNotFoundError, ValueError):
-                return None  # not written yet
-
-        port = wait_until(bound_port, timeout, f"{name}'s node to start (see {log.name})")
-        self.ports[name] = port
-        self._write_peers()
-        return port
+        env = {"PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        return self.group.spawn(name, config_path, command=TEST_SERVE, env=env, timeout=timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL ``name``'s node process: no clean-up runs, as in a crash."""
-        proc = self.processes.pop(name)
-        proc.kill()
-        proc.wait()
-
-    def _write_peers(self) -> None:
-        ports = {**self.ports, **{n: node.port for n, node in self.nodes.items()}}
-        text = "".join(f'[{n}]\naddress = "127.0.0.1:{port}"\n' for n, port in ports.items())
-        staged = self.peers_file.with_suffix(".tmp")
-        staged.write_text(text, encoding="utf-8")
-        staged.replace(self.peers_file)  # atomic: a node reading it never sees half a file
+        self.group.kill(name)
 
     def port(self, name: str) -> int:
         """The port of ``name``'s node, in this process or its own."""
-        return self.nodes[name].port if name in self.nodes else self.ports[name]
+        return self.nodes[name].port if name in self.nodes else self.group.ports[name]
 
     def client(self, name: str, as_party: str | None = None) -> NodeClient:
         """A client to ``name``'s node, presenting ``as_party``'s certificate (default: its own)."""
@@ -318,17 +276,7 @@ class NodeFactory:
         for node in self.nodes.values():
             node.stop(grace=1.0)
         self.nodes.clear()
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)  # a frozen node cannot handle SIGTERM
-                proc.terminate()
-        for proc in self.processes.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.processes.clear()
+        self.group.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,7 +17,7 @@ from bund.compute.errors import BundError
 from bund.parties import identity
 from bund.parties.config import NodeConfig, load_config
 from bund.parties.jobs import JobSpec, Participant, Result
-from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
+from bund.parties.lifecycle.states import JobState, JobStatus
 
 if TYPE_CHECKING:
     from bund.parties.client import NodeClient
@@ -158,8 +157,16 @@ def load_spec(path: Path, requester: str) -> JobSpec:
 
 
 def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
-    """Follow a job with a progress bar until it is final."""
-    deadline = time.monotonic() + timeout
+    """Follow a job with a progress bar until it is terminal.
+
+    An interrupted job is followed on (its node resumes it once its peers answer); the user is
+    told so, with the command that stops it instead.
+
+    Raises:
+        FollowTimeoutError: If the job is still going after ``timeout`` seconds.
+    """
+    from bund.parties.follow import follow_job
+
     with Progress(
         TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
         BarColumn(),
@@ -169,8 +176,8 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
         transient=True,
     ) as progress:
         task = progress.add_task("", total=None, state="proposed", count="")
-        while True:
-            status: JobStatus = client.status(job_id)
+
+        def show(status: JobStatus) -> None:
             progress.update(
                 task,
                 description=status.phase,
@@ -179,11 +186,14 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
                 state=status.state.value,
                 count=f"{status.done:,}/{status.total:,}" if status.total else "",
             )
-            if is_terminal(status.state) or is_resumable(status.state):
-                return status
-            if time.monotonic() > deadline:
-                raise _fail(f"job {job_id} is still {status.state.value} after {timeout:.0f} s")
-            time.sleep(0.2)
+            if status.state is JobState.INTERRUPTED:
+                progress.console.print(
+                    f"[yellow]interrupted[/]: {escape(status.error)}; the node resumes the job "
+                    f"when its peers answer (or stop it: bund job cancel {job_id})"
+                )
+
+        # The operator's own node knows the job it is asked about, or the id is wrong.
+        return follow_job(client, job_id, timeout=timeout, on_update=show, not_found_grace=0)
 
 
 def print_status(status: JobStatus) -> None:
@@ -501,7 +511,7 @@ def data_generate(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 20261124,
 ) -> None:
     """Write the demo datasets (finance and health) at any scale."""
-    from bund.parties.data import write_demo_data
+    from bund.parties.demo_data import write_demo_data
 
     for path in write_demo_data(out, scale=scale, seed=seed):
         console.print(str(path))

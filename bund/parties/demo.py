@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -42,17 +38,19 @@ from bund.parties import identity
 from bund.parties.audit import open_audit_store, verify_store
 from bund.parties.client import NodeClient, PeerClients, RemoteError
 from bund.parties.config import NodeConfig, load_config
-from bund.parties.data import (
+from bund.parties.data import write_csv
+from bund.parties.demo_data import (
     DEMO_COMPANIES_PER_SCALE,
     DEMO_PATIENTS_PER_SCALE,
     DEMO_SEED,
     generate_finance,
     generate_health,
-    write_csv,
     write_demo_data,
 )
+from bund.parties.follow import follow_job, in_state
 from bund.parties.jobs import JobSpec, JsonScalar, Participant, Result
-from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
+from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.processes import CatalogEntry, NodeFiles, NodeGroup, write_node_files
 from bund.parties.protocols import ckks_scoring
 from bund.parties.workflow import load_credit_workflow, run_credit_model
 
@@ -96,6 +94,8 @@ cutoff = 0.2
 [scoring]
 cutoff = 0.2
 """
+#: The longest the demo follows one job, in seconds.
+JOB_TIMEOUT_S = 600.0
 #: Every node's cohort floor; the DP jobs suppress noisy counts below it too (``min_cell``).
 COHORT_FLOOR = 10
 #: The protocols the finance parties' company data is open to.
@@ -239,71 +239,35 @@ FINANCE = Scenario("finance", "bank x tax bureau x business registry", PARTIES)
 HEALTH = Scenario("health", "three hospitals x an insurer", (*HOSPITALS, INSURER))
 
 
-def write_node_config(
+def node_files(
     root: Path,
     party: DemoParty,
     data_dir: Path,
     others: list[DemoParty],
+    peers_file: Path,
     approvals: bool = True,
-    peers: str = "peers.toml",
-) -> Path:
-    """Write ``root/party/node.toml`` and ``policy.toml``: loopback port 0, its datasets.
+) -> NodeFiles:
+    """What ``root/party``'s node.toml and policy.toml say: loopback port 0, its datasets.
 
     Each dataset gets the party's classification level, protocols and privacy budget (the
     finance parties' company data is ``confidential``, not personal data, with no DP budget);
-    approvals are on, as in production. ``peers`` is the address book's file name in ``root``.
+    approvals are on, as in production. The party's keys lie in ``root/party`` beside the files.
     """
-    datasets = ((party.dataset, party.csv), *party.extra)
-    node = f"""# Node configuration of {party.name} (written by `bund demo`).
-party = "{party.name}"
-listen = "127.0.0.1:0"
-state_dir = "state"
-peers_file = "../{peers}"
-policy_file = "policy.toml"
-
-[tls]
-ca = "ca.pem"
-cert = "node.pem"
-key = "node.key"
-
-[audit]
-signing_key = "audit_ed25519.key"
-public_key = "audit_ed25519.pub"
-
-[limits]
-recv_timeout_s = 120
-approval_timeout_s = 600
-
-""" + "".join(
-        f'\n[datasets.{name}]\nkind = "csv"\npath = "{(data_dir / csv).as_posix()}"\n'
-        for name, csv in datasets
+    epsilon, delta = party.budget or (None, None)
+    return NodeFiles(
+        party=party.name,
+        home=root / party.name,
+        identity=root / party.name,
+        peers_file=peers_file,
+        counterparties=tuple((o.name, o.role) for o in others),
+        datasets=tuple(
+            CatalogEntry(name, data_dir / csv, party.level, party.protocols, epsilon, delta)
+            for name, csv in ((party.dataset, party.csv), *party.extra)
+        ),
+        approvals=approvals,
+        cohort_floor=party.cohort_floor,
+        written_by="`bund demo`",
     )
-    counterparties = "".join(f'[counterparties.{o.name}]\nroles = ["{o.role}"]\n\n' for o in others)
-    protocols = ", ".join(f'"{p}"' for p in party.protocols)
-    budget = (
-        f'budget_epsilon = "{party.budget[0]}"\nbudget_delta = "{party.budget[1]}"\n'
-        if party.budget
-        else ""
-    )
-    policy = f"""# Policy of {party.name}'s node (written by `bund demo`).
-cohort_floor = {party.cohort_floor}
-
-[limits]
-psi_max_set_size = 1000000
-
-[approvals]
-required = {"true" if approvals else "false"}
-approver_key = "approver_ed25519.pub"
-
-{counterparties}""" + "".join(
-        f'[datasets.{name}]\nowner = "{party.name}"\nlevel = "{party.level}"\n'
-        f"protocols = [{protocols}]\n{budget}\n"
-        for name, _ in datasets
-    )
-    home = root / party.name
-    (home / "policy.toml").write_text(policy, encoding="utf-8")
-    (home / "node.toml").write_text(node, encoding="utf-8")
-    return home / "node.toml"
 
 
 def approve_as(
@@ -321,82 +285,16 @@ def approve_as(
         console.print(f"  [green]approved[/] by {request.party}")
 
 
-def wait_state(client: NodeClient, job_id: str, state: JobState, timeout: float = 60.0) -> None:
-    """Wait until a node reports the job in ``state`` (or final).
+def wait_awaiting_approval(client: NodeClient, job_id: str, timeout: float = 60.0) -> None:
+    """Follow the job at a data owner's node until it awaits that owner's approval.
 
-    A node that the requester's proposal has not reached yet answers NOT_FOUND: asked again.
+    Raises:
+        DemoError: If the job ended there before it asked for approval.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status = client.status(job_id)
-        except RemoteError as exc:
-            if not exc.not_found or time.monotonic() > deadline:
-                raise
-        else:
-            if status.state is state:
-                return
-            if (
-                is_terminal(status.state) or is_resumable(status.state)
-            ) or time.monotonic() > deadline:
-                raise DemoError(
-                    f"job {job_id} is {status.state.value} at {client.party}: {status.error}"
-                )
-        time.sleep(0.05)
-
-
-def start_node(config_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``bund serve`` for one node as a separate process, logging to node.log beside it."""
-    with (config_path.parent / "node.log").open("ab") as log:  # the child keeps its own copy
-        return subprocess.Popen(
-            [sys.executable, "-m", "bund.parties.cli", "serve", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-
-def wait_for_port(config: NodeConfig, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-    """Wait until a node wrote its port file; fail early if its process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(
-                f"{config.party}'s node exited with {proc.returncode}; "
-                f"see {config.source.parent / 'node.log'}"
-                if config.source
-                else f"{config.party}'s node exited"
-            )
-        try:
-            return int(config.port_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            time.sleep(0.1)
-    raise DemoError(f"{config.party}'s node did not start within {timeout:.0f} s")
-
-
-def stop_nodes(procs: dict[str, subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
-    """SIGTERM every node and wait for it to exit; SIGKILL stragglers."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_final(client: NodeClient, job_id: str, timeout: float = 600.0) -> JobStatus:
-    """Poll a job until it is final."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.status(job_id)
-        if is_terminal(status.state) or is_resumable(status.state):
-            return status
-        if time.monotonic() > deadline:
-            raise DemoError(f"job {job_id} still {status.state.value} after {timeout:.0f} s")
-        time.sleep(0.1)
+    awaiting = JobState.AWAITING_APPROVAL
+    status = follow_job(client, job_id, until=in_state(awaiting), timeout=timeout, interval=0.05)
+    if status.state is not awaiting:
+        raise DemoError(f"job {job_id} is {status.state.value} at {client.party}: {status.error}")
 
 
 @dataclass(frozen=True)
@@ -445,12 +343,12 @@ def run_job(
     console.print(f"{label} job [bold]{job_id}[/] submitted by {spec.requester}")
     owners = [p.party for p in spec.participants if p.dataset is not None]
     for party in owners:
-        wait_state(clients[party], job_id, JobState.AWAITING_APPROVAL)
+        wait_awaiting_approval(clients[party], job_id)
         approve_as(clients[party], nodes.root / party, job_id, console, show=party in show)
     silent = [party for party in owners if party not in show]
     if silent:
         console.print(f"  approved by {', '.join(silent)}")
-    status = wait_final(clients[spec.requester], job_id)
+    status = follow_job(clients[spec.requester], job_id, timeout=JOB_TIMEOUT_S, interval=0.1)
     elapsed = time.monotonic() - started
     if status.state is not JobState.SUCCEEDED:
         raise DemoError(f"{label} job {job_id} ended {status.state.value}: {status.error}")
@@ -535,31 +433,27 @@ def run_scenario(
     """
     console.rule(f"[bold]Bund demo: {scenario.title}")
     configs: dict[str, NodeConfig] = {}
-    peers = f"peers-{scenario.key}.toml"
+    paths: dict[str, Path] = {}
+    peers_file = root / f"peers-{scenario.key}.toml"
     for party in scenario.parties:
         identity.create_party(fed, party.name, party.role, root / party.name)
         others = [p for p in scenario.parties if p.name != party.name]
-        path = write_node_config(root, party, data_dir, others, peers=peers)
-        configs[party.name] = load_config(path)
+        paths[party.name] = write_node_files(node_files(root, party, data_dir, others, peers_file))
+        configs[party.name] = load_config(paths[party.name])
         console.print(f"  issued certificate for [bold]{party.name}[/] ({party.role})")
 
-    env = dict(os.environ)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    group = NodeGroup(peers_file)
     try:
-        for party in scenario.parties:
-            procs[party.name] = start_node(configs[party.name].source or Path(), env)
-        ports = {name: wait_for_port(cfg, procs[name]) for name, cfg in configs.items()}
-        (root / peers).write_text(
-            "".join(f'[{name}]\naddress = "127.0.0.1:{port}"\n\n' for name, port in ports.items())
-        )
+        ports = group.spawn_all(paths)
         for name, port in ports.items():
             console.print(
-                f"  node [bold]{name}[/] serving mTLS on 127.0.0.1:{port} (pid {procs[name].pid})"
+                f"  node [bold]{name}[/] serving mTLS on 127.0.0.1:{port} "
+                f"(pid {group.processes[name].pid})"
             )
         value = jobs(DemoNodes(root, configs, ports), console)
         findings = audit_as_regulator(root, scenario, ports, console)
     finally:
-        stop_nodes(procs)
+        group.stop()
         console.print("nodes stopped")
     counts = verify_logs(configs, console)
     if findings:
@@ -599,7 +493,7 @@ def run_psi(nodes: DemoNodes, console: Console) -> tuple[tuple[str, ...], dict[s
     with nodes.client(bank.name) as bank_client, nodes.client(tax.name) as tax_client:
         clients = {bank.name: bank_client, tax.name: tax_client}
         run = run_job(nodes, clients, spec, "PSI", console, show=(bank.name, tax.name))
-        tax_status = wait_final(tax_client, run.job_id)
+        tax_status = follow_job(tax_client, run.job_id, timeout=JOB_TIMEOUT_S, interval=0.1)
         try:
             tax_client.result(run.job_id)
             raise DemoError("the tax bureau holds a result it must not have")
@@ -638,7 +532,7 @@ def run_credit_demo(nodes: DemoNodes, console: Console) -> dict[str, dict[str, o
 
     def approve_everywhere(step: str, job_id: str) -> None:
         for party in PARTIES:
-            wait_state(clients[party.name], job_id, JobState.AWAITING_APPROVAL)
+            wait_awaiting_approval(clients[party.name], job_id)
             approve_as(clients[party.name], root / party.name, job_id, console, show=False)
         console.print(f"{step} job {job_id}: approved by {', '.join(p.name for p in PARTIES)}")
 

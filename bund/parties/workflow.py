@@ -14,9 +14,7 @@ files under ``examples/credit/`` spell it out for ``bund job submit``.
 
 from __future__ import annotations
 
-import functools
 import json
-import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,8 +26,9 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
+from bund.parties.follow import FollowTimeoutError, StatusSource, follow_job
 from bund.parties.jobs import JobSpec, JsonScalar, Participant, Result
-from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
+from bund.parties.lifecycle.states import JobState, JobStatus
 
 if TYPE_CHECKING:
     from bund.parties.client import NodeClient
@@ -217,17 +216,28 @@ class PeerStatus(Protocol):
         ...
 
 
-def _wait(
-    ask: Callable[[str], JobStatus],
+@dataclass(frozen=True)
+class _PeerView:
+    """One participant's node, seen through ``PeerStatus``: what ``follow_job`` asks."""
+
+    peers: PeerStatus
+    party: str
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.peers.status(self.party, job_id)
+
+
+def _follow(
+    source: StatusSource,
     job_id: str,
     progress: Progress,
     task: TaskID,
     timeout: float,
     interval: float,
 ) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = ask(job_id)
+    """Follow a step's job at one node until it is terminal, showing its progress."""
+
+    def show(status: JobStatus) -> None:
         progress.update(
             task,
             state=status.state.value,
@@ -236,14 +246,11 @@ def _wait(
             total=status.total or None,
             count=f"{status.done:,}/{status.total:,}" if status.total else "",
         )
-        if is_terminal(status.state) or is_resumable(status.state):
-            return status
-        if time.monotonic() > deadline:
-            raise WorkflowError(
-                f"job {job_id} is still {status.state.value} after {timeout:.0f} s; follow it "
-                f"with `bund job status {job_id} --watch`, or cancel it"
-            )
-        time.sleep(interval)
+
+    try:
+        return follow_job(source, job_id, timeout=timeout, on_update=show, interval=interval)
+    except FollowTimeoutError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def run_credit_model(
@@ -301,33 +308,22 @@ def run_credit_model(
             if on_submitted is not None:
                 on_submitted(step, job_id)
             where = f"step {n} of {len(names)} ({step}, {protocol} job {job_id})"
-            status = _wait(
-                client.status,
-                job_id,
-                progress,
-                tasks[step],
-                step_timeout,
-                poll_interval,
-            )
+            status = _follow(client, job_id, progress, tasks[step], step_timeout, poll_interval)
             if status.state is not JobState.SUCCEEDED:
                 raise WorkflowError(
                     f"{where} ended {status.state.value}: {status.error or 'no reason given'}"
                     f"{later}"
                 )
-            asks = (
-                {p: functools.partial(peers.status, p) for p in spec.parties}
+            views = (
+                [_PeerView(peers, p) for p in spec.parties if p != client.party]
                 if peers is not None
-                else {}
+                else []
             )
-            for other, ask in asks.items():
-                seen = (
-                    status
-                    if other == client.party
-                    else _wait(ask, job_id, progress, tasks[step], step_timeout, poll_interval)
-                )
+            for view in views:
+                seen = _follow(view, job_id, progress, tasks[step], step_timeout, poll_interval)
                 if seen.state is not JobState.SUCCEEDED:
                     raise WorkflowError(
-                        f"{where} ended {seen.state.value} at {other}: "
+                        f"{where} ended {seen.state.value} at {view.party}: "
                         f"{seen.error or 'no reason given'}{later}"
                     )
             result = client.result(job_id)

@@ -57,8 +57,8 @@ from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
 from bund.parties import client as client_module
-from bund.parties.data import (
-    Table,
+from bund.parties.data import Table
+from bund.parties.demo_data import (
     generate_finance,
     generate_health,
     resident_id_check_char,

@@ -13,7 +13,7 @@ import io
 import numpy as np
 
 from bund.compute.learn.risk_model import model_from_columns
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import ckks_scoring as cs
 from tests.conftest import NodeFactory

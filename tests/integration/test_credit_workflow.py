@@ -19,7 +19,8 @@ from rich.console import Console
 
 from bund.compute import insecure
 from bund.parties.client import PeerClients, RemoteError
-from bund.parties.data import Table, generate_finance
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_finance
 from bund.parties.regulator import audit_federation, load_regulator_config
 from bund.parties.workflow import (
     CreditWorkflow,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import audit_federation, load_regulator_config

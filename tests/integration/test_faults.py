@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import sqlite3
 import threading
 from fractions import Fraction
@@ -21,13 +20,12 @@ import pytest
 
 from bund.compute import insecure
 from bund.parties.audit import SqliteAuditStore, verify_store
-from bund.parties.client import NodeClient, RemoteError
-from bund.parties.config import load_config
-from bund.parties.data import generate_finance
+from bund.parties.client import NodeClient
+from bund.parties.demo_data import generate_finance
+from bund.parties.follow import FollowTimeoutError, follow_job, in_state
 from bund.parties.identity import load_audit_public_key
 from bund.parties.jobs import JobSpec, Participant
-from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
-from bund.parties.node import create_node
+from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory, wait_until
@@ -72,8 +70,7 @@ def configs(f: NodeFactory, *others: str) -> dict[str, Path]:
 
 
 def start_in_process(f: NodeFactory, name: str, config: Path) -> None:
-    f.nodes[name] = create_node(load_config(config), {**PROTOCOLS, **TEST_PROTOCOLS})
-    f._write_peers()
+    f.run(name, config, {**PROTOCOLS, **TEST_PROTOCOLS})
 
 
 def spent(f: NodeFactory, name: str) -> Fraction:
@@ -90,30 +87,22 @@ def expected_sum(rounds: int) -> int:
 
 
 def wait_progress(f: NodeFactory, name: str, job_id: str, at_least: int) -> None:
+    """Follow the job at ``name``'s node until it reports ``at_least`` rounds done."""
     with f.client(name) as c:
+        status = follow_job(
+            c, job_id, until=lambda s: s.done >= at_least, timeout=60, interval=0.02
+        )
+    assert status.done >= at_least, f"job {job_id} ended {status.state.value} at {name}"
 
-        def reached() -> bool | None:
-            try:
-                return c.status(job_id).done >= at_least or None
-            except RemoteError:  # the proposal has not reached this node yet
-                return None
 
-        wait_until(reached, 60, f"{name} to reach round {at_least}")
+def wait_interrupted(client: NodeClient, job_id: str) -> JobStatus:
+    """Follow the job until it is interrupted (or, wrongly, ends), within the bound a fault has."""
+    interrupted = in_state(JobState.INTERRUPTED)
+    return follow_job(client, job_id, until=interrupted, timeout=INTERRUPT_BOUND_S, interval=0.02)
 
 
 #: Thread pools that grow on demand up to a fixed size: bounded by construction, not leaks.
 BOUNDED_POOLS = ("bund-job", "bund-heartbeat", "bund-rpc")
-
-
-def wait_succeeded(client: NodeClient, job_id: str, timeout: float = 60) -> JobStatus:
-    """Wait until a job succeeds or ends for good; an interruption may still heal."""
-
-    def settled() -> JobStatus | None:
-        status = client.status(job_id)
-        done = is_terminal(status.state)
-        return status if done else None
-
-    return wait_until(settled, timeout, f"job {job_id} to succeed at {client.party}")
 
 
 def resource_counts() -> tuple[int, int]:
@@ -165,9 +154,9 @@ def test_frozen_peer_interrupts_the_job_which_resumes_once_it_thaws(
         for _ in range(2):
             job_id = bank.submit(relay_spec(rounds, 0.02))
             wait_progress(f, "bank", job_id, 5)
-            os.kill(f.processes["tax"].pid, signal.SIGSTOP)
+            f.processes["tax"].freeze()
             try:
-                status = wait_final(bank, job_id, timeout=INTERRUPT_BOUND_S)
+                status = wait_interrupted(bank, job_id)
                 assert status.state is JobState.INTERRUPTED
                 assert "DEADLINE_EXCEEDED" in status.error and "tax" in status.error
                 # Other jobs on the same node carry on while tax is frozen.
@@ -176,11 +165,11 @@ def test_frozen_peer_interrupts_the_job_which_resumes_once_it_thaws(
                 assert done.state is JobState.SUCCEEDED
                 assert bank.result(other).summary["sum_of_squares"] == expected_sum(10)
             finally:
-                os.kill(f.processes["tax"].pid, signal.SIGCONT)
+                f.processes["tax"].thaw()
             bank.resume(job_id)  # or it heals by itself: either way it must succeed
             try:
-                finished = wait_succeeded(bank, job_id)
-            except AssertionError:
+                finished = wait_final(bank, job_id)
+            except FollowTimeoutError:
                 with f.client("tax") as tax:
                     raise AssertionError((bank.status(job_id), tax.status(job_id))) from None
             assert finished.state is JobState.SUCCEEDED, finished.error
@@ -215,15 +204,15 @@ def test_killed_node_restarts_and_the_job_resumes_exactly(
     f.kill(victim)  # SIGKILL: mid-phase, no clean-up
     if restart == "late":
         with f.client(survivor) as c:
-            status = wait_final(c, job_id, timeout=INTERRUPT_BOUND_S)
+            status = wait_interrupted(c, job_id)
         assert status.state is JobState.INTERRUPTED
     f.spawn(victim, paths[victim])  # recovers: interrupted by the restart, then resumed
     with f.client("bank") as bank:
-        status = wait_succeeded(bank, job_id, timeout=60)
+        status = wait_final(bank, job_id, timeout=60)
         assert status.state is JobState.SUCCEEDED, status.error
         assert bank.result(job_id).summary["sum_of_squares"] == expected_sum(rounds)
     with f.client("tax") as tax:
-        assert wait_succeeded(tax, job_id).state is JobState.SUCCEEDED
+        assert wait_final(tax, job_id).state is JobState.SUCCEEDED
     assert spent(f, "tax") == Fraction(rounds, 1000)
     addresses = {n: f"127.0.0.1:{f.port(n)}" for n in ("bank", "tax")}
     regulator = write_regulator_config(tmp_path / "regulator.toml", f.federation, addresses)
@@ -264,7 +253,7 @@ def run_vertical_lr(f: NodeFactory, victim: str | None) -> dict[str, dict[str, o
     models: dict[str, dict[str, object]] = {}
     for party in ROLES:
         with f.client(party) as c:
-            status = wait_succeeded(c, job_id, timeout=240)
+            status = wait_final(c, job_id, timeout=240)
             assert status.state is JobState.SUCCEEDED, (party, status.error)
             models[party] = json.loads(c.result(job_id).artifacts["model.json"])
     return models
@@ -304,23 +293,20 @@ def test_psi_resumes_after_kill_with_the_exact_intersection(
         job_id = bank.submit(psi_spec())
     survivor = "tax" if victim == "bank" else "bank"
 
-    def busy() -> bool | None:  # the victim is hashing, blinding or re-blinding: mid-phase
-        with f.client(victim) as c:
-            try:
-                status = c.status(job_id)
-            except RemoteError:
-                return None
-        return (status.phase in ("blind", "reblind") and status.done >= 8_000) or None
+    def busy(status: JobStatus) -> bool:  # the victim is hashing, blinding or re-blinding
+        return status.phase in ("blind", "reblind") and status.done >= 8_000
 
-    wait_until(busy, 60, f"{victim} to be mid-phase")
+    with f.client(victim) as c:
+        status = follow_job(c, job_id, until=busy, timeout=60, interval=0.02)
+    assert busy(status), f"{victim} ended {status.state.value} before it was mid-phase"
     f.kill(victim)
     f.spawn(victim, paths[victim])
     with f.client("bank") as bank:
-        status = wait_succeeded(bank, job_id, timeout=120)
+        status = wait_final(bank, job_id, timeout=120)
         assert status.state is JobState.SUCCEEDED, status.error
         result = bank.result(job_id)
     with f.client(survivor) as c:
-        assert wait_succeeded(c, job_id).state is JobState.SUCCEEDED
+        assert wait_final(c, job_id).state is JobState.SUCCEEDED
     ids = result.artifacts["intersection.csv"].decode().split()[1:]
     assert sorted(ids) == sorted(set(bank_ids) & set(tax_ids))
     f.stop_all()

@@ -19,16 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from bund.parties.client import RemoteError
-from bund.parties.config import load_config
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
+from bund.parties.follow import follow_job
 from bund.parties.lifecycle.states import JobState
-from bund.parties.node import create_node
-from bund.parties.protocols import PROTOCOLS, fed_dp_sgd
+from bund.parties.protocols import fed_dp_sgd
 from bund.parties.regulator import audit_federation, load_regulator_config
-from tests.conftest import NodeFactory, wait_until
+from tests.conftest import NodeFactory
 from tests.integration.serve_test_node import CRASH_ENV
-from tests.integration.test_faults import wait_succeeded
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_fed_dp_sgd import HOSPITALS, spec
@@ -93,10 +90,9 @@ def test_a_hospital_dying_after_its_upload_does_not_stop_the_training(
         if hospital == "hospital-c":
             node_factory.spawn(hospital, path, env={CRASH_ENV: "fed/masked/0"})
         else:
-            node_factory.nodes[hospital] = create_node(load_config(path), PROTOCOLS)
+            node_factory.run(hospital, path)
     insurer_config = node_factory.write_config("insurer", allowed=list(HOSPITALS), limits=limits)
-    node_factory.nodes["insurer"] = create_node(load_config(insurer_config), PROTOCOLS)
-    node_factory._write_peers()
+    node_factory.run("insurer", insurer_config)
     job = dataclasses.replace(spec(rounds=2, noise_multiplier=1.0), job_id="")
     with node_factory.client("insurer") as insurer:
         job_id = insurer.submit(job)
@@ -149,24 +145,18 @@ def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
         if name == victim:
             node_factory.spawn(name, path)
         else:
-            node_factory.nodes[name] = create_node(load_config(path), PROTOCOLS)
-    node_factory._write_peers()
+            node_factory.run(name, path)
     job = dataclasses.replace(spec(rounds=rounds, local_steps=20, noise_multiplier=1.0), job_id="")
     with node_factory.client("insurer") as insurer:
         job_id = insurer.submit(job)
 
-    def mid_training() -> bool | None:
-        with node_factory.client(victim) as c:
-            try:
-                return c.status(job_id).done >= 2 or None
-            except RemoteError:
-                return None
-
-    wait_until(mid_training, 60, f"{victim} to be in round 2")
+    with node_factory.client(victim) as c:
+        status = follow_job(c, job_id, until=lambda s: s.done >= 2, timeout=60, interval=0.02)
+    assert status.done >= 2, f"job {job_id} ended {status.state.value} at {victim}"
     node_factory.kill(victim)
     node_factory.spawn(victim, paths[victim])
     with node_factory.client("insurer") as insurer:
-        status = wait_succeeded(insurer, job_id, timeout=180)
+        status = wait_final(insurer, job_id, timeout=180)
         assert status.state is JobState.SUCCEEDED, status.error
         result = insurer.result(job_id)
     assert result.summary["rounds_run"] == rounds

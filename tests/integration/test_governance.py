@@ -14,26 +14,22 @@ import pytest
 from bund.compute.dp.budget import Budget
 from bund.parties import identity
 from bund.parties.client import NodeClient, RemoteError
+from bund.parties.follow import follow_job, in_state
 from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
 from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS
-from tests.conftest import NodeFactory, wait_until
+from tests.conftest import NodeFactory
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, psi_spec, start_pair
 
 
 def wait_state(client: NodeClient, job_id: str, *states: JobState, timeout: float = 30) -> JobState:
-    """Wait for one of ``states``; a participant may not know the job until it is proposed."""
+    """Follow the job at ``client``'s node until it is in one of ``states``; fail at another end.
 
-    def reached() -> JobState | None:
-        try:
-            state = client.status(job_id).state
-        except RemoteError as exc:
-            if exc.code is not grpc.StatusCode.NOT_FOUND:
-                raise
-            return None
-        return state if state in states else None
-
-    return wait_until(reached, timeout, f"job {job_id} at {client.party} to be one of {states}")
+    A participant may not know the job until it is proposed: follow_job asks again.
+    """
+    status = follow_job(client, job_id, until=in_state(*states), timeout=timeout, interval=0.02)
+    assert status.state in states, f"job {job_id} ended {status.state.value}: {status.error}"
+    return status.state
 
 
 def no_protocol_messages(f: NodeFactory, job_id: str) -> None:
@@ -204,11 +200,7 @@ def test_budget_is_charged_exactly_and_exhaustion_refuses_before_any_message(
     for name in ("bank", "tax"):
         cfg = node_factory.config(name)
         node_factory.nodes.pop(name).stop(grace=0.5)
-        from bund.parties.config import load_config
-        from bund.parties.node import create_node
-
-        node_factory.nodes[name] = create_node(load_config(cfg.source or Path()), registry)
-    node_factory._write_peers()
+        node_factory.run(name, cfg.source or Path(), registry)
     spec = JobSpec(
         protocol=COUNTING.name,
         participants=(

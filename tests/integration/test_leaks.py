@@ -11,8 +11,8 @@ import pytest
 
 from bund.parties import client as client_module
 from bund.parties import servicers
-from bund.parties.data import write_demo_data
 from bund.parties.demo import PARTIES
+from bund.parties.demo_data import write_demo_data
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState
 from tests.conftest import NodeFactory

@@ -9,13 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bund.parties.cli import app
-from bund.parties.client import RemoteError
+from bund.parties.client import NodeClient, RemoteError
+from bund.parties.follow import follow_job
 from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
 from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.transport import envelope_digest
 from bund.v1 import job_pb2
-from tests.conftest import NodeFactory, wait_until
+from tests.conftest import NodeFactory
 from tests.integration.fault_protocols import RELAY
 from tests.integration.test_node import BANK_IDS, TAX_IDS, audit_events, wait_final
 
@@ -56,6 +57,14 @@ def busy_spec() -> JobSpec:
     )
 
 
+def wait_busy(client: NodeClient, job_id: str) -> None:
+    """Follow the job at ``client``'s node until the requester's busy phase has started."""
+    status = follow_job(
+        client, job_id, until=lambda s: s.phase == "busy", timeout=30, interval=0.02
+    )
+    assert status.phase == "busy", f"job {job_id} ended {status.state.value}: {status.error}"
+
+
 def start_busy_pair(f: NodeFactory) -> None:
     registry = {**PROTOCOLS, BUSY.name: BUSY}
     f.start("bank", {"loans": {"id": BANK_IDS}}, ("tax",), level="public", registry=registry)
@@ -66,9 +75,7 @@ def test_cancel_by_a_participant_stops_the_work_everywhere(node_factory: NodeFac
     start_busy_pair(node_factory)
     with node_factory.client("bank") as bank, node_factory.client("tax") as tax:
         job_id = bank.submit(busy_spec())
-        wait_until(
-            lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase to start"
-        )
+        wait_busy(bank, job_id)
         tax.cancel(job_id, "wrong period")
         # The requester was computing, not waiting: it stops at its next progress report.
         for client in (bank, tax):
@@ -94,7 +101,7 @@ def test_only_a_participant_operator_cancels(node_factory: NodeFactory) -> None:
     start_busy_pair(node_factory)
     with node_factory.client("bank") as bank, node_factory.client("bank", "tax") as stranger:
         job_id = bank.submit(busy_spec())
-        wait_until(lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase")
+        wait_busy(bank, job_id)
         # tax's certificate at bank's node is a peer, not bank's operator: an abort from a
         # participant is allowed, but it is recorded as tax's abort, not as a cancel by bank.
         stranger.cancel(job_id, "peer says stop")
@@ -109,7 +116,7 @@ def test_cli_cancel_and_resume(node_factory: NodeFactory) -> None:
     runner = CliRunner()
     with node_factory.client("bank") as bank:
         job_id = bank.submit(busy_spec())
-        wait_until(lambda: bank.status(job_id).phase == "busy" or None, 30, "the busy phase")
+        wait_busy(bank, job_id)
         # Resuming a running job changes nothing.
         r = runner.invoke(app, ["job", "resume", job_id, "--config", config, "--no-wait"])
         assert r.exit_code == 0, r.output
@@ -131,7 +138,7 @@ def test_replay_is_a_noop_equivocation_aborts_and_a_moved_message_is_refused(
     with node_factory.client("bank") as bank, node_factory.client("tax", "bank") as to_tax:
         first, second = bank.submit(busy_spec()), bank.submit(busy_spec())
         for job in (first, second):
-            wait_until(lambda j=job: bank.status(j).phase == "busy" or None, 30, "busy")
+            wait_busy(bank, job)
         assert to_tax.deliver(first, "probe", b"one") is True
         assert to_tax.deliver(first, "probe", b"one") is False  # a replay: no-op
         # The same message moved to the other job: its digest binds it to the first job.

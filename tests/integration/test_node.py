@@ -12,12 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bund.parties.audit import SqliteAuditStore, verify_records
 from bund.parties.client import NodeClient, RemoteError, channel_options
 from bund.parties.errors import PeerUnavailableError
+from bund.parties.follow import follow_job
 from bund.parties.identity import load_audit_public_key
 from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
-from bund.parties.lifecycle.states import JobState, JobStatus, is_resumable, is_terminal
+from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.protocols import PROTOCOLS
 from bund.v1 import job_pb2
-from tests.conftest import NodeFactory, wait_until
+from tests.conftest import NodeFactory
 
 BANK_IDS = [f"91310000MA1K{i:06d}" for i in range(0, 60)]
 TAX_IDS = [f"91310000MA1K{i:06d}" for i in range(30, 100)]
@@ -63,11 +64,8 @@ def start_pair(
 
 
 def wait_final(client: NodeClient, job_id: str, timeout: float = 60.0) -> JobStatus:
-    def final() -> JobStatus | None:
-        status = client.status(job_id)
-        return status if (is_terminal(status.state) or is_resumable(status.state)) else None
-
-    return wait_until(final, timeout, f"job {job_id} to end at {client.party}")
+    """Follow ``job_id`` at ``client``'s node until it is terminal (an interruption heals)."""
+    return follow_job(client, job_id, timeout=timeout, interval=0.02)
 
 
 def audit_events(f: NodeFactory, name: str) -> list[tuple[str, str, dict[str, object]]]:

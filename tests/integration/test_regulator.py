@@ -433,8 +433,6 @@ def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
     node_factory: NodeFactory, federation: Federation
 ) -> None:
     from bund.parties.audit import SqliteAuditStore
-    from bund.parties.config import load_config
-    from bund.parties.node import create_node
     from bund.parties.regulator import CHECKPOINTS_FILE, load_held_checkpoints
 
     start_pair(node_factory)
@@ -471,8 +469,7 @@ def test_checkpoints_served_by_nodes_catch_a_rewrite_on_the_next_audit(
     with SqliteAuditStore(db) as store:
         for record in rewritten:
             store.append(record)
-    node_factory.nodes["bank"] = create_node(load_config(cfg.source or Path()))
-    node_factory._write_peers()
+    node_factory.run("bank", cfg.source or Path())
 
     second = audit()
     kinds = {(f.kind, f.parties) for f in second.findings if f.severity is Severity.ERROR}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bund.compute import insecure
-from bund.parties.data import generate_finance
+from bund.parties.demo_data import generate_finance
 from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from bund.compute import insecure
 from bund.parties.cli import app
-from bund.parties.data import Table, generate_finance
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_finance
 from tests.conftest import NodeFactory
 from tests.integration.test_credit_workflow import start_nodes
 from tests.protocols.test_vertical_score import APPLICANTS

@@ -14,7 +14,8 @@ from bund.compute import ckks
 from bund.compute.ckks_sandbox import CkksSandbox
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
 from bund.compute.learn.risk_model import model_from_columns
-from bund.parties.data import Table, generate_health
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import InvalidJobSpecError, Participant, Result, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import ckks_scoring as cs

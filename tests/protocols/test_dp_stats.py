@@ -17,7 +17,8 @@ import pytest
 from bund.compute import insecure
 from bund.compute.dp.budget import Budget
 from bund.compute.dp.stats import contribution, parse_query, release
-from bund.parties.data import Table, generate_health
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,

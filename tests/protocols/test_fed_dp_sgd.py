@@ -16,7 +16,7 @@ from bund.compute import insecure
 from bund.compute.dp import dropout_secagg
 from bund.compute.dp.budget import Budget
 from bund.compute.learn import fed
-from bund.parties.data import generate_health
+from bund.parties.demo_data import generate_health
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,

@@ -11,7 +11,8 @@ import pytest
 from bund.compute import insecure
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc
-from bund.parties.data import Table, generate_finance
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import vertical_lr as proto

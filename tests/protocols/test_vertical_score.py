@@ -13,7 +13,8 @@ import pytest
 from bund.compute import insecure
 from bund.compute.dp import pairwise_masks
 from bund.compute.learn import logistic as lg
-from bund.parties.data import DatasetError, Table, generate_finance
+from bund.parties.data import DatasetError, Table
+from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobSpec,

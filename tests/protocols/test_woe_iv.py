@@ -11,7 +11,8 @@ import pytest
 from bund.compute import insecure
 from bund.compute.errors import InvalidCiphertextError
 from bund.compute.learn.woe_iv import assign_bins, merge_small_bins, quantile_edges, woe_iv
-from bund.parties.data import Table, generate_finance
+from bund.parties.data import Table
+from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import woe_iv as proto

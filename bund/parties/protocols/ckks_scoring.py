@@ -463,7 +463,7 @@ def run_model_holder(ctx: JobContext) -> Result | None:
 
 # --- the demo -------------------------------------------------------------------------------
 
-#: The health demo's numeric patient features (``bund.parties.data.generate_health``).
+#: The health demo's numeric patient features (``bund.parties.demo_data.generate_health``).
 DEMO_FEATURES = (
     "age",
     "systolic_bp_mmhg",
