@@ -20,7 +20,7 @@ from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import Checkpoint
 from bund.parties.config import NodeConfig, TlsPaths
-from bund.parties.errors import PeerUnavailableError
+from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
 from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobStatus
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
@@ -44,6 +44,14 @@ class RemoteError(BundError):
     def not_found(self) -> bool:
         """Whether the node answered NOT_FOUND (for example a job not proposed to it yet)."""
         return self.code is grpc.StatusCode.NOT_FOUND
+
+
+def _answered_by_node(exc: grpc.RpcError) -> bool:
+    """Whether the error is one a node answered itself (not a transport failure)."""
+    trailing: tuple[tuple[str, str], ...] = (
+        tuple(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ()
+    )
+    return any(key == ANSWERED_BY_NODE for key, _ in trailing)
 
 
 def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str, int | str]]:
@@ -110,6 +118,10 @@ class NodeClient:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if _answered_by_node(exc):  # the node is up but cannot act now (audit store)
+                    raise PeerUnavailableError(
+                        f"{self.party} answered {code.name}: {details}"
+                    ) from None
                 raise PeerUnavailableError(
                     f"{self.party} at {self.address} is unreachable ({code.name}: {details}); "
                     "check that its node runs and the address is right"

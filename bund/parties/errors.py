@@ -26,6 +26,7 @@ from bund.compute.errors import (
     SetTooLargeError,
 )
 from bund.parties.approvals import ApprovalError
+from bund.parties.audit import AuditStoreUnavailableError
 from bund.parties.data import DatasetError
 from bund.parties.identity import IdentityError
 from bund.parties.jobs import InvalidJobSpecError
@@ -94,6 +95,7 @@ CATALOG: dict[type[BaseException], grpc.StatusCode] = {
     IdentityError: grpc.StatusCode.FAILED_PRECONDITION,
     BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
+    AuditStoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
 #: Longest message sent to a peer; longer ones are cut (messages are ours, but bound them anyway).
@@ -116,8 +118,15 @@ def public_message(exc: BaseException) -> str:
     return "internal error"
 
 
+#: Trailing metadata key set on every error a node itself answers, so a client can tell a node
+#: that answered UNAVAILABLE (its audit store is down) from one it could not reach at all.
+ANSWERED_BY_NODE = "bund-error"
+
+
 class _Abortable(Protocol):
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+    def set_trailing_metadata(self, trailing_metadata: tuple[tuple[str, str], ...]) -> None: ...
 
 
 @contextmanager
@@ -128,6 +137,7 @@ def rpc_error_translator(context: _Abortable, rpc_name: str) -> Iterator[None]:
     except BundError as err:
         code = status_for(err)
         log.warning("[%s] %s: %s", rpc_name, type(err).__name__, err)
+        context.set_trailing_metadata(((ANSWERED_BY_NODE, type(err).__name__),))
         context.abort(code, public_message(err))
     except Exception:
         ref = secrets.token_hex(4)

@@ -397,6 +397,10 @@ class MessageSink(Protocol):
         """A message sent or received again by a resumed role: the transcript has it already."""
         ...
 
+    def undelivered(self, job_id: str, peer: str, tag: str, sha256: str, size: int) -> None:
+        """A message recorded as sent could not be delivered (the record came first)."""
+        ...
+
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
         """One protocol-level record."""
         ...
@@ -496,13 +500,19 @@ class RoleContext:
             )
 
     def send(self, to: str, tag: str, payload: bytes) -> None:
-        """Deliver ``payload`` to ``to`` and record its digest."""
+        """Record ``payload``'s digest, then deliver it to ``to`` (write-ahead)."""
         check_tag(tag)
         if to not in self._spec.parties or to == self._party:
             raise ValueError(f"cannot send to {to!r}: not another participant of this job")
         self._mailbox.check(self._spec.job_id)
-        self._transport.deliver(self._spec.job_id, to, tag, payload)
-        self._log("sent", to, tag, digest(payload), len(payload))
+        sha = digest(payload)
+        # Write-ahead: the message is on record before it leaves; a failed delivery says so.
+        self._log("sent", to, tag, sha, len(payload))
+        try:
+            self._transport.deliver(self._spec.job_id, to, tag, payload)
+        except BaseException:
+            self._sink.undelivered(self._spec.job_id, to, tag, sha.hex(), len(payload))
+            raise
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
         """Wait for ``frm``'s message under ``tag`` and record its digest.
@@ -596,6 +606,9 @@ class _NullSink:
     def replayed(
         self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
     ) -> None:
+        pass
+
+    def undelivered(self, job_id: str, peer: str, tag: str, sha256: str, size: int) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:

@@ -72,6 +72,7 @@ from bund.parties.lifecycle.events import (
     Key,
     state_after,
 )
+from bund.parties.lifecycle.states import JobState
 
 #: The fields of a spec record that the report shows.
 _SPEC_FIELDS: Final = (Key.PROTOCOL, Key.REQUESTER, Key.PARTIES, Key.RECEIVERS, Key.PURPOSE)
@@ -539,6 +540,11 @@ class _JobReconciler:
         self.recorded: dict[str, list[_Message]] = {}  # every readable one: the transcript
         self.closes: dict[str, AuditRecord] = {}
         self.started = False
+        #: Per sender, the (receiver, tag, sha256) of messages it recorded and then could not
+        #: deliver: a sender records before it delivers, so these have no receiver's record.
+        self.undelivered: dict[str, set[tuple[str, str, str]]] = {}
+        #: Parties whose last record of the job ended it before it started (a refusal).
+        self.ended_unstarted: set[str] = set()
 
     def flag(
         self,
@@ -617,6 +623,10 @@ class _JobReconciler:
                 )
             messages = self.messages.setdefault(party, [])
             recorded = self.recorded.setdefault(party, [])
+            states = [st for r in records if (st := state_after(r.event, r.fields)) is not None]
+            started_here = any(r.event == Event.JOB_STARTED for r in records)
+            if states and states[-1] is JobState.REFUSED and not started_here:
+                self.ended_unstarted.add(party)
             for record in records:
                 if record.event in MESSAGE_DIRECTIONS:
                     message = self.read_message(party, record)
@@ -636,6 +646,10 @@ class _JobReconciler:
                         )
                         continue
                     messages.append(message)
+                elif record.event == Event.MESSAGE_UNDELIVERED:
+                    peer, tag, sha256 = (_text(record, k) for k in (Key.PEER, Key.TAG, Key.SHA256))
+                    if peer is not None and tag is not None and sha256 is not None:
+                        self.undelivered.setdefault(party, set()).add((peer, tag, sha256))
                 elif record.event == Event.JOB_STARTED:
                     self.started = True
                 elif record.event == Event.JOB_CLOSED:
@@ -723,6 +737,8 @@ class _JobReconciler:
                         {sender: s.record.index, receiver: r.record.index},
                     )
             for s in sent[len(received) :]:
+                if (receiver, tag, s.sha256) in self.undelivered.get(sender, set()):
+                    continue  # the sender's own log says it never arrived
                 outcome = self.outcome(receiver)
                 severity = Severity.ERROR if outcome == "succeeded" else Severity.WARNING
                 why = (
@@ -741,7 +757,7 @@ class _JobReconciler:
                     severity,
                 )
             for r in received[len(sent) :]:
-                # A sender records a message once it was delivered: the receiver may be first.
+                # The sender records first, but its log may have been pulled before it did.
                 done = sender in self.closes or self.settled(sender, r.record.timestamp)
                 self.flag(
                     FindingKind.MESSAGE_OMITTED,
@@ -766,8 +782,8 @@ class _JobReconciler:
         """Every participant closed; closes agree, countersign each other, match the messages."""
         if self.started and spec is not None:
             for party in sorted(present & set(spec.parties)):
-                if party in self.closes:
-                    continue
+                if party in self.closes or party in self.ended_unstarted:
+                    continue  # closed, or called off here before its start reached it
                 others = sorted(set(self.closes) - {party})
                 if others:
                     done = all(self.settled(party, self.closes[p].timestamp) for p in others)

@@ -119,9 +119,8 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
 
     def read_artifact(r: job_pb2.ReadArtifactRequest, who: PartyIdentity) -> Message:
         limit = min(r.limit or ARTIFACT_PAGE, ARTIFACT_PAGE)
-        data, total = manager.read_artifact(
-            wire.job_id(r.job_id), who.name, r.name, r.offset, limit
-        )
+        offset = wire.position(r.offset, "offset")
+        data, total = manager.read_artifact(wire.job_id(r.job_id), who.name, r.name, offset, limit)
         return job_pb2.ReadArtifactResponse(data=data, total_size=total)
 
     def list_jobs(r: job_pb2.ListJobsRequest, who: PartyIdentity) -> Message:
@@ -210,7 +209,7 @@ def audit_methods(
     def read_log(r: audit_pb2.ReadAuditLogRequest, who: PartyIdentity) -> Message:
         allowed(who)
         limit = min(r.limit or page_size, page_size)
-        return wire.audit_page_to_proto(read(r.start, limit))
+        return wire.audit_page_to_proto(read(wire.position(r.start, "start"), limit))
 
     return {
         "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log),

@@ -200,6 +200,18 @@ def fields_to_json(fields: Mapping[str, JsonScalar]) -> str:
     return canonical_json(dict(fields)).decode()
 
 
+#: The largest offset or index a request may name: far above any artifact or log, and below what
+#: SQLite's and PostgreSQL's 64-bit signed integers hold once one is added to it.
+MAX_POSITION = 2**53
+
+
+def position(value: int, what: str) -> int:
+    """An offset or index from a request, or ``MalformedRequestError`` when it is out of range."""
+    if not 0 <= value <= MAX_POSITION:
+        raise MalformedRequestError(f"{what} must be between 0 and 2^53, not {value}")
+    return value
+
+
 def job_id(value: str) -> str:
     """A job id from a request: 32 lower-case hex digits."""
     if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):

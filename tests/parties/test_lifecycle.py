@@ -59,7 +59,8 @@ def test_a_job_runs_closes_and_countersigns_everywhere(loop: Loopback) -> None:
     assert set(info.artifact_sizes) == {"x.json", "receipt.json"}
     bank = loop.events("bank", job)
     assert bank[:3] == ["job_submitted", "job_accepted", "job_started"]
-    assert bank[-2:] == ["privacy_receipt", "job_closed"]  # the closing records come last
+    # The closing records come last, then the operator's read of the result (recorded first).
+    assert bank[-3:] == ["privacy_receipt", "job_closed", "result_read"]
     tax = loop.events("tax", job)
     assert tax[:3] == ["job_proposed", "job_accepted", "job_started"]
     # The closing went through the same recording path as every message.

@@ -39,7 +39,11 @@ class AuditLogConflictError(BundError):
 
 
 class AuditStoreUnavailableError(BundError):
-    """An audit store that cannot be opened: its driver is not installed or its server is down."""
+    """An audit store that cannot be opened or written: no driver, a server down, a file locked.
+
+    A node refuses every action whose record it cannot write (write-ahead), so this reaches the
+    caller as UNAVAILABLE with nothing done.
+    """
 
 
 class AuditStore(ABC):
@@ -259,6 +263,10 @@ class SqlAuditStore(AuditStore):
         """The error to raise instead of ``exc`` when opening fails, or None to raise ``exc``."""
         return None
 
+    def _write_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by an append, means the database cannot take writes now."""
+        return False
+
     @contextmanager
     def _transaction(self, locks: tuple[str, ...]) -> Iterator[None]:
         """One transaction that takes ``locks`` first; rolled back if the body raises."""
@@ -290,11 +298,19 @@ class SqlAuditStore(AuditStore):
             record.record_hash,
             record.signature,
         )
-        with self._lock, self._transaction(self._LOCK_RECORDS):
-            [(expected,)] = self._db.execute(_NEXT_INDEX).fetchall()
-            if record.index != expected:
-                raise _conflict(record, expected)
-            self._db.execute(self._INSERT, row)
+        try:
+            with self._lock, self._transaction(self._LOCK_RECORDS):
+                [(expected,)] = self._db.execute(_NEXT_INDEX).fetchall()
+                if record.index != expected:
+                    raise _conflict(record, expected)
+                self._db.execute(self._INSERT, row)
+        except Exception as exc:
+            if not self._write_failure(exc):
+                raise
+            raise AuditStoreUnavailableError(
+                f"the audit store {self.where} cannot take records now ({exc}); nothing that "
+                "needs a record was done. The node's operator must make the audit store writable"
+            ) from exc
 
     def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
         """Records ``start`` to ``stop`` (see :meth:`AuditStore.read`)."""
@@ -427,6 +443,10 @@ class SqliteAuditStore(SqlAuditStore):
             return AuditFormatError(f"{self.where} cannot be opened as an audit log ({exc})")
         return None
 
+    def _write_failure(self, exc: BaseException) -> bool:
+        # Locked past busy_timeout, disk full, read-only file system, I/O error.
+        return isinstance(exc, sqlite3.OperationalError)
+
 
 class PostgresAuditStore(SqlAuditStore):
     """A store in a PostgreSQL database, for a production node (``pip install 'bund[postgres]'``).
@@ -517,6 +537,14 @@ class PostgresAuditStore(SqlAuditStore):
                 f"up and that the URL's user, password and database are right: {exc}".rstrip()
             ) from None
         super().__init__(db, where, read_only)
+
+    def _write_failure(self, exc: BaseException) -> bool:
+        import psycopg
+
+        # The server went away, the connection broke, or the database refuses writes.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
+            isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+        )
 
     def _configure(self) -> None:
         self._db.execute("SET synchronous_commit = on")

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from bund.compute.errors import BundError
-from bund.parties.jobs import JobSpec
+from bund.parties.jobs import JobSpec, JsonScalar, transcript_digest
 from bund.parties.lifecycle.events import Event, Key
+from bund.parties.lifecycle.runner import Move
 from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
 from bund.parties.lifecycle.store import JobStore
 
@@ -40,6 +41,22 @@ class ProposalPeers(Protocol):
         ...
 
 
+class RoleSlot(Protocol):
+    """How the coordinator runs this node's role (``runner.RoleRunner``)."""
+
+    def claim(self, job_id: str) -> bool:
+        """Mark the role as running here before it runs."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Give up the claim: the role will not run."""
+        ...
+
+    def run_claimed(self, spec: JobSpec, resumed: bool = False) -> None:
+        """Run the claimed role in this thread."""
+        ...
+
+
 class Coordinator:
     """Brings a submitted job from proposal to start, at the requester's node.
 
@@ -48,8 +65,9 @@ class Coordinator:
         peers: Proposes, starts and asks about jobs at the other participants.
         store: This node's job store.
         admit_own: Admits the job against this node's own policy; the refusal's reason, or None.
-        run_role: Runs this node's role once the job started.
+        roles: Claims and runs this node's role once the job started.
         abort_peer: Tells one peer that the job is off (logs, never raises).
+        move_later: Makes a move once the audit store takes its record (liveness retries it).
         approval_timeout: How long to wait for every acceptance, approvals included.
         poll_interval: How often to ask the peers meanwhile.
     """
@@ -60,8 +78,9 @@ class Coordinator:
         peers: ProposalPeers,
         store: JobStore,
         admit_own: Callable[[JobSpec], str | None],
-        run_role: Callable[[JobSpec], None],
+        roles: RoleSlot,
         abort_peer: Callable[[str, str, str], None],
+        move_later: Callable[[Move], None],
         approval_timeout: float,
         poll_interval: float = 0.2,
     ) -> None:
@@ -69,8 +88,9 @@ class Coordinator:
         self._peers = peers
         self._store = store
         self._admit_own = admit_own
-        self._run_role = run_role
+        self._roles = roles
         self._abort_peer = abort_peer
+        self._move_later = move_later
         self.approval_timeout = approval_timeout
         self.poll_interval = poll_interval
 
@@ -78,20 +98,25 @@ class Coordinator:
         """Admit and propose; start every participant once all accepted; then run our role.
 
         This node's own admission and the proposals run at once (each loads and hashes its own
-        dataset), so a job's set-up costs the slowest party's check, not their sum.
+        dataset), so a job's set-up costs the slowest party's check, not their sum. The start is
+        on record here before any participant is told to start (write-ahead).
         """
         others = [p for p in spec.parties if p != self.party]
         with ThreadPoolExecutor(max_workers=len(others) + 1) as pool:
             own = pool.submit(self._admit_own, spec)
             asked = {peer: pool.submit(self._peers.propose, peer, spec) for peer in others}
-            own_refusal = own.result()
             answers: dict[str, tuple[bool, str] | BundError] = {}
             for peer, future in asked.items():
                 try:
                     answers[peer] = future.result()
                 except BundError as exc:
                     answers[peer] = exc
-        proposed = [p for p, a in answers.items() if isinstance(a, tuple) and a[0]]
+            proposed = [p for p, a in answers.items() if isinstance(a, tuple) and a[0]]
+            try:
+                own_refusal = own.result()
+            except BundError as exc:  # this node could not even record its own answer
+                self._fail(spec, proposed, f"could not admit the job here: {exc}")
+                return
         try:
             if own_refusal is not None:
                 self._call_off(spec, proposed, own_refusal, self.party, own_refusal)
@@ -109,43 +134,65 @@ class Coordinator:
                 peer, reason = refusal
                 self._call_off(spec, proposed, f"refused by {peer}: {reason}", peer, reason)
                 return
-            for peer in others:
-                self._peers.start(peer, spec.job_id)
             self._store.transition(
                 spec.job_id,
                 JobState.RUNNING,
                 Event.JOB_STARTED,
                 {Key.PARTIES: ",".join(spec.parties)},
             )
+            claimed = self._roles.claim(spec.job_id)
+            try:
+                for peer in others:
+                    self._peers.start(peer, spec.job_id)
+            except BaseException:
+                if claimed:
+                    self._roles.release(spec.job_id)
+                raise
         except BundError as exc:
             self._fail(spec, proposed, f"could not start the job: {exc}")
             return
-        self._run_role(spec)
+        if claimed:
+            self._roles.run_claimed(spec)
+
+    def _end(self, move: Move) -> None:
+        """Make ``move`` now, or once the audit store takes its record."""
+        try:
+            move.write(self._store)
+        except BundError:
+            log.exception("job %s: could not record its end here; retrying", move.job_id)
+            self._move_later(move)
 
     def _fail(self, spec: JobSpec, proposed: list[str], why: str) -> None:
-        """The job could not be started: it fails here and is called off at the others."""
-        try:
-            if not is_terminal(self._store.get(spec.job_id).state):
-                self._store.transition(
-                    spec.job_id, JobState.FAILED, Event.JOB_FAILED, {Key.REASON: why}, error=why
+        """The job could not be started: it fails here and is called off at the others.
+
+        If this node had recorded the start already, it closes the job (with no message sent),
+        so that every record of a start has its closing record.
+        """
+        job_id = spec.job_id
+        state = self._store.get(job_id).state
+        if not is_terminal(state):
+            fields: dict[str, JsonScalar] = {Key.REASON: why}
+            event = Event.JOB_FAILED
+            if state is JobState.RUNNING:
+                event = Event.JOB_CLOSED
+                fields.update(
+                    {
+                        Key.OUTCOME: JobState.FAILED.value,
+                        Key.TRANSCRIPT_SHA256: transcript_digest(job_id, self.party, []),
+                        Key.MESSAGES: 0,
+                    }
                 )
-        except BundError:
-            log.exception("job %s: could not record that it failed to start", spec.job_id)
+            self._end(Move(job_id, JobState.FAILED, event, fields, why))
         for done in proposed:
-            self._abort_peer(done, spec.job_id, why)
+            self._abort_peer(done, job_id, why)
 
     def _call_off(
         self, spec: JobSpec, proposed: list[str], why: str, peer: str, reason: str
     ) -> None:
         """A participant refused: the job is refused here and called off at the others."""
         if not is_terminal(self._store.get(spec.job_id).state):
-            self._store.transition(
-                spec.job_id,
-                JobState.REFUSED,
-                Event.JOB_REFUSED_BY_PEER,
-                {Key.PEER: peer, Key.REASON: reason},
-                error=why,
-            )
+            fields: dict[str, JsonScalar] = {Key.PEER: peer, Key.REASON: reason}
+            self._end(Move(spec.job_id, JobState.REFUSED, Event.JOB_REFUSED_BY_PEER, fields, why))
         for done in proposed:
             if done != peer:
                 self._abort_peer(done, spec.job_id, why)

@@ -46,12 +46,16 @@ class Event(StrEnum):
     JOB_RESUMED = "job_resumed"
     JOB_CLOSED = "job_closed"
     PRIVACY_RECEIPT = "privacy_receipt"
+    #: This node's operator read a result or a page of an artifact (recorded before it is served).
+    RESULT_READ = "result_read"
     # Messages, by digest and size, never content.
     MESSAGE_SENT = "message_sent"
     MESSAGE_RECEIVED = "message_received"
     MESSAGE_REPLAYED = "message_replayed"
     MESSAGE_DUPLICATE = "message_duplicate"
     MESSAGE_REFUSED = "message_refused"
+    #: A message recorded as sent (write-ahead) that could not be delivered.
+    MESSAGE_UNDELIVERED = "message_undelivered"
     MESSAGE_AFTER_CLOSE = "message_after_close"
     EQUIVOCATION = "equivocation"
     # The privacy-budget ledger.
@@ -107,6 +111,9 @@ class Key(StrEnum):
     LISTEN = "listen"
     PORT = "port"
     VERSION = "version"
+    ARTIFACT = "artifact"
+    OFFSET = "offset"
+    BYTES = "bytes"
 
 
 class EventKind(StrEnum):
@@ -122,6 +129,8 @@ class EventKind(StrEnum):
     RECEIPT = "receipt"
     #: A privacy-budget charge.
     BUDGET = "budget"
+    #: Someone read what a job released here (a result, an artifact page).
+    ACCESS = "access"
     #: The node started or stopped.
     NODE = "node"
     #: An RPC the node served.
@@ -153,6 +162,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
             EventKind.LIFECYCLE,
         ),
         _E.PRIVACY_RECEIPT: EventKind.RECEIPT,
+        _E.RESULT_READ: EventKind.ACCESS,
         _E.MESSAGE_SENT: EventKind.MESSAGE,
         _E.MESSAGE_RECEIVED: EventKind.MESSAGE,
         **dict.fromkeys(
@@ -160,6 +170,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
                 _E.MESSAGE_REPLAYED,
                 _E.MESSAGE_DUPLICATE,
                 _E.MESSAGE_REFUSED,
+                _E.MESSAGE_UNDELIVERED,
                 _E.MESSAGE_AFTER_CLOSE,
                 _E.EQUIVOCATION,
             ),

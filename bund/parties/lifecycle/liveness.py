@@ -22,7 +22,7 @@ from typing import Protocol
 from bund.compute.errors import BundError
 from bund.parties.jobs import JobSpec, JsonScalar, ProtocolDef, transcript_digest
 from bund.parties.lifecycle.events import Event, Key
-from bund.parties.lifecycle.runner import LivenessHooks
+from bund.parties.lifecycle.runner import LivenessHooks, Move
 from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
 from bund.parties.lifecycle.store import JobStore
 from bund.parties.resume import ResumeStore
@@ -102,6 +102,9 @@ class Liveness(LivenessHooks):
         self._healing: set[str] = set()
         self._healed: dict[str, int] = {}
         self._resumed_at: dict[str, float] = {}
+        #: Moves whose record the audit store refused, tried again at every tick until it takes
+        #: them: a job is never left half-way because its audit store was briefly down.
+        self._unrecorded: list[Move] = []
         self._stopping = threading.Event()
         self._beats = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bund-heartbeat")
         self._watcher = threading.Thread(target=self._watch, name="bund-watch", daemon=True)
@@ -144,6 +147,25 @@ class Liveness(LivenessHooks):
             if self._healed.get(job_id, 0) < AUTO_RESUMES:
                 self._healing.add(job_id)
 
+    def move_later(self, move: Move) -> None:
+        """Make ``move`` (record, then state) at the next tick the audit store accepts it."""
+        with self._lock:
+            self._unrecorded.append(move)
+
+    def _retry_unrecorded(self) -> None:
+        with self._lock:
+            pending, self._unrecorded = self._unrecorded, []
+        for move in pending:
+            try:
+                made = move.write(self._store)
+            except BundError:
+                with self._lock:
+                    self._unrecorded.append(move)  # still refused: try at the next tick
+                continue
+            log.info("job %s: recorded its %s now", move.job_id, move.state.value)
+            if made and move.state is JobState.INTERRUPTED:
+                self.interrupted(move.job_id)
+
     def resumed(self, job_id: str) -> None:
         """The job resumed here: heartbeat answers to questions asked before now are stale."""
         with self._lock:
@@ -174,6 +196,7 @@ class Liveness(LivenessHooks):
                 self._healing.clear()
             for job_id in healing:  # off the watcher's thread: a peer may be slow to answer
                 self._beats.submit(self._heal, job_id)
+            self._retry_unrecorded()
 
     def _check_job(self, job_id: str) -> None:
         now = time.monotonic()

@@ -182,8 +182,9 @@ class JobManager:
             peers,
             self.store,
             self._admit_own,
-            self.runner.run,
+            self.runner,
             self._abort_peer,
+            self.liveness.move_later,
             timing.approval_timeout,
         )
 
@@ -336,7 +337,16 @@ class JobManager:
         return self._participant(job_id, caller)
 
     def result(self, job_id: str, caller: str) -> ResultInfo:
-        """A job's result (summary, artifact sizes) for this node's operator, at a receiver."""
+        """A job's result (summary, artifact sizes) for this node's operator, at a receiver.
+
+        The read is recorded before the result is served; if it cannot be, nothing is served.
+        """
+        info = self._readable_result(job_id, caller)
+        self.store.record(job_id, Event.RESULT_READ, {Key.BY: caller, Key.ARTIFACT: ""})
+        return info
+
+    def _readable_result(self, job_id: str, caller: str) -> ResultInfo:
+        """The result's summary, after checking that ``caller`` may read it now."""
         if caller != self.party:
             raise NotAuthorizedError("only this node's own operator may read its results")
         status = self.store.get(job_id)
@@ -355,11 +365,17 @@ class JobManager:
     def read_artifact(
         self, job_id: str, caller: str, name: str, offset: int, limit: int
     ) -> tuple[bytes, int]:
-        """A page of one of a result's artifacts, for this node's operator."""
-        self.result(job_id, caller)
+        """A page of one of a result's artifacts, for this node's operator (recorded first)."""
+        self._readable_result(job_id, caller)
         if limit <= 0 or offset < 0:
             raise JobStateError("read an artifact with a positive page size from offset >= 0")
-        return self.store.read_artifact(job_id, name, offset, limit)
+        data, total = self.store.read_artifact(job_id, name, offset, limit)
+        self.store.record(
+            job_id,
+            Event.RESULT_READ,
+            {Key.BY: caller, Key.ARTIFACT: name, Key.OFFSET: offset, Key.BYTES: len(data)},
+        )
+        return data, total
 
     def list(self, caller: str, limit: int = 50) -> list[JobStatus]:
         """The newest jobs, for this node's operator."""
@@ -399,7 +415,7 @@ class JobManager:
         if status.state is not JobState.ACCEPTED:
             raise JobStateError(f"job {job_id} is {status.state.value}, not accepted; cannot start")
         self.store.transition(job_id, JobState.RUNNING, Event.JOB_STARTED, {Key.BY: caller})
-        self._pool.submit(self.runner.run, status.spec)
+        self.runner.launch(status.spec, self._pool.submit)
 
     def abort(self, job_id: str, caller: str, reason: str) -> None:
         """A participant calls the job off; wake this node's role if it waits.
@@ -494,7 +510,7 @@ class JobManager:
                         self.peers.resume(peer, job_id)
                     except BundError as exc:
                         log.warning("could not ask %s to resume job %s: %s", peer, job_id, exc)
-        self._pool.submit(self.runner.run, status.spec, True)
+        self.runner.launch(status.spec, self._pool.submit, resumed=True)
 
     # -- calling jobs off -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
 from bund.compute.executor import Executor
 from bund.parties.approvals import ApprovalRequest
+from bund.parties.audit import AuditStoreUnavailableError
 from bund.parties.data import DatasetError, Table
 from bund.parties.errors import JobStateError, PeerUnavailableError, UnknownJobError
 from bund.parties.jobs import (
@@ -46,7 +47,7 @@ from bund.parties.lifecycle.events import (
     Event,
     Key,
 )
-from bund.parties.lifecycle.states import IllegalTransitionError, JobState, is_terminal
+from bund.parties.lifecycle.states import IllegalTransitionError, JobState, can_move, is_terminal
 from bund.parties.lifecycle.store import JobStore
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
@@ -96,6 +97,24 @@ def receipt_json(receipt: Mapping[str, JsonScalar]) -> bytes:
     return canonical_json(dict(receipt))
 
 
+@dataclass(frozen=True)
+class Move:
+    """A move of a job's state and its record, kept until the audit log can take the record."""
+
+    job_id: str
+    state: JobState
+    event: Event
+    fields: Mapping[str, JsonScalar]
+    error: str
+
+    def write(self, store: JobStore) -> bool:
+        """Make the move, recording it first; False (nothing done) once it no longer applies."""
+        if not can_move(store.get(self.job_id).state, self.state):
+            return False
+        store.transition(self.job_id, self.state, self.event, self.fields, error=self.error)
+        return True
+
+
 class LivenessHooks:
     """What the runner tells the liveness monitor and asks it (see ``lifecycle.liveness``)."""
 
@@ -115,6 +134,10 @@ class LivenessHooks:
 
     def interrupted(self, job_id: str) -> None:
         """A fault interrupted the job here: resume it once every peer answers again."""
+
+    def move_later(self, move: Move) -> None:
+        """A move could not be recorded (the audit store refused): make it once it can be."""
+        raise AuditStoreUnavailableError(f"job {move.job_id}: nothing can record its move")
 
 
 class _Recorder:
@@ -157,6 +180,18 @@ class _Recorder:
                 Key.SIZE: size,
             },
         )
+
+    def undelivered(self, job_id: str, peer: str, tag: str, sha256: str, size: int) -> None:
+        fields: dict[str, JsonScalar] = {
+            Key.PEER: peer,
+            Key.TAG: tag,
+            Key.SHA256: sha256,
+            Key.SIZE: size,
+        }
+        try:
+            self._audit.append(Event.MESSAGE_UNDELIVERED, job_id, fields)
+        except BundError:  # the delivery's own error is what the role must see
+            log.exception("job %s: could not record an undelivered message", job_id)
 
     def record(self, job_id: str, event: str, fields: Mapping[str, JsonScalar]) -> None:
         self._audit.append(f"{PROTOCOL_PREFIX}{event}", job_id, dict(fields))
@@ -204,13 +239,37 @@ class RoleRunner:
         with self._ended:
             return self._ended.wait_for(lambda: job_id not in self._running, timeout)
 
-    def run(self, spec: JobSpec, resumed: bool = False) -> None:
-        """Run this node's role of ``spec`` (from its resume states when ``resumed``)."""
-        job_id = spec.job_id
+    def claim(self, job_id: str) -> bool:
+        """Mark the job's role as running here before it runs; False if it already is."""
         with self._lock:
             if job_id in self._running:
-                return
+                return False
             self._running.add(job_id)
+            return True
+
+    def launch(self, spec: JobSpec, submit: Callable[..., object], resumed: bool = False) -> None:
+        """Claim the role now and run it through ``submit`` (the node's job pool).
+
+        Claimed before it is queued, so a second start or resume meanwhile is a no-op and
+        :meth:`wait_idle` sees a queued role as running.
+        """
+        if not self.claim(spec.job_id):
+            return
+        try:
+            submit(self.run_claimed, spec, resumed)
+        except BaseException:
+            self.release(spec.job_id)
+            raise
+
+    def release(self, job_id: str) -> None:
+        """Give up a claim whose role will not run after all (its start failed)."""
+        with self._ended:
+            self._running.discard(job_id)
+            self._ended.notify_all()
+
+    def run_claimed(self, spec: JobSpec, resumed: bool = False) -> None:
+        """Run the role in this thread (from its resume states when ``resumed``); it is claimed."""
+        job_id = spec.job_id
         self._p.liveness.role_started(job_id, spec.parties)
         ctx = self._context(spec, resumed)
         try:
@@ -231,9 +290,7 @@ class RoleRunner:
         finally:
             self._p.mailbox.forget(job_id)
             self._p.liveness.role_ended(job_id, self._p.store.get(job_id).state)
-            with self._ended:
-                self._running.discard(job_id)
-                self._ended.notify_all()
+            self.release(job_id)
 
     def _context(self, spec: JobSpec, resumed: bool) -> RoleContext:
         job_id = spec.job_id
@@ -359,13 +416,16 @@ class RoleRunner:
             Key.TRANSCRIPT_SHA256: ctx.transcript_digest(),
             Key.MESSAGES: len(ctx.transcript),
         }
+        move = Move(job_id, state, Event.JOB_CLOSED, fields, reason)
         try:
             if is_terminal(current):
                 self._p.store.record(job_id, Event.JOB_CLOSED, fields)
             else:
-                self._p.store.transition(job_id, state, Event.JOB_CLOSED, fields, error=reason)
+                move.write(self._p.store)
         except BundError:
-            log.exception("job %s: could not record its end at %s", job_id, self.party)
+            log.exception("job %s: could not record its end at %s; retrying", job_id, self.party)
+            if not is_terminal(current):
+                self._p.liveness.move_later(move)
         if not aborted:
             self._p.abort_peers(spec, f"{self.party} failed: {reason}")
 
@@ -377,14 +437,18 @@ class RoleRunner:
             Key.MESSAGES: len(ctx.transcript),
         }
         job_id = spec.job_id
-        if current is JobState.RUNNING:
-            self._p.store.transition(
-                job_id, JobState.INTERRUPTED, Event.JOB_INTERRUPTED, fields, error=reason
-            )
-        else:
-            self._p.store.record(job_id, Event.JOB_INTERRUPTED, fields)
-        self._p.liveness.interrupted(job_id)
         log.warning("job %s interrupted at %s: %s", job_id, self.party, reason)
+        move = Move(job_id, JobState.INTERRUPTED, Event.JOB_INTERRUPTED, fields, reason)
+        try:
+            if current is JobState.RUNNING:
+                move.write(self._p.store)
+            else:
+                self._p.store.record(job_id, Event.JOB_INTERRUPTED, fields)
+        except BundError:
+            log.exception("job %s: could not record its interruption; retrying", job_id)
+            self._p.liveness.move_later(move)
+            return
+        self._p.liveness.interrupted(job_id)
 
     def _charge_part(self, spec: JobSpec, part: str, cost: Budget) -> None:
         """Charge this party's dataset for one part of a running job (a training round)."""

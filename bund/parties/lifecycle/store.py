@@ -373,7 +373,11 @@ class SqliteJobStore(JobStore):
         if states is not None:
             where = "WHERE state IN (SELECT value FROM json_each(?))"
             args.append(json.dumps(sorted(s.value for s in states)))
-        order = "ORDER BY created" if limit is None else "ORDER BY created DESC LIMIT ?"
+        order = (
+            "ORDER BY created, rowid"
+            if limit is None
+            else "ORDER BY created DESC, rowid DESC LIMIT ?"
+        )
         if limit is not None:
             args.append(str(limit))
         rows = self._db.execute(
