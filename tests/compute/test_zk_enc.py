@@ -364,3 +364,12 @@ def test_random_bytes_are_refused_or_round_trip(data: bytes) -> None:
     except InvalidMessageError:
         return
     assert parsed.to_bytes() == message
+
+
+@pytest.mark.parametrize("ell", [1, 16, 62, 64, 126, 200])
+def test_weight_exponent_has_one_length_for_every_weight(ell: int) -> None:
+    """The prover raises s to k + shift with powm_sec: same bit length whatever k's sign or size."""
+    params = enc.EncParameters(ell=ell, epsilon=160, challenge_bits=80)
+    shift = enc._exponent_shift(params)
+    lengths = {(k + shift).bit_length() for k in (-(2**ell), -1, 0, 1, 2**ell)}
+    assert len(lengths) == 1 and lengths.pop() % 64 == 0

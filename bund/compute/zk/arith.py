@@ -19,6 +19,28 @@ def released_gil() -> Any:
     return gmpy2.context(allow_release_gil=True)
 
 
+def secret_power(base: Mpz, exponent: Mpz, modulus: Mpz) -> Mpz:
+    """``base^exponent mod modulus`` by GMP's side-channel-resistant ``mpz_powm_sec``.
+
+    For any power where the base, the exponent or the modulus is secret: its running time and
+    memory access depend on the sizes of the operands only, not on their bits. ``exponent``
+    must be positive and ``modulus`` odd (``gmpy2`` raises ``ValueError`` otherwise).
+    """
+    return gmpy2.powmod_sec(gmpy2.mpz(base) % modulus, exponent, modulus)
+
+
+def signed_secret_power(base: Mpz, base_inverse: Mpz, exponent: Mpz, modulus: Mpz) -> Mpz:
+    """``base^exponent mod modulus`` for a secret signed ``exponent`` (:func:`secret_power`).
+
+    The sign chooses between ``base`` and its (public) inverse, so the running time shows the
+    sign and the length of ``exponent``: use it only for uniformly random masks, whose sign and
+    length say nothing about the secret they mask.
+    """
+    if exponent == 0:
+        return gmpy2.mpz(1)
+    return secret_power(base if exponent > 0 else base_inverse, abs(exponent), modulus)
+
+
 def random_unit(n: Mpz) -> Mpz:
     """A uniform element of ``Z*_n``, from ``secrets``."""
     while True:

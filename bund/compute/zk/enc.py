@@ -60,7 +60,15 @@ import gmpy2
 from bund.compute.errors import InvalidMessageError, ProofError
 from bund.compute.executor import Executor, InlineExecutor, split_evenly
 from bund.compute.paillier import Mpz, PrivateKey, PublicKey
-from bund.compute.zk.arith import crt, private_factors, random_signed, random_unit, released_gil
+from bund.compute.zk.arith import (
+    crt,
+    private_factors,
+    random_signed,
+    random_unit,
+    released_gil,
+    secret_power,
+    signed_secret_power,
+)
 from bund.compute.zk.codec import Reader, Writer, byte_width, signed_width
 from bund.compute.zk.prm import RingPedersenParams
 from bund.compute.zk.randomness import check_unit
@@ -125,6 +133,15 @@ class EncParameters:
 
 #: The protocol's default parameters (module docstring).
 DEFAULT_ENC_PARAMETERS = EncParameters()
+
+
+def _exponent_shift(parameters: EncParameters) -> int:
+    """``2^W + 2^ℓ`` with ``W + 1`` a whole number of 64-bit limbs above ``ℓ + 1`` bits.
+
+    For ``|k| ≤ 2^ℓ``, ``k + shift`` lies in ``[2^W, 2^W + 2^(ℓ+1)]``: always ``W + 1`` bits.
+    """
+    width = 64 * ((parameters.ell + 2 + 63) // 64) - 1
+    return (1 << width) + (1 << parameters.ell)
 
 
 def _z1_width(parameters: EncParameters) -> int:
@@ -267,15 +284,21 @@ class _Prover:
 
     def randomness_of(self, ciphertext: Mpz) -> Mpz:
         """``ρ`` with ``K = (1+N)^m ρ^N``: ``K ≡ ρ^N (mod N)``, and ``x ↦ x^N`` inverts by ``d``."""
-        rho_p = gmpy2.powmod(ciphertext % self.p, self.d_p, self.p)
-        rho_q = gmpy2.powmod(ciphertext % self.q, self.d_q, self.q)
+        rho_p = secret_power(ciphertext, self.d_p, self.p)
+        rho_q = secret_power(ciphertext, self.d_q, self.q)
         return crt(rho_p, rho_q, self.p, self.q, self.p_inv_q)
 
     def nth_power(self, r: Mpz) -> Mpz:
         """``r^N mod N²`` by CRT modulo ``p²`` and ``q²``."""
-        hp = gmpy2.powmod(r % self.p2, self.n_mod_p2, self.p2)
-        hq = gmpy2.powmod(r % self.q2, self.n_mod_q2, self.q2)
+        hp = secret_power(r, self.n_mod_p2, self.p2)
+        hq = secret_power(r, self.n_mod_q2, self.q2)
         return crt(hp, hq, self.p2, self.q2, self.p2_inv_q2)
+
+    def power_mod_n(self, rho: Mpz, e: Mpz) -> Mpz:
+        """``ρ^e mod N`` for a secret ``ρ`` and a public signed ``e``, by CRT."""
+        rp = secret_power(rho, e % (self.p - 1) + self.p - 1, self.p)
+        rq = secret_power(rho, e % (self.q - 1) + self.q - 1, self.q)
+        return crt(rp, rq, self.p, self.q, self.p_inv_q)
 
     def prove(
         self,
@@ -301,14 +324,27 @@ class _Prover:
         mu = random_signed((1 << ell) * nhat)
         r = random_unit(n)
         gamma = random_signed((1 << (ell + eps)) * nhat)
-        s_value = gmpy2.powmod(s, k, nhat) * gmpy2.powmod(t, mu, nhat) % nhat
+        s_inv, t_inv = gmpy2.invert(s, nhat), gmpy2.invert(t, nhat)
+        # s^k as s^(k + shift) · s^-shift: the secret exponent always has the same bit length,
+        # so the time of powm_sec shows neither the sign nor the size of the weight.
+        shift = _exponent_shift(parameters)
+        s_value = (
+            secret_power(s, k + shift, nhat)
+            * gmpy2.powmod(s_inv, shift, nhat)
+            * signed_secret_power(t, t_inv, mu, nhat)
+            % nhat
+        )
         a_value = (1 + alpha % n * n) * self.nth_power(r) % n2
-        c_value = gmpy2.powmod(s, alpha, nhat) * gmpy2.powmod(t, gamma, nhat) % nhat
+        c_value = (
+            signed_secret_power(s, s_inv, alpha, nhat)
+            * signed_secret_power(t, t_inv, gamma, nhat)
+            % nhat
+        )
         e = enc_challenge(
             public_key, ciphertext, setup, context, parameters, (s_value, a_value, c_value)
         )
         z1 = alpha + e * k
-        z2 = r * gmpy2.powmod(rho, e, n) % n
+        z2 = r * self.power_mod_n(rho, e) % n
         z3 = gamma + e * mu
         return EncProof(
             public_key.bits, setup.bits, parameters, s_value, a_value, c_value, z1, z2, z3

@@ -42,7 +42,13 @@ import gmpy2
 
 from bund.compute.errors import InvalidMessageError, ProofError, WeakModulusError
 from bund.compute.paillier import Mpz, PrivateKey, PublicKey, validate_modulus
-from bund.compute.zk.arith import crt, private_factors, random_unit, released_gil
+from bund.compute.zk.arith import (
+    crt,
+    private_factors,
+    random_unit,
+    released_gil,
+    secret_power,
+)
 from bund.compute.zk.codec import Reader, Writer, byte_width
 from bund.compute.zk.transcript import Transcript
 
@@ -233,13 +239,13 @@ def prove_mod(
     ys = mod_challenges(public_key, w, context, repetitions)
     signs = [_pick_signs(y, w, p, q) for y in ys]
     targets = [(-1) ** a * w**b * y % n for y, (a, b) in zip(ys, signs, strict=True)]
+    d_p, d_q = d % (p - 1), d % (q - 1)
     with released_gil():
-        zp = gmpy2.powmod_base_list([y % p for y in ys], d % (p - 1), p)
-        zq = gmpy2.powmod_base_list([y % q for y in ys], d % (q - 1), q)
-        xp = gmpy2.powmod_base_list([v % p for v in targets], fourth_p, p)
-        xq = gmpy2.powmod_base_list([v % q for v in targets], fourth_q, q)
-    xs = tuple(crt(a, b, p, q, p_inv_q) for a, b in zip(xp, xq, strict=True))
-    zs = tuple(crt(a, b, p, q, p_inv_q) for a, b in zip(zp, zq, strict=True))
+        zs = tuple(crt(secret_power(y, d_p, p), secret_power(y, d_q, q), p, q, p_inv_q) for y in ys)
+        xs = tuple(
+            crt(secret_power(v, fourth_p, p), secret_power(v, fourth_q, q), p, q, p_inv_q)
+            for v in targets
+        )
     return ModProof(
         public_key.bits,
         w,

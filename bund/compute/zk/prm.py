@@ -38,7 +38,7 @@ import numpy
 
 from bund.compute.errors import InvalidKeyError, InvalidMessageError, ProofError
 from bund.compute.paillier import MIN_KEY_BITS, Mpz, check_key_size
-from bund.compute.zk.arith import crt, random_unit, released_gil
+from bund.compute.zk.arith import crt, random_unit, released_gil, secret_power
 from bund.compute.zk.codec import Reader, Writer, byte_width
 from bund.compute.zk.mod import check_modulus_shape
 from bund.compute.zk.transcript import Transcript
@@ -352,11 +352,19 @@ def prove_prm(
         raise ValueError(f"repetitions lies in [1, {MAX_PRM_REPETITIONS}]")
     params, p, q, phi = secret.params, secret._p, secret._q, secret._phi
     exponents = [gmpy2.mpz(secrets.randbelow(int(phi))) for _ in range(repetitions)]
-    with released_gil():
-        ap = gmpy2.powmod_exp_list(params.t % p, [a % (p - 1) for a in exponents], p)
-        aq = gmpy2.powmod_exp_list(params.t % q, [a % (q - 1) for a in exponents], q)
     p_inv_q = gmpy2.invert(p, q)
-    commitments = tuple(crt(x, y, p, q, p_inv_q) for x, y in zip(ap, aq, strict=True))
+    with released_gil():
+        # t^(p-1) ≡ 1 (mod p): adding p - 1 keeps the exponent positive for powm_sec.
+        commitments = tuple(
+            crt(
+                secret_power(params.t, a % (p - 1) + p - 1, p),
+                secret_power(params.t, a % (q - 1) + q - 1, q),
+                p,
+                q,
+                p_inv_q,
+            )
+            for a in exponents
+        )
     bits = prm_challenges(params, commitments, context)
     lam = secret._lam
     responses = tuple((a + e * lam) % phi for a, e in zip(exponents, bits, strict=True))
