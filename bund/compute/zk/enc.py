@@ -136,11 +136,12 @@ DEFAULT_ENC_PARAMETERS = EncParameters()
 
 
 def _exponent_shift(parameters: EncParameters) -> int:
-    """``2^W + 2^ℓ`` with ``W + 1`` a whole number of 64-bit limbs above ``ℓ + 1`` bits.
+    """``2^W + 2^ℓ``, with ``W + 1`` the smallest whole number of 64-bit limbs above ``ℓ + 2``.
 
-    For ``|k| ≤ 2^ℓ``, ``k + shift`` lies in ``[2^W, 2^W + 2^(ℓ+1)]``: always ``W + 1`` bits.
+    For ``|k| ≤ 2^ℓ``, ``k + shift`` lies in ``[2^W, 2^W + 2^(ℓ+1)]`` and ``2^(ℓ+1) < 2^W``, so
+    it always has exactly ``W + 1`` bits.
     """
-    width = 64 * ((parameters.ell + 2 + 63) // 64) - 1
+    width = 64 * ((parameters.ell + 3 + 63) // 64) - 1
     return (1 << width) + (1 << parameters.ell)
 
 
