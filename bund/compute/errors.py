@@ -68,7 +68,7 @@ class ExponentMismatchError(InvalidCiphertextError):
 
 
 class WeakModulusError(InvalidKeyError):
-    """A received Paillier modulus is even, a perfect square, or has a prime factor below 2^20."""
+    """A received modulus is even, a perfect square or power, prime, or has a factor below 2^20."""
 
 
 class InvalidBaseError(InvalidKeyError):
