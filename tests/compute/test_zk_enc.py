@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import struct
 from collections.abc import Iterator
 
@@ -373,3 +374,9 @@ def test_weight_exponent_has_one_length_for_every_weight(ell: int) -> None:
     shift = enc._exponent_shift(params)
     lengths = {(k + shift).bit_length() for k in (-(2**ell), -1, 0, 1, 2**ell)}
     assert len(lengths) == 1 and lengths.pop() % 64 == 0
+
+
+def test_prover_state_never_pickles(setup: Setup) -> None:
+    """Its factors cannot reach a worker process (prove on inline or thread executors)."""
+    with pytest.raises(TypeError, match="never leaves"):
+        pickle.dumps(enc._Prover(setup.private))

@@ -54,6 +54,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NoReturn
 
 import gmpy2
 
@@ -282,6 +283,12 @@ class _Prover:
         self.d_p, self.d_q = d % (p - 1), d % (q - 1)
         # Z*_{p²} has order p(p-1), so r^N mod p² = r^(N mod p(p-1)) mod p².
         self.n_mod_p2, self.n_mod_q2 = n % (p * (p - 1)), n % (q * (q - 1))
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a range-proof prover holds the key's factors and never leaves the process: prove "
+            "with an inline or thread executor"
+        )
 
     def randomness_of(self, ciphertext: Mpz) -> Mpz:
         """``ρ`` with ``K = (1+N)^m ρ^N``: ``K ≡ ρ^N (mod N)``, and ``x ↦ x^N`` inverts by ``d``."""
