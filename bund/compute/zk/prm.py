@@ -165,8 +165,8 @@ class RingPedersenSecret:
         if p == q or p * q != params.n:
             raise ValueError("p and q are two different primes whose product is N̂")
         phi = (p - 1) * (q - 1)
-        if not 0 <= lam < phi or gmpy2.powmod(params.t, lam, params.n) != params.s:
-            raise ValueError("λ in [0, φ(N̂)) with s = t^λ mod N̂")
+        if not 0 < lam < phi or secret_power(params.t, lam, params.n) != params.s:
+            raise ValueError("λ in (0, φ(N̂)) with s = t^λ mod N̂")
         self.params = params
         self._p, self._q, self._lam, self._phi = p, q, lam, phi
 
@@ -230,7 +230,7 @@ def generate_ring_pedersen(bits: int = MIN_KEY_BITS) -> RingPedersenSecret:
     """Make ring-Pedersen parameters from two fresh safe primes (the verifier of Π^enc does this).
 
     ``t = r²`` for a uniform unit ``r`` (redrawn until ``t`` generates the squares, the cyclic
-    group of order ``p'q'``), ``λ`` uniform in ``Z_φ(N̂)``, ``s = t^λ``. Publish
+    group of order ``p'q'``), ``λ`` uniform in ``[1, φ(N̂))``, ``s = t^λ``. Publish
     ``secret.params`` with :func:`prove_prm`'s proof.
 
     Raises:
@@ -252,8 +252,8 @@ def generate_ring_pedersen(bits: int = MIN_KEY_BITS) -> RingPedersenSecret:
         t = random_unit(n) ** 2 % n
         if t % p != 1 and t % q != 1:  # order p'q', not 1, p' or q'
             break
-    lam = gmpy2.mpz(secrets.randbelow(int((p - 1) * (q - 1))))
-    params = RingPedersenParams(n, gmpy2.powmod(t, lam, n), t)
+    lam = gmpy2.mpz(secrets.randbelow(int((p - 1) * (q - 1)) - 1) + 1)
+    params = RingPedersenParams(n, secret_power(t, lam, n), t)
     return RingPedersenSecret(params, p, q, lam)
 
 

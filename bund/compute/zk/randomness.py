@@ -13,11 +13,11 @@ therefore re-randomises with its own randomness: ``c·r^N mod N²`` with ``r`` u
 ``r^N`` is uniform among them whatever the key owner did, and the output is a fresh encryption
 of the same plaintext.
 
-Cost: one ``2048``-bit exponentiation modulo ``N²`` per ciphertext (about 15 ms at 2048 bits on
-the shared development machine, against 1.2 ms for the DJN table lookup; see
-``benchmarks/bench_zk.py``), paid only on what leaves the evaluator: usually a handful of
-results. :class:`FullRandomness` computes them in batches on an executor and can hold a pool
-computed ahead, handing each value out once.
+Cost: one 2048-bit exponentiation modulo ``N²`` per ciphertext (11–15 ms at 2048 bits on the
+shared development machine, 10–13 times a DJN obfuscation; ``benchmarks/bench_zk.py``), paid
+only on what leaves the evaluator: usually a handful of results. :class:`FullRandomness`
+computes them in batches on an executor and can hold a pool computed ahead, handing each value
+out once.
 """
 
 from __future__ import annotations
