@@ -3,7 +3,7 @@
 Statement: ``K = (1 + N)^k · ρ^N mod N²`` with ``|k| ≤ 2^ℓ``, proved to a verifier who made
 ring-Pedersen parameters ``(N̂, s, t)`` (:mod:`bund.compute.zk.prm`). This is the Paillier part of
 "Paillier Encryption in Range ZK" of Canetti, Gennaro, Goldfeder, Makriyannis, Peled, *UC
-Non-Interactive, Proactive, Threshold ECDSA with Identifiable Aborts* (ePrint 2021/060), §6.1,
+Non-Interactive, Proactive, Threshold ECDSA with Identifiable Aborts* (ePrint 2021/060),
 Fig. 14; Bund has no elliptic curve, so the group order ``q`` of the paper is gone: the
 challenge range is a parameter of its own.
 
@@ -28,7 +28,7 @@ The verifier checks ``|z1| ≤ 2^(ℓ+ε)``, ``(1+N)^z1 · z2^N = A·K^e (mod N�
 for an honest prover (perfect completeness instead of a failure rate of ``2^(c-ε)``), at a
 statistical distance of at most ``2^(c-ε)`` from the paper's distribution.
 
-What the verifier learns: the slack. Soundness (CGGMP21, §6.1; knowledge extraction from two
+What the verifier learns: the slack. Soundness (CGGMP21, Fig. 14; knowledge extraction from two
 answers ``z1, z1'`` to challenges ``e ≠ e'``, under the strong RSA assumption for the verifier's
 ``N̂``) yields ``k = (z1 - z1')/(e - e')``, so ``|k| ≤ 2^(ℓ+ε+1)``, not ``2^ℓ``: the verifier is
 sure only that the plaintext is below ``2^(ℓ+ε+1)`` (:attr:`EncParameters.verified_bound`). An

@@ -2,7 +2,7 @@
 
 Statement: ``N = p·q`` for two primes ``p ≡ q ≡ 3 (mod 4)`` with ``gcd(N, φ(N)) = 1``, in zero
 knowledge of ``p`` and ``q``. Canetti, Gennaro, Goldfeder, Makriyannis, Peled, *UC
-Non-Interactive, Proactive, Threshold ECDSA with Identifiable Aborts* (ePrint 2021/060), §6.3,
+Non-Interactive, Proactive, Threshold ECDSA with Identifiable Aborts* (ePrint 2021/060),
 Fig. 16 ("Paillier-Blum Modulus ZK"), made non-interactive with :mod:`bund.compute.zk.transcript`.
 
 Why an evaluator wants it: Bund's re-randomisation multiplies by ``r^N``, which hides a
@@ -23,7 +23,7 @@ The protocol, ``m`` repetitions (80 by default: soundness error ``2^-80``):
 The verifier refuses even ``N``, prime ``N``, perfect powers and small factors up front
 (:func:`check_modulus_shape`), then checks ``(w/N) = -1`` and, for every ``i``, ``z_i^N = y_i`` and
 ``x_i^4 = (-1)^a_i w^b_i y_i (mod N)``. For a modulus that is not Paillier–Blum, each repetition
-fails with probability at least 1/2 (CGGMP21, Lemma 6.4): fourth roots of one of ``±y, ±wy``
+fails with probability at least 1/2 (CGGMP21, Fig. 16): fourth roots of one of ``±y, ±wy``
 exist for every ``y`` only when ``N`` has exactly two prime factors, both ``3 mod 4``, and every
 ``y`` has an ``N``-th root only when ``gcd(N, φ(N)) = 1``. With Fiat–Shamir the soundness becomes
 computational: a cheating prover must try about ``2^m`` hashes. The proof is statistically

@@ -11,7 +11,7 @@ Legendre symbol of ``s^k·t^μ`` modulo ``p̂`` is ``(-1)^k``. So the verifier p
 with Π^prm, and the prover checks that proof (:func:`verify_prm`) before committing to anything.
 
 Π^prm (Canetti, Gennaro, Goldfeder, Makriyannis, Peled, *UC Non-Interactive, Proactive,
-Threshold ECDSA with Identifiable Aborts*, ePrint 2021/060, §6.4, Fig. 17), ``m`` repetitions
+Threshold ECDSA with Identifiable Aborts*, ePrint 2021/060, Fig. 17), ``m`` repetitions
 (80 by default, soundness error ``2^-80``): the prover sends ``A_i = t^a_i mod N̂`` for
 ``a_i`` uniform in ``Z_φ(N̂)``; challenge bits ``e_i`` are hashed from ``(N̂, s, t)``, the
 context and every ``A_i``; the prover answers ``z_i = a_i + e_i·λ mod φ(N̂)``; the verifier
