@@ -43,6 +43,14 @@ class InvalidMessageError(BundError):
     """A peer's protocol message is malformed (layout, version, or a field out of range)."""
 
 
+class ProofError(BundError):
+    """A peer's zero-knowledge proof does not verify: do not use what it was meant to cover.
+
+    Its statement (a well-formed Paillier modulus, a plaintext in range, sound commitment
+    parameters) is not established; refuse the key, ciphertext or parameters it came with.
+    """
+
+
 class CiphertextRangeError(InvalidCiphertextError):
     """A received Paillier ciphertext is not in the open interval (0, n²)."""
 
@@ -60,7 +68,7 @@ class ExponentMismatchError(InvalidCiphertextError):
 
 
 class WeakModulusError(InvalidKeyError):
-    """A received Paillier modulus is even, a perfect square, or has a prime factor below 2^20."""
+    """A received modulus is even, a perfect square or power, prime, or has a factor below 2^20."""
 
 
 class InvalidBaseError(InvalidKeyError):
