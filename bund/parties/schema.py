@@ -113,9 +113,17 @@ PeerAddress = Annotated[
 
 
 def nearest(name: str, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name`` (difflib), or ``None`` when none is close."""
-    matches = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The known name closest to ``name`` (difflib, or a prefix), or ``None`` when none is close.
+
+    >>> nearest("certificate", ["ca", "cert", "key"])
+    'cert'
+    """
+    names = sorted(set(known))
+    matches = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if matches:
+        return matches[0]
+    prefixes = [k for k in names if min(len(k), len(name)) >= 3 and name.startswith(k)]
+    return max(prefixes, key=len) if prefixes else None
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -363,20 +371,50 @@ def _resolve(model: type[BaseModel], loc: Sequence[int | str]) -> _Where:
     metadata: list[object] = []
     info: FieldInfo | None = None
     table: type[StrictModel] | None = model if issubclass(model, StrictModel) else None
+    key_type: object = None
     for i, part in enumerate(loc):
         tp, metadata = _unwrap(tp, metadata)
         origin = get_origin(tp)
+        if part == "[key]" and key_type is not None:  # the name of a table's entry
+            return _Where(i, key_type, [], None, None)
+        key_type = None
         if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
             table = tp if issubclass(tp, StrictModel) else None
             info = tp.model_fields[str(part)]
             tp, metadata = info.annotation, list(info.metadata)
         elif origin in (dict, Mapping) and isinstance(part, str):
-            tp, metadata, info, table = get_args(tp)[1], [], None, None
+            key_type, tp = get_args(tp)
+            metadata, info, table = [], None, None
         elif origin in (list, tuple, Sequence) and isinstance(part, int):
             tp, metadata, info, table = get_args(tp)[0], [], None, None
         else:
             return _Where(i, tp, metadata, info, table)
     return _Where(len(loc), tp, metadata, info, table)
+
+
+def _leaves(model: type[BaseModel]) -> dict[str, str]:
+    """Every key the model knows, dotted (``peers.NAME.address``), by its last part."""
+    out: dict[str, str] = {}
+    stack: list[tuple[type[BaseModel], str]] = [(model, "")]
+    while stack:
+        table, prefix = stack.pop()
+        for name, info in table.model_fields.items():
+            path = f"{prefix}.{name}" if prefix else name
+            out.setdefault(name, path)
+            tp, _ = _unwrap(info.annotation, [])
+            if get_origin(tp) in (dict, Mapping):
+                tp, _ = _unwrap(get_args(tp)[1], [])
+                path += ".NAME"
+            if isinstance(tp, type) and issubclass(tp, BaseModel) and len(stack) < 64:
+                stack.append((tp, path))
+    return out
+
+
+def _elsewhere(name: str, model: type[BaseModel]) -> str | None:
+    """A key of another table that ``name`` is close to: ``executor`` for a top-level typo."""
+    leaves = _leaves(model)
+    guess = nearest(name, leaves)
+    return leaves[guess] if guess is not None else None
 
 
 def problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
@@ -394,16 +432,10 @@ def problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
                 known = tuple(holder.model_fields)
                 noun = holder.noun if issubclass(holder, StrictModel) else "key"
             guess = nearest(str(loc[-1]), known)
+            suggestion = _key([*loc[:-1], guess]) if guess else _elsewhere(str(loc[-1]), model)
             key = _key(loc)
             found.setdefault(
-                key,
-                Problem(
-                    "unknown",
-                    key,
-                    suggestion=_key([*loc[:-1], guess]) if guess else None,
-                    known=known,
-                    noun=noun,
-                ),
+                key, Problem("unknown", key, suggestion=suggestion, known=known, noun=noun)
             )
             continue
         where = _resolve(model, loc)
@@ -422,6 +454,11 @@ def problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
             found[key] = Problem("invalid", key, str(cause) if cause else error["msg"])
             continue
         value = error.get("input")
+        if where.length < len(loc) and loc[where.length] == "[key]":
+            found[key] = Problem(
+                "invalid", key, f"is not a valid name: it must be {expectation(where.tp)}"
+            )
+            continue
         text = f"must be {expectation(where.tp, where.metadata)}, not {shown(value)}"
         if kind == "literal_error" and isinstance(value, str):
             options = [str(v) for v in get_args(_unwrap(where.tp, [])[0])]
@@ -438,7 +475,7 @@ def render(file: object, problem: Problem) -> str:
         known = f" Known {noun}s here: {', '.join(problem.known)}." if problem.known else ""
         return (
             f"{file}: {problem.key}: unknown {noun} (unknown {noun}s are refused, not "
-            f"ignored){hint}{known}"
+            f"ignored){hint or '.'}{known}"
         )
     if problem.kind == "missing":
         return f"{file}: {problem.key} is missing: {problem.text}"
