@@ -107,9 +107,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 class _Tls(StrictModel):
-    ca: Text = Field("ca.pem", description="the federation CA certificate")
-    cert: Text = Field("node.pem", description="this node's certificate")
-    key: Text = Field("node.key", description="this node's private key (0600)")
+    ca: Text = Field(default="ca.pem", description="the federation CA certificate")
+    cert: Text = Field(default="node.pem", description="this node's certificate")
+    key: Text = Field(default="node.key", description="this node's private key (0600)")
 
 
 def _audit_store(value: str) -> str:
@@ -122,10 +122,12 @@ def _audit_store(value: str) -> str:
 
 
 class _Audit(StrictModel):
-    signing_key: Text = Field("audit_ed25519.key", description="the log's Ed25519 signing key")
-    public_key: Text = Field("audit_ed25519.pub", description="its public key")
+    signing_key: Text = Field(
+        default="audit_ed25519.key", description="the log's Ed25519 signing key"
+    )
+    public_key: Text = Field(default="audit_ed25519.pub", description="its public key")
     store: Annotated[Text, AfterValidator(_audit_store)] | None = Field(
-        None, description="a SQLite file, or a postgresql:// URL (default: state/audit.db)"
+        default=None, description="a SQLite file, or a postgresql:// URL (default: state/audit.db)"
     )
 
 
@@ -133,20 +135,24 @@ class _Limits(StrictModel):
     noun: ClassVar[str] = "limit"
 
     max_message_bytes: int = Field(
-        8 * _MIB, ge=64 * 1024, description="gRPC receive and send limit, in bytes"
+        default=8 * _MIB, ge=64 * 1024, description="gRPC receive and send limit, in bytes"
     )
-    recv_timeout_s: PositiveNumber = Field(300, description="how long a role waits for a peer")
+    recv_timeout_s: PositiveNumber = Field(
+        default=300, description="how long a role waits for a peer"
+    )
     approval_timeout_s: PositiveNumber = Field(
-        86_400, description="how long a requester waits for every approver"
+        default=86_400, description="how long a requester waits for every approver"
     )
     heartbeat_interval_s: PositiveNumber = Field(
-        5, description="how often a running job asks each peer how it stands"
+        default=5, description="how often a running job asks each peer how it stands"
     )
     peer_silence_s: PositiveNumber = Field(
-        60, description="a peer silent this long interrupts the job"
+        default=60, description="a peer silent this long interrupts the job"
     )
-    job_deadline_s: PositiveNumber = Field(7 * 86_400, description="the longest a job may run here")
-    max_workers: int = Field(16, ge=1, description="concurrent job roles")
+    job_deadline_s: PositiveNumber = Field(
+        default=7 * 86_400, description="the longest a job may run here"
+    )
+    max_workers: int = Field(default=16, ge=1, description="concurrent job roles")
 
 
 def _executor(value: str) -> str:
@@ -159,7 +165,7 @@ def _executor(value: str) -> str:
 
 class _Compute(StrictModel):
     executor: Annotated[str, AfterValidator(_executor)] = Field(
-        "inline", description="inline | thread[:N] | process[:N] | ray://HEAD:PORT"
+        default="inline", description="inline | thread[:N] | process[:N] | ray://HEAD:PORT"
     )
 
 
@@ -170,17 +176,19 @@ class _Peer(StrictModel):
 class _Dataset(StrictModel):
     kind: Text = Field(description="csv | sqlite | parquet")
     path: Text = Field(description="the file, relative to node.toml")
-    query: str | None = Field(None, description="the SELECT statement of a sqlite source")
+    query: str | None = Field(default=None, description="the SELECT statement of a sqlite source")
 
 
 class NodeFile(StrictModel):
     """``node.toml`` as written: parsed by :func:`load_config` into a :class:`NodeConfig`."""
 
     party: Name = Field(description="this node's party: the name in its certificate")
-    listen: ListenAddress = Field("127.0.0.1:0", description="where the node serves")
-    state_dir: Text = Field("state", description="logs, jobs, resume states, the port file")
-    peers_file: Text | None = Field(None, description="a peer directory, re-read at each use")
-    policy_file: Text = Field("policy.toml", description="this node's policy")
+    listen: ListenAddress = Field(default="127.0.0.1:0", description="where the node serves")
+    state_dir: Text = Field(default="state", description="logs, jobs, resume states, the port file")
+    peers_file: Text | None = Field(
+        default=None, description="a peer directory, re-read at each use"
+    )
+    policy_file: Text = Field(default="policy.toml", description="this node's policy")
     tls: _Tls = Field(default_factory=_Tls)
     audit: _Audit = Field(default_factory=_Audit)
     limits: _Limits = Field(default_factory=_Limits)

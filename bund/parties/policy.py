@@ -231,35 +231,39 @@ class _Counterparty(StrictModel):
 
 
 class _Dataset(StrictModel):
-    owner: Name | None = Field(None, description="this node's party (the default)")
+    owner: Name | None = Field(default=None, description="this node's party (the default)")
     level: Level = Field(description="the dataset's classification level")
     protocols: list[Annotated[str, AfterValidator(_protocol_name)]] | None = Field(
-        None, description="narrows the protocols its level allows"
+        default=None, description="narrows the protocols its level allows"
     )
     version: Annotated[str, Expect("the dataset's content hash")] | None = Field(
-        None, description="refuse jobs once the dataset's content hash differs"
+        default=None, description="refuse jobs once the dataset's content hash differs"
     )
-    budget_epsilon: Exact = Field("0", description="total ε of the privacy budget")
-    budget_delta: Exact = Field("0", description="total δ of the privacy budget")
+    budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
+    budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
 
 
 class _Approvals(StrictModel):
-    required: bool = Field(True, description="whether a person approves every job")
-    approver_key: Text | None = Field(None, description="the approver's Ed25519 public key (PEM)")
+    required: bool = Field(default=True, description="whether a person approves every job")
+    approver_key: Text | None = Field(
+        default=None, description="the approver's Ed25519 public key (PEM)"
+    )
 
 
 class _Limits(StrictModel):
     noun: ClassVar[str] = "limit"
 
     psi_max_set_size: int = Field(
-        DEFAULT_LIMITS["psi_max_set_size"], ge=1, description="largest PSI set, own or a peer's"
+        default=DEFAULT_LIMITS["psi_max_set_size"],
+        ge=1,
+        description="largest PSI set, own or a peer's",
     )
 
 
 class PolicyFile(StrictModel):
     """``policy.toml`` as written: parsed by :func:`parse_policy` into a :class:`Policy`."""
 
-    cohort_floor: int = Field(10, ge=1, description="refuse a dataset smaller than this")
+    cohort_floor: int = Field(default=10, ge=1, description="refuse a dataset smaller than this")
     counterparties: dict[Name, _Counterparty] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
     approvals: _Approvals = Field(default_factory=_Approvals)

@@ -27,8 +27,10 @@ ROUND_COST = Budget(Fraction(1, 1000))
 class RelayParams(ProtocolParams):
     """A test protocol declares its parameters like any other."""
 
-    rounds: int = Field(20, ge=1, le=10_000, description="rounds to relay")
-    pause_s: float = Field(0.0, ge=0, le=60, description="pause after each round, in seconds")
+    rounds: int = Field(default=20, ge=1, le=10_000, description="rounds to relay")
+    pause_s: float = Field(
+        default=0.0, ge=0, le=60, description="pause after each round, in seconds"
+    )
 
 
 def _relay(ctx: JobContext) -> Result | None:

@@ -141,10 +141,11 @@ class CkksScoringParams(ProtocolParams):
         description="the kind of the insurer's model dataset: logistic regression or a small MLP"
     )
     degree: Literal[8192, 16384] = Field(
-        8192, description="CKKS ring degree: N/2 patients per ciphertext; 16384 for more headroom"
+        default=8192,
+        description="CKKS ring degree: N/2 patients per ciphertext; 16384 for more headroom",
     )
     tolerance: float | None = Field(
-        None,
+        default=None,
         gt=0,
         le=0.5,
         description="coarsest score error accepted before the job refuses (default "

@@ -109,39 +109,46 @@ class DpStatsParams(ProtocolParams):
         ge=1, le=1 << 30, description="cells whose noisy count is below it are suppressed"
     )
     filter: str | None = Field(
-        None, description="cohort filter such as 'age>=65;sex=M;diagnosis=I50|I21' (default: all)"
+        default=None,
+        description="cohort filter such as 'age>=65;sex=M;diagnosis=I50|I21' (default: all)",
     )
     column: str | None = Field(
-        None,
+        default=None,
         description="the value column (sum, mean, numeric histogram, quantiles), the row "
         "category column (contingency) or the follow-up time column (survival)",
     )
     lower: Exact | None = Field(
-        None,
+        default=None,
         description="lower clamping bound or bin range (sum, mean, histogram, quantiles); "
         "0 for survival",
     )
     upper: Exact | None = Field(
-        None, description="upper clamping bound or bin range; the horizon for survival"
+        default=None, description="upper clamping bound or bin range; the horizon for survival"
     )
     resolution: Exact | None = Field(
-        None, description="the unit values are rounded to (sum, mean; default 1)"
+        default=None, description="the unit values are rounded to (sum, mean; default 1)"
     )
     bins: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=MAX_CELLS,
         description="equal-width bins in [lower, upper] (numeric histogram, quantiles, survival)",
     )
     categories: str | None = Field(
-        None, description="'a|b|c' categories (categorical histogram; contingency rows)"
+        default=None, description="'a|b|c' categories (categorical histogram; contingency rows)"
     )
-    column2: str | None = Field(None, description="the column category column (contingency)")
-    categories2: str | None = Field(None, description="'a|b|c' column categories (contingency)")
-    event: str | None = Field(None, description="the 0/1 event column (survival)")
-    quantiles: str | None = Field(None, description="the quantiles to release, '1/4|1/2|3/4'")
+    column2: str | None = Field(
+        default=None, description="the column category column (contingency)"
+    )
+    categories2: str | None = Field(
+        default=None, description="'a|b|c' column categories (contingency)"
+    )
+    event: str | None = Field(default=None, description="the 0/1 event column (survival)")
+    quantiles: str | None = Field(
+        default=None, description="the quantiles to release, '1/4|1/2|3/4'"
+    )
     noise: Literal["on", "off"] = Field(
-        "on", description="'off' releases exact statistics: only under the test-only switch"
+        default="on", description="'off' releases exact statistics: only under the test-only switch"
     )
 
     def query(self) -> Query:

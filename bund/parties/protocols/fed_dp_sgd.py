@@ -126,57 +126,71 @@ class FedDpSgdParams(ProtocolParams):
     """The parameters of a ``fed_dp_sgd`` job (``docs/protocols/fed-dp-sgd.md``)."""
 
     model: Annotated[str, OneOf(fed.MODEL_KINDS)] = Field(
-        fed.MODEL_KINDS[0], description="the model every hospital trains"
+        default=fed.MODEL_KINDS[0], description="the model every hospital trains"
     )
-    hidden: int = Field(16, ge=1, le=256, description="hidden units of the mlp model")
+    hidden: int = Field(default=16, ge=1, le=256, description="hidden units of the mlp model")
     features: str = Field(
-        ",".join(fed.HEALTH_RANGES),
+        default=",".join(fed.HEALTH_RANGES),
         description="the feature columns, comma-separated, each with a public value range",
     )
     feature_ranges: Annotated[str, AfterValidator(_feature_ranges)] = Field(
-        "",
+        default="",
         description="public value ranges of features beyond the built-in health ones, as "
         "'name:low:high;name:low:high'",
     )
-    rounds: int = Field(5, ge=1, le=1000, description="training rounds")
-    local_steps: int = Field(20, ge=1, le=100_000, description="DP-SGD steps per round")
-    learning_rate: float = Field(0.5, ge=1e-6, le=100, description="the local step size")
+    rounds: int = Field(default=5, ge=1, le=1000, description="training rounds")
+    local_steps: int = Field(default=20, ge=1, le=100_000, description="DP-SGD steps per round")
+    learning_rate: float = Field(default=0.5, ge=1e-6, le=100, description="the local step size")
     noise_multiplier: float = Field(
-        1.0, ge=0, le=100, description="DP-SGD noise over the clipping norm; 0 only in tests"
+        default=1.0,
+        ge=0,
+        le=100,
+        description="DP-SGD noise over the clipping norm; 0 only in tests",
     )
     max_grad_norm: float = Field(
-        1.0, ge=1e-6, le=1e6, description="per-example gradient clipping norm"
+        default=1.0, ge=1e-6, le=1e6, description="per-example gradient clipping norm"
     )
     sample_rate: float = Field(
-        0.05, ge=1e-6, le=1, description="Poisson sampling rate of each local step"
+        default=0.05, ge=1e-6, le=1, description="Poisson sampling rate of each local step"
     )
     delta: Annotated[str | int | float, AfterValidator(_delta)] = Field(
-        "1/100000", description="the δ of the (ε, δ) bound charged per hospital, in (0, 1)"
+        default="1/100000", description="the δ of the (ε, δ) bound charged per hospital, in (0, 1)"
     )
     accountant: Annotated[str, OneOf(fed.ACCOUNTANTS)] = Field(
-        fed.ACCOUNTANTS[0], description="the privacy accountant"
+        default=fed.ACCOUNTANTS[0], description="the privacy accountant"
     )
     grad_sample_mode: Annotated[str, OneOf(fed.GRAD_SAMPLE_MODES)] = Field(
-        fed.GRAD_SAMPLE_MODES[0], description="how Opacus computes per-example gradients"
+        default=fed.GRAD_SAMPLE_MODES[0], description="how Opacus computes per-example gradients"
     )
     max_dropouts: int = Field(
-        0,
+        default=0,
         ge=0,
         le=dropout_secagg.MAX_CLIENTS,
         description="hospitals a round may lose and carry on: below half of them",
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="public seed of the held-out split")
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="public seed of the held-out split"
+    )
     test_fraction: float = Field(
-        0.2, ge=0, le=0.5, description="share of each hospital's rows held out for evaluation"
+        default=0.2,
+        ge=0,
+        le=0.5,
+        description="share of each hospital's rows held out for evaluation",
     )
     update_bound: float = Field(
-        8.0, ge=1e-3, le=1024, description="clamp of each weight update before secure aggregation"
+        default=8.0,
+        ge=1e-3,
+        le=1024,
+        description="clamp of each weight update before secure aggregation",
     )
     upload_patience: int = Field(
-        4, ge=1, le=100, description="receive timeouts the coordinator waits for the updates"
+        default=4,
+        ge=1,
+        le=100,
+        description="receive timeouts the coordinator waits for the updates",
     )
     patience: int = Field(
-        10, ge=1, le=1000, description="rounds without held-out improvement before stopping"
+        default=10, ge=1, le=1000, description="rounds without held-out improvement before stopping"
     )
 
 

@@ -375,7 +375,10 @@ class PaillierParams(ProtocolParams):
     """The parameter every Paillier-based vertical protocol takes."""
 
     key_bits: int = Field(
-        2048, ge=256, le=8192, description="size of the label holder's Paillier modulus, in bits"
+        default=2048,
+        ge=256,
+        le=8192,
+        description="size of the label holder's Paillier modulus, in bits",
     )
 
 

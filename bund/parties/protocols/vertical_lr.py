@@ -589,9 +589,11 @@ _DEFAULT = lg.TrainConfig()
 class VerticalLrParams(PaillierParams):
     """The parameters of a ``vertical_lr`` job (``bund.compute.learn.logistic.TrainConfig``)."""
 
-    epochs: int = Field(_DEFAULT.epochs, ge=1, le=10_000, description="most passes over the rows")
+    epochs: int = Field(
+        default=_DEFAULT.epochs, ge=1, le=10_000, description="most passes over the rows"
+    )
     batch_size: int = Field(
-        _DEFAULT.batch_size,
+        default=_DEFAULT.batch_size,
         ge=1,
         le=lg.MAX_BATCH,
         description=(
@@ -600,29 +602,44 @@ class VerticalLrParams(PaillierParams):
         ),
     )
     learning_rate: float = Field(
-        _DEFAULT.learning_rate, ge=1e-9, le=100, description="step size of the first epoch"
+        default=_DEFAULT.learning_rate, ge=1e-9, le=100, description="step size of the first epoch"
     )
     lr_decay: float = Field(
-        _DEFAULT.lr_decay,
+        default=_DEFAULT.lr_decay,
         ge=0,
         le=100,
         description="the step of epoch t is learning_rate / (1 + lr_decay * t)",
     )
-    l2: float = Field(_DEFAULT.l2, ge=0, le=100, description="L2 penalty on every weight")
+    l2: float = Field(default=_DEFAULT.l2, ge=0, le=100, description="L2 penalty on every weight")
     tol: float = Field(
-        _DEFAULT.tol, ge=0, le=1e6, description="least loss improvement that counts as progress"
+        default=_DEFAULT.tol,
+        ge=0,
+        le=1e6,
+        description="least loss improvement that counts as progress",
     )
     patience: int = Field(
-        _DEFAULT.patience, ge=1, le=10_000, description="epochs without progress before stopping"
+        default=_DEFAULT.patience,
+        ge=1,
+        le=10_000,
+        description="epochs without progress before stopping",
     )
     seed: int = Field(
-        _DEFAULT.seed, ge=0, le=2**63 - 1, description="public seed of the split and batch order"
+        default=_DEFAULT.seed,
+        ge=0,
+        le=2**63 - 1,
+        description="public seed of the split and batch order",
     )
     test_fraction: float = Field(
-        0.3, ge=0.01, le=0.9, description="share of the aligned rows held out for evaluation"
+        default=0.3,
+        ge=0.01,
+        le=0.9,
+        description="share of the aligned rows held out for evaluation",
     )
     cutoff: float = Field(
-        0.5, ge=0, le=1, description="default probability at which the confusion table declines"
+        default=0.5,
+        ge=0,
+        le=1,
+        description="default probability at which the confusion table declines",
     )
 
 

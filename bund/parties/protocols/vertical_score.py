@@ -278,7 +278,7 @@ class VerticalScoreParams(ProtocolParams):
         Expect("the 32-hex-digit id of the vertical_lr job whose model to apply"),
     ] = Field(description="the training job: each party applies its own part of its model")
     cutoff: float | None = Field(
-        None,
+        default=None,
         ge=0,
         le=1,
         description="default probability from which an applicant is declined (default: the "

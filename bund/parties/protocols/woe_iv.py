@@ -225,10 +225,13 @@ class WoeIvParams(PaillierParams):
     """The parameters of a ``woe_iv`` job."""
 
     bins: int = Field(
-        10, ge=2, le=MAX_BINS, description="quantile bins per feature, before small bins merge"
+        default=10,
+        ge=2,
+        le=MAX_BINS,
+        description="quantile bins per feature, before small bins merge",
     )
     min_bin_rows: int = Field(
-        5, ge=1, le=1_000_000, description="a bin with fewer rows merges with its neighbour"
+        default=5, ge=1, le=1_000_000, description="a bin with fewer rows merges with its neighbour"
     )
 
 
