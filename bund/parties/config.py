@@ -267,3 +267,56 @@ def apply_test_switch_from_env() -> None:
     """Turn the test-only switch on when its environment variable holds its exact value."""
     if os.environ.get(insecure.ENV_VAR) == insecure.ENV_VALUE:
         insecure.enable_insecure_test_parameters()
+
+
+def node_template(party: str, listen: str = "127.0.0.1:0") -> str:
+    """A commented ``node.toml`` for ``party`` that runs as written (``bund party init``).
+
+    It expects what ``bund party init`` writes beside it: the TLS and audit keys and
+    ``policy.toml``. The commented tables are examples to copy.
+    """
+
+    def line(assignment: str, comment: str) -> str:
+        return f"{assignment:<35} # {comment}"
+
+    limits = "\n".join(
+        line(f"{name} = {info.default!r}", str(info.description))
+        for name, info in _Limits.model_fields.items()
+    )
+    first = line(f'party = "{party}"', "the name in node.pem")
+    return f"""\
+# Node configuration of {party}, written by `bund party init`.
+# Check it:  bund config check node.toml        Run it:  bund serve --config node.toml
+# docs/jobs.md explains every key; unknown keys are refused. Paths are relative to this file.
+{first}
+# Where the node serves, HOST:PORT; port 0: the OS picks one and writes it to state/port.
+listen = "{listen}"
+state_dir = "state"                 # the signed audit log, jobs, results, resume states
+policy_file = "policy.toml"         # what this node allows (docs/policy.md)
+# peers_file = "../peers.toml"      # optional peer directory, re-read at each use
+
+[tls]
+ca = "ca.pem"                       # the federation CA
+cert = "node.pem"                   # this node's certificate
+key = "node.key"                    # 0600; never leaves the node
+
+[audit]
+signing_key = "audit_ed25519.key"   # signs every record of the audit log
+public_key = "audit_ed25519.pub"    # hand it to the regulator
+# store = "postgresql://bund@db.example/bund"   # default: state/audit.db (SQLite)
+
+[limits]                            # the defaults
+{limits}
+
+[compute]
+executor = "inline"                 # inline | thread[:N] | process[:N] | ray://HEAD:PORT
+
+# Where each other party's node listens:
+# [peers.tax]
+# address = "tax.example:7443"
+
+# Where each dataset of the policy's catalog is read from (csv | sqlite | parquet):
+# [datasets.loan_book]
+# kind = "csv"
+# path = "data/loan_book.csv"
+"""

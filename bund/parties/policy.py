@@ -320,3 +320,35 @@ def load_policy(path: Path, party: str | None) -> Policy:
         PolicyFileError: The file is missing, not TOML, or invalid; the message names the key.
     """
     return parse_policy(read_toml(path, "policy file", PolicyFileError), path, party)
+
+
+def policy_template(party: str) -> str:
+    """A commented ``policy.toml`` for ``party`` that runs as written (``bund party init``).
+
+    Approvals are on, with the approver key ``bund party init`` makes beside it; no
+    counterparty and no dataset yet (the commented tables are examples to copy).
+    """
+    return f"""\
+# Policy of {party}'s node, written by `bund party init`; docs/policy.md explains it.
+# Check it:  bund config check policy.toml   (unknown keys are refused)
+cohort_floor = 10                        # refuse a dataset (group) smaller than this
+
+[limits]                                 # PSI refuses larger sets, its own and a peer's
+psi_max_set_size = {DEFAULT_LIMITS["psi_max_set_size"]}
+
+[approvals]
+required = true                          # every job waits for a person's signed approval
+approver_key = "approver_ed25519.pub"    # the approver's public key; the private key stays
+                                         # with the approver, off this machine in production
+
+# Who this node works with, and the certificate role each must hold:
+# [counterparties.tax]
+# roles = ["tax"]
+
+# The catalog: each dataset, also declared under [datasets.NAME] in node.toml.
+# [datasets.loan_book]
+# level = "confidential"                 # public | internal | confidential | restricted-personal
+# protocols = ["psi", "vertical_lr"]     # optional: narrows what the level allows
+# budget_epsilon = "3"                   # exact rationals ("1/2", "0.25", "1e-6"); never floats
+# budget_delta = "1/1000000"
+"""

@@ -86,7 +86,8 @@ def _check_address(value: str, lowest_port: int) -> str:
     return value
 
 
-def _listen_address(value: str) -> str:
+def listen_address(value: str) -> str:
+    """``value`` if a node can listen on it (``HOST:PORT``, port 0 included), else ValueError."""
     return _check_address(value, 0)
 
 
@@ -104,7 +105,7 @@ Text = Annotated[str, Field(min_length=1), Expect("a non-empty string")]
 PositiveNumber = Annotated[float, Field(gt=0), Expect("a positive number")]
 #: Where a node listens: ``HOST:PORT``, port 0 letting the OS choose.
 ListenAddress = Annotated[
-    str, AfterValidator(_listen_address), Expect('"HOST:PORT", for example "127.0.0.1:7443"')
+    str, AfterValidator(listen_address), Expect('"HOST:PORT", for example "127.0.0.1:7443"')
 ]
 #: Where another node is reached: ``HOST:PORT``.
 PeerAddress = Annotated[
@@ -529,3 +530,7 @@ class OneOf:
     ) -> core_schema.CoreSchema:
         """Check membership after the type's own validation."""
         return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+
+#: A job parameter's value as a file writes it: the JSON scalars the wire carries.
+Scalar = Annotated[str | int | float | bool, Expect("a string, a number, true or false")]

@@ -474,9 +474,7 @@ DEFINITION = ProtocolDef(
             why="at least two contributors besides the analyst, so that the analyst never "
             "unmasks a single other hospital's figures",
         ),
-        ROLE_ANALYST: RoleRequirement(
-            dataset=False, receives=True, who="contributes too when it names a dataset"
-        ),
+        ROLE_ANALYST: RoleRequirement(dataset=False, receives=True, who="who receives the result"),
     },
     check=check,
     outputs=outputs,
