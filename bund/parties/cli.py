@@ -181,15 +181,12 @@ def job_init(
 ) -> None:
     """Write a commented job spec template: every parameter (type, range, default) and role."""
     from bund.parties.protocols import get_protocol
-    from bund.parties.schema import did_you_mean
     from bund.parties.specfile import spec_template
 
     try:
         definition = get_protocol(protocol)
     except BundError as exc:
-        from bund.parties.protocols import PROTOCOLS
-
-        raise _fail(f"{exc}{did_you_mean(protocol, PROTOCOLS)}") from None
+        raise _fail(str(exc)) from None
     text = spec_template(definition)
     if out is None:
         typer.echo(text, nl=False)
