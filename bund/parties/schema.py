@@ -113,6 +113,47 @@ PeerAddress = Annotated[
 ]
 
 
+def _exact(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be {EXACT_WORDS}, not {shown(value)}")
+    return value
+
+
+#: How an exact rational is written: floats are refused, their binary rounding drifts.
+EXACT_WORDS = 'a rational written exactly, as a string like "1/2", "0.25" or "1e-6"'
+#: An exact rational as a file writes it (a string, or an integer); parse it with
+#: ``bund.compute.dp.budget.parse_rational``.
+Exact = Annotated[str | int, PlainValidator(_exact), Expect(EXACT_WORDS)]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Field metadata: the value must be one of ``values`` (a registry's names, say).
+
+    ``Literal`` says the same for choices known when the code is written; this is for choices
+    another module owns (``Annotated[str, OneOf(fed.ACCOUNTANTS)]``).
+    """
+
+    values: tuple[object, ...]
+
+    def check(self, value: object) -> object:
+        """``value``, or ``ValueError`` naming the choices and the nearest one."""
+        if value not in self.values:
+            hint = did_you_mean(value, map(str, self.values)) if isinstance(value, str) else ""
+            raise ValueError(f"must be one of {choices(self.values)}, not {shown(value)}{hint}")
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        """Check membership after the type's own validation."""
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+
+#: A job parameter's value as a file writes it: the JSON scalars the wire carries.
+Scalar = Annotated[str | int | float | bool, Expect("a string, a number, true or false")]
+
+
 def nearest(name: str, known: Iterable[str]) -> str | None:
     """The known name closest to ``name`` (difflib, or a prefix), or ``None`` when none is close.
 
@@ -493,44 +534,3 @@ def parse_file(model: type[M], doc: Mapping[str, Any], file: object, error: type
         return model.model_validate(doc)
     except ValidationError as exc:
         raise error("\n".join(render(file, p) for p in problems(exc, model))) from None
-
-
-def _exact(value: object) -> object:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"must be {EXACT_WORDS}, not {shown(value)}")
-    return value
-
-
-#: How an exact rational is written: floats are refused, their binary rounding drifts.
-EXACT_WORDS = 'a rational written exactly, as a string like "1/2", "0.25" or "1e-6"'
-#: An exact rational as a file writes it (a string, or an integer); parse it with
-#: ``bund.compute.dp.budget.parse_rational``.
-Exact = Annotated[str | int, PlainValidator(_exact), Expect(EXACT_WORDS)]
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """Field metadata: the value must be one of ``values`` (a registry's names, say).
-
-    ``Literal`` says the same for choices known when the code is written; this is for choices
-    another module owns (``Annotated[str, OneOf(fed.ACCOUNTANTS)]``).
-    """
-
-    values: tuple[object, ...]
-
-    def check(self, value: object) -> object:
-        """``value``, or ``ValueError`` naming the choices and the nearest one."""
-        if value not in self.values:
-            hint = did_you_mean(value, map(str, self.values)) if isinstance(value, str) else ""
-            raise ValueError(f"must be one of {choices(self.values)}, not {shown(value)}{hint}")
-        return value
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        """Check membership after the type's own validation."""
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
-
-
-#: A job parameter's value as a file writes it: the JSON scalars the wire carries.
-Scalar = Annotated[str | int | float | bool, Expect("a string, a number, true or false")]

@@ -72,8 +72,8 @@ def parse_spec(doc: dict[str, Any], requester: str, where: object) -> JobSpec:
     """Build and validate the job spec of a parsed spec file.
 
     Raises:
-        InvalidJobSpecError: Naming the file, the key to fix and the nearest known one.
-        BundError: A protocol's own refusal (``dp_stats`` with noise off, say).
+        InvalidJobSpecError: Naming the file, the key to fix and the nearest known one, or the
+            protocol's own refusal (``dp_stats`` with noise off without the test-only switch).
     """
     from bund.parties.protocols import get_protocol
 
@@ -99,7 +99,7 @@ def parse_spec(doc: dict[str, Any], requester: str, where: object) -> JobSpec:
         )
         get_protocol(spec.protocol).validate(spec)
     except BundError as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+        raise InvalidJobSpecError(f"{where}: {exc}") from None
     return spec
 
 
