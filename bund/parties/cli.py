@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,7 +15,7 @@ from rich.table import Table as RichTable
 from bund.compute.errors import BundError
 from bund.parties import identity
 from bund.parties.config import NodeConfig, load_config
-from bund.parties.jobs import JobSpec, Participant, Result
+from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
 
 if TYPE_CHECKING:
@@ -43,7 +42,8 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}")  # may quote a peer: no markup
+    # may quote a peer: no markup; never wrapped, so a key or a path can be copied whole
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -98,13 +98,43 @@ def party_init(
     role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
     federation: Annotated[Path, typer.Option(help="The federation CA directory.")],
     out: Annotated[Path, typer.Option(help="The party's directory.")],
+    listen: Annotated[
+        str, typer.Option(help="Where the node serves, HOST:PORT (port 0: the OS picks one).")
+    ] = "127.0.0.1:0",
 ) -> None:
-    """Issue a party's certificate and make its audit-signing key."""
+    """Issue a party's certificate and keys; write a commented node.toml and policy.toml.
+
+    The two files run as written (``bund serve --config OUT/node.toml``); each of them is kept
+    if it exists already. A regulator gets no node files: it writes ``regulator.toml``.
+    """
+    from bund.parties.config import node_template
+    from bund.parties.policy import policy_template
+    from bund.parties.schema import listen_address
+
+    try:
+        listen_address(listen)
+    except ValueError as exc:
+        raise _fail(f"--listen {exc}") from None
     try:
         identity.create_party(federation, name, role, out)
     except BundError as exc:
         raise _fail(str(exc)) from None
     console.print(f"party [bold]{name}[/] ({role}): keys and certificate in {out}")
+    if role == "regulator":
+        return
+    for file, text in (
+        ("node.toml", node_template(name, listen)),
+        ("policy.toml", policy_template(name)),
+    ):
+        target = out / file
+        if target.exists():
+            console.print(f"kept the existing {target}")
+            continue
+        target.write_text(text, encoding="utf-8")
+        console.print(f"wrote {target}")
+    console.print(
+        f"check: bund config check {out / 'node.toml'}; run: bund serve -c {out / 'node.toml'}"
+    )
 
 
 # -- the node ------------------------------------------------------------------------------
@@ -129,31 +159,42 @@ def serve(config: ConfigOpt, log_level: Annotated[str, typer.Option()] = "INFO")
 
 
 def load_spec(path: Path, requester: str) -> JobSpec:
-    """Read a job spec TOML file; the requester is this node's party."""
+    """Read a job spec TOML file; the requester is this node's party.
+
+    The file is parsed by its declared schema and checked by its protocol before anything is
+    sent; an error names the file and the key to fix, and exits 1.
+    """
+    from bund.parties.specfile import load_spec_file
+
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _fail(f"job spec {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise _fail(f"{path} is not valid TOML: {exc}") from None
-    try:
-        return JobSpec(
-            protocol=doc["protocol"],
-            participants=tuple(
-                Participant(p["party"], p["role"], p.get("dataset"), p.get("columns", {}))
-                for p in doc["participants"]
-            ),
-            receivers=tuple(doc["receivers"]),
-            purpose=doc["purpose"],
-            requester=requester,
-            params=doc.get("params", {}),
-        )
-    except KeyError as exc:
-        raise _fail(
-            f"{path} lacks {exc.args[0]!r} (see docs/jobs.md for the spec format)"
-        ) from None
+        return load_spec_file(path, requester)
     except BundError as exc:
-        raise _fail(f"{path}: {exc}") from None
+        raise _fail(str(exc)) from None
+
+
+@job_app.command("init")
+def job_init(
+    protocol: Annotated[str, typer.Argument(help="The protocol, e.g. psi.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the template here (default: print it).")
+    ] = None,
+) -> None:
+    """Write a commented job spec template: every parameter (type, range, default) and role."""
+    from bund.parties.protocols import get_protocol
+    from bund.parties.specfile import spec_template
+
+    try:
+        definition = get_protocol(protocol)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    text = spec_template(definition)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.exists():
+        raise _fail(f"{out} exists already: choose another --out, or remove it first")
+    out.write_text(text, encoding="utf-8")
+    console.print(f'wrote {out}: fill in every "<...>", then `bund config check {out}`')
 
 
 def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
@@ -499,6 +540,46 @@ def audit_export(
     with out.open("w", encoding="utf-8") as fp:
         export_jsonl(records, fp)
     console.print(f"exported {len(records)} records to {out}")
+
+
+# -- configuration files ---------------------------------------------------------------------
+
+config_app = typer.Typer(help="Check the files people write.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    files: Annotated[list[Path], typer.Argument(help="Files to check.")],
+    kind: Annotated[
+        str | None,
+        typer.Option(help="node | policy | spec | workflow | regulator (default: from the file)."),
+    ] = None,
+    party: Annotated[
+        str | None,
+        typer.Option(help="Whose file it is: a policy's owner, a spec's or workflow's requester."),
+    ] = None,
+) -> None:
+    """Validate node.toml, policy.toml, job specs, workflows or regulator.toml; start nothing.
+
+    Prints "ok" for each valid file and exits 0; prints every error (file, key, fix) and
+    exits 1 otherwise.
+    """
+    from bund.parties.filecheck import KINDS, check_file
+
+    if kind is not None and kind not in KINDS:
+        raise _fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    failed = False
+    for path in files:
+        result = check_file(path, kind, party)
+        if result.ok:
+            console.print(f"{escape(str(path))}: [green]ok[/] ({result.kind})", soft_wrap=True)
+            continue
+        failed = True
+        for line in result.errors:
+            err_console.print(escape(line), highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- data, benchmarks, demo ------------------------------------------------------------------

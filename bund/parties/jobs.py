@@ -16,12 +16,15 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+
+from pydantic import ValidationError
 
 from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError
 from bund.compute.executor import Executor, InlineExecutor
+from bund.parties.schema import StrictModel, did_you_mean, problems
 from bund.parties.transport import (
     InMemoryNetwork,
     JobAbortedError,
@@ -331,13 +334,116 @@ def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
     return frozenset()
 
 
+class ProtocolParams(StrictModel):
+    """A protocol's parameters, declared once: each field's type, range, default and description.
+
+    Subclass it per protocol; unknown parameters are refused (naming the nearest known one),
+    values are checked strictly (``"5"`` is not 5, ``true`` is not 1), and a ``null`` parameter
+    is the same as one left out. ``bund job init`` prints each field's description.
+    """
+
+    #: What the parameters are called in messages (``dp_stats`` says "query parameters").
+    noun: ClassVar[str] = "parameters"
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> Self:
+        """``spec``'s parameters, parsed and typed.
+
+        Raises:
+            InvalidJobSpecError: Naming each parameter to fix.
+        """
+        given = {k: v for k, v in spec.params.items() if v is not None}
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            raise InvalidJobSpecError(_params_message(spec.protocol, cls, exc)) from None
+
+
+class NoParams(ProtocolParams):
+    """The parameters of a protocol that takes none."""
+
+
+def _params_message(protocol: str, model: type[ProtocolParams], exc: ValidationError) -> str:
+    found = problems(exc, model)
+    lines: list[str] = []
+    unknown = [p.key for p in found if p.kind == "unknown"]
+    if unknown:
+        hints = [f"{p.suggestion!r} for {p.key!r}" for p in found if p.suggestion]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        known = sorted(model.model_fields)
+        lines.append(
+            f"unknown {model.noun} {unknown} for {protocol}: remove {unknown}{hint}; known: {known}"
+        )
+    for p in found:
+        if p.kind == "missing":
+            lines.append(f"{protocol} needs the parameter {p.key}: {p.text}")
+        elif p.kind == "invalid":
+            lines.append(f"parameter {p.key} {p.text}")
+    return "; ".join(lines)
+
+
+@dataclass(frozen=True)
+class RoleRequirement:
+    """How many participants of a job take one role, and what each of them must bring.
+
+    Attributes:
+        min: The fewest participants in the role.
+        max: The most (``None``: no limit).
+        dataset: Whether each must name a dataset.
+        columns: The logical columns each must bind to its dataset's own (``("id",)``).
+        receives: ``True``: each must receive the result; ``False``: none may; ``None``: the
+            requester chooses.
+        who: Who takes the role, in a few words (``"the hospital"``), for messages and templates.
+        why: Why the count, for the message that refuses another count.
+    """
+
+    min: int = 1
+    max: int | None = 1
+    dataset: bool = True
+    columns: tuple[str, ...] = ()
+    receives: bool | None = None
+    who: str = ""
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.min < 0 or (self.max is not None and self.max < max(self.min, 1)):
+            raise ValueError(f"a role takes min <= max participants, not {self.min}..{self.max}")
+
+    def phrase(self, role: str) -> str:
+        """How many take the role, in words: ``"exactly one 'analyst'"``."""
+        who = f" ({self.who})" if self.who else ""
+        words = {1: "one", 2: "two", 3: "three"}
+        if self.max == self.min == 1:
+            return f"exactly one {role!r}{who}"
+        if self.max == self.min:
+            return f"exactly {words.get(self.min, self.min)} participants with role {role!r}{who}"
+        if self.max is None:
+            if self.min == 1:
+                return f"at least one {role!r}{who}"
+            return f"at least {words.get(self.min, self.min)} participants with role {role!r}{who}"
+        return f"{self.min} to {self.max} participants with role {role!r}{who}"
+
+
+#: A role nothing is declared about: any number of participants, each bringing what it likes.
+ANY_COUNT = RoleRequirement(min=0, max=None, dataset=False)
+
+
+def no_further_checks(spec: JobSpec) -> None:
+    """The checks of a protocol that needs nothing beyond its roles and parameters."""
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
     """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
 
     Attributes:
-        validate: raises ``InvalidJobSpecError`` for a spec the protocol cannot run (wrong number
-            of parties, unknown role, missing column binding, bad parameter).
+        params: The parameters' schema; :meth:`parse_params` parses a spec's once.
+        role_requirements: Role -> how many participants take it and what each brings; one
+            generic check (:meth:`check_roles`) refuses any other shape. A role not named here
+            takes any number of participants.
+        check: The protocol's own checks of a spec whose roles and parameters passed (a cap on
+            a derived quantity, a parameter that depends on another); raises
+            ``InvalidJobSpecError``.
         outputs: the kinds of output the job releases (``policy.OUTPUTS``), checked against each
             dataset's classification.
         learns: party -> what that party learns, in words (shown to approvers, put in receipts).
@@ -352,13 +458,116 @@ class ProtocolDef:
     name: str
     version: str
     roles: Mapping[str, RoleFn]
-    validate: Callable[[JobSpec], None]
     outputs: Callable[[JobSpec], frozenset[str]]
     learns: Callable[[JobSpec], Mapping[str, str]]
+    params: type[ProtocolParams] = NoParams
+    role_requirements: Mapping[str, RoleRequirement] = field(default_factory=dict)
+    check: Callable[[JobSpec], None] = no_further_checks
     cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
     description: str = ""
     dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
     resumable: bool = False
+
+    def __post_init__(self) -> None:
+        stray = sorted(set(self.role_requirements) - set(self.roles))
+        if stray:
+            raise ValueError(f"{self.name} declares requirements of roles it lacks: {stray}")
+
+    def requirement(self, role: str) -> RoleRequirement:
+        """What the protocol requires of ``role`` (``ANY_COUNT`` when it declares nothing)."""
+        return self.role_requirements.get(role, ANY_COUNT)
+
+    def parse_params(self, spec: JobSpec) -> ProtocolParams:
+        """``spec``'s parameters, parsed by this protocol's schema.
+
+        Raises:
+            InvalidJobSpecError: Naming each parameter to fix.
+        """
+        return self.params.of(spec)
+
+    def check_roles(self, spec: JobSpec) -> None:
+        """Refuse a spec whose roles, counts, datasets, column bindings or receivers do not fit.
+
+        Raises:
+            InvalidJobSpecError: Naming the participant, role or receiver to fix.
+        """
+        check_roles(self, spec)
+
+    def validate(self, spec: JobSpec) -> None:
+        """Check that ``spec`` is a job this protocol can run: roles, parameters, its own checks.
+
+        Raises:
+            InvalidJobSpecError: Naming the field to fix.
+        """
+        check_roles(self, spec)
+        self.parse_params(spec)
+        self.check(spec)
+
+
+def check_roles(definition: ProtocolDef, spec: JobSpec) -> None:
+    """The one check of every protocol's roles: known roles, counts, datasets, bindings, receivers.
+
+    Raises:
+        InvalidJobSpecError: Naming the participant, role or receiver to fix.
+    """
+    name = definition.name
+    roles = sorted(definition.roles)
+    for p in spec.participants:
+        if p.role not in definition.roles:
+            listed = f"one role, {roles[0]!r}" if len(roles) == 1 else f"the roles {roles}"
+            raise InvalidJobSpecError(
+                f"participant {p.party!r} has role {p.role!r}; {name} has {listed}"
+                f"{did_you_mean(p.role, roles)}"
+            )
+    shape = " and ".join(definition.requirement(r).phrase(r) for r in definition.role_requirements)
+    for role, need in definition.role_requirements.items():
+        count = sum(p.role == role for p in spec.participants)
+        if count < need.min or (need.max is not None and count > need.max):
+            why = f": {need.why}" if need.why else ""
+            raise InvalidJobSpecError(
+                f"{name} needs {shape}, and no other role; this spec names {count} {role!r}{why}"
+            )
+    for p in spec.participants:
+        need = definition.requirement(p.role)
+        missing = [c for c in need.columns if c not in p.columns]
+        if need.dataset and not need.columns and p.dataset is None:
+            raise InvalidJobSpecError(f"{p.role} {p.party!r} must name its dataset")
+        if (need.dataset and p.dataset is None) or missing:
+            s = "s" if len(need.columns) > 1 else ""
+            bound = " and ".join(repr(c) for c in need.columns)
+            example = ", ".join(f'{c} = "..."' for c in need.columns)
+            raise InvalidJobSpecError(
+                f"participant {p.party!r} must name a dataset and bind the logical column{s} "
+                f"{bound} to its own (columns = {{ {example} }}): a {name} {p.role} binds {bound}"
+            )
+    _check_receivers(definition, spec)
+
+
+def _check_receivers(definition: ProtocolDef, spec: JobSpec) -> None:
+    name = definition.name
+    must = [p.party for p in spec.participants if definition.requirement(p.role).receives]
+    missing = [p for p in must if p not in spec.receivers]
+    if missing:
+        roles = sorted({r for r, n in definition.role_requirements.items() if n.receives})
+        which = " and ".join(repr(r) for r in roles)
+        raise InvalidJobSpecError(
+            f"{name} delivers a result to every {which}: add {missing} to the receivers"
+        )
+    refused = [
+        p.party
+        for p in spec.participants
+        if definition.requirement(p.role).receives is False and p.party in spec.receivers
+    ]
+    if refused:
+        if all(n.receives is not None for n in definition.role_requirements.values()):
+            s = "" if len(must) == 1 else "s"
+            verb = "is" if len(must) == 1 else "are"
+            raise InvalidJobSpecError(
+                f"the only receiver{s} of {name} {verb} {must}: remove {refused} from the receivers"
+            )
+        raise InvalidJobSpecError(
+            f"{name} delivers nothing to {refused}: remove them from the receivers"
+        )
 
 
 class AuditSink(Protocol):

@@ -1,8 +1,9 @@
 """A node's own policy (``policy.toml``): catalog, classification, counterparties, floors, budgets.
 
 Every participant checks a job against its own policy before anything runs; a refusal names the
-rule and where to change it. The file is read once at start-up and validated with errors that name
-the key to fix.
+rule and where to change it. The file is read once at start-up and parsed by one declared schema
+(:class:`PolicyFile`): unknown keys are refused, suggesting the nearest known one, and every error
+names the file and the dotted key to fix.
 
 Classification levels, from least to most protected, and what each allows by default:
 
@@ -24,15 +25,27 @@ A dataset entry may narrow its level's protocols further, never widen them.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field
 
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError, InvalidInputError
+from bund.parties.identity import ROLES
 from bund.parties.jobs import JobSpec
+from bund.parties.schema import (
+    Exact,
+    Expect,
+    Name,
+    OneOf,
+    StrictModel,
+    Text,
+    parse_file,
+    read_toml,
+)
 
 
 class PolicyRefusedError(BundError):
@@ -189,98 +202,153 @@ def _fail(path: Path, message: str) -> PolicyFileError:
     return PolicyFileError(f"{path}: {message}")
 
 
-def _str_list(doc: Mapping[str, Any], key: str, path: Path, where: str) -> frozenset[str] | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _fail(path, f"{where} {key} must be a list of names")
-    return frozenset(value)
+# --- the file's schema ------------------------------------------------------------------------
+
+#: The classification levels, least protected first (the keys of ``LEVELS``).
+Level = Literal["public", "internal", "confidential", "restricted-personal"]
 
 
-def parse_policy(doc: Mapping[str, Any], path: Path, party: str) -> Policy:
-    """Build and validate a ``Policy`` from a parsed ``policy.toml`` of ``party``'s node."""
-    known = {"cohort_floor", "counterparties", "datasets", "approvals", "limits"}
-    unknown = set(doc) - known
-    if unknown:
-        raise _fail(path, f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    floor = doc.get("cohort_floor", 10)
-    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
-        raise _fail(path, "cohort_floor must be a positive integer")
+def _protocol_name(value: str) -> str:
+    """A protocol this node knows (or ``"*"``, any the level allows)."""
+    from bund.parties.protocols import PROTOCOLS  # the registry is heavy: import it when needed
 
-    counterparties: dict[str, frozenset[str]] = {}
-    for name, entry in doc.get("counterparties", {}).items():
-        if not isinstance(entry, dict):
-            raise _fail(path, f"[counterparties.{name}] must be a table with roles = [...]")
-        roles = _str_list(entry, "roles", path, f"[counterparties.{name}]")
-        if not roles:
-            raise _fail(path, f'[counterparties.{name}] needs roles = ["bank", ...]')
-        counterparties[name] = roles
+    return str(OneOf((ANY_PROTOCOL, *sorted(PROTOCOLS))).check(value))
 
+
+def _some_roles(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError(
+            'must not be empty: the counterparty needs roles = ["tax", ...], the certificate '
+            "roles it may hold"
+        )
+    return value
+
+
+class _Counterparty(StrictModel):
+    roles: Annotated[list[Annotated[str, OneOf(ROLES)]], AfterValidator(_some_roles)] = Field(
+        description="the certificate roles this counterparty may hold"
+    )
+
+
+class _Dataset(StrictModel):
+    owner: Name | None = Field(default=None, description="this node's party (the default)")
+    level: Level = Field(description="the dataset's classification level")
+    protocols: list[Annotated[str, AfterValidator(_protocol_name)]] | None = Field(
+        default=None, description="narrows the protocols its level allows"
+    )
+    version: Annotated[str, Expect("the dataset's content hash")] | None = Field(
+        default=None, description="refuse jobs once the dataset's content hash differs"
+    )
+    budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
+    budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
+
+
+class _Approvals(StrictModel):
+    required: bool = Field(default=True, description="whether a person approves every job")
+    approver_key: Text | None = Field(
+        default=None, description="the approver's Ed25519 public key (PEM)"
+    )
+
+
+class _Limits(StrictModel):
+    noun: ClassVar[str] = "limit"
+
+    psi_max_set_size: int = Field(
+        default=DEFAULT_LIMITS["psi_max_set_size"],
+        ge=1,
+        description="largest PSI set, own or a peer's",
+    )
+
+
+class PolicyFile(StrictModel):
+    """``policy.toml`` as written: parsed by :func:`parse_policy` into a :class:`Policy`."""
+
+    cohort_floor: int = Field(default=10, ge=1, description="refuse a dataset smaller than this")
+    counterparties: dict[Name, _Counterparty] = Field(default_factory=dict)
+    datasets: dict[Name, _Dataset] = Field(default_factory=dict)
+    approvals: _Approvals = Field(default_factory=_Approvals)
+    limits: _Limits = Field(default_factory=_Limits)
+
+
+def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Policy:
+    """Build and validate a ``Policy`` from a parsed ``policy.toml`` of ``party``'s node.
+
+    ``party`` is ``None`` when the file is checked on its own (``bund config check``): then
+    the datasets' owners are not compared with the node's party.
+
+    Raises:
+        PolicyFileError: Naming the file, each key to fix, and the nearest known key.
+    """
+    file = parse_file(PolicyFile, doc, path, PolicyFileError)
     datasets: dict[str, DatasetPolicy] = {}
-    for name, entry in doc.get("datasets", {}).items():
-        where = f"[datasets.{name}]"
-        if not isinstance(entry, dict):
-            raise _fail(path, f"{where} must be a table")
-        owner = entry.get("owner", party)
-        if owner != party:
-            raise _fail(path, f"{where} owner is {owner!r}, but this node is {party!r}")
-        level = entry.get("level")
-        if not isinstance(level, str) or level not in LEVELS:
-            raise _fail(path, f"{where} level must be one of {list(LEVELS)}, not {level!r}")
-        version = entry.get("version")
-        if version is not None and not isinstance(version, str):
-            raise _fail(path, f"{where} version must be the dataset's content hash")
+    for name, entry in file.datasets.items():
+        where = f"datasets.{name}"
+        if party is not None and entry.owner not in (None, party):
+            raise _fail(path, f"{where}.owner is {entry.owner!r}, but this node is {party!r}")
         try:
-            budget = Budget.parse(entry.get("budget_epsilon", "0"), entry.get("budget_delta", "0"))
+            budget = Budget.parse(entry.budget_epsilon, entry.budget_delta)
         except (InvalidInputError, ValueError) as exc:
             raise _fail(path, f"{where} budget: {exc}") from None
         datasets[name] = DatasetPolicy(
-            owner=party,
-            level=level,
-            protocols=_str_list(entry, "protocols", path, where),
-            version=version,
+            owner=party or entry.owner or "",
+            level=entry.level,
+            protocols=None if entry.protocols is None else frozenset(entry.protocols),
+            version=entry.version,
             budget=budget,
         )
-
-    approvals = doc.get("approvals", {})
-    if not isinstance(approvals, dict):
-        raise _fail(path, "[approvals] must be a table")
-    required = approvals.get("required", True)
-    if not isinstance(required, bool):
-        raise _fail(path, "[approvals] required must be true or false")
-    key = approvals.get("approver_key")
-    if required and not isinstance(key, str):
+    key = file.approvals.approver_key
+    if file.approvals.required and key is None:
         raise _fail(
             path,
             'approvals are on by default: set [approvals] approver_key = "approver_ed25519.pub" '
             "(or required = false, which a regulator will see in every job's record)",
         )
-
-    limits = dict(DEFAULT_LIMITS)
-    for name, value in doc.get("limits", {}).items():
-        if name not in DEFAULT_LIMITS:
-            raise _fail(path, f"unknown limit {name!r}; known: {sorted(DEFAULT_LIMITS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _fail(path, f"[limits] {name} must be a positive integer")
-        limits[name] = value
     return Policy(
-        counterparties=counterparties,
+        counterparties={n: frozenset(c.roles) for n, c in file.counterparties.items()},
         datasets=datasets,
-        cohort_floor=floor,
-        approvals_required=required,
-        approver_key=(path.parent / key) if isinstance(key, str) else None,
-        limits=limits,
+        cohort_floor=file.cohort_floor,
+        approvals_required=file.approvals.required,
+        approver_key=(path.parent / key) if key is not None else None,
+        limits={**DEFAULT_LIMITS, **file.limits.model_dump()},
     )
 
 
-def load_policy(path: Path, party: str) -> Policy:
-    """Read and validate ``policy.toml``."""
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise PolicyFileError(f"policy file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyFileError(f"{path} is not valid TOML: {exc}") from None
-    return parse_policy(doc, path, party)
+def load_policy(path: Path, party: str | None) -> Policy:
+    """Read and validate ``policy.toml`` (``party``: as in :func:`parse_policy`).
+
+    Raises:
+        PolicyFileError: The file is missing, not TOML, or invalid; the message names the key.
+    """
+    return parse_policy(read_toml(path, "policy file", PolicyFileError), path, party)
+
+
+def policy_template(party: str) -> str:
+    """A commented ``policy.toml`` for ``party`` that runs as written (``bund party init``).
+
+    Approvals are on, with the approver key ``bund party init`` makes beside it; no
+    counterparty and no dataset yet (the commented tables are examples to copy).
+    """
+    return f"""\
+# Policy of {party}'s node, written by `bund party init`; docs/policy.md explains it.
+# Check it:  bund config check policy.toml   (unknown keys are refused)
+cohort_floor = 10                        # refuse a dataset (group) smaller than this
+
+[limits]                                 # PSI refuses larger sets, its own and a peer's
+psi_max_set_size = {DEFAULT_LIMITS["psi_max_set_size"]}
+
+[approvals]
+required = true                          # every job waits for a person's signed approval
+approver_key = "approver_ed25519.pub"    # the approver's public key; the private key stays
+                                         # with the approver, off this machine in production
+
+# Who this node works with, and the certificate role each must hold:
+# [counterparties.tax]
+# roles = ["tax"]
+
+# The catalog: each dataset, also declared under [datasets.NAME] in node.toml.
+# [datasets.loan_book]
+# level = "confidential"                 # public | internal | confidential | restricted-personal
+# protocols = ["psi", "vertical_lr"]     # optional: narrows what the level allows
+# budget_epsilon = "3"                   # exact rationals ("1/2", "0.25", "1e-6"); never floats
+# budget_delta = "1/1000000"
+"""

@@ -29,15 +29,15 @@ import datetime as dt
 import hmac
 import json
 import os
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import ClassVar, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -73,6 +73,15 @@ from bund.parties.lifecycle.events import (
     state_after,
 )
 from bund.parties.lifecycle.states import JobState
+from bund.parties.schema import (
+    Name,
+    PeerAddress,
+    PositiveNumber,
+    StrictModel,
+    parse_file,
+    read_toml,
+)
+from bund.parties.schema import Text as NonEmpty
 
 #: The fields of a spec record that the report shows.
 _SPEC_FIELDS: Final = (Key.PROTOCOL, Key.REQUESTER, Key.PARTIES, Key.RECEIVERS, Key.PURPOSE)
@@ -192,18 +201,35 @@ class RegulatorConfig:
     state_dir: Path | None = None
 
 
-def _text_setting(doc: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = doc.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f'{where}: {key} must be a string, e.g. {key} = "..."')
-    return value
+class _RegulatorTls(StrictModel):
+    ca: NonEmpty = Field(default="ca.pem", description="the federation CA certificate")
+    cert: NonEmpty = Field(default="node.pem", description="the regulator's certificate")
+    key: NonEmpty = Field(default="node.key", description="its private key")
 
 
-def _number_setting(doc: Mapping[str, Any], key: str, where: str, default: float) -> float:
-    value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{where}: {key} must be a positive number")
-    return float(value)
+class _RegulatorLimits(StrictModel):
+    noun: ClassVar[str] = "limit"
+
+    timeout_s: PositiveNumber = Field(default=60.0, description="deadline of each call")
+    max_message_bytes: PositiveNumber = Field(
+        default=8 << 20, description="gRPC message limit; a page of a log must fit in it"
+    )
+
+
+class _Audited(StrictModel):
+    address: PeerAddress = Field(description="where the party's node listens")
+    audit_public_key: NonEmpty = Field(description="the party's audit key (PEM), handed over")
+
+
+class RegulatorFile(StrictModel):
+    """``regulator.toml`` as written: parsed by :func:`load_regulator_config`."""
+
+    tls: _RegulatorTls = Field(default_factory=_RegulatorTls)
+    state_dir: NonEmpty = Field(
+        default="regulator-state", description="keeps every checkpoint the parties signed"
+    )
+    limits: _RegulatorLimits = Field(default_factory=_RegulatorLimits)
+    parties: dict[Name, _Audited] = Field(default_factory=dict)
 
 
 def load_regulator_config(path: Path) -> RegulatorConfig:
@@ -233,62 +259,44 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         The configuration, with every audit public key loaded.
 
     Raises:
-        ConfigError: The file is missing or malformed, a key cannot be read, or the certificate
-            is not a regulator's; the message names what to fix.
+        ConfigError: The file is missing or malformed (each error naming the file, the dotted
+            key and the nearest known key), a key cannot be read, or the certificate is not a
+            regulator's; the message names what to fix.
     """
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"regulator configuration {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    base = path.parent
-
-    def table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-        value = doc.get(key, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: [{key}] must be a table")
-        return value
-
-    tls_doc, limits, parties_doc = table(doc, "tls"), table(doc, "limits"), table(doc, "parties")
-    tls = TlsPaths(
-        ca=base / _text_setting(tls_doc, "ca", f"{path} [tls]", "ca.pem"),
-        cert=base / _text_setting(tls_doc, "cert", f"{path} [tls]", "node.pem"),
-        key=base / _text_setting(tls_doc, "key", f"{path} [tls]", "node.key"),
+    file = parse_file(
+        RegulatorFile, read_toml(path, "regulator configuration", ConfigError), path, ConfigError
     )
-    for name, file in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
-        if not file.is_file():
-            raise ConfigError(f"{path} [tls] {name}: {file} not found")
+    base = path.parent
+    tls = TlsPaths(ca=base / file.tls.ca, cert=base / file.tls.cert, key=base / file.tls.key)
+    for name, item in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
+        if not item.is_file():
+            raise ConfigError(f"{path}: tls.{name}: {item} not found")
     try:
         who = identity_from_pem(tls.cert.read_bytes())
     except IdentityError as exc:
-        raise ConfigError(f"{path} [tls] cert: {exc}") from None
+        raise ConfigError(f"{path}: tls.cert: {exc}") from None
     if who.role != "regulator":
         raise ConfigError(
-            f"{path} [tls] cert is {who.name}'s, with role {who.role!r}: the audit service "
+            f"{path}: tls.cert is {who.name}'s, with role {who.role!r}: the audit service "
             "answers only regulators; use a certificate issued with role 'regulator'"
         )
-    if not parties_doc:
+    if not file.parties:
         raise ConfigError(f'{path}: no [parties.NAME] with address = "HOST:PORT" to audit')
     parties: dict[str, AuditedParty] = {}
-    for name, entry in sorted(parties_doc.items()):
-        where = f"{path} [parties.{name}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a table")
-        address = _text_setting(entry, "address", where)
-        if address.rpartition(":")[0] == "":
-            raise ConfigError(f'{where}: address must be "HOST:PORT", not {address!r}')
-        key_path = base / _text_setting(entry, "audit_public_key", where)
+    for name, entry in sorted(file.parties.items()):
         try:
-            key = load_audit_public_key(key_path)
+            key = load_audit_public_key(base / entry.audit_public_key)
         except IdentityError as exc:
-            raise ConfigError(f"{where} audit_public_key: {exc}") from None
-        parties[name] = AuditedParty(name, address, key)
-    timeout = _number_setting(limits, "timeout_s", f"{path} [limits]", 60.0)
-    max_bytes = _number_setting(limits, "max_message_bytes", f"{path} [limits]", 8 << 20)
-    state_dir = base / _text_setting(doc, "state_dir", str(path), "regulator-state")
-    return RegulatorConfig(tls, MappingProxyType(parties), timeout, int(max_bytes), state_dir)
+            raise ConfigError(f"{path}: parties.{name}.audit_public_key: {exc}") from None
+        parties[name] = AuditedParty(name, entry.address, key)
+    limits = file.limits
+    return RegulatorConfig(
+        tls,
+        MappingProxyType(parties),
+        limits.timeout_s,
+        int(limits.max_message_bytes),
+        base / file.state_dir,
+    )
 
 
 # -- checkpoints the regulator holds --------------------------------------------------------

@@ -15,12 +15,12 @@ files under ``examples/credit/`` spell it out for ``bund job submit``.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
+from pydantic import AfterValidator, Field
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -29,6 +29,7 @@ from bund.compute.errors import BundError
 from bund.parties.follow import FollowTimeoutError, StatusSource, follow_job
 from bund.parties.jobs import JobSpec, JsonScalar, Participant, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.schema import Name, Scalar, StrictModel, Text, parse_file, read_toml
 
 if TYPE_CHECKING:
     from bund.parties.client import NodeClient
@@ -105,61 +106,95 @@ class CreditWorkflow:
         )
 
 
-def _table(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise WorkflowSpecError(f"{where}: {key} must be a table")
-    return value
+# --- the workflow file's schema ---------------------------------------------------------------
 
 
-def _party(doc: Mapping[str, Any], party: str, where: str) -> CreditParty:
-    dataset = doc.get("dataset")
-    columns = _table(doc, "columns", where)
-    if not isinstance(dataset, str) or not isinstance(columns.get("id"), str):
-        raise WorkflowSpecError(f'{where} needs dataset = "..." and columns = {{ id = "..." }}')
-    applicants = doc.get("applicants", dataset)
-    applicant_columns = _table(doc, "applicant_columns", where) or {"id": columns["id"]}
-    if not isinstance(applicants, str):
-        raise WorkflowSpecError(f"{where}: applicants must name a dataset")
-    return CreditParty(party, dataset, dict(columns), applicants, dict(applicant_columns))
+def _binds_id(columns: dict[str, str]) -> dict[str, str]:
+    if "id" not in columns:
+        raise ValueError('must bind id: columns = { id = "..." } names the company-id column')
+    return columns
+
+
+Columns = Annotated[dict[Name, Text], AfterValidator(_binds_id)]
+
+
+class _Member(StrictModel):
+    dataset: Name = Field(description="its training dataset: one row per company")
+    columns: Columns = Field(description='logical column -> its own: { id = "..." }')
+    applicants: Name | None = Field(
+        default=None, description="the dataset the applicants are scored from (default: dataset)"
+    )
+    applicant_columns: Columns | None = Field(
+        default=None, description="the applicants' column bindings (default: id as in columns)"
+    )
+
+
+class _Provider(_Member):
+    party: Name = Field(description="the provider's party")
+
+
+#: A step's parameters: JSON scalars, checked by the step's protocol's schema.
+StepParams = dict[Name, Scalar]
+
+
+class CreditWorkflowFile(StrictModel):
+    """A ``credit-model`` workflow file as written (``examples/credit/workflow.toml``)."""
+
+    workflow: Literal["credit-model"] = Field(
+        default="credit-model", description="the workflow this file describes"
+    )
+    purpose: Text = Field(description="why the credit model is built")
+    bank: _Member = Field(description="this node's party: labels, the key, the scores")
+    providers: list[_Provider] = Field(description="the feature providers, one [[providers]] each")
+    screening: StepParams = Field(default_factory=dict, description="woe_iv parameters")
+    training: StepParams = Field(default_factory=dict, description="vertical_lr parameters")
+    scoring: StepParams = Field(default_factory=dict, description="vertical_score parameters")
+
+
+def _party(member: _Member, party: str) -> CreditParty:
+    applicant_columns = member.applicant_columns or {"id": member.columns["id"]}
+    return CreditParty(
+        party,
+        member.dataset,
+        dict(member.columns),
+        member.applicants or member.dataset,
+        dict(applicant_columns),
+    )
 
 
 def parse_credit_workflow(doc: Mapping[str, Any], requester: str, where: str) -> CreditWorkflow:
     """Build a :class:`CreditWorkflow` from a parsed workflow file; the bank is ``requester``.
 
+    Each step's parameters are checked by its protocol's schema, and each step's spec by its
+    protocol, before anything is submitted.
+
     Raises:
-        WorkflowSpecError: Naming the key to fix.
+        WorkflowSpecError: Naming the file, the key to fix and the nearest known key.
     """
-    known = {"workflow", "purpose", "bank", "providers"} | {s for s, _, _ in CREDIT_STEPS}
-    unknown = set(doc) - known
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    purpose = doc.get("purpose")
-    if not isinstance(purpose, str) or not purpose.strip():
-        raise WorkflowSpecError(f'{where}: state the purpose = "..." of the credit model')
-    bank = _party(_table(doc, "bank", where), requester, f"{where} [bank]")
-    if not isinstance(bank.columns.get("label"), str):
-        raise WorkflowSpecError(
-            f'{where} [bank] columns needs label = "..." (the 0/1 default flag)'
-        )
-    providers = doc.get("providers", [])
-    if not isinstance(providers, list) or not providers:
+    from bund.parties.protocols import PROTOCOLS  # the registry is heavy: import it when needed
+
+    if isinstance(doc.get("workflow"), str) and doc["workflow"] != "credit-model":
+        raise WorkflowSpecError(f"{where} describes workflow {doc['workflow']!r}, not credit-model")
+    file = parse_file(CreditWorkflowFile, doc, where, WorkflowSpecError)
+    if "label" not in file.bank.columns:
+        raise WorkflowSpecError(f'{where}: bank.columns needs label = "..." (the 0/1 default flag)')
+    if not file.providers:
         raise WorkflowSpecError(f"{where}: name at least one [[providers]] entry")
-    parsed: list[CreditParty] = []
-    for i, entry in enumerate(providers):
-        name = entry.get("party") if isinstance(entry, dict) else None
-        if not isinstance(name, str):
-            raise WorkflowSpecError(f'{where} [[providers]] #{i + 1} needs party = "..."')
-        parsed.append(_party(entry, name, f"{where} [[providers]] {name}"))
-    params = {s: dict(_table(doc, s, where)) for s, _, _ in CREDIT_STEPS}
-    if "model_job" in params["scoring"]:
-        raise WorkflowSpecError(f"{where}: [scoring] model_job is the training step's job id")
-    workflow = CreditWorkflow(purpose.strip(), bank, tuple(parsed), params)
-    try:
-        for step, _, _ in CREDIT_STEPS:
-            workflow.spec(step, "0" * 32)
-    except BundError as exc:
-        raise WorkflowSpecError(f"{where}: {exc}") from None
+    if "model_job" in file.scoring:
+        raise WorkflowSpecError(
+            f"{where}: scoring.model_job is the training step's job id: the workflow fills it in"
+        )
+    workflow = CreditWorkflow(
+        file.purpose.strip(),
+        _party(file.bank, requester),
+        tuple(_party(p, p.party) for p in file.providers),
+        {"screening": file.screening, "training": file.training, "scoring": file.scoring},
+    )
+    for step, protocol, _ in CREDIT_STEPS:
+        try:
+            PROTOCOLS[protocol].validate(workflow.spec(step, "0" * 32))
+        except BundError as exc:
+            raise WorkflowSpecError(f"{where}: {step} ({protocol}): {exc}") from None
     return workflow
 
 
@@ -169,14 +204,7 @@ def load_credit_workflow(path: Path, requester: str) -> CreditWorkflow:
     Raises:
         WorkflowSpecError: If the file is missing, not TOML, or malformed.
     """
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WorkflowSpecError(f"workflow file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkflowSpecError(f"{path} is not valid TOML: {exc}") from None
-    if doc.get("workflow", "credit-model") != "credit-model":
-        raise WorkflowSpecError(f"{path} describes workflow {doc['workflow']!r}, not credit-model")
+    doc = read_toml(path, "workflow file", WorkflowSpecError)
     return parse_credit_workflow(doc, requester, str(path))
 
 

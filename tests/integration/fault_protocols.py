@@ -16,18 +16,26 @@ import secrets
 import time
 from fractions import Fraction
 
+from pydantic import Field
+
 from bund.compute.dp.budget import Budget
-from bund.parties.jobs import JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.jobs import JobContext, ProtocolDef, ProtocolParams, Result
 
 ROUND_COST = Budget(Fraction(1, 1000))
 
 
-def _params(spec: JobSpec) -> tuple[int, float]:
-    return int(spec.params.get("rounds", 20) or 20), float(spec.params.get("pause_s", 0) or 0)
+class RelayParams(ProtocolParams):
+    """A test protocol declares its parameters like any other."""
+
+    rounds: int = Field(default=20, ge=1, le=10_000, description="rounds to relay")
+    pause_s: float = Field(
+        default=0.0, ge=0, le=60, description="pause after each round, in seconds"
+    )
 
 
 def _relay(ctx: JobContext) -> Result | None:
-    rounds, pause = _params(ctx.spec)
+    params = RelayParams.of(ctx.spec)
+    rounds, pause = params.rounds, params.pause_s
     (peer,) = (p for p in ctx.spec.parties if p != ctx.party)
     leader = ctx.party == ctx.spec.requester
     saved = ctx.load_state("relay")
@@ -55,7 +63,7 @@ RELAY = ProtocolDef(
     name="relay_test",
     version="1",
     roles={"member": _relay},
-    validate=lambda spec: None,
+    params=RelayParams,
     outputs=lambda spec: frozenset({"raw"}),
     learns=lambda spec: dict.fromkeys(spec.parties, "the sum of squares of the round numbers"),
     resumable=True,

@@ -176,7 +176,6 @@ COUNTING = ProtocolDef(
     name="dp_count_test",
     version="1",
     roles={"member": _counting_role},
-    validate=lambda spec: None,
     outputs=lambda spec: frozenset({"dp_aggregate"}),
     learns=lambda spec: dict.fromkeys(spec.parties, "the total count"),
     cost=lambda spec, party: Budget.parse("1/2"),

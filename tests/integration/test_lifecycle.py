@@ -38,7 +38,6 @@ BUSY = ProtocolDef(
     name="busy_test",
     version="1",
     roles={"member": _busy_role},
-    validate=lambda spec: None,
     outputs=lambda spec: frozenset({"raw"}),
     learns=lambda spec: dict.fromkeys(spec.parties, "nothing"),
 )

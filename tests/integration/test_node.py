@@ -361,7 +361,6 @@ def test_results_larger_than_a_message_are_read_in_pages(node_factory: NodeFacto
         name="big_result_test",
         version="1",
         roles={"member": _big_result_role},
-        validate=lambda spec: None,
         outputs=lambda spec: frozenset({"raw"}),
         learns=lambda spec: dict.fromkeys(spec.parties, "a test blob"),
     )

@@ -21,13 +21,22 @@ from fractions import Fraction
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import Field
 
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError
 from bund.parties.audit import AuditLog, MemoryAuditStore
 from bund.parties.data import Table
 from bund.parties.errors import PeerUnavailableError
-from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
+from bund.parties.jobs import (
+    JobContext,
+    JobSpec,
+    Participant,
+    ProtocolDef,
+    ProtocolParams,
+    Result,
+    RoleRequirement,
+)
 from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
@@ -260,9 +269,16 @@ class Gate:
 GATE = Gate()
 
 
+class GateParams(ProtocolParams):
+    """The test protocols' parameters."""
+
+    gated: bool = Field(default=False, description="wait until the test opens the gate")
+    epsilon: str = Field(default="0", description="the privacy cost charged to each dataset")
+
+
 def _wait_for_gate(ctx: JobContext) -> None:
     """In a job with ``gated = true``, wait until the test opens the gate (or the job ends)."""
-    if ctx.spec.params.get("gated"):
+    if GateParams.of(ctx.spec).gated:
         while not GATE.event(ctx.spec.job_id).wait(0.02):
             ctx.progress("gate", 0, 1)  # raises once the job is aborted
 
@@ -283,10 +299,11 @@ EXCHANGE = ProtocolDef(
     name="exchange",
     version="1",
     roles={"member": _exchange},
-    validate=lambda spec: None,
     outputs=lambda spec: frozenset({"cardinality"}),
     learns=lambda spec: dict.fromkeys(spec.parties, "the other party's row count"),
-    cost=lambda spec, party: Budget(Fraction(spec.params.get("epsilon", 0) or 0)),  # type: ignore[arg-type]
+    params=GateParams,
+    role_requirements={"member": RoleRequirement(min=2, max=2)},
+    cost=lambda spec, party: Budget(Fraction(GateParams.of(spec).epsilon)),
 )
 
 
@@ -312,7 +329,11 @@ GATHER = ProtocolDef(
     name="gather",
     version="1",
     roles={"coordinator": _gather_coordinator, "member": _gather_member},
-    validate=lambda spec: None,
+    params=GateParams,
+    role_requirements={
+        "coordinator": RoleRequirement(dataset=False, receives=True),
+        "member": RoleRequirement(min=1, max=None),
+    },
     outputs=lambda spec: frozenset({"cardinality"}),
     learns=lambda spec: {spec.requester: "the sum of the members' row counts"},
     # Every member may drop out: the coordinator carries on without it, and the other members

@@ -14,6 +14,7 @@ from bund.parties.protocols import (
     vertical_score,
     woe_iv,
 )
+from bund.parties.schema import did_you_mean
 
 #: Every protocol a node can run, by name.
 PROTOCOLS: Mapping[str, ProtocolDef] = {
@@ -37,4 +38,5 @@ def get_protocol(name: str) -> ProtocolDef:
     except KeyError:
         raise InvalidJobSpecError(
             f"unknown protocol {name!r}: this node knows {sorted(PROTOCOLS)}"
+            f"{did_you_mean(name, PROTOCOLS)}"
         ) from None

@@ -30,11 +30,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from bund.compute import ckks
 from bund.compute.ckks_sandbox import CkksSandbox
@@ -50,19 +53,21 @@ from bund.compute.learn.risk_model import (
 )
 from bund.parties.data import DatasetError, Table
 from bund.parties.jobs import (
-    InvalidJobSpecError,
     JobContext,
     JobSpec,
     Participant,
     ProtocolDef,
+    ProtocolParams,
     Result,
-    check_name,
+    RoleRequirement,
 )
 
 FEATURE_HOLDER = "feature_holder"
 MODEL_HOLDER = "model_holder"
 ID_COLUMN = "id"
-KINDS = ("logistic", "mlp")
+ModelKind = Literal["logistic", "mlp"]
+KINDS: tuple[str, ...] = get_args(ModelKind)
+_FEATURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 DEFAULT_TOLERANCE = {"logistic": 1e-3, "mlp": 2e-2}
 #: Most patients one job scores (the flooding noise grows with √M; split larger cohorts).
 MAX_PATIENTS = 1 << 16
@@ -111,51 +116,56 @@ class Plan:
         return [(a, min(patients, a + step)) for a in range(0, patients, step)]
 
 
+def _feature_list(value: str) -> str:
+    features = [f.strip() for f in value.split(",")]
+    if (
+        not 1 <= len(features) <= MAX_FEATURES
+        or len(set(features)) != len(features)
+        or not all(_FEATURE.fullmatch(f) for f in features)
+    ):
+        raise ValueError(
+            f"lists 1-{MAX_FEATURES} distinct feature names (letters, digits, _ . -), "
+            "comma-separated"
+        )
+    return value
+
+
+class CkksScoringParams(ProtocolParams):
+    """The parameters of a ``ckks_scoring`` job."""
+
+    features: Annotated[str, AfterValidator(_feature_list)] = Field(
+        description="the model's features, comma-separated, each a column of the hospital's "
+        "dataset with the same name"
+    )
+    model: ModelKind = Field(
+        description="the kind of the insurer's model dataset: logistic regression or a small MLP"
+    )
+    degree: Literal[8192, 16384] = Field(
+        default=8192,
+        description="CKKS ring degree: N/2 patients per ciphertext; 16384 for more headroom",
+    )
+    tolerance: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.5,
+        description="coarsest score error accepted before the job refuses (default "
+        f"{DEFAULT_TOLERANCE['logistic']} for logistic, {DEFAULT_TOLERANCE['mlp']} for mlp)",
+    )
+
+
 def plan(spec: JobSpec) -> Plan:
-    """Validate ``spec`` as a ``ckks_scoring`` job and derive its plan.
+    """Derive the plan of a ``ckks_scoring`` job (whose roles ``DEFINITION`` checks).
 
     Raises:
-        InvalidJobSpecError: Naming the participant or parameter to fix.
+        InvalidJobSpecError: Naming the parameter to fix.
     """
-    roles = {p.role: p for p in spec.participants}
-    if len(spec.participants) != 2 or set(roles) != {FEATURE_HOLDER, MODEL_HOLDER}:
-        raise InvalidJobSpecError(
-            f"ckks_scoring needs one {FEATURE_HOLDER!r} (the hospital) and one {MODEL_HOLDER!r} "
-            "(the insurer), no other participant"
-        )
-    hospital, insurer = roles[FEATURE_HOLDER], roles[MODEL_HOLDER]
-    if hospital.dataset is None or ID_COLUMN not in hospital.columns:
-        raise InvalidJobSpecError(
-            f"the {FEATURE_HOLDER} names its patients' dataset and binds {ID_COLUMN!r}"
-        )
-    if insurer.dataset is None:
-        raise InvalidJobSpecError(f"the {MODEL_HOLDER} names its model dataset")
-    known = {"features", "model", "degree", "tolerance"}
-    unknown = set(spec.params) - known
-    if unknown:
-        raise InvalidJobSpecError(f"unknown parameters {sorted(unknown)}; known: {sorted(known)}")
-    raw = spec.params.get("features")
-    features = tuple(f.strip() for f in raw.split(",")) if isinstance(raw, str) else ()
-    if not 1 <= len(features) <= MAX_FEATURES or len(set(features)) != len(features):
-        raise InvalidJobSpecError(
-            f"parameter 'features' lists 1-{MAX_FEATURES} distinct feature names, comma-separated"
-        )
-    for f in features:
-        check_name("feature", f)
-    kind = spec.params.get("model")
-    if kind not in KINDS:
-        raise InvalidJobSpecError(f"parameter 'model' is one of {list(KINDS)}")
-    degree = spec.params.get("degree", 8192)
-    if isinstance(degree, bool) or degree not in ckks.SCORING_COEFF_MOD_BITS:
-        raise InvalidJobSpecError(
-            f"parameter 'degree' is one of {sorted(ckks.SCORING_COEFF_MOD_BITS)}"
-        )
-    tolerance = spec.params.get("tolerance", DEFAULT_TOLERANCE[str(kind)])
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
-        raise InvalidJobSpecError("parameter 'tolerance' is a number in (0, 0.5]")
-    if not 0 < tolerance <= 0.5:
-        raise InvalidJobSpecError("parameter 'tolerance' is a number in (0, 0.5]")
-    return Plan(hospital.party, insurer.party, features, str(kind), int(degree), float(tolerance))
+    params = CkksScoringParams.of(spec)
+    roles = {p.role: p.party for p in spec.participants}
+    features = tuple(f.strip() for f in params.features.split(","))
+    tolerance = DEFAULT_TOLERANCE[params.model] if params.tolerance is None else params.tolerance
+    return Plan(
+        roles[FEATURE_HOLDER], roles[MODEL_HOLDER], features, params.model, params.degree, tolerance
+    )
 
 
 # --- wire layouts ---------------------------------------------------------------------------
@@ -523,12 +533,12 @@ def make_spec(
 
 
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable ``ckks_scoring`` job.
+    """Check that ``spec`` is a runnable ``ckks_scoring`` job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
     """
-    plan(spec)
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -555,7 +565,11 @@ DEFINITION = ProtocolDef(
     name="ckks_scoring",
     version="1",
     roles={FEATURE_HOLDER: run_feature_holder, MODEL_HOLDER: run_model_holder},
-    validate=validate,
+    params=CkksScoringParams,
+    role_requirements={
+        FEATURE_HOLDER: RoleRequirement(columns=(ID_COLUMN,), who="the hospital"),
+        MODEL_HOLDER: RoleRequirement(who="the insurer"),
+    },
     outputs=outputs,
     learns=learns,
     description="encrypted risk scoring: CKKS model evaluation, flooded and rounded decryption",

@@ -20,15 +20,20 @@ import csv
 import io
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from bund.compute import insecure
 from bund.compute.dp import pairwise_masks
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.dp.mechanisms import DiscreteLaplace
 from bund.compute.dp.stats import (
+    MAX_CELLS,
+    MAX_EPSILON,
+    MIN_EPSILON,
     Query,
     QueryKind,
     Release,
@@ -39,8 +44,17 @@ from bund.compute.dp.stats import (
 from bund.compute.dp.stats import contribution as compute_contribution
 from bund.compute.dp.stats import release as compute_release
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
-from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobContext,
+    JobSpec,
+    ProtocolDef,
+    ProtocolParams,
+    Result,
+    RoleRequirement,
+)
 from bund.parties.protocols.plots import png
+from bund.parties.schema import Exact
 
 ROLE_CONTRIBUTOR = "contributor"
 ROLE_ANALYST = "analyst"
@@ -50,6 +64,9 @@ PARAM_NOISE = "noise"
 BAND_CONFIDENCE = 0.95
 #: Noise redraws behind the survival curve's noise band (post-processing, no privacy cost).
 BAND_DRAWS = 200
+
+#: The kinds of query, as a job spec names them (``bund.compute.dp.stats.QueryKind``).
+QueryKindName = Literal["count", "sum", "mean", "histogram", "contingency", "quantiles", "survival"]
 
 _TAG_KEY = "dp/key"
 _TAG_MASKED = "dp/masked"
@@ -74,46 +91,92 @@ class Plan:
         return [DiscreteLaplace.create(b.epsilon, b.sensitivity) for b in self.query.blocks]
 
 
+class DpStatsParams(ProtocolParams):
+    """The parameters of a ``dp_stats`` job: the query, and the noise switch.
+
+    Which of the optional ones a query takes depends on its kind; ``query()`` checks the whole
+    query with ``bund.compute.dp.stats.parse_query``.
+    """
+
+    noun: ClassVar[str] = "query parameters"
+
+    kind: QueryKindName = Field(description="the statistic to release")
+    epsilon: Exact = Field(
+        description=f"the query's privacy loss, in [{MIN_EPSILON}, {MAX_EPSILON}]; charged to "
+        "every contributing dataset"
+    )
+    min_cell: int = Field(
+        ge=1, le=1 << 30, description="cells whose noisy count is below it are suppressed"
+    )
+    filter: str | None = Field(
+        default=None,
+        description="cohort filter such as 'age>=65;sex=M;diagnosis=I50|I21' (default: all)",
+    )
+    column: str | None = Field(
+        default=None,
+        description="the value column (sum, mean, numeric histogram, quantiles), the row "
+        "category column (contingency) or the follow-up time column (survival)",
+    )
+    lower: Exact | None = Field(
+        default=None,
+        description="lower clamping bound or bin range (sum, mean, histogram, quantiles); "
+        "0 for survival",
+    )
+    upper: Exact | None = Field(
+        default=None, description="upper clamping bound or bin range; the horizon for survival"
+    )
+    resolution: Exact | None = Field(
+        default=None, description="the unit values are rounded to (sum, mean; default 1)"
+    )
+    bins: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CELLS,
+        description="equal-width bins in [lower, upper] (numeric histogram, quantiles, survival)",
+    )
+    categories: str | None = Field(
+        default=None, description="'a|b|c' categories (categorical histogram; contingency rows)"
+    )
+    column2: str | None = Field(
+        default=None, description="the column category column (contingency)"
+    )
+    categories2: str | None = Field(
+        default=None, description="'a|b|c' column categories (contingency)"
+    )
+    event: str | None = Field(default=None, description="the 0/1 event column (survival)")
+    quantiles: str | None = Field(
+        default=None, description="the quantiles to release, '1/4|1/2|3/4'"
+    )
+    noise: Literal["on", "off"] = Field(
+        default="on", description="'off' releases exact statistics: only under the test-only switch"
+    )
+
+    def query(self) -> Query:
+        """The validated query.
+
+        Raises:
+            InvalidJobSpecError: Naming the query parameter to fix.
+        """
+        try:
+            return parse_query(self.model_dump(exclude_none=True, exclude={PARAM_NOISE}))
+        except InvalidInputError as exc:
+            raise InvalidJobSpecError(f"dp_stats query: {exc}") from None
+
+
 def plan(spec: JobSpec) -> Plan:
     """Validate ``spec`` as a dp_stats job and derive its plan.
 
     Raises:
         InvalidJobSpecError: Naming the participant or parameter to fix.
     """
-    analysts = [p for p in spec.participants if p.role == ROLE_ANALYST]
-    for p in spec.participants:
-        if p.role not in (ROLE_CONTRIBUTOR, ROLE_ANALYST):
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} has role {p.role!r}; dp_stats has the roles "
-                f"{ROLE_CONTRIBUTOR!r} and {ROLE_ANALYST!r}"
-            )
-        if p.role == ROLE_CONTRIBUTOR and p.dataset is None:
-            raise InvalidJobSpecError(f"contributor {p.party!r} must name its dataset")
-    if len(analysts) != 1:
-        raise InvalidJobSpecError(
-            f"dp_stats needs exactly one {ROLE_ANALYST!r}, not {len(analysts)}"
-        )
-    analyst = analysts[0].party
-    if tuple(spec.receivers) != (analyst,):
-        raise InvalidJobSpecError(f"the only receiver of dp_stats is its analyst, {analyst!r}")
+    DEFINITION.check_roles(spec)
+    params = DpStatsParams.of(spec)
+    analyst = next(p.party for p in spec.participants if p.role == ROLE_ANALYST)
     contributors = tuple(p.party for p in spec.participants if p.dataset is not None)
     others = [c for c in contributors if c != analyst]
-    if len(others) < 2:
-        raise InvalidJobSpecError(
-            "dp_stats needs at least two contributors besides the analyst, so that the analyst "
-            "never unmasks a single other hospital's figures"
-        )
     if len(contributors) > pairwise_masks.MAX_CONTRIBUTORS:
         raise InvalidJobSpecError(f"at most {pairwise_masks.MAX_CONTRIBUTORS} contributors")
-    params = dict(spec.params)
-    noise = params.pop(PARAM_NOISE, "on")
-    if noise not in ("on", "off"):
-        raise InvalidJobSpecError(f"parameter {PARAM_NOISE} must be 'on' or 'off', not {noise!r}")
-    try:
-        query = parse_query(params)
-    except InvalidInputError as exc:
-        raise InvalidJobSpecError(f"dp_stats query: {exc}") from None
-    return Plan(query, analyst, contributors, others[0], noise == "on")
+    return Plan(params.query(), analyst, contributors, others[0], params.noise == "on")
 
 
 def _check_noise(p: Plan) -> None:
@@ -340,14 +403,24 @@ def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
     return png(figure)
 
 
+def check(spec: JobSpec) -> None:
+    """The checks beyond roles and parameters: the query as a whole, and the noise switch.
+
+    Raises:
+        InvalidJobSpecError: Naming the query parameter to fix.
+        NoiseOffRefusedError: If it asks for noise off while the test-only switch is off.
+    """
+    _check_noise(plan(spec))
+
+
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable dp_stats job (roles, receivers, query, noise switch).
+    """Check that ``spec`` is a runnable dp_stats job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
         NoiseOffRefusedError: If it asks for noise off while the test-only switch is off.
     """
-    _check_noise(plan(spec))
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -391,7 +464,19 @@ DEFINITION = ProtocolDef(
     name="dp_stats",
     version="1",
     roles={ROLE_CONTRIBUTOR: run_contributor, ROLE_ANALYST: run_analyst},
-    validate=validate,
+    params=DpStatsParams,
+    role_requirements={
+        ROLE_CONTRIBUTOR: RoleRequirement(
+            min=2,
+            max=pairwise_masks.MAX_CONTRIBUTORS,
+            receives=False,
+            who="a hospital",
+            why="at least two contributors besides the analyst, so that the analyst never "
+            "unmasks a single other hospital's figures",
+        ),
+        ROLE_ANALYST: RoleRequirement(dataset=False, receives=True, who="who receives the result"),
+    },
+    check=check,
     outputs=outputs,
     learns=learns,
     cost=cost,

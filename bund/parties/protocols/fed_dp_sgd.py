@@ -46,18 +46,28 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from bund.compute import insecure
 from bund.compute.dp import dropout_secagg
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
 from bund.compute.learn import fed
-from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobContext,
+    JobSpec,
+    ProtocolDef,
+    ProtocolParams,
+    Result,
+    RoleRequirement,
+)
 from bund.parties.ledger import BudgetExhaustedError
 from bund.parties.protocols.plots import png
+from bund.parties.schema import OneOf
 from bund.parties.transport import (
     JobAbortedError,
     JobInterruptedError,
@@ -89,26 +99,99 @@ class NoiseOffRefusedError(BundError):
 
 # --- the plan: what every party derives from the spec alone ---------------------------------
 
-_PARAMS: dict[str, tuple[type, float, float]] = {
-    "hidden": (int, 1, 256),
-    "rounds": (int, 1, 1000),
-    "local_steps": (int, 1, 100_000),
-    "learning_rate": (float, 1e-6, 100),
-    "noise_multiplier": (float, 0, 100),
-    "max_grad_norm": (float, 1e-6, 1e6),
-    "sample_rate": (float, 1e-6, 1),
-    "max_dropouts": (int, 0, dropout_secagg.MAX_CLIENTS),
-    "seed": (int, 0, 2**63 - 1),
-    "test_fraction": (float, 0, 0.5),
-    "update_bound": (float, 1e-3, 1024),
-    "upload_patience": (int, 1, 100),
-    "patience": (int, 1, 1000),
-}
-_CHOICES = {
-    "model": fed.MODEL_KINDS,
-    "accountant": fed.ACCOUNTANTS,
-    "grad_sample_mode": fed.GRAD_SAMPLE_MODES,
-}
+
+def _delta(value: str | int | float) -> str | int | float:
+    try:
+        delta = parse_rational(str(value), "delta")
+    except InvalidInputError as exc:
+        raise ValueError(str(exc)) from None
+    if not 0 < delta < 1:
+        raise ValueError(f"must lie strictly between 0 and 1, not {value!r}")
+    return value
+
+
+def _feature_ranges(value: str) -> str:
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        try:
+            _, low, high = item.split(":")
+            float(low), float(high)
+        except ValueError:
+            raise ValueError(
+                f"entry {item!r} is not name:low:high (entries separated by ';')"
+            ) from None
+    return value
+
+
+class FedDpSgdParams(ProtocolParams):
+    """The parameters of a ``fed_dp_sgd`` job (``docs/protocols/fed-dp-sgd.md``)."""
+
+    model: Annotated[str, OneOf(fed.MODEL_KINDS)] = Field(
+        default=fed.MODEL_KINDS[0], description="the model every hospital trains"
+    )
+    hidden: int = Field(default=16, ge=1, le=256, description="hidden units of the mlp model")
+    features: str = Field(
+        default=",".join(fed.HEALTH_RANGES),
+        description="the feature columns, comma-separated, each with a public value range",
+    )
+    feature_ranges: Annotated[str, AfterValidator(_feature_ranges)] = Field(
+        default="",
+        description="public value ranges of features beyond the built-in health ones, as "
+        "'name:low:high;name:low:high'",
+    )
+    rounds: int = Field(default=5, ge=1, le=1000, description="training rounds")
+    local_steps: int = Field(default=20, ge=1, le=100_000, description="DP-SGD steps per round")
+    learning_rate: float = Field(default=0.5, ge=1e-6, le=100, description="the local step size")
+    noise_multiplier: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="DP-SGD noise over the clipping norm; 0 only in tests",
+    )
+    max_grad_norm: float = Field(
+        default=1.0, ge=1e-6, le=1e6, description="per-example gradient clipping norm"
+    )
+    sample_rate: float = Field(
+        default=0.05, ge=1e-6, le=1, description="Poisson sampling rate of each local step"
+    )
+    delta: Annotated[str | int | float, AfterValidator(_delta)] = Field(
+        default="1/100000", description="the δ of the (ε, δ) bound charged per hospital, in (0, 1)"
+    )
+    accountant: Annotated[str, OneOf(fed.ACCOUNTANTS)] = Field(
+        default=fed.ACCOUNTANTS[0], description="the privacy accountant"
+    )
+    grad_sample_mode: Annotated[str, OneOf(fed.GRAD_SAMPLE_MODES)] = Field(
+        default=fed.GRAD_SAMPLE_MODES[0], description="how Opacus computes per-example gradients"
+    )
+    max_dropouts: int = Field(
+        default=0,
+        ge=0,
+        le=dropout_secagg.MAX_CLIENTS,
+        description="hospitals a round may lose and carry on: below half of them",
+    )
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="public seed of the held-out split"
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        le=0.5,
+        description="share of each hospital's rows held out for evaluation",
+    )
+    update_bound: float = Field(
+        default=8.0,
+        ge=1e-3,
+        le=1024,
+        description="clamp of each weight update before secure aggregation",
+    )
+    upload_patience: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="receive timeouts the coordinator waits for the updates",
+    )
+    patience: int = Field(
+        default=10, ge=1, le=1000, description="rounds without held-out improvement before stopping"
+    )
 
 
 @dataclass(frozen=True)
@@ -165,22 +248,11 @@ def _epsilon(sigma: float, rate: float, steps: int, delta: Fraction, accountant:
     return fed.epsilon_bound(fed.epsilon_spent(sigma, rate, steps, float(delta), accountant))
 
 
-def _param(spec: JobSpec, name: str, default: Any) -> Any:
-    value = spec.params.get(name)
-    return default if value is None else value
-
-
-def _ranges(spec: JobSpec) -> dict[str, tuple[float, float]]:
+def _ranges(params: FedDpSgdParams) -> dict[str, tuple[float, float]]:
     ranges = dict(fed.HEALTH_RANGES)
-    text = str(_param(spec, "feature_ranges", ""))
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        try:
-            name, low, high = item.split(":")
-            ranges[name.strip()] = (float(low), float(high))
-        except ValueError:
-            raise InvalidJobSpecError(
-                f"feature_ranges entry {item!r} is not name:low:high (entries separated by ';')"
-            ) from None
+    for item in filter(None, (part.strip() for part in params.feature_ranges.split(";"))):
+        name, low, high = item.split(":")
+        ranges[name.strip()] = (float(low), float(high))
     return ranges
 
 
@@ -190,88 +262,53 @@ def plan(spec: JobSpec) -> Plan:
     Raises:
         InvalidJobSpecError: Naming the participant or parameter to fix.
     """
-    coordinators = [p.party for p in spec.participants if p.role == ROLE_COORDINATOR]
+    DEFINITION.check_roles(spec)
+    params = FedDpSgdParams.of(spec)
+    coordinator = next(p.party for p in spec.participants if p.role == ROLE_COORDINATOR)
     hospitals = tuple(p.party for p in spec.participants if p.role == ROLE_HOSPITAL)
-    for p in spec.participants:
-        if p.role not in (ROLE_COORDINATOR, ROLE_HOSPITAL):
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} has role {p.role!r}; fed_dp_sgd has the roles "
-                f"{ROLE_COORDINATOR!r} and {ROLE_HOSPITAL!r}"
-            )
-        if p.role == ROLE_HOSPITAL and p.dataset is None:
-            raise InvalidJobSpecError(f"hospital {p.party!r} must name its dataset")
-    if len(coordinators) != 1:
-        raise InvalidJobSpecError(f"fed_dp_sgd needs exactly one {ROLE_COORDINATOR!r}")
-    if not 2 <= len(hospitals) <= dropout_secagg.MAX_CLIENTS:
-        raise InvalidJobSpecError(
-            f"fed_dp_sgd needs 2 to {dropout_secagg.MAX_CLIENTS} hospitals, so the coordinator "
-            "only ever unmasks a sum"
-        )
-    if coordinators[0] not in spec.receivers:
-        raise InvalidJobSpecError(f"the coordinator {coordinators[0]!r} must receive the result")
-    for name, (kind, low, high) in _PARAMS.items():
-        value = spec.params.get(name)
-        if value is None:
-            continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:  # type: ignore[operator]
-            raise InvalidJobSpecError(
-                f"parameter {name} must be a {kind.__name__} in [{low}, {high}]"
-            )
-    for name, choices in _CHOICES.items():
-        if _param(spec, name, choices[0]) not in choices:
-            raise InvalidJobSpecError(f"parameter {name} must be one of {list(choices)}")
-    ranges = _ranges(spec)
-    features = tuple(
-        f.strip() for f in str(_param(spec, "features", ",".join(fed.HEALTH_RANGES))).split(",")
-    )
+    ranges = _ranges(params)
+    features = tuple(f.strip() for f in params.features.split(","))
     missing = [f for f in features if f not in ranges]
     if not features or missing or len(set(features)) != len(features):
         raise InvalidJobSpecError(
             f"features {missing or list(features)} need distinct names with public value ranges "
             "(add them to feature_ranges as name:low:high)"
         )
-    dropouts = int(_param(spec, "max_dropouts", 0))
+    dropouts = params.max_dropouts
     if 2 * dropouts >= len(hospitals):
         raise InvalidJobSpecError(
             f"max_dropouts = {dropouts} must be below half of the {len(hospitals)} hospitals, so "
             "that a coordinator can never collect two disjoint quorums of shares"
         )
     try:
-        delta = parse_rational(str(_param(spec, "delta", "1/100000")), "delta")
-        model = fed.ModelSpec(
-            str(_param(spec, "model", "logistic")), len(features), int(_param(spec, "hidden", 16))
-        )
+        model = fed.ModelSpec(params.model, len(features), params.hidden)
         dpsgd = fed.DpSgdConfig(
-            steps=int(_param(spec, "local_steps", 20)),
-            learning_rate=float(_param(spec, "learning_rate", 0.5)),
-            noise_multiplier=float(_param(spec, "noise_multiplier", 1.0)),
-            max_grad_norm=float(_param(spec, "max_grad_norm", 1.0)),
-            sample_rate=float(_param(spec, "sample_rate", 0.05)),
-            grad_sample_mode=str(_param(spec, "grad_sample_mode", "hooks")),
+            steps=params.local_steps,
+            learning_rate=params.learning_rate,
+            noise_multiplier=params.noise_multiplier,
+            max_grad_norm=params.max_grad_norm,
+            sample_rate=params.sample_rate,
+            grad_sample_mode=params.grad_sample_mode,
         )
-        update_bound = float(_param(spec, "update_bound", 8.0))
-        dropout_secagg.check_capacity(len(hospitals), update_bound, UPDATE_FRAC_BITS)
+        dropout_secagg.check_capacity(len(hospitals), params.update_bound, UPDATE_FRAC_BITS)
     except (ValueError, InvalidInputError) as exc:
         raise InvalidJobSpecError(f"fed_dp_sgd: {exc}") from None
-    if not 0 < delta < 1:
-        raise InvalidJobSpecError("delta must lie strictly between 0 and 1")
     return Plan(
-        coordinator=coordinators[0],
+        coordinator=coordinator,
         hospitals=hospitals,
         model=model,
         features=features,
         ranges={f: ranges[f] for f in features},
-        rounds=int(_param(spec, "rounds", 5)),
+        rounds=params.rounds,
         dpsgd=dpsgd,
-        delta=delta,
-        accountant=str(_param(spec, "accountant", "rdp")),
+        delta=parse_rational(str(params.delta), "delta"),
+        accountant=params.accountant,
         threshold=len(hospitals) - dropouts,
-        seed=int(_param(spec, "seed", 0)),
-        test_fraction=float(_param(spec, "test_fraction", 0.2)),
-        update_bound=update_bound,
-        upload_patience=int(_param(spec, "upload_patience", 4)),
-        patience=int(_param(spec, "patience", 10)),
+        seed=params.seed,
+        test_fraction=params.test_fraction,
+        update_bound=params.update_bound,
+        upload_patience=params.upload_patience,
+        patience=params.patience,
     )
 
 
@@ -835,14 +872,24 @@ def _curves(p: Plan, history: list[dict[str, Any]]) -> bytes:
 # --- the job spec -----------------------------------------------------------------------------
 
 
+def check(spec: JobSpec) -> None:
+    """The checks beyond roles and parameters: features, drop-out bound, capacity, noise.
+
+    Raises:
+        InvalidJobSpecError: Naming the parameter to fix.
+        NoiseOffRefusedError: If it turns noise off while the test-only switch is off.
+    """
+    _check_noise(plan(spec))
+
+
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable fed_dp_sgd job.
+    """Check that ``spec`` is a runnable fed_dp_sgd job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
         NoiseOffRefusedError: If it turns noise off while the test-only switch is off.
     """
-    _check_noise(plan(spec))
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -883,7 +930,17 @@ DEFINITION = ProtocolDef(
     name="fed_dp_sgd",
     version="1",
     roles={ROLE_COORDINATOR: run_coordinator, ROLE_HOSPITAL: run_hospital},
-    validate=validate,
+    params=FedDpSgdParams,
+    role_requirements={
+        ROLE_COORDINATOR: RoleRequirement(dataset=False, receives=True, who="the insurer"),
+        ROLE_HOSPITAL: RoleRequirement(
+            min=2,
+            max=dropout_secagg.MAX_CLIENTS,
+            who="each with its patients' dataset",
+            why="so the coordinator only ever unmasks a sum",
+        ),
+    },
+    check=check,
     outputs=outputs,
     learns=learns,
     description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",

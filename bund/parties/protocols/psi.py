@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
 
 from bund.compute.errors import InvalidMessageError, SetTooLargeError
 from bund.compute.psi import (
@@ -40,14 +43,19 @@ from bund.compute.psi import (
     sorted_order,
     validate_points,
 )
-from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
+from bund.parties.jobs import (
+    JobContext,
+    JobSpec,
+    ProtocolDef,
+    ProtocolParams,
+    Result,
+    RoleRequirement,
+)
 
 #: The role both participants take.
 ROLE = "member"
 #: The logical column each participant binds to its identifier column.
 ID_COLUMN = "id"
-#: The required job parameter naming the disclosure level.
-PARAM_MODE = "mode"
 #: The node policy limit on the number of distinct ids in either set.
 LIMIT_MAX_SET_SIZE = "psi_max_set_size"
 
@@ -156,7 +164,7 @@ def _setup(ctx: JobContext) -> _State:
     ids = normalise_ids(ctx.table().column(column))
     cap = check_own_set(ctx, column, len(ids.items))
     (peer,) = (p for p in spec.parties if p != ctx.party)
-    mode = Disclosure(spec.params[PARAM_MODE])
+    mode = Disclosure(PsiParams.of(spec).mode)
     return _State(
         ctx=ctx,
         peer=peer,
@@ -269,47 +277,36 @@ def _ids_csv(ids: Iterable[bytes]) -> bytes:
     return "".join(rows).encode("utf-8")
 
 
+class PsiParams(ProtocolParams):
+    """The parameters of a PSI job."""
+
+    mode: Literal["intersection", "cardinality"] = Field(
+        description=(
+            "the disclosure level, with no default because it is a choice: 'intersection' (each "
+            "result receiver learns which of its own ids the peer also holds) or 'cardinality' "
+            "(receivers learn only how many)"
+        )
+    )
+
+
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable PSI job.
+    """Check that ``spec`` is a runnable PSI job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix: the number of participants, a role, a
             dataset or ``id`` column binding, or the ``mode`` parameter.
     """
-    if len(spec.participants) != 2:
-        raise InvalidJobSpecError(
-            f"psi runs between exactly two participants; this spec names {len(spec.participants)}"
-        )
-    for p in spec.participants:
-        if p.role != ROLE:
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} has role {p.role!r}; psi has one role, {ROLE!r}"
-            )
-        if p.dataset is None or ID_COLUMN not in p.columns:
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} must name a dataset and bind the logical column "
-                f"{ID_COLUMN!r} to its identifier column (columns={{'{ID_COLUMN}': ...}})"
-            )
-    modes = [m.value for m in Disclosure]
-    mode = spec.params.get(PARAM_MODE)
-    if mode not in modes:
-        raise InvalidJobSpecError(
-            f"psi needs the parameter {PARAM_MODE} set to 'intersection' (receivers learn the "
-            f"common ids) or 'cardinality' (receivers learn only how many); got {mode!r}"
-        )
-    unknown = sorted(set(spec.params) - {PARAM_MODE})
-    if unknown:
-        raise InvalidJobSpecError(f"psi takes only the parameter {PARAM_MODE!r}; remove {unknown}")
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
     """What the job releases: which ids are shared, or only how many (``policy.OUTPUTS``)."""
-    return frozenset({str(spec.params[PARAM_MODE])})
+    return frozenset({PsiParams.of(spec).mode})
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each member learns, as ``docs/protocols/psi.md`` states it."""
-    intersection = spec.params[PARAM_MODE] == Disclosure.INTERSECTION.value
+    intersection = PsiParams.of(spec).mode == Disclosure.INTERSECTION.value
     out: dict[str, str] = {}
     for p in spec.parties:
         (peer,) = (q for q in spec.parties if q != p)
@@ -330,7 +327,8 @@ DEFINITION = ProtocolDef(
     name="psi",
     version="1",
     roles={ROLE: run_member},
-    validate=validate,
+    params=PsiParams,
+    role_requirements={ROLE: RoleRequirement(min=2, max=2, columns=(ID_COLUMN,))},
     outputs=outputs,
     learns=learns,
     description="ECDH private set intersection (X25519): the intersection or only its size",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from bund.compute import paillier as pl
 from bund.compute.canonical import canonical_json
@@ -42,7 +43,7 @@ from bund.compute.psi import (
     validate_points,
 )
 from bund.parties.data import DatasetError, Table
-from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec
+from bund.parties.jobs import JobContext, JobSpec, ProtocolParams, RoleRequirement
 from bund.parties.protocols.psi import check_own_set, exchange_headers
 
 LABEL_HOLDER = "label_holder"
@@ -371,51 +372,24 @@ def decode_meta(payload: bytes, limit: int = 1 << 20) -> dict[str, Any]:
     return doc
 
 
-def key_bits_param(spec: JobSpec) -> int:
-    """The job's Paillier modulus size (``key_bits``, default 2048)."""
-    return int(spec.params.get("key_bits", 2048) or 2048)
+class PaillierParams(ProtocolParams):
+    """The parameter every Paillier-based vertical protocol takes."""
+
+    key_bits: int = Field(
+        default=2048,
+        ge=256,
+        le=8192,
+        description="size of the label holder's Paillier modulus, in bits",
+    )
 
 
 # --- the job spec ---------------------------------------------------------------------------
 
-
-def validate_roles(spec: JobSpec, name: str) -> None:
-    """One label holder with ``id`` and ``label`` bound, and at least one feature holder.
-
-    Raises:
-        InvalidJobSpecError: Naming the participant or binding to fix.
-    """
-    labels = [p for p in spec.participants if p.role == LABEL_HOLDER]
-    features = [p for p in spec.participants if p.role == FEATURE_HOLDER]
-    if len(labels) != 1 or not features or len(labels) + len(features) != len(spec.participants):
-        raise InvalidJobSpecError(
-            f"{name} needs exactly one {LABEL_HOLDER!r} and at least one {FEATURE_HOLDER!r}, and "
-            "no other role"
-        )
-    for p in spec.participants:
-        needed = [ID_COLUMN] + ([LABEL_COLUMN] if p.role == LABEL_HOLDER else [])
-        if p.dataset is None or any(c not in p.columns for c in needed):
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} must name a dataset and bind the logical columns "
-                f"{needed} (columns={{'{ID_COLUMN}': ...}})"
-            )
-
-
-def validate_params(spec: JobSpec, allowed: dict[str, tuple[type, float, float]]) -> None:
-    """Every parameter known, of its type and within its range.
-
-    Raises:
-        InvalidJobSpecError: Naming the parameter to fix.
-    """
-    for key, value in spec.params.items():
-        if key not in allowed:
-            raise InvalidJobSpecError(f"unknown parameter {key!r}; known: {sorted(allowed)}")
-        kind, low, high = allowed[key]
-        ok_type = isinstance(value, int | float) and not isinstance(value, bool)
-        if kind is int:
-            ok_type = isinstance(value, int) and not isinstance(value, bool)
-        if not ok_type or not low <= float(value) <= high:  # type: ignore[arg-type]
-            raise InvalidJobSpecError(
-                f"parameter {key!r} must be a{'n integer' if kind is int else ' number'} in "
-                f"[{low}, {high}]; got {value!r}"
-            )
+#: The label holder of ``woe_iv`` and ``vertical_lr``: the bank, binding ``id`` and ``label``.
+LABEL_HOLDER_NEEDS = RoleRequirement(
+    columns=(ID_COLUMN, LABEL_COLUMN), who="the bank: the 0/1 labels and the Paillier key"
+)
+#: A feature holder of ``woe_iv`` and ``vertical_lr``: a provider of features, binding ``id``.
+FEATURE_HOLDER_NEEDS = RoleRequirement(
+    min=1, max=None, columns=(ID_COLUMN,), who="a provider of features"
+)

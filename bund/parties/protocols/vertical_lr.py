@@ -29,6 +29,7 @@ applicants through ``ctx.prior_result``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import struct
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from bund.compute import paillier as pl
 from bund.compute.encoding import squeeze_layout
@@ -46,17 +48,19 @@ from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, Protocol
 from bund.parties.protocols.plots import png
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
+    FEATURE_HOLDER_NEEDS,
     ID_COLUMN,
     LABEL_COLUMN,
     LABEL_HOLDER,
+    LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    PaillierParams,
     align_feature_holder,
     align_label_holder,
     aligned_once,
     decode_meta,
     encode_meta,
     feature_matrix,
-    key_bits_param,
     label_vector,
     numeric_features,
     pack_state,
@@ -64,8 +68,6 @@ from bund.parties.protocols.vertical_alignment import (
     roles_of,
     send_chunks,
     unpack_state,
-    validate_params,
-    validate_roles,
     vector_chunks,
 )
 
@@ -86,23 +88,17 @@ _SCORES_MAGIC = b"BVLS"
 _UNMASK_MAGIC = b"BVLU"
 
 
-def _config(spec: JobSpec) -> lg.TrainConfig:
-    p = spec.params
-    default = lg.TrainConfig()
+def _config(params: VerticalLrParams) -> lg.TrainConfig:
     return lg.TrainConfig(
-        epochs=int(p.get("epochs", default.epochs) or default.epochs),
-        batch_size=int(p.get("batch_size", default.batch_size) or default.batch_size),
-        learning_rate=float(p.get("learning_rate", default.learning_rate) or 0.5),
-        lr_decay=float(p.get("lr_decay", default.lr_decay) or 0.0),
-        l2=float(p.get("l2", default.l2) or 0.0),
-        tol=float(p.get("tol", default.tol) or 0.0),
-        patience=int(p.get("patience", default.patience) or default.patience),
-        seed=int(p.get("seed", 0) or 0),
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        lr_decay=params.lr_decay,
+        l2=params.l2,
+        tol=params.tol,
+        patience=params.patience,
+        seed=params.seed,
     )
-
-
-def _test_fraction(spec: JobSpec) -> float:
-    return float(spec.params.get("test_fraction", 0.3) or 0.0)
 
 
 def mask_layout(batch_rows: int, key_bits: int) -> tuple[int, int, int]:
@@ -240,18 +236,19 @@ def run_label_holder(ctx: JobContext) -> Result:
     spec = ctx.spec
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
-    config = _config(spec)
+    params = VerticalLrParams.of(spec)
+    config = _config(params)
     alignment = aligned_once(ctx, lambda: align_label_holder(ctx, providers))
     rows = alignment.rows
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], rows)
     names, x = _features(ctx, {me.columns[ID_COLUMN], me.columns[LABEL_COLUMN]}, rows)
-    train, test = lg.split_rows(len(rows), _test_fraction(spec), config.seed)
+    train, test = lg.split_rows(len(rows), params.test_fraction, config.seed)
     if len(train) == 0 or len(test) == 0 or len(set(y[test].tolist())) < 2:
         raise InvalidJobSpecError(
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    private = _bank_key(ctx, key_bits_param(spec))
+    private = _bank_key(ctx, params.key_bits)
     public = private.public_key
     source = pl.Encryptor(private)
     # The key owner's fast encryptor holds the secret: only an in-process executor may use it.
@@ -383,7 +380,7 @@ def _report(
     z_bank: lg.FloatArray,
     aligned: int,
 ) -> Result:
-    cutoff = float(spec.params.get("cutoff", 0.5) or 0.0)
+    cutoff = VerticalLrParams.of(spec).cutoff
     p_test = lg.sigmoid(z_test)
     ks, ks_at = ks_statistic(y_test, p_test)
     table = confusion(y_test, p_test, cutoff)
@@ -507,11 +504,12 @@ def run_feature_holder(ctx: JobContext) -> Result:
     spec = ctx.spec
     bank, _ = roles_of(spec)
     me = spec.participant(ctx.party)
-    config = _config(spec)
+    params = VerticalLrParams.of(spec)
+    config = _config(params)
     alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
     rows = alignment.rows
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
-    train, test = lg.split_rows(len(rows), _test_fraction(spec), config.seed)
+    train, test = lg.split_rows(len(rows), params.test_fraction, config.seed)
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
     st = _ProviderState.load(ctx)
     if st is None:
@@ -585,35 +583,73 @@ def run_feature_holder(ctx: JobContext) -> Result:
 
 # --- the job spec ---------------------------------------------------------------------------
 
-_PARAMS: dict[str, tuple[type, float, float]] = {
-    "epochs": (int, 1, 10_000),
-    "batch_size": (int, 1, lg.MAX_BATCH),
-    "learning_rate": (float, 1e-9, 100),
-    "lr_decay": (float, 0, 100),
-    "l2": (float, 0, 100),
-    "tol": (float, 0, 1e6),
-    "patience": (int, 1, 10_000),
-    "seed": (int, 0, 2**63 - 1),
-    "test_fraction": (float, 0.01, 0.9),
-    "cutoff": (float, 0, 1),
-    "key_bits": (int, 256, 8192),
-}
+_DEFAULT = lg.TrainConfig()
+
+
+class VerticalLrParams(PaillierParams):
+    """The parameters of a ``vertical_lr`` job (``bund.compute.learn.logistic.TrainConfig``)."""
+
+    epochs: int = Field(
+        default=_DEFAULT.epochs, ge=1, le=10_000, description="most passes over the rows"
+    )
+    batch_size: int = Field(
+        default=_DEFAULT.batch_size,
+        ge=1,
+        le=lg.MAX_BATCH,
+        description=(
+            "rows per mini-batch; more than 2 rows per feature of every provider (so no provider "
+            "can solve its gradients for the labels)"
+        ),
+    )
+    learning_rate: float = Field(
+        default=_DEFAULT.learning_rate, ge=1e-9, le=100, description="step size of the first epoch"
+    )
+    lr_decay: float = Field(
+        default=_DEFAULT.lr_decay,
+        ge=0,
+        le=100,
+        description="the step of epoch t is learning_rate / (1 + lr_decay * t)",
+    )
+    l2: float = Field(default=_DEFAULT.l2, ge=0, le=100, description="L2 penalty on every weight")
+    tol: float = Field(
+        default=_DEFAULT.tol,
+        ge=0,
+        le=1e6,
+        description="least loss improvement that counts as progress",
+    )
+    patience: int = Field(
+        default=_DEFAULT.patience,
+        ge=1,
+        le=10_000,
+        description="epochs without progress before stopping",
+    )
+    seed: int = Field(
+        default=_DEFAULT.seed,
+        ge=0,
+        le=2**63 - 1,
+        description="public seed of the split and batch order",
+    )
+    test_fraction: float = Field(
+        default=0.3,
+        ge=0.01,
+        le=0.9,
+        description="share of the aligned rows held out for evaluation",
+    )
+    cutoff: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="default probability at which the confusion table declines",
+    )
 
 
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable ``vertical_lr`` job.
+    """Check that ``spec`` is a runnable ``vertical_lr`` job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
     """
-    validate_roles(spec, "vertical_lr")
-    validate_params(spec, _PARAMS)
-    missing = [p for p in spec.parties if p not in spec.receivers]
-    if missing:
-        raise InvalidJobSpecError(
-            f"vertical_lr: every participant receives its own part of the model (never another's) "
-            f"so that vertical_score can apply it later; add {missing} to the receivers"
-        )
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -648,7 +684,12 @@ DEFINITION = ProtocolDef(
     name="vertical_lr",
     version="2",
     roles={LABEL_HOLDER: run_label_holder, FEATURE_HOLDER: run_feature_holder},
-    validate=validate,
+    params=VerticalLrParams,
+    role_requirements={
+        # Each party keeps its own part of the model (never another's) for vertical_score.
+        LABEL_HOLDER: dataclasses.replace(LABEL_HOLDER_NEEDS, receives=True),
+        FEATURE_HOLDER: dataclasses.replace(FEATURE_HOLDER_NEEDS, receives=True),
+    },
     outputs=outputs,
     learns=learns,
     description="vertical logistic regression: Paillier-encrypted residuals, masked gradients",

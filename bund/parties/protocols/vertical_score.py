@@ -28,12 +28,12 @@ import csv
 import io
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from bund.compute.dp import pairwise_masks
 from bund.compute.errors import InvalidMessageError
@@ -46,7 +46,9 @@ from bund.parties.jobs import (
     JobSpec,
     PriorResultError,
     ProtocolDef,
+    ProtocolParams,
     Result,
+    RoleRequirement,
 )
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
@@ -59,6 +61,7 @@ from bund.parties.protocols.vertical_alignment import (
     roles_of,
 )
 from bund.parties.protocols.vertical_lr import MODEL_FORMAT
+from bund.parties.schema import Expect
 
 #: The training protocol whose parts this one applies.
 TRAINING = "vertical_lr"
@@ -114,7 +117,7 @@ def load_part(ctx: JobContext, role: str) -> ModelPart:
     Raises:
         PriorResultError: If this node holds no such result, or it is not a part for ``role``.
     """
-    job = str(ctx.spec.params["model_job"])
+    job = VerticalScoreParams.of(ctx.spec).model_job
     result = ctx.prior_result(job, TRAINING)
     try:
         doc = json.loads(result.artifacts["model.json"])
@@ -164,8 +167,9 @@ def run_feature_holder(ctx: JobContext) -> None:
     bank, providers = roles_of(ctx.spec)
     part = load_part(ctx, FEATURE_HOLDER)
     if part.doc.get("label_holder") != bank:
+        job = VerticalScoreParams.of(ctx.spec).model_job
         raise InvalidJobSpecError(
-            f"{ctx.party}'s part of job {ctx.spec.params['model_job']} was trained with "
+            f"{ctx.party}'s part of job {job} was trained with "
             f"{part.doc.get('label_holder')!r} as the label holder, not {bank!r}"
         )
     alignment = align_feature_holder(ctx, bank)
@@ -205,18 +209,19 @@ def run_label_holder(ctx: JobContext) -> Result:
         InvalidMessageError: If a provider's message is malformed or its total out of range.
     """
     spec = ctx.spec
+    params = VerticalScoreParams.of(spec)
     _, providers = roles_of(spec)
     part = load_part(ctx, LABEL_HOLDER)
     trained_with = part.doc.get("providers")
     if not isinstance(trained_with, list) or sorted(trained_with) != sorted(providers):
         raise InvalidJobSpecError(
-            f"job {spec.params['model_job']} trained with providers {trained_with}; score with "
+            f"job {params.model_job} trained with providers {trained_with}; score with "
             f"exactly those as feature holders, not {providers}"
         )
     bias = float(part.doc.get("intercept", math.nan))
-    cutoff = float(spec.params.get("cutoff", part.doc.get("cutoff", 0.5)))
+    cutoff = float(part.doc.get("cutoff", 0.5) if params.cutoff is None else params.cutoff)
     if not math.isfinite(bias) or not 0 <= cutoff <= 1:
-        raise PriorResultError(f"{ctx.party}'s part of job {spec.params['model_job']} is damaged")
+        raise PriorResultError(f"{ctx.party}'s part of job {params.model_job} is damaged")
     table = ctx.table()
     id_column = spec.participant(ctx.party).columns[ID_COLUMN]
     alignment = align_label_holder(ctx, providers)
@@ -248,7 +253,7 @@ def run_label_holder(ctx: JobContext) -> Result:
         )
     ctx.record("vertical_score.finished", {"applicants": len(ids.rows), "scored": len(rows)})
     summary: dict[str, str | int | float | bool | None] = {
-        "model_job": str(spec.params["model_job"]),
+        "model_job": VerticalScoreParams.of(spec).model_job,
         "applicants": len(ids.rows),
         "scored": len(rows),
         "unmatched": len(ids.rows) - len(rows),
@@ -264,45 +269,30 @@ def run_label_holder(ctx: JobContext) -> Result:
 # --- the job spec ---------------------------------------------------------------------------
 
 
+class VerticalScoreParams(ProtocolParams):
+    """The parameters of a ``vertical_score`` job."""
+
+    model_job: Annotated[
+        str,
+        Field(pattern=r"^[0-9a-f]{32}$"),
+        Expect("the 32-hex-digit id of the vertical_lr job whose model to apply"),
+    ] = Field(description="the training job: each party applies its own part of its model")
+    cutoff: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="default probability from which an applicant is declined (default: the "
+        "training job's cutoff)",
+    )
+
+
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable ``vertical_score`` job.
+    """Check that ``spec`` is a runnable ``vertical_score`` job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
     """
-    banks = [p for p in spec.participants if p.role == LABEL_HOLDER]
-    providers = [p for p in spec.participants if p.role == FEATURE_HOLDER]
-    if len(banks) != 1 or not providers or len(banks) + len(providers) != len(spec.participants):
-        raise InvalidJobSpecError(
-            f"vertical_score needs exactly one {LABEL_HOLDER!r} and at least one "
-            f"{FEATURE_HOLDER!r} (those of the training job), and no other role"
-        )
-    if len(providers) > pairwise_masks.MAX_CONTRIBUTORS:
-        raise InvalidJobSpecError(f"at most {pairwise_masks.MAX_CONTRIBUTORS} feature holders")
-    for p in spec.participants:
-        if p.dataset is None or ID_COLUMN not in p.columns:
-            raise InvalidJobSpecError(
-                f"participant {p.party!r} must name a dataset and bind the logical column "
-                f"{ID_COLUMN!r} (columns={{'{ID_COLUMN}': ...}})"
-            )
-    if tuple(spec.receivers) != (banks[0].party,):
-        raise InvalidJobSpecError(
-            f"vertical_score delivers the scores to the label holder only: set receivers = "
-            f"[{banks[0].party!r}]"
-        )
-    known = {"model_job", "cutoff"}
-    unknown = set(spec.params) - known
-    if unknown:
-        raise InvalidJobSpecError(f"unknown parameters {sorted(unknown)}; known: {sorted(known)}")
-    job = spec.params.get("model_job")
-    if not isinstance(job, str) or not re.fullmatch(r"[0-9a-f]{32}", job):
-        raise InvalidJobSpecError(
-            "parameter 'model_job' must be the 32-hex-digit id of the vertical_lr job whose "
-            "model to apply"
-        )
-    cutoff = spec.params.get("cutoff", 0.5)
-    if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 <= cutoff <= 1:
-        raise InvalidJobSpecError(f"parameter 'cutoff' must be a number in [0, 1]; got {cutoff!r}")
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -337,7 +327,17 @@ DEFINITION = ProtocolDef(
     name="vertical_score",
     version="1",
     roles={LABEL_HOLDER: run_label_holder, FEATURE_HOLDER: run_feature_holder},
-    validate=validate,
+    params=VerticalScoreParams,
+    role_requirements={
+        LABEL_HOLDER: RoleRequirement(columns=(ID_COLUMN,), receives=True, who="the bank"),
+        FEATURE_HOLDER: RoleRequirement(
+            min=1,
+            max=pairwise_masks.MAX_CONTRIBUTORS,
+            columns=(ID_COLUMN,),
+            receives=False,
+            who="those of the training job",
+        ),
+    },
     outputs=outputs,
     learns=learns,
     description="scoring with a vertical_lr model: PSI alignment, pairwise-masked partial scores",

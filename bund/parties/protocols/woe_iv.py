@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from bund.compute import paillier as pl
 from bund.compute.encoding import squeeze_layout
@@ -43,23 +44,23 @@ from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, Protocol
 from bund.parties.protocols.plots import png
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
+    FEATURE_HOLDER_NEEDS,
     ID_COLUMN,
     LABEL_COLUMN,
     LABEL_HOLDER,
+    LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    PaillierParams,
     align_feature_holder,
     align_label_holder,
     decode_meta,
     encode_meta,
     feature_matrix,
-    key_bits_param,
     label_vector,
     numeric_features,
     recv_vector,
     roles_of,
     send_vector,
-    validate_params,
-    validate_roles,
 )
 
 # --- WOE / IV -------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def run_label_holder(ctx: JobContext) -> Result | None:
     alignment = align_label_holder(ctx, providers)
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], alignment.rows)
     n = len(y)
-    public, private = pl.generate_keypair(key_bits_param(spec))
+    public, private = pl.generate_keypair(WoeIvParams.of(spec).key_bits)
     source = pl.Encryptor(private)
     labels = pl.encrypt(source, y.astype(np.int64).tolist())
     for peer in providers:
@@ -174,8 +175,8 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
     if len(names) > MAX_FEATURES:
         raise InvalidJobSpecError(f"at most {MAX_FEATURES} features per party")
     x = feature_matrix(table, names, alignment.rows)
-    bins = int(spec.params.get("bins", 10) or 10)
-    min_rows = int(spec.params.get("min_bin_rows", 5) or 5)
+    params = WoeIvParams.of(spec)
+    bins, min_rows = params.bins, params.min_bin_rows
     indicator: list[npt.NDArray[np.int64]] = []
     rows_per_bin: list[list[int]] = []
     edges_out: dict[str, list[float]] = {}
@@ -219,21 +220,28 @@ def _iv_chart(report: dict[str, dict[str, Any]]) -> bytes:
 
 # --- the job spec ---------------------------------------------------------------------------
 
-_PARAMS: dict[str, tuple[type, float, float]] = {
-    "bins": (int, 2, MAX_BINS),
-    "min_bin_rows": (int, 1, 1_000_000),
-    "key_bits": (int, 256, 8192),
-}
+
+class WoeIvParams(PaillierParams):
+    """The parameters of a ``woe_iv`` job."""
+
+    bins: int = Field(
+        default=10,
+        ge=2,
+        le=MAX_BINS,
+        description="quantile bins per feature, before small bins merge",
+    )
+    min_bin_rows: int = Field(
+        default=5, ge=1, le=1_000_000, description="a bin with fewer rows merges with its neighbour"
+    )
 
 
 def validate(spec: JobSpec) -> None:
-    """Check that ``spec`` is a runnable ``woe_iv`` job.
+    """Check that ``spec`` is a runnable ``woe_iv`` job (``DEFINITION.validate``).
 
     Raises:
         InvalidJobSpecError: Naming the field to fix.
     """
-    validate_roles(spec, "woe_iv")
-    validate_params(spec, _PARAMS)
+    DEFINITION.validate(spec)
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
@@ -265,7 +273,8 @@ DEFINITION = ProtocolDef(
     name="woe_iv",
     version="1",
     roles={LABEL_HOLDER: run_label_holder, FEATURE_HOLDER: run_feature_holder},
-    validate=validate,
+    params=WoeIvParams,
+    role_requirements={LABEL_HOLDER: LABEL_HOLDER_NEEDS, FEATURE_HOLDER: FEATURE_HOLDER_NEEDS},
     outputs=outputs,
     learns=learns,
     description="joint WOE/IV screening: encrypted labels summed per bin of each provider feature",
