@@ -72,6 +72,8 @@ class NodeConfig:
     peer_silence_s: float = 60.0
     #: The longest a job may run at this node; past it the job is aborted.
     job_deadline_s: float = 7 * 86_400.0
+    #: A job not started this long after it was proposed or accepted here expires.
+    unstarted_expiry_s: float = 90_000.0
     max_workers: int = 16
     #: Where heavy kernel batches run: ``inline``, ``thread[:N]``, ``process[:N]`` and any
     #: back-end ``bund.compute.executor.create_executor`` knows (``[compute] executor``).
@@ -151,6 +153,11 @@ class _Limits(StrictModel):
     )
     job_deadline_s: PositiveNumber = Field(
         default=7 * 86_400, description="the longest a job may run here"
+    )
+    unstarted_expiry_s: PositiveNumber = Field(
+        default=90_000,
+        description="a proposed or accepted job that has not started after this long expires, "
+        "releasing its budget reservation",
     )
     max_workers: int = Field(default=16, ge=1, description="concurrent job roles")
 
@@ -257,6 +264,7 @@ def load_config(path: Path) -> NodeConfig:
         heartbeat_interval_s=limits.heartbeat_interval_s,
         peer_silence_s=limits.peer_silence_s,
         job_deadline_s=limits.job_deadline_s,
+        unstarted_expiry_s=limits.unstarted_expiry_s,
         max_workers=limits.max_workers,
         executor=file.compute.executor,
         source=path,

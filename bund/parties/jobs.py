@@ -29,6 +29,7 @@ from bund.parties.transport import (
     InMemoryNetwork,
     JobAbortedError,
     Mailbox,
+    MessagePlan,
     Transport,
     check_tag,
     digest,
@@ -329,6 +330,11 @@ def no_privacy_cost(spec: JobSpec, party: str) -> Budget:
     return Budget()
 
 
+def default_plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> MessagePlan:
+    """The messages a peer may send a job of a protocol that declares no plan: node limits."""
+    return MessagePlan(limits["job_max_messages"], limits["job_max_bytes"])
+
+
 def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
     """A protocol that needs every participant: any silent peer interrupts the job."""
     return frozenset()
@@ -451,6 +457,11 @@ class ProtocolDef:
         dropouts: the peers whose silence ``party``'s role handles itself (a federated round
             carries on without them), so the node does not interrupt the job for them and does
             not wait for their closing message.
+        plan: what one peer may send ``party`` in the job (messages, bytes, tags), from the
+            spec and the node's limits; deliveries beyond it are refused.
+        pays_as_it_goes: whether the job charges ``cost`` in parts as it runs (``ctx.charge``,
+            a training round each) instead of all at its start; either way ``cost`` is the
+            most its plan can charge, which the ledger reserves at acceptance.
         resumable: whether every role saves the state behind what it sends first (write-ahead),
             so that a job interrupted by a fault can resume; a fault fails any other protocol's job.
     """
@@ -466,6 +477,8 @@ class ProtocolDef:
     cost: Callable[[JobSpec, str], Budget] = no_privacy_cost
     description: str = ""
     dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
+    plan: Callable[[JobSpec, str, Mapping[str, int]], MessagePlan] = default_plan
+    pays_as_it_goes: bool = False
     resumable: bool = False
 
     def __post_init__(self) -> None:

@@ -126,7 +126,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     peers = PeerClients(config)
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
-        {name: entry.budget for name, entry in config.policy.datasets.items()},
+        {name: entry.budget_limits for name, entry in config.policy.datasets.items()},
         audit,
     )
     approver_key = (
@@ -150,6 +150,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             heartbeat_interval=config.heartbeat_interval_s,
             peer_silence=config.peer_silence_s,
             job_deadline=config.job_deadline_s,
+            unstarted_expiry=config.unstarted_expiry_s,
             max_workers=config.max_workers,
         ),
         executor=create_executor(config.executor),

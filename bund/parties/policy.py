@@ -27,15 +27,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
-from bund.compute.dp.budget import Budget
+from bund.compute.dp.budget import Budget, parse_rational
 from bund.compute.errors import BundError, InvalidInputError
 from bund.parties.identity import ROLES
 from bund.parties.jobs import JobSpec
+from bund.parties.ledger import BudgetLimits
 from bund.parties.schema import (
     Exact,
     Expect,
@@ -99,6 +101,15 @@ class DatasetPolicy:
     protocols: frozenset[str] | None = None
     version: str | None = None
     budget: Budget = field(default_factory=Budget)
+    #: The most ε one job may charge this dataset (None: up to the total).
+    max_epsilon_per_job: Fraction | None = None
+    #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
+    max_epsilon_per_requester: Fraction | None = None
+
+    @property
+    def budget_limits(self) -> BudgetLimits:
+        """The total and the caps, as the ledger enforces them."""
+        return BudgetLimits(self.budget, self.max_epsilon_per_job, self.max_epsilon_per_requester)
 
     @property
     def rules(self) -> LevelRules:
@@ -113,6 +124,8 @@ class DatasetPolicy:
 #: Limits a node sets for every job, with their defaults.
 DEFAULT_LIMITS: Mapping[str, int] = {
     "psi_max_set_size": 2_000_000,
+    "job_max_messages": 1_000_000,
+    "job_max_bytes": 16 << 30,
 }
 
 
@@ -241,6 +254,14 @@ class _Dataset(StrictModel):
     )
     budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
     budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
+    max_epsilon_per_job: Exact | None = Field(
+        default=None, description="the most ε one job may charge (a query's cap)"
+    )
+    max_epsilon_per_requester: Exact | None = Field(
+        default=None,
+        description="the most ε all jobs of one requester may charge, in total (the control "
+        "against differencing: each query of the same cohort costs its ε)",
+    )
 
 
 class _Approvals(StrictModel):
@@ -257,6 +278,16 @@ class _Limits(StrictModel):
         default=DEFAULT_LIMITS["psi_max_set_size"],
         ge=1,
         description="largest PSI set, own or a peer's",
+    )
+    job_max_messages: int = Field(
+        default=DEFAULT_LIMITS["job_max_messages"],
+        ge=16,
+        description="most messages one peer may send one job, for protocols without a plan",
+    )
+    job_max_bytes: int = Field(
+        default=DEFAULT_LIMITS["job_max_bytes"],
+        ge=1 << 20,
+        description="most bytes one peer may send one job, for protocols without a plan",
     )
 
 
@@ -287,6 +318,10 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             raise _fail(path, f"{where}.owner is {entry.owner!r}, but this node is {party!r}")
         try:
             budget = Budget.parse(entry.budget_epsilon, entry.budget_delta)
+            per_job, per_requester = (
+                None if cap is None else parse_rational(cap)
+                for cap in (entry.max_epsilon_per_job, entry.max_epsilon_per_requester)
+            )
         except (InvalidInputError, ValueError) as exc:
             raise _fail(path, f"{where} budget: {exc}") from None
         datasets[name] = DatasetPolicy(
@@ -295,6 +330,8 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             protocols=None if entry.protocols is None else frozenset(entry.protocols),
             version=entry.version,
             budget=budget,
+            max_epsilon_per_job=per_job,
+            max_epsilon_per_requester=per_requester,
         )
     key = file.approvals.approver_key
     if file.approvals.required and key is None:

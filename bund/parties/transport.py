@@ -21,6 +21,8 @@ from bund.compute.errors import BundError
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/:]{0,127}$")
 #: Payloads larger than this wait for their role on disk (in a journal), not in memory.
 SPOOL_BYTES = 64 << 10
+#: Bytes of one job's small messages a mailbox holds in memory; beyond it they wait on disk too.
+MEMORY_BYTES_PER_JOB = 16 << 20
 #: How often a waiting role asks whether its sender is still alive.
 LIVENESS_POLL_S = 0.5
 
@@ -46,6 +48,10 @@ class EquivocationError(TransportError):
 
 class PayloadTooLargeError(TransportError):
     """A payload exceeds the configured maximum message size."""
+
+
+class MessageBudgetExceededError(PayloadTooLargeError):
+    """A peer sent a job more messages or bytes than the job's plan allows; refused."""
 
 
 class JobAbortedError(TransportError):
@@ -90,6 +96,23 @@ def envelope_digest(job_id: str, tag: str, payload: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
+class MessagePlan:
+    """What one sender may deliver to one job: how many messages, bytes, and under which tags.
+
+    ``tags`` are regular expressions a tag must match in full (``None``: any valid tag), so a
+    peer cannot park data under tags no role will ever take.
+    """
+
+    max_messages: int
+    max_bytes: int
+    tags: tuple[str, ...] | None = None
+
+    def allows_tag(self, tag: str) -> bool:
+        """Whether ``tag`` is one the job's roles take."""
+        return self.tags is None or any(re.fullmatch(p, tag) for p in self.tags)
+
+
+@dataclass(frozen=True)
 class Envelope:
     """A delivered message: who sent it, under which tag, and its digest."""
 
@@ -121,9 +144,25 @@ class Mailbox:
         self._interrupted: dict[str, str] = {}
         #: Messages waiting on disk only (their envelopes in ``_waiting`` carry no payload).
         self._spooled: set[tuple[str, str, str]] = set()
+        #: Per (job, sender): messages and bytes delivered so far, against the job's plan.
+        self._used: dict[tuple[str, str], tuple[int, int]] = {}
+        #: Per job: bytes of waiting messages held in memory.
+        self._in_memory: dict[str, int] = {}
 
-    def put(self, job_id: str, sender: str, tag: str, payload: bytes) -> bool:
-        """Store a message; return False for an identical replay. Raise on equivocation."""
+    def put(
+        self,
+        job_id: str,
+        sender: str,
+        tag: str,
+        payload: bytes,
+        plan: MessagePlan | None = None,
+    ) -> bool:
+        """Store a message; return False for an identical replay. Raise on equivocation.
+
+        With a ``plan``, a new message beyond the sender's messages or bytes for the job is
+        refused (``MessageBudgetExceededError``), so a peer cannot make this node hold more
+        than the job needs, in memory or on disk.
+        """
         check_tag(tag)
         if len(payload) > self._max_payload:
             raise PayloadTooLargeError(
@@ -141,11 +180,31 @@ class Mailbox:
                     f"{sender} sent a different payload under tag {tag!r} of job {job_id}; "
                     "the job cannot continue"
                 )
-            spool = self._journal is not None and len(payload) > SPOOL_BYTES
+            if plan is not None and not plan.allows_tag(tag):
+                raise MessageBudgetExceededError(
+                    f"{sender} sent job {job_id} a message under tag {tag!r}, which no role of "
+                    "the job takes: refused"
+                )
+            count, size = self._used.get((job_id, sender), (0, 0))
+            if plan is not None and (
+                count + 1 > plan.max_messages or size + len(payload) > plan.max_bytes
+            ):
+                raise MessageBudgetExceededError(
+                    f"{sender} has sent job {job_id} {count} messages ({size} bytes); this one "
+                    f"would exceed the job's plan of {plan.max_messages} messages and "
+                    f"{plan.max_bytes} bytes per sender: refused"
+                )
+            held = self._in_memory.get(job_id, 0)
+            spool = self._journal is not None and (
+                len(payload) > SPOOL_BYTES or held + len(payload) > MEMORY_BYTES_PER_JOB
+            )
             if self._journal is not None:
                 self._journal.received(job_id, sender, tag, sha, payload)
             if spool:
                 self._spooled.add(key)
+            else:
+                self._in_memory[job_id] = held + len(payload)
+            self._used[(job_id, sender)] = (count + 1, size + len(payload))
             self._seen[key] = sha
             self._waiting[key] = Envelope(job_id, sender, tag, b"" if spool else payload, sha)
             self._cond.notify_all()
@@ -195,6 +254,8 @@ class Mailbox:
             envelope = self._waiting.pop(key)
             spooled = key in self._spooled
             self._spooled.discard(key)
+            if not spooled:
+                self._in_memory[job_id] = self._in_memory.get(job_id, 0) - len(envelope.payload)
         if self._journal is not None:
             if spooled:
                 payload = self._journal.payload(job_id, sender, tag)
@@ -231,6 +292,8 @@ class Mailbox:
             for sender, tag, sha, stored in kept:
                 key = (job_id, sender, tag)
                 self._seen[key] = sha
+                count, size = self._used.get((job_id, sender), (0, 0))
+                self._used[(job_id, sender)] = (count + 1, size)
                 if stored:
                     self._waiting[key] = Envelope(job_id, sender, tag, b"", sha)
                     self._spooled.add(key)
@@ -255,6 +318,9 @@ class Mailbox:
                 self._seen.pop(key, None)
                 self._waiting.pop(key, None)
                 self._spooled.discard(key)
+            self._in_memory.pop(job_id, None)
+            for used in [u for u in self._used if u[0] == job_id]:
+                self._used.pop(used, None)
 
 
 class Transport(Protocol):

@@ -79,8 +79,14 @@ class LoopbackPeers:
         )
 
     def propose(self, to: str, spec: JobSpec) -> tuple[bool, str]:
-        """Propose ``spec`` to ``to``."""
-        return self._to(to).propose(spec, self.party)
+        """Propose ``spec`` to ``to``; an error it answers is a refusal, as over gRPC."""
+        target = self._to(to)
+        try:
+            return target.propose(spec, self.party)
+        except PeerUnavailableError:
+            raise
+        except BundError as exc:
+            return False, str(exc)
 
     def start(self, to: str, job_id: str) -> None:
         """Tell ``to`` to start."""

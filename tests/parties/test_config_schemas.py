@@ -35,6 +35,7 @@ from bund.parties.policy import (
     load_policy,
     policy_template,
 )
+from bund.parties.processes import write_node_files
 from bund.parties.protocols import PROTOCOLS, ckks_scoring, dp_stats, psi
 from bund.parties.regulator import load_regulator_config
 from bund.parties.schema import MAX_DEPTH, StrictModel
@@ -547,7 +548,8 @@ def test_demo_configs_check(tmp_path: Path) -> None:
         for party in scenario.parties:
             (tmp_path / party.name).mkdir()
             others = [o for o in scenario.parties if o is not party]
-            path = demo.write_node_config(tmp_path, party, tmp_path / "data", others)
+            files = demo.node_files(tmp_path, party, tmp_path / "data", others, tmp_path / "peers")
+            path = write_node_files(files)
             result = check_file(path)
             assert result.ok, result.errors
             assert check_file(path.parent / "policy.toml", party=party.name).ok

@@ -83,7 +83,9 @@ def test_a_policy_refusal_ends_the_job_everywhere_before_anything_runs(loop: Loo
     status = loop.wait("bank", job)
     assert status.state is JobState.REFUSED
     assert "refused by tax" in status.error and "does not allow jobs with bank" in status.error
-    assert loop.managers["tax"].store.get(job).state is JobState.REFUSED
+    # A party tax does not work with creates no state and no record of the job at tax.
+    assert loop.managers["tax"].store.find(job) is None
+    assert loop.events("tax", job) == []
     assert "message_sent" not in loop.events("bank", job)
     assert "job_refused_by_peer" in loop.events("bank", job)
 
@@ -228,7 +230,7 @@ def test_only_participants_may_ask_and_only_the_requester_may_start(loop: Loopba
         loop.managers["bank"].result(job, "tax")
 
 
-def test_a_job_pays_its_cost_once_at_acceptance(loop: Loopback) -> None:
+def test_a_job_reserves_at_acceptance_and_pays_once_at_its_start(loop: Loopback) -> None:
     _pair(
         loop,
         PartySetup({"filings": ROWS}, budget_epsilon=Fraction(1)),
@@ -236,6 +238,11 @@ def test_a_job_pays_its_cost_once_at_acceptance(loop: Loopback) -> None:
     )
     job = loop.managers["bank"].submit(_exchange(epsilon="1/4"), "bank")  # type: ignore[arg-type]
     assert loop.wait("bank", job).state is JobState.SUCCEEDED
-    assert loop.managers["tax"].ledger.line("filings").spent.epsilon == Fraction(1, 4)
+    line = loop.managers["tax"].ledger.line("filings")
+    assert (line.spent.epsilon, line.reserved.epsilon) == (Fraction(1, 4), 0)
+    assert [e for e in loop.events("tax", job) if e.startswith("budget_")] == [
+        "budget_reserved",
+        "budget_charged",
+    ]
     charged = loop.records("tax", job, Event.BUDGET_CHARGED)
     assert len(charged) == 1 and charged[0][Key.EPSILON] == "1/4"

@@ -18,7 +18,7 @@ from bund.parties.approvals import ApprovalError, ApprovalRequest, verify_approv
 from bund.parties.data import Table
 from bund.parties.identity import raw_key_id
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, JsonScalar, ProtocolDef
-from bund.parties.ledger import BudgetExhaustedError, BudgetLedger
+from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Key
 from bund.parties.policy import Policy, PolicyRefusedError
 
@@ -119,12 +119,7 @@ class Admission:
                 "review the change and update the pin"
             )
         self.policy.check_cohort(request.dataset, self.table(request.dataset).num_rows)
-        line = self.ledger.line(request.dataset)
-        if not (line.spent + request.cost).fits_within(line.total):
-            raise BudgetExhaustedError(
-                f"dataset {request.dataset!r} has {line.remaining} of its privacy budget left; "
-                f"this job needs {request.cost}"
-            )
+        self.ledger.check_caps(request.dataset, spec.requester, request.cost)
         return request
 
     def needs_approval(self, request: ApprovalRequest | None) -> bool:
@@ -146,13 +141,16 @@ class Admission:
         }
 
     def commit(self, spec: JobSpec, request: ApprovalRequest | None) -> dict[str, JsonScalar]:
-        """Charge the job's cost (before anything runs, never refunded); the acceptance's fields."""
+        """Reserve the most the job can cost (charged when it starts); the acceptance's fields.
+
+        The reservation is released if the job never starts, and its unused part when it ends.
+        """
         fields: dict[str, JsonScalar] = {
             Key.SPEC_SHA256: spec.digest(),
             Key.APPROVALS_REQUIRED: self.policy.approvals_required,
         }
         if request is not None:
-            self.ledger.charge(spec.job_id, request.dataset, request.cost)
+            self.ledger.reserve(spec.job_id, request.dataset, spec.requester, request.cost)
             self._admitted[spec.job_id] = request.payload()
             fields.update(
                 {Key.DATASET: request.dataset, Key.DATASET_VERSION: request.dataset_version}

@@ -44,6 +44,8 @@ class Event(StrEnum):
     JOB_FAILED = "job_failed"
     JOB_INTERRUPTED = "job_interrupted"
     JOB_RESUMED = "job_resumed"
+    #: Proposed or accepted here, and never started within ``unstarted_expiry_s``.
+    JOB_EXPIRED = "job_expired"
     JOB_CLOSED = "job_closed"
     PRIVACY_RECEIPT = "privacy_receipt"
     #: This node's operator read a result or a page of an artifact (recorded before it is served).
@@ -59,7 +61,9 @@ class Event(StrEnum):
     MESSAGE_AFTER_CLOSE = "message_after_close"
     EQUIVOCATION = "equivocation"
     # The privacy-budget ledger.
+    BUDGET_RESERVED = "budget_reserved"
     BUDGET_CHARGED = "budget_charged"
+    BUDGET_RELEASED = "budget_released"
     # The node itself.
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
@@ -157,6 +161,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
                 _E.JOB_FAILED,
                 _E.JOB_INTERRUPTED,
                 _E.JOB_RESUMED,
+                _E.JOB_EXPIRED,
                 _E.JOB_CLOSED,
             ),
             EventKind.LIFECYCLE,
@@ -176,7 +181,9 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
             ),
             EventKind.MESSAGE_NOTE,
         ),
+        _E.BUDGET_RESERVED: EventKind.BUDGET,
         _E.BUDGET_CHARGED: EventKind.BUDGET,
+        _E.BUDGET_RELEASED: EventKind.BUDGET,
         _E.NODE_STARTED: EventKind.NODE,
         _E.NODE_STOPPED: EventKind.NODE,
         _E.RPC: EventKind.RPC,
@@ -209,6 +216,7 @@ LEGACY_STATE_AFTER: Final[Mapping[Event, JobState]] = MappingProxyType(
         _E.JOB_FAILED: JobState.FAILED,
         _E.JOB_INTERRUPTED: JobState.INTERRUPTED,
         _E.JOB_RESUMED: JobState.RUNNING,
+        _E.JOB_EXPIRED: JobState.FAILED,
     }
 )
 

@@ -11,6 +11,7 @@ and the jobs it had submitted but not started fail, since nobody is left to coor
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from bund.compute.errors import BundError
 from bund.parties.jobs import JobSpec, JsonScalar, ProtocolDef, transcript_digest
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.runner import LivenessHooks, Move
-from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
+from bund.parties.lifecycle.states import NOT_STARTED, JobState, JobStatus, is_terminal
 from bund.parties.lifecycle.store import JobStore
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import Mailbox
@@ -49,6 +50,7 @@ class LivenessTiming:
     heartbeat_interval: float = 5.0
     peer_silence: float = 60.0
     job_deadline: float = 7 * 86_400.0
+    unstarted_expiry: float = 90_000.0
 
     @property
     def heartbeat_timeout(self) -> float:
@@ -197,6 +199,10 @@ class Liveness(LivenessHooks):
             for job_id in healing:  # off the watcher's thread: a peer may be slow to answer
                 self._beats.submit(self._heal, job_id)
             self._retry_unrecorded()
+            try:
+                self._expire_unstarted()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one job
+                log.exception("could not expire unstarted jobs")
 
     def _check_job(self, job_id: str) -> None:
         now = time.monotonic()
@@ -282,6 +288,32 @@ class Liveness(LivenessHooks):
             self._resume_job(job_id, self.party)
         except Exception:  # noqa: BLE001 - a pool task: log what would otherwise vanish
             log.exception("could not heal job %s", job_id)
+
+    def _expire_unstarted(self) -> None:
+        """Fail every job still waiting to start after ``unstarted_expiry`` (it holds budget).
+
+        A counterparty that proposes and never starts, or a requester that vanished, would
+        otherwise keep a reservation here for ever.
+        """
+        now = dt.datetime.now(dt.UTC)
+        limit = dt.timedelta(seconds=self.timing.unstarted_expiry)
+        for status in self._store.unfinished():
+            if status.state not in NOT_STARTED:
+                continue
+            since = dt.datetime.fromisoformat(status.updated_at)
+            if now - since < limit:
+                continue
+            why = (
+                f"expired: not started {self.timing.unstarted_expiry:.0f} s after it was last "
+                "moved here (unstarted_expiry_s)"
+            )
+            move = Move(
+                status.spec.job_id, JobState.FAILED, Event.JOB_EXPIRED, {Key.REASON: why}, why
+            )
+            try:
+                move.write(self._store)
+            except BundError:
+                self.move_later(move)
 
     # -- restart -------------------------------------------------------------------------------
 

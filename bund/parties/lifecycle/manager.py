@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ from bund.parties.jobs import (
 from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.admission import Admission
 from bund.parties.lifecycle.coordinator import Coordinator
-from bund.parties.lifecycle.events import Event, Key
+from bund.parties.lifecycle.events import CLOSE_TAG, Event, Key
 from bund.parties.lifecycle.liveness import Liveness, LivenessTiming
-from bund.parties.lifecycle.runner import RoleRunner, RunnerPorts
+from bund.parties.lifecycle.runner import MAX_CLOSING_BYTES, RoleRunner, RunnerPorts
 from bund.parties.lifecycle.states import (
     NOT_STARTED,
     JobState,
@@ -51,6 +52,7 @@ from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
     EquivocationError,
     Mailbox,
+    MessagePlan,
     Transport,
     digest,
     envelope_digest,
@@ -92,6 +94,7 @@ class LifecycleTiming:
     heartbeat_interval: float = 5.0
     peer_silence: float = 60.0
     job_deadline: float = 7 * 86_400.0
+    unstarted_expiry: float = 90_000.0
     max_workers: int = 16
 
 
@@ -159,7 +162,12 @@ class JobManager:
             self.resume_job,
             self._abort_peers,
             self.resume,
-            LivenessTiming(timing.heartbeat_interval, timing.peer_silence, timing.job_deadline),
+            LivenessTiming(
+                timing.heartbeat_interval,
+                timing.peer_silence,
+                timing.job_deadline,
+                timing.unstarted_expiry,
+            ),
         )
         self.runner = RoleRunner(
             party,
@@ -177,6 +185,7 @@ class JobManager:
             ),
             timing.recv_timeout,
         )
+        self.store.add_listener(self._release_when_ended)
         self.coordinator = Coordinator(
             party,
             peers,
@@ -187,6 +196,11 @@ class JobManager:
             self.liveness.move_later,
             timing.approval_timeout,
         )
+
+    def _release_when_ended(self, status: JobStatus) -> None:
+        """Release what an ended job still holds of the budget (all of it if it never started)."""
+        if is_terminal(status.state):
+            self.ledger.release(status.spec.job_id, f"the job {status.state.value}")
 
     @property
     def policy(self) -> Policy:
@@ -397,6 +411,8 @@ class JobManager:
             raise NotAuthorizedError(f"{self.party} takes no part in this job")
         if not spec.job_id:
             raise InvalidJobSpecError("a proposed job must carry its job_id")
+        # Before anything is stored: a party this node does not work with creates no state.
+        self.policy.check_counterparty(caller, caller_role)
         self.store.create(spec, Event.JOB_PROPOSED, self._spec_fields(spec))
         try:
             self._admit(spec, self.admission.check(spec, caller_role))
@@ -474,7 +490,7 @@ class JobManager:
             )
             raise JobStateError(why)
         try:
-            fresh = self.mailbox.put(job_id, caller, tag, payload)
+            fresh = self.mailbox.put(job_id, caller, tag, payload, self._plan(status.spec))
         except EquivocationError as exc:
             self.store.record(job_id, Event.EQUIVOCATION, note)
             self._abort_everywhere(status.spec, f"{caller} equivocated: {exc}")
@@ -482,6 +498,12 @@ class JobManager:
         if not fresh:
             self.store.record(job_id, Event.MESSAGE_DUPLICATE, note)
         return fresh
+
+    def _plan(self, spec: JobSpec) -> MessagePlan:
+        """What one peer may send this node in ``spec``: the protocol's plan and the closing."""
+        plan = self.admission.protocols[spec.protocol].plan(spec, self.party, self.policy.limits)
+        tags = None if plan.tags is None else (*plan.tags, re.escape(CLOSE_TAG))
+        return MessagePlan(plan.max_messages + 1, plan.max_bytes + MAX_CLOSING_BYTES, tags)
 
     def resume_job(self, job_id: str, caller: str) -> None:
         """Run an interrupted job's role again from its resume states.
@@ -542,7 +564,16 @@ class JobManager:
     # -- the node's own life ----------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart: resume, heal or fail what this node was doing (see liveness)."""
+        """After a restart: resume, heal or fail what this node was doing (see liveness).
+
+        A reservation whose job ended (or is unknown here) while the node could not release it
+        is released now.
+        """
+        for job_id in self.ledger.reserved_jobs():
+            status = self.store.find(job_id)
+            if status is None or is_terminal(status.state):
+                why = "the job ended" if status else "the job is not known here"
+                self.ledger.release(job_id, f"{why} (released after a restart)")
         self.liveness.recover(self._pool.submit)
 
     def shutdown(self) -> None:

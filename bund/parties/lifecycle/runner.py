@@ -63,7 +63,7 @@ log = logging.getLogger("bund.jobs")
 #: Faults after which a job is interrupted (resumable) rather than failed.
 FAULTS = (JobInterruptedError, PeerTimeoutError, PeerUnavailableError)
 #: Largest closing message accepted: a party name and a hex digest, as compact JSON.
-_MAX_CLOSING_BYTES = 512
+MAX_CLOSING_BYTES = 512
 
 
 def encode_closing(party: str, transcript: str) -> bytes:
@@ -77,7 +77,7 @@ def decode_closing(payload: bytes, peer: str) -> str:
     The size is checked before parsing, so no nesting or length can cost more than a glance.
     """
     try:
-        if len(payload) > _MAX_CLOSING_BYTES:
+        if len(payload) > MAX_CLOSING_BYTES:
             raise ValueError
         doc = json.loads(payload)
         value = doc["transcript_sha256"]
@@ -275,6 +275,9 @@ class RoleRunner:
         try:
             definition = self._admission.protocols[spec.protocol]
             request = self._admission.recheck(spec)
+            if request is not None and not definition.pays_as_it_goes:
+                # Out of the reservation made at acceptance; once, however often it resumes.
+                self._p.ledger.charge(spec.job_id, request.dataset, request.cost)
             result = definition.roles[spec.participant(self.party).role](ctx)
             if result is not None and self.party not in spec.receivers:
                 raise RuntimeError(f"protocol {spec.protocol} produced a result for a non-receiver")

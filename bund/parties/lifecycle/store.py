@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from bund.parties.lifecycle.states import (
     can_move,
     is_terminal,
 )
+
+log = logging.getLogger("bund.jobs")
 
 #: Longest error text kept with a job (a reason is a sentence, not a log).
 _MAX_ERROR = 1000
@@ -81,6 +84,21 @@ class JobStore(ABC):
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._revision = 0
+        self._listeners: list[Callable[[JobStatus], None]] = []
+
+    def add_listener(self, listener: Callable[[JobStatus], None]) -> None:
+        """Call ``listener`` with the new status after every move (outside the store's lock).
+
+        A listener that raises is logged and does not undo the move.
+        """
+        self._listeners.append(listener)
+
+    def _notify(self, status: JobStatus) -> None:
+        for listener in self._listeners:
+            try:
+                listener(status)
+            except Exception:  # noqa: BLE001 - the move is made; a listener's failure is logged
+                log.exception("a listener failed on job %s", status.spec.job_id)
 
     # -- what a back-end provides ---------------------------------------------------------------
 
@@ -174,7 +192,9 @@ class JobStore(ABC):
             if transcript is not None:
                 changes["transcript"] = transcript
             self._update(job_id, changes, utcnow(), result)
-            return self._changed_now(job_id)
+            status = self._changed_now(job_id)
+        self._notify(status)
+        return status
 
     def record(
         self, job_id: str, event: Event, fields: Mapping[str, JsonScalar] | None = None

@@ -19,7 +19,8 @@ messages and the result are the same on every executor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +29,7 @@ from pydantic import Field
 from bund.compute.errors import InvalidMessageError, SetTooLargeError
 from bund.compute.psi import (
     MAX_CHUNK_POINTS,
+    POINT_SIZE,
     BlindingKey,
     Disclosure,
     NormalisedIds,
@@ -51,6 +53,7 @@ from bund.parties.jobs import (
     Result,
     RoleRequirement,
 )
+from bund.parties.transport import MessagePlan
 
 #: The role both participants take.
 ROLE = "member"
@@ -323,6 +326,21 @@ def learns(spec: JobSpec) -> dict[str, str]:
 
 
 #: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
+def plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> MessagePlan:
+    """What the peer may send: a header, then its points and ours re-blinded, in chunks.
+
+    Both point sets are at most this node's ``psi_max_set_size`` (either set over it is refused
+    after the headers), so a peer cannot make this node hold more than two capped sets.
+    """
+    cap = limits[LIMIT_MAX_SET_SIZE]
+    chunks = -(-cap // MAX_CHUNK_POINTS)
+    return MessagePlan(
+        max_messages=1 + 2 * chunks,
+        max_bytes=4096 + 2 * cap * POINT_SIZE,
+        tags=(re.escape(_TAG_HEADER), r"psi/blinded/\d+", r"psi/double/\d+"),
+    )
+
+
 DEFINITION = ProtocolDef(
     name="psi",
     version="1",
@@ -332,5 +350,6 @@ DEFINITION = ProtocolDef(
     outputs=outputs,
     learns=learns,
     description="ECDH private set intersection (X25519): the intersection or only its size",
+    plan=plan,
     resumable=True,
 )
