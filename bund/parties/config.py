@@ -64,6 +64,8 @@ class NodeConfig:
     datasets: Mapping[str, DataSource]
     policy: Policy
     max_message_bytes: int = 8 * _MIB
+    #: How long an audit record waits for a locked store before its action is refused.
+    audit_write_timeout_s: float = 10.0
     recv_timeout_s: float = 300.0
     approval_timeout_s: float = 86_400.0
     #: How often a node asks each peer of a running job how it stands.
@@ -130,6 +132,11 @@ class _Audit(StrictModel):
     public_key: Text = Field(default="audit_ed25519.pub", description="its public key")
     store: Annotated[Text, AfterValidator(_audit_store)] | None = Field(
         default=None, description="a SQLite file, or a postgresql:// URL (default: state/audit.db)"
+    )
+    write_timeout_s: PositiveNumber = Field(
+        default=10,
+        description="how long a record waits for a locked audit store before the action that "
+        "needs it is refused (UNAVAILABLE)",
     )
 
 
@@ -259,6 +266,7 @@ def load_config(path: Path) -> NodeConfig:
         datasets=datasets,
         policy=policy,
         max_message_bytes=limits.max_message_bytes,
+        audit_write_timeout_s=file.audit.write_timeout_s,
         recv_timeout_s=limits.recv_timeout_s,
         approval_timeout_s=limits.approval_timeout_s,
         heartbeat_interval_s=limits.heartbeat_interval_s,

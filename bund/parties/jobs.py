@@ -43,6 +43,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 JsonScalar = str | int | float | bool | None
 
+#: Bounds on a spec, so that a proposal cannot make a node store much (a spec is kept per job).
+MAX_PARTICIPANTS = 64
+MAX_PARAMS = 64
+MAX_PARAM_TEXT = 4096
+MAX_BINDINGS = 256
+
 
 class InvalidJobSpecError(BundError):
     """A job spec is malformed: the message names the field to fix."""
@@ -74,6 +80,8 @@ class Participant:
         check_name("role", self.role)
         if self.dataset is not None:
             check_name("dataset", self.dataset)
+        if len(self.columns) > MAX_BINDINGS:
+            raise InvalidJobSpecError(f"a participant binds at most {MAX_BINDINGS} columns")
         for logical, column in self.columns.items():
             check_name("logical column", logical)
             if not isinstance(column, str) or not column or len(column) > 128:
@@ -116,8 +124,16 @@ class JobSpec:
                 raise InvalidJobSpecError(f"receiver {receiver!r} is not a participant ({names})")
         if not self.purpose.strip() or len(self.purpose) > 1000:
             raise InvalidJobSpecError("state the job's purpose in 1-1000 characters")
+        if len(self.participants) > MAX_PARTICIPANTS or len(self.params) > MAX_PARAMS:
+            raise InvalidJobSpecError(
+                f"a job has at most {MAX_PARTICIPANTS} participants and {MAX_PARAMS} parameters"
+            )
         for key, value in self.params.items():
             check_name("parameter", key)
+            if isinstance(value, str) and len(value) > MAX_PARAM_TEXT:
+                raise InvalidJobSpecError(
+                    f"parameter {key!r} holds {len(value)} characters; at most {MAX_PARAM_TEXT}"
+                )
             if not isinstance(value, str | int | float | bool) and value is not None:
                 raise InvalidJobSpecError(f"parameter {key!r} must be a string, number or bool")
             if isinstance(value, float) and not math.isfinite(value):

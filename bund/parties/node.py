@@ -44,6 +44,7 @@ from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStor
 from bund.parties.lifecycle.store import SqliteJobStore
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
+from bund.parties.rpc_audit import RefusalTally
 from bund.parties.transport import Mailbox
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 
@@ -76,6 +77,7 @@ class Node:
     audit_store: AuditStore
     health: health.HealthServicer
     peers: PeerClients
+    refusals: RefusalTally
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
@@ -83,6 +85,7 @@ class Node:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.manager.shutdown()
+        self.refusals.stop()
         self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
         self.peers.close()
         self.manager.store.close()
@@ -117,7 +120,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         )
     load_certificate(config.tls.ca)
     signing_key = load_audit_signing_key(config.audit_key)
-    audit_store = open_audit_store(config.audit_store)
+    audit_store = open_audit_store(config.audit_store, write_timeout_s=config.audit_write_timeout_s)
     audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
     store = SqliteJobStore(config.state_dir / "jobs.db", audit)
     resume_key = load_or_create_key(config.state_dir / "resume.key")
@@ -179,16 +182,20 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         ],
         maximum_concurrent_rpcs=256,
     )
+    refusals = RefusalTally(audit)
     server.add_generic_rpc_handlers(
         (
-            servicers.make_generic_handler("bund.v1.Jobs", servicers.job_methods(manager), audit),
             servicers.make_generic_handler(
-                "bund.v1.Federation", servicers.federation_methods(info), audit
+                "bund.v1.Jobs", servicers.job_methods(manager), audit, refusals
+            ),
+            servicers.make_generic_handler(
+                "bund.v1.Federation", servicers.federation_methods(info), audit, refusals
             ),
             servicers.make_generic_handler(
                 "bund.v1.Audit",
                 servicers.audit_methods(config.party, read_audit, audit.checkpoint),
                 audit,
+                refusals,
             ),
         )
     )
@@ -225,7 +232,8 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     tmp.replace(config.port_file)
     log.info("%s serving on port %d (mTLS)", config.party, port)
     manager.recover()
-    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers)
+    refusals.start()
+    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers, refusals)
 
 
 def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:

@@ -23,6 +23,7 @@ from bund.parties.identity import IdentityError, PartyIdentity, identity_from_pe
 from bund.parties.jobs import AuditSink
 from bund.parties.lifecycle.events import Event
 from bund.parties.lifecycle.manager import JobManager
+from bund.parties.rpc_audit import RefusalTally
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 
 log = logging.getLogger("bund.rpc")
@@ -58,9 +59,14 @@ class Method:
 
 
 def make_generic_handler(
-    service: str, methods: Mapping[str, Method], audit: AuditSink
+    service: str, methods: Mapping[str, Method], audit: AuditSink, refusals: RefusalTally
 ) -> grpc.GenericRpcHandler[bytes, bytes]:
-    """A handler for ``service`` that parses, authenticates, translates errors and audits."""
+    """A handler for ``service`` that parses, authenticates, translates errors and audits.
+
+    A call that succeeds is recorded one by one (except the quiet reads); a refused or failed
+    one is counted in ``refusals``, which records the counts per interval, so a flood of bad
+    calls costs bounded disk.
+    """
 
     def wrap(name: str, method: Method) -> grpc.RpcMethodHandler[bytes, bytes]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> bytes:
@@ -77,7 +83,9 @@ def make_generic_handler(
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
                 raise
             finally:
-                if code is not grpc.StatusCode.OK or name not in _QUIET:
+                if code is not grpc.StatusCode.OK:
+                    refusals.note(caller, f"{service}/{name}", code.name)
+                elif name not in _QUIET:
                     try:
                         audit.append(
                             Event.RPC,

@@ -25,7 +25,12 @@ from pydantic import Field
 
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError
-from bund.parties.audit import AuditLog, MemoryAuditStore
+from bund.parties.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditStoreUnavailableError,
+    MemoryAuditStore,
+)
 from bund.parties.data import Table
 from bund.parties.errors import PeerUnavailableError
 from bund.parties.jobs import (
@@ -41,7 +46,7 @@ from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
 from bund.parties.lifecycle.store import MemoryJobStore
-from bund.parties.policy import DatasetPolicy, Policy
+from bund.parties.policy import DEFAULT_LIMITS, DatasetPolicy, Policy
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import Mailbox, envelope_digest
 
@@ -58,6 +63,28 @@ FAST = LifecycleTiming(
 
 def _clock() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class FlakyAuditStore(MemoryAuditStore):
+    """An in-memory audit store that a test can take down (every append, or some events)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse: Callable[[AuditRecord], bool] = lambda record: False
+
+    def append(self, record: AuditRecord) -> None:
+        """Refuse the records the test says, as a locked or unreachable store would."""
+        if self.refuse(record):
+            raise AuditStoreUnavailableError("the audit store is down (test)")
+        super().append(record)
+
+    def down(self) -> None:
+        """Refuse every record."""
+        self.refuse = lambda record: True
+
+    def up(self) -> None:
+        """Take every record again."""
+        self.refuse = lambda record: False
 
 
 class LoopbackPeers:
@@ -113,6 +140,9 @@ class PartySetup:
     approvals: bool = False
     budget_epsilon: Fraction = Fraction(0)
     level: str = "public"
+    max_epsilon_per_job: Fraction | None = None
+    max_epsilon_per_requester: Fraction | None = None
+    limits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,7 +153,7 @@ class Loopback:
     protocols: Mapping[str, ProtocolDef]
     timing: LifecycleTiming = FAST
     managers: dict[str, JobManager] = field(default_factory=dict)
-    audits: dict[str, MemoryAuditStore] = field(default_factory=dict)
+    audits: dict[str, FlakyAuditStore] = field(default_factory=dict)
     approvers: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
     cut_off: set[str] = field(default_factory=set)
 
@@ -131,10 +161,16 @@ class Loopback:
         """Start ``party``'s manager; ``others`` are its allowed counterparties."""
         home = self.root / party
         home.mkdir(parents=True, exist_ok=True)
-        store = MemoryAuditStore()
+        store = FlakyAuditStore()
         audit = AuditLog(store, Ed25519PrivateKey.generate(), party, _clock)
         datasets = {
-            name: DatasetPolicy(owner=party, level=setup.level, budget=Budget(setup.budget_epsilon))
+            name: DatasetPolicy(
+                owner=party,
+                level=setup.level,
+                budget=Budget(setup.budget_epsilon),
+                max_epsilon_per_job=setup.max_epsilon_per_job,
+                max_epsilon_per_requester=setup.max_epsilon_per_requester,
+            )
             for name in setup.datasets
         }
         policy = Policy(
@@ -142,6 +178,7 @@ class Loopback:
             datasets=datasets,
             cohort_floor=1,
             approvals_required=setup.approvals,
+            limits={**DEFAULT_LIMITS, **setup.limits},
         )
         approver = Ed25519PrivateKey.generate()
         tables = {
@@ -159,7 +196,7 @@ class Loopback:
                 jobs=MemoryJobStore(audit),
                 resume=resume,
                 ledger=BudgetLedger(
-                    home / "budget.db", {n: d.budget for n, d in datasets.items()}, audit
+                    home / "budget.db", {n: d.budget_limits for n, d in datasets.items()}, audit
                 ),
             ),
             mailbox=Mailbox(64 << 20, journal=resume),
@@ -347,6 +384,38 @@ GATHER = ProtocolDef(
     dropouts=lambda spec, party: (
         frozenset(p.party for p in spec.participants if p.role == "member") - {party}
     ),
+)
+
+
+class RoundsParams(ProtocolParams):
+    """A job that pays per round."""
+
+    rounds: int = Field(default=3, ge=1, description="rounds planned (and approved)")
+    run: int = Field(default=-1, description="rounds actually run (-1: as planned)")
+    unit: str = Field(default="1/10", description="the ε each round costs")
+
+
+def _rounds(ctx: JobContext) -> Result | None:
+    """Each member charges one unit per round it runs; a deviating spec runs more than planned."""
+    params = RoundsParams.of(ctx.spec)
+    run = params.rounds if params.run < 0 else params.run
+    for k in range(run):
+        ctx.charge(f"round-{k}", Budget(Fraction(params.unit)))
+    return Result({"rounds": run}) if ctx.party in ctx.spec.receivers else None
+
+
+ROUNDS = ProtocolDef(
+    name="rounds",
+    version="1",
+    roles={"member": _rounds},
+    outputs=lambda spec: frozenset({"dp_aggregate"}),
+    learns=lambda spec: dict.fromkeys(spec.parties, "nothing"),
+    params=RoundsParams,
+    role_requirements={"member": RoleRequirement(min=1, max=None)},
+    cost=lambda spec, party: Budget(
+        RoundsParams.of(spec).rounds * Fraction(RoundsParams.of(spec).unit)
+    ),
+    pays_as_it_goes=True,
 )
 
 

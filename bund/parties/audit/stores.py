@@ -416,8 +416,11 @@ class SqliteAuditStore(SqlAuditStore):
     _BEGIN = "BEGIN IMMEDIATE"
     _NO_LOG_HINT = "no schema_version table; check the path"
 
-    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], read_only: bool = False, write_timeout_s: float = 10.0
+    ) -> None:
         self.path = Path(path)
+        self._write_timeout_ms = int(write_timeout_s * 1000)
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"no audit log at {self.path}")
@@ -430,7 +433,7 @@ class SqliteAuditStore(SqlAuditStore):
         super().__init__(db, str(self.path), read_only)
 
     def _configure(self) -> None:
-        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute(f"PRAGMA busy_timeout = {self._write_timeout_ms}")
         if not self._read_only:
             self._db.execute("PRAGMA journal_mode = WAL").fetchone()
             self._db.execute("PRAGMA synchronous = FULL")
@@ -509,7 +512,8 @@ class PostgresAuditStore(SqlAuditStore):
         "search_path option"
     )
 
-    def __init__(self, dsn: str, read_only: bool = False) -> None:
+    def __init__(self, dsn: str, read_only: bool = False, write_timeout_s: float = 10.0) -> None:
+        self._write_timeout_ms = int(write_timeout_s * 1000)
         try:
             import psycopg
         except ImportError:
@@ -548,6 +552,7 @@ class PostgresAuditStore(SqlAuditStore):
 
     def _configure(self) -> None:
         self._db.execute("SET synchronous_commit = on")
+        self._db.execute(f"SET lock_timeout = {self._write_timeout_ms}")
         if self._read_only:
             self._db.execute("SET default_transaction_read_only = on")
 
@@ -555,13 +560,17 @@ class PostgresAuditStore(SqlAuditStore):
         return text.encode("utf-8")  # BYTEA
 
 
-def open_audit_store(url_or_path: str | os.PathLike[str], read_only: bool = False) -> AuditStore:
+def open_audit_store(
+    url_or_path: str | os.PathLike[str], read_only: bool = False, write_timeout_s: float = 10.0
+) -> AuditStore:
     """Open the store that a node's configuration names.
 
     Args:
         url_or_path: A ``postgresql://`` (or ``postgres://``) URL for :class:`PostgresAuditStore`,
             or a file path for :class:`SqliteAuditStore`.
         read_only: Open only to read (verification, export).
+        write_timeout_s: How long an append waits for a lock before it is refused
+            (``AuditStoreUnavailableError``).
 
     Returns:
         The store; the caller closes it.
@@ -580,11 +589,11 @@ def open_audit_store(url_or_path: str | os.PathLike[str], read_only: bool = Fals
     """
     if isinstance(url_or_path, str):
         if url_or_path.startswith(("postgresql://", "postgres://")):
-            return PostgresAuditStore(url_or_path, read_only)
+            return PostgresAuditStore(url_or_path, read_only, write_timeout_s)
         scheme, separator, _ = url_or_path.partition("://")
         if separator:
             raise ValueError(
                 f"audit store {scheme}:// is not supported: give a file path (SQLite) or a "
                 "postgresql:// URL"
             )
-    return SqliteAuditStore(url_or_path, read_only)
+    return SqliteAuditStore(url_or_path, read_only, write_timeout_s)

@@ -68,6 +68,8 @@ class Event(StrEnum):
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
     RPC = "rpc"
+    #: Refused or failed calls, counted per caller, method and status over an interval.
+    RPC_REFUSED = "rpc_refused"
 
 
 class Key(StrEnum):
@@ -139,6 +141,8 @@ class EventKind(StrEnum):
     NODE = "node"
     #: An RPC the node served.
     RPC = "rpc"
+    #: Refused or failed calls, counted per caller, method and status over an interval.
+    RPC_REFUSED = "rpc_refused"
 
 
 _E = Event
@@ -187,6 +191,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
         _E.NODE_STARTED: EventKind.NODE,
         _E.NODE_STOPPED: EventKind.NODE,
         _E.RPC: EventKind.RPC,
+        _E.RPC_REFUSED: EventKind.RPC,
     }
 )
 #: Lifecycle events that record a decision without changing the job's state by themselves.
