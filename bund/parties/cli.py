@@ -447,7 +447,7 @@ def budget_show(config: ConfigOpt) -> None:
 
     ledger = BudgetLedger(
         cfg.state_dir / "budget.db",
-        {n: e.budget for n, e in cfg.policy.datasets.items()},
+        {n: e.budget_limits for n, e in cfg.policy.datasets.items()},
         _NoAudit(),
     )
     try:
@@ -455,11 +455,11 @@ def budget_show(config: ConfigOpt) -> None:
     finally:
         ledger.close()
     t = RichTable(title="privacy budget per dataset (exact)")
-    for heading in ("dataset", "level", "", "total", "spent", "left"):
+    for heading in ("dataset", "level", "", "total", "spent", "reserved", "left"):
         t.add_column(heading, no_wrap=True)
     for line in lines:
         entry = cfg.policy.datasets.get(line.dataset)
-        budgets = (line.total, line.spent, line.remaining)
+        budgets = (line.total, line.spent, line.reserved, line.remaining)
         t.add_row(
             line.dataset,
             entry.level if entry else "?",
