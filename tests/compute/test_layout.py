@@ -1,7 +1,7 @@
-"""The binary layouts of compute keep their bytes: each is pinned to what it encoded before.
+"""The layout header helper, and the binary layouts of compute that keep their bytes through it.
 
-Every expected value below was captured from the encoders as they stood before the layouts shared
-one header helper; a change to a magic, a version, a field or their order fails here first.
+Every expected encoding below was captured from the encoders as they stood before the layouts
+shared one header helper; a change to a magic, a version, a field or their order fails here first.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from bund.compute import insecure, psi
 from bund.compute import paillier as pl
 from bund.compute.dp import dropout_secagg as sa
 from bund.compute.dp import pairwise_masks as pm
+from bund.compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.layout import Header
 
 _P = gmpy2.next_prime(3 * 2**126)
 _Q = gmpy2.next_prime(3 * 2**126 + 2**100)
@@ -29,6 +31,57 @@ KEY_HEX = (
     "55f462c103828bb1bc3c51e3743f4ecd9c91747b464906c17f01b1de578f6530a18c0e85f36bccf592b319ee61"
     "b3f88de11788caec5ce0c91d89"
 )
+
+
+HEADER = Header(b"BTST", 2, reserved=2)
+
+
+def test_pack_writes_magic_version_and_zero_bytes_then_the_body() -> None:
+    assert HEADER.size == 7
+    assert HEADER.pack() == b"BTST\x02\x00\x00"
+    assert HEADER.pack(b"ab", b"", b"c") == b"BTST\x02\x00\x00abc"
+    assert Header(b"BTST", 1).pack(b"x") == b"BTST\x01x"
+
+
+def test_split_returns_the_body_of_any_bytes_like() -> None:
+    data = HEADER.pack(b"body")
+    for given in (data, bytearray(data), memoryview(data)):
+        body = HEADER.split(given, "a test message")
+        assert body == b"body" and isinstance(body, bytes)
+    assert HEADER.split(HEADER.pack(), "a test message") == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (b"BTST\x02\x00", "is 6 bytes, shorter than its 7-byte b'BTST' header"),
+        (b"", "is 0 bytes, shorter than its 7-byte b'BTST' header"),
+        (b"BTSX\x02\x00\x00body", "has magic b'BTSX' version 2, not b'BTST' version 2"),
+        (b"BTST\x03\x00\x00body", "has magic b'BTST' version 3, not b'BTST' version 2"),
+        (b"BTST\x02\x00\x01body", "has non-zero reserved bytes after its b'BTST' version 2"),
+    ],
+)
+def test_split_refuses_naming_the_layout_and_what_it_found(data: bytes, found: str) -> None:
+    with pytest.raises(InvalidMessageError) as caught:
+        HEADER.split(data, "a test message")
+    assert str(caught.value).startswith(f"a test message {found}")
+
+
+def test_split_raises_the_class_the_decoder_asks_for() -> None:
+    with pytest.raises(InvalidKeyError, match="^a saved key has magic b'XXXX'"):
+        HEADER.split(b"XXXX\x02\x00\x00", "a saved key", error=InvalidKeyError)
+
+
+@pytest.mark.parametrize(
+    ("magic", "version", "reserved"),
+    [(b"BTS", 1, 0), (b"BTSTX", 1, 0), ("BTST", 1, 0), (b"BTST", 256, 0), (b"BTST", -1, 0),
+     (b"BTST", 1, -1), (b"BTST", 1, 17)],
+)  # fmt: skip
+def test_a_header_is_four_magic_bytes_a_version_byte_and_few_zeros(
+    magic: bytes, version: int, reserved: int
+) -> None:
+    with pytest.raises(ValueError):
+        Header(magic, version, reserved)
 
 
 @pytest.fixture

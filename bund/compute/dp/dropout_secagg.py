@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bund.compute.dp import pairwise_masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.layout import Header
 
 #: The Mersenne prime 2^521 − 1: the field of the Shamir shares.
 PRIME = (1 << 521) - 1
@@ -76,13 +77,14 @@ U64Array = npt.NDArray[np.uint64]
 I64Array = npt.NDArray[np.int64]
 
 _VERSION = 1
-_KEYS = struct.Struct(">4sB3s32s32s32s")
-_KEYS_MAGIC = b"BSGK"
-_LIST = struct.Struct(">4sBBH")  # magic, version, kind, count
-_ROSTER_MAGIC = b"BSGR"
-_BOX_MAGIC = b"BSGS"
-_REQ_MAGIC = b"BSGQ"
-_REVEAL_MAGIC = b"BSGA"
+_KEYS = Header(b"BSGK", _VERSION, reserved=3)
+_KEYS_BYTES = _KEYS.size + 3 * 32
+# A list message's header: magic, version, kind (0 in version 1: a reserved byte), then a count.
+_ROSTER = Header(b"BSGR", _VERSION, reserved=1)
+_BOX = Header(b"BSGS", _VERSION, reserved=1)
+_REQ = Header(b"BSGQ", _VERSION, reserved=1)
+_REVEAL = Header(b"BSGA", _VERSION, reserved=1)
+_LIST_COUNT = struct.Struct(">H")
 _VEC_MAGIC = b"BSGV"
 _SHARE_PT = struct.Struct(">HH66s66s")
 _SHARE_CT_BYTES = _SHARE_PT.size + 16  # AES-GCM tag
@@ -540,7 +542,7 @@ def encode_advertised(adv: Advertised) -> bytes:
     Layout: magic ``b"BSGK"`` (4), version 1 (1), reserved zero (3), X25519 public key ``c``
     (32), X25519 public key ``s`` (32), SHA-256 commitment to ``b`` (32).
     """
-    return _KEYS.pack(_KEYS_MAGIC, _VERSION, bytes(3), adv.c_public, adv.s_public, adv.b_commit)
+    return _KEYS.pack(adv.c_public, adv.s_public, adv.b_commit)
 
 
 def decode_advertised(payload: bytes) -> Advertised:
@@ -549,27 +551,24 @@ def decode_advertised(payload: bytes) -> Advertised:
     Raises:
         InvalidMessageError: If the size, magic or version is wrong.
     """
-    if len(payload) != _KEYS.size:
-        raise InvalidMessageError(f"a keys message is {_KEYS.size} bytes, got {len(payload)}")
-    magic, version, reserved, c, s, commit = _KEYS.unpack(payload)
-    if magic != _KEYS_MAGIC or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError("not a version-1 secure-aggregation keys message: upgrade")
-    return Advertised(bytes(c), bytes(s), bytes(commit))
+    if len(payload) != _KEYS_BYTES:
+        raise InvalidMessageError(f"a keys message is {_KEYS_BYTES} bytes, got {len(payload)}")
+    body = _KEYS.split(payload, "a secure-aggregation keys message")
+    return Advertised(body[:32], body[32:64], body[64:])
 
 
-def _encode_list(magic: bytes, entries: Sequence[bytes]) -> bytes:
-    return _LIST.pack(magic, _VERSION, 0, len(entries)) + b"".join(entries)
+def _encode_list(header: Header, entries: Sequence[bytes]) -> bytes:
+    return header.pack(_LIST_COUNT.pack(len(entries)), *entries)
 
 
-def _decode_list(payload: bytes, magic: bytes, size: int, what: str) -> list[bytes]:
-    if len(payload) < _LIST.size:
+def _decode_list(payload: bytes, header: Header, size: int, what: str) -> list[bytes]:
+    body = header.split(payload, f"a {what} message")
+    if len(body) < _LIST_COUNT.size:
         raise InvalidMessageError(f"a {what} message is shorter than its header")
-    got, version, kind, count = _LIST.unpack_from(payload)
-    if got != magic or version != _VERSION or kind != 0:
-        raise InvalidMessageError(f"not a version-1 {what} message: upgrade the older node")
-    if count > MAX_CLIENTS * MAX_CLIENTS or len(payload) != _LIST.size + count * size:
+    (count,) = _LIST_COUNT.unpack_from(body)
+    if count > MAX_CLIENTS * MAX_CLIENTS or len(body) != _LIST_COUNT.size + count * size:
         raise InvalidMessageError(f"a {what} message announces {count} entries of {size} bytes")
-    body = payload[_LIST.size :]
+    body = body[_LIST_COUNT.size :]
     return [body[k * size : (k + 1) * size] for k in range(count)]
 
 
@@ -593,7 +592,7 @@ def encode_roster(roster: Mapping[int, Advertised]) -> bytes:
     the client's index (2) then its keys message body (``c``, ``s``, commitment: 96).
     """
     return _encode_list(
-        _ROSTER_MAGIC,
+        _ROSTER,
         [
             struct.pack(">H", i) + a.c_public + a.s_public + a.b_commit
             for i, a in sorted(roster.items())
@@ -607,14 +606,14 @@ def decode_roster(payload: bytes) -> dict[int, Advertised]:
     Raises:
         InvalidMessageError: If the layout is wrong.
     """
-    entries = _decode_list(payload, _ROSTER_MAGIC, 98, "roster")
+    entries = _decode_list(payload, _ROSTER, 98, "roster")
     pairs = [(_index(e[:2], "roster"), Advertised(e[2:34], e[34:66], e[66:98])) for e in entries]
     _unique(pairs, "roster")
     return dict(pairs)
 
 
 def encode_boxes(boxes: Mapping[int, bytes]) -> bytes:
-    """Encrypted shares, by peer index: a 8-byte header then 2 + 154 bytes per box.
+    """Encrypted shares, by peer index: a 8-byte header then 2 + 152 bytes per box.
 
     Layout: magic ``b"BSGS"`` (4), version 1 (1), kind 0 (1), count (2); each entry the peer's
     index (2: the receiver in a client's upload, the sender in a client's inbox) and the AES-GCM
@@ -622,10 +621,8 @@ def encode_boxes(boxes: Mapping[int, bytes]) -> bytes:
     tag.
     """
     if any(len(box) != _SHARE_CT_BYTES for box in boxes.values()):
-        raise ValueError("a share box is 154 bytes")
-    return _encode_list(
-        _BOX_MAGIC, [struct.pack(">H", i) + box for i, box in sorted(boxes.items())]
-    )
+        raise ValueError(f"a share box is {_SHARE_CT_BYTES} bytes")
+    return _encode_list(_BOX, [struct.pack(">H", i) + box for i, box in sorted(boxes.items())])
 
 
 def decode_boxes(payload: bytes) -> dict[int, bytes]:
@@ -634,7 +631,7 @@ def decode_boxes(payload: bytes) -> dict[int, bytes]:
     Raises:
         InvalidMessageError: If the layout is wrong or a peer appears twice.
     """
-    entries = _decode_list(payload, _BOX_MAGIC, 2 + _SHARE_CT_BYTES, "share-box")
+    entries = _decode_list(payload, _BOX, 2 + _SHARE_CT_BYTES, "share-box")
     pairs = [(_index(e[:2], "share box"), e[2:]) for e in entries]
     _unique(pairs, "share-box list")
     return dict(pairs)
@@ -648,7 +645,7 @@ def encode_request(survivors: Iterable[int], dropped: Iterable[int]) -> bytes:
     """
     entries = [struct.pack(">HB", i, _REVEAL_B) for i in sorted(survivors)]
     entries += [struct.pack(">HB", i, _REVEAL_S) for i in sorted(dropped)]
-    return _encode_list(_REQ_MAGIC, entries)
+    return _encode_list(_REQ, entries)
 
 
 def decode_request(payload: bytes) -> tuple[list[int], list[int]]:
@@ -657,7 +654,7 @@ def decode_request(payload: bytes) -> tuple[list[int], list[int]]:
     Raises:
         InvalidMessageError: If the layout or a flag is wrong or a client appears twice.
     """
-    entries = _decode_list(payload, _REQ_MAGIC, 3, "unmasking request")
+    entries = _decode_list(payload, _REQ, 3, "unmasking request")
     pairs = [(_index(e[:2], "request"), e[2]) for e in entries]
     _unique(pairs, "unmasking request")
     if any(flag not in (_REVEAL_B, _REVEAL_S) for _, flag in pairs):
@@ -682,7 +679,7 @@ def encode_reveal(reveal: Reveal) -> bytes:
         struct.pack(">BH", _REVEAL_S, j) + y.to_bytes(SHARE_BYTES, "big")
         for j, y in sorted(reveal.s.items())
     ]
-    return _encode_list(_REVEAL_MAGIC, entries)
+    return _encode_list(_REVEAL, entries)
 
 
 def decode_reveal(payload: bytes) -> Reveal:
@@ -691,7 +688,7 @@ def decode_reveal(payload: bytes) -> Reveal:
     Raises:
         InvalidMessageError: If anything is out of place.
     """
-    entries = _decode_list(payload, _REVEAL_MAGIC, 3 + SHARE_BYTES, "reveal")
+    entries = _decode_list(payload, _REVEAL, 3 + SHARE_BYTES, "reveal")
     b: dict[int, int] = {}
     s: dict[int, int] = {}
     for e in entries:
