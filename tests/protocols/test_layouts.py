@@ -7,8 +7,10 @@ one header helper (``bund.compute.layout``); a change to a magic, a version or a
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bund.compute import ckks
+from bund.compute.errors import InvalidMessageError
 from bund.parties.protocols import ckks_scoring as cs
 from bund.parties.protocols import fed_dp_sgd as fd
 from bund.parties.protocols import vertical_alignment as va
@@ -21,6 +23,15 @@ def test_fed_dp_sgd_step_and_exhausted_bytes() -> None:
     kind, round_, weights = fd.decode_go(data, 2)
     assert (kind, round_, weights.tolist()) == (1, 7, [0.5, -1.0])
     assert fd._EXHAUSTED.hex() == "4246445801000000"
+
+
+def test_vertical_aligned_rows_bytes() -> None:
+    data = va.encode_rows([4, 0, 2])
+    assert data.hex() == "4256414c0100000003000000040000000000000002"
+    assert va.decode_rows(data, 5).tolist() == [4, 0, 2]
+    for broken, points in ((data, 4), (va.encode_rows([1, 1]), 5), (data[:-1], 5)):
+        with pytest.raises(InvalidMessageError, match="aligned row list"):
+            va.decode_rows(broken, points)
 
 
 def test_vertical_metadata_bytes() -> None:
