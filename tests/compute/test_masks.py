@@ -1,8 +1,8 @@
-"""The mask vectors of both secure-aggregation modules are pinned to known values.
+"""The mask kernel, and the mask vectors of both secure-aggregation modules pinned to known values.
 
 Every expected value below was captured from ``pairwise_masks`` and ``dropout_secagg`` as they
-stood before they shared one mask kernel; a mask that changes would no longer cancel against a
-peer running the other version, so any change fails here first.
+stood before they shared one mask kernel (``bund.compute.dp.masks``); a mask that changes would no
+longer cancel against a peer running the other version, so any change fails here first.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bund.compute.dp import dropout_secagg as sa
+from bund.compute.dp import masks
 from bund.compute.dp import pairwise_masks as pm
+from bund.compute.errors import InvalidKeyError
 
 
 def _masking_key(byte: int) -> pm.MaskingKey:
@@ -97,3 +100,47 @@ def test_secagg_round_messages_are_pinned() -> None:
     assert hashlib.sha256(long.tobytes()).hexdigest() == (
         "b5e508948d93f704c1dae436d986f4a78bb3bd5d23bdb3885e44af856ed52494"
     )
+
+
+def _secret(byte: int) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(bytes([byte]) * 32)
+
+
+def test_the_kernel_makes_both_modules_masks_from_their_domain_separation() -> None:
+    shared = masks.agree(_secret(1), PUBLIC["b"], "b's")
+    info = b"bund/secure-agg/v1/mask\x00" + b"\x00\x01a" + b"\x00\x01b"
+    pairwise = masks.derive_mask(shared, 6, salt=b"job", info=info)
+    assert pairwise.tolist() == pm.pair_mask(KA, "a", "b", PUBLIC["b"], b"job", 6).tolist()
+    self_mask = masks.derive_mask(bytes(32), 4, salt=b"ctx", info=b"bund/secagg/v1/self")
+    assert self_mask.tolist() == sa._self_mask(bytes(32), b"ctx", 4).tolist()
+    words = masks.keystream_words(bytes(range(32)), 4)
+    assert (
+        words.dtype == np.uint64 and words.tolist() == sa.expand_mask(bytes(range(32)), 4).tolist()
+    )
+    assert masks.keystream(bytes(range(32)), 40) == sa.Drbg(bytes(range(32))).read(40)
+
+
+def test_salt_and_info_separate_masks_of_the_same_secret() -> None:
+    shared = masks.agree(_secret(1), PUBLIC["b"], "b's")
+    base = masks.derive_mask(shared, 8, salt=b"job", info=b"x/pair")
+    assert base.tolist() == masks.derive_mask(shared, 8, salt=b"job", info=b"x/pair").tolist()
+    for other in (
+        masks.derive_mask(shared, 8, salt=b"job2", info=b"x/pair"),
+        masks.derive_mask(shared, 8, salt=b"job", info=b"x/self"),
+        masks.derive_mask(bytes(32), 8, salt=b"job", info=b"x/pair"),
+    ):
+        assert not np.any(other == base)
+    assert masks.derive_mask(shared, 3, salt=b"job", info=b"x/pair").tolist() == base[:3].tolist()
+
+
+def test_the_kernel_refuses_a_low_order_key_and_a_length_out_of_range() -> None:
+    with pytest.raises(
+        InvalidKeyError, match="^client 3's public key is malformed or of low order"
+    ):
+        masks.agree(_secret(1), bytes(32), "client 3's")
+    with pytest.raises(InvalidKeyError, match="low order"):
+        masks.agree(_secret(1), b"short", "client 3's")
+    assert len(masks.keystream_words(bytes(32), 0)) == 0
+    for length in (-1, masks.MAX_WORDS + 1):
+        with pytest.raises(ValueError, match="length"):
+            masks.derive_mask(bytes(32), length, salt=b"", info=b"")

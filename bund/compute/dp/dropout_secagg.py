@@ -53,12 +53,11 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bund.compute.dp import pairwise_masks
+from bund.compute.dp import masks, pairwise_masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
 from bund.compute.layout import Header
 
@@ -105,16 +104,11 @@ def _hkdf(secret: bytes, context: bytes, label: bytes, length: int = 32) -> byte
     return HKDF(hashes.SHA256(), length, context, _INFO + label).derive(secret)
 
 
-def _stream(key: bytes, nbytes: int) -> bytes:
-    """``nbytes`` of the ChaCha20 keystream under ``key`` (zero nonce: one stream per key)."""
-    return Cipher(algorithms.ChaCha20(key, bytes(16)), None).encryptor().update(bytes(nbytes))
-
-
 def expand_mask(key: bytes, length: int) -> U64Array:
     """``length`` pseudorandom words mod 2^64 from a 32-byte key (ChaCha20 keystream)."""
     if not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"length must be in [0, {MAX_LENGTH}]")
-    return np.frombuffer(_stream(key, 8 * length), dtype="<u8").astype(np.uint64)
+    return masks.keystream_words(key, length)
 
 
 class Drbg:
@@ -140,7 +134,7 @@ class Drbg:
         """The next ``n`` bytes of the stream."""
         need = self._used + n
         if need > len(self._buffer):
-            self._buffer = _stream(self._key, max(2 * need, 4096))
+            self._buffer = masks.keystream(self._key, max(2 * need, 4096))
         out = self._buffer[self._used : need]
         self._used = need
         return out
@@ -247,32 +241,22 @@ def _commit(b: bytes, context: bytes) -> bytes:
     return hashlib.sha256(_INFO + b"commit\x00" + context + b).digest()
 
 
-def _exchange(key: X25519PrivateKey, public: bytes, whose: str) -> bytes:
-    try:
-        return key.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:
-        raise InvalidKeyError(f"{whose} public key is malformed or of low order") from None
-
-
-def _pair_key(shared: bytes, i: int, j: int, context: bytes) -> bytes:
-    low, high = sorted((i, j))
-    return _hkdf(shared, context, b"pair" + struct.pack(">HH", low, high))
-
-
 def _box_key(shared: bytes, sender: int, receiver: int, context: bytes) -> bytes:
     """One AES-256-GCM key per (round, sender, receiver): each encrypts one message only."""
     return _hkdf(shared, context, b"share" + struct.pack(">HH", sender, receiver))
 
 
 def _self_mask(b: bytes, context: bytes, length: int) -> U64Array:
-    return expand_mask(_hkdf(b, context, b"self"), length)
+    return masks.derive_mask(b, length, salt=context, info=_INFO + b"self")
 
 
 def _signed_pair_mask(
     key: X25519PrivateKey, i: int, j: int, public: bytes, context: bytes, length: int
 ) -> U64Array:
     """The mask ``i`` adds (``i < j``) or subtracts (``i > j``) for the pair ``(i, j)``."""
-    mask = expand_mask(_pair_key(_exchange(key, public, f"client {j}'s"), i, j, context), length)
+    shared = masks.agree(key, public, f"client {j}'s")
+    info = _INFO + b"pair" + struct.pack(">HH", *sorted((i, j)))
+    mask = masks.derive_mask(shared, length, salt=context, info=info)
     return mask if i < j else (np.uint64(0) - mask).astype(np.uint64)
 
 
@@ -327,7 +311,7 @@ class RoundSecrets:
         for j, peer in sorted(roster.items()):
             if j == me:
                 continue
-            shared = _exchange(self._c, peer.c_public, f"client {j}'s share")
+            shared = masks.agree(self._c, peer.c_public, f"client {j}'s share")
             plain = _SHARE_PT.pack(
                 me,
                 j,
@@ -369,7 +353,7 @@ class RoundSecrets:
                 raise InvalidMessageError(f"a share box from {sender}, who is not a peer")
             if len(box) != _SHARE_CT_BYTES:
                 raise InvalidMessageError(f"client {sender}'s share box has the wrong size")
-            shared = _exchange(self._c, roster[sender].c_public, f"client {sender}'s share")
+            shared = masks.agree(self._c, roster[sender].c_public, f"client {sender}'s share")
             aad = struct.pack(">HH", sender, me) + context
             try:
                 plain = AESGCM(_box_key(shared, sender, me, context)).decrypt(_NONCE, box, aad)

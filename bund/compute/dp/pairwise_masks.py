@@ -34,11 +34,9 @@ from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from bund.compute.dp import masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
 from bund.compute.layout import Header
 
@@ -107,7 +105,8 @@ def pair_mask(
 
     ``HKDF-SHA256(shared, salt=context, info=INFO || len-prefixed sorted names)`` gives a 256-bit
     ChaCha20 key; the keystream (zero nonce, one key per job and pair) is read as little-endian
-    uint64 words. Both parties compute the same vector.
+    uint64 words (:func:`bund.compute.dp.masks.derive_mask`). Both parties compute the same
+    vector.
 
     Args:
         key: This contributor's masking key.
@@ -124,20 +123,12 @@ def pair_mask(
         raise ValueError("a contributor shares no mask with itself")
     if not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"length must be in [0, {MAX_LENGTH}]")
-    try:
-        shared = key._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError:
-        raise InvalidKeyError(
-            f"{peer}'s masking public key is malformed or of low order; the job must stop"
-        ) from None
+    shared = masks.agree(key._key, peer_public, f"{peer}'s masking")
     info = _KDF_INFO
     for name in sorted((me, peer)):
         raw = name.encode()
         info += len(raw).to_bytes(2, "big") + raw
-    stream_key = HKDF(hashes.SHA256(), 32, context, info).derive(shared)
-    encryptor = Cipher(algorithms.ChaCha20(stream_key, bytes(16)), None).encryptor()
-    stream = encryptor.update(bytes(8 * length))
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+    return masks.derive_mask(shared, length, salt=context, info=info)
 
 
 def to_u64(values: Sequence[int] | npt.NDArray[np.int64]) -> U64Array:
