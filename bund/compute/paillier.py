@@ -97,6 +97,7 @@ from bund.compute.errors import (
 )
 from bund.compute.executor import Executor, InlineExecutor, split_evenly
 from bund.compute.insecure import insecure_test_parameters_enabled
+from bund.compute.layout import Header
 
 #: gmpy2 ships no type stubs; ``Mpz`` marks where a ``gmpy2.mpz`` is meant.
 Mpz: TypeAlias = Any
@@ -116,10 +117,11 @@ KEY_ID_BYTES = 16
 #: A received modulus must have no prime factor below this bound.
 SMALL_FACTOR_BOUND = 1 << 20
 
-_KEY_MAGIC = b"BNPK"
-_VECTOR_MAGIC = b"BNPC"
-_KEY_HEADER = struct.Struct(">4sBH")
-_VECTOR_HEADER = struct.Struct(">4sB16sHI")
+_KEY = Header(b"BNPK", WIRE_VERSION)
+_KEY_FIELDS = struct.Struct(">H")  # bits
+_KEY_PREFIX = _KEY.size + _KEY_FIELDS.size
+_VECTOR = Header(b"BNPC", WIRE_VERSION)
+_VECTOR_FIELDS = struct.Struct(">16sHI")  # key id, frac bits, count
 _KEY_ID_DOMAIN = b"bund/paillier/key-id/v1"
 _ONE = gmpy2.mpz(1)
 
@@ -201,7 +203,7 @@ class PublicKey:
         k = _key_bytes(self.bits)
         n: bytes = self.n.to_bytes(k, "big")
         hs: bytes = self.hs.to_bytes(2 * k, "big")
-        return _KEY_HEADER.pack(_KEY_MAGIC, WIRE_VERSION, self.bits) + n + hs
+        return _KEY.pack(_KEY_FIELDS.pack(self.bits), n, hs)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicKey:
@@ -214,22 +216,17 @@ class PublicKey:
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError("a public key is parsed from bytes")
-        data = bytes(data)
-        if len(data) < _KEY_HEADER.size:
+        fields = _KEY.split(data, "a Paillier public key")
+        if len(fields) < _KEY_FIELDS.size:
             raise InvalidMessageError("a Paillier public key message is too short")
-        magic, version, bits = _KEY_HEADER.unpack_from(data)
-        if magic != _KEY_MAGIC or version != WIRE_VERSION:
-            raise InvalidMessageError(
-                f"not a version-{WIRE_VERSION} Paillier public key: the peer runs an "
-                "incompatible Bund version"
-            )
+        (bits,) = _KEY_FIELDS.unpack_from(fields)
         check_key_size(bits)
         k = _key_bytes(bits)
-        if len(data) != _KEY_HEADER.size + 3 * k:
+        if len(fields) != _KEY_FIELDS.size + 3 * k:
             raise InvalidMessageError(
-                f"a {bits}-bit public key message has {_KEY_HEADER.size + 3 * k} bytes"
+                f"a {bits}-bit public key message has {_KEY_PREFIX + 3 * k} bytes"
             )
-        body = data[_KEY_HEADER.size :]
+        body = fields[_KEY_FIELDS.size :]
         n = gmpy2.mpz.from_bytes(body[:k], "big")
         hs = gmpy2.mpz.from_bytes(body[k:], "big")
         if n.bit_length() != bits:
@@ -333,11 +330,11 @@ class PrivateKey:
         Raises:
             InvalidKeyError: If ``p`` does not divide the public modulus.
         """
-        if len(data) < _KEY_HEADER.size:
+        if len(data) < _KEY_PREFIX:
             raise InvalidKeyError("the saved key is truncated")
-        _, _, bits = _KEY_HEADER.unpack_from(data)
+        (bits,) = _KEY_FIELDS.unpack_from(data, _KEY.size)
         k = _key_bytes(bits)
-        end = _KEY_HEADER.size + 3 * k
+        end = _KEY_PREFIX + 3 * k
         public = PublicKey.from_bytes(bytes(data[:end]))
         if len(data) != end + (k + 1) // 2:
             raise InvalidKeyError("the saved key has the wrong length")
@@ -1005,10 +1002,8 @@ def encode_ciphertexts(
     """
     _check_frac_bits(frac_bits)
     width = _ciphertext_bytes(public_key.bits)
-    header = _VECTOR_HEADER.pack(
-        _VECTOR_MAGIC, WIRE_VERSION, public_key.key_id, frac_bits, len(ciphertexts)
-    )
-    return header + b"".join(gmpy2.mpz(c).to_bytes(width, "big") for c in ciphertexts)
+    fields = _VECTOR_FIELDS.pack(public_key.key_id, frac_bits, len(ciphertexts))
+    return _VECTOR.pack(fields, *(gmpy2.mpz(c).to_bytes(width, "big") for c in ciphertexts))
 
 
 def decode_ciphertexts(
@@ -1029,15 +1024,10 @@ def decode_ciphertexts(
         CiphertextRangeError: If a value is outside ``(0, n²)``.
         CiphertextNotUnitError: If a value shares a factor with ``n``.
     """
-    data = bytes(data)
-    if len(data) < _VECTOR_HEADER.size:
+    body = _VECTOR.split(data, "a Paillier ciphertext vector")
+    if len(body) < _VECTOR_FIELDS.size:
         raise InvalidMessageError("a Paillier ciphertext vector is too short")
-    magic, version, key_id, exponent, count = _VECTOR_HEADER.unpack_from(data)
-    if magic != _VECTOR_MAGIC or version != WIRE_VERSION:
-        raise InvalidMessageError(
-            f"not a version-{WIRE_VERSION} Paillier ciphertext vector: the peer runs an "
-            "incompatible Bund version"
-        )
+    key_id, exponent, count = _VECTOR_FIELDS.unpack_from(body)
     if not hmac.compare_digest(key_id, public_key.key_id):
         raise KeyIdMismatchError(
             "the ciphertexts were made under another public key than this job's"
@@ -1050,9 +1040,9 @@ def decode_ciphertexts(
     if count > max_count:
         raise InvalidMessageError(f"{count} ciphertexts exceed this message's limit of {max_count}")
     width = _ciphertext_bytes(public_key.bits)
-    if len(data) != _VECTOR_HEADER.size + count * width:
+    if len(body) != _VECTOR_FIELDS.size + count * width:
         raise InvalidMessageError(f"a vector of {count} ciphertexts has the wrong length")
-    view = memoryview(data)[_VECTOR_HEADER.size :]
+    view = memoryview(body)[_VECTOR_FIELDS.size :]
     from_bytes = gmpy2.mpz.from_bytes
     ciphertexts = [from_bytes(view[i * width : (i + 1) * width], "big") for i in range(count)]
     validate_ciphertexts(public_key, ciphertexts)

@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from bund.compute.errors import InvalidMessageError, InvalidPointError
 from bund.compute.executor import Executor, InlineExecutor, split_evenly
+from bund.compute.layout import Header
 
 #: Bytes of one encoded point (an X25519 u-coordinate).
 POINT_SIZE = 32
@@ -422,9 +423,8 @@ def cardinality(own_double: Iterable[bytes], peer_double: Iterable[bytes]) -> in
     return len(set(own_double).intersection(peer_double))
 
 
-_HEADER = struct.Struct(">4sBBHQQI")
-_MAGIC = b"BPSI"
-_VERSION = 1
+_HEADER = Header(b"BPSI", 1)
+_HEADER_FIELDS = struct.Struct(">BHQQI")  # mode, reserved zero, set size, largest peer, chunk
 _MODE_CODES = {Disclosure.INTERSECTION: 1, Disclosure.CARDINALITY: 2}
 
 
@@ -466,13 +466,13 @@ def encode_header(header: SetHeader) -> bytes:
     '4250534901020000000000000000000300000000000003e800010000'
     """
     return _HEADER.pack(
-        _MAGIC,
-        _VERSION,
-        _MODE_CODES[header.mode],
-        0,
-        header.set_size,
-        header.max_peer_set_size,
-        header.chunk_points,
+        _HEADER_FIELDS.pack(
+            _MODE_CODES[header.mode],
+            0,
+            header.set_size,
+            header.max_peer_set_size,
+            header.chunk_points,
+        )
     )
 
 
@@ -482,16 +482,18 @@ def decode_header(payload: bytes) -> SetHeader:
     Raises:
         InvalidMessageError: If the layout, version, mode or a field is not acceptable.
     """
-    if len(payload) != _HEADER.size:
+    size = _HEADER.size + _HEADER_FIELDS.size
+    if len(payload) != size:
         raise InvalidMessageError(
-            f"PSI header must be {_HEADER.size} bytes, got {len(payload)}; the peer runs an "
+            f"PSI header must be {size} bytes, got {len(payload)}; the peer runs an "
             "incompatible protocol version"
         )
-    magic, version, mode_code, reserved, set_size, max_peer, chunk_points = _HEADER.unpack(payload)
-    if magic != _MAGIC or version != _VERSION or reserved != 0:
+    fields = _HEADER_FIELDS.unpack(_HEADER.split(payload, "the PSI header"))
+    mode_code, reserved, set_size, max_peer, chunk_points = fields
+    if reserved != 0:
         raise InvalidMessageError(
-            f"PSI header has magic {magic!r} version {version}; this node speaks bund/psi "
-            f"version {_VERSION}: upgrade the older node"
+            "the PSI header has non-zero reserved bytes: the peer runs an incompatible Bund "
+            "version; upgrade the older node"
         )
     modes = {code: mode for mode, code in _MODE_CODES.items()}
     if mode_code not in modes:

@@ -145,6 +145,10 @@ def decoders() -> dict[str, Decoder]:
             vertical_alignment.decode_meta,
             [vertical_alignment.encode_meta({"features": 3, "names": ["a", "b"]})],
         ),
+        "vertical_alignment.decode_rows": Decoder(
+            lambda b: vertical_alignment.decode_rows(b, 8),
+            [vertical_alignment.encode_rows([3, 0, 7])],
+        ),
         "vertical_lr._decode_ints": Decoder(
             lambda b: vertical_lr._decode_ints(vertical_lr._SCORES_MAGIC, b, 8, 4),
             [vertical_lr._encode_ints(vertical_lr._SCORES_MAGIC, [1, -2, 3, 2**62], 8)],

@@ -53,13 +53,13 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bund.compute.dp import pairwise_masks
+from bund.compute.dp import masks, pairwise_masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.layout import Header
 
 #: The Mersenne prime 2^521 − 1: the field of the Shamir shares.
 PRIME = (1 << 521) - 1
@@ -76,13 +76,14 @@ U64Array = npt.NDArray[np.uint64]
 I64Array = npt.NDArray[np.int64]
 
 _VERSION = 1
-_KEYS = struct.Struct(">4sB3s32s32s32s")
-_KEYS_MAGIC = b"BSGK"
-_LIST = struct.Struct(">4sBBH")  # magic, version, kind, count
-_ROSTER_MAGIC = b"BSGR"
-_BOX_MAGIC = b"BSGS"
-_REQ_MAGIC = b"BSGQ"
-_REVEAL_MAGIC = b"BSGA"
+_KEYS = Header(b"BSGK", _VERSION, reserved=3)
+_KEYS_BYTES = _KEYS.size + 3 * 32
+# A list message's header: magic, version, kind (0 in version 1: a reserved byte), then a count.
+_ROSTER = Header(b"BSGR", _VERSION, reserved=1)
+_BOX = Header(b"BSGS", _VERSION, reserved=1)
+_REQ = Header(b"BSGQ", _VERSION, reserved=1)
+_REVEAL = Header(b"BSGA", _VERSION, reserved=1)
+_LIST_COUNT = struct.Struct(">H")
 _VEC_MAGIC = b"BSGV"
 _SHARE_PT = struct.Struct(">HH66s66s")
 _SHARE_CT_BYTES = _SHARE_PT.size + 16  # AES-GCM tag
@@ -103,16 +104,11 @@ def _hkdf(secret: bytes, context: bytes, label: bytes, length: int = 32) -> byte
     return HKDF(hashes.SHA256(), length, context, _INFO + label).derive(secret)
 
 
-def _stream(key: bytes, nbytes: int) -> bytes:
-    """``nbytes`` of the ChaCha20 keystream under ``key`` (zero nonce: one stream per key)."""
-    return Cipher(algorithms.ChaCha20(key, bytes(16)), None).encryptor().update(bytes(nbytes))
-
-
 def expand_mask(key: bytes, length: int) -> U64Array:
     """``length`` pseudorandom words mod 2^64 from a 32-byte key (ChaCha20 keystream)."""
     if not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"length must be in [0, {MAX_LENGTH}]")
-    return np.frombuffer(_stream(key, 8 * length), dtype="<u8").astype(np.uint64)
+    return masks.keystream_words(key, length)
 
 
 class Drbg:
@@ -138,7 +134,7 @@ class Drbg:
         """The next ``n`` bytes of the stream."""
         need = self._used + n
         if need > len(self._buffer):
-            self._buffer = _stream(self._key, max(2 * need, 4096))
+            self._buffer = masks.keystream(self._key, max(2 * need, 4096))
         out = self._buffer[self._used : need]
         self._used = need
         return out
@@ -245,32 +241,22 @@ def _commit(b: bytes, context: bytes) -> bytes:
     return hashlib.sha256(_INFO + b"commit\x00" + context + b).digest()
 
 
-def _exchange(key: X25519PrivateKey, public: bytes, whose: str) -> bytes:
-    try:
-        return key.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:
-        raise InvalidKeyError(f"{whose} public key is malformed or of low order") from None
-
-
-def _pair_key(shared: bytes, i: int, j: int, context: bytes) -> bytes:
-    low, high = sorted((i, j))
-    return _hkdf(shared, context, b"pair" + struct.pack(">HH", low, high))
-
-
 def _box_key(shared: bytes, sender: int, receiver: int, context: bytes) -> bytes:
     """One AES-256-GCM key per (round, sender, receiver): each encrypts one message only."""
     return _hkdf(shared, context, b"share" + struct.pack(">HH", sender, receiver))
 
 
 def _self_mask(b: bytes, context: bytes, length: int) -> U64Array:
-    return expand_mask(_hkdf(b, context, b"self"), length)
+    return masks.derive_mask(b, length, salt=context, info=_INFO + b"self")
 
 
 def _signed_pair_mask(
     key: X25519PrivateKey, i: int, j: int, public: bytes, context: bytes, length: int
 ) -> U64Array:
     """The mask ``i`` adds (``i < j``) or subtracts (``i > j``) for the pair ``(i, j)``."""
-    mask = expand_mask(_pair_key(_exchange(key, public, f"client {j}'s"), i, j, context), length)
+    shared = masks.agree(key, public, f"client {j}'s")
+    info = _INFO + b"pair" + struct.pack(">HH", *sorted((i, j)))
+    mask = masks.derive_mask(shared, length, salt=context, info=info)
     return mask if i < j else (np.uint64(0) - mask).astype(np.uint64)
 
 
@@ -325,7 +311,7 @@ class RoundSecrets:
         for j, peer in sorted(roster.items()):
             if j == me:
                 continue
-            shared = _exchange(self._c, peer.c_public, f"client {j}'s share")
+            shared = masks.agree(self._c, peer.c_public, f"client {j}'s share")
             plain = _SHARE_PT.pack(
                 me,
                 j,
@@ -367,7 +353,7 @@ class RoundSecrets:
                 raise InvalidMessageError(f"a share box from {sender}, who is not a peer")
             if len(box) != _SHARE_CT_BYTES:
                 raise InvalidMessageError(f"client {sender}'s share box has the wrong size")
-            shared = _exchange(self._c, roster[sender].c_public, f"client {sender}'s share")
+            shared = masks.agree(self._c, roster[sender].c_public, f"client {sender}'s share")
             aad = struct.pack(">HH", sender, me) + context
             try:
                 plain = AESGCM(_box_key(shared, sender, me, context)).decrypt(_NONCE, box, aad)
@@ -540,7 +526,7 @@ def encode_advertised(adv: Advertised) -> bytes:
     Layout: magic ``b"BSGK"`` (4), version 1 (1), reserved zero (3), X25519 public key ``c``
     (32), X25519 public key ``s`` (32), SHA-256 commitment to ``b`` (32).
     """
-    return _KEYS.pack(_KEYS_MAGIC, _VERSION, bytes(3), adv.c_public, adv.s_public, adv.b_commit)
+    return _KEYS.pack(adv.c_public, adv.s_public, adv.b_commit)
 
 
 def decode_advertised(payload: bytes) -> Advertised:
@@ -549,27 +535,24 @@ def decode_advertised(payload: bytes) -> Advertised:
     Raises:
         InvalidMessageError: If the size, magic or version is wrong.
     """
-    if len(payload) != _KEYS.size:
-        raise InvalidMessageError(f"a keys message is {_KEYS.size} bytes, got {len(payload)}")
-    magic, version, reserved, c, s, commit = _KEYS.unpack(payload)
-    if magic != _KEYS_MAGIC or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError("not a version-1 secure-aggregation keys message: upgrade")
-    return Advertised(bytes(c), bytes(s), bytes(commit))
+    if len(payload) != _KEYS_BYTES:
+        raise InvalidMessageError(f"a keys message is {_KEYS_BYTES} bytes, got {len(payload)}")
+    body = _KEYS.split(payload, "a secure-aggregation keys message")
+    return Advertised(body[:32], body[32:64], body[64:])
 
 
-def _encode_list(magic: bytes, entries: Sequence[bytes]) -> bytes:
-    return _LIST.pack(magic, _VERSION, 0, len(entries)) + b"".join(entries)
+def _encode_list(header: Header, entries: Sequence[bytes]) -> bytes:
+    return header.pack(_LIST_COUNT.pack(len(entries)), *entries)
 
 
-def _decode_list(payload: bytes, magic: bytes, size: int, what: str) -> list[bytes]:
-    if len(payload) < _LIST.size:
+def _decode_list(payload: bytes, header: Header, size: int, what: str) -> list[bytes]:
+    body = header.split(payload, f"a {what} message")
+    if len(body) < _LIST_COUNT.size:
         raise InvalidMessageError(f"a {what} message is shorter than its header")
-    got, version, kind, count = _LIST.unpack_from(payload)
-    if got != magic or version != _VERSION or kind != 0:
-        raise InvalidMessageError(f"not a version-1 {what} message: upgrade the older node")
-    if count > MAX_CLIENTS * MAX_CLIENTS or len(payload) != _LIST.size + count * size:
+    (count,) = _LIST_COUNT.unpack_from(body)
+    if count > MAX_CLIENTS * MAX_CLIENTS or len(body) != _LIST_COUNT.size + count * size:
         raise InvalidMessageError(f"a {what} message announces {count} entries of {size} bytes")
-    body = payload[_LIST.size :]
+    body = body[_LIST_COUNT.size :]
     return [body[k * size : (k + 1) * size] for k in range(count)]
 
 
@@ -593,7 +576,7 @@ def encode_roster(roster: Mapping[int, Advertised]) -> bytes:
     the client's index (2) then its keys message body (``c``, ``s``, commitment: 96).
     """
     return _encode_list(
-        _ROSTER_MAGIC,
+        _ROSTER,
         [
             struct.pack(">H", i) + a.c_public + a.s_public + a.b_commit
             for i, a in sorted(roster.items())
@@ -607,14 +590,14 @@ def decode_roster(payload: bytes) -> dict[int, Advertised]:
     Raises:
         InvalidMessageError: If the layout is wrong.
     """
-    entries = _decode_list(payload, _ROSTER_MAGIC, 98, "roster")
+    entries = _decode_list(payload, _ROSTER, 98, "roster")
     pairs = [(_index(e[:2], "roster"), Advertised(e[2:34], e[34:66], e[66:98])) for e in entries]
     _unique(pairs, "roster")
     return dict(pairs)
 
 
 def encode_boxes(boxes: Mapping[int, bytes]) -> bytes:
-    """Encrypted shares, by peer index: a 8-byte header then 2 + 154 bytes per box.
+    """Encrypted shares, by peer index: a 8-byte header then 2 + 152 bytes per box.
 
     Layout: magic ``b"BSGS"`` (4), version 1 (1), kind 0 (1), count (2); each entry the peer's
     index (2: the receiver in a client's upload, the sender in a client's inbox) and the AES-GCM
@@ -622,10 +605,8 @@ def encode_boxes(boxes: Mapping[int, bytes]) -> bytes:
     tag.
     """
     if any(len(box) != _SHARE_CT_BYTES for box in boxes.values()):
-        raise ValueError("a share box is 154 bytes")
-    return _encode_list(
-        _BOX_MAGIC, [struct.pack(">H", i) + box for i, box in sorted(boxes.items())]
-    )
+        raise ValueError(f"a share box is {_SHARE_CT_BYTES} bytes")
+    return _encode_list(_BOX, [struct.pack(">H", i) + box for i, box in sorted(boxes.items())])
 
 
 def decode_boxes(payload: bytes) -> dict[int, bytes]:
@@ -634,7 +615,7 @@ def decode_boxes(payload: bytes) -> dict[int, bytes]:
     Raises:
         InvalidMessageError: If the layout is wrong or a peer appears twice.
     """
-    entries = _decode_list(payload, _BOX_MAGIC, 2 + _SHARE_CT_BYTES, "share-box")
+    entries = _decode_list(payload, _BOX, 2 + _SHARE_CT_BYTES, "share-box")
     pairs = [(_index(e[:2], "share box"), e[2:]) for e in entries]
     _unique(pairs, "share-box list")
     return dict(pairs)
@@ -648,7 +629,7 @@ def encode_request(survivors: Iterable[int], dropped: Iterable[int]) -> bytes:
     """
     entries = [struct.pack(">HB", i, _REVEAL_B) for i in sorted(survivors)]
     entries += [struct.pack(">HB", i, _REVEAL_S) for i in sorted(dropped)]
-    return _encode_list(_REQ_MAGIC, entries)
+    return _encode_list(_REQ, entries)
 
 
 def decode_request(payload: bytes) -> tuple[list[int], list[int]]:
@@ -657,7 +638,7 @@ def decode_request(payload: bytes) -> tuple[list[int], list[int]]:
     Raises:
         InvalidMessageError: If the layout or a flag is wrong or a client appears twice.
     """
-    entries = _decode_list(payload, _REQ_MAGIC, 3, "unmasking request")
+    entries = _decode_list(payload, _REQ, 3, "unmasking request")
     pairs = [(_index(e[:2], "request"), e[2]) for e in entries]
     _unique(pairs, "unmasking request")
     if any(flag not in (_REVEAL_B, _REVEAL_S) for _, flag in pairs):
@@ -682,7 +663,7 @@ def encode_reveal(reveal: Reveal) -> bytes:
         struct.pack(">BH", _REVEAL_S, j) + y.to_bytes(SHARE_BYTES, "big")
         for j, y in sorted(reveal.s.items())
     ]
-    return _encode_list(_REVEAL_MAGIC, entries)
+    return _encode_list(_REVEAL, entries)
 
 
 def decode_reveal(payload: bytes) -> Reveal:
@@ -691,7 +672,7 @@ def decode_reveal(payload: bytes) -> Reveal:
     Raises:
         InvalidMessageError: If anything is out of place.
     """
-    entries = _decode_list(payload, _REVEAL_MAGIC, 3 + SHARE_BYTES, "reveal")
+    entries = _decode_list(payload, _REVEAL, 3 + SHARE_BYTES, "reveal")
     b: dict[int, int] = {}
     s: dict[int, int] = {}
     for e in entries:

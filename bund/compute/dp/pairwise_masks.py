@@ -34,12 +34,11 @@ from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from bund.compute.dp import masks
 from bund.compute.errors import InvalidKeyError, InvalidMessageError
+from bund.compute.layout import Header
 
 #: The most cells one masked vector may carry.
 MAX_LENGTH = 1 << 16
@@ -49,11 +48,11 @@ MAX_CONTRIBUTORS = 64
 MAX_CELL = 1 << 56
 
 _KDF_INFO = b"bund/secure-agg/v1/mask\x00"
-_KEY = struct.Struct(">4sB3s32s")
-_KEY_MAGIC = b"BSAK"
-_VEC = struct.Struct(">4sB3sI")
-_VEC_MAGIC = b"BSAV"
 _VERSION = 1
+_KEY = Header(b"BSAK", _VERSION, reserved=3)
+_KEY_BYTES = _KEY.size + 32
+_VEC_MAGIC = b"BSAV"
+_VEC_COUNT = struct.Struct(">I")
 
 U64Array = npt.NDArray[np.uint64]
 
@@ -106,7 +105,8 @@ def pair_mask(
 
     ``HKDF-SHA256(shared, salt=context, info=INFO || len-prefixed sorted names)`` gives a 256-bit
     ChaCha20 key; the keystream (zero nonce, one key per job and pair) is read as little-endian
-    uint64 words. Both parties compute the same vector.
+    uint64 words (:func:`bund.compute.dp.masks.derive_mask`). Both parties compute the same
+    vector.
 
     Args:
         key: This contributor's masking key.
@@ -123,20 +123,12 @@ def pair_mask(
         raise ValueError("a contributor shares no mask with itself")
     if not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"length must be in [0, {MAX_LENGTH}]")
-    try:
-        shared = key._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError:
-        raise InvalidKeyError(
-            f"{peer}'s masking public key is malformed or of low order; the job must stop"
-        ) from None
+    shared = masks.agree(key._key, peer_public, f"{peer}'s masking")
     info = _KDF_INFO
     for name in sorted((me, peer)):
         raw = name.encode()
         info += len(raw).to_bytes(2, "big") + raw
-    stream_key = HKDF(hashes.SHA256(), 32, context, info).derive(shared)
-    encryptor = Cipher(algorithms.ChaCha20(stream_key, bytes(16)), None).encryptor()
-    stream = encryptor.update(bytes(8 * length))
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+    return masks.derive_mask(shared, length, salt=context, info=info)
 
 
 def to_u64(values: Sequence[int] | npt.NDArray[np.int64]) -> U64Array:
@@ -203,7 +195,7 @@ def encode_public_key(public: bytes) -> bytes:
     """
     if len(public) != 32:
         raise ValueError("an X25519 public key is 32 bytes")
-    return _KEY.pack(_KEY_MAGIC, _VERSION, bytes(3), public)
+    return _KEY.pack(public)
 
 
 def decode_public_key(payload: bytes) -> bytes:
@@ -212,18 +204,12 @@ def decode_public_key(payload: bytes) -> bytes:
     Raises:
         InvalidMessageError: If the layout or version is wrong.
     """
-    if len(payload) != _KEY.size:
+    if len(payload) != _KEY_BYTES:
         raise InvalidMessageError(
-            f"a masking-key message is {_KEY.size} bytes, got {len(payload)}; the peer runs an "
+            f"a masking-key message is {_KEY_BYTES} bytes, got {len(payload)}; the peer runs an "
             "incompatible protocol version"
         )
-    magic, version, reserved, public = _KEY.unpack(payload)
-    if magic != _KEY_MAGIC or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError(
-            f"masking-key message has magic {magic!r} version {version}; this node speaks "
-            f"version {_VERSION}: upgrade the older node"
-        )
-    return bytes(public)
+    return _KEY.split(payload, "a masking-key message")
 
 
 def encode_u64_vector(magic: bytes, vector: U64Array, max_length: int) -> bytes:
@@ -235,8 +221,8 @@ def encode_u64_vector(magic: bytes, vector: U64Array, max_length: int) -> bytes:
     """
     if vector.dtype != np.uint64 or vector.ndim != 1 or len(vector) > max_length:
         raise ValueError(f"a masked vector is a 1-D uint64 array of at most {max_length} cells")
-    header = _VEC.pack(magic, _VERSION, bytes(3), len(vector))
-    return header + vector.astype("<u8").tobytes()
+    header = Header(magic, _VERSION, reserved=3)
+    return header.pack(_VEC_COUNT.pack(len(vector)), vector.astype("<u8").tobytes())
 
 
 def decode_u64_vector(magic: bytes, payload: bytes, expected_length: int) -> U64Array:
@@ -245,20 +231,18 @@ def decode_u64_vector(magic: bytes, payload: bytes, expected_length: int) -> U64
     Raises:
         InvalidMessageError: If the layout, version or cell count is not the expected one.
     """
-    if len(payload) < _VEC.size:
+    header = Header(magic, _VERSION, reserved=3)
+    body = header.split(payload, "a masked vector")
+    if len(body) < _VEC_COUNT.size:
         raise InvalidMessageError("a masked vector is shorter than its 12-byte header")
-    got, version, reserved, count = _VEC.unpack_from(payload)
-    if got != magic or version != _VERSION or reserved != bytes(3):
-        raise InvalidMessageError(
-            f"masked vector has magic {got!r} version {version}; this node speaks version "
-            f"{_VERSION}: upgrade the older node"
-        )
-    if count != expected_length or len(payload) != _VEC.size + 8 * count:
+    (count,) = _VEC_COUNT.unpack_from(body)
+    if count != expected_length or len(body) != _VEC_COUNT.size + 8 * count:
+        size = header.size + _VEC_COUNT.size
         raise InvalidMessageError(
             f"masked vector announces {count} cells in {len(payload)} bytes; expected "
-            f"{expected_length} cells ({_VEC.size + 8 * expected_length} bytes)"
+            f"{expected_length} cells ({size + 8 * expected_length} bytes)"
         )
-    return np.frombuffer(payload, dtype="<u8", offset=_VEC.size).astype(np.uint64)
+    return np.frombuffer(body, dtype="<u8", offset=_VEC_COUNT.size).astype(np.uint64)
 
 
 def encode_vector(vector: U64Array) -> bytes:

@@ -42,6 +42,7 @@ from pydantic import AfterValidator, Field
 from bund.compute import ckks
 from bund.compute.ckks_sandbox import CkksSandbox
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.compute.layout import Header
 from bund.compute.learn.risk_model import (
     MAX_FEATURES,
     RiskModel,
@@ -78,11 +79,15 @@ MAX_ERROR_BOUND = 2.0**-8
 #: Longest patient id in ``cks/scores``.
 MAX_ID_BYTES = 128
 
-_CTX = struct.Struct(">4sBIIH")
-_VEC = struct.Struct(">4sBIHI")
-_RES = struct.Struct(">4sBIId")
-_SCO = struct.Struct(">4sBBddI")
 _VERSION = 1
+_CTX = Header(b"BCKC", _VERSION)
+_CTX_FIELDS = struct.Struct(">IIH")  # degree, patients, features
+_VEC = Header(b"BCKV", _VERSION)
+_VEC_FIELDS = struct.Struct(">IHI")  # batch, feature, size
+_RES = Header(b"BCKZ", _VERSION)
+_RES_FIELDS = struct.Struct(">IId")  # batch, size, error bound
+_SCO = Header(b"BCKS", _VERSION)
+_SCO_FIELDS = struct.Struct(">BddI")  # precision, sigma, score bound, count
 
 _TAG_CTX = "cks/ctx"
 _TAG_X = "cks/x"
@@ -175,9 +180,8 @@ def encode_context(
     degree: int, patients: int, ranges: Sequence[tuple[float, float]], context: bytes
 ) -> bytes:
     """``BCKC`` v1: magic, version u8, degree u32, patients u32, d u16, d × (lo, hi) f64, ctx."""
-    head = _CTX.pack(b"BCKC", _VERSION, degree, patients, len(ranges))
-    body = b"".join(struct.pack(">dd", lo, hi) for lo, hi in ranges)
-    return head + body + context
+    fields = _CTX_FIELDS.pack(degree, patients, len(ranges))
+    return _CTX.pack(fields, *(struct.pack(">dd", lo, hi) for lo, hi in ranges), context)
 
 
 def decode_context(data: bytes, p: Plan) -> tuple[int, list[tuple[float, float]], bytes]:
@@ -187,26 +191,27 @@ def decode_context(data: bytes, p: Plan) -> tuple[int, list[tuple[float, float]]
         InvalidMessageError: If the layout, version, counts or ranges are wrong.
     """
     d = len(p.features)
-    if len(data) < _CTX.size + 16 * d:
+    body, end = _CTX.split(data, "cks/ctx"), _CTX_FIELDS.size + 16 * d
+    if len(body) < end:
         raise InvalidMessageError("cks/ctx is shorter than its header")
-    magic, version, degree, patients, count = _CTX.unpack_from(data)
-    if (magic, version, degree, count) != (b"BCKC", _VERSION, p.degree, d):
+    degree, patients, count = _CTX_FIELDS.unpack_from(body)
+    if (degree, count) != (p.degree, d):
         raise InvalidMessageError(
-            f"cks/ctx is not a BCKC v{_VERSION} header for degree {p.degree} and {d} features"
+            f"cks/ctx is a header for degree {degree} and {count} features, not {p.degree} and {d}"
         )
     if not 1 <= patients <= MAX_PATIENTS:
         raise InvalidMessageError(f"cks/ctx announces {patients} patients (1-{MAX_PATIENTS})")
-    ranges = [struct.unpack_from(">dd", data, _CTX.size + 16 * j) for j in range(d)]
+    ranges = [struct.unpack_from(">dd", body, _CTX_FIELDS.size + 16 * j) for j in range(d)]
     for lo, hi in ranges:
         ok = math.isfinite(lo) and math.isfinite(hi) and lo <= hi
         if not ok or max(abs(lo), abs(hi)) > MAX_FEATURE_MAGNITUDE:
             raise InvalidMessageError("cks/ctx holds a feature range that is not finite and sane")
-    return patients, [(float(lo), float(hi)) for lo, hi in ranges], data[_CTX.size + 16 * d :]
+    return patients, [(float(lo), float(hi)) for lo, hi in ranges], body[end:]
 
 
 def encode_vector(batch: int, feature: int, size: int, vector: bytes) -> bytes:
     """``BCKV`` v1: magic, version, batch u32, feature u16, size u32, the ciphertext."""
-    return _VEC.pack(b"BCKV", _VERSION, batch, feature, size) + vector
+    return _VEC.pack(_VEC_FIELDS.pack(batch, feature, size), vector)
 
 
 def decode_vector(data: bytes, batch: int, feature: int, size: int) -> bytes:
@@ -215,20 +220,16 @@ def decode_vector(data: bytes, batch: int, feature: int, size: int) -> bytes:
     Raises:
         InvalidMessageError: If not.
     """
-    if len(data) <= _VEC.size or _VEC.unpack_from(data) != (
-        b"BCKV",
-        _VERSION,
-        batch,
-        feature,
-        size,
-    ):
-        raise InvalidMessageError(f"cks/x/{batch}/{feature} is not the expected BCKV vector")
-    return data[_VEC.size :]
+    what = f"cks/x/{batch}/{feature}"
+    body = _VEC.split(data, what)
+    if len(body) <= _VEC_FIELDS.size or _VEC_FIELDS.unpack_from(body) != (batch, feature, size):
+        raise InvalidMessageError(f"{what} is not the expected BCKV vector")
+    return body[_VEC_FIELDS.size :]
 
 
 def encode_result(batch: int, size: int, error_bound: float, vector: bytes) -> bytes:
     """``BCKZ`` v1: magic, version, batch u32, size u32, error bound f64, the ciphertext."""
-    return _RES.pack(b"BCKZ", _VERSION, batch, size, error_bound) + vector
+    return _RES.pack(_RES_FIELDS.pack(batch, size, error_bound), vector)
 
 
 def decode_result(data: bytes, batch: int, size: int) -> tuple[float, bytes]:
@@ -237,14 +238,15 @@ def decode_result(data: bytes, batch: int, size: int) -> tuple[float, bytes]:
     Raises:
         InvalidMessageError: If the layout, batch, size or bound is wrong.
     """
-    if len(data) <= _RES.size:
+    body = _RES.split(data, f"cks/z/{batch}")
+    if len(body) <= _RES_FIELDS.size:
         raise InvalidMessageError(f"cks/z/{batch} is shorter than its header")
-    magic, version, got_batch, got_size, bound = _RES.unpack_from(data)
-    if (magic, version, got_batch, got_size) != (b"BCKZ", _VERSION, batch, size):
+    got_batch, got_size, bound = _RES_FIELDS.unpack_from(body)
+    if (got_batch, got_size) != (batch, size):
         raise InvalidMessageError(f"cks/z/{batch} is not the expected BCKZ result")
     if not 0 < bound <= MAX_ERROR_BOUND:
         raise InvalidMessageError(f"cks/z/{batch} reports an error bound outside (0, 2^-8]")
-    return float(bound), data[_RES.size :]
+    return float(bound), body[_RES_FIELDS.size :]
 
 
 @dataclass(frozen=True)
@@ -268,11 +270,11 @@ def encode_scores(r: Released) -> bytes:
 
     Each entry: u16 id length, the UTF-8 id, the i64 rounded logit.
     """
-    out = [_SCO.pack(b"BCKS", _VERSION, r.precision_bits, r.sigma, r.error_bound, len(r.ids))]
+    out = [_SCO_FIELDS.pack(r.precision_bits, r.sigma, r.error_bound, len(r.ids))]
     for pid, z in zip(r.ids, r.logits, strict=True):
         raw = pid.encode()
         out.append(struct.pack(">H", len(raw)) + raw + struct.pack(">q", z))
-    return b"".join(out)
+    return _SCO.pack(*out)
 
 
 def decode_scores(data: bytes, patients: int) -> Released:
@@ -281,24 +283,28 @@ def decode_scores(data: bytes, patients: int) -> Released:
     Raises:
         InvalidMessageError: If the layout, count, ids or values are wrong.
     """
-    if len(data) < _SCO.size:
+    body = _SCO.split(data, "cks/scores")
+    if len(body) < _SCO_FIELDS.size:
         raise InvalidMessageError("cks/scores is shorter than its header")
-    magic, version, precision, sigma, bound, count = _SCO.unpack_from(data)
-    if (magic, version, precision, count) != (b"BCKS", _VERSION, ckks.PRECISION_BITS, patients):
-        raise InvalidMessageError(f"cks/scores is not a BCKS v{_VERSION} list of {patients}")
+    precision, sigma, bound, count = _SCO_FIELDS.unpack_from(body)
+    if (precision, count) != (ckks.PRECISION_BITS, patients):
+        raise InvalidMessageError(
+            f"cks/scores holds {count} scores at {precision} bits, not {patients} at "
+            f"{ckks.PRECISION_BITS}"
+        )
     if not (0 < sigma < 1 and 0 < bound < 1):
         raise InvalidMessageError("cks/scores carries an implausible flooding level")
     ids: list[str] = []
     logits: list[int] = []
-    offset = _SCO.size
+    offset = _SCO_FIELDS.size
     limit = int(ckks.MAX_LOGIT * 2 ** (precision + 1))
     try:
         for _ in range(count):
-            (length,) = struct.unpack_from(">H", data, offset)
+            (length,) = struct.unpack_from(">H", body, offset)
             if not 1 <= length <= MAX_ID_BYTES:
                 raise InvalidMessageError("cks/scores holds an empty or overlong patient id")
-            pid = data[offset + 2 : offset + 2 + length].decode()
-            (z,) = struct.unpack_from(">q", data, offset + 2 + length)
+            pid = body[offset + 2 : offset + 2 + length].decode()
+            (z,) = struct.unpack_from(">q", body, offset + 2 + length)
             if abs(z) > limit:
                 raise InvalidMessageError("cks/scores holds a logit beyond the model's range")
             ids.append(pid)
@@ -306,7 +312,7 @@ def decode_scores(data: bytes, patients: int) -> Released:
             offset += 2 + length + 8
     except (struct.error, UnicodeDecodeError):
         raise InvalidMessageError("cks/scores is truncated or holds a non-UTF-8 id") from None
-    if offset != len(data) or len(set(ids)) != len(ids):
+    if offset != len(body) or len(set(ids)) != len(ids):
         raise InvalidMessageError("cks/scores has trailing bytes or repeats a patient id")
     return Released(ids, logits, precision, sigma, bound)
 

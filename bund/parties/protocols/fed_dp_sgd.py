@@ -55,6 +55,7 @@ from bund.compute import insecure
 from bund.compute.dp import dropout_secagg
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.compute.layout import Header
 from bund.compute.learn import fed
 from bund.parties.jobs import (
     InvalidJobSpecError,
@@ -88,9 +89,9 @@ MAX_ROWS = 1 << 20
 MODEL_FORMAT = "bund.fed_dp_sgd.model/1"
 
 _TRAIN, _EVAL, _DONE = 1, 2, 3
-_GO = struct.Struct(">4sBBII")  # magic, version, kind, round, weight count
-_GO_MAGIC = b"BFDG"
-_EXHAUSTED = b"BFDX\x01\x00\x00\x00"
+_GO = Header(b"BFDG", 1)
+_GO_FIELDS = struct.Struct(">BII")  # kind, round, weight count
+_EXHAUSTED = Header(b"BFDX", 1, reserved=3).pack()
 
 
 class NoiseOffRefusedError(BundError):
@@ -340,7 +341,7 @@ def encode_go(kind: int, round_: int, weights: np.ndarray[Any, Any]) -> bytes:
     training round (4, big-endian), weight count (4), then each weight as little-endian float64.
     """
     vector = np.asarray(weights, dtype="<f8")
-    return _GO.pack(_GO_MAGIC, 1, kind, round_, len(vector)) + vector.tobytes()
+    return _GO.pack(_GO_FIELDS.pack(kind, round_, len(vector)), vector.tobytes())
 
 
 def decode_go(payload: bytes, size: int) -> tuple[int, int, np.ndarray[Any, Any]]:
@@ -349,14 +350,15 @@ def decode_go(payload: bytes, size: int) -> tuple[int, int, np.ndarray[Any, Any]
     Raises:
         InvalidMessageError: If anything is out of place.
     """
-    if len(payload) < _GO.size:
+    body = _GO.split(payload, "a fed_dp_sgd step message")
+    if len(body) < _GO_FIELDS.size:
         raise InvalidMessageError("a step message is shorter than its header")
-    magic, version, kind, round_, count = _GO.unpack_from(payload)
-    if magic != _GO_MAGIC or version != 1 or kind not in (_TRAIN, _EVAL, _DONE):
-        raise InvalidMessageError("not a version-1 fed_dp_sgd step message: upgrade the node")
-    if count != size or len(payload) != _GO.size + 8 * size:
+    kind, round_, count = _GO_FIELDS.unpack_from(body)
+    if kind not in (_TRAIN, _EVAL, _DONE):
+        raise InvalidMessageError(f"a step message names unknown kind {kind}: upgrade the node")
+    if count != size or len(body) != _GO_FIELDS.size + 8 * size:
         raise InvalidMessageError(f"a step message carries {count} weights; the model has {size}")
-    weights = np.frombuffer(payload, dtype="<f8", offset=_GO.size).astype(np.float64)
+    weights = np.frombuffer(body, dtype="<f8", offset=_GO_FIELDS.size).astype(np.float64)
     if not np.all(np.isfinite(weights)):
         raise InvalidMessageError("a step message carries non-finite weights")
     return kind, round_, weights

@@ -28,6 +28,7 @@ from pydantic import Field
 from bund.compute import paillier as pl
 from bund.compute.canonical import canonical_json
 from bund.compute.errors import InvalidMessageError
+from bund.compute.layout import Header
 from bund.compute.psi import (
     MAX_CHUNK_POINTS,
     BlindingKey,
@@ -55,11 +56,11 @@ MAX_MESSAGE_BYTES = 2 << 20
 #: Most features a feature holder may bring.
 MAX_FEATURES = 4096
 
-_ROWS = struct.Struct(">4sBI")
-_ROWS_MAGIC = b"BVAL"
 #: Version of the aligned row list and of the metadata layout.
-_META_MAGIC = b"BWOE"
 _WIRE_VERSION = 1
+_ROWS = Header(b"BVAL", _WIRE_VERSION)
+_ROWS_COUNT = struct.Struct(">I")
+_META = Header(b"BWOE", _WIRE_VERSION)
 
 
 # --- alignment ------------------------------------------------------------------------------
@@ -167,9 +168,7 @@ def align_label_holder(ctx: JobContext, providers: list[str]) -> Alignment:
         (i for i in range(len(items)) if all(i in m for m in matches)), key=items.__getitem__
     )
     for peer, found in zip(providers, matches, strict=True):
-        positions = [found[i] for i in common]
-        body = _ROWS.pack(_ROWS_MAGIC, _WIRE_VERSION, len(positions))
-        ctx.send(peer, "align/rows", body + np.asarray(positions, dtype=">u4").tobytes())
+        ctx.send(peer, "align/rows", encode_rows([found[i] for i in common]))
     return Alignment([item_rows[i] for i in common], len(items))
 
 
@@ -191,18 +190,38 @@ def align_feature_holder(ctx: JobContext, label_holder: str) -> Alignment:
     bank_points = _recv_points(ctx, label_holder, "align/blinded", header)
     double = blind(bank_points, key, ctx.executor)
     _send_points(ctx, label_holder, "align/double", double)
-    payload = ctx.recv(label_holder, "align/rows")
-    if len(payload) < _ROWS.size:
-        raise InvalidMessageError("the aligned row list is too short")
-    magic, version, count = _ROWS.unpack_from(payload)
-    if magic != _ROWS_MAGIC or version != _WIRE_VERSION:
-        raise InvalidMessageError("not a version-1 aligned row list: upgrade the older node")
-    if len(payload) != _ROWS.size + 4 * count or count > len(items):
-        raise InvalidMessageError("the aligned row list has the wrong length")
-    positions = np.frombuffer(payload, dtype=">u4", offset=_ROWS.size).astype(np.int64)
-    if count and (positions.max() >= len(items) or len(set(positions.tolist())) != count):
-        raise InvalidMessageError("the aligned row list names unknown or repeated positions")
+    positions = decode_rows(ctx.recv(label_holder, "align/rows"), len(items))
     return Alignment([item_rows[order[int(p)]] for p in positions], len(items))
+
+
+def encode_rows(positions: list[int]) -> bytes:
+    """The aligned row list the label holder sends a feature holder: 9 bytes then 4 per row.
+
+    Layout: magic ``b"BVAL"`` (4), version 1 (1), row count (4, big-endian), then each common
+    row's position in the feature holder's sorted points (4, big-endian).
+    """
+    return _ROWS.pack(
+        _ROWS_COUNT.pack(len(positions)), np.asarray(positions, dtype=">u4").tobytes()
+    )
+
+
+def decode_rows(payload: bytes, points: int) -> npt.NDArray[np.int64]:
+    """Check an aligned row list: distinct positions among the ``points`` this party sent.
+
+    Raises:
+        InvalidMessageError: If the layout, version or length is wrong, or a position is
+            unknown or repeated.
+    """
+    body = _ROWS.split(payload, "the aligned row list")
+    if len(body) < _ROWS_COUNT.size:
+        raise InvalidMessageError("the aligned row list is too short")
+    (count,) = _ROWS_COUNT.unpack_from(body)
+    if len(body) != _ROWS_COUNT.size + 4 * count or count > points:
+        raise InvalidMessageError("the aligned row list has the wrong length")
+    positions = np.frombuffer(body, dtype=">u4", offset=_ROWS_COUNT.size).astype(np.int64)
+    if count and (positions.max() >= points or len(set(positions.tolist())) != count):
+        raise InvalidMessageError("the aligned row list names unknown or repeated positions")
+    return positions
 
 
 # --- helpers of both protocols ------------------------------------------------------------
@@ -351,8 +370,7 @@ def recv_vector(
 
 def encode_meta(doc: dict[str, Any]) -> bytes:
     """A small metadata message: magic ``b"BWOE"``, version 1, then canonical UTF-8 JSON."""
-    body = canonical_json(doc)
-    return _META_MAGIC + bytes([_WIRE_VERSION]) + body
+    return _META.pack(canonical_json(doc))
 
 
 def decode_meta(payload: bytes, limit: int = 1 << 20) -> dict[str, Any]:
@@ -361,10 +379,11 @@ def decode_meta(payload: bytes, limit: int = 1 << 20) -> dict[str, Any]:
     Raises:
         InvalidMessageError: If the envelope, the size or the JSON is wrong.
     """
-    if len(payload) > limit or payload[:4] != _META_MAGIC or payload[4:5] != b"\x01":
-        raise InvalidMessageError("not a version-1 metadata message: upgrade the older node")
+    if len(payload) > limit:
+        raise InvalidMessageError(f"a metadata message is over its limit of {limit} bytes")
+    body = _META.split(payload, "a metadata message")
     try:
-        doc = json.loads(payload[5:].decode("utf-8"))
+        doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidMessageError("the metadata message is not valid JSON") from None
     if not isinstance(doc, dict):

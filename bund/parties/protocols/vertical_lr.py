@@ -42,6 +42,7 @@ from pydantic import Field
 from bund.compute import paillier as pl
 from bund.compute.encoding import squeeze_layout
 from bund.compute.errors import InvalidMessageError
+from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
@@ -83,7 +84,8 @@ SCORES_PER_MESSAGE = 250_000
 #: The ``format`` of every party's ``model.json``: what ``vertical_score`` accepts.
 MODEL_FORMAT = "bund.vertical_lr.part/1"
 
-_INTS = struct.Struct(">4sBBI")
+_INTS_VERSION = 1
+_INTS_FIELDS = struct.Struct(">BI")  # width, count
 _SCORES_MAGIC = b"BVLS"
 _UNMASK_MAGIC = b"BVLU"
 
@@ -119,24 +121,25 @@ def _masked_bound(batch_rows: int) -> int:
 
 
 def _encode_ints(magic: bytes, values: list[int], width: int) -> bytes:
-    head = _INTS.pack(magic, 1, width, len(values))
-    return head + b"".join(v.to_bytes(width, "big", signed=True) for v in values)
+    """Signed integers of ``width`` bytes: magic, version 1, width (1), count (4), big-endian."""
+    return Header(magic, _INTS_VERSION).pack(
+        _INTS_FIELDS.pack(width, len(values)),
+        *(v.to_bytes(width, "big", signed=True) for v in values),
+    )
 
 
 def _decode_ints(magic: bytes, payload: bytes, width: int, count: int) -> list[int]:
-    if len(payload) < _INTS.size:
+    body = Header(magic, _INTS_VERSION).split(payload, "an integer vector message")
+    if len(body) < _INTS_FIELDS.size:
         raise InvalidMessageError("an integer vector message is too short")
-    got_magic, version, got_width, got_count = _INTS.unpack_from(payload)
-    if got_magic != magic or version != 1:
-        raise InvalidMessageError("not a version-1 integer vector of this kind: upgrade the node")
-    if got_width != width or got_count != count or len(payload) != _INTS.size + width * count:
+    got_width, got_count = _INTS_FIELDS.unpack_from(body)
+    if got_width != width or got_count != count or len(body) != _INTS_FIELDS.size + width * count:
         raise InvalidMessageError(
             f"expected {count} integers of {width} bytes, got {got_count} of {got_width}"
         )
+    start = _INTS_FIELDS.size
     return [
-        int.from_bytes(
-            payload[_INTS.size + i * width : _INTS.size + (i + 1) * width], "big", signed=True
-        )
+        int.from_bytes(body[start + i * width : start + (i + 1) * width], "big", signed=True)
         for i in range(count)
     ]
 
