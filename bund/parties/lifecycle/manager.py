@@ -41,6 +41,7 @@ from bund.parties.lifecycle.liveness import Liveness, LivenessTiming
 from bund.parties.lifecycle.runner import MAX_CLOSING_BYTES, RoleRunner, RunnerPorts
 from bund.parties.lifecycle.states import (
     NOT_STARTED,
+    IllegalTransitionError,
     JobState,
     JobStatus,
     is_resumable,
@@ -522,9 +523,14 @@ class JobManager:
             raise JobStateError(f"{status.spec.protocol} cannot resume: submit the job again")
         self.liveness.resumed(job_id)
         self.mailbox.reopen(job_id, self.resume.inbox(job_id))
-        self.store.transition(
-            job_id, JobState.RUNNING, Event.JOB_RESUMED, {Key.BY: caller}, error=""
-        )
+        try:
+            self.store.transition(
+                job_id, JobState.RUNNING, Event.JOB_RESUMED, {Key.BY: caller}, error=""
+            )
+        except IllegalTransitionError:
+            if self.store.get(job_id).state is JobState.RUNNING:
+                return  # resumed meanwhile (a heal and a peer's request crossed): nothing to do
+            raise
         if caller == self.party:
             for peer in status.spec.parties:
                 if peer != self.party:
