@@ -132,11 +132,9 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         {name: entry.budget_limits for name, entry in config.policy.datasets.items()},
         audit,
     )
-    approver_key = (
-        load_audit_public_key(config.policy.approver_key)
-        if config.policy.approver_key is not None
-        else None
-    )
+    approvers = {
+        name: load_audit_public_key(path) for name, path in config.policy.approvers.items()
+    }
     manager = JobManager(
         party=config.party,
         protocols=protocols,
@@ -145,7 +143,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         stores=NodeStores(audit=audit, jobs=store, resume=resume, ledger=ledger),
         mailbox=mailbox,
         peers=peers,
-        approver_key=approver_key,
+        approvers=approvers,
         code_version=version(),
         timing=LifecycleTiming(
             recv_timeout=config.recv_timeout_s,

@@ -58,6 +58,8 @@ class PolicyFileError(BundError):
     """``policy.toml`` is missing, malformed or inconsistent; the message names the key."""
 
 
+#: The name of the approver that ``[approvals] approver_key`` declares.
+APPROVER = "approver"
 #: Every kind of output a protocol can release.
 OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
 #: Protocols allowed at the two protected levels.
@@ -140,8 +142,16 @@ class Policy:
     datasets: Mapping[str, DatasetPolicy]
     cohort_floor: int = 10
     approvals_required: bool = True
-    approver_key: Path | None = None
+    #: Named approvers and the public key of each (the single ``approver_key`` is "approver").
+    approvers: Mapping[str, Path] = field(default_factory=dict)
+    #: How many of them must approve a job, and a larger number for some levels.
+    quorum: int = 1
+    quorum_by_level: Mapping[str, int] = field(default_factory=dict)
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+
+    def quorum_for(self, level: str) -> int:
+        """How many approvers must approve a job on a dataset of ``level``."""
+        return self.quorum_by_level.get(level, self.quorum)
 
     def check_counterparty(self, party: str, role: str | None = None) -> None:
         """Refuse a party (and, where known from its certificate, a role) not on the allowlist."""
@@ -267,7 +277,17 @@ class _Dataset(StrictModel):
 class _Approvals(StrictModel):
     required: bool = Field(default=True, description="whether a person approves every job")
     approver_key: Text | None = Field(
-        default=None, description="the approver's Ed25519 public key (PEM)"
+        default=None,
+        description="the one approver's Ed25519 public key (PEM); or name several in approvers",
+    )
+    approvers: dict[Name, Text] = Field(
+        default_factory=dict,
+        description="named approvers, each with the Ed25519 public key of their own machine",
+    )
+    quorum: int = Field(default=1, ge=1, description="how many approvers must approve a job")
+    quorum_by_level: dict[Level, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="a larger quorum for some levels, e.g. restricted-personal = 2",
     )
 
 
@@ -333,19 +353,36 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
         )
-    key = file.approvals.approver_key
-    if file.approvals.required and key is None:
+    approvals = file.approvals
+    approvers = {name: path.parent / key for name, key in approvals.approvers.items()}
+    if approvals.approver_key is not None:
+        if APPROVER in approvers:
+            raise _fail(path, f"approvals: name the approver {APPROVER!r} only once")
+        approvers[APPROVER] = path.parent / approvals.approver_key
+    if approvals.required and not approvers:
         raise _fail(
             path,
             'approvals are on by default: set [approvals] approver_key = "approver_ed25519.pub" '
-            "(or required = false, which a regulator will see in every job's record)",
+            "or name approvers in [approvals.approvers] (or required = false, which a regulator "
+            "will see in every job's record)",
         )
+    quorums: dict[str, int] = {"": approvals.quorum}
+    quorums.update({str(level): n for level, n in approvals.quorum_by_level.items()})
+    for level, quorum in quorums.items():
+        if approvals.required and quorum > len(approvers):
+            where = f"quorum_by_level.{level}" if level else "quorum"
+            raise _fail(
+                path,
+                f"approvals.{where} is {quorum} but only {len(approvers)} approver(s) are named",
+            )
     return Policy(
         counterparties={n: frozenset(c.roles) for n, c in file.counterparties.items()},
         datasets=datasets,
         cohort_floor=file.cohort_floor,
-        approvals_required=file.approvals.required,
-        approver_key=(path.parent / key) if key is not None else None,
+        approvals_required=approvals.required,
+        approvers=approvers,
+        quorum=approvals.quorum,
+        quorum_by_level={str(level): n for level, n in approvals.quorum_by_level.items()},
         limits={**DEFAULT_LIMITS, **file.limits.model_dump()},
     )
 

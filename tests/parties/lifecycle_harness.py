@@ -143,6 +143,9 @@ class PartySetup:
     max_epsilon_per_job: Fraction | None = None
     max_epsilon_per_requester: Fraction | None = None
     limits: Mapping[str, int] = field(default_factory=dict)
+    #: The party's approvers, by name (when ``approvals``), and how many must approve.
+    approver_names: tuple[str, ...] = ("approver",)
+    quorum: int = 1
 
 
 @dataclass
@@ -154,7 +157,7 @@ class Loopback:
     timing: LifecycleTiming = FAST
     managers: dict[str, JobManager] = field(default_factory=dict)
     audits: dict[str, FlakyAuditStore] = field(default_factory=dict)
-    approvers: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
+    approvers: dict[str, dict[str, Ed25519PrivateKey]] = field(default_factory=dict)
     cut_off: set[str] = field(default_factory=set)
 
     def add(self, party: str, setup: PartySetup, others: Sequence[str]) -> JobManager:
@@ -178,9 +181,10 @@ class Loopback:
             datasets=datasets,
             cohort_floor=1,
             approvals_required=setup.approvals,
+            quorum=setup.quorum,
             limits={**DEFAULT_LIMITS, **setup.limits},
         )
-        approver = Ed25519PrivateKey.generate()
+        approvers = {name: Ed25519PrivateKey.generate() for name in setup.approver_names}
         tables = {
             name: (lambda n=name, cols=cols: Table.from_columns(n, cols))
             for name, cols in setup.datasets.items()
@@ -201,14 +205,42 @@ class Loopback:
             ),
             mailbox=Mailbox(64 << 20, journal=resume),
             peers=LoopbackPeers(party, self),
-            approver_key=approver.public_key() if setup.approvals else None,
+            approvers=(
+                {n: k.public_key() for n, k in approvers.items()} if setup.approvals else {}
+            ),
             code_version="test",
             timing=self.timing,
         )
         self.managers[party] = manager
         self.audits[party] = store
-        self.approvers[party] = approver
+        self.approvers[party] = approvers
         return manager
+
+    def restart(self, party: str) -> JobManager:
+        """Stop ``party``'s manager and start a new one on the same stores, as a node restart.
+
+        What a node keeps on disk (jobs, approvals, the ledger, resume states) carries over;
+        what it held in memory (its mailbox, its threads) does not.
+        """
+        old = self.managers[party]
+        old.shutdown()
+        new = JobManager(
+            party=party,
+            protocols=self.protocols,
+            policy=old.admission.policy,
+            tables=old.admission.tables,
+            stores=NodeStores(
+                audit=old.audit, jobs=old.store, resume=old.resume, ledger=old.ledger
+            ),
+            mailbox=Mailbox(64 << 20, journal=old.resume),
+            peers=LoopbackPeers(party, self),
+            approvers=old.admission.approvers,
+            code_version="test",
+            timing=self.timing,
+        )
+        self.managers[party] = new
+        new.recover()
+        return new
 
     def cut(self, party: str) -> None:
         """Make ``party`` unreachable, and unable to reach anyone."""
@@ -228,11 +260,11 @@ class Loopback:
             r.fields for r in self.audits[party].read() if r.job_id == job_id and r.event == event
         ]
 
-    def approve(self, party: str, job_id: str) -> None:
-        """``party``'s approver signs the job's approval request, as `bund job approve` does."""
+    def approve(self, party: str, job_id: str, approver: str = "approver") -> None:
+        """One of ``party``'s approvers signs the job, as `bund job approve` does."""
         manager = self.managers[party]
         request = manager.approval_request(job_id, party)
-        manager.approve(job_id, party, self.approvers[party].sign(request.payload()))
+        manager.approve(job_id, party, self.approvers[party][approver].sign(request.payload()))
 
     def wait(
         self,

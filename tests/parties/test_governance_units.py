@@ -116,6 +116,6 @@ def test_policy_file_loads(tmp_path: Path) -> None:
     )
     policy = load_policy(path, "bank")
     assert policy.cohort_floor == 20 and policy.approvals_required
-    assert policy.approver_key == tmp_path / "a.pub"
+    assert policy.approvers == {"approver": tmp_path / "a.pub"}
     assert policy.datasets["loans"].budget == Budget.parse("2")
     assert "intersection" not in policy.datasets["loans"].rules.outputs

@@ -246,3 +246,49 @@ def test_a_job_reserves_at_acceptance_and_pays_once_at_its_start(loop: Loopback)
     ]
     charged = loop.records("tax", job, Event.BUDGET_CHARGED)
     assert len(charged) == 1 and charged[0][Key.EPSILON] == "1/4"
+
+
+def test_a_quorum_of_named_approvers_each_signing_on_their_own(loop: Loopback) -> None:
+    tax = PartySetup({"filings": ROWS}, approvals=True, approver_names=("ann", "bo", "cy"))
+    tax.quorum = 2
+    _pair(loop, tax)
+    job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]
+    loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    loop.approve("tax", job, "bo")
+    status = loop.managers["tax"].store.get(job)
+    assert status.state is JobState.AWAITING_APPROVAL and status.approved_by == ("bo",)
+    with pytest.raises(JobStateError, match="bo approved job .* already"):
+        loop.approve("tax", job, "bo")
+    loop.approve("tax", job, "cy")
+    assert loop.wait("bank", job).state is JobState.SUCCEEDED
+    assert loop.managers["tax"].store.get(job).approved_by == ("bo", "cy")
+    approvals = loop.records("tax", job, "job_approved")
+    assert [a[Key.APPROVER] for a in approvals] == ["bo", "cy"]
+    assert all(a["quorum"] == 2 for a in approvals)
+
+
+def test_approvals_given_survive_a_restart_of_the_approving_node(loop: Loopback) -> None:
+    tax = PartySetup({"filings": ROWS}, approvals=True, approver_names=("ann", "bo"))
+    tax.quorum = 2
+    _pair(loop, tax)
+    job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]
+    loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    loop.approve("tax", job, "ann")
+    loop.restart("tax")
+    assert loop.managers["tax"].store.get(job).approved_by == ("ann",)
+    loop.approve("tax", job, "bo")
+    assert loop.wait("bank", job).state is JobState.SUCCEEDED
+
+
+def test_a_restart_of_the_requester_while_approvals_are_pending_keeps_the_job(
+    loop: Loopback,
+) -> None:
+    """Before: a restart of the requester's node failed every job awaiting approval."""
+    _pair(loop, PartySetup({"filings": ROWS}, approvals=True))
+    job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]
+    loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    loop.wait_state("bank", job, JobState.ACCEPTED)
+    loop.restart("bank")
+    loop.approve("tax", job)
+    assert loop.wait("bank", job).state is JobState.SUCCEEDED
+    assert loop.wait("tax", job).state is JobState.SUCCEEDED

@@ -82,8 +82,8 @@ def test_node_files_are_read_back_by_the_node_as_written(tmp_path: Path) -> None
     assert same(config.datasets["loans"].path, tmp_path / "data" / "loans.csv")
     policy = config.policy
     assert policy.cohort_floor == 7 and not policy.approvals_required
-    assert policy.approver_key is not None
-    assert same(policy.approver_key, tmp_path / "keys" / "approver_ed25519.pub")
+    assert set(policy.approvers) == {"approver"}
+    assert same(policy.approvers["approver"], tmp_path / "keys" / "approver_ed25519.pub")
     assert policy.counterparties == {
         "tax": frozenset({"tax"}),
         "hospital-a": frozenset({"hospital"}),

@@ -32,7 +32,8 @@ class Admission:
         policy: This node's policy.
         tables: A loader per catalogued dataset (each reads its source on first use).
         ledger: This node's privacy-budget ledger.
-        approver_key: The key of this node's approver (required when approvals are).
+        approvers: This node's approvers by name, each with the public key of their own
+            machine (at least the policy's quorum when approvals are required).
         code_version: The running code's version, bound into every approval.
     """
 
@@ -43,10 +44,10 @@ class Admission:
         policy: Policy,
         tables: Mapping[str, Callable[[], Table]],
         ledger: BudgetLedger,
-        approver_key: Ed25519PublicKey | None,
+        approvers: Mapping[str, Ed25519PublicKey],
         code_version: str,
     ) -> None:
-        if policy.approvals_required and approver_key is None:
+        if policy.approvals_required and not approvers:
             raise ValueError("approvals are required but no approver key was given")
         self.party = party
         self.protocols = protocols
@@ -55,9 +56,7 @@ class Admission:
         self.code_version = code_version
         #: A loader per catalogued dataset (replaced when the catalogue is reloaded).
         self.tables = tables
-        self._approver_key = approver_key
-        #: What each accepted job was admitted on (dataset and code version), checked at start.
-        self._admitted: dict[str, bytes] = {}
+        self.approvers = dict(approvers)
 
     def definition(self, spec: JobSpec) -> ProtocolDef:
         """The protocol of ``spec``, after checking the spec against it."""
@@ -126,19 +125,39 @@ class Admission:
         """Whether a job whose checks passed must wait for this node's approver."""
         return request is not None and self.policy.approvals_required
 
-    def verify(self, request: ApprovalRequest, signature: bytes) -> dict[str, JsonScalar]:
-        """Check the approver's signature; return the fields of the ``job_approved`` record."""
-        if self._approver_key is None:
+    def quorum(self, request: ApprovalRequest) -> int:
+        """How many of this node's approvers must approve ``request``'s job."""
+        return self.policy.quorum_for(request.level)
+
+    def verify(
+        self, request: ApprovalRequest, signature: bytes
+    ) -> tuple[str, dict[str, JsonScalar]]:
+        """Which approver signed ``request``, and the fields of its ``job_approved`` record.
+
+        Raises:
+            ApprovalError: No approver of this node signed these bytes.
+        """
+        if not self.approvers:
             raise ApprovalError("this node has no approver key: approvals are not required here")
-        verify_approval(request, signature, self._approver_key)
-        return {
-            Key.SPEC_SHA256: request.spec.digest(),
-            Key.DATASET: request.dataset,
-            Key.DATASET_VERSION: request.dataset_version,
-            Key.CODE_VERSION: request.code_version,
-            Key.APPROVER: raw_key_id(self._approver_key),
-            Key.SIGNATURE: signature.hex(),
-        }
+        for name, key in sorted(self.approvers.items()):
+            try:
+                verify_approval(request, signature, key)
+            except ApprovalError:
+                continue
+            return name, {
+                Key.SPEC_SHA256: request.spec.digest(),
+                Key.DATASET: request.dataset,
+                Key.DATASET_VERSION: request.dataset_version,
+                Key.CODE_VERSION: request.code_version,
+                Key.APPROVER: name,
+                "approver_key": raw_key_id(key),
+                Key.SIGNATURE: signature.hex(),
+            }
+        raise ApprovalError(
+            "the approval does not verify with any approver key of this node: it was signed by "
+            "another key or for another spec, code version or dataset version; approve the job "
+            "again"
+        )
 
     def commit(self, spec: JobSpec, request: ApprovalRequest | None) -> dict[str, JsonScalar]:
         """Reserve the most the job can cost (charged when it starts); the acceptance's fields.
@@ -151,20 +170,20 @@ class Admission:
         }
         if request is not None:
             self.ledger.reserve(spec.job_id, request.dataset, spec.requester, request.cost)
-            self._admitted[spec.job_id] = request.payload()
             fields.update(
                 {Key.DATASET: request.dataset, Key.DATASET_VERSION: request.dataset_version}
             )
         return fields
 
-    def recheck(self, spec: JobSpec) -> ApprovalRequest | None:
+    def recheck(self, spec: JobSpec, admitted: bytes | None) -> ApprovalRequest | None:
         """At the start of a role: the dataset and code must be those the job was admitted on.
+
+        ``admitted`` is the approval payload the job was accepted on (kept by the job store).
 
         Raises:
             ApprovalError: The dataset or the code changed since admission.
         """
         request = self.approval_request(spec)
-        admitted = self._admitted.pop(spec.job_id, None)
         if request is not None and admitted is not None and request.payload() != admitted:
             raise ApprovalError(
                 f"dataset {request.dataset!r} or the code changed since this job was "

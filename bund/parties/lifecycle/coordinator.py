@@ -94,16 +94,23 @@ class Coordinator:
         self.approval_timeout = approval_timeout
         self.poll_interval = poll_interval
 
-    def coordinate(self, spec: JobSpec) -> None:
+    def coordinate(self, spec: JobSpec, again: bool = False) -> None:
         """Admit and propose; start every participant once all accepted; then run our role.
 
         This node's own admission and the proposals run at once (each loads and hashes its own
         dataset), so a job's set-up costs the slowest party's check, not their sum. The start is
         on record here before any participant is told to start (write-ahead).
+
+        ``again`` after this node restarted: a job admitted here already is not admitted again,
+        and proposing it again to a participant that knows it returns that participant's answer,
+        so every approval given so far stands.
         """
         others = [p for p in spec.parties if p != self.party]
+        admit = self._admit_own
+        if again and self._store.get(spec.job_id).state is not JobState.PROPOSED:
+            admit = self._admitted_already
         with ThreadPoolExecutor(max_workers=len(others) + 1) as pool:
-            own = pool.submit(self._admit_own, spec)
+            own = pool.submit(admit, spec)
             asked = {peer: pool.submit(self._peers.propose, peer, spec) for peer in others}
             answers: dict[str, tuple[bool, str] | BundError] = {}
             for peer, future in asked.items():
@@ -153,6 +160,11 @@ class Coordinator:
             return
         if claimed:
             self._roles.run_claimed(spec)
+
+    def _admitted_already(self, spec: JobSpec) -> str | None:
+        """This node's earlier answer to its own job (a restart resumes coordinating it)."""
+        status = self._store.get(spec.job_id)
+        return status.error or status.state.value if is_terminal(status.state) else None
 
     def _end(self, move: Move) -> None:
         """Make ``move`` now, or once the audit store takes its record."""

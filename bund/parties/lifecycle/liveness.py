@@ -321,9 +321,9 @@ class Liveness(LivenessHooks):
         """After a restart: resume the jobs this node was running, fail those it was starting.
 
         A job that was running here is interrupted by the restart and resumed from its resume
-        states (its peers are asked to resume too). An interrupted job is healed as usual once
-        its peers answer. A job this node had submitted but not yet started cannot be
-        coordinated any more: it fails, and the peers are told. ``submit`` runs a task on the
+        states (its peers are asked to resume too); one whose protocol cannot resume fails. An
+        interrupted job is healed as usual once its peers answer. (A job this node had submitted
+        but not started is coordinated again by the manager.) ``submit`` runs a task on the
         node's pool (peers may be slow to answer).
         """
         for status in self._store.unfinished():
@@ -353,12 +353,6 @@ class Liveness(LivenessHooks):
                 submit(self._resume_after_restart, job_id)
             elif status.state is JobState.INTERRUPTED:
                 self.interrupted(job_id)
-            elif spec.requester == self.party:
-                why = "the requester's node restarted before the job started; submit it again"
-                self._store.transition(
-                    job_id, JobState.FAILED, Event.JOB_FAILED, {Key.REASON: why}, error=why
-                )
-                submit(self._abort_peers, spec, why)
 
     def _resume_after_restart(self, job_id: str) -> None:
         """Resume a job the restart interrupted (a pool task: peers may be slow to answer)."""

@@ -120,7 +120,7 @@ class JobManager:
         stores: The audit log, job store, resume store and ledger.
         mailbox: Where peers' messages wait for their roles.
         peers: Calls to the other nodes.
-        approver_key: This node's approver's key (required when approvals are).
+        approvers: This node's approvers by name, each with their public key.
         code_version: The running code's version.
         timing: Timeouts, heartbeats and pool size.
         executor: Where heavy kernel batches run (inline by default).
@@ -135,7 +135,7 @@ class JobManager:
         stores: NodeStores,
         mailbox: Mailbox,
         peers: PeerControl,
-        approver_key: Ed25519PublicKey | None,
+        approvers: Mapping[str, Ed25519PublicKey],
         code_version: str,
         timing: LifecycleTiming = LifecycleTiming(),
         executor: Executor | None = None,
@@ -149,7 +149,7 @@ class JobManager:
         self.peers = peers
         self.executor = executor if executor is not None else InlineExecutor()
         self.admission = Admission(
-            party, protocols, policy, tables, stores.ledger, approver_key, code_version
+            party, protocols, policy, tables, stores.ledger, approvers, code_version
         )
         self._pool = ThreadPoolExecutor(
             max_workers=timing.max_workers, thread_name_prefix="bund-job"
@@ -227,9 +227,12 @@ class JobManager:
             self._accept(spec, request)
 
     def _accept(self, spec: JobSpec, request: ApprovalRequest | None) -> None:
-        """Charge the budget (before anything runs, never refunded) and accept the job."""
+        """Reserve the budget and accept the job, keeping what it was accepted on."""
         fields = self.admission.commit(spec, request)
-        self.store.transition(spec.job_id, JobState.ACCEPTED, Event.JOB_ACCEPTED, fields)
+        admitted = None if request is None else request.payload()
+        self.store.transition(
+            spec.job_id, JobState.ACCEPTED, Event.JOB_ACCEPTED, fields, admitted=admitted
+        )
 
     def _refuse(self, job_id: str, reason: str) -> None:
         self.store.transition(
@@ -297,10 +300,18 @@ class JobManager:
         return request
 
     def approve(self, job_id: str, caller: str, signature: bytes) -> None:
-        """Record the approver's signature over the job, charge the budget, and accept it."""
+        """Record one approver's signature over the job; accept it once the quorum approved.
+
+        Each approval is kept (and audited) as it comes, so approvals already given survive a
+        restart of this node; the job is accepted, and its budget reserved, with the last one
+        the policy's quorum needs.
+        """
         request = self.approval_request(job_id, caller)
-        fields = self.admission.verify(request, signature)
-        self.store.record(job_id, Event.JOB_APPROVED, fields)
+        approver, fields = self.admission.verify(request, signature)
+        quorum = self.admission.quorum(request)
+        approved = self.store.approve(job_id, approver, {**fields, "quorum": quorum})
+        if len(approved) < quorum:
+            return
         try:
             self._accept(request.spec, request)
         except BundError as exc:
@@ -414,6 +425,13 @@ class JobManager:
             raise InvalidJobSpecError("a proposed job must carry its job_id")
         # Before anything is stored: a party this node does not work with creates no state.
         self.policy.check_counterparty(caller, caller_role)
+        known = self.store.find(spec.job_id)
+        if known is not None:  # proposed again by a requester that restarted: the same answer
+            if known.spec.digest() != spec.digest():
+                raise JobStateError(f"job {spec.job_id} is known here with another spec")
+            if known.state in (JobState.REFUSED, JobState.FAILED, JobState.ABORTED):
+                return False, known.error
+            return True, ""
         self.store.create(spec, Event.JOB_PROPOSED, self._spec_fields(spec))
         try:
             self._admit(spec, self.admission.check(spec, caller_role))
@@ -580,6 +598,10 @@ class JobManager:
             if status is None or is_terminal(status.state):
                 why = "the job ended" if status else "the job is not known here"
                 self.ledger.release(job_id, f"{why} (released after a restart)")
+        for status in self.store.unfinished():
+            if status.spec.requester == self.party and status.state in NOT_STARTED:
+                # Approvals given here and at the peers are kept: carry on where it stood.
+                self._pool.submit(self.coordinator.coordinate, status.spec, True)
         self.liveness.recover(self._pool.submit)
 
     def shutdown(self) -> None:

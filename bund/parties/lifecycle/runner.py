@@ -274,7 +274,7 @@ class RoleRunner:
         ctx = self._context(spec, resumed)
         try:
             definition = self._admission.protocols[spec.protocol]
-            request = self._admission.recheck(spec)
+            request = self._admission.recheck(spec, self._p.store.admitted(spec.job_id))
             if request is not None and not definition.pays_as_it_goes:
                 # Out of the reservation made at acceptance; once, however often it resumes.
                 self._p.ledger.charge(spec.job_id, request.dataset, request.cost)

@@ -103,3 +103,5 @@ class JobStatus:
     has_result: bool = False
     transcript_digest: str = ""
     updated_at: str = ""
+    #: The approvers of this node who approved the job, in the order they did.
+    approved_by: tuple[str, ...] = ()

@@ -121,6 +121,22 @@ class JobStore(ABC):
         """Change some columns of a job and, with ``result``, replace its result: one step."""
 
     @abstractmethod
+    def _add_approval(self, job_id: str, approver: str, now: str) -> None:
+        """Note that ``approver`` approved the job (known to be new)."""
+
+    @abstractmethod
+    def _approvers(self, job_id: str) -> tuple[str, ...]:
+        """Who approved the job here, in order."""
+
+    @abstractmethod
+    def _set_admitted(self, job_id: str, payload: bytes) -> None:
+        """Keep what the job was admitted on (the approval payload)."""
+
+    @abstractmethod
+    def _admitted(self, job_id: str) -> bytes | None:
+        """What the job was admitted on, or None."""
+
+    @abstractmethod
     def _stored(
         self, job_id: str, bytes_too: bool
     ) -> tuple[Mapping[str, JsonScalar], Sequence[tuple[str, bytes | int]]] | None:
@@ -165,6 +181,7 @@ class JobStore(ABC):
         error: str | None = None,
         transcript: str | None = None,
         result: Result | None = None,
+        admitted: bytes | None = None,
     ) -> JobStatus:
         """Move a job to ``to``, recording ``event`` first; return the new status.
 
@@ -176,6 +193,8 @@ class JobStore(ABC):
             error: The reason to show with the job ("" clears it); unchanged when None.
             transcript: This party's transcript digest, once the job has closed.
             result: The job's result at this node, stored in the same step as the state.
+            admitted: What the job was accepted on (its approval payload), checked at its start
+                and kept across restarts.
 
         Raises:
             UnknownJobError: No such job here.
@@ -192,9 +211,33 @@ class JobStore(ABC):
             if transcript is not None:
                 changes["transcript"] = transcript
             self._update(job_id, changes, utcnow(), result)
+            if admitted is not None:
+                self._set_admitted(job_id, admitted)
             status = self._changed_now(job_id)
         self._notify(status)
         return status
+
+    def approve(
+        self, job_id: str, approver: str, fields: Mapping[str, JsonScalar]
+    ) -> tuple[str, ...]:
+        """Record ``approver``'s approval (``job_approved``, first); who approved so far.
+
+        Raises:
+            JobStateError: ``approver`` approved this job already.
+        """
+        with self._lock:
+            if approver in self._approvers(job_id):
+                raise JobStateError(f"{approver} approved job {job_id} already")
+            state = self.get(job_id).state.value
+            self._audit.append(Event.JOB_APPROVED, job_id, {**fields, Key.STATE: state})
+            self._add_approval(job_id, approver, utcnow())
+            self._changed_now(job_id)
+            return self._approvers(job_id)
+
+    def admitted(self, job_id: str) -> bytes | None:
+        """What the job was accepted on here (its approval payload), or None."""
+        with self._lock:
+            return self._admitted(job_id)
 
     def record(
         self, job_id: str, event: Event, fields: Mapping[str, JsonScalar] | None = None
@@ -294,6 +337,8 @@ class MemoryJobStore(JobStore):
         self._jobs: dict[str, JobStatus] = {}
         self._order: list[str] = []
         self._results: dict[str, Result] = {}
+        self._approvals: dict[str, list[str]] = {}
+        self._admission: dict[str, bytes] = {}
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
         self._jobs[spec.job_id] = JobStatus(spec=spec, state=state, updated_at=now)
@@ -303,7 +348,21 @@ class MemoryJobStore(JobStore):
         status = self._jobs.get(job_id)
         if status is None:
             return None
-        return replace(status, has_result=job_id in self._results)
+        return replace(
+            status, has_result=job_id in self._results, approved_by=self._approvers(job_id)
+        )
+
+    def _add_approval(self, job_id: str, approver: str, now: str) -> None:
+        self._approvals.setdefault(job_id, []).append(approver)
+
+    def _approvers(self, job_id: str) -> tuple[str, ...]:
+        return tuple(self._approvals.get(job_id, ()))
+
+    def _set_admitted(self, job_id: str, payload: bytes) -> None:
+        self._admission[job_id] = payload
+
+    def _admitted(self, job_id: str) -> bytes | None:
+        return self._admission.get(job_id)
 
     def _rows(self, states: frozenset[JobState] | None, limit: int | None) -> list[JobStatus]:
         order = list(reversed(self._order)) if limit is not None else self._order
@@ -374,6 +433,13 @@ class SqliteJobStore(JobStore):
                 "CREATE TABLE IF NOT EXISTS artifacts (job_id TEXT NOT NULL, name TEXT NOT NULL, "
                 "data BLOB NOT NULL, PRIMARY KEY (job_id, name))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS approvals (job_id TEXT NOT NULL, "
+                "approver TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (job_id, approver))"
+            )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "admitted" not in columns:  # a job table written before admissions were kept
+                self._db.execute("ALTER TABLE jobs ADD COLUMN admitted BLOB")
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
         self._db.execute(
@@ -386,7 +452,27 @@ class SqliteJobStore(JobStore):
             f"SELECT {_COLUMNS}, {_HAS_RESULT} FROM jobs WHERE job_id = ?",  # noqa: S608
             (job_id,),
         ).fetchone()
-        return None if row is None else self._status(row)
+        if row is None:
+            return None
+        return replace(self._status(row), approved_by=self._approvers(job_id))
+
+    def _add_approval(self, job_id: str, approver: str, now: str) -> None:
+        self._db.execute(
+            "INSERT INTO approvals (job_id, approver, at) VALUES (?, ?, ?)", (job_id, approver, now)
+        )
+
+    def _approvers(self, job_id: str) -> tuple[str, ...]:
+        rows = self._db.execute(
+            "SELECT approver FROM approvals WHERE job_id = ? ORDER BY at, rowid", (job_id,)
+        ).fetchall()
+        return tuple(r[0] for r in rows)
+
+    def _set_admitted(self, job_id: str, payload: bytes) -> None:
+        self._db.execute("UPDATE jobs SET admitted = ? WHERE job_id = ?", (payload, job_id))
+
+    def _admitted(self, job_id: str) -> bytes | None:
+        row = self._db.execute("SELECT admitted FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def _rows(self, states: frozenset[JobState] | None, limit: int | None) -> list[JobStatus]:
         where, args = "", []
@@ -404,7 +490,8 @@ class SqliteJobStore(JobStore):
             f"SELECT {_COLUMNS}, {_HAS_RESULT} FROM jobs {where} {order}",  # noqa: S608
             args,
         ).fetchall()
-        return [self._status(r) for r in rows]
+        statuses = [self._status(r) for r in rows]
+        return [replace(s, approved_by=self._approvers(s.spec.job_id)) for s in statuses]
 
     @staticmethod
     def _status(row: tuple[str, str, str, int, int, str, str, str, int]) -> JobStatus:
