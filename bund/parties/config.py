@@ -81,6 +81,8 @@ class NodeConfig:
     #: back-end ``bund.compute.executor.create_executor`` knows (``[compute] executor``).
     executor: str = "inline"
     source: Path | None = field(default=None, compare=False)
+    #: The policy file it was read from (a reload reads it again).
+    policy_file: Path | None = field(default=None, compare=False)
 
     @property
     def port_file(self) -> Path:
@@ -276,6 +278,7 @@ def load_config(path: Path) -> NodeConfig:
         max_workers=limits.max_workers,
         executor=file.compute.executor,
         source=path,
+        policy_file=rel(file.policy_file),
     )
 
 

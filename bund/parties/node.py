@@ -8,8 +8,10 @@ negotiates TLS 1.2 or 1.3 only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -24,12 +26,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bund.compute.errors import BundError
 from bund.compute.executor import create_executor
 from bund.parties import servicers, wire
 from bund.parties.audit import AuditLog, AuditStore, open_audit_store
 from bund.parties.client import PeerClients
-from bund.parties.config import NodeConfig
+from bund.parties.config import NodeConfig, load_config
 from bund.parties.data import Table, open_source
+from bund.parties.errors import ConfigError
 from bund.parties.identity import (
     identity_from_pem,
     load_audit_public_key,
@@ -78,6 +82,36 @@ class Node:
     health: health.HealthServicer
     peers: PeerClients
     refusals: RefusalTally
+
+    def reload(self) -> None:
+        """Read node.toml, policy.toml and the dataset catalogue again and apply them.
+
+        Everything is validated before anything changes: a file with an error, a party that is
+        not this node's, or a budget below what is spent and reserved keeps the old policy and
+        raises with the reason. What needs a restart (the listen address, TLS, the audit
+        store, timeouts) keeps its running value; the reload changes the policy, the catalogue
+        and the approvers.
+
+        Raises:
+            ConfigError | PolicyFileError: Naming the file and what to fix.
+        """
+        if self.config.source is None:
+            raise ConfigError("this node was not started from a node.toml: nothing to reload")
+        new = load_config(self.config.source)
+        if new.party != self.config.party:
+            raise ConfigError(
+                f"{self.config.source} now names party {new.party!r}; this node is "
+                f"{self.config.party!r}: a node changes its party only by a new start"
+            )
+        approvers = {n: load_audit_public_key(p) for n, p in new.policy.approvers.items()}
+        files = {"node_toml": self.config.source, "policy_toml": new.policy_file}
+        digests = {
+            name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for name, path in files.items()
+            if path is not None
+        }
+        self.manager.reload(new.policy, _table_loaders(new), approvers, digests)
+        self.config = dataclasses.replace(self.config, policy=new.policy, datasets=new.datasets)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
@@ -243,8 +277,18 @@ def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) 
         log.info("signal %d: stopping", signum)
         stop.set()
 
+    def on_hangup(signum: int, frame: object) -> None:
+        def reload() -> None:
+            try:
+                node.reload()
+            except BundError as exc:
+                log.error("reload refused, the old policy stays: %s", exc)
+
+        threading.Thread(target=reload, name="bund-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     stop.wait()
     node.stop()
     Path(config.port_file).unlink(missing_ok=True)

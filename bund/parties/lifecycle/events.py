@@ -67,6 +67,8 @@ class Event(StrEnum):
     # The node itself.
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
+    #: The node took a new policy and dataset catalogue without a restart.
+    POLICY_RELOADED = "policy_reloaded"
     RPC = "rpc"
     #: Refused or failed calls, counted per caller, method and status over an interval.
     RPC_REFUSED = "rpc_refused"
@@ -190,6 +192,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
         _E.BUDGET_RELEASED: EventKind.BUDGET,
         _E.NODE_STARTED: EventKind.NODE,
         _E.NODE_STOPPED: EventKind.NODE,
+        _E.POLICY_RELOADED: EventKind.NODE,
         _E.RPC: EventKind.RPC,
         _E.RPC_REFUSED: EventKind.RPC,
     }

@@ -48,7 +48,7 @@ from bund.parties.lifecycle.states import (
     is_terminal,
 )
 from bund.parties.lifecycle.store import JobStore, ResultInfo
-from bund.parties.policy import Policy
+from bund.parties.policy import Policy, PolicyFileError
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
     EquivocationError,
@@ -202,6 +202,43 @@ class JobManager:
         """Release what an ended job still holds of the budget (all of it if it never started)."""
         if is_terminal(status.state):
             self.ledger.release(status.spec.job_id, f"the job {status.state.value}")
+
+    def reload(
+        self,
+        policy: Policy,
+        tables: Mapping[str, Callable[[], Table]],
+        approvers: Mapping[str, Ed25519PublicKey],
+        digests: Mapping[str, str],
+    ) -> None:
+        """Take a new policy and dataset catalogue (validated by the caller) without a restart.
+
+        Refused, with the old policy kept, when a dataset's new budget is below what is spent
+        and reserved on it. Jobs already accepted keep what they were admitted on: their
+        reservation, and the approval payload their start is checked against. The reload is
+        audited (``policy_reloaded``) with the digests of the files it read, before it applies.
+
+        Raises:
+            PolicyFileError: A budget below what is spent and reserved, or approvals required
+                with no approver.
+        """
+        if policy.approvals_required and not approvers:
+            raise PolicyFileError("approvals are required, but the new policy names no approver")
+        for name, entry in policy.datasets.items():
+            line = self.ledger.line(name)
+            held = line.spent + line.reserved
+            if not held.fits_within(entry.budget):
+                raise PolicyFileError(
+                    f"the new budget of dataset {name!r} ({entry.budget}) is below what is spent "
+                    f"and reserved on it ({held}); the old policy stays"
+                )
+        fields: dict[str, JsonScalar] = {f"{k}_sha256": v for k, v in sorted(digests.items())}
+        fields[Key.DATASET] = ",".join(sorted(policy.datasets))
+        self.audit.append(Event.POLICY_RELOADED, "", fields)
+        self.admission.policy = policy
+        self.admission.tables = tables
+        self.admission.approvers = dict(approvers)
+        self.ledger.set_limits({n: d.budget_limits for n, d in policy.datasets.items()})
+        log.info("policy reloaded: %s", ", ".join(f"{k} {v[:12]}" for k, v in digests.items()))
 
     @property
     def policy(self) -> Policy:
