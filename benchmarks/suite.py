@@ -32,6 +32,7 @@ KERNELS: dict[str, str] = {
     "paillier": "benchmarks.bench_paillier",
     "ckks": "benchmarks.bench_ckks",
     "ckks_scoring": "benchmarks.bench_ckks_scoring",
+    "paillier_scoring": "benchmarks.bench_paillier_scoring",
     "psi": "benchmarks.bench_psi",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",

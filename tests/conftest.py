@@ -189,8 +189,14 @@ class NodeFactory:
         tables: Mapping[str, Table] | None = None,
         limits: str = "",
         budget_delta: str | None = None,
+        trusted_for: Sequence[tuple[str, str]] = (),
+        release_scores_to: Sequence[str] = (),
     ) -> Path:
-        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
+        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path.
+
+        ``trusted_for`` holds (counterparty, protocol) pairs the policy trusts;
+        ``release_scores_to`` who may receive per-record scores of every dataset.
+        """
         home = self.workdir / name
         given = {ds: Table.from_columns(ds, cols) for ds, cols in (datasets or {}).items()}
         catalogue = tuple(
@@ -201,6 +207,7 @@ class NodeFactory:
                 tuple(protocols[ds]) if protocols and ds in protocols else None,
                 budget_epsilon,
                 budget_delta,
+                tuple(release_scores_to),
             )
             for ds, table in {**given, **(tables or {})}.items()
         )
@@ -210,6 +217,7 @@ class NodeFactory:
             identity=self.federation.party_dir(name),
             peers_file=self.group.peers_file,
             counterparties=tuple((other, PARTY_ROLES[other]) for other in allowed),
+            trusted_for=tuple(trusted_for),
             datasets=catalogue,
             approvals=approvals,
             cohort_floor=5,

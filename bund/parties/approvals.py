@@ -61,8 +61,13 @@ class ApprovalRequest:
             f"purpose: {spec.purpose}",
             "participants: " + ", ".join(f"{p.party} ({p.role})" for p in spec.participants),
             f"your dataset: {self.dataset} [{self.level}], version {self.dataset_version[:16]}",
-            f"releases: {', '.join(self.outputs)}; result to {', '.join(spec.receivers)}",
         ]
+        bindings = spec.participant(self.party).columns
+        if bindings:  # what the protocol calls each of your columns: you approve these too
+            lines.append(
+                "your columns used: " + ", ".join(f"{k} = {v}" for k, v in bindings.items())
+            )
+        lines.append(f"releases: {', '.join(self.outputs)}; result to {', '.join(spec.receivers)}")
         lines += [f"  {party} learns {what}" for party, what in sorted(self.learns.items())]
         lines.append(
             "privacy budget charged to your dataset: "

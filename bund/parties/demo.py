@@ -184,6 +184,9 @@ class DemoParty:
     protocols: tuple[str, ...] = FINANCE_PROTOCOLS
     budget: tuple[str, str] | None = None
     cohort_floor: int = COHORT_FLOOR
+    #: (counterparty, protocol) pairs its policy trusts, and who may receive per-record scores.
+    trusted_for: tuple[tuple[str, str], ...] = ()
+    release_scores_to: tuple[str, ...] = ()
 
 
 PARTIES = (
@@ -210,6 +213,10 @@ HOSPITALS = tuple(
         level="restricted-personal",
         protocols=HEALTH_PROTOCOLS,
         budget=HOSPITAL_BUDGET,
+        # The insurer receives CKKS scores: the hospitals trust it to follow the protocol (a
+        # deviating insurer could read a column back); their policy says so, the approver sees it.
+        trusted_for=(("insurer", "ckks_scoring"),),
+        release_scores_to=("insurer",),
     )
     for x in "abc"
 )
@@ -260,8 +267,17 @@ def node_files(
         identity=root / party.name,
         peers_file=peers_file,
         counterparties=tuple((o.name, o.role) for o in others),
+        trusted_for=party.trusted_for,
         datasets=tuple(
-            CatalogEntry(name, data_dir / csv, party.level, party.protocols, epsilon, delta)
+            CatalogEntry(
+                name,
+                data_dir / csv,
+                party.level,
+                party.protocols,
+                epsilon,
+                delta,
+                party.release_scores_to,
+            )
             for name, csv in ((party.dataset, party.csv), *party.extra)
         ),
         approvals=approvals,

@@ -351,6 +351,11 @@ def default_plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> Messag
     return MessagePlan(limits["job_max_messages"], limits["job_max_bytes"])
 
 
+def trusts_nobody(spec: JobSpec, party: str) -> Mapping[str, str]:
+    """A protocol whose protection of every party holds whatever the others do."""
+    return {}
+
+
 def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
     """A protocol that needs every participant: any silent peer interrupts the job."""
     return frozenset()
@@ -475,6 +480,9 @@ class ProtocolDef:
             not wait for their closing message.
         plan: what one peer may send ``party`` in the job (messages, bytes, tags), from the
             spec and the node's limits; deliveries beyond it are refused.
+        trusts: the counterparties whose honest behaviour ``party``'s protection rests on in
+            the job (a semi-honest assumption it cannot check), each with what a deviating one
+            could do; ``party``'s policy must name each as trusted for the protocol.
         pays_as_it_goes: whether the job charges ``cost`` in parts as it runs (``ctx.charge``,
             a training round each) instead of all at its start; either way ``cost`` is the
             most its plan can charge, which the ledger reserves at acceptance.
@@ -494,6 +502,7 @@ class ProtocolDef:
     description: str = ""
     dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
     plan: Callable[[JobSpec, str, Mapping[str, int]], MessagePlan] = default_plan
+    trusts: Callable[[JobSpec, str], Mapping[str, str]] = trusts_nobody
     pays_as_it_goes: bool = False
     resumable: bool = False
 

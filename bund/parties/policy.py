@@ -64,7 +64,16 @@ APPROVER = "approver"
 OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
 #: Protocols allowed at the two protected levels.
 _PROTECTED_PROTOCOLS = frozenset(
-    {"psi", "woe_iv", "vertical_lr", "vertical_score", "dp_stats", "ckks_scoring", "fed_dp_sgd"}
+    {
+        "psi",
+        "woe_iv",
+        "vertical_lr",
+        "vertical_score",
+        "dp_stats",
+        "ckks_scoring",
+        "paillier_scoring",
+        "fed_dp_sgd",
+    }
 )
 ANY_PROTOCOL = "*"
 
@@ -103,6 +112,8 @@ class DatasetPolicy:
     protocols: frozenset[str] | None = None
     version: str | None = None
     budget: Budget = field(default_factory=Budget)
+    #: Who may receive per-record scores of this dataset when it is restricted-personal.
+    release_scores_to: frozenset[str] = frozenset()
     #: The most ε one job may charge this dataset (None: up to the total).
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
@@ -140,6 +151,9 @@ class Policy:
 
     counterparties: Mapping[str, frozenset[str]]
     datasets: Mapping[str, DatasetPolicy]
+    #: Counterparty -> the protocols in which this node trusts it to follow the protocol where
+    #: its own protection rests on that (a semi-honest assumption the protocol cannot check).
+    trusted_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
     cohort_floor: int = 10
     approvals_required: bool = True
     #: Named approvers and the public key of each (the single ``approver_key`` is "approver").
@@ -204,12 +218,33 @@ class Policy:
                 f"catalog entry does not allow protocol {spec.protocol!r} (allowed: "
                 f"{sorted(rules.protocols)})"
             )
+        if "score" in outputs and entry.level == "restricted-personal":
+            outside = [r for r in spec.receivers if r != party and r not in entry.release_scores_to]
+            if outside:
+                raise PolicyRefusedError(
+                    f"{party}'s dataset {me.dataset!r} is restricted-personal: per-record scores "
+                    f"of it go to {', '.join(outside)} only where its policy names them "
+                    f"(release_scores_to under [datasets.{me.dataset}]); make {party} the only "
+                    "receiver, or release DP aggregates instead"
+                )
         forbidden = outputs - rules.outputs
         if forbidden:
             raise PolicyRefusedError(
                 f"{party}'s dataset {me.dataset!r} is classified {entry.level!r}, which never "
                 f"releases {', '.join(sorted(forbidden))} (allowed outputs: "
                 f'{", ".join(sorted(rules.outputs))}); for PSI choose mode = "cardinality"'
+            )
+
+    def check_trusted(self, party: str, protocol: str, why: str) -> None:
+        """Refuse a job whose protection of this node's data rests on ``party`` following it.
+
+        ``why`` says, in the protocol's words, what a deviating ``party`` could do.
+        """
+        if protocol not in self.trusted_for.get(party, frozenset()):
+            raise PolicyRefusedError(
+                f"this node's policy does not trust {party} to follow {protocol}, and {why}; "
+                f"its owner can add {protocol!r} to trusted_for under [counterparties.{party}] in "
+                "policy.toml only if it accepts that"
             )
 
     def check_cohort(self, dataset: str, size: int) -> None:
@@ -251,6 +286,11 @@ class _Counterparty(StrictModel):
     roles: Annotated[list[Annotated[str, OneOf(ROLES)]], AfterValidator(_some_roles)] = Field(
         description="the certificate roles this counterparty may hold"
     )
+    trusted_for: list[Annotated[str, AfterValidator(_protocol_name)]] = Field(
+        default_factory=list,
+        description="protocols in which this node trusts the counterparty to follow the protocol "
+        "where its own protection rests on that (the approval summary says what it risks)",
+    )
 
 
 class _Dataset(StrictModel):
@@ -264,6 +304,10 @@ class _Dataset(StrictModel):
     )
     budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
     budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
+    release_scores_to: list[Name] = Field(
+        default_factory=list,
+        description="who may receive per-record scores of a restricted-personal dataset",
+    )
     max_epsilon_per_job: Exact | None = Field(
         default=None, description="the most ε one job may charge (a query's cap)"
     )
@@ -352,6 +396,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             budget=budget,
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
+            release_scores_to=frozenset(entry.release_scores_to),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}
@@ -377,6 +422,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             )
     return Policy(
         counterparties={n: frozenset(c.roles) for n, c in file.counterparties.items()},
+        trusted_for={n: frozenset(c.trusted_for) for n, c in file.counterparties.items()},
         datasets=datasets,
         cohort_floor=file.cohort_floor,
         approvals_required=approvals.required,

@@ -105,6 +105,8 @@ class Admission:
         """Shape, policy, dataset version pin, cohort floor and budget; raise on any."""
         definition = self.definition(spec)
         self.policy.check(spec, self.party, definition.outputs(spec), requester_role)
+        for peer, risk in sorted(definition.trusts(spec, self.party).items()):
+            self.policy.check_trusted(peer, spec.protocol, risk)
         request = self.approval_request(spec)
         if request is None:
             return None
