@@ -305,6 +305,7 @@ def test_regulator_file_is_checked(federation: Federation, tmp_path: Path) -> No
     bank = federation.party_dir("bank")
     good = (
         f'[tls]\nca = "{reg / "ca.pem"}"\ncert = "{reg / "node.pem"}"\nkey = "{reg / "node.key"}"\n'
+        f'[federation]\nrevocations = "{reg / "revocations.json"}"\n'
         f'[parties.bank]\naddress = "127.0.0.1:7443"\n'
         f'audit_public_key = "{bank / "audit_ed25519.pub"}"\n'
     )
