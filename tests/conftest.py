@@ -261,14 +261,20 @@ class NodeFactory:
         """A client to ``name``'s node: as its operator, or presenting ``as_party``'s certificate.
 
         Without ``as_party`` it presents ``name``'s operator credential; with it, the node
-        certificate of ``as_party`` (a peer's, as a node calls another; no instance epoch).
+        certificate of ``as_party``, as ``as_party``'s node calls another: with that node's
+        signed instance epoch when it runs in this process.
         """
-        tls = (
-            self.federation.operator_tls(name)
-            if as_party is None
-            else self.federation.tls(as_party)
+        if as_party is None:
+            return NodeClient(
+                f"127.0.0.1:{self.port(name)}", name, self.federation.operator_tls(name)
+            )
+        node = self.nodes.get(as_party)
+        return NodeClient(
+            f"127.0.0.1:{self.port(name)}",
+            name,
+            self.federation.tls(as_party),
+            instance=node.peers.instance if node is not None else None,
         )
-        return NodeClient(f"127.0.0.1:{self.port(name)}", name, tls)
 
     def config(self, name: str) -> NodeConfig:
         return self.nodes[name].config

@@ -217,9 +217,12 @@ class InstancePins:
                 return
             if self._refused.get((peer, epoch), 0.0) > self._clock():
                 raise self._duplicate(peer)
-            if pinned is not None and self._latest.get(peer) == epoch:
-                self._pin(peer, job_id, epoch)  # a job still pinned to the run before a restart
-                return
+            known = pinned is not None and self._latest.get(peer) == epoch
+            if known:  # a job still pinned to the run before a restart, already confirmed
+                self._pin(peer, job_id, epoch)
+        if known:
+            self._changed(peer, job_id, pinned, instance, verified=True)
+            return
         answer = self._probe(peer)  # outside the lock: a peer may take a while to answer
         with self._lock:
             if answer is not None and answer != epoch:
@@ -242,18 +245,23 @@ class InstancePins:
             log.warning("refused a second instance of %s (epoch %s), job %s", peer, epoch, job_id)
             raise self._duplicate(peer)
         if pinned is not None:
-            self._record(
-                Event.PEER_INSTANCE_CHANGED,
-                "",
-                {
-                    Key.PEER: peer,
-                    "job": job_id,
-                    "from_epoch": pinned,
-                    "epoch": epoch,
-                    "started_at": instance.started_at,
-                    "verified": answer == epoch,
-                },
-            )
+            self._changed(peer, job_id, pinned, instance, verified=answer == epoch)
+
+    def _changed(
+        self, peer: str, job_id: str, pinned: str | None, instance: Instance, verified: bool
+    ) -> None:
+        self._record(
+            Event.PEER_INSTANCE_CHANGED,
+            "",
+            {
+                Key.PEER: peer,
+                "job": job_id,
+                "from_epoch": pinned or "",
+                "epoch": instance.epoch,
+                "started_at": instance.started_at,
+                "verified": verified,
+            },
+        )
 
     @staticmethod
     def _duplicate(peer: str) -> DuplicateInstanceError:
