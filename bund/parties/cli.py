@@ -709,7 +709,9 @@ def config_check(
     files: Annotated[list[Path], typer.Argument(help="Files to check.")],
     kind: Annotated[
         str | None,
-        typer.Option(help="node | policy | spec | workflow | regulator (default: from the file)."),
+        typer.Option(
+            help="node | policy | spec | workflow | regulator | operator (default: from the file)."
+        ),
     ] = None,
     party: Annotated[
         str | None,

@@ -27,7 +27,14 @@ from bund.compute import insecure
 from bund.compute.executor import create_executor
 from bund.parties.data import DataSource
 from bund.parties.errors import ConfigError
-from bund.parties.identity import APPROVER_KEY, CA_CERT, OPERATOR_CERT, OPERATOR_KEY
+from bund.parties.identity import (
+    APPROVER_KEY,
+    CA_CERT,
+    OPERATOR_CERT,
+    OPERATOR_KEY,
+    IdentityError,
+    certificate_facts,
+)
 from bund.parties.policy import Policy, load_policy
 from bund.parties.schema import (
     ListenAddress,
@@ -441,6 +448,15 @@ def load_operator_config(path: Path) -> OperatorConfig:
         raise ConfigError(f'{path}: give exactly one of node = "HOST:PORT" and port_file = "PATH"')
     base = path.parent
     tls = TlsPaths(ca=base / file.tls.ca, cert=base / file.tls.cert, key=base / file.tls.key)
+    try:
+        facts = certificate_facts(tls.cert.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise ConfigError(f"{path}: tls.cert: {exc}") from None
+    if not facts.operator_usage or facts.organisation != file.party:
+        raise ConfigError(
+            f"{path}: tls.cert is not an operator credential of {file.party} ({facts.describe()}); "
+            "`bund operator issue` makes one"
+        )
     return OperatorConfig(
         party=file.party,
         node=file.node,
