@@ -467,8 +467,12 @@ def load_operator_config(path: Path) -> OperatorConfig:
     )
 
 
-def _operator_from_node(config: NodeConfig) -> OperatorConfig:
-    """The operator side of a ``node.toml``: its address and ``[operators] credential``."""
+def operator_of(config: NodeConfig) -> OperatorConfig:
+    """The operator side of a ``node.toml``: its address and ``[operators] credential``.
+
+    Raises:
+        ConfigError: The file names no operator credential.
+    """
     where = config.source or "node.toml"
     if config.operator_credential is None:
         raise ConfigError(
@@ -505,7 +509,7 @@ def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
     if path.name == "operator.toml" or "node" in doc or "port_file" in doc:
         return load_operator_config(path), None
     config = load_config(path)
-    return _operator_from_node(config), config
+    return operator_of(config), config
 
 
 def operator_template(party: str, node: str | None, port_file: str | None) -> str:

@@ -37,7 +37,7 @@ from bund.compute.errors import BundError
 from bund.parties import identity
 from bund.parties.audit import open_audit_store, verify_store
 from bund.parties.client import NodeClient, PeerClients, RemoteError
-from bund.parties.config import NodeConfig, TlsPaths, load_config
+from bund.parties.config import NodeConfig, load_config, operator_of
 from bund.parties.data import write_csv
 from bund.parties.demo_data import (
     DEMO_COMPANIES_PER_SCALE,
@@ -308,12 +308,7 @@ class DemoNodes:
 
     def client(self, party: str) -> NodeClient:
         """A client to ``party``'s node, as its operator (the credential ``party init`` issued)."""
-        operator = self.root / party / identity.OPERATOR_DIR
-        tls = TlsPaths(
-            ca=operator / identity.CA_CERT,
-            cert=operator / identity.OPERATOR_CERT,
-            key=operator / identity.OPERATOR_KEY,
-        )
+        tls = operator_of(self.configs[party]).tls
         return NodeClient(f"127.0.0.1:{self.ports[party]}", party, tls)
 
 
