@@ -14,7 +14,13 @@ from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
 from bund.parties import identity
-from bund.parties.config import NodeConfig, OperatorConfig, load_cli_config, load_config
+from bund.parties.config import (
+    NodeConfig,
+    OperatorConfig,
+    is_operator_file,
+    load_cli_config,
+    load_config,
+)
 from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
 
@@ -65,6 +71,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _config(path: Path) -> NodeConfig:
     try:
         return load_config(path)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _is_operator_file(path: Path) -> bool:
+    try:
+        return is_operator_file(path)
     except BundError as exc:
         raise _fail(str(exc)) from None
 
@@ -632,7 +645,13 @@ def budget_show(config: ConfigOpt) -> None:
 @audit_app.command("verify")
 def audit_verify(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Verify this node's own log.")
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Verify this node's own log: node.toml (on its host), or operator.toml (pulls "
+            "the log with the operator credential; give --key).",
+        ),
     ] = None,
     log_file: Annotated[
         Path | None, typer.Option("--log", help="An audit.db or exported .jsonl file.")
@@ -643,6 +662,9 @@ def audit_verify(
     from bund.parties.audit import iter_jsonl, open_audit_store, verify_records, verify_store
 
     store_name: str | None = str(log_file) if log_file is not None else None
+    if config is not None and log_file is None and _is_operator_file(config):
+        _verify_remote(_operator(config)[0], key)
+        return
     if config is not None:
         cfg = _config(config)
         store_name = store_name or cfg.audit_store
@@ -670,6 +692,28 @@ def audit_verify(
         )
     else:
         raise _fail(f"record {report.first_bad_index}: {report.reason} ({shown})")
+
+
+def _verify_remote(config: OperatorConfig, key: Path | None) -> None:
+    """Pull the party's log from its node with the operator credential, and verify it."""
+    from bund.parties.regulator import pull_log
+
+    if key is None:
+        raise _fail("give --key: the party's audit public key, as you hold it (not the node's)")
+    try:
+        public_key = identity.load_audit_public_key(key)
+        with _client(config) as client:
+            pulled = pull_log(client, public_key)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    report = pulled.verification
+    shown = f"{config.party}'s node"
+    if report is None or not report.ok:
+        why = (
+            pulled.error if report is None else f"record {report.first_bad_index}: {report.reason}"
+        )
+        raise _fail(f"{why} ({shown})")
+    console.print(f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})")
 
 
 @audit_app.command("report")

@@ -495,6 +495,21 @@ def operator_of(config: NodeConfig) -> OperatorConfig:
     )
 
 
+def is_operator_file(path: Path) -> bool:
+    """Whether ``path`` is an operator's file rather than a ``node.toml``.
+
+    It is when it is named ``operator.toml`` or has a ``node`` or ``port_file`` key (a
+    ``node.toml`` has neither).
+
+    Raises:
+        ConfigError: The file is missing or not TOML.
+    """
+    if path.name == "operator.toml":
+        return True
+    doc = _read_toml(path)
+    return "node" in doc or "port_file" in doc
+
+
 def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
     """What a ``bund job ...`` command was pointed at: an ``operator.toml`` or a ``node.toml``.
 
@@ -505,8 +520,7 @@ def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
     Raises:
         ConfigError: The file is invalid, or a node.toml names no operator credential.
     """
-    doc = _read_toml(path)
-    if path.name == "operator.toml" or "node" in doc or "port_file" in doc:
+    if is_operator_file(path):
         return load_operator_config(path), None
     config = load_config(path)
     return operator_of(config), config

@@ -413,3 +413,27 @@ def test_an_approver_approves_from_a_workstation_without_the_node_key(
         if e == "rpc" and f["method"] == "bund.v1.Jobs/ApproveJob"
     )
     assert rpc["operator"] == "alice" and rpc["code"] == "OK"
+
+
+def test_an_operator_verifies_the_nodes_log_from_a_workstation(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    start_pair(node_factory)
+    bank_dir = node_factory.federation.party_dir("bank")
+    station = tmp_path / "workstation"
+    runner = CliRunner()
+    issued = runner.invoke(
+        app,
+        ["operator", "issue", "olga", "--party", str(bank_dir), "--out", str(station),
+         "--node", f"127.0.0.1:{node_factory.port('bank')}"],
+    )  # fmt: skip
+    assert issued.exit_code == 0, issued.output
+    config = str(station / "operator.toml")
+    key = str(bank_dir / identity.AUDIT_PUB)
+    r = runner.invoke(app, ["audit", "verify", "--config", config, "--key", key])
+    assert r.exit_code == 0 and "chain and signatures verify (bank's node)" in r.output, r.output
+    r = runner.invoke(app, ["audit", "verify", "--config", config])
+    assert r.exit_code == 1 and "give --key" in r.output
+    wrong = str(node_factory.federation.party_dir("tax") / identity.AUDIT_PUB)
+    r = runner.invoke(app, ["audit", "verify", "--config", config, "--key", wrong])
+    assert r.exit_code == 1 and "record 0" in r.output, r.output
