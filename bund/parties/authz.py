@@ -226,7 +226,9 @@ class InstancePins:
         answer = self._probe(peer)  # outside the lock: a peer may take a while to answer
         with self._lock:
             if answer is not None and answer != epoch:
-                self._refused[(peer, epoch)] = self._clock() + self._refuse_for
+                now = self._clock()
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+                self._refused[(peer, epoch)] = now + self._refuse_for
                 fields: dict[str, JsonScalar] = {
                     Key.PEER: peer,
                     "job": job_id,
