@@ -45,7 +45,11 @@ PARTY_ROLES = {
 
 @dataclass(frozen=True)
 class Federation:
-    """Certificates and keys for the test parties, and an intruder from another CA."""
+    """Certificates and keys for the test parties, and an intruder from another CA.
+
+    Every party is in the federation's signed roster (``ca_dir``), and has an operator CA with
+    one operator credential (``operator_tls``).
+    """
 
     root: Path
 
@@ -57,8 +61,14 @@ class Federation:
         return self.root / name
 
     def tls(self, name: str) -> TlsPaths:
+        """``name``'s node certificate: what its node presents to its peers."""
         d = self.party_dir(name)
         return TlsPaths(ca=d / "ca.pem", cert=d / "node.pem", key=d / "node.key")
+
+    def operator_tls(self, name: str) -> TlsPaths:
+        """The operator credential of ``name`` (from its operator CA): for operator calls."""
+        d = self.party_dir(name) / identity.OPERATOR_DIR
+        return TlsPaths(ca=d / "ca.pem", cert=d / "operator.pem", key=d / "operator.key")
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +238,7 @@ class NodeFactory:
             extra=extra,
             audit_store=audit_store,
             written_by="the test NodeFactory",
+            federation=self.federation.ca_dir,
         )
         return write_node_files(files)
 
@@ -255,9 +266,23 @@ class NodeFactory:
         return self.nodes[name].port if name in self.nodes else self.group.ports[name]
 
     def client(self, name: str, as_party: str | None = None) -> NodeClient:
-        """A client to ``name``'s node, presenting ``as_party``'s certificate (default: its own)."""
-        who = as_party or name
-        return NodeClient(f"127.0.0.1:{self.port(name)}", name, self.federation.tls(who))
+        """A client to ``name``'s node: as its operator, or presenting ``as_party``'s certificate.
+
+        Without ``as_party`` it presents ``name``'s operator credential; with it, the node
+        certificate of ``as_party``, as ``as_party``'s node calls another: with that node's
+        signed instance epoch when it runs in this process.
+        """
+        if as_party is None:
+            return NodeClient(
+                f"127.0.0.1:{self.port(name)}", name, self.federation.operator_tls(name)
+            )
+        node = self.nodes.get(as_party)
+        return NodeClient(
+            f"127.0.0.1:{self.port(name)}",
+            name,
+            self.federation.tls(as_party),
+            instance=node.peers.instance if node is not None else None,
+        )
 
     def config(self, name: str) -> NodeConfig:
         return self.nodes[name].config

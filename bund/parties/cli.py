@@ -14,7 +14,13 @@ from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
 from bund.parties import identity
-from bund.parties.config import NodeConfig, load_config
+from bund.parties.config import (
+    NodeConfig,
+    OperatorConfig,
+    is_operator_file,
+    load_cli_config,
+    load_config,
+)
 from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
 
@@ -24,13 +30,17 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Bund: privacy-preserving joint computation between party nodes.", no_args_is_help=True
 )
-federation_app = typer.Typer(help="Federation CA.", no_args_is_help=True)
+federation_app = typer.Typer(help="Federation CA, roster and revocations.", no_args_is_help=True)
+roster_app = typer.Typer(help="The federation's signed roster of parties.", no_args_is_help=True)
 party_app = typer.Typer(help="Party certificates and keys.", no_args_is_help=True)
+operator_app = typer.Typer(help="A party's operator credentials.", no_args_is_help=True)
 job_app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export audit logs.", no_args_is_help=True)
 data_app = typer.Typer(help="Demo datasets.", no_args_is_help=True)
 app.add_typer(federation_app, name="federation")
+federation_app.add_typer(roster_app, name="roster")
 app.add_typer(party_app, name="party")
+app.add_typer(operator_app, name="operator")
 app.add_typer(job_app, name="job")
 app.add_typer(audit_app, name="audit")
 app.add_typer(data_app, name="data")
@@ -39,6 +49,17 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The node's node.toml.")]
+OperatorOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="An operator.toml (an operator credential), or node.toml on the node's host.",
+    ),
+]
+FederationOpt = Annotated[
+    Path, typer.Option("--federation", help="The federation's directory (ca.key, roster.json).")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -54,26 +75,45 @@ def _config(path: Path) -> NodeConfig:
         raise _fail(str(exc)) from None
 
 
-def own_address(config: NodeConfig) -> str:
-    """Where this party's own node listens, from its port file when it bound port 0."""
-    host, _, port = config.listen.rpartition(":")
-    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
-        host = "127.0.0.1"
-    if port == "0":
-        try:
-            port = config.port_file.read_text().strip()
-        except FileNotFoundError:
-            raise _fail(
-                f"the node is not running ({config.port_file} is missing); "
-                "start it with `bund serve`"
-            ) from None
-    return f"{host}:{port}"
+def _is_operator_file(path: Path) -> bool:
+    try:
+        return is_operator_file(path)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
 
 
-def _client(config: NodeConfig) -> NodeClient:
+def _operator(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
+    try:
+        return load_cli_config(path)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+
+
+def operator_address(config: OperatorConfig) -> str:
+    """Where the operator's node listens: ``node``, or its port file on this host."""
+    if config.node is not None:
+        return config.node
+    assert config.port_file is not None  # load_operator_config checks one of them is set
+    try:
+        port = config.port_file.read_text().strip()
+    except FileNotFoundError:
+        raise _fail(
+            f"the node is not running ({config.port_file} is missing); start it with `bund serve`"
+        ) from None
+    return f"127.0.0.1:{port}"
+
+
+def _client(config: OperatorConfig) -> NodeClient:
+    """A client to the party's own node, presenting the operator credential."""
     from bund.parties.client import NodeClient
 
-    return NodeClient(own_address(config), config.party, config.tls, config.max_message_bytes)
+    for what, path in (("certificate", config.tls.cert), ("key", config.tls.key)):
+        if not path.is_file():
+            raise _fail(
+                f"operator {what} {path} not found: operator calls need an operator credential "
+                f"(bund operator issue NAME --party DIR --out DIR), not the node's certificate"
+            )
+    return NodeClient(operator_address(config), config.party, config.tls, config.max_message_bytes)
 
 
 # -- federation and parties ----------------------------------------------------------------
@@ -89,7 +129,115 @@ def federation_init(
         cert = identity.create_federation(directory, name)
     except BundError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"federation [bold]{name}[/]: CA certificate {cert}")
+    console.print(f"federation [bold]{name}[/]: CA certificate {cert}, roster and revocations")
+
+
+@roster_app.command("add")
+def roster_add(
+    name: Annotated[str, typer.Argument(help="The party's name.")],
+    role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
+    cert: Annotated[Path, typer.Option(help="The party's node certificate (PEM).")],
+    audit_key: Annotated[Path, typer.Option(help="The party's audit public key (PEM).")],
+    federation: FederationOpt,
+) -> None:
+    """Enrol a party (or a renewed certificate of one) in the signed roster."""
+    try:
+        key = identity.load_audit_public_key(audit_key)
+        new = identity.enrol(federation, name, role, cert.read_bytes(), key)
+    except (BundError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"roster version {new.version}: {name} ({role}); publish "
+        f"{federation / identity.ROSTER_FILE} to every node"
+    )
+
+
+@roster_app.command("remove")
+def roster_remove(name: str, federation: FederationOpt) -> None:
+    """Remove a party from the signed roster; every node refuses it once it has the new roster."""
+    try:
+        new = identity.unenrol(federation, name)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"roster version {new.version}: {name} removed")
+
+
+@roster_app.command("show")
+def roster_show(federation: FederationOpt) -> None:
+    """List the roster's parties, roles, certificates and audit keys (after checking it)."""
+    try:
+        current = identity.load_roster(
+            federation / identity.ROSTER_FILE, federation / identity.CA_CERT
+        )
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    t = RichTable(title=f"roster of {current.federation}, version {current.version}")
+    for heading in ("party", "role", "certificates (sha256)", "audit key"):
+        t.add_column(heading)
+    for m in sorted(current.members.values(), key=lambda m: m.name):
+        t.add_row(m.name, m.role, "\n".join(sorted(m.certificates)), m.audit_key.hex())
+    console.print(t)
+
+
+@federation_app.command("revoke")
+def federation_revoke(
+    target: Annotated[str, typer.Argument(help="A certificate file, or its serial number (hex).")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the signed list.")],
+    federation: FederationOpt,
+) -> None:
+    """Revoke a party's certificate: its peers refuse it as soon as they load the new list."""
+    try:
+        entry = identity.revoke(federation, target, reason)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"revoked serial {entry.serial} {escape(entry.subject)}; publish "
+        f"{federation / identity.REVOCATIONS_FILE} to every node and the regulator"
+    )
+
+
+@operator_app.command("issue")
+def operator_issue(
+    name: Annotated[str, typer.Argument(help="The operator's (or approver's) name.")],
+    party: Annotated[Path, typer.Option(help="The party's directory, with operator_ca.key.")],
+    out: Annotated[Path, typer.Option(help="Where to write the credential and operator.toml.")],
+    node: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the party's node, for operator.toml.")
+    ] = None,
+    valid_days: Annotated[int, typer.Option(min=1, help="How long it is valid.")] = 365,
+) -> None:
+    """Issue an operator credential from the party's operator CA, with an operator.toml."""
+    from bund.parties.config import operator_template
+
+    try:
+        cert = identity.issue_operator(party, name, out, valid_days)
+        owner = identity.certificate_facts(cert.read_bytes()).organisation
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    target = out / "operator.toml"
+    if not target.exists():
+        target.write_text(operator_template(owner, node or "<HOST:PORT>", None), encoding="utf-8")
+    console.print(
+        f"operator [bold]{name}[/] of {owner}: credential in {out}; an approver adds "
+        f"approver_key to {target}"
+    )
+
+
+@operator_app.command("revoke")
+def operator_revoke(
+    target: Annotated[str, typer.Argument(help="A credential file, or its serial number (hex).")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the signed list.")],
+    party: Annotated[Path, typer.Option(help="The party's directory, with operator_ca.key.")],
+) -> None:
+    """Revoke an operator credential: the node refuses it as soon as it loads the new list."""
+    try:
+        entry = identity.revoke(party, target, reason, operators=True)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"revoked operator serial {entry.serial}; copy "
+        f"{party / identity.OPERATOR_REVOCATIONS_FILE} to the node"
+    )
 
 
 @party_app.command("init")
@@ -105,9 +253,11 @@ def party_init(
     """Issue a party's certificate and keys; write a commented node.toml and policy.toml.
 
     The two files run as written (``bund serve --config OUT/node.toml``); each of them is kept
-    if it exists already. A regulator gets no node files: it writes ``regulator.toml``.
+    if it exists already. The party's operator CA and a first operator credential
+    (``OUT/operator``, with its ``operator.toml``) come with them, and the party is enrolled in
+    the federation's roster. A regulator gets no node files: it writes ``regulator.toml``.
     """
-    from bund.parties.config import node_template
+    from bund.parties.config import node_template, operator_template
     from bund.parties.policy import policy_template
     from bund.parties.schema import listen_address
 
@@ -122,9 +272,18 @@ def party_init(
     console.print(f"party [bold]{name}[/] ({role}): keys and certificate in {out}")
     if role == "regulator":
         return
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    operator = (
+        operator_template(name, None, "../state/port")
+        if port == "0"
+        else operator_template(name, f"{host}:{port}", None)
+    )
     for file, text in (
         ("node.toml", node_template(name, listen)),
         ("policy.toml", policy_template(name)),
+        (f"{identity.OPERATOR_DIR}/operator.toml", operator),
     ):
         target = out / file
         if target.exists():
@@ -266,11 +425,11 @@ def print_status(status: JobStatus) -> None:
 @job_app.command("submit")
 def job_submit(
     spec: Annotated[Path, typer.Argument(help="Job spec TOML.")],
-    config: ConfigOpt,
+    config: OperatorOpt,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
     """Submit a job to this party's node; the node proposes it to the other participants."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     job = load_spec(spec, cfg.party)
     try:
         with _client(cfg) as client:
@@ -290,11 +449,11 @@ def job_submit(
 @job_app.command("status")
 def job_status(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
 ) -> None:
     """Show a job's status at this party's node."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             print_status(wait_for(client, job_id) if watch else client.status(job_id))
@@ -314,13 +473,13 @@ def _print_result(result: Result) -> None:
 @job_app.command("result")
 def job_result(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     out: Annotated[
         Path | None, typer.Option(help="Write the artifacts into this directory.")
     ] = None,
 ) -> None:
     """Show (and optionally save) a job's result held at this party's node."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             result = client.result(job_id)
@@ -338,15 +497,25 @@ def job_result(
 @job_app.command("approve")
 def job_approve(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     key: Annotated[
-        Path | None, typer.Option(help="The approver's Ed25519 key (default: beside node.toml).")
+        Path | None,
+        typer.Option(
+            help="The approver's Ed25519 key (default: operator.toml's approver_key, or beside "
+            "node.toml)."
+        ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Approve without asking.")] = False,
 ) -> None:
-    """Show what a job will compute and reveal, then sign this node's approval of it."""
-    cfg = _config(config)
-    key_path = key or (cfg.source.parent if cfg.source else Path()) / identity.APPROVER_KEY
+    """Show what a job will compute and reveal, then sign this node's approval of it.
+
+    The approver's key signs here, on the machine where it lives; only the signature goes to the
+    node, over the operator credential's connection.
+    """
+    cfg, _ = _operator(config)
+    key_path = key or cfg.approver_key
+    if key_path is None:
+        raise _fail(f"no approver key: pass --key, or set approver_key in {config}")
     try:
         with _client(cfg) as client:
             request = client.approval_request(job_id)
@@ -363,11 +532,11 @@ def job_approve(
 @job_app.command("deny")
 def job_deny(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     reason: Annotated[str, typer.Option(help="Why; the requester sees it.")],
 ) -> None:
     """Refuse a job at this node; the requester's job ends refused with the reason."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             client.deny(job_id, reason)
@@ -379,11 +548,11 @@ def job_deny(
 @job_app.command("cancel")
 def job_cancel(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     reason: Annotated[str, typer.Option(help="Why; every participant's log records it.")] = "",
 ) -> None:
     """Cancel a job: stop its work at this node and at every other participant."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             client.cancel(job_id, reason)
@@ -395,11 +564,11 @@ def job_cancel(
 @job_app.command("resume")
 def job_resume(
     job_id: str,
-    config: ConfigOpt,
+    config: OperatorOpt,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
     """Resume an interrupted job from its resume states, here and at every other participant."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             client.resume(job_id)
@@ -410,9 +579,9 @@ def job_resume(
 
 
 @job_app.command("list")
-def job_list(config: ConfigOpt, limit: int = 20) -> None:
+def job_list(config: OperatorOpt, limit: int = 20) -> None:
     """List the newest jobs at this party's node."""
-    cfg = _config(config)
+    cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
             jobs = client.list_jobs(limit)
@@ -476,7 +645,13 @@ def budget_show(config: ConfigOpt) -> None:
 @audit_app.command("verify")
 def audit_verify(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Verify this node's own log.")
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Verify this node's own log: node.toml (on its host), or operator.toml (pulls "
+            "the log with the operator credential; give --key).",
+        ),
     ] = None,
     log_file: Annotated[
         Path | None, typer.Option("--log", help="An audit.db or exported .jsonl file.")
@@ -487,6 +662,9 @@ def audit_verify(
     from bund.parties.audit import iter_jsonl, open_audit_store, verify_records, verify_store
 
     store_name: str | None = str(log_file) if log_file is not None else None
+    if config is not None and log_file is None and _is_operator_file(config):
+        _verify_remote(_operator(config)[0], key)
+        return
     if config is not None:
         cfg = _config(config)
         store_name = store_name or cfg.audit_store
@@ -514,6 +692,28 @@ def audit_verify(
         )
     else:
         raise _fail(f"record {report.first_bad_index}: {report.reason} ({shown})")
+
+
+def _verify_remote(config: OperatorConfig, key: Path | None) -> None:
+    """Pull the party's log from its node with the operator credential, and verify it."""
+    from bund.parties.regulator import pull_log
+
+    if key is None:
+        raise _fail("give --key: the party's audit public key, as you hold it (not the node's)")
+    try:
+        public_key = identity.load_audit_public_key(key)
+        with _client(config) as client:
+            pulled = pull_log(client, public_key)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    report = pulled.verification
+    shown = f"{config.party}'s node"
+    if report is None or not report.ok:
+        why = (
+            pulled.error if report is None else f"record {report.first_bad_index}: {report.reason}"
+        )
+        raise _fail(f"{why} ({shown})")
+    console.print(f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})")
 
 
 @audit_app.command("report")
@@ -553,7 +753,9 @@ def config_check(
     files: Annotated[list[Path], typer.Argument(help="Files to check.")],
     kind: Annotated[
         str | None,
-        typer.Option(help="node | policy | spec | workflow | regulator (default: from the file)."),
+        typer.Option(
+            help="node | policy | spec | workflow | regulator | operator (default: from the file)."
+        ),
     ] = None,
     party: Annotated[
         str | None,
@@ -644,7 +846,7 @@ app.add_typer(workflow_app, name="workflow")
 @workflow_app.command("run")
 def workflow_run(
     name: Annotated[str, typer.Argument(help="The workflow: credit-model.")],
-    config: ConfigOpt,
+    config: OperatorOpt,
     spec: Annotated[Path, typer.Option("--spec", help="The workflow file (TOML).")],
     out: Annotated[
         Path | None, typer.Option(help="Write each step's result into out/<step>/.")
@@ -655,15 +857,18 @@ def workflow_run(
     from bund.parties.client import PeerClients
     from bund.parties.workflow import run_workflow
 
-    cfg = _config(config)
-    peers = PeerClients(cfg)  # to see each step succeed at every participant, not just here
+    cfg, node_cfg = _operator(config)
+    # On the node's host, see each step succeed at every participant too (a status read with
+    # the node's certificate); from an operator's workstation, at this party's node.
+    peers = PeerClients(node_cfg) if node_cfg is not None else None
     try:
         with _client(cfg) as client:
             run_workflow(name, spec, client, console, out=out, step_timeout=timeout, peers=peers)
     except BundError as exc:
         raise _fail(str(exc)) from None
     finally:
-        peers.close()
+        if peers is not None:
+            peers.close()
 
 
 if __name__ == "__main__":

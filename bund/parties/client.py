@@ -2,7 +2,9 @@
 
 Every call returns domain objects. The channel verifies that the server's certificate was issued
 by the federation CA *to the expected party* (the party name is the TLS target name), and presents
-this party's own certificate.
+the caller's certificate: an operator credential for operator calls (``bund job ...``), or the
+node's own certificate for node-to-node calls, which also carry the node's signed instance epoch
+(``bund.parties.authz.Instance``) in the metadata of every call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import Checkpoint
+from bund.parties.authz import INSTANCE_METADATA
 from bund.parties.config import NodeConfig, TlsPaths
 from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
 from bund.parties.jobs import JobSpec, Result
@@ -67,7 +70,16 @@ def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str,
 
 
 class NodeClient:
-    """Calls to one node, made as this party over mTLS."""
+    """Calls to one node over mTLS, with the credential in ``tls``.
+
+    Args:
+        address: ``HOST:PORT`` of the node.
+        party: The party whose node it must be (its certificate's name).
+        tls: The federation CA, and the caller's certificate and key.
+        max_message_bytes: The gRPC message limit.
+        timeout: The deadline of each call, in seconds.
+        instance: A node's signed instance epoch, sent with every call (node-to-node calls).
+    """
 
     def __init__(
         self,
@@ -76,6 +88,7 @@ class NodeClient:
         tls: TlsPaths,
         max_message_bytes: int = 8 << 20,
         timeout: float = 60.0,
+        instance: bytes | None = None,
     ) -> None:
         creds = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes(),
@@ -85,6 +98,7 @@ class NodeClient:
         self.address = address
         self.party = party
         self.timeout = timeout
+        self._metadata = ((INSTANCE_METADATA, instance),) if instance is not None else None
         self._channel = grpc.secure_channel(
             address, creds, options=channel_options(max_message_bytes, party)
         )
@@ -113,7 +127,11 @@ class NodeClient:
             response_deserializer=None,
         )
         try:
-            raw = rpc(request.SerializeToString(), timeout=timeout or self.timeout)
+            raw = rpc(
+                request.SerializeToString(),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
@@ -194,13 +212,14 @@ class NodeClient:
         )
         return [wire.status_from_proto(s) for s in r.jobs]
 
-    def node_info(self) -> wire.NodeInfo:
-        """Who this node says it is."""
+    def node_info(self, timeout: float | None = None) -> wire.NodeInfo:
+        """Who this node says it is, and the instance epoch it runs."""
         r = self._call(
             "Federation",
             "GetNodeInfo",
             federation_pb2.GetNodeInfoRequest(),
             federation_pb2.GetNodeInfoResponse,
+            timeout,
         )
         return wire.node_info_from_proto(r)
 
@@ -307,10 +326,12 @@ class PeerClients:
 
     Delivery retries only on UNAVAILABLE, for up to ``peer_silence_s`` (after which the job is
     interrupted anyway): the receiver's mailbox is idempotent on the payload's digest, so a
-    retried message is a no-op there.
+    retried message is a no-op there. Every call presents the node's certificate and, when
+    given, its signed instance epoch ``instance``.
     """
 
     config: NodeConfig
+    instance: bytes | None = None
     backoff_s: float = 0.2
     max_backoff_s: float = 2.0
 
@@ -323,7 +344,11 @@ class PeerClients:
         key = (party, address)
         if key not in self._clients:
             self._clients[key] = NodeClient(
-                address, party, self.config.tls, self.config.max_message_bytes
+                address,
+                party,
+                self.config.tls,
+                self.config.max_message_bytes,
+                instance=self.instance,
             )
         return self._clients[key]
 

@@ -4,9 +4,13 @@
 (suggesting the nearest known one), ``listen`` must be ``HOST:PORT``, and every error names the
 file and the dotted key to fix. Paths in the file are relative to the file's own directory.
 
-The one exception to "read once" is the peer directory (``peers_file``), which an operator may
+The exceptions to "read once" are the peer directory (``peers_file``), which an operator may
 update while the node runs, so that nodes started on OS-chosen ports can learn each other's
-addresses.
+addresses, and the federation's signed roster and revocation lists, which the node re-reads
+whenever their files change (``bund.parties.roster.WatchedDocument``).
+
+``operator.toml`` (:class:`OperatorFile`) is an operator's own file, on their workstation: where
+the party's node listens and the operator credential that ``bund job ...`` presents to it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from bund.compute import insecure
 from bund.compute.executor import create_executor
 from bund.parties.data import DataSource
 from bund.parties.errors import ConfigError
+from bund.parties.identity import (
+    APPROVER_KEY,
+    CA_CERT,
+    OPERATOR_CERT,
+    OPERATOR_KEY,
+    IdentityError,
+    certificate_facts,
+)
 from bund.parties.policy import Policy, load_policy
 from bund.parties.schema import (
     ListenAddress,
@@ -40,11 +52,28 @@ _MIB = 1 << 20
 
 @dataclass(frozen=True)
 class TlsPaths:
-    """The node's TLS material: federation CA, own certificate and key."""
+    """TLS material: the federation CA, and a node's or an operator's certificate with its key."""
 
     ca: Path
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class TrustPaths:
+    """What a node checks its callers against (``docs/identity.md``).
+
+    Attributes:
+        roster: The federation's signed roster: each party's name, role, certificates, audit key.
+        revocations: The federation's signed revocation list.
+        operator_ca: This party's operator CA certificate: it issues operator credentials.
+        operator_revocations: This party's signed list of revoked operator credentials.
+    """
+
+    roster: Path
+    revocations: Path
+    operator_ca: Path
+    operator_revocations: Path
 
 
 @dataclass(frozen=True)
@@ -63,6 +92,10 @@ class NodeConfig:
     peers_file: Path | None
     datasets: Mapping[str, DataSource]
     policy: Policy
+    trust: TrustPaths
+    #: The operator credential (a directory holding operator.pem, operator.key and ca.pem) that
+    #: ``bund`` commands on this host present; the node itself never reads it.
+    operator_credential: Path | None = None
     max_message_bytes: int = 8 * _MIB
     #: How long an audit record waits for a locked store before its action is refused.
     audit_write_timeout_s: float = 10.0
@@ -125,6 +158,24 @@ def _audit_store(value: str) -> str:
             "supported"
         )
     return value
+
+
+class _Federation(StrictModel):
+    roster: Text = Field(default="roster.json", description="the federation's signed roster")
+    revocations: Text = Field(
+        default="revocations.json", description="the federation's signed revocation list"
+    )
+
+
+class _Operators(StrictModel):
+    ca: Text = Field(default="operator_ca.pem", description="this party's operator CA")
+    revocations: Text = Field(
+        default="operators_revoked.json", description="its signed list of revoked operators"
+    )
+    credential: Text | None = Field(
+        default=None,
+        description="the operator credential `bund` commands on this host use (a directory)",
+    )
 
 
 class _Audit(StrictModel):
@@ -206,6 +257,8 @@ class NodeFile(StrictModel):
     )
     policy_file: Text = Field(default="policy.toml", description="this node's policy")
     tls: _Tls = Field(default_factory=_Tls)
+    federation: _Federation = Field(default_factory=_Federation)
+    operators: _Operators = Field(default_factory=_Operators)
     audit: _Audit = Field(default_factory=_Audit)
     limits: _Limits = Field(default_factory=_Limits)
     compute: _Compute = Field(default_factory=_Compute)
@@ -267,6 +320,15 @@ def load_config(path: Path) -> NodeConfig:
         peers_file=rel(file.peers_file) if file.peers_file else None,
         datasets=datasets,
         policy=policy,
+        trust=TrustPaths(
+            roster=rel(file.federation.roster),
+            revocations=rel(file.federation.revocations),
+            operator_ca=rel(file.operators.ca),
+            operator_revocations=rel(file.operators.revocations),
+        ),
+        operator_credential=(
+            rel(file.operators.credential) if file.operators.credential is not None else None
+        ),
         max_message_bytes=limits.max_message_bytes,
         audit_write_timeout_s=file.audit.write_timeout_s,
         recv_timeout_s=limits.recv_timeout_s,
@@ -319,6 +381,15 @@ ca = "ca.pem"                       # the federation CA
 cert = "node.pem"                   # this node's certificate
 key = "node.key"                    # 0600; never leaves the node
 
+[federation]                        # from the federation; the node re-reads them when they change
+roster = "roster.json"              # signed: each party's name, role, certificates, audit key
+revocations = "revocations.json"    # signed: revoked certificates
+
+[operators]                         # this party's operators (docs/identity.md)
+ca = "operator_ca.pem"              # the operator CA; keep operator_ca.key off this machine
+revocations = "operators_revoked.json"   # signed by the operator CA: revoked credentials
+credential = "operator"             # what `bund job ...` on this host presents (not the node)
+
 [audit]
 signing_key = "audit_ed25519.key"   # signs every record of the audit log
 public_key = "audit_ed25519.pub"    # hand it to the regulator
@@ -338,4 +409,158 @@ executor = "inline"                 # inline | thread[:N] | process[:N] | ray://
 # [datasets.loan_book]
 # kind = "csv"
 # path = "data/loan_book.csv"
+"""
+
+
+# --- an operator's file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the ``bund`` command needs to call its party's node as an operator.
+
+    Read from an operator's ``operator.toml`` (:func:`load_operator_config`), or from a
+    ``node.toml`` on the node's host with its ``[operators] credential`` (:func:`load_cli_config`).
+    """
+
+    party: str
+    #: ``HOST:PORT`` of the node, or None to read the port from ``port_file``.
+    node: str | None
+    port_file: Path | None
+    #: The federation CA (verifies the node) and the operator credential.
+    tls: TlsPaths
+    #: The approver's Ed25519 private key, if this operator approves jobs.
+    approver_key: Path | None = None
+    max_message_bytes: int = 8 * _MIB
+    source: Path | None = field(default=None, compare=False)
+
+
+class _OperatorTls(StrictModel):
+    ca: Text = Field(default="ca.pem", description="the federation CA: it verifies the node")
+    cert: Text = Field(default="operator.pem", description="the operator credential")
+    key: Text = Field(default="operator.key", description="its private key (0600)")
+
+
+class OperatorFile(StrictModel):
+    """``operator.toml`` as written: parsed by :func:`load_operator_config`."""
+
+    party: Name = Field(description="the party whose node this operator works")
+    node: PeerAddress | None = Field(default=None, description="where the party's node listens")
+    port_file: Text | None = Field(
+        default=None, description="or: the port file of a node on this host (listen port 0)"
+    )
+    approver_key: Text | None = Field(
+        default=None, description="the approver's Ed25519 key, when this operator approves jobs"
+    )
+    tls: _OperatorTls = Field(default_factory=_OperatorTls)
+
+
+def load_operator_config(path: Path) -> OperatorConfig:
+    """Read and validate an ``operator.toml``; paths are relative to the file.
+
+    Raises:
+        ConfigError: Naming the file and the key to fix.
+    """
+    path = path.resolve()
+    file = parse_file(OperatorFile, _read_toml(path), path, ConfigError)
+    if (file.node is None) == (file.port_file is None):
+        raise ConfigError(f'{path}: give exactly one of node = "HOST:PORT" and port_file = "PATH"')
+    base = path.parent
+    tls = TlsPaths(ca=base / file.tls.ca, cert=base / file.tls.cert, key=base / file.tls.key)
+    try:
+        facts = certificate_facts(tls.cert.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise ConfigError(f"{path}: tls.cert: {exc}") from None
+    if not facts.operator_usage or facts.organisation != file.party:
+        raise ConfigError(
+            f"{path}: tls.cert is not an operator credential of {file.party} ({facts.describe()}); "
+            "`bund operator issue` makes one"
+        )
+    return OperatorConfig(
+        party=file.party,
+        node=file.node,
+        port_file=base / file.port_file if file.port_file is not None else None,
+        tls=tls,
+        approver_key=base / file.approver_key if file.approver_key is not None else None,
+        source=path,
+    )
+
+
+def operator_of(config: NodeConfig) -> OperatorConfig:
+    """The operator side of a ``node.toml``: its address and ``[operators] credential``.
+
+    Raises:
+        ConfigError: The file names no operator credential.
+    """
+    where = config.source or "node.toml"
+    if config.operator_credential is None:
+        raise ConfigError(
+            f"{where}: names no operator credential; set [operators] credential = "
+            '"operator" (a directory from `bund operator issue`), or pass --config '
+            "operator.toml"
+        )
+    host, _, port = config.listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    d = config.operator_credential
+    return OperatorConfig(
+        party=config.party,
+        node=None if port == "0" else f"{host}:{port}",
+        port_file=config.port_file if port == "0" else None,
+        tls=TlsPaths(ca=d / CA_CERT, cert=d / OPERATOR_CERT, key=d / OPERATOR_KEY),
+        approver_key=config.source.parent / APPROVER_KEY if config.source is not None else None,
+        max_message_bytes=config.max_message_bytes,
+        source=config.source,
+    )
+
+
+def is_operator_file(path: Path) -> bool:
+    """Whether ``path`` is an operator's file rather than a ``node.toml``.
+
+    It is when it is named ``operator.toml`` or has a ``node`` or ``port_file`` key (a
+    ``node.toml`` has neither).
+
+    Raises:
+        ConfigError: The file is missing or not TOML.
+    """
+    if path.name == "operator.toml":
+        return True
+    doc = _read_toml(path)
+    return "node" in doc or "port_file" in doc
+
+
+def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
+    """What a ``bund job ...`` command was pointed at: an ``operator.toml`` or a ``node.toml``.
+
+    A file named ``operator.toml``, or one with a ``node`` or ``port_file`` key, is an operator's
+    file; anything else is read as a ``node.toml`` (on the node's host), whose configuration is
+    returned too.
+
+    Raises:
+        ConfigError: The file is invalid, or a node.toml names no operator credential.
+    """
+    if is_operator_file(path):
+        return load_operator_config(path), None
+    config = load_config(path)
+    return operator_of(config), config
+
+
+def operator_template(party: str, node: str | None, port_file: str | None) -> str:
+    """A commented ``operator.toml`` beside a credential from ``bund operator issue``."""
+    where = (
+        f'node = "{node}"                # where {party}\'s node listens'
+        if node is not None
+        else f'port_file = "{port_file}"    # the port file of {party}\'s node on this host'
+    )
+    return f"""\
+# An operator credential of {party}, written by `bund operator issue`.
+# Use it:  bund job list --config operator.toml   (docs/identity.md)
+party = "{party}"
+{where}
+# approver_key = "approver_ed25519.key"   # when this operator approves jobs (stays here)
+
+[tls]
+ca = "ca.pem"                      # the federation CA: verifies the node
+cert = "operator.pem"              # the operator credential (OU=operator, O={party})
+key = "operator.key"               # 0600; never leaves this machine
 """

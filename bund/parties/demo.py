@@ -37,7 +37,7 @@ from bund.compute.errors import BundError
 from bund.parties import identity
 from bund.parties.audit import open_audit_store, verify_store
 from bund.parties.client import NodeClient, PeerClients, RemoteError
-from bund.parties.config import NodeConfig, load_config
+from bund.parties.config import NodeConfig, load_config, operator_of
 from bund.parties.data import write_csv
 from bund.parties.demo_data import (
     DEMO_COMPANIES_PER_SCALE,
@@ -283,6 +283,7 @@ def node_files(
         approvals=approvals,
         cohort_floor=party.cohort_floor,
         written_by="`bund demo`",
+        federation=root / "federation",
     )
 
 
@@ -322,8 +323,9 @@ class DemoNodes:
     ports: Mapping[str, int]
 
     def client(self, party: str) -> NodeClient:
-        """A client to ``party``'s node, as that party (a node's operator talks to its own node)."""
-        return NodeClient(f"127.0.0.1:{self.ports[party]}", party, self.configs[party].tls)
+        """A client to ``party``'s node, as its operator (the credential ``party init`` issued)."""
+        tls = operator_of(self.configs[party]).tls
+        return NodeClient(f"127.0.0.1:{self.ports[party]}", party, tls)
 
 
 @dataclass(frozen=True)
@@ -391,7 +393,8 @@ def audit_as_regulator(
     )
     config = reg / f"{scenario.key}.toml"
     config.write_text(
-        '[tls]\nca = "ca.pem"\ncert = "node.pem"\nkey = "node.key"\n\n' + parties,
+        '[tls]\nca = "ca.pem"\ncert = "node.pem"\nkey = "node.key"\n\n'
+        f'[federation]\nrevocations = "../federation/{identity.REVOCATIONS_FILE}"\n\n' + parties,
         encoding="utf-8",
     )
     outcome = audit_federation(load_regulator_config(config))

@@ -1,9 +1,12 @@
 """The party node: a gRPC server with mTLS only, health, reflection, limits and the Bund services.
 
 ``create_node(config)`` builds everything and returns a ``Node`` holding the bound port, so tests
-bind ``127.0.0.1:0``. There is no insecure port: every caller presents a certificate from the
-federation CA, and its party identity is read from that certificate alone. gRPC's TLS stack
-negotiates TLS 1.2 or 1.3 only.
+bind ``127.0.0.1:0``. There is no insecure port: every caller presents a client certificate, from
+the federation CA (a peer's node) or from this party's operator CA (an operator), and TLS checks
+it against both; the node's :class:`~bund.parties.authz.Gate` then tells which it is and what it
+may do, against the federation's roster and revocation lists, which the node re-reads when their
+files change. Each start draws a fresh instance epoch, signed with the audit key, that the node
+sends with every call to a peer. gRPC's TLS stack negotiates TLS 1.2 or 1.3 only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,6 +35,7 @@ from bund.compute.errors import BundError
 from bund.compute.executor import create_executor
 from bund.parties import servicers, wire
 from bund.parties.audit import AuditLog, AuditStore, open_audit_store
+from bund.parties.authz import Gate, Instance, InstancePins, TrustAnchors
 from bund.parties.client import PeerClients
 from bund.parties.config import NodeConfig, load_config
 from bund.parties.data import Table, open_source
@@ -41,13 +47,21 @@ from bund.parties.identity import (
     load_certificate,
     raw_public_key,
 )
-from bund.parties.jobs import ProtocolDef
+from bund.parties.jobs import AuditSink, ProtocolDef
 from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.store import SqliteJobStore
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
+from bund.parties.roster import (
+    RevocationList,
+    Roster,
+    SignedDocumentError,
+    WatchedDocument,
+    parse_revocations,
+    parse_roster,
+)
 from bund.parties.rpc_audit import RefusalTally
 from bund.parties.transport import Mailbox
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
@@ -142,6 +156,57 @@ def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
     return {name: functools.partial(loader, name) for name in config.datasets}
 
 
+def _trust_anchors(config: NodeConfig, audit: AuditSink) -> TrustAnchors:
+    """The CAs, roster and revocation lists the node checks callers against.
+
+    Each change of a list's file is audited: a new version loaded, or a changed file refused.
+    """
+    trust = config.trust
+    federation_ca = config.tls.ca.read_bytes()
+    operator_ca = load_certificate(trust.operator_ca)
+    fed_key = load_certificate(config.tls.ca).public_key()
+    op_key = operator_ca.public_key()
+    if not isinstance(fed_key, ec.EllipticCurvePublicKey) or not isinstance(
+        op_key, ec.EllipticCurvePublicKey
+    ):
+        raise ConfigError("the federation CA and the operator CA must hold ECDSA keys")
+
+    def noted(path: Path) -> tuple[Callable[[str], None], Callable[[int], None]]:
+        def refused(reason: str) -> None:
+            try:
+                audit.append(Event.TRUST_LIST_REFUSED, "", {"file": str(path), Key.REASON: reason})
+            except BundError:
+                log.exception("could not audit the refusal of %s", path)
+
+        def loaded(version: int) -> None:
+            try:
+                audit.append(Event.TRUST_LIST_LOADED, "", {"file": str(path), Key.VERSION: version})
+            except BundError:
+                log.exception("could not audit the new version of %s", path)
+
+        return refused, loaded
+
+    def watch_roster(path: Path) -> WatchedDocument[Roster]:
+        return WatchedDocument(path, lambda d, w: parse_roster(d, fed_key, w), *noted(path))
+
+    def watch_list(path: Path, key: ec.EllipticCurvePublicKey) -> WatchedDocument[RevocationList]:
+        return WatchedDocument(path, lambda d, w: parse_revocations(d, key, w), *noted(path))
+
+    try:
+        return TrustAnchors(
+            federation_ca=federation_ca,
+            operator_ca=operator_ca.public_bytes(serialization.Encoding.PEM),
+            roster=watch_roster(trust.roster),
+            revocations=watch_list(trust.revocations, fed_key),
+            operator_revocations=watch_list(trust.operator_revocations, op_key),
+        )
+    except SignedDocumentError as exc:
+        raise ConfigError(
+            f"{config.source or 'node.toml'}: {exc} (the federation publishes roster.json and "
+            "revocations.json; `bund party init` writes operators_revoked.json)"
+        ) from None
+
+
 def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> Node:
     """Build and start a node from its configuration; returns once it serves."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -152,15 +217,16 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         raise ValueError(
             f"node.toml says party {config.party!r} but {config.tls.cert} was issued to {me.name!r}"
         )
-    load_certificate(config.tls.ca)
     signing_key = load_audit_signing_key(config.audit_key)
     audit_store = open_audit_store(config.audit_store, write_timeout_s=config.audit_write_timeout_s)
     audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
+    anchors = _trust_anchors(config, audit)
+    instance = Instance.create(config.party, signing_key, _utc_clock())
     store = SqliteJobStore(config.state_dir / "jobs.db", audit)
     resume_key = load_or_create_key(config.state_dir / "resume.key")
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
-    peers = PeerClients(config)
+    peers = PeerClients(config, instance.encode())
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
         {name: entry.budget_limits for name, entry in config.policy.datasets.items()},
@@ -196,7 +262,23 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         version=version(),
         audit_public_key=raw_public_key(signing_key.public_key()),
         protocols={name: d.version for name, d in protocols.items()},
+        instance=instance.encode(),
     )
+
+    def probe(party: str) -> str | None:
+        """The epoch of the node answering at ``party``'s address, if it answers and verifies."""
+        member = anchors.roster.current().members.get(party)
+        try:
+            answer = peers.client(party).node_info(timeout=min(config.peer_silence_s, 5.0))
+            if member is None:
+                return None
+            key = ed25519.Ed25519PublicKey.from_public_bytes(member.audit_key)
+            statement = Instance.decode(answer.instance, key)
+        except (BundError, ValueError):
+            return None
+        return statement.epoch if statement.party == party else None
+
+    gate = Gate(config.party, me.role, anchors, InstancePins(probe, audit.append))
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:
         return wire.AuditPage(
@@ -218,15 +300,16 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     server.add_generic_rpc_handlers(
         (
             servicers.make_generic_handler(
-                "bund.v1.Jobs", servicers.job_methods(manager), audit, refusals
+                "bund.v1.Jobs", servicers.job_methods(manager), audit, gate, refusals
             ),
             servicers.make_generic_handler(
-                "bund.v1.Federation", servicers.federation_methods(info), audit, refusals
+                "bund.v1.Federation", servicers.federation_methods(info), audit, gate, refusals
             ),
             servicers.make_generic_handler(
                 "bund.v1.Audit",
                 servicers.audit_methods(config.party, read_audit, audit.checkpoint),
                 audit,
+                gate,
                 refusals,
             ),
         )
@@ -243,9 +326,10 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         ),
         server,
     )
+    # Client certificates from either CA pass TLS; the gate tells a peer from an operator.
     credentials = grpc.ssl_server_credentials(
         [(config.tls.key.read_bytes(), cert_pem)],
-        root_certificates=config.tls.ca.read_bytes(),
+        root_certificates=anchors.federation_ca + b"\n" + anchors.operator_ca,
         require_client_auth=True,
     )
     port = server.add_secure_port(config.listen, credentials)
@@ -257,7 +341,14 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     audit.append(
         Event.NODE_STARTED,
         "",
-        {Key.LISTEN: config.listen, Key.PORT: port, Key.VERSION: info.version},
+        {
+            Key.LISTEN: config.listen,
+            Key.PORT: port,
+            Key.VERSION: info.version,
+            "epoch": instance.epoch,
+            "roster_version": anchors.roster.current().version,
+            "revocations_version": anchors.revocations.current().version,
+        },
     )
     tmp = config.port_file.with_suffix(".tmp")
     tmp.write_text(f"{port}\n")

@@ -84,6 +84,8 @@ class NodeFiles:
         extra: more ``node.toml`` text, e.g. a ``[compute]`` table.
         audit_store: the ``[audit] store`` (a path or a ``postgresql://`` URL); None: the default.
         written_by: who wrote the files, named in a comment at the top of each.
+        federation: the directory of the federation's live roster and revocation list; None:
+            the copies in ``identity``.
     """
 
     party: str
@@ -103,6 +105,7 @@ class NodeFiles:
     extra: str = ""
     audit_store: str | None = None
     written_by: str = ""
+    federation: Path | None = None
 
 
 def _string(text: str) -> str:
@@ -138,6 +141,7 @@ def write_node_files(files: NodeFiles) -> Path:
         return _string(Path(os.path.relpath(p.absolute(), home.absolute())).as_posix())
 
     me = files.identity
+    fed = files.federation or me
     by = f" (written by {files.written_by})" if files.written_by else ""
     node = [
         f"# Node configuration of {files.party}{by}.",
@@ -152,6 +156,15 @@ def write_node_files(files: NodeFiles) -> Path:
         f"ca = {path(me / identity.CA_CERT)}",
         f"cert = {path(me / identity.NODE_CERT)}",
         f"key = {path(me / identity.NODE_KEY)}",
+        "",
+        "[federation]",
+        f"roster = {path(fed / identity.ROSTER_FILE)}",
+        f"revocations = {path(fed / identity.REVOCATIONS_FILE)}",
+        "",
+        "[operators]",
+        f"ca = {path(me / identity.OPERATOR_CA_CERT)}",
+        f"revocations = {path(me / identity.OPERATOR_REVOCATIONS_FILE)}",
+        f"credential = {path(me / identity.OPERATOR_DIR)}",
         "",
         "[audit]",
         f"signing_key = {path(me / identity.AUDIT_KEY)}",

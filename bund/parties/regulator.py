@@ -29,6 +29,8 @@ import datetime as dt
 import hmac
 import json
 import os
+import socket
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -57,8 +59,10 @@ from bund.parties.config import TlsPaths
 from bund.parties.errors import ConfigError
 from bund.parties.identity import (
     IdentityError,
+    certificate_facts,
     identity_from_pem,
     load_audit_public_key,
+    load_revocations,
     raw_key_id,
     raw_public_key,
 )
@@ -73,6 +77,7 @@ from bund.parties.lifecycle.events import (
     state_after,
 )
 from bund.parties.lifecycle.states import JobState
+from bund.parties.roster import RevocationList
 from bund.parties.schema import (
     Name,
     PeerAddress,
@@ -126,6 +131,7 @@ class FindingKind(StrEnum):
     DROPPED_OUT = "dropped_out"
     TRANSCRIPT_INCONSISTENT = "transcript_inconsistent"
     RESULT_OUTSIDE_RECEIVERS = "result_outside_receivers"
+    CERTIFICATE_REVOKED = "certificate_revoked"
 
 
 _CHECKPOINT_KINDS: Final[Mapping[LogFault, FindingKind]] = MappingProxyType(
@@ -199,6 +205,8 @@ class RegulatorConfig:
     max_message_bytes: int = 8 << 20
     #: Where the regulator keeps every checkpoint it was given (``checkpoints.jsonl``).
     state_dir: Path | None = None
+    #: The federation's revocation list: every party's served certificate is checked against it.
+    revocations: RevocationList | None = None
 
 
 class _RegulatorTls(StrictModel):
@@ -216,6 +224,12 @@ class _RegulatorLimits(StrictModel):
     )
 
 
+class _RegulatorFederation(StrictModel):
+    revocations: NonEmpty = Field(
+        default="revocations.json", description="the federation's signed revocation list"
+    )
+
+
 class _Audited(StrictModel):
     address: PeerAddress = Field(description="where the party's node listens")
     audit_public_key: NonEmpty = Field(description="the party's audit key (PEM), handed over")
@@ -225,6 +239,7 @@ class RegulatorFile(StrictModel):
     """``regulator.toml`` as written: parsed by :func:`load_regulator_config`."""
 
     tls: _RegulatorTls = Field(default_factory=_RegulatorTls)
+    federation: _RegulatorFederation = Field(default_factory=_RegulatorFederation)
     state_dir: NonEmpty = Field(
         default="regulator-state", description="keeps every checkpoint the parties signed"
     )
@@ -243,6 +258,9 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         key = "regulator.key"
 
         state_dir = "regulator-state"  # optional: keeps every checkpoint the parties signed
+
+        [federation]                  # optional; the federation's signed revocation list
+        revocations = "revocations.json"
 
         [limits]                      # optional
         timeout_s = 60
@@ -289,6 +307,10 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         except IdentityError as exc:
             raise ConfigError(f"{path}: parties.{name}.audit_public_key: {exc}") from None
         parties[name] = AuditedParty(name, entry.address, key)
+    try:
+        revocations = load_revocations(base / file.federation.revocations, tls.ca)
+    except BundError as exc:
+        raise ConfigError(f"{path}: federation.revocations: {exc}") from None
     limits = file.limits
     return RegulatorConfig(
         tls,
@@ -296,7 +318,53 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         limits.timeout_s,
         int(limits.max_message_bytes),
         base / file.state_dir,
+        revocations,
     )
+
+
+# -- the certificates the parties serve -----------------------------------------------------
+
+
+def served_certificate(address: str, party: str, tls: TlsPaths, timeout: float) -> bytes:
+    """The certificate (PEM) that ``party``'s node presents in a TLS handshake at ``address``.
+
+    The handshake is made as gRPC's would be (the regulator's certificate, the federation CA,
+    ``party`` as the expected name, ALPN ``h2``) and closed at once.
+
+    Raises:
+        OSError: The node cannot be reached, or the handshake fails.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    context.set_alpn_protocols(["h2"])
+    host, _, port = address.rpartition(":")
+    with (
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=party) as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    if der is None:
+        raise OSError(f"{party} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def certificate_findings(party: str, pem: bytes, revocations: RevocationList) -> list[Finding]:
+    """A ``certificate_revoked`` finding when the certificate ``party`` serves is revoked."""
+    facts = certificate_facts(pem)
+    revoked = revocations.get(facts.serial)
+    if revoked is None:
+        return []
+    return [
+        Finding(
+            Severity.ERROR,
+            FindingKind.CERTIFICATE_REVOKED,
+            "",
+            (party,),
+            f"{party}'s node serves certificate serial {revoked.serial} ({facts.name}, "
+            f"{facts.role}), which the federation revoked on {revoked.revoked_at}: "
+            f"{revoked.reason}",
+        )
+    ]
 
 
 # -- checkpoints the regulator holds --------------------------------------------------------
@@ -1132,6 +1200,7 @@ def assess(
     pulled: Sequence[PulledLog],
     checkpoints: Mapping[str, Sequence[Checkpoint]] | None = None,
     generated_at: str | None = None,
+    found: Sequence[Finding] = (),
 ) -> AuditOutcome:
     """Judge pulled logs: each on its own (:func:`log_findings`), then all together.
 
@@ -1141,12 +1210,13 @@ def assess(
         pulled: One log per configured party, failed pulls included.
         checkpoints: Checkpoints the regulator holds, by party.
         generated_at: The audit's time; now when omitted.
+        found: Findings made apart from the logs (a revoked certificate a party serves).
 
     Returns:
         The outcome, findings sorted errors first, then as found.
     """
     held = checkpoints or {}
-    findings: list[Finding] = []
+    findings: list[Finding] = list(found)
     statuses = []
     for log in pulled:
         own = log_findings(log, held.get(log.party, ()))
@@ -1186,6 +1256,8 @@ def audit_federation(
     """Pull every configured party's log over mTLS, verify each, and reconcile them all.
 
     A party that cannot be pulled is a ``pull_failed`` finding; the others are still audited.
+    The certificate each party's node serves is checked against the federation's revocation
+    list (``certificate_revoked``).
 
     Args:
         config: The regulator's configuration.
@@ -1204,7 +1276,14 @@ def audit_federation(
         else {p: list(cps) for p, cps in (checkpoints or {}).items()}
     )
     pulled = []
+    found: list[Finding] = []
     for party in config.parties.values():
+        if config.revocations is not None:
+            try:
+                pem = served_certificate(party.address, party.name, config.tls, config.timeout_s)
+                found.extend(certificate_findings(party.name, pem, config.revocations))
+            except (OSError, BundError):
+                pass  # an unreachable node is a pull_failed finding below
         client = NodeClient(
             party.address, party.name, config.tls, config.max_message_bytes, config.timeout_s
         )
@@ -1222,7 +1301,7 @@ def audit_federation(
                     party.name, party.address, party.audit_public_key, (), 0, b"", None, str(exc)
                 )
             )
-    return assess(pulled, held)
+    return assess(pulled, held, found=found)
 
 
 def report_command(config: Path, out: Path) -> int:

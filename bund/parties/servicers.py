@@ -2,7 +2,11 @@
 
 Requests arrive as raw bytes and are parsed here (``wire.parse``), so garbage gets
 INVALID_ARGUMENT rather than a transport-level failure. The caller's identity comes only from the
-verified TLS certificate. Each call is recorded in the audit log by method, caller and status.
+verified TLS certificate, and every call passes the node's one :class:`~bund.parties.authz.Gate`
+first: who the caller is (an operator of this party, or a peer on the federation's roster, not
+revoked), whether the RPC allows it (each :class:`Method` declares its :class:`Access`), and for a
+peer acting on a job, that it takes part in the job and is the run of its node that this node
+works with. Each call is recorded in the audit log by method, caller and status.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from google.protobuf.message import Message
 
 from bund.parties import wire
 from bund.parties.audit import Checkpoint
+from bund.parties.authz import INSTANCE_METADATA, Access, Caller, Gate
 from bund.parties.errors import NotAuthorizedError, rpc_error_translator
-from bund.parties.identity import IdentityError, PartyIdentity, identity_from_pem
-from bund.parties.jobs import AuditSink
+from bund.parties.identity import PartyIdentity
+from bund.parties.jobs import AuditSink, JobSpec
 from bund.parties.lifecycle.events import Event
 from bund.parties.lifecycle.manager import JobManager
 from bund.parties.rpc_audit import RefusalTally
@@ -35,16 +40,18 @@ ARTIFACT_PAGE = 1 << 20
 _QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo"})
 
 
-def peer_identity(context: grpc.ServicerContext) -> PartyIdentity:
-    """The caller's party identity, from the certificate TLS verified against the federation CA."""
-    auth = context.auth_context()
-    pems: object = auth.get("x509_pem_cert") or []
-    if not isinstance(pems, list) or len(pems) != 1:
-        raise NotAuthorizedError("no client certificate: connect with your party's certificate")
-    try:
-        return identity_from_pem(bytes(pems[0]))
-    except IdentityError as exc:
-        raise NotAuthorizedError(f"client certificate refused: {exc}") from None
+def client_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The caller's certificate (PEM), as TLS verified it against one of the node's CAs."""
+    pems: object = context.auth_context().get("x509_pem_cert") or []
+    return bytes(pems[0]) if isinstance(pems, list) and len(pems) == 1 else None
+
+
+def instance_of(context: grpc.ServicerContext) -> bytes | None:
+    """The caller's signed instance epoch from the call's metadata, if it sent one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == INSTANCE_METADATA and isinstance(value, bytes):
+            return value
+    return None
 
 
 Handler = Callable[[Any, PartyIdentity], Message]
@@ -52,16 +59,31 @@ Handler = Callable[[Any, PartyIdentity], Message]
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC: its request type and the domain call behind it."""
+    """One RPC: its request type, the domain call behind it, and who may call it.
+
+    Attributes:
+        request: The request message type.
+        call: The domain call; it gets the caller as a :class:`~bund.parties.authz.Caller`.
+        access: Who may call it.
+        job: For a call about a job, the job's spec from the request (a peer must take part).
+        reads_only: A peer may call it without its instance epoch (it changes nothing).
+    """
 
     request: type[Message]
     call: Handler
+    access: Access = Access.ANY
+    job: Callable[[Any], JobSpec] | None = None
+    reads_only: bool = False
 
 
 def make_generic_handler(
-    service: str, methods: Mapping[str, Method], audit: AuditSink, refusals: RefusalTally
+    service: str,
+    methods: Mapping[str, Method],
+    audit: AuditSink,
+    gate: Gate,
+    refusals: RefusalTally,
 ) -> grpc.GenericRpcHandler[bytes, bytes]:
-    """A handler for ``service`` that parses, authenticates, translates errors and audits.
+    """A handler for ``service`` that parses, authorises, translates errors and audits.
 
     A call that succeeds is recorded one by one (except the quiet reads); a refused or failed
     one is counted in ``refusals``, which records the counts per interval, so a flood of bad
@@ -70,20 +92,24 @@ def make_generic_handler(
 
     def wrap(name: str, method: Method) -> grpc.RpcMethodHandler[bytes, bytes]:
         def behavior(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            caller = "?"
+            who: Caller | None = None
             code = grpc.StatusCode.OK
             started = time.monotonic()
+            pem = client_certificate(context)
             try:
                 with rpc_error_translator(context, f"{service}/{name}"):
-                    identity = peer_identity(context)
-                    caller = identity.name
+                    who = gate.identify(pem)
                     request = wire.parse(method.request, raw)
-                    return method.call(request, identity).SerializeToString()
+                    spec = method.job(request) if method.job and who.operator is None else None
+                    instance = instance_of(context)
+                    gate.authorise(who, method.access, spec, instance, method.reads_only)
+                    return method.call(request, who).SerializeToString()
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
                 raise
             finally:
                 if code is not grpc.StatusCode.OK:
+                    caller = who.name if who else gate.describe(pem)
                     refusals.note(caller, f"{service}/{name}", code.name)
                 elif name not in _QUIET:
                     try:
@@ -92,7 +118,8 @@ def make_generic_handler(
                             "",
                             {
                                 "method": f"{service}/{name}",
-                                "caller": caller,
+                                "caller": who.name if who else gate.describe(pem),
+                                **({"operator": who.operator} if who and who.operator else {}),
                                 "code": code.name,
                                 "request_bytes": len(raw),
                                 "ms": round((time.monotonic() - started) * 1000, 1),
@@ -110,6 +137,12 @@ def make_generic_handler(
 
 def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, Method]:
     """The Jobs service over a ``JobManager``."""
+
+    def job(r: Any) -> JobSpec:
+        return manager.store.get(wire.job_id(r.job_id)).spec
+
+    def proposed(r: job_pb2.ProposeJobRequest) -> JobSpec:
+        return wire.spec_from_proto(r.spec)
 
     def submit(r: job_pb2.SubmitJobRequest, who: PartyIdentity) -> Message:
         return job_pb2.SubmitJobResponse(
@@ -170,20 +203,21 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         manager.deny(wire.job_id(r.job_id), who.name, r.reason[:1000])
         return job_pb2.DenyJobResponse()
 
+    op, peer, either = Access.OPERATOR, Access.PEER, Access.OPERATOR_OR_PEER
     return {
-        "GetApprovalRequest": Method(job_pb2.GetApprovalRequestRequest, approval_request),
-        "ApproveJob": Method(job_pb2.ApproveJobRequest, approve),
-        "DenyJob": Method(job_pb2.DenyJobRequest, deny),
-        "SubmitJob": Method(job_pb2.SubmitJobRequest, submit),
-        "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status),
-        "GetJobResult": Method(job_pb2.GetJobResultRequest, result),
-        "ReadArtifact": Method(job_pb2.ReadArtifactRequest, read_artifact),
-        "ListJobs": Method(job_pb2.ListJobsRequest, list_jobs),
-        "ProposeJob": Method(job_pb2.ProposeJobRequest, propose),
-        "StartJob": Method(job_pb2.StartJobRequest, start),
-        "AbortJob": Method(job_pb2.AbortJobRequest, abort),
-        "ResumeJob": Method(job_pb2.ResumeJobRequest, resume),
-        "Deliver": Method(job_pb2.DeliverRequest, deliver),
+        "GetApprovalRequest": Method(job_pb2.GetApprovalRequestRequest, approval_request, op),
+        "ApproveJob": Method(job_pb2.ApproveJobRequest, approve, op),
+        "DenyJob": Method(job_pb2.DenyJobRequest, deny, op),
+        "SubmitJob": Method(job_pb2.SubmitJobRequest, submit, op),
+        "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status, either, job, reads_only=True),
+        "GetJobResult": Method(job_pb2.GetJobResultRequest, result, op),
+        "ReadArtifact": Method(job_pb2.ReadArtifactRequest, read_artifact, op),
+        "ListJobs": Method(job_pb2.ListJobsRequest, list_jobs, op),
+        "ProposeJob": Method(job_pb2.ProposeJobRequest, propose, peer, proposed),
+        "StartJob": Method(job_pb2.StartJobRequest, start, peer, job),
+        "AbortJob": Method(job_pb2.AbortJobRequest, abort, either, job),
+        "ResumeJob": Method(job_pb2.ResumeJobRequest, resume, either, job),
+        "Deliver": Method(job_pb2.DeliverRequest, deliver, peer, job),
     }
 
 
@@ -193,7 +227,7 @@ def federation_methods(info: wire.NodeInfo) -> dict[str, Method]:
     def get_info(r: federation_pb2.GetNodeInfoRequest, who: PartyIdentity) -> Message:
         return wire.node_info_to_proto(info)
 
-    return {"GetNodeInfo": Method(federation_pb2.GetNodeInfoRequest, get_info)}
+    return {"GetNodeInfo": Method(federation_pb2.GetNodeInfoRequest, get_info, Access.ANY)}
 
 
 def audit_methods(
@@ -219,7 +253,8 @@ def audit_methods(
         limit = min(r.limit or page_size, page_size)
         return wire.audit_page_to_proto(read(wire.position(r.start, "start"), limit))
 
+    auditors = Access.OPERATOR_OR_REGULATOR
     return {
-        "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log),
-        "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint),
+        "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log, auditors),
+        "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint, auditors),
     }

@@ -193,6 +193,8 @@ class NodeInfo:
     version: str
     audit_public_key: bytes
     protocols: Mapping[str, str]
+    #: The node's signed instance epoch (``bund.parties.authz.Instance``), verified by the caller.
+    instance: bytes = b""
 
 
 def fields_to_json(fields: Mapping[str, JsonScalar]) -> str:
@@ -227,6 +229,7 @@ def node_info_to_proto(info: NodeInfo) -> ProtoNodeInfo:
         version=info.version,
         audit_public_key=info.audit_public_key,
         protocols=dict(info.protocols),
+        instance=info.instance,
     )
 
 
@@ -240,6 +243,7 @@ def node_info_from_proto(message: ProtoNodeInfo) -> NodeInfo:
         version=message.version,
         audit_public_key=message.audit_public_key,
         protocols=dict(message.protocols),
+        instance=message.instance,
     )
 
 

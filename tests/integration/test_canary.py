@@ -57,6 +57,7 @@ from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
 from bund.parties import client as client_module
+from bund.parties import identity
 from bund.parties.data import Table
 from bund.parties.demo_data import (
     generate_finance,
@@ -461,7 +462,8 @@ class Sent:
 def install_capture(mp: pytest.MonkeyPatch, sent: list[Sent]) -> None:
     """Record every request a node's client makes to another node, and what comes back.
 
-    A client's own party is the one whose certificate it presents; a test's operator client
+    A client's own party is the one whose certificate it presents (a node certificate lies in
+    the party's directory, an operator credential in its ``operator/``); a test's operator client
     talks to its own node (sender == receiver), which is not a node sending, and is skipped.
     """
     real_init = client_module.NodeClient.__init__
@@ -469,7 +471,8 @@ def install_capture(mp: pytest.MonkeyPatch, sent: list[Sent]) -> None:
 
     def init(self: Any, address: str, party: str, tls: Any, *args: Any, **kw: Any) -> None:
         real_init(self, address, party, tls, *args, **kw)
-        self._canary_sender = Path(tls.cert).parent.name
+        home = Path(tls.cert).parent
+        self._canary_sender = (home.parent if home.name == identity.OPERATOR_DIR else home).name
 
     def call(
         self: Any, service: str, method: str, request: Any, response: Any, timeout: Any = None

@@ -76,6 +76,8 @@ def write_regulator_config(
         f'ca = "{tls.ca.as_posix()}"',
         f'cert = "{tls.cert.as_posix()}"',
         f'key = "{tls.key.as_posix()}"',
+        "[federation]",
+        f'revocations = "{(federation.ca_dir / "revocations.json").as_posix()}"',
         "[limits]",
         "timeout_s = 10",
     ]

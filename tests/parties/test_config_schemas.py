@@ -306,6 +306,7 @@ def test_regulator_file_is_checked(federation: Federation, tmp_path: Path) -> No
     bank = federation.party_dir("bank")
     good = (
         f'[tls]\nca = "{reg / "ca.pem"}"\ncert = "{reg / "node.pem"}"\nkey = "{reg / "node.key"}"\n'
+        f'[federation]\nrevocations = "{reg / "revocations.json"}"\n'
         f'[parties.bank]\naddress = "127.0.0.1:7443"\n'
         f'audit_public_key = "{bank / "audit_ed25519.pub"}"\n'
     )
@@ -449,6 +450,7 @@ REQUIRED = {
     "psi": {"mode": '"cardinality"'},
     "dp_stats": {"kind": '"count"', "epsilon": '"1/2"', "min_cell": "5"},
     "ckks_scoring": {"features": '"age,bmi"', "model": '"logistic"'},
+    "paillier_scoring": {"features": '"age,bmi"'},
     "vertical_score": {"model_job": '"' + "ab" * 16 + '"'},
 }
 

@@ -89,7 +89,7 @@ def test_result_round_trips(summary: dict[str, object], artifacts: dict[str, byt
 
 
 def test_node_info_round_trips() -> None:
-    info = wire.NodeInfo("bank", "bank", "0.1.0", b"k" * 32, {"psi": "1"})
+    info = wire.NodeInfo("bank", "bank", "0.1.0", b"k" * 32, {"psi": "1"}, b"s" * 100)
     assert wire.node_info_from_proto(wire.node_info_to_proto(info)) == info
     bad = wire.node_info_to_proto(info)
     bad.audit_public_key = b"short"

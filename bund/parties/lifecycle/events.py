@@ -72,6 +72,15 @@ class Event(StrEnum):
     RPC = "rpc"
     #: Refused or failed calls, counted per caller, method and status over an interval.
     RPC_REFUSED = "rpc_refused"
+    # Identities: which run of a peer this node works with, and its trust lists.
+    #: A call from a second running node with a peer's identity, refused.
+    DUPLICATE_INSTANCE = "duplicate_instance"
+    #: A peer's node restarted (or moved): its new instance epoch is pinned.
+    PEER_INSTANCE_CHANGED = "peer_instance_changed"
+    #: A new version of the roster or of a revocation list was loaded.
+    TRUST_LIST_LOADED = "trust_list_loaded"
+    #: A changed roster or revocation list was refused (bad signature, older version, gone).
+    TRUST_LIST_REFUSED = "trust_list_refused"
 
 
 class Key(StrEnum):
@@ -145,6 +154,8 @@ class EventKind(StrEnum):
     RPC = "rpc"
     #: Refused or failed calls, counted per caller, method and status over an interval.
     RPC_REFUSED = "rpc_refused"
+    #: Who the node trusts: peers' instances, the roster and the revocation lists.
+    IDENTITY = "identity"
 
 
 _E = Event
@@ -195,6 +206,15 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
         _E.POLICY_RELOADED: EventKind.NODE,
         _E.RPC: EventKind.RPC,
         _E.RPC_REFUSED: EventKind.RPC,
+        **dict.fromkeys(
+            (
+                _E.DUPLICATE_INSTANCE,
+                _E.PEER_INSTANCE_CHANGED,
+                _E.TRUST_LIST_LOADED,
+                _E.TRUST_LIST_REFUSED,
+            ),
+            EventKind.IDENTITY,
+        ),
     }
 )
 #: Lifecycle events that record a decision without changing the job's state by themselves.
