@@ -104,7 +104,13 @@ def test_an_evaluation_spends_exactly_its_epsilon_half_on_counts_half_on_the_los
 
 @pytest.mark.parametrize(
     ("bins", "clip", "epsilon"),
-    [(1, Fraction(1, 100), Fraction(1)), (20, Fraction(1, 2), Fraction(1)), (20, 0.01, 1)],
+    [
+        (1, Fraction(1, 100), Fraction(1)),
+        (20, Fraction(1, 2), Fraction(1)),
+        (20, Fraction(1, 10**7), Fraction(1)),
+        (20, Fraction(1, 100), Fraction(-1)),
+        (20, 0.01, 1),
+    ],
 )
 def test_evaluation_settings_are_checked(bins: int, clip: object, epsilon: object) -> None:
     with pytest.raises(ValueError):

@@ -292,6 +292,8 @@ def test_noise_off_is_refused_without_the_test_switch() -> None:
         ({"feature_ranges": "salary-0-9"}, "name:low:high"),
         ({"evaluate": "sometimes"}, "evaluate"),
         ({"eval_epsilon": "0"}, "eval_epsilon"),
+        ({"eval_epsilon": "1/10000"}, "eval_epsilon"),
+        ({"eval_clip": "1e-7"}, "eval_clip"),
         ({"eval_epsilon": 0.5}, "eval_epsilon"),
         ({"eval_epsilon": "a lot"}, "eval_epsilon"),
         ({"eval_clip": "1/2"}, "eval_clip"),

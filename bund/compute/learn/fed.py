@@ -71,6 +71,8 @@ EPSILON_RESOLUTION = Fraction(1, 10**6)
 LOSS_FRAC_BITS = 16
 #: The most score bins an evaluation takes.
 MAX_BINS = 1000
+#: The smallest probability clip: it bounds one record's loss by ln(10^6) ≈ 13.8.
+MIN_CLIP = Fraction(1, 10**6)
 #: Confidence of the noise bands of :func:`read_evaluation`.
 BAND_CONFIDENCE = 0.95
 #: The two-sided standard normal quantile of :data:`BAND_CONFIDENCE`.
@@ -488,8 +490,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if isinstance(self.bins, bool) or not 2 <= self.bins <= MAX_BINS:
             raise ValueError(f"an evaluation takes 2 to {MAX_BINS} score bins")
-        if not isinstance(self.clip, Fraction) or not 0 < self.clip <= Fraction(1, 4):
-            raise ValueError("the probability clip must be an exact rational in (0, 1/4]")
+        if not isinstance(self.clip, Fraction) or not MIN_CLIP <= self.clip <= Fraction(1, 4):
+            raise ValueError(f"the probability clip must be an exact rational in [{MIN_CLIP}, 1/4]")
         if not isinstance(self.epsilon, Fraction) or self.epsilon < 0:
             raise ValueError("an evaluation's epsilon must be an exact rational >= 0")
 

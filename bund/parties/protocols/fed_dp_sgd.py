@@ -96,8 +96,8 @@ UPDATE_FRAC_BITS = 24
 MAX_ROWS = 1 << 20
 #: When the hospitals evaluate: only the final model, or every trained model.
 EVALUATE_MODES = ("final", "every_round")
-#: The largest ε one evaluation may cost a hospital.
-MAX_EVAL_EPSILON = Fraction(100)
+#: The ε one evaluation may cost a hospital: a smaller one would drown every count in noise.
+MIN_EVAL_EPSILON, MAX_EVAL_EPSILON = Fraction(1, 1000), Fraction(100)
 #: The ``format`` of ``model.json``.
 MODEL_FORMAT = "bund.fed_dp_sgd.model/1"
 
@@ -222,7 +222,8 @@ class FedDpSgdParams(ProtocolParams):
     )
     eval_epsilon: Exact = Field(
         default="1",
-        description=f"the ε each evaluation costs each hospital, in (0, {MAX_EVAL_EPSILON}]",
+        description=f"the ε each evaluation costs each hospital, in [{MIN_EVAL_EPSILON}, "
+        f"{MAX_EVAL_EPSILON}]",
     )
     eval_bins: int = Field(
         default=20,
@@ -233,7 +234,7 @@ class FedDpSgdParams(ProtocolParams):
     eval_clip: Exact = Field(
         default="1/100",
         description="predicted probabilities are clipped to [eval_clip, 1 - eval_clip] for the "
-        "log-loss bound and the AUC bins' range, in (0, 1/4]",
+        f"log-loss bound and the AUC bins' range, in [{fed.MIN_CLIP}, 1/4]",
     )
 
 
@@ -356,10 +357,12 @@ def plan(spec: JobSpec) -> Plan:
         clip = parse_rational(params.eval_clip, "eval_clip")
     except InvalidInputError as exc:
         raise InvalidJobSpecError(f"fed_dp_sgd: {exc}") from None
-    if not 0 < eval_epsilon <= MAX_EVAL_EPSILON:
-        raise InvalidJobSpecError(f"eval_epsilon must lie in (0, {MAX_EVAL_EPSILON}]")
-    if not 0 < clip <= Fraction(1, 4):
-        raise InvalidJobSpecError("eval_clip must lie in (0, 1/4]")
+    if not MIN_EVAL_EPSILON <= eval_epsilon <= MAX_EVAL_EPSILON:
+        raise InvalidJobSpecError(
+            f"eval_epsilon must lie in [{MIN_EVAL_EPSILON}, {MAX_EVAL_EPSILON}]"
+        )
+    if not fed.MIN_CLIP <= clip <= Fraction(1, 4):
+        raise InvalidJobSpecError(f"eval_clip must lie in [{fed.MIN_CLIP}, 1/4]")
     try:
         model = fed.ModelSpec(params.model, len(features), params.hidden)
         dpsgd = fed.DpSgdConfig(
