@@ -51,7 +51,7 @@ def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_p
         result = insurer.result(job_id)
     p = fed_dp_sgd.plan(job)
     assert result.summary["rounds_run"] == 2
-    assert 0 <= result.summary["final_auc"] <= 1  # type: ignore[operator]
+    assert result.summary["evaluations_run"] == 1 and result.summary["final_eval_rows"]
     assert {"model.json", "history.csv", "training_curves.png"} <= set(result.artifacts)
     assert len(json.loads(result.artifacts["model.json"])["weights"]) == p.model.size
     node_factory.wait_closed(job_id)

@@ -13,9 +13,9 @@ The job is a sequence of *steps* ``s = 0, 1, …``; each is a training round, th
 or the end. With ``evaluate = "every_round"`` a training step of round ``r ≥ 2`` also evaluates
 the incoming model (trained ``r − 1`` rounds), so every trained model is evaluated once; with
 ``"final"`` only the last one is. A hospital counts the steps it accepts in its resume state and
-refuses (:class:`StepLimitError`, failing the job) any training step beyond ``rounds``, any
-evaluation beyond the plan's, and anything but the end after the final evaluation: whatever
-weights a coordinator sends, it gets at most the answers the approved spec implies. Each
+refuses (:class:`StepLimitError`, failing the job) a training step beyond ``rounds`` or out of
+order, and an evaluation beyond the plan's: whatever weights a coordinator sends, it gets at
+most the answers the approved spec implies. Each
 evaluation is the hospital's own noisy integer vector (``bund.compute.learn.fed.EvalConfig``:
 score-bin counts by label and a clipped log-loss sum, discrete Laplace noise sized from its own
 ``eval_epsilon``), charged to its ledger before it answers. Messages of step ``s`` (H: a
@@ -600,7 +600,7 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
     ctx.send(c, f"fed/reveal/{tag}", dropout_secagg.encode_reveal(reveal))
 
 
-_KIND_NAMES = {_TRAIN: "train", _EVAL: "evaluate", _DONE: "done"}
+_KIND_NAMES = {_TRAIN: "train", _EVAL: "evaluate"}
 
 
 def _admit(ctx: JobContext, p: Plan, s: _HospitalState, kind: int, round_: int) -> None:
@@ -645,7 +645,7 @@ def _pay(ctx: JobContext, p: Plan, s: _HospitalState, kind: int, round_: int) ->
     try:
         if kind == _TRAIN:
             cost = p.round_cost(s.trained)
-            ctx.charge(f"round-{round_}", cost)
+            ctx.charge(f"round-{s.train_steps}", cost)  # its own count, equal to round_
             s.trained += 1
             ctx.record(
                 "fed_dp_sgd.round_charged",
@@ -1096,7 +1096,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, and what each hospital may pay, as the protocol doc states it."""
     p = plan(spec)
     noise = (
-        f"each hospital's counts ε = {p.evaluation.epsilon}-DP by its own discrete Laplace noise"
+        f"each hospital's vector ε = {p.evaluation.epsilon} DP by its own discrete Laplace noise"
         if p.noise
         else "exact: noise off, test only"
     )
