@@ -1,4 +1,4 @@
-"""Federated DP-SGD benchmark: the DP-SGD step against plain SGD, SecAgg per round, accuracy.
+"""Federated DP-SGD benchmark: DP-SGD step against plain SGD, SecAgg per round, evaluation, metrics.
 
 Rows (timings are the median of five timed repeats after a warm-up, wall time, one torch thread):
 
@@ -11,9 +11,15 @@ Rows (timings are the median of five timed repeats after a warm-up, wall time, o
   key derivation, sharing, inbox opening, masking and answer, and the server's unmasking.
   ``client_s`` is one client's share of the time, ``server_s`` the unmasking; ``bytes_per_client``
   what one client uploads in the round. Ops are rounds.
-- ``fed_accuracy``: held-out accuracy of a short in-memory ``fed_dp_sgd`` job on the health demo
-  (three hospitals) with DP on, against the same model trained without privacy on the pooled
-  training rows (plain SGD, same steps). Ops is ``None``; the row carries the accuracies.
+- ``fed_evaluation``: one hospital's DP evaluation of a model on ``rows`` held-out rows with
+  ``bins`` score bins (scores, binned counts and clipped log-loss sum, discrete Laplace noise at
+  ``epsilon``), and the coordinator's reading of the metrics and noise bands from the sum
+  (``read_s``). Ops are evaluations; ``epsilon`` is what each costs a hospital, ``bytes`` the
+  cells it adds to the masked vector.
+- ``fed_metrics``: held-out binned AUC and clipped log-loss (noisy, with their 95 % noise bands)
+  of a short in-memory ``fed_dp_sgd`` job on the health demo (three hospitals) with DP on,
+  against the same model trained without privacy on the pooled training rows (plain SGD, same
+  steps; exact metrics). Ops is ``None``; the row carries the metrics and the ε they cost.
 
 Run: ``python -m benchmarks.bench_fed [--quick]``.
 """
@@ -26,12 +32,13 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from bund.compute.dp import dropout_secagg
-from bund.compute.learn import fed
+from bund.compute.learn import fed, metrics
 from bund.parties.demo_data import generate_health
 from bund.parties.jobs import JobSpec, Participant, run_in_memory
 from bund.parties.protocols import fed_dp_sgd
@@ -117,12 +124,36 @@ def _secagg(n: int, cells: int, dropouts: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _accuracy(rows_per_hospital: int, rounds: int, model: str) -> dict[str, Any]:
+def _evaluation(rows: int, bins: int) -> dict[str, Any]:
+    spec = fed.ModelSpec("logistic", 7)
+    config = fed.EvalConfig(bins, Fraction(1, 100), Fraction(1))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (rows, 7))
+    y = (rng.uniform(size=rows) < 0.15).astype(np.float64)
+    weights = fed.initial_weights(spec, 0)
+
+    def one() -> np.ndarray:
+        counts = fed.evaluation_counts(config, fed.scores(spec, weights, x), y)
+        return fed.add_evaluation_noise(config, counts)
+
+    total = one() * 3
+    seconds = _median_seconds(one)
+    read_s = _median_seconds(lambda: fed.read_evaluation(config, total, 3))
+    return {
+        "family": "fed", "kernel": "fed_evaluation",
+        "params": {"rows": rows, "bins": bins, "epsilon": "1"},
+        "ops_per_s": 1 / seconds, "read_s": read_s, "epsilon": str(config.epsilon),
+        "bytes": 8 * config.length,
+    }  # fmt: skip
+
+
+def _metrics(rows_per_hospital: int, rounds: int, model: str) -> dict[str, Any]:
     data = generate_health(rows_per_hospital, 7)
     tables = {h: data[t] for h, t in HOSPITALS.items()}
     params = {
         "model": model, "rounds": rounds, "local_steps": 20, "sample_rate": 0.05,
         "noise_multiplier": 1.0, "max_grad_norm": 1.0, "learning_rate": 0.5, "seed": 1,
+        "eval_epsilon": "2",
     }  # fmt: skip
     spec = JobSpec(
         protocol="fed_dp_sgd",
@@ -150,17 +181,23 @@ def _accuracy(rows_per_hospital: int, rounds: int, model: str) -> dict[str, Any]
     w0 = fed.initial_weights(plan.model, 1)
     batch = max(1, round(0.05 * rows_per_hospital * 0.8))
     update = fed.plain_update(plan.model, w0, x[train], y[train], rounds * 20, 0.5, batch, 0)
-    plain = fed.evaluate(plan.model, w0 + update.delta, x[test], y[test])
-    majority = max(float(np.mean(y[test])), 1 - float(np.mean(y[test])))
+    plain = fed.scores(plan.model, w0 + update.delta, x[test])
+    clip = float(plan.evaluation.clip)
+    s = result.summary
     return {
-        "family": "fed", "kernel": "fed_accuracy",
+        "family": "fed", "kernel": "fed_metrics",
         "params": {"model": model, "rows_per_hospital": rows_per_hospital, "rounds": rounds,
-                   "noise_multiplier": 1.0, "local_steps": 20, "sample_rate": 0.05},
+                   "noise_multiplier": 1.0, "local_steps": 20, "sample_rate": 0.05,
+                   "eval_epsilon": "2", "eval_bins": plan.evaluation.bins},
         "ops_per_s": None, "bytes": len(result.artifacts["model.json"]),
-        "dp_accuracy": result.summary["final_accuracy"], "dp_loss": result.summary["final_loss"],
-        "epsilon": result.summary["epsilon_hospital-a"], "delta": result.summary["delta"],
-        "plain_accuracy": plain.accuracy, "plain_loss": plain.loss,
-        "majority_accuracy": majority, "job_s": job_s,
+        "dp_auc": s["final_auc"], "dp_auc_band": s["final_auc_band"],
+        "dp_auc_tolerance": s["final_auc_tolerance"],
+        "dp_log_loss": s["final_log_loss"], "dp_log_loss_band": s["final_log_loss_band"],
+        "epsilon_training": s["epsilon_training_hospital-a"],
+        "epsilon": s["epsilon_hospital-a"], "delta": s["delta"],
+        "plain_auc": metrics.auc(y[test], plain),
+        "plain_log_loss": float(metrics.clipped_log_loss(y[test], plain, clip).mean()),
+        "job_s": job_s,
     }  # fmt: skip
 
 
@@ -177,10 +214,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
     ]  # fmt: skip
     for n, cells in sizes:
         rows.append(_secagg(n, cells, (n - 1) // 2))
+    rows.append(_evaluation(300 if quick else 1500, 20))
     if quick:
-        rows.append(_accuracy(60, 1, "logistic"))
+        rows.append(_metrics(60, 1, "logistic"))
     else:
-        rows += [_accuracy(1500, 10, "logistic"), _accuracy(1500, 10, "mlp")]
+        rows += [_metrics(1500, 10, "logistic"), _metrics(1500, 10, "mlp")]
     return rows
 
 

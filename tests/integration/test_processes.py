@@ -164,5 +164,12 @@ def test_demo_federated_training_charges_the_accountants_epsilon(
     rate, sigma = float(FED_PARAMS["sample_rate"]), float(FED_PARAMS["noise_multiplier"])  # type: ignore[arg-type]
     accountant = fed.epsilon_bound(fed.epsilon_spent(sigma, rate, steps, 1e-5, "rdp"))
     assert 3 < accountant < 4
+    evaluations = 3 * Fraction(str(FED_PARAMS["eval_epsilon"]))  # one per trained model
     for hospital in HOSPITALS:
-        assert Fraction(str(summary[f"epsilon_{hospital.name}"])) == accountant
+        assert Fraction(str(summary[f"epsilon_training_{hospital.name}"])) == accountant
+        assert Fraction(str(summary[f"epsilon_{hospital.name}"])) == accountant + evaluations
+    evaluated = [h for h in history if h["auc"]]
+    assert [int(h["round"]) for h in evaluated] == [1, 2, 3]
+    for h in evaluated:  # noisy, but a held-out AUC and log-loss with their noise bands
+        assert 0 <= float(h["auc"]) <= 1 and 0 < float(h["auc_band"]) < 0.15
+        assert 0 < float(h["log_loss"]) < 1 and 0 < float(h["log_loss_band"]) < 0.1

@@ -17,6 +17,11 @@ calls these functions; tests and benchmarks call them directly as the plaintext 
   aggregation must reproduce.
 * :func:`epsilon_spent` is Opacus's RDP (or PRV) accountant over ``steps`` DP-SGD steps;
   :func:`epsilon_bound` rounds it *up* to an exact rational for the budget ledger.
+* Evaluation (:class:`EvalConfig`): each client counts its held-out rows by score bin and label
+  and sums their clipped log-losses, as integers; adds its own discrete Laplace noise sized from
+  its own ε and the sensitivity it derives from the settings; and :func:`read_evaluation` reads
+  the binned AUC and the mean log-loss, with noise bands, from the securely aggregated sum.
+  :func:`held_out` splits the rows per record, so one record's presence moves no other row.
 
 Torch and Opacus are imported on first use, so importing this module stays cheap.
 """
@@ -34,12 +39,15 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from bund.compute.dp.mechanisms import DiscreteLaplace
 from bund.compute.errors import InvalidInputError
+from bund.compute.learn import metrics
 
 if TYPE_CHECKING:
     import torch
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 #: Model kinds, by name.
 MODEL_KINDS = ("logistic", "mlp")
@@ -47,8 +55,6 @@ MODEL_KINDS = ("logistic", "mlp")
 GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost")
 #: Privacy accountants, by Opacus's name.
 ACCOUNTANTS = ("rdp", "prv")
-#: Per-row log-loss is capped here in evaluations, so a sum of losses has a known bound.
-LOSS_CAP = 20.0
 #: Public value ranges of the health demo's numeric columns (clinically plausible limits).
 HEALTH_RANGES: Mapping[str, tuple[float, float]] = {
     "age": (18.0, 100.0),
@@ -61,6 +67,16 @@ HEALTH_RANGES: Mapping[str, tuple[float, float]] = {
 }
 #: Resolution of the exact privacy charge: epsilon is rounded up to a multiple of this.
 EPSILON_RESOLUTION = Fraction(1, 10**6)
+#: Fractional bits of one record's clipped log-loss in an evaluation's loss sum.
+LOSS_FRAC_BITS = 16
+#: The most score bins an evaluation takes.
+MAX_BINS = 1000
+#: The smallest probability clip: it bounds one record's loss by ln(10^6) ≈ 13.8.
+MIN_CLIP = Fraction(1, 10**6)
+#: Confidence of the noise bands of :func:`read_evaluation`.
+BAND_CONFIDENCE = 0.95
+#: The two-sided standard normal quantile of :data:`BAND_CONFIDENCE`.
+_Z = 1.959963984540054
 
 
 def _torch() -> Any:
@@ -405,38 +421,205 @@ def fedavg(weights: FloatArray, deltas: list[FloatArray]) -> FloatArray:
     return np.asarray(weights, dtype=np.float64) + mean
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Sums over evaluation rows: capped log-loss, correct predictions at 0.5, and rows."""
-
-    loss_sum: float
-    correct: int
-    rows: int
-
-    @property
-    def loss(self) -> float:
-        """Mean log-loss (NaN without rows)."""
-        return self.loss_sum / self.rows if self.rows else math.nan
-
-    @property
-    def accuracy(self) -> float:
-        """Share of rows predicted right (NaN without rows)."""
-        return self.correct / self.rows if self.rows else math.nan
-
-
-def evaluate(spec: ModelSpec, weights: FloatArray, x: FloatArray, y: FloatArray) -> Evaluation:
-    """The model's capped log-loss sum and correct count on ``(x, y)``."""
+def scores(spec: ModelSpec, weights: FloatArray, x: FloatArray) -> FloatArray:
+    """The model's score (logit) of each row of ``x``."""
     torch = _torch()
     if len(x) == 0:
-        return Evaluation(0.0, 0, 0)
+        return np.zeros(0, dtype=np.float64)
     model = create_model(spec)
     set_weights(model, weights)
-    xt, yt = _tensors(x, y)
     with torch.no_grad():
-        logits = model(xt).squeeze(-1)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, reduction="none")
-        correct = int(((logits > 0).float() == yt).sum())
-    return Evaluation(float(loss.clamp(max=LOSS_CAP).sum()), correct, len(x))
+        logits = model(torch.as_tensor(np.asarray(x), dtype=torch.float32)).squeeze(-1)
+    return np.asarray(logits.numpy(), dtype=np.float64)
+
+
+def held_out(x: FloatArray, y: FloatArray, fraction: float, salt: bytes) -> npt.NDArray[np.bool_]:
+    """Which rows are held out for evaluation: each by a hash of the record itself and ``salt``.
+
+    A row is held out when ``SHA-256(salt ‖ its features ‖ its label)``, read as a fraction of
+    ``2^64``, is below ``fraction``. Each row's side depends on that row alone, so adding or
+    removing one patient moves no other between the training and the held-out rows: DP-SGD's
+    guarantee and the evaluation's sensitivity are each about one record. (A split by row
+    position, or one cut at a fixed count, would move other rows too.) The salt holds only public
+    values (the job's seed), so the split is repeatable and protects nothing.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError("the held-out fraction must lie in [0, 1]")
+    features = np.ascontiguousarray(x, dtype="<f8")
+    labels = np.ascontiguousarray(y, dtype="<f8")
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError("one label per row of features")
+    cut = int(fraction * 2**64)
+    picks = [
+        int.from_bytes(
+            hashlib.sha256(salt + features[i].tobytes() + labels[i].tobytes()).digest()[:8], "big"
+        )
+        < cut
+        for i in range(len(labels))
+    ]
+    return np.asarray(picks, dtype=np.bool_)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One differentially private evaluation of a model on one party's held-out rows.
+
+    The party's integer vector is ``2·bins + 1`` cells: the counts of its held-out rows by score
+    bin and label (:func:`bund.compute.learn.metrics.binned_counts`), then the sum of their
+    clipped log-losses in units of ``2^-LOSS_FRAC_BITS`` (each record's rounded and capped at
+    :attr:`loss_sensitivity`). Adding or removing one record changes one count by 1 and the loss
+    sum by at most :attr:`loss_sensitivity`, bounds the party computes from these settings
+    alone. Each half of ``epsilon`` pays for one block: discrete Laplace noise of scale
+    ``2/epsilon`` on every count and ``2·loss_sensitivity/epsilon`` on the loss sum, so the
+    vector is ``epsilon``-DP by basic composition.
+
+    Attributes:
+        bins: Equal-width score bins over the clipped logit range (the AUC's resolution).
+        clip: Predicted probabilities are clipped to ``[clip, 1 − clip]``, exact.
+        epsilon: The ε one evaluation costs the party, exact; 0 adds no noise (tests only).
+
+    >>> config = EvalConfig(bins=20, clip=Fraction(1, 100), epsilon=Fraction(1))
+    >>> config.length, config.loss_sensitivity
+    (41, 301806)
+    """
+
+    bins: int
+    clip: Fraction
+    epsilon: Fraction
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bins, bool) or not 2 <= self.bins <= MAX_BINS:
+            raise ValueError(f"an evaluation takes 2 to {MAX_BINS} score bins")
+        if not isinstance(self.clip, Fraction) or not MIN_CLIP <= self.clip <= Fraction(1, 4):
+            raise ValueError(f"the probability clip must be an exact rational in [{MIN_CLIP}, 1/4]")
+        if not isinstance(self.epsilon, Fraction) or self.epsilon < 0:
+            raise ValueError("an evaluation's epsilon must be an exact rational >= 0")
+
+    @property
+    def length(self) -> int:
+        """Cells of the vector: the counts of both labels by bin, and the loss sum."""
+        return 2 * self.bins + 1
+
+    @property
+    def noise(self) -> bool:
+        """Whether the evaluation adds noise (always, unless a test turned it off)."""
+        return self.epsilon > 0
+
+    @property
+    def loss_bound(self) -> float:
+        """The largest clipped log-loss of one record: ``ln(1/clip)``."""
+        return -math.log(float(self.clip))
+
+    @property
+    def loss_sensitivity(self) -> int:
+        """The most one record adds to the integer loss sum: ``⌈ln(1/clip) · 2^F⌉ + 1``.
+
+        One unit above the rounded bound, so float rounding in the bound can never make it
+        smaller than a record's rounded loss; records are capped at it anyway.
+        """
+        return int(math.ceil(self.loss_bound * 2**LOSS_FRAC_BITS)) + 1
+
+    def mechanisms(self) -> tuple[DiscreteLaplace, DiscreteLaplace]:
+        """The noise of the counts (sensitivity 1) and of the loss sum, ``epsilon/2`` each.
+
+        Raises:
+            ValueError: With noise off (``epsilon`` = 0).
+        """
+        if not self.noise:
+            raise ValueError("an evaluation without noise has no mechanisms")
+        half = self.epsilon / 2
+        return (
+            DiscreteLaplace.create(half, 1),
+            DiscreteLaplace.create(half, self.loss_sensitivity),
+        )
+
+
+def evaluation_counts(config: EvalConfig, logits: FloatArray, y: FloatArray) -> IntArray:
+    """The exact evaluation vector of one party's held-out rows (``config``'s layout)."""
+    counts = metrics.binned_counts(y, logits, config.bins, float(config.clip))
+    losses = metrics.clipped_log_loss(y, logits, float(config.clip))
+    units = np.minimum(np.rint(losses * 2.0**LOSS_FRAC_BITS), config.loss_sensitivity)
+    return np.concatenate([counts, [int(units.sum())]]).astype(np.int64)
+
+
+def add_evaluation_noise(config: EvalConfig, counts: IntArray) -> IntArray:
+    """``counts`` plus this party's own discrete Laplace noise (nothing with noise off).
+
+    The noise is OpenDP's exact integer sampler over CSPRNG bits
+    (:class:`bund.compute.dp.mechanisms.DiscreteLaplace`), sized from ``config`` alone.
+    """
+    if len(counts) != config.length:
+        raise ValueError(f"an evaluation vector has {config.length} cells, not {len(counts)}")
+    if not config.noise:
+        return np.asarray(counts, dtype=np.int64)
+    on_counts, on_loss = config.mechanisms()
+    noise = np.concatenate([on_counts.sample(2 * config.bins), on_loss.sample(1)])
+    noisy: IntArray = np.asarray(counts, dtype=np.int64) + noise
+    return noisy
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """Held-out metrics read from a (noisy) sum of evaluation vectors.
+
+    Attributes:
+        rows: The (noisy) number of rows evaluated.
+        auc: The binned AUC (``None`` while a class has no rows).
+        auc_band: Half-width of the 95 % noise band of ``auc`` (0 with noise off).
+        auc_tolerance: The most binning can move the AUC (:func:`metrics.binned_auc_tolerance`).
+        log_loss: The mean clipped log-loss (``None`` without rows).
+        log_loss_band: Half-width of the 95 % noise band of ``log_loss``.
+    """
+
+    rows: int
+    auc: float | None
+    auc_band: float | None
+    auc_tolerance: float | None
+    log_loss: float | None
+    log_loss_band: float | None
+
+
+def read_evaluation(config: EvalConfig, total: IntArray, contributors: int) -> EvalMetrics:
+    """The metrics of the sum of ``contributors`` parties' noisy evaluation vectors.
+
+    Post-processing only, so it costs no privacy. The noise bands are the delta method's: each
+    metric's gradient in the cells, times the known noise variance of each cell (``contributors``
+    draws of each party's mechanism), as a normal 95 % half-width.
+
+    Raises:
+        ValueError: If ``total`` does not have ``config``'s length.
+    """
+    if len(total) != config.length or contributors < 1:
+        raise ValueError(f"a sum of evaluation vectors has {config.length} cells")
+    cells = np.asarray(total[:-1], dtype=np.float64)
+    loss_units = float(total[-1])
+    negatives, positives = cells[: config.bins], cells[config.bins :]
+    n_neg, n_pos = float(negatives.sum()), float(positives.sum())
+    rows = n_neg + n_pos
+    if config.noise:
+        on_counts, on_loss = config.mechanisms()
+        var_cell = contributors * on_counts.variance()
+        var_loss = contributors * on_loss.variance()
+    else:
+        var_cell = var_loss = 0.0
+    auc = auc_band = tolerance = None
+    if n_neg > 0 and n_pos > 0:
+        auc = metrics.binned_auc(cells)
+        tolerance = metrics.binned_auc_tolerance(cells)
+        below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
+        above = n_pos - np.cumsum(positives)
+        on_pos = ((below + negatives / 2) / n_neg - auc) / n_pos
+        on_neg = ((above + positives / 2) / n_pos - auc) / n_neg
+        auc_band = _Z * math.sqrt(var_cell * float((on_pos**2).sum() + (on_neg**2).sum()))
+    log_loss = log_loss_band = None
+    if rows > 0:
+        scale = 2.0**LOSS_FRAC_BITS
+        loss_sum = loss_units / scale
+        log_loss = min(max(loss_sum / rows, 0.0), config.loss_bound)
+        on_cells = cells.size * var_cell * (loss_sum / rows**2) ** 2
+        variance = var_loss / (scale * rows) ** 2 + on_cells
+        log_loss_band = _Z * math.sqrt(variance)
+    return EvalMetrics(round(rows), auc, auc_band, tolerance, log_loss, log_loss_band)
 
 
 def epsilon_spent(
