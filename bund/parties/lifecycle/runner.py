@@ -421,10 +421,11 @@ class RoleRunner:
         }
         move = Move(job_id, state, Event.JOB_CLOSED, fields, reason)
         try:
-            if is_terminal(current):
-                self._p.store.record(job_id, Event.JOB_CLOSED, fields)
-            else:
-                move.write(self._p.store)
+            if is_terminal(current) or not move.write(self._p.store):
+                # Ended here already (a cancel, or a peer's abort that landed meanwhile): the
+                # role's close is still recorded, with the state the job ended in.
+                ended = self._p.store.get(job_id).state
+                self._p.store.record(job_id, Event.JOB_CLOSED, {**fields, Key.OUTCOME: ended.value})
         except BundError:
             log.exception("job %s: could not record its end at %s; retrying", job_id, self.party)
             if not is_terminal(current):

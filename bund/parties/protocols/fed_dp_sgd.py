@@ -1129,9 +1129,9 @@ def planned_cost(spec: JobSpec, party: str) -> Budget:
     """The most the job can charge ``party``'s dataset, from the spec alone (nothing without one).
 
     Every training round's increment and every evaluation a hospital can be made to answer
-    (``Plan.planned_cost``): its step limits make this a bound on the sum of its charges, for a
-    budget reservation or an approver. The job itself still pays as it goes (``ctx.charge`` per
-    round and per evaluation), so this is not ``DEFINITION.cost``, which a node charges up front.
+    (``Plan.planned_cost``): its step limits make this a bound on the sum of its charges. It is
+    ``DEFINITION.cost``: the ledger reserves it at acceptance and the approver sees it; the job
+    pays as it goes (``ctx.charge`` per round and per evaluation) out of that reservation.
     """
     if spec.participant(party).dataset is None:
         return Budget()
@@ -1168,5 +1168,9 @@ DEFINITION = ProtocolDef(
     learns=learns,
     description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",
     dropouts=dropouts,
+    # The most the plan can charge a hospital is reserved at acceptance (and shown to its
+    # approver); each round and evaluation is charged out of it as it goes.
+    cost=planned_cost,
+    pays_as_it_goes=True,
     resumable=True,
 )
