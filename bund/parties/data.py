@@ -523,7 +523,7 @@ def load_parquet(
         for batch in file.iter_batches(batch_size=DEFAULT_BATCH_ROWS):
             for j, column in enumerate(names):
                 columns[j] += _arrow_text(pa, batch.column(j), where, column)
-    except (OSError, ValueError, TypeError) as exc:  # ArrowIOError, ArrowInvalid, ArrowTypeError
+    except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
     return Table(name or path.stem, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
 
@@ -667,7 +667,7 @@ def load_postgres(
     sql = psycopg.sql
     if table is not None:
         schema, relation = postgres_table_name(table)
-        statement = sql.SQL("SELECT * FROM {} AS bund_row ORDER BY bund_row").format(
+        statement = sql.SQL("SELECT * FROM {} AS bund_row ORDER BY ROW(bund_row.*)").format(
             sql.Identifier(schema, relation)
         )
     else:

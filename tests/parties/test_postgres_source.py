@@ -138,6 +138,16 @@ def test_a_table_source_reads_every_column_in_a_stable_order(
     assert open_source(source, "loan_book") == Table("loan_book", t.data)
 
 
+def test_rows_are_ordered_by_every_column_whatever_the_columns_are_called(server: Server) -> None:
+    with psycopg.connect(server.owner_url, password=server.owner_password, autocommit=True) as db:
+        db.execute(f"CREATE TABLE {server.schema}.odd (bund_row int, x text)")
+        db.execute(f"INSERT INTO {server.schema}.odd VALUES (1, 'b'), (NULL, 'c'), (1, 'a')")
+    t = load_postgres(
+        server.owner_url, "odd", table=f"{server.schema}.odd", password=server.owner_password
+    )
+    assert t.data == {"bund_row": ("1", "1", ""), "x": ("a", "b", "c")}
+
+
 def test_a_query_source_runs_in_a_read_only_transaction_on_a_server_side_cursor(
     server: Server,
 ) -> None:
