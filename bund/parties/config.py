@@ -16,16 +16,16 @@ the party's node listens and the operator credential that ``bund job ...`` prese
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
 from bund.compute import insecure
 from bund.compute.executor import create_executor
-from bund.parties.data import DataSource
+from bund.parties.data import DEFAULT_STATEMENT_TIMEOUT_S, DataSource
 from bund.parties.errors import ConfigError
 from bund.parties.identity import (
     APPROVER_KEY,
@@ -241,9 +241,35 @@ class _Peer(StrictModel):
 
 
 class _Dataset(StrictModel):
-    kind: Text = Field(description="csv | sqlite | parquet")
-    path: Text = Field(description="the file, relative to node.toml")
-    query: str | None = Field(default=None, description="the SELECT statement of a sqlite source")
+    kind: Text = Field(description="csv | sqlite | parquet | postgres")
+    path: Text | None = Field(
+        default=None,
+        description="the file of a csv, sqlite or parquet source, relative to node.toml",
+    )
+    query: str | None = Field(
+        default=None, description="the SELECT statement of a sqlite or postgres source"
+    )
+    encoding: Literal["utf-8", "utf-8-sig", "gbk", "gb18030"] = Field(
+        default="utf-8", description="the text encoding of a csv source"
+    )
+    url: Text | None = Field(
+        default=None,
+        description="a postgres source's postgresql://USER@HOST:PORT/DATABASE, with no password",
+    )
+    table: Text | None = Field(
+        default=None, description='the "schema.table" a postgres source reads (or query)'
+    )
+    password_env: Text | None = Field(
+        default=None, description="the environment variable holding a postgres role's password"
+    )
+    password_file: Text | None = Field(
+        default=None,
+        description="a file (0600, relative to node.toml) holding a postgres role's password",
+    )
+    statement_timeout_s: PositiveNumber = Field(
+        default=DEFAULT_STATEMENT_TIMEOUT_S,
+        description="a postgres source's statement timeout, in seconds",
+    )
 
 
 class NodeFile(StrictModel):
@@ -287,7 +313,16 @@ def load_config(path: Path) -> NodeConfig:
     datasets: dict[str, DataSource] = {}
     for name, entry in file.datasets.items():
         try:
-            datasets[name] = DataSource(kind=entry.kind, path=rel(entry.path), query=entry.query)
+            datasets[name] = DataSource(
+                kind=entry.kind,
+                path=rel(entry.path) if entry.path is not None else None,
+                query=entry.query,
+                encoding=entry.encoding,
+                url=entry.url,
+                table=entry.table,
+                password=_dataset_password(entry, rel),
+                statement_timeout_s=float(entry.statement_timeout_s),
+            )
         except ValueError as exc:
             raise ConfigError(f"{path}: datasets.{name}: {exc}") from None
 
@@ -342,6 +377,48 @@ def load_config(path: Path) -> NodeConfig:
         source=path,
         policy_file=rel(file.policy_file),
     )
+
+
+def _dataset_password(entry: _Dataset, rel: Callable[[str], Path]) -> str | None:
+    """A postgres source's password, from the variable or the file its entry names.
+
+    Read here, once at start-up like the rest of the configuration (and again by a reload), so a
+    missing variable or an unreadable file stops the node before it serves. The password never
+    sits in ``node.toml``; a file must be private to the node's user (mode 0600), as libpq
+    requires of a ``.pgpass`` file.
+
+    Raises:
+        ValueError: if both are named, they are named for another kind of source, the variable
+            is unset or empty, or the file is missing, readable by others or empty.
+    """
+    env, file = entry.password_env, entry.password_file
+    if env is None and file is None:
+        return None
+    if entry.kind != "postgres":
+        raise ValueError("password_env and password_file belong to postgres sources only")
+    if env is not None and file is not None:
+        raise ValueError("set password_env or password_file, not both")
+    if env is not None:
+        value = os.environ.get(env, "")
+        if not value:
+            raise ValueError(
+                f"password_env names {env}, which is not set in the node's environment"
+            )
+        return value
+    assert file is not None
+    secret = rel(file)
+    try:
+        mode = secret.stat().st_mode
+        if mode & 0o077:
+            raise ValueError(
+                f"password_file {secret} may be read by other users; chmod 600 {secret}"
+            )
+        value = secret.read_text(encoding="utf-8").strip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"password_file {secret} cannot be read ({exc.strerror})") from None
+    if not value:
+        raise ValueError(f"password_file {secret} is empty")
+    return value
 
 
 def apply_test_switch_from_env() -> None:
@@ -405,10 +482,12 @@ executor = "inline"                 # inline | thread[:N] | process[:N] | ray://
 # [peers.tax]
 # address = "tax.example:7443"
 
-# Where each dataset of the policy's catalog is read from (csv | sqlite | parquet):
+# Where each dataset of the policy's catalog is read from (csv | sqlite | parquet | postgres;
+# docs/datasets.md has an example of each):
 # [datasets.loan_book]
 # kind = "csv"
 # path = "data/loan_book.csv"
+# encoding = "utf-8"                # or "gbk", "gb18030", "utf-8-sig"
 """
 
 

@@ -1,28 +1,62 @@
 """Dataset sources and the in-memory table a protocol role reads its own data from.
 
-A node declares each catalog dataset as a ``DataSource`` (CSV, SQLite or Parquet) and reads it
-into a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The synthetic
-demo datasets are drawn in ``bund.parties.demo_data``; ``docs/datasets.md`` describes both.
+A node declares each catalog dataset as a ``DataSource`` (CSV, SQLite, Parquet or PostgreSQL) and
+reads it into a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The
+synthetic demo datasets are drawn in ``bund.parties.demo_data``; ``docs/datasets.md`` describes
+both, and how each typed value becomes text (:func:`cell_text`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import datetime as dt
 import hashlib
 import importlib
+import logging
+import math
+import re
 import sqlite3
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import closing
-from dataclasses import dataclass
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from bund.compute.errors import BundError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_ROWS = 10_000_000
 """Row cap of the loaders unless the caller passes another: a guard against exhausting memory."""
+
+DEFAULT_BATCH_ROWS = 10_000
+"""Rows a PostgreSQL source fetches per round trip from its server-side cursor."""
+
+DEFAULT_STATEMENT_TIMEOUT_S = 300.0
+"""How long one statement of a PostgreSQL source may run before the server cancels it."""
+
+CSV_ENCODINGS: Mapping[str, str] = {
+    "utf-8": "utf-8-sig",
+    "utf-8-sig": "utf-8-sig",
+    "gbk": "gbk",
+    "gb18030": "gb18030",
+}
+"""The encodings a CSV source may declare, and the codec each is read with.
+
+``utf-8`` and ``utf-8-sig`` both drop a leading byte-order mark if there is one. GBK (code page
+936) and GB18030 are what many Chinese institutions' systems export; GB18030 is a superset of GBK
+that encodes every Unicode character, so a GBK file also reads as GB18030.
+"""
+
+#: What a CSV loader counts: blank lines between rows (skipped, as they always were).
+QUALITY_BLANK_LINES = "blank_lines_skipped"
 
 _TABLE_HASH_DOMAIN = b"bund.table.v1"
 
@@ -37,10 +71,16 @@ class Table:
 
     Columns are kept as text so identifiers keep their exact form (leading zeros, letters);
     ``numeric`` converts a column when a computation needs numbers.
+
+    ``quality`` holds what the loader counted while reading (for a CSV file, blank lines it
+    skipped): facts about its owner's data that stay with the owner. A role that reads the table
+    reports them through ``JobContext.note_quality``; they are no part of the table's content, its
+    equality or its version.
     """
 
     name: str
     data: Mapping[str, tuple[str, ...]]
+    quality: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         lengths = {len(v) for v in self.data.values()}
@@ -158,64 +198,180 @@ def _check_names(names: Sequence[str], where: str) -> None:
         raise DatasetError(f"{where}: column names {duplicates} appear more than once; rename them")
 
 
-def _cell(value: object, where: str) -> str:
-    """One value from a typed source as the text a ``Table`` holds (NULL becomes empty)."""
+def cell_text(value: object, where: str, column: str) -> str:
+    """One value of a typed source (SQLite, Parquet, PostgreSQL) as the text a ``Table`` holds.
+
+    Every typed source writes its values the same way, so a dataset moved from one source to
+    another keeps its content hash: NULL becomes the empty string, booleans ``1``/``0``, integers
+    their decimal digits, floats the shortest text that reads back to the same float (``0.1``,
+    ``1e-07``, ``nan``, ``inf``), decimals (SQL ``numeric``) their digits in positional notation
+    with their scale kept (``120.50``), dates, times and timestamps ISO 8601 (``2025-06-30``,
+    ``2025-06-30T09:15:00``; one with a time zone converted to UTC, ``+00:00``), UUIDs their
+    hyphenated form, text as it is.
+
+    Raises:
+        DatasetError: for binary data and values with no single text form (arrays, JSON documents,
+            intervals), naming the column and how to select it as text instead.
+
+    >>> cell_text(Decimal("1E-7"), "t", "x"), cell_text(0.1, "t", "x"), cell_text(True, "t", "x")
+    ('0.0000001', '0.1', '1')
+    >>> cell_text(dt.datetime(2025, 6, 30, 17, 15, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+    ...           "t", "x")
+    '2025-06-30T09:15:00+00:00'
+    """
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            value = value.astimezone(dt.UTC)
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        raise DatasetError(f"{where}: a column holds binary data; select it as text (e.g. hex())")
-    return str(value)
+        raise DatasetError(
+            f"{where}: column {column!r} holds binary data; select it as text (e.g. hex())"
+        )
+    raise DatasetError(
+        f"{where}: column {column!r} holds {type(value).__name__} values, which have no single "
+        "text form; convert them to text in the source (SQL: column::text)"
+    )
+
+
+def _columns_as_text(
+    names: Sequence[str], rows: Iterable[Sequence[object]], where: str
+) -> list[list[str]]:
+    columns: list[list[str]] = [[] for _ in names]
+    for row in rows:
+        for values, column, value in zip(columns, names, row, strict=True):
+            values.append(value if type(value) is str else cell_text(value, where, column))
+    return columns
 
 
 def load_csv(
-    path: Path | str, name: str | None = None, *, max_rows: int = DEFAULT_MAX_ROWS
+    path: Path | str,
+    name: str | None = None,
+    *,
+    encoding: str = "utf-8",
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Table:
     r"""Read a CSV file whose first line names the columns.
 
     Args:
-        path: the file, UTF-8 with or without a byte-order mark; blank lines are skipped.
+        path: the file; blank lines are skipped (those between rows are counted in the table's
+            ``quality`` as ``blank_lines_skipped``).
         name: the table's name; the file's stem if not given.
+        encoding: one of :data:`CSV_ENCODINGS`: ``utf-8`` (the default, with or without a
+            byte-order mark), ``utf-8-sig``, ``gbk`` or ``gb18030``.
         max_rows: refuse a file with more data rows than this.
 
     Returns:
         The table, every value as text.
 
     Raises:
-        DatasetError: if the file is missing, unreadable, not UTF-8, empty, malformed, has an
-            empty or duplicate column name, a row with the wrong number of fields, or too many
-            rows.
-        ValueError: if ``max_rows`` is below 1.
+        DatasetError: if the file is missing, unreadable, not text in ``encoding`` (naming the
+            line), empty, malformed, has an empty or duplicate column name, a row with the wrong
+            number of fields, or too many rows.
+        ValueError: if ``max_rows`` is below 1 or ``encoding`` is not one of the four.
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "loans.csv"
     >>> _ = p.write_text("company_id,amount\n91350100M000100Y43,120\n", encoding="utf-8")
     >>> load_csv(p).numeric("amount")
     array([120.])
+    >>> _ = p.write_text("企业名称,amount\n上海浦东发展银行,120\n", encoding="gb18030")
+    >>> load_csv(p, encoding="gb18030").column("企业名称")
+    ('上海浦东发展银行',)
     """
     _check_max_rows(max_rows)
+    codec = _csv_codec(encoding)
     path = Path(path)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            header, rows = _read_csv(csv.reader(f, strict=True), str(path), max_rows)
+        with path.open(encoding=codec, newline="") as f:
+            header, rows, blank = _read_csv(csv.reader(f, strict=True), str(path), max_rows)
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file; check the dataset's path") from None
     except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
-        ) from None
+        raise _not_decodable(path, encoding, codec, exc) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
+    if header[0].startswith("\ufeff"):  # GB18030's byte-order mark (0x84 0x31 0x95 0x33)
+        header[0] = header[0][1:]
+        _check_names(header, str(path))
+    if blank:
+        log.warning("%s: %d blank line(s) between rows skipped", path, blank)
     columns = zip(*rows, strict=True) if rows else ((),) * len(header)
-    return Table(name or path.stem, dict(zip(header, (tuple(c) for c in columns), strict=True)))
+    return Table(
+        name or path.stem,
+        dict(zip(header, (tuple(c) for c in columns), strict=True)),
+        {QUALITY_BLANK_LINES: blank},
+    )
+
+
+def _csv_codec(encoding: str) -> str:
+    try:
+        return CSV_ENCODINGS[encoding]
+    except KeyError:
+        raise ValueError(
+            f"encoding must be one of {sorted(CSV_ENCODINGS)}, not {encoding!r}"
+        ) from None
+
+
+def _not_decodable(path: Path, encoding: str, codec: str, exc: UnicodeDecodeError) -> DatasetError:
+    """The error for a file that is not text in ``encoding``, naming the first bad line."""
+    where = _first_undecodable_line(path, codec)
+    place = f"line {where[0]}" if where else "somewhere"
+    reason, byte = (where[1], where[2]) if where else (exc.reason, exc.start)
+    others = [e for e in ("utf-8", "gb18030") if CSV_ENCODINGS[e] != codec]
+    hint = " or ".join(f'encoding = "{e}"' for e in others)
+    name = encoding.upper()
+    return DatasetError(
+        f"{path} {place}: not {name} text ({reason} at byte {byte + 1} of the line); declare "
+        f"the file's encoding in its dataset entry ({hint}) or save it as {name}"
+    )
+
+
+def _first_undecodable_line(path: Path, codec: str) -> tuple[int, str, int] | None:
+    """The first line of ``path`` that ``codec`` cannot decode: (number, reason, byte in it).
+
+    Lines split at newline bytes (0x0A), which UTF-8, GBK and GB18030 never use inside a
+    multibyte character, so each line decodes on its own.
+    """
+    decoder = codecs.getincrementaldecoder(codec)()
+    number = 0
+    try:
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    decoder.decode(raw)
+                except UnicodeDecodeError as exc:
+                    return number, exc.reason, exc.start
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return max(number, 1), f"{exc.reason} at the end of the file", exc.start
+    except OSError:
+        return None
+    return None
 
 
 def _read_csv(
     reader: Iterable[list[str]], where: str, max_rows: int
-) -> tuple[list[str], list[list[str]]]:
+) -> tuple[list[str], list[list[str]], int]:
+    """The header, the rows, and the number of blank lines between rows (trailing ones aside)."""
     records = iter(reader)
     line = 1
+    skipped = pending = 0
     try:
         header = next(records, None)
         if not header:
@@ -227,7 +383,9 @@ def _read_csv(
         rows: list[list[str]] = []
         for line, record in enumerate(records, start=2):
             if not record:
+                pending += 1
                 continue
+            skipped, pending = skipped + pending, 0
             if len(record) != len(header):
                 raise DatasetError(
                     f"{where} record {line}: {len(record)} fields but the header names "
@@ -239,7 +397,16 @@ def _read_csv(
             rows.append(record)
     except csv.Error as exc:
         raise DatasetError(f"{where} near record {line + 1}: malformed CSV ({exc})") from None
-    return header, rows
+    return header, rows, skipped
+
+
+def _check_select(query: str, where: str) -> str:
+    """``query`` without a trailing ``;`` if it starts as one SELECT statement, else raise."""
+    statement = query.strip().removesuffix(";").rstrip()
+    first_word = statement.split(None, 1)[0].upper() if statement else ""
+    if first_word not in {"SELECT", "WITH"}:
+        raise DatasetError(f"{where}: the query must be one SELECT statement, not {query!r}")
+    return statement
 
 
 def load_sqlite(
@@ -257,7 +424,7 @@ def load_sqlite(
         max_rows: refuse a result with more rows than this.
 
     Returns:
-        The result, every value as text and NULL as the empty string.
+        The result, each value as text (:func:`cell_text`).
 
     Raises:
         DatasetError: if the file is missing or not a database, the query is not a single
@@ -275,10 +442,7 @@ def load_sqlite(
     _check_max_rows(max_rows)
     path = Path(path)
     where = f"{path} ({name})"
-    statement = query.strip().removesuffix(";").rstrip()
-    first_word = statement.split(None, 1)[0].upper() if statement else ""
-    if first_word not in {"SELECT", "WITH"}:
-        raise DatasetError(f"{where}: the query must be one SELECT statement, not {query!r}")
+    statement = _check_select(query, where)
     if not path.is_file():
         raise DatasetError(f"{where}: no such database file; check the dataset's path")
     try:
@@ -294,10 +458,8 @@ def load_sqlite(
         raise DatasetError(f"{where}: the query failed ({exc}); check the SQL") from None
     if len(rows) > max_rows:
         raise _too_many_rows(where, max_rows)
-    columns = zip(*rows, strict=True) if rows else ((),) * len(names)
-    return Table(
-        name, {n: tuple(_cell(v, where) for v in c) for n, c in zip(names, columns, strict=True)}
-    )
+    columns = _columns_as_text(names, rows, where)
+    return Table(name, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
 
 
 _SQLITE_READ_ACTIONS = frozenset(
@@ -309,10 +471,24 @@ def _read_only_authorizer(action: int, *_: str | None) -> int:
     return sqlite3.SQLITE_OK if action in _SQLITE_READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
+def _optional(module: str, extra: str, purpose: str, where: str) -> Any:
+    """Import an optional dependency, or raise naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DatasetError(
+            f"{where}: {purpose} needs {module.split('.')[0]}, which is not installed; install "
+            f"Bund with its {extra!r} extra: pip install 'bund[{extra}]'"
+        ) from None
+
+
 def load_parquet(
     path: Path | str, name: str | None = None, *, max_rows: int = DEFAULT_MAX_ROWS
 ) -> Table:
-    """Read a Parquet file; needs the optional ``pyarrow`` package.
+    """Read a Parquet file; needs pyarrow, installed by the ``parquet`` extra.
+
+    The row count is read from the file's footer first, so a file over ``max_rows`` is refused
+    before any row is read; the rows are then converted a record batch at a time.
 
     Args:
         path: the file.
@@ -320,11 +496,13 @@ def load_parquet(
         max_rows: refuse a file with more rows than this.
 
     Returns:
-        The table, every value as text and null as the empty string.
+        The table, each value as text (:func:`cell_text`; a 32-bit float as the shortest text of
+        its own precision, ``1.1`` rather than ``1.100000023841858``).
 
     Raises:
-        DatasetError: if pyarrow is not installed (the message gives ``pip install pyarrow``), the
-            file is missing or not Parquet, it has duplicate or binary columns, or too many rows.
+        DatasetError: if pyarrow is not installed (the message names the ``parquet`` extra), the
+            file is missing or not Parquet, it has duplicate, binary or nested columns,
+            nanosecond timestamps that are not whole microseconds, or too many rows.
         ValueError: if ``max_rows`` is below 1.
     """
     _check_max_rows(max_rows)
@@ -332,25 +510,242 @@ def load_parquet(
     where = str(path)
     if not path.is_file():
         raise DatasetError(f"{where}: no such file; check the dataset's path")
+    parquet = _optional("pyarrow.parquet", "parquet", "reading Parquet", where)
+    pa = _optional("pyarrow", "parquet", "reading Parquet", where)
     try:
-        parquet = importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        raise DatasetError(
-            f"{where}: reading Parquet needs pyarrow, which is not installed; "
-            "run `pip install pyarrow` or export the dataset as CSV"
-        ) from None
-    try:
-        arrow = parquet.read_table(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowIOError / ArrowInvalid
+        file = parquet.ParquetFile(path)
+        schema = file.schema_arrow
+        if file.metadata.num_rows > max_rows:
+            raise _too_many_rows(where, max_rows)
+        names: list[str] = list(schema.names)
+        _check_names(names, where)
+        columns: list[list[str]] = [[] for _ in names]
+        for batch in file.iter_batches(batch_size=DEFAULT_BATCH_ROWS):
+            for j, column in enumerate(names):
+                columns[j] += _arrow_text(pa, batch.column(j), where, column)
+    except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
-    if arrow.num_rows > max_rows:
-        raise _too_many_rows(where, max_rows)
-    names: list[str] = list(arrow.column_names)
-    _check_names(names, where)
-    return Table(
-        name or path.stem,
-        {n: tuple(_cell(v, where) for v in arrow.column(n).to_pylist()) for n in names},
+    return Table(name or path.stem, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
+
+
+def _arrow_text(pa: Any, array: Any, where: str, column: str) -> list[str]:
+    """One Arrow column as text; 32- and 16-bit floats in the shortest form of their precision."""
+    kind = array.type
+    if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+        width = np.float32 if pa.types.is_float32(kind) else np.float16
+        return [
+            "" if v is None else str(width(v)) if math.isfinite(v) else repr(float(v))
+            for v in array.to_pylist()
+        ]
+    if pa.types.is_timestamp(kind) and kind.unit == "ns":
+        nanos = array.cast(pa.int64()).to_pylist()
+        if any(v is not None and v % 1000 for v in nanos):
+            raise DatasetError(
+                f"{where}: column {column!r} holds timestamps with nanoseconds; store them with "
+                "microsecond precision (pyarrow: coerce_timestamps='us')"
+            )
+        array = array.cast(pa.timestamp("us", kind.tz))
+    if pa.types.is_dictionary(kind):
+        array = array.dictionary_decode()
+    return [v if type(v) is str else cell_text(v, where, column) for v in array.to_pylist()]
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+#: A schema or table name in ``table = "schema.table"``: no dot, quote, whitespace or NUL.
+_PG_NAME = re.compile(r'^[^\s."\x00]{1,63}$')
+
+
+def check_postgres_url(url: str) -> str:
+    """``url`` if it is a ``postgresql://`` URL that holds no password, else ``ValueError``.
+
+    A password in the URL would sit in ``node.toml`` in clear (and in every copy of it); a
+    PostgreSQL source takes it from ``password_env`` or ``password_file`` instead. The message
+    never repeats the URL, which may hold the very password it refuses.
+
+    >>> check_postgres_url("postgresql://bund_reader@db.bank.example:5432/core?sslmode=verify-full")
+    'postgresql://bund_reader@db.bank.example:5432/core?sslmode=verify-full'
+    >>> check_postgres_url("postgresql://bund_reader:s3cret@db/core")
+    Traceback (most recent call last):
+    ValueError: url holds a password: remove it and set password_env or password_file instead
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("url must be a postgresql:// URL (postgresql://USER@HOST:PORT/DATABASE)")
+    try:
+        has_password = parts.password is not None
+    except ValueError:
+        raise ValueError("url is not a well-formed postgresql:// URL") from None
+    if has_password or "password" in parse_qs(parts.query):
+        raise ValueError(
+            "url holds a password: remove it and set password_env or password_file instead"
+        )
+    return url
+
+
+def postgres_table_name(table: str) -> tuple[str, str]:
+    """``"schema.table"`` split into its two names, each checked; else ``ValueError``.
+
+    The names are later quoted as identifiers (``psycopg.sql.Identifier``), so they match the
+    catalog exactly: ``lending.loan_book``, not ``Lending.Loan_Book``, for a table created
+    without quotes.
+
+    >>> postgres_table_name("lending.loan_book")
+    ('lending', 'loan_book')
+    """
+    parts = table.split(".")
+    if len(parts) != 2 or not all(_PG_NAME.match(p) for p in parts):
+        raise ValueError(
+            f'table must be "schema.table" (two names of 1-63 characters without dots, quotes '
+            f"or spaces), not {table!r}"
+        )
+    return parts[0], parts[1]
+
+
+def _postgres_where(url: str, name: str) -> str:
+    """Where a PostgreSQL source reads from, for messages: host, port, database; no secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or "the local socket"
+    port = f":{parts.port}" if parts.port else ""
+    return f"PostgreSQL dataset {name!r} ({host}{port}{parts.path})"
+
+
+def load_postgres(
+    url: str,
+    name: str,
+    *,
+    table: str | None = None,
+    query: str | None = None,
+    password: str | None = None,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Table:
+    """Read a PostgreSQL table or query result; needs psycopg, installed by the ``postgres`` extra.
+
+    The read runs in one transaction that is made read-only (``SET TRANSACTION READ ONLY``) before
+    anything else, with a per-statement timeout (``statement_timeout``), and is rolled back at the
+    end: no write of any kind (a data-modifying ``WITH``, a function that writes, a sequence's
+    ``nextval``) can run in it. The role connected as should have SELECT only
+    (``docs/datasets.md`` shows the GRANTs), and a superuser role is refused. The rows stream
+    from a server-side cursor, ``batch_rows`` at a time, and the read stops as soon as it passes
+    ``max_rows``.
+
+    Args:
+        url: a ``postgresql://USER@HOST:PORT/DATABASE`` URL without a password
+            (:func:`check_postgres_url`); libpq parameters such as ``sslmode`` go in its query.
+        name: the table's name.
+        table: ``"schema.table"``: every column, rows ordered by all columns so that the
+            dataset's version does not depend on how the server happens to scan it.
+        query: a single ``SELECT`` (or ``WITH ... SELECT``) statement instead of ``table``; add an
+            ``ORDER BY`` for a stable version.
+        password: the role's password; None leaves authentication to libpq (a client
+            certificate in ``url``, ``PGPASSFILE``, peer authentication on a local socket).
+        statement_timeout_s: the server cancels any one statement of the read after this long.
+        max_rows: refuse a result with more rows than this.
+        batch_rows: rows fetched per round trip.
+
+    Returns:
+        The result, each value as text (:func:`cell_text`).
+
+    Raises:
+        DatasetError: if psycopg is not installed (naming the ``postgres`` extra), the server
+            cannot be reached or refuses the login, the role is a superuser, the query is not one
+            SELECT, tries to write, fails or times out, a column is duplicated or has no text
+            form, or there are too many rows.
+        ValueError: if the URL holds a password, not exactly one of ``table`` and ``query`` is
+            given, ``table`` is not ``schema.table``, or a bound is not positive.
+    """
+    _check_max_rows(max_rows)
+    check_postgres_url(url)
+    if (table is None) == (query is None):
+        raise ValueError("give a PostgreSQL source either table or query, not both or neither")
+    if statement_timeout_s <= 0 or batch_rows < 1:
+        raise ValueError("statement_timeout_s and batch_rows must be positive")
+    where = _postgres_where(url, name)
+    psycopg = _optional("psycopg", "postgres", "reading PostgreSQL", where)
+    sql = psycopg.sql
+    if table is not None:
+        schema, relation = postgres_table_name(table)
+        statement = sql.SQL("SELECT * FROM {} AS bund_row ORDER BY ROW(bund_row.*)").format(
+            sql.Identifier(schema, relation)
+        )
+    else:
+        statement = sql.SQL(_check_select(query or "", where))
+    extra = {} if password is None else {"password": password}
+    try:
+        connection = psycopg.connect(
+            url, connect_timeout=30, application_name="bund dataset reader", **extra
+        )
+    except psycopg.Error as exc:
+        raise DatasetError(f"{where}: cannot connect ({_pg_message(exc)})") from None
+    with closing(connection):
+        try:
+            names, columns = _read_postgres(
+                connection, statement, statement_timeout_s, max_rows, batch_rows, where, table
+            )
+        except psycopg.Error as exc:
+            raise DatasetError(f"{where}: the read failed ({_pg_message(exc)})") from None
+        finally:
+            with suppress(psycopg.Error):  # nothing to keep; closing would roll back as well
+                connection.rollback()
+    return Table(name, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
+
+
+def _read_postgres(
+    connection: Any,
+    statement: Any,
+    timeout_s: float,
+    max_rows: int,
+    batch_rows: int,
+    where: str,
+    table: str | None,
+) -> tuple[list[str], list[list[str]]]:
+    """The read itself, inside the one read-only transaction (begun by the first statement)."""
+    connection.execute("SET TRANSACTION READ ONLY")
+    connection.execute(
+        "SELECT set_config('statement_timeout', %s, true), set_config('TimeZone', 'UTC', true)",
+        (f"{max(1, round(timeout_s * 1000))}ms",),
     )
+    (superuser,) = connection.execute(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if superuser:
+        raise DatasetError(
+            f"{where}: connected as a superuser role; connect as a role that may only SELECT "
+            "the dataset (docs/datasets.md shows the GRANTs)"
+        )
+    if table is not None:
+        (writable,) = connection.execute(
+            "SELECT has_table_privilege(%s, 'INSERT,UPDATE,DELETE,TRUNCATE')",
+            (".".join(f'"{p}"' for p in postgres_table_name(table)),),
+        ).fetchone()
+        if writable:
+            log.warning(
+                "%s: the role it connects as may write to %s; grant it SELECT only", where, table
+            )
+    with connection.cursor(name="bund_dataset") as cursor:
+        cursor.itersize = batch_rows
+        cursor.execute(statement)
+        names = [d.name for d in cursor.description]
+        _check_names(names, where)
+        columns: list[list[str]] = [[] for _ in names]
+        count = 0
+        while batch := cursor.fetchmany(batch_rows):
+            count += len(batch)
+            if count > max_rows:
+                raise _too_many_rows(where, max_rows)
+            for values, column in zip(columns, _columns_as_text(names, batch, where), strict=True):
+                values += column
+    return names, columns
+
+
+def _pg_message(exc: BaseException) -> str:
+    """A psycopg error's first line: the server's or libpq's words, which hold no password."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# -- declared sources ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -358,29 +753,85 @@ class DataSource:
     """Where a node reads one catalog dataset from, as declared in ``node.toml``.
 
     ``[datasets.loan_book]`` with ``kind = "csv"`` and ``path = "data/loan_book.csv"`` becomes
-    ``DataSource("csv", Path("data/loan_book.csv"))``.
+    ``DataSource("csv", Path("data/loan_book.csv"))``; ``docs/datasets.md`` has an example of
+    each kind.
 
     Attributes:
-        kind: ``"csv"``, ``"sqlite"`` or ``"parquet"``.
-        path: the file.
-        query: the single SELECT statement of a ``"sqlite"`` source; ``None`` for the others.
+        kind: ``"csv"``, ``"sqlite"``, ``"parquet"`` or ``"postgres"``.
+        path: the file of a ``csv``, ``sqlite`` or ``parquet`` source.
+        query: the single SELECT statement of a ``sqlite`` source, or of a ``postgres`` one that
+            names no ``table``.
+        encoding: the text encoding of a ``csv`` source (:data:`CSV_ENCODINGS`).
+        url: the ``postgresql://`` URL of a ``postgres`` source, without a password.
+        table: the ``"schema.table"`` a ``postgres`` source reads whole, instead of a query.
+        password: the password of a ``postgres`` source's role, as ``node.toml``'s
+            ``password_env`` or ``password_file`` gave it; never shown (no ``repr``).
+        statement_timeout_s: a ``postgres`` source's statement timeout.
     """
 
     kind: str
-    path: Path
+    path: Path | None = None
     query: str | None = None
+    encoding: str = "utf-8"
+    url: str | None = None
+    table: str | None = None
+    password: str | None = field(default=None, repr=False, compare=False)
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.kind not in _OPENERS:
             raise ValueError(f"kind must be one of {sorted(_OPENERS)}, not {self.kind!r}")
+        _csv_codec(self.encoding)
+        if self.kind == "postgres":
+            self._check_postgres()
+            return
+        if self.path is None:
+            raise ValueError(f'a {self.kind} source needs path = "FILE"')
         if (self.kind == "sqlite") != (self.query is not None):
             raise ValueError('a sqlite source needs query = "SELECT ..."; other kinds take none')
+        if self.encoding != "utf-8" and self.kind != "csv":
+            raise ValueError("only a csv source takes an encoding")
+        if self.url is not None or self.table is not None or self.password is not None:
+            raise ValueError("url, table and a password belong to postgres sources only")
+
+    def _check_postgres(self) -> None:
+        if self.url is None:
+            raise ValueError('a postgres source needs url = "postgresql://USER@HOST:PORT/DB"')
+        check_postgres_url(self.url)
+        if (self.table is None) == (self.query is None):
+            raise ValueError(
+                'a postgres source needs either table = "schema.table" or query = "SELECT ...", '
+                "not both"
+            )
+        if self.table is not None:
+            postgres_table_name(self.table)
+        if self.path is not None or self.encoding != "utf-8":
+            raise ValueError("a postgres source takes no path and no encoding")
+        if not self.statement_timeout_s > 0:
+            raise ValueError("statement_timeout_s must be positive")
+
+
+def _open_postgres(source: DataSource, name: str) -> Table:
+    return load_postgres(
+        source.url or "",
+        name,
+        table=source.table,
+        query=source.query,
+        password=source.password,
+        statement_timeout_s=source.statement_timeout_s,
+    )
+
+
+def _path(source: DataSource) -> Path:
+    assert source.path is not None  # checked by DataSource
+    return source.path
 
 
 _OPENERS: dict[str, Callable[[DataSource, str], Table]] = {
-    "csv": lambda source, name: load_csv(source.path, name),
-    "parquet": lambda source, name: load_parquet(source.path, name),
-    "sqlite": lambda source, name: load_sqlite(source.path, source.query or "", name),
+    "csv": lambda source, name: load_csv(_path(source), name, encoding=source.encoding),
+    "parquet": lambda source, name: load_parquet(_path(source), name),
+    "sqlite": lambda source, name: load_sqlite(_path(source), source.query or "", name),
+    "postgres": _open_postgres,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import math
 import re
 import secrets
@@ -37,6 +38,8 @@ from bund.parties.transport import (
 
 if TYPE_CHECKING:
     from bund.parties.data import Table
+
+log = logging.getLogger(__name__)
 
 #: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -279,6 +282,17 @@ class JobContext(Protocol):
         For jobs that pay as they go rather than all up front. Once per (job, part): a resumed
         job is never charged twice. Raises ``BudgetExhaustedError`` (nothing charged, with what
         is left in the message) when the cost does not fit, and the audit log records each charge.
+        """
+        ...
+
+    def note_quality(self, name: str, count: int) -> None:
+        """Report a data-quality count of this party's own data: what it made the role drop.
+
+        For example blank or duplicate ids skipped, or feature columns left out for blanks or
+        NaN. Such a count is a fact about this party's data, so it stays here: the node logs it
+        as a warning and writes it into this party's own privacy receipt (``quality.<name>``),
+        and never sends it to a peer. A later call under the same name replaces the count, so a
+        resumed role that counts again reports the same figure.
         """
         ...
 
@@ -721,6 +735,7 @@ class RoleContext:
         self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
         self._alive = alive
         self._sealed = False
+        self._quality: dict[str, int] = {}
 
     @property
     def spec(self) -> JobSpec:
@@ -777,8 +792,38 @@ class RoleContext:
         return envelope.payload
 
     def table(self) -> Table:
-        """This party's own dataset, loaded on first use."""
-        return self._table()
+        """This party's own dataset, loaded on first use; what its loader counted is noted."""
+        table = self._table()
+        for name, count in table.quality.items():
+            self.note_quality(name, count)
+        return table
+
+    def note_quality(self, name: str, count: int) -> None:
+        """Keep a data-quality count for this party's receipt; log it once if it is not zero."""
+        check_name("quality count", name)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"quality count {name!r} must be a non-negative integer, not {count!r}"
+            )
+        with self._lock:
+            changed = self._quality.get(name) != count
+            self._quality[name] = count
+        if changed and count:
+            dataset = self._spec.participant(self._party).dataset
+            log.warning(
+                "job %s: %s's dataset %s: %s = %d (kept at this node, in its privacy receipt)",
+                self._spec.job_id,
+                self._party,
+                dataset,
+                name,
+                count,
+            )
+
+    @property
+    def quality(self) -> dict[str, int]:
+        """The data-quality counts noted so far, by name (a copy)."""
+        with self._lock:
+            return dict(self._quality)
 
     def progress(self, phase: str, done: int, total: int) -> None:
         """Forward progress to the node; raise ``JobAbortedError`` once the job was called off."""

@@ -449,6 +449,33 @@ def contribution(query: Query, columns: Mapping[str, Sequence[str]], rows: int) 
     return out
 
 
+def uncounted(query: Query, columns: Mapping[str, Sequence[str]], rows: int) -> int | None:
+    """Records that pass the filters but fall in no listed category, so count nowhere.
+
+    A blank category cell is one. A data-quality count for the record's owner alone: it says
+    how many of its own records the query could not place. ``None`` for a query that lists no
+    categories, where every selected record counts (or :func:`contribution` refuses it).
+
+    >>> q = parse_query({"kind": "histogram", "epsilon": "1", "min_cell": 1, "column": "sex",
+    ...                  "categories": "M|F"})
+    >>> uncounted(q, {"sex": ["M", "", "F", "x"]}, rows=4)
+    2
+    """
+    keep = _selected(query, columns, rows)
+    if query.kind is QueryKind.CONTINGENCY:
+        assert query.column is not None and query.column2 is not None
+        first, second = set(query.categories), set(query.categories2)
+        cells, cells2 = columns[query.column], columns[query.column2]
+        return sum(
+            1 for i in keep if cells[i].strip() not in first or cells2[i].strip() not in second
+        )
+    if query.kind is QueryKind.HISTOGRAM and query.categories:
+        assert query.column is not None
+        listed, cells = set(query.categories), columns[query.column]
+        return sum(1 for i in keep if cells[i].strip() not in listed)
+    return None
+
+
 @dataclass(frozen=True)
 class Release:
     """The released table: a header and rows of text, integers or ``None`` (suppressed)."""

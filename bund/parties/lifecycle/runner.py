@@ -285,7 +285,7 @@ class RoleRunner:
             peer_digests = self._exchange_closing(
                 ctx, transcript, definition.dropouts(spec, self.party)
             )
-            receipt = self._receipt(spec, definition, request, transcript)
+            receipt = self._receipt(spec, definition, request, transcript, ctx.quality)
         except Exception as exc:
             self._fail(spec, ctx, exc)
         else:
@@ -485,8 +485,13 @@ class RoleRunner:
         definition: ProtocolDef,
         request: ApprovalRequest | None,
         transcript: str,
+        quality: Mapping[str, int],
     ) -> dict[str, JsonScalar]:
-        """This party's privacy receipt: protocol, crypto, what each learned, budget, digest."""
+        """This party's privacy receipt: protocol, crypto, what each learned, budget, digest.
+
+        And the data-quality counts its role noted (``quality.<name>``): this party's own
+        receipt is the one place they go, since a peer must not learn them.
+        """
         receipt: dict[str, JsonScalar] = {
             "protocol": spec.protocol,
             "protocol_version": definition.version,
@@ -508,4 +513,5 @@ class RoleRunner:
                 epsilon=format_rational(request.cost.epsilon),
                 delta=format_rational(request.cost.delta),
             )
+        receipt.update({f"quality.{name}": count for name, count in sorted(quality.items())})
         return receipt

@@ -40,6 +40,7 @@ from bund.compute.dp.stats import (
     kaplan_meier,
     parse_query,
     survival_band,
+    uncounted,
 )
 from bund.compute.dp.stats import contribution as compute_contribution
 from bund.compute.dp.stats import release as compute_release
@@ -214,7 +215,11 @@ def _own_vector(s: _State) -> list[int]:
     me = s.ctx.spec.participant(s.ctx.party)
     table = s.ctx.table()
     columns = {name: table.column(me.columns.get(name, name)) for name in query.columns}
-    return compute_contribution(query, columns, table.num_rows)
+    vector = compute_contribution(query, columns, table.num_rows)
+    outside = uncounted(query, columns, table.num_rows)
+    if outside is not None:
+        s.ctx.note_quality("rows_outside_categories", outside)
+    return vector
 
 
 def _exchange_keys(s: _State) -> None:

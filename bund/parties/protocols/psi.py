@@ -132,6 +132,12 @@ def check_own_set(ctx: JobContext, column: str, size: int) -> int:
     return cap
 
 
+def note_id_quality(ctx: JobContext, ids: NormalisedIds) -> None:
+    """Note the blank and duplicate ids normalisation dropped, for this party's receipt only."""
+    ctx.note_quality("blank_ids_skipped", ids.blanks)
+    ctx.note_quality("duplicate_ids_dropped", ids.duplicates)
+
+
 def exchange_headers(ctx: JobContext, peer: str, tag: str, own: SetHeader) -> SetHeader:
     """Send our set header and check the peer's; both refuse an oversized set before any point.
 
@@ -165,6 +171,7 @@ def _setup(ctx: JobContext) -> _State:
     spec = ctx.spec
     column = spec.participant(ctx.party).columns[ID_COLUMN]
     ids = normalise_ids(ctx.table().column(column))
+    note_id_quality(ctx, ids)
     cap = check_own_set(ctx, column, len(ids.items))
     (peer,) = (p for p in spec.parties if p != ctx.party)
     mode = Disclosure(PsiParams.of(spec).mode)

@@ -45,7 +45,7 @@ from bund.compute.psi import (
 )
 from bund.parties.data import DatasetError, Table
 from bund.parties.jobs import JobContext, JobSpec, ProtocolParams, RoleRequirement
-from bund.parties.protocols.psi import check_own_set, exchange_headers
+from bund.parties.protocols.psi import check_own_set, exchange_headers, note_id_quality
 
 LABEL_HOLDER = "label_holder"
 FEATURE_HOLDER = "feature_holder"
@@ -55,6 +55,8 @@ LABEL_COLUMN = "label"
 MAX_MESSAGE_BYTES = 2 << 20
 #: Most features a feature holder may bring.
 MAX_FEATURES = 4096
+#: The data-quality count of the columns left out of the features (a blank, text or NaN in them).
+QUALITY_SKIPPED_COLUMNS = "feature_columns_skipped"
 
 #: Version of the aligned row list and of the metadata layout.
 _WIRE_VERSION = 1
@@ -70,6 +72,7 @@ def _own_ids(ctx: JobContext) -> tuple[NormalisedIds, int]:
     """This party's distinct ids (with their rows) and its node's cap, checked against it."""
     column = ctx.spec.participant(ctx.party).columns[ID_COLUMN]
     ids = normalise_ids(ctx.table().column(column))
+    note_id_quality(ctx, ids)
     return ids, check_own_set(ctx, column, len(ids.items))
 
 

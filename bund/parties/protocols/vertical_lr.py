@@ -55,6 +55,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
     align_label_holder,
@@ -164,7 +165,8 @@ def _recv_scores(ctx: JobContext, frm: str, tag: str, count: int) -> lg.IntArray
 
 def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list[str], Any]:
     table = ctx.table()
-    names, _ = numeric_features(table, exclude)
+    names, skipped = numeric_features(table, exclude)
+    ctx.note_quality(QUALITY_SKIPPED_COLUMNS, len(skipped))
     if not 1 <= len(names) <= MAX_FEATURES:
         raise InvalidJobSpecError(
             f"{ctx.party}'s dataset has {len(names)} numeric feature columns; vertical_lr needs "

@@ -50,6 +50,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
     align_label_holder,
@@ -171,7 +172,8 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
     public = pl.PublicKey.from_bytes(ctx.recv(bank, "woe/key"))
     labels = recv_vector(ctx, bank, "woe/labels", public, n, 0)
     table = ctx.table()
-    names, _ = numeric_features(table, {me.columns[ID_COLUMN]})
+    names, skipped = numeric_features(table, {me.columns[ID_COLUMN]})
+    ctx.note_quality(QUALITY_SKIPPED_COLUMNS, len(skipped))
     if len(names) > MAX_FEATURES:
         raise InvalidJobSpecError(f"at most {MAX_FEATURES} features per party")
     x = feature_matrix(table, names, alignment.rows)
