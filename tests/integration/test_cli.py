@@ -149,5 +149,6 @@ def test_budget_show_lists_each_dataset_exactly(node_factory: NodeFactory) -> No
         for line in r.output.splitlines()
         if line.startswith("│")
     ]
-    assert ["loans", "restricted-personal", "ε", "5/2", "0", "5/2"] in rows
-    assert ["", "", "δ", "1/1000000", "0", "1/1000000"] in rows
+    # total, spent, reserved (by running jobs), left
+    assert ["loans", "restricted-personal", "ε", "5/2", "0", "0", "5/2"] in rows
+    assert ["", "", "δ", "1/1000000", "0", "0", "1/1000000"] in rows
