@@ -77,6 +77,12 @@ class NodeConfig:
     #: back-end ``bund.compute.executor.create_executor`` knows (``[compute] executor``).
     executor: str = "inline"
     source: Path | None = field(default=None, compare=False)
+    #: Seconds between two exchanges of signed tree heads with every peer (``[audit]
+    #: witness_interval_s``): a rewrite of this node's log older than this is caught.
+    witness_interval_s: float = 300.0
+    #: A party that witnesses for the regulator, exchanged with like a peer (``[audit]
+    #: regulator``); None: none.
+    regulator: str | None = None
 
     @property
     def port_file(self) -> Path:
@@ -97,6 +103,20 @@ class NodeConfig:
                 f'no address for peer {party!r}: add [peers.{party}] address = "HOST:PORT" to '
                 "node.toml or to its peers file"
             ) from None
+
+    def witness_parties(self) -> frozenset[str]:
+        """The parties this node exchanges signed tree heads with, and accepts heads from.
+
+        Every party named in ``[peers]``, the peers file and the policy's counterparties, and
+        ``[audit] regulator``; never this node's own. The peers file is read anew each time.
+        """
+        named = set(self.peers) | set(self.policy.counterparties)
+        if self.peers_file is not None and self.peers_file.exists():
+            directory = _read_toml(self.peers_file)
+            named |= {p for p, entry in directory.items() if isinstance(entry, dict)}
+        if self.regulator is not None:
+            named.add(self.regulator)
+        return frozenset(named - {self.party})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -128,6 +148,17 @@ class _Audit(StrictModel):
     public_key: Text = Field(default="audit_ed25519.pub", description="its public key")
     store: Annotated[Text, AfterValidator(_audit_store)] | None = Field(
         default=None, description="a SQLite file, or a postgresql:// URL (default: state/audit.db)"
+    )
+    witness_interval_s: PositiveNumber = Field(
+        default=300,
+        description=(
+            "seconds between exchanges of signed tree heads with every peer: a rewrite of this "
+            "log's records older than this (plus one round trip) contradicts a witness"
+        ),
+    )
+    regulator: Name | None = Field(
+        default=None,
+        description="a party that witnesses for the regulator: heads are exchanged with it too",
     )
 
 
@@ -260,6 +291,8 @@ def load_config(path: Path) -> NodeConfig:
         max_workers=limits.max_workers,
         executor=file.compute.executor,
         source=path,
+        witness_interval_s=file.audit.witness_interval_s,
+        regulator=file.audit.regulator,
     )
 
 
@@ -304,6 +337,8 @@ key = "node.key"                    # 0600; never leaves the node
 signing_key = "audit_ed25519.key"   # signs every record of the audit log
 public_key = "audit_ed25519.pub"    # hand it to the regulator
 # store = "postgresql://bund@db.example/bund"   # default: state/audit.db (SQLite)
+witness_interval_s = 300            # exchange signed tree heads with every peer this often
+# regulator = "regulator"           # a party witnessing for the regulator (address in [peers])
 
 [limits]                            # the defaults
 {limits}

@@ -26,7 +26,16 @@ from grpc_reflection.v1alpha import reflection
 
 from bund.compute.executor import create_executor
 from bund.parties import servicers, wire
-from bund.parties.audit import AuditLog, AuditStore, open_audit_store
+from bund.parties.audit import (
+    AuditLog,
+    AuditLogCorruptError,
+    AuditStore,
+    Witness,
+    WitnessExchange,
+    WitnessStore,
+    open_audit_store,
+    read_readable,
+)
 from bund.parties.client import PeerClients
 from bund.parties.config import NodeConfig
 from bund.parties.data import Table, open_source
@@ -50,6 +59,8 @@ from bund.v1 import audit_pb2, federation_pb2, job_pb2
 log = logging.getLogger("bund.node")
 
 SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
+#: Deadline of one witness exchange with a peer.
+_WITNESS_TIMEOUT_S = 10.0
 
 
 def version() -> str:
@@ -76,14 +87,21 @@ class Node:
     audit_store: AuditStore
     health: health.HealthServicer
     peers: PeerClients
+    #: The thread exchanging signed tree heads with the peers (``docs/audit.md``).
+    witness: WitnessExchange | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
         for service in ("", *SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.witness is not None:
+            self.witness.close()
         self.server.stop(grace).wait()
         self.manager.shutdown()
-        self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
+        try:
+            self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
+        except AuditLogCorruptError as exc:  # sealed: it records nothing more
+            log.error("%s stopped without recording it: %s", self.config.party, exc)
         self.peers.close()
         self.manager.store.close()
         self.manager.ledger.close()
@@ -124,6 +142,15 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
     peers = PeerClients(config)
+    witness = Witness(
+        audit, signing_key, WitnessStore(config.state_dir / "witness.db", config.party), _utc_clock
+    )
+    exchange = WitnessExchange(
+        witness,
+        config.witness_parties,
+        lambda peer, head, key: peers.client(peer).witness(head, key, _WITNESS_TIMEOUT_S),
+        config.witness_interval_s,
+    )
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
         {name: entry.budget for name, entry in config.policy.datasets.items()},
@@ -153,6 +180,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             max_workers=config.max_workers,
         ),
         executor=create_executor(config.executor),
+        on_job_closed=lambda spec: exchange.request(spec.parties),
     )
     info = wire.NodeInfo(
         party=config.party,
@@ -163,10 +191,12 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     )
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:
+        records, unreadable = read_readable(audit_store, start, start + limit)
         return wire.AuditPage(
-            records=tuple(audit_store.read(start, start + limit)),
+            records=tuple(records),
             size=len(audit_store),
             audit_public_key=info.audit_public_key,
+            unreadable=None if unreadable is None else (start + len(records), str(unreadable)),
         )
 
     server = grpc.server(
@@ -186,7 +216,13 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             ),
             servicers.make_generic_handler(
                 "bund.v1.Audit",
-                servicers.audit_methods(config.party, read_audit, audit.checkpoint),
+                servicers.audit_methods(
+                    config.party,
+                    read_audit,
+                    audit.checkpoint,
+                    witness=witness,
+                    peers=config.witness_parties,
+                ),
                 audit,
             ),
         )
@@ -224,7 +260,8 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     tmp.replace(config.port_file)
     log.info("%s serving on port %d (mTLS)", config.party, port)
     manager.recover()
-    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers)
+    exchange.start()
+    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers, exchange)
 
 
 def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:
