@@ -150,15 +150,17 @@ class NodeFactory:
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
         budget_delta: str | None = None,
+        audit: str = "",
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
-        may run on each dataset; approvals are off unless asked for.
+        may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
+        node.toml's ``[audit]`` table.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
-            budget_epsilon, tables, budget_delta=budget_delta,
+            budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 
@@ -189,8 +191,12 @@ class NodeFactory:
         tables: Mapping[str, Table] | None = None,
         limits: str = "",
         budget_delta: str | None = None,
+        audit: str = "",
     ) -> Path:
-        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
+        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path.
+
+        ``audit`` adds lines to node.toml's ``[audit]`` table (``witness_interval_s = 0.2``).
+        """
         home = self.workdir / name
         given = {ds: Table.from_columns(ds, cols) for ds, cols in (datasets or {}).items()}
         catalogue = tuple(
@@ -221,7 +227,11 @@ class NodeFactory:
             audit_store=audit_store,
             written_by="the test NodeFactory",
         )
-        return write_node_files(files)
+        path = write_node_files(files)
+        if audit:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("[audit]\n", f"[audit]\n{audit}\n", 1), "utf-8")
+        return path
 
     def spawn(
         self,

@@ -48,6 +48,7 @@ from bund.parties.audit import (
     AuditFormatError,
     AuditRecord,
     Checkpoint,
+    CheckpointReport,
     JsonScalar,
     LogFault,
     VerificationReport,
@@ -709,47 +710,71 @@ def _held_head_findings(
     witnessed: Sequence[WitnessedHead],
     max_skew: dt.timedelta,
 ) -> list[Finding]:
-    """The log against every head held of it: the regulator's checkpoints and the witnesses'."""
+    """The log against every head held of it: the regulator's checkpoints and the witnesses'.
+
+    Two heads of one size with different roots are an ``equivocation``; the log is then held
+    to the head of each size received first, so that the rewrite which followed is named too.
+    """
     party = log.party
     heads = [w for w in witnessed if w.head.party == party and _checkable(log, w, max_skew)]
     if not checkpoints and not heads:
         return []
     holders: dict[Checkpoint, list[str]] = {}
+    witnesses_of: dict[Checkpoint, set[str]] = {}
+    first_seen: dict[Checkpoint, dt.datetime] = {}
     for checkpoint in checkpoints:
         holders.setdefault(checkpoint, []).append("the regulator")
+        first_seen[checkpoint] = _when(checkpoint.timestamp) or dt.datetime.max.replace(
+            tzinfo=dt.UTC
+        )
     for w in heads:
         holders.setdefault(w.head, []).append(
             f"{w.witness} (witnessed {w.received_at} by its clock)"
         )
-    witnesses_of: dict[Checkpoint, set[str]] = {}
-    for w in heads:
         witnesses_of.setdefault(w.head, set()).add(w.witness)
-    try:
-        held = check_log_against_checkpoints(
-            log.readable(), [*checkpoints, *(w.head for w in heads)], log.public_key, party
+        received = _when(w.received_at) or dt.datetime.max.replace(tzinfo=dt.UTC)
+        first_seen[w.head] = min(first_seen.get(w.head, received), received)
+
+    def check(held_heads: Iterable[Checkpoint]) -> tuple[LogFault, CheckpointReport] | None:
+        try:
+            report = check_log_against_checkpoints(
+                log.readable(), held_heads, log.public_key, party
+            )
+        except AuditFormatError:
+            return None  # reported as log_invalid already
+        fault = report.fault
+        return None if fault is None or fault is LogFault.RECORD else (fault, report)
+
+    found = []
+    result = check(holders)
+    if result is not None and result[0] is LogFault.EQUIVOCATION:
+        found.append(result)
+        earliest: dict[int, Checkpoint] = {}
+        for head in sorted(holders, key=lambda c: first_seen[c]):
+            earliest.setdefault(head.tree_size, head)
+        result = check(earliest.values())
+    if result is not None:
+        found.append(result)
+    findings = []
+    for fault, held in found:
+        involved = held.checkpoints
+        who = sorted({h for c in involved for h in holders.get(c, [])})
+        index = held.first_bad_index
+        detail = held.reason + (f"; held by {', '.join(who)}" if who else "")
+        if fault is LogFault.REWRITTEN and index is not None:
+            detail += f"; record {index} is the first one no matching head vouches for"
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                _CHECKPOINT_KINDS[fault],
+                "",
+                (party,),
+                detail,
+                {} if index is None else {party: index},
+                tuple(sorted({name for c in involved for name in witnesses_of.get(c, ())})),
+            )
         )
-    except AuditFormatError:
-        return []  # reported as log_invalid already
-    if held.fault is None or held.fault is LogFault.RECORD:
-        return []
-    involved = held.checkpoints
-    who = sorted({h for c in involved for h in holders.get(c, [])})
-    witnesses = sorted({name for c in involved for name in witnesses_of.get(c, ())})
-    index = held.first_bad_index
-    detail = held.reason + (f"; held by {', '.join(who)}" if who else "")
-    if held.fault is LogFault.REWRITTEN and index is not None:
-        detail += f"; record {index} is the first one no matching head vouches for"
-    return [
-        Finding(
-            Severity.ERROR,
-            _CHECKPOINT_KINDS[held.fault],
-            "",
-            (party,),
-            detail,
-            {} if index is None else {party: index},
-            tuple(witnesses),
-        )
-    ]
+    return findings
 
 
 def _clock_findings(log: PulledLog, count: int, max_skew: dt.timedelta) -> list[Finding]:
