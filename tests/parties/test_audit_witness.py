@@ -19,6 +19,7 @@ from bund.parties.audit import (
     SIGNING_DOMAIN,
     AuditLog,
     AuditLogCorruptError,
+    AuditRecord,
     Checkpoint,
     MemoryAuditStore,
     SqliteAuditStore,
@@ -29,6 +30,7 @@ from bund.parties.audit import (
     WitnessKeyError,
     WitnessReply,
     WitnessStore,
+    check_log_against_checkpoints,
     cosign,
     read_readable,
     verify_checkpoint,
@@ -125,6 +127,37 @@ def test_a_node_serves_the_records_before_one_it_cannot_decode(tmp_path: Path) -
         with pytest.raises(AuditLogCorruptError) as err:
             AuditLog(store, KEY, PARTY, make_clock()).checkpoint()
         assert err.value.first_bad_index == 5
+
+
+class _SlowStore(MemoryAuditStore):
+    """A store whose first long read waits until the test lets it go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+        self.go_on = threading.Event()
+
+    def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
+        if stop is not None and stop - start > 1 and not self.go_on.is_set():
+            self.reading.set()
+            assert self.go_on.wait(10)
+        return super().read(start, stop)
+
+
+def test_the_first_checkpoint_reads_the_log_without_holding_up_appends() -> None:
+    store = _SlowStore()
+    fill(AuditLog(store, KEY, PARTY, make_clock()), 6)
+    log = AuditLog(store, KEY, PARTY, make_clock())
+    heads: list[Checkpoint] = []
+    signer = threading.Thread(target=lambda: heads.append(log.checkpoint()))
+    signer.start()
+    assert store.reading.wait(10)  # the frontier is being built from the store ...
+    log.append("rpc")  # ... and an append goes through meanwhile
+    store.go_on.set()
+    signer.join(10)
+    (head,) = heads
+    assert head.tree_size == 7 and verify_checkpoint(head, PUB)
+    assert check_log_against_checkpoints(store.read(), [head], PUB, PARTY).ok
 
 
 # -- cosignatures -----------------------------------------------------------------------------

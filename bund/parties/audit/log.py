@@ -118,6 +118,7 @@ class AuditLog:
         self._party = party
         self._clock = clock
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one frontier build at a time, appends go on
         self._last_time: tuple[dt.datetime, str] | None = None
         self._next_index, self._prev_hash = self._tail()
         self._frontier: MerkleFrontier | None = None  # built by the first checkpoint
@@ -231,17 +232,11 @@ class AuditLog:
             AuditLogCorruptError: The stored records do not chain up to the last one: the store
                 was altered, no checkpoint is signed over it, and the log is sealed.
         """
+        self._ensure_frontier()
         with self._lock:
-            if self._sealed is not None:
-                raise AuditLogCorruptError(str(self._sealed), self._sealed.first_bad_index)
+            if self._sealed is not None or self._frontier is None:
+                raise self._sealed_error()
             timestamp = self._now()
-            if self._frontier is None:
-                try:
-                    self._frontier = self._build_frontier()
-                except AuditLogCorruptError as exc:
-                    self._sealed = exc
-                    log.error("%s's audit log is sealed: %s", self._party, exc)
-                    raise
             unsigned = Checkpoint(
                 party=self._party,
                 tree_size=len(self._frontier),
@@ -250,6 +245,42 @@ class AuditLog:
                 signature=b"",
             )
             return dataclasses.replace(unsigned, signature=self._key.sign(unsigned.signed_bytes()))
+
+    def _sealed_error(self) -> AuditLogCorruptError:
+        sealed = self._sealed
+        if sealed is None:
+            return AuditLogCorruptError("the audit log's Merkle frontier is not built")
+        return AuditLogCorruptError(str(sealed), sealed.first_bad_index)
+
+    def _ensure_frontier(self) -> None:
+        """Build the Merkle frontier once, reading the store without holding up appends.
+
+        The stored records up to the size seen on entry are read and checked outside the append
+        lock (a long log takes seconds); those appended meanwhile are then read under it, and the
+        chain must end at the log's last record. A break seals the log.
+        """
+        with self._build_lock:
+            with self._lock:
+                if self._sealed is not None:
+                    raise self._sealed_error()
+                if self._frontier is not None:
+                    return
+                size, last = self._next_index, self._prev_hash
+            try:
+                frontier = MerkleFrontier()
+                prev = self._extend(frontier, GENESIS_HASH, size)
+                if not hmac.compare_digest(prev, last):
+                    raise self._corrupt(f"stored record {size - 1} is not the log's last", size - 1)
+                with self._lock:  # the records appended meanwhile; further appends wait
+                    prev = self._extend(frontier, prev, self._next_index)
+                    if not hmac.compare_digest(prev, self._prev_hash):
+                        raise self._corrupt("the store changed while it was read", len(frontier))
+                    self._frontier = frontier
+            except AuditLogCorruptError as exc:
+                with self._lock:
+                    self._sealed = exc
+                log.error("%s's audit log is sealed: %s", self._party, exc)
+                raise
 
     def _now(self) -> str:
         """The clock's time, or the last time written if the clock went back (held lock)."""
@@ -272,21 +303,27 @@ class AuditLog:
         self._last_time = (when, timestamp)
         return timestamp
 
-    def _build_frontier(self) -> MerkleFrontier:
-        """The frontier of the stored records, checking that they chain up to the last one."""
-        frontier = MerkleFrontier()
-        prev = GENESIS_HASH
+    @staticmethod
+    def _corrupt(why: str, index: int | None) -> AuditLogCorruptError:
+        return AuditLogCorruptError(
+            f"cannot sign a checkpoint: {why}. Run `bund audit verify` to find the first bad "
+            "record, keep the store as evidence and start a new log",
+            index,
+        )
 
-        def corrupt(why: str, index: int | None) -> AuditLogCorruptError:
-            return AuditLogCorruptError(
-                f"cannot sign a checkpoint: {why}. Run `bund audit verify` to find the first bad "
-                "record, keep the store as evidence and start a new log",
-                index,
-            )
+    def _extend(self, frontier: MerkleFrontier, prev: bytes, stop: int) -> bytes:
+        """Add the stored records from ``len(frontier)`` to ``stop``, checking their chain.
 
+        Returns:
+            The hash of the last record added (``prev`` when none).
+
+        Raises:
+            AuditLogCorruptError: A record is missing, undecodable or breaks the chain.
+        """
         try:
-            for start in range(0, self._next_index, _FRONTIER_BATCH):
-                for record in self.store.read(start, start + _FRONTIER_BATCH):
+            for start in range(len(frontier), stop, _FRONTIER_BATCH):
+                records = self.store.read(start, min(start + _FRONTIER_BATCH, stop))
+                for record in records:
                     leaf = record.leaf_hash()
                     if (
                         record.index != len(frontier)
@@ -294,15 +331,17 @@ class AuditLog:
                         or not hmac.compare_digest(record.record_hash, chain_hash(prev, leaf))
                     ):
                         index = len(frontier)
-                        raise corrupt(f"stored record {index} breaks the hash chain", index)
+                        raise self._corrupt(f"stored record {index} breaks the hash chain", index)
                     frontier.append(leaf)
                     prev = record.record_hash
+                if len(records) < min(start + _FRONTIER_BATCH, stop) - start:
+                    break
         except AuditFormatError as exc:
-            raise corrupt(str(exc), len(frontier) if exc.index is None else exc.index) from exc
-        if len(frontier) != self._next_index or not hmac.compare_digest(prev, self._prev_hash):
-            raise corrupt(
-                f"the store holds {len(frontier)} chained records, the log expects "
-                f"{self._next_index}",
+            index = len(frontier) if exc.index is None else exc.index
+            raise self._corrupt(str(exc), index) from exc
+        if len(frontier) != stop:
+            raise self._corrupt(
+                f"the store holds {len(frontier)} chained records, the log expects {stop}",
                 len(frontier),
             )
-        return frontier
+        return prev
