@@ -259,7 +259,8 @@ class RegulatorFile(StrictModel):
 
     tls: _RegulatorTls = Field(default_factory=_RegulatorTls)
     state_dir: NonEmpty = Field(
-        default="regulator-state", description="keeps every checkpoint the parties signed"
+        default="regulator-state",
+        description="keeps every checkpoint the parties signed and every head they witnessed",
     )
     limits: _RegulatorLimits = Field(default_factory=_RegulatorLimits)
     parties: dict[Name, _Audited] = Field(default_factory=dict)
@@ -270,12 +271,12 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
 
     ::
 
+        state_dir = "regulator-state"  # optional: keeps the checkpoints and witnessed heads
+
         [tls]                         # like a node's: the regulator's own certificate
         ca = "ca.pem"
         cert = "regulator.pem"        # issued with role "regulator"
         key = "regulator.key"
-
-        state_dir = "regulator-state"  # optional: keeps every checkpoint the parties signed
 
         [limits]                      # optional
         timeout_s = 60
