@@ -38,6 +38,7 @@ from bund.parties.regulator import (
     load_regulator_config,
     make_pulled_log,
 )
+from bund.parties.report import render_report
 from tests.conftest import Federation, NodeFactory, wait_until
 from tests.integration.test_node import BANK_IDS, TAX_IDS, psi_spec, wait_final
 from tests.integration.test_regulator import (
@@ -205,6 +206,8 @@ def test_nodes_witness_each_other_and_only_their_peers(
         ("bank", ("tax",)),
         ("tax", ("bank",)),
     }
+    html = render_report(outcome)
+    assert "witnessed by tax" in html and "witnessed by bank" in html
 
 
 def slow_by_a_day() -> str:

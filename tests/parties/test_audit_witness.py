@@ -263,7 +263,12 @@ def test_a_witness_takes_only_a_partys_own_head_signed_with_its_pinned_key(pair:
     bad = dataclasses.replace(head, signature=bytes(64))
     with pytest.raises(WitnessError, match="does not verify"):
         pair.tax.receive(bad, BANK_RAW, PARTY)
+    # A key is pinned only once a head verifies with it: a garbage key pins nothing.
+    with pytest.raises(WitnessError, match="does not verify"):
+        pair.tax.receive(head, bytes(32), PARTY)
+    assert pair.tax.store.pinned_key(PARTY) is None
     pair.tax.receive(head, BANK_RAW, PARTY)
+    assert pair.tax.store.pinned_key(PARTY) == BANK_RAW
     # The key was pinned; another one is refused and recorded once.
     other = Ed25519PrivateKey.generate()
     stolen = AuditLog(MemoryAuditStore(), other, PARTY, pair.clock)

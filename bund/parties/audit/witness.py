@@ -358,15 +358,16 @@ class Witness:
         """The audit key that verifies ``party``'s heads: the one lookup of a peer's key.
 
         Today a node pins the key a party reports on first sight (over mTLS, from the party's
-        own node) and holds it to it from then on. This is the one place to change when the
-        federation roster carries every party's audit key.
+        own node), once a head or cosignature verifies with it (:meth:`_pin`), and holds the
+        party to it from then on. This is the one place to change when the federation roster
+        carries every party's audit key.
 
         Args:
             party: The party, as its certificate names it.
             reported: The raw key its node reported with its head.
 
         Returns:
-            The key pinned for it.
+            The key pinned for it, or the reported key when none is pinned yet.
 
         Raises:
             WitnessKeyError: ``reported`` is not the key pinned; recorded once per key as
@@ -377,8 +378,7 @@ class Witness:
             raise WitnessError(f"{party}'s audit key must be {_RAW_KEY_SIZE} raw Ed25519 bytes")
         pinned = self.store.pinned_key(party)
         if pinned is None:
-            self.store.pin_key(party, reported, self._clock())
-            pinned = reported
+            return Ed25519PublicKey.from_public_bytes(reported)
         if not hmac.compare_digest(pinned, reported):
             with self._lock:
                 first = (party, reported) not in self._keys_reported
@@ -399,6 +399,11 @@ class Witness:
                 "(docs/audit.md, witness cosigning)"
             )
         return Ed25519PublicKey.from_public_bytes(pinned)
+
+    def _pin(self, party: str, verified: bytes) -> None:
+        """Pin a key that just verified ``party``'s signature, unless one is pinned already."""
+        if self.store.pinned_key(party) is None:
+            self.store.pin_key(party, verified, self._now())
 
     def receive(self, head: Checkpoint, reported_key: bytes, presenter: str) -> WitnessedHead:
         """Check ``presenter``'s head, keep it and countersign it.
@@ -429,8 +434,9 @@ class Witness:
         key = self.audit_key(presenter, reported_key)
         if not verify_checkpoint(head, key):
             raise WitnessError(
-                f"{presenter}'s head {head.describe()} does not verify with its pinned audit key"
+                f"{presenter}'s head {head.describe()} does not verify with its audit key"
             )
+        self._pin(presenter, reported_key)
         with self._lock:
             witnessed = cosign(head, self.party, self._now(), self._key)
             held = self.store.roots_at(head.party, head.tree_size)
@@ -506,6 +512,7 @@ class Witness:
             or not verify_cosignature(cosigned, key)
         ):
             raise WitnessError(f"{peer} did not countersign {self.party}'s head as presented")
+        self._pin(peer, reply.audit_public_key)
         self.receive(reply.head, reply.audit_public_key, peer)
         return reply
 
