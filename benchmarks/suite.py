@@ -38,6 +38,7 @@ KERNELS: dict[str, str] = {
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "fed": "benchmarks.bench_fed",
     "scaling": "benchmarks.bench_scaling",
+    "witness": "benchmarks.bench_witness",
 }
 
 _LIBRARIES = (

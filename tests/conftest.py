@@ -160,15 +160,17 @@ class NodeFactory:
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
         budget_delta: str | None = None,
+        audit: str = "",
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
-        may run on each dataset; approvals are off unless asked for.
+        may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
+        node.toml's ``[audit]`` table.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
-            budget_epsilon, tables, budget_delta=budget_delta,
+            budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 
@@ -201,11 +203,13 @@ class NodeFactory:
         budget_delta: str | None = None,
         trusted_for: Sequence[tuple[str, str]] = (),
         release_scores_to: Sequence[str] = (),
+        audit: str = "",
     ) -> Path:
         """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path.
 
         ``trusted_for`` holds (counterparty, protocol) pairs the policy trusts;
-        ``release_scores_to`` who may receive per-record scores of every dataset.
+        ``release_scores_to`` who may receive per-record scores of every dataset; ``audit`` adds
+        lines to node.toml's ``[audit]`` table (``witness_interval_s = 0.2``).
         """
         home = self.workdir / name
         given = {ds: Table.from_columns(ds, cols) for ds, cols in (datasets or {}).items()}
@@ -240,7 +244,11 @@ class NodeFactory:
             written_by="the test NodeFactory",
             federation=self.federation.ca_dir,
         )
-        return write_node_files(files)
+        path = write_node_files(files)
+        if audit:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("[audit]\n", f"[audit]\n{audit}\n", 1), "utf-8")
+        return path
 
     def spawn(
         self,

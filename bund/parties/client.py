@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import Checkpoint
+from bund.parties.audit import Checkpoint, WitnessReply
 from bund.parties.authz import INSTANCE_METADATA
 from bund.parties.config import NodeConfig, TlsPaths
 from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
@@ -268,6 +268,16 @@ class NodeClient:
         )
         return wire.checkpoint_from_proto(r)
 
+    def witnessed_heads(self, after: int = 0, limit: int = 0) -> wire.WitnessedPage:
+        """Heads this node witnessed of other parties, after ``after`` (operator or regulator)."""
+        r = self._call(
+            "Audit",
+            "GetWitnessedHeads",
+            audit_pb2.GetWitnessedHeadsRequest(after=after, limit=limit),
+            audit_pb2.GetWitnessedHeadsResponse,
+        )
+        return wire.witnessed_page_from_proto(r)
+
     # -- node-to-node calls ---------------------------------------------------------------
 
     def propose(self, spec: JobSpec) -> tuple[bool, str]:
@@ -318,6 +328,16 @@ class NodeClient:
         )
         r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse, timeout)
         return not r.duplicate
+
+    def witness(
+        self, head: Checkpoint, audit_public_key: bytes, timeout: float | None = None
+    ) -> WitnessReply:
+        """Present this party's own tree head to this node as a witness; get its reply."""
+        request = audit_pb2.WitnessRequest(
+            head=wire.checkpoint_to_proto(head), audit_public_key=audit_public_key
+        )
+        r = self._call("Audit", "Witness", request, audit_pb2.WitnessResponse, timeout)
+        return wire.witness_reply_from_proto(r)
 
 
 @dataclass

@@ -116,6 +116,12 @@ class NodeConfig:
     source: Path | None = field(default=None, compare=False)
     #: The policy file it was read from (a reload reads it again).
     policy_file: Path | None = field(default=None, compare=False)
+    #: Seconds between two exchanges of signed tree heads with every peer (``[audit]
+    #: witness_interval_s``): a rewrite of this node's log older than this is caught.
+    witness_interval_s: float = 300.0
+    #: A party that witnesses for the regulator, exchanged with like a peer (``[audit]
+    #: regulator``); None: none.
+    regulator: str | None = None
 
     @property
     def port_file(self) -> Path:
@@ -136,6 +142,20 @@ class NodeConfig:
                 f'no address for peer {party!r}: add [peers.{party}] address = "HOST:PORT" to '
                 "node.toml or to its peers file"
             ) from None
+
+    def witness_parties(self) -> frozenset[str]:
+        """The parties this node exchanges signed tree heads with, and accepts heads from.
+
+        Every party named in ``[peers]``, the peers file and the policy's counterparties, and
+        ``[audit] regulator``; never this node's own. The peers file is read anew each time.
+        """
+        named = set(self.peers) | set(self.policy.counterparties)
+        if self.peers_file is not None and self.peers_file.exists():
+            directory = _read_toml(self.peers_file)
+            named |= {p for p, entry in directory.items() if isinstance(entry, dict)}
+        if self.regulator is not None:
+            named.add(self.regulator)
+        return frozenset(named - {self.party})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -190,6 +210,17 @@ class _Audit(StrictModel):
         default=10,
         description="how long a record waits for a locked audit store before the action that "
         "needs it is refused (UNAVAILABLE)",
+    )
+    witness_interval_s: PositiveNumber = Field(
+        default=300,
+        description=(
+            "seconds between exchanges of signed tree heads with every peer: a rewrite of this "
+            "log's records older than this (plus one round trip) contradicts a witness"
+        ),
+    )
+    regulator: Name | None = Field(
+        default=None,
+        description="a party that witnesses for the regulator: heads are exchanged with it too",
     )
 
 
@@ -376,6 +407,8 @@ def load_config(path: Path) -> NodeConfig:
         executor=file.compute.executor,
         source=path,
         policy_file=rel(file.policy_file),
+        witness_interval_s=file.audit.witness_interval_s,
+        regulator=file.audit.regulator,
     )
 
 
@@ -471,6 +504,8 @@ credential = "operator"             # what `bund job ...` on this host presents 
 signing_key = "audit_ed25519.key"   # signs every record of the audit log
 public_key = "audit_ed25519.pub"    # hand it to the regulator
 # store = "postgresql://bund@db.example/bund"   # default: state/audit.db (SQLite)
+witness_interval_s = 300            # exchange signed tree heads with every peer this often
+# regulator = "regulator"           # a party witnessing for the regulator (address in [peers])
 
 [limits]                            # the defaults
 {limits}

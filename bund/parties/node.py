@@ -34,7 +34,16 @@ from grpc_reflection.v1alpha import reflection
 from bund.compute.errors import BundError
 from bund.compute.executor import create_executor
 from bund.parties import servicers, wire
-from bund.parties.audit import AuditLog, AuditStore, open_audit_store
+from bund.parties.audit import (
+    AuditLog,
+    AuditLogCorruptError,
+    AuditStore,
+    Witness,
+    WitnessExchange,
+    WitnessStore,
+    open_audit_store,
+    read_readable,
+)
 from bund.parties.authz import Gate, Instance, InstancePins, TrustAnchors
 from bund.parties.client import PeerClients
 from bund.parties.config import NodeConfig, load_config
@@ -69,6 +78,8 @@ from bund.v1 import audit_pb2, federation_pb2, job_pb2
 log = logging.getLogger("bund.node")
 
 SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
+#: Deadline of one witness exchange with a peer.
+_WITNESS_TIMEOUT_S = 10.0
 
 
 def version() -> str:
@@ -96,6 +107,8 @@ class Node:
     health: health.HealthServicer
     peers: PeerClients
     refusals: RefusalTally
+    #: The thread exchanging signed tree heads with the peers (``docs/audit.md``).
+    witness: WitnessExchange | None = None
 
     def reload(self) -> None:
         """Read node.toml, policy.toml and the dataset catalogue again and apply them.
@@ -131,10 +144,15 @@ class Node:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
         for service in ("", *SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.witness is not None:
+            self.witness.close()
         self.server.stop(grace).wait()
         self.manager.shutdown()
         self.refusals.stop()
-        self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
+        try:
+            self.audit.append(Event.NODE_STOPPED, "", {Key.PORT: self.port})
+        except AuditLogCorruptError as exc:  # sealed: it records nothing more
+            log.error("%s stopped without recording it: %s", self.config.party, exc)
         self.peers.close()
         self.manager.store.close()
         self.manager.ledger.close()
@@ -227,6 +245,15 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
     peers = PeerClients(config, instance.encode())
+    witness = Witness(
+        audit, signing_key, WitnessStore(config.state_dir / "witness.db", config.party), _utc_clock
+    )
+    exchange = WitnessExchange(
+        witness,
+        config.witness_parties,
+        lambda peer, head, key: peers.client(peer).witness(head, key, _WITNESS_TIMEOUT_S),
+        config.witness_interval_s,
+    )
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
         {name: entry.budget_limits for name, entry in config.policy.datasets.items()},
@@ -255,6 +282,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             max_workers=config.max_workers,
         ),
         executor=create_executor(config.executor),
+        on_job_closed=lambda spec: exchange.request(spec.parties),
     )
     info = wire.NodeInfo(
         party=config.party,
@@ -281,10 +309,12 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     gate = Gate(config.party, me.role, anchors, InstancePins(probe, audit.append))
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:
+        records, unreadable = read_readable(audit_store, start, start + limit)
         return wire.AuditPage(
-            records=tuple(audit_store.read(start, start + limit)),
+            records=tuple(records),
             size=len(audit_store),
             audit_public_key=info.audit_public_key,
+            unreadable=None if unreadable is None else (start + len(records), str(unreadable)),
         )
 
     server = grpc.server(
@@ -307,7 +337,13 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             ),
             servicers.make_generic_handler(
                 "bund.v1.Audit",
-                servicers.audit_methods(config.party, read_audit, audit.checkpoint),
+                servicers.audit_methods(
+                    config.party,
+                    read_audit,
+                    audit.checkpoint,
+                    witness=witness,
+                    peers=config.witness_parties,
+                ),
                 audit,
                 gate,
                 refusals,
@@ -356,7 +392,19 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     log.info("%s serving on port %d (mTLS)", config.party, port)
     manager.recover()
     refusals.start()
-    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers, refusals)
+    exchange.start()
+    return Node(
+        config,
+        server,
+        port,
+        manager,
+        audit,
+        audit_store,
+        health_servicer,
+        peers,
+        refusals,
+        exchange,
+    )
 
 
 def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:

@@ -107,17 +107,26 @@ def _parties(parties: Sequence[PartyStatus]) -> str:
         else:
             log = f'<span class="error">NOT VERIFIED</span>: {_e(p.detail)}'
         held = (
-            f"{p.checkpoints} held"
+            f"{p.checkpoints} held by the regulator"
             if p.checkpoints
             else '<span class="warning">none held</span>: truncation and re-signed rewrites '
             "were not checkable"
         )
+        if p.witnessed:
+            held += (
+                f'<div class="muted">{p.witnessed} witnessed by {_e(", ".join(p.witnesses))}</div>'
+            )
+        elif p.pulled:
+            held += (
+                '<div class="muted">none witnessed: records since the last audit rest on its '
+                "word</div>"
+            )
         rows.append(
             f'<tr id="party-{_e(p.party)}"><td>{_e(p.party)}</td><td>{_e(p.address)}</td>'
             f"<td><code>{_e(p.key_id)}</code></td><td>{p.records}</td><td>{log}</td>"
             f"<td>{held}</td></tr>"
         )
-    headers = ("Party", "Node", "Audit key held", "Records", "Log", "Checkpoints")
+    headers = ("Party", "Node", "Audit key held", "Records", "Log", "Tree heads")
     return _table(headers, rows, "parties")
 
 
@@ -131,9 +140,13 @@ def _findings(findings: Sequence[Finding], jobs: set[str]) -> str:
         else:
             job = f"<code>{_e(f.job_id)}</code>" if f.job_id else "whole log"
         records = _list(f"{_e(p)} record {i}" for p, i in sorted(f.indexes.items()))
+        parties = _list(
+            [_e(p) for p in f.parties]
+            + [f'<span class="muted">witness</span> {_e(w)}' for w in f.witnesses]
+        )
         rows.append(
             f'<tr class="sev-{_e(f.severity)}"><td>{_e(f.severity)}</td><td>{_e(f.kind)}</td>'
-            f"<td>{job}</td><td>{_list(_e(p) for p in f.parties)}</td><td>{records}</td>"
+            f"<td>{job}</td><td>{parties}</td><td>{records}</td>"
             f"<td>{_e(f.detail)}</td></tr>"
         )
     headers = ("Severity", "Finding", "Job", "Parties", "Records", "Detail")
@@ -357,10 +370,13 @@ def render_report(outcome: AuditOutcome) -> str:
         "<footer><p>A verified log is, byte for byte, records the holder of the party's audit "
         "key signed, in order, none removed, inserted, reordered or altered; without "
         "checkpoints held, records cut off its end and a log re-signed with the party's own key "
-        "are not caught by verification alone. Reconciliation compares every party's records "
-        "of the same job. docs/governance.md explains every finding and what to do about it. "
-        "Every name and text in this report was taken from party logs and is shown as "
-        "text.</p></footer></body></html>\n"
+        "are not caught by verification alone. Every log is held to the tree heads the "
+        "regulator kept and to those its peers witnessed between audits; what a party wrote "
+        "since its last exchange of heads is not yet vouched for by anyone else. Clocks are "
+        "judged by the witnesses' and the regulator's. Reconciliation compares every party's "
+        "records of the same job. docs/governance.md explains every finding and what to do "
+        "about it. Every name and text in this report was taken from party logs and is shown "
+        "as text.</p></footer></body></html>\n"
     )
 
 

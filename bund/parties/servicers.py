@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import Message
 
 from bund.parties import wire
-from bund.parties.audit import Checkpoint
+from bund.parties.audit import Checkpoint, Witness
 from bund.parties.authz import INSTANCE_METADATA, Access, Caller, Gate
 from bund.parties.errors import NotAuthorizedError, rpc_error_translator
 from bund.parties.identity import PartyIdentity
@@ -36,8 +36,9 @@ log = logging.getLogger("bund.rpc")
 #: Largest artifact page per ReadArtifact call: far below any message limit.
 ARTIFACT_PAGE = 1 << 20
 
-#: RPCs recorded in the audit log only when they fail (polled often, change nothing).
-_QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo"})
+#: RPCs recorded in the audit log only when they fail (polled often, change nothing). A witness
+#: exchange is kept in the witness store instead: recorded, it would grow an idle log each time.
+_QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo", "Witness"})
 
 
 def client_certificate(context: grpc.ServicerContext) -> bytes | None:
@@ -235,8 +236,14 @@ def audit_methods(
     read: Callable[[int, int], wire.AuditPage],
     checkpoint: Callable[[], Checkpoint],
     page_size: int = 1000,
+    witness: Witness | None = None,
+    peers: Callable[[], Collection[str]] = frozenset,
 ) -> dict[str, Method]:
-    """The Audit service: this node's operator and regulators may read the signed log."""
+    """The Audit service: the signed log, and witness cosigning.
+
+    This node's operator and regulators may read the log and the heads this node witnessed;
+    the parties in ``peers`` present their own tree heads to ``witness``.
+    """
 
     def allowed(who: PartyIdentity) -> None:
         if who.name != party and who.role != "regulator":
@@ -253,8 +260,27 @@ def audit_methods(
         limit = min(r.limit or page_size, page_size)
         return wire.audit_page_to_proto(read(wire.position(r.start, "start"), limit))
 
+    def witness_head(r: audit_pb2.WitnessRequest, who: PartyIdentity) -> Message:
+        head = wire.checkpoint_from_proto(r.head)
+        if witness is None or head.party != who.name or who.name not in peers():
+            raise NotAuthorizedError(
+                f"{party} witnesses the tree heads of its peers only, each presented by its own "
+                "party: name the party in [peers], the peers file or the policy's counterparties"
+            )
+        return wire.witness_reply_to_proto(witness.answer(head, r.audit_public_key, who.name))
+
+    def witnessed_heads(r: audit_pb2.GetWitnessedHeadsRequest, who: PartyIdentity) -> Message:
+        allowed(who)
+        if witness is None:
+            return audit_pb2.GetWitnessedHeadsResponse()
+        limit = min(r.limit or page_size, page_size)
+        heads, last = witness.held(wire.position(r.after, "after"), limit)
+        return wire.witnessed_page_to_proto(wire.WitnessedPage(tuple(heads), last))
+
     auditors = Access.OPERATOR_OR_REGULATOR
     return {
         "ReadAuditLog": Method(audit_pb2.ReadAuditLogRequest, read_log, auditors),
         "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint, auditors),
+        "Witness": Method(audit_pb2.WitnessRequest, witness_head, Access.PEER),
+        "GetWitnessedHeads": Method(audit_pb2.GetWitnessedHeadsRequest, witnessed_heads, auditors),
     }

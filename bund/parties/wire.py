@@ -17,14 +17,25 @@ from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import InvalidInputError
 from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import AuditFormatError, AuditRecord, Checkpoint
+from bund.parties.audit import (
+    AuditFormatError,
+    AuditRecord,
+    Checkpoint,
+    WitnessedHead,
+    WitnessError,
+    WitnessReply,
+)
 from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import JobSpec, JsonScalar, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.lifecycle.store import ResultInfo
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
+from bund.v1.audit_pb2 import GetWitnessedHeadsResponse as ProtoWitnessedPage
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
+from bund.v1.audit_pb2 import UnreadableRecord as ProtoUnreadable
+from bund.v1.audit_pb2 import WitnessedHead as ProtoWitnessedHead
+from bund.v1.audit_pb2 import WitnessResponse as ProtoWitnessReply
 from bund.v1.common_pb2 import JobSpec as ProtoJobSpec
 from bund.v1.common_pb2 import Participant as ProtoParticipant
 from bund.v1.common_pb2 import Scalar as ProtoScalar
@@ -249,11 +260,16 @@ def node_info_from_proto(message: ProtoNodeInfo) -> NodeInfo:
 
 @dataclass(frozen=True)
 class AuditPage:
-    """A slice of a node's audit log, with the log's size and the key that verifies it."""
+    """A slice of a node's audit log, with the log's size and the key that verifies it.
+
+    ``unreadable`` is ``(index, reason)`` when the record after the last one sent is stored but
+    cannot be decoded at the node: the regulator names it as the first bad record.
+    """
 
     records: tuple[AuditRecord, ...]
     size: int
     audit_public_key: bytes
+    unreadable: tuple[int, str] | None = None
 
 
 def audit_record_to_proto(record: AuditRecord) -> ProtoAuditRecord:
@@ -294,11 +310,15 @@ def audit_record_from_proto(message: ProtoAuditRecord) -> AuditRecord:
 
 def audit_page_to_proto(page: AuditPage) -> ProtoAuditPage:
     """Serialise an ``AuditPage``."""
-    return ProtoAuditPage(
+    message = ProtoAuditPage(
         records=[audit_record_to_proto(r) for r in page.records],
         size=page.size,
         audit_public_key=page.audit_public_key,
     )
+    if page.unreadable is not None:
+        index, reason = page.unreadable
+        message.unreadable.CopyFrom(ProtoUnreadable(index=index, reason=reason))
+    return message
 
 
 def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
@@ -307,6 +327,11 @@ def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
         records=tuple(audit_record_from_proto(r) for r in message.records),
         size=message.size,
         audit_public_key=message.audit_public_key,
+        unreadable=(
+            (message.unreadable.index, message.unreadable.reason[:1000])
+            if message.HasField("unreadable")
+            else None
+        ),
     )
 
 
@@ -380,3 +405,69 @@ def checkpoint_from_proto(message: ProtoCheckpoint) -> Checkpoint:
         )
     except AuditFormatError as exc:
         raise MalformedRequestError(f"malformed checkpoint: {exc}") from None
+
+
+def witnessed_head_to_proto(witnessed: WitnessedHead, seq: int = 0) -> ProtoWitnessedHead:
+    """Serialise a ``WitnessedHead`` (with its position in the witness's store)."""
+    return ProtoWitnessedHead(
+        head=checkpoint_to_proto(witnessed.head),
+        witness=witnessed.witness,
+        received_at=witnessed.received_at,
+        cosignature=witnessed.cosignature,
+        seq=seq,
+    )
+
+
+def witnessed_head_from_proto(message: ProtoWitnessedHead) -> WitnessedHead:
+    """Deserialise a ``WitnessedHead`` (its signatures are judged by the verifiers)."""
+    try:
+        return WitnessedHead(
+            head=checkpoint_from_proto(message.head),
+            witness=message.witness,
+            received_at=message.received_at,
+            cosignature=message.cosignature,
+        )
+    except (AuditFormatError, WitnessError) as exc:
+        raise MalformedRequestError(f"malformed witnessed head: {exc}") from None
+
+
+def witness_reply_to_proto(reply: WitnessReply) -> ProtoWitnessReply:
+    """Serialise a witness's ``WitnessReply``."""
+    return ProtoWitnessReply(
+        cosigned=witnessed_head_to_proto(reply.cosigned),
+        head=checkpoint_to_proto(reply.head),
+        audit_public_key=reply.audit_public_key,
+    )
+
+
+def witness_reply_from_proto(message: ProtoWitnessReply) -> WitnessReply:
+    """Deserialise a ``WitnessReply`` (the presenter checks it: ``Witness.present``)."""
+    return WitnessReply(
+        cosigned=witnessed_head_from_proto(message.cosigned),
+        head=checkpoint_from_proto(message.head),
+        audit_public_key=message.audit_public_key,
+    )
+
+
+@dataclass(frozen=True)
+class WitnessedPage:
+    """A page of the heads a node witnessed: ``(seq, head)`` pairs and the largest seq it holds."""
+
+    heads: tuple[tuple[int, WitnessedHead], ...]
+    last_seq: int
+
+
+def witnessed_page_to_proto(page: WitnessedPage) -> ProtoWitnessedPage:
+    """Serialise a ``WitnessedPage``."""
+    return ProtoWitnessedPage(
+        heads=[witnessed_head_to_proto(head, seq) for seq, head in page.heads],
+        last_seq=page.last_seq,
+    )
+
+
+def witnessed_page_from_proto(message: ProtoWitnessedPage) -> WitnessedPage:
+    """Deserialise a ``WitnessedPage``."""
+    return WitnessedPage(
+        heads=tuple((m.seq, witnessed_head_from_proto(m)) for m in message.heads),
+        last_seq=message.last_seq,
+    )

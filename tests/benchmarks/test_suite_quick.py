@@ -11,7 +11,7 @@ from benchmarks import suite
 from bund.compute import insecure
 
 #: The families run here in quick mode (the others have their own benchmark tests).
-FAMILIES = ("paillier", "ckks", "fed", "ckks_scoring", "vertical_lr")
+FAMILIES = ("paillier", "ckks", "fed", "ckks_scoring", "vertical_lr", "witness")
 
 
 @pytest.fixture(scope="module")

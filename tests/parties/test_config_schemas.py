@@ -126,6 +126,24 @@ def test_a_valid_node_file_loads_as_before(node_dir: Path) -> None:
     assert config.policy.datasets["loans"].owner == "bank"
 
 
+def test_witnessing_is_configured_under_audit(node_dir: Path) -> None:
+    config = load_config(node_dir / "node.toml")
+    assert config.witness_interval_s == 300.0 and config.regulator is None
+    assert config.witness_parties() == {"tax"}
+    peers_file = write(node_dir, "peers.toml", '[insurer]\naddress = "127.0.0.1:1"\n')
+    text = (
+        NODE.replace('state_dir = "state"\n', 'state_dir = "state"\npeers_file = "peers.toml"\n')
+        + '[audit]\nwitness_interval_s = 0.5\nregulator = "regulator"\n'
+    )
+    config = load_config(write(node_dir, "node.toml", text))
+    assert config.peers_file == peers_file and config.witness_interval_s == 0.5
+    assert config.witness_parties() == {"tax", "insurer", "regulator"}
+    for wrong, words in (("0", "must be a positive"), ('"soon"', "must be a positive")):
+        bad = text.replace("witness_interval_s = 0.5", f"witness_interval_s = {wrong}")
+        with pytest.raises(ConfigError, match=f"audit.witness_interval_s {words}"):
+            load_config(write(node_dir, "node.toml", bad))
+
+
 @pytest.mark.parametrize(
     ("change", "key", "suggestion"),
     [

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bund.parties import wire
-from bund.parties.audit import AuditRecord
+from bund.parties.audit import AuditRecord, Checkpoint, WitnessedHead, WitnessReply
 from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus
@@ -113,6 +115,21 @@ def test_audit_record_and_page_round_trip(fields: dict[str, object], index: int)
     assert wire.audit_record_from_proto(wire.audit_record_to_proto(record)) == record
     page = wire.AuditPage((record,), index + 1, b"k" * 32)
     assert wire.audit_page_from_proto(wire.audit_page_to_proto(page)) == page
+    broken = wire.AuditPage((record,), index + 3, b"k" * 32, (index + 1, "not canonical"))
+    assert wire.audit_page_from_proto(wire.audit_page_to_proto(broken)) == broken
+
+
+HEAD = Checkpoint("bank", 7, b"\x04" * 32, "2026-11-24T00:00:00.000000Z", b"\x05" * 64)
+SEEN = WitnessedHead(HEAD, "tax", "2026-11-24T00:00:01.000000Z", b"\x06" * 64)
+
+
+def test_witness_messages_round_trip() -> None:
+    assert wire.witnessed_head_from_proto(wire.witnessed_head_to_proto(SEEN, 9)) == SEEN
+    assert wire.witnessed_head_to_proto(SEEN, 9).seq == 9
+    reply = WitnessReply(SEEN, dataclasses.replace(HEAD, party="tax"), b"k" * 32)
+    assert wire.witness_reply_from_proto(wire.witness_reply_to_proto(reply)) == reply
+    page = wire.WitnessedPage(((3, SEEN), (5, SEEN)), 8)
+    assert wire.witnessed_page_from_proto(wire.witnessed_page_to_proto(page)) == page
 
 
 def test_non_finite_parameters_are_refused() -> None:

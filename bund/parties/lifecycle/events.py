@@ -64,6 +64,12 @@ class Event(StrEnum):
     BUDGET_RESERVED = "budget_reserved"
     BUDGET_CHARGED = "budget_charged"
     BUDGET_RELEASED = "budget_released"
+    # Witnessing other parties' signed tree heads (``bund.parties.audit.witness``).
+    #: A party presented a tree head that contradicts one this node holds of it (kept as
+    #: evidence): two logs of one size, or a log that shrank.
+    WITNESS_CONFLICT = "witness_conflict"
+    #: A party presented a tree head with another audit key than the one this node pinned.
+    WITNESS_KEY_CHANGED = "witness_key_changed"
     # The node itself.
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
@@ -131,6 +137,14 @@ class Key(StrEnum):
     ARTIFACT = "artifact"
     OFFSET = "offset"
     BYTES = "bytes"
+    TREE_SIZE = "tree_size"
+    ROOT_HASH = "root_hash"
+    HEAD_TIMESTAMP = "head_timestamp"
+    HELD_TREE_SIZE = "held_tree_size"
+    HELD_ROOT_HASH = "held_root_hash"
+    HELD_TIMESTAMP = "held_timestamp"
+    KEY_ID = "key_id"
+    PINNED_KEY_ID = "pinned_key_id"
 
 
 class EventKind(StrEnum):
@@ -156,6 +170,8 @@ class EventKind(StrEnum):
     RPC_REFUSED = "rpc_refused"
     #: Who the node trusts: peers' instances, the roster and the revocation lists.
     IDENTITY = "identity"
+    #: What this node saw while witnessing another party's tree heads.
+    WITNESS = "witness"
 
 
 _E = Event
@@ -201,6 +217,8 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
         _E.BUDGET_RESERVED: EventKind.BUDGET,
         _E.BUDGET_CHARGED: EventKind.BUDGET,
         _E.BUDGET_RELEASED: EventKind.BUDGET,
+        _E.WITNESS_CONFLICT: EventKind.WITNESS,
+        _E.WITNESS_KEY_CHANGED: EventKind.WITNESS,
         _E.NODE_STARTED: EventKind.NODE,
         _E.NODE_STOPPED: EventKind.NODE,
         _E.POLICY_RELOADED: EventKind.NODE,

@@ -124,6 +124,8 @@ class JobManager:
         code_version: The running code's version.
         timing: Timeouts, heartbeats and pool size.
         executor: Where heavy kernel batches run (inline by default).
+        on_job_closed: Called when this node's role of a job ends with the job closed (the node
+            exchanges tree heads with the job's peers); must not raise.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class JobManager:
         code_version: str,
         timing: LifecycleTiming = LifecycleTiming(),
         executor: Executor | None = None,
+        on_job_closed: Callable[[JobSpec], None] = lambda spec: None,
     ) -> None:
         self.party = party
         self.audit = stores.audit
@@ -183,6 +186,7 @@ class JobManager:
                 executor=self.executor,
                 liveness=self.liveness,
                 abort_peers=self._abort_peers,
+                job_closed=on_job_closed,
             ),
             timing.recv_timeout,
         )

@@ -214,6 +214,8 @@ class RunnerPorts:
     liveness: LivenessHooks
     #: Tell every other participant that the job is off (logs, never raises).
     abort_peers: Callable[[JobSpec, str], None]
+    #: The role ended with the job closed here (the node exchanges tree heads; never raises).
+    job_closed: Callable[[JobSpec], None] = lambda spec: None
 
 
 class RoleRunner:
@@ -292,8 +294,11 @@ class RoleRunner:
             self._succeed(spec, ctx, result, receipt, peer_digests)
         finally:
             self._p.mailbox.forget(job_id)
-            self._p.liveness.role_ended(job_id, self._p.store.get(job_id).state)
+            state = self._p.store.get(job_id).state
+            self._p.liveness.role_ended(job_id, state)
             self.release(job_id)
+            if is_terminal(state):
+                self._p.job_closed(spec)
 
     def _context(self, spec: JobSpec, resumed: bool) -> RoleContext:
         job_id = spec.job_id
