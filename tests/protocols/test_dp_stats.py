@@ -205,7 +205,8 @@ def test_a_contributing_analyst() -> None:
     results = run_in_memory(spec, dp_stats.DEFINITION, tables)
     assert results["hosp-a"] is not None
     assert results["hosp-a"].summary["count"] == 1600
-    assert dp_stats.plan(spec).noiser == "hosp-b"
+    plan = dp_stats.plan(spec)
+    assert plan.contributors == ("hosp-a", "hosp-b", "hosp-c", "insurer") and plan.shares == 1
 
 
 def test_cost_is_charged_to_each_dataset_and_an_overspend_is_refused(tmp_path: Path) -> None:
@@ -237,7 +238,8 @@ def test_registered_and_definition() -> None:
     spec = make_spec(QUERIES["count"])
     assert dp_stats.outputs(spec) == frozenset({"dp_aggregate"})
     learns = dp_stats.learns(spec)
-    assert "noisy count" in learns["insurer"] and "draws the noise" in learns["hosp-a"]
+    assert "noisy count" in learns["insurer"] and "alone meets ε = 1/2" in learns["hosp-a"]
+    assert "3 times the variance of one draw" in learns["hosp-c"]
 
 
 @pytest.mark.parametrize(
@@ -327,8 +329,9 @@ def _hockey_stick(p: Counter[int], q: Counter[int], epsilon: Fraction, n: int) -
 def test_released_count_on_neighbouring_datasets_respects_epsilon() -> None:
     """Empirical privacy audit of the released count: D and D minus one of hospital B's records.
 
-    The exact aggregates come from the protocol itself (noise off); the noisy releases add the
-    draws of the very mechanism the noiser uses (``plan(spec).mechanisms()``).
+    The exact aggregates come from the protocol itself (noise off); the noisy releases add only
+    the draws of the mechanism hospital B adds itself (``plan(spec).mechanisms()``), as if the
+    other contributors added none: B's own noise alone must meet ε.
     """
     spec = make_spec({"kind": "count", "filter": "sex=F"})
     neighbour = TABLES["hosp-b"].select(
