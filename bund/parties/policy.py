@@ -33,6 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from bund.compute.dp.budget import Budget
+from bund.compute.dp.pairwise_masks import MAX_CONTRIBUTORS
 from bund.compute.errors import BundError, InvalidInputError
 from bund.parties.identity import ROLES
 from bund.parties.jobs import JobSpec
@@ -99,6 +100,15 @@ class DatasetPolicy:
     protocols: frozenset[str] | None = None
     version: str | None = None
     budget: Budget = field(default_factory=Budget)
+    #: Columns that single out a person (no query may filter or group on them); None: the
+    #: column a job binds as ``id``.
+    identifiers: frozenset[str] | None = None
+
+    def identifying(self, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns for a job that binds ``bindings`` (logical -> own column)."""
+        if self.identifiers is not None:
+            return self.identifiers
+        return frozenset({bindings.get("id", "id")})
 
     @property
     def rules(self) -> LevelRules:
@@ -129,6 +139,9 @@ class Policy:
     approvals_required: bool = True
     approver_key: Path | None = None
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    #: The smallest collusion threshold t whose noise shares this node's DP contributions may
+    #: use; None: it always adds the whole noise itself (``docs/protocols/dp-statistics.md``).
+    dp_collusion_threshold: int | None = None
 
     def check_counterparty(self, party: str, role: str | None = None) -> None:
         """Refuse a party (and, where known from its certificate, a role) not on the allowlist."""
@@ -189,6 +202,11 @@ class Policy:
                 f'{", ".join(sorted(rules.outputs))}); for PSI choose mode = "cardinality"'
             )
 
+    def identifying(self, dataset: str, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns of ``dataset`` for a job binding ``bindings``."""
+        entry = self.datasets.get(dataset)
+        return frozenset() if entry is None else entry.identifying(bindings)
+
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
         if size < self.cohort_floor:
@@ -241,6 +259,11 @@ class _Dataset(StrictModel):
     )
     budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
     budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
+    identifiers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        description="columns that single out a person: no DP query may filter or group on them "
+        "(default: the column a job binds as id)",
+    )
 
 
 class _Approvals(StrictModel):
@@ -263,7 +286,16 @@ class _Limits(StrictModel):
 class PolicyFile(StrictModel):
     """``policy.toml`` as written: parsed by :func:`parse_policy` into a :class:`Policy`."""
 
-    cohort_floor: int = Field(default=10, ge=1, description="refuse a dataset smaller than this")
+    cohort_floor: int = Field(
+        default=10, ge=1, description="refuse a dataset, or a DP count's min_cell, below this"
+    )
+    dp_collusion_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONTRIBUTORS,
+        description="accept DP noise shares that meet ε while at most t-1 others collude, for "
+        "t at least this (default: add the whole noise alone)",
+    )
     counterparties: dict[Name, _Counterparty] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
     approvals: _Approvals = Field(default_factory=_Approvals)
@@ -295,6 +327,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             protocols=None if entry.protocols is None else frozenset(entry.protocols),
             version=entry.version,
             budget=budget,
+            identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
         )
     key = file.approvals.approver_key
     if file.approvals.required and key is None:
@@ -310,6 +343,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
         approvals_required=file.approvals.required,
         approver_key=(path.parent / key) if key is not None else None,
         limits={**DEFAULT_LIMITS, **file.limits.model_dump()},
+        dp_collusion_threshold=file.dp_collusion_threshold,
     )
 
 
