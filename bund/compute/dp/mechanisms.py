@@ -35,6 +35,7 @@ is the only place in Bund that turns the flag on, just before it builds a measur
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -143,15 +144,22 @@ class DiscreteLaplace:
 MAX_SHARE_WORK = 1 << 16
 
 
-def _fair_coins(count: int) -> npt.NDArray[np.bool_]:
-    """``count`` fair coins from the OS CSPRNG."""
-    bits = np.unpackbits(np.frombuffer(secrets.token_bytes((count + 7) // 8), dtype=np.uint8))
-    return bits[:count].astype(np.bool_)
-
-
 def _bernoulli(numerator: int, denominator: int) -> bool:
-    """An exact Bernoulli(``numerator/denominator``) draw from the OS CSPRNG."""
-    return secrets.randbelow(denominator) < numerator
+    """An exact Bernoulli(``numerator/denominator``) draw from the OS CSPRNG.
+
+    A uniform ``U`` in ``[0, 1)`` is known to lie in ``[u, u + 1)/2⁶⁴`` after 64 random bits,
+    which decides ``U < p = numerator/denominator`` unless the interval straddles ``p``
+    (probability below 2⁻⁶⁴); then ``U`` is uniform on that interval, and it lies below ``p``
+    with probability ``(numerator·2⁶⁴ − u·denominator)/denominator``, an exact uniform integer's
+    draw.
+    """
+    u = int.from_bytes(os.urandom(8), "little")
+    bound = numerator << 64
+    if (u + 1) * denominator <= bound:
+        return True
+    if u * denominator >= bound:
+        return False
+    return secrets.randbelow(denominator) < bound - u * denominator
 
 
 @dataclass(frozen=True)
@@ -164,13 +172,13 @@ class DiscreteLaplaceShare:
     ``X − Y`` with ``X, Y ~ NB(1/k, t)`` independent, so any ``k`` shares add up to a discrete
     Laplace draw of the whole's scale and any more shares to that plus independent noise. The
     ``k`` share holders who add theirs thus give the release the whole mechanism's ε between
-    them; fewer than ``k`` give less (a single share is ``k·ε``-DP at most, not ``ε``).
+    them; fewer than ``k`` give no such guarantee.
 
     Sampling is exact, from the OS CSPRNG: a geometric proposal ``g`` comes from an OpenDP
-    discrete Laplace draw ``z`` (``0`` is kept, ``|z| > 0`` is kept on a fair coin, so the kept
-    values are geometric) and is accepted with probability ``∏_{i=1..g} (i − 1 + 1/k) / i``, the
-    ratio of the two pmfs, as a run of exact rational Bernoulli draws. The expected work per
-    draw grows like the scale, so :meth:`create` refuses scales above :data:`MAX_SHARE_WORK`.
+    discrete Laplace draw ``z`` (``g = z`` if ``z ≥ 0``, else ``−z − 1``) and is accepted with
+    probability ``∏_{i=1..g} (i − 1 + 1/k) / i``, the ratio of the two pmfs, as a run of exact
+    rational Bernoulli draws. The expected work per draw grows like the scale, so
+    :meth:`create` refuses scales above :data:`MAX_SHARE_WORK`.
 
     >>> share = DiscreteLaplaceShare.create(DiscreteLaplace.create(Fraction(1, 2), 1), 3)
     >>> share.variance() * 3 == share.whole.variance()
@@ -200,13 +208,13 @@ class DiscreteLaplaceShare:
         return cls(whole, shares)
 
     def _geometric(self, count: int) -> list[int]:
-        """``count`` exact geometric draws ``P(G = j) = (1 − t) tʲ``, from discrete Laplace ones."""
-        out: list[int] = []
-        while len(out) < count:
-            z = self.whole.sample(2 * (count - len(out)) + 8)
-            keep = (z == 0) | _fair_coins(len(z))
-            out.extend(np.abs(z[keep]).tolist())
-        return out[:count]
+        """``count`` exact geometric draws ``P(G = j) = (1 − t) tʲ``, one discrete Laplace each.
+
+        ``G = Z`` for ``Z ≥ 0`` and ``G = −Z − 1`` for ``Z < 0``: ``P(G = j) = c tʲ + c tʲ⁺¹``
+        with ``c = (1 − t)/(1 + t)``, which is ``(1 − t) tʲ``.
+        """
+        z = self.whole.sample(count)
+        return np.where(z >= 0, z, -z - 1).tolist()
 
     def _polya(self, count: int) -> list[int]:
         """``count`` exact ``NB(1/k, t)`` draws by rejection from geometric proposals."""
