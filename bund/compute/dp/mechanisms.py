@@ -214,7 +214,8 @@ class DiscreteLaplaceShare:
         with ``c = (1 − t)/(1 + t)``, which is ``(1 − t) tʲ``.
         """
         z = self.whole.sample(count)
-        return np.where(z >= 0, z, -z - 1).tolist()
+        draws: list[int] = np.where(z >= 0, z, -z - 1).tolist()
+        return draws
 
     def _polya(self, count: int) -> list[int]:
         """``count`` exact ``NB(1/k, t)`` draws by rejection from geometric proposals."""
