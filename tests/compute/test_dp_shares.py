@@ -82,12 +82,12 @@ def test_bad_shares(shares: int, scale: int, message: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scale", "shares"), [(Fraction(2), 2), (Fraction(5), 3)])
+@pytest.mark.parametrize(("scale", "shares"), [(Fraction(2), 2), (Fraction(3), 3)])
 def test_k_shares_add_up_to_the_whole_mechanism_exactly(scale: Fraction, shares: int) -> None:
     """A chi-square test of the sum of k shares against the exact pmf of one whole draw."""
     whole = DiscreteLaplace.create(1 / scale, 1)
     part = DiscreteLaplaceShare.create(whole, shares)
-    n = 60_000
+    n = 30_000
     total = sum((part.sample(n) for _ in range(shares)), np.zeros(n, dtype=np.int64))
     assert _chi_square(whole, total) > 1e-4
     assert total.var() == pytest.approx(whole.variance(), rel=0.03)
