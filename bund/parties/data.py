@@ -108,7 +108,7 @@ class Table:
             return self.data[name]
         except KeyError:
             raise DatasetError(
-                f"dataset {self.name!r} has no column {name!r}; its columns are {list(self.data)}"
+                f"dataset {self.name!r} has no column {name!r}; bind a column it has"
             ) from None
 
     def numeric(self, name: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
@@ -473,6 +473,33 @@ def no_further_checks(spec: JobSpec) -> None:
     """The checks of a protocol that needs nothing beyond its roles and parameters."""
 
 
+def bound_columns(spec: JobSpec, party: str) -> frozenset[str]:
+    """The columns ``party``'s role reads by default: the ones its participant entry binds."""
+    return frozenset(spec.participant(party).columns.values())
+
+
+class OwnerTerms(Protocol):
+    """What a protocol's owner check reads of a data owner's policy (``policy.Policy`` has it)."""
+
+    @property
+    def cohort_floor(self) -> int:
+        """The smallest group the owner lets a release describe."""
+        ...
+
+    @property
+    def dp_collusion_threshold(self) -> int | None:
+        """The smallest collusion threshold of DP noise shares it accepts; None: none."""
+        ...
+
+    def identifying(self, dataset: str, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The columns of ``dataset`` that single out a person, for a job binding ``bindings``."""
+        ...
+
+
+def no_owner_checks(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
+    """The owner's checks of a protocol that asks nothing more of a data owner's policy."""
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
     """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
@@ -502,6 +529,12 @@ class ProtocolDef:
             most its plan can charge, which the ledger reserves at acceptance.
         resumable: whether every role saves the state behind what it sends first (write-ahead),
             so that a job interrupted by a fault can resume; a fault fails any other protocol's job.
+        columns: the columns of ``party``'s own dataset its role reads (from its bindings and the
+            parameters), so that each owner's node refuses a job that reads a column its dataset
+            lacks before anything is reserved, naming only that column (:meth:`missing_columns`).
+        check_owner: the protocol's checks of a spec against a data owner's ``policy`` at that
+            owner's admission (a floor on suppression, identifier columns, accepted noise
+            shares); raises ``PolicyRefusedError``.
     """
 
     name: str
@@ -519,6 +552,8 @@ class ProtocolDef:
     trusts: Callable[[JobSpec, str], Mapping[str, str]] = trusts_nobody
     pays_as_it_goes: bool = False
     resumable: bool = False
+    columns: Callable[[JobSpec, str], frozenset[str]] = bound_columns
+    check_owner: Callable[[JobSpec, str, OwnerTerms], None] = no_owner_checks
 
     def __post_init__(self) -> None:
         stray = sorted(set(self.role_requirements) - set(self.roles))
@@ -536,6 +571,13 @@ class ProtocolDef:
             InvalidJobSpecError: Naming each parameter to fix.
         """
         return self.params.of(spec)
+
+    def missing_columns(self, spec: JobSpec, party: str, present: Collection[str]) -> list[str]:
+        """The columns ``party``'s role would read that its dataset (``present``) lacks, sorted.
+
+        Only these may be named to a peer: never the dataset's other columns.
+        """
+        return sorted(self.columns(spec, party) - set(present))
 
     def check_roles(self, spec: JobSpec) -> None:
         """Refuse a spec whose roles, counts, datasets, column bindings or receivers do not fit.

@@ -34,6 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from bund.compute.dp.budget import Budget, parse_rational
+from bund.compute.dp.pairwise_masks import MAX_CONTRIBUTORS
 from bund.compute.errors import BundError, InvalidInputError
 from bund.parties.identity import ROLES
 from bund.parties.jobs import JobSpec
@@ -118,11 +119,20 @@ class DatasetPolicy:
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
     max_epsilon_per_requester: Fraction | None = None
+    #: Columns that single out a person (no query may filter or group on them); None: the
+    #: column a job binds as ``id``.
+    identifiers: frozenset[str] | None = None
 
     @property
     def budget_limits(self) -> BudgetLimits:
         """The total and the caps, as the ledger enforces them."""
         return BudgetLimits(self.budget, self.max_epsilon_per_job, self.max_epsilon_per_requester)
+
+    def identifying(self, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns for a job that binds ``bindings`` (logical -> own column)."""
+        if self.identifiers is not None:
+            return self.identifiers
+        return frozenset({bindings.get("id", "id")})
 
     @property
     def rules(self) -> LevelRules:
@@ -162,6 +172,9 @@ class Policy:
     quorum: int = 1
     quorum_by_level: Mapping[str, int] = field(default_factory=dict)
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    #: The smallest collusion threshold t whose noise shares this node's DP contributions may
+    #: use; None: it always adds the whole noise itself (``docs/protocols/dp-statistics.md``).
+    dp_collusion_threshold: int | None = None
 
     def quorum_for(self, level: str) -> int:
         """How many approvers must approve a job on a dataset of ``level``."""
@@ -247,6 +260,11 @@ class Policy:
                 "policy.toml only if it accepts that"
             )
 
+    def identifying(self, dataset: str, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns of ``dataset`` for a job binding ``bindings``."""
+        entry = self.datasets.get(dataset)
+        return frozenset() if entry is None else entry.identifying(bindings)
+
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
         if size < self.cohort_floor:
@@ -316,6 +334,11 @@ class _Dataset(StrictModel):
         description="the most ε all jobs of one requester may charge, in total (the control "
         "against differencing: each query of the same cohort costs its ε)",
     )
+    identifiers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        description="columns that single out a person: no DP query may filter or group on them "
+        "(default: the column a job binds as id)",
+    )
 
 
 class _Approvals(StrictModel):
@@ -358,7 +381,16 @@ class _Limits(StrictModel):
 class PolicyFile(StrictModel):
     """``policy.toml`` as written: parsed by :func:`parse_policy` into a :class:`Policy`."""
 
-    cohort_floor: int = Field(default=10, ge=1, description="refuse a dataset smaller than this")
+    cohort_floor: int = Field(
+        default=10, ge=1, description="refuse a dataset, or a DP count's min_cell, below this"
+    )
+    dp_collusion_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONTRIBUTORS,
+        description="accept DP noise shares that meet ε while at most t-1 others collude, for "
+        "t at least this (default: add the whole noise alone)",
+    )
     counterparties: dict[Name, _Counterparty] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
     approvals: _Approvals = Field(default_factory=_Approvals)
@@ -397,6 +429,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
             release_scores_to=frozenset(entry.release_scores_to),
+            identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}
@@ -430,6 +463,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
         quorum=approvals.quorum,
         quorum_by_level={str(level): n for level, n in approvals.quorum_by_level.items()},
         limits={**DEFAULT_LIMITS, **file.limits.model_dump()},
+        dp_collusion_threshold=file.dp_collusion_threshold,
     )
 
 

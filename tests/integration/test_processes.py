@@ -104,8 +104,8 @@ def test_demo_dp_cohort_table_is_noisy_truth_above_the_floor(
             key = (r["diagnosis"], r["sex"])
             if int(r["age"]) >= 65 and key in exact:
                 exact[key] += 1
-    (mechanism,) = dp_stats.plan(dp_spec(COHORT_QUERY, "check")).mechanisms()
-    band = mechanism.half_width(1 - 1e-9)  # a cell's noise exceeds it with probability 1e-9
+    (noise,) = dp_stats.plan(dp_spec(COHORT_QUERY, "check")).noises()  # every hospital's draw
+    band = noise.half_width(1 - 1e-9)  # a cell's noise exceeds it with probability 1e-9
     suppressed = 0
     for r in rows:
         truth = exact[(r["diagnosis"], r["sex"])]

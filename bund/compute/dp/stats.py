@@ -161,6 +161,16 @@ class Query:
         return (Block("events_censored", 2 * self.bins, 1, eps),)
 
     @property
+    def floored(self) -> bool:
+        """Whether ``min_cell`` suppresses released counts a data owner's cohort floor bounds.
+
+        Count, mean (its count), histogram, contingency and quantiles (the total) are; a sum
+        releases no count, and a survival table's per-bin event counts are small by nature and
+        protected by the noise alone (its ``min_cell`` applies to the number at risk).
+        """
+        return self.kind not in (QueryKind.SUM, QueryKind.SURVIVAL)
+
+    @property
     def length(self) -> int:
         """Cells in the whole vector."""
         return sum(b.length for b in self.blocks)

@@ -322,6 +322,7 @@ class JobManager:
             raise InvalidJobSpecError("leave job_id empty in a submission: the node assigns it")
         if spec.requester != self.party:
             raise InvalidJobSpecError(f"requester must be this node's party {self.party!r}")
+        self.admission.check_bindings(spec)  # the requester's own bindings, before anything
         spec = dataclasses.replace(spec, job_id=new_job_id())
         self.store.create(spec, Event.JOB_SUBMITTED, self._spec_fields(spec))
         self._pool.submit(self.coordinator.coordinate, spec)
