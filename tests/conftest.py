@@ -161,16 +161,18 @@ class NodeFactory:
         tables: Mapping[str, Table] | None = None,
         budget_delta: str | None = None,
         audit: str = "",
+        release_scores_to: Sequence[str] = (),
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
         may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
-        node.toml's ``[audit]`` table.
+        node.toml's ``[audit]`` table; ``release_scores_to`` as in :meth:`write_config`.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
             budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
+            release_scores_to=release_scores_to,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 

@@ -67,7 +67,7 @@ from bund.parties.demo_data import (
 )
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState
-from bund.parties.protocols import PROTOCOLS, ckks_scoring
+from bund.parties.protocols import PROTOCOLS, ckks_scoring, paillier_scoring
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
@@ -151,6 +151,12 @@ def with_rows(table: Table, rows: Sequence[Mapping[str, str]]) -> Table:
         for c, v in columns.items():
             v.append({**template, **row}[c])
     return Table.from_columns(table.name, columns)
+
+
+#: Declared outputs that carry an owner's ids to another party (in its messages and store): the
+#: paillier_scoring job releases hospital-c's scores, by patient id, to the insurer (hospital-c's
+#: policy says release_scores_to).
+IDS_OUT = {("hospital-c", "insurer")}
 
 
 def value_rows(owner: str, id_column: str, ids: Sequence[str]) -> list[dict[str, str]]:
@@ -556,6 +562,12 @@ def forbidden(needle: Needle, hay: Haystack) -> bool:
         return True
     if hay.kind == "log":
         return False
+    if needle.what.startswith("id ") and any(
+        (hay.kind, hay.party) in (("store", to), ("sent", f"{owner}->{to}"))
+        for owner, to in IDS_OUT
+        if owner == needle.owner
+    ):
+        return False
     return not (hay.kind == "store" and hay.party == needle.owner)
 
 
@@ -601,6 +613,7 @@ def start_nodes(
         factory.start(
             h, allowed=others, level="restricted-personal", budget_epsilon="100",
             budget_delta="1/1000", tables={"patients": table},
+            release_scores_to=[p for o, p in IDS_OUT if o == h],
         )  # fmt: skip
     factory.start("insurer", allowed=list(HOSPITALS), tables={"risk_model": model})
     return finance, health
@@ -628,6 +641,10 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
     fed = dataclasses.replace(fed_spec(rounds=2, noise_multiplier=1.0), job_id="")
     # Scores to the hospital only: sent to the insurer, they would carry the patient ids.
     cks = ckks_scoring.make_spec("hospital-a", "insurer", receivers=("hospital-a",))
+    # Scores by patient id to the insurer: a declared output (IDS_OUT).
+    pai = paillier_scoring.make_spec(
+        "hospital-c", "insurer", ckks_scoring.DEMO_FEATURES, key_bits=768
+    )
     psi = JobSpec(
         protocol="psi",
         participants=(
@@ -641,7 +658,10 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
     )
     jobs: dict[str, tuple[str, str]] = {}
     with factory.client("insurer") as insurer, factory.client("bank") as bank:
-        for name, spec in (("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks)):
+        health_jobs = (
+            ("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks), ("paillier_scoring", pai),
+        )  # fmt: skip
+        for name, spec in health_jobs:
             jobs[name] = ("insurer", insurer.submit(spec))
         for name, spec in (("psi", psi), ("woe_iv", woe_spec()), ("vertical_lr", vlr_spec())):
             jobs[name] = ("bank", bank.submit(spec))

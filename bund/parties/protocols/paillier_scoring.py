@@ -59,6 +59,7 @@ from bund.parties.data import DatasetError
 from bund.parties.jobs import (
     JobContext,
     JobSpec,
+    Participant,
     ProtocolDef,
     ProtocolParams,
     Result,
@@ -416,6 +417,33 @@ def plan_messages(spec: JobSpec, party: str, limits: Mapping[str, int]) -> Messa
         max_messages=2 + chunks,
         max_bytes=(64 << 20),
         tags=(re.escape(_TAG_SETUP), re.escape(_TAG_MODEL), re.escape(_TAG_SCORES) + r"/\d+"),
+    )
+
+
+def make_spec(
+    hospital: str,
+    insurer: str,
+    features: Sequence[str],
+    *,
+    key_bits: int = paillier.MIN_KEY_BITS,
+    patients: str = "patients",
+    model: str = "risk_model",
+) -> JobSpec:
+    """A job in which ``insurer`` scores ``hospital``'s ``patients`` with its ``model`` dataset.
+
+    The scores, by patient id, go to the insurer, which requests the job; each feature is bound
+    to the hospital's column of the same name.
+    """
+    return JobSpec(
+        protocol=DEFINITION.name,
+        participants=(
+            Participant(hospital, FEATURE_HOLDER, patients, {ID_COLUMN: "patient_id"}),
+            Participant(insurer, MODEL_HOLDER, model),
+        ),
+        receivers=(insurer,),
+        purpose="Paillier mortality-risk scoring of a hospital's patients for an insurer",
+        requester=insurer,
+        params={"features": ",".join(features), "key_bits": key_bits},
     )
 
 
