@@ -1,0 +1,281 @@
+"""Modular-arithmetic kernels shared by the additively homomorphic engines (Paillier, OU).
+
+Both engines compute in a multiplicative group modulo an integer (``n²`` for Paillier, ``n`` for
+Okamoto–Uchiyama), and their costly steps are the same group operations on gmpy2 integers:
+
+- **Multi-exponentiation** ``Π b_i^{x_i} mod N`` (dot products and matrix-vector products of a
+  plaintext matrix with ciphertexts) by the Pippenger bucket method: for 32-bit scalars and
+  ``10^4`` terms about four multiplications per term instead of about forty. Negative scalars go
+  to a second product that is inverted once at the end, so no exponent is ever ``N - |x|``.
+- **Element-wise powers** with negative exponents inverted in one batch (Montgomery's trick).
+- **Fixed-base comb tables** ``T[i][d] = base^(d·256^i)``: a power of a fixed base costs one
+  multiplication per byte of the exponent.
+- **Squeezing** ``Π c_i^(2^(i·w))`` by Horner's rule, which packs computed results.
+
+Every kernel that an executor runs enters a gmpy2 context with ``allow_release_gil`` so threads
+share the work. gmpy2 is not constant-time: these kernels only ever see public values
+(ciphertexts, a party's own plaintext scalars), never a secret exponent.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import gmpy2
+import numpy
+
+from bund.compute.executor import Executor, InlineExecutor, split_evenly
+
+#: gmpy2 ships no type stubs; ``Mpz`` marks where a ``gmpy2.mpz`` is meant.
+Mpz: TypeAlias = Any
+#: ``T[i][d] = base^(d·256^i) mod modulus`` (see :func:`comb_table`).
+CombTable: TypeAlias = tuple[tuple[Mpz, ...], ...]
+
+ONE = gmpy2.mpz(1)
+
+
+def released_gil() -> Any:
+    """A fresh gmpy2 context in which big-integer operations release the GIL.
+
+    gmpy2 contexts are per thread; entering this one changes nothing outside the ``with`` block.
+    """
+    return gmpy2.context(allow_release_gil=True)
+
+
+def comb_table(base: Mpz, rows: int, modulus: Mpz) -> CombTable:
+    """``T[i][d] = base^(d·256^i) mod modulus`` for ``d`` in 0..255 and ``i < rows``."""
+    table = []
+    g = gmpy2.mpz(base) % modulus
+    for _ in range(rows):
+        row = [ONE, g]
+        for _ in range(254):
+            row.append(row[-1] * g % modulus)
+        table.append(tuple(row))
+        g = row[-1] * g % modulus
+    return tuple(table)
+
+
+def comb_power(table: CombTable, digits: bytes, modulus: Mpz) -> Mpz:
+    """``Π T[i][digits[i]]``: the base raised to the little-endian base-256 number ``digits``."""
+    acc = table[0][digits[0]]
+    for row, d in zip(table[1:], digits[1:], strict=True):
+        acc = acc * row[d] % modulus
+    return acc
+
+
+def as_ints(values: Sequence[int] | Any, what: str) -> list[int]:
+    """Python ints from a sequence or a numpy integer array; refuse floats and bools."""
+    tolist = getattr(values, "tolist", None)
+    items = tolist() if callable(tolist) else list(values)
+    for item in items:
+        if isinstance(item, bool | numpy.bool_) or not isinstance(item, numbers.Integral):
+            raise TypeError(f"{what} are integers (fixed-point encode them first), not {item!r}")
+    return [int(x) for x in items]
+
+
+def batch_invert(values: Sequence[Mpz], modulus: Mpz) -> list[Mpz]:
+    """Invert every value with one modular inversion and three multiplications each."""
+    if not values:
+        return []
+    prefix = [gmpy2.mpz(values[0])]
+    for v in values[1:]:
+        prefix.append(prefix[-1] * v % modulus)
+    inv = gmpy2.invert(prefix[-1], modulus)
+    out = [ONE] * len(values)
+    for i in range(len(values) - 1, 0, -1):
+        out[i] = inv * prefix[i - 1] % modulus
+        inv = inv * values[i] % modulus
+    out[0] = inv
+    return out
+
+
+def window_bits(count: int, exponent_bits: int) -> int:
+    """Bucket window minimising ``ceil(b/w)·(count + 2^(w+1))`` multiplications."""
+    return min(range(1, 17), key=lambda w: -(-exponent_bits // w) * (count + (1 << (w + 1))))
+
+
+def multi_exp(bases: Sequence[Mpz], exponents: Sequence[int], modulus: Mpz) -> Mpz:
+    """``Π bases[i]^exponents[i] mod modulus`` for positive exponents (Pippenger buckets)."""
+    if not bases:
+        return ONE
+    bits = max(exponents).bit_length()
+    width = window_bits(len(bases), bits)
+    mask = (1 << width) - 1
+    packed = numpy.array(exponents, dtype=numpy.uint64) if bits <= 64 else None
+    result: Mpz = None
+    for window in range(-(-bits // width) - 1, -1, -1):
+        if result is not None:
+            result = gmpy2.powmod(result, 1 << width, modulus)
+        buckets: list[Mpz] = [None] * (mask + 1)
+        shift = window * width
+        if packed is not None:
+            digits = ((packed >> numpy.uint64(shift)) & numpy.uint64(mask)).tolist()
+        else:
+            digits = [(e >> shift) & mask for e in exponents]
+        for base, d in zip(bases, digits, strict=True):
+            if d:
+                current = buckets[d]
+                buckets[d] = base if current is None else current * base % modulus
+        running: Mpz = None
+        total: Mpz = None
+        for d in range(mask, 0, -1):
+            bucket = buckets[d]
+            if bucket is not None:
+                running = bucket if running is None else running * bucket % modulus
+            if running is not None:
+                total = running if total is None else total * running % modulus
+        if total is not None:
+            result = total if result is None else result * total % modulus
+    return ONE if result is None else result
+
+
+def _multi_exp_task(task: tuple[Mpz, Sequence[Mpz], Sequence[int]]) -> Mpz:
+    modulus, bases, exponents = task
+    with released_gil():
+        return multi_exp(bases, exponents, modulus)
+
+
+def _signed_tasks(
+    bases: Sequence[Mpz], scalars: Sequence[int], modulus: Mpz, chunks: int
+) -> tuple[list[tuple[Mpz, list[Mpz], list[int]]], int]:
+    """Multi-exponentiation tasks, positive terms first, then the negative ones negated.
+
+    Returns:
+        The tasks (at least one per sign) and the index of the first negative task.
+    """
+    tasks: list[tuple[Mpz, list[Mpz], list[int]]] = []
+    for sign in (1, -1):
+        indices = [i for i, k in enumerate(scalars) if sign * k > 0]
+        parts = split_evenly(indices, chunks) or [[]]
+        tasks.extend(
+            (modulus, [bases[i] for i in part], [sign * scalars[i] for i in part]) for part in parts
+        )
+        if sign == 1:
+            boundary = len(tasks)
+    return tasks, boundary
+
+
+def _combine_signed(results: Sequence[Mpz], boundary: int, modulus: Mpz) -> Mpz:
+    positive, negative = ONE, ONE
+    for index, value in enumerate(results):
+        if index < boundary:
+            positive = positive * value % modulus
+        else:
+            negative = negative * value % modulus
+    if negative == 1:
+        return positive
+    return positive * gmpy2.invert(negative, modulus) % modulus
+
+
+def dot_mod(
+    modulus: Mpz,
+    bases: Sequence[Mpz],
+    scalars: Sequence[int] | Any,
+    executor: Executor | None = None,
+) -> Mpz:
+    """``Π b_i^{x_i} mod modulus`` for signed scalars (Pippenger; negatives inverted once).
+
+    Args:
+        modulus: The group's modulus.
+        bases: Units modulo ``modulus`` (validated ciphertexts).
+        scalars: Integers ``x_i`` (a list or a numpy integer array); zero terms are skipped.
+        executor: Where the batches run (default inline).
+
+    Raises:
+        ValueError: If the lengths differ.
+        TypeError: If a scalar is not an integer.
+    """
+    ks = as_ints(scalars, "scalars")
+    if len(ks) != len(bases):
+        raise ValueError(f"{len(bases)} ciphertexts but {len(ks)} scalars")
+    executor = executor or InlineExecutor()
+    tasks, boundary = _signed_tasks(bases, ks, modulus, executor.workers)
+    return _combine_signed(executor.map(_multi_exp_task, tasks), boundary, modulus)
+
+
+def matvec_mod(
+    modulus: Mpz,
+    matrix: Sequence[Sequence[int]] | Any,
+    bases: Sequence[Mpz],
+    executor: Executor | None = None,
+) -> list[Mpz]:
+    """Row-wise products ``[Π_j b_j^{M_ij} mod modulus]_i`` of an integer matrix with bases.
+
+    Args:
+        modulus: The group's modulus.
+        matrix: Rows of integers (nested lists or a 2-D numpy integer array), each as long as
+            ``bases``.
+        bases: Units modulo ``modulus`` (validated ciphertexts).
+        executor: Where the batches run; rows (and, with few rows, parts of rows) run in parallel.
+
+    Raises:
+        ValueError: If a row's length differs from the number of bases.
+    """
+    rows = [as_ints(row, "matrix entries") for row in matrix]
+    for index, row in enumerate(rows):
+        if len(row) != len(bases):
+            raise ValueError(f"row {index} has {len(row)} entries for {len(bases)} ciphertexts")
+    executor = executor or InlineExecutor()
+    chunks = max(1, executor.workers // max(1, len(rows)))
+    tasks: list[tuple[Mpz, list[Mpz], list[int]]] = []
+    spans: list[tuple[int, int, int]] = []
+    for row in rows:
+        row_tasks, boundary = _signed_tasks(bases, row, modulus, chunks)
+        spans.append((len(tasks), len(tasks) + len(row_tasks), boundary))
+        tasks.extend(row_tasks)
+    results = executor.map(_multi_exp_task, tasks)
+    return [
+        _combine_signed(results[start:end], boundary, modulus) for start, end, boundary in spans
+    ]
+
+
+def _mul_task(task: tuple[Mpz, Sequence[Mpz], Sequence[int]]) -> list[Mpz]:
+    modulus, bases, scalars = task
+    with released_gil():
+        negatives = [i for i, k in enumerate(scalars) if k < 0]
+        inverses = batch_invert([bases[i] for i in negatives], modulus)
+        values = list(bases)
+        for i, inverse in zip(negatives, inverses, strict=True):
+            values[i] = inverse
+        return [gmpy2.powmod(c, abs(k), modulus) for c, k in zip(values, scalars, strict=True)]
+
+
+def mul_mod(
+    modulus: Mpz,
+    bases: Sequence[Mpz],
+    scalars: Sequence[int] | Any,
+    executor: Executor | None = None,
+) -> list[Mpz]:
+    """Element-wise ``b_i^{k_i} mod modulus``; negative ``k_i`` through batch inversion.
+
+    Raises:
+        ValueError: If the lengths differ.
+        TypeError: If a scalar is not an integer.
+    """
+    ks = as_ints(scalars, "scalars")
+    if len(ks) != len(bases):
+        raise ValueError(f"{len(bases)} ciphertexts but {len(ks)} scalars")
+    executor = executor or InlineExecutor()
+    parts = zip(
+        split_evenly(bases, executor.workers), split_evenly(ks, executor.workers), strict=True
+    )
+    tasks = [(modulus, values, part) for values, part in parts]
+    return [c for part in executor.map(_mul_task, tasks) for c in part]
+
+
+def squeeze_mod(modulus: Mpz, bases: Sequence[Mpz], width: int) -> Mpz:
+    """``Π b_i^(2^(i·width)) mod modulus`` by Horner's rule (packs computed results).
+
+    Raises:
+        ValueError: If ``bases`` is empty.
+    """
+    if not bases:
+        raise ValueError("nothing to squeeze")
+    shift = gmpy2.mpz(1) << width
+    with released_gil():
+        acc = bases[-1]
+        for c in reversed(bases[:-1]):
+            acc = gmpy2.powmod(acc, shift, modulus) * c % modulus
+    return acc
