@@ -11,6 +11,7 @@ Okamoto–Uchiyama), and their costly steps are the same group operations on gmp
 - **Fixed-base comb tables** ``T[i][d] = base^(d·256^i)``: a power of a fixed base costs one
   multiplication per byte of the exponent.
 - **Squeezing** ``Π c_i^(2^(i·w))`` by Horner's rule, which packs computed results.
+- **A pool of precomputed randomisers** (:class:`PrecomputedPool`), each handed out once.
 
 Every kernel that an executor runs enters a gmpy2 context with ``allow_release_gil`` so threads
 share the work. gmpy2 is not constant-time: these kernels only ever see public values
@@ -20,8 +21,10 @@ share the work. gmpy2 is not constant-time: these kernels only ever see public v
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
-from typing import Any, TypeAlias
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import gmpy2
 import numpy
@@ -32,6 +35,8 @@ from bund.compute.executor import Executor, InlineExecutor, split_evenly
 Mpz: TypeAlias = Any
 #: ``T[i][d] = base^(d·256^i) mod modulus`` (see :func:`comb_table`).
 CombTable: TypeAlias = tuple[tuple[Mpz, ...], ...]
+
+T = TypeVar("T")
 
 ONE = gmpy2.mpz(1)
 
@@ -279,3 +284,98 @@ def squeeze_mod(modulus: Mpz, bases: Sequence[Mpz], width: int) -> Mpz:
         for c in reversed(bases[:-1]):
             acc = gmpy2.powmod(acc, shift, modulus) * c % modulus
     return acc
+
+
+class PrecomputedPool(Generic[T]):
+    """Values computed ahead by ``make(count, executor)``; each is handed out exactly once.
+
+    Values are removed under a lock as they are handed out, so no two ciphertexts ever share
+    randomness; when the pool runs short the missing values are computed on the spot. Refilling
+    is driven by the caller (:meth:`refill` between phases, or :meth:`run_refills` in a thread
+    the node owns), so the compute layer starts no threads.
+
+    Args:
+        make: Computes ``count`` fresh values, on ``executor`` when given.
+        capacity: Most values held.
+        low_water: :meth:`run_refills` tops the pool up when it falls below this (default: half).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int, Executor | None], list[T]],
+        capacity: int = 10_000,
+        low_water: int | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity is at least 1")
+        low = capacity // 2 if low_water is None else low_water
+        if not 0 <= low <= capacity:
+            raise ValueError("low_water lies in [0, capacity]")
+        self._make = make
+        self._capacity = capacity
+        self._low_water = low
+        self._values: deque[T] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        """Most values the pool holds."""
+        return self._capacity
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def refill(self, count: int | None = None, executor: Executor | None = None) -> int:
+        """Compute up to ``count`` values (default: up to capacity) outside the lock; add them.
+
+        Returns:
+            How many values were added (fewer if other refills filled the pool meanwhile).
+        """
+        with self._cond:
+            room = self._capacity - len(self._values)
+        want = room if count is None else min(count, room)
+        if want <= 0:
+            return 0
+        fresh = self._make(want, executor)
+        with self._cond:
+            room = self._capacity - len(self._values)
+            self._values.extend(fresh[:room])
+            return min(room, len(fresh))
+
+    def take(self, count: int, executor: Executor | None = None) -> list[T]:
+        """Hand out ``count`` values, removing them; compute any the pool lacks on the spot."""
+        if count < 0:
+            raise ValueError("count is at least 0")
+        with self._cond:
+            take = min(count, len(self._values))
+            popleft = self._values.popleft
+            out = [popleft() for _ in range(take)]
+            if len(self._values) < self._low_water:
+                self._cond.notify_all()
+        if take < count:
+            out.extend(self._make(count - take, executor))
+        return out
+
+    def run_refills(self, batch: int = 256) -> None:
+        """Keep the pool above its low-water mark until :meth:`close`; run it in a node thread.
+
+        Args:
+            batch: Values computed per round; smaller rounds react faster to :meth:`close`.
+        """
+        if batch < 1:
+            raise ValueError("batch is at least 1")
+        while True:
+            with self._cond:
+                while not self._closed and len(self._values) >= max(self._low_water, 1):
+                    self._cond.wait()
+                if self._closed:
+                    return
+            while not self._closed and self.refill(batch) > 0:
+                pass
+
+    def close(self) -> None:
+        """Stop :meth:`run_refills` (after its current round); the pool stays usable."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
