@@ -222,6 +222,10 @@ class HeVector(ABC):
         """Consecutive parts of at most ``per`` ciphertexts (one part when empty)."""
 
     @abstractmethod
+    def extended(self, others: Sequence[Self]) -> Self:
+        """This vector's ciphertexts followed by those of ``others`` (same key and exponent)."""
+
+    @abstractmethod
     def rerandomised(self, source: HeEncryptor) -> Self:
         """The same plaintexts under fresh randomness from ``source``."""
 
@@ -548,6 +552,14 @@ class _PaillierVector(HeVector):
             for i in range(0, max(1, len(v)), per)
         ]
 
+    def extended(self, others: Sequence[_PaillierVector]) -> _PaillierVector:
+        v = self.vector
+        parts = [v, *(_require(o, _PaillierVector, "a vector").vector for o in others)]
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in parts])
+        cts = tuple(c for p in parts for c in p.ciphertexts)
+        fresh = all(p.fresh for p in parts)
+        return self._wrap(pl.EncryptedVector(v.public_key, cts, v.frac_bits, fresh))
+
     def rerandomised(self, source: HeEncryptor) -> _PaillierVector:
         inner = _require(source, _PaillierEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
@@ -838,6 +850,14 @@ class _OuVector(HeVector):
     def split(self, per: int) -> list[_OuVector]:
         return [self._wrap(part) for part in self.vector.split(per)]
 
+    def extended(self, others: Sequence[_OuVector]) -> _OuVector:
+        v = self.vector
+        parts = [v, *(_require(o, _OuVector, "a vector").vector for o in others)]
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in parts])
+        cts = tuple(c for p in parts for c in p.ciphertexts)
+        fresh = all(p.fresh for p in parts)
+        return self._wrap(ou.EncryptedVector(v.public_key, cts, v.frac_bits, fresh))
+
     def rerandomised(self, source: HeEncryptor) -> _OuVector:
         inner = _require(source, _OuEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
@@ -953,6 +973,11 @@ class _OuScheme(HeScheme):
 def _check_capacity(capacity_bits: int, most: int) -> None:
     if not 1 <= capacity_bits <= most:
         raise ValueError(f"capacity_bits lies in [1, {most}] for this key")
+
+
+def _check_joinable(keys_and_exponents: Sequence[tuple[Any, int]]) -> None:
+    if len(set(keys_and_exponents)) > 1:
+        raise ValueError("join vectors under the same key with the same frac_bits")
 
 
 def _check_counts(max_decryptions: int, used: int) -> None:
