@@ -170,6 +170,14 @@ def test_products_with_many_negatives_zero_scalars_and_a_thread_pool(keys: Keys)
     assert ou.decrypt(keys.private, vector.dot([0] * 120)) == [0]
 
 
+def test_adding_many_plaintexts_takes_the_comb_table_path(keys: Keys) -> None:
+    values = [(-1) ** i * ((1 << 94) - i) for i in range(100)]  # 100 ≥ 8 per byte × 12 bytes
+    vector = ou.encrypt(keys.owner, list(range(100)))
+    assert ou.decrypt(keys.private, vector.add_plain(values)) == [
+        i + v for i, v in enumerate(values)
+    ]
+
+
 def test_overflow_and_bad_arguments(keys: Keys, other_keys: Keys) -> None:
     limit = 1 << keys.public.max_plaintext_bits
     with pytest.raises(EncodingOverflowError):
