@@ -709,7 +709,7 @@ def outputs(spec: JobSpec) -> frozenset[str]:
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/vertical-lr.md`` states it."""
     bank, providers = roles_of(spec)
-    ou = scheme_of(spec).name == "ou"
+    ou = spec.params.get("scheme") == "ou"
     out = {
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
@@ -736,8 +736,9 @@ def learns(spec: JobSpec) -> dict[str, str]:
             f". Okamoto–Uchiyama scheme: {p}'s node TRUSTS {bank}, the key holder, to have made "
             "its modulus well formed; no proof of that exists (a modulus with p | q−1 would let "
             f"{bank} read more of {p}'s features than the masked gradients past {p}'s "
-            "re-randomisation). Approve only if your policy trusts the key holder; your node "
-            "still checks the key and every ciphertext and re-randomises with its own randomness"
+            f"re-randomisation), so {p}'s approver approves only if {p}'s policy trusts {bank} as "
+            f"key holder; {p}'s node still checks the key and every ciphertext and re-randomises "
+            "with its own randomness"
             if ou
             else ""
         )
