@@ -208,6 +208,13 @@ def matvec_mod(
 ) -> list[Mpz]:
     """Row-wise products ``[Π_j b_j^{M_ij} mod modulus]_i`` of an integer matrix with bases.
 
+    With many rows (a matrix-vector product) the bases are shared: each is raised once to
+    ``2^(w·k)`` for every window ``k`` and inverted (one batch), so every row is a single
+    bucket pass over signed ``w``-bit digits, about ``bits/w`` multiplications a term with no
+    squarings and no separate product of the negative terms (``w`` = 10 for 20-bit entries and
+    10^3 terms: 3 multiplications a term instead of 3.75). With few rows each row is its own
+    Pippenger product, split across the executor's workers. A cost model picks the method.
+
     Args:
         modulus: The group's modulus.
         matrix: Rows of integers (nested lists or a 2-D numpy integer array), each as long as
@@ -223,6 +230,10 @@ def matvec_mod(
         if len(row) != len(bases):
             raise ValueError(f"row {index} has {len(row)} entries for {len(bases)} ciphertexts")
     executor = executor or InlineExecutor()
+    largest = max((abs(x) for row in rows for x in row), default=0)
+    width = _shared_window(len(rows), len(bases), largest.bit_length())
+    if width is not None and largest < 1 << 62:
+        return _matvec_shared(modulus, numpy.array(rows, dtype=numpy.int64), bases, width, executor)
     chunks = max(1, executor.workers // max(1, len(rows)))
     tasks: list[tuple[Mpz, list[Mpz], list[int]]] = []
     spans: list[tuple[int, int, int]] = []
@@ -234,6 +245,87 @@ def matvec_mod(
     return [
         _combine_signed(results[start:end], boundary, modulus) for start, end, boundary in spans
     ]
+
+
+def _shared_window(rows: int, terms: int, bits: int) -> int | None:
+    """The signed window of a shared-base product, or None when per-row Pippenger is cheaper.
+
+    Costs in multiplications: shared, ``rows·(terms·k + 2^w)`` plus the bases' inverses
+    (``3·terms·k``) and powers (``terms·(k−1)·w`` squarings in C, counted a quarter each) with
+    ``k = ⌈(bits+1)/w⌉`` signed windows; Pippenger, ``rows·⌈bits/w'⌉·(terms + 2^(w'+2))`` (two
+    bucket sets: positive and negative terms).
+    """
+    if rows == 0 or terms == 0 or bits == 0:
+        return None
+
+    def shared(w: int) -> int:
+        k = -(-(bits + 1) // w)
+        return rows * (terms * k + (1 << w)) + terms * (k - 1) * w // 4 + 3 * terms * k
+
+    width = min(range(2, 17), key=shared)
+    alone = window_bits(terms, bits)
+    pippenger = rows * -(-bits // alone) * (terms + (1 << (alone + 2)))
+    return width if shared(width) < pippenger else None
+
+
+def _signed_digits(matrix: numpy.ndarray[Any, Any], width: int) -> list[numpy.ndarray[Any, Any]]:
+    """Signed base-``2^width`` digits in ``[-2^(width-1), 2^(width-1))``, lowest window first."""
+    half, mask = 1 << (width - 1), (1 << width) - 1
+    digits: list[numpy.ndarray[Any, Any]] = []
+    rest = matrix
+    while not digits or rest.any():
+        digit = ((rest + half) & mask) - half
+        digits.append(digit)
+        rest = (rest - digit) >> width
+    return digits
+
+
+def _shared_task(task: tuple[Mpz, Sequence[Mpz], Sequence[Mpz], list[list[int]], int]) -> list[Mpz]:
+    """One bucket pass per row over the shared (base, inverse) pairs and each row's digits."""
+    modulus, powers, inverses, digit_rows, half = task
+    out: list[Mpz] = []
+    with released_gil():
+        for digits in digit_rows:
+            buckets: list[Mpz] = [None] * (half + 1)
+            for base, inverse, d in zip(powers, inverses, digits, strict=True):
+                if d > 0:
+                    current = buckets[d]
+                    buckets[d] = base if current is None else current * base % modulus
+                elif d < 0:
+                    current = buckets[-d]
+                    buckets[-d] = inverse if current is None else current * inverse % modulus
+            running: Mpz = None
+            total: Mpz = None
+            for d in range(half, 0, -1):
+                bucket = buckets[d]
+                if bucket is not None:
+                    running = bucket if running is None else running * bucket % modulus
+                if running is not None:
+                    total = running if total is None else total * running % modulus
+            out.append(ONE if total is None else total)
+    return out
+
+
+def _matvec_shared(
+    modulus: Mpz,
+    matrix: numpy.ndarray[Any, Any],
+    bases: Sequence[Mpz],
+    width: int,
+    executor: Executor,
+) -> list[Mpz]:
+    """:func:`matvec_mod` with the bases' window powers and inverses computed once for all rows."""
+    digits = _signed_digits(matrix, width)
+    with released_gil():
+        powers = [list(bases)]
+        for _ in digits[1:]:
+            powers.append(list(gmpy2.powmod_base_list(powers[-1], 1 << width, modulus)))
+        flat = [b for window in powers for b in window]
+        inverses = batch_invert(flat, modulus)
+    rows = numpy.concatenate(digits, axis=1).tolist()
+    parts = split_evenly(rows, executor.workers)
+    half = 1 << (width - 1)
+    tasks = [(modulus, flat, inverses, list(part), half) for part in parts]
+    return [c for part in executor.map(_shared_task, tasks) for c in part]
 
 
 def _mul_task(task: tuple[Mpz, Sequence[Mpz], Sequence[int]]) -> list[Mpz]:
