@@ -7,6 +7,8 @@ Okamoto–Uchiyama), and their costly steps are the same group operations on gmp
   plaintext matrix with ciphertexts) by the Pippenger bucket method: for 32-bit scalars and
   ``10^4`` terms about four multiplications per term instead of about forty. Negative scalars go
   to a second product that is inverted once at the end, so no exponent is ever ``N - |x|``.
+  A matrix with many rows shares its bases: their window powers and inverses are computed once,
+  and each row is one bucket pass over signed digits (:func:`matvec_mod`).
 - **Element-wise powers** with negative exponents inverted in one batch (Montgomery's trick).
 - **Fixed-base comb tables** ``T[i][d] = base^(d·256^i)``: a power of a fixed base costs one
   multiplication per byte of the exponent.
