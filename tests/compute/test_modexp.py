@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bund.compute import modexp
-from bund.compute.executor import ThreadExecutor
+from bund.compute.executor import ProcessExecutor, ThreadExecutor
 
 #: A prime modulus: every nonzero base is a unit (the kernels invert).
 MODULUS = gmpy2.next_prime(gmpy2.mpz(1) << 521)
@@ -49,3 +49,13 @@ def test_the_cost_model_picks_shared_bases_for_many_rows_only() -> None:
     assert modexp._shared_window(0, 1024, 19) is None
     zero = [[0, 0, 0]] * 10
     assert modexp.matvec_mod(MODULUS, zero, [2, 3, 5]) == [1] * 10
+
+
+def test_shared_bases_run_on_a_process_pool() -> None:
+    rng = np.random.default_rng(5)
+    bases = [int(b) for b in rng.integers(2, 1 << 62, size=64)]
+    matrix = rng.integers(-(1 << 19), 1 << 19, size=(12, 64)).tolist()
+    assert modexp._shared_window(12, 64, 19) is not None
+    with ProcessExecutor(2) as ex:
+        got = modexp.matvec_mod(MODULUS, matrix, bases, ex)
+    assert [int(c) for c in got] == _reference(matrix, bases)
