@@ -162,17 +162,19 @@ class NodeFactory:
         budget_delta: str | None = None,
         audit: str = "",
         release_scores_to: Sequence[str] = (),
+        trusted_for: Sequence[tuple[str, str]] = (),
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
         may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
-        node.toml's ``[audit]`` table; ``release_scores_to`` as in :meth:`write_config`.
+        node.toml's ``[audit]`` table; ``release_scores_to`` and ``trusted_for`` as in
+        :meth:`write_config`.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
             budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
-            release_scores_to=release_scores_to,
+            release_scores_to=release_scores_to, trusted_for=trusted_for,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import gmpy2
 import numpy as np
 import pytest
 
-from bund.compute import insecure
+from bund.compute import insecure, ou
+from bund.compute import paillier as pl
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc
 from bund.parties.data import Table
@@ -223,3 +225,96 @@ def test_a_forged_gradient_ciphertext_is_refused(finance: dict[str, Table]) -> N
     net.mailboxes["bank"].put = put  # type: ignore[method-assign, assignment]
     with pytest.raises(InvalidCiphertextError):
         run_in_memory(make_spec(epochs=1), proto.DEFINITION, finance, LIMITS, network=net)
+
+
+# --- the scheme: Paillier (default) or Okamoto–Uchiyama ---
+
+#: OU test keys: 1024 bits leave three gradient slots per ciphertext after the guard's headroom.
+OU_BITS = 1024
+
+
+@pytest.fixture(scope="module")
+def ou_run(finance: dict[str, Table]) -> tuple[dict, InMemoryNetwork]:  # type: ignore[type-arg]
+    insecure.enable_insecure_test_parameters()
+    net = InMemoryNetwork(list(ROLES))
+    spec = make_spec(scheme="ou", key_bits=OU_BITS)
+    results = run_in_memory(spec, proto.DEFINITION, finance, LIMITS, network=net)
+    insecure.disable_insecure_test_parameters()
+    return results, net
+
+
+def test_both_schemes_train_the_same_model_bit_for_bit(run: tuple, ou_run: tuple) -> None:  # type: ignore[type-arg]
+    # The same integers are decrypted (exact masked gradients), so nothing but the ciphertexts
+    # differs: every party's model and every metric is identical, not merely close.
+    for party in ROLES:
+        paillier = json.loads(run[0][party].artifacts["model.json"])
+        okamoto = json.loads(ou_run[0][party].artifacts["model.json"])
+        assert paillier == okamoto
+        assert run[0][party].summary == ou_run[0][party].summary
+
+
+def test_each_scheme_has_its_own_wire_layout(run: tuple, ou_run: tuple) -> None:  # type: ignore[type-arg]
+    k = 512 // 8  # the Paillier job's key: unchanged layouts, 2K-byte ciphertexts
+    for _, _to, tag, payload in run[1].captured:
+        if tag == "vlr/key":
+            assert payload[:4] == b"BNPK" and len(payload) == 7 + 3 * k
+            pl.PublicKey.from_bytes(payload)
+        elif tag.startswith(("vlr/r/", "vlr/g/")):
+            assert payload[:4] == b"BNPC" and (len(payload) - 27) % (2 * k) == 0
+    k = OU_BITS // 8
+    tags = set()
+    for _, _to, tag, payload in ou_run[1].captured:
+        if tag == "vlr/key":
+            assert payload[:4] == b"BNOK" and len(payload) == 7 + 3 * k
+            ou.PublicKey.from_bytes(payload)
+        elif tag.startswith(("vlr/r/", "vlr/g/")):
+            assert payload[:4] == b"BNOC" and (len(payload) - 27) % k == 0
+        tags.add(tag.split("/")[1] if tag.startswith("vlr/") else "")
+    assert {"key", "r", "g", "u"} <= tags
+
+
+def test_the_approval_text_states_the_ou_trust_in_the_key_holder() -> None:
+    paillier = proto.learns(make_spec())
+    okamoto = proto.learns(make_spec(scheme="ou"))
+    assert all("Okamoto" not in text for text in paillier.values())
+    for provider in ("tax", "registry"):
+        assert "TRUSTS bank" in okamoto[provider] and "no proof" in okamoto[provider]
+        assert okamoto[provider].startswith(paillier[provider])
+    assert "retires the key" in okamoto["bank"]
+    assert "Okamoto–Uchiyama" in proto.DEFINITION.description
+    proto.validate(make_spec(scheme="paillier"))
+    for bad in ("rsa", 3, "OU"):
+        with pytest.raises(InvalidJobSpecError, match="scheme"):
+            proto.validate(make_spec(scheme=bad))  # type: ignore[arg-type]
+
+
+def test_a_provider_playing_the_ou_factoring_attack_is_refused(finance: dict[str, Table]) -> None:
+    """The tax bureau sends g^M with M ≥ p for its gradient: decrypted, M mod p would factor n.
+
+    The bank's decryption service refuses it, retires the key and fails the job; no decryption
+    of that batch (``vlr/u``) ever reaches the tax bureau.
+    """
+    net = InMemoryNetwork(list(ROLES))
+    seen: dict[str, ou.PublicKey] = {}
+    to_tax, to_bank = net.mailboxes["tax"].put, net.mailboxes["bank"].put
+
+    def tax_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:
+        if tag == "vlr/key":
+            seen["key"] = ou.PublicKey.from_bytes(payload)
+        return to_tax(job_id, frm, tag, payload)
+
+    def bank_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:
+        if tag == "vlr/g/0/0" and frm == "tax":
+            key = seen["key"]
+            count = (len(payload) - 27) // key.ciphertext_bytes
+            m = (1 << (key.p_bits + 5)) + 123_456_789  # ≥ p, though the tax bureau knows no p
+            forged = [gmpy2.powmod(key.g, m, key.n)] * count
+            payload = ou.encode_ciphertexts(key, forged, lg.GRADIENT_FRAC_BITS)
+        return to_bank(job_id, frm, tag, payload)
+
+    net.mailboxes["tax"].put = tax_receives  # type: ignore[method-assign, assignment]
+    net.mailboxes["bank"].put = bank_receives  # type: ignore[method-assign, assignment]
+    spec = make_spec(scheme="ou", key_bits=OU_BITS, epochs=1)
+    with pytest.raises(ou.DecryptionRangeError, match="retired"):
+        run_in_memory(spec, proto.DEFINITION, finance, LIMITS, network=net)
+    assert not [t for s, to, t, _ in net.captured if to == "tax" and t.startswith("vlr/u/")]

@@ -8,14 +8,18 @@ iteration and the label-leakage analysis. Messages, after the alignment of
 :func:`bund.parties.protocols.vertical_alignment.align_label_holder`:
 
 1. ``vlr/meta`` (provider → bank): its number of features. ``vlr/key`` (bank → provider): the
-   Paillier public key. Both sides derive the train/test split and the batches from the seed.
+   public key of the job's additively homomorphic scheme (``scheme``: ``"paillier"``, the default,
+   or ``"ou"``, Okamoto–Uchiyama; ``bund.compute.he``). Both sides derive the train/test split
+   and the batches from the seed.
 2. Per batch ``t`` of epoch ``e``:
    ``vlr/s/e/t`` (provider → bank): its partial scores ``x·w`` of the batch rows, fixed point;
    ``vlr/r/e/t/i`` (bank → provider): the encrypted residuals ``[[p − y]]`` of the batch rows;
    ``vlr/g/e/t`` (provider → bank): ``[[Σ_i x_ij·r_i + m_j]]`` for its features ``j``, an
    encrypted matrix-vector product plus a fresh mask ``m`` drawn from ``secrets``, squeezed
-   (packed) and re-randomised; ``vlr/u/e/t`` (bank → provider): the decrypted masked values;
-   the provider subtracts ``m`` and steps its own weights.
+   (packed) and re-randomised with the provider's own randomness; ``vlr/u/e/t`` (bank →
+   provider): the decrypted masked values, released by the scheme's decryption service (under OU
+   only within the layout's range, else the job fails); the provider subtracts ``m`` and steps
+   its own weights.
 3. ``vlr/c/e`` (bank → provider): continue or stop (early stopping on the epoch loss).
 4. ``vlr/eval/i`` (provider → bank): its partial scores of the held-out rows; the bank computes
    AUC, KS, the confusion table and the charts.
@@ -34,13 +38,13 @@ import json
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from bund.compute import paillier as pl
-from bund.compute.encoding import squeeze_layout
+from bund.compute import he
+from bund.compute.encoding import squeeze_slots
 from bund.compute.errors import InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
@@ -55,6 +59,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    MAX_MESSAGE_BYTES,
     QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
@@ -66,11 +71,9 @@ from bund.parties.protocols.vertical_alignment import (
     label_vector,
     numeric_features,
     pack_state,
-    recv_vector,
     roles_of,
     send_chunks,
     unpack_state,
-    vector_chunks,
 )
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
@@ -104,16 +107,28 @@ def _config(params: VerticalLrParams) -> lg.TrainConfig:
     )
 
 
-def mask_layout(batch_rows: int, key_bits: int) -> tuple[int, int, int]:
+def mask_layout(batch_rows: int, capacity_bits: int) -> tuple[int, int, int]:
     """The mask bits, squeezed slot width and slots per ciphertext for a batch's gradient.
 
-    Both sides derive them from the batch size: a gradient integer is below
+    Both sides derive them from the batch size and the key's packing capacity
+    (``public_key.packing_bits(max_decryptions(...))``): a gradient integer is below
     ``B = lg.gradient_bound(batch_rows)``; its mask is uniform in ``[0, 2^(bits(B)+σ))``, so a
     masked value lies in ``(−B, 2^(bits(B)+σ) + B)``.
     """
     mask_bits = lg.gradient_bound(batch_rows).bit_length() + MASK_SIGMA
-    width, per = squeeze_layout(_masked_bound(batch_rows), key_bits)
+    width, per = squeeze_slots(_masked_bound(batch_rows), capacity_bits)
     return mask_bits, width, per
+
+
+def max_decryptions(epochs: int, batches: int, providers: int) -> int:
+    """A bound on the ciphertexts the bank decrypts for the providers over the whole job.
+
+    ``epochs × batches × providers × MAX_FEATURES``: every party can compute it from the spec
+    (a provider does not know the others' feature counts, hence ``MAX_FEATURES``), and it bounds
+    the real count, at most one decryption per gradient value. Under OU it sizes the decryption
+    guard's headroom (``log2`` of it, so the slack costs a few bits).
+    """
+    return max(1, epochs * batches * providers * MAX_FEATURES)
 
 
 def _masked_bound(batch_rows: int) -> int:
@@ -161,6 +176,42 @@ def _recv_scores(ctx: JobContext, frm: str, tag: str, count: int) -> lg.IntArray
         want = min(SCORES_PER_MESSAGE, count - start)
         out += _decode_ints(_SCORES_MAGIC, ctx.recv(frm, f"{tag}/{i}"), 8, want)
     return np.asarray(out, dtype=np.int64)
+
+
+def _per_message(key: he.HePublicKey) -> int:
+    """Ciphertexts per message below 2 MiB (for Paillier as ``vertical_alignment`` sends them)."""
+    return max(1, (MAX_MESSAGE_BYTES - 64) // key.ciphertext_bytes)
+
+
+def _vector_chunks(vector: he.HeVector, source: he.HeEncryptor) -> list[bytes]:
+    """An encrypted vector as the payloads of ``send_chunks``, each below 2 MiB.
+
+    Each export of a computed vector re-randomises it, so a role that must re-send the same bytes
+    after a restart saves these payloads before sending them.
+    """
+    return [part.to_bytes(source) for part in vector.split(_per_message(vector.public_key))]
+
+
+def _recv_vector(
+    ctx: JobContext, frm: str, tag: str, key: he.HePublicKey, count: int, frac_bits: int
+) -> he.HeVector:
+    """Receive and validate exactly ``count`` ciphertexts sent as :func:`_vector_chunks`.
+
+    Raises:
+        InvalidMessageError: If a chunk has the wrong number of ciphertexts.
+        InvalidCiphertextError: If a ciphertext fails the engine's validation.
+    """
+    per = _per_message(key)
+    parts: list[he.HeVector] = []
+    for i, start in enumerate(range(0, max(1, count), per)):
+        want = min(per, count - start)
+        part = key.vector_from_bytes(
+            ctx.recv(frm, f"{tag}/{i}"), frac_bits=frac_bits, max_count=want
+        )
+        if len(part) != want:
+            raise InvalidMessageError(f"expected {want} ciphertexts in {tag}/{i}, got {len(part)}")
+        parts.append(part)
+    return parts[0].extended(parts[1:])
 
 
 def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list[str], Any]:
@@ -217,14 +268,23 @@ class _BankState:
         return cls(**doc, pending=pending)
 
 
-def _bank_key(ctx: JobContext, bits: int) -> pl.PrivateKey:
-    """The job's Paillier key: made once, saved (sealed) before its public half is sent."""
+def _bank_key(ctx: JobContext, scheme: he.HeScheme, bits: int) -> he.HeSecretKey:
+    """The job's key of its scheme: made once, saved (sealed) before its public half is sent.
+
+    A job that fails (an out-of-range OU decryption among the causes) loses its resume states,
+    so its key is never used again.
+    """
     saved = ctx.load_state("key")
     if saved is not None:
-        return pl.PrivateKey.from_resume_state(saved)
-    _, private = pl.generate_keypair(bits)
-    ctx.save_state("key", private.export_for_resume())
-    return private
+        return scheme.secret_key_from_resume_state(saved)
+    secret = scheme.generate_keypair(bits)
+    ctx.save_state("key", secret.export_for_resume())
+    return secret
+
+
+def _decryptions(sizes: list[int], counts: list[int], capacity: int) -> int:
+    """Packed ciphertexts the bank decrypts for batches of ``sizes`` rows and ``counts``."""
+    return sum(-(-count // mask_layout(size, capacity)[2]) for size in sizes for count in counts)
 
 
 def run_label_holder(ctx: JobContext) -> Result:
@@ -253,16 +313,23 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    private = _bank_key(ctx, params.key_bits)
-    public = private.public_key
-    source = pl.Encryptor(private)
-    # The key owner's fast encryptor holds the secret: only an in-process executor may use it.
-    batch_source = source if ctx.executor.in_process else pl.Encryptor(public)
+    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
+    public = secret.public_key
+    # The key owner's fast encryptor holds the secret: it runs on an in-process executor only.
+    source = secret.encryptor_for(ctx.executor)
     st = _BankState.load(ctx)
     if st is None:
         counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
         st = _BankState(counts, [0.0] * len(names))
         st.save(ctx)
+    sizes = [len(b) for b in lg.epoch_batches(train, config.batch_size, config.seed, 0)]
+    bound = max_decryptions(config.epochs, len(sizes), len(providers))
+    capacity = public.packing_bits(bound)
+    per_epoch = _decryptions(sizes, st.counts, capacity)
+    current = lg.epoch_batches(train, config.batch_size, config.seed, st.epoch)[: st.batch]
+    done = st.epoch * per_epoch + _decryptions([len(b) for b in current], st.counts, capacity)
+    # Every decryption a provider sees goes through the service (OU: the range guard).
+    service = secret.decryption_service(bound, used=min(done, bound))
     for peer in providers:
         ctx.send(peer, "vlr/key", public.to_bytes())
     if st.epoch > 0:  # a resumed bank may have stopped before telling the providers
@@ -283,13 +350,10 @@ def run_label_holder(ctx: JobContext) -> Result:
                 weights = np.asarray(st.weights)
                 z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
                 rq = lg.residuals(z, y[batch])
-                encrypted = pl.encrypt(
-                    batch_source,
-                    rq.tolist(),
-                    frac_bits=lg.RESIDUAL_FRAC_BITS,
-                    executor=ctx.executor,
+                encrypted = source.encrypt(
+                    rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS, executor=ctx.executor
                 )
-                st.pending = [vector_chunks(encrypted, source) for _ in providers]
+                st.pending = [_vector_chunks(encrypted, source) for _ in providers]
                 st.total += lg.log_loss(z, y[batch]) * size
                 step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
                 st.weights = step.tolist()
@@ -297,10 +361,9 @@ def run_label_holder(ctx: JobContext) -> Result:
                 st.save(ctx)  # write-ahead: the residuals' random encryption, before sending
             for peer, chunks in zip(providers, st.pending, strict=True):
                 send_chunks(ctx, peer, f"vlr/r/{epoch}/{t}", chunks)
-            _, width, per = mask_layout(size, public.bits)
+            _, width, per = mask_layout(size, capacity)
             for peer, count in zip(providers, st.counts, strict=True):
-                packed = pl.PackedVector.from_bytes(
-                    public,
+                packed = public.packed_from_bytes(
                     ctx.recv(peer, f"vlr/g/{epoch}/{t}"),
                     slot_bits=width,
                     slots=per,
@@ -308,7 +371,7 @@ def run_label_holder(ctx: JobContext) -> Result:
                     bound=_masked_bound(size),
                     frac_bits=lg.GRADIENT_FRAC_BITS,
                 )
-                masked = pl.decrypt_packed(private, packed)
+                masked = service.decrypt_packed(packed)
                 payload = _encode_ints(_UNMASK_MAGIC, masked, _int_bytes(width))
                 ctx.send(peer, f"vlr/u/{epoch}/{t}", payload)
             st.batch, st.pending = t + 1, []
@@ -507,7 +570,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
         InvalidMessageError: If a message is malformed.
     """
     spec = ctx.spec
-    bank, _ = roles_of(spec)
+    bank, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
     config = _config(params)
@@ -516,13 +579,20 @@ def run_feature_holder(ctx: JobContext) -> Result:
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
     train, test = lg.split_rows(len(rows), params.test_fraction, config.seed)
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
+    scheme = scheme_of(spec)
     st = _ProviderState.load(ctx)
     if st is None:
         st = _ProviderState(ctx.recv(bank, "vlr/key"), [0.0] * len(names))
-        pl.PublicKey.from_bytes(st.key)  # validated before anything is kept
+        scheme.public_key_from_bytes(st.key)  # validated before anything is kept
         st.save(ctx)
-    public = pl.PublicKey.from_bytes(st.key)
-    source = pl.Encryptor(public)
+    public = scheme.public_key_from_bytes(st.key)
+    # This provider's own randomness re-randomises all it sends (OU: u^n, u uniform in Z*_n),
+    # computed ahead for each batch's export on the node's executor.
+    source = public.encryptor().pool(capacity=len(names))
+    batches_per_epoch = len(lg.epoch_batches(train, config.batch_size, config.seed, 0))
+    capacity = public.packing_bits(
+        max_decryptions(config.epochs, batches_per_epoch, len(providers))
+    )
     scaler = lg.Standardiser.fit(x[train])
     xq = scaler.apply(x)
     while st.epoch < config.epochs and not st.stopped:
@@ -534,19 +604,20 @@ def run_feature_holder(ctx: JobContext) -> Result:
             batch = batches[t]
             size = len(batch)
             weights = np.asarray(st.weights)
-            mask_bits, width, _ = mask_layout(size, public.bits)
+            mask_bits, width, _ = mask_layout(size, capacity)
             if st.pending is None or st.masks is None:
                 scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
                 _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
-                residuals = recv_vector(
+                residuals = _recv_vector(
                     ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
                 )
-                gradient = pl.matvec(
+                gradient = public.matvec(
                     xq[batch].T, residuals, lg.FEATURE_FRAC_BITS, executor=ctx.executor
                 )
                 # The mask must come from the CSPRNG: it is all that hides the gradient.
                 st.masks = [secrets.randbits(mask_bits) for _ in names]
-                packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size))
+                packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size), capacity)
+                source.refill(len(packed), ctx.executor)
                 st.pending = packed.to_bytes(source)
                 st.save(ctx)  # write-ahead: masks and the re-randomised export, before sending
             ctx.send(bank, f"vlr/g/{epoch}/{t}", st.pending)
@@ -646,6 +717,16 @@ class VerticalLrParams(PaillierParams):
         le=1,
         description="default probability at which the confusion table declines",
     )
+    scheme: Literal["paillier", "ou"] = Field(
+        default="paillier",
+        description="the additively homomorphic scheme: Paillier, or Okamoto–Uchiyama (faster; "
+        "no proof of the bank's modulus exists, so each provider's policy must trust the bank)",
+    )
+
+
+def scheme_of(spec: JobSpec) -> he.HeScheme:
+    """The job's additively homomorphic scheme (``scheme``, default ``"paillier"``)."""
+    return he.create_scheme(VerticalLrParams.of(spec).scheme)
 
 
 def validate(spec: JobSpec) -> None:
@@ -665,6 +746,7 @@ def outputs(spec: JobSpec) -> frozenset[str]:
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/vertical-lr.md`` states it."""
     bank, providers = roles_of(spec)
+    ou = spec.params.get("scheme") == "ou"
     out = {
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
@@ -673,6 +755,13 @@ def learns(spec: JobSpec) -> dict[str, str]:
             "the joint and bank-only metrics. Never a provider's feature values, weights or "
             "gradients (they reach it masked)"
         )
+        + (
+            ". Okamoto–Uchiyama scheme: it returns a provider's decrypted values only if they lie "
+            "in the protocol's range (40 + log2(decryptions) bits below p); the first "
+            "out-of-range one fails the job and retires the key"
+            if ou
+            else ""
+        )
     }
     for p in providers:
         out[p] = (
@@ -680,8 +769,36 @@ def learns(spec: JobSpec) -> dict[str, str]:
             "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights "
             "and standardisation, which it keeps as its own result (nothing of the bank's); "
             "never a label, a residual or a score in the clear"
+        ) + (
+            f". Okamoto–Uchiyama scheme: {p}'s node TRUSTS {bank}, the key holder, to have made "
+            "its modulus well formed; no proof of that exists (a modulus with p | q−1 would let "
+            f"{bank} read more of {p}'s features than the masked gradients past {p}'s "
+            f"re-randomisation), so {p}'s approver approves only if {p}'s policy trusts {bank} as "
+            f"key holder; {p}'s node still checks the key and every ciphertext and re-randomises "
+            "with its own randomness"
+            if ou
+            else ""
         )
     return out
+
+
+def trusts(spec: JobSpec, party: str) -> dict[str, str]:
+    """Whom a provider must trust: the bank, when the job runs under Okamoto–Uchiyama.
+
+    No proof that an OU modulus is well formed exists (unlike Paillier's Π^mod), so a provider's
+    re-randomisation rests on the bank's key being honest (``docs/ou.md``).
+    """
+    params = VerticalLrParams.of(spec)
+    bank, providers = roles_of(spec)
+    if params.scheme == "ou" and party in providers:
+        return {
+            bank: (
+                "no proof exists that an Okamoto–Uchiyama modulus is well formed: a bank that "
+                "made its key otherwise could learn more of this provider's gradients than the "
+                'masked sums (docs/ou.md); use scheme = "paillier" if the bank is not trusted'
+            )
+        }
+    return {}
 
 
 #: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
@@ -697,6 +814,10 @@ DEFINITION = ProtocolDef(
     },
     outputs=outputs,
     learns=learns,
-    description="vertical logistic regression: Paillier-encrypted residuals, masked gradients",
+    trusts=trusts,
+    description=(
+        "vertical logistic regression: residuals under the job's additively homomorphic scheme "
+        '(Paillier, or Okamoto–Uchiyama with scheme = "ou"), masked gradients'
+    ),
     resumable=True,
 )
