@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import grpc
@@ -52,6 +51,8 @@ from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.store import SqliteJobStore
+from bund.parties.listeners import HealthListener, ListenError, listen_failure
+from bund.parties.oplog import JobLog, configure_logging, job_records, version
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
 from bund.parties.roster import (
@@ -71,14 +72,6 @@ log = logging.getLogger("bund.node")
 SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
 
 
-def version() -> str:
-    """The installed Bund version."""
-    try:
-        return metadata.version("bund")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _utc_clock() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -96,6 +89,8 @@ class Node:
     health: health.HealthServicer
     peers: PeerClients
     refusals: RefusalTally
+    #: The plain-HTTP health check (``[health] listen``), if configured.
+    health_http: HealthListener | None = None
 
     def reload(self) -> None:
         """Read node.toml, policy.toml and the dataset catalogue again and apply them.
@@ -129,6 +124,8 @@ class Node:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
+        if self.health_http is not None:
+            self.health_http.set_serving(False)
         for service in ("", *SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
@@ -140,6 +137,8 @@ class Node:
         self.manager.ledger.close()
         self.manager.resume.close()
         self.audit_store.close()
+        if self.health_http is not None:
+            self.health_http.close()
 
 
 def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
@@ -223,6 +222,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     anchors = _trust_anchors(config, audit)
     instance = Instance.create(config.party, signing_key, _utc_clock())
     store = SqliteJobStore(config.state_dir / "jobs.db", audit)
+    store.add_observer(JobLog(config.party))
     resume_key = load_or_create_key(config.state_dir / "resume.key")
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
@@ -300,7 +300,16 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     server.add_generic_rpc_handlers(
         (
             servicers.make_generic_handler(
-                "bund.v1.Jobs", servicers.job_methods(manager), audit, gate, refusals
+                "bund.v1.Jobs",
+                {
+                    **servicers.job_methods(manager),
+                    **servicers.job_log_methods(
+                        manager, functools.partial(job_records, audit_store)
+                    ),
+                },
+                audit,
+                gate,
+                refusals,
             ),
             servicers.make_generic_handler(
                 "bund.v1.Federation", servicers.federation_methods(info), audit, gate, refusals
@@ -332,12 +341,29 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         root_certificates=anchors.federation_ca + b"\n" + anchors.operator_ca,
         require_client_auth=True,
     )
-    port = server.add_secure_port(config.listen, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {config.listen}")
+    try:
+        port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
+    health_http = None
+    try:
+        if port == 0:
+            raise listen_failure(config.listen, "listen", config.source)
+        if config.health_listen is not None:
+            health_http = HealthListener(config.health_listen, config.source)
+    except ListenError:
+        manager.shutdown()
+        peers.close()
+        store.close()
+        ledger.close()
+        resume.close()
+        audit_store.close()
+        raise
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if health_http is not None:
+        health_http.set_serving(True)
     audit.append(
         Event.NODE_STARTED,
         "",
@@ -356,11 +382,20 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     log.info("%s serving on port %d (mTLS)", config.party, port)
     manager.recover()
     refusals.start()
-    return Node(config, server, port, manager, audit, audit_store, health_servicer, peers, refusals)
+    return Node(
+        config, server, port, manager, audit, audit_store, health_servicer, peers, refusals,
+        health_http,
+    )  # fmt: skip
 
 
 def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:
-    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
+    """Run a node until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads its policy.
+
+    The node log goes to stderr in ``[logging]``'s format and level; its first line names the
+    Bund version.
+    """
+    configure_logging(config.logging)
+    log.info("bund %s: starting %s's node (%s)", version(), config.party, config.source)
     node = create_node(config, protocols)
     stop = threading.Event()
 
