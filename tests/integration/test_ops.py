@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from typer.testing import CliRunner
 
 from bund.parties.cli import app
 from bund.parties.client import RemoteError
+from bund.parties.config import load_config
+from bund.parties.listeners import ListenError
+from bund.parties.node import create_node
 from bund.parties.oplog import version
 from tests.conftest import REPO_ROOT, NodeFactory
 from tests.integration.test_cli import SPEC
@@ -236,6 +240,30 @@ def test_a_busy_port_is_one_line_after_the_version(node_factory: NodeFactory) ->
     assert lines[-1] == (
         f"error: port {port} is in use: stop the other process or change listen in {path}"
     )
+
+
+def test_a_node_that_cannot_bind_closes_what_it_opened_and_says_why(
+    node_factory: NodeFactory,
+) -> None:
+    bank = node_factory.start("bank")
+    path = node_factory.write_config("tax", extra='[health]\nlisten = "127.0.0.1:0"\n')
+    text = path.read_text(encoding="utf-8")
+    busy = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{bank.port}"', 1)
+    assert busy != text
+    path.write_text(busy, encoding="utf-8")
+
+    def watchers() -> int:
+        return sum(t.name == "bund-watch" for t in threading.enumerate())
+
+    before = watchers()
+    with pytest.raises(ListenError, match=f"port {bank.port} is in use: stop the other process"):
+        create_node(load_config(path))
+    # What it had started is stopped again (the job manager's watcher), and the same node starts
+    # on its state directory once the port is free.
+    assert watchers() == before
+    path.write_text(text, encoding="utf-8")
+    node_factory.run("tax", path)
+    assert node_factory.nodes["tax"].health_http is not None
 
 
 def test_a_node_from_another_ca_and_a_node_that_is_down_are_one_line(
