@@ -690,7 +690,7 @@ def job_logs(
     """A job's life at this party's node, one line per record of the node's signed audit log.
 
     Submitted or proposed, admitted, approved, started, budget, closed, with each record's
-    time and fields; message records are counted unless --all shows them. ``bund audit verify``
+    time and fields; message records are counted unless --all shows them. bund audit verify
     checks the signatures of the whole log.
     """
     from bund.parties.views import dumps, is_message_record, record_document, record_line

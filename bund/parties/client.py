@@ -106,7 +106,7 @@ def transport_failure(
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return (
             f"{who} did not answer within {timeout:g} s: is its node running and reachable? "
-            "(deadline exceeded)"
+            "(DEADLINE_EXCEEDED)"
         )
     return f"{who} does not answer: is its node running? ({code.name}: {details})"
 

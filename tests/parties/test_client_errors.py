@@ -60,7 +60,7 @@ def test_no_answer_in_time_and_anything_else() -> None:
     late = transport_failure("tax", "h:1", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline", 5)
     assert late == (
         "tax at h:1 did not answer within 5 s: is its node running and reachable? "
-        "(deadline exceeded)"
+        "(DEADLINE_EXCEEDED)"
     )
     other = transport_failure("tax", "h:1", U, "something new", 5)
     assert other == "tax at h:1 does not answer: is its node running? (UNAVAILABLE: something new)"
