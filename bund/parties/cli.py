@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast, get_args
 
 import typer
 from rich.console import Console
@@ -13,8 +12,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
-from bund.parties import identity
+
+# cli_env first, for its effect: it must run before gRPC loads.
+from bund.parties import cli_env, identity  # noqa: F401
 from bund.parties.config import (
+    LogLevel,
     NodeConfig,
     OperatorConfig,
     is_operator_file,
@@ -25,6 +27,7 @@ from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
 
 if TYPE_CHECKING:
+    from bund.parties.audit import VerificationReport
     from bund.parties.client import NodeClient
 
 app = typer.Typer(
@@ -57,9 +60,38 @@ OperatorOpt = Annotated[
         help="An operator.toml (an operator credential), or node.toml on the node's host.",
     ),
 ]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document (keys: docs/deploy.md).")
+]
 FederationOpt = Annotated[
     Path, typer.Option("--federation", help="The federation's directory (ca.key, roster.json).")
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bund.parties.oplog import version
+
+        typer.echo(f"bund {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Bund: privacy-preserving joint computation between party nodes."""
+
+
+def _print_json(document: object) -> None:
+    from bund.parties.views import dumps
+
+    typer.echo(dumps(document))
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -113,7 +145,14 @@ def _client(config: OperatorConfig) -> NodeClient:
                 f"operator {what} {path} not found: operator calls need an operator credential "
                 f"(bund operator issue NAME --party DIR --out DIR), not the node's certificate"
             )
-    return NodeClient(operator_address(config), config.party, config.tls, config.max_message_bytes)
+    try:
+        return NodeClient(
+            operator_address(config), config.party, config.tls, config.max_message_bytes
+        )
+    except OSError as exc:
+        raise _fail(
+            f"cannot read {exc.filename}: {exc.strerror} (check [tls] in {config.source})"
+        ) from None
 
 
 # -- federation and parties ----------------------------------------------------------------
@@ -300,18 +339,31 @@ def party_init(
 
 
 @app.command()
-def serve(config: ConfigOpt, log_level: Annotated[str, typer.Option()] = "INFO") -> None:
-    """Run this party's node until SIGTERM/SIGINT."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+def serve(
+    config: ConfigOpt,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG | INFO | WARNING | ERROR (default: [logging] level)."),
+    ] = None,
+) -> None:
+    """Run this party's node until SIGTERM/SIGINT; SIGHUP reloads its policy."""
+    import dataclasses
+
     from bund.parties.node import serve as run
 
     cfg = _config(config)
+    if log_level is not None:
+        level = log_level.upper()
+        if level not in get_args(LogLevel):
+            raise _fail(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
+        logs = dataclasses.replace(cfg.logging, level=cast("LogLevel", level))
+        cfg = dataclasses.replace(cfg, logging=logs)
     try:
         run(cfg)
     except BundError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # a key or certificate file the node cannot read
+        raise _fail(f"{exc.filename or 'the node'}: {exc.strerror or exc}") from None
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -451,14 +503,26 @@ def job_status(
     job_id: str,
     config: OperatorOpt,
     watch: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show a job's status at this party's node."""
+    from bund.parties.follow import follow_job
+    from bund.parties.views import status_document
+
     cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
-            print_status(wait_for(client, job_id) if watch else client.status(job_id))
+            if not json_out:
+                print_status(wait_for(client, job_id) if watch else client.status(job_id))
+                return
+            status = (
+                follow_job(client, job_id, timeout=3600.0, not_found_grace=0)
+                if watch
+                else client.status(job_id)
+            )
     except BundError as exc:
         raise _fail(str(exc)) from None
+    _print_json(status_document(status))
 
 
 def _print_result(result: Result) -> None:
@@ -477,6 +541,7 @@ def job_result(
     out: Annotated[
         Path | None, typer.Option(help="Write the artifacts into this directory.")
     ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show (and optionally save) a job's result held at this party's node."""
     cfg, _ = _operator(config)
@@ -485,13 +550,21 @@ def job_result(
             result = client.result(job_id)
     except BundError as exc:
         raise _fail(str(exc)) from None
-    _print_result(result)
+    if not json_out:
+        _print_result(result)
+    written: dict[str, Path] = {}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name, data in result.artifacts.items():
             target = out / Path(name).name
             target.write_bytes(data)
-            console.print(f"wrote {target}")
+            written[name] = target
+            if not json_out:
+                console.print(f"wrote {target}")
+    if json_out:
+        from bund.parties.views import result_document
+
+        _print_json(result_document(job_id, result, written))
 
 
 @job_app.command("approve")
@@ -579,7 +652,7 @@ def job_resume(
 
 
 @job_app.command("list")
-def job_list(config: OperatorOpt, limit: int = 20) -> None:
+def job_list(config: OperatorOpt, limit: int = 20, json_out: JsonOpt = False) -> None:
     """List the newest jobs at this party's node."""
     cfg, _ = _operator(config)
     try:
@@ -587,6 +660,11 @@ def job_list(config: OperatorOpt, limit: int = 20) -> None:
             jobs = client.list_jobs(limit)
     except BundError as exc:
         raise _fail(str(exc)) from None
+    if json_out:
+        from bund.parties.views import list_document
+
+        _print_json(list_document(jobs))
+        return
     t = RichTable()
     t.add_column("job", no_wrap=True, min_width=32)  # whole, so it can be copied
     for heading in ("protocol", "parties", "state", "updated"):
@@ -598,12 +676,45 @@ def job_list(config: OperatorOpt, limit: int = 20) -> None:
     console.print(t)
 
 
+@job_app.command("logs")
+def job_logs(
+    job_id: str,
+    config: OperatorOpt,
+    all_records: Annotated[
+        bool, typer.Option("--all", help="Show each message's record too (sent, received).")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per record (keys: docs/deploy.md).")
+    ] = False,
+) -> None:
+    """A job's life at this party's node, one line per record of the node's signed audit log.
+
+    Submitted or proposed, admitted, approved, started, budget, closed, with each record's
+    time and fields; message records are counted unless --all shows them. bund audit verify
+    checks the signatures of the whole log.
+    """
+    from bund.parties.views import dumps, is_message_record, record_document, record_line
+
+    cfg, _ = _operator(config)
+    try:
+        with _client(cfg) as client:
+            records = client.job_log(job_id)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    shown = [r for r in records if all_records or not is_message_record(r)]
+    for record in shown:
+        typer.echo(dumps(record_document(record)) if json_out else record_line(record))
+    hidden = len(records) - len(shown)
+    if hidden and not json_out:
+        err_console.print(f"{hidden} message records not shown (--all shows them)")
+
+
 budget_app = typer.Typer(help="Privacy budgets per dataset.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 
 
 @budget_app.command("show")
-def budget_show(config: ConfigOpt) -> None:
+def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     """Each dataset's privacy budget: total, spent, left (exact)."""
     from bund.compute.dp.budget import format_rational
     from bund.parties.ledger import BudgetLedger
@@ -623,6 +734,12 @@ def budget_show(config: ConfigOpt) -> None:
         lines = ledger.lines()
     finally:
         ledger.close()
+    if json_out:
+        from bund.parties.views import budget_document
+
+        levels = {name: entry.level for name, entry in cfg.policy.datasets.items()}
+        _print_json(budget_document(lines, levels))
+        return
     t = RichTable(title="privacy budget per dataset (exact)")
     for heading in ("dataset", "level", "", "total", "spent", "reserved", "left"):
         t.add_column(heading, no_wrap=True)
@@ -657,13 +774,14 @@ def audit_verify(
         Path | None, typer.Option("--log", help="An audit.db or exported .jsonl file.")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="The party's audit public key (PEM).")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Check a log's hash chain and signatures; name the first bad record."""
     from bund.parties.audit import iter_jsonl, open_audit_store, verify_records, verify_store
 
     store_name: str | None = str(log_file) if log_file is not None else None
     if config is not None and log_file is None and _is_operator_file(config):
-        _verify_remote(_operator(config)[0], key)
+        _verify_remote(_operator(config)[0], key, json_out)
         return
     if config is not None:
         cfg = _config(config)
@@ -686,15 +804,30 @@ def audit_verify(
                 report = verify_store(store, public_key)
     except (BundError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    if report.ok:
+    _show_verification(report, "", shown, json_out)
+
+
+def _show_verification(
+    report: VerificationReport | None, error: str, shown: str, json_out: bool
+) -> None:
+    """Print a verification's outcome; exit 1 unless the log verified."""
+    if json_out:
+        from bund.parties.views import verify_document
+
+        _print_json(verify_document(report, shown, error))
+        if report is None or not report.ok:
+            raise typer.Exit(1)
+        return
+    if report is not None and report.ok:
         console.print(
             f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})"
         )
-    else:
-        raise _fail(f"record {report.first_bad_index}: {report.reason} ({shown})")
+        return
+    why = error if report is None else f"record {report.first_bad_index}: {report.reason}"
+    raise _fail(f"{why} ({shown})")
 
 
-def _verify_remote(config: OperatorConfig, key: Path | None) -> None:
+def _verify_remote(config: OperatorConfig, key: Path | None, json_out: bool) -> None:
     """Pull the party's log from its node with the operator credential, and verify it."""
     from bund.parties.regulator import pull_log
 
@@ -706,14 +839,7 @@ def _verify_remote(config: OperatorConfig, key: Path | None) -> None:
             pulled = pull_log(client, public_key)
     except BundError as exc:
         raise _fail(str(exc)) from None
-    report = pulled.verification
-    shown = f"{config.party}'s node"
-    if report is None or not report.ok:
-        why = (
-            pulled.error if report is None else f"record {report.first_bad_index}: {report.reason}"
-        )
-        raise _fail(f"{why} ({shown})")
-    console.print(f"[green]OK[/]: {report.count} records, chain and signatures verify ({shown})")
+    _show_verification(pulled.verification, pulled.error, f"{config.party}'s node", json_out)
 
 
 @audit_app.command("report")

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import Checkpoint, WitnessReply
+from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
 from bund.parties.authz import INSTANCE_METADATA
 from bund.parties.config import NodeConfig, TlsPaths
 from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
@@ -55,6 +55,60 @@ def _answered_by_node(exc: grpc.RpcError) -> bool:
         tuple(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ()
     )
     return any(key == ANSWERED_BY_NODE for key, _ in trailing)
+
+
+#: What gRPC's error details say, and the line that tells the operator what to do (``{who}`` is
+#: "PARTY at ADDRESS"): the first match wins.
+_TRANSPORT_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("CERTIFICATE_VERIFY_FAILED",),
+        "{who}: the node's certificate is not from your federation CA; check [tls] ca",
+    ),
+    (
+        ("Hostname Verification", "No match found for server name", "Peer name"),
+        (
+            "{who}: the node there is not {party}'s (its certificate names another party); "
+            "check the address"
+        ),
+    ),
+    (("Connection refused",), "{who} does not answer: is its node running? (connection refused)"),
+    (
+        ("errors resolving", "DNS resolution failed", "Domain name not found"),
+        "{who}: the host name does not resolve; check the address",
+    ),
+    (
+        ("No route to host", "Network is unreachable", "Connection timed out"),
+        "{who} cannot be reached: check the address, the network and its firewall",
+    ),
+    (
+        ("Socket closed", "Connection reset", "handshake"),
+        (
+            "{who} closed the connection: does it accept your certificate? (check [tls] cert "
+            "and key: an operator credential of {party}, or a node certificate on the roster)"
+        ),
+    ),
+)
+
+
+def transport_failure(
+    party: str, address: str, code: grpc.StatusCode, details: str, timeout: float
+) -> str:
+    """One line that says why ``party``'s node at ``address`` gave no answer, and what to do.
+
+    Read from gRPC's error details: a certificate from another CA, a node of another party at
+    the address, connection refused (the node is down), a name that does not resolve, a host
+    that cannot be reached, a connection closed in the handshake, or no answer in time.
+    """
+    who = f"{party} at {address}"
+    for needles, line in _TRANSPORT_FAILURES:
+        if any(n in details for n in needles):
+            return line.format(who=who, party=party)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"{who} did not answer within {timeout:g} s: is its node running and reachable? "
+            "(DEADLINE_EXCEEDED)"
+        )
+    return f"{who} does not answer: is its node running? ({code.name}: {details})"
 
 
 def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str, int | str]]:
@@ -141,8 +195,9 @@ class NodeClient:
                         f"{self.party} answered {code.name}: {details}"
                     ) from None
                 raise PeerUnavailableError(
-                    f"{self.party} at {self.address} is unreachable ({code.name}: {details}); "
-                    "check that its node runs and the address is right"
+                    transport_failure(
+                        self.party, self.address, code, details, timeout or self.timeout
+                    )
                 ) from None
             raise RemoteError(self.party, code, details) from None
         out = response()
@@ -232,6 +287,24 @@ class NodeClient:
             audit_pb2.ReadAuditLogResponse,
         )
         return wire.audit_page_from_proto(r)
+
+    def job_log(self, job_id: str) -> list[AuditRecord]:
+        """This node's audit records of one job, in log order (its own operator only)."""
+        records: list[AuditRecord] = []
+        start = 0
+        while True:
+            r = self._call(
+                "Jobs",
+                "GetJobLog",
+                job_pb2.GetJobLogRequest(job_id=job_id, start=start),
+                job_pb2.GetJobLogResponse,
+            )
+            records += [wire.audit_record_from_proto(x) for x in r.records]
+            if r.next_index == 0:
+                return records
+            if r.next_index <= start:  # a node that pages backwards would never end
+                raise RemoteError(self.party, grpc.StatusCode.DATA_LOSS, "job log pages went back")
+            start = r.next_index
 
     def approval_request(self, job_id: str) -> ApprovalRequest:
         """What this node's approver is asked to sign for a job (its own operator only)."""

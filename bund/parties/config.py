@@ -76,6 +76,20 @@ class TrustPaths:
     operator_revocations: Path
 
 
+#: How the node writes its log: one line of text per entry, or one JSON object per line.
+LogFormat = Literal["text", "json"]
+#: The node log's threshold.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """How ``bund serve`` writes the node log (``[logging]``; ``docs/deploy.md``)."""
+
+    format: LogFormat = "text"
+    level: LogLevel = "INFO"
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to serve, as read from ``node.toml``."""
@@ -113,6 +127,9 @@ class NodeConfig:
     #: Where heavy kernel batches run: ``inline``, ``thread[:N]``, ``process[:N]`` and any
     #: back-end ``bund.compute.executor.create_executor`` knows (``[compute] executor``).
     executor: str = "inline"
+    logging: LoggingConfig = LoggingConfig()
+    #: Where the plain-HTTP health check listens (``[health] listen``); None: no such listener.
+    health_listen: str | None = None
     source: Path | None = field(default=None, compare=False)
     #: The policy file it was read from (a reload reads it again).
     policy_file: Path | None = field(default=None, compare=False)
@@ -267,6 +284,21 @@ class _Compute(StrictModel):
     )
 
 
+class _Logging(StrictModel):
+    format: LogFormat = Field(
+        default="text", description="text: one line per entry; json: one JSON object per line"
+    )
+    level: LogLevel = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR")
+
+
+class _Health(StrictModel):
+    listen: ListenAddress | None = Field(
+        default=None,
+        description="HOST:PORT of a plain-HTTP health check for load balancers (no client "
+        "certificate; answers 200 serving or 503 not serving, nothing else); off when unset",
+    )
+
+
 class _Peer(StrictModel):
     address: PeerAddress = Field(description="where the peer's node listens")
 
@@ -319,6 +351,8 @@ class NodeFile(StrictModel):
     audit: _Audit = Field(default_factory=_Audit)
     limits: _Limits = Field(default_factory=_Limits)
     compute: _Compute = Field(default_factory=_Compute)
+    logging: _Logging = Field(default_factory=_Logging)
+    health: _Health = Field(default_factory=_Health)
     peers: dict[Name, _Peer] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
 
@@ -405,6 +439,8 @@ def load_config(path: Path) -> NodeConfig:
         unstarted_expiry_s=limits.unstarted_expiry_s,
         max_workers=limits.max_workers,
         executor=file.compute.executor,
+        logging=LoggingConfig(format=file.logging.format, level=file.logging.level),
+        health_listen=file.health.listen,
         source=path,
         policy_file=rel(file.policy_file),
         witness_interval_s=file.audit.witness_interval_s,
@@ -512,6 +548,15 @@ witness_interval_s = 300            # exchange signed tree heads with every peer
 
 [compute]
 executor = "inline"                 # inline | thread[:N] | process[:N] | ray://HEAD:PORT
+
+[logging]                           # the node log, on stderr (docs/deploy.md)
+format = "text"                     # text | json (one JSON object per line)
+level = "INFO"                      # DEBUG | INFO | WARNING | ERROR
+
+# A plain-HTTP health check for a load balancer: no client certificate, answers 200 (serving)
+# or 503 (not serving) and nothing else. Off unless set.
+# [health]
+# listen = "127.0.0.1:8081"
 
 # Where each other party's node listens:
 # [peers.tax]

@@ -22,7 +22,6 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import grpc
@@ -61,6 +60,8 @@ from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.store import SqliteJobStore
+from bund.parties.listeners import HealthListener, ListenError, listen_failure
+from bund.parties.oplog import JobLog, configure_logging, job_records, version
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
 from bund.parties.roster import (
@@ -82,14 +83,6 @@ SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
 _WITNESS_TIMEOUT_S = 10.0
 
 
-def version() -> str:
-    """The installed Bund version."""
-    try:
-        return metadata.version("bund")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _utc_clock() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -109,6 +102,8 @@ class Node:
     refusals: RefusalTally
     #: The thread exchanging signed tree heads with the peers (``docs/audit.md``).
     witness: WitnessExchange | None = None
+    #: The plain-HTTP health check (``[health] listen``), if configured.
+    health_http: HealthListener | None = None
 
     def reload(self) -> None:
         """Read node.toml, policy.toml and the dataset catalogue again and apply them.
@@ -142,6 +137,8 @@ class Node:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let in-flight calls finish for ``grace`` seconds, close stores."""
+        if self.health_http is not None:
+            self.health_http.set_serving(False)
         for service in ("", *SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.witness is not None:
@@ -158,6 +155,8 @@ class Node:
         self.manager.ledger.close()
         self.manager.resume.close()
         self.audit_store.close()
+        if self.health_http is not None:
+            self.health_http.close()
 
 
 def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
@@ -241,6 +240,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     anchors = _trust_anchors(config, audit)
     instance = Instance.create(config.party, signing_key, _utc_clock())
     store = SqliteJobStore(config.state_dir / "jobs.db", audit)
+    store.add_observer(JobLog(config.party))
     resume_key = load_or_create_key(config.state_dir / "resume.key")
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
     mailbox = Mailbox(config.max_message_bytes, journal=resume)
@@ -330,7 +330,16 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     server.add_generic_rpc_handlers(
         (
             servicers.make_generic_handler(
-                "bund.v1.Jobs", servicers.job_methods(manager), audit, gate, refusals
+                "bund.v1.Jobs",
+                {
+                    **servicers.job_methods(manager),
+                    **servicers.job_log_methods(
+                        manager, functools.partial(job_records, audit_store)
+                    ),
+                },
+                audit,
+                gate,
+                refusals,
             ),
             servicers.make_generic_handler(
                 "bund.v1.Federation", servicers.federation_methods(info), audit, gate, refusals
@@ -368,12 +377,29 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         root_certificates=anchors.federation_ca + b"\n" + anchors.operator_ca,
         require_client_auth=True,
     )
-    port = server.add_secure_port(config.listen, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {config.listen}")
+    try:
+        port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
+    health_http = None
+    try:
+        if port == 0:
+            raise listen_failure(config.listen, "listen", config.source)
+        if config.health_listen is not None:
+            health_http = HealthListener(config.health_listen, config.source)
+    except ListenError:
+        manager.shutdown()
+        peers.close()
+        store.close()
+        ledger.close()
+        resume.close()
+        audit_store.close()
+        raise
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if health_http is not None:
+        health_http.set_serving(True)
     audit.append(
         Event.NODE_STARTED,
         "",
@@ -394,21 +420,19 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     refusals.start()
     exchange.start()
     return Node(
-        config,
-        server,
-        port,
-        manager,
-        audit,
-        audit_store,
-        health_servicer,
-        peers,
-        refusals,
-        exchange,
-    )
+        config, server, port, manager, audit, audit_store, health_servicer, peers, refusals,
+        exchange, health_http,
+    )  # fmt: skip
 
 
 def serve(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> None:
-    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
+    """Run a node until SIGTERM or SIGINT, then stop it cleanly; SIGHUP reloads its policy.
+
+    The node log goes to stderr in ``[logging]``'s format and level; its first line names the
+    Bund version.
+    """
+    configure_logging(config.logging)
+    log.info("bund %s: starting %s's node (%s)", version(), config.party, config.source)
     node = create_node(config, protocols)
     stop = threading.Event()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import Message
 
 from bund.parties import wire
-from bund.parties.audit import Checkpoint, Witness
+from bund.parties.audit import AuditRecord, Checkpoint, Witness
 from bund.parties.authz import INSTANCE_METADATA, Access, Caller, Gate
 from bund.parties.errors import NotAuthorizedError, rpc_error_translator
 from bund.parties.identity import PartyIdentity
@@ -220,6 +220,26 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         "ResumeJob": Method(job_pb2.ResumeJobRequest, resume, either, job),
         "Deliver": Method(job_pb2.DeliverRequest, deliver, peer, job),
     }
+
+
+def job_log_methods(
+    manager: JobManager, read: Callable[[str, int], tuple[Sequence[AuditRecord], int]]
+) -> dict[str, Method]:
+    """The Jobs service's ``GetJobLog``: one job's audit records, to this node's operators only.
+
+    ``read(job_id, start)`` returns a page of the job's records and where the next begins
+    (``bund.parties.oplog.job_records``); a job unknown here is NOT_FOUND.
+    """
+
+    def job_log(r: job_pb2.GetJobLogRequest, who: PartyIdentity) -> Message:
+        job_id = wire.job_id(r.job_id)
+        manager.store.get(job_id)
+        records, following = read(job_id, wire.position(r.start, "start"))
+        return job_pb2.GetJobLogResponse(
+            records=[wire.audit_record_to_proto(x) for x in records], next_index=following
+        )
+
+    return {"GetJobLog": Method(job_pb2.GetJobLogRequest, job_log, Access.OPERATOR)}
 
 
 def federation_methods(info: wire.NodeInfo) -> dict[str, Method]:

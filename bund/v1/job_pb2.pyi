@@ -4,13 +4,14 @@ isort:skip_file
 Job lifecycle and the per-job mailbox.
 
 Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
-  GetApprovalRequest, ApproveJob, DenyJob.
+  GetApprovalRequest, ApproveJob, DenyJob, GetJobLog.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
 """
 
+from bund.v1 import audit_pb2 as _audit_pb2
 from bund.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -755,3 +756,54 @@ class DenyJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DenyJobResponse: _TypeAlias = DenyJobResponse  # noqa: Y015
+
+@_typing.final
+class GetJobLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    start: _builtins.int
+    """The audit index to continue from (a previous response's next_index); 0: the job's first
+    record.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        start: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobLogRequest: _TypeAlias = GetJobLogRequest  # noqa: Y015
+
+@_typing.final
+class GetJobLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_INDEX_FIELD_NUMBER: _builtins.int
+    next_index: _builtins.int
+    """Where the next page begins; 0 when there are no more."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.AuditRecord]:
+        """The job's records, in log order, as signed in the node's audit log."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_audit_pb2.AuditRecord] | None = ...,
+        next_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_index", b"next_index", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobLogResponse: _TypeAlias = GetJobLogResponse  # noqa: Y015

@@ -103,5 +103,7 @@ class JobStatus:
     has_result: bool = False
     transcript_digest: str = ""
     updated_at: str = ""
+    #: When this node first recorded the job (kept by the node; not sent over the wire).
+    created_at: str = ""
     #: The approvers of this node who approved the job, in the order they did.
     approved_by: tuple[str, ...] = ()

@@ -49,6 +49,21 @@ def utcnow() -> str:
 
 
 @dataclass(frozen=True)
+class JobNote:
+    """What just happened to a job at this node, as an observer hears it (the node's job log).
+
+    Attributes:
+        status: The job's status right after it.
+        event: The lifecycle record just written, or None for a progress update.
+        fields: That record's fields (empty for progress).
+    """
+
+    status: JobStatus
+    event: Event | None
+    fields: Mapping[str, JsonScalar]
+
+
+@dataclass(frozen=True)
 class ResultInfo:
     """A stored result: its summary, and each artifact's size (bytes are read in pages)."""
 
@@ -85,6 +100,7 @@ class JobStore(ABC):
         self._changed = threading.Condition(self._lock)
         self._revision = 0
         self._listeners: list[Callable[[JobStatus], None]] = []
+        self._observers: list[Callable[[JobNote], None]] = []
 
     def add_listener(self, listener: Callable[[JobStatus], None]) -> None:
         """Call ``listener`` with the new status after every move (outside the store's lock).
@@ -93,12 +109,31 @@ class JobStore(ABC):
         """
         self._listeners.append(listener)
 
+    def add_observer(self, observer: Callable[[JobNote], None]) -> None:
+        """Call ``observer`` after each lifecycle record and progress update of a job.
+
+        It hears a job's creation, every move, approvals, the lifecycle records that change no
+        state (``job_closed``) and progress, outside the store's lock, after the record is
+        durable. One that raises is logged and changes nothing.
+        """
+        self._observers.append(observer)
+
     def _notify(self, status: JobStatus) -> None:
         for listener in self._listeners:
             try:
                 listener(status)
             except Exception:  # noqa: BLE001 - the move is made; a listener's failure is logged
                 log.exception("a listener failed on job %s", status.spec.job_id)
+
+    def _observe(
+        self, status: JobStatus, event: Event | None, fields: Mapping[str, JsonScalar]
+    ) -> None:
+        note = JobNote(status, event, dict(fields))
+        for observer in self._observers:
+            try:
+                observer(note)
+            except Exception:  # noqa: BLE001 - what happened stands; an observer's failure is logged
+                log.exception("an observer failed on job %s", status.spec.job_id)
 
     # -- what a back-end provides ---------------------------------------------------------------
 
@@ -165,11 +200,12 @@ class JobStore(ABC):
         with self._lock:
             if self._row(spec.job_id) is not None:
                 raise JobStateError(f"job {spec.job_id} is already known here")
-            self._audit.append(
-                event, spec.job_id, {**(fields or {}), Key.STATE: JobState.PROPOSED.value}
-            )
+            written = {**(fields or {}), Key.STATE: JobState.PROPOSED.value}
+            self._audit.append(event, spec.job_id, written)
             self._insert(spec, JobState.PROPOSED, utcnow())
-            return self._changed_now(spec.job_id)
+            status = self._changed_now(spec.job_id)
+        self._observe(status, event, written)
+        return status
 
     def transition(
         self,
@@ -204,7 +240,8 @@ class JobStore(ABC):
             current = self.get(job_id)
             if not can_move(current.state, to):
                 raise IllegalTransitionError(job_id, current.state, to)
-            self._audit.append(event, job_id, {**(fields or {}), Key.STATE: to.value})
+            written = {**(fields or {}), Key.STATE: to.value}
+            self._audit.append(event, job_id, written)
             changes: dict[str, str | int] = {"state": to.value}
             if error is not None:
                 changes["error"] = error[:_MAX_ERROR]
@@ -215,6 +252,7 @@ class JobStore(ABC):
                 self._set_admitted(job_id, admitted)
             status = self._changed_now(job_id)
         self._notify(status)
+        self._observe(status, event, written)
         return status
 
     def approve(
@@ -229,10 +267,12 @@ class JobStore(ABC):
             if approver in self._approvers(job_id):
                 raise JobStateError(f"{approver} approved job {job_id} already")
             state = self.get(job_id).state.value
-            self._audit.append(Event.JOB_APPROVED, job_id, {**fields, Key.STATE: state})
+            written = {**fields, Key.STATE: state}
+            self._audit.append(Event.JOB_APPROVED, job_id, written)
             self._add_approval(job_id, approver, utcnow())
-            self._changed_now(job_id)
-            return self._approvers(job_id)
+            status = self._changed_now(job_id)
+        self._observe(status, Event.JOB_APPROVED, written)
+        return status.approved_by
 
     def admitted(self, job_id: str) -> bytes | None:
         """What the job was accepted on here (its approval payload), or None."""
@@ -247,16 +287,21 @@ class JobStore(ABC):
         A record of the job's life names the state the job stays in, so that a reader never
         guesses it from the event (``job_closed`` of a job cancelled while its role finished).
         """
-        extra: dict[str, JsonScalar] = {}
-        if KINDS.get(event) is EventKind.LIFECYCLE:
-            extra[Key.STATE] = self.get(job_id).state.value
-        self._audit.append(event, job_id, {**(fields or {}), **extra})
+        lifecycle = KINDS.get(event) is EventKind.LIFECYCLE
+        status = self.get(job_id) if lifecycle else None
+        written: dict[str, JsonScalar] = dict(fields or {})
+        if status is not None:
+            written[Key.STATE] = status.state.value
+        self._audit.append(event, job_id, written)
+        if status is not None:
+            self._observe(status, event, written)
 
     def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
         """Note a running job's progress (shown by ``bund job status``; not audited)."""
         with self._lock:
             self._update(job_id, {"phase": phase, "done": done, "total": total}, utcnow(), None)
-            self._changed_now(job_id)
+            status = self._changed_now(job_id)
+        self._observe(status, None, {})
 
     def _changed_now(self, job_id: str) -> JobStatus:
         self._revision += 1
@@ -341,7 +386,7 @@ class MemoryJobStore(JobStore):
         self._admission: dict[str, bytes] = {}
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
-        self._jobs[spec.job_id] = JobStatus(spec=spec, state=state, updated_at=now)
+        self._jobs[spec.job_id] = JobStatus(spec=spec, state=state, updated_at=now, created_at=now)
         self._order.append(spec.job_id)
 
     def _row(self, job_id: str) -> JobStatus | None:
@@ -404,7 +449,7 @@ class MemoryJobStore(JobStore):
         """Nothing to release."""
 
 
-_COLUMNS = "spec, state, phase, done, total, error, transcript, updated"
+_COLUMNS = "spec, state, phase, done, total, error, transcript, updated, created"
 _HAS_RESULT = "EXISTS(SELECT 1 FROM results r WHERE r.job_id = jobs.job_id)"
 
 
@@ -494,8 +539,8 @@ class SqliteJobStore(JobStore):
         return [replace(s, approved_by=self._approvers(s.spec.job_id)) for s in statuses]
 
     @staticmethod
-    def _status(row: tuple[str, str, str, int, int, str, str, str, int]) -> JobStatus:
-        spec_json, state, phase, done, total, error, transcript, updated, has_result = row
+    def _status(row: tuple[str, str, str, int, int, str, str, str, str, int]) -> JobStatus:
+        spec_json, state, phase, done, total, error, transcript, updated, created, has_result = row
         return JobStatus(
             spec=spec_from_json(spec_json),
             state=JobState(state),
@@ -506,6 +551,7 @@ class SqliteJobStore(JobStore):
             has_result=bool(has_result),
             transcript_digest=transcript,
             updated_at=updated,
+            created_at=created,
         )
 
     def _update(
