@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -45,14 +45,20 @@ from bund.compute.learn import metrics
 
 if TYPE_CHECKING:
     import torch
+    from torch import Tensor
+
+    #: One DP-SGD step on a batch ``(x, y)`` of tensors, or on an empty batch (``None``, which
+    #: releases noise only); it returns the batch's mean loss (``None`` for an empty batch).
+    DpStep = Callable[[tuple[Tensor, Tensor] | None], Tensor | None]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 #: Model kinds, by name.
 MODEL_KINDS = ("logistic", "mlp")
-#: Opacus per-sample gradient modes this module drives.
-GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost")
+#: Per-sample gradient modes: Opacus's three, and this module's closed form
+#: (:mod:`bund.compute.learn.per_sample`), which covers both model kinds.
+GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "closed_form")
 #: Privacy accountants, by Opacus's name.
 ACCOUNTANTS = ("rdp", "prv")
 #: Public value ranges of the health demo's numeric columns (clinically plausible limits).
@@ -177,7 +183,9 @@ class DpSgdConfig:
         noise_multiplier: Noise standard deviation over the clipping norm (0 only in tests).
         max_grad_norm: Per-sample clipping norm.
         sample_rate: Probability that a row joins a batch (Poisson sampling).
-        grad_sample_mode: Opacus's per-sample gradient mode: ``hooks``, ``ew`` or ``ghost``.
+        grad_sample_mode: How per-sample gradients are computed: Opacus's ``hooks``, ``ew`` or
+            ``ghost``, or ``closed_form`` (:mod:`bund.compute.learn.per_sample`: the same
+            clipping, noise and step, without Opacus's hooks).
     """
 
     steps: int
@@ -229,6 +237,7 @@ class SecureStream:
             raise ValueError("a SecureStream key is 32 bytes")
         cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
         self._keystream = cipher.encryptor()
+        self._layouts: dict[tuple[int, ...], tuple[IntArray, IntArray, IntArray]] = {}
 
     def uniform(self, n: int) -> FloatArray:
         """``n`` draws from the open interval (0, 1), 53 random bits each."""
@@ -236,36 +245,125 @@ class SecureStream:
         return ((words >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
 
     def normal(self, n: int) -> FloatArray:
-        """``n`` standard normal draws (Box–Muller on :meth:`uniform` pairs)."""
+        """``n`` standard normal draws (Box–Muller on :meth:`uniform` pairs).
+
+        The first ``⌈n/2⌉`` uniforms are the radii's, the next ``⌈n/2⌉`` the angles'; the cosines
+        come first, then the sines, cut to ``n``.
+        """
         half = (n + 1) // 2
-        u1, u2 = self.uniform(half), self.uniform(half)
-        radius = np.sqrt(-2.0 * np.log(u1))
-        return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[
-            :n
-        ]
+        u = self.uniform(2 * half)
+        return _box_muller(u[None, :half], u[None, half:])[0, :n]
 
     def secure_normal(self, n: int) -> FloatArray:
         """Standard normal draws as Opacus's ``secure_mode`` makes them: four draws summed, / 2.
 
         Summing several draws defeats the attacks on a single floating-point Gaussian sample
-        (Holohan & Braghin, 2021), as Opacus does when it has a CSPRNG.
+        (Holohan & Braghin, 2021), as Opacus does when it has a CSPRNG. The four
+        :meth:`normal` draws come from one keystream call and one vectorised Box–Muller: the
+        values are those of four calls of :meth:`normal` in turn, added in that order.
         """
-        return sum((self.normal(n) for _ in range(4)), np.zeros(n)) / 2.0
+        half = (n + 1) // 2
+        u = self.uniform(8 * half).reshape(4, 2, half)
+        return _four_summed(_box_muller(u[:, 0], u[:, 1])[:, :n])
+
+    def secure_normals(self, sizes: tuple[int, ...]) -> FloatArray:
+        """:meth:`secure_normal` of each size in turn, concatenated: one step's noise, one call.
+
+        The values are exactly those of ``secure_normal(n)`` for each ``n`` of ``sizes`` in
+        order (one tensor's noise after another, as a per-tensor loop would draw them), but
+        from one keystream call and one vectorised Box–Muller over the whole buffer: the
+        positions of each tensor's uniforms and outputs are index arrays, computed once per
+        ``sizes`` and kept on the stream.
+        """
+        layout = self._layouts.get(sizes)
+        if layout is None:
+            layout = self._layouts[sizes] = _normals_layout(sizes)
+        radii, angles, picks = layout
+        u = self.uniform(radii.size * 2)
+        return _four_summed(_box_muller(u[radii], u[angles])[:, picks])
+
+
+def _box_muller(u1: FloatArray, u2: FloatArray) -> FloatArray:
+    """Rows of normals from rows of uniform pairs: each row's cosines, then its sines."""
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = 2 * np.pi * u2
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+
+
+def _four_summed(z: FloatArray) -> FloatArray:
+    """The secure-mode sum of four rows of normals, halved (added in order, from zero)."""
+    summed: FloatArray = (((z[0] + z[1]) + z[2]) + z[3]) / 2.0
+    return summed
+
+
+def _normals_layout(sizes: tuple[int, ...]) -> tuple[IntArray, IntArray, IntArray]:
+    """Where :meth:`SecureStream.secure_normals` finds each tensor's uniforms and normals.
+
+    Tensor ``t`` of ``n`` values (``h = ⌈n/2⌉``) takes ``8h`` consecutive uniforms: its four
+    draws in turn, each ``h`` radii then ``h`` angles. ``radii[k]`` and ``angles[k]`` index
+    the uniforms of draw ``k`` of every tensor, one tensor after another (``H = Σ h`` columns);
+    ``picks`` indexes, in the ``(4, 2H)`` Box–Muller rows (all cosines, then all sines), each
+    tensor's first ``h`` cosines and then its sines, cut to ``n``.
+    """
+    halves = np.array([(n + 1) // 2 for n in sizes], dtype=np.int64)
+    total = int(halves.sum())
+    starts = 8 * (np.cumsum(halves) - halves)  # each tensor's first uniform
+    columns = np.cumsum(halves) - halves  # each tensor's first column of the rows
+    within = np.arange(total) - np.repeat(columns, halves)
+    first = np.repeat(starts, halves) + within
+    span = np.repeat(halves, halves)
+    draws = np.arange(4)[:, None]
+    radii = first[None, :] + 2 * draws * span[None, :]
+    angles = radii + span[None, :]
+    picks = np.concatenate(
+        [
+            np.where(np.arange(n) < h, c + np.arange(n), total + c + np.arange(n) - h)
+            for n, h, c in zip(sizes, halves.tolist(), columns.tolist(), strict=True)
+        ]
+    ).astype(np.int64)
+    return radii, angles, picks
+
+
+def _noise_source(
+    stream: SecureStream, params: Sequence[Tensor]
+) -> Callable[[float], list[Tensor]]:
+    """Each call, one step's secure-mode noise of a given standard deviation for ``params``.
+
+    One :meth:`SecureStream.secure_normals` over every parameter in order, scaled, cast to the
+    parameters' dtype and cut into one tensor shaped like each parameter (views of one buffer).
+    """
+    torch = _torch()
+    sizes = tuple(p.numel() for p in params)
+    shapes = [tuple(p.shape) for p in params]
+    ends = np.cumsum(sizes).tolist()
+    starts = [0, *ends[:-1]]
+    dtype = torch.empty(0, dtype=params[0].dtype).numpy().dtype
+
+    def draw(std: float) -> list[Tensor]:
+        flat = (stream.secure_normals(sizes) * std).astype(dtype)
+        return [
+            torch.from_numpy(flat[a:b].reshape(shape))
+            for a, b, shape in zip(starts, ends, shapes, strict=True)
+        ]
+
+    return draw
 
 
 def _noise_from(stream: SecureStream, base: type) -> type:
     """An Opacus optimizer class whose noise comes from ``stream`` instead of a torch generator."""
-    torch = _torch()
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     class SecureNoise(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._secure_noise = _noise_source(stream, self.params)
+
         def add_noise(self) -> None:
-            std = self.noise_multiplier * self.max_grad_norm
             for p in self.params:
                 _check_processed_flag(p.summed_grad)
-                draw = stream.secure_normal(p.summed_grad.numel()) * std
-                noise = torch.as_tensor(draw, dtype=p.summed_grad.dtype)
-                p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
+            noises = self._secure_noise(self.noise_multiplier * self.max_grad_norm)
+            for p, noise in zip(self.params, noises, strict=True):
+                p.grad = (p.summed_grad + noise).view_as(p)
                 _mark_as_processed(p.summed_grad)
 
     return SecureNoise
@@ -308,6 +406,69 @@ def _private(
     return gsm, plain_clipping(optimizer, **common), loss
 
 
+def _dp_step(
+    model: torch.nn.Module, config: DpSgdConfig, batch: int, noise: SecureStream
+) -> DpStep:
+    """DP-SGD steps on ``model`` in ``config``'s per-sample gradient mode, noise from ``noise``.
+
+    Every mode draws the same noise from the stream (one :meth:`SecureStream.secure_normals`
+    per step, empty batches included), so for one key the modes differ by float rounding only.
+    """
+    torch = _torch()
+    if config.grad_sample_mode == "closed_form":
+        return _closed_form_step(model, config, batch, noise)
+    gsm, optimizer, criterion = _private(model, config, batch, noise)
+    params = list(model.parameters())
+
+    def step(data: tuple[Tensor, Tensor] | None) -> Tensor | None:
+        optimizer.zero_grad()
+        if data is None:
+            for p in params:
+                p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+            optimizer.step()
+            return None
+        x, y = data
+        # Opacus's hooks need a graph input that requires grad, or torch warns on every step.
+        out = criterion(gsm(x.requires_grad_(True)).squeeze(-1), y)
+        out.backward()
+        optimizer.step()
+        loss: Tensor = out.detach()
+        return loss
+
+    return step
+
+
+def _closed_form_step(
+    model: torch.nn.Module, config: DpSgdConfig, batch: int, noise: SecureStream
+) -> DpStep:
+    """DP-SGD steps with closed-form per-sample gradients: Opacus's arithmetic, without hooks.
+
+    Each step is what ``DPOptimizer`` over ``SGD`` does, in the same order: the clipped sum
+    (:func:`bund.compute.learn.per_sample.clipped_sum`), plus the noise, divided by the expected
+    batch, times ``-learning_rate`` added to the weights.
+    """
+    torch = _torch()
+    from bund.compute.learn import per_sample
+
+    if not per_sample.supports(model):
+        raise ValueError("closed_form per-sample gradients cover the logistic and MLP models only")
+    params = list(model.parameters())
+    std = config.noise_multiplier * config.max_grad_norm
+    draw = _noise_source(noise, params)
+
+    def step(data: tuple[Tensor, Tensor] | None) -> Tensor | None:
+        with torch.no_grad():
+            if data is None:
+                sums, loss = [torch.zeros_like(p) for p in params], None
+            else:
+                sums, loss = per_sample.clipped_sum(model, *data, config.max_grad_norm)
+            for p, total, drawn in zip(params, sums, draw(std), strict=True):
+                p.add_((total + drawn) / batch, alpha=-config.learning_rate)
+        return loss
+
+    return step
+
+
 def local_update(
     spec: ModelSpec,
     weights: FloatArray,
@@ -337,24 +498,17 @@ def local_update(
     set_weights(model, weights)
     stream = SecureStream(key)
     expected = max(1, round(config.sample_rate * len(x)))
-    gsm, optimizer, criterion = _private(model, config, expected, stream)
+    step = _dp_step(model, config, expected, stream)
     xt, yt = _tensors(x, y)
     losses = []
     for _ in range(config.steps):
         # Poisson sampling, as Opacus's UniformWithReplacementSampler does, from the stream.
         indices = np.flatnonzero(stream.uniform(len(x)) < config.sample_rate)
-        optimizer.zero_grad()
         if not len(indices):  # an empty Poisson batch: the step releases noise only
-            for p in model.parameters():
-                p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
-            optimizer.step()
+            step(None)
             continue
         batch = torch.as_tensor(indices, dtype=torch.long)
-        # Opacus's hooks need a graph input that requires grad, or torch warns on every step.
-        out = criterion(gsm(xt[batch].requires_grad_(True)).squeeze(-1), yt[batch])
-        out.backward()
-        optimizer.step()
-        losses.append(float(out.detach()))
+        losses.append(float(step((xt[batch], yt[batch]))))  # type: ignore[arg-type]
     new = get_weights(model)
     return LocalUpdate(new - weights, float(np.mean(losses)) if losses else math.nan, len(x))
 
@@ -368,17 +522,21 @@ def make_step(
     """
     torch = _torch()
     model = create_model(spec)
-    if config is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        module, criterion = model, torch.nn.BCEWithLogitsLoss()
-    else:
+    if config is not None:
         key = hashlib.sha256(seed.to_bytes(8, "big")).digest()
-        module, optimizer, criterion = _private(model, config, batch, SecureStream(key))
+        dp_step = _dp_step(model, config, batch, SecureStream(key))
+
+        def private(x: FloatArray, y: FloatArray) -> None:
+            dp_step(_tensors(x, y))
+
+        return private
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = torch.nn.BCEWithLogitsLoss()
 
     def step(x: FloatArray, y: FloatArray) -> None:
         xt, yt = _tensors(x, y)
         optimizer.zero_grad()
-        criterion(module(xt.requires_grad_(config is not None)).squeeze(-1), yt).backward()
+        criterion(model(xt).squeeze(-1), yt).backward()
         optimizer.step()
 
     return step
