@@ -228,7 +228,7 @@ class SecureStream:
     what lets a resumed hospital rebuild a saved update byte for byte.
 
     >>> a, b = SecureStream(bytes(32)), SecureStream(bytes(32))
-    >>> bool((a.normal(4) == b.normal(4)).all())
+    >>> bool((a.secure_normal(4) == b.secure_normal(4)).all())
     True
     """
 
@@ -237,116 +237,91 @@ class SecureStream:
             raise ValueError("a SecureStream key is 32 bytes")
         cipher = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None)
         self._keystream = cipher.encryptor()
-        self._layouts: dict[tuple[int, ...], tuple[IntArray, IntArray, IntArray]] = {}
 
     def uniform(self, n: int) -> FloatArray:
         """``n`` draws from the open interval (0, 1), 53 random bits each."""
         words = np.frombuffer(self._keystream.update(bytes(8 * n)), dtype="<u8")
         return ((words >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
 
-    def normal(self, n: int) -> FloatArray:
-        """``n`` standard normal draws (Box–Muller on :meth:`uniform` pairs).
+    def fill(self, buffer: bytearray, zeros: bytes) -> None:
+        """Overwrite ``buffer`` with the next ``len(buffer)`` keystream bytes.
 
-        The first ``⌈n/2⌉`` uniforms are the radii's, the next ``⌈n/2⌉`` the angles'; the cosines
-        come first, then the sines, cut to ``n``.
+        ``zeros`` is ``len(buffer)`` zero bytes (the plaintext, kept by the caller so that no
+        step allocates it); the keystream goes straight into ``buffer``, with no copy.
         """
-        half = (n + 1) // 2
-        u = self.uniform(2 * half)
-        return _box_muller(u[None, :half], u[None, half:])[0, :n]
+        self._keystream.update_into(zeros, buffer)
 
     def secure_normal(self, n: int) -> FloatArray:
-        """Standard normal draws as Opacus's ``secure_mode`` makes them: four draws summed, / 2.
+        """``n`` standard normals as Opacus's ``secure_mode`` makes them: four summed, halved.
 
-        Summing several draws defeats the attacks on a single floating-point Gaussian sample
-        (Holohan & Braghin, 2021), as Opacus does when it has a CSPRNG. The four
-        :meth:`normal` draws come from one keystream call and one vectorised Box–Muller: the
-        values are those of four calls of :meth:`normal` in turn, added in that order.
+        The same values as :class:`GaussianNoise` draws from this point of the stream for
+        ``n`` values with a standard deviation of 1 (in float64).
         """
-        half = (n + 1) // 2
-        u = self.uniform(8 * half).reshape(4, 2, half)
-        return _four_summed(_box_muller(u[:, 0], u[:, 1])[:, :n])
-
-    def secure_normals(self, sizes: tuple[int, ...]) -> FloatArray:
-        """:meth:`secure_normal` of each size in turn, concatenated: one step's noise, one call.
-
-        The values are exactly those of ``secure_normal(n)`` for each ``n`` of ``sizes`` in
-        order (one tensor's noise after another, as a per-tensor loop would draw them), but
-        from one keystream call and one vectorised Box–Muller over the whole buffer: the
-        positions of each tensor's uniforms and outputs are index arrays, computed once per
-        ``sizes`` and kept on the stream.
-        """
-        layout = self._layouts.get(sizes)
-        if layout is None:
-            layout = self._layouts[sizes] = _normals_layout(sizes)
-        radii, angles, picks = layout
-        u = self.uniform(radii.size * 2)
-        return _four_summed(_box_muller(u[radii], u[angles])[:, picks])
+        torch = _torch()
+        noise = GaussianNoise(self, [(n,)], torch.float64)
+        return np.array(noise.draw(1.0)[0].numpy(), dtype=np.float64)
 
 
-def _box_muller(u1: FloatArray, u2: FloatArray) -> FloatArray:
-    """Rows of normals from rows of uniform pairs: each row's cosines, then its sines."""
-    radius = np.sqrt(-2.0 * np.log(u1))
-    angle = 2 * np.pi * u2
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+class GaussianNoise:
+    """A DP-SGD step's Gaussian noise for fixed tensor shapes, from a :class:`SecureStream`.
 
+    Each :meth:`draw` takes ``32·n`` keystream bytes for ``n`` values in one call, and turns
+    them into noise with whole-buffer torch operations and no loop per tensor:
 
-def _four_summed(z: FloatArray) -> FloatArray:
-    """The secure-mode sum of four rows of normals, halved (added in order, from zero)."""
-    summed: FloatArray = (((z[0] + z[1]) + z[2]) + z[3]) / 2.0
-    return summed
+    * the low 52 bits ``j`` of each 64-bit word (native byte order) become the uniform
+      ``u = (j + 1/2)·2⁻⁵²`` in (0, 1): the bits are put under the exponent of [1, 2) and
+      ``1 − 2⁻⁵³`` subtracted, both exact;
+    * the inverse normal CDF (``torch.special.ndtri``) turns each ``u`` into a standard normal
+      ``z`` (|z| < 8.21, symmetric: ``u`` and ``1 − u`` are both on the grid, and ``ndtri`` works
+      on ``1 − u`` above one half, which is exact);
+    * value ``i`` is ``(z_i + z_{n+i} + z_{2n+i} + z_{3n+i}) / 2`` times ``std``: the sum of four
+      standard normals that Opacus's ``secure_mode`` draws against the floating-point attacks on
+      a single Gaussian sample (Mironov, CCS 2012; Holohan & Braghin, arXiv 2107.10138), which
+      is again a standard normal.
 
+    The tensors :meth:`draw` returns are views of one buffer of ``dtype`` that the next draw
+    overwrites: add them to something before drawing again.
 
-def _normals_layout(sizes: tuple[int, ...]) -> tuple[IntArray, IntArray, IntArray]:
-    """Where :meth:`SecureStream.secure_normals` finds each tensor's uniforms and normals.
-
-    Tensor ``t`` of ``n`` values (``h = ⌈n/2⌉``) takes ``8h`` consecutive uniforms: its four
-    draws in turn, each ``h`` radii then ``h`` angles. ``radii[k]`` and ``angles[k]`` index
-    the uniforms of draw ``k`` of every tensor, one tensor after another (``H = Σ h`` columns);
-    ``picks`` indexes, in the ``(4, 2H)`` Box–Muller rows (all cosines, then all sines), each
-    tensor's first ``h`` cosines and then its sines, cut to ``n``.
+    >>> import torch
+    >>> noise = GaussianNoise(SecureStream(bytes(32)), [(2, 3), (2,)], torch.float32)
+    >>> [tuple(t.shape) for t in noise.draw(1.0)]
+    [(2, 3), (2,)]
     """
-    halves = np.array([(n + 1) // 2 for n in sizes], dtype=np.int64)
-    total = int(halves.sum())
-    starts = 8 * (np.cumsum(halves) - halves)  # each tensor's first uniform
-    columns = np.cumsum(halves) - halves  # each tensor's first column of the rows
-    within = np.arange(total) - np.repeat(columns, halves)
-    first = np.repeat(starts, halves) + within
-    span = np.repeat(halves, halves)
-    draws = np.arange(4)[:, None]
-    radii = first[None, :] + 2 * draws * span[None, :]
-    angles = radii + span[None, :]
-    picks = np.concatenate(
-        [
-            np.where(np.arange(n) < h, c + np.arange(n), total + c + np.arange(n) - h)
-            for n, h, c in zip(sizes, halves.tolist(), columns.tolist(), strict=True)
-        ]
-    ).astype(np.int64)
-    return radii, angles, picks
 
-
-def _noise_source(
-    stream: SecureStream, params: Sequence[Tensor]
-) -> Callable[[float], list[Tensor]]:
-    """Each call, one step's secure-mode noise of a given standard deviation for ``params``.
-
-    One :meth:`SecureStream.secure_normals` over every parameter in order, scaled, cast to the
-    parameters' dtype and cut into one tensor shaped like each parameter (views of one buffer).
-    """
-    torch = _torch()
-    sizes = tuple(p.numel() for p in params)
-    shapes = [tuple(p.shape) for p in params]
-    ends = np.cumsum(sizes).tolist()
-    starts = [0, *ends[:-1]]
-    dtype = torch.empty(0, dtype=params[0].dtype).numpy().dtype
-
-    def draw(std: float) -> list[Tensor]:
-        flat = (stream.secure_normals(sizes) * std).astype(dtype)
-        return [
-            torch.from_numpy(flat[a:b].reshape(shape))
-            for a, b, shape in zip(starts, ends, shapes, strict=True)
+    def __init__(
+        self, stream: SecureStream, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype
+    ) -> None:
+        torch = _torch()
+        sizes = [math.prod(shape) for shape in shapes]
+        self._stream, self._n = stream, sum(sizes)
+        self._buffer = bytearray(32 * self._n)
+        self._zeros = bytes(32 * self._n)
+        self._words = torch.frombuffer(self._buffer, dtype=torch.int64) if self._n else None
+        self._sums = torch.empty(self._n, dtype=torch.float64)
+        self._out = torch.empty(self._n, dtype=dtype)
+        ends = np.cumsum(sizes, dtype=np.int64).tolist()
+        self._views = [
+            self._out[start:end].view(shape)
+            for start, end, shape in zip([0, *ends[:-1]], ends, shapes, strict=True)
         ]
 
-    return draw
+    def draw(self, std: float) -> list[Tensor]:
+        """The next step's noise of standard deviation ``std``: one tensor per shape."""
+        torch = _torch()
+        self._stream.fill(self._buffer, self._zeros)
+        if self._words is None:
+            return self._views
+        self._words.bitwise_and_(_MANTISSA).bitwise_or_(_ONE)
+        u = self._words.view(torch.float64).sub_(1 - 2.0**-53)
+        torch.special.ndtri(u, out=u)
+        torch.sum(u.view(4, self._n), 0, out=self._sums)
+        torch.mul(self._sums, std / 2, out=self._out)
+        return self._views
+
+
+#: The low 52 bits of a float64 (its mantissa), and the bits of 1.0 (the exponent of [1, 2)).
+_MANTISSA = (1 << 52) - 1
+_ONE = 0x3FF0000000000000
 
 
 def _noise_from(stream: SecureStream, base: type) -> type:
@@ -356,7 +331,8 @@ def _noise_from(stream: SecureStream, base: type) -> type:
     class SecureNoise(base):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._secure_noise = _noise_source(stream, self.params)
+            shapes = [tuple(p.shape) for p in self.params]
+            self._secure_noise = GaussianNoise(stream, shapes, self.params[0].dtype).draw
 
         def add_noise(self) -> None:
             for p in self.params:
@@ -411,8 +387,9 @@ def _dp_step(
 ) -> DpStep:
     """DP-SGD steps on ``model`` in ``config``'s per-sample gradient mode, noise from ``noise``.
 
-    Every mode draws the same noise from the stream (one :meth:`SecureStream.secure_normals`
-    per step, empty batches included), so for one key the modes differ by float rounding only.
+    Every mode draws the same noise from the stream (one :meth:`GaussianNoise.draw` over all
+    parameters per step, empty batches included), so for one key the modes differ by float
+    rounding only.
     """
     torch = _torch()
     if config.grad_sample_mode == "closed_form":
@@ -454,7 +431,7 @@ def _closed_form_step(
         raise ValueError("closed_form per-sample gradients cover the logistic and MLP models only")
     params = list(model.parameters())
     std = config.noise_multiplier * config.max_grad_norm
-    draw = _noise_source(noise, params)
+    draw = GaussianNoise(noise, [tuple(p.shape) for p in params], params[0].dtype).draw
 
     def step(data: tuple[Tensor, Tensor] | None) -> Tensor | None:
         with torch.no_grad():
