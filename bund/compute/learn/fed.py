@@ -402,6 +402,7 @@ def _dp_step(
         if data is None:
             for p in params:
                 p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
+                p.grad = torch.zeros_like(p)  # ghost clipping sums p.grad, None before a backward
             optimizer.step()
             return None
         x, y = data
