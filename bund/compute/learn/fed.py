@@ -489,7 +489,9 @@ def local_update(
             step(None)
             continue
         batch = torch.as_tensor(indices, dtype=torch.long)
-        losses.append(float(step((xt[batch], yt[batch]))))  # type: ignore[arg-type]
+        loss = step((xt[batch], yt[batch]))
+        if loss is not None:
+            losses.append(float(loss))
     new = get_weights(model)
     return LocalUpdate(new - weights, float(np.mean(losses)) if losses else math.nan, len(x))
 
