@@ -182,7 +182,9 @@ class FedDpSgdParams(ProtocolParams):
         default=fed.ACCOUNTANTS[0], description="the privacy accountant"
     )
     grad_sample_mode: Annotated[str, OneOf(fed.GRAD_SAMPLE_MODES)] = Field(
-        default=fed.GRAD_SAMPLE_MODES[0], description="how Opacus computes per-example gradients"
+        default=fed.GRAD_SAMPLE_MODES[0],
+        description="how per-example gradients are computed: closed_form (exact formulas for "
+        "the logistic and one-hidden-layer models), or Opacus's hooks, ew or ghost",
     )
     max_dropouts: int = Field(
         default=0,
