@@ -448,6 +448,21 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
         return follow_job(client, job_id, timeout=timeout, on_update=show, not_found_grace=0)
 
 
+def approval_lines(status: JobStatus) -> list[str]:
+    """Each party's answer: this node's approvers, and (at the requester) the others' answers."""
+    lines = []
+    if status.approved_by:
+        lines.append(f"approved here by {', '.join(status.approved_by)}")
+    for view in status.parties:
+        line = f"{view.party}: {view.state.value.replace('_', ' ')}"
+        if view.approved_by:
+            line += f", approved by {', '.join(view.approved_by)}"
+        if view.reason and view.state in (JobState.REFUSED, JobState.FAILED):
+            line += f" ({view.reason})"
+        lines.append(line)
+    return lines
+
+
 def print_status(status: JobStatus) -> None:
     """A job's status as a small table."""
     t = RichTable(show_header=False, box=None)
@@ -462,6 +477,8 @@ def print_status(status: JobStatus) -> None:
     t.add_row("protocol", status.spec.protocol)
     t.add_row("parties", ", ".join(f"{p.party} ({p.role})" for p in status.spec.participants))
     t.add_row("state", f"[{colour}]{status.state.value}[/]")
+    for line in approval_lines(status):
+        t.add_row("", escape(line))  # approver names and reasons come from peers: never markup
     if status.phase:
         t.add_row("phase", f"{status.phase} {status.done}/{status.total}")
     if status.error:
@@ -674,6 +691,37 @@ def job_list(config: OperatorOpt, limit: int = 20, json_out: JsonOpt = False) ->
             s.spec.job_id, s.spec.protocol, ",".join(s.spec.parties), s.state.value, s.updated_at
         )
     console.print(t)
+
+
+@job_app.command("pending")
+def job_pending(config: OperatorOpt, limit: int = 50, json_out: JsonOpt = False) -> None:
+    """List the jobs that await this party's approval, each with what it computes and reveals."""
+    cfg, _ = _operator(config)
+    try:
+        with _client(cfg) as client:
+            jobs = client.list_jobs(limit, states=(JobState.AWAITING_APPROVAL,))
+            requests = [(s, client.approval_request(s.spec.job_id)) for s in jobs]
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        from bund.parties.views import pending_document
+
+        _print_json(pending_document(requests))
+        return
+    if not requests:
+        console.print("no job awaits this party's approval")
+        return
+    for status, request in requests:
+        console.rule(f"job {status.spec.job_id}", characters="-")
+        console.print("\n".join(request.summary_lines()), markup=False, highlight=False)
+        approved = (
+            f"; approved so far by {', '.join(status.approved_by)}" if status.approved_by else ""
+        )
+        console.print(
+            f"bund job approve {status.spec.job_id} (or bund job deny){approved}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @job_app.command("logs")

@@ -10,7 +10,7 @@ node's own certificate for node-to-node calls, which also carry the node's signe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,7 +25,7 @@ from bund.parties.authz import INSTANCE_METADATA
 from bund.parties.config import NodeConfig, TlsPaths
 from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
 from bund.parties.jobs import JobSpec, Result
-from bund.parties.lifecycle.states import JobStatus
+from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
 from bund.v1 import audit_pb2, federation_pb2, job_pb2
 
@@ -260,11 +260,12 @@ class NodeClient:
             offset += len(page.data)
         return b"".join(parts)
 
-    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
-        """The newest jobs at this node."""
-        r = self._call(
-            "Jobs", "ListJobs", job_pb2.ListJobsRequest(limit=limit), job_pb2.ListJobsResponse
+    def list_jobs(self, limit: int = 50, states: Collection[JobState] = ()) -> list[JobStatus]:
+        """The newest jobs at this node (only those in ``states``, when given)."""
+        request = job_pb2.ListJobsRequest(
+            limit=limit, states=[wire.state_to_proto(s) for s in states]
         )
+        r = self._call("Jobs", "ListJobs", request, job_pb2.ListJobsResponse)
         return [wire.status_from_proto(s) for s in r.jobs]
 
     def node_info(self, timeout: float | None = None) -> wire.NodeInfo:

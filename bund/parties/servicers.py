@@ -166,7 +166,8 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         return job_pb2.ReadArtifactResponse(data=data, total_size=total)
 
     def list_jobs(r: job_pb2.ListJobsRequest, who: PartyIdentity) -> Message:
-        jobs = manager.list(who.name, r.limit or default_list_limit)
+        states = frozenset(wire.state_from_proto(s) for s in r.states) or None
+        jobs = manager.list(who.name, r.limit or default_list_limit, states)
         return job_pb2.ListJobsResponse(jobs=[wire.status_to_proto(s) for s in jobs])
 
     def propose(r: job_pb2.ProposeJobRequest, who: PartyIdentity) -> Message:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bund.compute.dp.budget import Budget, format_rational
+from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import AuditRecord, VerificationReport
 from bund.parties.jobs import JsonScalar, Result
 from bund.parties.ledger import BudgetLine
@@ -54,6 +55,38 @@ def status_document(status: JobStatus) -> dict[str, object]:
         "has_result": status.has_result,
         "transcript_sha256": status.transcript_digest,
         "updated_at": status.updated_at,
+        "approved_by": list(status.approved_by),
+        "parties": [
+            {
+                "party": v.party,
+                "state": v.state.value,
+                "approved_by": list(v.approved_by),
+                "reason": v.reason,
+            }
+            for v in status.parties
+        ],
+    }
+
+
+def pending_document(
+    pending: Sequence[tuple[JobStatus, ApprovalRequest]],
+) -> dict[str, object]:
+    """``bund job pending --json``: each job awaiting approval here, with what it asks."""
+    return {
+        "jobs": [
+            {
+                **status_document(status),
+                "dataset": request.dataset,
+                "level": request.level,
+                "dataset_version": request.dataset_version,
+                "outputs": list(request.outputs),
+                "learns": dict(sorted(request.learns.items())),
+                "epsilon": format_rational(request.cost.epsilon),
+                "delta": format_rational(request.cost.delta),
+                "code_version": request.code_version,
+            }
+            for status, request in pending
+        ]
     }
 
 

@@ -27,7 +27,7 @@ from bund.parties.audit import (
 )
 from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import JobSpec, JsonScalar, Participant
-from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
 from bund.parties.lifecycle.store import ResultInfo
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
@@ -44,6 +44,7 @@ from bund.v1.job_pb2 import ApprovalRequest as ProtoApprovalRequest
 from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
 from bund.v1.job_pb2 import JobState as ProtoJobState
 from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
+from bund.v1.job_pb2 import PartyView as ProtoPartyView
 
 
 def parse(message_type: type[Message], data: bytes) -> Message:
@@ -147,6 +148,23 @@ _STATE_TO_PROTO = {
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
 
+def state_to_proto(state: JobState) -> ProtoJobState.ValueType:
+    """A job state's wire value."""
+    return _STATE_TO_PROTO[state]
+
+
+def state_from_proto(value: ProtoJobState.ValueType) -> JobState:
+    """A job state from its wire value.
+
+    Raises:
+        MalformedRequestError: If the value names no state.
+    """
+    try:
+        return _STATE_FROM_PROTO[value]
+    except KeyError:
+        raise MalformedRequestError(f"unknown job state {value}") from None
+
+
 def status_to_proto(status: JobStatus) -> ProtoJobStatus:
     """Serialise a ``JobStatus``."""
     return ProtoJobStatus(
@@ -159,15 +177,26 @@ def status_to_proto(status: JobStatus) -> ProtoJobStatus:
         has_result=status.has_result,
         transcript_digest=status.transcript_digest,
         updated_at=status.updated_at,
+        approved_by=list(status.approved_by),
+        parties=[
+            ProtoPartyView(
+                party=v.party,
+                state=_STATE_TO_PROTO[v.state],
+                approved_by=list(v.approved_by),
+                reason=v.reason,
+            )
+            for v in status.parties
+        ],
     )
 
 
 def status_from_proto(message: ProtoJobStatus) -> JobStatus:
     """Deserialise a ``JobStatus``."""
-    try:
-        state = _STATE_FROM_PROTO[message.state]
-    except KeyError:
-        raise MalformedRequestError(f"unknown job state {message.state}") from None
+    state = state_from_proto(message.state)
+    parties = tuple(
+        PartyView(v.party, state_from_proto(v.state), tuple(v.approved_by), v.reason)
+        for v in message.parties
+    )
     return JobStatus(
         spec=spec_from_proto(message.spec),
         state=state,
@@ -178,6 +207,8 @@ def status_from_proto(message: ProtoJobStatus) -> JobStatus:
         has_result=message.has_result,
         transcript_digest=message.transcript_digest,
         updated_at=message.updated_at,
+        approved_by=tuple(message.approved_by),
+        parties=parties,
     )
 
 

@@ -147,6 +147,8 @@ class JobStatus(_message.Message):
     HAS_RESULT_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_DIGEST_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    PARTIES_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     phase: _builtins.str
     """Current phase and its progress, for long phases."""
@@ -162,6 +164,14 @@ class JobStatus(_message.Message):
     """RFC 3339 UTC."""
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This node's approvers who approved the job, in order."""
+
+    @_builtins.property
+    def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyView]:
+        """At the requester's node: each other participant's answer as last heard, in spec order."""
+
     def __init__(
         self,
         *,
@@ -174,14 +184,48 @@ class JobStatus(_message.Message):
         has_result: _builtins.bool = ...,
         transcript_digest: _builtins.str = ...,
         updated_at: _builtins.str = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        parties: _abc.Iterable[Global___PartyView] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "has_result", b"has_result", "phase", b"phase", "spec", b"spec", "state", b"state", "total", b"total", "transcript_digest", b"transcript_digest", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "done", b"done", "error", b"error", "has_result", b"has_result", "parties", b"parties", "phase", b"phase", "spec", b"spec", "state", b"state", "total", b"total", "transcript_digest", b"transcript_digest", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class PartyView(_message.Message):
+    """Another participant's answer to a job, as the requester's node last heard it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    state: Global___JobState.ValueType
+    reason: _builtins.str
+    """Why it refused, in its words."""
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "party", b"party", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartyView: _TypeAlias = PartyView  # noqa: Y015
 
 @_typing.final
 class GetJobStatusResponse(_message.Message):
@@ -348,16 +392,22 @@ class ListJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many of the newest jobs; 0 means the node's default."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """Only jobs in these states; none means every state."""
+
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from bund.parties.audit import AuditLog, MemoryAuditStore
 from bund.parties.errors import JobStateError, UnknownJobError
 from bund.parties.jobs import AuditSink, JobSpec, JsonScalar, Participant, Result
 from bund.parties.lifecycle.events import Event, Key
-from bund.parties.lifecycle.states import IllegalTransitionError, JobState
+from bund.parties.lifecycle.states import IllegalTransitionError, JobState, PartyView
 from bund.parties.lifecycle.store import JobNote, JobStore, MemoryJobStore, SqliteJobStore
 
 KEY = Ed25519PrivateKey.generate()
@@ -140,6 +141,37 @@ class JobStoreContract:
             _spec(3).job_id,
             _spec(4).job_id,
         ]
+
+    def test_other_parties_answers_are_kept_in_spec_order_and_not_audited(
+        self, store: JobStore, audit: MemoryAuditStore
+    ) -> None:
+        spec = dataclasses.replace(
+            _spec(1),
+            participants=(
+                *_spec(1).participants,
+                Participant("tax", "member", "filings"),
+                Participant("registry", "member", "firms"),
+            ),
+        )
+        seen = store.create(spec, Event.JOB_SUBMITTED)
+        job = spec.job_id
+        store.note_party(job, PartyView("registry", JobState.REFUSED, (), "不在协议范围"))
+        store.note_party(job, PartyView("tax", JobState.AWAITING_APPROVAL))
+        store.note_party(job, PartyView("tax", JobState.ACCEPTED, ("alice", "bob")))
+        status = store.wait_for_change(job, seen, 0.0)
+        assert status.parties == (
+            PartyView("tax", JobState.ACCEPTED, ("alice", "bob")),
+            PartyView("registry", JobState.REFUSED, (), "不在协议范围"),
+        )
+        assert store.newest(1)[0].parties == status.parties
+        assert len(audit) == 1  # the submission only
+
+    def test_listing_by_state(self, store: JobStore) -> None:
+        for n in range(1, 4):
+            store.create(_spec(n), Event.JOB_SUBMITTED)
+        store.transition(_spec(2).job_id, JobState.AWAITING_APPROVAL, Event.JOB_AWAITING_APPROVAL)
+        waiting = store.newest(10, frozenset({JobState.AWAITING_APPROVAL}))
+        assert [s.spec.job_id for s in waiting] == [_spec(2).job_id]
 
     def test_progress_is_kept_but_not_audited(
         self, store: JobStore, audit: MemoryAuditStore

@@ -445,11 +445,13 @@ class JobManager:
         )
         return data, total
 
-    def list(self, caller: str, limit: int = 50) -> list[JobStatus]:
-        """The newest jobs, for this node's operator."""
+    def list(
+        self, caller: str, limit: int = 50, states: frozenset[JobState] | None = None
+    ) -> list[JobStatus]:
+        """The newest jobs (in ``states``, when given), for this node's operator."""
         if caller != self.party:
             raise NotAuthorizedError("only this node's own operator may list its jobs")
-        return self.store.newest(max(1, min(limit, 1000)))
+        return self.store.newest(max(1, min(limit, 1000)), states)
 
     # -- requester node -> participant nodes -----------------------------------------------
 

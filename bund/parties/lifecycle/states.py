@@ -91,6 +91,18 @@ class IllegalTransitionError(BundError):
 
 
 @dataclass(frozen=True)
+class PartyView:
+    """Another participant's answer to a job, as the requester's node last heard it."""
+
+    party: str
+    state: JobState
+    #: Its approvers who approved the job, in order.
+    approved_by: tuple[str, ...] = ()
+    #: Why it refused (its approver's reason for a denial), in its words.
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """One node's view of a job."""
 
@@ -107,3 +119,5 @@ class JobStatus:
     created_at: str = ""
     #: The approvers of this node who approved the job, in the order they did.
     approved_by: tuple[str, ...] = ()
+    #: At the requester's node: each other participant's answer as last heard, in spec order.
+    parties: tuple[PartyView, ...] = ()

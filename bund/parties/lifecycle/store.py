@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from bund.parties.lifecycle.states import (
     IllegalTransitionError,
     JobState,
     JobStatus,
+    PartyView,
     can_move,
     is_terminal,
 )
@@ -86,6 +87,12 @@ def spec_from_json(text: str) -> JobSpec:
         params=doc["params"],
         job_id=doc["job_id"],
     )
+
+
+def in_spec_order(spec: JobSpec, views: Iterable[PartyView]) -> tuple[PartyView, ...]:
+    """``views`` in the order the spec lists their parties."""
+    order = {party: i for i, party in enumerate(spec.parties)}
+    return tuple(sorted(views, key=lambda v: (order.get(v.party, len(order)), v.party)))
 
 
 class JobStore(ABC):
@@ -162,6 +169,14 @@ class JobStore(ABC):
     @abstractmethod
     def _approvers(self, job_id: str) -> tuple[str, ...]:
         """Who approved the job here, in order."""
+
+    @abstractmethod
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        """Keep another participant's answer (replacing the one before)."""
+
+    @abstractmethod
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        """The other participants' answers kept for the job, in spec order."""
 
     @abstractmethod
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
@@ -274,6 +289,18 @@ class JobStore(ABC):
         self._observe(status, Event.JOB_APPROVED, written)
         return status.approved_by
 
+    def note_party(self, job_id: str, view: PartyView) -> None:
+        """Keep what another participant answered, as this node (its requester) last heard it.
+
+        Shown by ``bund job status``; not audited here (the participant's own log records its
+        answer). A view unchanged since the last one changes nothing.
+        """
+        with self._lock:
+            if view in self._parties(job_id):
+                return
+            self._set_party(job_id, view, utcnow())
+            self._changed_now(job_id)
+
     def admitted(self, job_id: str) -> bytes | None:
         """What the job was accepted on here (its approval payload), or None."""
         with self._lock:
@@ -325,10 +352,10 @@ class JobStore(ABC):
         with self._lock:
             return self._row(job_id)
 
-    def newest(self, limit: int) -> list[JobStatus]:
-        """The newest ``limit`` jobs."""
+    def newest(self, limit: int, states: frozenset[JobState] | None = None) -> list[JobStatus]:
+        """The newest ``limit`` jobs (only those in ``states``, when given)."""
         with self._lock:
-            return self._rows(None, limit)
+            return self._rows(states, limit)
 
     def unfinished(self) -> list[JobStatus]:
         """Every job not in a terminal state, oldest first (what a restarting node looks at)."""
@@ -383,6 +410,7 @@ class MemoryJobStore(JobStore):
         self._order: list[str] = []
         self._results: dict[str, Result] = {}
         self._approvals: dict[str, list[str]] = {}
+        self._views: dict[str, dict[str, PartyView]] = {}
         self._admission: dict[str, bytes] = {}
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
@@ -394,7 +422,10 @@ class MemoryJobStore(JobStore):
         if status is None:
             return None
         return replace(
-            status, has_result=job_id in self._results, approved_by=self._approvers(job_id)
+            status,
+            has_result=job_id in self._results,
+            approved_by=self._approvers(job_id),
+            parties=in_spec_order(status.spec, self._parties(job_id)),
         )
 
     def _add_approval(self, job_id: str, approver: str, now: str) -> None:
@@ -402,6 +433,12 @@ class MemoryJobStore(JobStore):
 
     def _approvers(self, job_id: str) -> tuple[str, ...]:
         return tuple(self._approvals.get(job_id, ()))
+
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        self._views.setdefault(job_id, {})[view.party] = view
+
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        return tuple(self._views.get(job_id, {}).values())
 
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
         self._admission[job_id] = payload
@@ -482,6 +519,11 @@ class SqliteJobStore(JobStore):
                 "CREATE TABLE IF NOT EXISTS approvals (job_id TEXT NOT NULL, "
                 "approver TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (job_id, approver))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS party_views (job_id TEXT NOT NULL, "
+                "party TEXT NOT NULL, state TEXT NOT NULL, approved_by TEXT NOT NULL, "
+                "reason TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (job_id, party))"
+            )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "admitted" not in columns:  # a job table written before admissions were kept
                 self._db.execute("ALTER TABLE jobs ADD COLUMN admitted BLOB")
@@ -499,7 +541,7 @@ class SqliteJobStore(JobStore):
         ).fetchone()
         if row is None:
             return None
-        return replace(self._status(row), approved_by=self._approvers(job_id))
+        return self._complete(self._status(row))
 
     def _add_approval(self, job_id: str, approver: str, now: str) -> None:
         self._db.execute(
@@ -511,6 +553,30 @@ class SqliteJobStore(JobStore):
             "SELECT approver FROM approvals WHERE job_id = ? ORDER BY at, rowid", (job_id,)
         ).fetchall()
         return tuple(r[0] for r in rows)
+
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO party_views (job_id, party, state, approved_by, reason, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                view.party,
+                view.state.value,
+                json.dumps(list(view.approved_by)),
+                view.reason[:_MAX_ERROR],
+                now,
+            ),
+        )
+
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        rows = self._db.execute(
+            "SELECT party, state, approved_by, reason FROM party_views WHERE job_id = ?",
+            (job_id,),
+        ).fetchall()
+        return tuple(
+            PartyView(party, JobState(state), tuple(json.loads(approved)), reason)
+            for party, state, approved, reason in rows
+        )
 
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
         self._db.execute("UPDATE jobs SET admitted = ? WHERE job_id = ?", (payload, job_id))
@@ -535,8 +601,13 @@ class SqliteJobStore(JobStore):
             f"SELECT {_COLUMNS}, {_HAS_RESULT} FROM jobs {where} {order}",  # noqa: S608
             args,
         ).fetchall()
-        statuses = [self._status(r) for r in rows]
-        return [replace(s, approved_by=self._approvers(s.spec.job_id)) for s in statuses]
+        return [self._complete(self._status(r)) for r in rows]
+
+    def _complete(self, status: JobStatus) -> JobStatus:
+        """A row's status with its approvals and the other participants' answers."""
+        job_id = status.spec.job_id
+        parties = in_spec_order(status.spec, self._parties(job_id))
+        return replace(status, approved_by=self._approvers(job_id), parties=parties)
 
     @staticmethod
     def _status(row: tuple[str, str, str, int, int, str, str, str, str, int]) -> JobStatus:
