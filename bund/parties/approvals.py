@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bund.compute.canonical import canonical_json
-from bund.compute.dp.budget import Budget, format_rational
+from bund.compute.dp.budget import Budget, format_epsilon, format_rational
 from bund.compute.errors import BundError
 from bund.parties.jobs import JobSpec
 
@@ -71,7 +71,12 @@ class ApprovalRequest:
         lines += [f"  {party} learns {what}" for party, what in sorted(self.learns.items())]
         lines.append(
             "privacy budget charged to your dataset: "
-            + ("none" if self.cost.is_zero else str(self.cost))
+            + (
+                "none"
+                if self.cost.is_zero
+                else f"ε = {format_epsilon(self.cost.epsilon)}, "
+                f"δ = {format_epsilon(self.cost.delta)}"
+            )
         )
         lines.append(f"code version {self.code_version}; spec sha256 {spec.digest()}")
         return lines

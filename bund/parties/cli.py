@@ -542,10 +542,22 @@ def job_status(
     _print_json(status_document(status))
 
 
+def _shown(key: str, value: object) -> str:
+    """A summary value for people: an exact privacy cost ("155081/62500") also as a decimal."""
+    if isinstance(value, str) and ("epsilon" in key or "delta" in key) and "/" in value:
+        from bund.compute.dp.budget import format_epsilon, parse_rational
+
+        try:
+            return format_epsilon(parse_rational(value))
+        except BundError:
+            return value
+    return str(value)
+
+
 def _print_result(result: Result) -> None:
     t = RichTable(title="result", show_header=False)
     for k, v in result.summary.items():
-        t.add_row(escape(k), escape(str(v)))
+        t.add_row(escape(k), escape(_shown(k, v)))
     for name, data in result.artifacts.items():
         t.add_row(escape(f"artifact {name}"), f"{len(data):,} bytes")
     console.print(t)
@@ -763,8 +775,10 @@ app.add_typer(budget_app, name="budget")
 
 @budget_app.command("show")
 def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
-    """Each dataset's privacy budget: total, spent, left (exact)."""
-    from bund.compute.dp.budget import format_rational
+    """Each dataset's privacy budget: total, spent, reserved, left (``--json``: exact)."""
+    from fractions import Fraction
+
+    from bund.compute.dp.budget import format_decimal, format_rational
     from bund.parties.ledger import BudgetLedger
 
     cfg = _config(config)
@@ -788,19 +802,29 @@ def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
         levels = {name: entry.level for name, entry in cfg.policy.datasets.items()}
         _print_json(budget_document(lines, levels))
         return
-    t = RichTable(title="privacy budget per dataset (exact)")
+    exact: dict[str, str] = {}
+
+    def cell(value: Fraction) -> str:
+        """A decimal that fits the table; one rounded up is starred and its exact value noted."""
+        shown = format_decimal(value)
+        if Fraction(shown) == value:
+            return shown
+        exact[shown] = format_rational(value)
+        return f"{shown}*"
+
+    t = RichTable(title="privacy budget per dataset")
     for heading in ("dataset", "level", "", "total", "spent", "reserved", "left"):
         t.add_column(heading, no_wrap=True)
     for line in lines:
         entry = cfg.policy.datasets.get(line.dataset)
         budgets = (line.total, line.spent, line.reserved, line.remaining)
         t.add_row(
-            line.dataset,
-            entry.level if entry else "?",
-            "ε",
-            *(format_rational(b.epsilon) for b in budgets),
+            line.dataset, entry.level if entry else "?", "ε", *(cell(b.epsilon) for b in budgets)
         )
-        t.add_row("", "", "δ", *(format_rational(b.delta) for b in budgets))
+        t.add_row("", "", "δ", *(cell(b.delta) for b in budgets))
+    if exact:
+        notes = ", ".join(f"{shown} is {value}" for shown, value in exact.items())
+        t.caption = f"* rounded up; exactly: {notes}"
     console.print(t)
 
 

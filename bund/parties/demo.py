@@ -35,6 +35,7 @@ from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
 from bund.parties import identity
+from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import open_audit_store, verify_store
 from bund.parties.client import NodeClient, PeerClients, RemoteError
 from bund.parties.config import NodeConfig, load_config, operator_of
@@ -295,8 +296,11 @@ def node_files(
 
 def approve_as(
     client: NodeClient, home: Path, job_id: str, console: Console, show: bool = True
-) -> None:
-    """Play a data owner's approver: show the summary (if ``show``), sign with the approver key."""
+) -> ApprovalRequest:
+    """Play a data owner's approver: show the summary (if ``show``), sign with the approver key.
+
+    Returns what the approver reviewed.
+    """
     request = client.approval_request(job_id)
     if show:
         console.print(f"[bold]{request.party}'s approver reviews:[/]")
@@ -306,6 +310,7 @@ def approve_as(
     client.approve(job_id, signer.sign(request.payload()))
     if show:
         console.print(f"  [green]approved[/] by {request.party}")
+    return request
 
 
 def wait_awaiting_approval(client: NodeClient, job_id: str, timeout: float = 60.0) -> None:
@@ -366,12 +371,18 @@ def run_job(
     job_id = clients[spec.requester].submit(spec)
     console.print(f"{label} job [bold]{job_id}[/] submitted by {spec.requester}")
     owners = [p.party for p in spec.participants if p.dataset is not None]
+    reviewed = []
     for party in owners:
         wait_awaiting_approval(clients[party], job_id)
-        approve_as(clients[party], nodes.root / party, job_id, console, show=party in show)
+        reviewed.append(
+            approve_as(clients[party], nodes.root / party, job_id, console, show=party in show)
+        )
     silent = [party for party in owners if party not in show]
     if silent:
         console.print(f"  approved by {', '.join(silent)}")
+    if reviewed and not show:  # a shown summary said it already
+        for name, what in sorted(reviewed[0].learns.items()):
+            console.print(f"  {name} learns {what}", markup=False, highlight=False)
     status = follow_job(clients[spec.requester], job_id, timeout=JOB_TIMEOUT_S, interval=0.1)
     elapsed = time.monotonic() - started
     if status.state is not JobState.SUCCEEDED:
@@ -556,10 +567,15 @@ def run_credit_demo(nodes: DemoNodes, console: Console) -> dict[str, dict[str, o
     peers = PeerClients(nodes.configs[bank.name])
 
     def approve_everywhere(step: str, job_id: str) -> None:
+        reviewed = []
         for party in PARTIES:
             wait_awaiting_approval(clients[party.name], job_id)
-            approve_as(clients[party.name], root / party.name, job_id, console, show=False)
+            reviewed.append(
+                approve_as(clients[party.name], root / party.name, job_id, console, show=False)
+            )
         console.print(f"{step} job {job_id}: approved by {', '.join(p.name for p in PARTIES)}")
+        for name, what in sorted(reviewed[0].learns.items()):
+            console.print(f"  {name} learns {what}", markup=False, highlight=False)
 
     try:
         outcome = run_credit_model(

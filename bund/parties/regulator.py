@@ -1569,6 +1569,8 @@ class JobSummary:
     transcripts: Mapping[str, str]
     holders: tuple[str, ...]
     approvals: tuple[Approval, ...]
+    #: Why the job ended refused, failed or aborted at a party, as its log says.
+    reasons: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -1618,6 +1620,10 @@ class AuditOutcome:
         return sum(f.severity is Severity.ERROR for f in self.findings)
 
 
+#: The ends whose reason the report shows.
+_ENDED_BADLY = frozenset({JobState.REFUSED, JobState.FAILED, JobState.ABORTED})
+
+
 def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
     by_job: dict[str, list[tuple[str, AuditRecord]]] = {}
     for party in sorted(logs):
@@ -1632,6 +1638,7 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
         )
         told = {k: "" if spec is None else _text(spec, k) or "" for k in _SPEC_FIELDS}
         states: dict[str, str] = {}
+        reasons: dict[str, str] = {}
         transcripts: dict[str, str] = {}
         holders: list[str] = []
         approvals = []
@@ -1639,6 +1646,9 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
             state = state_after(r.event, r.fields)
             if state is not None:
                 states[party] = state.value.replace("_", " ")
+                reasons.pop(party, None)
+                if state in _ENDED_BADLY and _text(r, Key.REASON):
+                    reasons[party] = _text(r, Key.REASON) or ""
             if r.event == Event.JOB_CLOSED:
                 transcripts[party] = _text(r, Key.TRANSCRIPT_SHA256) or ""
                 if r.fields.get(Key.HOLDS_RESULT) is True:
@@ -1667,6 +1677,7 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
                 transcripts=MappingProxyType(transcripts),
                 holders=tuple(holders),
                 approvals=tuple(approvals),
+                reasons=MappingProxyType(reasons),
             )
         )
     return tuple(sorted(jobs, key=lambda j: (j.first_seen, j.job_id)))

@@ -20,6 +20,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from bund.compute.dp.budget import format_epsilon, parse_rational
+from bund.compute.errors import BundError
 from bund.parties.audit import JsonScalar
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ th, td { border: 1px solid #d5dae1; padding: .3rem .5rem; text-align: left; vert
 th { background: #f1f3f6; }
 code { font: 12px/1.3 "DejaVu Sans Mono", monospace; word-break: break-all; }
 ul { margin: 0; padding-left: 1.1rem; }
-.meta, .muted { color: #5b6575; } .muted { font-size: 12px; }
+.meta, .muted { color: #5b6575; } .muted { font-size: 12px; } .reason { color: #8a1c1c; }
 .verdict { display: inline-block; padding: .3rem .8rem; border-radius: 4px; font-weight: 600; }
 .ok { color: #0f6b2f; } .verdict.ok { background: #e3f4e8; }
 .error, .sev-error td:first-child { color: #a1001d; } .verdict.error { background: #fde7ea; }
@@ -92,6 +94,15 @@ def _time(value: str) -> dt.datetime | None:
 def _field(fields: Mapping[str, JsonScalar], key: str) -> str:
     value = fields.get(key)
     return "" if value is None else str(value)
+
+
+def _budget_field(fields: Mapping[str, JsonScalar], key: str) -> str:
+    """An exact privacy quantity of a record as a decimal, the exact value after it if needed."""
+    text = _field(fields, key)
+    try:
+        return format_epsilon(parse_rational(text))
+    except BundError:
+        return text
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -163,6 +174,19 @@ def _reconciliation(findings: Sequence[Finding]) -> str:
     return f'<span class="{css}">{counts}</span>{_list(_e(k) for k in kinds)}'
 
 
+def _states(job: JobSummary) -> str:
+    """Each party's state of the job, with the reason where it ended refused, failed or aborted."""
+    return _list(
+        f"{_e(party)}: {_e(state)}"
+        + (
+            f' <span class="reason">({_e(job.reasons[party])})</span>'
+            if party in job.reasons
+            else ""
+        )
+        for party, state in sorted(job.states.items())
+    )
+
+
 def _jobs(jobs: Sequence[JobSummary], findings: Sequence[Finding]) -> str:
     if not jobs:
         return "<p>No jobs in the pulled logs.</p>"
@@ -186,7 +210,7 @@ def _jobs(jobs: Sequence[JobSummary], findings: Sequence[Finding]) -> str:
             f'<tr id="job-{_e(j.job_id)}"><td><code>{_e(j.job_id)}</code>'
             f'<div>{_e(j.purpose)}</div><div class="muted">{_e(j.first_seen)}</div></td>'
             f"<td>{_e(j.protocol or '?')}</td><td>{parties}</td><td>{result}</td>"
-            f"<td>{_list(f'{_e(p)}: {_e(s)}' for p, s in sorted(j.states.items()))}</td>"
+            f"<td>{_states(j)}</td>"
             f"<td>{approvals}</td>"
             f"<td>{_list(f'{_e(p)}: {_digest(d)}' for p, d in sorted(j.transcripts.items()))}</td>"
             f"<td>{_reconciliation([f for f in findings if f.job_id == j.job_id])}</td></tr>"
@@ -286,15 +310,15 @@ def _budget(charges: Sequence[LoggedEvent]) -> str:
     rows = []
     for c in charges:
         cost = ", ".join(
-            f"{name} {_e(_field(c.fields, key))}"
+            f"{name} {_e(_budget_field(c.fields, key))}"
             for name, key in (("ε", "epsilon"), ("δ", "delta"), ("ρ", "rho"))
             if key in c.fields
         )
         rows.append(
             f"<tr><td>{_e(c.timestamp)}</td><td>{_e(c.party)}</td>"
             f"<td>{_e(_field(c.fields, 'dataset'))}</td><td><code>{_e(c.job_id)}</code></td>"
-            f"<td>{cost}</td><td>{_e(_field(c.fields, 'spent'))}</td>"
-            f"<td>{_e(_field(c.fields, 'total'))}</td></tr>"
+            f"<td>{cost}</td><td>{_e(_budget_field(c.fields, 'spent'))}</td>"
+            f"<td>{_e(_budget_field(c.fields, 'total'))}</td></tr>"
         )
     headers = ("Time", "Party", "Dataset", "Job", "Cost", "Spent (ε)", "Total (ε)")
     return chart + _table(headers, rows, "budget-table")
@@ -315,7 +339,7 @@ def _receipts(receipts: Sequence[LoggedEvent]) -> str:
         if "records" in f:
             dataset += f' <span class="muted">({_e(_field(f, "records"))} records)</span>'
         spent = ", ".join(
-            f"{name} {_e(_field(f, key))}"
+            f"{name} {_e(_budget_field(f, key))}"
             for name, key in (("ε", "epsilon"), ("δ", "delta"), ("ρ", "rho"), ("spent", "spent"))
             if key in f
         )

@@ -44,6 +44,8 @@ STATUS_KEYS = {
     "has_result",
     "transcript_sha256",
     "updated_at",
+    "approved_by",
+    "parties",
 }
 
 

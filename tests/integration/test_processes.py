@@ -168,6 +168,10 @@ def test_demo_federated_training_charges_the_accountants_epsilon(
     for hospital in HOSPITALS:
         assert Fraction(str(summary[f"epsilon_training_{hospital.name}"])) == accountant
         assert Fraction(str(summary[f"epsilon_{hospital.name}"])) == accountant + evaluations
+    # history.csv is for people: ε as a decimal, rounded up (the summary keeps it exact).
+    last = Fraction(history[-1]["epsilon"])
+    assert "/" not in history[-1]["epsilon"]
+    assert 0 <= last - (accountant + evaluations) < Fraction(1, 100)
     evaluated = [h for h in history if h["auc"]]
     assert [int(h["round"]) for h in evaluated] == [1, 2, 3]
     for h in evaluated:  # noisy, but a held-out AUC and log-loss with their noise bands

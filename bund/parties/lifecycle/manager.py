@@ -44,6 +44,7 @@ from bund.parties.lifecycle.states import (
     IllegalTransitionError,
     JobState,
     JobStatus,
+    PartyView,
     is_resumable,
     is_terminal,
 )
@@ -512,6 +513,10 @@ class JobManager:
             self.store.record(job_id, Event.JOB_ABORTED, fields)
             return
         state = JobState.REFUSED if status.state in NOT_STARTED else JobState.ABORTED
+        if status.spec.requester == self.party:
+            # The caller's answer, for ``bund job status``: its abort may end the job here
+            # before the coordinator's next poll would have heard it.
+            self.store.note_party(job_id, PartyView(caller, state, reason=reason[:500]))
         self.store.transition(job_id, state, Event.JOB_ABORTED, fields, error=f"{caller}: {reason}")
         if is_resumable(status.state):
             self.resume.forget(job_id)

@@ -64,7 +64,7 @@ from pydantic import AfterValidator, Field
 
 from bund.compute import insecure
 from bund.compute.dp import dropout_secagg
-from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.dp.budget import Budget, format_decimal, format_rational, parse_rational
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import fed
@@ -1047,11 +1047,20 @@ HISTORY_COLUMNS = (
 )
 
 
+#: The history's exact ε columns, written to the CSV as decimals (model.json keeps them exact).
+_EPSILON_COLUMNS = ("epsilon_training", "epsilon_evaluation", "epsilon")
+
+
 def _history_csv(history: list[dict[str, Any]]) -> bytes:
+    """The history for people and spreadsheets: ε as decimals, rounded up."""
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(history)
+    for entry in history:
+        shown = {
+            k: format_decimal(parse_rational(entry[k])) for k in _EPSILON_COLUMNS if k in entry
+        }
+        writer.writerow({**entry, **shown})
     return out.getvalue().encode()
 
 
