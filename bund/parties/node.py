@@ -11,6 +11,7 @@ sends with every call to a peer. gRPC's TLS stack negotiates TLS 1.2 or 1.3 only
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -19,7 +20,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +56,12 @@ from bund.parties.identity import (
     load_certificate,
     raw_public_key,
 )
-from bund.parties.jobs import AuditSink, ProtocolDef
+from bund.parties.jobs import AuditSink, JobSpec, ProtocolDef
 from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
 from bund.parties.lifecycle.store import SqliteJobStore
-from bund.parties.listeners import HealthListener, ListenError, listen_failure
+from bund.parties.listeners import HealthListener, listen_failure
 from bund.parties.oplog import JobLog, configure_logging, job_records, version
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.resume import ResumeStore, load_or_create_key
@@ -224,41 +225,30 @@ def _trust_anchors(config: NodeConfig, audit: AuditSink) -> TrustAnchors:
         ) from None
 
 
-def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> Node:
-    """Build and start a node from its configuration; returns once it serves."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.state_dir, 0o700)
-    cert_pem = config.tls.cert.read_bytes()
-    me = identity_from_pem(cert_pem)
-    if me.name != config.party:
-        raise ValueError(
-            f"node.toml says party {config.party!r} but {config.tls.cert} was issued to {me.name!r}"
-        )
-    signing_key = load_audit_signing_key(config.audit_key)
-    audit_store = open_audit_store(config.audit_store, write_timeout_s=config.audit_write_timeout_s)
-    audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
-    anchors = _trust_anchors(config, audit)
-    instance = Instance.create(config.party, signing_key, _utc_clock())
+def _open_manager(
+    config: NodeConfig,
+    protocols: Mapping[str, ProtocolDef],
+    audit: AuditLog,
+    peers: PeerClients,
+    on_job_closed: Callable[[JobSpec], None],
+    closers: contextlib.ExitStack,
+) -> JobManager:
+    """The job lifecycle over this node's stores (jobs, resume states, budgets) in its state dir.
+
+    Each store opened is registered on ``closers``, so a node that fails to start closes it.
+    """
     store = SqliteJobStore(config.state_dir / "jobs.db", audit)
+    closers.callback(store.close)
     store.add_observer(JobLog(config.party))
     resume_key = load_or_create_key(config.state_dir / "resume.key")
     resume = ResumeStore(config.state_dir / "resume.db", resume_key)
-    mailbox = Mailbox(config.max_message_bytes, journal=resume)
-    peers = PeerClients(config, instance.encode())
-    witness = Witness(
-        audit, signing_key, WitnessStore(config.state_dir / "witness.db", config.party), _utc_clock
-    )
-    exchange = WitnessExchange(
-        witness,
-        config.witness_parties,
-        lambda peer, head, key: peers.client(peer).witness(head, key, _WITNESS_TIMEOUT_S),
-        config.witness_interval_s,
-    )
+    closers.callback(resume.close)
     ledger = BudgetLedger(
         config.state_dir / "budget.db",
         {name: entry.budget_limits for name, entry in config.policy.datasets.items()},
         audit,
     )
+    closers.callback(ledger.close)
     approvers = {
         name: load_audit_public_key(path) for name, path in config.policy.approvers.items()
     }
@@ -268,7 +258,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         policy=config.policy,
         tables=_table_loaders(config),
         stores=NodeStores(audit=audit, jobs=store, resume=resume, ledger=ledger),
-        mailbox=mailbox,
+        mailbox=Mailbox(config.max_message_bytes, journal=resume),
         peers=peers,
         approvers=approvers,
         code_version=version(),
@@ -282,16 +272,16 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             max_workers=config.max_workers,
         ),
         executor=create_executor(config.executor),
-        on_job_closed=lambda spec: exchange.request(spec.parties),
+        on_job_closed=on_job_closed,
     )
-    info = wire.NodeInfo(
-        party=config.party,
-        role=me.role,
-        version=version(),
-        audit_public_key=raw_public_key(signing_key.public_key()),
-        protocols={name: d.version for name, d in protocols.items()},
-        instance=instance.encode(),
-    )
+    closers.callback(manager.shutdown)
+    return manager
+
+
+def _instance_probe(
+    config: NodeConfig, anchors: TrustAnchors, peers: PeerClients
+) -> Callable[[str], str | None]:
+    """Ask a peer's node for its signed instance epoch (the gate pins each peer's epoch)."""
 
     def probe(party: str) -> str | None:
         """The epoch of the node answering at ``party``'s address, if it answers and verifies."""
@@ -306,7 +296,20 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             return None
         return statement.epoch if statement.party == party else None
 
-    gate = Gate(config.party, me.role, anchors, InstancePins(probe, audit.append))
+    return probe
+
+
+def _service_handlers(
+    config: NodeConfig,
+    manager: JobManager,
+    audit: AuditLog,
+    audit_store: AuditStore,
+    witness: Witness,
+    info: wire.NodeInfo,
+    gate: Gate,
+    refusals: RefusalTally,
+) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
+    """Bund's three services (Jobs, Federation, Audit), each behind the gate and audited."""
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:
         records, unreadable = read_readable(audit_store, start, start + limit)
@@ -317,6 +320,37 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             unreadable=None if unreadable is None else (start + len(records), str(unreadable)),
         )
 
+    job_methods = {
+        **servicers.job_methods(manager),
+        **servicers.job_log_methods(manager, functools.partial(job_records, audit_store)),
+    }
+    audit_methods = servicers.audit_methods(
+        config.party,
+        read_audit,
+        audit.checkpoint,
+        witness=witness,
+        peers=config.witness_parties,
+    )
+    return [
+        servicers.make_generic_handler(service, methods, audit, gate, refusals)
+        for service, methods in (
+            ("bund.v1.Jobs", job_methods),
+            ("bund.v1.Federation", servicers.federation_methods(info)),
+            ("bund.v1.Audit", audit_methods),
+        )
+    ]
+
+
+def _grpc_server(
+    config: NodeConfig,
+    handlers: Sequence[grpc.GenericRpcHandler[bytes, bytes]],
+    anchors: TrustAnchors,
+    cert_pem: bytes,
+) -> tuple[grpc.Server, health.HealthServicer, int]:
+    """The mTLS gRPC server with Bund's services, health and reflection, bound but not started.
+
+    Returns the server, its health servicer and the bound port (0 when the address was refused).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="bund-rpc"),
         options=[
@@ -326,39 +360,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         ],
         maximum_concurrent_rpcs=256,
     )
-    refusals = RefusalTally(audit)
-    server.add_generic_rpc_handlers(
-        (
-            servicers.make_generic_handler(
-                "bund.v1.Jobs",
-                {
-                    **servicers.job_methods(manager),
-                    **servicers.job_log_methods(
-                        manager, functools.partial(job_records, audit_store)
-                    ),
-                },
-                audit,
-                gate,
-                refusals,
-            ),
-            servicers.make_generic_handler(
-                "bund.v1.Federation", servicers.federation_methods(info), audit, gate, refusals
-            ),
-            servicers.make_generic_handler(
-                "bund.v1.Audit",
-                servicers.audit_methods(
-                    config.party,
-                    read_audit,
-                    audit.checkpoint,
-                    witness=witness,
-                    peers=config.witness_parties,
-                ),
-                audit,
-                gate,
-                refusals,
-            ),
-        )
-    )
+    server.add_generic_rpc_handlers(tuple(handlers))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -381,20 +383,77 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         port = server.add_secure_port(config.listen, credentials)
     except RuntimeError:  # grpcio raises where older releases returned 0
         port = 0
-    health_http = None
-    try:
+    return server, health_servicer, port
+
+
+def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTOCOLS) -> Node:
+    """Build and start a node from its configuration; returns once it serves.
+
+    In order: this party's identity and audit log, the trust anchors, the job lifecycle and its
+    stores, the witness exchange, the gRPC server with its gate, the health listener. Whatever
+    was opened is closed again if a later step fails (a port in use, a bad file).
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    cert_pem = config.tls.cert.read_bytes()
+    me = identity_from_pem(cert_pem)
+    if me.name != config.party:
+        raise ValueError(
+            f"node.toml says party {config.party!r} but {config.tls.cert} was issued to {me.name!r}"
+        )
+    signing_key = load_audit_signing_key(config.audit_key)
+    with contextlib.ExitStack() as closers:
+        audit_store = open_audit_store(
+            config.audit_store, write_timeout_s=config.audit_write_timeout_s
+        )
+        closers.callback(audit_store.close)
+        audit = AuditLog(audit_store, signing_key, config.party, _utc_clock)
+        anchors = _trust_anchors(config, audit)
+        instance = Instance.create(config.party, signing_key, _utc_clock())
+        peers = PeerClients(config, instance.encode())
+        closers.callback(peers.close)
+        witness = Witness(
+            audit,
+            signing_key,
+            WitnessStore(config.state_dir / "witness.db", config.party),
+            _utc_clock,
+        )
+        exchange = WitnessExchange(
+            witness,
+            config.witness_parties,
+            lambda peer, head, key: peers.client(peer).witness(head, key, _WITNESS_TIMEOUT_S),
+            config.witness_interval_s,
+        )
+        manager = _open_manager(
+            config, protocols, audit, peers, lambda spec: exchange.request(spec.parties), closers
+        )
+        info = wire.NodeInfo(
+            party=config.party,
+            role=me.role,
+            version=version(),
+            audit_public_key=raw_public_key(signing_key.public_key()),
+            protocols={name: d.version for name, d in protocols.items()},
+            instance=instance.encode(),
+        )
+        gate = Gate(
+            config.party,
+            me.role,
+            anchors,
+            InstancePins(_instance_probe(config, anchors, peers), audit.append),
+        )
+
+        refusals = RefusalTally(audit)
+        handlers = _service_handlers(
+            config, manager, audit, audit_store, witness, info, gate, refusals
+        )
+        server, health_servicer, port = _grpc_server(config, handlers, anchors, cert_pem)
+        closers.callback(server.stop, None)
         if port == 0:
             raise listen_failure(config.listen, "listen", config.source)
+        health_http = None
         if config.health_listen is not None:
             health_http = HealthListener(config.health_listen, config.source)
-    except ListenError:
-        manager.shutdown()
-        peers.close()
-        store.close()
-        ledger.close()
-        resume.close()
-        audit_store.close()
-        raise
+        closers.pop_all()  # from here on, Node.stop closes them
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
