@@ -231,8 +231,12 @@ def test_killed_node_restarts_and_the_job_resumes_exactly(
             events = [r.event for r in store.read() if r.job_id == job_id]
         finally:
             store.close()
-        # The restarted node resumed; the survivor too if it had given up waiting (late).
-        assert ("job_resumed" in events) == (name == victim or restart == "late")
+        # The restarted node resumed; the survivor too if it had given up waiting: always when
+        # the restart came late, and in a quick one if the restart outlasted the peer-silence
+        # bound (a loaded machine). A node resumes exactly when it was interrupted.
+        interrupted = "job_interrupted" in events
+        assert interrupted >= (name == victim or restart == "late")
+        assert ("job_resumed" in events) == interrupted
         assert events.count("job_closed") == 1
 
 
