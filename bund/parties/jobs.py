@@ -502,6 +502,9 @@ class ProtocolDef:
             most its plan can charge, which the ledger reserves at acceptance.
         resumable: whether every role saves the state behind what it sends first (write-ahead),
             so that a job interrupted by a fault can resume; a fault fails any other protocol's job.
+        standing: whether the job is a standing contract: its roles set it up (and keep what
+            they saved with ``ctx.save_state``), and then, instead of ending, it stands SERVING,
+            answering requests under its terms, until it is revoked or ends by its terms.
     """
 
     name: str
@@ -519,6 +522,7 @@ class ProtocolDef:
     trusts: Callable[[JobSpec, str], Mapping[str, str]] = trusts_nobody
     pays_as_it_goes: bool = False
     resumable: bool = False
+    standing: bool = False
 
     def __post_init__(self) -> None:
         stray = sorted(set(self.role_requirements) - set(self.roles))

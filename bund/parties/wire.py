@@ -143,6 +143,7 @@ _STATE_TO_PROTO = {
     JobState.ABORTED: ProtoJobState.JOB_STATE_ABORTED,
     JobState.AWAITING_APPROVAL: ProtoJobState.JOB_STATE_AWAITING_APPROVAL,
     JobState.INTERRUPTED: ProtoJobState.JOB_STATE_INTERRUPTED,
+    JobState.SERVING: ProtoJobState.JOB_STATE_SERVING,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
