@@ -155,6 +155,7 @@ class Key(StrEnum):
     KEY_ID = "key_id"
     PINNED_KEY_ID = "pinned_key_id"
     SEQ = "seq"
+    NONCE = "nonce"
     REQUEST_SHA256 = "request_sha256"
     IDS = "ids"
     DAY = "day"
