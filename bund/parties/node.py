@@ -56,7 +56,7 @@ from bund.parties.identity import (
     load_certificate,
     raw_public_key,
 )
-from bund.parties.jobs import AuditSink, ProtocolDef
+from bund.parties.jobs import AuditSink, JobSpec, ProtocolDef
 from bund.parties.ledger import BudgetLedger
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.manager import JobManager, LifecycleTiming, NodeStores
@@ -72,12 +72,14 @@ from bund.parties.roster import (
     parse_roster,
 )
 from bund.parties.rpc_audit import RefusalTally
+from bund.parties.serving.ledger import ServingLedger
+from bund.parties.serving.service import ServingPorts, ServingService
 from bund.parties.transport import Mailbox
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 log = logging.getLogger("bund.node")
 
-SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
+SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit", "bund.v1.Serving")
 #: Deadline of one witness exchange with a peer.
 _WITNESS_TIMEOUT_S = 10.0
 
@@ -109,6 +111,8 @@ class Node:
     refusals: RefusalTally
     #: The thread exchanging signed tree heads with the peers (``docs/audit.md``).
     witness: WitnessExchange | None = None
+    #: Its standing contracts' requests (``bund.parties.serving``).
+    serving: ServingService | None = None
 
     def reload(self) -> None:
         """Read node.toml, policy.toml and the dataset catalogue again and apply them.
@@ -147,6 +151,8 @@ class Node:
         if self.witness is not None:
             self.witness.close()
         self.server.stop(grace).wait()
+        if self.serving is not None:
+            self.serving.stop()
         self.manager.shutdown()
         self.refusals.stop()
         try:
@@ -172,6 +178,15 @@ def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
             return cache[name]
 
     return {name: functools.partial(loader, name) for name in config.datasets}
+
+
+def _contract_table(manager: JobManager, spec: JobSpec) -> Table:
+    """This party's dataset of a serving contract, refused if it is not the version approved."""
+    manager.admission.recheck(spec, manager.store.admitted(spec.job_id))
+    dataset = spec.participant(manager.party).dataset
+    if dataset is None:
+        raise ConfigError(f"{manager.party} brings no dataset to contract {spec.job_id}")
+    return manager.admission.table(dataset)
 
 
 def _trust_anchors(config: NodeConfig, audit: AuditSink) -> TrustAnchors:
@@ -284,6 +299,19 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         executor=create_executor(config.executor),
         on_job_closed=lambda spec: exchange.request(spec.parties),
     )
+    serving = ServingService(
+        config.party,
+        ServingPorts(
+            jobs=store,
+            keys=resume,
+            audit=audit,
+            audit_store=audit_store,
+            ledger=ServingLedger(config.state_dir / "serving.db"),
+            peers=peers,
+            table=functools.partial(_contract_table, manager),
+            root_logged=lambda spec: exchange.request(spec.parties),
+        ),
+    )
     info = wire.NodeInfo(
         party=config.party,
         role=me.role,
@@ -348,6 +376,13 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
                 gate,
                 refusals,
             ),
+            servicers.make_generic_handler(
+                "bund.v1.Serving",
+                servicers.serving_methods(serving, store),
+                audit,
+                gate,
+                refusals,
+            ),
         )
     )
     health_servicer = health.HealthServicer()
@@ -357,6 +392,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
             job_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
             federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+            serving_pb2.DESCRIPTOR.services_by_name["Serving"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -371,6 +407,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         raise OSError(f"could not bind {config.listen}")
+    serving.start()  # its index caught up with the log before any request comes in
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -404,6 +441,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         peers,
         refusals,
         exchange,
+        serving,
     )
 
 
