@@ -390,6 +390,27 @@ def postgres_dsn_from_env() -> str:
     pytest.skip(f"BUND_TEST_POSTGRES_DSN is not set: {how}")
 
 
+class _RefusesSome(MemoryAuditStore):
+    """A store that appends one by one and refuses one event (a store that fails part-way)."""
+
+    def append(self, record: AuditRecord) -> None:
+        if record.event == "refused":
+            raise AuditStoreUnavailableError("down for this record (test)")
+        super().append(record)
+
+
+def test_a_log_continues_after_what_a_one_by_one_store_kept_of_a_group() -> None:
+    store = _RefusesSome()
+    log = AuditLog(store, KEY, PARTY, make_clock())
+    log.append("node_started")
+    with pytest.raises(AuditStoreUnavailableError):
+        log.append_many([("kept", "", {}), ("refused", "", {}), ("lost", "", {})])
+    assert [r.event for r in store.read()] == ["node_started", "kept"]
+    after = log.append("node_stopped")
+    assert after.index == 2 and verify_store(store, PUB, PARTY).count == 3
+    assert check(store.read(), [log.checkpoint()]).ok
+
+
 def test_postgres_tests_skip_locally_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BUND_TEST_POSTGRES_DSN", raising=False)
     monkeypatch.setenv("CI", "true")

@@ -178,7 +178,7 @@ class AuditLog:
                 appended.
             AuditLogCorruptError: The log is sealed (:attr:`sealed`); nothing is appended.
         """
-        (record,) = self.append_many([(event, job_id, fields)])
+        (record,) = self._append([(event, job_id, fields)])
         return record
 
     def append_many(
@@ -187,10 +187,11 @@ class AuditLog:
         """Append several signed records in one durable step (a group commit); return them.
 
         The records are chained and signed one after another, exactly as :meth:`append` would,
-        and handed to the store at once, which keeps all of them or none: a store that commits
-        them in one transaction syncs its disk once for all of them. For many actions that each
-        must be recorded first (the requests to a standing contract), this costs one sync per
-        group instead of one per action.
+        and handed to the store at once (:meth:`AuditStore.append_many`): a store that commits
+        them in one transaction syncs its disk once for all of them, and keeps all or none. For
+        many actions that each must be recorded first (the requests to a standing contract),
+        this costs one sync per group instead of one per action. If a store that appends one by
+        one fails part-way, the log continues after what it kept.
 
         Args:
             entries: ``(event, job_id, fields)`` per record, in order; see :meth:`append`.
@@ -204,6 +205,12 @@ class AuditLog:
                 appended.
             AuditLogCorruptError: The log is sealed (:attr:`sealed`); nothing is appended.
         """
+        return self._append(entries)
+
+    def _append(
+        self, entries: Sequence[tuple[str, str, Mapping[str, JsonScalar] | None]]
+    ) -> list[AuditRecord]:
+        """Chain, sign and store ``entries``: one record through ``store.append``, more at once."""
         if any(not event for event, _, _ in entries):
             raise ValueError("event must not be empty")
         with self._lock:
@@ -240,8 +247,16 @@ class AuditLog:
                 )
                 leaves.append(leaf)
                 index, prev_hash = index + 1, record_hash
-            if records:
-                self.store.append_many(records)
+            try:
+                if len(records) == 1:
+                    self.store.append(records[0])
+                elif records:
+                    self.store.append_many(records)
+            except BaseException:
+                if len(records) > 1:  # a store that appends one by one may have kept a prefix
+                    self._next_index, self._prev_hash = self._tail()
+                    self._frontier = None  # rebuilt, from the store, by the next checkpoint
+                raise
             self._next_index, self._prev_hash = index, prev_hash
             if self._frontier is not None:
                 for leaf in leaves:

@@ -65,10 +65,11 @@ class AuditStore(ABC):
         """
 
     def append_many(self, records: Sequence[AuditRecord]) -> None:
-        """Add consecutive ``records`` durably, all or none (a group commit).
+        """Add consecutive ``records`` durably (a group commit).
 
-        The default appends them one by one, each durably; a store that can commit them in one
-        transaction (one sync to disk) overrides it.
+        The default appends them one by one with :meth:`append`, each durably, so a failure
+        part-way keeps the records before it; a store that can commit them in one transaction
+        (one sync to disk, all or none) overrides it, as the SQL stores do.
 
         Raises:
             AuditLogConflictError: The first record is not the next one, or the records do not
@@ -142,14 +143,6 @@ class MemoryAuditStore(AuditStore):
             if record.index != len(self._records):
                 raise _conflict(record, len(self._records))
             self._records.append(record)
-
-    def append_many(self, records: Sequence[AuditRecord]) -> None:
-        """Add consecutive ``records``, all or none (see :meth:`AuditStore.append_many`)."""
-        _check_consecutive(records)
-        with self._lock:
-            if records and records[0].index != len(self._records):
-                raise _conflict(records[0], len(self._records))
-            self._records.extend(records)
 
     def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
         """Records ``start`` to ``stop`` (see :meth:`AuditStore.read`)."""
