@@ -869,15 +869,3 @@ def _refusal(refusals: Sequence[tuple[str, BundError]]) -> BundError:
     if isinstance(first, ServingRefusedError | PeerUnavailableError):
         return type(first)(reason)
     return ServingRefusedError(reason)
-
-
-def decisions_as_rows(scored: Scored) -> list[dict[str, str]]:
-    """The decisions as CSV-ready rows (``id``, ``decision``, ``probability``)."""
-    return [
-        {
-            "id": d.id,
-            "decision": d.decision,
-            "probability": "" if d.probability is None else f"{d.probability:.6f}",
-        }
-        for d in scored.decisions
-    ]
