@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from bund.compute import insecure
 from bund.compute import serving as kernel
 from bund.parties import identity
 from bund.parties.audit import AuditRecord
+from bund.parties.cli import app
 from bund.parties.client import NodeClient, RemoteError, open_operator_client
 from bund.parties.data import Table
 from bund.parties.demo_data import generate_finance
@@ -145,6 +147,10 @@ def approve(f: NodeFactory, name: str, job_id: str, expect: str) -> None:
         follow_job(c, job_id, until=in_state(JobState.AWAITING_APPROVAL), timeout=60, interval=0.05)
         request = c.approval_request(job_id)
         assert request.spec.protocol == expect
+        if expect == "serving_contract":  # the approver reads the terms and what each learns
+            summary = "\n".join(request.summary_lines())
+            assert "in the clear, including ids it does not hold" in summary
+            assert "a UTC day" in summary and "never which, nor how many" in summary
         key = identity.load_audit_signing_key(f.federation.party_dir(name) / "approver_ed25519.key")
         c.approve(job_id, key.sign(request.payload()))
 
@@ -373,3 +379,43 @@ def test_only_the_banks_operators_score_at_the_banks_node(served: Served) -> Non
         pytest.raises(NotAuthorizedError, match="ask at bank"),
     ):
         tax.score(contract_id, [Applicant(held[0], served.features(held[0]))])
+
+
+def test_bund_score_and_bund_audit_request(served: Served, tmp_path: Path) -> None:
+    contract_id = served.contract()
+    held, unheld = served.held()
+    rows = ["id," + ",".join(served.features(held[0]))]
+    for company in (held[0], unheld[0]):
+        rows.append(",".join([company, *(str(v) for v in served.features(company).values())]))
+    applicants = tmp_path / "applicants.csv"
+    applicants.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "decisions.csv"
+    config = served.workdir / "bank" / "node.toml"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        ["score", contract_id, "--config", str(config), "--applicants", str(applicants),
+         "--id-column", "id", "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "id,decision,probability" and lines[2] == f"{unheld[0]},refer,"
+    digest = r.output.split("request sha256 ")[1].split()[0]
+    addresses = {p: f"127.0.0.1:{served.factory.port(p)}" for p in ROLES}
+    regulator = write_regulator_config(
+        tmp_path / "regulator.toml", served.factory.federation, addresses
+    )
+
+    def checked() -> str | None:
+        r = runner.invoke(
+            app, ["audit", "request", contract_id, digest, "--config", str(regulator),
+                  "--party", "registry"],
+        )  # fmt: skip
+        return r.output if r.exit_code == 0 else None
+
+    assert "OK: registry recorded request 0" in wait_until(checked, 30, "registry's root")
+    r = runner.invoke(
+        app, ["audit", "request", contract_id, "0" * 64, "--config", str(regulator),
+              "--party", "tax"],
+    )  # fmt: skip
+    assert r.exit_code == 1 and "took no request with this digest" in r.output
