@@ -43,6 +43,7 @@ from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.states import JobState
 from bund.parties.lifecycle.store import MemoryJobStore, utcnow
 from bund.parties.protocols import serving_contract as contract_proto
+from bund.parties.serving.commit import GroupCommitter, Pending
 from bund.parties.serving.errors import (
     ContractEndedError,
     ReplayedRequestError,
@@ -58,8 +59,6 @@ from bund.parties.serving.service import (
     Scored,
     ServingPorts,
     ServingService,
-    _Committer,
-    _Item,
 )
 from tests.protocols.test_vertical_lr import LIMITS, ROLES
 from tests.protocols.test_vertical_score import APPLICANTS, loaders, reference, train
@@ -512,30 +511,44 @@ def test_concurrent_requests_share_group_commits_and_number_without_gaps(
 
 
 class GatedStore(MemoryAuditStore):
-    """A store whose first group commit waits for a gate: what queues meanwhile goes together."""
+    """A store whose first write waits for a gate: what queues meanwhile goes together.
+
+    A group of one record reaches the store through ``append``, a larger one through
+    ``append_many``: each counts as one write (one sync) of its size.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.entered, self.gate = threading.Event(), threading.Event()
         self.groups: list[int] = []
 
-    def append_many(self, records: Sequence[AuditRecord]) -> None:
+    def _write(self, size: int) -> None:
         if not self.groups:
             self.entered.set()
             self.gate.wait()
-        self.groups.append(len(records))
-        super().append_many(records)
+        self.groups.append(size)
+
+    def append(self, record: AuditRecord) -> None:
+        self._write(1)
+        super().append(record)
+
+    def append_many(self, records: Sequence[AuditRecord]) -> None:
+        self._write(len(records))
+        for record in records:
+            super().append(record)
 
 
 def test_records_queued_while_the_store_syncs_share_the_next_group_commit(tmp_path: Path) -> None:
     store = GatedStore()
     log = AuditLog(store, KEYS["tax"], "tax", utcnow)
-    committer = _Committer(log, ServingLedger(tmp_path / "serving.db"))
+    committer = GroupCommitter(log, ServingLedger(tmp_path / "serving.db"))
     contract = "c" * 32
 
-    def item(i: int) -> _Item:
+    def item(i: int) -> Pending:
         fields: dict[str, JsonScalar] = {Key.NONCE: f"{i:064x}", Key.IDS: 1, Key.DAY: "d"}
-        return _Item(Event.SERVING_REQUEST, contract, fields, (bytes([i]) * 32, bytes(32), 1, "d"))
+        return Pending(
+            Event.SERVING_REQUEST, contract, fields, (bytes([i]) * 32, bytes(32), 1, "d")
+        )
 
     first = threading.Thread(target=committer.submit, args=(item(0),))
     first.start()

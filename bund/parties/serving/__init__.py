@@ -9,7 +9,8 @@ interface (a part turns ids into partial scores) is ``bund.parties.protocols.sco
 shared with the contract's set-up. Modules:
 
 - ``errors``: why a request is refused;
-- ``ledger``: each node's durable record of the requests it took (``state/serving.db``);
+- ``ledger``: each node's index of the requests its audit log recorded (``state/serving.db``);
+- ``commit``: the group-commit thread that records requests, refusals and roots;
 - ``service``: :class:`~bund.parties.serving.service.ServingService`, what the RPCs call;
 - ``proofs``: a request's inclusion proof in a signed root, and its check by a regulator.
 """

@@ -9,9 +9,9 @@ total limits, a nonce it has not seen), records it, and answers with its masked 
 (:mod:`bund.compute.serving`). Every request is recorded before its answer leaves, and a refused
 one is recorded with why (at most :data:`MAX_REFUSALS_RECORDED` one by one per contract and
 root interval; the rest are counted in the next root). Records go through one group-commit
-thread (:class:`_Committer`): concurrent requests share one sync of the audit store.
+thread (:class:`GroupCommitter`): concurrent requests share one sync of the audit store.
 
-A background thread, per contract: logs the signed Merkle root of the request digests taken
+One background thread, for each contract: logs the signed Merkle root of the request digests taken
 since the last root every ``root_interval_s`` (and a last one when the contract ends), ends a
 contract past its expiry, and keeps ``bund job status`` current (requests served, limits left).
 """
@@ -52,13 +52,14 @@ from bund.parties.protocols.serving_contract import (
     decode_keys,
 )
 from bund.parties.protocols.vertical_alignment import FEATURE_HOLDER, ID_COLUMN, LABEL_HOLDER
+from bund.parties.serving.commit import GroupCommitter, Pending
 from bund.parties.serving.errors import (
     ContractEndedError,
     RequestProofError,
     ServingLimitError,
     ServingRefusedError,
 )
-from bund.parties.serving.ledger import Root, ServingLedger, TakenRequest
+from bund.parties.serving.ledger import ServingLedger
 from bund.parties.serving.proofs import RequestProof
 
 log = logging.getLogger("bund.serving")
@@ -67,8 +68,6 @@ log = logging.getLogger("bund.serving")
 DECLINE, APPROVE, REFER = "decline", "approve", "refer"
 #: Refusals recorded one by one per contract and root interval; the rest are counted.
 MAX_REFUSALS_RECORDED = 100
-#: Most records in one group commit.
-MAX_GROUP = 512
 #: How often ``bund job status`` of a serving contract is brought up to date, at most.
 STATUS_INTERVAL_S = 1.0
 
@@ -181,111 +180,6 @@ class _Contract:
         return self.spec.job_id
 
 
-@dataclass
-class _Item:
-    """One record for the committer, and what its success indexes."""
-
-    event: Event
-    contract: str
-    fields: dict[str, JsonScalar]
-    #: A request's (nonce, digest, ids, day): indexed under the sequence number it is given.
-    request: tuple[bytes, bytes, int, str] | None = None
-    #: A root's (first sequence number, count, root): indexed once recorded.
-    root: tuple[int, int, bytes] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-    record: AuditRecord | None = None
-
-
-class _Committer:
-    """One thread that writes queued records in groups: one sync of the audit store per group.
-
-    Requests get their sequence numbers here, in the order they are written, so a contract's
-    numbers have no gaps whatever fails. Once the records are durable the ledger indexes them;
-    if it cannot, the node stops taking requests (the index would not know the numbers given),
-    and its next start repairs the index from the log.
-    """
-
-    def __init__(self, audit: AuditLog, ledger: ServingLedger) -> None:
-        self._audit = audit
-        self._ledger = ledger
-        self._queue: list[_Item] = []
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._broken: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bund-serving-commit", daemon=True)
-        self._thread.start()
-
-    def submit(self, item: _Item) -> AuditRecord:
-        """Write ``item``'s record with whatever else is queued; return it once durable."""
-        with self._wake:
-            if self._broken is not None:
-                raise JobStateError(
-                    f"this node's serving index failed ({self._broken}); it takes no request "
-                    "until its operator restarts it"
-                )
-            if self._stopping:
-                raise JobStateError("this node is stopping; it takes no request")
-            self._queue.append(item)
-            self._wake.notify()
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-        assert item.record is not None
-        return item.record
-
-    def stop(self) -> None:
-        """Write what is queued, then stop the thread."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            self._write(batch)
-
-    def _write(self, batch: list[_Item]) -> None:
-        seqs = self._ledger.next_seqs(i.contract for i in batch if i.request is not None)
-        for item in batch:
-            if item.request is not None:
-                item.fields[Key.SEQ] = seqs[item.contract]
-                seqs[item.contract] += 1
-        try:
-            records = self._audit.append_many([(i.event, i.contract, i.fields) for i in batch])
-        except BaseException as exc:  # noqa: BLE001 - every waiter gets the store's error
-            for item in batch:
-                item.error = exc
-                item.done.set()
-            return
-        requests: list[TakenRequest] = []
-        roots: list[Root] = []
-        for item, record in zip(batch, records, strict=True):
-            item.record = record
-            if item.request is not None:
-                nonce, digest, ids, day = item.request
-                seq = int(item.fields[Key.SEQ])  # type: ignore[arg-type]
-                requests.append(
-                    TakenRequest(item.contract, seq, nonce, digest, ids, day, record.index)
-                )
-            if item.root is not None and item.root[1] > 0:
-                roots.append(Root(item.contract, *item.root, record.index))
-        try:
-            self._ledger.recorded(requests, roots, records[-1].index + 1)
-        except Exception as exc:  # noqa: BLE001 - recorded in the log; the index is repaired
-            log.exception("the serving index could not take %d records", len(batch))
-            with self._wake:
-                self._broken = exc
-        for item in batch:
-            item.done.set()
-
-
 class ServingService:
     """Serves this node's standing contracts; see the module docstring.
 
@@ -318,7 +212,7 @@ class ServingService:
         self._status_at = 0.0
         self._wake = threading.Condition(self._lock)
         self._stopping = False
-        self._committer: _Committer | None = None
+        self._committer: GroupCommitter | None = None
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bund-serving")
         self._thread: threading.Thread | None = None
         ports.jobs.add_listener(self._moved)
@@ -343,7 +237,7 @@ class ServingService:
                     self._active.add(status.spec.job_id)
                     self._dirty.add(status.spec.job_id)
             self._ended.update(ledger.unrooted_contracts() - self._active)
-        self._committer = _Committer(self._p.audit, ledger)
+        self._committer = GroupCommitter(self._p.audit, ledger)
         self._thread = threading.Thread(
             target=self._watch, name=f"bund-serving-{self.party}", daemon=True
         )
@@ -561,9 +455,11 @@ class ServingService:
             Key.DAY: day,
             **who,
         }
-        item = _Item(Event.SERVING_REQUEST, contract.job_id, fields, (nonce, digest, len(ids), day))
+        item = Pending(
+            Event.SERVING_REQUEST, contract.job_id, fields, (nonce, digest, len(ids), day)
+        )
         try:
-            self._committer_().submit(item)
+            self._commit(item)
         except BaseException:
             self._p.ledger.release(contract.job_id, nonce, len(ids), day)
             raise
@@ -571,10 +467,11 @@ class ServingService:
             self._dirty.add(contract.job_id)
         return digest, loaded
 
-    def _committer_(self) -> _Committer:
+    def _commit(self, item: Pending) -> AuditRecord:
+        """Record ``item`` with whatever else is queued; return its record once durable."""
         if self._committer is None:
             raise JobStateError("this node's serving has not started")
-        return self._committer
+        return self._committer.submit(item)
 
     def _refused_here(
         self,
@@ -598,7 +495,7 @@ class ServingService:
             **who,
         }
         try:
-            self._committer_().submit(_Item(Event.SERVING_REFUSED, job_id, fields))
+            self._commit(Pending(Event.SERVING_REFUSED, job_id, fields))
         except BundError:
             log.exception("could not record a refused request of contract %s", job_id)
 
@@ -631,17 +528,13 @@ class ServingService:
         """The contract ``contract_id`` as this node serves it, if this node has ``role`` in it."""
         with self._lock:
             contract = self._contracts.get(contract_id)
-        if contract is None:
-            spec = self._p.jobs.get(contract_id).spec
-            if spec.protocol != DEFINITION.name:
+        if contract is None:  # not yet served in this run: read it once from the job store
+            status = self._p.jobs.get(contract_id)
+            if not self._is_contract(status):
                 raise JobStateError(
-                    f"job {contract_id} is a {spec.protocol} job, not a serving contract"
+                    f"job {contract_id} is a {status.spec.protocol} job, not a serving contract"
                 )
-            bank = next(p.party for p in spec.participants if p.role == LABEL_HOLDER)
-            providers = tuple(p.party for p in spec.participants if p.role == FEATURE_HOLDER)
-            contract = _Contract(spec, ServingParams.of(spec), bank, providers)
-            with self._lock:
-                contract = self._contracts.setdefault(contract_id, contract)
+            contract = self._contract_of(status)
         me = next((p for p in contract.spec.participants if p.party == self.party), None)
         if me is None or me.role != role:
             where = contract.bank if role == LABEL_HOLDER else "a provider's node"
@@ -787,6 +680,7 @@ class ServingService:
             self._log_root(job_id)
 
     def _contract_of(self, status: JobStatus) -> _Contract:
+        """The contract of ``status``, as kept in memory while it serves here."""
         with self._lock:
             contract = self._contracts.get(status.spec.job_id)
             if contract is None:
@@ -816,9 +710,7 @@ class ServingService:
             "refused_unrecorded": unrecorded,
             "final": final,
         }
-        self._committer_().submit(
-            _Item(Event.SERVING_ROOT, job_id, fields, root=(first, count, root))
-        )
+        self._commit(Pending(Event.SERVING_ROOT, job_id, fields, root=(first, count, root)))
         status = self._p.jobs.find(job_id)
         if status is not None:
             self._p.root_logged(status.spec)
