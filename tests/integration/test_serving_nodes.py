@@ -63,30 +63,8 @@ class Served:
     def contract(self, **params: object) -> str:
         """Submit a serving contract at the bank, approve it at the tax bureau, wait until it
         serves at every node; return its id."""
-        terms: dict[str, object] = {
-            "model_job": self.model_job,
-            "expires": _later(days=30),
-            "max_batch": 50,
-            "max_daily": 1000,
-            "root_interval_s": 0.2,
-            **params,
-        }
-        spec = JobSpec(
-            "serving_contract",
-            (
-                Participant("bank", "label_holder"),
-                Participant("tax", "feature_holder", "tax_filings", {"id": "company_id"}),
-                Participant(
-                    "registry", "feature_holder", "business_registry", {"id": "company_id"}
-                ),
-            ),
-            ("bank",),
-            "score SME loan applications as they arrive",
-            "bank",
-            terms,  # type: ignore[arg-type]
-        )
         with self.factory.client("bank") as bank:
-            contract_id = bank.submit(spec)
+            contract_id = bank.submit(contract_spec(self.model_job, **params))
         approve(self.factory, "tax", contract_id, expect="serving_contract")
         for party in ROLES:
             with self.factory.client(party) as c:
@@ -134,6 +112,31 @@ class Served:
         )
         applicants = list(self.data["applicants"].column("company_id"))
         return [a for a in applicants if a in held], [a for a in applicants if a not in held]
+
+
+def contract_spec(model_job: str, **params: object) -> JobSpec:
+    """A serving contract of the bank with the tax bureau and the registry for ``model_job``:
+    30 days, batches of 50, 1,000 a day, a root every 0.2 s, unless ``params`` say otherwise."""
+    terms: dict[str, object] = {
+        "model_job": model_job,
+        "expires": _later(days=30),
+        "max_batch": 50,
+        "max_daily": 1000,
+        "root_interval_s": 0.2,
+        **params,
+    }
+    return JobSpec(
+        "serving_contract",
+        (
+            Participant("bank", "label_holder"),
+            Participant("tax", "feature_holder", "tax_filings", {"id": "company_id"}),
+            Participant("registry", "feature_holder", "business_registry", {"id": "company_id"}),
+        ),
+        ("bank",),
+        "score SME loan applications as they arrive",
+        "bank",
+        terms,  # type: ignore[arg-type]
+    )
 
 
 def _later(**delta: float) -> str:

@@ -65,7 +65,11 @@ from tests.protocols.test_vertical_score import APPLICANTS, loaders, reference, 
 
 KEYS = {p: Ed25519PrivateKey.generate() for p in ROLES}
 PROVIDERS = ("tax", "registry")
-NOW = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
+#: The services' clock starts today (a contract's terms are checked against the real clock).
+NOW = dt.datetime.now(dt.UTC).replace(hour=9, minute=30, second=0, microsecond=0)
+#: The contracts' expiry: 30 days on.
+EXPIRY = (NOW + dt.timedelta(days=30)).replace(hour=0, minute=0)
+EXPIRES = EXPIRY.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +91,7 @@ def trained(data: dict[str, Table]) -> tuple[str, dict[str, Result]]:
 def contract_spec(model_job: str, **params: object) -> JobSpec:
     terms: dict[str, object] = {
         "model_job": model_job,
-        "expires": "2027-01-01T00:00:00Z",
+        "expires": EXPIRES,
         "max_batch": 50,
         "max_daily": 400,
         "root_interval_s": 0.05,
@@ -440,7 +444,7 @@ def test_a_revoked_or_expired_contract_serves_no_request(
     assert world.records("bank", Event.SERVING_REFUSED)  # the bank recorded it too
     wait_for(lambda: world.spec.job_id in registry.keys.forgotten, "the revoked keys forgotten")
     # Past its expiry, the bank's own node refuses and ends the contract.
-    world.clock.now = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    world.clock.now = EXPIRY
     with pytest.raises(ContractEndedError, match="expired"):
         world.score(held[:2])
     assert world.parties["bank"].jobs.get(world.spec.job_id).state is JobState.SUCCEEDED
@@ -605,7 +609,7 @@ def test_status_shows_requests_served_and_limits_left(world: World, data: dict[s
 
     wait_for(shown, "the status")
     status = jobs.get(world.spec.job_id)
-    assert "393 of 400 left" in status.phase and "expires 2027-01-01T00:00:00Z" in status.phase
+    assert "393 of 400 left" in status.phase and f"expires {EXPIRES}" in status.phase
     assert (status.done, status.total) == (7, 400)
 
 
