@@ -444,8 +444,16 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
                     f"when its peers answer (or stop it: bund job cancel {job_id})"
                 )
 
-        # The operator's own node knows the job it is asked about, or the id is wrong.
-        return follow_job(client, job_id, timeout=timeout, on_update=show, not_found_grace=0)
+        # The operator's own node knows the job it is asked about, or the id is wrong. A standing
+        # contract is followed until it serves (it ends only when revoked or by its terms).
+        return follow_job(
+            client,
+            job_id,
+            timeout=timeout,
+            on_update=show,
+            not_found_grace=0,
+            until=lambda status: status.state is JobState.SERVING,
+        )
 
 
 def approval_lines(status: JobStatus) -> list[str]:
@@ -472,6 +480,7 @@ def print_status(status: JobStatus) -> None:
         "refused": "red",
         "aborted": "yellow",
         "interrupted": "yellow",
+        "serving": "green",
     }.get(status.state.value, "cyan")
     t.add_row("job", status.spec.job_id)
     t.add_row("protocol", status.spec.protocol)
@@ -485,6 +494,8 @@ def print_status(status: JobStatus) -> None:
         t.add_row("reason", escape(status.error))  # words from a peer: never markup
     if status.state is JobState.INTERRUPTED:
         t.add_row("next", f"bund job resume {status.spec.job_id} (or bund job cancel)")
+    if status.state is JobState.SERVING:
+        t.add_row("next", f"bund score {status.spec.job_id} (revoke: bund job cancel)")
     t.add_row("result to", ", ".join(status.spec.receivers))
     if status.transcript_digest:
         t.add_row("transcript", status.transcript_digest)
@@ -507,7 +518,7 @@ def job_submit(
             if wait:
                 status = wait_for(client, job_id)
                 print_status(status)
-                if status.state is not JobState.SUCCEEDED:
+                if status.state not in (JobState.SUCCEEDED, JobState.SERVING):
                     raise typer.Exit(1)
                 if status.has_result:
                     _print_result(client.result(job_id))
@@ -1067,6 +1078,87 @@ def workflow_run(
     finally:
         if peers is not None:
             peers.close()
+
+
+# -- real-time scoring under a standing contract --------------------------------------------
+
+
+@app.command()
+def score(
+    contract: Annotated[str, typer.Argument(help="The serving contract (its job id).")],
+    config: OperatorOpt,
+    applicants: Annotated[
+        Path,
+        typer.Option(
+            help="CSV: the applicant's id and the bank's own feature values, by the model's "
+            "feature names ('-': standard input)."
+        ),
+    ],
+    id_column: Annotated[str, typer.Option(help="The applicants' id column.")] = "id",
+    out: Annotated[Path | None, typer.Option(help="Write the decisions as CSV here.")] = None,
+) -> None:
+    """Score applicants now, under an approved serving contract, at the bank's own node.
+
+    Prints each decision (approve, decline, or refer when some provider lacks the firm) and the
+    request's digest, which each party recorded and a regulator can check
+    (`bund audit request`).
+    """
+    import sys
+
+    from bund.parties.serving.csvio import decisions_csv, read_applicants
+
+    cfg, _ = _operator(config)
+    text = sys.stdin.read() if str(applicants) == "-" else applicants.read_text(encoding="utf-8")
+    try:
+        asked = read_applicants(text, id_column)
+        with _client(cfg) as client:
+            scored = client.score(contract, asked)
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    t = RichTable("id", "decision", "probability")
+    for d in scored.decisions:
+        p = "" if d.probability is None else f"{d.probability:.6f}"
+        t.add_row(escape(d.id), d.decision, p)
+    console.print(t)
+    console.print(f"request sha256 {scored.request_sha256.hex()} (nonce {scored.nonce.hex()})")
+    if out is not None:
+        out.write_text(decisions_csv(scored), encoding="utf-8")
+        console.print(f"wrote {out}")
+
+
+@audit_app.command("request")
+def audit_request(
+    contract: Annotated[str, typer.Argument(help="The serving contract (its job id).")],
+    digest: Annotated[str, typer.Argument(help="The request's sha256, as the bank printed it.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="The regulator's regulator.toml.")],
+    party: Annotated[str, typer.Option(help="Whose record of the request to check.")],
+) -> None:
+    """Check that a party recorded a request, under a Merkle root it signed (regulator).
+
+    The party's node serves the root record and the request's audit path; both are checked here
+    with the party's audit key from regulator.toml, never the node's word.
+    """
+    from bund.parties.client import NodeClient
+    from bund.parties.regulator import load_regulator_config
+    from bund.parties.serving.proofs import verify_request_proof
+
+    try:
+        regulator = load_regulator_config(config)
+        audited = regulator.parties.get(party)
+        if audited is None:
+            raise _fail(f"{config} names no party {party!r} (known: {sorted(regulator.parties)})")
+        request = bytes.fromhex(digest)
+        with NodeClient(audited.address, party, regulator.tls, timeout=regulator.timeout_s) as c:
+            proof = c.prove_request(contract, request)
+        record = verify_request_proof(proof, request, party, audited.audit_public_key)
+    except ValueError:
+        raise _fail("the digest must be 64 hex digits") from None
+    except BundError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"[green]OK[/]: {party} recorded request {proof.seq} of contract {contract} under the "
+        f"root of its record {record.index} ({record.timestamp}), signed with its audit key"
+    )
 
 
 if __name__ == "__main__":

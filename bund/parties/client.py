@@ -10,8 +10,9 @@ node's own certificate for node-to-node calls, which also carry the node's signe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -22,12 +23,24 @@ from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
 from bund.parties.authz import INSTANCE_METADATA
-from bund.parties.config import NodeConfig, TlsPaths
-from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
+from bund.parties.config import NodeConfig, TlsPaths, load_cli_config
+from bund.parties.errors import (
+    ANSWERED_BY_NODE,
+    ConfigError,
+    NotAuthorizedError,
+    PeerUnavailableError,
+)
 from bund.parties.jobs import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.serving.errors import (
+    ReplayedRequestError,
+    ServingLimitError,
+    ServingRefusedError,
+)
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Scored
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 T = TypeVar("T", bound=Message)
 
@@ -47,6 +60,21 @@ class RemoteError(BundError):
     def not_found(self) -> bool:
         """Whether the node answered NOT_FOUND (for example a job not proposed to it yet)."""
         return self.code is grpc.StatusCode.NOT_FOUND
+
+
+#: A serving refusal's class by the status the node answered it with.
+_SERVING_REFUSALS: dict[grpc.StatusCode, type[BundError]] = {
+    grpc.StatusCode.ALREADY_EXISTS: ReplayedRequestError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServingLimitError,
+    grpc.StatusCode.FAILED_PRECONDITION: ServingRefusedError,
+    grpc.StatusCode.PERMISSION_DENIED: NotAuthorizedError,
+}
+
+
+def _serving_refusal(exc: RemoteError) -> BundError:
+    """A node's refusal of a serving request, as the class it was raised as there."""
+    kind = _SERVING_REFUSALS.get(exc.code)
+    return exc if kind is None else kind(f"{exc.party}: {exc.details}")
 
 
 def _answered_by_node(exc: grpc.RpcError) -> bool:
@@ -352,7 +380,54 @@ class NodeClient:
         )
         return wire.witnessed_page_from_proto(r)
 
+    # -- a standing contract (serving) -----------------------------------------------------
+
+    def score(
+        self, contract_id: str, applicants: Sequence[Applicant], timeout: float | None = None
+    ) -> Scored:
+        """Score ``applicants`` under a serving contract (the bank's operator, at its node).
+
+        Raises:
+            ServingRefusedError: The contract's terms or a provider refused (the message says
+                which; ``ServingLimitError`` for a limit, ``ReplayedRequestError`` for a nonce).
+            NotAuthorizedError: This operator may not score under the contract.
+            RemoteError: Any other refusal, with the node's status and message.
+        """
+        request = wire.score_request_to_proto(contract_id, applicants)
+        try:
+            r = self._call("Serving", "Score", request, serving_pb2.ScoreResponse, timeout)
+        except RemoteError as exc:
+            raise _serving_refusal(exc) from None
+        return wire.scored_from_proto(r)
+
+    def prove_request(self, contract_id: str, request_sha256: bytes) -> RequestProof:
+        """The node's proof that it took a request, under a root it signed.
+
+        For the node's operator or a regulator; check it with
+        ``bund.parties.serving.proofs.verify_request_proof``.
+        """
+        r = self._call(
+            "Serving",
+            "ProveRequest",
+            serving_pb2.ProveRequestRequest(contract_id=contract_id, request_sha256=request_sha256),
+            serving_pb2.RequestProof,
+        )
+        return wire.request_proof_from_proto(r)
+
     # -- node-to-node calls ---------------------------------------------------------------
+
+    def score_parts(
+        self, contract_id: str, nonce: bytes, ids: Sequence[str], timeout: float | None = None
+    ) -> Answer:
+        """A provider's masked answer to the bank's request (the bank's node only)."""
+        request = wire.score_parts_request_to_proto(contract_id, nonce, ids)
+        try:
+            r = self._call(
+                "Serving", "ScoreParts", request, serving_pb2.ScorePartsResponse, timeout
+            )
+        except RemoteError as exc:
+            raise _serving_refusal(exc) from None
+        return wire.answer_from_proto(r)
 
     def propose(self, spec: JobSpec) -> tuple[bool, str]:
         """Ask this node to accept a job; an error status counts as a refusal with its message."""
@@ -466,6 +541,12 @@ class PeerClients:
         """See ``NodeClient.resume``."""
         self.client(to).resume(job_id)
 
+    def score_parts(
+        self, to: str, contract_id: str, nonce: bytes, ids: Sequence[str], timeout: float
+    ) -> Answer:
+        """See ``NodeClient.score_parts``: once, never retried (a nonce is good once)."""
+        return self.client(to).score_parts(contract_id, nonce, ids, timeout)
+
     def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
         """Deliver a job message to ``to``, retrying while it is unreachable."""
         limit = self.config.max_message_bytes - 4096
@@ -492,3 +573,32 @@ class PeerClients:
         for c in self._clients.values():
             c.close()
         self._clients.clear()
+
+
+def open_operator_client(path: Path, timeout: float = 30.0) -> NodeClient:
+    """A client to a party's own node with the operator credential that ``path`` names.
+
+    What a bank's loan system uses to score applicants under a serving contract, given an
+    ``operator.toml`` from ``bund operator issue`` (or ``node.toml`` on the node's host)::
+
+        with open_operator_client(Path("loan-system/operator.toml")) as node:
+            scored = node.score(contract_id, [Applicant("91310000A", {"revenue": 1.2e6})])
+        for decision in scored.decisions:
+            ...  # decision.id, decision.decision ("approve", "decline", "refer"), probability
+
+    Keep ``scored.request_sha256``: a regulator checks it against each party's signed root.
+
+    Raises:
+        ConfigError: The file is invalid, or the node's port file is missing.
+    """
+    config, _ = load_cli_config(path)
+    address = config.node
+    if address is None:
+        assert config.port_file is not None  # load_cli_config checks one of them is set
+        try:
+            address = f"127.0.0.1:{config.port_file.read_text().strip()}"
+        except FileNotFoundError:
+            raise ConfigError(
+                f"the node is not running ({config.port_file} is missing); start it first"
+            ) from None
+    return NodeClient(address, config.party, config.tls, config.max_message_bytes, timeout)

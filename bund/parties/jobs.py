@@ -535,6 +535,9 @@ class ProtocolDef:
         check_owner: the protocol's checks of a spec against a data owner's ``policy`` at that
             owner's admission (a floor on suppression, identifier columns, accepted noise
             shares); raises ``PolicyRefusedError``.
+        standing: whether the job is a standing contract: its roles set it up (and keep what
+            they saved with ``ctx.save_state``), and then, instead of ending, it stands SERVING,
+            answering requests under its terms, until it is revoked or ends by its terms.
     """
 
     name: str
@@ -554,6 +557,7 @@ class ProtocolDef:
     resumable: bool = False
     columns: Callable[[JobSpec, str], frozenset[str]] = bound_columns
     check_owner: Callable[[JobSpec, str, OwnerTerms], None] = no_owner_checks
+    standing: bool = False
 
     def __post_init__(self) -> None:
         stray = sorted(set(self.role_requirements) - set(self.roles))

@@ -74,12 +74,14 @@ from bund.parties.roster import (
     parse_roster,
 )
 from bund.parties.rpc_audit import RefusalTally
+from bund.parties.serving.ledger import ServingLedger
+from bund.parties.serving.service import ServingPorts, ServingService
 from bund.parties.transport import Mailbox
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 log = logging.getLogger("bund.node")
 
-SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit")
+SERVICES = ("bund.v1.Jobs", "bund.v1.Federation", "bund.v1.Audit", "bund.v1.Serving")
 #: Deadline of one witness exchange with a peer.
 _WITNESS_TIMEOUT_S = 10.0
 
@@ -105,6 +107,8 @@ class Node:
     witness: WitnessExchange | None = None
     #: The plain-HTTP health check (``[health] listen``), if configured.
     health_http: HealthListener | None = None
+    #: Its standing contracts' requests (``bund.parties.serving``).
+    serving: ServingService | None = None
 
     def reload(self) -> None:
         """Read node.toml, policy.toml and the dataset catalogue again and apply them.
@@ -145,6 +149,8 @@ class Node:
         if self.witness is not None:
             self.witness.close()
         self.server.stop(grace).wait()
+        if self.serving is not None:
+            self.serving.stop()
         self.manager.shutdown()
         self.refusals.stop()
         try:
@@ -172,6 +178,15 @@ def _table_loaders(config: NodeConfig) -> dict[str, Callable[[], Table]]:
             return cache[name]
 
     return {name: functools.partial(loader, name) for name in config.datasets}
+
+
+def _contract_table(manager: JobManager, spec: JobSpec) -> Table:
+    """This party's dataset of a serving contract, refused if it is not the version approved."""
+    manager.admission.recheck(spec, manager.store.admitted(spec.job_id))
+    dataset = spec.participant(manager.party).dataset
+    if dataset is None:
+        raise ConfigError(f"{manager.party} brings no dataset to contract {spec.job_id}")
+    return manager.admission.table(dataset)
 
 
 def _trust_anchors(config: NodeConfig, audit: AuditSink) -> TrustAnchors:
@@ -305,11 +320,12 @@ def _service_handlers(
     audit: AuditLog,
     audit_store: AuditStore,
     witness: Witness,
+    serving: ServingService,
     info: wire.NodeInfo,
     gate: Gate,
     refusals: RefusalTally,
 ) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
-    """Bund's three services (Jobs, Federation, Audit), each behind the gate and audited."""
+    """Bund's four services (Jobs, Federation, Audit, Serving), each behind the gate, audited."""
 
     def read_audit(start: int, limit: int) -> wire.AuditPage:
         records, unreadable = read_readable(audit_store, start, start + limit)
@@ -337,6 +353,7 @@ def _service_handlers(
             ("bund.v1.Jobs", job_methods),
             ("bund.v1.Federation", servicers.federation_methods(info)),
             ("bund.v1.Audit", audit_methods),
+            ("bund.v1.Serving", servicers.serving_methods(serving, manager.store)),
         )
     ]
 
@@ -368,6 +385,7 @@ def _grpc_server(
             job_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
             federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
+            serving_pb2.DESCRIPTOR.services_by_name["Serving"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -427,6 +445,21 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         manager = _open_manager(
             config, protocols, audit, peers, lambda spec: exchange.request(spec.parties), closers
         )
+        serving_ledger = ServingLedger(config.state_dir / "serving.db")
+        closers.callback(serving_ledger.close)
+        serving = ServingService(
+            config.party,
+            ServingPorts(
+                jobs=manager.store,
+                keys=manager.resume,
+                audit=audit,
+                audit_store=audit_store,
+                ledger=serving_ledger,
+                peers=peers,
+                table=functools.partial(_contract_table, manager),
+                root_logged=lambda spec: exchange.request(spec.parties),
+            ),
+        )
         info = wire.NodeInfo(
             party=config.party,
             role=me.role,
@@ -444,7 +477,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
 
         refusals = RefusalTally(audit)
         handlers = _service_handlers(
-            config, manager, audit, audit_store, witness, info, gate, refusals
+            config, manager, audit, audit_store, witness, serving, info, gate, refusals
         )
         server, health_servicer, port = _grpc_server(config, handlers, anchors, cert_pem)
         closers.callback(server.stop, None)
@@ -454,6 +487,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
         if config.health_listen is not None:
             health_http = HealthListener(config.health_listen, config.source)
         closers.pop_all()  # from here on, Node.stop closes them
+    serving.start()  # its index caught up with the log before any request comes in
     server.start()
     for service in ("", *SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -480,7 +514,7 @@ def create_node(config: NodeConfig, protocols: Mapping[str, ProtocolDef] = PROTO
     exchange.start()
     return Node(
         config, server, port, manager, audit, audit_store, health_servicer, peers, refusals,
-        exchange, health_http,
+        exchange, health_http, serving,
     )  # fmt: skip
 
 

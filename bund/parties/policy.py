@@ -13,11 +13,11 @@ level                  protocols                              outputs
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
 confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, dp_stats,              dp_aggregate, model, score
-                       ckks_scoring, fed_dp_sgd
+                       vertical_score, serving_contract,      dp_aggregate, model, score
+                       dp_stats, ckks_scoring, fed_dp_sgd
 restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
-                       vertical_score, dp_stats,              score (never which individuals)
-                       ckks_scoring, fed_dp_sgd
+                       vertical_score, serving_contract,      score (never which individuals)
+                       dp_stats, ckks_scoring, fed_dp_sgd
 =====================  =====================================  ==================================
 
 A dataset entry may narrow its level's protocols further, never widen them.
@@ -70,6 +70,7 @@ _PROTECTED_PROTOCOLS = frozenset(
         "woe_iv",
         "vertical_lr",
         "vertical_score",
+        "serving_contract",
         "dp_stats",
         "ckks_scoring",
         "paillier_scoring",

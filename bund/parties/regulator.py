@@ -106,6 +106,9 @@ MAX_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
 #: How often the nodes exchange signed tree heads (``[limits] witness_interval_s``, as the
 #: nodes' ``[audit] witness_interval_s``).
 WITNESS_INTERVAL: Final = dt.timedelta(seconds=300)
+#: Outcomes of a close after which every message must have arrived and every peer's transcript
+#: been countersigned: a job that succeeded, or a standing contract's set-up, which then serves.
+_CLOSED_WELL: Final = frozenset({JobState.SUCCEEDED.value, JobState.SERVING.value})
 
 
 class Severity(StrEnum):
@@ -1293,9 +1296,9 @@ class _JobReconciler:
                 if (receiver, tag, s.sha256) in self.undelivered.get(sender, set()):
                     continue  # the sender's own log says it never arrived
                 outcome = self.outcome(receiver)
-                severity = Severity.ERROR if outcome == "succeeded" else Severity.WARNING
+                severity = Severity.ERROR if outcome in _CLOSED_WELL else Severity.WARNING
                 why = (
-                    f"{receiver} closed the job as succeeded, so it must have taken the message"
+                    f"{receiver} closed the job as {outcome}, so it must have taken the message"
                     if severity is Severity.ERROR
                     else f"the job did not succeed at {receiver} ({outcome or 'not closed'}), "
                     "so it may never have taken the message"
@@ -1411,14 +1414,14 @@ class _JobReconciler:
             if key.startswith(PEER_TRANSCRIPT_PREFIX)
         }
         dropped = set(str(close.fields.get("dropped", "")).split(",")) - {""}
-        if spec is not None and self.outcome(party) == "succeeded":
+        if spec is not None and self.outcome(party) in _CLOSED_WELL:
             for peer in sorted(set(spec.parties) - {party} - set(reported)):
                 if peer in dropped:  # the protocol carries on without drop-outs, by design
                     self.flag(
                         FindingKind.DROPPED_OUT,
                         [party, peer],
-                        f"{party} closed the job as succeeded (record {close.index}) without "
-                        f"{peer}, which it records as dropped out",
+                        f"{party} closed the job as {self.outcome(party)} (record {close.index}) "
+                        f"without {peer}, which it records as dropped out",
                         {party: close.index},
                         Severity.WARNING,
                     )
@@ -1426,8 +1429,8 @@ class _JobReconciler:
                 self.flag(
                     FindingKind.TRANSCRIPT_MISMATCH,
                     [party, peer],
-                    f"{party} closed the job as succeeded (record {close.index}) without "
-                    f"countersigning {peer}'s transcript digest",
+                    f"{party} closed the job as {self.outcome(party)} (record {close.index}) "
+                    f"without countersigning {peer}'s transcript digest",
                     {party: close.index},
                 )
         for peer, digest in sorted(reported.items()):

@@ -28,8 +28,10 @@ from bund.parties.identity import PartyIdentity
 from bund.parties.jobs import AuditSink, JobSpec
 from bund.parties.lifecycle.events import Event
 from bund.parties.lifecycle.manager import JobManager
+from bund.parties.lifecycle.store import JobStore
 from bund.parties.rpc_audit import RefusalTally
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.parties.serving.service import ServingService
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 log = logging.getLogger("bund.rpc")
 
@@ -68,6 +70,8 @@ class Method:
         access: Who may call it.
         job: For a call about a job, the job's spec from the request (a peer must take part).
         reads_only: A peer may call it without its instance epoch (it changes nothing).
+        quiet: A call that succeeds needs no ``rpc`` record: the domain records it itself,
+            before it acts (a request to a standing contract).
     """
 
     request: type[Message]
@@ -75,6 +79,7 @@ class Method:
     access: Access = Access.ANY
     job: Callable[[Any], JobSpec] | None = None
     reads_only: bool = False
+    quiet: bool = False
 
 
 def make_generic_handler(
@@ -112,7 +117,7 @@ def make_generic_handler(
                 if code is not grpc.StatusCode.OK:
                     caller = who.name if who else gate.describe(pem)
                     refusals.note(caller, f"{service}/{name}", code.name)
-                elif name not in _QUIET:
+                elif name not in _QUIET and not method.quiet:
                     try:
                         audit.append(
                             Event.RPC,
@@ -304,4 +309,38 @@ def audit_methods(
         "GetCheckpoint": Method(audit_pb2.GetCheckpointRequest, get_checkpoint, auditors),
         "Witness": Method(audit_pb2.WitnessRequest, witness_head, Access.PEER),
         "GetWitnessedHeads": Method(audit_pb2.GetWitnessedHeadsRequest, witnessed_heads, auditors),
+    }
+
+
+def serving_methods(serving: ServingService, jobs: JobStore) -> dict[str, Method]:
+    """The Serving service: a loan system's Score, a bank's ScoreParts, and request proofs.
+
+    A request is recorded by the serving side itself before its answer leaves (and a refused
+    one with why), so Score and ScoreParts add no ``rpc`` record of their own.
+    """
+
+    def contract(r: serving_pb2.ScorePartsRequest) -> JobSpec:
+        return jobs.get(wire.job_id(r.contract_id)).spec
+
+    def score(r: serving_pb2.ScoreRequest, who: PartyIdentity) -> Message:
+        contract_id, applicants = wire.score_request_from_proto(r)
+        operator = who.operator if isinstance(who, Caller) and who.operator else who.name
+        return wire.scored_to_proto(serving.score(contract_id, applicants, operator))
+
+    def score_parts(r: serving_pb2.ScorePartsRequest, who: PartyIdentity) -> Message:
+        contract_id, nonce, ids = wire.score_parts_request_from_proto(r)
+        return wire.answer_to_proto(serving.score_parts(contract_id, nonce, ids, who.name))
+
+    def prove(r: serving_pb2.ProveRequestRequest, who: PartyIdentity) -> Message:
+        proof = serving.prove(wire.job_id(r.contract_id), r.request_sha256)
+        return wire.request_proof_to_proto(proof)
+
+    return {
+        "Score": Method(serving_pb2.ScoreRequest, score, Access.OPERATOR, quiet=True),
+        "ScoreParts": Method(
+            serving_pb2.ScorePartsRequest, score_parts, Access.PEER, contract, quiet=True
+        ),
+        "ProveRequest": Method(
+            serving_pb2.ProveRequestRequest, prove, Access.OPERATOR_OR_REGULATOR
+        ),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -29,6 +29,8 @@ from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import JobSpec, JsonScalar, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
 from bund.parties.lifecycle.store import ResultInfo
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Decision, Scored
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import GetWitnessedHeadsResponse as ProtoWitnessedPage
@@ -45,6 +47,13 @@ from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
 from bund.v1.job_pb2 import JobState as ProtoJobState
 from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
 from bund.v1.job_pb2 import PartyView as ProtoPartyView
+from bund.v1.serving_pb2 import Applicant as ProtoApplicant
+from bund.v1.serving_pb2 import Decision as ProtoDecision
+from bund.v1.serving_pb2 import RequestProof as ProtoRequestProof
+from bund.v1.serving_pb2 import ScorePartsRequest as ProtoScorePartsRequest
+from bund.v1.serving_pb2 import ScorePartsResponse as ProtoAnswer
+from bund.v1.serving_pb2 import ScoreRequest as ProtoScoreRequest
+from bund.v1.serving_pb2 import ScoreResponse as ProtoScored
 
 
 def parse(message_type: type[Message], data: bytes) -> Message:
@@ -144,6 +153,7 @@ _STATE_TO_PROTO = {
     JobState.ABORTED: ProtoJobState.JOB_STATE_ABORTED,
     JobState.AWAITING_APPROVAL: ProtoJobState.JOB_STATE_AWAITING_APPROVAL,
     JobState.INTERRUPTED: ProtoJobState.JOB_STATE_INTERRUPTED,
+    JobState.SERVING: ProtoJobState.JOB_STATE_SERVING,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 
@@ -501,4 +511,114 @@ def witnessed_page_from_proto(message: ProtoWitnessedPage) -> WitnessedPage:
     return WitnessedPage(
         heads=tuple((m.seq, witnessed_head_from_proto(m)) for m in message.heads),
         last_seq=message.last_seq,
+    )
+
+
+# -- serving (a standing contract's requests) ---------------------------------------------------
+
+#: The most applicants or ids one serving request may carry on the wire.
+MAX_SERVING_IDS = 10_000
+#: The most bank features one applicant may bring.
+MAX_APPLICANT_FEATURES = 1024
+
+
+def score_request_to_proto(contract_id: str, applicants: Sequence[Applicant]) -> ProtoScoreRequest:
+    """Serialise a loan system's request to score ``applicants`` under a contract."""
+    return ProtoScoreRequest(
+        contract_id=contract_id,
+        applicants=[ProtoApplicant(id=a.id, features=dict(a.features)) for a in applicants],
+    )
+
+
+def score_request_from_proto(message: ProtoScoreRequest) -> tuple[str, list[Applicant]]:
+    """Deserialise a request to score; the contract id and the applicants, checked in form."""
+    if len(message.applicants) > MAX_SERVING_IDS:
+        raise MalformedRequestError(f"a request carries at most {MAX_SERVING_IDS} applicants")
+    applicants = []
+    for a in message.applicants:
+        if len(a.features) > MAX_APPLICANT_FEATURES:
+            raise MalformedRequestError(
+                f"an applicant brings at most {MAX_APPLICANT_FEATURES} features"
+            )
+        if not all(math.isfinite(v) for v in a.features.values()):
+            raise MalformedRequestError("a feature value is not a finite number")
+        applicants.append(Applicant(a.id, dict(a.features)))
+    return job_id(message.contract_id), applicants
+
+
+def scored_to_proto(scored: Scored) -> ProtoScored:
+    """Serialise the decisions on a request."""
+    return ProtoScored(
+        contract_id=scored.contract_id,
+        nonce=scored.nonce,
+        request_sha256=scored.request_sha256,
+        decisions=[
+            ProtoDecision(id=d.id, decision=d.decision, probability=d.probability)
+            if d.probability is not None
+            else ProtoDecision(id=d.id, decision=d.decision)
+            for d in scored.decisions
+        ],
+    )
+
+
+def scored_from_proto(message: ProtoScored) -> Scored:
+    """Deserialise the decisions on a request."""
+    return Scored(
+        contract_id=message.contract_id,
+        nonce=message.nonce,
+        request_sha256=message.request_sha256,
+        decisions=tuple(
+            Decision(d.id, d.decision, d.probability if d.HasField("probability") else None)
+            for d in message.decisions
+        ),
+    )
+
+
+def score_parts_request_to_proto(
+    contract_id: str, nonce: bytes, ids: Sequence[str]
+) -> ProtoScorePartsRequest:
+    """Serialise the bank's request to a provider."""
+    return ProtoScorePartsRequest(contract_id=contract_id, nonce=nonce, ids=list(ids))
+
+
+def score_parts_request_from_proto(
+    message: ProtoScorePartsRequest,
+) -> tuple[str, bytes, list[str]]:
+    """Deserialise the bank's request to a provider: contract id, nonce and ids (in form)."""
+    if len(message.ids) > MAX_SERVING_IDS:
+        raise MalformedRequestError(f"a request carries at most {MAX_SERVING_IDS} ids")
+    return job_id(message.contract_id), message.nonce, list(message.ids)
+
+
+def answer_to_proto(answer: Answer) -> ProtoAnswer:
+    """Serialise a provider's masked answer."""
+    return ProtoAnswer(request_sha256=answer.request_sha256, answer=answer.answer)
+
+
+def answer_from_proto(message: ProtoAnswer) -> Answer:
+    """Deserialise a provider's masked answer (its cells are checked by the bank)."""
+    return Answer(message.request_sha256, message.answer)
+
+
+def request_proof_to_proto(proof: RequestProof) -> ProtoRequestProof:
+    """Serialise a request's inclusion proof."""
+    return ProtoRequestProof(
+        contract_id=proof.contract_id,
+        request_sha256=proof.request_sha256,
+        seq=proof.seq,
+        root_record=audit_record_to_proto(proof.root_record),
+        path=list(proof.path),
+    )
+
+
+def request_proof_from_proto(message: ProtoRequestProof) -> RequestProof:
+    """Deserialise a request's inclusion proof (checked by ``verify_request_proof``)."""
+    if len(message.path) > 64:
+        raise MalformedRequestError("an audit path has at most 64 hashes")
+    return RequestProof(
+        contract_id=message.contract_id,
+        request_sha256=message.request_sha256,
+        seq=position(message.seq, "seq"),
+        root_record=audit_record_from_proto(message.root_record),
+        path=tuple(message.path),
     )

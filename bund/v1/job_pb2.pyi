@@ -52,6 +52,10 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
     last checkpoints.
     """
+    JOB_STATE_SERVING: _JobState.ValueType  # 10
+    """A standing contract (serving_contract), set up and answering requests until it is revoked,
+    expires or its limits are spent.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -71,6 +75,10 @@ JOB_STATE_AWAITING_APPROVAL: JobState.ValueType  # 8
 JOB_STATE_INTERRUPTED: JobState.ValueType  # 9
 """Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
 last checkpoints.
+"""
+JOB_STATE_SERVING: JobState.ValueType  # 10
+"""A standing contract (serving_contract), set up and answering requests until it is revoked,
+expires or its limits are spent.
 """
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 

@@ -1,9 +1,10 @@
 """The canary test of issue 9: planted ids and values, and every secret key, stay with their owner.
 
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
-protocol once over mTLS: psi, woe_iv, vertical_lr and vertical_score between the bank and its
-providers; dp_stats, fed_dp_sgd and ckks_scoring between the hospitals and the insurer. Their
-datasets carry canaries:
+protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score and a serving_contract (one
+request, then its total limit ends it) between the bank and its providers; dp_stats, fed_dp_sgd,
+ckks_scoring and paillier_scoring between the hospitals and the insurer. Their datasets carry
+canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -14,8 +15,11 @@ datasets carry canaries:
 No result may contain them: the PSI result at the bank holds only ids that both parties hold (the
 canary ids are each held by one party), the vertical protocols' results hold each party's own
 model part and metrics, the scores of ``vertical_score`` go to the bank (they list its own
-applicants), ``ckks_scoring`` here sends the scores to the hospital only, and dp_stats and
-fed_dp_sgd release noisy aggregates and a model, never a record.
+applicants), and so do the decisions of the serving contract (its loan system's answer; it asks
+about applicants that every provider holds: the ids it names are shown to the providers in the
+clear by design, so it names none of its own canary ids), ``ckks_scoring`` here sends the
+scores to the hospital only, and dp_stats and fed_dp_sgd release noisy aggregates and a model,
+never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
@@ -65,11 +69,14 @@ from bund.parties.demo_data import (
     resident_id_check_char,
     uscc_check_char,
 )
+from bund.parties.follow import follow_job, in_state
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS, ckks_scoring, paillier_scoring
+from bund.parties.serving.service import Applicant
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
+from tests.integration.test_serving_nodes import contract_spec as serving_spec
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
 from tests.protocols.test_vertical_lr import make_spec as vlr_spec
 from tests.protocols.test_vertical_score import score_spec
@@ -619,10 +626,15 @@ def start_nodes(
     return finance, health
 
 
-def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
-    """Every registered protocol once, each to success; returns the specs as the nodes hold them.
+def run_jobs(
+    factory: NodeFactory, applicants: Table
+) -> tuple[dict[str, JobSpec], list[tuple[str, bytes]]]:
+    """Every registered protocol once, each to success; returns the specs as the nodes hold them,
+    and the serving contract's answer to the bank's loan system (a result it keeps no copy of).
 
-    The health jobs run at the insurer while the finance chain runs at the bank.
+    The health jobs run at the insurer while the finance chain runs at the bank. The serving
+    contract scores the two shared applicants (``applicants`` holds the bank's features) in one
+    request that spends its total limit, so it ends, succeeded.
     """
     dp = JobSpec(
         protocol="dp_stats",
@@ -668,6 +680,27 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
             status = wait_final(bank, jobs[name][1], timeout=240)
             assert status.state is JobState.SUCCEEDED, (name, status.error)
         jobs["vertical_score"] = ("bank", bank.submit(score_spec(jobs["vertical_lr"][1])))
+        one = len(SHARED_APPLICANTS)
+        contract = serving_spec(jobs["vertical_lr"][1], max_batch=one, max_total=one)
+        jobs["serving_contract"] = ("bank", bank.submit(contract))
+        for party in FINANCE_DATASETS:
+            with factory.client(party) as c:
+                status = follow_job(
+                    c, jobs["serving_contract"][1], until=in_state(JobState.SERVING), timeout=240
+                )
+            assert status.state is JobState.SERVING, (party, status.error)
+        rows = list(applicants.column("company_id"))
+        features = [c for c in applicants.columns if c != "company_id"]
+        scored = bank.score(
+            jobs["serving_contract"][1],
+            [
+                Applicant(i, {c: float(applicants.column(c)[rows.index(i)]) for c in features})
+                for i in SHARED_APPLICANTS
+            ],
+        )
+    assert [d.id for d in scored.decisions] == list(SHARED_APPLICANTS)
+    assert all(d.probability is not None for d in scored.decisions)  # held by both providers
+    answer = json.dumps([dataclasses.asdict(d) for d in scored.decisions]).encode()
     specs = {}
     for name, (requester, job_id) in jobs.items():
         with factory.client(requester) as c:
@@ -675,15 +708,18 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
         assert status.state is JobState.SUCCEEDED, (name, status.error)
         specs[name] = status.spec
         factory.wait_closed(job_id)
-    return specs
+    return specs, [("serving_contract decisions", answer)]
 
 
 def received_results(
     factory: NodeFactory, jobs: Mapping[str, JobSpec]
 ) -> dict[str, list[tuple[str, bytes]]]:
-    """Each node's results as its operator reads them: summary and artifacts."""
+    """Each node's results as its operator reads them: summary and artifacts (a standing
+    contract keeps none: its answers go to the loan system, request by request)."""
     out: dict[str, list[tuple[str, bytes]]] = {n: [] for n in factory.nodes}
     for name, spec in jobs.items():
+        if PROTOCOLS[spec.protocol].standing:
+            continue
         for party in spec.receivers:
             with factory.client(party) as c:
                 result = c.result(spec.job_id)
@@ -719,8 +755,9 @@ def world(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> I
             model = ckks_scoring.make_demo_model(generate_health(80, 12)["hospital_b"])
             finance, health = start_nodes(factory, model)
             dirs = {n: node.config.state_dir for n, node in factory.nodes.items()}
-            jobs = run_jobs(factory)
+            jobs, answers = run_jobs(factory, finance["bank"]["applicants"])
             results = received_results(factory, jobs)
+            results["bank"] += answers
             running = read_state(dirs, "running")
         finally:
             factory.stop_all()
@@ -797,6 +834,8 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     expected = {"bank->tax", "tax->bank", "bank->registry", "registry->bank"}
     expected |= {f"{h}->insurer" for h in HOSPITALS} | {f"insurer->{h}" for h in HOSPITALS}
     assert expected <= pairs
+    methods = {what for h in world.haystacks if h.kind == "sent" for what, _ in h.parts}
+    assert {"ScoreParts", "ScoreParts answer"} <= methods  # the serving contract's request
     for party in (*FINANCE_DATASETS, *HOSPITALS, "insurer"):
         names = [n for n, _ in world.hay("store", party).parts]
         assert any(n.endswith("resume.db") for n in names), names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import get_args
@@ -470,6 +471,11 @@ REQUIRED = {
     "ckks_scoring": {"features": '"age,bmi"', "model": '"logistic"'},
     "paillier_scoring": {"features": '"age,bmi"'},
     "vertical_score": {"model_job": '"' + "ab" * 16 + '"'},
+    "serving_contract": {
+        "model_job": '"' + "ab" * 16 + '"',
+        "expires": f'"{dt.date.today() + dt.timedelta(days=30)}T00:00:00Z"',
+        "max_daily": "1000",
+    },
 }
 
 

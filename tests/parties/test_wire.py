@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from hypothesis import given
@@ -14,7 +15,9 @@ from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.lifecycle.store import ResultInfo
-from bund.v1 import common_pb2, job_pb2
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Decision, Scored
+from bund.v1 import common_pb2, job_pb2, serving_pb2
 
 names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
 scalars = st.one_of(
@@ -155,3 +158,59 @@ def test_invalid_spec_from_the_wire_names_the_field() -> None:
     message.requester = "tax"
     with pytest.raises(InvalidJobSpecError, match="requester"):
         wire.spec_from_proto(message)
+
+
+CONTRACT = "c" * 32
+features = st.dictionaries(names, st.floats(allow_nan=False, allow_infinity=False), max_size=4)
+
+
+@given(st.lists(st.tuples(st.text(max_size=20), features), max_size=5))
+def test_serving_requests_round_trip(applicants: list[tuple[str, dict[str, float]]]) -> None:
+    given_ = [Applicant(i, f) for i, f in applicants]
+    message = wire.score_request_to_proto(CONTRACT, given_)
+    assert wire.score_request_from_proto(message) == (CONTRACT, given_)
+    parts = wire.score_parts_request_to_proto(CONTRACT, b"n" * 32, [a.id for a in given_])
+    assert wire.score_parts_request_from_proto(parts) == (
+        CONTRACT,
+        b"n" * 32,
+        [a.id for a in given_],
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=20),
+            st.sampled_from(["approve", "decline", "refer"]),
+            st.one_of(st.none(), st.floats(0, 1)),
+        ),
+        max_size=5,
+    )
+)
+def test_serving_answers_round_trip(decisions: list[tuple[str, str, float | None]]) -> None:
+    scored = Scored(CONTRACT, b"n" * 32, b"d" * 32, tuple(Decision(*d) for d in decisions))
+    assert wire.scored_from_proto(wire.scored_to_proto(scored)) == scored
+    answer = Answer(b"d" * 32, b"BSRV" + bytes(8))
+    assert wire.answer_from_proto(wire.answer_to_proto(answer)) == answer
+
+
+def test_a_request_proof_round_trips_and_garbage_is_refused() -> None:
+    record = AuditRecord(
+        3, "2026-11-24T00:00:00.000000Z", "tax", "serving_root", CONTRACT,
+        {"first_seq": 0, "count": 2, "root_hash": "ab"}, b"\x01" * 32, b"\x02" * 32, b"\x03" * 64,
+    )  # fmt: skip
+    proof = RequestProof(CONTRACT, b"d" * 32, 1, record, (b"\x04" * 32,))
+    assert wire.request_proof_from_proto(wire.request_proof_to_proto(proof)) == proof
+    long = wire.request_proof_to_proto(dataclasses.replace(proof, path=(b"\x04" * 32,) * 65))
+    with pytest.raises(MalformedRequestError, match="64 hashes"):
+        wire.request_proof_from_proto(long)
+    with pytest.raises(MalformedRequestError, match="job_id"):
+        wire.score_request_from_proto(serving_pb2.ScoreRequest(contract_id="nope"))
+    too_many = serving_pb2.ScorePartsRequest(contract_id=CONTRACT, ids=["a"] * 10_001)
+    with pytest.raises(MalformedRequestError, match="at most 10000"):
+        wire.score_parts_request_from_proto(too_many)
+    nan = serving_pb2.ScoreRequest(
+        contract_id=CONTRACT, applicants=[serving_pb2.Applicant(id="a", features={"x": math.nan})]
+    )
+    with pytest.raises(MalformedRequestError, match="finite"):
+        wire.score_request_from_proto(nan)

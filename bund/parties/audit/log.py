@@ -21,7 +21,7 @@ import datetime as dt
 import hmac
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -178,38 +178,90 @@ class AuditLog:
                 appended.
             AuditLogCorruptError: The log is sealed (:attr:`sealed`); nothing is appended.
         """
-        if not event:
+        (record,) = self._append([(event, job_id, fields)])
+        return record
+
+    def append_many(
+        self, entries: Sequence[tuple[str, str, Mapping[str, JsonScalar] | None]]
+    ) -> list[AuditRecord]:
+        """Append several signed records in one durable step (a group commit); return them.
+
+        The records are chained and signed one after another, exactly as :meth:`append` would,
+        and handed to the store at once (:meth:`AuditStore.append_many`): a store that commits
+        them in one transaction syncs its disk once for all of them, and keeps all or none. For
+        many actions that each must be recorded first (the requests to a standing contract),
+        this costs one sync per group instead of one per action. If a store that appends one by
+        one fails part-way, the log continues after what it kept.
+
+        Args:
+            entries: ``(event, job_id, fields)`` per record, in order; see :meth:`append`.
+
+        Returns:
+            The records as stored, in order.
+
+        Raises:
+            ValueError: An event is empty, or the clock's value is not RFC 3339 UTC.
+            AuditFormatError: A field is nested, bytes, or a non-finite number; nothing is
+                appended.
+            AuditLogCorruptError: The log is sealed (:attr:`sealed`); nothing is appended.
+        """
+        return self._append(entries)
+
+    def _append(
+        self, entries: Sequence[tuple[str, str, Mapping[str, JsonScalar] | None]]
+    ) -> list[AuditRecord]:
+        """Chain, sign and store ``entries``: one record through ``store.append``, more at once."""
+        if any(not event for event, _, _ in entries):
             raise ValueError("event must not be empty")
         with self._lock:
             if self._sealed is not None:
+                events = ", ".join(sorted({repr(event) for event, _, _ in entries}))
                 raise AuditLogCorruptError(
-                    f"the audit log refuses to record {event!r}: {self._sealed}",
+                    f"the audit log refuses to record {events}: {self._sealed}",
                     self._sealed.first_bad_index,
                 )
             timestamp = self._now()
-            unsigned = AuditRecord(
-                index=self._next_index,
-                timestamp=timestamp,
-                party=self._party,
-                event=event,
-                job_id=job_id,
-                fields={} if fields is None else fields,
-                prev_hash=self._prev_hash,
-                record_hash=b"",
-                signature=b"",
-            )
-            leaf = unsigned.leaf_hash()
-            record_hash = chain_hash(self._prev_hash, leaf)
-            record = dataclasses.replace(
-                unsigned,
-                record_hash=record_hash,
-                signature=self._key.sign(SIGNING_DOMAIN + record_hash),
-            )
-            self.store.append(record)
-            self._next_index, self._prev_hash = record.index + 1, record_hash
+            records: list[AuditRecord] = []
+            leaves: list[bytes] = []
+            index, prev_hash = self._next_index, self._prev_hash
+            for event, job_id, fields in entries:
+                unsigned = AuditRecord(
+                    index=index,
+                    timestamp=timestamp,
+                    party=self._party,
+                    event=event,
+                    job_id=job_id,
+                    fields={} if fields is None else fields,
+                    prev_hash=prev_hash,
+                    record_hash=b"",
+                    signature=b"",
+                )
+                leaf = unsigned.leaf_hash()
+                record_hash = chain_hash(prev_hash, leaf)
+                records.append(
+                    dataclasses.replace(
+                        unsigned,
+                        record_hash=record_hash,
+                        signature=self._key.sign(SIGNING_DOMAIN + record_hash),
+                    )
+                )
+                leaves.append(leaf)
+                index, prev_hash = index + 1, record_hash
+            try:
+                if len(records) == 1:
+                    self.store.append(records[0])
+                elif records:
+                    self.store.append_many(records)
+            except BaseException:
+                if len(records) > 1:  # a store that appends one by one may have kept a prefix
+                    self._next_index, self._prev_hash = self._tail()
+                    self._frontier = None  # rebuilt, from the store, by the next checkpoint
+                raise
+            self._next_index, self._prev_hash = index, prev_hash
             if self._frontier is not None:
-                self._frontier.append(leaf)
-            return record
+                for leaf in leaves:
+                    self._frontier.append(leaf)
+            return records
 
     def checkpoint(self) -> Checkpoint:
         """Sign the log's current size and Merkle root, for the regulator to keep.

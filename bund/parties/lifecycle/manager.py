@@ -542,8 +542,8 @@ class JobManager:
             Key.SHA256: digest(payload).hex(),
             Key.SIZE: len(payload),
         }
-        if status.state is JobState.SUCCEEDED and bound:
-            # A peer resumed after this node finished: its re-sent messages change nothing here.
+        if status.state in (JobState.SUCCEEDED, JobState.SERVING) and bound:
+            # A peer resumed (or re-sent) after this node closed: its messages change nothing.
             self.store.record(job_id, Event.MESSAGE_AFTER_CLOSE, note)
             return False
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):

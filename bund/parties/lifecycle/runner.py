@@ -363,11 +363,17 @@ class RoleRunner:
         receipt: Mapping[str, JsonScalar],
         peer_digests: Mapping[str, str],
     ) -> None:
-        """The closing records first, then the result and the state, in one step."""
+        """The closing records first, then the result and the state, in one step.
+
+        A standing contract's roles only set it up: it closes their exchange the same way, and
+        then stands SERVING with the resume states its roles saved (its masking keys).
+        """
         job_id = spec.job_id
         transcript = str(receipt["transcript_sha256"])
+        standing = self._admission.protocols[spec.protocol].standing
+        state = JobState.SERVING if standing else JobState.SUCCEEDED
         fields: dict[str, JsonScalar] = {
-            Key.OUTCOME: JobState.SUCCEEDED.value,
+            Key.OUTCOME: state.value,
             Key.TRANSCRIPT_SHA256: transcript,
             Key.MESSAGES: len(ctx.transcript),
             Key.RESULT_TO: ",".join(spec.receivers),
@@ -385,17 +391,13 @@ class RoleRunner:
         try:
             self._p.store.record(job_id, Event.PRIVACY_RECEIPT, receipt)
             self._p.store.transition(
-                job_id,
-                JobState.SUCCEEDED,
-                Event.JOB_CLOSED,
-                fields,
-                transcript=transcript,
-                result=stored,
+                job_id, state, Event.JOB_CLOSED, fields, transcript=transcript, result=stored
             )
         except Exception as exc:  # noqa: BLE001 - cancelled meanwhile, or the stores failed
             self._fail(spec, ctx, exc)
             return
-        self._p.resume.forget(job_id)
+        if not standing:
+            self._p.resume.forget(job_id)
 
     def _fail(self, spec: JobSpec, ctx: RoleContext, exc: Exception) -> None:
         job_id = spec.job_id

@@ -11,6 +11,7 @@ from bund.parties.protocols import (
     fed_dp_sgd,
     paillier_scoring,
     psi,
+    serving_contract,
     vertical_lr,
     vertical_score,
     woe_iv,
@@ -29,6 +30,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,
+        serving_contract.DEFINITION,
     )
 }
 
