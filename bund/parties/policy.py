@@ -14,10 +14,10 @@ public                 every protocol                         every output, raw 
 internal               every protocol                         every output but raw export
 confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
                        vertical_score, dp_stats,              dp_aggregate, model, score
-                       ckks_scoring, fed_dp_sgd
+                       ckks_scoring, fed_dp_sgd, cox_ph
 restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
                        vertical_score, dp_stats,              score (never which individuals)
-                       ckks_scoring, fed_dp_sgd
+                       ckks_scoring, fed_dp_sgd, cox_ph
 =====================  =====================================  ==================================
 
 A dataset entry may narrow its level's protocols further, never widen them.
@@ -74,6 +74,7 @@ _PROTECTED_PROTOCOLS = frozenset(
         "ckks_scoring",
         "paillier_scoring",
         "fed_dp_sgd",
+        "cox_ph",
     }
 )
 ANY_PROTOCOL = "*"

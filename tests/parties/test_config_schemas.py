@@ -470,6 +470,7 @@ REQUIRED = {
     "ckks_scoring": {"features": '"age,bmi"', "model": '"logistic"'},
     "paillier_scoring": {"features": '"age,bmi"'},
     "vertical_score": {"model_job": '"' + "ab" * 16 + '"'},
+    "cox_ph": {"features": '"age,bmi_kg_m2"', "upper": '"2190"', "bins": "6"},
 }
 
 
