@@ -638,6 +638,21 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
             "upper": "2190", "bins": 6, "epsilon": "1/2", "min_cell": 5,
         },
     )  # fmt: skip
+    cox = JobSpec(
+        protocol="cox_ph",
+        participants=(
+            *(Participant(h, "hospital", "patients", {"time": "follow_up_days"})
+              for h in HOSPITALS),
+            Participant("insurer", "analyst"),
+        ),
+        receivers=("insurer",),
+        purpose="canary: a Cox model across hospitals",
+        requester="insurer",
+        params={
+            "features": "age,bmi_kg_m2", "upper": "2190", "bins": 6, "iterations": 2,
+            "min_cell": 5, "concordance_bins": 10,
+        },
+    )  # fmt: skip
     fed = dataclasses.replace(fed_spec(rounds=2, noise_multiplier=1.0), job_id="")
     # Scores to the hospital only: sent to the insurer, they would carry the patient ids.
     cks = ckks_scoring.make_spec("hospital-a", "insurer", receivers=("hospital-a",))
@@ -660,6 +675,7 @@ def run_jobs(factory: NodeFactory) -> dict[str, JobSpec]:
     with factory.client("insurer") as insurer, factory.client("bank") as bank:
         health_jobs = (
             ("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks), ("paillier_scoring", pai),
+            ("cox_ph", cox),
         )  # fmt: skip
         for name, spec in health_jobs:
             jobs[name] = ("insurer", insurer.submit(spec))
@@ -804,7 +820,7 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     made = world.secrets
     assert len(made.paillier) >= 2  # woe_iv's and vertical_lr's keys at the bank
     assert len(made.blinding) >= 2 + 3 * 4  # psi; three alignments with two providers each
-    assert len(made.masking) >= 3 + 2  # dp_stats at each hospital; vertical_score at each provider
+    assert len(made.masking) >= 3 + 3 + 2  # dp_stats, cox_ph at each hospital; vertical_score
     assert len(made.rounds) >= 2 * len(HOSPITALS)  # fed_dp_sgd: each hospital, each round
     assert made.ckks and made.ckks_public, "the sandbox worker did not report its secret key"
 
