@@ -2,8 +2,8 @@
 
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
 protocol once over mTLS: psi, woe_iv, vertical_lr and vertical_score between the bank and its
-providers; dp_stats, fed_dp_sgd and ckks_scoring between the hospitals and the insurer. Their
-datasets carry canaries:
+providers; dp_stats, fed_dp_sgd, ckks_scoring and cox_ph between the hospitals and the insurer.
+Their datasets carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -15,7 +15,7 @@ No result may contain them: the PSI result at the bank holds only ids that both 
 canary ids are each held by one party), the vertical protocols' results hold each party's own
 model part and metrics, the scores of ``vertical_score`` go to the bank (they list its own
 applicants), ``ckks_scoring`` here sends the scores to the hospital only, and dp_stats and
-fed_dp_sgd release noisy aggregates and a model, never a record.
+fed_dp_sgd and cox_ph release noisy aggregates and a model, never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,

@@ -3,7 +3,8 @@
 Three hospital nodes hold a third each of a public study; the insurer's node asks. With noise
 off (the test-only switch, on in this process, where the nodes run) the insurer's results are
 lifelines' on the pooled patients; every hospital's ledger holds exactly the steps it answered.
-An insurer node running a modified analyst that asks for a ninth Newton iteration gets eight.
+An insurer node running a modified analyst that asks for a ninth Newton iteration gets eight;
+one that sends coefficients beyond the approved bound gets nothing and charges nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +100,28 @@ def test_an_analyst_node_asking_a_ninth_iteration_gets_eight(node_factory: NodeF
         records = [r for r in node_factory.nodes[hospital].audit_store.read() if r.job_id == job_id]
         sent = [str(r.fields["tag"]) for r in records if r.event == "message_sent"]
         assert "cox/masked/7" in sent and "cox/masked/8" not in sent
+
+
+def test_an_analyst_node_sending_coefficients_beyond_the_bound_gets_nothing(
+    node_factory: NodeFactory,
+) -> None:
+    learned: list[list[int]] = []
+    attacker = test_cox_ph.with_analyst(test_cox_ph.analyst_asking([(1, 0, 0)], learned, 11.0))
+    start(node_factory, "rossi", split(rossi()), registry={**PROTOCOLS, "cox_ph": attacker})
+    job = dataclasses.replace(test_cox_ph.spec(), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+    assert status.state in (JobState.FAILED, JobState.ABORTED)
+    assert "outside the approved bound of 10" in status.error
+    assert learned == []
+    assert charged(node_factory, job_id) == dict.fromkeys(HOSPITALS, [])
+    for hospital in HOSPITALS:
+        assert node_factory.nodes[hospital].manager.ledger.line("rossi").spent.epsilon == 0
+        records = [r for r in node_factory.nodes[hospital].audit_store.read() if r.job_id == job_id]
+        assert "protocol_cox_ph.step_refused" in {r.event for r in records}
+        sent = [str(r.fields["tag"]) for r in records if r.event == "message_sent"]
+        assert not any(tag.startswith("cox/masked/") for tag in sent)
 
 
 @pytest.mark.usefixtures("noise_off")
