@@ -41,6 +41,7 @@ KERNELS: dict[str, str] = {
     "fed": "benchmarks.bench_fed",
     "scaling": "benchmarks.bench_scaling",
     "witness": "benchmarks.bench_witness",
+    "survival": "benchmarks.bench_survival",
 }
 
 _LIBRARIES = (
