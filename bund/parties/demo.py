@@ -141,7 +141,7 @@ LOGRANK_QUERY: Mapping[str, JsonScalar] = {
 }
 #: The DP Cox model: death by age and kidney function, yearly bins. One Newton step from zero
 #: (the release whose signal is strongest) at ε = 4, and the concordance from 10 score bins at
-#: ε = 1/10. At ε = 1 the noise's error in each coefficient is 27 to 35 times the sampling error
+#: ε = 1/10. At ε = 1 the noise's error in each coefficient is about 40 times the sampling error
 #: on these 4,500 patients, at ε = 4 about five times (docs/protocols/cox-ph.md, "Figures").
 COX_PARAMS: Mapping[str, JsonScalar] = {
     "features": "age,egfr_ml_min_1_73m2",
