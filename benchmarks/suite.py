@@ -42,6 +42,7 @@ KERNELS: dict[str, str] = {
     "scaling": "benchmarks.bench_scaling",
     "witness": "benchmarks.bench_witness",
     "serving": "benchmarks.bench_serving",
+    "survival": "benchmarks.bench_survival",
 }
 
 _LIBRARIES = (

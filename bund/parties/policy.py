@@ -14,10 +14,12 @@ public                 every protocol                         every output, raw 
 internal               every protocol                         every output but raw export
 confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
                        vertical_score, serving_contract,      dp_aggregate, model, score
-                       dp_stats, ckks_scoring, fed_dp_sgd
+                       dp_stats, ckks_scoring,
+                       paillier_scoring, fed_dp_sgd, cox_ph
 restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
                        vertical_score, serving_contract,      score (never which individuals)
-                       dp_stats, ckks_scoring, fed_dp_sgd
+                       dp_stats, ckks_scoring,
+                       paillier_scoring, fed_dp_sgd, cox_ph
 =====================  =====================================  ==================================
 
 A dataset entry may narrow its level's protocols further, never widen them.
@@ -75,6 +77,7 @@ _PROTECTED_PROTOCOLS = frozenset(
         "ckks_scoring",
         "paillier_scoring",
         "fed_dp_sgd",
+        "cox_ph",
     }
 )
 ANY_PROTOCOL = "*"

@@ -3,8 +3,8 @@
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
 protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score and a serving_contract (one
 request, then its total limit ends it) between the bank and its providers; dp_stats, fed_dp_sgd,
-ckks_scoring and paillier_scoring between the hospitals and the insurer. Their datasets carry
-canaries:
+ckks_scoring, paillier_scoring and cox_ph between the hospitals and the insurer. Their datasets
+carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -18,8 +18,8 @@ model part and metrics, the scores of ``vertical_score`` go to the bank (they li
 applicants), and so do the decisions of the serving contract (its loan system's answer; it asks
 about applicants that every provider holds: the ids it names are shown to the providers in the
 clear by design, so it names none of its own canary ids), ``ckks_scoring`` here sends the
-scores to the hospital only, and dp_stats and fed_dp_sgd release noisy aggregates and a model,
-never a record.
+scores to the hospital only, and dp_stats, fed_dp_sgd and cox_ph release noisy aggregates and a
+model, never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
@@ -650,6 +650,21 @@ def run_jobs(
             "upper": "2190", "bins": 6, "epsilon": "1/2", "min_cell": 5,
         },
     )  # fmt: skip
+    cox = JobSpec(
+        protocol="cox_ph",
+        participants=(
+            *(Participant(h, "hospital", "patients", {"time": "follow_up_days"})
+              for h in HOSPITALS),
+            Participant("insurer", "analyst"),
+        ),
+        receivers=("insurer",),
+        purpose="canary: a Cox model across hospitals",
+        requester="insurer",
+        params={
+            "features": "age,bmi_kg_m2", "upper": "2190", "bins": 6, "iterations": 2,
+            "min_cell": 5, "concordance_bins": 10,
+        },
+    )  # fmt: skip
     fed = dataclasses.replace(fed_spec(rounds=2, noise_multiplier=1.0), job_id="")
     # Scores to the hospital only: sent to the insurer, they would carry the patient ids.
     cks = ckks_scoring.make_spec("hospital-a", "insurer", receivers=("hospital-a",))
@@ -672,6 +687,7 @@ def run_jobs(
     with factory.client("insurer") as insurer, factory.client("bank") as bank:
         health_jobs = (
             ("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks), ("paillier_scoring", pai),
+            ("cox_ph", cox),
         )  # fmt: skip
         for name, spec in health_jobs:
             jobs[name] = ("insurer", insurer.submit(spec))
@@ -843,7 +859,7 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     made = world.secrets
     assert len(made.paillier) >= 2  # woe_iv's and vertical_lr's keys at the bank
     assert len(made.blinding) >= 2 + 3 * 4  # psi; three alignments with two providers each
-    assert len(made.masking) >= 3 + 2  # dp_stats at each hospital; vertical_score at each provider
+    assert len(made.masking) >= 3 + 3 + 2  # dp_stats, cox_ph at each hospital; vertical_score
     assert len(made.rounds) >= 2 * len(HOSPITALS)  # fed_dp_sgd: each hospital, each round
     assert made.ckks and made.ckks_public, "the sandbox worker did not report its secret key"
 

@@ -476,6 +476,7 @@ REQUIRED = {
         "expires": f'"{dt.date.today() + dt.timedelta(days=30)}T00:00:00Z"',
         "max_daily": "1000",
     },
+    "cox_ph": {"features": '"age,bmi_kg_m2"', "upper": '"2190"', "bins": "6"},
 }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from bund.parties.jobs import InvalidJobSpecError, ProtocolDef
 from bund.parties.protocols import (
     ckks_scoring,
+    cox_ph,
     dp_stats,
     fed_dp_sgd,
     paillier_scoring,
@@ -24,6 +25,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     for d in (
         psi.DEFINITION,
         dp_stats.DEFINITION,
+        cox_ph.DEFINITION,
         ckks_scoring.DEFINITION,
         paillier_scoring.DEFINITION,
         fed_dp_sgd.DEFINITION,

@@ -22,7 +22,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,13 +40,13 @@ from bund.compute.dp.mechanisms import (
 from bund.compute.dp.stats import (
     MAX_CELLS,
     MAX_EPSILON,
+    MAX_SURVIVAL_BINS,
     MIN_EPSILON,
     Query,
     QueryKind,
     Release,
-    kaplan_meier,
     parse_query,
-    survival_band,
+    survival_curves,
     uncounted,
 )
 from bund.compute.dp.stats import contribution as compute_contribution
@@ -160,17 +160,21 @@ class DpStatsParams(ProtocolParams):
     bins: int | None = Field(
         default=None,
         ge=1,
-        le=MAX_CELLS,
-        description="equal-width bins in [lower, upper] (numeric histogram, quantiles, survival)",
+        le=max(MAX_CELLS, MAX_SURVIVAL_BINS),
+        description=f"equal-width bins in [lower, upper] (numeric histogram and quantiles: up to "
+        f"{MAX_CELLS}; survival time grid: up to {MAX_SURVIVAL_BINS})",
     )
     categories: str | None = Field(
         default=None, description="'a|b|c' categories (categorical histogram; contingency rows)"
     )
     column2: str | None = Field(
-        default=None, description="the column category column (contingency)"
+        default=None,
+        description="the column category column (contingency); the stratum column (survival)",
     )
     categories2: str | None = Field(
-        default=None, description="'a|b|c' column categories (contingency)"
+        default=None,
+        description="'a|b|c' column categories (contingency); the strata (survival: one curve "
+        "each, and the log-rank test across them)",
     )
     event: str | None = Field(default=None, description="the 0/1 event column (survival)")
     quantiles: str | None = Field(
@@ -346,9 +350,10 @@ def run_analyst(ctx: JobContext) -> Result:
         if c != ctx.party:
             vectors.append(pairwise_masks.decode_vector(ctx.recv(c, _TAG_MASKED), p.query.length))
     aggregate = pairwise_masks.unmask_sum(vectors)
-    table = compute_release(p.query, aggregate)
+    draws = _noise_draws(p)
+    table = compute_release(p.query, aggregate, draws)
     artifacts = {"result.csv": _csv(table)}
-    plot = _plot(p, aggregate)
+    plot = _plot(p, aggregate, draws)
     if plot is not None:
         artifacts[f"{p.query.kind.value}.png"] = plot
     fields = _audit_fields(p, noise_added=False)
@@ -371,7 +376,19 @@ def run_analyst(ctx: JobContext) -> Result:
     if len(table.rows) <= 3 and table.header == ("statistic", "value"):
         for name, value in table.rows:
             summary[str(name)] = value
+    summary.update(table.figures)
     return Result(summary, artifacts)
+
+
+def _noise_draws(p: Plan) -> npt.NDArray[np.int64] | None:
+    """Fresh draws of a survival release's summed noise, for its bands; None otherwise.
+
+    Post-processing: the draws describe the noise the release carries and protect nothing.
+    """
+    if not p.noise or p.query.kind is not QueryKind.SURVIVAL:
+        return None
+    (noise,) = p.noises()
+    return noise.sample(BAND_DRAWS * p.query.length).reshape(BAND_DRAWS, -1)
 
 
 def _audit_fields(p: Plan, *, noise_added: bool) -> dict[str, str | int | float | bool | None]:
@@ -396,7 +413,7 @@ def _csv(table: Release) -> bytes:
     return out.getvalue().encode()
 
 
-def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
+def _plot(p: Plan, aggregate: list[int], draws: npt.NDArray[np.int64] | None) -> bytes | None:
     """A PNG with the noise band for histograms and survival curves; None for other kinds."""
     kind = p.query.kind
     if kind not in (QueryKind.HISTOGRAM, QueryKind.SURVIVAL):
@@ -431,36 +448,37 @@ def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
         axes.set_ylabel("records")
         axes.set_title(f"{p.query.column}: ε = {p.query.epsilon} ({noise_note})")
     else:
-        points = kaplan_meier(p.query, aggregate)
-        times = [float(pt.end) for pt in points]
-        survival = [pt.survival for pt in points]
-        axes.step([0.0, *times], [1.0, *survival], where="post", color="#4c72b0", label="KM")
-        low = [max(0.0, s - 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)]
-        high = [
-            min(1.0, s + 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)
-        ]
-        axes.fill_between(
-            times, low, high, step="post", alpha=0.2, color="#4c72b0", label="95% Greenwood band"
-        )
-        if p.noise:
-            draws = noise.sample(BAND_DRAWS * p.query.length).reshape(BAND_DRAWS, -1).tolist()
-            band_low, band_high = survival_band(p.query, aggregate, draws, BAND_CONFIDENCE)
-            axes.fill_between(
-                times,
-                band_low,
-                band_high,
-                step="post",
-                alpha=0.3,
-                color="#c44e52",
-                label=f"{BAND_CONFIDENCE:.0%} noise band",
-            )
-        axes.set_ylim(0, 1.02)
-        axes.set_xlabel(p.query.column or "time")
-        axes.set_ylabel("survival")
+        _survival_axes(axes, p, aggregate, draws)
         axes.set_title(f"Kaplan–Meier, ε = {p.query.epsilon} ({noise_note})")
     axes.legend(fontsize=8)
     figure.tight_layout()
     return png(figure)
+
+
+def _survival_axes(
+    axes: Any, p: Plan, aggregate: list[int], draws: npt.NDArray[np.int64] | None
+) -> None:
+    """Each stratum's step curve and its 95 % band (sampling and, with noise on, DP noise)."""
+    curves = survival_curves(p.query, aggregate, draws)
+    times = [0.0, *(float(e) for e in p.query.bin_edges()[1:])]
+    colours = ("#4c72b0", "#c44e52", "#55a868", "#8172b2", "#ccb974", "#64b5cd")
+    names = p.query.categories2 or ("KM",)
+    band = "Greenwood + noise" if p.noise else "Greenwood"
+    for k, (name, c) in enumerate(zip(names, curves, strict=True)):
+        colour = colours[k % len(colours)]
+        axes.step(times, [1.0, *c.survival], where="post", color=colour, label=name)
+        axes.fill_between(
+            times,
+            [1.0, *c.lower],
+            [1.0, *c.upper],
+            step="post",
+            alpha=0.2,
+            color=colour,
+            label=f"{BAND_CONFIDENCE:.0%} band ({band})" if k == 0 else None,
+        )
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel(p.query.column or "time")
+    axes.set_ylabel("survival")
 
 
 def check(spec: JobSpec) -> None:

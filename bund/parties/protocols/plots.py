@@ -57,3 +57,25 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str) -> bytes:
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return png(figure)
+
+
+def forest_plot(rows: Sequence[tuple[str, float, float, float]], title: str) -> bytes:
+    """Hazard ratios with their 95 % intervals on a log axis, one row per covariate.
+
+    ``rows`` holds ``(covariate, hazard ratio, lower, upper)``; the line at 1 is no effect.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 0.9 + 0.45 * max(len(rows), 1)), dpi=100)
+    axes = figure.add_subplot()
+    y = list(range(len(rows)))[::-1]
+    for k, (_, hr, low, high) in zip(y, rows, strict=True):
+        axes.plot([low, high], [k, k], color="#4c72b0", linewidth=2)
+        axes.plot([hr], [k], marker="s", color="#4c72b0")
+    axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_yticks(y, [f"{name}  {hr:.3g} ({low:.3g}–{high:.3g})" for name, hr, low, high in rows])
+    axes.set_xlabel("hazard ratio per unit (95 % interval: sampling and DP noise)")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return png(figure)
