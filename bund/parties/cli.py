@@ -542,19 +542,9 @@ def job_status(
     _print_json(status_document(status))
 
 
-def _shown(key: str, value: object) -> str:
-    """A summary value for people: an exact privacy cost ("155081/62500") also as a decimal."""
-    if isinstance(value, str) and ("epsilon" in key or "delta" in key) and "/" in value:
-        from bund.compute.dp.budget import format_epsilon, parse_rational
-
-        try:
-            return format_epsilon(parse_rational(value))
-        except BundError:
-            return value
-    return str(value)
-
-
 def _print_result(result: Result) -> None:
+    from bund.parties.views import shown_value as _shown
+
     t = RichTable(title="result", show_header=False)
     for k, v in result.summary.items():
         t.add_row(escape(k), escape(_shown(k, v)))
@@ -614,6 +604,8 @@ def job_approve(
     The approver's key signs here, on the machine where it lives; only the signature goes to the
     node, over the operator credential's connection.
     """
+    from bund.parties.approvals import sign_approval
+
     cfg, _ = _operator(config)
     key_path = key or cfg.approver_key
     if key_path is None:
@@ -624,8 +616,7 @@ def job_approve(
             console.print("\n".join(request.summary_lines()), markup=False, highlight=False)
             if not yes:
                 typer.confirm("Approve this job?", abort=True)
-            signer = identity.load_audit_signing_key(key_path)
-            client.approve(job_id, signer.sign(request.payload()))
+            client.approve(job_id, sign_approval(request, key_path))
     except BundError as exc:
         raise _fail(str(exc)) from None
     console.print(f"[green]approved[/] job {job_id}")
