@@ -445,4 +445,3 @@ def create_app(
             Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
         ],
     )
-
