@@ -2,7 +2,7 @@
 
 * Every response carries a strict Content-Security-Policy (scripts and styles only from the
   console's own files, no inline script, no remote load, no framing), ``nosniff`` and
-  ``no-referrer``.
+  a ``same-origin`` referrer policy (never a referrer to another site).
 * Every state-changing request (every POST) must carry the browser's CSRF token in its form,
   equal to the token in its ``SameSite=Strict`` cookie (compared in constant time), and an
   ``Origin`` of the console itself when the browser sends one.
@@ -35,7 +35,7 @@ CSP: Final = (
 HEADERS: Final[Mapping[str, str]] = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer would make browsers send Origin: null
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
     "cache-control": "no-store",

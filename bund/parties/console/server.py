@@ -42,6 +42,7 @@ class ConsoleServer:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.listen.host.strip("[]"), self.listen.port))
+        self._sock.listen(128)  # browsers may connect at once; uvicorn accepts when it is up
         tls = self.listen
         config = uvicorn.Config(
             self.app,
