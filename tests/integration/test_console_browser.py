@@ -170,7 +170,9 @@ def _until(driver: WebDriver, what: str, check: object, timeout: float = 60) -> 
         WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)  # type: ignore[arg-type]
     except TimeoutException:
         shown = driver.find_element(By.TAG_NAME, "main").text[:2000]
-        raise AssertionError(f"no {what} after {timeout} s at {driver.current_url}: {shown}")
+        raise AssertionError(
+            f"no {what} after {timeout} s at {driver.current_url}: {shown}"
+        ) from None
 
 
 def _pending(driver: WebDriver, server: ConsoleServer, job_id: str) -> None:
