@@ -270,3 +270,40 @@ def test_deny_in_the_browser_and_a_failed_job_shows_its_reason(
         _open(browser, console, "/jobs?state=failed")
         rows = browser.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")
         assert [r.get_attribute("id") for r in rows] == [f"job-{failed}"]
+
+
+def test_bund_console_command_serves_a_party_on_loopback_and_refuses_elsewhere(
+    node_factory: NodeFactory,
+) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    from typer.testing import CliRunner
+
+    from bund.parties.cli import app
+    from tests.conftest import REPO_ROOT
+
+    node_factory.start("bank", {"loans": {"id": BANK_IDS}}, ("tax",))
+    config = str(node_factory.config("bank").source)
+    refused = CliRunner().invoke(app, ["console", "--config", config, "--host", "0.0.0.0"])  # noqa: S104
+    assert refused.exit_code == 1 and "loopback only" in refused.output
+    both = CliRunner().invoke(app, ["console", "--config", config, "--regulator", config])
+    assert both.exit_code == 1 and "give --config" in both.output
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "bund.parties.cli", "console", "--config", config]
+    with subprocess.Popen(
+        [*command, "--port", "0"], stdout=subprocess.PIPE, text=True, env=env
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line.startswith("bund console at http://127.0.0.1:"), line
+            url = line.split()[3]
+            with urllib.request.urlopen(url + "jobs", timeout=30) as page:  # noqa: S310
+                text = page.read().decode()
+                assert page.headers["content-security-policy"].startswith("default-src 'none'")
+            assert "Jobs at bank's node" in text and "shared console: no approval" in text
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
