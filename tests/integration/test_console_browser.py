@@ -34,7 +34,12 @@ from tests.integration.test_node import BANK_IDS, TAX_IDS
 from tests.integration.test_report import CHROMIUM_FLAGS, _chromium
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -167,7 +172,10 @@ def _no_alert(driver: WebDriver) -> None:
 def _until(driver: WebDriver, what: str, check: object, timeout: float = 60) -> None:
     """Wait for ``check``; on a timeout, say what the browser shows instead."""
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)  # type: ignore[arg-type]
+        # The job page reloads itself as the job moves on: an element may go stale meanwhile.
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        wait = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored)
+        wait.until(check)  # type: ignore[arg-type]
     except TimeoutException:
         shown = driver.find_element(By.TAG_NAME, "main").text[:2000]
         raise AssertionError(
@@ -201,7 +209,7 @@ def test_approve_in_the_browser_watch_it_succeed_open_result_budget_and_audit(
 
     browser.find_element(By.CSS_SELECTOR, f"#pending-{job_id} .approve-button").click()
     _until(browser, "the job page", lambda d: f"/jobs/{job_id}" in d.current_url)
-    assert _text(browser, "#notice") == "Done: approved."
+    _until(browser, "the notice", lambda d: _text(d, "#notice") == "Done: approved.")
     # The page follows the job by itself (its script reloads it as the state changes).
     _until(browser, "the job to succeed", lambda d: _text(d, "#state") == "succeeded")
     assert _text(browser, "#purpose") == f"SME counts {HOSTILE}"
@@ -254,7 +262,7 @@ def test_deny_in_the_browser_and_a_failed_job_shows_its_reason(
         reason.send_keys(f"not covered by our agreement {HOSTILE}")
         browser.find_element(By.CSS_SELECTOR, f"#pending-{denied} .deny-button").click()
         _until(browser, "the job page", lambda d: f"/jobs/{denied}" in d.current_url)
-        assert _text(browser, "#state") == "refused"
+        _until(browser, "the refusal", lambda d: _text(d, "#state") == "refused")
         assert f"not covered by our agreement {HOSTILE}" in _text(browser, "#reason")
         _no_alert(browser)
         _shot(browser, shots, "job-denied")
