@@ -26,6 +26,7 @@ from bund.parties.approvals import ApprovalRequest, verify_approval
 from bund.parties.audit import AuditLog, AuditRecord, MemoryAuditStore
 from bund.parties.client import RemoteError
 from bund.parties.console.app import PartyAccess, RegulatorAccess, create_app
+from bund.parties.console.charts import PNG_MAGIC
 from bund.parties.console.live import event_stream
 from bund.parties.console.security import CSP, CSRF_COOKIE, Listen, check_listen
 from bund.parties.console.server import approver_key_of, make_server
@@ -134,7 +135,14 @@ class FakeNode:
         self.denied.append((job_id, reason))
 
     def result(self, job_id: str) -> Result:
-        return Result({"matched": 30, "epsilon": "1/3"}, {"ids.csv": b"id\n1\n"})
+        return Result(
+            {"matched": 30, "epsilon": "1/3"},
+            {
+                "ids.csv": b"id\n1\n",
+                "roc.png": PNG_MAGIC + b"a chart",
+                "fake.png": b"<svg onload=alert(1)>",
+            },
+        )
 
     def read_audit(self, start: int = 0, limit: int = 0) -> AuditPage:
         raw = self.key.public_key().public_bytes(
@@ -218,6 +226,7 @@ def test_job_page_shows_answers_life_messages_and_receipt(browser: TestClient) -
     assert "psi/header" in text and "cdcdcdcdcdcdcdcd" in text
     assert "<strong>tax</strong> learns the set size" in text
     assert "blind 3/10" in text
+    assert '<figure id="durations"><img alt="Chart: seconds between' in text
     # Before it runs, what each party learns comes from the approval request.
     assert "learns the set size &lt;script&gt;" in browser.get(f"/jobs/{JOB_WAIT}").text
 
@@ -329,6 +338,9 @@ def test_result_page_and_file_download(browser: TestClient) -> None:
     assert r.content == b"id\n1\n" and r.headers["content-type"] == "application/octet-stream"
     assert r.headers["content-disposition"] == 'attachment; filename="ids.csv"'
     assert browser.get(f"/jobs/{JOB_RUN}/result/other").status_code == 404
+    # A chart the protocol drew is shown; bytes that are not a PNG are only a download.
+    (chart,) = re.findall(r'<img alt="Chart: ([^"]+)" src="data:image/png;base64,', text)
+    assert chart == "roc.png" and "fake.png" in text
 
 
 def test_other_hosts_are_refused(node: FakeNode) -> None:

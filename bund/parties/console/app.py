@@ -9,7 +9,6 @@ holds no approver key (a shared one) offers no approval.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -33,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from bund.compute.errors import BundError
 from bund.parties.approvals import ApprovalRequest, sign_approval
 from bund.parties.client import NodeClient
+from bund.parties.console.charts import durations_png, png_data_url
 from bund.parties.console.live import event_stream
 from bund.parties.console.model import (
     ConsoleError,
@@ -110,10 +110,6 @@ def _age(timestamp: str, now: dt.datetime | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{max(seconds, 0)} s ago"
-
-
-def _png_data_url(png: bytes | None) -> str:
-    return "" if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _environment() -> Environment:
@@ -223,7 +219,12 @@ class Pages:
             except BundError:
                 pass  # this party brings no dataset: nothing for it to approve
         return self.render(
-            request, "job.html", status=status, records=records, learns=sorted(learns.items())
+            request,
+            "job.html",
+            status=status,
+            records=records,
+            learns=sorted(learns.items()),
+            durations=png_data_url(durations_png(records.steps)),
         )
 
     def live(self, request: Request) -> Response:
@@ -240,8 +241,19 @@ class Pages:
         job_id = request.path_params["job_id"]
         result = self._node().client.result(job_id)
         files = [(name, len(data)) for name, data in result.artifacts.items()]
+        # The charts the protocol drew (ROC, KS, training curves...), when they are PNG.
+        charts = [
+            (name, url)
+            for name, data in result.artifacts.items()
+            if name.endswith(".png") and (url := png_data_url(data))
+        ]
         return self.render(
-            request, "result.html", job_id=job_id, summary=result.summary, files=files
+            request,
+            "result.html",
+            job_id=job_id,
+            summary=result.summary,
+            files=files,
+            charts=charts,
         )
 
     def artifact(self, request: Request) -> Response:
@@ -316,7 +328,7 @@ class Pages:
             "budget.html",
             rows=budget_rows(pulled.records),
             history=history,
-            chart=_png_data_url(budget_chart_png(history)),
+            chart=png_data_url(budget_chart_png(history)),
             verification=pulled.verification,
         )
 
@@ -348,7 +360,7 @@ class Pages:
         from bund.parties.report import budget_chart_png
 
         outcome = self._regulator().last
-        chart = _png_data_url(budget_chart_png(outcome.budget)) if outcome else ""
+        chart = png_data_url(budget_chart_png(outcome.budget)) if outcome else ""
         return self.render(request, "regulator.html", outcome=outcome, chart=chart)
 
     async def run_audit(self, request: Request) -> Response:
