@@ -22,13 +22,14 @@ import pytest
 from bund.compute.dp.budget import Budget
 from bund.compute.errors import BundError
 from bund.parties import identity
+from bund.parties.config import TlsPaths
 from bund.parties.console.app import PartyAccess
 from bund.parties.console.security import Listen
 from bund.parties.console.server import ConsoleServer, make_server
 from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
 from bund.parties.lifecycle.states import JobState
 from bund.parties.protocols import PROTOCOLS
-from tests.conftest import NodeFactory, wait_until
+from tests.conftest import Federation, NodeFactory, wait_until
 from tests.integration.test_governance import approve, wait_state
 from tests.integration.test_node import BANK_IDS, TAX_IDS
 from tests.integration.test_report import CHROMIUM_FLAGS, _chromium
@@ -315,3 +316,43 @@ def test_bund_console_command_serves_a_party_on_loopback_and_refuses_elsewhere(
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_console_off_loopback_serves_tls_only_to_operator_credentials(
+    federation: Federation, node_factory: NodeFactory
+) -> None:
+    """The TLS a non-loopback console requires, served here on loopback to test the handshake."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    node_factory.start("bank", {"loans": {"id": BANK_IDS}}, ("tax",))
+    bank = federation.party_dir("bank")
+    client = node_factory.client("bank")
+    party = PartyAccess(client, identity.load_audit_public_key(bank / identity.AUDIT_PUB), None)
+    listen = Listen(
+        "127.0.0.1", 0, bank / identity.NODE_CERT, bank / identity.NODE_KEY,
+        bank / identity.OPERATOR_CA_CERT,
+    )  # fmt: skip
+    server = make_server(listen, allow_remote=False, party=party)
+    server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+
+        def context(credential: TlsPaths | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=str(bank / identity.CA_CERT))
+            ctx.check_hostname = False  # the node certificate names the party, not 127.0.0.1
+            if credential is not None:
+                ctx.load_cert_chain(str(credential.cert), str(credential.key))
+            return ctx
+
+        url = server.url + "jobs"
+        with urllib.request.urlopen(url, context=context(federation.operator_tls("bank"))) as r:  # noqa: S310
+            assert r.status == 200 and "Jobs at bank" in r.read().decode()
+        for stranger in (None, federation.tls("bank"), federation.operator_tls("tax")):
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                with urllib.request.urlopen(url, context=context(stranger), timeout=30) as r:  # noqa: S310
+                    r.read()
+    finally:
+        server.stop()
+        client.close()
