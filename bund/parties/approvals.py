@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_epsilon, format_rational
 from bund.compute.errors import BundError
+from bund.parties.identity import load_audit_signing_key
 from bund.parties.jobs import JobSpec
 
 _DOMAIN = b"bund/approval/v1\x00"
@@ -80,6 +82,19 @@ class ApprovalRequest:
         )
         lines.append(f"code version {self.code_version}; spec sha256 {spec.digest()}")
         return lines
+
+
+def sign_approval(request: ApprovalRequest, key: Path) -> bytes:
+    """The approver's signature over ``request``, made with the Ed25519 key at ``key``.
+
+    The key is read here, on the approver's own machine (the ``bund`` command, or a console
+    that its approver runs), and only the signature leaves: to the node, with the operator
+    credential's connection.
+
+    Raises:
+        IdentityError: ``key`` is not an Ed25519 private key.
+    """
+    return load_audit_signing_key(key).sign(request.payload())
 
 
 def verify_approval(request: ApprovalRequest, signature: bytes, key: Ed25519PublicKey) -> None:

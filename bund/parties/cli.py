@@ -553,19 +553,9 @@ def job_status(
     _print_json(status_document(status))
 
 
-def _shown(key: str, value: object) -> str:
-    """A summary value for people: an exact privacy cost ("155081/62500") also as a decimal."""
-    if isinstance(value, str) and ("epsilon" in key or "delta" in key) and "/" in value:
-        from bund.compute.dp.budget import format_epsilon, parse_rational
-
-        try:
-            return format_epsilon(parse_rational(value))
-        except BundError:
-            return value
-    return str(value)
-
-
 def _print_result(result: Result) -> None:
+    from bund.parties.views import shown_value as _shown
+
     t = RichTable(title="result", show_header=False)
     for k, v in result.summary.items():
         t.add_row(escape(k), escape(_shown(k, v)))
@@ -625,6 +615,8 @@ def job_approve(
     The approver's key signs here, on the machine where it lives; only the signature goes to the
     node, over the operator credential's connection.
     """
+    from bund.parties.approvals import sign_approval
+
     cfg, _ = _operator(config)
     key_path = key or cfg.approver_key
     if key_path is None:
@@ -635,8 +627,7 @@ def job_approve(
             console.print("\n".join(request.summary_lines()), markup=False, highlight=False)
             if not yes:
                 typer.confirm("Approve this job?", abort=True)
-            signer = identity.load_audit_signing_key(key_path)
-            client.approve(job_id, signer.sign(request.payload()))
+            client.approve(job_id, sign_approval(request, key_path))
     except BundError as exc:
         raise _fail(str(exc)) from None
     console.print(f"[green]approved[/] job {job_id}")
@@ -949,6 +940,98 @@ def audit_export(
     with out.open("w", encoding="utf-8") as fp:
         export_jsonl(records, fp)
     console.print(f"exported {len(records)} records to {out}")
+
+
+# -- the web console -------------------------------------------------------------------------
+
+
+@app.command("console")
+def console_command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="A party's operator.toml (an operator credential), or node.toml on its host.",
+        ),
+    ] = None,
+    regulator: Annotated[
+        Path | None, typer.Option(help="A regulator's regulator.toml: audit the federation.")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Where to listen (loopback unless told).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: the OS picks one).")] = 8470,
+    approver_key: Annotated[
+        Path | None,
+        typer.Option(help="The approver's Ed25519 key on this machine (default: the config's)."),
+    ] = None,
+    audit_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The party's audit public key (default: node.toml's; needed with operator.toml)."
+        ),
+    ] = None,
+    shared: Annotated[
+        bool, typer.Option("--shared", help="Several people use it: hold no approver key.")
+    ] = False,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="Listen off loopback (needs the TLS options).")
+    ] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="The console's TLS certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA of the client certificates that log in: the party's operator CA."),
+    ] = None,
+) -> None:
+    """Serve a local web console: jobs, approvals, budgets and the audit log, or a regulator's.
+
+    It talks to the node over the same mTLS client API as these commands, with the same
+    credential; an approver's key signs on this machine and is never sent anywhere.
+    """
+    try:
+        from bund.parties.console.server import approver_key_of, make_server
+    except ModuleNotFoundError as exc:
+        raise _fail(
+            f"the console needs its web packages ({exc.name}): pip install 'bund[console]'"
+        ) from None
+    from bund.parties.console.app import PartyAccess, RegulatorAccess
+    from bund.parties.console.security import Listen
+
+    if (config is None) == (regulator is None):
+        raise _fail("give --config (a party's console) or --regulator (a regulator's)")
+    listen = Listen(host, port, tls_cert, tls_key, client_ca)
+    client = None
+    try:
+        if regulator is not None:
+            from bund.parties.regulator import audit_federation, load_regulator_config
+
+            reg = RegulatorAccess(load_regulator_config(regulator), audit_federation)
+            server = make_server(listen, allow_remote, regulator=reg)
+        else:
+            assert config is not None
+            cfg, node_cfg = _operator(config)
+            key_path = audit_key or (node_cfg.audit_pub if node_cfg is not None else None)
+            if key_path is None:
+                raise _fail(
+                    "give --audit-key: the party's audit public key, as you hold it (not the "
+                    "node's word); it verifies the log the console shows"
+                )
+            signer = approver_key_of(approver_key, cfg.approver_key, shared)
+            client = _client(cfg)
+            party = PartyAccess(client, identity.load_audit_public_key(key_path), signer)
+            server = make_server(listen, allow_remote, party=party)
+    except (BundError, OSError) as exc:
+        if client is not None:
+            client.close()
+        raise _fail(str(exc)) from None
+    console.print(f"bund console at {server.url}  (Ctrl-C stops it)", markup=False)
+    try:
+        server.run()
+    finally:
+        if client is not None:
+            client.close()
 
 
 # -- configuration files ---------------------------------------------------------------------

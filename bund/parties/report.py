@@ -234,7 +234,7 @@ def _mathtext_safe(text: str) -> str:
     return f" {text}" if text.startswith("_") else text
 
 
-def _budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
+def budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
     """A PNG of the epsilon spent on each party's dataset over time, from ``budget_charged``.
 
     One step line per party and dataset, starting from zero at its first charge, with the
@@ -298,7 +298,7 @@ def _budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
 def _budget(charges: Sequence[LoggedEvent]) -> str:
     if not charges:
         return '<p id="budget-none">No privacy budget charged in the pulled logs.</p>'
-    png = _budget_chart_png(charges)
+    png = budget_chart_png(charges)
     chart = (
         '<figure id="budget-chart"><img alt="Chart: privacy budget (epsilon) spent per dataset '
         f'over time" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bund.compute.dp.budget import Budget, format_rational
+from bund.compute.errors import BundError
 from bund.parties.approvals import ApprovalRequest
 from bund.parties.audit import AuditRecord, VerificationReport
 from bund.parties.jobs import JsonScalar, Result
@@ -145,6 +146,22 @@ def verify_document(
         "first_bad_index": report.first_bad_index if report is not None else None,
         "reason": error if report is None else report.reason,
     }
+
+
+def shown_value(key: str, value: object) -> str:
+    """A summary value for people: an exact privacy cost ("155081/62500") also as a decimal.
+
+    >>> shown_value("epsilon", "1/3"), shown_value("auc", 0.75)
+    ('0.3334 (exactly 1/3)', '0.75')
+    """
+    if isinstance(value, str) and ("epsilon" in key or "delta" in key) and "/" in value:
+        from bund.compute.dp.budget import format_epsilon, parse_rational
+
+        try:
+            return format_epsilon(parse_rational(value))
+        except BundError:
+            return value
+    return str(value)
 
 
 def record_document(record: AuditRecord) -> dict[str, object]:
