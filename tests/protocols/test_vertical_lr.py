@@ -13,11 +13,13 @@ from bund.compute import insecure, ou
 from bund.compute import paillier as pl
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc
+from bund.compute.zk.mod import MOD_REPETITIONS, ModProof
 from bund.parties.data import Table
 from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import vertical_lr as proto
+from bund.parties.protocols.proved_key import decode_key_message
 from bund.parties.protocols.vertical_alignment import feature_matrix, numeric_features
 from bund.parties.transport import InMemoryNetwork
 
@@ -256,17 +258,20 @@ def test_both_schemes_train_the_same_model_bit_for_bit(run: tuple, ou_run: tuple
 def test_each_scheme_has_its_own_wire_layout(run: tuple, ou_run: tuple) -> None:  # type: ignore[type-arg]
     k = 512 // 8  # the Paillier job's key: unchanged layouts, 2K-byte ciphertexts
     for _, _to, tag, payload in run[1].captured:
-        if tag == "vlr/key":
-            assert payload[:4] == b"BNPK" and len(payload) == 7 + 3 * k
-            pl.PublicKey.from_bytes(payload)
+        if tag == "vlr/key":  # the key with its Π^mod
+            key, proof = decode_key_message(payload)
+            assert payload[:4] == b"BPKM" and key[:4] == b"BNPK" and len(key) == 7 + 3 * k
+            pl.PublicKey.from_bytes(key)
+            assert ModProof.from_bytes(proof).repetitions == MOD_REPETITIONS
         elif tag.startswith(("vlr/r/", "vlr/g/")):
             assert payload[:4] == b"BNPC" and (len(payload) - 27) % (2 * k) == 0
     k = OU_BITS // 8
     tags = set()
     for _, _to, tag, payload in ou_run[1].captured:
-        if tag == "vlr/key":
-            assert payload[:4] == b"BNOK" and len(payload) == 7 + 3 * k
-            ou.PublicKey.from_bytes(payload)
+        if tag == "vlr/key":  # no proof exists for an OU modulus
+            key, proof = decode_key_message(payload)
+            assert key[:4] == b"BNOK" and len(key) == 7 + 3 * k and proof == b""
+            ou.PublicKey.from_bytes(key)
         elif tag.startswith(("vlr/r/", "vlr/g/")):
             assert payload[:4] == b"BNOC" and (len(payload) - 27) % k == 0
         tags.add(tag.split("/")[1] if tag.startswith("vlr/") else "")
@@ -300,7 +305,7 @@ def test_a_provider_playing_the_ou_factoring_attack_is_refused(finance: dict[str
 
     def tax_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:
         if tag == "vlr/key":
-            seen["key"] = ou.PublicKey.from_bytes(payload)
+            seen["key"] = ou.PublicKey.from_bytes(decode_key_message(payload)[0])
         return to_tax(job_id, frm, tag, payload)
 
     def bank_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:

@@ -51,6 +51,7 @@ from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
+from bund.parties.protocols.proved_key import recv_proved_key, send_proved_key
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     FEATURE_HOLDER_NEEDS,
@@ -59,7 +60,6 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
-    MAX_MESSAGE_BYTES,
     QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
@@ -71,9 +71,11 @@ from bund.parties.protocols.vertical_alignment import (
     label_vector,
     numeric_features,
     pack_state,
+    recv_vector,
     roles_of,
     send_chunks,
     unpack_state,
+    vector_chunks,
 )
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
@@ -87,6 +89,9 @@ SCORES_PER_MESSAGE = 250_000
 
 #: The ``format`` of every party's ``model.json``: what ``vertical_score`` accepts.
 MODEL_FORMAT = "bund.vertical_lr.part/1"
+
+#: The tag of the bank's proved public key (``proved_key``), sent before anything else.
+KEY_TAG = "vlr/key"
 
 _INTS_VERSION = 1
 _INTS_FIELDS = struct.Struct(">BI")  # width, count
@@ -178,42 +183,6 @@ def _recv_scores(ctx: JobContext, frm: str, tag: str, count: int) -> lg.IntArray
     return np.asarray(out, dtype=np.int64)
 
 
-def _per_message(key: he.HePublicKey) -> int:
-    """Ciphertexts per message below 2 MiB (for Paillier as ``vertical_alignment`` sends them)."""
-    return max(1, (MAX_MESSAGE_BYTES - 64) // key.ciphertext_bytes)
-
-
-def _vector_chunks(vector: he.HeVector, source: he.HeEncryptor) -> list[bytes]:
-    """An encrypted vector as the payloads of ``send_chunks``, each below 2 MiB.
-
-    Each export of a computed vector re-randomises it, so a role that must re-send the same bytes
-    after a restart saves these payloads before sending them.
-    """
-    return [part.to_bytes(source) for part in vector.split(_per_message(vector.public_key))]
-
-
-def _recv_vector(
-    ctx: JobContext, frm: str, tag: str, key: he.HePublicKey, count: int, frac_bits: int
-) -> he.HeVector:
-    """Receive and validate exactly ``count`` ciphertexts sent as :func:`_vector_chunks`.
-
-    Raises:
-        InvalidMessageError: If a chunk has the wrong number of ciphertexts.
-        InvalidCiphertextError: If a ciphertext fails the engine's validation.
-    """
-    per = _per_message(key)
-    parts: list[he.HeVector] = []
-    for i, start in enumerate(range(0, max(1, count), per)):
-        want = min(per, count - start)
-        part = key.vector_from_bytes(
-            ctx.recv(frm, f"{tag}/{i}"), frac_bits=frac_bits, max_count=want
-        )
-        if len(part) != want:
-            raise InvalidMessageError(f"expected {want} ciphertexts in {tag}/{i}, got {len(part)}")
-        parts.append(part)
-    return parts[0].extended(parts[1:])
-
-
 def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list[str], Any]:
     table = ctx.table()
     names, skipped = numeric_features(table, exclude)
@@ -303,6 +272,9 @@ def run_label_holder(ctx: JobContext) -> Result:
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
     config = _config(params)
+    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
+    # First of all, so a provider refuses a key it cannot verify before it sends anything.
+    send_proved_key(ctx, secret, providers, KEY_TAG)
     alignment = aligned_once(ctx, lambda: align_label_holder(ctx, providers))
     rows = alignment.rows
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], rows)
@@ -313,7 +285,6 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
     public = secret.public_key
     # The key owner's fast encryptor holds the secret: it runs on an in-process executor only.
     source = secret.encryptor_for(ctx.executor)
@@ -330,8 +301,6 @@ def run_label_holder(ctx: JobContext) -> Result:
     done = st.epoch * per_epoch + _decryptions([len(b) for b in current], st.counts, capacity)
     # Every decryption a provider sees goes through the service (OU: the range guard).
     service = secret.decryption_service(bound, used=min(done, bound))
-    for peer in providers:
-        ctx.send(peer, "vlr/key", public.to_bytes())
     if st.epoch > 0:  # a resumed bank may have stopped before telling the providers
         _send_flags(ctx, providers, st.epoch - 1, st.stopped)
     scaler = lg.Standardiser.fit(x[train])
@@ -353,7 +322,7 @@ def run_label_holder(ctx: JobContext) -> Result:
                 encrypted = source.encrypt(
                     rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS, executor=ctx.executor
                 )
-                st.pending = [_vector_chunks(encrypted, source) for _ in providers]
+                st.pending = [vector_chunks(encrypted, source) for _ in providers]
                 st.total += lg.log_loss(z, y[batch]) * size
                 step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
                 st.weights = step.tolist()
@@ -536,7 +505,6 @@ class _ProviderState:
     gradient is sent, so a resumed provider re-sends the same bytes and removes the same masks.
     """
 
-    key: bytes
     weights: list[float]
     epoch: int = 0
     batch: int = 0
@@ -546,9 +514,8 @@ class _ProviderState:
     pending: bytes | None = None
 
     def save(self, ctx: JobContext) -> None:
-        doc = {k: v for k, v in vars(self).items() if k not in ("key", "pending")}
-        blobs = [self.key] + ([] if self.pending is None else [self.pending])
-        ctx.save_state("train", pack_state(doc, blobs))
+        doc = {k: v for k, v in vars(self).items() if k != "pending"}
+        ctx.save_state("train", pack_state(doc, [] if self.pending is None else [self.pending]))
 
     @classmethod
     def load(cls, ctx: JobContext) -> _ProviderState | None:
@@ -556,7 +523,17 @@ class _ProviderState:
         if saved is None:
             return None
         doc, blobs = unpack_state(saved)
-        return cls(key=blobs[0], pending=blobs[1] if len(blobs) > 1 else None, **doc)
+        return cls(pending=blobs[0] if blobs else None, **doc)
+
+
+def _provider_key(ctx: JobContext, scheme: he.HeScheme, bank: str) -> he.HePublicKey:
+    """The bank's public key, verified once (:func:`recv_proved_key`) and kept for a resume."""
+    saved = ctx.load_state("key")
+    if saved is not None:
+        return scheme.public_key_from_bytes(saved)  # verified before it was saved
+    public = recv_proved_key(ctx, scheme, bank, KEY_TAG)
+    ctx.save_state("key", public.to_bytes())
+    return public
 
 
 def run_feature_holder(ctx: JobContext) -> Result:
@@ -566,6 +543,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
 
     Raises:
         InvalidKeyError: If the bank's key fails validation.
+        ProofError: If the bank's Paillier key comes without a valid Π^mod: nothing is sent.
         InvalidCiphertextError: If a ciphertext fails the engine's validation.
         InvalidMessageError: If a message is malformed.
     """
@@ -574,20 +552,20 @@ def run_feature_holder(ctx: JobContext) -> Result:
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
     config = _config(params)
+    # Before anything is sent: the bank's key, its Π^mod verified (OU: trusted at admission).
+    public = _provider_key(ctx, scheme_of(spec), bank)
     alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
     rows = alignment.rows
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
     train, test = lg.split_rows(len(rows), params.test_fraction, config.seed)
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
-    scheme = scheme_of(spec)
     st = _ProviderState.load(ctx)
     if st is None:
-        st = _ProviderState(ctx.recv(bank, "vlr/key"), [0.0] * len(names))
-        scheme.public_key_from_bytes(st.key)  # validated before anything is kept
+        st = _ProviderState([0.0] * len(names))
         st.save(ctx)
-    public = scheme.public_key_from_bytes(st.key)
-    # This provider's own randomness re-randomises all it sends (OU: u^n, u uniform in Z*_n),
-    # computed ahead for each batch's export on the node's executor.
+    # This provider's own randomness re-randomises all it sends, never the bank's base: Paillier
+    # r^N, OU u^n, with r (u) uniform in Z*_n, each used once; computed ahead for each batch's
+    # export on the node's executor while the bank encrypts the batch's residuals.
     source = public.encryptor().pool(capacity=len(names))
     batches_per_epoch = len(lg.epoch_batches(train, config.batch_size, config.seed, 0))
     capacity = public.packing_bits(
@@ -604,11 +582,12 @@ def run_feature_holder(ctx: JobContext) -> Result:
             batch = batches[t]
             size = len(batch)
             weights = np.asarray(st.weights)
-            mask_bits, width, _ = mask_layout(size, capacity)
+            mask_bits, width, per = mask_layout(size, capacity)
             if st.pending is None or st.masks is None:
                 scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
                 _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
-                residuals = _recv_vector(
+                source.refill(-(-len(names) // per), ctx.executor)
+                residuals = recv_vector(
                     ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
                 )
                 gradient = public.matvec(
@@ -617,7 +596,6 @@ def run_feature_holder(ctx: JobContext) -> Result:
                 # The mask must come from the CSPRNG: it is all that hides the gradient.
                 st.masks = [secrets.randbits(mask_bits) for _ in names]
                 packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size), capacity)
-                source.refill(len(packed), ctx.executor)
                 st.pending = packed.to_bytes(source)
                 st.save(ctx)  # write-ahead: masks and the re-randomised export, before sending
             ctx.send(bank, f"vlr/g/{epoch}/{t}", st.pending)
