@@ -44,8 +44,10 @@ import numpy as np
 from pydantic import Field
 
 from bund.compute import he
+from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.dp.mechanisms import MAX_RR_EPSILON, RandomizedResponse
 from bund.compute.encoding import squeeze_slots
-from bund.compute.errors import InvalidMessageError
+from bund.compute.errors import InvalidInputError, InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
@@ -77,6 +79,7 @@ from bund.parties.protocols.vertical_alignment import (
     unpack_state,
     vector_chunks,
 )
+from bund.parties.schema import Exact
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
 #: most ``2^-MASK_SIGMA`` when the gradient changes.
@@ -99,7 +102,9 @@ _SCORES_MAGIC = b"BVLS"
 _UNMASK_MAGIC = b"BVLU"
 
 
-def _config(params: VerticalLrParams) -> lg.TrainConfig:
+def _config(spec: JobSpec) -> lg.TrainConfig:
+    params = VerticalLrParams.of(spec)
+    mechanism = label_mechanism(spec)
     return lg.TrainConfig(
         epochs=params.epochs,
         batch_size=params.batch_size,
@@ -109,7 +114,52 @@ def _config(params: VerticalLrParams) -> lg.TrainConfig:
         tol=params.tol,
         patience=params.patience,
         seed=params.seed,
+        label_flip=0.0 if mechanism is None else float(mechanism.flip),
     )
+
+
+def label_mechanism(spec: JobSpec) -> RandomizedResponse | None:
+    """The bank's randomised response of the training labels (label DP), or None without it.
+
+    Raises:
+        InvalidJobSpecError: If ``label_epsilon`` is not a rational in ``(0, MAX_RR_EPSILON]``.
+    """
+    value = VerticalLrParams.of(spec).label_epsilon
+    if value is None:
+        return None
+    try:
+        return RandomizedResponse.create(parse_rational(value, "label_epsilon"))
+    except (InvalidInputError, ValueError):
+        raise InvalidJobSpecError(
+            f'label_epsilon must be a rational in (0, {MAX_RR_EPSILON}] written exactly, like "1" '
+            f'or "1/2", not {value!r}'
+        ) from None
+
+
+def _training_labels(
+    ctx: JobContext, y: lg.FloatArray, train: lg.IntArray, mechanism: RandomizedResponse | None
+) -> lg.FloatArray:
+    """The labels training uses: under label DP the training rows' randomised, once per job.
+
+    Randomised response runs once and its output is saved before any residual is computed from
+    it (write-ahead), so a resumed bank trains on the same randomised labels and a provider never
+    sees a second, independent randomisation of a label. The held-out rows keep their true
+    labels: they only enter the bank's own metrics, never a message.
+    """
+    if mechanism is None:
+        return y
+    saved = ctx.load_state("labels")
+    if saved is None:
+        noisy = mechanism.apply(y[train].astype(np.int64))
+        saved = np.packbits(noisy.astype(np.uint8)).tobytes()
+        ctx.save_state("labels", saved)
+        ctx.record(
+            "vertical_lr.label_dp",
+            {"epsilon": format_rational(mechanism.epsilon), "labels": len(train)},
+        )
+    out = y.copy()
+    out[train] = np.unpackbits(np.frombuffer(saved, dtype=np.uint8), count=len(train))
+    return out
 
 
 def mask_layout(batch_rows: int, capacity_bits: int) -> tuple[int, int, int]:
@@ -271,7 +321,7 @@ def run_label_holder(ctx: JobContext) -> Result:
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
     secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
     # First of all, so a provider refuses a key it cannot verify before it sends anything.
     send_proved_key(ctx, secret, providers, KEY_TAG)
@@ -285,6 +335,7 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
+    y_fit = _training_labels(ctx, y, train, label_mechanism(spec))
     public = secret.public_key
     # The key owner's fast encryptor holds the secret: it runs on an in-process executor only.
     source = secret.encryptor_for(ctx.executor)
@@ -318,15 +369,15 @@ def run_label_holder(ctx: JobContext) -> Result:
                 others = [_recv_scores(ctx, p, f"vlr/s/{epoch}/{t}", size) for p in providers]
                 weights = np.asarray(st.weights)
                 z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
-                rq = lg.residuals(z, y[batch])
+                rq = lg.residuals(z, y_fit[batch], config.label_flip)
                 encrypted = source.encrypt(
                     rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS, executor=ctx.executor
                 )
                 st.pending = [vector_chunks(encrypted, source) for _ in providers]
-                st.total += lg.log_loss(z, y[batch]) * size
-                step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
-                st.weights = step.tolist()
-                st.bias = lg.step_bias(st.bias, rq, rate)
+                st.total += lg.log_loss(z, y_fit[batch], config.label_flip) * size
+                grad = lg.gradient_ints(xq[batch], rq)
+                st.weights = lg.step(weights, grad, size, rate, config.l2, config.gain).tolist()
+                st.bias = lg.step_bias(st.bias, rq, rate, config.gain)
                 st.save(ctx)  # write-ahead: the residuals' random encryption, before sending
             for peer, chunks in zip(providers, st.pending, strict=True):
                 send_chunks(ctx, peer, f"vlr/r/{epoch}/{t}", chunks)
@@ -355,7 +406,8 @@ def run_label_holder(ctx: JobContext) -> Result:
     weights = np.asarray(st.weights)
     others = [_recv_scores(ctx, p, "vlr/eval", len(test)) for p in providers]
     z_test = lg.joint_scores(lg.partial_scores(xq[test], weights), st.bias, others)
-    baseline = lg.fit_vertical([xq], y, train, config)
+    # The bank-only model: the bank's own labels, at its own node (what it has without the job).
+    baseline = lg.fit_vertical([xq], y, train, dataclasses.replace(config, label_flip=0.0))
     z_bank = lg.predict_scores([xq], baseline, test)
     ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(st.losses)})
     part = _part(ctx, names, weights, scaler) | {"intercept": st.bias, "providers": providers}
@@ -438,6 +490,10 @@ def _report(
         "true_negative": table.true_negative,
         "false_negative": table.false_negative,
     }
+    mechanism = label_mechanism(spec)
+    if mechanism is not None:  # trained on randomised labels; the metrics use the true ones
+        summary["label_epsilon"] = format_rational(mechanism.epsilon)
+        summary["label_flip"] = float(mechanism.flip)
     model = part | {
         "cutoff": cutoff,
         "note": "on the bank's standardised, clipped features; providers keep their own weights",
@@ -551,7 +607,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
     bank, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
     # Before anything is sent: the bank's key, its Π^mod verified (OU: trusted at admission).
     public = _provider_key(ctx, scheme_of(spec), bank)
     alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
@@ -606,7 +662,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
             )
             if np.abs(exact).max(initial=0) > lg.gradient_bound(size):
                 raise InvalidMessageError("the unmasked gradient is out of range: bad reply")
-            st.weights = lg.step(weights, exact, size, rate, config.l2).tolist()
+            st.weights = lg.step(weights, exact, size, rate, config.l2, config.gain).tolist()
             st.batch, st.masks, st.pending = t + 1, None, None
             st.save(ctx)
             ctx.progress("train", epoch * len(batches) + t + 1, config.epochs * len(batches))
@@ -700,6 +756,12 @@ class VerticalLrParams(PaillierParams):
         description="the additively homomorphic scheme: Paillier, or Okamoto–Uchiyama (faster; "
         "no proof of the bank's modulus exists, so each provider's policy must trust the bank)",
     )
+    label_epsilon: Exact | None = Field(
+        default=None,
+        description="label DP: the bank trains on its labels randomised once per job at this ε "
+        "(randomised response), charged to its dataset; without it the bank's policy must trust "
+        "every provider with vertical_lr (a deviating provider could read every training label)",
+    )
 
 
 def scheme_of(spec: JobSpec) -> he.HeScheme:
@@ -716,15 +778,55 @@ def validate(spec: JobSpec) -> None:
     DEFINITION.validate(spec)
 
 
+def check(spec: JobSpec) -> None:
+    """The checks the parameters' schema cannot make: ``label_epsilon``'s range.
+
+    Raises:
+        InvalidJobSpecError: Naming the parameter to fix.
+    """
+    label_mechanism(spec)
+
+
 def outputs(spec: JobSpec) -> frozenset[str]:
     """What the job releases: a model (``policy.OUTPUTS``)."""
     return frozenset({"model"})
+
+
+def cost(spec: JobSpec, party: str) -> Budget:
+    """Label DP's ε, charged to the bank's dataset (reserved at admission, charged at start).
+
+    Nothing for a provider, nor for the bank without label DP (its policy trusts the providers).
+    """
+    bank, _ = roles_of(spec)
+    mechanism = label_mechanism(spec)
+    if party != bank or mechanism is None:
+        return Budget()
+    return Budget(mechanism.epsilon)
+
+
+def _packing_attack(bank: str, provider: str) -> str:
+    return (
+        f"a deviating {provider} can pack the encrypted residuals it receives in place of its "
+        f"gradient, and {bank}'s decryption returns every residual of each batch, whose sign is "
+        "the label: it reads every training label"
+    )
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/vertical-lr.md`` states it."""
     bank, providers = roles_of(spec)
     ou = spec.params.get("scheme") == "ou"
+    mechanism = label_mechanism(spec)
+    label_dp = (
+        ""
+        if mechanism is None
+        else (
+            f". Label DP: it trains on its training labels randomised once per job at ε = "
+            f"{format_rational(mechanism.epsilon)} (each flipped with probability "
+            f"{float(mechanism.flip):.4f}, charged to its dataset) and evaluates on the true "
+            "held-out labels, which never leave it"
+        )
+    )
     out = {
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
@@ -733,6 +835,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
             "the joint and bank-only metrics. Never a provider's feature values, weights or "
             "gradients (they reach it masked)"
         )
+        + label_dp
         + (
             ". Okamoto–Uchiyama scheme: it returns a provider's decrypted values only if they lie "
             "in the protocol's range (40 + log2(decryptions) bits below p); the first "
@@ -742,11 +845,22 @@ def learns(spec: JobSpec) -> dict[str, str]:
         )
     }
     for p in providers:
+        deviating = (
+            f". {bank.upper()}'S POLICY TRUSTS {p}: {_packing_attack(bank, p)}"
+            if mechanism is None
+            else (
+                f". Even a deviating {p} (one that packs the encrypted residuals in place of its "
+                f"gradient) learns at most {bank}'s training labels randomised at ε = "
+                f"{format_rational(mechanism.epsilon)}, each equal to the true label with "
+                f"probability {float(mechanism.keep):.4f}: whatever it obtains is "
+                "post-processing of that label DP"
+            )
+        )
         out[p] = (
             f"which of its own ids are in the common set; {bank}'s set size; per batch its own "
             "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights "
             "and standardisation, which it keeps as its own result (nothing of the bank's); "
-            "never a label, a residual or a score in the clear"
+            "never a label, a residual or a score in the clear" + deviating
         ) + (
             f". Okamoto–Uchiyama scheme: {p}'s node TRUSTS {bank}, the key holder, to have made "
             "its modulus well formed; no proof of that exists (a modulus with p | q−1 would let "
@@ -761,13 +875,24 @@ def learns(spec: JobSpec) -> dict[str, str]:
 
 
 def trusts(spec: JobSpec, party: str) -> dict[str, str]:
-    """Whom a provider must trust: the bank, when the job runs under Okamoto–Uchiyama.
+    """Whom each party must trust: the bank its providers without label DP; under OU, the bank.
 
-    No proof that an OU modulus is well formed exists (unlike Paillier's Π^mod), so a provider's
-    re-randomisation rests on the bank's key being honest (``docs/ou.md``).
+    The bank decrypts what a provider sends and returns the plaintexts, so a provider that packs
+    the residual ciphertexts in place of its gradient reads every residual, hence every training
+    label; only label DP (``label_epsilon``) makes that harmless. No proof that an OU modulus is
+    well formed exists (unlike Paillier's Π^mod), so under OU a provider's re-randomisation rests
+    on the bank's key being honest (``docs/ou.md``).
     """
     params = VerticalLrParams.of(spec)
     bank, providers = roles_of(spec)
+    if party == bank and label_mechanism(spec) is None:
+        return {
+            p: (
+                f"{_packing_attack(bank, p)}; protect the labels with label DP (label_epsilon) "
+                f"if {p} is not trusted"
+            )
+            for p in providers
+        }
     if params.scheme == "ou" and party in providers:
         return {
             bank: (
@@ -790,8 +915,10 @@ DEFINITION = ProtocolDef(
         LABEL_HOLDER: dataclasses.replace(LABEL_HOLDER_NEEDS, receives=True),
         FEATURE_HOLDER: dataclasses.replace(FEATURE_HOLDER_NEEDS, receives=True),
     },
+    check=check,
     outputs=outputs,
     learns=learns,
+    cost=cost,
     trusts=trusts,
     description=(
         "vertical logistic regression: residuals under the job's additively homomorphic scheme "
