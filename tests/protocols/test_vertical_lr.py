@@ -66,6 +66,15 @@ def make_spec(receivers: tuple[str, ...] = tuple(ROLES), **params: int | float) 
     return JobSpec("vertical_lr", parts, receivers, "credit model", "bank", {**PARAMS, **params})
 
 
+#: The bank's policy trusts both providers with vertical_lr: a job without label DP needs it.
+BANK_TRUSTS = (("tax", "vertical_lr"), ("registry", "vertical_lr"))
+
+
+def trust_of(party: str) -> tuple[tuple[str, str], ...]:
+    """What ``party``'s policy trusts in the tests' vertical_lr jobs without label DP."""
+    return BANK_TRUSTS if party == "bank" else ()
+
+
 EXCLUDE = {"bank": {"company_id", "default_12m"}, "tax": {"company_id"}, "registry": {"company_id"}}
 
 
