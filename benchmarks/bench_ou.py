@@ -230,7 +230,7 @@ class _Bench:
             capacity = public.packing_bits(DECRYPTIONS)
             count = 8 * (capacity // (SLOT_BOUND.bit_length() + 1))
             values = [secrets.randbelow(SLOT_BOUND) for _ in range(count)]
-            packed = public.encryptor().encrypt(values).squeeze(SLOT_BOUND, capacity)
+            packed = secret.encryptor().encrypt(values).squeeze(SLOT_BOUND, capacity)
             service = secret.decryption_service(DECRYPTIONS)
             rates.append(self.rate(partial(service.decrypt_packed, packed), count))
             slots.append(packed.layout[1])

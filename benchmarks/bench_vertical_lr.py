@@ -28,12 +28,28 @@ of the applicants with both providers, the providers' masked partial scores, the
 ``--scheme both`` (and the suite's runs) alternate the two schemes batch by batch, so both meet
 the same load: their CPU-second ratio is then fair on a shared machine (``paired`` in the row).
 
-Run: ``python -m benchmarks.bench_vertical_lr [--quick] [--rows N] [--scheme paillier|ou|both]``.
+Under Paillier the provider verifies the bank's Π^mod once (``key_proof``, counted in the epoch;
+the bank's proving time is ``prove_cpu_seconds``, once per job) and re-randomises each packed
+gradient with its own full ``r^N`` (``rerandomise``). Each batch also times, on the same packed
+gradient, the re-randomisation the provider used before issue 14, the bank's DJN ``h_s^r``
+(``rerandomise_djn``, not part of the epoch), so a row carries the epoch before and after the
+change measured in the same run: ``*_before`` = the epoch − ``key_proof`` − ``rerandomise`` +
+``rerandomise_djn``.
+
+``--label-dp`` measures the accuracy cost of label DP instead (no encryption: the plaintext
+reference ``fit_vertical``, which the protocol equals bit for bit): held-out AUC and KS of the
+joint model trained on the bank's labels randomised at each ε (mean and spread over repeated
+randomisations, with and without the unbiasing correction), against true labels and the
+bank-only model, on the demo generator's data with the demo's training parameters.
+
+Run: ``python -m benchmarks.bench_vertical_lr [--quick] [--rows N] [--scheme paillier|ou|both]
+[--label-dp]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -41,14 +57,18 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from bund.compute import he, insecure
+from bund.compute import paillier as pl
+from bund.compute.dp.mechanisms import RandomizedResponse
 from bund.compute.executor import Executor, create_executor
 from bund.compute.learn import logistic as lg
-from bund.parties.demo_data import generate_finance
+from bund.compute.learn.metrics import auc, ks_statistic
+from bund.parties.demo_data import DEMO_SEED, generate_finance
 from bund.parties.jobs import (
     JobSpec,
     Participant,
@@ -58,9 +78,12 @@ from bund.parties.jobs import (
     run_in_memory,
 )
 from bund.parties.protocols import vertical_lr, vertical_score
+from bund.parties.protocols.vertical_alignment import feature_matrix, numeric_features
 from bund.parties.protocols.vertical_lr import _masked_bound, mask_layout, max_decryptions
 
 PHASES = ("key", "plaintext", "encrypt", "products", "rerandomise", "network", "decrypt")
+#: Timed beside the epoch, not in it: Paillier's proof check and the re-randomisation before.
+SHADOW = ("key_proof", "rerandomise_djn")
 #: Epochs of the job whose layout the benchmark uses (the protocol's default).
 JOB_EPOCHS = lg.TrainConfig().epochs
 
@@ -75,8 +98,8 @@ class _Clock:
     """Wall and CPU seconds spent in each phase."""
 
     def __init__(self) -> None:
-        self.wall = dict.fromkeys(PHASES, 0.0)
-        self.cpu = dict.fromkeys(PHASES, 0.0)
+        self.wall = dict.fromkeys(PHASES + SHADOW, 0.0)
+        self.cpu = dict.fromkeys(PHASES + SHADOW, 0.0)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -102,12 +125,24 @@ class _EpochRun:
         self.wp = np.zeros(data.xp.shape[1])
         self.bias = 0.0
         decryptions = max_decryptions(JOB_EPOCHS, len(data.batches), 1)
+        context = b"benchmark/vlr-key"
+        prove_start = cpu_seconds()
+        proof = self.secret.prove_modulus(context) if engine.proves_modulus else b""
+        self.prove = cpu_seconds() - prove_start
         with self.clock.phase("key"):
             self.public = engine.public_key_from_bytes(self.secret.public_key.to_bytes())
             self.owner = self.secret.encryptor_for(ex)
             self.capacity = self.public.packing_bits(decryptions)
             self.service = self.secret.decryption_service(decryptions)
             self.provider = self.public.encryptor().pool(capacity=data.xp.shape[1])
+        self.djn: pl.ObfuscatorPool | None = None
+        if engine.proves_modulus:
+            with self.clock.phase("key_proof"):
+                self.public.verify_modulus(proof, context)
+            self.pl_key = pl.PublicKey.from_bytes(self.public.to_bytes())
+            with self.clock.phase("rerandomise_djn"):  # the DJN table the provider built before
+                encryptor = pl.Encryptor(self.pl_key)
+            self.djn = pl.ObfuscatorPool(encryptor, capacity=data.xp.shape[1])
 
     def batch(self, batch: Any) -> None:
         """The protocol's calls for one batch, each timed in its phase."""
@@ -132,6 +167,14 @@ class _EpochRun:
         with clock.phase("rerandomise"):
             self.provider.refill(len(packed), ex)
             wire2 = packed.to_bytes(self.provider)
+        if self.djn is not None:  # the same export as before issue 14: the bank's h_s^r
+            before = pl.PackedVector.from_bytes(
+                self.pl_key, wire2, slot_bits=width, slots=per, count=features,
+                bound=_masked_bound(len(batch)), frac_bits=lg.GRADIENT_FRAC_BITS,
+            )  # fmt: skip
+            with clock.phase("rerandomise_djn"):
+                self.djn.refill(len(packed), ex)
+                before.to_bytes(self.djn)
         with clock.phase("network"):
             back = public.packed_from_bytes(
                 wire2,
@@ -154,8 +197,25 @@ class _EpochRun:
     def row(self, executor_spec: str, paired: bool) -> dict[str, Any]:
         """The benchmark row: wall and CPU seconds per epoch and each phase's share."""
         d = self.data
-        wall, cpu = sum(self.clock.wall.values()), sum(self.clock.cpu.values())
+        c = self.clock
+        wall = sum(c.wall[k] for k in PHASES) + c.wall["key_proof"]
+        cpu = sum(c.cpu[k] for k in PHASES) + c.cpu["key_proof"]
         rows = d.xp.shape[0]
+        before: dict[str, Any] = {}
+        if self.djn is not None:
+            old = {
+                name: total - clock["key_proof"] - clock["rerandomise"] + clock["rerandomise_djn"]
+                for name, total, clock in (("wall", wall, c.wall), ("cpu", cpu, c.cpu))
+            }
+            before = {
+                "seconds_per_epoch_before": old["wall"],
+                "cpu_seconds_per_epoch_before": old["cpu"],
+                "cpu_ratio_after_before": cpu / old["cpu"],
+                "prove_cpu_seconds": self.prove,
+                "cpu_key_proof": c.cpu["key_proof"],
+                "cpu_rerandomise": c.cpu["rerandomise"],
+                "cpu_rerandomise_djn": c.cpu["rerandomise_djn"],
+            }
         return {
             "family": "vertical_lr",
             "kernel": "epoch",
@@ -177,6 +237,7 @@ class _EpochRun:
             **{f"share_{k}": v / wall for k, v in self.clock.wall.items()},
             **{f"cpu_share_{k}": v / cpu for k, v in self.clock.cpu.items()},
             "bytes_per_epoch": self.sent,
+            **before,
         }
 
 
@@ -282,6 +343,76 @@ def score(universe: int, applicants: int) -> dict[str, Any]:
     }
 
 
+#: The demo's training parameters (``bund.parties.demo.CREDIT_WORKFLOW``).
+DEMO_TRAINING = lg.TrainConfig(epochs=8, batch_size=256, learning_rate=1.0, lr_decay=0.1, seed=7)
+
+
+def _joined(universe: int, seed: int) -> tuple[list[lg.IntArray], Any, Any, Any]:
+    """The demo generator's bank, tax and registry joined on company id, as training sees them."""
+    data = generate_finance(universe, seed)
+    tables = [data["loan_book"], data["tax_filings"], data["business_registry"]]
+    index = [{c: i for i, c in enumerate(t.column("company_id"))} for t in tables]
+    common = sorted(set(index[0]).intersection(*index[1:]))
+    y = tables[0].numeric("default_12m")[[index[0][c] for c in common]]
+    train, test = lg.split_rows(len(common), 0.3, DEMO_TRAINING.seed)
+    blocks = []
+    for k, table in enumerate(tables):
+        exclude = {"company_id", "default_12m"}
+        names, _ = numeric_features(table, exclude)
+        raw = feature_matrix(table, names, [index[k][c] for c in common])
+        blocks.append(lg.prepare_features(raw, train))
+    return blocks, y, train, test
+
+
+def label_dp(
+    universe: int, seed: int, epsilons: tuple[str, ...], repeats: int
+) -> list[dict[str, Any]]:
+    """Held-out AUC and KS of the joint model trained on randomised labels, per ε.
+
+    One row per ε: the mean and standard deviation over ``repeats`` randomisations, with the
+    unbiasing correction (what ``vertical_lr`` does) and without it (training on the randomised
+    labels as if true), beside the joint model on true labels and the bank-only model; ``loss``
+    is the held-out logistic loss on the true labels (calibration: what the cut-off relies on).
+    """
+    blocks, y, train, test = _joined(universe, seed)
+
+    def metrics(fit: lg.VerticalFit, own: list[lg.IntArray]) -> tuple[float, float, float]:
+        z = lg.predict_scores(own, fit, test)
+        return auc(y[test], z), ks_statistic(y[test], lg.sigmoid(z))[0], lg.log_loss(z, y[test])
+
+    exact = metrics(lg.fit_vertical(blocks, y, train, DEMO_TRAINING), blocks)
+    alone = metrics(lg.fit_vertical(blocks[:1], y, train, DEMO_TRAINING), blocks[:1])
+    rows = []
+    for text in epsilons:
+        rr = RandomizedResponse.create(Fraction(text))
+        corrected = dataclasses.replace(DEMO_TRAINING, label_flip=float(rr.flip))
+        runs: dict[str, list[tuple[float, float, float]]] = {"corrected": [], "uncorrected": []}
+        for _ in range(repeats):
+            noisy = y.copy()
+            noisy[train] = rr.apply(y[train].astype(np.int64))
+            for name, config in (("corrected", corrected), ("uncorrected", DEMO_TRAINING)):
+                runs[name].append(metrics(lg.fit_vertical(blocks, noisy, train, config), blocks))
+        row: dict[str, Any] = {
+            "family": "vertical_lr",
+            "kernel": "label_dp",
+            "params": {
+                "epsilon": text, "flip": float(rr.flip), "aligned_rows": len(y),
+                "train_rows": len(train), "repeats": repeats, "universe": universe, "seed": seed,
+            },
+            "auc_true_labels": exact[0], "ks_true_labels": exact[1], "loss_true_labels": exact[2],
+            "auc_bank_only": alone[0], "ks_bank_only": alone[1], "loss_bank_only": alone[2],
+        }  # fmt: skip
+        for name, values in runs.items():
+            a = np.asarray(values)
+            row |= {
+                f"auc_{name}_mean": float(a[:, 0].mean()), f"auc_{name}_sd": float(a[:, 0].std()),
+                f"ks_{name}_mean": float(a[:, 1].mean()), f"ks_{name}_sd": float(a[:, 1].std()),
+                f"loss_{name}_mean": float(a[:, 2].mean()),
+            }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Quick: 2,000 rows × (3 + 30) at 1024 bits; full: 10^4 and 10^5 × (30 + 300) at 2048.
 
@@ -311,6 +442,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=0, help="one epoch at this many rows only")
     parser.add_argument("--bits", type=int, default=2048)
     parser.add_argument(
+        "--label-dp",
+        action="store_true",
+        help="the accuracy cost of label DP (plaintext reference, demo data) instead of timing",
+    )
+    parser.add_argument(
         "--scheme",
         choices=[*sorted(he.SCHEMES), "both"],
         default="paillier",
@@ -318,7 +454,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     spec = os.environ.get("BUND_BENCH_EXECUTOR", f"thread:{os.cpu_count() or 1}")
-    if args.rows:
+    if args.label_dp:
+        epsilons = ("1/2", "1", "2", "4", "8")
+        rows = label_dp(5_000, DEMO_SEED, epsilons, 20) + label_dp(50_000, 1, epsilons, 10)
+    elif args.rows:
         schemes = ("paillier", "ou") if args.scheme == "both" else (args.scheme,)
         rows = epochs(args.rows, 30, 300, args.bits, 1024, spec, schemes)
     else:

@@ -9,12 +9,17 @@ Paillier engine.
 The interface, in the order a protocol meets it:
 
 - :class:`HeScheme`: key generation (:meth:`~HeScheme.generate_keypair`), a peer's public key
-  from its wire form, validated (:meth:`~HeScheme.public_key_from_bytes`), and the key owner's
-  sealed resume state (:meth:`~HeScheme.secret_key_from_resume_state`).
+  from its wire form, validated (:meth:`~HeScheme.public_key_from_bytes`), the key owner's
+  sealed resume state (:meth:`~HeScheme.secret_key_from_resume_state`), and whether a key owner
+  can prove its modulus well formed (:attr:`~HeScheme.proves_modulus`: Paillier's Π^mod,
+  :meth:`HeSecretKey.prove_modulus` and :meth:`HePublicKey.verify_modulus`; none exists for OU).
 - :class:`HePublicKey`: the wire form, ``max_plaintext_bits`` (signed plaintexts
   ``|v| < 2**max_plaintext_bits`` round-trip), the packing capacity
   (:meth:`~HePublicKey.packing_bits`), this party's own randomness
   (:meth:`~HePublicKey.encryptor`), received vectors, validated, and the matrix-vector product.
+  An evaluator's randomness never rests on anything the key owner chose: a full ``r^N`` (Paillier,
+  ``r`` uniform in ``Z*_N``: ``bund.compute.zk.randomness.FullRandomness``, never the owner's DJN
+  base ``h_s``) or ``u^n`` (OU), each value used once.
 - :class:`HeEncryptor`: encryption and batch encryption on an executor, packed encryption, and a
   pool of precomputed randomness (:meth:`~HeEncryptor.pool`).
 - :class:`HeVector` / :class:`HePacked`: addition, plaintext addition, scalar multiplication,
@@ -45,6 +50,8 @@ from bund.compute import paillier as pl
 from bund.compute.encoding import PackingLayout, pack_slots, squeeze_slots
 from bund.compute.executor import Executor
 from bund.compute.modexp import as_ints
+from bund.compute.zk.mod import ModProof, prove_mod, verify_mod
+from bund.compute.zk.randomness import FullRandomness
 
 T = TypeVar("T")
 
@@ -91,7 +98,27 @@ class HePublicKey(ABC):
 
     @abstractmethod
     def encryptor(self) -> HeEncryptor:
-        """This party's own randomness for encrypting and re-randomising under the key."""
+        """This party's own randomness for encrypting and re-randomising under the key.
+
+        An evaluator's: full-size values from ``secrets`` that rest on nothing the key owner chose
+        (Paillier ``r^N``, OU ``u^n``), so what it re-randomises hides how it was computed from
+        the key owner (once the modulus is proved, :meth:`verify_modulus`, or trusted).
+        """
+
+    @abstractmethod
+    def verify_modulus(self, proof: bytes, context: bytes) -> None:
+        """Check the key owner's proof that the modulus is well formed, before using the key.
+
+        Paillier: Π^mod (``bund.compute.zk.mod``: a Paillier–Blum modulus with
+        ``gcd(N, φ(N)) = 1``, so an evaluator's ``r^N`` re-randomises completely), with the
+        Fiat–Shamir challenge bound to the modulus, the key id and ``context``.
+
+        Raises:
+            InvalidMessageError: If the proof is malformed.
+            ProofError: If it does not verify: the key must not be used.
+            NotImplementedError: Under OU, for which no such proof exists (an evaluator runs OU
+                only with a key holder its policy trusts).
+        """
 
     @abstractmethod
     def vector_from_bytes(self, data: bytes, *, frac_bits: int, max_count: int) -> HeVector:
@@ -314,6 +341,17 @@ class HeSecretKey(ABC):
     def decryption_service(self, max_decryptions: int, used: int = 0) -> HeDecryptionService:
         """The service for decryptions that reach a counterparty (at most ``max_decryptions``)."""
 
+    @abstractmethod
+    def prove_modulus(self, context: bytes) -> bytes:
+        """The wire form of a proof that this key's modulus is well formed, bound to ``context``.
+
+        Paillier: Π^mod with 80 repetitions (about 41 KB at 2048 bits), which an evaluator checks
+        with :meth:`HePublicKey.verify_modulus` and the same ``context``.
+
+        Raises:
+            NotImplementedError: Under OU, for which no such proof exists.
+        """
+
 
 class HeScheme(ABC):
     """One additively homomorphic engine, chosen per job by name."""
@@ -339,6 +377,14 @@ class HeScheme(ABC):
     @abstractmethod
     def secret_key_from_resume_state(self, data: bytes) -> HeSecretKey:
         """The key owner's key from its sealed resume state."""
+
+    @property
+    @abstractmethod
+    def proves_modulus(self) -> bool:
+        """Whether a key owner proves its modulus well formed (:meth:`HeSecretKey.prove_modulus`).
+
+        Paillier does (Π^mod); OU cannot, so an evaluator of an OU key must trust its owner.
+        """
 
 
 def _require(value: object, kind: type[T], what: str) -> T:
@@ -386,7 +432,11 @@ class _PaillierPublicKey(HePublicKey):
         return self.bits - 2
 
     def encryptor(self) -> _PaillierEncryptor:
-        return _PaillierEncryptor(pl.Encryptor(self.key), self)
+        # r^N with a full r: the key owner's h_s may have small order (bund.compute.zk.randomness).
+        return _PaillierEncryptor(FullRandomness(self.key), self)
+
+    def verify_modulus(self, proof: bytes, context: bytes) -> None:
+        verify_mod(self.key, ModProof.from_bytes(proof), context)
 
     def vector_from_bytes(self, data: bytes, *, frac_bits: int, max_count: int) -> _PaillierVector:
         vector = pl.EncryptedVector.from_bytes(
@@ -423,7 +473,7 @@ class _PaillierEncryptor(HeEncryptor):
     __slots__ = ("_public", "source")
 
     def __init__(
-        self, source: pl.Encryptor | pl.ObfuscatorPool, public: _PaillierPublicKey
+        self, source: pl.Encryptor | pl.ObfuscatorPool | FullRandomness, public: _PaillierPublicKey
     ) -> None:
         self.source = source
         self._public = public
@@ -464,6 +514,11 @@ class _PaillierEncryptor(HeEncryptor):
         return _PaillierPacked(packed, self._public)
 
     def pool(self, capacity: int, low_water: int | None = None) -> _PaillierPool:
+        if isinstance(self.source, FullRandomness):
+            if capacity < 1:
+                raise ValueError("capacity is at least 1")
+            full = FullRandomness(self._public.key, capacity, low_water)
+            return _PaillierPool(full, self._public)
         source = _require(self.source, pl.Encryptor, "a pool's encryptor")
         return _PaillierPool(pl.ObfuscatorPool(source, capacity, low_water), self._public)
 
@@ -471,7 +526,9 @@ class _PaillierEncryptor(HeEncryptor):
 class _PaillierPool(_PaillierEncryptor, HePool):
     __slots__ = ("_pool",)
 
-    def __init__(self, pool: pl.ObfuscatorPool, public: _PaillierPublicKey) -> None:
+    def __init__(
+        self, pool: pl.ObfuscatorPool | FullRandomness, public: _PaillierPublicKey
+    ) -> None:
         super().__init__(pool, public)
         self._pool = pool
 
@@ -633,7 +690,10 @@ class _PaillierSecretKey(HeSecretKey):
         return _PaillierEncryptor(pl.Encryptor(self.key), self._public)
 
     def encryptor_for(self, executor: Executor) -> _PaillierEncryptor:
-        return self.encryptor() if executor.in_process else self._public.encryptor()
+        if executor.in_process:
+            return self.encryptor()
+        # The owner may use its own h_s: the public DJN encryptor (it pickles as its key).
+        return _PaillierEncryptor(pl.Encryptor(self.key.public_key), self._public)
 
     def export_for_resume(self) -> bytes:
         return self.key.export_for_resume()
@@ -649,6 +709,9 @@ class _PaillierSecretKey(HeSecretKey):
     def decryption_service(self, max_decryptions: int, used: int = 0) -> _PaillierDecryptionService:
         _check_counts(max_decryptions, used)
         return _PaillierDecryptionService(self.key)
+
+    def prove_modulus(self, context: bytes) -> bytes:
+        return prove_mod(self.key, context).to_bytes()
 
 
 class _PaillierScheme(HeScheme):
@@ -671,8 +734,17 @@ class _PaillierScheme(HeScheme):
     def secret_key_from_resume_state(self, data: bytes) -> _PaillierSecretKey:
         return _PaillierSecretKey(pl.PrivateKey.from_resume_state(data))
 
+    @property
+    def proves_modulus(self) -> bool:
+        return True
+
 
 # --- Okamoto–Uchiyama -------------------------------------------------------------------------
+
+_NO_OU_PROOF = (
+    "no proof exists that an Okamoto–Uchiyama modulus is well formed: an evaluator runs OU only "
+    "with a key holder its policy trusts (docs/ou.md)"
+)
 
 
 class _OuPublicKey(HePublicKey):
@@ -709,6 +781,9 @@ class _OuPublicKey(HePublicKey):
 
     def encryptor(self) -> _OuEncryptor:
         return _OuEncryptor(ou.Encryptor(self.key), self)
+
+    def verify_modulus(self, proof: bytes, context: bytes) -> None:
+        raise NotImplementedError(_NO_OU_PROOF)
 
     def vector_from_bytes(self, data: bytes, *, frac_bits: int, max_count: int) -> _OuVector:
         vector = ou.EncryptedVector.from_bytes(
@@ -948,6 +1023,9 @@ class _OuSecretKey(HeSecretKey):
     def decryption_service(self, max_decryptions: int, used: int = 0) -> _OuDecryptionService:
         return _OuDecryptionService(ou.DecryptionService(self.key, max_decryptions, used))
 
+    def prove_modulus(self, context: bytes) -> bytes:
+        raise NotImplementedError(_NO_OU_PROOF)
+
 
 class _OuScheme(HeScheme):
     """Okamoto–Uchiyama (``bund.compute.ou``): p-subgroup assumption, guarded decryption."""
@@ -968,6 +1046,10 @@ class _OuScheme(HeScheme):
 
     def secret_key_from_resume_state(self, data: bytes) -> _OuSecretKey:
         return _OuSecretKey(ou.PrivateKey.from_resume_state(data))
+
+    @property
+    def proves_modulus(self) -> bool:
+        return False
 
 
 def _check_capacity(capacity_bits: int, most: int) -> None:

@@ -227,6 +227,11 @@ PARTIES = (
         "finance/loan_book.csv",
         "company_id",
         (("applicants", "finance/applicants.csv"),),
+        # The bank decrypts what the providers send in vertical_lr: a deviating provider could read
+        # its training labels. The tax bureau and the registry are public bodies bound by law and
+        # contract, and label DP would cost the model accuracy, so the bank's policy trusts them
+        # with vertical_lr (docs/protocols/vertical-lr.md); its approver is shown the risk.
+        trusted_for=(("tax", "vertical_lr"), ("registry", "vertical_lr")),
     ),
     DemoParty("tax", "tax", "tax_filings", "finance/tax_filings.csv", "company_id"),
     DemoParty(

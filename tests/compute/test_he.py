@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bund.compute import he, insecure, ou
 from bund.compute import paillier as pl
 from bund.compute.encoding import PackingLayout
-from bund.compute.errors import InvalidMessageError
+from bund.compute.errors import InvalidMessageError, ProofError
 from bund.compute.executor import ThreadExecutor
 
 LAWS = settings(max_examples=25, deadline=None)
@@ -151,6 +151,50 @@ class TestPaillier(HeContract):
     name = "paillier"
     bits = 512
 
+    def test_the_key_owner_proves_its_modulus_for_one_context(
+        self, secret: he.HeSecretKey, public: he.HePublicKey
+    ) -> None:
+        assert he.create_scheme(self.name).proves_modulus
+        proof = secret.prove_modulus(b"job-1/bank/vlr-key")
+        public.verify_modulus(proof, b"job-1/bank/vlr-key")
+        with pytest.raises(ProofError):
+            public.verify_modulus(proof, b"job-2/bank/vlr-key")
+        with pytest.raises(InvalidMessageError):
+            public.verify_modulus(proof[:-1], b"job-1/bank/vlr-key")
+
+    def test_an_evaluators_rerandomisation_ignores_an_order_two_base(self) -> None:
+        """Issue 14, attack 4: a key owner's h_s of order 2 passes every public check.
+
+        The owner's DJN re-randomisation then yields 2 ciphertexts in 200 for one result; an
+        evaluator's pool (what a provider exports its packed gradient with) yields 200 distinct
+        ones, none the computed ciphertext itself, all decrypting to the same slots.
+        """
+        honest, private = pl.generate_keypair(512)
+        p2, q2 = private._p**2, private._q**2
+        order_two = 1 + p2 * ((q2 - 2) * pow(int(p2), -1, int(q2)) % q2)
+        assert order_two**2 % honest.n_square == 1
+        bad = pl.PublicKey(honest.n, order_two)
+        public = he.create_scheme("paillier").public_key_from_bytes(bad.to_bytes())
+        computed = public.encryptor().encrypt([7, -3]).add_plain([1, 1])
+        packed = computed.squeeze(100, public.packing_bits(1))
+        djn = pl.Encryptor(bad).rerandomize([int(c) for c in packed.packed.ciphertexts] * 200)  # type: ignore[attr-defined]
+        assert len(set(djn)) == 2
+        pool = public.encryptor().pool(capacity=200)
+        assert pool.refill() == 200
+        exports = [packed.to_bytes(pool) for _ in range(200)]
+        assert len(set(exports)) == 200 and len(pool) == 0
+        unrandomised = pl.encode_ciphertexts(bad, packed.packed.ciphertexts)  # type: ignore[attr-defined]
+        assert unrandomised not in exports
+        owner = he.create_scheme("paillier").secret_key_from_resume_state(
+            private.export_for_resume()
+        )
+        slot_bits, slots, count, bound = packed.layout
+        for wire in exports[:5]:
+            got = public.packed_from_bytes(
+                wire, slot_bits=slot_bits, slots=slots, count=count, bound=bound, frac_bits=0
+            )
+            assert owner.decrypt_packed(got) == [8, -2]
+
     def test_bytes_are_the_paillier_engines(self, secret: he.HeSecretKey) -> None:
         adapter = secret.public_key
         assert pl.PublicKey.from_bytes(adapter.to_bytes()).to_bytes() == adapter.to_bytes()
@@ -161,6 +205,13 @@ class TestOu(HeContract):
     __test__ = True
     name = "ou"
     bits = 1024
+
+    def test_no_modulus_proof_exists(self, secret: he.HeSecretKey, public: he.HePublicKey) -> None:
+        assert not he.create_scheme(self.name).proves_modulus
+        with pytest.raises(NotImplementedError, match="trusts"):
+            secret.prove_modulus(b"job-1")
+        with pytest.raises(NotImplementedError, match="trusts"):
+            public.verify_modulus(b"", b"job-1")
 
     def test_bytes_are_the_ou_engines_and_headroom_grows_with_decryptions(
         self, secret: he.HeSecretKey

@@ -79,6 +79,7 @@ from tests.integration.test_node import wait_final
 from tests.integration.test_serving_nodes import contract_spec as serving_spec
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
 from tests.protocols.test_vertical_lr import make_spec as vlr_spec
+from tests.protocols.test_vertical_lr import trust_of
 from tests.protocols.test_vertical_score import score_spec
 from tests.protocols.test_woe_iv import make_spec as woe_spec
 
@@ -614,7 +615,8 @@ def start_nodes(
     """The seven nodes, each with its own canary-planted datasets; returns the datasets."""
     finance, health = finance_tables(), health_tables()
     for party, tables in finance.items():
-        factory.start(party, allowed=[p for p in finance if p != party], tables=tables)
+        others = [p for p in finance if p != party]
+        factory.start(party, allowed=others, tables=tables, trusted_for=trust_of(party))
     for h, table in health.items():
         others = [p for p in (*HOSPITALS, "insurer") if p != h]
         factory.start(

@@ -32,7 +32,7 @@ from tests.conftest import NodeFactory, wait_until
 from tests.integration.fault_protocols import TEST_PROTOCOLS
 from tests.integration.test_node import BANK_IDS, TAX_IDS, psi_spec, wait_final
 from tests.integration.test_regulator import write_regulator_config
-from tests.protocols.test_vertical_lr import ROLES, make_spec
+from tests.protocols.test_vertical_lr import ROLES, make_spec, trust_of
 
 pytestmark = pytest.mark.integration
 
@@ -271,7 +271,10 @@ def test_vertical_lr_resumes_after_kill_with_the_uninterrupted_model(
     data = generate_finance(1500, 11)
     for party, dataset in ROLES.items():
         others = [p for p in ROLES if p != party]
-        path = f.write_config(party, allowed=others, tables={dataset: data[dataset]}, limits=LIMITS)
+        path = f.write_config(
+            party, allowed=others, tables={dataset: data[dataset]}, limits=LIMITS,
+            trusted_for=trust_of(party),
+        )  # fmt: skip
         f.spawn(party, path, env=SMALL_KEYS)
     reference = run_vertical_lr(f, None)
     resumed = run_vertical_lr(f, victim)

@@ -17,7 +17,7 @@ from bund.parties.demo_data import generate_finance
 from bund.parties.lifecycle.states import JobState
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
-from tests.protocols.test_vertical_lr import ROLES, make_spec
+from tests.protocols.test_vertical_lr import ROLES, make_spec, trust_of
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_vertical_lr_on_ou_between_three_nodes(node_factory: NodeFactory) -> Non
     for party, dataset in ROLES.items():
         others = [p for p in ROLES if p != party]
         # The tax bureau trusts the bank's OU key; the registry does not, at first.
-        trust = [("bank", "vertical_lr")] if party == "tax" else []
+        trust = [("bank", "vertical_lr")] if party == "tax" else list(trust_of(party))
         node_factory.start(
             party, allowed=others, tables={dataset: data[dataset]}, trusted_for=trust
         )

@@ -1,4 +1,4 @@
-"""Integer noise for differential privacy: the discrete Laplace mechanism, sampled by OpenDP.
+"""Integer noise for differential privacy: discrete Laplace (by OpenDP), randomised response.
 
 Why integers. Floating-point Laplace noise leaks through the gaps between representable doubles
 (Mironov, CCS 2012): the low bits of ``x + noise`` say which ``x`` it came from. Every statistic
@@ -22,6 +22,9 @@ of ``k`` independent parts that add up to one discrete Laplace draw exactly (the
 infinitely divisible), so ``k`` honest parties' parts together carry the whole ε;
 :class:`SummedNoise` describes the noise a release carries when every party adds a part.
 
+Labels. :class:`RandomizedResponse` flips each bit of a label column with an exact rational
+probability: ``ε``-label-DP for whatever is computed from the randomised labels.
+
 OpenDP gates its integer Laplace constructor behind the ``"contrib"`` feature flag; this module
 is the only place in Bund that turns the flag on, just before it builds a measurement.
 
@@ -34,10 +37,12 @@ is the only place in Bund that turns the flag on, just before it builds a measur
 
 from __future__ import annotations
 
+import decimal
 import math
 import os
 import secrets
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -321,3 +326,75 @@ class SummedNoise:
             else:
                 low_k = mid + 1
         return low_k
+
+
+#: Largest ε randomised response accepts: beyond it a label almost never flips (``e^-40``).
+MAX_RR_EPSILON = Fraction(40)
+#: The flip probability is a multiple of ``2^-64`` (so every draw is an exact ``_bernoulli``).
+_RR_DENOMINATOR = 1 << 64
+
+
+@dataclass(frozen=True)
+class RandomizedResponse:
+    """Randomised response on bits (Warner 1965): each bit flipped with probability ``flip``.
+
+    Label differential privacy (Ghazi, Golowich, Kumar, Manurangsi and Zhang, *Deep Learning with
+    Label Differential Privacy*, NeurIPS 2021): a party that applies it once to its label column
+    releases, through anything computed from the randomised labels, an ``ε``-label-DP view of
+    each label, whatever the computation (post-processing). One bit kept with probability
+    ``1 − flip``: ``P(b' = b | b) / P(b' = b | 1 − b) = (1 − flip)/flip ≤ e^ε``.
+
+    ``flip`` is the smallest multiple of ``2^-64`` with ``(1 − flip)/flip ≤ e^ε``, from ``e^ε``
+    computed to 60 digits and rounded down by a relative ``10^-40`` (Python's ``decimal``), so the
+    loss of the sampled mechanism never exceeds the ``ε`` charged; each draw is an exact
+    Bernoulli of that rational over bits of the OS CSPRNG (:func:`_bernoulli`).
+
+    Attributes:
+        epsilon: The loss charged, exact.
+        flip: The flip probability, an exact binary rational just above ``1/(1 + e^ε)``.
+
+    >>> rr = RandomizedResponse.create(Fraction(1))
+    >>> round(float(rr.flip), 6), round(float(rr.keep / rr.flip), 6)
+    (0.268941, 2.718282)
+    >>> sorted(set(rr.apply(np.array([0, 1, 1, 0])).tolist()) - {0, 1})
+    []
+    """
+
+    epsilon: Fraction
+    flip: Fraction
+
+    @classmethod
+    def create(cls, epsilon: Fraction) -> RandomizedResponse:
+        """The mechanism that releases bits at ``epsilon``-DP each.
+
+        Raises:
+            ValueError: If ``epsilon`` is not a Fraction in ``(0, MAX_RR_EPSILON]``.
+        """
+        if not isinstance(epsilon, Fraction) or not 0 < epsilon <= MAX_RR_EPSILON:
+            raise ValueError(f"epsilon must be a Fraction in (0, {MAX_RR_EPSILON}]")
+        with decimal.localcontext() as context:
+            context.prec = 60
+            exp = (Decimal(epsilon.numerator) / Decimal(epsilon.denominator)).exp()
+            low = exp * (1 - Decimal(10) ** -40)  # at or below e^ε, whatever the roundings
+            numerator = (Decimal(_RR_DENOMINATOR) / (1 + low)).to_integral_value(
+                rounding=decimal.ROUND_CEILING
+            )
+        return cls(epsilon, Fraction(int(numerator), _RR_DENOMINATOR))
+
+    @property
+    def keep(self) -> Fraction:
+        """``1 − flip``: the probability that a bit is released as it is."""
+        return 1 - self.flip
+
+    def apply(self, bits: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+        """Each 0/1 bit of ``bits`` flipped independently with probability ``flip``.
+
+        Raises:
+            ValueError: If a value is not 0 or 1.
+        """
+        values = np.asarray(bits)
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError("randomised response takes bits: every value 0 or 1")
+        a, b = self.flip.numerator, self.flip.denominator
+        flips = np.fromiter((_bernoulli(a, b) for _ in range(values.size)), bool, values.size)
+        return np.asarray(values.astype(np.int64) ^ flips.reshape(values.shape), dtype=np.int64)

@@ -44,13 +44,16 @@ import numpy as np
 from pydantic import Field
 
 from bund.compute import he
+from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.dp.mechanisms import MAX_RR_EPSILON, RandomizedResponse
 from bund.compute.encoding import squeeze_slots
-from bund.compute.errors import InvalidMessageError
+from bund.compute.errors import InvalidInputError, InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
+from bund.parties.protocols.proved_key import recv_proved_key, send_proved_key
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     FEATURE_HOLDER_NEEDS,
@@ -59,7 +62,6 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
-    MAX_MESSAGE_BYTES,
     QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
@@ -71,10 +73,13 @@ from bund.parties.protocols.vertical_alignment import (
     label_vector,
     numeric_features,
     pack_state,
+    recv_vector,
     roles_of,
     send_chunks,
     unpack_state,
+    vector_chunks,
 )
+from bund.parties.schema import Exact
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
 #: most ``2^-MASK_SIGMA`` when the gradient changes.
@@ -88,13 +93,18 @@ SCORES_PER_MESSAGE = 250_000
 #: The ``format`` of every party's ``model.json``: what ``vertical_score`` accepts.
 MODEL_FORMAT = "bund.vertical_lr.part/1"
 
+#: The tag of the bank's proved public key (``proved_key``), sent before anything else.
+KEY_TAG = "vlr/key"
+
 _INTS_VERSION = 1
 _INTS_FIELDS = struct.Struct(">BI")  # width, count
 _SCORES_MAGIC = b"BVLS"
 _UNMASK_MAGIC = b"BVLU"
 
 
-def _config(params: VerticalLrParams) -> lg.TrainConfig:
+def _config(spec: JobSpec) -> lg.TrainConfig:
+    params = VerticalLrParams.of(spec)
+    mechanism = label_mechanism(spec)
     return lg.TrainConfig(
         epochs=params.epochs,
         batch_size=params.batch_size,
@@ -104,7 +114,52 @@ def _config(params: VerticalLrParams) -> lg.TrainConfig:
         tol=params.tol,
         patience=params.patience,
         seed=params.seed,
+        label_flip=0.0 if mechanism is None else float(mechanism.flip),
     )
+
+
+def label_mechanism(spec: JobSpec) -> RandomizedResponse | None:
+    """The bank's randomised response of the training labels (label DP), or None without it.
+
+    Raises:
+        InvalidJobSpecError: If ``label_epsilon`` is not a rational in ``(0, MAX_RR_EPSILON]``.
+    """
+    value = VerticalLrParams.of(spec).label_epsilon
+    if value is None:
+        return None
+    try:
+        return RandomizedResponse.create(parse_rational(value, "label_epsilon"))
+    except (InvalidInputError, ValueError):
+        raise InvalidJobSpecError(
+            f'label_epsilon must be a rational in (0, {MAX_RR_EPSILON}] written exactly, like "1" '
+            f'or "1/2", not {value!r}'
+        ) from None
+
+
+def _training_labels(
+    ctx: JobContext, y: lg.FloatArray, train: lg.IntArray, mechanism: RandomizedResponse | None
+) -> lg.FloatArray:
+    """The labels training uses: under label DP the training rows' randomised, once per job.
+
+    Randomised response runs once and its output is saved before any residual is computed from
+    it (write-ahead), so a resumed bank trains on the same randomised labels and a provider never
+    sees a second, independent randomisation of a label. The held-out rows keep their true
+    labels: they only enter the bank's own metrics, never a message.
+    """
+    if mechanism is None:
+        return y
+    saved = ctx.load_state("labels")
+    if saved is None:
+        noisy = mechanism.apply(y[train].astype(np.int64))
+        saved = np.packbits(noisy.astype(np.uint8)).tobytes()
+        ctx.save_state("labels", saved)
+        ctx.record(
+            "vertical_lr.label_dp",
+            {"epsilon": format_rational(mechanism.epsilon), "labels": len(train)},
+        )
+    out = y.copy()
+    out[train] = np.unpackbits(np.frombuffer(saved, dtype=np.uint8), count=len(train))
+    return out
 
 
 def mask_layout(batch_rows: int, capacity_bits: int) -> tuple[int, int, int]:
@@ -176,42 +231,6 @@ def _recv_scores(ctx: JobContext, frm: str, tag: str, count: int) -> lg.IntArray
         want = min(SCORES_PER_MESSAGE, count - start)
         out += _decode_ints(_SCORES_MAGIC, ctx.recv(frm, f"{tag}/{i}"), 8, want)
     return np.asarray(out, dtype=np.int64)
-
-
-def _per_message(key: he.HePublicKey) -> int:
-    """Ciphertexts per message below 2 MiB (for Paillier as ``vertical_alignment`` sends them)."""
-    return max(1, (MAX_MESSAGE_BYTES - 64) // key.ciphertext_bytes)
-
-
-def _vector_chunks(vector: he.HeVector, source: he.HeEncryptor) -> list[bytes]:
-    """An encrypted vector as the payloads of ``send_chunks``, each below 2 MiB.
-
-    Each export of a computed vector re-randomises it, so a role that must re-send the same bytes
-    after a restart saves these payloads before sending them.
-    """
-    return [part.to_bytes(source) for part in vector.split(_per_message(vector.public_key))]
-
-
-def _recv_vector(
-    ctx: JobContext, frm: str, tag: str, key: he.HePublicKey, count: int, frac_bits: int
-) -> he.HeVector:
-    """Receive and validate exactly ``count`` ciphertexts sent as :func:`_vector_chunks`.
-
-    Raises:
-        InvalidMessageError: If a chunk has the wrong number of ciphertexts.
-        InvalidCiphertextError: If a ciphertext fails the engine's validation.
-    """
-    per = _per_message(key)
-    parts: list[he.HeVector] = []
-    for i, start in enumerate(range(0, max(1, count), per)):
-        want = min(per, count - start)
-        part = key.vector_from_bytes(
-            ctx.recv(frm, f"{tag}/{i}"), frac_bits=frac_bits, max_count=want
-        )
-        if len(part) != want:
-            raise InvalidMessageError(f"expected {want} ciphertexts in {tag}/{i}, got {len(part)}")
-        parts.append(part)
-    return parts[0].extended(parts[1:])
 
 
 def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list[str], Any]:
@@ -302,7 +321,10 @@ def run_label_holder(ctx: JobContext) -> Result:
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
+    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
+    # First of all, so a provider refuses a key it cannot verify before it sends anything.
+    send_proved_key(ctx, secret, providers, KEY_TAG)
     alignment = aligned_once(ctx, lambda: align_label_holder(ctx, providers))
     rows = alignment.rows
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], rows)
@@ -313,7 +335,7 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
+    y_fit = _training_labels(ctx, y, train, label_mechanism(spec))
     public = secret.public_key
     # The key owner's fast encryptor holds the secret: it runs on an in-process executor only.
     source = secret.encryptor_for(ctx.executor)
@@ -330,8 +352,6 @@ def run_label_holder(ctx: JobContext) -> Result:
     done = st.epoch * per_epoch + _decryptions([len(b) for b in current], st.counts, capacity)
     # Every decryption a provider sees goes through the service (OU: the range guard).
     service = secret.decryption_service(bound, used=min(done, bound))
-    for peer in providers:
-        ctx.send(peer, "vlr/key", public.to_bytes())
     if st.epoch > 0:  # a resumed bank may have stopped before telling the providers
         _send_flags(ctx, providers, st.epoch - 1, st.stopped)
     scaler = lg.Standardiser.fit(x[train])
@@ -349,15 +369,15 @@ def run_label_holder(ctx: JobContext) -> Result:
                 others = [_recv_scores(ctx, p, f"vlr/s/{epoch}/{t}", size) for p in providers]
                 weights = np.asarray(st.weights)
                 z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
-                rq = lg.residuals(z, y[batch])
+                rq = lg.residuals(z, y_fit[batch], config.label_flip)
                 encrypted = source.encrypt(
                     rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS, executor=ctx.executor
                 )
-                st.pending = [_vector_chunks(encrypted, source) for _ in providers]
-                st.total += lg.log_loss(z, y[batch]) * size
-                step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
-                st.weights = step.tolist()
-                st.bias = lg.step_bias(st.bias, rq, rate)
+                st.pending = [vector_chunks(encrypted, source) for _ in providers]
+                st.total += lg.log_loss(z, y_fit[batch], config.label_flip) * size
+                grad = lg.gradient_ints(xq[batch], rq)
+                st.weights = lg.step(weights, grad, size, rate, config.l2, config.gain).tolist()
+                st.bias = lg.step_bias(st.bias, rq, rate, config.gain)
                 st.save(ctx)  # write-ahead: the residuals' random encryption, before sending
             for peer, chunks in zip(providers, st.pending, strict=True):
                 send_chunks(ctx, peer, f"vlr/r/{epoch}/{t}", chunks)
@@ -386,7 +406,8 @@ def run_label_holder(ctx: JobContext) -> Result:
     weights = np.asarray(st.weights)
     others = [_recv_scores(ctx, p, "vlr/eval", len(test)) for p in providers]
     z_test = lg.joint_scores(lg.partial_scores(xq[test], weights), st.bias, others)
-    baseline = lg.fit_vertical([xq], y, train, config)
+    # The bank-only model: the bank's own labels, at its own node (what it has without the job).
+    baseline = lg.fit_vertical([xq], y, train, dataclasses.replace(config, label_flip=0.0))
     z_bank = lg.predict_scores([xq], baseline, test)
     ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(st.losses)})
     part = _part(ctx, names, weights, scaler) | {"intercept": st.bias, "providers": providers}
@@ -469,6 +490,10 @@ def _report(
         "true_negative": table.true_negative,
         "false_negative": table.false_negative,
     }
+    mechanism = label_mechanism(spec)
+    if mechanism is not None:  # trained on randomised labels; the metrics use the true ones
+        summary["label_epsilon"] = format_rational(mechanism.epsilon)
+        summary["label_flip"] = float(mechanism.flip)
     model = part | {
         "cutoff": cutoff,
         "note": "on the bank's standardised, clipped features; providers keep their own weights",
@@ -536,7 +561,6 @@ class _ProviderState:
     gradient is sent, so a resumed provider re-sends the same bytes and removes the same masks.
     """
 
-    key: bytes
     weights: list[float]
     epoch: int = 0
     batch: int = 0
@@ -546,9 +570,8 @@ class _ProviderState:
     pending: bytes | None = None
 
     def save(self, ctx: JobContext) -> None:
-        doc = {k: v for k, v in vars(self).items() if k not in ("key", "pending")}
-        blobs = [self.key] + ([] if self.pending is None else [self.pending])
-        ctx.save_state("train", pack_state(doc, blobs))
+        doc = {k: v for k, v in vars(self).items() if k != "pending"}
+        ctx.save_state("train", pack_state(doc, [] if self.pending is None else [self.pending]))
 
     @classmethod
     def load(cls, ctx: JobContext) -> _ProviderState | None:
@@ -556,7 +579,17 @@ class _ProviderState:
         if saved is None:
             return None
         doc, blobs = unpack_state(saved)
-        return cls(key=blobs[0], pending=blobs[1] if len(blobs) > 1 else None, **doc)
+        return cls(pending=blobs[0] if blobs else None, **doc)
+
+
+def _provider_key(ctx: JobContext, scheme: he.HeScheme, bank: str) -> he.HePublicKey:
+    """The bank's public key, verified once (:func:`recv_proved_key`) and kept for a resume."""
+    saved = ctx.load_state("key")
+    if saved is not None:
+        return scheme.public_key_from_bytes(saved)  # verified before it was saved
+    public = recv_proved_key(ctx, scheme, bank, KEY_TAG)
+    ctx.save_state("key", public.to_bytes())
+    return public
 
 
 def run_feature_holder(ctx: JobContext) -> Result:
@@ -566,6 +599,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
 
     Raises:
         InvalidKeyError: If the bank's key fails validation.
+        ProofError: If the bank's Paillier key comes without a valid Π^mod: nothing is sent.
         InvalidCiphertextError: If a ciphertext fails the engine's validation.
         InvalidMessageError: If a message is malformed.
     """
@@ -573,21 +607,21 @@ def run_feature_holder(ctx: JobContext) -> Result:
     bank, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
+    # Before anything is sent: the bank's key, its Π^mod verified (OU: trusted at admission).
+    public = _provider_key(ctx, scheme_of(spec), bank)
     alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
     rows = alignment.rows
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
     train, test = lg.split_rows(len(rows), params.test_fraction, config.seed)
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
-    scheme = scheme_of(spec)
     st = _ProviderState.load(ctx)
     if st is None:
-        st = _ProviderState(ctx.recv(bank, "vlr/key"), [0.0] * len(names))
-        scheme.public_key_from_bytes(st.key)  # validated before anything is kept
+        st = _ProviderState([0.0] * len(names))
         st.save(ctx)
-    public = scheme.public_key_from_bytes(st.key)
-    # This provider's own randomness re-randomises all it sends (OU: u^n, u uniform in Z*_n),
-    # computed ahead for each batch's export on the node's executor.
+    # This provider's own randomness re-randomises all it sends, never the bank's base: Paillier
+    # r^N, OU u^n, with r (u) uniform in Z*_n, each used once; computed ahead for each batch's
+    # export on the node's executor while the bank encrypts the batch's residuals.
     source = public.encryptor().pool(capacity=len(names))
     batches_per_epoch = len(lg.epoch_batches(train, config.batch_size, config.seed, 0))
     capacity = public.packing_bits(
@@ -604,11 +638,12 @@ def run_feature_holder(ctx: JobContext) -> Result:
             batch = batches[t]
             size = len(batch)
             weights = np.asarray(st.weights)
-            mask_bits, width, _ = mask_layout(size, capacity)
+            mask_bits, width, per = mask_layout(size, capacity)
             if st.pending is None or st.masks is None:
                 scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
                 _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
-                residuals = _recv_vector(
+                source.refill(-(-len(names) // per), ctx.executor)
+                residuals = recv_vector(
                     ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
                 )
                 gradient = public.matvec(
@@ -617,7 +652,6 @@ def run_feature_holder(ctx: JobContext) -> Result:
                 # The mask must come from the CSPRNG: it is all that hides the gradient.
                 st.masks = [secrets.randbits(mask_bits) for _ in names]
                 packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size), capacity)
-                source.refill(len(packed), ctx.executor)
                 st.pending = packed.to_bytes(source)
                 st.save(ctx)  # write-ahead: masks and the re-randomised export, before sending
             ctx.send(bank, f"vlr/g/{epoch}/{t}", st.pending)
@@ -628,7 +662,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
             )
             if np.abs(exact).max(initial=0) > lg.gradient_bound(size):
                 raise InvalidMessageError("the unmasked gradient is out of range: bad reply")
-            st.weights = lg.step(weights, exact, size, rate, config.l2).tolist()
+            st.weights = lg.step(weights, exact, size, rate, config.l2, config.gain).tolist()
             st.batch, st.masks, st.pending = t + 1, None, None
             st.save(ctx)
             ctx.progress("train", epoch * len(batches) + t + 1, config.epochs * len(batches))
@@ -722,6 +756,12 @@ class VerticalLrParams(PaillierParams):
         description="the additively homomorphic scheme: Paillier, or Okamoto–Uchiyama (faster; "
         "no proof of the bank's modulus exists, so each provider's policy must trust the bank)",
     )
+    label_epsilon: Exact | None = Field(
+        default=None,
+        description="label DP: the bank trains on its labels randomised once per job at this ε "
+        "(randomised response), charged to its dataset; without it the bank's policy must trust "
+        "every provider with vertical_lr (a deviating provider could read every training label)",
+    )
 
 
 def scheme_of(spec: JobSpec) -> he.HeScheme:
@@ -738,15 +778,55 @@ def validate(spec: JobSpec) -> None:
     DEFINITION.validate(spec)
 
 
+def check(spec: JobSpec) -> None:
+    """The checks the parameters' schema cannot make: ``label_epsilon``'s range.
+
+    Raises:
+        InvalidJobSpecError: Naming the parameter to fix.
+    """
+    label_mechanism(spec)
+
+
 def outputs(spec: JobSpec) -> frozenset[str]:
     """What the job releases: a model (``policy.OUTPUTS``)."""
     return frozenset({"model"})
+
+
+def cost(spec: JobSpec, party: str) -> Budget:
+    """Label DP's ε, charged to the bank's dataset (reserved at admission, charged at start).
+
+    Nothing for a provider, nor for the bank without label DP (its policy trusts the providers).
+    """
+    bank, _ = roles_of(spec)
+    mechanism = label_mechanism(spec)
+    if party != bank or mechanism is None:
+        return Budget()
+    return Budget(mechanism.epsilon)
+
+
+def _packing_attack(bank: str, provider: str) -> str:
+    return (
+        f"a deviating {provider} can pack the encrypted residuals it receives in place of its "
+        f"gradient, and {bank}'s decryption returns every residual of each batch, whose sign is "
+        "the label: it reads every training label"
+    )
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/vertical-lr.md`` states it."""
     bank, providers = roles_of(spec)
     ou = spec.params.get("scheme") == "ou"
+    mechanism = label_mechanism(spec)
+    label_dp = (
+        ""
+        if mechanism is None
+        else (
+            f". Label DP: it trains on its training labels randomised once per job at ε = "
+            f"{format_rational(mechanism.epsilon)} (each flipped with probability "
+            f"{float(mechanism.flip):.4f}, charged to its dataset) and evaluates on the true "
+            "held-out labels, which never leave it"
+        )
+    )
     out = {
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
@@ -755,6 +835,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
             "the joint and bank-only metrics. Never a provider's feature values, weights or "
             "gradients (they reach it masked)"
         )
+        + label_dp
         + (
             ". Okamoto–Uchiyama scheme: it returns a provider's decrypted values only if they lie "
             "in the protocol's range (40 + log2(decryptions) bits below p); the first "
@@ -764,11 +845,22 @@ def learns(spec: JobSpec) -> dict[str, str]:
         )
     }
     for p in providers:
+        deviating = (
+            f". {bank.upper()}'S POLICY TRUSTS {p}: {_packing_attack(bank, p)}"
+            if mechanism is None
+            else (
+                f". Even a deviating {p} (one that packs the encrypted residuals in place of its "
+                f"gradient) learns at most {bank}'s training labels randomised at ε = "
+                f"{format_rational(mechanism.epsilon)}, each equal to the true label with "
+                f"probability {float(mechanism.keep):.4f}: whatever it obtains is "
+                "post-processing of that label DP"
+            )
+        )
         out[p] = (
             f"which of its own ids are in the common set; {bank}'s set size; per batch its own "
             "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights "
             "and standardisation, which it keeps as its own result (nothing of the bank's); "
-            "never a label, a residual or a score in the clear"
+            "never a label, a residual or a score in the clear" + deviating
         ) + (
             f". Okamoto–Uchiyama scheme: {p}'s node TRUSTS {bank}, the key holder, to have made "
             "its modulus well formed; no proof of that exists (a modulus with p | q−1 would let "
@@ -783,13 +875,24 @@ def learns(spec: JobSpec) -> dict[str, str]:
 
 
 def trusts(spec: JobSpec, party: str) -> dict[str, str]:
-    """Whom a provider must trust: the bank, when the job runs under Okamoto–Uchiyama.
+    """Whom each party must trust: the bank its providers without label DP; under OU, the bank.
 
-    No proof that an OU modulus is well formed exists (unlike Paillier's Π^mod), so a provider's
-    re-randomisation rests on the bank's key being honest (``docs/ou.md``).
+    The bank decrypts what a provider sends and returns the plaintexts, so a provider that packs
+    the residual ciphertexts in place of its gradient reads every residual, hence every training
+    label; only label DP (``label_epsilon``) makes that harmless. No proof that an OU modulus is
+    well formed exists (unlike Paillier's Π^mod), so under OU a provider's re-randomisation rests
+    on the bank's key being honest (``docs/ou.md``).
     """
     params = VerticalLrParams.of(spec)
     bank, providers = roles_of(spec)
+    if party == bank and label_mechanism(spec) is None:
+        return {
+            p: (
+                f"{_packing_attack(bank, p)}; protect the labels with label DP (label_epsilon) "
+                f"if {p} is not trusted"
+            )
+            for p in providers
+        }
     if params.scheme == "ou" and party in providers:
         return {
             bank: (
@@ -812,8 +915,10 @@ DEFINITION = ProtocolDef(
         LABEL_HOLDER: dataclasses.replace(LABEL_HOLDER_NEEDS, receives=True),
         FEATURE_HOLDER: dataclasses.replace(FEATURE_HOLDER_NEEDS, receives=True),
     },
+    check=check,
     outputs=outputs,
     learns=learns,
+    cost=cost,
     trusts=trusts,
     description=(
         "vertical logistic regression: residuals under the job's additively homomorphic scheme "
