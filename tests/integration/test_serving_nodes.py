@@ -44,7 +44,7 @@ from bund.parties.serving.proofs import verify_request_proof
 from bund.parties.serving.service import Applicant, Scored
 from tests.conftest import Federation, NodeFactory, wait_until
 from tests.integration.test_regulator import write_regulator_config
-from tests.protocols.test_vertical_lr import ROLES, make_spec
+from tests.protocols.test_vertical_lr import ROLES, make_spec, trust_of
 from tests.protocols.test_vertical_score import APPLICANTS, reference
 
 SMALL_KEYS = {insecure.ENV_VAR: insecure.ENV_VALUE}  # 512-bit Paillier keys in the processes
@@ -171,6 +171,7 @@ def served(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> 
                 tables={dataset: data[dataset]},
                 approvals=party == "tax",  # the tax bureau's approver signs every job
                 audit="witness_interval_s = 300",
+                trusted_for=trust_of(party),  # the model is trained without label DP
             )
             factory.spawn(party, path, env=SMALL_KEYS)
         with factory.client("bank") as bank:

@@ -358,6 +358,12 @@ class JobManager:
         try:
             self._accept(request.spec, request)
         except BundError as exc:
+            ended = self.store.get(job_id)
+            if is_terminal(ended.state):  # called off meanwhile (a peer refused, a cancel)
+                raise JobStateError(
+                    f"job {job_id} was {ended.state.value} meanwhile ({ended.error}); "
+                    "the approval is on record, but the job will not run"
+                ) from None
             self._refuse(job_id, str(exc))
             raise
 
