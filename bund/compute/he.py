@@ -43,8 +43,11 @@ from typing import Any, NoReturn, Self, TypeVar
 from bund.compute import ou
 from bund.compute import paillier as pl
 from bund.compute.encoding import PackingLayout, pack_slots, squeeze_slots
+from bund.compute.errors import ProofError
 from bund.compute.executor import Executor
-from bund.compute.modexp import as_ints
+from bund.compute.modexp import as_ints, bucket_products, divide_mod, prefix_products
+from bund.compute.zk.mod import ModProof, prove_mod, verify_mod
+from bund.compute.zk.randomness import FullRandomness
 
 T = TypeVar("T")
 
@@ -112,6 +115,29 @@ class HePublicKey(ABC):
         executor: Executor | None = None,
     ) -> HeVector:
         """Encrypted ``M·d`` for a plaintext integer matrix (Pippenger multi-exponentiation)."""
+
+    @abstractmethod
+    def full_randomness(self, capacity: int) -> HePool:
+        """An evaluator's own full randomness: Paillier ``r^N``, OU ``u^n`` (``r``, ``u`` uniform).
+
+        What a party that is not the key owner re-randomises results with, each value used once:
+        never the key owner's short-randomness base (Paillier's DJN ``h_s``, which a key owner
+        could have chosen of small order; ``bund.compute.zk.randomness``). Precomputed into a
+        pool of ``capacity`` values by :meth:`HePool.refill`.
+        """
+
+    @abstractmethod
+    def verify_modulus_proof(self, proof: bytes, context: bytes) -> None:
+        """Check the key owner's proof that the modulus is well formed, before using the key.
+
+        Paillier: Π^mod (``bund.compute.zk.mod``), bound to ``context``. Okamoto–Uchiyama: no
+        such proof exists, so this always refuses; an OU key is used only where the evaluator's
+        policy trusts its owner.
+
+        Raises:
+            InvalidMessageError: If the proof is malformed.
+            ProofError: If it does not verify, or the scheme has no proof.
+        """
 
 
 class HeEncryptor(ABC):
@@ -230,6 +256,32 @@ class HeVector(ABC):
         """The same plaintexts under fresh randomness from ``source``."""
 
     @abstractmethod
+    def __sub__(self, other: Self) -> Self:
+        """Element-wise difference (same key and exponent)."""
+
+    @abstractmethod
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> Self:
+        """Encrypted sums per group ``g`` and bucket ``b < widths[g]`` (``modexp.bucket_products``).
+
+        ``buckets[g][i]`` is the bucket of element ``i`` in group ``g`` (a feature's bins); the
+        result has ``sum(widths)`` elements, not fresh (an empty bucket is the trivial
+        encryption of 0): serialisation re-randomises it.
+        """
+
+    @abstractmethod
+    def prefix_sums(self, lengths: Sequence[int]) -> Self:
+        """Running sums within consecutive groups of ``lengths`` elements (cumulative bin sums)."""
+
+    @abstractmethod
+    def take(self, indices: Sequence[int]) -> Self:
+        """The elements at ``indices``, in that order (a shuffle, a selection)."""
+
+    @abstractmethod
     def to_bytes(self, source: HeEncryptor) -> bytes:
         """The wire form, re-randomised by ``source`` first unless the vector is fresh."""
 
@@ -313,6 +365,13 @@ class HeSecretKey(ABC):
     @abstractmethod
     def decryption_service(self, max_decryptions: int, used: int = 0) -> HeDecryptionService:
         """The service for decryptions that reach a counterparty (at most ``max_decryptions``)."""
+
+    @abstractmethod
+    def modulus_proof(self, context: bytes) -> bytes | None:
+        """The wire form of a proof that the modulus is well formed, or ``None`` if none exists.
+
+        Paillier: Π^mod (80 repetitions) bound to ``context``; Okamoto–Uchiyama: ``None``.
+        """
 
 
 class HeScheme(ABC):
@@ -417,6 +476,12 @@ class _PaillierPublicKey(HePublicKey):
     ) -> _PaillierVector:
         inner = _require(vector, _PaillierVector, "a vector").vector
         return _PaillierVector(pl.matvec(matrix, inner, matrix_frac_bits, executor), self)
+
+    def full_randomness(self, capacity: int) -> _PaillierPool:
+        return _PaillierPool(_FullRandomnessPool(FullRandomness(self.key, capacity)), self)
+
+    def verify_modulus_proof(self, proof: bytes, context: bytes) -> None:
+        verify_mod(self.key, ModProof.from_bytes(proof), context)
 
 
 class _PaillierEncryptor(HeEncryptor):
@@ -564,6 +629,33 @@ class _PaillierVector(HeVector):
         inner = _require(source, _PaillierEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
 
+    def _raw(self, cts: Sequence[Any], fresh: bool = False) -> _PaillierVector:
+        v = self.vector
+        return self._wrap(pl.EncryptedVector(v.public_key, tuple(cts), v.frac_bits, fresh))
+
+    def __sub__(self, other: _PaillierVector) -> _PaillierVector:
+        right = _require(other, _PaillierVector, "a vector").vector
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in (self.vector, right)])
+        n2 = self.vector.public_key.n_square
+        return self._raw(divide_mod(n2, self.vector.ciphertexts, right.ciphertexts))
+
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> _PaillierVector:
+        n2 = self.vector.public_key.n_square
+        return self._raw(bucket_products(n2, self.vector.ciphertexts, buckets, widths, executor))
+
+    def prefix_sums(self, lengths: Sequence[int]) -> _PaillierVector:
+        n2 = self.vector.public_key.n_square
+        return self._raw(prefix_products(n2, self.vector.ciphertexts, lengths))
+
+    def take(self, indices: Sequence[int]) -> _PaillierVector:
+        cts = self.vector.ciphertexts
+        return self._raw([cts[i] for i in indices], self.vector.fresh)
+
     def to_bytes(self, source: HeEncryptor) -> bytes:
         return self.vector.to_bytes(_require(source, _PaillierEncryptor, "a source").source)
 
@@ -650,6 +742,9 @@ class _PaillierSecretKey(HeSecretKey):
         _check_counts(max_decryptions, used)
         return _PaillierDecryptionService(self.key)
 
+    def modulus_proof(self, context: bytes) -> bytes:
+        return prove_mod(self.key, context).to_bytes()
+
 
 class _PaillierScheme(HeScheme):
     """Paillier (``bund.compute.paillier``): DCR, DJN short randomness, ``phe``-compatible."""
@@ -670,6 +765,48 @@ class _PaillierScheme(HeScheme):
 
     def secret_key_from_resume_state(self, data: bytes) -> _PaillierSecretKey:
         return _PaillierSecretKey(pl.PrivateKey.from_resume_state(data))
+
+
+class _FullRandomnessPool(pl.ObfuscatorPool):
+    """``FullRandomness`` (``r^N``, ``r`` uniform in ``Z*_N``) behind the obfuscator pool's API.
+
+    Every value is handed out once: from the pool computed ahead by :meth:`refill`, or on the
+    spot. The DJN base of the key is never used.
+    """
+
+    def __init__(self, source: FullRandomness) -> None:
+        self._full = source
+
+    @property
+    def public_key(self) -> pl.PublicKey:
+        return self._full.public_key
+
+    @property
+    def capacity(self) -> int:
+        return self._full._capacity
+
+    def __len__(self) -> int:
+        return len(self._full)
+
+    def refill(self, count: int | None = None, executor: Executor | None = None) -> int:
+        return self._full.refill(count, executor)
+
+    def obfuscators(self, count: int, executor: Executor | None = None) -> list[pl.Obfuscator]:
+        return self._full.obfuscators(count, executor)
+
+    def encrypt_raw(
+        self, plaintexts: Sequence[int | Any], executor: Executor | None = None
+    ) -> list[Any]:
+        return self._full.encrypt_raw(plaintexts, executor)
+
+    def rerandomize(self, ciphertexts: Sequence[Any]) -> list[Any]:
+        return self._full.rerandomize(ciphertexts)
+
+    def run_refills(self, batch: int = 256) -> None:
+        raise TypeError("refill a full-randomness pool between phases (refill), not in a thread")
+
+    def close(self) -> None:
+        return None
 
 
 # --- Okamoto–Uchiyama -------------------------------------------------------------------------
@@ -739,6 +876,16 @@ class _OuPublicKey(HePublicKey):
     ) -> _OuVector:
         inner = _require(vector, _OuVector, "a vector").vector
         return _OuVector(ou.matvec(matrix, inner, matrix_frac_bits, executor), self)
+
+    def full_randomness(self, capacity: int) -> _OuPool:
+        # The evaluator's own u^n, u uniform in Z*_n: OU's public encryptor draws exactly these.
+        return self.encryptor().pool(capacity)
+
+    def verify_modulus_proof(self, proof: bytes, context: bytes) -> None:
+        raise ProofError(
+            "no proof that an Okamoto–Uchiyama modulus is well formed exists: use an OU key only "
+            "where this party's policy trusts its owner (docs/ou.md)"
+        )
 
 
 class _OuEncryptor(HeEncryptor):
@@ -862,6 +1009,34 @@ class _OuVector(HeVector):
         inner = _require(source, _OuEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
 
+    def _raw(self, cts: Sequence[Any], fresh: bool = False) -> _OuVector:
+        v = self.vector
+        return self._wrap(ou.EncryptedVector(v.public_key, tuple(cts), v.frac_bits, fresh))
+
+    def __sub__(self, other: _OuVector) -> _OuVector:
+        right = _require(other, _OuVector, "a vector").vector
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in (self.vector, right)])
+        n = self.vector.public_key.n
+        return self._raw(divide_mod(n, self.vector.ciphertexts, right.ciphertexts))
+
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> _OuVector:
+        n = self.vector.public_key.n
+        return self._raw(bucket_products(n, self.vector.ciphertexts, buckets, widths, executor))
+
+    def prefix_sums(self, lengths: Sequence[int]) -> _OuVector:
+        return self._raw(
+            prefix_products(self.vector.public_key.n, self.vector.ciphertexts, lengths)
+        )
+
+    def take(self, indices: Sequence[int]) -> _OuVector:
+        cts = self.vector.ciphertexts
+        return self._raw([cts[i] for i in indices], self.vector.fresh)
+
     def to_bytes(self, source: HeEncryptor) -> bytes:
         return self.vector.to_bytes(_require(source, _OuEncryptor, "a source").source)
 
@@ -947,6 +1122,9 @@ class _OuSecretKey(HeSecretKey):
 
     def decryption_service(self, max_decryptions: int, used: int = 0) -> _OuDecryptionService:
         return _OuDecryptionService(ou.DecryptionService(self.key, max_decryptions, used))
+
+    def modulus_proof(self, context: bytes) -> None:
+        return None
 
 
 class _OuScheme(HeScheme):
