@@ -561,10 +561,9 @@ def grow_tree(
             for i, node in enumerate(active):
                 decisions[node] = decide([p[i] for p in per_party], *totals[node], config)
         nxt = np.full(n, -1, dtype=np.int64)
-        for party, source in enumerate(sources):
+        for party, source in enumerate(sources if per_party else ()):
+            # Every party hears from every level it took part in, if only that it won nothing.
             won = {node: d.tied for node, d in decisions.items() if d and d.party == party}
-            if not won:
-                continue
             answers = source.choose(won)
             if set(answers) != set(won):
                 raise InvalidMessageError(f"party {party} answered for other nodes than it won")
@@ -587,6 +586,9 @@ def grow_tree(
         active = sorted(set(nxt[nxt >= 0].tolist()))
         assignment = nxt
         if not active:
+            if depth + 1 < config.max_depth:
+                for s in sources:  # the tree is complete before its last level: say so
+                    s.begin_level(depth + 1, assignment)
             break
     return Tree(splits, leaves), final
 

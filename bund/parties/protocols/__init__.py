@@ -13,6 +13,7 @@ from bund.parties.protocols import (
     psi,
     vertical_lr,
     vertical_score,
+    vertical_secureboost,
     woe_iv,
 )
 from bund.parties.schema import did_you_mean
@@ -29,6 +30,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,
+        vertical_secureboost.DEFINITION,
     )
 }
 
