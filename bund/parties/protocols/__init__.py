@@ -14,6 +14,7 @@ from bund.parties.protocols import (
     vertical_lr,
     vertical_score,
     vertical_secureboost,
+    vertical_tree_score,
     woe_iv,
 )
 from bund.parties.schema import did_you_mean
@@ -31,6 +32,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,
         vertical_secureboost.DEFINITION,
+        vertical_tree_score.DEFINITION,
     )
 }
 
