@@ -13,10 +13,12 @@ level                  protocols                              outputs
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
 confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, dp_stats,              dp_aggregate, model, score
+                       vertical_score, vertical_secureboost,  dp_aggregate, model, score
+                       vertical_tree_score, dp_stats,
                        ckks_scoring, fed_dp_sgd
 restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
-                       vertical_score, dp_stats,              score (never which individuals)
+                       vertical_score, vertical_secureboost,  score (never which individuals)
+                       vertical_tree_score, dp_stats,
                        ckks_scoring, fed_dp_sgd
 =====================  =====================================  ==================================
 
@@ -70,6 +72,8 @@ _PROTECTED_PROTOCOLS = frozenset(
         "woe_iv",
         "vertical_lr",
         "vertical_score",
+        "vertical_secureboost",
+        "vertical_tree_score",
         "dp_stats",
         "ckks_scoring",
         "paillier_scoring",
