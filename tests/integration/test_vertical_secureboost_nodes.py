@@ -16,10 +16,11 @@ import pytest
 
 from bund.compute import insecure
 from bund.parties.demo_data import generate_finance
+from bund.parties.follow import follow_job
 from bund.parties.lifecycle.states import JobState
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
-from tests.integration.test_faults import LIMITS, SMALL_KEYS, wait_progress
+from tests.integration.test_faults import LIMITS, SMALL_KEYS
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_vertical_lr import ROLES
@@ -98,7 +99,8 @@ def run_trees(f: NodeFactory, victim: str | None) -> dict[str, dict[str, object]
     with f.client("bank") as bank:
         job_id = bank.submit(make_spec(n_estimators=4, max_depth=3))
     if victim is not None:
-        wait_progress(f, "bank", job_id, 1)
+        with f.client("bank") as c:  # after the first tree: past the alignment
+            follow_job(c, job_id, until=lambda s: s.phase == "trees" and s.done >= 1, timeout=120)
         f.kill(victim)
         f.spawn(victim, f.workdir / victim / "node.toml", env=SMALL_KEYS)
     models: dict[str, dict[str, object]] = {}
