@@ -142,6 +142,19 @@ def test_matches_the_plaintext_reference_split_for_split(
         assert not set(part["features"]) & set(bank["features"])
 
 
+def test_the_bank_model_carries_its_held_out_roc_curves(
+    trained: tuple[str, dict[str, Result], InMemoryNetwork],
+) -> None:
+    """The curves a chart beside other models draws: their areas are the reported AUCs."""
+    _, results, _ = trained
+    metrics = model(results, "bank")["metrics"]
+    for which, key in (("joint", "auc"), ("bank_only", "auc_bank_only")):
+        fpr, tpr = (np.array(metrics[which]["roc"][k]) for k in ("fpr", "tpr"))
+        assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+        assert area == pytest.approx(results["bank"].summary[key], abs=1e-12), which
+
+
 def test_providers_learn_no_label_or_feature_in_the_clear(
     finance: dict[str, Table], trained: tuple[str, dict[str, Result], InMemoryNetwork]
 ) -> None:

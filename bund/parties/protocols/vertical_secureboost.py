@@ -53,7 +53,7 @@ from bund.compute.learn import secureboost as sb
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.compute.zk.transcript import make_context
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
-from bund.parties.protocols.plots import png
+from bund.parties.protocols.plots import png, roc_points
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     FEATURE_HOLDER_NEEDS,
@@ -598,8 +598,13 @@ def _report(
             "false_negative": table.false_negative,
         }
         metrics |= {
-            "joint": {"auc": joint_auc, "ks": ks, "ks_threshold": ks_at},
-            "bank_only": {"auc": bank_auc, "ks": bank_ks},
+            "joint": {
+                "auc": joint_auc,
+                "ks": ks,
+                "ks_threshold": ks_at,
+                "roc": roc_points(y_test, z_test),
+            },
+            "bank_only": {"auc": bank_auc, "ks": bank_ks, "roc": roc_points(y_test, z_bank)},
         }
         artifacts["roc.png"] = _roc_chart(y_test, z_test, z_bank, joint_auc, bank_auc)
     model = {
