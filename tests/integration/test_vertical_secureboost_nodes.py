@@ -3,21 +3,28 @@
 The jobs of tests/protocols/test_vertical_secureboost.py, every message through the gRPC
 mailbox. Each side's policy must trust the other for the protocol (a deviating bank could read a
 provider's bins, a deviating provider probe the labels), so a node that does not is refused at
-admission, naming the risk.
+admission, naming the risk; the same for scoring. Deviating nodes (a modified role in one node's
+registry, the others honest): a bank whose Π^mod proof fails gets no histogram, and a provider
+that returns other rows than its winning split's fails the job at the bank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bund.compute import insecure
 from bund.parties.demo_data import generate_finance
 from bund.parties.follow import follow_job
+from bund.parties.jobs import JobContext, Result
 from bund.parties.lifecycle.states import JobState
+from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import vertical_secureboost as proto
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_faults import LIMITS, SMALL_KEYS
@@ -25,6 +32,8 @@ from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_vertical_lr import ROLES
 from tests.protocols.test_vertical_secureboost import make_spec, score_spec
+
+Role = Callable[[JobContext], Result | None]
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +90,20 @@ def test_secureboost_and_tree_scoring_between_three_nodes(
         own = json.loads(tax.result(job_id).artifacts["model.json"])
     assert set(own["features"]) <= set(data["tax_filings"].columns)
     assert "trees" not in own and "default_12m" not in json.dumps(own)
+
+    # Scores can reveal a provider's split sides (leaf indices in the low bits of leaf weights):
+    # a provider that trusts the bank for training only refuses to score.
+    def tax_trusts(pairs: list[tuple[str, str]]) -> None:
+        node_factory.write_config("tax", allowed=["bank", "registry"], tables=tables["tax"],
+                                  trusted_for=pairs)  # fmt: skip
+        node_factory.nodes["tax"].reload()
+
+    tax_trusts([("bank", "vertical_secureboost")])
+    with node_factory.client("bank") as bank:
+        refused = wait_final(bank, bank.submit(score_spec(job_id)))
+    assert refused.state is JobState.REFUSED
+    assert "tax" in refused.error and "trusted_for" in refused.error, refused.error
+    tax_trusts(trust("tax"))
     with node_factory.client("bank") as bank:
         scoring = bank.submit(score_spec(job_id))
         status = wait_final(bank, scoring, timeout=240)
@@ -128,3 +151,90 @@ def test_secureboost_resumes_after_kill_with_the_uninterrupted_model(
     reference = run_trees(f, None)
     resumed = run_trees(f, victim)
     assert resumed == reference  # bit for bit: every tree, leaf, split and metric
+
+
+class _Tampering:
+    """A deviating node's job context: every message whose tag matches is altered before sending."""
+
+    def __init__(
+        self, ctx: JobContext, matches: Callable[[str], bool], alter: Callable[[bytes], bytes]
+    ) -> None:
+        self._ctx, self._matches, self._alter = ctx, matches, alter
+
+    def send(self, peer: str, tag: str, payload: bytes) -> None:
+        self._ctx.send(peer, tag, self._alter(payload) if self._matches(tag) else payload)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+def deviating(role: str, matches: Callable[[str], bool], alter: Callable[[bytes], bytes]) -> Any:
+    """``vertical_secureboost`` with ``role`` altering the messages ``matches`` selects."""
+    honest: Role = proto.DEFINITION.roles[role]
+
+    def run(ctx: JobContext) -> Result | None:
+        return honest(_Tampering(ctx, matches, alter))
+
+    roles = {**proto.DEFINITION.roles, role: run}
+    return {**PROTOCOLS, "vertical_secureboost": dataclasses.replace(proto.DEFINITION, roles=roles)}
+
+
+def start_three(f: NodeFactory, registries: dict[str, Any]) -> None:
+    data = generate_finance(1500, 11)
+    for party, dataset in ROLES.items():
+        others = [p for p in ROLES if p != party]
+        f.start(
+            party, allowed=others, tables={dataset: data[dataset]}, trusted_for=trust(party),
+            registry=registries.get(party),
+        )  # fmt: skip
+
+
+def sent_tags(f: NodeFactory, party: str, job_id: str) -> list[str]:
+    """The tags of every message ``party``'s node recorded sending for ``job_id``."""
+    records = f.nodes[party].audit_store.read()
+    return [
+        str(r.fields["tag"]) for r in records if r.job_id == job_id and r.event == "message_sent"
+    ]
+
+
+@pytest.mark.usefixtures("small_keys")
+def test_a_bank_node_whose_modulus_proof_fails_gets_no_histogram(node_factory: NodeFactory) -> None:
+    """The bank's node sends its key with a corrupted Π^mod proof (as a bank would whose modulus
+    let it undo weak re-randomisation): both providers' nodes refuse before any histogram."""
+
+    def break_proof(payload: bytes) -> bytes:
+        key, proof = proto.decode_key(payload)
+        return proto.encode_key(key, proof[:-40] + bytes(40))
+
+    start_three(
+        node_factory, {"bank": deviating("label_holder", lambda tag: tag == "vsb/key", break_proof)}
+    )
+    with node_factory.client("bank") as bank:
+        job_id = bank.submit(make_spec(n_estimators=1))
+        assert wait_final(bank, job_id, timeout=240).state in (JobState.FAILED, JobState.ABORTED)
+    for provider in ("tax", "registry"):
+        with node_factory.client(provider) as c:
+            status = wait_final(c, job_id, timeout=120)
+        assert status.state is JobState.FAILED and "proof" in status.error.lower(), status.error
+        tags = sent_tags(node_factory, provider, job_id)
+        assert not [t for t in tags if t.startswith(("vsb/h/", "vsb/m/"))], tags
+
+
+@pytest.mark.usefixtures("small_keys")
+def test_a_provider_node_that_lies_about_its_partition_is_caught(node_factory: NodeFactory) -> None:
+    """The tax bureau's node wins nodes and returns the opposite rows: the bank's node checks the
+    partition against the histogram sums of the split it chose and fails the job."""
+
+    def flip(payload: bytes) -> bytes:
+        parts = proto.decode_parts(payload)
+        return proto.encode_parts(
+            [(node, picked, lookup, ~left) for node, (picked, lookup, left) in parts.items()]
+        )
+
+    lie = deviating("feature_holder", lambda tag: tag.startswith("vsb/part/"), flip)
+    start_three(node_factory, {"tax": lie, "registry": lie})
+    with node_factory.client("bank") as bank:
+        job_id = bank.submit(make_spec(n_estimators=2))
+        status = wait_final(bank, job_id, timeout=240)
+    assert status.state is JobState.FAILED and "does not match" in status.error, status.error
+    assert not [t for t in sent_tags(node_factory, "bank", job_id) if t.startswith("vsb/tree/1")]
