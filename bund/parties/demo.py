@@ -100,8 +100,9 @@ cutoff = 0.2
 """
 #: The same workflow with gradient-boosted trees (``examples/credit/workflow-trees.toml``): the
 #: same seed and held-out fraction, so both models are measured on the same held-out rows. Three
-#: trees of depth 3 keep it short with 2048-bit keys (each tree encrypts every training row's
-#: gradients); on the demo data more trees do not raise the held-out AUC.
+#: trees of depth 3 at η = 0.5 keep it short with 2048-bit keys (each tree encrypts every training
+#: row's gradients): on the demo data the plaintext reference's held-out AUC is 0.786 with them,
+#: 0.781 with eight trees at η = 0.3.
 CREDIT_TREES_WORKFLOW = CREDIT_WORKFLOW.replace(
     'purpose = "', 'model = "secureboost"\npurpose = "'
 ).replace(
