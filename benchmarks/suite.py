@@ -38,6 +38,7 @@ KERNELS: dict[str, str] = {
     "psi": "benchmarks.bench_psi",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
+    "secureboost": "benchmarks.bench_secureboost",
     "fed": "benchmarks.bench_fed",
     "scaling": "benchmarks.bench_scaling",
     "witness": "benchmarks.bench_witness",

@@ -54,6 +54,11 @@ NUMPY_RANDOM_ALLOWED: dict[str, str] = {
         "orders mini-batches and splits train/test rows from the job's public seed, which every "
         "party must reproduce; it protects nothing"
     ),
+    "bund/compute/learn/secureboost.py": (
+        "picks each tree's rows (subsample) and each party's features (colsample_bytree) from the "
+        "job's public seed, which the bank and every provider must reproduce alike; it protects "
+        "nothing"
+    ),
     "bund/compute/learn/risk_model.py": (
         "draws the initial weights of a plaintext model that its owner fits on its own data; "
         "the weights are no secret from anyone who runs the fit"

@@ -49,7 +49,7 @@ from bund.compute import ou
 from bund.compute import paillier as pl
 from bund.compute.encoding import PackingLayout, pack_slots, squeeze_slots
 from bund.compute.executor import Executor
-from bund.compute.modexp import as_ints
+from bund.compute.modexp import as_ints, bucket_products, divide_mod, prefix_products
 from bund.compute.zk.mod import ModProof, prove_mod, verify_mod
 from bund.compute.zk.randomness import FullRandomness
 
@@ -255,6 +255,32 @@ class HeVector(ABC):
     @abstractmethod
     def rerandomised(self, source: HeEncryptor) -> Self:
         """The same plaintexts under fresh randomness from ``source``."""
+
+    @abstractmethod
+    def __sub__(self, other: Self) -> Self:
+        """Element-wise difference (same key and exponent)."""
+
+    @abstractmethod
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> Self:
+        """Encrypted sums per group ``g`` and bucket ``b < widths[g]`` (``modexp.bucket_products``).
+
+        ``buckets[g][i]`` is the bucket of element ``i`` in group ``g`` (a feature's bins); the
+        result has ``sum(widths)`` elements, not fresh (an empty bucket is the trivial
+        encryption of 0): serialisation re-randomises it.
+        """
+
+    @abstractmethod
+    def prefix_sums(self, lengths: Sequence[int]) -> Self:
+        """Running sums within consecutive groups of ``lengths`` elements (cumulative bin sums)."""
+
+    @abstractmethod
+    def take(self, indices: Sequence[int]) -> Self:
+        """The elements at ``indices``, in that order (a shuffle, a selection)."""
 
     @abstractmethod
     def to_bytes(self, source: HeEncryptor) -> bytes:
@@ -621,6 +647,33 @@ class _PaillierVector(HeVector):
         inner = _require(source, _PaillierEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
 
+    def _raw(self, cts: Sequence[Any], fresh: bool = False) -> _PaillierVector:
+        v = self.vector
+        return self._wrap(pl.EncryptedVector(v.public_key, tuple(cts), v.frac_bits, fresh))
+
+    def __sub__(self, other: _PaillierVector) -> _PaillierVector:
+        right = _require(other, _PaillierVector, "a vector").vector
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in (self.vector, right)])
+        n2 = self.vector.public_key.n_square
+        return self._raw(divide_mod(n2, self.vector.ciphertexts, right.ciphertexts))
+
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> _PaillierVector:
+        n2 = self.vector.public_key.n_square
+        return self._raw(bucket_products(n2, self.vector.ciphertexts, buckets, widths, executor))
+
+    def prefix_sums(self, lengths: Sequence[int]) -> _PaillierVector:
+        n2 = self.vector.public_key.n_square
+        return self._raw(prefix_products(n2, self.vector.ciphertexts, lengths))
+
+    def take(self, indices: Sequence[int]) -> _PaillierVector:
+        cts = self.vector.ciphertexts
+        return self._raw([cts[i] for i in indices], self.vector.fresh)
+
     def to_bytes(self, source: HeEncryptor) -> bytes:
         return self.vector.to_bytes(_require(source, _PaillierEncryptor, "a source").source)
 
@@ -936,6 +989,34 @@ class _OuVector(HeVector):
     def rerandomised(self, source: HeEncryptor) -> _OuVector:
         inner = _require(source, _OuEncryptor, "a randomness source").source
         return self._wrap(self.vector.rerandomized(inner))
+
+    def _raw(self, cts: Sequence[Any], fresh: bool = False) -> _OuVector:
+        v = self.vector
+        return self._wrap(ou.EncryptedVector(v.public_key, tuple(cts), v.frac_bits, fresh))
+
+    def __sub__(self, other: _OuVector) -> _OuVector:
+        right = _require(other, _OuVector, "a vector").vector
+        _check_joinable([(p.public_key.n, p.frac_bits) for p in (self.vector, right)])
+        n = self.vector.public_key.n
+        return self._raw(divide_mod(n, self.vector.ciphertexts, right.ciphertexts))
+
+    def histogram(
+        self,
+        buckets: Sequence[Sequence[int]] | Any,
+        widths: Sequence[int],
+        executor: Executor | None = None,
+    ) -> _OuVector:
+        n = self.vector.public_key.n
+        return self._raw(bucket_products(n, self.vector.ciphertexts, buckets, widths, executor))
+
+    def prefix_sums(self, lengths: Sequence[int]) -> _OuVector:
+        return self._raw(
+            prefix_products(self.vector.public_key.n, self.vector.ciphertexts, lengths)
+        )
+
+    def take(self, indices: Sequence[int]) -> _OuVector:
+        cts = self.vector.ciphertexts
+        return self._raw([cts[i] for i in indices], self.vector.fresh)
 
     def to_bytes(self, source: HeEncryptor) -> bytes:
         return self.vector.to_bytes(_require(source, _OuEncryptor, "a source").source)

@@ -380,6 +380,97 @@ def squeeze_mod(modulus: Mpz, bases: Sequence[Mpz], width: int) -> Mpz:
     return acc
 
 
+def _bucket_task(task: tuple[Mpz, Sequence[Mpz], list[list[int]], list[int]]) -> list[Mpz]:
+    modulus, bases, groups, widths = task
+    out: list[Mpz] = []
+    with released_gil():
+        for buckets, width in zip(groups, widths, strict=True):
+            acc: list[Mpz | None] = [None] * width
+            for c, b in zip(bases, buckets, strict=True):
+                a = acc[b]
+                acc[b] = c if a is None else a * c % modulus
+            out.extend(ONE if a is None else a for a in acc)
+    return out
+
+
+def bucket_products(
+    modulus: Mpz,
+    bases: Sequence[Mpz],
+    buckets: Sequence[Sequence[int]] | Any,
+    widths: Sequence[int],
+    executor: Executor | None = None,
+) -> list[Mpz]:
+    """Per group ``g`` and bucket ``b < widths[g]``: ``Π_{i: buckets[g][i] = b} bases[i]``.
+
+    An encrypted histogram: with ``buckets[g]`` the bins of feature ``g`` and ``bases`` the
+    ciphertexts of the rows, each product encrypts the sum of the rows in that bin. One
+    multiplication per row and group (the first row of a bucket is taken as it is); an empty
+    bucket is 1, the trivial encryption of 0, so a caller re-randomises before anything leaves.
+
+    Args:
+        modulus: The group's modulus.
+        bases: One value per row.
+        buckets: One row of bucket indices per group (a list of lists or a 2-D integer array),
+            each as long as ``bases`` with values in ``[0, widths[g])``.
+        widths: Buckets per group.
+        executor: Where the groups run, in even batches.
+
+    Returns:
+        ``sum(widths)`` products, group after group.
+
+    Raises:
+        ValueError: If a group's length or a bucket index is out of range.
+    """
+    tolist = getattr(buckets, "tolist", None)
+    rows: list[list[int]] = tolist() if callable(tolist) else [list(b) for b in buckets]
+    if len(rows) != len(widths):
+        raise ValueError(f"{len(rows)} groups of buckets but {len(widths)} widths")
+    for row, width in zip(rows, widths, strict=True):
+        if len(row) != len(bases) or (row and not 0 <= min(row) <= max(row) < width):
+            raise ValueError("each group has one bucket in [0, width) per base")
+    executor = executor or InlineExecutor()
+    index = list(range(len(rows)))
+    parts = [p for p in split_evenly(index, executor.workers) if p]
+    tasks = [(modulus, bases, [rows[g] for g in part], [widths[g] for g in part]) for part in parts]
+    return [c for part in executor.map(_bucket_task, tasks) for c in part]
+
+
+def prefix_products(modulus: Mpz, values: Sequence[Mpz], lengths: Sequence[int]) -> list[Mpz]:
+    """Running products within consecutive groups: group ``g`` takes the next ``lengths[g]``.
+
+    Of encrypted bin sums, the cumulative sums (every candidate split's left sums).
+
+    Raises:
+        ValueError: If the lengths do not add up to the number of values.
+    """
+    if sum(lengths) != len(values) or min(lengths, default=1) < 0:
+        raise ValueError("the group lengths add up to the number of values")
+    out: list[Mpz] = []
+    at = 0
+    with released_gil():
+        for length in lengths:
+            acc = ONE
+            for c in values[at : at + length]:
+                acc = c if acc is ONE else acc * c % modulus
+                out.append(acc)
+            at += length
+    return out
+
+
+def divide_mod(modulus: Mpz, a: Sequence[Mpz], b: Sequence[Mpz]) -> list[Mpz]:
+    """Element-wise ``a_i · b_i^(-1) mod modulus``: encryptions of the differences.
+
+    Raises:
+        ValueError: If the lengths differ.
+        ZeroDivisionError: If some ``b_i`` is not invertible.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"cannot subtract {len(b)} values from {len(a)}")
+    with released_gil():
+        inverses = batch_invert(list(b), modulus)
+        return [x * y % modulus for x, y in zip(a, inverses, strict=True)]
+
+
 class PrecomputedPool(Generic[T]):
     """Values computed ahead by ``make(count, executor)``; each is handed out exactly once.
 

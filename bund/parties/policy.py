@@ -13,11 +13,13 @@ level                  protocols                              outputs
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
 confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, serving_contract,      dp_aggregate, model, score
+                       vertical_score, vertical_secureboost,  dp_aggregate, model, score
+                       vertical_tree_score, serving_contract,
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
 restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
-                       vertical_score, serving_contract,      score (never which individuals)
+                       vertical_score, vertical_secureboost,  score (never which individuals)
+                       vertical_tree_score, serving_contract,
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
 =====================  =====================================  ==================================
@@ -73,6 +75,8 @@ _PROTECTED_PROTOCOLS = frozenset(
         "vertical_lr",
         "vertical_score",
         "serving_contract",
+        "vertical_secureboost",
+        "vertical_tree_score",
         "dp_stats",
         "ckks_scoring",
         "paillier_scoring",

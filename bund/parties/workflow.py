@@ -2,7 +2,9 @@
 
 ``credit-model`` is the inclusive-finance chain of issue 5: joint WOE/IV screening (``woe_iv``),
 then vertical logistic regression with its held-out evaluation (``vertical_lr``), then scoring of
-new applicants with the model just trained (``vertical_score``). Each step is an ordinary job,
+new applicants with the model just trained (``vertical_score``); with ``model = "secureboost"``
+the model is gradient-boosted trees (``vertical_secureboost``, scored by
+``vertical_tree_score``). Each step is an ordinary job,
 submitted through :class:`bund.parties.client.NodeClient` to the requester's (the bank's) own node,
 authorised by every participant's policy and approvers, audited, and waited for; the chain stops
 at the first step that does not succeed and says which, why, and what did not run.
@@ -36,12 +38,20 @@ if TYPE_CHECKING:
 
 LABEL_HOLDER = "label_holder"
 FEATURE_HOLDER = "feature_holder"
-#: The steps of ``credit-model``: (name, protocol, what it does).
+#: The steps of ``credit-model``: (name, protocol, what it does), with the logistic model.
 CREDIT_STEPS = (
     ("screening", "woe_iv", "WOE/IV screening of the providers' features"),
     ("training", "vertical_lr", "vertical logistic regression and its evaluation"),
     ("scoring", "vertical_score", "scoring of new applicants"),
 )
+#: The steps with the tree model (``model = "secureboost"``).
+TREE_STEPS = (
+    CREDIT_STEPS[0],
+    ("training", "vertical_secureboost", "vertical gradient-boosted trees and their evaluation"),
+    ("scoring", "vertical_tree_score", "scoring of new applicants with the trees"),
+)
+#: The workflow file's ``model`` -> its steps.
+MODELS = {"logistic": CREDIT_STEPS, "secureboost": TREE_STEPS}
 
 
 class WorkflowSpecError(BundError):
@@ -71,6 +81,12 @@ class CreditWorkflow:
     bank: CreditParty
     providers: tuple[CreditParty, ...]
     params: Mapping[str, Mapping[str, JsonScalar]]
+    model: str = "logistic"
+
+    @property
+    def steps(self) -> tuple[tuple[str, str, str], ...]:
+        """The steps of this workflow's model: (name, protocol, what it does)."""
+        return MODELS[self.model]
 
     def spec(self, step: str, model_job: str = "") -> JobSpec:
         """The job spec of ``step`` (``model_job``: the training job's id, for scoring).
@@ -78,7 +94,7 @@ class CreditWorkflow:
         Raises:
             InvalidJobSpecError: If the spec is invalid (a bad name or parameter).
         """
-        protocol = {s: p for s, p, _ in CREDIT_STEPS}[step]
+        protocol = {s: p for s, p, _ in self.steps}[step]
         scoring = step == "scoring"
         params = dict(self.params.get(step, {}))
         if scoring:
@@ -144,11 +160,20 @@ class CreditWorkflowFile(StrictModel):
         default="credit-model", description="the workflow this file describes"
     )
     purpose: Text = Field(description="why the credit model is built")
+    model: Literal["logistic", "secureboost"] = Field(
+        default="logistic",
+        description="the joint model: logistic regression (vertical_lr) or gradient-boosted "
+        "trees (vertical_secureboost, scored by vertical_tree_score)",
+    )
     bank: _Member = Field(description="this node's party: labels, the key, the scores")
     providers: list[_Provider] = Field(description="the feature providers, one [[providers]] each")
     screening: StepParams = Field(default_factory=dict, description="woe_iv parameters")
-    training: StepParams = Field(default_factory=dict, description="vertical_lr parameters")
-    scoring: StepParams = Field(default_factory=dict, description="vertical_score parameters")
+    training: StepParams = Field(
+        default_factory=dict, description="vertical_lr (or vertical_secureboost) parameters"
+    )
+    scoring: StepParams = Field(
+        default_factory=dict, description="vertical_score (or vertical_tree_score) parameters"
+    )
 
 
 def _party(member: _Member, party: str) -> CreditParty:
@@ -189,8 +214,9 @@ def parse_credit_workflow(doc: Mapping[str, Any], requester: str, where: str) ->
         _party(file.bank, requester),
         tuple(_party(p, p.party) for p in file.providers),
         {"screening": file.screening, "training": file.training, "scoring": file.scoring},
+        file.model,
     )
-    for step, protocol, _ in CREDIT_STEPS:
+    for step, protocol, _ in workflow.steps:
         try:
             PROTOCOLS[protocol].validate(workflow.spec(step, "0" * 32))
         except BundError as exc:
@@ -304,7 +330,7 @@ def run_credit_model(
             not run), or that a participant's node refuses at submission.
     """
     outcome = WorkflowOutcome()
-    names = [s for s, _, _ in CREDIT_STEPS]
+    names = [s for s, _, _ in workflow.steps]
     with Progress(
         TextColumn("{task.fields[step]:<10}"),
         TextColumn("[bold]{task.fields[state]:<17}[/]"),
@@ -318,9 +344,9 @@ def run_credit_model(
             s: progress.add_task(
                 what, start=False, total=None, step=s, state="pending", phase="", count=""
             )
-            for s, _, what in CREDIT_STEPS
+            for s, _, what in workflow.steps
         }
-        for n, (step, protocol, _) in enumerate(CREDIT_STEPS, start=1):
+        for n, (step, protocol, _) in enumerate(workflow.steps, start=1):
             later = f"; {', '.join(names[n:])} did not run" if n < len(names) else ""
             model_job = outcome.step("training").job_id if step == "scoring" else ""
             spec = workflow.spec(step, model_job)
@@ -380,9 +406,10 @@ def _headline(step: StepOutcome) -> str:
         top = ", ".join(f"{name} {iv:.3f}" for iv, name in ivs[:5])
         return f"screening ({step.job_id}): strongest features by IV: {top or 'none'}"
     if step.name == "training":
+        rounds = f"{s['trees']} trees" if "trees" in s else f"{s.get('epochs_run')} epochs"
         return (
             f"training ({step.job_id}): {s.get('aligned_rows')} aligned rows, "
-            f"{s.get('epochs_run')} epochs; held-out AUC joint {s.get('auc'):.3f} vs bank-only "
+            f"{rounds}; held-out AUC joint {s.get('auc'):.3f} vs bank-only "
             f"{s.get('auc_bank_only'):.3f}"
         )
     return (

@@ -11,7 +11,9 @@ from benchmarks import suite
 from bund.compute import insecure
 
 #: The families run here in quick mode (the others have their own benchmark tests).
-FAMILIES = ("paillier", "ou", "ckks", "fed", "ckks_scoring", "vertical_lr", "witness")
+FAMILIES = (
+    "paillier", "ou", "ckks", "fed", "ckks_scoring", "vertical_lr", "secureboost", "witness",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,12 @@ def test_missing_families_are_skipped_and_unknown_ones_refused(
     assert report["rows"] == [] and "psi" in report["skipped"]
     with pytest.raises(ValueError, match="unknown kernel family"):
         suite.main("gpu", True, None, None)
+
+
+def test_secureboost_rows_carry_the_xgboost_ratio(reports: tuple[Path, dict[str, dict]]) -> None:
+    rows = reports[1]["secureboost"]["rows"]
+    assert {row["kernel"] for row in rows} == {"tree_paillier", "tree_ou"}
+    for row in rows:
+        assert row["ratio_vs_xgboost"] > 0 and row["core_seconds_per_tree"] > 0
+        assert abs(sum(row["share_cpu"].values()) - 1) < 0.2  # the phases account for the tree
+        assert row["packed_ciphertexts"] > 0 and row["bytes"] > 0

@@ -1,10 +1,10 @@
 """The canary test of issue 9: planted ids and values, and every secret key, stay with their owner.
 
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
-protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score and a serving_contract (one
-request, then its total limit ends it) between the bank and its providers; dp_stats, fed_dp_sgd,
-ckks_scoring, paillier_scoring and cox_ph between the hospitals and the insurer. Their datasets
-carry canaries:
+protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score, vertical_secureboost,
+vertical_tree_score and a serving_contract (one request, then its total limit ends it) between the
+bank and its providers; dp_stats, fed_dp_sgd, ckks_scoring, paillier_scoring and cox_ph between
+the hospitals and the insurer. Their datasets carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -81,6 +81,8 @@ from tests.protocols.test_fed_dp_sgd import spec as fed_spec
 from tests.protocols.test_vertical_lr import make_spec as vlr_spec
 from tests.protocols.test_vertical_lr import trust_of
 from tests.protocols.test_vertical_score import score_spec
+from tests.protocols.test_vertical_secureboost import make_spec as vsb_spec
+from tests.protocols.test_vertical_secureboost import score_spec as tree_score_spec
 from tests.protocols.test_woe_iv import make_spec as woe_spec
 
 FINANCE_DATASETS = {
@@ -615,8 +617,10 @@ def start_nodes(
     """The seven nodes, each with its own canary-planted datasets; returns the datasets."""
     finance, health = finance_tables(), health_tables()
     for party, tables in finance.items():
-        others = [p for p in finance if p != party]
-        factory.start(party, allowed=others, tables=tables, trusted_for=trust_of(party))
+        factory.start(
+            party, allowed=[p for p in finance if p != party], tables=tables,
+            trusted_for=[*trust_of(party), *secureboost_trust(party)],
+        )  # fmt: skip
     for h, table in health.items():
         others = [p for p in (*HOSPITALS, "insurer") if p != h]
         factory.start(
@@ -626,6 +630,13 @@ def start_nodes(
         )  # fmt: skip
     factory.start("insurer", allowed=list(HOSPITALS), tables={"risk_model": model})
     return finance, health
+
+
+def secureboost_trust(party: str) -> list[tuple[str, str]]:
+    """SecureBoost rests on each side following it: the policies say so (the doc says why)."""
+    if party == "bank":
+        return [(p, "vertical_secureboost") for p in ("tax", "registry")]
+    return [("bank", "vertical_secureboost"), ("bank", "vertical_tree_score")]
 
 
 def run_jobs(
@@ -698,6 +709,13 @@ def run_jobs(
             status = wait_final(bank, jobs[name][1], timeout=240)
             assert status.state is JobState.SUCCEEDED, (name, status.error)
         jobs["vertical_score"] = ("bank", bank.submit(score_spec(jobs["vertical_lr"][1])))
+        trees = vsb_spec(n_estimators=2, max_depth=2)
+        jobs["vertical_secureboost"] = ("bank", bank.submit(trees))
+        status = wait_final(bank, jobs["vertical_secureboost"][1], timeout=240)
+        assert status.state is JobState.SUCCEEDED, ("vertical_secureboost", status.error)
+        factory.wait_closed(jobs["vertical_secureboost"][1])  # the providers hold their parts
+        tree_scores = tree_score_spec(jobs["vertical_secureboost"][1])
+        jobs["vertical_tree_score"] = ("bank", bank.submit(tree_scores))
         one = len(SHARED_APPLICANTS)
         contract = serving_spec(jobs["vertical_lr"][1], max_batch=one, max_total=one)
         jobs["serving_contract"] = ("bank", bank.submit(contract))

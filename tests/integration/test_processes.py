@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from bund.parties.demo import (
     PARTIES,
     SURVIVAL_QUERY,
     DemoOutcome,
+    DemoParty,
     cox_spec,
     dp_spec,
     run_demo,
@@ -83,6 +85,36 @@ def test_demo_psi_between_node_processes_matches_plaintext(demo: tuple[DemoOutco
     scores = outcome.root / "bank" / "credit-results" / "scoring" / "scores.csv"
     assert len(scores.read_text().splitlines()) == DEMO_APPLICANTS + 1
     assert "bank only" in text and "joint" in text and "AUC" in text
+
+
+def test_demo_trees_beside_logistic_regression(demo: tuple[DemoOutcome, str]) -> None:
+    outcome, text = demo
+    assert list(outcome.credit_trees) == ["screening", "training", "scoring"]
+    lr, trees = outcome.credit["training"], outcome.credit_trees["training"]
+    assert trees["test_rows"] == lr["test_rows"] and trees["aligned_rows"] == lr["aligned_rows"]
+    assert trees["auc"] > lr["auc_bank_only"] + 0.05, (trees, lr)  # type: ignore[operator]
+    scoring = outcome.credit_trees["scoring"]
+    assert scoring["applicants"] == DEMO_APPLICANTS
+    assert scoring["scored"] == outcome.credit["scoring"]["scored"]
+    results = outcome.root / "bank" / "credit-results"
+    assert (results / "roc-models.png").read_bytes()[:8] == PNG_MAGIC
+    bank_view = json.loads((results / "trees" / "training" / "model.json").read_text())
+    providers = {p.name for p in PARTIES[1:]}
+    assert set(bank_view["importance"]["providers"]) == providers
+    assert not set(bank_view["importance"]["gain"]) & _columns(outcome, PARTIES[1:])
+    for name in ("bank-only LR", "joint LR", "joint trees", "feature importance"):
+        assert name in text, name
+    assert f"{trees['auc']:.3f}" in text and f"{lr['auc']:.3f}" in text
+    assert all(f"{p} (all its features)" in text for p in providers)
+
+
+def _columns(outcome: DemoOutcome, parties: tuple[DemoParty, ...]) -> set[str]:
+    """The feature columns of ``parties``' datasets (their ids excluded)."""
+    out: set[str] = set()
+    for party in parties:
+        with (outcome.data_dir / party.csv).open(encoding="utf-8", newline="") as f:
+            out |= set(next(csv.reader(f))) - {party.id_column}
+    return out
 
 
 def test_every_demo_node_log_verified_and_reconciled(demo: tuple[DemoOutcome, str]) -> None:

@@ -477,6 +477,7 @@ REQUIRED = {
         "max_daily": "1000",
     },
     "cox_ph": {"features": '"age,bmi_kg_m2"', "upper": '"2190"', "bins": "6"},
+    "vertical_tree_score": {"model_job": '"' + "ab" * 16 + '"'},
 }
 
 
@@ -589,3 +590,22 @@ def test_bund_errors_never_escape_as_tracebacks(tmp_path: Path) -> None:
         assert not result.ok and all(line.startswith(f"{path}") for line in result.errors)
     with pytest.raises(BundError):
         load_config(write(tmp_path, "node.toml", "peers = 3"))
+
+
+def test_the_tree_workflow_trains_and_scores_with_secureboost(tmp_path: Path) -> None:
+    workflow = load_credit_workflow(EXAMPLES / "workflow-trees.toml", "bank")
+    assert [p for _, p, _ in workflow.steps] == [
+        "woe_iv",
+        "vertical_secureboost",
+        "vertical_tree_score",
+    ]
+    assert workflow.spec("training").protocol == "vertical_secureboost"
+    assert workflow.spec("training").params["n_estimators"] == 30
+    assert workflow.spec("scoring", "0" * 32).protocol == "vertical_tree_score"
+    text = (EXAMPLES / "workflow-trees.toml").read_text(encoding="utf-8")
+    path = write(tmp_path, "wf.toml", text.replace("n_estimators = 30", "epochs = 30"))
+    with pytest.raises(WorkflowSpecError, match=r"training \(vertical_secureboost\).*'epochs'"):
+        load_credit_workflow(path, "bank")
+    path = write(tmp_path, "wf.toml", text.replace('model = "secureboost"', 'model = "forest"'))
+    with pytest.raises(WorkflowSpecError, match="model"):
+        load_credit_workflow(path, "bank")

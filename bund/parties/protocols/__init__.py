@@ -15,6 +15,8 @@ from bund.parties.protocols import (
     serving_contract,
     vertical_lr,
     vertical_score,
+    vertical_secureboost,
+    vertical_tree_score,
     woe_iv,
 )
 from bund.parties.schema import did_you_mean
@@ -33,6 +35,8 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,
         serving_contract.DEFINITION,
+        vertical_secureboost.DEFINITION,
+        vertical_tree_score.DEFINITION,
     )
 }
 

@@ -1,4 +1,4 @@
-"""Charts in protocol results: PNG rendering, and the federated training curves."""
+"""Charts in protocol results: PNG rendering, the federated training curves and ROC curves."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import io
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
+
+import numpy.typing as npt
+
+from bund.compute.learn.metrics import roc_curve
 
 
 def png(figure: Any) -> bytes:
@@ -77,5 +81,32 @@ def forest_plot(rows: Sequence[tuple[str, float, float, float]], title: str) -> 
     axes.set_yticks(y, [f"{name}  {hr:.3g} ({low:.3g}–{high:.3g})" for name, hr, low, high in rows])
     axes.set_xlabel("hazard ratio per unit (95 % interval: sampling and DP noise)")
     axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return png(figure)
+
+
+def roc_points(y: npt.ArrayLike, scores: npt.ArrayLike) -> dict[str, list[float]]:
+    """The ROC curve of ``scores`` against 0/1 labels ``y`` as JSON lists ``fpr`` and ``tpr``.
+
+    Training results carry their held-out curves this way so that a chart can set several models
+    side by side (the demo draws both joint credit models in one) without their scores.
+    """
+    curve = roc_curve(y, scores)
+    return {"fpr": curve.fpr.tolist(), "tpr": curve.tpr.tolist()}
+
+
+def roc_chart(curves: Sequence[tuple[str, Mapping[str, Sequence[float]]]], title: str) -> bytes:
+    """ROC curves (label, ``roc_points``) in one chart, with the diagonal of a random score."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5))
+    axes = figure.add_subplot()
+    for label, points in curves:
+        axes.plot(points["fpr"], points["tpr"], label=label, drawstyle="steps-post")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("false-positive rate")
+    axes.set_ylabel("true-positive rate")
+    axes.set_title(title)
+    axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     return png(figure)

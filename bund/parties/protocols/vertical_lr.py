@@ -52,7 +52,7 @@ from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
-from bund.parties.protocols.plots import png
+from bund.parties.protocols.plots import png, roc_points
 from bund.parties.protocols.proved_key import recv_proved_key, send_proved_key
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
@@ -499,8 +499,13 @@ def _report(
         "note": "on the bank's standardised, clipped features; providers keep their own weights",
         "losses": losses,
         "metrics": {
-            "joint": {"auc": joint_auc, "ks": ks, "ks_threshold": ks_at},
-            "bank_only": {"auc": bank_auc, "ks": bank_ks},
+            "joint": {
+                "auc": joint_auc,
+                "ks": ks,
+                "ks_threshold": ks_at,
+                "roc": roc_points(y_test, z_test),
+            },
+            "bank_only": {"auc": bank_auc, "ks": bank_ks, "roc": roc_points(y_test, z_bank)},
         },
     }
     artifacts = {
