@@ -141,6 +141,7 @@ def test_cancelling_while_awaiting_approval_calls_the_job_off_everywhere(loop: L
     _pair(loop, PartySetup({"filings": ROWS}, approvals=True))
     job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]
     loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    loop.wait_state("bank", job, JobState.ACCEPTED)  # the requester accepted its own job
     loop.managers["bank"].cancel(job, "bank", "wrong period")
     assert loop.wait("bank", job).state is JobState.ABORTED
     assert loop.wait("tax", job).state is JobState.REFUSED  # called off before it ran
