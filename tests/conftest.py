@@ -163,18 +163,20 @@ class NodeFactory:
         audit: str = "",
         release_scores_to: Sequence[str] = (),
         trusted_for: Sequence[tuple[str, str]] = (),
+        exact_aggregates_to: Sequence[str] = (),
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
         may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
-        node.toml's ``[audit]`` table; ``release_scores_to`` and ``trusted_for`` as in
-        :meth:`write_config`.
+        node.toml's ``[audit]`` table; ``release_scores_to``, ``trusted_for`` and
+        ``exact_aggregates_to`` as in :meth:`write_config`.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
             budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
             release_scores_to=release_scores_to, trusted_for=trusted_for,
+            exact_aggregates_to=exact_aggregates_to,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 
@@ -208,11 +210,13 @@ class NodeFactory:
         trusted_for: Sequence[tuple[str, str]] = (),
         release_scores_to: Sequence[str] = (),
         audit: str = "",
+        exact_aggregates_to: Sequence[str] = (),
     ) -> Path:
         """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path.
 
         ``trusted_for`` holds (counterparty, protocol) pairs the policy trusts;
-        ``release_scores_to`` who may receive per-record scores of every dataset; ``audit`` adds
+        ``release_scores_to`` who may receive per-record scores of every dataset;
+        ``exact_aggregates_to`` who may ask noise-free survival and Cox aggregates; ``audit`` adds
         lines to node.toml's ``[audit]`` table (``witness_interval_s = 0.2``).
         """
         home = self.workdir / name
@@ -226,6 +230,7 @@ class NodeFactory:
                 budget_epsilon,
                 budget_delta,
                 tuple(release_scores_to),
+                tuple(exact_aggregates_to),
             )
             for ds, table in {**given, **(tables or {})}.items()
         )

@@ -495,6 +495,21 @@ class OwnerTerms(Protocol):
         """The columns of ``dataset`` that single out a person, for a job binding ``bindings``."""
         ...
 
+    def exact_aggregates_to(self, dataset: str) -> frozenset[str]:
+        """The counterparties that may receive noise-free aggregates of ``dataset``."""
+        ...
+
+
+def not_allowed_exact(spec: JobSpec, party: str, policy: OwnerTerms) -> list[str]:
+    """Who would get noise-free aggregates of ``party``'s data without its policy naming them.
+
+    The requester and every receiver other than ``party`` itself must be named in
+    ``exact_aggregates_to`` of ``party``'s dataset; the ones that are not, sorted.
+    """
+    dataset = spec.participant(party).dataset
+    allowed = frozenset() if dataset is None else policy.exact_aggregates_to(dataset)
+    return sorted({spec.requester, *spec.receivers} - {party} - allowed)
+
 
 def no_owner_checks(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
     """The owner's checks of a protocol that asks nothing more of a data owner's policy."""

@@ -123,6 +123,8 @@ class DatasetPolicy:
     budget: Budget = field(default_factory=Budget)
     #: Who may receive per-record scores of this dataset when it is restricted-personal.
     release_scores_to: frozenset[str] = frozenset()
+    #: Who may ask for and receive noise-free survival, log-rank and Cox aggregates of it.
+    exact_aggregates_to: frozenset[str] = frozenset()
     #: The most ε one job may charge this dataset (None: up to the total).
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
@@ -273,6 +275,11 @@ class Policy:
         entry = self.datasets.get(dataset)
         return frozenset() if entry is None else entry.identifying(bindings)
 
+    def exact_aggregates_to(self, dataset: str) -> frozenset[str]:
+        """Who may receive noise-free survival, log-rank and Cox aggregates of ``dataset``."""
+        entry = self.datasets.get(dataset)
+        return frozenset() if entry is None else entry.exact_aggregates_to
+
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
         if size < self.cohort_floor:
@@ -333,6 +340,11 @@ class _Dataset(StrictModel):
     release_scores_to: list[Name] = Field(
         default_factory=list,
         description="who may receive per-record scores of a restricted-personal dataset",
+    )
+    exact_aggregates_to: list[Name] = Field(
+        default_factory=list,
+        description="counterparties that may ask for and receive noise-free (noise = 'off') "
+        "survival, log-rank and Cox aggregates of this dataset: exact sums, no DP",
     )
     max_epsilon_per_job: Exact | None = Field(
         default=None, description="the most ε one job may charge (a query's cap)"
@@ -437,6 +449,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
             release_scores_to=frozenset(entry.release_scores_to),
+            exact_aggregates_to=frozenset(entry.exact_aggregates_to),
             identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
         )
     approvals = file.approvals

@@ -50,6 +50,7 @@ class CatalogEntry:
         budget_epsilon: its privacy budget's epsilon, an exact rational as text; None: none.
         budget_delta: its privacy budget's delta; None: none.
         release_scores_to: who may receive per-record scores of it (restricted-personal data).
+        exact_aggregates_to: who may ask for noise-free survival, log-rank and Cox aggregates.
     """
 
     name: str
@@ -59,6 +60,7 @@ class CatalogEntry:
     budget_epsilon: str | None = None
     budget_delta: str | None = None
     release_scores_to: tuple[str, ...] = ()
+    exact_aggregates_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,8 @@ def write_node_files(files: NodeFiles) -> Path:
             policy.append(f"budget_delta = {_string(entry.budget_delta)}")
         if entry.release_scores_to:
             policy.append(f"release_scores_to = {_strings(entry.release_scores_to)}")
+        if entry.exact_aggregates_to:
+            policy.append(f"exact_aggregates_to = {_strings(entry.exact_aggregates_to)}")
     (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")
     config = home / "node.toml"
     config.write_text("\n".join(node) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from benchmarks import bench_survival
 def test_quick_survival_benchmark_reports_ratios_against_lifelines() -> None:
     rows = bench_survival.run(quick=True)
     kernels = [row["kernel"] for row in rows]
-    assert kernels == ["km_logrank"] * 2 + ["km_16384", "cox"] + ["cox_accuracy"] * 2
+    assert kernels == ["km_logrank"] * 2 + ["km_16384", "cox", "cox_strata"] + ["cox_accuracy"] * 2
     for row in rows:
         assert row["family"] == "survival"
         if row["kernel"] == "cox_accuracy":

@@ -80,3 +80,46 @@ def test_risk_sets_below_the_floor_drop_their_deaths() -> None:
     assert sums.kept_bins(400) == cut
     kept = cox.efron(sums, np.zeros(layout.features), cut)
     assert kept.deaths == round(sums.dead[:cut, 0].sum())
+
+
+def _stratum(part, layout: cox.Layout, beta: np.ndarray, min_cell: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
+    x = cox.scale_features({f: part[f].values for f in ROSSI_FEATURES}, RANGES)
+    return cox.stratum_vector(layout, x, part.week.values, part.arrest.values, 52.0, beta, min_cell)
+
+
+def test_stratified_newton_on_summed_strata_is_lifelines_with_strata() -> None:
+    frame = rossi().assign(hospital=np.arange(432) % 3)
+    layout = cox.Layout(len(ROSSI_FEATURES), 52)
+    beta = np.zeros(layout.features)
+    for _ in range(8):
+        total = sum(_stratum(frame[frame.hospital == k], layout, beta) for k in range(3))
+        e = cox.stratified_efron(layout.features, total)
+        beta = cox.newton_step(e, beta, 10.0)
+    unit = np.array([2 / (hi - lo) for lo, hi in RANGES.values()])
+    ref = CoxPHFitter().fit(frame, "week", "arrest", strata=["hospital"])
+    assert np.abs(beta * unit - ref.params_[list(ROSSI_FEATURES)].values).max() < 1e-6
+    se = np.sqrt(np.diag(cox.covariance(e))) * unit
+    assert np.abs(se - ref.standard_errors_[list(ROSSI_FEATURES)].values).max() < 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-1, 1), min_size=2, max_size=2),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 6),
+    st.integers(2, 40),
+)
+def test_one_record_moves_a_stratum_by_at_most_its_stated_sensitivity(
+    beta: list[float], seed: int, min_cell: int, rows: int
+) -> None:
+    """Add one record (any time, covariates, event) to a small hospital: within the bound."""
+    rng = np.random.default_rng(seed)
+    layout, b = cox.Layout(2, 5), np.array(beta)
+    x = rng.uniform(-1, 1, (rows + 1, 2))
+    times = rng.integers(1, 6, rows + 1).astype(float)  # many ties across 5 bins
+    events = rng.integers(0, 2, rows + 1)
+    without = cox.stratum_vector(layout, x[:-1], times[:-1], events[:-1], 5.0, b, min_cell)
+    with_one = cox.stratum_vector(layout, x, times, events, 5.0, b, min_cell)
+    moved = int(np.abs(with_one - without).sum())
+    bound = cox.stratum_sensitivity(2, b, min_cell)
+    assert moved <= bound

@@ -4,7 +4,10 @@ Three hospital nodes hold a third each of a public study; the insurer's node ask
 off (the test-only switch, on in this process, where the nodes run) the insurer's results are
 lifelines' on the pooled patients; every hospital's ledger holds exactly the steps it answered.
 An insurer node running a modified analyst that asks for a ninth Newton iteration gets eight;
-one that sends coefficients beyond the approved bound gets nothing and charges nothing.
+one that sends coefficients beyond the approved bound gets nothing and charges nothing. With the
+switch off, Cox stratified by hospital runs noise-free only where every hospital's policy names
+the insurer in ``exact_aggregates_to`` (and is then lifelines' ``strata=["hospital"]``); a
+hospital whose policy does not refuses it at admission, and nothing is charged.
 """
 
 from __future__ import annotations
@@ -35,12 +38,21 @@ def noise_off() -> Iterator[None]:
     insecure.disable_insecure_test_parameters()
 
 
-def start(node_factory: NodeFactory, dataset: str, tables: dict, **insurer: object) -> None:  # type: ignore[type-arg]
+def start(
+    node_factory: NodeFactory,
+    dataset: str,
+    tables: dict,  # type: ignore[type-arg]
+    exact_to: dict[str, list[str]] | None = None,
+    **insurer: object,
+) -> None:
+    """Three hospital nodes (``exact_to``: whom each one's policy allows exact aggregates) and
+    the insurer's."""
     for hospital in HOSPITALS:
         others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
         node_factory.start(
             hospital, allowed=others, level="restricted-personal", budget_epsilon="10",
             tables={dataset: tables[hospital]},
+            exact_aggregates_to=(exact_to or {}).get(hospital, []),
         )  # fmt: skip
     node_factory.start("insurer", allowed=list(HOSPITALS), **insurer)  # type: ignore[arg-type]
 
@@ -150,3 +162,47 @@ def test_stratified_survival_and_log_rank_across_nodes_are_lifelines(
     )  # fmt: skip
     assert result.summary["logrank_statistic"] == pytest.approx(ref.test_statistic, abs=1e-6)
     assert charged(node_factory, job_id) == dict.fromkeys(HOSPITALS, [""])  # one charge, up front
+
+
+def test_exact_stratified_cox_runs_where_every_hospitals_policy_names_the_insurer(
+    node_factory: NodeFactory,
+) -> None:
+    insecure.disable_insecure_test_parameters()  # noise off by policy, not by the switch
+    start(node_factory, "rossi", split(rossi()), exact_to=dict.fromkeys(HOSPITALS, ["insurer"]))
+    job = dataclasses.replace(
+        test_cox_ph.spec(noise="off", strata="hospital", iterations=7), job_id=""
+    )
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+        assert status.state is JobState.SUCCEEDED, status.error
+        result = insurer.result(job_id)
+    pooled = rossi().assign(hospital=[k % 3 for k in range(432)])  # split() deals round-robin
+    ref = CoxPHFitter().fit(pooled, "week", "arrest", strata=["hospital"])
+    rows = list(csv.DictReader(io.StringIO(result.artifacts["coefficients.csv"].decode())))
+    for r in rows:
+        assert float(r["coef"]) == pytest.approx(ref.params_[r["covariate"]], abs=1e-6)
+        assert float(r["se"]) == pytest.approx(ref.standard_errors_[r["covariate"]], abs=1e-6)
+    assert result.summary["strata"] == "hospital"
+    parts = [*(f"newton-{k}" for k in range(7)), "concordance-7"]
+    assert charged(node_factory, job_id) == dict.fromkeys(HOSPITALS, parts)
+    node_factory.wait_closed(job_id)
+
+
+def test_exact_aggregates_are_refused_by_a_hospital_whose_policy_does_not_name_the_insurer(
+    node_factory: NodeFactory,
+) -> None:
+    insecure.disable_insecure_test_parameters()
+    exact_to = {"hospital-a": ["insurer"], "hospital-b": ["insurer"], "hospital-c": []}
+    start(node_factory, "rossi", split(rossi()), exact_to=exact_to)
+    job = dataclasses.replace(test_cox_ph.spec(noise="off", strata="hospital"), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+    assert status.state is JobState.REFUSED, status.error
+    assert "hospital-c" in status.error and "exact_aggregates_to" in status.error, status.error
+    assert charged(node_factory, job_id) == dict.fromkeys(HOSPITALS, [])
+    for hospital in HOSPITALS:
+        records = [r for r in node_factory.nodes[hospital].audit_store.read() if r.job_id == job_id]
+        sent = [str(r.fields["tag"]) for r in records if r.event == "message_sent"]
+        assert not any(tag.startswith("cox/masked/") for tag in sent)

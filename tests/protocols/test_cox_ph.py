@@ -21,6 +21,7 @@ from bund.compute import insecure
 from bund.compute.dp import pairwise_masks
 from bund.compute.dp.budget import Budget
 from bund.parties.jobs import JobContext, JobSpec, Participant, Result, run_in_memory
+from bund.parties.policy import DatasetPolicy, Policy
 from bund.parties.protocols import cox_ph
 from bund.parties.transport import Mailbox, MessageBudgetExceededError
 from tests.studies import HOSPITALS, ROSSI_FEATURES, ROSSI_RANGES, rossi, split
@@ -69,6 +70,45 @@ def coefficients(result: Result) -> list[dict[str, str]]:
 
 
 @pytest.mark.usefixtures("noise_off")
+def test_stratified_by_hospital_is_lifelines_with_the_hospital_as_strata() -> None:
+    result, charges = run(spec(noise="off", strata="hospital"))
+    pooled = rossi().assign(hospital=np.arange(432) % 3)  # split() deals rows round-robin
+    ref = CoxPHFitter().fit(pooled, "week", "arrest", strata=["hospital"])
+    for r in coefficients(result):
+        name = r["covariate"]
+        assert float(r["coef"]) == pytest.approx(ref.params_[name], abs=1e-6)
+        assert float(r["se"]) == pytest.approx(ref.standard_errors_[name], abs=1e-6)
+        low, high = ref.confidence_intervals_.loc[name]
+        assert float(r["hr_lower_95"]) == pytest.approx(np.exp(low), rel=1e-6)
+        assert float(r["p"]) == pytest.approx(ref.summary.loc[name, "p"], rel=1e-5)
+    s = result.summary
+    assert s["strata"] == "hospital" and s["log_likelihood"] is None
+    assert abs(float(s["concordance"]) - ref.concordance_index_) <= float(  # type: ignore[arg-type]
+        s["concordance_tolerance"]  # type: ignore[arg-type]
+    )
+    for h in HOSPITALS:
+        assert [p for p, _ in charges[h]] == [*(f"newton-{k}" for k in range(8)), "concordance-8"]
+
+
+def test_stratified_noise_is_sized_by_the_coefficients_and_bounded() -> None:
+    """At β = 0 the noise is within reach; a hospital refuses β whose noise is not, uncharged."""
+    p = cox_ph.plan(spec(strata="hospital", iterations=1, epsilon="8", concordance_bins=0))
+    assert p.cells(0) == 7 + 28
+    zero = p.mechanism(0, np.zeros(7)).scale
+    assert p.mechanism(0, np.full(7, 0.1)).scale > zero
+    result, _ = run(spec(strata="hospital", iterations=1, epsilon="8", concordance_bins=0))
+    for r in coefficients(result):  # the noise's share is in the interval (0 if every redraw
+        se = float(r["se"])  # clips at beta_bound: the noise swamps 7 covariates on 432 people)
+        assert se**2 == pytest.approx(float(r["se_sampling"]) ** 2 + float(r["se_noise"]) ** 2)
+    assert result.summary["noise"] == "discrete_laplace"
+    learned: list[list[int]] = []
+    attack = with_analyst(analyst_asking([(1, 0, 0)], learned, beta=5.0))
+    with pytest.raises(cox_ph.StepLimitError, match="noise would be beyond reach"):
+        run(spec(strata="hospital", iterations=1, epsilon="8", concordance_bins=0), attack)
+    assert learned == []
+
+
+@pytest.mark.usefixtures("noise_off")
 def test_the_model_is_lifelines_on_the_pooled_table() -> None:
     result, charges = run(spec(noise="off"))
     ref = CoxPHFitter().fit(rossi(), "week", "arrest")
@@ -96,9 +136,21 @@ def test_the_model_is_lifelines_on_the_pooled_table() -> None:
         assert cox_ph.planned_cost(spec(), h) == Budget(Fraction(11, 10))
 
 
-def test_noise_off_is_refused_without_the_test_switch() -> None:
-    with pytest.raises(cox_ph.NoiseOffRefusedError, match="tests only"):
-        cox_ph.DEFINITION.validate(spec(noise="off"))
+def owner(exact_to: frozenset[str] = frozenset()) -> Policy:
+    """A hospital's policy for the rossi dataset, naming ``exact_to`` for exact aggregates."""
+    dataset = DatasetPolicy("hospital-a", "restricted-personal", exact_aggregates_to=exact_to)
+    return Policy(counterparties={}, datasets={"rossi": dataset}, cohort_floor=5)
+
+
+def test_noise_off_is_refused_at_admission_unless_the_owners_policy_names_the_requester() -> None:
+    insecure.disable_insecure_test_parameters()
+    job = spec(noise="off")
+    cox_ph.DEFINITION.validate(job)  # the requester's node: the owners decide
+    for refusing in (owner(), owner(frozenset({"bank"}))):
+        with pytest.raises(cox_ph.NoiseOffRefusedError, match="exact_aggregates_to.*tests only"):
+            cox_ph.check_owner(job, "hospital-a", refusing)
+    cox_ph.check_owner(job, "hospital-a", owner(frozenset({"insurer"})))
+    cox_ph.check_owner(spec(), "hospital-a", owner())  # noise on: nothing to allow
 
 
 def test_with_noise_the_error_is_stated_in_the_standard_errors() -> None:
@@ -123,7 +175,7 @@ def analyst_asking(
             go = cox_ph.encode_go(kind, sent, np.full(len(p.features), beta))
             for h in p.hospitals:
                 ctx.send(h, f"cox/go/{step}", go)
-            cells = p.layout.length if kind == 1 else 2 * p.layout.bins * p.concordance_bins
+            cells = p.cells(step)
             vectors = [
                 pairwise_masks.decode_vector(ctx.recv(h, f"cox/masked/{step}"), cells)
                 for h in p.hospitals

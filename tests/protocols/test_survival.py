@@ -8,6 +8,7 @@ noise off every released figure is lifelines' on the pooled patients.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Mapping
 
@@ -19,6 +20,7 @@ from lifelines.statistics import logrank_test
 from bund.compute import insecure
 from bund.parties.data import Table
 from bund.parties.jobs import JobSpec, Participant, Result, run_in_memory
+from bund.parties.policy import DatasetPolicy, Policy
 from bund.parties.protocols import dp_stats
 from tests.studies import HOSPITALS, gbsg2, split
 
@@ -135,3 +137,25 @@ def test_the_noisy_curve_lies_within_its_band() -> None:
                 covered += float(r["survival_lower"]) - bound <= s <= float(r["survival_upper"])
                 total += 1
     assert total >= 40 and covered / total >= 0.95
+
+
+def test_exact_survival_is_admitted_only_where_the_owners_policy_names_the_requester() -> None:
+    """Outside tests, noise off is each contributor's call at admission, by its policy."""
+    insecure.disable_insecure_test_parameters()
+
+    def owner(*names: str) -> Policy:
+        entry = DatasetPolicy(
+            "hospital-a", "restricted-personal", exact_aggregates_to=frozenset(names)
+        )
+        return Policy(counterparties={}, datasets={"gbsg2": entry}, cohort_floor=1)
+
+    job = spec(noise="off")
+    dp_stats.DEFINITION.validate(job)  # a survival query: the requester's node lets owners decide
+    with pytest.raises(dp_stats.NoiseOffRefusedError, match="exact_aggregates_to"):
+        dp_stats.check_owner(job, "hospital-a", owner())
+    dp_stats.check_owner(job, "hospital-a", owner("insurer"))
+    count = dataclasses.replace(
+        job, params={"kind": "count", "epsilon": "1", "noise": "off", "min_cell": 1}
+    )  # not survival
+    with pytest.raises(dp_stats.NoiseOffRefusedError, match="tests only"):
+        dp_stats.check_owner(count, "hospital-a", owner("insurer"))

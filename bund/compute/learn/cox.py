@@ -22,6 +22,12 @@ Cells are fixed point with :data:`FRAC_BITS` fractional bits, rounded per record
 record's cell is at most ``2^FRAC_BITS`` in magnitude and the quantisation error of a sum of
 ``n`` records at most ``n·2^−(FRAC_BITS+1)``.
 
+Stratified by hospital (:func:`stratum_vector`), each hospital has its own baseline hazard and
+its own risk sets, so the partial likelihood is a sum of per-hospital terms: each hospital
+computes the Efron score and information of its own records at ``β`` from its own exact sums
+(:func:`own_sums`, :func:`efron`), and these sum. Their sensitivity depends on ``β``
+(:func:`stratum_sensitivity`): one record moves every weighted mean of the risk sets it joins.
+
 Concordance (:func:`concordance`) comes from a second kind of vector: per time bin and per bin
 of the risk score ``β·x`` over ``[−‖β‖₁, ‖β‖₁]``, the deaths and the censorings (L1 sensitivity
 1). Pairs in one score bin count ½; the exact concordance lies within ``tolerance`` of it.
@@ -50,6 +56,8 @@ FRAC_BITS = 32
 MAX_FEATURES = 16
 #: The most records one hospital may bring (keeps every cell of its vector below 2^52).
 MAX_ROWS = 1 << 20
+#: At least ``Σ_{k=1}^{MAX_ROWS} 1/k``: bounds ``Σ 1/(records at risk)`` over a stratum's terms.
+HARMONIC = 1.0 + math.log(MAX_ROWS)
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,95 @@ def contribution(
     np.add.at(out[:, block : 2 * block], slot[died], q[died])
     np.add.at(out[:, 2 * block :], slot[died], _quantise(x[died]))
     return out.ravel()
+
+
+def own_sums(
+    layout: Layout,
+    x: FloatArray,
+    times: npt.ArrayLike,
+    events: npt.ArrayLike,
+    upper: float,
+    beta: FloatArray,
+) -> Sums:
+    """One hospital's exact per-bin sums at ``beta`` as floats (arguments as :func:`contribution`).
+
+    Used by a hospital for its own stratum: nothing of it is released but the score and the
+    information (:func:`stratum_vector`).
+    """
+    slot, past = time_bins(times, upper, layout.bins)
+    died = (np.asarray(events, dtype=np.float64) == 1) & ~past
+    r = record_vectors(x, beta)
+    at = np.zeros((layout.bins, layout.block))
+    dead = np.zeros((layout.bins, layout.block))
+    x_dead = np.zeros((layout.bins, layout.features))
+    np.add.at(at, slot, r)
+    np.add.at(dead, slot[died], r[died])
+    np.add.at(x_dead, slot[died], x[died])
+    return Sums(layout, at, dead, x_dead)
+
+
+def stratum_length(features: int) -> int:
+    """Cells of a stratum's vector: the score (``p``) and the information's upper triangle."""
+    return features + features * (features + 1) // 2
+
+
+def stratum_vector(
+    layout: Layout,
+    x: FloatArray,
+    times: npt.ArrayLike,
+    events: npt.ArrayLike,
+    upper: float,
+    beta: FloatArray,
+    min_cell: int,
+) -> IntArray:
+    """One hospital's Efron score and information (upper triangle) of its own stratum at ``beta``.
+
+    The hospital's own risk sets, its own floor: from its first bin with fewer than
+    ``min_cell`` records at risk on, its deaths are left out (:meth:`Sums.kept_bins`). Fixed
+    point, rounded once per cell. Arguments as :func:`contribution`.
+    """
+    sums = own_sums(layout, x, times, events, upper, beta)
+    e = efron(sums, beta, sums.kept_bins(min_cell))
+    rows, cols = np.triu_indices(layout.features)
+    return _quantise(np.concatenate([e.score, e.information[rows, cols]]))
+
+
+def stratified_efron(features: int, vector: Sequence[int]) -> Efron:
+    """The summed strata's score and information from an unmasked (summed) stratum vector.
+
+    The log-likelihood and the deaths are not released in this form: both are NaN.
+
+    Raises:
+        ValueError: If the vector's length is not :func:`stratum_length`.
+    """
+    v = np.asarray(vector, dtype=np.float64) / float(1 << FRAC_BITS)
+    if len(v) != stratum_length(features):
+        raise ValueError(f"a stratum vector has {stratum_length(features)} cells, not {len(v)}")
+    return Efron(math.nan, v[:features], _sym(v[features:], features), math.nan)
+
+
+def stratum_sensitivity(features: int, beta: FloatArray, min_cell: int) -> float:
+    """The most one record changes a stratum vector at ``beta``, in L1 and units (may be inf).
+
+    With ``κ = e^(2‖β‖₁)`` (the largest ratio of two records' weights) and ``H`` =
+    :data:`HARMONIC`: per score coordinate ``2·min_cell + 4κH``, per information cell
+    ``min_cell + 12κH``, in ``2^FRAC_BITS`` units, plus one unit per cell for the rounding.
+    ``docs/protocols/cox-ph.md`` ("Stratified by hospital") derives it: adding a record adds at
+    most ``min_cell`` Efron terms (its own death, or a bin its count lifts over the floor), each
+    moving the score by at most 2 and the information by at most 1 per cell; in every other
+    term it shifts the weights by at most twice the largest weight, so the weighted mean by at
+    most ``4κ/c`` and the weighted covariance by ``12κ/c``, ``c`` the records in the term,
+    and these counts are distinct, so ``Σ 1/c ≤ H``.
+    """
+    pairs = features * (features + 1) // 2
+    exponent = 2.0 * float(np.abs(beta).sum())
+    if exponent > 700:
+        return math.inf
+    kappa = math.exp(exponent)
+    real = features * (2 * min_cell + 4 * kappa * HARMONIC) + pairs * (
+        min_cell + 12 * kappa * HARMONIC
+    )
+    return float(math.ceil(real * float(1 << FRAC_BITS)) + features + pairs)
 
 
 @dataclass(frozen=True)

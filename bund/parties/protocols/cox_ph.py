@@ -57,6 +57,7 @@ from bund.parties.jobs import (
     ProtocolParams,
     Result,
     RoleRequirement,
+    not_allowed_exact,
 )
 from bund.parties.policy import PolicyRefusedError
 from bund.parties.protocols.plots import forest_plot
@@ -79,8 +80,8 @@ _GO_FIELDS = struct.Struct(">BII")  # kind, step, coefficient count
 _TAG_KEY = "cox/key"
 
 
-class NoiseOffRefusedError(BundError):
-    """A job asked for noise-free Cox regression while the test-only switch is off."""
+class NoiseOffRefusedError(PolicyRefusedError):
+    """A job asked a hospital for noise-free Cox sums that neither its policy nor a test allows."""
 
 
 class StepLimitError(BundError):
@@ -141,7 +142,16 @@ class CoxPhParams(ProtocolParams):
         description="risk sets below it are left out: the deaths from that bin on are censored",
     )
     noise: str = Field(
-        default="on", pattern="^(on|off)$", description="'off' only under the test-only switch"
+        default="on",
+        pattern="^(on|off)$",
+        description="'off' only under the test-only switch or where every hospital's policy "
+        "names the requester and the analyst in exact_aggregates_to",
+    )
+    strata: str = Field(
+        default="",
+        pattern="^(|hospital)$",
+        description="'hospital': a baseline hazard per hospital; each hospital releases the "
+        "score and information of its own partial likelihood, and these sum",
     )
 
 
@@ -162,6 +172,7 @@ class Plan:
     beta_bound: float
     min_cell: int
     noise: bool
+    stratified: bool = False
 
     @property
     def steps(self) -> int:
@@ -183,15 +194,28 @@ class Plan:
     def cells(self, step: int) -> int:
         """The cells of ``step``'s vector."""
         if self.kind(step) == _NEWTON:
+            if self.stratified:
+                return cox.stratum_length(self.layout.features)
             return self.layout.length
         return 2 * self.layout.bins * self.concordance_bins
 
-    def mechanism(self, step: int) -> DiscreteLaplace:
-        """The discrete Laplace mechanism each hospital applies to its own vector of ``step``."""
-        if self.kind(step) == _NEWTON:
-            sensitivity = self.layout.sensitivity << cox.FRAC_BITS
-        else:
+    def mechanism(self, step: int, beta: npt.NDArray[np.float64]) -> DiscreteLaplace:
+        """The discrete Laplace mechanism each hospital applies to its own vector of ``step``.
+
+        Stratified, a Newton step's sensitivity depends on the (public) coefficients ``beta``.
+
+        Raises:
+            ValueError: If the noise scale at ``beta`` is beyond reach.
+        """
+        if self.kind(step) != _NEWTON:
             sensitivity = 1
+        elif self.stratified:
+            units = cox.stratum_sensitivity(self.layout.features, beta, self.min_cell)
+            if not units < float(MAX_SCALE):
+                raise ValueError(f"a stratum sensitivity of {units:.3g} units is beyond reach")
+            sensitivity = int(units)
+        else:
+            sensitivity = self.layout.sensitivity << cox.FRAC_BITS
         return DiscreteLaplace.create(self.step_epsilon(step), sensitivity)
 
     def planned_cost(self) -> Budget:
@@ -247,26 +271,19 @@ def plan(spec: JobSpec) -> Plan:
         beta_bound=params.beta_bound,
         min_cell=params.min_cell,
         noise=params.noise == "on",
+        stratified=params.strata == "hospital",
     )
 
 
-def _check_noise(p: Plan) -> None:
-    if not p.noise and not insecure.insecure_test_parameters_enabled():
-        raise NoiseOffRefusedError(
-            "noise='off' releases exact sums and is for tests only; remove it (this node's "
-            "test-only switch is off, as it must be in production)"
-        )
-
-
 def check(spec: JobSpec) -> None:
-    """The checks beyond roles and parameters: ε per step, vector sizes, the noise switch.
+    """The checks beyond roles and parameters: ε per step, vector sizes, the noise scale.
+
+    Noise off is each hospital's decision, at its admission (:func:`check_owner`).
 
     Raises:
         InvalidJobSpecError: Naming the parameter to fix.
-        NoiseOffRefusedError: If it asks for noise off while the test-only switch is off.
     """
     p = plan(spec)
-    _check_noise(p)
     if not p.upper > 0:
         raise InvalidJobSpecError("upper, the horizon, must be positive")
     if p.epsilon / p.iterations < MIN_STEP_EPSILON or p.epsilon > MAX_EPSILON:
@@ -289,9 +306,10 @@ def check(spec: JobSpec) -> None:
                 f"a {_KIND_NAMES[p.kind(step)]} step would release {p.cells(step)} cells "
                 f"({what}), beyond {pairwise_masks.MAX_LENGTH}: use fewer bins or covariates"
             )
-    scale = Fraction(p.layout.sensitivity << cox.FRAC_BITS) * p.iterations / p.epsilon
-    if scale > MAX_SCALE:
-        raise InvalidJobSpecError("the noise scale is beyond reach: raise epsilon")
+    try:
+        p.mechanism(0, np.zeros(len(p.features)))
+    except ValueError:
+        raise InvalidJobSpecError("the noise scale is beyond reach: raise epsilon") from None
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -379,6 +397,14 @@ def _admit(ctx: JobContext, p: Plan, step: int, kind: int, sent: int, beta: Any)
         )
     elif not np.all(np.isfinite(beta)) or np.abs(beta).max(initial=0.0) > p.beta_bound:
         problem = f"coefficients outside the approved bound of {p.beta_bound}"
+    elif p.noise and p.stratified and kind == _NEWTON:
+        try:
+            p.mechanism(step, beta)
+        except ValueError:
+            problem = (
+                f"coefficients of L1 norm {float(np.abs(beta).sum()):.3g}, at which its own "
+                "stratum's noise would be beyond reach (the sensitivity grows as e^(2‖β‖₁))"
+            )
     if problem:
         ctx.record(
             "cox_ph.step_refused", {"step": step, "kind": _KIND_NAMES[kind], "reason": problem}
@@ -391,27 +417,31 @@ def _admit(ctx: JobContext, p: Plan, step: int, kind: int, sent: int, beta: Any)
 
 def _vector(p: Plan, step: int, data: _Data, beta: npt.NDArray[np.float64]) -> list[int]:
     upper = float(p.upper)
-    if p.kind(step) == _NEWTON:
+    if p.kind(step) == _NEWTON and p.stratified:
+        values = cox.stratum_vector(
+            p.layout, data.x, data.times, data.events, upper, beta, p.min_cell
+        )
+    elif p.kind(step) == _NEWTON:
         values = cox.contribution(p.layout, data.x, data.times, data.events, upper, beta)
     else:
         values = cox.concordance_vector(
             data.x, data.times, data.events, upper, p.layout.bins, beta, p.concordance_bins
         )
     if p.noise:
-        values = values + p.mechanism(step).sample(len(values))
+        values = values + p.mechanism(step, beta).sample(len(values))
     return [int(v) for v in values]
 
 
 def run_hospital(ctx: JobContext) -> None:
     """A hospital's side: exchange masking keys, then answer exactly the spec's steps.
 
+    Noise off was checked against this hospital's policy at its admission (:func:`check_owner`).
+
     Raises:
-        NoiseOffRefusedError: If the job asks for noise off and the test-only switch is off.
         StepLimitError: If the analyst asks for a step the spec does not hold.
         InvalidMessageError: If the analyst's or a peer's message is malformed.
     """
     p = plan(ctx.spec)
-    _check_noise(p)
     data = _load(ctx, p)
     key = pairwise_masks.create_masking_key()
     keys = _exchange_keys(ctx, p, key)
@@ -445,8 +475,14 @@ class _Fit:
     history: list[dict[str, Any]] = field(default_factory=list)
     last: cox.Efron | None = None
     last_sums: cox.Sums | None = None
+    last_vector: list[int] | None = None
     last_beta: npt.NDArray[np.float64] | None = None
-    kept: int = 0
+    kept: int | None = None
+
+
+def _finite(value: float) -> float | None:
+    """``value`` rounded, or None where it is not released (NaN: the stratified form)."""
+    return round(value, 6) if math.isfinite(value) else None
 
 
 def _gather(ctx: JobContext, p: Plan, step: int, beta: npt.NDArray[np.float64]) -> list[int]:
@@ -467,10 +503,24 @@ def _noise_se(p: Plan, fit: _Fit) -> npt.NDArray[np.float64]:
     as every hospital's discrete Laplace together) each give a Newton step from the same
     coefficients; their standard deviation is the noise's share of the error. Post-processing.
     """
-    if not p.noise or fit.last_sums is None or fit.last_beta is None:
+    if not p.noise or fit.last_vector is None or fit.last_beta is None:
         return np.zeros(len(p.features))
-    mechanism = p.mechanism(0)
-    scale = float(mechanism.scale) / float(1 << cox.FRAC_BITS)
+    scale = float(p.mechanism(0, fit.last_beta).scale) / float(1 << cox.FRAC_BITS)
+    if p.stratified:
+        base = np.asarray(fit.last_vector, dtype=np.float64) / float(1 << cox.FRAC_BITS)
+        draws = sum(
+            cox.laplace_draws(scale, (NOISE_DRAWS, len(base))) for _ in range(len(p.hospitals))
+        )
+        betas = [
+            cox.newton_step(
+                cox.stratified_efron(len(p.features), (base + row) * float(1 << cox.FRAC_BITS)),
+                fit.last_beta,
+                p.beta_bound,
+            )
+            for row in np.asarray(draws)
+        ]
+        return np.asarray(np.std(np.asarray(betas), axis=0), dtype=np.float64)
+    assert fit.last_sums is not None
     sums = fit.last_sums
     base = np.concatenate([sums.at, sums.dead, sums.x_dead], axis=1).ravel()
     draws = sum(cox.laplace_draws(scale, (NOISE_DRAWS, len(base))) for _ in range(len(p.hospitals)))
@@ -486,27 +536,31 @@ def run_analyst(ctx: JobContext) -> Result:
     """Drive the Newton iterations and the concordance step; report the model.
 
     Raises:
-        NoiseOffRefusedError: If the job asks for noise off and the test-only switch is off.
         InvalidMessageError: If a masked vector has the wrong layout or length.
     """
     p = plan(ctx.spec)
-    _check_noise(p)
     fit = _Fit(np.zeros(len(p.features)))
     for step in range(p.iterations):
-        sums = cox.Sums.from_vector(p.layout, _gather(ctx, p, step, fit.beta))
-        kept = sums.kept_bins(p.min_cell)
-        e = cox.efron(sums, fit.beta, kept)
+        total = _gather(ctx, p, step, fit.beta)
+        kept: int | None = None
+        if p.stratified:
+            e = cox.stratified_efron(len(p.features), total)
+        else:
+            sums = cox.Sums.from_vector(p.layout, total)
+            kept = sums.kept_bins(p.min_cell)
+            e = cox.efron(sums, fit.beta, kept)
+            fit.last_sums = sums
         new = cox.newton_step(e, fit.beta, p.beta_bound)
         fit.history.append(
             {
                 "iteration": step + 1,
-                "log_likelihood": round(e.log_likelihood, 6),
+                "log_likelihood": _finite(e.log_likelihood),
                 "step_norm": float(np.abs(new - fit.beta).max()),
-                "deaths_used": round(e.deaths),
+                "deaths_used": None if p.stratified else round(e.deaths),
                 "bins_kept": kept,
             }
         )
-        fit.last, fit.last_sums, fit.last_beta, fit.kept = e, sums, fit.beta, kept
+        fit.last, fit.last_vector, fit.last_beta, fit.kept = e, total, fit.beta, kept
         fit.beta = new
         ctx.progress("steps", step + 1, p.steps)
     found: cox.Concordance | None = None
@@ -560,12 +614,13 @@ def _result(ctx: JobContext, p: Plan, fit: _Fit, found: cox.Concordance | None) 
         "hospitals": len(p.hospitals),
         "iterations": p.iterations,
         "ties": "efron",
+        "strata": "hospital" if p.stratified else "none",
         "time_grid": f"{p.layout.bins} bins (a, b] up to {format_rational(p.upper)}",
         "bins_kept": fit.kept,
-        "deaths_used": round(fit.last.deaths),
-        "log_likelihood": round(fit.last.log_likelihood, 6),
+        "deaths_used": None if p.stratified else round(fit.last.deaths),
+        "log_likelihood": _finite(fit.last.log_likelihood),
         "last_step": fit.history[-1]["step_norm"],
-        "noise": "discrete_laplace" if p.noise else "off (test only)",
+        "noise": "discrete_laplace" if p.noise else "off (test only or by the owners' policy)",
         "epsilon": format_rational(p.planned_cost().epsilon),
         "epsilon_newton": format_rational(p.epsilon),
         "epsilon_concordance": format_rational(p.concordance_epsilon)
@@ -587,7 +642,8 @@ def _result(ctx: JobContext, p: Plan, fit: _Fit, found: cox.Concordance | None) 
         {"steps": p.steps, "epsilon": summary["epsilon"], "noise": p.noise},
     )
     title = (
-        f"Cox PH across {len(p.hospitals)} hospitals, ε = {summary['epsilon']} "
+        f"Cox PH across {len(p.hospitals)} hospitals{', stratified' if p.stratified else ''}, "
+        f"ε = {summary['epsilon']} "
         f"({'noise on' if p.noise else 'noise off'})"
     )
     artifacts = {
@@ -625,7 +681,13 @@ def learns(spec: JobSpec) -> dict[str, str]:
     noise = (
         "each hospital's vector DP by its own discrete Laplace noise"
         if p.noise
-        else ("exact: noise off, test only")
+        else ("exact: noise off, only under the test-only switch or every hospital's policy")
+    )
+    what = (
+        "the summed per-hospital score and information of each hospital's own partial "
+        "likelihood (strata: hospital)"
+        if p.stratified
+        else "the pooled per-time-bin risk-set and death sums"
     )
     concordance = (
         f", then one table of deaths and censorings by time bin and {p.concordance_bins} "
@@ -635,8 +697,8 @@ def learns(spec: JobSpec) -> dict[str, str]:
     )
     out = {
         p.analyst: (
-            f"{p.iterations} releases of the pooled per-time-bin risk-set and death sums at "
-            f"coefficients it chooses (ε = {p.epsilon} together){concordance}, {noise}; never "
+            f"{p.iterations} releases of {what} at coefficients it chooses "
+            f"(ε = {p.epsilon} together){concordance}, {noise}; never "
             "one hospital's sums; hence the fitted model"
         )
     }
@@ -667,10 +729,14 @@ def columns(spec: JobSpec, party: str) -> frozenset[str]:
 
 
 def check_owner(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
-    """A hospital's own terms at its admission: no identifier columns, its cohort floor.
+    """A hospital's own terms at its admission: identifiers, its cohort floor, noise off.
+
+    Noise off is refused unless this node's test-only switch is on or its policy names the
+    requester and every other receiver in ``exact_aggregates_to`` of its dataset.
 
     Raises:
         PolicyRefusedError: Naming the rule and the fix.
+        NoiseOffRefusedError: If the job asks noise off and neither allows it.
     """
     me = spec.participant(party)
     if me.dataset is None:
@@ -687,6 +753,13 @@ def check_owner(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
         raise PolicyRefusedError(
             f"min_cell = {p.min_cell} is below {party}'s cohort floor of {policy.cohort_floor}: "
             f"set min_cell to at least {policy.cohort_floor}"
+        )
+    outside = not_allowed_exact(spec, party, policy)
+    if not p.noise and outside and not insecure.insecure_test_parameters_enabled():
+        raise NoiseOffRefusedError(
+            f"noise='off' would give {', '.join(outside)} exact sums of {party}'s dataset "
+            f"{me.dataset!r}: only where its policy names them (exact_aggregates_to under "
+            f"[datasets.{me.dataset}]), or in tests only under the test-only switch; remove it"
         )
 
 

@@ -3,7 +3,9 @@
 Roles: every hospital is a ``contributor`` with its dataset; one ``analyst`` (an insurer, a
 regulator's statistician, or a hospital that contributes too when it names a dataset) receives
 the result. The query is the job's flat parameters (``bund.compute.dp.stats.parse_query``) plus
-``noise`` (``"on"``, the default; ``"off"`` only under the test-only switch).
+``noise`` (``"on"``, the default; ``"off"`` only under the test-only switch, or for a survival
+query where every contributor's policy names the requester and the analyst in
+``exact_aggregates_to``).
 
 Messages (``docs/protocols/dp-statistics.md`` has layouts and what each role learns):
 
@@ -51,7 +53,7 @@ from bund.compute.dp.stats import (
 )
 from bund.compute.dp.stats import contribution as compute_contribution
 from bund.compute.dp.stats import release as compute_release
-from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
+from bund.compute.errors import InvalidInputError, InvalidMessageError
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobContext,
@@ -61,6 +63,7 @@ from bund.parties.jobs import (
     ProtocolParams,
     Result,
     RoleRequirement,
+    not_allowed_exact,
 )
 from bund.parties.policy import PolicyRefusedError
 from bund.parties.protocols.plots import png
@@ -84,8 +87,8 @@ _TAG_KEY = "dp/key"
 _TAG_MASKED = "dp/masked"
 
 
-class NoiseOffRefusedError(BundError):
-    """A job asked for noise-free DP statistics while the test-only switch is off."""
+class NoiseOffRefusedError(PolicyRefusedError):
+    """A job asked for noise-free statistics that neither the policy nor a test allows."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,9 @@ def plan(spec: JobSpec) -> Plan:
 
 
 def _check_noise(p: Plan) -> None:
+    """Refuse noise off outside tests, except for survival (each owner's policy decides that)."""
+    if p.query.kind is QueryKind.SURVIVAL:
+        return
     if not p.noise and not insecure.insecure_test_parameters_enabled():
         raise NoiseOffRefusedError(
             f"{PARAM_NOISE}='off' releases exact statistics and is for tests only; remove it (this "
@@ -545,6 +551,16 @@ def check_owner(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
         raise PolicyRefusedError(
             f"min_cell = {p.query.min_cell} is below {party}'s cohort floor of "
             f"{policy.cohort_floor}: set min_cell to at least {policy.cohort_floor}"
+        )
+    outside = not_allowed_exact(spec, party, policy)
+    if p.query.kind is not QueryKind.SURVIVAL:
+        outside = [spec.requester]  # the policy allows exact survival aggregates only
+    if not p.noise and outside and not insecure.insecure_test_parameters_enabled():
+        raise NoiseOffRefusedError(
+            f"{PARAM_NOISE}='off' would give {', '.join(outside)} exact statistics of {party}'s "
+            f"dataset {me.dataset!r}: for survival queries only where its policy names them "
+            f"(exact_aggregates_to under [datasets.{me.dataset}]), otherwise in tests only under "
+            "the test-only switch; remove it"
         )
     accepted = policy.dp_collusion_threshold
     if p.threshold is not None and (accepted is None or p.threshold < accepted):
