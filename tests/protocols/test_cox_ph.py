@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -30,8 +30,10 @@ COLUMNS = {"time": "week", "event": "arrest"}
 
 
 @pytest.fixture
-def noise_off() -> None:
+def noise_off() -> Iterator[None]:
     insecure.enable_insecure_test_parameters()
+    yield
+    insecure.disable_insecure_test_parameters()
 
 
 def spec(**params: str | int | float) -> JobSpec:

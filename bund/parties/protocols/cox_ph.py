@@ -501,7 +501,10 @@ def _noise_se(p: Plan, fit: _Fit) -> npt.NDArray[np.float64]:
 
     The last iteration's sums plus fresh draws of the summed noise (continuous Laplace, as wide
     as every hospital's discrete Laplace together) each give a Newton step from the same
-    coefficients; their standard deviation is the noise's share of the error. Post-processing.
+    coefficients; their standard deviation is the noise's share of the error. The redrawn steps
+    are not clipped to ``beta_bound``: where the noise would push every redraw to the bound, a
+    clipped spread would read 0 and hide the error. Their spread is capped at the width of the
+    bound, ``2 * beta_bound``: no released coefficient can be further off. Post-processing.
     """
     if not p.noise or fit.last_vector is None or fit.last_beta is None:
         return np.zeros(len(p.features))
@@ -515,11 +518,11 @@ def _noise_se(p: Plan, fit: _Fit) -> npt.NDArray[np.float64]:
             cox.newton_step(
                 cox.stratified_efron(len(p.features), (base + row) * float(1 << cox.FRAC_BITS)),
                 fit.last_beta,
-                p.beta_bound,
+                math.inf,
             )
             for row in np.asarray(draws)
         ]
-        return np.asarray(np.std(np.asarray(betas), axis=0), dtype=np.float64)
+        return _spread(betas, p.beta_bound)
     assert fit.last_sums is not None
     sums = fit.last_sums
     base = np.concatenate([sums.at, sums.dead, sums.x_dead], axis=1).ravel()
@@ -528,8 +531,14 @@ def _noise_se(p: Plan, fit: _Fit) -> npt.NDArray[np.float64]:
     for row in np.asarray(draws):
         noisy = cox.Sums.from_vector(p.layout, (base + row) * float(1 << cox.FRAC_BITS))
         e = cox.efron(noisy, fit.last_beta, noisy.kept_bins(p.min_cell))
-        betas.append(cox.newton_step(e, fit.last_beta, p.beta_bound))
-    return np.asarray(np.std(np.asarray(betas), axis=0), dtype=np.float64)
+        betas.append(cox.newton_step(e, fit.last_beta, math.inf))
+    return _spread(betas, p.beta_bound)
+
+
+def _spread(betas: list[npt.NDArray[np.float64]], bound: float) -> npt.NDArray[np.float64]:
+    """The redrawn coefficients' standard deviation, at most the bound's width."""
+    spread = np.std(np.asarray(betas), axis=0)
+    return np.asarray(np.minimum(spread, 2 * bound), dtype=np.float64)
 
 
 def run_analyst(ctx: JobContext) -> Result:
