@@ -12,15 +12,18 @@ level                  protocols                              outputs
 =====================  =====================================  ==================================
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
-confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, dp_stats,              dp_aggregate, model, score
-                       ckks_scoring, fed_dp_sgd
-restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
+confidential           psi, psi_multi, woe_iv, vertical_lr,   intersection, membership,
+                       vertical_score, dp_stats,              cardinality, dp_aggregate, model,
+                       ckks_scoring, fed_dp_sgd               score
+restricted-personal    psi, psi_multi, woe_iv, vertical_lr,   cardinality, dp_aggregate, model,
                        vertical_score, dp_stats,              score (never which individuals)
                        ckks_scoring, fed_dp_sgd
 =====================  =====================================  ==================================
 
-A dataset entry may narrow its level's protocols further, never widen them.
+A dataset entry may narrow its level's protocols further, never widen them. ``membership`` is
+declared per direction (:func:`membership_output`): a protocol that aligns by PSI names each
+party that learns which ids another party's dataset holds; a dataset whose level forbids
+membership allows it only towards the parties its entry names in ``reveal_membership_to``.
 """
 
 from __future__ import annotations
@@ -61,12 +64,41 @@ class PolicyFileError(BundError):
 #: The name of the approver that ``[approvals] approver_key`` declares.
 APPROVER = "approver"
 #: Every kind of output a protocol can release.
-OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
+OUTPUTS = frozenset(
+    {"raw", "intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}
+)
+#: The output kind of a membership revealed in one direction: ``membership:OWNER>LEARNER``.
+MEMBERSHIP = "membership"
 #: Protocols allowed at the two protected levels.
 _PROTECTED_PROTOCOLS = frozenset(
-    {"psi", "woe_iv", "vertical_lr", "vertical_score", "dp_stats", "ckks_scoring", "fed_dp_sgd"}
+    {
+        "psi",
+        "psi_multi",
+        "woe_iv",
+        "vertical_lr",
+        "vertical_score",
+        "dp_stats",
+        "ckks_scoring",
+        "fed_dp_sgd",
+    }
 )
 ANY_PROTOCOL = "*"
+
+
+def membership_output(owner: str, learner: str) -> str:
+    """The output kind by which ``learner`` learns which ids ``owner``'s dataset holds.
+
+    >>> membership_output("tax", "bank")
+    'membership:tax>bank'
+    """
+    return f"{MEMBERSHIP}:{owner}>{learner}"
+
+
+def membership_directions(outputs: frozenset[str]) -> list[tuple[str, str]]:
+    """The ``(owner, learner)`` pairs of the membership outputs among ``outputs``, sorted."""
+    prefix = MEMBERSHIP + ":"
+    pairs = (o.removeprefix(prefix).partition(">") for o in outputs if o.startswith(prefix))
+    return sorted((owner, learner) for owner, _, learner in pairs)
 
 
 @dataclass(frozen=True)
@@ -86,7 +118,7 @@ LEVELS: Mapping[str, LevelRules] = {
     "internal": LevelRules(frozenset({ANY_PROTOCOL}), OUTPUTS - {"raw"}),
     "confidential": LevelRules(
         _PROTECTED_PROTOCOLS,
-        frozenset({"intersection", "cardinality", "dp_aggregate", "model", "score"}),
+        frozenset({"intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}),
     ),
     "restricted-personal": LevelRules(
         _PROTECTED_PROTOCOLS, frozenset({"cardinality", "dp_aggregate", "model", "score"})
@@ -107,6 +139,8 @@ class DatasetPolicy:
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
     max_epsilon_per_requester: Fraction | None = None
+    #: Parties that may learn which ids this dataset holds where its level forbids membership.
+    reveal_membership_to: frozenset[str] = frozenset()
 
     @property
     def budget_limits(self) -> BudgetLimits:
@@ -204,13 +238,23 @@ class Policy:
                 f"catalog entry does not allow protocol {spec.protocol!r} (allowed: "
                 f"{sorted(rules.protocols)})"
             )
-        forbidden = outputs - rules.outputs
+        forbidden = {o for o in outputs if not o.startswith(MEMBERSHIP + ":")} - rules.outputs
         if forbidden:
             raise PolicyRefusedError(
                 f"{party}'s dataset {me.dataset!r} is classified {entry.level!r}, which never "
                 f"releases {', '.join(sorted(forbidden))} (allowed outputs: "
                 f'{", ".join(sorted(rules.outputs))}); for PSI choose mode = "cardinality"'
             )
+        for owner, learner in membership_directions(outputs):
+            if owner == party and MEMBERSHIP not in rules.outputs:
+                if learner not in entry.reveal_membership_to:
+                    raise PolicyRefusedError(
+                        f"{party}'s dataset {me.dataset!r} is classified {entry.level!r}, which "
+                        f"never reveals which ids it holds, and this {spec.protocol} job tells "
+                        f"{learner} which of them it holds; its owner can allow it with "
+                        f'reveal_membership_to = ["{learner}"] under [datasets.{me.dataset}] '
+                        "in policy.toml"
+                    )
 
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
@@ -271,6 +315,11 @@ class _Dataset(StrictModel):
         default=None,
         description="the most ε all jobs of one requester may charge, in total (the control "
         "against differencing: each query of the same cohort costs its ε)",
+    )
+    reveal_membership_to: list[Name] = Field(
+        default_factory=list,
+        description="parties that may learn which ids this dataset holds (PSI alignment), "
+        "where its level forbids membership",
     )
 
 
@@ -352,6 +401,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             budget=budget,
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
+            reveal_membership_to=frozenset(entry.reveal_membership_to),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}

@@ -146,6 +146,8 @@ class PartySetup:
     #: The party's approvers, by name (when ``approvals``), and how many must approve.
     approver_names: tuple[str, ...] = ("approver",)
     quorum: int = 1
+    #: Parties that may learn which ids the datasets hold where the level forbids membership.
+    reveal_membership_to: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Loopback:
                 budget=Budget(setup.budget_epsilon),
                 max_epsilon_per_job=setup.max_epsilon_per_job,
                 max_epsilon_per_requester=setup.max_epsilon_per_requester,
+                reveal_membership_to=setup.reveal_membership_to,
             )
             for name in setup.datasets
         }

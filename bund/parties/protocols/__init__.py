@@ -10,6 +10,7 @@ from bund.parties.protocols import (
     dp_stats,
     fed_dp_sgd,
     psi,
+    psi_multi,
     vertical_lr,
     vertical_score,
     woe_iv,
@@ -21,6 +22,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     d.name: d
     for d in (
         psi.DEFINITION,
+        psi_multi.DEFINITION,
         dp_stats.DEFINITION,
         ckks_scoring.DEFINITION,
         fed_dp_sgd.DEFINITION,
