@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -275,22 +275,19 @@ def test_a_rerun_from_saved_state_sends_identical_bytes_and_the_same_result() ->
 
 
 def leader_view(
-    net: InMemoryNetwork, states: MemoryResumeStates, spec: JobSpec, items: list[bytes]
+    received: Iterable[tuple[str, str, bytes]], secret: bytes, spec: JobSpec, items: list[bytes]
 ) -> dict[str, np.ndarray]:
     """Each member's ``Ŝ_i(y)`` at each of the leader's ids, recomputed from what it received.
 
     Exactly the leader's computation (unblind the answers, decode the hint, XOR), done again by
-    the test from the captured messages and the leader's own saved secret.
+    the test from the messages the leader received (sender, tag, payload, in the order each
+    sender sent them) and the leader's own saved secret.
     """
-    raw = states.load(spec.job_id, "bank", "psi_multi.secret")
-    assert raw is not None
-    secret = mpsi.MpsiSecret(raw)
-    blinds = mpsi.query_blind(secret)
+    blinds = mpsi.query_blind(mpsi.MpsiSecret(secret))
     context = bytes.fromhex(spec.digest())
     got: dict[tuple[str, str], list[bytes]] = {}
-    for sender, receiver, tag, payload in net.captured:
-        if receiver == "bank":
-            got.setdefault((sender, tag.split("/")[1]), []).append(payload)
+    for sender, tag, payload in received:
+        got.setdefault((sender, tag.split("/")[1]), []).append(payload)
     query = blinds.blind_items(items, context)
     order = psi.sorted_order(query)
     in_order = [items[j] for j in order]
@@ -307,6 +304,16 @@ def leader_view(
         unsorted[order] = values
         view[member] = unsorted
     return view
+
+
+def bank_view(
+    net: InMemoryNetwork, states: MemoryResumeStates, spec: JobSpec, items: list[bytes]
+) -> dict[str, np.ndarray]:
+    """:func:`leader_view` of the bank, from the in-memory network and its resume states."""
+    raw = states.load(spec.job_id, "bank", "psi_multi.secret")
+    assert raw is not None
+    received = [(sender, tag, payload) for sender, to, tag, payload in net.captured if to == "bank"]
+    return leader_view(received, raw, spec, items)
 
 
 def zero_xor_counts(view: Mapping[str, np.ndarray]) -> dict[tuple[str, ...], int]:
@@ -331,7 +338,7 @@ def run_and_view(sets: Mapping[str, list[str]]) -> tuple[dict[str, np.ndarray], 
     items = [v.encode() for v in sets["bank"]]
     result = results["bank"]
     assert result is not None
-    return leader_view(net, states, spec, items), result
+    return bank_view(net, states, spec, items), result
 
 
 def two_inputs() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -438,5 +445,5 @@ def test_the_leaders_view_is_simulated_from_its_input_and_the_output_alone() -> 
     results = run_in_memory(spec, simulator, tables(sets), LIMITS, net, states={"bank": states})
     simulated = results["bank"]
     assert simulated is not None and csv_ids(simulated) == csv_ids(real)
-    view = leader_view(net, states, spec, [v.encode() for v in a["bank"]])
+    view = bank_view(net, states, spec, [v.encode() for v in a["bank"]])
     assert zero_xor_counts(view) == zero_xor_counts(real_view)
