@@ -432,6 +432,12 @@ def sorted_pair(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
+def keep_once(kept: list[bytes], raw: bytes) -> None:
+    """Append ``raw`` to ``kept`` unless it is there already."""
+    if raw not in kept:
+        kept.append(raw)
+
+
 def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
     """Record each secret key where its class is constructed (fresh or from a resume state)."""
     lock = threading.Lock()
@@ -450,7 +456,8 @@ def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
     wrap(pl.PrivateKey, lambda _, a: record.paillier.append(sorted_pair(int(a[1]), int(a[2]))))
     wrap(BlindingKey, lambda _, a: record.blinding.append(a[0].private_bytes_raw()))
     wrap(pairwise_masks.MaskingKey, lambda _, a: record.masking.append(a[0].private_bytes_raw()))
-    wrap(mpsi.MpsiSecret, lambda _, a: record.mpsi.append(bytes(a[0])))
+    # Once per secret: a resumed party, and the needles' own derivations, make it again.
+    wrap(mpsi.MpsiSecret, lambda _, a: keep_once(record.mpsi, bytes(a[0])))
     wrap(
         dropout_secagg.RoundSecrets,
         lambda s, a: record.rounds.append(
