@@ -36,6 +36,7 @@ KERNELS: dict[str, str] = {
     "ckks_scoring": "benchmarks.bench_ckks_scoring",
     "paillier_scoring": "benchmarks.bench_paillier_scoring",
     "psi": "benchmarks.bench_psi",
+    "psi_multi": "benchmarks.bench_psi_multi",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "secureboost": "benchmarks.bench_secureboost",

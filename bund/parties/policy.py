@@ -12,19 +12,22 @@ level                  protocols                              outputs
 =====================  =====================================  ==================================
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
-confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, vertical_secureboost,  dp_aggregate, model, score
-                       vertical_tree_score, serving_contract,
+confidential           psi, psi_multi, woe_iv, vertical_lr,   intersection, membership,
+                       vertical_score, vertical_secureboost,  cardinality, dp_aggregate, model,
+                       vertical_tree_score, serving_contract, score
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
-restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
+restricted-personal    psi, psi_multi, woe_iv, vertical_lr,   cardinality, dp_aggregate, model,
                        vertical_score, vertical_secureboost,  score (never which individuals)
                        vertical_tree_score, serving_contract,
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
 =====================  =====================================  ==================================
 
-A dataset entry may narrow its level's protocols further, never widen them.
+A dataset entry may narrow its level's protocols further, never widen them. ``membership`` is
+declared per direction (:func:`membership_output`): a protocol that aligns by PSI names each
+party that learns which ids another party's dataset holds; a dataset whose level forbids
+membership allows it only towards the parties its entry names in ``reveal_membership_to``.
 """
 
 from __future__ import annotations
@@ -66,11 +69,16 @@ class PolicyFileError(BundError):
 #: The name of the approver that ``[approvals] approver_key`` declares.
 APPROVER = "approver"
 #: Every kind of output a protocol can release.
-OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
+OUTPUTS = frozenset(
+    {"raw", "intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}
+)
+#: The output kind of a membership revealed in one direction: ``membership:OWNER>LEARNER``.
+MEMBERSHIP = "membership"
 #: Protocols allowed at the two protected levels.
 _PROTECTED_PROTOCOLS = frozenset(
     {
         "psi",
+        "psi_multi",
         "woe_iv",
         "vertical_lr",
         "vertical_score",
@@ -85,6 +93,22 @@ _PROTECTED_PROTOCOLS = frozenset(
     }
 )
 ANY_PROTOCOL = "*"
+
+
+def membership_output(owner: str, learner: str) -> str:
+    """The output kind by which ``learner`` learns which ids ``owner``'s dataset holds.
+
+    >>> membership_output("tax", "bank")
+    'membership:tax>bank'
+    """
+    return f"{MEMBERSHIP}:{owner}>{learner}"
+
+
+def membership_directions(outputs: frozenset[str]) -> list[tuple[str, str]]:
+    """The ``(owner, learner)`` pairs of the membership outputs among ``outputs``, sorted."""
+    prefix = MEMBERSHIP + ":"
+    pairs = (o.removeprefix(prefix).partition(">") for o in outputs if o.startswith(prefix))
+    return sorted((owner, learner) for owner, _, learner in pairs)
 
 
 @dataclass(frozen=True)
@@ -104,7 +128,7 @@ LEVELS: Mapping[str, LevelRules] = {
     "internal": LevelRules(frozenset({ANY_PROTOCOL}), OUTPUTS - {"raw"}),
     "confidential": LevelRules(
         _PROTECTED_PROTOCOLS,
-        frozenset({"intersection", "cardinality", "dp_aggregate", "model", "score"}),
+        frozenset({"intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}),
     ),
     "restricted-personal": LevelRules(
         _PROTECTED_PROTOCOLS, frozenset({"cardinality", "dp_aggregate", "model", "score"})
@@ -132,6 +156,8 @@ class DatasetPolicy:
     #: Columns that single out a person (no query may filter or group on them); None: the
     #: column a job binds as ``id``.
     identifiers: frozenset[str] | None = None
+    #: Parties that may learn which ids this dataset holds where its level forbids membership.
+    reveal_membership_to: frozenset[str] = frozenset()
 
     @property
     def budget_limits(self) -> BudgetLimits:
@@ -250,13 +276,23 @@ class Policy:
                     f"(release_scores_to under [datasets.{me.dataset}]); make {party} the only "
                     "receiver, or release DP aggregates instead"
                 )
-        forbidden = outputs - rules.outputs
+        forbidden = {o for o in outputs if not o.startswith(MEMBERSHIP + ":")} - rules.outputs
         if forbidden:
             raise PolicyRefusedError(
                 f"{party}'s dataset {me.dataset!r} is classified {entry.level!r}, which never "
                 f"releases {', '.join(sorted(forbidden))} (allowed outputs: "
                 f'{", ".join(sorted(rules.outputs))}); for PSI choose mode = "cardinality"'
             )
+        for owner, learner in membership_directions(outputs):
+            if owner == party and MEMBERSHIP not in rules.outputs:
+                if learner not in entry.reveal_membership_to:
+                    raise PolicyRefusedError(
+                        f"{party}'s dataset {me.dataset!r} is classified {entry.level!r}, which "
+                        f"never reveals which ids it holds, and this {spec.protocol} job tells "
+                        f"{learner} which of them it holds; its owner can allow it with "
+                        f'reveal_membership_to = ["{learner}"] under [datasets.{me.dataset}] '
+                        "in policy.toml"
+                    )
 
     def check_trusted(self, party: str, protocol: str, why: str) -> None:
         """Refuse a job whose protection of this node's data rests on ``party`` following it.
@@ -359,6 +395,11 @@ class _Dataset(StrictModel):
         description="columns that single out a person: no DP query may filter or group on them "
         "(default: the column a job binds as id)",
     )
+    reveal_membership_to: list[Name] = Field(
+        default_factory=list,
+        description="parties that may learn which ids this dataset holds (PSI alignment), "
+        "where its level forbids membership",
+    )
 
 
 class _Approvals(StrictModel):
@@ -451,6 +492,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             release_scores_to=frozenset(entry.release_scores_to),
             exact_aggregates_to=frozenset(entry.exact_aggregates_to),
             identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
+            reveal_membership_to=frozenset(entry.reveal_membership_to),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}

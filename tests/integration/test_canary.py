@@ -1,10 +1,10 @@
 """The canary test of issue 9: planted ids and values, and every secret key, stay with their owner.
 
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
-protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score, vertical_secureboost,
-vertical_tree_score and a serving_contract (one request, then its total limit ends it) between the
-bank and its providers; dp_stats, fed_dp_sgd, ckks_scoring, paillier_scoring and cox_ph between
-the hospitals and the insurer. Their datasets carry canaries:
+protocol once over mTLS: psi, psi_multi, woe_iv, vertical_lr, vertical_score,
+vertical_secureboost, vertical_tree_score and a serving_contract (one request, then its total
+limit ends it) between the bank and its providers; dp_stats, fed_dp_sgd, ckks_scoring,
+paillier_scoring and cox_ph between the hospitals and the insurer. Their datasets carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -13,12 +13,13 @@ the hospitals and the insurer. Their datasets carry canaries:
   patients), plus the insurer's model weights.
 
 No result may contain them: the PSI result at the bank holds only ids that both parties hold (the
-canary ids are each held by one party), the vertical protocols' results hold each party's own
-model part and metrics, the scores of ``vertical_score`` go to the bank (they list its own
-applicants), and so do the decisions of the serving contract (its loan system's answer; it asks
-about applicants that every provider holds: the ids it names are shown to the providers in the
-clear by design, so it names none of its own canary ids), ``ckks_scoring`` here sends the
-scores to the hospital only, and dp_stats, fed_dp_sgd and cox_ph release noisy aggregates and a
+canary ids are each held by one party), psi_multi's at the bank and the registry only ids all
+three hold, the vertical protocols' results hold each party's own model part and metrics, the
+scores of ``vertical_score`` go to the bank (they list its own applicants), and so do the
+decisions of the serving contract (its loan system's answer; it asks about applicants that every
+provider holds: the ids it names are shown to the providers in the clear by design, so it names
+none of its own canary ids), ``ckks_scoring`` here sends the scores to the hospital only, and
+dp_stats, fed_dp_sgd and cox_ph release noisy aggregates and a
 model, never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
@@ -26,12 +27,12 @@ resume, abort, and each answer and error coming back) is recorded with its sende
 and after the jobs every file under each node's state directory (SQLite databases with their
 ``-wal``/``-shm``, the sealed ``resume.db``) and each receiver's results are read. The search
 looks for every canary in every encoding it could take, and for every secret key made during the
-jobs (Paillier ``p``, ``q``; PSI blinding scalars; X25519 masking keys of ``pairwise_masks``; the
-round seeds and keys of ``secagg``; the CKKS secret key, dumped from inside the sandbox worker)
-in everything every node sends and stores, the owner's own stores included: resume states must
-hold secrets only sealed. Controls show that the capture and the search do find what is
-legitimately there (public keys on the wire, the intersection at the bank) and deliberately
-leaked copies.
+jobs (Paillier ``p``, ``q``; PSI blinding scalars; the job secrets of multi-party PSI and their
+zero-sharing keys; X25519 masking keys of ``pairwise_masks``; the round seeds and keys of
+``secagg``; the CKKS secret key, dumped from inside the sandbox worker) in everything every node
+sends and stores, the owner's own stores included: resume states must hold secrets only sealed.
+Controls show that the capture and the search do find what is legitimately there (public keys on
+the wire, the intersection at the bank) and deliberately leaked copies.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from bund.compute import insecure
+from bund.compute import insecure, mpsi
 from bund.compute import paillier as pl
 from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
@@ -365,6 +366,8 @@ class Secrets:
     ckks: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: SEAL saves of the public keys of the CKKS secret contexts (a control, not a secret).
     ckks_public: list[bytes] = field(default_factory=list)
+    #: Multi-party PSI job secrets (psi_multi, and the alignments with two or more providers).
+    mpsi: list[bytes] = field(default_factory=list)
 
     def needles(self) -> list[Needle]:
         """The searchable forms of every recorded secret."""
@@ -383,7 +386,17 @@ class Secrets:
             out += bytes_needles(f"secagg s-key {i}", s, x25519=True)
         for i, (coeffs, saved) in enumerate(self.ckks):
             out += ckks_needles(f"ckks secret key {i}", coeffs, saved)
+        for i, raw in enumerate(self.mpsi):
+            # Its OPRF key and query blinds are BlindingKeys, recorded with the PSI scalars.
+            out += bytes_needles(f"psi_multi secret {i}", raw)
+            zs = mpsi_zero_sharing_key(raw)
+            out += bytes_needles(f"psi_multi zero-sharing key {i}", zs, x25519=True)
         return out
+
+
+def mpsi_zero_sharing_key(raw: bytes) -> bytes:
+    """The X25519 private key a multi-party PSI member derives from its job secret."""
+    return mpsi.MpsiSecret(raw).derive(b"zero-sharing-key")
 
 
 def ckks_needles(what: str, coeffs: bytes, saved: bytes) -> list[Needle]:
@@ -436,6 +449,12 @@ def sorted_pair(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
+def keep_once(kept: list[bytes], raw: bytes) -> None:
+    """Append ``raw`` to ``kept`` unless it is there already."""
+    if raw not in kept:
+        kept.append(raw)
+
+
 def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
     """Record each secret key where its class is constructed (fresh or from a resume state)."""
     lock = threading.Lock()
@@ -454,6 +473,8 @@ def install_secret_hooks(mp: pytest.MonkeyPatch, record: Secrets) -> None:
     wrap(pl.PrivateKey, lambda _, a: record.paillier.append(sorted_pair(int(a[1]), int(a[2]))))
     wrap(BlindingKey, lambda _, a: record.blinding.append(a[0].private_bytes_raw()))
     wrap(pairwise_masks.MaskingKey, lambda _, a: record.masking.append(a[0].private_bytes_raw()))
+    # Once per secret: a resumed party, and the needles' own derivations, make it again.
+    wrap(mpsi.MpsiSecret, lambda _, a: keep_once(record.mpsi, bytes(a[0])))
     wrap(
         dropout_secagg.RoundSecrets,
         lambda s, a: record.rounds.append(
@@ -696,6 +717,18 @@ def run_jobs(
         requester="bank",
         params={"mode": "intersection"},
     )
+    psi_multi = JobSpec(
+        protocol="psi_multi",
+        participants=(
+            Participant("bank", "leader", "loan_book", {"id": "company_id"}),
+            Participant("tax", "member", "tax_filings", {"id": "company_id"}),
+            Participant("registry", "member", "business_registry", {"id": "company_id"}),
+        ),
+        receivers=("bank", "registry"),
+        purpose="canary: one cohort for three parties",
+        requester="bank",
+        params={"mode": "intersection"},
+    )
     jobs: dict[str, tuple[str, str]] = {}
     with factory.client("insurer") as insurer, factory.client("bank") as bank:
         health_jobs = (
@@ -704,7 +737,13 @@ def run_jobs(
         )  # fmt: skip
         for name, spec in health_jobs:
             jobs[name] = ("insurer", insurer.submit(spec))
-        for name, spec in (("psi", psi), ("woe_iv", woe_spec()), ("vertical_lr", vlr_spec())):
+        chain = (
+            ("psi", psi),
+            ("psi_multi", psi_multi),
+            ("woe_iv", woe_spec()),
+            ("vertical_lr", vlr_spec()),
+        )
+        for name, spec in chain:
             jobs[name] = ("bank", bank.submit(spec))
             status = wait_final(bank, jobs[name][1], timeout=240)
             assert status.state is JobState.SUCCEEDED, (name, status.error)
@@ -838,7 +877,7 @@ def hash_point_needles(jobs: Mapping[str, JobSpec]) -> list[Needle]:
     """Each finance canary id hashed to the curve as each vertical or PSI job hashes it, unblinded
     (a dictionary attack would recognise it)."""
     out = []
-    for name in ("psi", "woe_iv", "vertical_lr", "vertical_score"):
+    for name in ("psi", "psi_multi", "woe_iv", "vertical_lr", "vertical_score"):
         context = bytes.fromhex(jobs[name].digest())
         for owner in FINANCE_DATASETS:
             for raw in ONLY_IDS[owner]:
@@ -881,6 +920,7 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     assert len(made.blinding) >= 2 + 3 * 4  # psi; three alignments with two providers each
     assert len(made.masking) >= 3 + 3 + 2  # dp_stats, cox_ph at each hospital; vertical_score
     assert len(made.rounds) >= 2 * len(HOSPITALS)  # fed_dp_sgd: each hospital, each round
+    assert len(made.mpsi) >= 3 * 4  # psi_multi and three alignments, three parties each
     assert made.ckks and made.ckks_public, "the sandbox worker did not report its secret key"
 
 
@@ -899,8 +939,19 @@ def test_controls_the_search_finds_what_is_legitimately_there(world: World) -> N
         for i, keys in enumerate(made.rounds)
         for k, raw in zip("cs", keys[1:], strict=True)
     ]
-    found = found_in(world, publics, "sent")
-    assert {n.what for n in publics} == found
+    # Each multi-party PSI member sends the public half of its zero-sharing key to the others
+    # (the leader has none): two members in each of four exchanges. One search for all of them.
+    zero_sharing = [
+        Needle(
+            None,
+            f"psi_multi zero-sharing public key {i}",
+            public_x25519(mpsi_zero_sharing_key(raw)),
+        )
+        for i, raw in enumerate(made.mpsi)
+    ]
+    found = found_in(world, publics + zero_sharing, "sent")
+    assert {n.what for n in publics} <= found
+    assert len(found - {n.what for n in publics}) >= 2 * 4
     # The hospital sends its CKKS public key inside the public context, as SEAL saved it.
     ckks_public = [
         Needle(None, f"ckks public key {i} bytes {s}", pub[16 + s : 48 + s])
@@ -1033,22 +1084,30 @@ def test_the_search_finds_deliberately_leaked_copies(world: World) -> None:
 def test_the_search_finds_leaked_secret_keys(world: World) -> None:
     """Keys made now are recorded by the hooks, and their exports and text forms are found."""
     made = world.secrets
-    start = (len(made.paillier), len(made.blinding), len(made.masking), len(made.rounds))
+    start = (
+        len(made.paillier),
+        len(made.blinding),
+        len(made.masking),
+        len(made.rounds),
+        len(made.mpsi),
+    )
     insecure.enable_insecure_test_parameters()
     _, private = pl.generate_keypair(512)
     blinding = create_blinding_key()
     masking = pairwise_masks.create_masking_key()
     seed = secrets.token_bytes(dropout_secagg.SEED_BYTES)
     dropout_secagg.RoundSecrets.from_seed(seed)
+    job_secret = mpsi.create_mpsi_secret()
+    zero_sharing = mpsi_zero_sharing_key(job_secret.export_for_resume())
     fresh = Secrets(
         made.paillier[start[0] :],
         made.blinding[start[1] :],
         made.masking[start[2] :],
         made.rounds[start[3] :],
+        mpsi=made.mpsi[start[4] :],
     )
-    assert [len(x) for x in (fresh.paillier, fresh.blinding, fresh.masking, fresh.rounds)] == [
-        1, 1, 1, 1,
-    ]  # fmt: skip
+    kinds = (fresh.paillier, fresh.blinding, fresh.masking, fresh.rounds, fresh.mpsi)
+    assert [len(x) for x in kinds] == [1, 1, 1, 1, 1]
     p, q = fresh.paillier[0]
     leaks = {
         "paillier export": (private.export_for_resume(), "paillier key 0 p big-endian"),
@@ -1056,6 +1115,11 @@ def test_the_search_finds_leaked_secret_keys(world: World) -> None:
         "paillier hex": (f"{p:x}".encode(), f"paillier key 0 p as utf-8 {f'{p:x}'!r}"),
         "blinding export": (blinding.export_for_resume(), "psi blinding scalar 0"),
         "masking export": (masking.export_for_resume(), "pairwise_masks masking key 0"),
+        "psi_multi export": (job_secret.export_for_resume(), "psi_multi secret 0"),
+        "psi_multi zero-sharing key": (
+            zero_sharing.hex().encode(),
+            f"psi_multi zero-sharing key 0 as utf-8 {zero_sharing.hex()!r}",
+        ),
         "round seed json": (
             json.dumps({"seed": seed.hex()}).encode(),
             f"secagg round seed 0 as utf-8 {seed.hex()!r}",

@@ -149,6 +149,8 @@ class PartySetup:
     #: Counterparty -> protocols this party trusts it to follow; who may receive scores.
     trusted_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
     release_scores_to: frozenset[str] = frozenset()
+    #: Parties that may learn which ids the datasets hold where the level forbids membership.
+    reveal_membership_to: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -177,6 +179,7 @@ class Loopback:
                 max_epsilon_per_job=setup.max_epsilon_per_job,
                 max_epsilon_per_requester=setup.max_epsilon_per_requester,
                 release_scores_to=setup.release_scores_to,
+                reveal_membership_to=setup.reveal_membership_to,
             )
             for name in setup.datasets
         }

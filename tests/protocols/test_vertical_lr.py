@@ -180,7 +180,15 @@ def test_spec_validation() -> None:
     spec = make_spec()
     proto.validate(spec)
     assert PROTOCOLS["vertical_lr"] is proto.DEFINITION
-    assert proto.outputs(spec) == {"model"}
+    # Each party learns which of its ids the others hold: declared per direction.
+    assert proto.outputs(spec) == {"model"} | {
+        "membership:tax>bank",
+        "membership:registry>bank",
+        "membership:bank>tax",
+        "membership:registry>tax",
+        "membership:bank>registry",
+        "membership:tax>registry",
+    }
     assert set(proto.learns(spec)) == set(ROLES)
     with pytest.raises(InvalidJobSpecError, match="batch_size"):
         proto.validate(make_spec(batch_size=0))

@@ -257,7 +257,15 @@ def test_spec_validation() -> None:
     spec = score_spec(job)
     proto.validate(spec)
     assert PROTOCOLS["vertical_score"] is proto.DEFINITION
-    assert proto.outputs(spec) == {"score"}
+    # The providers learn which of their ids are the bank's applicants, per direction.
+    assert proto.outputs(spec) == {"score"} | {
+        "membership:tax>bank",
+        "membership:registry>bank",
+        "membership:bank>tax",
+        "membership:registry>tax",
+        "membership:bank>registry",
+        "membership:tax>registry",
+    }
     assert set(proto.learns(spec)) == set(ROLES)
     with pytest.raises(InvalidJobSpecError, match="model_job"):
         proto.validate(score_spec("not-a-job"))

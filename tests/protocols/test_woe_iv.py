@@ -197,7 +197,15 @@ def test_spec_validation() -> None:
     ok = make_spec()
     proto.validate(ok)
     assert PROTOCOLS["woe_iv"] is proto.DEFINITION
-    assert proto.outputs(ok) == {"model"}
+    # The alignment's membership, per direction: who learns which ids whose dataset holds.
+    assert proto.outputs(ok) == {"model"} | {
+        "membership:tax>bank",
+        "membership:registry>bank",
+        "membership:bank>tax",
+        "membership:registry>tax",
+        "membership:bank>registry",
+        "membership:tax>registry",
+    }
     assert "encrypted" in proto.learns(ok)["tax"]
     with pytest.raises(InvalidJobSpecError, match="bins"):
         proto.validate(make_spec(bins=1))

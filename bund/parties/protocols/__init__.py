@@ -12,6 +12,7 @@ from bund.parties.protocols import (
     fed_dp_sgd,
     paillier_scoring,
     psi,
+    psi_multi,
     serving_contract,
     vertical_lr,
     vertical_score,
@@ -26,6 +27,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     d.name: d
     for d in (
         psi.DEFINITION,
+        psi_multi.DEFINITION,
         dp_stats.DEFINITION,
         cox_ph.DEFINITION,
         ckks_scoring.DEFINITION,

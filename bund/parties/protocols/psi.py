@@ -53,6 +53,7 @@ from bund.parties.jobs import (
     Result,
     RoleRequirement,
 )
+from bund.parties.policy import membership_output
 from bund.parties.transport import MessagePlan
 
 #: The role both participants take.
@@ -310,8 +311,15 @@ def validate(spec: JobSpec) -> None:
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: which ids are shared, or only how many (``policy.OUTPUTS``)."""
-    return frozenset({PsiParams.of(spec).mode})
+    """What the job releases: which ids are shared, or only how many (``policy.OUTPUTS``).
+
+    In intersection mode, per direction, the membership each receiver learns of its peer's set.
+    """
+    mode = PsiParams.of(spec).mode
+    if mode != Disclosure.INTERSECTION.value:
+        return frozenset({mode})
+    peer = {p: q for p in spec.parties for q in spec.parties if q != p}
+    return frozenset({mode, *(membership_output(peer[r], r) for r in spec.receivers)})
 
 
 def learns(spec: JobSpec) -> dict[str, str]:

@@ -4,13 +4,21 @@ Roles: one ``label_holder`` (the bank: labels, the Paillier key) and one or more
 ``feature_holder`` (tax bureau, business registry). Each binds the logical column ``id`` to its
 company-id column; the label holder also binds ``label`` to its 0/1 label column.
 
-Alignment (:func:`align_label_holder` / :func:`align_feature_holder`) runs ECDH-PSI (the kernels
-of ``bund.compute.psi`` and the header checks of ``bund.parties.protocols.psi``) between the label
-holder and each feature holder, in which only the label holder learns the pairwise intersection; it
-then tells each feature holder the positions of the final common rows (present at every party) among
-the points that feature holder sent, in the agreed order (ascending company id). Feature holders
-learn which of their own ids are in the common set, nothing about other ids.
-``docs/protocols/woe-iv.md`` and ``docs/protocols/vertical-lr.md`` have the messages.
+Alignment (:func:`align_label_holder` / :func:`align_feature_holder`) finds the common rows
+(present at every party) and puts them in the agreed order (ascending company id):
+
+- with one feature holder, by ECDH-PSI (the kernels of ``bund.compute.psi`` and the header checks
+  of ``bund.parties.protocols.psi``) in which only the label holder learns the intersection; it
+  then tells the feature holder the positions of the common rows among the points it sent;
+- with two or more, by multi-party PSI (``bund.parties.protocols.psi_multi`` under the tag prefix
+  ``align/mpsi``, the label holder leading), so the label holder learns only the rows every
+  feature holder holds, never one feature holder's intersection; it then sends each feature
+  holder the common ids' tags.
+
+Feature holders learn which of their own ids are in the common set, nothing about other ids.
+Every protocol that aligns declares that membership among its outputs, per direction
+(:func:`alignment_outputs`). ``docs/protocols/woe-iv.md`` and ``docs/protocols/vertical-lr.md``
+have the messages.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from bund.compute.psi import (
 )
 from bund.parties.data import DatasetError, Table
 from bund.parties.jobs import JobContext, JobSpec, ProtocolParams, RoleRequirement
+from bund.parties.policy import membership_output
+from bund.parties.protocols import psi_multi
 from bund.parties.protocols.psi import check_own_set, exchange_headers, note_id_quality
 
 LABEL_HOLDER = "label_holder"
@@ -132,17 +142,57 @@ def _blinding_keys(ctx: JobContext, peers: list[str]) -> dict[str, BlindingKey]:
     return keys
 
 
+#: The tags of the multi-party alignment (two or more feature holders).
+_MULTI = psi_multi.Tags("align/mpsi")
+
+
+def alignment_outputs(spec: JobSpec) -> frozenset[str]:
+    """The membership every aligning protocol reveals, per direction (``policy.OUTPUTS``).
+
+    The label holder learns which of its ids the feature holders hold (with two or more, only
+    which ids all of them hold); each feature holder learns which of its own ids the label holder
+    and every other feature holder hold (the bank's applicants, in ``vertical_score``).
+    """
+    bank, providers = roles_of(spec)
+    out = {membership_output(p, bank) for p in providers}
+    for p in providers:
+        out |= {membership_output(q, p) for q in (bank, *providers) if q != p}
+    return frozenset(out)
+
+
+def label_holder_aligns(spec: JobSpec) -> str:
+    """What the label holder learns of the alignment, in words (each protocol's ``learns``)."""
+    _, providers = roles_of(spec)
+    if len(providers) > 1:
+        return "which of its ids every feature holder holds (never which ids one holds alone)"
+    return f"which of its ids {providers[0]} also holds"
+
+
 def align_label_holder(ctx: JobContext, providers: list[str]) -> Alignment:
     """The label holder's side of the alignment with every feature holder.
 
-    Runs ECDH-PSI with each feature holder in turn (a fresh blinding key for each), learns the
-    pairwise intersections, and sends each feature holder its positions of the final common rows
-    (``align/rows``), ordered by ascending company id.
+    With one feature holder: ECDH-PSI, then its positions of the common rows (``align/rows``).
+    With two or more: multi-party PSI as leader, which reveals only the ids every feature holder
+    holds, then each feature holder's common ids as tags (``align/mpsi/result``). Either way the
+    rows are ordered by ascending company id.
 
     Raises:
         SetTooLargeError: If a set is over a node's ``psi_max_set_size``.
         InvalidPointError: If a peer's points fail validation.
+        InvalidMessageError: If a peer's message is malformed.
     """
+    if len(providers) > 1:
+        ids, cap = _own_ids(ctx)
+        secret = psi_multi.load_secret(ctx, "align.mpsi")
+        outcome = psi_multi.lead(ctx, ids.items, providers, _MULTI, cap, secret)
+        for peer in providers:
+            psi_multi.send_result(ctx, peer, _MULTI, ids.items, outcome.common)
+        return Alignment([ids.rows[i] for i in outcome.common], len(ids.items))
+    return _align_pairwise(ctx, providers)
+
+
+def _align_pairwise(ctx: JobContext, providers: list[str]) -> Alignment:
+    """ECDH-PSI with each feature holder in turn, a fresh blinding key for each."""
     ids, cap = _own_ids(ctx)
     items, item_rows = ids.items, ids.rows
     context = _context(ctx)
@@ -184,6 +234,12 @@ def align_feature_holder(ctx: JobContext, label_holder: str) -> Alignment:
         InvalidMessageError: If the row list is malformed.
     """
     ids, cap = _own_ids(ctx)
+    _, providers = roles_of(ctx.spec)
+    if len(providers) > 1:
+        secret = psi_multi.load_secret(ctx, "align.mpsi")
+        psi_multi.follow(ctx, ids.items, label_holder, providers, _MULTI, cap, secret)
+        common = psi_multi.recv_result(ctx, label_holder, _MULTI, ids.items)
+        return Alignment([ids.rows[i] for i in common], len(ids.items))
     items, item_rows = ids.items, ids.rows
     header = _exchange_headers(ctx, label_holder, len(items), cap)
     key = _blinding_keys(ctx, [label_holder])[label_holder]

@@ -67,9 +67,11 @@ from bund.parties.protocols.vertical_alignment import (
     align_feature_holder,
     align_label_holder,
     aligned_once,
+    alignment_outputs,
     decode_meta,
     encode_meta,
     feature_matrix,
+    label_holder_aligns,
     label_vector,
     numeric_features,
     pack_state,
@@ -793,8 +795,8 @@ def check(spec: JobSpec) -> None:
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: a model (``policy.OUTPUTS``)."""
-    return frozenset({"model"})
+    """What the job releases: a model, and the alignment's membership (``policy.OUTPUTS``)."""
+    return frozenset({"model"}) | alignment_outputs(spec)
 
 
 def cost(spec: JobSpec, party: str) -> Budget:
@@ -834,7 +836,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
     )
     out = {
         bank: (
-            "which of its ids each provider also holds; each provider's feature count; per "
+            f"{label_holder_aligns(spec)}; each provider's feature count; per "
             "training batch each provider's partial score x·w of every batch row, and of every "
             "held-out row at the end; its own coefficients and standardisation (its result) and "
             "the joint and bank-only metrics. Never a provider's feature values, weights or "

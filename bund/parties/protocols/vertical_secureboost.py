@@ -68,9 +68,11 @@ from bund.parties.protocols.vertical_alignment import (
     align_feature_holder,
     align_label_holder,
     aligned_once,
+    alignment_outputs,
     decode_meta,
     encode_meta,
     feature_matrix,
+    label_holder_aligns,
     numeric_features,
     pack_state,
     roles_of,
@@ -1025,8 +1027,8 @@ def validate(spec: JobSpec) -> None:
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: a model (``policy.OUTPUTS``)."""
-    return frozenset({"model"})
+    """What the job releases: a model, and the alignment's membership (``policy.OUTPUTS``)."""
+    return frozenset({"model"}) | alignment_outputs(spec)
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
@@ -1036,7 +1038,7 @@ def learns(spec: JobSpec) -> dict[str, str]:
     ou = params.scheme == "ou"
     out = {
         bank: (
-            "which of its ids each provider also holds; per tree and node, each provider's "
+            f"{label_holder_aligns(spec)}; per tree and node, each provider's "
             "candidate splits as (provider, shuffled split id) with their summed gradients "
             "(G_L, H_L) — the per-bin gradient sums of the providers' features that SecureBoost "
             "is known to reveal — which provider's split wins each node and which rows go left "

@@ -53,6 +53,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     align_feature_holder,
     align_label_holder,
+    alignment_outputs,
     feature_matrix,
     roles_of,
 )
@@ -314,8 +315,8 @@ class VerticalTreeScoreParams(ProtocolParams):
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: scores (``policy.OUTPUTS``)."""
-    return frozenset({"score"})
+    """What the job releases: scores, and the alignment's membership (``policy.OUTPUTS``)."""
+    return frozenset({"score"}) | alignment_outputs(spec)
 
 
 def learns(spec: JobSpec) -> dict[str, str]:

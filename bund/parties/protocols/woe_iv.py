@@ -58,9 +58,11 @@ from bund.parties.protocols.vertical_alignment import (
     PaillierParams,
     align_feature_holder,
     align_label_holder,
+    alignment_outputs,
     decode_meta,
     encode_meta,
     feature_matrix,
+    label_holder_aligns,
     label_vector,
     numeric_features,
     recv_vector,
@@ -256,8 +258,8 @@ def validate(spec: JobSpec) -> None:
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: a screening model summary (``policy.OUTPUTS``)."""
-    return frozenset({"model"})
+    """What the job releases: a screening model summary, and the alignment's membership."""
+    return frozenset({"model"}) | alignment_outputs(spec)
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
@@ -265,10 +267,9 @@ def learns(spec: JobSpec) -> dict[str, str]:
     bank, providers = roles_of(spec)
     out = {
         bank: (
-            "which of its ids each feature holder also holds (pairwise intersections) and their "
-            "set sizes; per feature of each feature holder: its name, rows and events per "
-            "quantile bin, hence WOE per bin and IV; never a feature value, bin edge or which "
-            "row fell in which bin"
+            f"{label_holder_aligns(spec)}, and their set sizes; per feature of each feature "
+            "holder: its name, rows and events per quantile bin, hence WOE per bin and IV; never "
+            "a feature value, bin edge or which row fell in which bin"
         )
     }
     for p in providers:
