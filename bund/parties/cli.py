@@ -1032,14 +1032,23 @@ def data_generate(
 
 @app.command()
 def bench(
-    kernel: Annotated[str, typer.Argument(help="paillier | ckks | psi | all")],
+    kernel: Annotated[
+        str,
+        typer.Argument(help="a family (paillier, ou, ckks, psi, fed, job, ...), baselines, all"),
+    ],
     quick: Annotated[bool, typer.Option(help="Small sizes, to check the harness.")] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
     ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Write a PNG per kernel family here.")] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Where the PNGs go (default: beside --json, else ./bench-plots)."),
+    ] = None,
 ) -> None:
-    """Benchmark the crypto kernels (from a source checkout: the benchmarks are not installed)."""
+    """Benchmark the crypto kernels (from a source checkout: the benchmarks are not installed).
+
+    Writes a PNG per family and baselines.png: each kernel against its library baseline.
+    """
     try:
         from benchmarks.suite import main
     except ModuleNotFoundError:
@@ -1047,7 +1056,12 @@ def bench(
             "the benchmarks ship with the source, not the package: run `bund bench` from a clone "
             "of the repository (after `bash scripts/setup.sh`)"
         ) from None
-    main(kernel, quick, json_path, plots)
+    plot_dir = plots or (json_path.parent if json_path is not None else Path("bench-plots"))
+    try:
+        main(kernel, quick, json_path, plot_dir)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"plots in {plot_dir}/")
 
 
 @app.command()
