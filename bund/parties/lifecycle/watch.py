@@ -44,11 +44,6 @@ class Watches:
         self._open: Counter[str] = Counter()
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        """Whether the node stopped serving watches."""
-        return self._closed
-
     def open_count(self, caller: str | None = None) -> int:
         """How many watches are open (``caller``'s only, when given)."""
         with self._lock:
