@@ -185,6 +185,10 @@ def plot_family(rows: Sequence[dict[str, Any]], family: str, path: pathlib.Path)
     fig.savefig(path, dpi=110)
 
 
+#: The parameters that tell one baseline comparison from another in the table.
+_BASELINE_KEYS = ("bits", "N", "terms", "n", "threads", "model", "batch", "mode")
+
+
 def baseline_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row measured against a library, as Bund's speed relative to it (above 1: faster).
 
@@ -208,7 +212,9 @@ def baseline_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "family": row["family"],
                     "kernel": row["kernel"],
-                    "params": _params_text(row.get("params", {})),
+                    "params": _params_text(
+                        {k: v for k, v in row.get("params", {}).items() if k in _BASELINE_KEYS}
+                    ),
                     "label": f"{row['family']} {_label(row)}",
                     "baseline": baseline,
                     "speed_vs_baseline": speed,
@@ -234,6 +240,7 @@ def baseline_table(entries: Sequence[dict[str, Any]]) -> str:
 def plot_baselines(entries: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
     """Save one PNG: a bar per comparison, Bund's speed relative to its baseline (log scale)."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     colours = {
         "phe": "#3b6ea5",
@@ -253,6 +260,9 @@ def plot_baselines(entries: Sequence[dict[str, Any]], path: pathlib.Path) -> Non
         ax.set_xscale("log")
     ax.set_xlabel("Bund's speed ÷ the baseline's, same run (log scale; right of 1: faster)")
     ax.set_title("Bund's kernels against their library baselines")
+    shown = sorted({e["baseline"] for e in entries})
+    handles = [Patch(color=colours.get(name, "#777777"), label=name) for name in shown]
+    ax.legend(handles=handles, loc="lower right", fontsize=7)
     for pos, speed in zip(positions, speeds, strict=True):
         ax.text(speed, pos, f" {speed:,.2f}×", va="center", fontsize=7)
     fig.tight_layout()
