@@ -207,15 +207,15 @@ def baseline_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             found.append(("Opacus", 1 / float(row["ratio_vs_opacus"])))
         if row.get("fraction_of_ceiling") is not None:
             found.append(("curve ceiling", float(row["fraction_of_ceiling"])))
+        shown = {k: v for k, v in row.get("params", {}).items() if k in _BASELINE_KEYS}
+        params = _params_text(shown)
         for baseline, speed in found:
             out.append(
                 {
                     "family": row["family"],
                     "kernel": row["kernel"],
-                    "params": _params_text(
-                        {k: v for k, v in row.get("params", {}).items() if k in _BASELINE_KEYS}
-                    ),
-                    "label": f"{row['family']} {_label(row)}",
+                    "params": params,
+                    "label": f"{row['family']} {row['kernel']} {params}".strip(),
                     "baseline": baseline,
                     "speed_vs_baseline": speed,
                 }
