@@ -13,7 +13,10 @@ Rates are wall-clock, best of ``repeats`` runs of ``count`` operations each, on 
 - Sizes (``bytes`` instead of a rate): ``ciphertext_bytes`` (a serialised fresh vector),
   ``public_context_bytes`` (public and relinearisation keys), ``galois_keys_bytes``.
 
-``--quick`` runs N = 8192 only with fewer repeats. There is no ``phe`` reference for CKKS.
+Each timed row also carries ``tenseal_ops_per_s``: the same operation on raw TenSEAL (a context
+of the same parameters, made here; the rotation through ``sealapi`` as Bund does it, with one
+evaluator), timed alike in the same run, and ``ratio_vs_tenseal`` = Bund's rate / TenSEAL's
+(below 1: what Bund's wrapper adds). ``--quick`` runs N = 8192 only with fewer repeats.
 
 Run: ``PYTHONPATH=. .venv/bin/python -m benchmarks.suite ckks [--quick] [--json FILE]``.
 """
@@ -24,6 +27,9 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+
+import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from bund.compute.ckks import CkksContext, CkksParameters
 
@@ -68,17 +74,49 @@ def _run_degree(degree: int, quick: bool) -> list[dict[str, Any]]:
             }
         )
 
+    raw = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+    )
+    raw.global_scale = 2.0**params.global_scale_bits
+    start = time.perf_counter()
+    raw.generate_galois_keys()
+    raw_keygen = 1 / (time.perf_counter() - start)
     start = time.perf_counter()
     secret = CkksContext.create(params)
-    row("keygen", 1 / (time.perf_counter() - start), "contexts/s")
+    keygen = 1 / (time.perf_counter() - start)
+
+    def timed(
+        kernel: str, ours: Callable[[], object], theirs: Callable[[], object], unit: str
+    ) -> None:
+        rate, reference = _best_rate(ours, count, repeats), _best_rate(theirs, count, repeats)
+        row(kernel, rate, unit, tenseal_ops_per_s=reference, ratio_vs_tenseal=rate / reference)
+
+    row(
+        "keygen",
+        keygen,
+        "contexts/s",
+        tenseal_ops_per_s=raw_keygen,
+        ratio_vs_tenseal=keygen / raw_keygen,
+    )
     a, b = _values(params.slots), _values(params.slots)
     va, vb = secret.encrypt(a), secret.encrypt(b)
-    row("encrypt", _best_rate(lambda: secret.encrypt(a), count, repeats), "vectors/s")
-    row("decrypt", _best_rate(va.decrypt, count, repeats), "vectors/s")
-    row("add", _best_rate(lambda: va + vb, count, repeats), "ops/s")
-    row("multiply_relin", _best_rate(lambda: va * vb, count, repeats), "ops/s")
-    row("dot", _best_rate(lambda: va.dot(vb), count, repeats), "ops/s")
-    row("rotate", _best_rate(lambda: va.rotate(1), count, repeats), "ops/s")
+    ra, rb = ts.ckks_vector(raw, a), ts.ckks_vector(raw, b)
+    evaluator = sealapi.Evaluator(raw.seal_context().data)
+    galois = raw.galois_keys().data
+
+    def raw_rotate() -> object:
+        out = sealapi.Ciphertext()
+        evaluator.rotate_vector(ra.ciphertext()[0], 1, galois, out)
+        return out
+
+    timed("encrypt", lambda: secret.encrypt(a), lambda: ts.ckks_vector(raw, a), "vectors/s")
+    timed("decrypt", va.decrypt, ra.decrypt, "vectors/s")
+    timed("add", lambda: va + vb, lambda: ra + rb, "ops/s")
+    timed("multiply_relin", lambda: va * vb, lambda: ra * rb, "ops/s")
+    timed("dot", lambda: va.dot(vb), lambda: ra.dot(rb), "ops/s")
+    timed("rotate", lambda: va.rotate(1), raw_rotate, "ops/s")
     with_galois = len(secret.serialize(galois_keys=True))
     without = len(secret.serialize(galois_keys=False))
     row("ciphertext_bytes", None, "bytes", bytes=len(va.serialize()))

@@ -128,7 +128,19 @@ class _PipeTransport:
 
 
 class _NoSink:
-    def message(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+    def message(
+        self,
+        job_id: str,
+        direction: str,
+        peer: str,
+        tag: str,
+        sha: str,
+        n: int,
+        in_transcript: bool = True,
+    ) -> None:
+        pass
+
+    def replayed(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:

@@ -2,16 +2,20 @@
 
 ``bund bench KERNEL [--quick] [--json FILE]`` calls :func:`main`; so does
 ``python -m benchmarks.suite KERNEL [--quick] [--json FILE] [--plots DIR]``. ``KERNEL`` is a
-family of :data:`KERNELS` or ``all``. Each family is a module with
-``run(quick: bool) -> list[dict]``; rows carry at least ``family``, ``kernel``, ``params`` and
-``ops_per_s`` (``None`` for size rows, which carry ``bytes``), Paillier rows ``ratio_vs_phe``,
-and OU rows ``ratio_vs_phe`` and ``ratio_vs_paillier``.
+family of :data:`KERNELS`, ``baselines`` (the families of :data:`BASELINE_FAMILIES`) or
+``all``. Each family is a module with ``run(quick: bool) -> list[dict]``; rows carry at least
+``family``, ``kernel``, ``params`` and ``ops_per_s`` (``None`` for size rows, which carry
+``bytes``), Paillier rows ``ratio_vs_phe``, OU rows ``ratio_vs_phe`` and ``ratio_vs_paillier``,
+CKKS rows ``ratio_vs_tenseal``.
 Families are imported lazily, so a missing or broken one is reported and skipped, and the
 others still run.
 
 The JSON holds ``machine`` (CPU model, cores, load averages at the start and the end, Python,
 library versions), ``parameters`` (what was asked for), ``rows`` and ``skipped``. One PNG per family
-(``<family>.png``) goes to the plot directory: ``--plots``, or beside ``--json`` by default.
+(``<family>.png``) goes to the plot directory: ``--plots``, or beside ``--json`` by default;
+so does ``baselines.png``, every row measured against a library baseline (phe, TenSEAL, Opacus,
+the curve ceiling) as Bund's speed relative to it, when the run has any; the report's
+``baselines`` holds the same comparisons, and :func:`baseline_table` writes them as Markdown.
 """
 
 from __future__ import annotations
@@ -45,7 +49,12 @@ KERNELS: dict[str, str] = {
     "witness": "benchmarks.bench_witness",
     "serving": "benchmarks.bench_serving",
     "survival": "benchmarks.bench_survival",
+    "job": "benchmarks.bench_job",
 }
+
+#: The families whose rows measure a Bund kernel against its library baseline in the same run:
+#: ``bund bench baselines`` runs them and compares them in one table and one PNG.
+BASELINE_FAMILIES = ("paillier", "ou", "ckks", "psi", "fed")
 
 _LIBRARIES = (
     "gmpy2",
@@ -180,6 +189,90 @@ def plot_family(rows: Sequence[dict[str, Any]], family: str, path: pathlib.Path)
     fig.savefig(path, dpi=110)
 
 
+#: The parameters that tell one baseline comparison from another in the table.
+_BASELINE_KEYS = ("bits", "N", "terms", "n", "threads", "model", "batch", "mode")
+
+
+def baseline_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row measured against a library, as Bund's speed relative to it (above 1: faster).
+
+    phe and TenSEAL rows carry rate ratios; Opacus rows carry a CPU-time ratio (inverted here);
+    PSI rows carry their fraction of the curve ceiling (at most 1: no PSI on the curve is
+    faster). Rows without a baseline are left out.
+    """
+    out = []
+    for row in rows:
+        found: list[tuple[str, float]] = []
+        if row.get("ratio_vs_phe") is not None:
+            found.append(("phe", float(row["ratio_vs_phe"])))
+        if row.get("ratio_vs_tenseal") is not None:
+            found.append(("TenSEAL", float(row["ratio_vs_tenseal"])))
+        if row.get("ratio_vs_opacus"):
+            found.append(("Opacus", 1 / float(row["ratio_vs_opacus"])))
+        if row.get("fraction_of_ceiling") is not None:
+            found.append(("curve ceiling", float(row["fraction_of_ceiling"])))
+        shown = {k: v for k, v in row.get("params", {}).items() if k in _BASELINE_KEYS}
+        params = _params_text(shown)
+        for baseline, speed in found:
+            out.append(
+                {
+                    "family": row["family"],
+                    "kernel": row["kernel"],
+                    "params": params,
+                    "label": f"{row['family']} {row['kernel']} {params}".strip(),
+                    "baseline": baseline,
+                    "speed_vs_baseline": speed,
+                }
+            )
+    return out
+
+
+def baseline_table(entries: Sequence[dict[str, Any]]) -> str:
+    """The comparisons of :func:`baseline_rows` as a Markdown table."""
+    lines = [
+        "| family | kernel | params | baseline | Bund's speed ÷ baseline's |",
+        "|---|---|---|---|---:|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['family']} | `{e['kernel']}` | {e['params']} | {e['baseline']} | "
+            f"{e['speed_vs_baseline']:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_baselines(entries: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
+    """Save one PNG: a bar per comparison, Bund's speed relative to its baseline (log scale)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colours = {
+        "phe": "#3b6ea5",
+        "TenSEAL": "#6a9f58",
+        "Opacus": "#d1883f",
+        "curve ceiling": "#8c6bb1",
+    }
+    fig = Figure(figsize=(10, 0.3 * max(len(entries), 4) + 1.4))
+    ax = fig.add_subplot()
+    positions = list(range(len(entries)))
+    speeds = [e["speed_vs_baseline"] for e in entries]
+    ax.barh(positions, speeds, color=[colours.get(e["baseline"], "#777777") for e in entries])
+    ax.set_yticks(positions, [f"{e['label']} vs {e['baseline']}" for e in entries], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    if speeds:
+        ax.set_xscale("log")
+    ax.set_xlabel("Bund's speed ÷ the baseline's, same run (log scale; right of 1: faster)")
+    ax.set_title("Bund's kernels against their library baselines")
+    shown = sorted({e["baseline"] for e in entries})
+    handles = [Patch(color=colours.get(name, "#777777"), label=name) for name in shown]
+    ax.legend(handles=handles, loc="lower right", fontsize=7)
+    for pos, speed in zip(positions, speeds, strict=True):
+        ax.text(speed, pos, f" {speed:,.2f}×", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(
     kernel: str,
     quick: bool,
@@ -189,20 +282,21 @@ def main(
     """Run one family (or ``"all"``), print a table, write the JSON and one PNG per family.
 
     Args:
-        kernel: A key of :data:`KERNELS`, or ``"all"``.
+        kernel: A key of :data:`KERNELS`, ``"baselines"`` or ``"all"``.
         quick: Small sizes only (seconds, not minutes); small test keys where noted in the rows.
         json_path: Where to write the report, or ``None``.
         plot_dir: Where to write ``<family>.png``, or ``None`` for no plots.
 
     Returns:
-        The report: ``machine``, ``parameters``, ``rows``, ``skipped``.
+        The report: ``machine``, ``parameters``, ``rows``, ``skipped``, ``baselines``.
 
     Raises:
         ValueError: If ``kernel`` is unknown.
     """
-    if kernel != "all" and kernel not in KERNELS:
-        raise ValueError(f"unknown kernel family {kernel!r}; choose from {[*KERNELS, 'all']}")
-    families = list(KERNELS) if kernel == "all" else [kernel]
+    if kernel not in ("all", "baselines") and kernel not in KERNELS:
+        choices = [*KERNELS, "baselines", "all"]
+        raise ValueError(f"unknown kernel family {kernel!r}; choose from {choices}")
+    families = {"all": list(KERNELS), "baselines": list(BASELINE_FAMILIES)}.get(kernel, [kernel])
     report: dict[str, Any] = {
         "machine": machine_info(),
         "parameters": {"kernel": kernel, "quick": quick, "families": families},
@@ -226,6 +320,12 @@ def main(
         if plot_dir is not None:
             plot_dir.mkdir(parents=True, exist_ok=True)
             plot_family(rows, family, plot_dir / f"{family}.png")
+    report["baselines"] = baseline_rows(report["rows"])
+    if report["baselines"]:
+        print(baseline_table(report["baselines"]))
+        if plot_dir is not None:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+            plot_baselines(report["baselines"], plot_dir / "baselines.png")
     report["parameters"]["wall_s"] = time.perf_counter() - started
     report["machine"]["load_average_at_end"] = _load_average()
     if json_path is not None:
@@ -236,7 +336,9 @@ def main(
 
 def _cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Bund crypto hot-path benchmarks")
-    parser.add_argument("kernel", choices=[*KERNELS, "all"], help="kernel family, or all")
+    parser.add_argument(
+        "kernel", choices=[*KERNELS, "baselines", "all"], help="kernel family, baselines, or all"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: seconds, not minutes")
     parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="write the report here")
     parser.add_argument(

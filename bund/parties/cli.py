@@ -8,38 +8,45 @@ from typing import TYPE_CHECKING, Annotated, cast, get_args
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table as RichTable
 
 from bund.compute.errors import BundError
 
 # cli_env first, for its effect: it must run before gRPC loads.
-from bund.parties import cli_env, identity  # noqa: F401
-from bund.parties.config import (
-    LogLevel,
-    NodeConfig,
-    OperatorConfig,
-    is_operator_file,
-    load_cli_config,
-    load_config,
-)
-from bund.parties.jobs import JobSpec, Result
-from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties import cli_env
+from bund.parties.roles import ROLES
 
+# What `bund --help` and every command's start need is above; the node's modules (gRPC,
+# cryptography, pydantic, numpy) load when a command uses them (tests/parties/test_cli_imports.py).
 if TYPE_CHECKING:
+    from rich.table import Table as RichTable
+
+    from bund.parties import identity
     from bund.parties.audit import VerificationReport
     from bund.parties.client import NodeClient
+    from bund.parties.config import NodeConfig, OperatorConfig
+    from bund.parties.jobs import JobSpec, Result
+    from bund.parties.lifecycle.states import JobStatus
+else:
+    identity = cli_env.lazy_module("bund.parties.identity")
 
-app = typer.Typer(
-    help="Bund: privacy-preserving joint computation between party nodes.", no_args_is_help=True
-)
-federation_app = typer.Typer(help="Federation CA, roster and revocations.", no_args_is_help=True)
-roster_app = typer.Typer(help="The federation's signed roster of parties.", no_args_is_help=True)
-party_app = typer.Typer(help="Party certificates and keys.", no_args_is_help=True)
-operator_app = typer.Typer(help="A party's operator credentials.", no_args_is_help=True)
-job_app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
-audit_app = typer.Typer(help="Verify and export audit logs.", no_args_is_help=True)
-data_app = typer.Typer(help="Demo datasets.", no_args_is_help=True)
+
+def _group(text: str) -> typer.Typer:
+    """A command group with plain (click's) help.
+
+    Typer's rich help loads rich.markdown and rich.traceback: about 70 ms of CPU, of a start
+    that must stay under 150 ms.
+    """
+    return typer.Typer(help=text, no_args_is_help=True, rich_markup_mode=None)
+
+
+app = _group("Bund: privacy-preserving joint computation between party nodes.")
+federation_app = _group("Federation CA, roster and revocations.")
+roster_app = _group("The federation's signed roster of parties.")
+party_app = _group("Party certificates and keys.")
+operator_app = _group("A party's operator credentials.")
+job_app = _group("Submit and follow jobs.")
+audit_app = _group("Verify and export audit logs.")
+data_app = _group("Demo datasets.")
 app.add_typer(federation_app, name="federation")
 federation_app.add_typer(roster_app, name="roster")
 app.add_typer(party_app, name="party")
@@ -88,6 +95,13 @@ def main(
     """Bund: privacy-preserving joint computation between party nodes."""
 
 
+def _table(**options: object) -> RichTable:
+    """A rich table (rich.table loads with the first one)."""
+    from rich.table import Table
+
+    return Table(**options)  # type: ignore[arg-type]
+
+
 def _print_json(document: object) -> None:
     from bund.parties.views import dumps
 
@@ -101,6 +115,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _config(path: Path) -> NodeConfig:
+    from bund.parties.config import load_config
+
     try:
         return load_config(path)
     except BundError as exc:
@@ -108,6 +124,8 @@ def _config(path: Path) -> NodeConfig:
 
 
 def _is_operator_file(path: Path) -> bool:
+    from bund.parties.config import is_operator_file
+
     try:
         return is_operator_file(path)
     except BundError as exc:
@@ -115,6 +133,8 @@ def _is_operator_file(path: Path) -> bool:
 
 
 def _operator(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
+    from bund.parties.config import load_cli_config
+
     try:
         return load_cli_config(path)
     except BundError as exc:
@@ -174,7 +194,7 @@ def federation_init(
 @roster_app.command("add")
 def roster_add(
     name: Annotated[str, typer.Argument(help="The party's name.")],
-    role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
+    role: Annotated[str, typer.Option(help="|".join(ROLES))],
     cert: Annotated[Path, typer.Option(help="The party's node certificate (PEM).")],
     audit_key: Annotated[Path, typer.Option(help="The party's audit public key (PEM).")],
     federation: FederationOpt,
@@ -210,7 +230,7 @@ def roster_show(federation: FederationOpt) -> None:
         )
     except BundError as exc:
         raise _fail(str(exc)) from None
-    t = RichTable(title=f"roster of {current.federation}, version {current.version}")
+    t = _table(title=f"roster of {current.federation}, version {current.version}")
     for heading in ("party", "role", "certificates (sha256)", "audit key"):
         t.add_column(heading)
     for m in sorted(current.members.values(), key=lambda m: m.name):
@@ -282,7 +302,7 @@ def operator_revoke(
 @party_app.command("init")
 def party_init(
     name: Annotated[str, typer.Argument(help="Party name, e.g. bank.")],
-    role: Annotated[str, typer.Option(help="|".join(identity.ROLES))],
+    role: Annotated[str, typer.Option(help="|".join(ROLES))],
     federation: Annotated[Path, typer.Option(help="The federation CA directory.")],
     out: Annotated[Path, typer.Option(help="The party's directory.")],
     listen: Annotated[
@@ -349,6 +369,7 @@ def serve(
     """Run this party's node until SIGTERM/SIGINT; SIGHUP reloads its policy."""
     import dataclasses
 
+    from bund.parties.config import LogLevel
     from bund.parties.node import serve as run
 
     cfg = _config(config)
@@ -417,7 +438,10 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
     Raises:
         FollowTimeoutError: If the job is still going after ``timeout`` seconds.
     """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from bund.parties.follow import follow_job
+    from bund.parties.lifecycle.states import JobState
 
     with Progress(
         TextColumn("[bold]{task.fields[state]}[/] {task.description}"),
@@ -458,6 +482,8 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
 
 def approval_lines(status: JobStatus) -> list[str]:
     """Each party's answer: this node's approvers, and (at the requester) the others' answers."""
+    from bund.parties.lifecycle.states import JobState
+
     lines = []
     if status.approved_by:
         lines.append(f"approved here by {', '.join(status.approved_by)}")
@@ -473,7 +499,9 @@ def approval_lines(status: JobStatus) -> list[str]:
 
 def print_status(status: JobStatus) -> None:
     """A job's status as a small table."""
-    t = RichTable(show_header=False, box=None)
+    from bund.parties.lifecycle.states import JobState
+
+    t = _table(show_header=False, box=None)
     colour = {
         "succeeded": "green",
         "failed": "red",
@@ -509,6 +537,8 @@ def job_submit(
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
     """Submit a job to this party's node; the node proposes it to the other participants."""
+    from bund.parties.lifecycle.states import JobState
+
     cfg, _ = _operator(config)
     job = load_spec(spec, cfg.party)
     try:
@@ -556,7 +586,7 @@ def job_status(
 def _print_result(result: Result) -> None:
     from bund.parties.views import shown_value as _shown
 
-    t = RichTable(title="result", show_header=False)
+    t = _table(title="result", show_header=False)
     for k, v in result.summary.items():
         t.add_row(escape(k), escape(_shown(k, v)))
     for name, data in result.artifacts.items():
@@ -696,7 +726,7 @@ def job_list(config: OperatorOpt, limit: int = 20, json_out: JsonOpt = False) ->
 
         _print_json(list_document(jobs))
         return
-    t = RichTable()
+    t = _table()
     t.add_column("job", no_wrap=True, min_width=32)  # whole, so it can be copied
     for heading in ("protocol", "parties", "state", "updated"):
         t.add_column(heading)
@@ -710,6 +740,8 @@ def job_list(config: OperatorOpt, limit: int = 20, json_out: JsonOpt = False) ->
 @job_app.command("pending")
 def job_pending(config: OperatorOpt, limit: int = 50, json_out: JsonOpt = False) -> None:
     """List the jobs that await this party's approval, each with what it computes and reveals."""
+    from bund.parties.lifecycle.states import JobState
+
     cfg, _ = _operator(config)
     try:
         with _client(cfg) as client:
@@ -771,7 +803,7 @@ def job_logs(
         err_console.print(f"{hidden} message records not shown (--all shows them)")
 
 
-budget_app = typer.Typer(help="Privacy budgets per dataset.", no_args_is_help=True)
+budget_app = _group("Privacy budgets per dataset.")
 app.add_typer(budget_app, name="budget")
 
 
@@ -814,7 +846,7 @@ def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
         exact[shown] = format_rational(value)
         return f"{shown}*"
 
-    t = RichTable(title="privacy budget per dataset")
+    t = _table(title="privacy budget per dataset")
     for heading in ("dataset", "level", "", "total", "spent", "reserved", "left"):
         t.add_column(heading, no_wrap=True)
     for line in lines:
@@ -1036,7 +1068,7 @@ def console_command(
 
 # -- configuration files ---------------------------------------------------------------------
 
-config_app = typer.Typer(help="Check the files people write.", no_args_is_help=True)
+config_app = _group("Check the files people write.")
 app.add_typer(config_app, name="config")
 
 
@@ -1094,14 +1126,23 @@ def data_generate(
 
 @app.command()
 def bench(
-    kernel: Annotated[str, typer.Argument(help="paillier | ckks | psi | all")],
+    kernel: Annotated[
+        str,
+        typer.Argument(help="a family (paillier, ou, ckks, psi, fed, job, ...), baselines, all"),
+    ],
     quick: Annotated[bool, typer.Option(help="Small sizes, to check the harness.")] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
     ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Write a PNG per kernel family here.")] = None,
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Where the PNGs go (default: beside --json, else ./bench-plots)."),
+    ] = None,
 ) -> None:
-    """Benchmark the crypto kernels (from a source checkout: the benchmarks are not installed)."""
+    """Benchmark the crypto kernels (from a source checkout: the benchmarks are not installed).
+
+    Writes a PNG per family and baselines.png: each kernel against its library baseline.
+    """
     try:
         from benchmarks.suite import main
     except ModuleNotFoundError:
@@ -1109,7 +1150,12 @@ def bench(
             "the benchmarks ship with the source, not the package: run `bund bench` from a clone "
             "of the repository (after `bash scripts/setup.sh`)"
         ) from None
-    main(kernel, quick, json_path, plots)
+    plot_dir = plots or (json_path.parent if json_path is not None else Path("bench-plots"))
+    try:
+        main(kernel, quick, json_path, plot_dir)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"plots in {plot_dir}/")
 
 
 @app.command()
@@ -1131,7 +1177,7 @@ def demo(
 
 # -- workflows -------------------------------------------------------------------------------
 
-workflow_app = typer.Typer(help="Chains of jobs, one after the other.", no_args_is_help=True)
+workflow_app = _group("Chains of jobs, one after the other.")
 app.add_typer(workflow_app, name="workflow")
 
 
@@ -1198,7 +1244,9 @@ def score(
             scored = client.score(contract, asked)
     except BundError as exc:
         raise _fail(str(exc)) from None
-    t = RichTable("id", "decision", "probability")
+    t = _table()
+    for heading in ("id", "decision", "probability"):
+        t.add_column(heading)
     for d in scored.decisions:
         p = "" if d.probability is None else f"{d.probability:.6f}"
         t.add_row(escape(d.id), d.decision, p)

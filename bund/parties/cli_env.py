@@ -9,6 +9,28 @@ imports ``grpc``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from types import ModuleType
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
+def lazy_module(name: str) -> ModuleType:
+    """``name``, imported when one of its attributes is first read (``importlib.util.LazyLoader``).
+
+    The command's start stays cheap: a module the command never touches is never executed.
+    An import that fails raises at that first read.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module

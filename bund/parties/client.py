@@ -10,7 +10,7 @@ node's own certificate for node-to-node calls, which also carry the node's signe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +45,8 @@ from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 T = TypeVar("T", bound=Message)
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+#: Deadline of a wake-up to a requester: a push it misses, its fallback poll catches up.
+_NOTIFY_TIMEOUT_S = 5.0
 
 
 class RemoteError(BundError):
@@ -215,22 +217,22 @@ class NodeClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                if _answered_by_node(exc):  # the node is up but cannot act now (audit store)
-                    raise PeerUnavailableError(
-                        f"{self.party} answered {code.name}: {details}"
-                    ) from None
-                raise PeerUnavailableError(
-                    transport_failure(
-                        self.party, self.address, code, details, timeout or self.timeout
-                    )
-                ) from None
-            raise RemoteError(self.party, code, details) from None
+            raise self._error(exc, timeout or self.timeout) from None
         out = response()
         out.ParseFromString(raw)
         return out
+
+    def _error(self, exc: grpc.RpcError, timeout: float) -> BundError:
+        """The Bund error for a failed call: unreachable, or what the node answered."""
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if _answered_by_node(exc):  # the node is up but cannot act now (audit store)
+                return PeerUnavailableError(f"{self.party} answered {code.name}: {details}")
+            return PeerUnavailableError(
+                transport_failure(self.party, self.address, code, details, timeout)
+            )
+        return RemoteError(self.party, code, details)
 
     # -- operator calls -------------------------------------------------------------------
 
@@ -254,6 +256,36 @@ class NodeClient:
             timeout,
         )
         return wire.status_from_proto(r.status)
+
+    def watch(self, job_id: str, timeout: float | None = None) -> Iterator[JobStatus]:
+        """A job's status at this node now, then each time it changes there (pushed).
+
+        The stream ends after a terminal status, after the node's longest watch, or when the
+        node stops (open it again: its first status is the current one), and at the latest
+        after ``timeout`` seconds (the client's deadline; the call's default when None). A
+        stream that ends at the deadline ends quietly; errors are raised as by every call
+        (``RemoteError`` RESOURCE_EXHAUSTED when the caller holds too many watches).
+        """
+        rpc = self._channel.unary_stream(
+            "/bund.v1.Jobs/WatchJob", request_serializer=None, response_deserializer=None
+        )
+        limit = max(self.timeout if timeout is None else timeout, 0.001)
+        stream = rpc(
+            job_pb2.WatchJobRequest(job_id=job_id).SerializeToString(),
+            timeout=limit,
+            metadata=self._metadata,
+        )
+        try:
+            for raw in stream:
+                out = job_pb2.WatchJobResponse()
+                out.ParseFromString(raw)
+                yield wire.status_from_proto(out.status)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            raise self._error(exc, limit) from None
+        finally:
+            stream.cancel()  # type: ignore[no-untyped-call]  # a follower that stopped reading
 
     def result(self, job_id: str) -> Result:
         """A job's result held at this node, its artifacts read in pages."""
@@ -466,6 +498,16 @@ class NodeClient:
             job_pb2.ResumeJobResponse,
         )
 
+    def notify(self, job_id: str) -> None:
+        """Tell this node (the job's requester) that this node's answer to the job changed."""
+        self._call(
+            "Jobs",
+            "NotifyJob",
+            job_pb2.NotifyJobRequest(job_id=job_id),
+            job_pb2.NotifyJobResponse,
+            _NOTIFY_TIMEOUT_S,
+        )
+
     def cancel(self, job_id: str, reason: str = "") -> None:
         """As this node's operator: cancel a job here and at every participant."""
         self.abort(job_id, reason)
@@ -546,6 +588,10 @@ class PeerClients:
     ) -> Answer:
         """See ``NodeClient.score_parts``: once, never retried (a nonce is good once)."""
         return self.client(to).score_parts(contract_id, nonce, ids, timeout)
+
+    def notify(self, to: str, job_id: str) -> None:
+        """See ``NodeClient.notify``."""
+        self.client(to).notify(job_id)
 
     def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
         """Deliver a job message to ``to``, retrying while it is unreachable."""

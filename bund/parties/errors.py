@@ -69,6 +69,10 @@ class PeerUnavailableError(TransportError):
     """A peer node could not be reached; the message names it and its configured address."""
 
 
+class TooManyWatchesError(BundError):
+    """The caller holds as many job watches as the node allows, or the node serves its maximum."""
+
+
 class ConfigError(BundError):
     """A node configuration file is missing, malformed or inconsistent."""
 
@@ -100,6 +104,7 @@ CATALOG: dict[type[BaseException], grpc.StatusCode] = {
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
     IdentityError: grpc.StatusCode.FAILED_PRECONDITION,
     BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyWatchesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
     AuditStoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     ServingRefusedError: grpc.StatusCode.FAILED_PRECONDITION,

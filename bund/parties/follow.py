@@ -3,16 +3,18 @@
 A job changes state at each participant's node on that node's own schedule. ``status_changes``
 yields one node's view of a job each time it changes; ``follow_job`` reads those changes until
 the caller's condition holds or the job is terminal, and hands each one to ``on_update`` (a
-progress bar, say) on the way. Today the changes come from asking the node every ``interval``
-seconds; a pushed watch stream (a server-streaming RPC) will yield the same sequence, so
-``status_changes`` is the one function that changes then, and no caller does.
+progress bar, say) on the way. A node client (``NodeClient``) pushes the changes over the
+node's ``WatchJob`` stream, so a follower hears of a change as soon as it is recorded; a stream
+the node ends (its longest watch, or a restart) is opened again, its first status being the
+current one. A source that cannot watch (a view of a peer, a test double), a node that does not
+serve ``WatchJob``, or one at its limit of watches, is asked every ``interval`` seconds instead.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bund.compute.errors import BundError
 from bund.parties.client import RemoteError
@@ -35,6 +37,19 @@ class StatusSource(Protocol):
     def status(self, job_id: str) -> JobStatus:
         """That node's view of ``job_id``; ``RemoteError`` NOT_FOUND if it does not know it."""
         ...
+
+
+@runtime_checkable
+class WatchSource(StatusSource, Protocol):
+    """A node that also pushes a job's status as it changes (``NodeClient.watch``)."""
+
+    def watch(self, job_id: str, timeout: float | None = None) -> Iterator[JobStatus]:
+        """The job's status now, then at each change, for up to ``timeout`` seconds."""
+        ...
+
+
+#: What a node answers when it cannot serve a watch now: the follower asks instead.
+_WATCH_UNSERVED = frozenset({"UNIMPLEMENTED", "RESOURCE_EXHAUSTED"})
 
 
 class FollowTimeoutError(BundError):
@@ -85,7 +100,8 @@ def status_changes(
         source: the node to ask.
         job_id: the job.
         timeout: how long to follow, in seconds.
-        interval: seconds between two questions to the node.
+        interval: seconds between two questions to the node, when it is asked rather than
+            watched (and between two watches of a job it does not know yet).
         not_found_grace: how long the node may answer NOT_FOUND before it first knows the job
             (the requester's proposal may not have reached it yet); None: up to ``timeout``.
             Once the node knew the job, NOT_FOUND is an error.
@@ -97,22 +113,78 @@ def status_changes(
     start = time.monotonic()
     deadline = start + timeout
     known_by = deadline if not_found_grace is None else min(deadline, start + not_found_grace)
-    last: JobStatus | None = None
-    while True:
-        try:
-            status = source.status(job_id)
-        except RemoteError as exc:
-            if not exc.not_found or last is not None or time.monotonic() >= known_by:
-                raise
-        else:
-            if status != last:
-                last = status
-                yield status
-                if is_terminal(status.state):
+    follow = _Follow(job_id, deadline, known_by, interval)
+    if isinstance(source, WatchSource):
+        yield from follow.pushed(source)
+    if not follow.ended:
+        yield from follow.asked(source)
+
+
+class _Follow:
+    """One follow's state, shared by its pushed and its asked phase."""
+
+    def __init__(self, job_id: str, deadline: float, known_by: float, interval: float) -> None:
+        self.job_id = job_id
+        self.deadline = deadline
+        self.known_by = known_by
+        self.interval = interval
+        self.last: JobStatus | None = None
+        self.ended = False
+
+    def _seen(self, status: JobStatus) -> bool:
+        """Whether ``status`` is new (then it is the last); ends the follow at a terminal one."""
+        if status == self.last:
+            return False
+        self.last = status
+        self.ended = is_terminal(status.state)
+        return True
+
+    def _not_found_yet(self, exc: RemoteError) -> bool:
+        """Whether a NOT_FOUND may still be a proposal on its way (else it is raised)."""
+        return exc.not_found and self.last is None and time.monotonic() < self.known_by
+
+    def _over(self) -> bool:
+        """Before the node knows the job, only its NOT_FOUND past the grace ends the follow."""
+        return self.last is not None and time.monotonic() >= self.deadline
+
+    def pushed(self, source: WatchSource) -> Iterator[JobStatus]:
+        """Follow over the node's watch stream; return early (not ended) to be asked instead."""
+        while not self.ended:
+            fresh = False
+            try:
+                for status in source.watch(self.job_id, max(self.deadline - time.monotonic(), 0)):
+                    if self._seen(status):
+                        fresh = True
+                        yield status
+                        if self.ended:
+                            return
+            except RemoteError as exc:
+                if exc.code.name in _WATCH_UNSERVED:
                     return
-        if last is not None and time.monotonic() >= deadline:
-            return  # before the node knows the job, only its NOT_FOUND past the grace ends this
-        time.sleep(interval)
+                if not self._not_found_yet(exc):
+                    raise
+            if self._over():
+                self.ended = True
+                return
+            if not fresh:  # not known yet, or a stream ended at once: do not spin
+                time.sleep(self.interval)
+
+    def asked(self, source: StatusSource) -> Iterator[JobStatus]:
+        """Follow by asking the node every ``interval`` seconds."""
+        while True:
+            try:
+                status = source.status(self.job_id)
+            except RemoteError as exc:
+                if not self._not_found_yet(exc):
+                    raise
+            else:
+                if self._seen(status):
+                    yield status
+                    if self.ended:
+                        return
+            if self._over():
+                return
+            time.sleep(self.interval)
 
 
 def follow_job(

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bund.compute.errors import BundError
-from bund.parties import roster
+from bund.parties import roles, roster
 
-ROLES = ("bank", "tax", "registry", "hospital", "insurer", "regulator")
+ROLES = roles.ROLES
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"

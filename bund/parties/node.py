@@ -148,6 +148,7 @@ class Node:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.witness is not None:
             self.witness.close()
+        self.manager.watches.close()  # open watches end now, not after the grace
         self.server.stop(grace).wait()
         if self.serving is not None:
             self.serving.stop()

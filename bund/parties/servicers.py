@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ ARTIFACT_PAGE = 1 << 20
 
 #: RPCs recorded in the audit log only when they fail (polled often, change nothing). A witness
 #: exchange is kept in the witness store instead: recorded, it would grow an idle log each time.
-_QUIET = frozenset({"GetJobStatus", "ListJobs", "GetNodeInfo", "Witness"})
+_QUIET = frozenset({"GetJobStatus", "WatchJob", "NotifyJob", "ListJobs", "GetNodeInfo", "Witness"})
 
 
 def client_certificate(context: grpc.ServicerContext) -> bytes | None:
@@ -58,6 +58,8 @@ def instance_of(context: grpc.ServicerContext) -> bytes | None:
 
 
 Handler = Callable[[Any, PartyIdentity], Message]
+#: A server-streaming call: the request, the caller, and "has the caller gone away?".
+StreamHandler = Callable[[Any, Caller, Callable[[], bool]], Iterator[Message]]
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,28 @@ class Method:
     quiet: bool = False
 
 
+@dataclass(frozen=True)
+class StreamMethod:
+    """A server-streaming RPC: as :class:`Method`, with a call that yields its responses.
+
+    Attributes:
+        request: The request message type.
+        call: The domain call; it yields the responses and ends when the stream should.
+        access: Who may call it.
+        job: For a call about a job, the job's spec from the request (a peer must take part).
+        on_cancel: Called when a caller goes away, so a call that waits can see it at once.
+    """
+
+    request: type[Message]
+    call: StreamHandler
+    access: Access = Access.ANY
+    job: Callable[[Any], JobSpec] | None = None
+    on_cancel: Callable[[], None] = lambda: None
+
+
 def make_generic_handler(
     service: str,
-    methods: Mapping[str, Method],
+    methods: Mapping[str, Method | StreamMethod],
     audit: AuditSink,
     gate: Gate,
     refusals: RefusalTally,
@@ -136,12 +157,47 @@ def make_generic_handler(
 
         return grpc.unary_unary_rpc_method_handler(behavior)
 
+    def wrap_stream(name: str, method: StreamMethod) -> grpc.RpcMethodHandler[bytes, bytes]:
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            who: Caller | None = None
+            pem = client_certificate(context)
+            gone = False
+
+            def cancelled() -> None:
+                nonlocal gone
+                gone = True
+                method.on_cancel()
+
+            context.add_callback(cancelled)
+            try:
+                with rpc_error_translator(context, f"{service}/{name}"):
+                    who = gate.identify(pem)
+                    request = wire.parse(method.request, raw)
+                    spec = method.job(request) if method.job and who.operator is None else None
+                    gate.authorise(who, method.access, spec, instance_of(context), True)
+                    for response in method.call(request, who, lambda: gone):
+                        yield response.SerializeToString()
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+                refusals.note(
+                    who.name if who else gate.describe(pem), f"{service}/{name}", code.name
+                )
+                raise
+
+        return grpc.unary_stream_rpc_method_handler(behavior)
+
     return grpc.method_handlers_generic_handler(
-        service, {name: wrap(name, m) for name, m in methods.items()}
+        service,
+        {
+            name: wrap_stream(name, m) if isinstance(m, StreamMethod) else wrap(name, m)
+            for name, m in methods.items()
+        },
     )
 
 
-def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, Method]:
+def job_methods(
+    manager: JobManager, default_list_limit: int = 50
+) -> dict[str, Method | StreamMethod]:
     """The Jobs service over a ``JobManager``."""
 
     def job(r: Any) -> JobSpec:
@@ -159,6 +215,16 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         return job_pb2.GetJobStatusResponse(
             status=wire.status_to_proto(manager.status(wire.job_id(r.job_id), who.name))
         )
+
+    def watch(
+        r: job_pb2.WatchJobRequest, who: Caller, gone: Callable[[], bool]
+    ) -> Iterator[Message]:
+        for seen in manager.watch(wire.job_id(r.job_id), who.name, who.label, gone):
+            yield job_pb2.WatchJobResponse(status=wire.status_to_proto(seen))
+
+    def notify(r: job_pb2.NotifyJobRequest, who: PartyIdentity) -> Message:
+        manager.notified(wire.job_id(r.job_id), who.name)
+        return job_pb2.NotifyJobResponse()
 
     def result(r: job_pb2.GetJobResultRequest, who: PartyIdentity) -> Message:
         job_id = wire.job_id(r.job_id)
@@ -217,6 +283,8 @@ def job_methods(manager: JobManager, default_list_limit: int = 50) -> dict[str, 
         "DenyJob": Method(job_pb2.DenyJobRequest, deny, op),
         "SubmitJob": Method(job_pb2.SubmitJobRequest, submit, op),
         "GetJobStatus": Method(job_pb2.GetJobStatusRequest, status, either, job, reads_only=True),
+        "WatchJob": StreamMethod(job_pb2.WatchJobRequest, watch, either, job, manager.watches.wake),
+        "NotifyJob": Method(job_pb2.NotifyJobRequest, notify, peer, job, reads_only=True),
         "GetJobResult": Method(job_pb2.GetJobResultRequest, result, op),
         "ReadArtifact": Method(job_pb2.ReadArtifactRequest, read_artifact, op),
         "ListJobs": Method(job_pb2.ListJobsRequest, list_jobs, op),

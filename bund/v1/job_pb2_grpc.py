@@ -44,6 +44,16 @@ class JobsStub:
                 request_serializer=bund_dot_v1_dot_job__pb2.GetJobStatusRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_job__pb2.GetJobStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/bund.v1.Jobs/WatchJob',
+                request_serializer=bund_dot_v1_dot_job__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.NotifyJob = channel.unary_unary(
+                '/bund.v1.Jobs/NotifyJob',
+                request_serializer=bund_dot_v1_dot_job__pb2.NotifyJobRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.NotifyJobResponse.FromString,
+                _registered_method=True)
         self.GetJobResult = channel.unary_unary(
                 '/bund.v1.Jobs/GetJobResult',
                 request_serializer=bund_dot_v1_dot_job__pb2.GetJobResultRequest.SerializeToString,
@@ -117,6 +127,25 @@ class JobsServicer:
 
     def GetJobStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job's status now, then again each time it changes at this node: pushed, not polled.
+        The stream ends after a terminal status, after the node's longest watch (open it again),
+        or when the node stops. A caller holds a bounded number of watches at once
+        (RESOURCE_EXHAUSTED beyond it); who may watch a job is who may read its status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NotifyJob(self, request, context):
+        """A participant tells the job's requester that its answer changed (an approval given, the
+        job accepted or refused): the requester asks for its status at once instead of at its
+        next fallback poll. Carries nothing the requester trusts but the job id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -206,6 +235,16 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.GetJobStatus,
                     request_deserializer=bund_dot_v1_dot_job__pb2.GetJobStatusRequest.FromString,
                     response_serializer=bund_dot_v1_dot_job__pb2.GetJobStatusResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.WatchJobRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'NotifyJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyJob,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.NotifyJobRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.NotifyJobResponse.SerializeToString,
             ),
             'GetJobResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobResult,
@@ -322,6 +361,60 @@ class Jobs:
             '/bund.v1.Jobs/GetJobStatus',
             bund_dot_v1_dot_job__pb2.GetJobStatusRequest.SerializeToString,
             bund_dot_v1_dot_job__pb2.GetJobStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bund.v1.Jobs/WatchJob',
+            bund_dot_v1_dot_job__pb2.WatchJobRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/NotifyJob',
+            bund_dot_v1_dot_job__pb2.NotifyJobRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.NotifyJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

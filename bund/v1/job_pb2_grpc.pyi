@@ -3,9 +3,11 @@
 isort:skip_file
 Job lifecycle and the per-job mailbox.
 
-Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
+Operator -> own node: SubmitJob, GetJobStatus, WatchJob, GetJobResult, ReadArtifact, ListJobs,
   GetApprovalRequest, ApproveJob, DenyJob, GetJobLog.
-Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
+Requester node -> participant nodes: ProposeJob, StartJob, AbortJob (and GetJobStatus,
+  WatchJob, which participants may call about each other's jobs).
+Participant node -> requester node: NotifyJob (a wake-up: "my answer changed, ask me").
 Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
@@ -41,6 +43,17 @@ class JobsStub:
     def __new__(cls, channel: _aio.Channel) -> JobsAsyncStub: ...
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]
     GetJobStatus: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobStatusRequest, _job_pb2.GetJobStatusResponse]
+    WatchJob: _grpc.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]
+    """The job's status now, then again each time it changes at this node: pushed, not polled.
+    The stream ends after a terminal status, after the node's longest watch (open it again),
+    or when the node stops. A caller holds a bounded number of watches at once
+    (RESOURCE_EXHAUSTED beyond it); who may watch a job is who may read its status.
+    """
+    NotifyJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.NotifyJobRequest, _job_pb2.NotifyJobResponse]
+    """A participant tells the job's requester that its answer changed (an approval given, the
+    job accepted or refused): the requester asks for its status at once instead of at its
+    next fallback poll. Carries nothing the requester trusts but the job id.
+    """
     GetJobResult: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobResultRequest, _job_pb2.GetJobResultResponse]
     ReadArtifact: _grpc.UnaryUnaryMultiCallable[_job_pb2.ReadArtifactRequest, _job_pb2.ReadArtifactResponse]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
@@ -60,6 +73,17 @@ class JobsAsyncStub(JobsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJob: _aio.UnaryUnaryMultiCallable[_job_pb2.SubmitJobRequest, _job_pb2.SubmitJobResponse]  # type: ignore[assignment]
     GetJobStatus: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobStatusRequest, _job_pb2.GetJobStatusResponse]  # type: ignore[assignment]
+    WatchJob: _aio.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """The job's status now, then again each time it changes at this node: pushed, not polled.
+    The stream ends after a terminal status, after the node's longest watch (open it again),
+    or when the node stops. A caller holds a bounded number of watches at once
+    (RESOURCE_EXHAUSTED beyond it); who may watch a job is who may read its status.
+    """
+    NotifyJob: _aio.UnaryUnaryMultiCallable[_job_pb2.NotifyJobRequest, _job_pb2.NotifyJobResponse]  # type: ignore[assignment]
+    """A participant tells the job's requester that its answer changed (an approval given, the
+    job accepted or refused): the requester asks for its status at once instead of at its
+    next fallback poll. Carries nothing the requester trusts but the job id.
+    """
     GetJobResult: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobResultRequest, _job_pb2.GetJobResultResponse]  # type: ignore[assignment]
     ReadArtifact: _aio.UnaryUnaryMultiCallable[_job_pb2.ReadArtifactRequest, _job_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -88,6 +112,29 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.GetJobStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.GetJobStatusResponse, _abc.Awaitable[_job_pb2.GetJobStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _job_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.WatchJobResponse], _abc.AsyncIterator[_job_pb2.WatchJobResponse]]:
+        """The job's status now, then again each time it changes at this node: pushed, not polled.
+        The stream ends after a terminal status, after the node's longest watch (open it again),
+        or when the node stops. A caller holds a bounded number of watches at once
+        (RESOURCE_EXHAUSTED beyond it); who may watch a job is who may read its status.
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyJob(
+        self,
+        request: _job_pb2.NotifyJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.NotifyJobResponse, _abc.Awaitable[_job_pb2.NotifyJobResponse]]:
+        """A participant tells the job's requester that its answer changed (an approval given, the
+        job accepted or refused): the requester asks for its status at once instead of at its
+        next fallback poll. Carries nothing the requester trusts but the job id.
+        """
 
     @_abc_1.abstractmethod
     def GetJobResult(

@@ -110,3 +110,29 @@ def test_secureboost_rows_carry_the_xgboost_ratio(reports: tuple[Path, dict[str,
         assert row["ratio_vs_xgboost"] > 0 and row["core_seconds_per_tree"] > 0
         assert abs(sum(row["share_cpu"].values()) - 1) < 0.2  # the phases account for the tree
         assert row["packed_ciphertexts"] > 0 and row["bytes"] > 0
+
+
+def test_every_library_baseline_is_compared_in_one_table_and_one_plot(
+    reports: tuple[Path, dict[str, dict]],
+) -> None:
+    out, results = reports
+    entries = [e for family in FAMILIES for e in results[family]["baselines"]]
+    assert {e["baseline"] for e in entries} == {"phe", "TenSEAL", "Opacus"}
+    assert {e["family"] for e in entries if e["baseline"] == "TenSEAL"} == {"ckks"}
+    assert all(e["speed_vs_baseline"] > 0 for e in entries)
+    table = suite.baseline_table(entries).splitlines()
+    assert len(table) == 2 + len(entries) and "| ckks | `encrypt` |" in "\n".join(table)
+    assert (out / "baselines.png").stat().st_size > 1000
+
+
+def test_the_curve_ceiling_and_opacus_read_as_speeds() -> None:
+    rows = [
+        {"family": "psi", "kernel": "protocol", "params": {"n": 10}, "fraction_of_ceiling": 0.9},
+        {"family": "fed", "kernel": "dp_sgd_step", "params": {}, "ratio_vs_opacus": 2.0},
+        {"family": "dp", "kernel": "laplace", "params": {}, "ops_per_s": 5.0},
+    ]
+    entries = suite.baseline_rows(rows)
+    assert [(e["baseline"], e["speed_vs_baseline"]) for e in entries] == [
+        ("curve ceiling", 0.9),
+        ("Opacus", 0.5),  # twice Opacus's CPU time: half its speed
+    ]

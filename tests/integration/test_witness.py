@@ -175,13 +175,20 @@ def test_nodes_witness_each_other_and_only_their_peers(
     start_pair(node_factory, audit="witness_interval_s = 3600")
     run_psi(node_factory)  # the closing exchange, whatever the interval
     for witness, party in (("tax", "bank"), ("bank", "tax")):
-        held = heads_held(node_factory, witness, party)
         closed = max(
             r.index
             for r in node_factory.nodes[party].audit_store.read()
             if r.event == Event.JOB_CLOSED
         )
-        assert max(h.head.tree_size for h in held) > closed
+
+        def covering(
+            w: str = witness, p: str = party, c: int = closed
+        ) -> list[WitnessedHead] | None:
+            held = heads_held(node_factory, w, p)
+            return held if held and max(h.head.tree_size for h in held) > c else None
+
+        # The closing exchange runs beside the job's end, which its follower now hears at once.
+        held = wait_until(covering, 30, f"{witness} to witness {party}'s head past the closing")
         key = load_audit_public_key(federation.party_dir(witness) / "audit_ed25519.pub")
         assert all(verify_cosignature(h, key) for h in held)
     registry_key = signing_key(federation, "registry")

@@ -131,6 +131,10 @@ class LoopbackPeers:
         """Ask ``to`` to resume its role."""
         self._to(to).resume_job(job_id, self.party)
 
+    def notify(self, to: str, job_id: str) -> None:
+        """Tell the requester ``to`` that this node's answer changed."""
+        self._to(to).notified(job_id, self.party)
+
 
 @dataclass
 class PartySetup:

@@ -4,12 +4,19 @@ The requester's node admits the job against its own policy while it proposes the
 other participant (each admits it against its own). No protocol message is sent before every
 participant accepted, approvals included: only then does the requester tell each to start, and
 run its own role. A refusal anywhere calls the job off everywhere it was proposed.
+
+Nothing polls on the fast path: each participant tells the requester when its answer changes
+(``NotifyJob``: an approval, the acceptance, a refusal after an approval wait), and a change
+of the job here (a participant's abort, the operator's cancel) wakes the wait too; the
+coordinator then reads every answer at once, so the job starts as soon as the last approval's
+record is durable. A push can be lost (the participant could not reach this node when it
+answered, or restarted while telling it), so the wait also reads the answers every
+``fallback_poll`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +28,7 @@ from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.runner import Move
 from bund.parties.lifecycle.states import JobState, JobStatus, PartyView, is_terminal
 from bund.parties.lifecycle.store import JobStore
+from bund.parties.lifecycle.watch import Wakeups
 
 log = logging.getLogger("bund.jobs")
 
@@ -69,7 +77,8 @@ class Coordinator:
         abort_peer: Tells one peer that the job is off (logs, never raises).
         move_later: Makes a move once the audit store takes its record (liveness retries it).
         approval_timeout: How long to wait for every acceptance, approvals included.
-        poll_interval: How often to ask the peers meanwhile.
+        fallback_poll: How often to ask the peers meanwhile if no push arrives (a push lost
+            to a peer's restart or a network fault is caught up within this time).
     """
 
     def __init__(
@@ -82,7 +91,7 @@ class Coordinator:
         abort_peer: Callable[[str, str, str], None],
         move_later: Callable[[Move], None],
         approval_timeout: float,
-        poll_interval: float = 0.2,
+        fallback_poll: float = 5.0,
     ) -> None:
         self.party = party
         self._peers = peers
@@ -92,7 +101,15 @@ class Coordinator:
         self._abort_peer = abort_peer
         self._move_later = move_later
         self.approval_timeout = approval_timeout
-        self.poll_interval = poll_interval
+        self.fallback_poll = fallback_poll
+        self._wakeups = Wakeups()
+
+    def wake(self, job_id: str) -> bool:
+        """A participant's answer to ``job_id`` changed (or the job did here): read them now.
+
+        Returns False when this node does not wait on the job's answers (nothing to do).
+        """
+        return self._wakeups.wake(job_id)
 
     def coordinate(self, spec: JobSpec, again: bool = False) -> None:
         """Admit and propose; start every participant once all accepted; then run our role.
@@ -105,6 +122,13 @@ class Coordinator:
         and proposing it again to a participant that knows it returns that participant's answer,
         so every approval given so far stands.
         """
+        self._wakeups.register(spec.job_id)  # before proposing: no push is missed
+        try:
+            self._coordinate(spec, again)
+        finally:
+            self._wakeups.forget(spec.job_id)
+
+    def _coordinate(self, spec: JobSpec, again: bool) -> None:
         others = [p for p in spec.parties if p != self.party]
         admit = self._admit_own
         if again and self._store.get(spec.job_id).state is not JobState.PROPOSED:
@@ -221,8 +245,9 @@ class Coordinator:
         """Wait until every participant (this one too) accepted; else return (party, why)."""
         deadline = time.monotonic() + self.approval_timeout
         pending = [self.party, *others]
-        pause = threading.Event()
+        pushed = self._wakeups.register(spec.job_id)
         while pending:
+            pushed.clear()  # a push during the reads below makes the next wait return at once
             for party in list(pending):
                 if party == self.party:
                     status = self._store.get(spec.job_id)
@@ -240,5 +265,5 @@ class Coordinator:
                         f"no approval within {self.approval_timeout:.0f} s; submit the job again "
                         "once its approver is available"
                     )
-                pause.wait(self.poll_interval)
+                pushed.wait(min(self.fallback_poll, max(0.0, deadline - time.monotonic())))
         return None

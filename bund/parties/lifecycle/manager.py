@@ -13,7 +13,7 @@ import dataclasses
 import hmac
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,7 +48,8 @@ from bund.parties.lifecycle.states import (
     is_resumable,
     is_terminal,
 )
-from bund.parties.lifecycle.store import JobStore, ResultInfo
+from bund.parties.lifecycle.store import JobNote, JobStore, ResultInfo
+from bund.parties.lifecycle.watch import Watches
 from bund.parties.policy import Policy, PolicyFileError
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
@@ -86,6 +87,10 @@ class PeerControl(Transport, Protocol):
         """Ask ``to`` to resume its role of an interrupted job."""
         ...
 
+    def notify(self, to: str, job_id: str) -> None:
+        """Tell the requester ``to`` that this node's answer to a job changed (a wake-up)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LifecycleTiming:
@@ -98,6 +103,12 @@ class LifecycleTiming:
     job_deadline: float = 7 * 86_400.0
     unstarted_expiry: float = 90_000.0
     max_workers: int = 16
+    #: The requester reads its participants' answers this often when no push arrives.
+    fallback_poll: float = 5.0
+    #: Open job watches (``WatchJob``): per caller, in all, and the longest one, in seconds.
+    watch_per_caller: int = 8
+    watch_total: int = 16
+    watch_longest: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -201,7 +212,43 @@ class JobManager:
             self._abort_peer,
             self.liveness.move_later,
             timing.approval_timeout,
+            timing.fallback_poll,
         )
+        self.watches = Watches(
+            self.store, timing.watch_per_caller, timing.watch_total, timing.watch_longest
+        )
+        self._notices = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bund-notify")
+        self.store.add_listener(self._wake_coordinator)
+        self.store.add_observer(self._tell_requester)
+
+    def _wake_coordinator(self, status: JobStatus) -> None:
+        """A job moved here (an abort, a cancel, this node's own approval): re-read its answers."""
+        self.coordinator.wake(status.spec.job_id)
+
+    def _tell_requester(self, note: JobNote) -> None:
+        """Push this node's changed answer to the job's requester (``NotifyJob``), off-thread.
+
+        Sent after an approval that leaves the quorum short, and after the job was accepted
+        or refused following an approval wait: the answers the requester waits on. An answer
+        given in the proposal's reply needs no push, and a denial tells the requester itself
+        (``AbortJob``). A push that fails is logged: the requester's fallback poll reads it.
+        """
+        status, event = note.status, note.event
+        requester = status.spec.requester
+        if requester == self.party or not status.approved_by:
+            return
+        quorum = note.fields.get("quorum")
+        partial = event is Event.JOB_APPROVED and (
+            isinstance(quorum, int) and len(status.approved_by) < quorum
+        )
+        if partial or event in (Event.JOB_ACCEPTED, Event.JOB_REFUSED):
+            self._notices.submit(self._notify_requester, requester, status.spec.job_id)
+
+    def _notify_requester(self, requester: str, job_id: str) -> None:
+        try:
+            self.peers.notify(requester, job_id)
+        except BundError as exc:
+            log.info("could not tell %s about job %s (its poll will): %s", requester, job_id, exc)
 
     def _release_when_ended(self, status: JobStatus) -> None:
         """Release what an ended job still holds of the budget (all of it if it never started)."""
@@ -410,6 +457,24 @@ class JobManager:
     def status(self, job_id: str, caller: str) -> JobStatus:
         """A job's status, for this node's operator or a participant."""
         return self._participant(job_id, caller)
+
+    def watch(
+        self, job_id: str, caller: str, label: str, gone: Callable[[], bool]
+    ) -> Iterator[JobStatus]:
+        """A job's status now and at each change, for whoever may read it (see ``status``).
+
+        ``label`` names the caller for the watch limits (an operator by name, a peer by party);
+        ``gone`` turns true when the caller went away (wake ``watches`` then).
+        """
+        self._participant(job_id, caller)  # refused before a watch slot is taken
+        return self.watches.follow(label, job_id, lambda: self.status(job_id, caller), gone)
+
+    def notified(self, job_id: str, caller: str) -> None:
+        """A participant says its answer to a job this node requested changed: read it now."""
+        status = self._participant(job_id, caller)
+        if status.spec.requester != self.party:
+            raise NotAuthorizedError(f"{self.party} did not request job {job_id}")
+        self.coordinator.wake(job_id)
 
     def result(self, job_id: str, caller: str) -> ResultInfo:
         """A job's result (summary, artifact sizes) for this node's operator, at a receiver.
@@ -661,6 +726,8 @@ class JobManager:
 
     def shutdown(self) -> None:
         """Stop taking work and wait for running roles to finish or fail."""
+        self.watches.close()
         self.liveness.stop()
+        self._notices.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.executor.close()

@@ -363,16 +363,31 @@ class JobStore(ABC):
         with self._lock:
             return self._rows(pending, None)
 
-    def wait_for_change(self, job_id: str, seen: JobStatus | None, timeout: float) -> JobStatus:
-        """Block until the job's status differs from ``seen`` (or ``timeout``); return it."""
+    def wait_for_change(
+        self,
+        job_id: str,
+        seen: JobStatus | None,
+        timeout: float,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> JobStatus:
+        """Block until the job's status differs from ``seen``, ``timeout`` passes or ``stop()``.
+
+        ``stop`` is checked under the store's lock before each wait, so a caller that sets what
+        it reads and then calls :meth:`wake` is never missed. Returns the status as it is then.
+        """
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 status = self.get(job_id)
                 left = deadline - time.monotonic()
-                if status != seen or left <= 0:
+                if status != seen or left <= 0 or stop():
                     return status
                 self._changed.wait(left)
+
+    def wake(self) -> None:
+        """Wake every :meth:`wait_for_change` so that each checks its ``stop`` again."""
+        with self._changed:
+            self._changed.notify_all()
 
     def load_result(self, job_id: str) -> ResultInfo | None:
         """A stored result's summary and artifact sizes (the bytes are read in pages), or None."""
