@@ -135,7 +135,14 @@ def _federation(loop: Loopback, restricted: str, reveal: frozenset[str] = frozen
     for party, dataset in ROLES.items():
         columns = {c: data[dataset].column(c) for c in data[dataset].columns}
         level = "restricted-personal" if party == restricted else "confidential"
-        setup = PartySetup({dataset: columns}, level=level, reveal_membership_to=reveal)
+        # The bank trusts its providers with its labels (no label DP): only membership is at issue.
+        trusted = {p: frozenset({"vertical_lr"}) for p in ROLES if p != "bank"}
+        setup = PartySetup(
+            {dataset: columns},
+            level=level,
+            reveal_membership_to=reveal,
+            trusted_for=trusted if party == "bank" else {},
+        )
         loop.add(party, setup, [p for p in ROLES if p != party])
 
 
