@@ -1,8 +1,15 @@
-"""Dataset sources and the in-memory table a protocol role reads its own data from.
+"""Dataset sources and the table a protocol role reads its own data from.
 
-A node declares each catalog dataset as a ``DataSource`` (CSV, SQLite or Parquet) and reads it
-into a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The synthetic
-demo datasets are drawn in ``bund.parties.demo_data``; ``docs/datasets.md`` describes both.
+A node declares each catalog dataset as a ``DataSource`` (CSV, SQLite or Parquet) and opens it as
+a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The synthetic demo
+datasets are drawn in ``bund.parties.demo_data``; ``docs/datasets.md`` describes both.
+
+A table opened from a source reads only its header at once. Its values are read on first use
+of ``column``/``data`` (held as Python strings, so capped at ``DEFAULT_MAX_ROWS``), while
+``iter_column``, ``num_rows`` and ``content_hash`` stream the source in chunks without holding
+it (capped at ``STREAM_MAX_ROWS``): PSI at 10^8 ids reads its id column that way. The table pins
+the file it was opened on (size and modification time): once the file changes, every read
+refuses, so one table never mixes two versions of a dataset.
 """
 
 from __future__ import annotations
@@ -10,12 +17,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib
+import itertools
+import os
 import sqlite3
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +34,12 @@ from bund.compute.errors import BundError
 
 DEFAULT_MAX_ROWS = 10_000_000
 """Row cap of the loaders unless the caller passes another: a guard against exhausting memory."""
+
+STREAM_MAX_ROWS = 1_000_000_000
+"""Row cap of a streamed read (``Table.iter_column``), which holds one chunk at a time."""
+
+#: Rows per chunk of ``Table.iter_column`` unless the caller asks for another size.
+STREAM_CHUNK_ROWS = 65_536
 
 _TABLE_HASH_DOMAIN = b"bund.table.v1"
 
@@ -43,6 +60,8 @@ class Table:
     data: Mapping[str, tuple[str, ...]]
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, _SourceColumns):
+            return
         lengths = {len(v) for v in self.data.values()}
         if len(lengths) > 1:
             raise DatasetError(f"dataset {self.name!r}: columns have different lengths {lengths}")
@@ -59,8 +78,33 @@ class Table:
 
     @property
     def num_rows(self) -> int:
-        """Number of rows."""
+        """Number of rows (a table opened from a source counts them by streaming it)."""
+        if isinstance(self.data, _SourceColumns):
+            return self.data.num_rows()
         return len(next(iter(self.data.values()))) if self.data else 0
+
+    def iter_column(self, name: str, chunk_rows: int = STREAM_CHUNK_ROWS) -> Iterator[list[str]]:
+        """The values of column ``name`` in chunks of ``chunk_rows``, in row order.
+
+        A table opened from a source streams them (one chunk in memory, up to
+        ``STREAM_MAX_ROWS`` rows); an in-memory table slices its column.
+
+        Raises:
+            DatasetError: The column does not exist, or the source cannot be read or changed.
+
+        >>> list(Table.from_columns("t", {"id": ["a", "b", "c"]}).iter_column("id", 2))
+        [['a', 'b'], ['c']]
+        """
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be at least 1")
+        if isinstance(self.data, _SourceColumns):
+            if name not in self.data.names:
+                self.column(name)  # raises, naming the columns
+            yield from self.data.stream(name, chunk_rows)
+            return
+        values = self.column(name)
+        for start in range(0, len(values), chunk_rows):
+            yield list(values[start : start + chunk_rows])
 
     def column(self, name: str) -> tuple[str, ...]:
         """The values of column ``name`` as text."""
@@ -118,6 +162,8 @@ class Table:
         >>> a.content_hash() == Table.from_columns("a", {"id": ["12"]}).content_hash()
         False
         """
+        if isinstance(self.data, _SourceColumns):
+            return self.data.content_hash()
         digest = hashlib.sha256(_TABLE_HASH_DOMAIN)
         digest.update(len(self.data).to_bytes(8, "big"))
         for column, values in self.data.items():
@@ -196,9 +242,18 @@ def load_csv(
     """
     _check_max_rows(max_rows)
     path = Path(path)
+    records = _csv_records(path, max_rows)
+    header = next(records)
+    rows = list(records)
+    columns = zip(*rows, strict=True) if rows else ((),) * len(header)
+    return Table(name or path.stem, dict(zip(header, (tuple(c) for c in columns), strict=True)))
+
+
+def _csv_records(path: Path, max_rows: int) -> Iterator[list[str]]:
+    """The header of a CSV file, then each data record, checked as ``load_csv`` documents."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            header, rows = _read_csv(csv.reader(f, strict=True), str(path), max_rows)
+            yield from _checked_csv(csv.reader(f, strict=True), str(path), max_rows)
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file; check the dataset's path") from None
     except UnicodeDecodeError as exc:
@@ -207,13 +262,9 @@ def load_csv(
         ) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
-    columns = zip(*rows, strict=True) if rows else ((),) * len(header)
-    return Table(name or path.stem, dict(zip(header, (tuple(c) for c in columns), strict=True)))
 
 
-def _read_csv(
-    reader: Iterable[list[str]], where: str, max_rows: int
-) -> tuple[list[str], list[list[str]]]:
+def _checked_csv(reader: Iterable[list[str]], where: str, max_rows: int) -> Iterator[list[str]]:
     records = iter(reader)
     line = 1
     try:
@@ -224,7 +275,8 @@ def _read_csv(
                 "the first line must name the columns"
             )
         _check_names(header, where)
-        rows: list[list[str]] = []
+        yield header
+        rows = 0
         for line, record in enumerate(records, start=2):
             if not record:
                 continue
@@ -234,12 +286,12 @@ def _read_csv(
                     f"{len(header)} columns; give every row one value per column and quote "
                     "values that contain commas"
                 )
-            if len(rows) == max_rows:
+            if rows == max_rows:
                 raise _too_many_rows(where, max_rows)
-            rows.append(record)
+            rows += 1
+            yield record
     except csv.Error as exc:
         raise DatasetError(f"{where} near record {line + 1}: malformed CSV ({exc})") from None
-    return header, rows
 
 
 def load_sqlite(
@@ -273,7 +325,15 @@ def load_sqlite(
     ('120.0',)
     """
     _check_max_rows(max_rows)
-    path = Path(path)
+    records = _sqlite_records(Path(path), query, name, max_rows)
+    names = next(records)
+    rows = list(records)
+    columns = zip(*rows, strict=True) if rows else ((),) * len(names)
+    return Table(name, dict(zip(names, (tuple(c) for c in columns), strict=True)))
+
+
+def _sqlite_records(path: Path, query: str, name: str, max_rows: int) -> Iterator[list[str]]:
+    """The column names of a SELECT, then each row as text, checked as ``load_sqlite`` says."""
     where = f"{path} ({name})"
     statement = query.strip().removesuffix(";").rstrip()
     first_word = statement.split(None, 1)[0].upper() if statement else ""
@@ -287,17 +347,18 @@ def load_sqlite(
             cursor = db.execute(statement)
             names = [d[0] for d in cursor.description]
             _check_names(names, where)
-            rows = cursor.fetchmany(max_rows + 1)
+            yield names
+            count = 0
+            while batch := cursor.fetchmany(STREAM_CHUNK_ROWS):
+                count += len(batch)
+                if count > max_rows:
+                    raise _too_many_rows(where, max_rows)
+                for row in batch:
+                    yield [_cell(v, where) for v in row]
     except sqlite3.ProgrammingError as exc:
         raise DatasetError(f"{where}: the query must be one SELECT statement ({exc})") from None
     except sqlite3.Error as exc:
         raise DatasetError(f"{where}: the query failed ({exc}); check the SQL") from None
-    if len(rows) > max_rows:
-        raise _too_many_rows(where, max_rows)
-    columns = zip(*rows, strict=True) if rows else ((),) * len(names)
-    return Table(
-        name, {n: tuple(_cell(v, where) for v in c) for n, c in zip(names, columns, strict=True)}
-    )
 
 
 _SQLITE_READ_ACTIONS = frozenset(
@@ -353,6 +414,134 @@ def load_parquet(
     )
 
 
+def _parquet_records(path: Path, max_rows: int) -> Iterator[list[str]]:
+    """The column names of a Parquet file, then each row as text, read in record batches."""
+    where = str(path)
+    if not path.is_file():
+        raise DatasetError(f"{where}: no such file; check the dataset's path")
+    try:
+        parquet = importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise DatasetError(
+            f"{where}: reading Parquet needs pyarrow, which is not installed; "
+            "run `pip install pyarrow` or export the dataset as CSV"
+        ) from None
+    try:
+        file: Any = parquet.ParquetFile(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowIOError / ArrowInvalid
+        raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
+    names: list[str] = list(file.schema_arrow.names)
+    _check_names(names, where)
+    yield names
+    if file.metadata.num_rows > max_rows:
+        raise _too_many_rows(where, max_rows)
+    for batch in file.iter_batches(batch_size=STREAM_CHUNK_ROWS):
+        columns = [[_cell(v, where) for v in c.to_pylist()] for c in batch.columns]
+        yield from (list(row) for row in zip(*columns, strict=True))
+
+
+def _source_records(source: DataSource, name: str, max_rows: int) -> Iterator[list[str]]:
+    """The column names of a declared source, then its rows as text, one at a time."""
+    if source.kind == "csv":
+        return _csv_records(source.path, max_rows)
+    if source.kind == "sqlite":
+        return _sqlite_records(source.path, source.query or "", name, max_rows)
+    return _parquet_records(source.path, max_rows)
+
+
+class _SourceColumns(Mapping[str, tuple[str, ...]]):
+    """The columns of a table opened from a source: names at once, values when first used.
+
+    Values read through the mapping are loaded whole and kept (``DEFAULT_MAX_ROWS``); streamed
+    reads (``stream``, ``num_rows``, ``content_hash``) hold one chunk. Every read first checks
+    that the file still has the size and modification time it had when the table was opened.
+    """
+
+    def __init__(self, source: DataSource, name: str) -> None:
+        self._source, self._name = source, name
+        self._pin = self._stat()
+        records = _source_records(source, name, STREAM_MAX_ROWS)
+        try:
+            self.names: tuple[str, ...] = tuple(next(records))
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+        self._lock = threading.Lock()
+        self._loaded: Mapping[str, tuple[str, ...]] | None = None
+        self._rows: int | None = None
+        self._hash: str | None = None
+
+    def _stat(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self._source.path)
+        except OSError as exc:
+            raise DatasetError(
+                f"{self._source.path}: cannot read it ({exc.strerror}); check the dataset's path"
+            ) from None
+        return st.st_size, st.st_mtime_ns
+
+    def _check_pin(self) -> None:
+        if self._stat() != self._pin:
+            raise DatasetError(
+                f"{self._source.path} changed after this node opened dataset {self._name!r}; "
+                "reload the node's catalogue (SIGHUP) or restart it, so jobs see one version"
+            )
+
+    def _records(self) -> Iterator[list[str]]:
+        self._check_pin()
+        records = _source_records(self._source, self._name, STREAM_MAX_ROWS)
+        next(records)
+        return records
+
+    def _load(self) -> Mapping[str, tuple[str, ...]]:
+        with self._lock:
+            if self._loaded is None:
+                self._check_pin()
+                self._loaded = _OPENERS[self._source.kind](self._source, self._name).data
+            return self._loaded
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        if key not in self.names:
+            raise KeyError(key)
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def stream(self, column: str, chunk_rows: int) -> Iterator[list[str]]:
+        """The values of ``column`` in chunks, read from the source as they are needed."""
+        index = self.names.index(column)
+        records = self._records()
+        while chunk := [r[index] for r in itertools.islice(records, chunk_rows)]:
+            yield chunk
+
+    def num_rows(self) -> int:
+        """How many rows the source holds (counted once per opened table)."""
+        with self._lock:
+            if self._rows is None:
+                self._rows = sum(1 for _ in self._records())
+            return self._rows
+
+    def content_hash(self) -> str:
+        """``Table.content_hash`` computed by streaming: one pass to count, one per column."""
+        with self._lock:
+            if self._hash is None:
+                rows = sum(1 for _ in self._records())
+                digest = hashlib.sha256(_TABLE_HASH_DOMAIN)
+                digest.update(len(self.names).to_bytes(8, "big"))
+                for index, column in enumerate(self.names):
+                    _hash_text(digest, column)
+                    digest.update(rows.to_bytes(8, "big"))
+                    for record in self._records():
+                        _hash_text(digest, record[index])
+                self._rows, self._hash = rows, digest.hexdigest()
+            return self._hash
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where a node reads one catalog dataset from, as declared in ``node.toml``.
@@ -385,7 +574,10 @@ _OPENERS: dict[str, Callable[[DataSource, str], Table]] = {
 
 
 def open_source(source: DataSource, name: str) -> Table:
-    """Read a declared dataset into a table called ``name``.
+    """Open a declared dataset as a table called ``name``, reading only its header now.
+
+    Values are read on first use: whole (``column``, ``data``) or streamed (``iter_column``,
+    ``num_rows``, ``content_hash``); see the module docstring.
 
     Args:
         source: the catalog entry.
@@ -395,9 +587,10 @@ def open_source(source: DataSource, name: str) -> Table:
         The table.
 
     Raises:
-        DatasetError: if the source cannot be read; the message names the fix.
+        DatasetError: if the source cannot be read; the message names the fix. An error
+            further into the file surfaces when the values are first read.
     """
-    return _OPENERS[source.kind](source, name)
+    return Table(name, _SourceColumns(source, name))
 
 
 def write_csv(table: Table, path: Path) -> Path:

@@ -12,15 +12,19 @@ level                  protocols                              outputs
 =====================  =====================================  ==================================
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
-confidential           psi, woe_iv, vertical_lr,              intersection, cardinality,
-                       vertical_score, dp_stats,              dp_aggregate, model, score
-                       ckks_scoring, fed_dp_sgd
-restricted-personal    psi, woe_iv, vertical_lr,              cardinality, dp_aggregate, model,
-                       vertical_score, dp_stats,              score (never which individuals)
-                       ckks_scoring, fed_dp_sgd
+confidential           psi, psi_unbalanced, woe_iv,           intersection, cardinality,
+                       vertical_lr, vertical_score,           dp_aggregate, model, score,
+                       dp_stats, ckks_scoring, fed_dp_sgd     payload
+restricted-personal    psi, psi_unbalanced, woe_iv,           cardinality, dp_aggregate, model,
+                       vertical_lr, vertical_score,           score (never which individuals)
+                       dp_stats, ckks_scoring, fed_dp_sgd
 =====================  =====================================  ==================================
 
-A dataset entry may narrow its level's protocols further, never widen them.
+A dataset entry may narrow its level's protocols further, never widen them. ``payload`` (columns
+of matched records, labeled PSI) is released only for the columns the entry names in
+``payload_columns``. A level that never releases which individuals (``intersection``) guards
+membership against every counterparty the entry does not name in ``trusted_counterparties``;
+protocols read that through :meth:`DatasetPolicy.guards_membership` (cardinality PSI, for one).
 """
 
 from __future__ import annotations
@@ -61,11 +65,24 @@ class PolicyFileError(BundError):
 #: The name of the approver that ``[approvals] approver_key`` declares.
 APPROVER = "approver"
 #: Every kind of output a protocol can release.
-OUTPUTS = frozenset({"raw", "intersection", "cardinality", "dp_aggregate", "model", "score"})
+OUTPUTS = frozenset(
+    {"raw", "intersection", "cardinality", "dp_aggregate", "model", "score", "payload"}
+)
 #: Protocols allowed at the two protected levels.
 _PROTECTED_PROTOCOLS = frozenset(
-    {"psi", "woe_iv", "vertical_lr", "vertical_score", "dp_stats", "ckks_scoring", "fed_dp_sgd"}
+    {
+        "psi",
+        "psi_unbalanced",
+        "woe_iv",
+        "vertical_lr",
+        "vertical_score",
+        "dp_stats",
+        "ckks_scoring",
+        "fed_dp_sgd",
+    }
 )
+#: The logical-column prefix under which a job binds the payload columns it releases.
+PAYLOAD_PREFIX = "payload."
 ANY_PROTOCOL = "*"
 
 
@@ -86,7 +103,7 @@ LEVELS: Mapping[str, LevelRules] = {
     "internal": LevelRules(frozenset({ANY_PROTOCOL}), OUTPUTS - {"raw"}),
     "confidential": LevelRules(
         _PROTECTED_PROTOCOLS,
-        frozenset({"intersection", "cardinality", "dp_aggregate", "model", "score"}),
+        frozenset({"intersection", "cardinality", "dp_aggregate", "model", "score", "payload"}),
     ),
     "restricted-personal": LevelRules(
         _PROTECTED_PROTOCOLS, frozenset({"cardinality", "dp_aggregate", "model", "score"})
@@ -107,6 +124,22 @@ class DatasetPolicy:
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
     max_epsilon_per_requester: Fraction | None = None
+    #: Counterparties trusted to run unmodified node code with this dataset (semi-honest).
+    trusted_counterparties: frozenset[str] = frozenset()
+    #: Columns whose values labeled PSI may release for matched records (output ``payload``).
+    payload_columns: frozenset[str] = frozenset()
+
+    def guards_membership(self, counterparty: str) -> bool:
+        """Whether this dataset must not reveal to ``counterparty`` which individuals it holds.
+
+        True when its level never releases ``intersection`` and the counterparty is not
+        trusted: protocols then keep every value that a modified peer could turn into
+        membership (cardinality PSI's re-blinded set, an exact count) from it.
+        """
+        return (
+            "intersection" not in self.rules.outputs
+            and counterparty not in self.trusted_counterparties
+        )
 
     @property
     def budget_limits(self) -> BudgetLimits:
@@ -125,7 +158,8 @@ class DatasetPolicy:
 
 #: Limits a node sets for every job, with their defaults.
 DEFAULT_LIMITS: Mapping[str, int] = {
-    "psi_max_set_size": 2_000_000,
+    "psi_max_set_size": 100_000_000,
+    "psi_unbalanced_max_queries": 1_000_000,
     "job_max_messages": 1_000_000,
     "job_max_bytes": 16 << 30,
 }
@@ -211,6 +245,18 @@ class Policy:
                 f"releases {', '.join(sorted(forbidden))} (allowed outputs: "
                 f'{", ".join(sorted(rules.outputs))}); for PSI choose mode = "cardinality"'
             )
+        payload = {c for k, c in me.columns.items() if k.startswith(PAYLOAD_PREFIX)}
+        undeclared = sorted(payload - entry.payload_columns) if "payload" in outputs else []
+        if undeclared:
+            raise PolicyRefusedError(
+                f"{party}'s dataset {me.dataset!r} releases no payload column {undeclared[0]!r}; "
+                f"its operator can add it to payload_columns under [datasets.{me.dataset}]"
+            )
+        from bund.parties.protocols import OWNER_CHECKS  # the registry is heavy: import it here
+
+        owner_check = OWNER_CHECKS.get(spec.protocol)
+        if owner_check is not None:
+            owner_check(spec, party, entry)
 
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
@@ -272,6 +318,15 @@ class _Dataset(StrictModel):
         description="the most ε all jobs of one requester may charge, in total (the control "
         "against differencing: each query of the same cohort costs its ε)",
     )
+    trusted_counterparties: list[Name] = Field(
+        default_factory=list,
+        description="counterparties trusted to run unmodified node code with this dataset: "
+        "protocols may skip their defences against a deviating peer for them",
+    )
+    payload_columns: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        description="columns whose values labeled PSI may release for matched records",
+    )
 
 
 class _Approvals(StrictModel):
@@ -298,6 +353,11 @@ class _Limits(StrictModel):
         default=DEFAULT_LIMITS["psi_max_set_size"],
         ge=1,
         description="largest PSI set, own or a peer's",
+    )
+    psi_unbalanced_max_queries: int = Field(
+        default=DEFAULT_LIMITS["psi_unbalanced_max_queries"],
+        ge=0,
+        description="most ids one counterparty may query against an unbalanced PSI setup, in all",
     )
     job_max_messages: int = Field(
         default=DEFAULT_LIMITS["job_max_messages"],
@@ -352,6 +412,8 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             budget=budget,
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
+            trusted_counterparties=frozenset(entry.trusted_counterparties),
+            payload_columns=frozenset(entry.payload_columns),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}

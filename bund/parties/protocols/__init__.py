@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-from bund.parties.jobs import InvalidJobSpecError, ProtocolDef
+from bund.parties.jobs import InvalidJobSpecError, JobSpec, ProtocolDef
 from bund.parties.protocols import (
     ckks_scoring,
     dp_stats,
@@ -15,6 +16,9 @@ from bund.parties.protocols import (
     woe_iv,
 )
 from bund.parties.schema import did_you_mean
+
+if TYPE_CHECKING:
+    from bund.parties.policy import DatasetPolicy
 
 #: Every protocol a node can run, by name.
 PROTOCOLS: Mapping[str, ProtocolDef] = {
@@ -29,6 +33,14 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         vertical_score.DEFINITION,
     )
 }
+
+
+#: A protocol's own check of a job against a data owner's catalog entry, at that owner's
+#: admission (``Policy.check`` calls it): it raises ``PolicyRefusedError``.
+OwnerCheck = Callable[[JobSpec, str, "DatasetPolicy"], None]
+
+#: The protocols whose admission depends on the owner's policy beyond levels and outputs.
+OWNER_CHECKS: Mapping[str, OwnerCheck] = {psi.DEFINITION.name: psi.check_owner}
 
 
 def get_protocol(name: str) -> ProtocolDef:
