@@ -283,3 +283,30 @@ class ShardedFilter:
             mask = which == index
             out[mask] = self.shards[index].contains(keys[mask])
         return out
+
+
+def parse_shards(data: bytes | memoryview, bits: int) -> ShardedFilter:
+    """The sharded filter of ``2^bits`` shard layouts concatenated (as a holder sends them).
+
+    Raises:
+        InvalidMessageError: If a shard is malformed, or bytes are missing or left over.
+    """
+    if not 0 <= bits <= 16:
+        raise InvalidMessageError("a sharded filter has 0 to 16 shard bits")
+    view = memoryview(data)
+    head = _SHARD.size + _SHARD_FIELDS.size
+    shards, at = [], 0
+    for _ in range(1 << bits):
+        if len(view) - at < head:
+            raise InvalidMessageError("a sharded filter is truncated")
+        _, length, count, _ = _SHARD_FIELDS.unpack_from(view, at + _SHARD.size)
+        if length > 1 << 18 or count >= 1 << 31:
+            raise InvalidMessageError("a binary fuse filter is malformed: geometry out of range")
+        size = head + 4 * (count + 2) * length
+        if len(view) - at < size:
+            raise InvalidMessageError("a sharded filter is truncated")
+        shards.append(FuseFilter.from_bytes(view[at : at + size]))
+        at += size
+    if at != len(view):
+        raise InvalidMessageError("a sharded filter has bytes after its last shard")
+    return ShardedFilter(bits, tuple(shards))

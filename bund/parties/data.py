@@ -95,16 +95,29 @@ class Table:
         >>> list(Table.from_columns("t", {"id": ["a", "b", "c"]}).iter_column("id", 2))
         [['a', 'b'], ['c']]
         """
+        return (columns[0] for columns in self.iter_columns((name,), chunk_rows))
+
+    def iter_columns(
+        self, names: Sequence[str], chunk_rows: int = STREAM_CHUNK_ROWS
+    ) -> Iterator[list[list[str]]]:
+        """The values of several columns, chunk by chunk: one list per column, rows aligned.
+
+        Raises:
+            DatasetError: A column does not exist, or the source cannot be read or changed.
+        """
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be at least 1")
-        if isinstance(self.data, _SourceColumns):
-            if name not in self.data.names:
+        for name in names:
+            if name not in self.data:
                 self.column(name)  # raises, naming the columns
-            yield from self.data.stream(name, chunk_rows)
-            return
-        values = self.column(name)
-        for start in range(0, len(values), chunk_rows):
-            yield list(values[start : start + chunk_rows])
+        if isinstance(self.data, _SourceColumns):
+            return self.data.stream(names, chunk_rows)
+        return self._slices(names, chunk_rows)
+
+    def _slices(self, names: Sequence[str], chunk_rows: int) -> Iterator[list[list[str]]]:
+        columns = [self.column(name) for name in names]
+        for start in range(0, self.num_rows, chunk_rows):
+            yield [list(values[start : start + chunk_rows]) for values in columns]
 
     def column(self, name: str) -> tuple[str, ...]:
         """The values of column ``name`` as text."""
@@ -506,18 +519,21 @@ class _SourceColumns(Mapping[str, tuple[str, ...]]):
             raise KeyError(key)
         return self._load()[key]
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.names
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def stream(self, column: str, chunk_rows: int) -> Iterator[list[str]]:
-        """The values of ``column`` in chunks, read from the source as they are needed."""
-        index = self.names.index(column)
+    def stream(self, columns: Sequence[str], chunk_rows: int) -> Iterator[list[list[str]]]:
+        """The values of ``columns`` in chunks, read from the source as they are needed."""
+        indices = [self.names.index(c) for c in columns]
         records = self._records()
-        while chunk := [r[index] for r in itertools.islice(records, chunk_rows)]:
-            yield chunk
+        while rows := list(itertools.islice(records, chunk_rows)):
+            yield [[r[i] for r in rows] for i in indices]
 
     def num_rows(self) -> int:
         """How many rows the source holds (counted once per opened table)."""

@@ -160,6 +160,8 @@ class DatasetPolicy:
 DEFAULT_LIMITS: Mapping[str, int] = {
     "psi_max_set_size": 100_000_000,
     "psi_unbalanced_max_queries": 1_000_000,
+    "psi_spill_rows": 1 << 20,
+    "psi_bucket_points": 1 << 20,
     "job_max_messages": 1_000_000,
     "job_max_bytes": 16 << 30,
 }
@@ -358,6 +360,16 @@ class _Limits(StrictModel):
         default=DEFAULT_LIMITS["psi_unbalanced_max_queries"],
         ge=0,
         description="most ids one counterparty may query against an unbalanced PSI setup, in all",
+    )
+    psi_spill_rows: int = Field(
+        default=DEFAULT_LIMITS["psi_spill_rows"],
+        ge=0,
+        description="a PSI member whose dataset has more rows keeps its buckets in files",
+    )
+    psi_bucket_points: int = Field(
+        default=DEFAULT_LIMITS["psi_bucket_points"],
+        ge=1024,
+        description="points per PSI bucket the member aims at: its memory is a few buckets",
     )
     job_max_messages: int = Field(
         default=DEFAULT_LIMITS["job_max_messages"],

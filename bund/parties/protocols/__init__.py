@@ -11,6 +11,7 @@ from bund.parties.protocols import (
     dp_stats,
     fed_dp_sgd,
     psi,
+    psi_unbalanced,
     vertical_lr,
     vertical_score,
     woe_iv,
@@ -25,6 +26,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     d.name: d
     for d in (
         psi.DEFINITION,
+        psi_unbalanced.DEFINITION,
         dp_stats.DEFINITION,
         ckks_scoring.DEFINITION,
         fed_dp_sgd.DEFINITION,

@@ -18,8 +18,8 @@ member, all under this job (``docs/protocols/psi.md`` has sizes and what each ro
 
 The member streams its id column from its source and holds its points as packed arrays in
 buckets by their first bits (``bund.parties.protocols.buckets``): in memory for small sets, in
-files in its scratch directory above ``SPILL_ABOVE`` rows, so that its memory is bounded by the
-bucket size and not by the set size. Hashing and blinding run in batches on the node's executor
+files in its scratch directory above ``psi_spill_rows`` rows (a node limit), so that its memory
+is bounded by the bucket size (``psi_bucket_points``) and not by the set size. Hashing and blinding run in batches on the node's executor
 (``ctx.executor``); the messages and the result are the same on every executor and in every
 bucketing. A member that spills checkpoints after every chunk, so a restarted node resumes
 where it stopped; a member that does not re-runs from its saved scalar (its messages are then
@@ -85,10 +85,13 @@ ROLE = "member"
 ID_COLUMN = "id"
 #: The node policy limit on the number of distinct ids in either set.
 LIMIT_MAX_SET_SIZE = "psi_max_set_size"
-#: A member whose dataset has more rows spills its buckets to files (below: arrays in memory).
-SPILL_ABOVE = 1 << 20
-#: Points per bucket that the bucket count aims at: a bucket of (point, row) records is 40 MB.
-BUCKET_POINTS = 1 << 20
+#: Node limit: a member whose dataset has more rows spills its buckets to files (else memory).
+LIMIT_SPILL_ROWS = "psi_spill_rows"
+#: Node limit: points per bucket that the bucket count aims at (a bucket of 2^20 is 40 MB).
+LIMIT_BUCKET_POINTS = "psi_bucket_points"
+#: What a node that sets neither limit uses (``policy.DEFAULT_LIMITS`` has the same values).
+DEFAULT_SPILL_ROWS = 1 << 20
+DEFAULT_BUCKET_POINTS = 1 << 20
 
 _TAG_HEADER = "psi/header"
 _TAG_COUNT = "psi/count"
@@ -102,16 +105,24 @@ _COUNT = Header(b"BPSC", 1)
 _COUNT_FIELDS = struct.Struct(">QB")
 
 
-def bucket_bits(size: int) -> int:
-    """How many first bits of a point pick its bucket, so buckets hold ~``BUCKET_POINTS``.
+def bucket_bits(size: int, bucket_points: int = DEFAULT_BUCKET_POINTS) -> int:
+    """How many first bits of a point pick its bucket, so buckets hold ~``bucket_points``.
 
     >>> bucket_bits(10**6), bucket_bits(10**7), bucket_bits(10**8)
     (0, 4, 7)
     """
     bits = 0
-    while size > BUCKET_POINTS << bits and bits < 16:
+    while size > bucket_points << bits and bits < 16:
         bits += 1
     return bits
+
+
+def limit_or(ctx: JobContext, name: str, default: int) -> int:
+    """A node limit, or ``default`` for a context whose limits do not name it (a unit test's)."""
+    try:
+        return ctx.limit(name)
+    except KeyError:
+        return default
 
 
 @dataclass
@@ -124,6 +135,7 @@ class _State:
     epsilon: Fraction | None
     column: str
     rows: int
+    bucket_points: int
     context: bytes
     key: BlindingKey
     scratch: Path | None
@@ -256,7 +268,9 @@ def _setup(ctx: JobContext) -> _State:
     params = PsiParams.of(spec)
     table = ctx.table()
     rows = table.num_rows
-    scratch = ctx.scratch_dir() if rows > SPILL_ABOVE else None
+    spill = rows > limit_or(ctx, LIMIT_SPILL_ROWS, DEFAULT_SPILL_ROWS)
+    scratch = ctx.scratch_dir() if spill else None
+    bucket_points = limit_or(ctx, LIMIT_BUCKET_POINTS, DEFAULT_BUCKET_POINTS)
     saved = ctx.load_state(_PROGRESS) if scratch is not None else None
     (peer,) = (p for p in spec.parties if p != ctx.party)
     return _State(
@@ -266,11 +280,12 @@ def _setup(ctx: JobContext) -> _State:
         epsilon=params.noise_epsilon(),
         column=column,
         rows=rows,
+        bucket_points=bucket_points,
         context=bytes.fromhex(spec.digest()),
         key=_blinding_key(ctx),
         scratch=scratch,
         progress=json.loads(saved) if saved else {},
-        own=Buckets(_WITH_ROW, 1 << bucket_bits(rows), scratch, "own"),
+        own=Buckets(_WITH_ROW, 1 << bucket_bits(rows, bucket_points), scratch, "own"),
     )
 
 
@@ -299,7 +314,7 @@ def _blind_own_set(s: _State) -> None:
     done = s.progress.get("own")
     if done is None:
         s.own.truncate([0] * s.own.count)  # a restart mid-stage left half-written buckets
-        bits = bucket_bits(s.rows)
+        bits = bucket_bits(s.rows, s.bucket_points)
         row = 0
         for values in ctx.table().iter_column(s.column, MAX_CHUNK_POINTS):
             encoded = [v.strip().encode("utf-8") for v in values]
@@ -346,7 +361,7 @@ def _exchange_headers(s: _State) -> None:
     else:  # consumed before a checkpoint: the peer's inbox copy is gone, ours is saved
         s.ctx.send(s.peer, _TAG_HEADER, encode_header(s.own_header))
         s.peer_header = decode_header(bytes.fromhex(saved))
-    s.join_bits = bucket_bits(max(s.own_size, s.peer_header.set_size))
+    s.join_bits = bucket_bits(max(s.own_size, s.peer_header.set_size), s.bucket_points)
 
 
 def _send_blinded(s: _State) -> None:
