@@ -21,9 +21,9 @@ buckets by their first bits (``bund.parties.protocols.buckets``): in memory for 
 files in its scratch directory above ``psi_spill_rows`` rows (a node limit), so that its memory
 is bounded by the bucket size (``psi_bucket_points``) and not by the set size. Hashing and
 blinding run in batches on the node's executor (``ctx.executor``); the messages and the result
-are the same on every executor and in every bucketing. A member that spills checkpoints after every chunk, so a restarted node resumes
-where it stopped; a member that does not re-runs from its saved scalar (its messages are then
-byte-identical replays).
+are the same on every executor and in every bucketing. A member that spills checkpoints after
+every chunk, so a restarted node resumes where it stopped; a member that does not re-runs from
+its saved scalar (its messages are then byte-identical replays).
 """
 
 from __future__ import annotations
