@@ -449,11 +449,14 @@ def validate_point_array(
     _check_payload(payload, expected_count, compared_only)
     points = np.frombuffer(payload, dtype=f"S{POINT_SIZE}")
     if ascending and len(points):
-        if ascending_after is not None and not points[0] > np.bytes_(ascending_after):
-            _not_ascending(points[0].tobytes() == ascending_after)
+        if ascending_after is not None:
+            previous = np.frombuffer(ascending_after, dtype=f"S{POINT_SIZE}")
+            if not bool((points[:1] > previous).all()):
+                _not_ascending(points[:1].tobytes() == ascending_after)
         bad = np.flatnonzero(~(points[1:] > points[:-1]))
         if bad.size:
-            _not_ascending(bool(points[bad[0]] == points[bad[0] + 1]))
+            i = int(bad[0])
+            _not_ascending(points[i : i + 1].tobytes() == points[i + 1 : i + 2].tobytes())
     return points.copy()
 
 

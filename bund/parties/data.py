@@ -472,7 +472,6 @@ class _SourceColumns(Mapping[str, tuple[str, ...]]):
 
     def __init__(self, source: DataSource, name: str) -> None:
         self._source, self._name = source, name
-        self._pin = self._stat()
         records = _source_records(source, name, STREAM_MAX_ROWS)
         try:
             self.names: tuple[str, ...] = tuple(next(records))
@@ -480,6 +479,7 @@ class _SourceColumns(Mapping[str, tuple[str, ...]]):
             close = getattr(records, "close", None)
             if close is not None:
                 close()
+        self._pin = self._stat()
         self._lock = threading.Lock()
         self._loaded: Mapping[str, tuple[str, ...]] | None = None
         self._rows: int | None = None

@@ -13,8 +13,10 @@ import hashlib
 import math
 import re
 import secrets
+import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,7 +364,7 @@ class MemoryResumeStates:
     def __init__(self) -> None:
         self._states: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch: Path | None = None
 
     def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
         """Store a copy of ``state``."""
@@ -378,8 +380,9 @@ class MemoryResumeStates:
         """A directory under this store's temporary directory, one per job and party."""
         with self._lock:
             if self._scratch is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="bund-scratch-")
-            path = Path(self._scratch.name) / check_name("job id", job_id) / party
+                self._scratch = Path(tempfile.mkdtemp(prefix="bund-scratch-"))
+                weakref.finalize(self, shutil.rmtree, self._scratch, True)
+            path = self._scratch / check_name("job id", job_id) / party
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -130,7 +130,6 @@ class PsiUnbalancedParams(ProtocolParams):
     )
     setup_job: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{32}$",
         description="the id of the setup job whose filter a query uses (query phase only)",
     )
 
@@ -163,6 +162,10 @@ def _check(spec: JobSpec) -> None:
     if params.phase == "query":
         if params.setup_job is None:
             raise InvalidJobSpecError("a psi_unbalanced query needs the parameter setup_job")
+        if not re.fullmatch(r"[0-9a-f]{32}", params.setup_job):
+            raise InvalidJobSpecError(
+                f"setup_job {params.setup_job!r} must be the id of the setup job (32 hex digits)"
+            )
         if querier.dataset is None or ID_COLUMN not in querier.columns:
             raise InvalidJobSpecError(
                 f"the querier {querier.party!r} of a query must name a dataset and bind the "
