@@ -32,6 +32,8 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
+import resource
 import statistics
 import threading
 import time
@@ -44,9 +46,10 @@ import gmpy2
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
 from bund.compute import psi
-from bund.parties.data import Table
+from bund.parties.data import DataSource, Table, open_source
 from bund.parties.jobs import JobSpec, Participant, RoleContext, new_job_id
 from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
+from bund.parties.resume import ResumeStore
 from bund.parties.transport import Mailbox
 
 _PARTIES = ("bank", "tax")
@@ -128,7 +131,15 @@ class _PipeTransport:
 
 
 class _NoSink:
-    def message(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+    def message(
+        self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int, t: bool = True
+    ) -> None:
+        pass
+
+    def replayed(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+        pass
+
+    def undelivered(self, job_id: str, peer: str, tag: str, sha: str, n: int) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:
@@ -139,12 +150,30 @@ class _NoSink:
 
 
 def _party_main(
-    spec: JobSpec, party: str, n: int, inbox: Connection, outbox: Connection, results: Any
+    spec: JobSpec,
+    party: str,
+    n: int,
+    inbox: Connection,
+    outbox: Connection,
+    results: Any,
+    home: Path | None = None,
 ) -> None:
-    """One member in its own process: pump the pipe into a mailbox, run the role, report CPU."""
+    """One member in its own process: pump the pipe into a mailbox, run the role, report CPU.
+
+    With ``home`` the member runs as a node would at scale: its ids streamed from a CSV file
+    in ``home``, the peer's messages spooled to a sealed on-disk journal, its buckets spilled
+    to a scratch directory (``psi_spill_rows = 0``); it also reports its peak RSS.
+    """
     peer = next(p for p in spec.parties if p != party)
-    table = Table.from_columns(party, {"id": _ids(party, n)})
-    mailbox = Mailbox(max_payload=64 << 20)
+    limits: dict[str, int] = {LIMIT_MAX_SET_SIZE: n}
+    store: ResumeStore | None = None
+    if home is None:
+        table = Table.from_columns(party, {"id": _ids(party, n)})
+    else:
+        table = open_source(DataSource("csv", home / f"{party}.csv"), party)
+        store = ResumeStore(home / f"{party}-state" / "resume.db", os.urandom(32))
+        limits["psi_spill_rows"] = 0
+    mailbox = Mailbox(max_payload=64 << 20, journal=store)
 
     def pump() -> None:
         while True:
@@ -161,24 +190,51 @@ def _party_main(
         _PipeTransport(outbox),
         mailbox,
         lambda: table,
-        {LIMIT_MAX_SET_SIZE: n},
+        limits,
         _NoSink(),
-        600.0,
+        3600.0,
+        states=store,
     )
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_member(ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     size = result.summary["intersection_size"] if result else None
-    results.put({"party": party, "cpu_s": cpu, "wall_s": wall, "intersection_size": size})
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.put(
+        {"party": party, "cpu_s": cpu, "wall_s": wall, "intersection_size": size, "rss_mib": rss}
+    )
     outbox.close()
 
 
-def measure_protocol(n: int, samples: int) -> dict[str, Any]:
+def measure_protocol(n: int, samples: int, bucketed: bool = False) -> dict[str, Any]:
     """Run both members at n ids each in two processes, between two measurements of the ceiling.
 
     This machine's speed drifts by a few per cent over minutes, so the ceiling for the fraction
-    is the mean of the group costs measured just before and just after the run.
+    is the mean of the group costs measured just before and just after the run. ``bucketed``
+    runs each member as at scale (see :func:`_party_main`): streamed CSV, spooled inbox,
+    spilled buckets; the row then reports each member's peak RSS.
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bund-bench-psi-") as tmp:
+        home = Path(tmp) if bucketed else None
+        if home is not None:
+            for party in _PARTIES:
+                _write_ids(home / f"{party}.csv", party, n)
+        return _measure_protocol(n, samples, home)
+
+
+def _write_ids(path: Path, party: str, n: int) -> None:
+    """A one-column CSV of ``_ids(party, n)``, written in slices (10^7 rows: 190 MB)."""
+    start = 0 if party == _PARTIES[0] else n - n // 2
+    with path.open("w", encoding="utf-8") as f:
+        f.write("id\n")
+        for lo in range(start, start + n, 1 << 20):
+            hi = min(lo + (1 << 20), start + n)
+            f.write("".join(f"91310000{i:010d}\n" for i in range(lo, hi)))
+
+
+def _measure_protocol(n: int, samples: int, home: Path | None) -> dict[str, Any]:
     before = _group_costs(samples)
     spec = JobSpec(
         protocol="psi",
@@ -194,13 +250,13 @@ def measure_protocol(n: int, samples: int) -> dict[str, Any]:
     to_bank_r, to_bank_w = ctx.Pipe(duplex=False)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results)),
-        ctx.Process(target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results)),
+        ctx.Process(target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results, home)),
+        ctx.Process(target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results, home)),
     ]
     wall = time.perf_counter()
     for proc in procs:
         proc.start()
-    reports = {r["party"]: r for r in (results.get(timeout=1200) for _ in procs)}
+    reports = {r["party"]: r for r in (results.get(timeout=4 * 3600) for _ in procs)}
     for proc in procs:
         proc.join()
     wall = time.perf_counter() - wall
@@ -210,9 +266,15 @@ def measure_protocol(n: int, samples: int) -> dict[str, Any]:
     if any(r["intersection_size"] != n // 2 for r in reports.values()):
         raise RuntimeError(f"wrong intersection size at n={n}: {reports}")
     rate = n / max(r["cpu_s"] for r in reports.values())
+    kernel = "protocol_intersection_two_receivers"
+    extra: dict[str, Any] = {}
+    if home is not None:
+        kernel = "bucketed_intersection_two_receivers"
+        extra = {"party_peak_rss_mib": {p: round(r["rss_mib"], 1) for p, r in reports.items()}}
     return {
+        **extra,
         "family": "psi",
-        "kernel": "protocol_intersection_two_receivers",
+        "kernel": kernel,
         "params": {"n": n, "mode": "intersection", "receivers": 2, "overlap": n // 2},
         "ops_per_s": rate,
         "elements_per_s_per_party": rate,
@@ -302,15 +364,17 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def run(quick: bool, bucketed_n: int | None = None) -> list[dict[str, Any]]:
     """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6.
 
-    Then the same job between two node processes over mTLS gRPC (10^3 quick; 10^4 to 10^6).
+    Then the same protocol at scale, bucketed (10^4 quick; 10^6, or ``bucketed_n``), and the
+    job between two node processes over mTLS gRPC (10^3 quick; 10^4 to 10^6).
     """
     samples = 5_000 if quick else 20_000
     rows = measure_kernels(samples)
     for n in (10**3, 10**4) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_protocol(n, samples))
+    rows.append(measure_protocol(bucketed_n or (10**4 if quick else 10**6), samples, True))
     for n in (10**3,) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_nodes(n, samples))
     return rows
@@ -340,8 +404,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10^3 and 10^4 elements only")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser.add_argument(
+        "--bucketed-n", type=int, metavar="N", help="ids per member of the bucketed run (10^7)"
+    )
+    parser.add_argument(
+        "--only-bucketed", action="store_true", help="the ceiling and the bucketed run only"
+    )
     args = parser.parse_args()
-    rows = run(args.quick)
+    if args.only_bucketed:
+        samples = 20_000
+        rows = measure_kernels(samples)
+        rows.append(measure_protocol(args.bucketed_n or 10**6, samples, True))
+    else:
+        rows = run(args.quick, args.bucketed_n)
     _print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -33,6 +33,7 @@ KERNELS: dict[str, str] = {
     "ckks": "benchmarks.bench_ckks",
     "ckks_scoring": "benchmarks.bench_ckks_scoring",
     "psi": "benchmarks.bench_psi",
+    "psi_unbalanced": "benchmarks.bench_psi_unbalanced",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "fed": "benchmarks.bench_fed",
