@@ -258,3 +258,20 @@ def test_outputs_and_learns_name_the_payload_columns() -> None:
     learns = pu.learns(query_spec(labeled))
     assert "registered_capital, years_active" in learns["bank"]
     assert learns["registry"].startswith("how many ids bank queries, not which")
+
+
+def test_a_long_setup_keeps_the_querier_waiting_on_ticks_not_on_silence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pu, "SETUP_CHUNK_ROWS", 250)
+    monkeypatch.setattr(pu, "TICK_CHUNKS", 3)
+    fed = Federation()
+    net = InMemoryNetwork(["registry", "bank"])
+    fed.run(setup_spec(), network=net)
+    tags = [tag for frm, to, tag, _ in net.captured]
+    ticks = [t for t in tags if t.startswith("psi_u/tick/")]
+    # 13 chunks: 4 ticks in the label-width pass, 4 while evaluating, one per shard, the last.
+    assert ticks == [f"psi_u/tick/{i}" for i in range(10)]
+    assert tags.index("psi_u/tick/9") + 1 == tags.index("psi_u/setup")
+    payloads = [p for _, _, tag, p in net.captured if tag.startswith("psi_u/tick/")]
+    assert payloads == [b"\x00"] * 9 + [b"\x01"]

@@ -24,7 +24,8 @@ and records each query job's count before it answers.
 
 Messages (``docs/protocols/psi_unbalanced.md`` has the layouts):
 
-- setup, holder to querier: ``psi_u/setup`` (header: key version, dataset version, key count,
+- setup, holder to querier: ``psi_u/tick/<i>`` (one byte, every few chunks of work, so the
+  querier's wait stays short), ``psi_u/setup`` (header: key version, dataset version, key count,
   shard bits, label width, byte counts), ``psi_u/filter/<i>`` and ``psi_u/labels/<i>`` (the
   filter's shards and the label table, in parts of at most 2 MiB).
 - query, querier to holder: ``psi_u/query`` (the setup job, the key version, the number of
@@ -101,6 +102,9 @@ LIMIT_MAX_QUERIES = "psi_unbalanced_max_queries"
 PART_BYTES = 2 << 20
 #: Ids per checkpointed chunk of the holder's precomputation (about half a second of work).
 SETUP_CHUNK_ROWS = 16_384
+#: The holder sends the querier a tick after this many chunks of work and after each shard, so
+#: that the querier's wait for the next message stays short however long the setup takes.
+TICK_CHUNKS = 8
 
 _TAG_SETUP = "psi_u/setup"
 _TAG_QUERY = "psi_u/query"
@@ -216,7 +220,8 @@ def _holder_setup(ctx: JobContext) -> None:
     saved = ctx.load_state(_PROGRESS)
     progress: dict[str, Any] = json.loads(saved) if saved else {}
     bits = shard_bits(rows)
-    width = progress.get("width") or _label_width(table, list(labels.values()))
+    ticks = _Ticks(ctx, roles.querier, -(-rows // SETUP_CHUNK_ROWS), bool(labels), 1 << bits)
+    width = progress.get("width") or _label_width(table, list(labels.values()), ticks)
     keys = Buckets(np.dtype([("k", "<u8")]), 1 << bits, scratch, "keys")
     record = np.dtype([("loc", "<u8"), ("sealed", f"V{width + SEAL_OVERHEAD}")])
     table_rows = Buckets(record, 1 << bits, scratch, "labels")
@@ -248,6 +253,7 @@ def _holder_setup(ctx: JobContext) -> None:
         keys.sync()
         table_rows.sync()
         evaluated += len(values[0])
+        ticks.after_chunk(ticks.evaluate_base, index)  # before the checkpoint: a redo re-sends it
         progress.update(
             chunks=index + 1,
             width=width,
@@ -257,7 +263,8 @@ def _holder_setup(ctx: JobContext) -> None:
         )
         ctx.save_state(_PROGRESS, json.dumps(progress, sort_keys=True).encode())
         ctx.progress("precompute", evaluated, rows)
-    filter_bytes = _build_shards(ctx, keys, scratch, context)
+    filter_bytes = _build_shards(ctx, keys, scratch, context, ticks)
+    ticks.last()
     label_bytes = sum(table_rows.sizes()) * record.itemsize if labels else 0
     key_count = sum(FuseFilter.from_bytes(p.read_bytes()).keys for p in _shard_files(scratch, bits))
     key_version = _next_key_version(ctx, roles.querier, me.dataset)
@@ -322,14 +329,47 @@ def _next_key_version(ctx: JobContext, querier: str, dataset: str) -> int:
     return int(kept["key_version"]) + 1
 
 
-def _label_width(table: Any, columns: Sequence[str]) -> int:
+class _Ticks:
+    """The holder's keep-alive messages ``psi_u/tick/<i>`` during a long setup.
+
+    Their indices follow from the work done (the width pass, the evaluation chunks, the shards),
+    never from a clock, so a resumed holder that sends one again sends it byte-identical (a
+    replay); the last tick says so (payload ``1``) and the setup header follows it.
+    """
+
+    def __init__(self, ctx: JobContext, querier: str, chunks: int, labeled: bool, shards: int):
+        self._ctx, self._to = ctx, querier
+        self.width_base = 0
+        self.evaluate_base = chunks // TICK_CHUNKS if labeled else 0
+        self._shard_base = self.evaluate_base + chunks // TICK_CHUNKS
+        self._last = self._shard_base + shards
+
+    def _send(self, index: int, last: bool = False) -> None:
+        self._ctx.send(self._to, f"psi_u/tick/{index}", b"\x01" if last else b"\x00")
+
+    def after_chunk(self, base: int, chunk: int) -> None:
+        """Chunk ``chunk`` (0-based) of the phase at ``base`` is done: a tick every few."""
+        if (chunk + 1) % TICK_CHUNKS == 0:
+            self._send(base + chunk // TICK_CHUNKS)
+
+    def after_shard(self, shard: int) -> None:
+        """Shard ``shard`` is built (or was, before a restart: then this is a replay)."""
+        self._send(self._shard_base + shard)
+
+    def last(self) -> None:
+        """The last tick: the setup header comes next."""
+        self._send(self._last, last=True)
+
+
+def _label_width(table: Any, columns: Sequence[str], ticks: _Ticks) -> int:
     """The padded width that fits every record's payload (a streamed pass over the columns)."""
     if not columns:
         return 0
     widest = 1
-    for values in table.iter_columns(list(columns), MAX_CHUNK_POINTS):
+    for index, values in enumerate(table.iter_columns(list(columns), SETUP_CHUNK_ROWS)):
         for record in zip(*values, strict=True):
             widest = max(widest, sum(2 + len(v.encode("utf-8")) for v in record))
+        ticks.after_chunk(ticks.width_base, index)
     if widest > MAX_LABEL_WIDTH:
         raise InvalidMessageError(
             f"a record's payload columns take {widest} bytes, over {MAX_LABEL_WIDTH}; bind fewer "
@@ -342,7 +382,9 @@ def _shard_files(scratch: Path, bits: int) -> list[Path]:
     return [scratch / f"filter.{i:05d}" for i in range(1 << bits)]
 
 
-def _build_shards(ctx: JobContext, keys: Buckets, scratch: Path, context: bytes) -> int:
+def _build_shards(
+    ctx: JobContext, keys: Buckets, scratch: Path, context: bytes, ticks: _Ticks
+) -> int:
     """Build each shard's filter once (a resumed setup keeps the shards it built); total bytes."""
     total = 0
     seed = int.from_bytes(context[:8], "little")
@@ -353,6 +395,7 @@ def _build_shards(ctx: JobContext, keys: Buckets, scratch: Path, context: bytes)
             temporary.write_bytes(shard.to_bytes())
             temporary.replace(path)
         total += path.stat().st_size
+        ticks.after_shard(index)
         ctx.progress("filter", index + 1, keys.count)
     return total
 
@@ -360,6 +403,11 @@ def _build_shards(ctx: JobContext, keys: Buckets, scratch: Path, context: bytes)
 def _querier_setup(ctx: JobContext) -> Result:
     """Receive and check the filter and labels; keep them as this job's result."""
     spec, roles = ctx.spec, _roles(ctx.spec)
+    tick = 0
+    while (beat := ctx.recv(roles.holder, f"psi_u/tick/{tick}")) != b"\x01":
+        if beat != b"\x00":
+            raise InvalidMessageError(f"{roles.holder} sent a malformed setup tick")
+        tick += 1
     body = _SETUP.split(ctx.recv(roles.holder, _TAG_SETUP), "a PSI setup header")
     if len(body) != _SETUP_FIELDS.size:
         raise InvalidMessageError(f"a PSI setup header is {_SETUP.size + _SETUP_FIELDS.size} bytes")
@@ -637,11 +685,13 @@ def plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> MessagePlan:
             cap * (LOCATOR_SIZE + MAX_LABEL_WIDTH + SEAL_OVERHEAD) if payload_columns(spec) else 0
         )
         total = _max_filter_bytes(cap) + label_bytes + cap * POINT_SIZE
+        ticks = 2 * (cap // (SETUP_CHUNK_ROWS * TICK_CHUNKS) + 1) + (1 << shard_bits(cap)) + 1
         return MessagePlan(
-            max_messages=3 + 2 * (total // PART_BYTES + 1),
-            max_bytes=4096 + total,
+            max_messages=3 + ticks + 2 * (total // PART_BYTES + 1),
+            max_bytes=4096 + ticks + total,
             tags=(
                 re.escape(_TAG_SETUP),
+                r"psi_u/tick/\d+",
                 r"psi_u/filter/\d+",
                 r"psi_u/labels/\d+",
                 r"psi_u/answers/\d+",
