@@ -176,3 +176,16 @@ def test_the_counter_learns_the_count_and_the_doc_of_each_role_says_so() -> None
     assert psi.learns(make_spec("intersection", ("bank",)))["tax"] == (
         "the size of bank's set; nothing else"
     )
+
+
+def test_a_large_set_ticks_its_small_peer_while_it_blinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psi, "MAX_CHUNK_POINTS", 50)
+    net = InMemoryNetwork(["bank", "tax"])
+    bank, tax = [f"B{i}" for i in range(1_000)], ["B1", "B2"]
+    run_in_memory(make_spec(), psi.DEFINITION, tables(bank, tax), LIMITS, net)
+    to_tax = [(tag, p) for frm, to, tag, p in net.captured if frm == "bank"]
+    ticks = [(tag, p) for tag, p in to_tax if tag.startswith("psi/tick/")]
+    # 20 chunks of 50 rows: a tick after every second one, then the last tick, then the header.
+    assert ticks == [(f"psi/tick/{i}", b"\x00") for i in range(10)] + [("psi/tick/10", b"\x01")]
+    tags = [tag for tag, _ in to_tax]
+    assert tags.index("psi/tick/10") + 1 == tags.index("psi/header")

@@ -65,6 +65,7 @@ from bund.compute.psi import (
     hash_and_blind_array,
     validate_point_array,
 )
+from bund.parties.data import STREAM_MAX_ROWS
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobContext,
@@ -95,6 +96,9 @@ DEFAULT_BUCKET_POINTS = 1 << 20
 
 _TAG_HEADER = "psi/header"
 _TAG_COUNT = "psi/count"
+#: Before its header, a member sends a tick every this many chunks it has blinded, so that a
+#: peer with a smaller set waits on ticks, not on silence, however large this member's set is.
+TICK_CHUNKS = 2
 _PROGRESS = "psi.progress"
 _COUNT_STATE = "psi.count"
 #: A point with its dataset row; a bare point.
@@ -316,7 +320,7 @@ def _blind_own_set(s: _State) -> None:
         s.own.truncate([0] * s.own.count)  # a restart mid-stage left half-written buckets
         bits = bucket_bits(s.rows, s.bucket_points)
         row = 0
-        for values in ctx.table().iter_column(s.column, MAX_CHUNK_POINTS):
+        for chunk, values in enumerate(ctx.table().iter_column(s.column, MAX_CHUNK_POINTS)):
             encoded = [v.strip().encode("utf-8") for v in values]
             keep = [i for i, item in enumerate(encoded) if item]
             s.blanks += len(values) - len(keep)
@@ -327,6 +331,8 @@ def _blind_own_set(s: _State) -> None:
             records["p"] = points
             records["row"] = row + np.asarray(keep, dtype=np.int64)
             s.own.append(bucket_of(points, bits), records)
+            if (chunk + 1) % TICK_CHUNKS == 0:
+                ctx.send(s.peer, f"psi/tick/{chunk // TICK_CHUNKS}", b"\x00")
             row += len(values)
             ctx.progress("blind", row, s.rows)
         for index in range(s.own.count):
@@ -352,10 +358,20 @@ def _first_of_runs(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
 
 
 def _exchange_headers(s: _State) -> None:
-    """Message 1 both ways; both refuse an oversized set before any point is sent."""
+    """Message 1 both ways, after the last tick; both refuse an oversized set before any point.
+
+    The ticks' count follows from the rows, so a resumed member sends the same last tick.
+    """
     assert s.own_header is not None
     saved = s.progress.get("peer_header")
+    last = -(-s.rows // MAX_CHUNK_POINTS) // TICK_CHUNKS
+    s.ctx.send(s.peer, f"psi/tick/{last}", b"\x01")
     if saved is None:
+        tick = 0
+        while (beat := s.ctx.recv(s.peer, f"psi/tick/{tick}")) != b"\x01":
+            if beat != b"\x00":
+                raise InvalidMessageError(f"{s.peer} sent a malformed PSI tick")
+            tick += 1
         s.peer_header = exchange_headers(s.ctx, s.peer, _TAG_HEADER, s.own_header)
         s.checkpoint(peer_header=encode_header(s.peer_header).hex())
     else:  # consumed before a checkpoint: the peer's inbox copy is gone, ours is saved
@@ -733,10 +749,17 @@ def plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> MessagePlan:
     """
     cap = limits[LIMIT_MAX_SET_SIZE]
     chunk_count = -(-cap // MAX_CHUNK_POINTS)
+    ticks = STREAM_MAX_ROWS // (MAX_CHUNK_POINTS * TICK_CHUNKS) + 1  # the peer's rows: unknown
     return MessagePlan(
-        max_messages=2 + 2 * chunk_count,
-        max_bytes=4096 + 2 * cap * POINT_SIZE,
-        tags=(re.escape(_TAG_HEADER), r"psi/blinded/\d+", r"psi/double/\d+", re.escape(_TAG_COUNT)),
+        max_messages=2 + ticks + 2 * chunk_count,
+        max_bytes=4096 + ticks + 2 * cap * POINT_SIZE,
+        tags=(
+            re.escape(_TAG_HEADER),
+            r"psi/tick/\d+",
+            r"psi/blinded/\d+",
+            r"psi/double/\d+",
+            re.escape(_TAG_COUNT),
+        ),
     )
 
 
