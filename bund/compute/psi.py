@@ -396,15 +396,44 @@ def hash_and_blind_array(
 
 
 def blind_array(
-    points: PointArray, key: BlindingKey, executor: Executor | None = None
+    points: PointArray,
+    key: BlindingKey,
+    executor: Executor | None = None,
+    *,
+    check_curve: bool = False,
 ) -> PointArray:
-    """:func:`blind` of a packed array; batches travel as joined bytes, not lists of points."""
+    """:func:`blind` of a packed array; batches travel as joined bytes, not lists of points.
+
+    With ``check_curve``, each batch first checks that its points lie on the curve, not on its
+    twist (a Legendre symbol each): the one check of :func:`validate_point_array` that costs
+    arithmetic, run in the batches so that it spreads over the executor's workers. Call it
+    with points that passed ``validate_point_array(..., compared_only=True)``.
+
+    Raises:
+        InvalidPointError: If a point is of low order or, with ``check_curve``, on the twist.
+    """
     executor = executor or InlineExecutor()
     parts = [
         p.tobytes() for p in np.array_split(points, max(1, min(executor.workers, len(points))))
     ]
-    task = partial(_joined_payload, _blind_task)
+    task = partial(_joined_payload, _checked_blind_task if check_curve else _blind_task)
     return as_point_array(b"".join(_run_batches(task, parts, key, executor)))
+
+
+def _checked_blind_task(key: KeyHandle, points: Sequence[bytes]) -> list[bytes]:
+    _check_curve(points)
+    return _blind_task(key, points)
+
+
+def _check_curve(points: Iterable[bytes | memoryview]) -> None:
+    """Refuse a point on the twist of Curve25519 (a Legendre symbol of ``u³ + A·u² + u``)."""
+    from_bytes, mpz, jacobi, p, a = int.from_bytes, gmpy2.mpz, gmpy2.jacobi, _P, _A
+    for index, point in enumerate(points):
+        m = mpz(from_bytes(point, "little"))
+        # Euler: u is on the curve iff u³ + A·u² + u is a square (else on the twist); its
+        # only root u = 0 is of low order and refused before. jacobi() reduces mod p itself.
+        if jacobi(((m + a) * m + 1) * m, p) != 1:
+            _invalid(f"point {index} of a batch lies on the twist of Curve25519, not the curve")
 
 
 def _joined(
@@ -484,13 +513,7 @@ def _check_payload(payload: bytes, expected_count: int, compared_only: bool) -> 
     if not LOW_ORDER_POINTS.isdisjoint(bytes(view[i : i + POINT_SIZE]) for i in starts):
         _invalid("a point is of low order (its multiple by any clamped scalar is the identity)")
     if not compared_only:
-        from_bytes, mpz, jacobi, p, a = int.from_bytes, gmpy2.mpz, gmpy2.jacobi, _P, _A
-        for index, start in enumerate(starts):
-            m = mpz(from_bytes(view[start : start + POINT_SIZE], "little"))
-            # Euler: u is on the curve iff u³ + A·u² + u is a square (else on the twist); its
-            # only root u = 0 is of low order and refused above. jacobi() reduces mod p itself.
-            if jacobi(((m + a) * m + 1) * m, p) != 1:
-                _invalid(f"point {index} lies on the twist of Curve25519, not on the curve")
+        _check_curve(view[start : start + POINT_SIZE] for start in starts)
 
 
 def bucket_of(points: PointArray, bits: int) -> npt.NDArray[np.intp]:

@@ -304,8 +304,12 @@ def unblind_outputs(
     context: bytes,
     executor: Executor | None = None,
 ) -> list[bytes]:
-    """The querier's ``F_k(x)`` from the holder's answers ``k·r·H(x)`` (validated), in order."""
-    unblinded = blind_array(answers, blinding.unblind, executor)
+    """The querier's ``F_k(x)`` from the holder's answers ``k·r·H(x)``, in order.
+
+    ``answers`` passed ``validate_point_array(..., compared_only=True)``; the twist check runs
+    here, in the executor's batches, before the unblinding multiplication.
+    """
+    unblinded = blind_array(answers, blinding.unblind, executor, check_curve=True)
     return oprf_outputs(items, unblinded.tobytes(), context)
 
 

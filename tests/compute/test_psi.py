@@ -394,3 +394,12 @@ def test_an_ascending_set_is_checked_without_a_set_of_seen_points() -> None:
         validate_point_array(twist_point(), 1)
     with pytest.raises(InvalidPointError, match="low order"):
         validate_point_array(bytes(32), 1, compared_only=True)
+
+
+def test_blinding_with_the_curve_check_refuses_a_twist_point_in_its_batch() -> None:
+    key = create_blinding_key()
+    good = hash_and_blind_array([b"a", b"b"], CTX, key)
+    assert blind_array(good, key, check_curve=True).tobytes() == blind_array(good, key).tobytes()
+    bad = np.concatenate([good, as_point_array(twist_point())])
+    with ThreadExecutor(2) as ex, pytest.raises(InvalidPointError, match="twist"):
+        blind_array(bad, key, ex, check_curve=True)

@@ -12,15 +12,19 @@ resume state recorded after their last :meth:`Buckets.sync`, dropping any half-w
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 #: The most buckets one partition may have (file handles are opened one at a time).
 MAX_BUCKETS = 1 << 16
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Buckets:
@@ -176,3 +180,31 @@ def rechunk(
                 pending, held = [], 0
     if held and emitted >= skip:
         yield np.concatenate(pending)
+
+
+def ahead(items: Iterable[T], fn: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` for each item, in order, the next one taken and computed in a thread.
+
+    While the caller handles one result, a background thread takes the next item (parsing a
+    chunk of the dataset, say) and computes ``fn`` on it (hashing and blinding it on the
+    executor, which releases the GIL while it waits): the node's serial work then overlaps the
+    executor's batches instead of adding to them. ``fn`` runs in that one thread, in order.
+
+    >>> list(ahead(range(3), lambda x: x * x))
+    [(0, 0), (1, 1), (2, 4)]
+    """
+    source = iter(items)
+    end = object()
+
+    def step() -> tuple[T, R] | object:
+        try:
+            item = next(source)
+        except StopIteration:
+            return end
+        return item, fn(item)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="bund-ahead") as pool:
+        pending = pool.submit(step)
+        while (value := pending.result()) is not end:
+            pending = pool.submit(step)
+            yield cast("tuple[T, R]", value)

@@ -29,11 +29,14 @@ its saved scalar (its messages are then byte-identical replays).
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +59,7 @@ from bund.compute.psi import (
     POINT_SIZE,
     BlindingKey,
     Disclosure,
+    PointArray,
     SetHeader,
     blind_array,
     bucket_of,
@@ -76,7 +80,7 @@ from bund.parties.jobs import (
     RoleRequirement,
 )
 from bund.parties.policy import DatasetPolicy, PolicyRefusedError
-from bund.parties.protocols.buckets import Buckets, chunks, rechunk
+from bund.parties.protocols.buckets import Buckets, ahead, chunks, rechunk
 from bund.parties.schema import Exact
 from bund.parties.transport import MessagePlan
 
@@ -99,7 +103,7 @@ _TAG_COUNT = "psi/count"
 #: Before its header, a member sends a tick every this many chunks it has blinded, so that a
 #: peer with a smaller set waits on ticks, not on silence, however large this member's set is.
 TICK_CHUNKS = 2
-_PROGRESS = "psi.progress"
+_PROGRESS = "progress.json"
 _COUNT_STATE = "psi.count"
 #: A point with its dataset row; a bare point.
 _WITH_ROW = np.dtype([("p", f"S{POINT_SIZE}"), ("row", "<i8")])
@@ -175,11 +179,23 @@ class _State:
         return self.mode is Disclosure.CARDINALITY and self.peer_receiver
 
     def checkpoint(self, **parts: Any) -> None:
-        """Save the resume document with ``parts`` (only a member that spills checkpoints)."""
+        """Save the progress document with ``parts`` (only a member that spills checkpoints).
+
+        It goes to the scratch directory beside the bucket files it describes (written to a
+        new file, synced, renamed), not to the sealed resume store: it holds nothing secret
+        (counts, sizes, the peer's header, a blinded point), and a resume-store save would drop
+        the inbox copies of messages taken ahead of it, which a pipelined stage takes.
+        """
         if self.scratch is None:
             return
         self.progress.update(parts)
-        self.ctx.save_state(_PROGRESS, json.dumps(self.progress, sort_keys=True).encode())
+        path = self.scratch / _PROGRESS
+        temporary = path.with_suffix(".new")
+        with temporary.open("w", encoding="utf-8") as f:
+            json.dump(self.progress, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        temporary.replace(path)
 
 
 def run_member(ctx: JobContext) -> Result | None:
@@ -275,7 +291,8 @@ def _setup(ctx: JobContext) -> _State:
     spill = rows > limit_or(ctx, LIMIT_SPILL_ROWS, DEFAULT_SPILL_ROWS)
     scratch = ctx.scratch_dir() if spill else None
     bucket_points = limit_or(ctx, LIMIT_BUCKET_POINTS, DEFAULT_BUCKET_POINTS)
-    saved = ctx.load_state(_PROGRESS) if scratch is not None else None
+    path = scratch / _PROGRESS if scratch is not None else None
+    saved = path.read_text(encoding="utf-8") if path is not None and path.exists() else None
     (peer,) = (p for p in spec.parties if p != ctx.party)
     return _State(
         ctx=ctx,
@@ -320,13 +337,9 @@ def _blind_own_set(s: _State) -> None:
         s.own.truncate([0] * s.own.count)  # a restart mid-stage left half-written buckets
         bits = bucket_bits(s.rows, s.bucket_points)
         row = 0
-        for chunk, values in enumerate(ctx.table().iter_column(s.column, MAX_CHUNK_POINTS)):
-            encoded = [v.strip().encode("utf-8") for v in values]
-            keep = [i for i, item in enumerate(encoded) if item]
+        chunks_in = enumerate(ctx.table().iter_column(s.column, MAX_CHUNK_POINTS))
+        for (chunk, values), (keep, points) in ahead(chunks_in, partial(_hash_chunk, s)):
             s.blanks += len(values) - len(keep)
-            points = hash_and_blind_array(
-                [encoded[i] for i in keep], s.context, s.key, ctx.executor
-            )
             records = np.empty(len(keep), dtype=_WITH_ROW)
             records["p"] = points
             records["row"] = row + np.asarray(keep, dtype=np.int64)
@@ -348,6 +361,14 @@ def _blind_own_set(s: _State) -> None:
         s.own_size, s.blanks, s.duplicates = done
     cap = check_own_set(ctx, s.column, s.own_size)
     s.own_header = SetHeader(s.mode, s.own_size, cap, MAX_CHUNK_POINTS)
+
+
+def _hash_chunk(s: _State, chunk: tuple[int, list[str]]) -> tuple[list[int], PointArray]:
+    """The positions of a chunk's non-blank ids, and their points ``a·H(x)`` (in a thread)."""
+    encoded = [v.strip().encode("utf-8") for v in chunk[1]]
+    keep = [i for i, item in enumerate(encoded) if item]
+    items = [encoded[i] for i in keep]
+    return keep, hash_and_blind_array(items, s.context, s.key, s.ctx.executor)
 
 
 def _first_of_runs(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -403,11 +424,15 @@ def _reblind_peer_set(s: _State) -> None:
         s.peer_double.truncate(done["sizes"] or [0] * s.peer_double.count)
     last = bytes.fromhex(done["last"]) or None
     finished = sum(sizes[: done["next"]])
-    for i in range(done["next"], len(sizes)):
-        payload = ctx.recv(s.peer, f"psi/blinded/{i}")
-        points = validate_point_array(payload, sizes[i], ascending=True, ascending_after=last)
-        last = points[-1:].tobytes()
-        double = blind_array(points, s.key, ctx.executor)
+
+    def reblind(i: int, payload: bytes, after: bytes | None) -> PointArray:
+        points = validate_point_array(
+            payload, sizes[i], ascending=True, ascending_after=after, compared_only=True
+        )
+        return blind_array(points, s.key, ctx.executor, check_curve=True)  # twist checked there
+
+    def handle(i: int, double: PointArray, last: bytes | None) -> None:
+        nonlocal finished
         if reply_now:
             ctx.send(s.peer, f"psi/double/{i}", double.tobytes())
         if s.peer_double is not None:
@@ -415,8 +440,22 @@ def _reblind_peer_set(s: _State) -> None:
             s.peer_double.sync()
         finished += sizes[i]
         sizes_now = s.peer_double.sizes() if s.peer_double is not None else None
-        s.checkpoint(reblind={"next": i + 1, "last": last.hex(), "sizes": sizes_now})
-        ctx.progress("reblind", finished, s.peer_header.set_size)
+        hex_last = last.hex() if last else ""
+        s.checkpoint(reblind={"next": i + 1, "last": hex_last, "sizes": sizes_now})
+        ctx.progress("reblind", finished, s.peer_header.set_size if s.peer_header else 0)
+
+    # Chunk i+1 is taken and checked on the executor while chunk i is sent and bucketed.
+    with ThreadPoolExecutor(1, thread_name_prefix="bund-psi-ahead") as pool:
+        pending: tuple[int, Future[PointArray], bytes | None] | None = None
+        for i in range(done["next"], len(sizes)):
+            payload = ctx.recv(s.peer, f"psi/blinded/{i}")
+            computing = pool.submit(reblind, i, payload, last)
+            last = payload[-POINT_SIZE:] if payload else last
+            if pending is not None:
+                handle(pending[0], pending[1].result(), pending[2])
+            pending = (i, computing, last)
+        if pending is not None:
+            handle(pending[0], pending[1].result(), pending[2])
 
 
 def _return_sorted(s: _State) -> None:

@@ -512,7 +512,11 @@ def _querier_query(ctx: JobContext) -> Result:
     for i, count in enumerate(sizes):
         payload = ctx.recv(roles.holder, f"psi_u/answers/{i}")
         # Multiplied by our unblinding scalar next: every check, twist included.
-        answers[order[start : start + count]] = validate_point_array(payload, count)
+        answers[order[start : start + count]] = validate_point_array(
+            payload,
+            count,
+            compared_only=True,  # the twist is checked where they are multiplied
+        )
         start += count
         ctx.progress("query", start, len(ids.items))
     outputs = unblind_outputs(ids.items, answers, blinding, context, ctx.executor)
@@ -568,9 +572,12 @@ def _holder_query(ctx: JobContext) -> None:
     last: bytes | None = None
     for i, size in enumerate(_chunk_sizes(count)):
         payload = ctx.recv(roles.querier, f"psi_u/points/{i}")
-        points = validate_point_array(payload, size, ascending=True, ascending_after=last)
+        points = validate_point_array(
+            payload, size, ascending=True, ascending_after=last, compared_only=True
+        )
         last = points[-1:].tobytes()
-        ctx.send(roles.querier, f"psi_u/answers/{i}", blind_array(points, key).tobytes())
+        answers = blind_array(points, key, ctx.executor, check_curve=True)  # twist checked there
+        ctx.send(roles.querier, f"psi_u/answers/{i}", answers.tobytes())
 
 
 def _admit_query(
