@@ -46,6 +46,7 @@ import gmpy2
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
 from bund.compute import psi
+from bund.compute.executor import create_executor
 from bund.parties.data import DataSource, Table, open_source
 from bund.parties.jobs import JobSpec, Participant, RoleContext, new_job_id
 from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
@@ -157,6 +158,7 @@ def _party_main(
     outbox: Connection,
     results: Any,
     home: Path | None = None,
+    executor_spec: str = "inline",
 ) -> None:
     """One member in its own process: pump the pipe into a mailbox, run the role, report CPU.
 
@@ -174,6 +176,7 @@ def _party_main(
         store = ResumeStore(home / f"{party}-state" / "resume.db", os.urandom(32))
         limits["psi_spill_rows"] = 0
     mailbox = Mailbox(max_payload=64 << 20, journal=store)
+    executor = create_executor(executor_spec)
 
     def pump() -> None:
         while True:
@@ -194,19 +197,31 @@ def _party_main(
         _NoSink(),
         3600.0,
         states=store,
+        executor=executor,
     )
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_member(ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    executor.close()  # its worker processes are reaped, so their CPU time is counted below
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     size = result.summary["intersection_size"] if result else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.put(
-        {"party": party, "cpu_s": cpu, "wall_s": wall, "intersection_size": size, "rss_mib": rss}
+        {
+            "party": party,
+            "cpu_s": cpu,
+            "worker_cpu_s": children.ru_utime + children.ru_stime,
+            "wall_s": wall,
+            "intersection_size": size,
+            "rss_mib": rss,
+        }
     )
     outbox.close()
 
 
-def measure_protocol(n: int, samples: int, bucketed: bool = False) -> dict[str, Any]:
+def measure_protocol(
+    n: int, samples: int, bucketed: bool = False, executor: str = "inline"
+) -> dict[str, Any]:
     """Run both members at n ids each in two processes, between two measurements of the ceiling.
 
     This machine's speed drifts by a few per cent over minutes, so the ceiling for the fraction
@@ -221,7 +236,7 @@ def measure_protocol(n: int, samples: int, bucketed: bool = False) -> dict[str, 
         if home is not None:
             for party in _PARTIES:
                 _write_ids(home / f"{party}.csv", party, n)
-        return _measure_protocol(n, samples, home)
+        return _measure_protocol(n, samples, home, executor)
 
 
 def _write_ids(path: Path, party: str, n: int) -> None:
@@ -234,7 +249,9 @@ def _write_ids(path: Path, party: str, n: int) -> None:
             f.write("".join(f"91310000{i:010d}\n" for i in range(lo, hi)))
 
 
-def _measure_protocol(n: int, samples: int, home: Path | None) -> dict[str, Any]:
+def _measure_protocol(
+    n: int, samples: int, home: Path | None, executor: str = "inline"
+) -> dict[str, Any]:
     before = _group_costs(samples)
     spec = JobSpec(
         protocol="psi",
@@ -250,8 +267,12 @@ def _measure_protocol(n: int, samples: int, home: Path | None) -> dict[str, Any]
     to_bank_r, to_bank_w = ctx.Pipe(duplex=False)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results, home)),
-        ctx.Process(target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results, home)),
+        ctx.Process(
+            target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results, home, executor)
+        ),
+        ctx.Process(
+            target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results, home, executor)
+        ),
     ]
     wall = time.perf_counter()
     for proc in procs:
@@ -265,12 +286,18 @@ def _measure_protocol(n: int, samples: int, home: Path | None) -> dict[str, Any]
     ceiling = 1 / (t_hash + 2 * t_mult)
     if any(r["intersection_size"] != n // 2 for r in reports.values()):
         raise RuntimeError(f"wrong intersection size at n={n}: {reports}")
-    rate = n / max(r["cpu_s"] for r in reports.values())
+    rate = n / max(r["cpu_s"] + r["worker_cpu_s"] for r in reports.values())
     kernel = "protocol_intersection_two_receivers"
     extra: dict[str, Any] = {}
     if home is not None:
         kernel = "bucketed_intersection_two_receivers"
         extra = {"party_peak_rss_mib": {p: round(r["rss_mib"], 1) for p, r in reports.items()}}
+    if executor != "inline":
+        kernel += f"@{executor}"
+        extra["party_node_cpu_us_per_id"] = {p: 1e6 * r["cpu_s"] / n for p, r in reports.items()}
+        extra["party_worker_cpu_us_per_id"] = {
+            p: 1e6 * r["worker_cpu_s"] / n for p, r in reports.items()
+        }
     return {
         **extra,
         "family": "psi",
@@ -410,11 +437,17 @@ def main() -> None:
     parser.add_argument(
         "--only-bucketed", action="store_true", help="the ceiling and the bucketed run only"
     )
+    parser.add_argument(
+        "--executor",
+        default="inline",
+        help="each member's executor in the bucketed run, e.g. process:1: the row then splits "
+        "each member's CPU into its node process (serial) and its workers (parallel)",
+    )
     args = parser.parse_args()
     if args.only_bucketed:
         samples = 20_000
         rows = measure_kernels(samples)
-        rows.append(measure_protocol(args.bucketed_n or 10**6, samples, True))
+        rows.append(measure_protocol(args.bucketed_n or 10**6, samples, True, args.executor))
     else:
         rows = run(args.quick, args.bucketed_n)
     _print_table(rows)
