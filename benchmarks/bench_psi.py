@@ -23,7 +23,13 @@ rates they came from).
 CPU time rather than wall time keeps the figure meaningful on a shared machine; wall time is
 reported too.
 
-Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE]``.
+The bucketed row (``bucketed_intersection_two_receivers``) runs each member as a node does at
+scale: ids streamed from a CSV file, the peer's messages spooled to a sealed on-disk journal,
+buckets in files; it adds each member's peak RSS. With ``--executor SPEC`` each member's kernels
+run on that executor, and the row splits its CPU into the node process and its workers.
+
+Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE] [--bucketed-n N] [--executor SPEC]
+[--only-bucketed]``.
 """
 
 from __future__ import annotations
