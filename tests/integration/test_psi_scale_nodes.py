@@ -69,7 +69,11 @@ def per_id_scalar_attacker(ctx: JobContext) -> Result | None:
         for x, k in zip(items, scalars, strict=True)
     ]
     header = cpsi.SetHeader(cpsi.Disclosure.CARDINALITY, len(mine), 10**6, cpsi.MAX_CHUNK_POINTS)
+    ctx.send(peer, "psi/tick/0", b"\x01")  # its last (and only) tick, then its header
     ctx.send(peer, "psi/header", cpsi.encode_header(header))
+    tick = 0
+    while ctx.recv(peer, f"psi/tick/{tick}") != b"\x01":
+        tick += 1
     theirs = cpsi.decode_header(ctx.recv(peer, "psi/header"))
     ctx.send(peer, "psi/blinded/0", b"".join(sorted(mine)))
     hospital = cpsi.validate_points(ctx.recv(peer, "psi/blinded/0"), theirs.set_size)
