@@ -218,7 +218,7 @@ def test_an_interrupted_precomputation_resumes_from_its_last_chunk(
     setup = setup_spec()
     with pytest.raises(Stop):
         run_in_memory(setup, crashing, fed.tables, LIMITS, states=fed.states)
-    assert sum(evaluated) == 1_500
+    assert sum(evaluated) in (1_500, 2_000)  # three chunks checkpointed; one ahead, in flight
     evaluated.clear()
     fed.run(setup)
     assert sum(evaluated) == 3_002 - 1_500 - 1  # the rest, less one blank id

@@ -39,6 +39,7 @@ never leave it, the key, sealed like resume states, plus the running count of qu
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import struct
@@ -68,6 +69,7 @@ from bund.compute.psi_oprf import (
     LOCATOR_SIZE,
     MAX_LABEL_WIDTH,
     SEAL_OVERHEAD,
+    HolderBatch,
     LabelTable,
     QueryBlinding,
     create_query_blinding,
@@ -89,7 +91,7 @@ from bund.parties.jobs import (
     RoleRequirement,
 )
 from bund.parties.policy import PAYLOAD_PREFIX, PolicyRefusedError
-from bund.parties.protocols.buckets import Buckets, rechunk
+from bund.parties.protocols.buckets import Buckets, ahead, rechunk
 from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, check_own_set
 from bund.parties.transport import MessagePlan
 
@@ -230,18 +232,25 @@ def _holder_setup(ctx: JobContext) -> None:
     table_rows.truncate(progress.get("label_sizes") or [0] * table_rows.count)
     columns = [id_column, *labels.values()]
     evaluated, blanks = done * SETUP_CHUNK_ROWS, progress.get("blanks", 0)
-    for index, values in enumerate(table.iter_columns(columns, SETUP_CHUNK_ROWS)):
-        if index < done:
-            continue
+
+    def evaluate(chunk: tuple[int, list[list[str]]]) -> tuple[int, HolderBatch]:
+        """Normalise, encode and evaluate one chunk (in a thread, ahead of the one appended)."""
+        values = chunk[1]
         ids = [v.strip().encode("utf-8") for v in values[0]]
         keep = [i for i, item in enumerate(ids) if item]
-        blanks += len(ids) - len(keep)
         payloads = (
             [encode_label([column[i] for column in values[1:]], width) for i in keep]
             if labels
             else None
         )
-        batch = evaluate_holder_set([ids[i] for i in keep], context, key, payloads, ctx.executor)
+        items = [ids[i] for i in keep]
+        return len(ids) - len(keep), evaluate_holder_set(
+            items, context, key, payloads, ctx.executor
+        )
+
+    pending = itertools.islice(enumerate(table.iter_columns(columns, SETUP_CHUNK_ROWS)), done, None)
+    for (index, values), (blank, batch) in ahead(pending, evaluate):
+        blanks += blank
         chunk_keys = np.frombuffer(batch.keys, dtype="<u8").astype(np.uint64)
         keys.append(shard_of(chunk_keys, bits), chunk_keys.view(keys.dtype))
         if labels:
