@@ -8,19 +8,24 @@ import dataclasses
 import io
 import re
 import sqlite3
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from bund.compute import psi as cpsi
+from bund.compute.psi_oprf import create_query_blinding
 from bund.parties.audit import SqliteAuditStore
 from bund.parties.follow import follow_job
 from bund.parties.jobs import JobContext, JobSpec, Participant, Result
 from bund.parties.lifecycle.events import PROTOCOL_PREFIX
 from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.protocols import PROTOCOLS
+from bund.parties.protocols import psi_unbalanced as pu
 from bund.parties.transport import PeerTimeoutError
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
@@ -264,7 +269,7 @@ LABELS = {"payload.capital": "registered_capital", "payload.years": "years_activ
 
 def test_labeled_unbalanced_psi_between_nodes_matches_plaintext(node_factory: NodeFactory) -> None:
     f = node_factory
-    registry_and_bank(f, max_queries=300)
+    registry_and_bank(f, max_queries=300, spawn=True)  # each node its own process
     with f.client("bank") as bank:
         setup = bank.submit(unbalanced_spec("setup", LABELS))
         status = wait_final(bank, setup, timeout=120)
@@ -293,16 +298,142 @@ def test_labeled_unbalanced_psi_between_nodes_matches_plaintext(node_factory: No
         assert status.state is JobState.ABORTED and "psi_unbalanced_max_queries" in status.error
     with f.client("registry") as registry:
         assert wait_final(registry, again).state is JobState.FAILED
-    f.wait_closed(again)
+    f.stop_all()
     prefix = f"{PROTOCOL_PREFIX}psi_unbalanced."
-    records = [
-        (r.event.removeprefix(prefix), dict(r.fields))
-        for r in f.nodes["registry"].audit_store.read()
-        if r.event.startswith(prefix)
-    ]
+    store = SqliteAuditStore(f.workdir / "registry" / "state" / "audit.db")
+    try:
+        records = [
+            (r.event.removeprefix(prefix), dict(r.fields))
+            for r in store.read()
+            if r.event.startswith(prefix)
+        ]
+    finally:
+        store.close()
     assert [e for e, _ in records] == ["setup", "query"]
     assert records[0][1]["payload_columns"] == "registered_capital,years_active"
     assert records[1][1]["queries"] == 200 and records[1][1]["max_queries"] == 300
+
+
+def header_lying_querier(ctx: JobContext) -> Result | None:
+    """A modified bank node: it announces 10 ids and sends its 200 points, so that 200 answers
+    (200 membership tests against the filter) would cost 10 of the registry's cap."""
+    params = pu.PsiUnbalancedParams.of(ctx.spec)
+    assert params.setup_job is not None
+    setup = ctx.prior_result(params.setup_job, ctx.spec.protocol)
+    context = bytes.fromhex(str(setup.summary["context"]))
+    items = [c.encode() for c in ctx.table().column("cid")]
+    points = np.sort(cpsi.hash_and_blind_array(items, context, create_query_blinding().blind))
+    # psi_u/query: magic BPSQ, version 1, 3 zero bytes; setup job, key version, ids (10).
+    version = int(str(setup.summary["key_version"]))
+    fields = struct.pack(">16sQQ", bytes.fromhex(params.setup_job), version, 10)
+    ctx.send("registry", "psi_u/query", b"BPSQ\x01\x00\x00\x00" + fields)
+    ctx.send("registry", "psi_u/points/0", points.tobytes())
+    answers = ctx.recv("registry", "psi_u/answers/0")
+    return Result({"answers": len(answers) // cpsi.POINT_SIZE})
+
+
+def test_a_querier_that_understates_its_query_gets_no_answer(node_factory: NodeFactory) -> None:
+    f = node_factory
+    protocols = {
+        **PROTOCOLS,
+        "psi_unbalanced": dataclasses.replace(
+            pu.DEFINITION, roles={**pu.DEFINITION.roles, "querier": header_lying_querier}
+        ),
+    }
+    registry_and_bank(f, max_queries=100)
+    with f.client("bank") as bank:
+        setup = bank.submit(unbalanced_spec("setup", {}))
+        assert wait_final(bank, setup, timeout=120).state is JobState.SUCCEEDED
+    f.wait_closed(setup)
+    f.nodes.pop("bank").stop()  # the bank comes back with its modified querier
+    f.run("bank", f.workdir / "bank" / "node.toml", protocols)
+    with f.client("bank") as bank:
+        query = bank.submit(unbalanced_spec("query", {}, setup))
+        status = wait_final(bank, query, timeout=120)
+    assert status.state is not JobState.SUCCEEDED
+    with f.client("registry") as registry:
+        failed = wait_final(registry, query)
+    assert failed.state is JobState.FAILED and "expected 10 points" in failed.error
+    f.wait_closed(query)
+    received = [
+        str(r.fields["tag"])
+        for r in f.nodes["bank"].audit_store.read()
+        if r.job_id == query and r.event == "message_received"
+    ]
+    assert not [t for t in received if t.startswith("psi_u/answers")]
+    (counted,) = [
+        r.fields
+        for r in f.nodes["registry"].audit_store.read()
+        if r.job_id == query and r.event == f"{PROTOCOL_PREFIX}psi_unbalanced.query"
+    ]
+    assert counted["queries"] == 10  # what it announced is what the cap was charged
+
+
+class _Tampered:
+    """A job context whose outgoing payloads pass through ``tamper(tag, payload)`` first."""
+
+    def __init__(self, ctx: JobContext, tamper: Callable[[str, bytes], bytes]) -> None:
+        self._ctx, self._tamper = ctx, tamper
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        self._ctx.send(to, tag, self._tamper(tag, payload))
+
+
+def repeating_member(ctx: JobContext) -> Result | None:
+    """A modified tax node: its second chunk of blinded points starts with a copy of the last
+    point of its first, so that a value it shares with the bank would match twice (and the bank
+    report an id it does not share, or count one twice) if the receiver did not check the set
+    across chunk boundaries."""
+    last = b""
+
+    def tamper(tag: str, payload: bytes) -> bytes:
+        nonlocal last
+        if tag == "psi/blinded/0":
+            last = payload[-cpsi.POINT_SIZE :]
+        elif tag == "psi/blinded/1":
+            payload = last + payload[cpsi.POINT_SIZE :]
+        return payload
+
+    return PROTOCOLS["psi"].roles["member"](cast("JobContext", _Tampered(ctx, tamper)))
+
+
+def test_a_member_that_repeats_a_point_across_chunks_is_refused_by_a_spilling_receiver(
+    node_factory: NodeFactory,
+) -> None:
+    f = node_factory
+    tax_ids = [f"91310000MA{i:08d}" for i in range(70_000)]  # two chunks
+    bank_ids = [f"91310000MA{i:08d}" for i in range(69_900, 70_100)]
+    spill = ["psi_max_set_size = 100000", "psi_spill_rows = 100", "psi_bucket_points = 4096"]
+    paths = {
+        "bank": f.write_config("bank", {"loans": {"company_id": bank_ids}}, ("tax",)),
+        "tax": f.write_config("tax", {"filings": {"uscc": tax_ids}}, ("bank",)),
+    }
+    for name in paths:
+        add_policy(f, name, [], spill)
+    f.run("bank", paths["bank"])
+    attacker = dataclasses.replace(PROTOCOLS["psi"], roles={"member": repeating_member})
+    f.run("tax", paths["tax"], {**PROTOCOLS, "psi": attacker})
+    spec = JobSpec(
+        protocol="psi",
+        participants=(
+            Participant("bank", "member", "loans", {"id": "company_id"}),
+            Participant("tax", "member", "filings", {"id": "uscc"}),
+        ),
+        receivers=("bank",),
+        purpose="bucketed alignment",
+        requester="bank",
+        params={"mode": "intersection"},
+    )
+    with f.client("bank") as bank:
+        job_id = bank.submit(spec)
+        status = wait_final(bank, job_id, timeout=180)
+    assert status.state is JobState.FAILED
+    assert "a point repeats within the set" in status.error
+    f.wait_closed(job_id)
+    assert not (f.workdir / "bank" / "state" / "scratch" / job_id).exists()
 
 
 # -- resume after kill -9: bucketed PSI and the precomputation -----------------------------------
