@@ -382,30 +382,37 @@ class _Tampered:
         self._ctx.send(to, tag, self._tamper(tag, payload))
 
 
-def repeating_member(ctx: JobContext) -> Result | None:
-    """A modified tax node: its second chunk of blinded points starts with a copy of the last
-    point of its first, so that a value it shares with the bank would match twice (and the bank
-    report an id it does not share, or count one twice) if the receiver did not check the set
-    across chunk boundaries."""
-    last = b""
+def repeating_member(message: str) -> Callable[[JobContext], Result | None]:
+    """A modified tax node: chunk 1 of its ``psi/<message>/*`` starts with a copy of a point of
+    chunk 0. Copied into the set it sends (``blinded``), a shared value would count twice; into
+    the bank's own points it returns re-blinded (``double``), a matching value in another slot
+    would make the bank report an id it does not share. Either is a repeat across chunks, which
+    only a check over the whole set (ascending across chunks, or per bucket in the join) sees."""
 
-    def tamper(tag: str, payload: bytes) -> bytes:
-        nonlocal last
-        if tag == "psi/blinded/0":
-            last = payload[-cpsi.POINT_SIZE :]
-        elif tag == "psi/blinded/1":
-            payload = last + payload[cpsi.POINT_SIZE :]
-        return payload
+    def run(ctx: JobContext) -> Result | None:
+        copied = b""
 
-    return PROTOCOLS["psi"].roles["member"](cast("JobContext", _Tampered(ctx, tamper)))
+        def tamper(tag: str, payload: bytes) -> bytes:
+            nonlocal copied
+            if tag == f"psi/{message}/0":
+                copied = payload[-cpsi.POINT_SIZE :]
+            elif tag == f"psi/{message}/1":
+                payload = copied + payload[cpsi.POINT_SIZE :]
+            return payload
+
+        return PROTOCOLS["psi"].roles["member"](cast("JobContext", _Tampered(ctx, tamper)))
+
+    return run
 
 
+@pytest.mark.parametrize("message", ["blinded", "double"])
 def test_a_member_that_repeats_a_point_across_chunks_is_refused_by_a_spilling_receiver(
-    node_factory: NodeFactory,
+    node_factory: NodeFactory, message: str
 ) -> None:
     f = node_factory
-    tax_ids = [f"91310000MA{i:08d}" for i in range(70_000)]  # two chunks
-    bank_ids = [f"91310000MA{i:08d}" for i in range(69_900, 70_100)]
+    large = [f"91310000MA{i:08d}" for i in range(70_000)]  # two chunks
+    small = [f"91310000MA{i:08d}" for i in range(69_900, 70_100)]
+    tax_ids, bank_ids = (large, small) if message == "blinded" else (small, large)
     spill = ["psi_max_set_size = 100000", "psi_spill_rows = 100", "psi_bucket_points = 4096"]
     paths = {
         "bank": f.write_config("bank", {"loans": {"company_id": bank_ids}}, ("tax",)),
@@ -414,7 +421,7 @@ def test_a_member_that_repeats_a_point_across_chunks_is_refused_by_a_spilling_re
     for name in paths:
         add_policy(f, name, [], spill)
     f.run("bank", paths["bank"])
-    attacker = dataclasses.replace(PROTOCOLS["psi"], roles={"member": repeating_member})
+    attacker = dataclasses.replace(PROTOCOLS["psi"], roles={"member": repeating_member(message)})
     f.run("tax", paths["tax"], {**PROTOCOLS, "psi": attacker})
     spec = JobSpec(
         protocol="psi",
