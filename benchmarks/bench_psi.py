@@ -26,10 +26,12 @@ reported too.
 The bucketed row (``bucketed_intersection_two_receivers``) runs each member as a node does at
 scale: ids streamed from a CSV file, the peer's messages spooled to a sealed on-disk journal,
 buckets in files; it adds each member's peak RSS. With ``--executor SPEC`` each member's kernels
-run on that executor, and the row splits its CPU into the node process and its workers.
+run on that executor, and the row splits its CPU into the node process and its workers. With
+``--bucket-points P`` each member aims at buckets of ``P`` points (``psi_bucket_points``, 2^20 by
+default): a set of 10^6 ids then spans several buckets, which shows the memory bound.
 
 Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE] [--bucketed-n N] [--executor SPEC]
-[--only-bucketed]``.
+[--bucket-points P] [--only-bucketed]``.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def _party_main(
     results: Any,
     home: Path | None = None,
     executor_spec: str = "inline",
+    bucket_points: int | None = None,
 ) -> None:
     """One member in its own process: pump the pipe into a mailbox, run the role, report CPU.
 
@@ -181,6 +184,8 @@ def _party_main(
         table = open_source(DataSource("csv", home / f"{party}.csv"), party)
         store = ResumeStore(home / f"{party}-state" / "resume.db", os.urandom(32))
         limits["psi_spill_rows"] = 0
+        if bucket_points is not None:
+            limits["psi_bucket_points"] = bucket_points
     mailbox = Mailbox(max_payload=64 << 20, journal=store)
     executor = create_executor(executor_spec)
 
@@ -226,7 +231,11 @@ def _party_main(
 
 
 def measure_protocol(
-    n: int, samples: int, bucketed: bool = False, executor: str = "inline"
+    n: int,
+    samples: int,
+    bucketed: bool = False,
+    executor: str = "inline",
+    bucket_points: int | None = None,
 ) -> dict[str, Any]:
     """Run both members at n ids each in two processes, between two measurements of the ceiling.
 
@@ -242,7 +251,7 @@ def measure_protocol(
         if home is not None:
             for party in _PARTIES:
                 _write_ids(home / f"{party}.csv", party, n)
-        return _measure_protocol(n, samples, home, executor)
+        return _measure_protocol(n, samples, home, executor, bucket_points)
 
 
 def _write_ids(path: Path, party: str, n: int) -> None:
@@ -256,7 +265,11 @@ def _write_ids(path: Path, party: str, n: int) -> None:
 
 
 def _measure_protocol(
-    n: int, samples: int, home: Path | None, executor: str = "inline"
+    n: int,
+    samples: int,
+    home: Path | None,
+    executor: str = "inline",
+    bucket_points: int | None = None,
 ) -> dict[str, Any]:
     before = _group_costs(samples)
     spec = JobSpec(
@@ -274,10 +287,12 @@ def _measure_protocol(
     results = ctx.Queue()
     procs = [
         ctx.Process(
-            target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results, home, executor)
+            target=_party_main,
+            args=(spec, "bank", n, to_bank_r, to_tax_w, results, home, executor, bucket_points),
         ),
         ctx.Process(
-            target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results, home, executor)
+            target=_party_main,
+            args=(spec, "tax", n, to_tax_r, to_bank_w, results, home, executor, bucket_points),
         ),
     ]
     wall = time.perf_counter()
@@ -308,7 +323,13 @@ def _measure_protocol(
         **extra,
         "family": "psi",
         "kernel": kernel,
-        "params": {"n": n, "mode": "intersection", "receivers": 2, "overlap": n // 2},
+        "params": {
+            "n": n,
+            "mode": "intersection",
+            "receivers": 2,
+            "overlap": n // 2,
+            **({"bucket_points": bucket_points} if bucket_points is not None else {}),
+        },
         "ops_per_s": rate,
         "elements_per_s_per_party": rate,
         "ceiling_elements_per_s": ceiling,
@@ -449,11 +470,18 @@ def main() -> None:
         help="each member's executor in the bucketed run, e.g. process:1: the row then splits "
         "each member's CPU into its node process (serial) and its workers (parallel)",
     )
+    parser.add_argument(
+        "--bucket-points",
+        type=int,
+        metavar="P",
+        help="points per bucket in the bucketed run (psi_bucket_points; default 2^20)",
+    )
     args = parser.parse_args()
     if args.only_bucketed:
         samples = 20_000
         rows = measure_kernels(samples)
-        rows.append(measure_protocol(args.bucketed_n or 10**6, samples, True, args.executor))
+        n = args.bucketed_n or 10**6
+        rows.append(measure_protocol(n, samples, True, args.executor, args.bucket_points))
     else:
         rows = run(args.quick, args.bucketed_n)
     _print_table(rows)

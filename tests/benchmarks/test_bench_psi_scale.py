@@ -19,7 +19,8 @@ def test_unbalanced_rows_state_the_ceiling_fraction_and_the_filter_size() -> Non
 
 @pytest.mark.slow
 def test_the_bucketed_row_reports_each_members_peak_memory() -> None:
-    row = bench_psi.measure_protocol(3_000, 500, bucketed=True)
+    row = bench_psi.measure_protocol(3_000, 500, bucketed=True, bucket_points=1_024)
     assert row["kernel"] == "bucketed_intersection_two_receivers"
     assert set(row["party_peak_rss_mib"]) == {"bank", "tax"}
     assert row["fraction_of_ceiling"] > 0 and row["params"]["overlap"] == 1_500
+    assert row["params"]["bucket_points"] == 1_024
