@@ -355,7 +355,7 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
 
     from bund.parties import identity
     from bund.parties.client import NodeClient
-    from bund.parties.config import load_config
+    from bund.parties.config import load_config, operator_of
     from bund.parties.data import write_csv
     from bund.parties.demo import DemoParty, node_files
     from bund.parties.follow import follow_job
@@ -386,7 +386,10 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
                 requester=_PARTIES[0],
                 params={"mode": "intersection"},
             )
-            clients = {p: NodeClient(f"127.0.0.1:{ports[p]}", p, configs[p].tls) for p in _PARTIES}
+            clients = {  # each party's operator credential, from `party init`
+                p: NodeClient(f"127.0.0.1:{ports[p]}", p, operator_of(configs[p]).tls)
+                for p in _PARTIES
+            }
             try:
                 wall = time.perf_counter()
                 job_id = clients["bank"].submit(spec)

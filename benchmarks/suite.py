@@ -4,7 +4,8 @@
 ``python -m benchmarks.suite KERNEL [--quick] [--json FILE] [--plots DIR]``. ``KERNEL`` is a
 family of :data:`KERNELS` or ``all``. Each family is a module with
 ``run(quick: bool) -> list[dict]``; rows carry at least ``family``, ``kernel``, ``params`` and
-``ops_per_s`` (``None`` for size rows, which carry ``bytes``), and Paillier rows ``ratio_vs_phe``.
+``ops_per_s`` (``None`` for size rows, which carry ``bytes``), Paillier rows ``ratio_vs_phe``,
+and OU rows ``ratio_vs_phe`` and ``ratio_vs_paillier``.
 Families are imported lazily, so a missing or broken one is reported and skipped, and the
 others still run.
 
@@ -30,14 +31,19 @@ from typing import Any
 #: Kernel family -> module with ``run(quick: bool) -> list[dict[str, Any]]``.
 KERNELS: dict[str, str] = {
     "paillier": "benchmarks.bench_paillier",
+    "ou": "benchmarks.bench_ou",
     "ckks": "benchmarks.bench_ckks",
     "ckks_scoring": "benchmarks.bench_ckks_scoring",
+    "paillier_scoring": "benchmarks.bench_paillier_scoring",
     "psi": "benchmarks.bench_psi",
     "psi_unbalanced": "benchmarks.bench_psi_unbalanced",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "fed": "benchmarks.bench_fed",
     "scaling": "benchmarks.bench_scaling",
+    "witness": "benchmarks.bench_witness",
+    "serving": "benchmarks.bench_serving",
+    "survival": "benchmarks.bench_survival",
 }
 
 _LIBRARIES = (
@@ -117,21 +123,24 @@ def _rate_text(row: dict[str, Any]) -> str:
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
-    """Print the rows as a rich table; the ratio column shows Bund ÷ phe where measured."""
+    """Print the rows as a rich table; the ratio columns show Bund ÷ phe (÷ Paillier for OU)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("family", "kernel", "params", "rate", "vs phe"):
-        table.add_column(column, justify="right" if column in ("rate", "vs phe") else "left")
+    ratios = {"vs phe": "ratio_vs_phe", "vs paillier": "ratio_vs_paillier"}
+    shown = [name for name, key in ratios.items() if any(key in row for row in rows)]
+    for column in ("family", "kernel", "params", "rate", *shown):
+        left = column in ("family", "kernel", "params")
+        table.add_column(column, justify="left" if left else "right")
     for row in rows:
-        ratio = row.get("ratio_vs_phe")
+        cells = [row.get(ratios[name]) for name in shown]
         table.add_row(
             str(row["family"]),
             str(row["kernel"]),
             _params_text(row.get("params", {})),
             _rate_text(row),
-            "" if ratio is None else f"{ratio:,.1f}×",
+            *("" if ratio is None else f"{ratio:,.1f}×" for ratio in cells),
         )
     Console(width=180).print(table)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server on loopback for the audit-store tests.
+# A throwaway PostgreSQL server on loopback for the audit-store and dataset-source tests.
 #
 #   eval "$(bash scripts/postgres.sh start)"   # prints the two export lines below, nothing else
 #   pytest tests/parties/test_audit.py         # runs the PostgreSQL store tests
@@ -8,8 +8,9 @@
 # start installs Debian's PostgreSQL if no server binaries are found (as root: apt-get update once,
 # then apt-get install postgresql, with no default cluster), creates a cluster in a new temporary
 # directory owned by the server's user, listening on 127.0.0.1 on a free port and on a Unix
-# socket in that directory only, and a role and database `bund_test` with a random password. It
-# prints
+# socket in that directory only, and a role and database `bund_test` with a random password. The
+# role may create roles (CREATEROLE), so that the dataset tests can make a SELECT-only reader role
+# as a DBA would (docs/datasets.md). It prints
 #   export BUND_TEST_POSTGRES_DSN=postgresql://bund_test:PASSWORD@127.0.0.1:PORT/bund_test
 #   export BUND_TEST_POSTGRES_DIR=/tmp/bund-postgres.XXXXXX
 # stop takes the directory as its argument or from BUND_TEST_POSTGRES_DIR; it does nothing when
@@ -77,7 +78,7 @@ start() {
 
   password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
   as_owner "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres \
-    -c "CREATE ROLE bund_test LOGIN PASSWORD '$password'" \
+    -c "CREATE ROLE bund_test LOGIN CREATEROLE PASSWORD '$password'" \
     -c "CREATE DATABASE bund_test OWNER bund_test" >/dev/null
   echo "postgres.sh: $("$bin/postgres" --version) on 127.0.0.1:$port ($dir)" >&2
   echo "export BUND_TEST_POSTGRES_DSN=postgresql://bund_test:$password@127.0.0.1:$port/bund_test" >&3

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run every check: proto drift, lint, import contracts, types, tests.
+# Set up (scripts/setup.sh) and run every check: proto drift, lint, import contracts, types, the
+# systemd unit, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,7 +10,8 @@ echo "== ruff";          ruff check .
 echo "== security lint"; python scripts/lint_security.py
 echo "== import-linter"; lint-imports
 echo "== mypy";          mypy
-echo "== chromium";      bash scripts/chromium.sh >/dev/null   # the HTML report test opens it
+echo "== chromium";      bash scripts/chromium.sh >/dev/null   # and chromium-driver: the browser tests (report, console)
+echo "== systemd unit";  bash scripts/check_unit.sh             # systemd-analyze verify
 echo "== postgresql"     # a throwaway server on 127.0.0.1 for the PostgreSQL audit store tests
 pg_env=$(bash scripts/postgres.sh start)   # two steps, so that a failed start stops the script
 eval "$pg_env"

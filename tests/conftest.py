@@ -45,7 +45,11 @@ PARTY_ROLES = {
 
 @dataclass(frozen=True)
 class Federation:
-    """Certificates and keys for the test parties, and an intruder from another CA."""
+    """Certificates and keys for the test parties, and an intruder from another CA.
+
+    Every party is in the federation's signed roster (``ca_dir``), and has an operator CA with
+    one operator credential (``operator_tls``).
+    """
 
     root: Path
 
@@ -57,8 +61,14 @@ class Federation:
         return self.root / name
 
     def tls(self, name: str) -> TlsPaths:
+        """``name``'s node certificate: what its node presents to its peers."""
         d = self.party_dir(name)
         return TlsPaths(ca=d / "ca.pem", cert=d / "node.pem", key=d / "node.key")
+
+    def operator_tls(self, name: str) -> TlsPaths:
+        """The operator credential of ``name`` (from its operator CA): for operator calls."""
+        d = self.party_dir(name) / identity.OPERATOR_DIR
+        return TlsPaths(ca=d / "ca.pem", cert=d / "operator.pem", key=d / "operator.key")
 
 
 @pytest.fixture(scope="session")
@@ -150,15 +160,21 @@ class NodeFactory:
         budget_epsilon: str | None = None,
         tables: Mapping[str, Table] | None = None,
         budget_delta: str | None = None,
+        audit: str = "",
+        release_scores_to: Sequence[str] = (),
+        trusted_for: Sequence[tuple[str, str]] = (),
     ) -> Node:
         """Start ``name``'s node in this process with CSV datasets and a policy from the arguments.
 
         ``allowed`` lists counterparties (each with its test role); ``protocols`` narrows what
-        may run on each dataset; approvals are off unless asked for.
+        may run on each dataset; approvals are off unless asked for; ``audit`` adds lines to
+        node.toml's ``[audit]`` table; ``release_scores_to`` and ``trusted_for`` as in
+        :meth:`write_config`.
         """
         config_path = self.write_config(
             name, datasets, allowed, protocols, extra, level, approvals, audit_store,
-            budget_epsilon, tables, budget_delta=budget_delta,
+            budget_epsilon, tables, budget_delta=budget_delta, audit=audit,
+            release_scores_to=release_scores_to, trusted_for=trusted_for,
         )  # fmt: skip
         return self.run(name, config_path, registry)
 
@@ -189,8 +205,16 @@ class NodeFactory:
         tables: Mapping[str, Table] | None = None,
         limits: str = "",
         budget_delta: str | None = None,
+        trusted_for: Sequence[tuple[str, str]] = (),
+        release_scores_to: Sequence[str] = (),
+        audit: str = "",
     ) -> Path:
-        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path."""
+        """Write ``name``'s node.toml, policy.toml and CSV datasets; return node.toml's path.
+
+        ``trusted_for`` holds (counterparty, protocol) pairs the policy trusts;
+        ``release_scores_to`` who may receive per-record scores of every dataset; ``audit`` adds
+        lines to node.toml's ``[audit]`` table (``witness_interval_s = 0.2``).
+        """
         home = self.workdir / name
         given = {ds: Table.from_columns(ds, cols) for ds, cols in (datasets or {}).items()}
         catalogue = tuple(
@@ -201,6 +225,7 @@ class NodeFactory:
                 tuple(protocols[ds]) if protocols and ds in protocols else None,
                 budget_epsilon,
                 budget_delta,
+                tuple(release_scores_to),
             )
             for ds, table in {**given, **(tables or {})}.items()
         )
@@ -210,6 +235,7 @@ class NodeFactory:
             identity=self.federation.party_dir(name),
             peers_file=self.group.peers_file,
             counterparties=tuple((other, PARTY_ROLES[other]) for other in allowed),
+            trusted_for=tuple(trusted_for),
             datasets=catalogue,
             approvals=approvals,
             cohort_floor=5,
@@ -220,8 +246,13 @@ class NodeFactory:
             extra=extra,
             audit_store=audit_store,
             written_by="the test NodeFactory",
+            federation=self.federation.ca_dir,
         )
-        return write_node_files(files)
+        path = write_node_files(files)
+        if audit:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("[audit]\n", f"[audit]\n{audit}\n", 1), "utf-8")
+        return path
 
     def spawn(
         self,
@@ -247,9 +278,23 @@ class NodeFactory:
         return self.nodes[name].port if name in self.nodes else self.group.ports[name]
 
     def client(self, name: str, as_party: str | None = None) -> NodeClient:
-        """A client to ``name``'s node, presenting ``as_party``'s certificate (default: its own)."""
-        who = as_party or name
-        return NodeClient(f"127.0.0.1:{self.port(name)}", name, self.federation.tls(who))
+        """A client to ``name``'s node: as its operator, or presenting ``as_party``'s certificate.
+
+        Without ``as_party`` it presents ``name``'s operator credential; with it, the node
+        certificate of ``as_party``, as ``as_party``'s node calls another: with that node's
+        signed instance epoch when it runs in this process.
+        """
+        if as_party is None:
+            return NodeClient(
+                f"127.0.0.1:{self.port(name)}", name, self.federation.operator_tls(name)
+            )
+        node = self.nodes.get(as_party)
+        return NodeClient(
+            f"127.0.0.1:{self.port(name)}",
+            name,
+            self.federation.tls(as_party),
+            instance=node.peers.instance if node is not None else None,
+        )
 
     def config(self, name: str) -> NodeConfig:
         return self.nodes[name].config

@@ -239,6 +239,24 @@ class PackingLayout:
             )
         return count
 
+    def slots_within(self, capacity_bits: int) -> int:
+        """Slots per plaintext when a packed plaintext may use ``capacity_bits`` bits.
+
+        :meth:`slots` is ``slots_within(key_bits - 2)`` for Paillier, whose plaintexts fill the
+        modulus; an engine whose plaintext space is smaller (Okamoto–Uchiyama's secret ``p``) or
+        that keeps headroom below it passes its own capacity.
+
+        Raises:
+            EncodingOverflowError: If not even one slot fits.
+        """
+        count = capacity_bits // self.slot_bits
+        if count < 1:
+            raise EncodingOverflowError(
+                f"a {self.slot_bits}-bit slot does not fit {capacity_bits} bits of plaintext: "
+                "reduce value_bits, additions or scalar_bits, or use a larger key"
+            )
+        return count
+
     def check_values(self, values: Sequence[int]) -> None:
         """Refuse any value too large for this layout, before anything is packed.
 
@@ -300,6 +318,46 @@ def squeeze_layout(bound: int, key_bits: int) -> tuple[int, int]:
             f"values of {bound.bit_length()} bits do not fit a {key_bits}-bit key even alone"
         )
     return width, count
+
+
+def squeeze_slots(bound: int, capacity_bits: int) -> tuple[int, int]:
+    """Slot width and slots per plaintext for values of magnitude at most ``bound``.
+
+    The same layout as :func:`squeeze_layout` (``squeeze_layout(bound, key_bits)`` is
+    ``squeeze_slots(bound, key_bits - 2)``) for a plaintext that may use ``capacity_bits`` bits:
+    what an engine with a smaller plaintext space, or a protocol that keeps headroom, passes.
+
+    Raises:
+        ValueError: If ``bound`` is negative.
+        EncodingOverflowError: If one slot does not fit.
+    """
+    if bound < 0:
+        raise ValueError("bound is a magnitude, at least 0")
+    width = bound.bit_length() + 1
+    count = capacity_bits // width
+    if count < 1:
+        raise EncodingOverflowError(
+            f"values of {bound.bit_length()} bits do not fit {capacity_bits} bits of plaintext"
+        )
+    return width, count
+
+
+def pack_signed(values: Sequence[int], width: int, per_plaintext: int) -> list[int]:
+    """Pack signed integers ``width`` bits apart into signed integers, ``per_plaintext`` to each.
+
+    :func:`pack_slots` without the reduction modulo ``n``: for an engine that encrypts signed
+    plaintexts directly (Okamoto–Uchiyama). The caller guarantees the slot bounds as there.
+
+    >>> pack_signed([1, -1, 2], 8, 2)
+    [-255, 2]
+    """
+    out: list[int] = []
+    for start in range(0, len(values), per_plaintext):
+        acc = 0
+        for value in reversed(values[start : start + per_plaintext]):
+            acc = (acc << width) + int(value)
+        out.append(acc)
+    return out
 
 
 def pack_slots(values: Sequence[int], width: int, per_plaintext: int, n: int) -> list[int]:

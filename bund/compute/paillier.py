@@ -34,7 +34,8 @@ python-paillier (``phe``): a ciphertext of either library decrypts with the othe
   bucket method: for 32-bit scalars and ``10^4`` terms about four multiplications per term instead
   of about forty. Negative scalars go to a second product that is inverted once at the end, so
   no exponent is ever ``n - |x|``; element-wise products invert negatives in one batch
-  (Montgomery's trick).
+  (Montgomery's trick). These group kernels live in ``bund.compute.modexp``, shared with the
+  Okamoto–Uchiyama engine.
 - **Parallelism** through ``bund.compute.executor``: every kernel splits its work into
   ``executor.workers`` batches and runs gmpy2 with ``allow_release_gil`` in its own context.
 
@@ -61,7 +62,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import numbers
 import os
 import secrets
 import struct
@@ -73,7 +73,6 @@ from functools import partial
 from typing import Any, NoReturn, Protocol, TypeAlias
 
 import gmpy2
-import numpy
 import phe
 
 from bund.compute.encoding import (
@@ -98,6 +97,12 @@ from bund.compute.errors import (
 from bund.compute.executor import Executor, InlineExecutor, split_evenly
 from bund.compute.insecure import insecure_test_parameters_enabled
 from bund.compute.layout import Header
+from bund.compute.modexp import ONE as _ONE
+from bund.compute.modexp import as_ints as _as_ints
+from bund.compute.modexp import comb_power as _comb_power
+from bund.compute.modexp import comb_table as _comb_table
+from bund.compute.modexp import dot_mod, matvec_mod, mul_mod, squeeze_mod
+from bund.compute.modexp import released_gil as _released_gil
 
 #: gmpy2 ships no type stubs; ``Mpz`` marks where a ``gmpy2.mpz`` is meant.
 Mpz: TypeAlias = Any
@@ -123,15 +128,6 @@ _KEY_PREFIX = _KEY.size + _KEY_FIELDS.size
 _VECTOR = Header(b"BNPC", WIRE_VERSION)
 _VECTOR_FIELDS = struct.Struct(">16sHI")  # key id, frac bits, count
 _KEY_ID_DOMAIN = b"bund/paillier/key-id/v1"
-_ONE = gmpy2.mpz(1)
-
-
-def _released_gil() -> Any:
-    """A fresh gmpy2 context in which big-integer operations release the GIL.
-
-    gmpy2 contexts are per thread; entering this one changes nothing outside the ``with`` block.
-    """
-    return gmpy2.context(allow_release_gil=True)
 
 
 def check_key_size(bits: int) -> None:
@@ -439,27 +435,6 @@ def generate_keypair(bits: int = MIN_KEY_BITS) -> tuple[PublicKey, PrivateKey]:
     return public_key, PrivateKey(public_key, p, q)
 
 
-def _comb_table(base: Mpz, rows: int, modulus: Mpz) -> tuple[tuple[Mpz, ...], ...]:
-    """``T[i][d] = base^(d·256^i) mod modulus`` for ``d`` in 0..255 and ``i < rows``."""
-    table = []
-    g = gmpy2.mpz(base) % modulus
-    for _ in range(rows):
-        row = [_ONE, g]
-        for _ in range(254):
-            row.append(row[-1] * g % modulus)
-        table.append(tuple(row))
-        g = row[-1] * g % modulus
-    return tuple(table)
-
-
-def _comb_power(table: tuple[tuple[Mpz, ...], ...], digits: bytes, modulus: Mpz) -> Mpz:
-    """``Π T[i][digits[i]]``: the base raised to the little-endian base-256 number ``digits``."""
-    acc = table[0][digits[0]]
-    for row, d in zip(table[1:], digits[1:], strict=True):
-        acc = acc * row[d] % modulus
-    return acc
-
-
 class RandomnessSource(Protocol):
     """What encrypts and re-randomises under one public key: an Encryptor or an ObfuscatorPool."""
 
@@ -721,110 +696,6 @@ class ObfuscatorPool:
             self._cond.notify_all()
 
 
-def _as_ints(values: Sequence[int] | Any, what: str) -> list[int]:
-    """Python ints from a sequence or a numpy integer array; refuse floats and bools."""
-    tolist = getattr(values, "tolist", None)
-    items = tolist() if callable(tolist) else list(values)
-    for item in items:
-        if isinstance(item, bool | numpy.bool_) or not isinstance(item, numbers.Integral):
-            raise TypeError(f"{what} are integers (fixed-point encode them first), not {item!r}")
-    return [int(x) for x in items]
-
-
-def _batch_invert(values: Sequence[Mpz], modulus: Mpz) -> list[Mpz]:
-    """Invert every value with one modular inversion and three multiplications each."""
-    if not values:
-        return []
-    prefix = [gmpy2.mpz(values[0])]
-    for v in values[1:]:
-        prefix.append(prefix[-1] * v % modulus)
-    inv = gmpy2.invert(prefix[-1], modulus)
-    out = [_ONE] * len(values)
-    for i in range(len(values) - 1, 0, -1):
-        out[i] = inv * prefix[i - 1] % modulus
-        inv = inv * values[i] % modulus
-    out[0] = inv
-    return out
-
-
-def _window_bits(count: int, exponent_bits: int) -> int:
-    """Bucket window minimising ``ceil(b/w)·(count + 2^(w+1))`` multiplications."""
-    return min(range(1, 17), key=lambda w: -(-exponent_bits // w) * (count + (1 << (w + 1))))
-
-
-def _multi_exp(bases: Sequence[Mpz], exponents: Sequence[int], modulus: Mpz) -> Mpz:
-    """``Π bases[i]^exponents[i] mod modulus`` for positive exponents (Pippenger buckets)."""
-    if not bases:
-        return _ONE
-    bits = max(exponents).bit_length()
-    width = _window_bits(len(bases), bits)
-    mask = (1 << width) - 1
-    packed = numpy.array(exponents, dtype=numpy.uint64) if bits <= 64 else None
-    result: Mpz = None
-    for window in range(-(-bits // width) - 1, -1, -1):
-        if result is not None:
-            result = gmpy2.powmod(result, 1 << width, modulus)
-        buckets: list[Mpz] = [None] * (mask + 1)
-        shift = window * width
-        if packed is not None:
-            digits = ((packed >> numpy.uint64(shift)) & numpy.uint64(mask)).tolist()
-        else:
-            digits = [(e >> shift) & mask for e in exponents]
-        for base, d in zip(bases, digits, strict=True):
-            if d:
-                current = buckets[d]
-                buckets[d] = base if current is None else current * base % modulus
-        running: Mpz = None
-        total: Mpz = None
-        for d in range(mask, 0, -1):
-            bucket = buckets[d]
-            if bucket is not None:
-                running = bucket if running is None else running * bucket % modulus
-            if running is not None:
-                total = running if total is None else total * running % modulus
-        if total is not None:
-            result = total if result is None else result * total % modulus
-    return _ONE if result is None else result
-
-
-def _multi_exp_task(task: tuple[Mpz, Sequence[Mpz], Sequence[int]]) -> Mpz:
-    modulus, bases, exponents = task
-    with _released_gil():
-        return _multi_exp(bases, exponents, modulus)
-
-
-def _signed_tasks(
-    bases: Sequence[Mpz], scalars: Sequence[int], modulus: Mpz, chunks: int
-) -> tuple[list[tuple[Mpz, list[Mpz], list[int]]], int]:
-    """Multi-exponentiation tasks, positive terms first, then the negative ones negated.
-
-    Returns:
-        The tasks (at least one per sign) and the index of the first negative task.
-    """
-    tasks: list[tuple[Mpz, list[Mpz], list[int]]] = []
-    for sign in (1, -1):
-        indices = [i for i, k in enumerate(scalars) if sign * k > 0]
-        parts = split_evenly(indices, chunks) or [[]]
-        tasks.extend(
-            (modulus, [bases[i] for i in part], [sign * scalars[i] for i in part]) for part in parts
-        )
-        if sign == 1:
-            boundary = len(tasks)
-    return tasks, boundary
-
-
-def _combine_signed(results: Sequence[Mpz], boundary: int, modulus: Mpz) -> Mpz:
-    positive, negative = _ONE, _ONE
-    for index, value in enumerate(results):
-        if index < boundary:
-            positive = positive * value % modulus
-        else:
-            negative = negative * value % modulus
-    if negative == 1:
-        return positive
-    return positive * gmpy2.invert(negative, modulus) % modulus
-
-
 def dot_raw(
     public_key: PublicKey,
     ciphertexts: Sequence[Mpz],
@@ -843,12 +714,7 @@ def dot_raw(
         ValueError: If the lengths differ.
         TypeError: If a scalar is not an integer.
     """
-    ks = _as_ints(scalars, "scalars")
-    if len(ks) != len(ciphertexts):
-        raise ValueError(f"{len(ciphertexts)} ciphertexts but {len(ks)} scalars")
-    executor = executor or InlineExecutor()
-    tasks, boundary = _signed_tasks(ciphertexts, ks, public_key.n_square, executor.workers)
-    return _combine_signed(executor.map(_multi_exp_task, tasks), boundary, public_key.n_square)
+    return dot_mod(public_key.n_square, ciphertexts, scalars, executor)
 
 
 def matvec_raw(
@@ -869,36 +735,7 @@ def matvec_raw(
     Raises:
         ValueError: If a row's length differs from the number of ciphertexts.
     """
-    rows = [_as_ints(row, "matrix entries") for row in matrix]
-    for index, row in enumerate(rows):
-        if len(row) != len(ciphertexts):
-            raise ValueError(
-                f"row {index} has {len(row)} entries for {len(ciphertexts)} ciphertexts"
-            )
-    executor = executor or InlineExecutor()
-    chunks = max(1, executor.workers // max(1, len(rows)))
-    tasks: list[tuple[Mpz, list[Mpz], list[int]]] = []
-    spans: list[tuple[int, int, int]] = []
-    for row in rows:
-        row_tasks, boundary = _signed_tasks(ciphertexts, row, public_key.n_square, chunks)
-        spans.append((len(tasks), len(tasks) + len(row_tasks), boundary))
-        tasks.extend(row_tasks)
-    results = executor.map(_multi_exp_task, tasks)
-    return [
-        _combine_signed(results[start:end], boundary, public_key.n_square)
-        for start, end, boundary in spans
-    ]
-
-
-def _mul_task(task: tuple[Mpz, Sequence[Mpz], Sequence[int]]) -> list[Mpz]:
-    modulus, ciphertexts, scalars = task
-    with _released_gil():
-        negatives = [i for i, k in enumerate(scalars) if k < 0]
-        inverses = _batch_invert([ciphertexts[i] for i in negatives], modulus)
-        bases = list(ciphertexts)
-        for i, inverse in zip(negatives, inverses, strict=True):
-            bases[i] = inverse
-        return [gmpy2.powmod(c, abs(k), modulus) for c, k in zip(bases, scalars, strict=True)]
+    return matvec_mod(public_key.n_square, matrix, ciphertexts, executor)
 
 
 def mul_raw(
@@ -913,16 +750,7 @@ def mul_raw(
         ValueError: If the lengths differ.
         TypeError: If a scalar is not an integer.
     """
-    ks = _as_ints(scalars, "scalars")
-    if len(ks) != len(ciphertexts):
-        raise ValueError(f"{len(ciphertexts)} ciphertexts but {len(ks)} scalars")
-    executor = executor or InlineExecutor()
-    n2 = public_key.n_square
-    parts = zip(
-        split_evenly(ciphertexts, executor.workers), split_evenly(ks, executor.workers), strict=True
-    )
-    tasks = [(n2, cts, part) for cts, part in parts]
-    return [c for part in executor.map(_mul_task, tasks) for c in part]
+    return mul_mod(public_key.n_square, ciphertexts, scalars, executor)
 
 
 def add_raw(public_key: PublicKey, a: Sequence[Mpz], b: Sequence[Mpz]) -> list[Mpz]:
@@ -957,14 +785,7 @@ def squeeze_raw(public_key: PublicKey, ciphertexts: Sequence[Mpz], width: int) -
     The result decrypts to ``Σ d_i·2^(i·width)``; the caller ensures the slots fit
     (``bund.compute.encoding.squeeze_layout``).
     """
-    if not ciphertexts:
-        raise ValueError("nothing to squeeze")
-    n2, shift = public_key.n_square, gmpy2.mpz(1) << width
-    with _released_gil():
-        acc = ciphertexts[-1]
-        for c in reversed(ciphertexts[:-1]):
-            acc = gmpy2.powmod(acc, shift, n2) * c % n2
-    return acc
+    return squeeze_mod(public_key.n_square, ciphertexts, width)
 
 
 def validate_ciphertexts(public_key: PublicKey, ciphertexts: Sequence[Mpz]) -> None:

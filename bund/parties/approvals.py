@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bund.compute.canonical import canonical_json
-from bund.compute.dp.budget import Budget, format_rational
+from bund.compute.dp.budget import Budget, format_epsilon, format_rational
 from bund.compute.errors import BundError
+from bund.parties.identity import load_audit_signing_key
 from bund.parties.jobs import JobSpec
 
 _DOMAIN = b"bund/approval/v1\x00"
@@ -61,15 +63,38 @@ class ApprovalRequest:
             f"purpose: {spec.purpose}",
             "participants: " + ", ".join(f"{p.party} ({p.role})" for p in spec.participants),
             f"your dataset: {self.dataset} [{self.level}], version {self.dataset_version[:16]}",
-            f"releases: {', '.join(self.outputs)}; result to {', '.join(spec.receivers)}",
         ]
+        bindings = spec.participant(self.party).columns
+        if bindings:  # what the protocol calls each of your columns: you approve these too
+            lines.append(
+                "your columns used: " + ", ".join(f"{k} = {v}" for k, v in bindings.items())
+            )
+        lines.append(f"releases: {', '.join(self.outputs)}; result to {', '.join(spec.receivers)}")
         lines += [f"  {party} learns {what}" for party, what in sorted(self.learns.items())]
         lines.append(
             "privacy budget charged to your dataset: "
-            + ("none" if self.cost.is_zero else str(self.cost))
+            + (
+                "none"
+                if self.cost.is_zero
+                else f"ε = {format_epsilon(self.cost.epsilon)}, "
+                f"δ = {format_epsilon(self.cost.delta)}"
+            )
         )
         lines.append(f"code version {self.code_version}; spec sha256 {spec.digest()}")
         return lines
+
+
+def sign_approval(request: ApprovalRequest, key: Path) -> bytes:
+    """The approver's signature over ``request``, made with the Ed25519 key at ``key``.
+
+    The key is read here, on the approver's own machine (the ``bund`` command, or a console
+    that its approver runs), and only the signature leaves: to the node, with the operator
+    credential's connection.
+
+    Raises:
+        IdentityError: ``key`` is not an Ed25519 private key.
+    """
+    return load_audit_signing_key(key).sign(request.payload())
 
 
 def verify_approval(request: ApprovalRequest, signature: bytes, key: Ed25519PublicKey) -> None:

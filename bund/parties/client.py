@@ -2,14 +2,17 @@
 
 Every call returns domain objects. The channel verifies that the server's certificate was issued
 by the federation CA *to the expected party* (the party name is the TLS target name), and presents
-this party's own certificate.
+the caller's certificate: an operator credential for operator calls (``bund job ...``), or the
+node's own certificate for node-to-node calls, which also carry the node's signed instance epoch
+(``bund.parties.authz.Instance``) in the metadata of every call.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -18,13 +21,26 @@ from google.protobuf.message import Message
 from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import Checkpoint
-from bund.parties.config import NodeConfig, TlsPaths
-from bund.parties.errors import ANSWERED_BY_NODE, PeerUnavailableError
+from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
+from bund.parties.authz import INSTANCE_METADATA
+from bund.parties.config import NodeConfig, TlsPaths, load_cli_config
+from bund.parties.errors import (
+    ANSWERED_BY_NODE,
+    ConfigError,
+    NotAuthorizedError,
+    PeerUnavailableError,
+)
 from bund.parties.jobs import JobSpec, Result
-from bund.parties.lifecycle.states import JobStatus
+from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.serving.errors import (
+    ReplayedRequestError,
+    ServingLimitError,
+    ServingRefusedError,
+)
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Scored
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 T = TypeVar("T", bound=Message)
 
@@ -46,12 +62,81 @@ class RemoteError(BundError):
         return self.code is grpc.StatusCode.NOT_FOUND
 
 
+#: A serving refusal's class by the status the node answered it with.
+_SERVING_REFUSALS: dict[grpc.StatusCode, type[BundError]] = {
+    grpc.StatusCode.ALREADY_EXISTS: ReplayedRequestError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServingLimitError,
+    grpc.StatusCode.FAILED_PRECONDITION: ServingRefusedError,
+    grpc.StatusCode.PERMISSION_DENIED: NotAuthorizedError,
+}
+
+
+def _serving_refusal(exc: RemoteError) -> BundError:
+    """A node's refusal of a serving request, as the class it was raised as there."""
+    kind = _SERVING_REFUSALS.get(exc.code)
+    return exc if kind is None else kind(f"{exc.party}: {exc.details}")
+
+
 def _answered_by_node(exc: grpc.RpcError) -> bool:
     """Whether the error is one a node answered itself (not a transport failure)."""
     trailing: tuple[tuple[str, str], ...] = (
         tuple(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ()
     )
     return any(key == ANSWERED_BY_NODE for key, _ in trailing)
+
+
+#: What gRPC's error details say, and the line that tells the operator what to do (``{who}`` is
+#: "PARTY at ADDRESS"): the first match wins.
+_TRANSPORT_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("CERTIFICATE_VERIFY_FAILED",),
+        "{who}: the node's certificate is not from your federation CA; check [tls] ca",
+    ),
+    (
+        ("Hostname Verification", "No match found for server name", "Peer name"),
+        (
+            "{who}: the node there is not {party}'s (its certificate names another party); "
+            "check the address"
+        ),
+    ),
+    (("Connection refused",), "{who} does not answer: is its node running? (connection refused)"),
+    (
+        ("errors resolving", "DNS resolution failed", "Domain name not found"),
+        "{who}: the host name does not resolve; check the address",
+    ),
+    (
+        ("No route to host", "Network is unreachable", "Connection timed out"),
+        "{who} cannot be reached: check the address, the network and its firewall",
+    ),
+    (
+        ("Socket closed", "Connection reset", "handshake"),
+        (
+            "{who} closed the connection: does it accept your certificate? (check [tls] cert "
+            "and key: an operator credential of {party}, or a node certificate on the roster)"
+        ),
+    ),
+)
+
+
+def transport_failure(
+    party: str, address: str, code: grpc.StatusCode, details: str, timeout: float
+) -> str:
+    """One line that says why ``party``'s node at ``address`` gave no answer, and what to do.
+
+    Read from gRPC's error details: a certificate from another CA, a node of another party at
+    the address, connection refused (the node is down), a name that does not resolve, a host
+    that cannot be reached, a connection closed in the handshake, or no answer in time.
+    """
+    who = f"{party} at {address}"
+    for needles, line in _TRANSPORT_FAILURES:
+        if any(n in details for n in needles):
+            return line.format(who=who, party=party)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"{who} did not answer within {timeout:g} s: is its node running and reachable? "
+            "(DEADLINE_EXCEEDED)"
+        )
+    return f"{who} does not answer: is its node running? ({code.name}: {details})"
 
 
 def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str, int | str]]:
@@ -67,7 +152,16 @@ def channel_options(max_message_bytes: int, target_name: str) -> list[tuple[str,
 
 
 class NodeClient:
-    """Calls to one node, made as this party over mTLS."""
+    """Calls to one node over mTLS, with the credential in ``tls``.
+
+    Args:
+        address: ``HOST:PORT`` of the node.
+        party: The party whose node it must be (its certificate's name).
+        tls: The federation CA, and the caller's certificate and key.
+        max_message_bytes: The gRPC message limit.
+        timeout: The deadline of each call, in seconds.
+        instance: A node's signed instance epoch, sent with every call (node-to-node calls).
+    """
 
     def __init__(
         self,
@@ -76,6 +170,7 @@ class NodeClient:
         tls: TlsPaths,
         max_message_bytes: int = 8 << 20,
         timeout: float = 60.0,
+        instance: bytes | None = None,
     ) -> None:
         creds = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes(),
@@ -85,6 +180,7 @@ class NodeClient:
         self.address = address
         self.party = party
         self.timeout = timeout
+        self._metadata = ((INSTANCE_METADATA, instance),) if instance is not None else None
         self._channel = grpc.secure_channel(
             address, creds, options=channel_options(max_message_bytes, party)
         )
@@ -113,7 +209,11 @@ class NodeClient:
             response_deserializer=None,
         )
         try:
-            raw = rpc(request.SerializeToString(), timeout=timeout or self.timeout)
+            raw = rpc(
+                request.SerializeToString(),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
@@ -123,8 +223,9 @@ class NodeClient:
                         f"{self.party} answered {code.name}: {details}"
                     ) from None
                 raise PeerUnavailableError(
-                    f"{self.party} at {self.address} is unreachable ({code.name}: {details}); "
-                    "check that its node runs and the address is right"
+                    transport_failure(
+                        self.party, self.address, code, details, timeout or self.timeout
+                    )
                 ) from None
             raise RemoteError(self.party, code, details) from None
         out = response()
@@ -187,20 +288,22 @@ class NodeClient:
             offset += len(page.data)
         return b"".join(parts)
 
-    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
-        """The newest jobs at this node."""
-        r = self._call(
-            "Jobs", "ListJobs", job_pb2.ListJobsRequest(limit=limit), job_pb2.ListJobsResponse
+    def list_jobs(self, limit: int = 50, states: Collection[JobState] = ()) -> list[JobStatus]:
+        """The newest jobs at this node (only those in ``states``, when given)."""
+        request = job_pb2.ListJobsRequest(
+            limit=limit, states=[wire.state_to_proto(s) for s in states]
         )
+        r = self._call("Jobs", "ListJobs", request, job_pb2.ListJobsResponse)
         return [wire.status_from_proto(s) for s in r.jobs]
 
-    def node_info(self) -> wire.NodeInfo:
-        """Who this node says it is."""
+    def node_info(self, timeout: float | None = None) -> wire.NodeInfo:
+        """Who this node says it is, and the instance epoch it runs."""
         r = self._call(
             "Federation",
             "GetNodeInfo",
             federation_pb2.GetNodeInfoRequest(),
             federation_pb2.GetNodeInfoResponse,
+            timeout,
         )
         return wire.node_info_from_proto(r)
 
@@ -213,6 +316,24 @@ class NodeClient:
             audit_pb2.ReadAuditLogResponse,
         )
         return wire.audit_page_from_proto(r)
+
+    def job_log(self, job_id: str) -> list[AuditRecord]:
+        """This node's audit records of one job, in log order (its own operator only)."""
+        records: list[AuditRecord] = []
+        start = 0
+        while True:
+            r = self._call(
+                "Jobs",
+                "GetJobLog",
+                job_pb2.GetJobLogRequest(job_id=job_id, start=start),
+                job_pb2.GetJobLogResponse,
+            )
+            records += [wire.audit_record_from_proto(x) for x in r.records]
+            if r.next_index == 0:
+                return records
+            if r.next_index <= start:  # a node that pages backwards would never end
+                raise RemoteError(self.party, grpc.StatusCode.DATA_LOSS, "job log pages went back")
+            start = r.next_index
 
     def approval_request(self, job_id: str) -> ApprovalRequest:
         """What this node's approver is asked to sign for a job (its own operator only)."""
@@ -249,7 +370,64 @@ class NodeClient:
         )
         return wire.checkpoint_from_proto(r)
 
+    def witnessed_heads(self, after: int = 0, limit: int = 0) -> wire.WitnessedPage:
+        """Heads this node witnessed of other parties, after ``after`` (operator or regulator)."""
+        r = self._call(
+            "Audit",
+            "GetWitnessedHeads",
+            audit_pb2.GetWitnessedHeadsRequest(after=after, limit=limit),
+            audit_pb2.GetWitnessedHeadsResponse,
+        )
+        return wire.witnessed_page_from_proto(r)
+
+    # -- a standing contract (serving) -----------------------------------------------------
+
+    def score(
+        self, contract_id: str, applicants: Sequence[Applicant], timeout: float | None = None
+    ) -> Scored:
+        """Score ``applicants`` under a serving contract (the bank's operator, at its node).
+
+        Raises:
+            ServingRefusedError: The contract's terms or a provider refused (the message says
+                which; ``ServingLimitError`` for a limit, ``ReplayedRequestError`` for a nonce).
+            NotAuthorizedError: This operator may not score under the contract.
+            RemoteError: Any other refusal, with the node's status and message.
+        """
+        request = wire.score_request_to_proto(contract_id, applicants)
+        try:
+            r = self._call("Serving", "Score", request, serving_pb2.ScoreResponse, timeout)
+        except RemoteError as exc:
+            raise _serving_refusal(exc) from None
+        return wire.scored_from_proto(r)
+
+    def prove_request(self, contract_id: str, request_sha256: bytes) -> RequestProof:
+        """The node's proof that it took a request, under a root it signed.
+
+        For the node's operator or a regulator; check it with
+        ``bund.parties.serving.proofs.verify_request_proof``.
+        """
+        r = self._call(
+            "Serving",
+            "ProveRequest",
+            serving_pb2.ProveRequestRequest(contract_id=contract_id, request_sha256=request_sha256),
+            serving_pb2.RequestProof,
+        )
+        return wire.request_proof_from_proto(r)
+
     # -- node-to-node calls ---------------------------------------------------------------
+
+    def score_parts(
+        self, contract_id: str, nonce: bytes, ids: Sequence[str], timeout: float | None = None
+    ) -> Answer:
+        """A provider's masked answer to the bank's request (the bank's node only)."""
+        request = wire.score_parts_request_to_proto(contract_id, nonce, ids)
+        try:
+            r = self._call(
+                "Serving", "ScoreParts", request, serving_pb2.ScorePartsResponse, timeout
+            )
+        except RemoteError as exc:
+            raise _serving_refusal(exc) from None
+        return wire.answer_from_proto(r)
 
     def propose(self, spec: JobSpec) -> tuple[bool, str]:
         """Ask this node to accept a job; an error status counts as a refusal with its message."""
@@ -300,6 +478,16 @@ class NodeClient:
         r = self._call("Jobs", "Deliver", request, job_pb2.DeliverResponse, timeout)
         return not r.duplicate
 
+    def witness(
+        self, head: Checkpoint, audit_public_key: bytes, timeout: float | None = None
+    ) -> WitnessReply:
+        """Present this party's own tree head to this node as a witness; get its reply."""
+        request = audit_pb2.WitnessRequest(
+            head=wire.checkpoint_to_proto(head), audit_public_key=audit_public_key
+        )
+        r = self._call("Audit", "Witness", request, audit_pb2.WitnessResponse, timeout)
+        return wire.witness_reply_from_proto(r)
+
 
 @dataclass
 class PeerClients:
@@ -307,10 +495,12 @@ class PeerClients:
 
     Delivery retries only on UNAVAILABLE, for up to ``peer_silence_s`` (after which the job is
     interrupted anyway): the receiver's mailbox is idempotent on the payload's digest, so a
-    retried message is a no-op there.
+    retried message is a no-op there. Every call presents the node's certificate and, when
+    given, its signed instance epoch ``instance``.
     """
 
     config: NodeConfig
+    instance: bytes | None = None
     backoff_s: float = 0.2
     max_backoff_s: float = 2.0
 
@@ -323,7 +513,11 @@ class PeerClients:
         key = (party, address)
         if key not in self._clients:
             self._clients[key] = NodeClient(
-                address, party, self.config.tls, self.config.max_message_bytes
+                address,
+                party,
+                self.config.tls,
+                self.config.max_message_bytes,
+                instance=self.instance,
             )
         return self._clients[key]
 
@@ -346,6 +540,12 @@ class PeerClients:
     def resume(self, to: str, job_id: str) -> None:
         """See ``NodeClient.resume``."""
         self.client(to).resume(job_id)
+
+    def score_parts(
+        self, to: str, contract_id: str, nonce: bytes, ids: Sequence[str], timeout: float
+    ) -> Answer:
+        """See ``NodeClient.score_parts``: once, never retried (a nonce is good once)."""
+        return self.client(to).score_parts(contract_id, nonce, ids, timeout)
 
     def deliver(self, job_id: str, to: str, tag: str, payload: bytes) -> None:
         """Deliver a job message to ``to``, retrying while it is unreachable."""
@@ -373,3 +573,32 @@ class PeerClients:
         for c in self._clients.values():
             c.close()
         self._clients.clear()
+
+
+def open_operator_client(path: Path, timeout: float = 30.0) -> NodeClient:
+    """A client to a party's own node with the operator credential that ``path`` names.
+
+    What a bank's loan system uses to score applicants under a serving contract, given an
+    ``operator.toml`` from ``bund operator issue`` (or ``node.toml`` on the node's host)::
+
+        with open_operator_client(Path("loan-system/operator.toml")) as node:
+            scored = node.score(contract_id, [Applicant("91310000A", {"revenue": 1.2e6})])
+        for decision in scored.decisions:
+            ...  # decision.id, decision.decision ("approve", "decline", "refer"), probability
+
+    Keep ``scored.request_sha256``: a regulator checks it against each party's signed root.
+
+    Raises:
+        ConfigError: The file is invalid, or the node's port file is missing.
+    """
+    config, _ = load_cli_config(path)
+    address = config.node
+    if address is None:
+        assert config.port_file is not None  # load_cli_config checks one of them is set
+        try:
+            address = f"127.0.0.1:{config.port_file.read_text().strip()}"
+        except FileNotFoundError:
+            raise ConfigError(
+                f"the node is not running ({config.port_file} is missing); start it first"
+            ) from None
+    return NodeClient(address, config.party, config.tls, config.max_message_bytes, timeout)

@@ -4,25 +4,37 @@
 (suggesting the nearest known one), ``listen`` must be ``HOST:PORT``, and every error names the
 file and the dotted key to fix. Paths in the file are relative to the file's own directory.
 
-The one exception to "read once" is the peer directory (``peers_file``), which an operator may
+The exceptions to "read once" are the peer directory (``peers_file``), which an operator may
 update while the node runs, so that nodes started on OS-chosen ports can learn each other's
-addresses.
+addresses, and the federation's signed roster and revocation lists, which the node re-reads
+whenever their files change (``bund.parties.roster.WatchedDocument``).
+
+``operator.toml`` (:class:`OperatorFile`) is an operator's own file, on their workstation: where
+the party's node listens and the operator credential that ``bund job ...`` presents to it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
 from bund.compute import insecure
 from bund.compute.executor import create_executor
-from bund.parties.data import DataSource
+from bund.parties.data import DEFAULT_STATEMENT_TIMEOUT_S, DataSource
 from bund.parties.errors import ConfigError
+from bund.parties.identity import (
+    APPROVER_KEY,
+    CA_CERT,
+    OPERATOR_CERT,
+    OPERATOR_KEY,
+    IdentityError,
+    certificate_facts,
+)
 from bund.parties.policy import Policy, load_policy
 from bund.parties.schema import (
     ListenAddress,
@@ -40,11 +52,42 @@ _MIB = 1 << 20
 
 @dataclass(frozen=True)
 class TlsPaths:
-    """The node's TLS material: federation CA, own certificate and key."""
+    """TLS material: the federation CA, and a node's or an operator's certificate with its key."""
 
     ca: Path
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class TrustPaths:
+    """What a node checks its callers against (``docs/identity.md``).
+
+    Attributes:
+        roster: The federation's signed roster: each party's name, role, certificates, audit key.
+        revocations: The federation's signed revocation list.
+        operator_ca: This party's operator CA certificate: it issues operator credentials.
+        operator_revocations: This party's signed list of revoked operator credentials.
+    """
+
+    roster: Path
+    revocations: Path
+    operator_ca: Path
+    operator_revocations: Path
+
+
+#: How the node writes its log: one line of text per entry, or one JSON object per line.
+LogFormat = Literal["text", "json"]
+#: The node log's threshold.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """How ``bund serve`` writes the node log (``[logging]``; ``docs/deploy.md``)."""
+
+    format: LogFormat = "text"
+    level: LogLevel = "INFO"
 
 
 @dataclass(frozen=True)
@@ -63,6 +106,10 @@ class NodeConfig:
     peers_file: Path | None
     datasets: Mapping[str, DataSource]
     policy: Policy
+    trust: TrustPaths
+    #: The operator credential (a directory holding operator.pem, operator.key and ca.pem) that
+    #: ``bund`` commands on this host present; the node itself never reads it.
+    operator_credential: Path | None = None
     max_message_bytes: int = 8 * _MIB
     #: How long an audit record waits for a locked store before its action is refused.
     audit_write_timeout_s: float = 10.0
@@ -80,9 +127,18 @@ class NodeConfig:
     #: Where heavy kernel batches run: ``inline``, ``thread[:N]``, ``process[:N]`` and any
     #: back-end ``bund.compute.executor.create_executor`` knows (``[compute] executor``).
     executor: str = "inline"
+    logging: LoggingConfig = LoggingConfig()
+    #: Where the plain-HTTP health check listens (``[health] listen``); None: no such listener.
+    health_listen: str | None = None
     source: Path | None = field(default=None, compare=False)
     #: The policy file it was read from (a reload reads it again).
     policy_file: Path | None = field(default=None, compare=False)
+    #: Seconds between two exchanges of signed tree heads with every peer (``[audit]
+    #: witness_interval_s``): a rewrite of this node's log older than this is caught.
+    witness_interval_s: float = 300.0
+    #: A party that witnesses for the regulator, exchanged with like a peer (``[audit]
+    #: regulator``); None: none.
+    regulator: str | None = None
 
     @property
     def port_file(self) -> Path:
@@ -103,6 +159,20 @@ class NodeConfig:
                 f'no address for peer {party!r}: add [peers.{party}] address = "HOST:PORT" to '
                 "node.toml or to its peers file"
             ) from None
+
+    def witness_parties(self) -> frozenset[str]:
+        """The parties this node exchanges signed tree heads with, and accepts heads from.
+
+        Every party named in ``[peers]``, the peers file and the policy's counterparties, and
+        ``[audit] regulator``; never this node's own. The peers file is read anew each time.
+        """
+        named = set(self.peers) | set(self.policy.counterparties)
+        if self.peers_file is not None and self.peers_file.exists():
+            directory = _read_toml(self.peers_file)
+            named |= {p for p, entry in directory.items() if isinstance(entry, dict)}
+        if self.regulator is not None:
+            named.add(self.regulator)
+        return frozenset(named - {self.party})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -127,6 +197,24 @@ def _audit_store(value: str) -> str:
     return value
 
 
+class _Federation(StrictModel):
+    roster: Text = Field(default="roster.json", description="the federation's signed roster")
+    revocations: Text = Field(
+        default="revocations.json", description="the federation's signed revocation list"
+    )
+
+
+class _Operators(StrictModel):
+    ca: Text = Field(default="operator_ca.pem", description="this party's operator CA")
+    revocations: Text = Field(
+        default="operators_revoked.json", description="its signed list of revoked operators"
+    )
+    credential: Text | None = Field(
+        default=None,
+        description="the operator credential `bund` commands on this host use (a directory)",
+    )
+
+
 class _Audit(StrictModel):
     signing_key: Text = Field(
         default="audit_ed25519.key", description="the log's Ed25519 signing key"
@@ -139,6 +227,17 @@ class _Audit(StrictModel):
         default=10,
         description="how long a record waits for a locked audit store before the action that "
         "needs it is refused (UNAVAILABLE)",
+    )
+    witness_interval_s: PositiveNumber = Field(
+        default=300,
+        description=(
+            "seconds between exchanges of signed tree heads with every peer: a rewrite of this "
+            "log's records older than this (plus one round trip) contradicts a witness"
+        ),
+    )
+    regulator: Name | None = Field(
+        default=None,
+        description="a party that witnesses for the regulator: heads are exchanged with it too",
     )
 
 
@@ -185,14 +284,55 @@ class _Compute(StrictModel):
     )
 
 
+class _Logging(StrictModel):
+    format: LogFormat = Field(
+        default="text", description="text: one line per entry; json: one JSON object per line"
+    )
+    level: LogLevel = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR")
+
+
+class _Health(StrictModel):
+    listen: ListenAddress | None = Field(
+        default=None,
+        description="HOST:PORT of a plain-HTTP health check for load balancers (no client "
+        "certificate; answers 200 serving or 503 not serving, nothing else); off when unset",
+    )
+
+
 class _Peer(StrictModel):
     address: PeerAddress = Field(description="where the peer's node listens")
 
 
 class _Dataset(StrictModel):
-    kind: Text = Field(description="csv | sqlite | parquet")
-    path: Text = Field(description="the file, relative to node.toml")
-    query: str | None = Field(default=None, description="the SELECT statement of a sqlite source")
+    kind: Text = Field(description="csv | sqlite | parquet | postgres")
+    path: Text | None = Field(
+        default=None,
+        description="the file of a csv, sqlite or parquet source, relative to node.toml",
+    )
+    query: str | None = Field(
+        default=None, description="the SELECT statement of a sqlite or postgres source"
+    )
+    encoding: Literal["utf-8", "utf-8-sig", "gbk", "gb18030"] = Field(
+        default="utf-8", description="the text encoding of a csv source"
+    )
+    url: Text | None = Field(
+        default=None,
+        description="a postgres source's postgresql://USER@HOST:PORT/DATABASE, with no password",
+    )
+    table: Text | None = Field(
+        default=None, description='the "schema.table" a postgres source reads (or query)'
+    )
+    password_env: Text | None = Field(
+        default=None, description="the environment variable holding a postgres role's password"
+    )
+    password_file: Text | None = Field(
+        default=None,
+        description="a file (0600, relative to node.toml) holding a postgres role's password",
+    )
+    statement_timeout_s: PositiveNumber = Field(
+        default=DEFAULT_STATEMENT_TIMEOUT_S,
+        description="a postgres source's statement timeout, in seconds",
+    )
 
 
 class NodeFile(StrictModel):
@@ -206,9 +346,13 @@ class NodeFile(StrictModel):
     )
     policy_file: Text = Field(default="policy.toml", description="this node's policy")
     tls: _Tls = Field(default_factory=_Tls)
+    federation: _Federation = Field(default_factory=_Federation)
+    operators: _Operators = Field(default_factory=_Operators)
     audit: _Audit = Field(default_factory=_Audit)
     limits: _Limits = Field(default_factory=_Limits)
     compute: _Compute = Field(default_factory=_Compute)
+    logging: _Logging = Field(default_factory=_Logging)
+    health: _Health = Field(default_factory=_Health)
     peers: dict[Name, _Peer] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
 
@@ -234,7 +378,16 @@ def load_config(path: Path) -> NodeConfig:
     datasets: dict[str, DataSource] = {}
     for name, entry in file.datasets.items():
         try:
-            datasets[name] = DataSource(kind=entry.kind, path=rel(entry.path), query=entry.query)
+            datasets[name] = DataSource(
+                kind=entry.kind,
+                path=rel(entry.path) if entry.path is not None else None,
+                query=entry.query,
+                encoding=entry.encoding,
+                url=entry.url,
+                table=entry.table,
+                password=_dataset_password(entry, rel),
+                statement_timeout_s=float(entry.statement_timeout_s),
+            )
         except ValueError as exc:
             raise ConfigError(f"{path}: datasets.{name}: {exc}") from None
 
@@ -267,6 +420,15 @@ def load_config(path: Path) -> NodeConfig:
         peers_file=rel(file.peers_file) if file.peers_file else None,
         datasets=datasets,
         policy=policy,
+        trust=TrustPaths(
+            roster=rel(file.federation.roster),
+            revocations=rel(file.federation.revocations),
+            operator_ca=rel(file.operators.ca),
+            operator_revocations=rel(file.operators.revocations),
+        ),
+        operator_credential=(
+            rel(file.operators.credential) if file.operators.credential is not None else None
+        ),
         max_message_bytes=limits.max_message_bytes,
         audit_write_timeout_s=file.audit.write_timeout_s,
         recv_timeout_s=limits.recv_timeout_s,
@@ -277,9 +439,55 @@ def load_config(path: Path) -> NodeConfig:
         unstarted_expiry_s=limits.unstarted_expiry_s,
         max_workers=limits.max_workers,
         executor=file.compute.executor,
+        logging=LoggingConfig(format=file.logging.format, level=file.logging.level),
+        health_listen=file.health.listen,
         source=path,
         policy_file=rel(file.policy_file),
+        witness_interval_s=file.audit.witness_interval_s,
+        regulator=file.audit.regulator,
     )
+
+
+def _dataset_password(entry: _Dataset, rel: Callable[[str], Path]) -> str | None:
+    """A postgres source's password, from the variable or the file its entry names.
+
+    Read here, once at start-up like the rest of the configuration (and again by a reload), so a
+    missing variable or an unreadable file stops the node before it serves. The password never
+    sits in ``node.toml``; a file must be private to the node's user (mode 0600), as libpq
+    requires of a ``.pgpass`` file.
+
+    Raises:
+        ValueError: if both are named, they are named for another kind of source, the variable
+            is unset or empty, or the file is missing, readable by others or empty.
+    """
+    env, file = entry.password_env, entry.password_file
+    if env is None and file is None:
+        return None
+    if entry.kind != "postgres":
+        raise ValueError("password_env and password_file belong to postgres sources only")
+    if env is not None and file is not None:
+        raise ValueError("set password_env or password_file, not both")
+    if env is not None:
+        value = os.environ.get(env, "")
+        if not value:
+            raise ValueError(
+                f"password_env names {env}, which is not set in the node's environment"
+            )
+        return value
+    assert file is not None
+    secret = rel(file)
+    try:
+        mode = secret.stat().st_mode
+        if mode & 0o077:
+            raise ValueError(
+                f"password_file {secret} may be read by other users; chmod 600 {secret}"
+            )
+        value = secret.read_text(encoding="utf-8").strip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"password_file {secret} cannot be read ({exc.strerror})") from None
+    if not value:
+        raise ValueError(f"password_file {secret} is empty")
+    return value
 
 
 def apply_test_switch_from_env() -> None:
@@ -319,10 +527,21 @@ ca = "ca.pem"                       # the federation CA
 cert = "node.pem"                   # this node's certificate
 key = "node.key"                    # 0600; never leaves the node
 
+[federation]                        # from the federation; the node re-reads them when they change
+roster = "roster.json"              # signed: each party's name, role, certificates, audit key
+revocations = "revocations.json"    # signed: revoked certificates
+
+[operators]                         # this party's operators (docs/identity.md)
+ca = "operator_ca.pem"              # the operator CA; keep operator_ca.key off this machine
+revocations = "operators_revoked.json"   # signed by the operator CA: revoked credentials
+credential = "operator"             # what `bund job ...` on this host presents (not the node)
+
 [audit]
 signing_key = "audit_ed25519.key"   # signs every record of the audit log
 public_key = "audit_ed25519.pub"    # hand it to the regulator
 # store = "postgresql://bund@db.example/bund"   # default: state/audit.db (SQLite)
+witness_interval_s = 300            # exchange signed tree heads with every peer this often
+# regulator = "regulator"           # a party witnessing for the regulator (address in [peers])
 
 [limits]                            # the defaults
 {limits}
@@ -330,12 +549,177 @@ public_key = "audit_ed25519.pub"    # hand it to the regulator
 [compute]
 executor = "inline"                 # inline | thread[:N] | process[:N] | ray://HEAD:PORT
 
+[logging]                           # the node log, on stderr (docs/deploy.md)
+format = "text"                     # text | json (one JSON object per line)
+level = "INFO"                      # DEBUG | INFO | WARNING | ERROR
+
+# A plain-HTTP health check for a load balancer: no client certificate, answers 200 (serving)
+# or 503 (not serving) and nothing else. Off unless set.
+# [health]
+# listen = "127.0.0.1:8081"
+
 # Where each other party's node listens:
 # [peers.tax]
 # address = "tax.example:7443"
 
-# Where each dataset of the policy's catalog is read from (csv | sqlite | parquet):
+# Where each dataset of the policy's catalog is read from (csv | sqlite | parquet | postgres;
+# docs/datasets.md has an example of each):
 # [datasets.loan_book]
 # kind = "csv"
 # path = "data/loan_book.csv"
+# encoding = "utf-8"                # or "gbk", "gb18030", "utf-8-sig"
+"""
+
+
+# --- an operator's file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the ``bund`` command needs to call its party's node as an operator.
+
+    Read from an operator's ``operator.toml`` (:func:`load_operator_config`), or from a
+    ``node.toml`` on the node's host with its ``[operators] credential`` (:func:`load_cli_config`).
+    """
+
+    party: str
+    #: ``HOST:PORT`` of the node, or None to read the port from ``port_file``.
+    node: str | None
+    port_file: Path | None
+    #: The federation CA (verifies the node) and the operator credential.
+    tls: TlsPaths
+    #: The approver's Ed25519 private key, if this operator approves jobs.
+    approver_key: Path | None = None
+    max_message_bytes: int = 8 * _MIB
+    source: Path | None = field(default=None, compare=False)
+
+
+class _OperatorTls(StrictModel):
+    ca: Text = Field(default="ca.pem", description="the federation CA: it verifies the node")
+    cert: Text = Field(default="operator.pem", description="the operator credential")
+    key: Text = Field(default="operator.key", description="its private key (0600)")
+
+
+class OperatorFile(StrictModel):
+    """``operator.toml`` as written: parsed by :func:`load_operator_config`."""
+
+    party: Name = Field(description="the party whose node this operator works")
+    node: PeerAddress | None = Field(default=None, description="where the party's node listens")
+    port_file: Text | None = Field(
+        default=None, description="or: the port file of a node on this host (listen port 0)"
+    )
+    approver_key: Text | None = Field(
+        default=None, description="the approver's Ed25519 key, when this operator approves jobs"
+    )
+    tls: _OperatorTls = Field(default_factory=_OperatorTls)
+
+
+def load_operator_config(path: Path) -> OperatorConfig:
+    """Read and validate an ``operator.toml``; paths are relative to the file.
+
+    Raises:
+        ConfigError: Naming the file and the key to fix.
+    """
+    path = path.resolve()
+    file = parse_file(OperatorFile, _read_toml(path), path, ConfigError)
+    if (file.node is None) == (file.port_file is None):
+        raise ConfigError(f'{path}: give exactly one of node = "HOST:PORT" and port_file = "PATH"')
+    base = path.parent
+    tls = TlsPaths(ca=base / file.tls.ca, cert=base / file.tls.cert, key=base / file.tls.key)
+    try:
+        facts = certificate_facts(tls.cert.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise ConfigError(f"{path}: tls.cert: {exc}") from None
+    if not facts.operator_usage or facts.organisation != file.party:
+        raise ConfigError(
+            f"{path}: tls.cert is not an operator credential of {file.party} ({facts.describe()}); "
+            "`bund operator issue` makes one"
+        )
+    return OperatorConfig(
+        party=file.party,
+        node=file.node,
+        port_file=base / file.port_file if file.port_file is not None else None,
+        tls=tls,
+        approver_key=base / file.approver_key if file.approver_key is not None else None,
+        source=path,
+    )
+
+
+def operator_of(config: NodeConfig) -> OperatorConfig:
+    """The operator side of a ``node.toml``: its address and ``[operators] credential``.
+
+    Raises:
+        ConfigError: The file names no operator credential.
+    """
+    where = config.source or "node.toml"
+    if config.operator_credential is None:
+        raise ConfigError(
+            f"{where}: names no operator credential; set [operators] credential = "
+            '"operator" (a directory from `bund operator issue`), or pass --config '
+            "operator.toml"
+        )
+    host, _, port = config.listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - a wildcard listen is reached on loopback
+        host = "127.0.0.1"
+    d = config.operator_credential
+    return OperatorConfig(
+        party=config.party,
+        node=None if port == "0" else f"{host}:{port}",
+        port_file=config.port_file if port == "0" else None,
+        tls=TlsPaths(ca=d / CA_CERT, cert=d / OPERATOR_CERT, key=d / OPERATOR_KEY),
+        approver_key=config.source.parent / APPROVER_KEY if config.source is not None else None,
+        max_message_bytes=config.max_message_bytes,
+        source=config.source,
+    )
+
+
+def is_operator_file(path: Path) -> bool:
+    """Whether ``path`` is an operator's file rather than a ``node.toml``.
+
+    It is when it is named ``operator.toml`` or has a ``node`` or ``port_file`` key (a
+    ``node.toml`` has neither).
+
+    Raises:
+        ConfigError: The file is missing or not TOML.
+    """
+    if path.name == "operator.toml":
+        return True
+    doc = _read_toml(path)
+    return "node" in doc or "port_file" in doc
+
+
+def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
+    """What a ``bund job ...`` command was pointed at: an ``operator.toml`` or a ``node.toml``.
+
+    A file named ``operator.toml``, or one with a ``node`` or ``port_file`` key, is an operator's
+    file; anything else is read as a ``node.toml`` (on the node's host), whose configuration is
+    returned too.
+
+    Raises:
+        ConfigError: The file is invalid, or a node.toml names no operator credential.
+    """
+    if is_operator_file(path):
+        return load_operator_config(path), None
+    config = load_config(path)
+    return operator_of(config), config
+
+
+def operator_template(party: str, node: str | None, port_file: str | None) -> str:
+    """A commented ``operator.toml`` beside a credential from ``bund operator issue``."""
+    where = (
+        f'node = "{node}"                # where {party}\'s node listens'
+        if node is not None
+        else f'port_file = "{port_file}"    # the port file of {party}\'s node on this host'
+    )
+    return f"""\
+# An operator credential of {party}, written by `bund operator issue`.
+# Use it:  bund job list --config operator.toml   (docs/identity.md)
+party = "{party}"
+{where}
+# approver_key = "approver_ed25519.key"   # when this operator approves jobs (stays here)
+
+[tls]
+ca = "ca.pem"                      # the federation CA: verifies the node
+cert = "operator.pem"              # the operator credential (OU=operator, O={party})
+key = "operator.key"               # 0600; never leaves this machine
 """

@@ -32,6 +32,12 @@ from bund.parties.identity import IdentityError
 from bund.parties.jobs import InvalidJobSpecError
 from bund.parties.ledger import BudgetExhaustedError
 from bund.parties.policy import PolicyFileError, PolicyRefusedError
+from bund.parties.serving.errors import (
+    ReplayedRequestError,
+    RequestProofError,
+    ServingLimitError,
+    ServingRefusedError,
+)
 from bund.parties.transport import (
     EquivocationError,
     JobAbortedError,
@@ -96,6 +102,10 @@ CATALOG: dict[type[BaseException], grpc.StatusCode] = {
     BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
     AuditStoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ServingRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
+    ReplayedRequestError: grpc.StatusCode.ALREADY_EXISTS,
+    ServingLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestProofError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 #: Longest message sent to a peer; longer ones are cut (messages are ours, but bound them anyway).

@@ -2,8 +2,9 @@
 
 Each kind of file has one loader, the one the node, the CLI or the regulator uses, so a file
 that passes here is one they accept: ``node`` (``node.toml``, with the policy it names),
-``policy`` (``policy.toml``), ``spec`` (a job spec), ``workflow`` (a workflow file) and
-``regulator`` (``regulator.toml``). The kind comes from the file's name or its keys.
+``policy`` (``policy.toml``), ``spec`` (a job spec), ``workflow`` (a workflow file),
+``regulator`` (``regulator.toml``) and ``operator`` (``operator.toml``). The kind comes from the
+file's name or its keys.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from bund.parties.errors import ConfigError
 from bund.parties.schema import read_toml
 
 #: The kinds of file ``bund config check`` knows, and the file names that give them away.
-KINDS = ("node", "policy", "spec", "workflow", "regulator")
-_NAMES = {"node.toml": "node", "policy.toml": "policy", "regulator.toml": "regulator"}
+KINDS = ("node", "policy", "spec", "workflow", "regulator", "operator")
+_NAMES = {
+    "node.toml": "node",
+    "policy.toml": "policy",
+    "regulator.toml": "regulator",
+    "operator.toml": "operator",
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class CheckResult:
 
 
 def _schemas() -> dict[str, type[BaseModel]]:
-    from bund.parties.config import NodeFile
+    from bund.parties.config import NodeFile, OperatorFile
     from bund.parties.policy import PolicyFile
     from bund.parties.regulator import RegulatorFile
     from bund.parties.specfile import SpecFile
@@ -51,6 +57,7 @@ def _schemas() -> dict[str, type[BaseModel]]:
         "spec": SpecFile,
         "workflow": CreditWorkflowFile,
         "regulator": RegulatorFile,
+        "operator": OperatorFile,
     }
 
 
@@ -97,12 +104,19 @@ def _check_regulator(path: Path, party: str | None) -> None:
     load_regulator_config(path)
 
 
+def _check_operator(path: Path, party: str | None) -> None:
+    from bund.parties.config import load_operator_config
+
+    load_operator_config(path)
+
+
 _CHECKS: dict[str, Callable[[Path, str | None], None]] = {
     "node": _check_node,
     "policy": _check_policy,
     "spec": _check_spec,
     "workflow": _check_workflow,
     "regulator": _check_regulator,
+    "operator": _check_operator,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import math
 import re
 import secrets
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
@@ -41,6 +42,8 @@ from bund.parties.transport import (
 
 if TYPE_CHECKING:
     from bund.parties.data import Table
+
+log = logging.getLogger(__name__)
 
 #: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -308,6 +311,17 @@ class JobContext(Protocol):
         """
         ...
 
+    def note_quality(self, name: str, count: int) -> None:
+        """Report a data-quality count of this party's own data: what it made the role drop.
+
+        For example blank or duplicate ids skipped, or feature columns left out for blanks or
+        NaN. Such a count is a fact about this party's data, so it stays here: the node logs it
+        as a warning and writes it into this party's own privacy receipt (``quality.<name>``),
+        and never sends it to a peer. A later call under the same name replaces the count, so a
+        resumed role that counts again reports the same figure.
+        """
+        ...
+
 
 class BudgetCharge(Protocol):
     """Charges this party's dataset for one part of a job (``bund.parties.ledger`` in a node)."""
@@ -398,6 +412,11 @@ def no_privacy_cost(spec: JobSpec, party: str) -> Budget:
 def default_plan(spec: JobSpec, party: str, limits: Mapping[str, int]) -> MessagePlan:
     """The messages a peer may send a job of a protocol that declares no plan: node limits."""
     return MessagePlan(limits["job_max_messages"], limits["job_max_bytes"])
+
+
+def trusts_nobody(spec: JobSpec, party: str) -> Mapping[str, str]:
+    """A protocol whose protection of every party holds whatever the others do."""
+    return {}
 
 
 def no_dropouts(spec: JobSpec, party: str) -> frozenset[str]:
@@ -503,6 +522,33 @@ def no_further_checks(spec: JobSpec) -> None:
     """The checks of a protocol that needs nothing beyond its roles and parameters."""
 
 
+def bound_columns(spec: JobSpec, party: str) -> frozenset[str]:
+    """The columns ``party``'s role reads by default: the ones its participant entry binds."""
+    return frozenset(spec.participant(party).columns.values())
+
+
+class OwnerTerms(Protocol):
+    """What a protocol's owner check reads of a data owner's policy (``policy.Policy`` has it)."""
+
+    @property
+    def cohort_floor(self) -> int:
+        """The smallest group the owner lets a release describe."""
+        ...
+
+    @property
+    def dp_collusion_threshold(self) -> int | None:
+        """The smallest collusion threshold of DP noise shares it accepts; None: none."""
+        ...
+
+    def identifying(self, dataset: str, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The columns of ``dataset`` that single out a person, for a job binding ``bindings``."""
+        ...
+
+
+def no_owner_checks(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
+    """The owner's checks of a protocol that asks nothing more of a data owner's policy."""
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
     """A protocol: its version, roles, and what a node's policy needs to judge a job before it runs.
@@ -524,11 +570,23 @@ class ProtocolDef:
             not wait for their closing message.
         plan: what one peer may send ``party`` in the job (messages, bytes, tags), from the
             spec and the node's limits; deliveries beyond it are refused.
+        trusts: the counterparties whose honest behaviour ``party``'s protection rests on in
+            the job (a semi-honest assumption it cannot check), each with what a deviating one
+            could do; ``party``'s policy must name each as trusted for the protocol.
         pays_as_it_goes: whether the job charges ``cost`` in parts as it runs (``ctx.charge``,
             a training round each) instead of all at its start; either way ``cost`` is the
             most its plan can charge, which the ledger reserves at acceptance.
         resumable: whether every role saves the state behind what it sends first (write-ahead),
             so that a job interrupted by a fault can resume; a fault fails any other protocol's job.
+        columns: the columns of ``party``'s own dataset its role reads (from its bindings and the
+            parameters), so that each owner's node refuses a job that reads a column its dataset
+            lacks before anything is reserved, naming only that column (:meth:`missing_columns`).
+        check_owner: the protocol's checks of a spec against a data owner's ``policy`` at that
+            owner's admission (a floor on suppression, identifier columns, accepted noise
+            shares); raises ``PolicyRefusedError``.
+        standing: whether the job is a standing contract: its roles set it up (and keep what
+            they saved with ``ctx.save_state``), and then, instead of ending, it stands SERVING,
+            answering requests under its terms, until it is revoked or ends by its terms.
     """
 
     name: str
@@ -543,8 +601,12 @@ class ProtocolDef:
     description: str = ""
     dropouts: Callable[[JobSpec, str], frozenset[str]] = no_dropouts
     plan: Callable[[JobSpec, str, Mapping[str, int]], MessagePlan] = default_plan
+    trusts: Callable[[JobSpec, str], Mapping[str, str]] = trusts_nobody
     pays_as_it_goes: bool = False
     resumable: bool = False
+    columns: Callable[[JobSpec, str], frozenset[str]] = bound_columns
+    check_owner: Callable[[JobSpec, str, OwnerTerms], None] = no_owner_checks
+    standing: bool = False
 
     def __post_init__(self) -> None:
         stray = sorted(set(self.role_requirements) - set(self.roles))
@@ -562,6 +624,13 @@ class ProtocolDef:
             InvalidJobSpecError: Naming each parameter to fix.
         """
         return self.params.of(spec)
+
+    def missing_columns(self, spec: JobSpec, party: str, present: Collection[str]) -> list[str]:
+        """The columns ``party``'s role would read that its dataset (``present``) lacks, sorted.
+
+        Only these may be named to a peer: never the dataset's other columns.
+        """
+        return sorted(self.columns(spec, party) - set(present))
 
     def check_roles(self, spec: JobSpec) -> None:
         """Refuse a spec whose roles, counts, datasets, column bindings or receivers do not fit.
@@ -761,6 +830,7 @@ class RoleContext:
         self._logged = {(e.direction, e.peer, e.tag, e.sha256) for e in self.transcript}
         self._alive = alive
         self._sealed = False
+        self._quality: dict[str, int] = {}
 
     @property
     def spec(self) -> JobSpec:
@@ -817,8 +887,38 @@ class RoleContext:
         return envelope.payload
 
     def table(self) -> Table:
-        """This party's own dataset, loaded on first use."""
-        return self._table()
+        """This party's own dataset, loaded on first use; what its loader counted is noted."""
+        table = self._table()
+        for name, count in table.quality.items():
+            self.note_quality(name, count)
+        return table
+
+    def note_quality(self, name: str, count: int) -> None:
+        """Keep a data-quality count for this party's receipt; log it once if it is not zero."""
+        check_name("quality count", name)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"quality count {name!r} must be a non-negative integer, not {count!r}"
+            )
+        with self._lock:
+            changed = self._quality.get(name) != count
+            self._quality[name] = count
+        if changed and count:
+            dataset = self._spec.participant(self._party).dataset
+            log.warning(
+                "job %s: %s's dataset %s: %s = %d (kept at this node, in its privacy receipt)",
+                self._spec.job_id,
+                self._party,
+                dataset,
+                name,
+                count,
+            )
+
+    @property
+    def quality(self) -> dict[str, int]:
+        """The data-quality counts noted so far, by name (a copy)."""
+        with self._lock:
+            return dict(self._quality)
 
     def progress(self, phase: str, done: int, total: int) -> None:
         """Forward progress to the node; raise ``JobAbortedError`` once the job was called off."""

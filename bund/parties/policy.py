@@ -14,10 +14,14 @@ public                 every protocol                         every output, raw 
 internal               every protocol                         every output but raw export
 confidential           psi, psi_unbalanced, woe_iv,           intersection, cardinality,
                        vertical_lr, vertical_score,           dp_aggregate, model, score,
-                       dp_stats, ckks_scoring, fed_dp_sgd     payload
+                       serving_contract, dp_stats,            payload
+                       ckks_scoring, paillier_scoring,
+                       fed_dp_sgd, cox_ph
 restricted-personal    psi, psi_unbalanced, woe_iv,           cardinality, dp_aggregate, model,
                        vertical_lr, vertical_score,           score (never which individuals)
-                       dp_stats, ckks_scoring, fed_dp_sgd
+                       serving_contract, dp_stats,
+                       ckks_scoring, paillier_scoring,
+                       fed_dp_sgd, cox_ph
 =====================  =====================================  ==================================
 
 A dataset entry may narrow its level's protocols further, never widen them. ``payload`` (columns
@@ -38,6 +42,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from bund.compute.dp.budget import Budget, parse_rational
+from bund.compute.dp.pairwise_masks import MAX_CONTRIBUTORS
 from bund.compute.errors import BundError, InvalidInputError
 from bund.parties.identity import ROLES
 from bund.parties.jobs import JobSpec
@@ -76,9 +81,12 @@ _PROTECTED_PROTOCOLS = frozenset(
         "woe_iv",
         "vertical_lr",
         "vertical_score",
+        "serving_contract",
         "dp_stats",
         "ckks_scoring",
+        "paillier_scoring",
         "fed_dp_sgd",
+        "cox_ph",
     }
 )
 #: The logical-column prefix under which a job binds the payload columns it releases.
@@ -120,6 +128,8 @@ class DatasetPolicy:
     protocols: frozenset[str] | None = None
     version: str | None = None
     budget: Budget = field(default_factory=Budget)
+    #: Who may receive per-record scores of this dataset when it is restricted-personal.
+    release_scores_to: frozenset[str] = frozenset()
     #: The most ε one job may charge this dataset (None: up to the total).
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
@@ -128,6 +138,9 @@ class DatasetPolicy:
     trusted_counterparties: frozenset[str] = frozenset()
     #: Columns whose values labeled PSI may release for matched records (output ``payload``).
     payload_columns: frozenset[str] = frozenset()
+    #: Columns that single out a person (no query may filter or group on them); None: the
+    #: column a job binds as ``id``.
+    identifiers: frozenset[str] | None = None
 
     def guards_membership(self, counterparty: str) -> bool:
         """Whether this dataset must not reveal to ``counterparty`` which individuals it holds.
@@ -145,6 +158,12 @@ class DatasetPolicy:
     def budget_limits(self) -> BudgetLimits:
         """The total and the caps, as the ledger enforces them."""
         return BudgetLimits(self.budget, self.max_epsilon_per_job, self.max_epsilon_per_requester)
+
+    def identifying(self, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns for a job that binds ``bindings`` (logical -> own column)."""
+        if self.identifiers is not None:
+            return self.identifiers
+        return frozenset({bindings.get("id", "id")})
 
     @property
     def rules(self) -> LevelRules:
@@ -176,6 +195,9 @@ class Policy:
 
     counterparties: Mapping[str, frozenset[str]]
     datasets: Mapping[str, DatasetPolicy]
+    #: Counterparty -> the protocols in which this node trusts it to follow the protocol where
+    #: its own protection rests on that (a semi-honest assumption the protocol cannot check).
+    trusted_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
     cohort_floor: int = 10
     approvals_required: bool = True
     #: Named approvers and the public key of each (the single ``approver_key`` is "approver").
@@ -184,6 +206,9 @@ class Policy:
     quorum: int = 1
     quorum_by_level: Mapping[str, int] = field(default_factory=dict)
     limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    #: The smallest collusion threshold t whose noise shares this node's DP contributions may
+    #: use; None: it always adds the whole noise itself (``docs/protocols/dp-statistics.md``).
+    dp_collusion_threshold: int | None = None
 
     def quorum_for(self, level: str) -> int:
         """How many approvers must approve a job on a dataset of ``level``."""
@@ -240,6 +265,15 @@ class Policy:
                 f"catalog entry does not allow protocol {spec.protocol!r} (allowed: "
                 f"{sorted(rules.protocols)})"
             )
+        if "score" in outputs and entry.level == "restricted-personal":
+            outside = [r for r in spec.receivers if r != party and r not in entry.release_scores_to]
+            if outside:
+                raise PolicyRefusedError(
+                    f"{party}'s dataset {me.dataset!r} is restricted-personal: per-record scores "
+                    f"of it go to {', '.join(outside)} only where its policy names them "
+                    f"(release_scores_to under [datasets.{me.dataset}]); make {party} the only "
+                    "receiver, or release DP aggregates instead"
+                )
         forbidden = outputs - rules.outputs
         if forbidden:
             raise PolicyRefusedError(
@@ -259,6 +293,23 @@ class Policy:
         owner_check = OWNER_CHECKS.get(spec.protocol)
         if owner_check is not None:
             owner_check(spec, party, entry)
+
+    def check_trusted(self, party: str, protocol: str, why: str) -> None:
+        """Refuse a job whose protection of this node's data rests on ``party`` following it.
+
+        ``why`` says, in the protocol's words, what a deviating ``party`` could do.
+        """
+        if protocol not in self.trusted_for.get(party, frozenset()):
+            raise PolicyRefusedError(
+                f"this node's policy does not trust {party} to follow {protocol}, and {why}; "
+                f"its owner can add {protocol!r} to trusted_for under [counterparties.{party}] in "
+                "policy.toml only if it accepts that"
+            )
+
+    def identifying(self, dataset: str, bindings: Mapping[str, str]) -> frozenset[str]:
+        """The identifier columns of ``dataset`` for a job binding ``bindings``."""
+        entry = self.datasets.get(dataset)
+        return frozenset() if entry is None else entry.identifying(bindings)
 
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
@@ -299,6 +350,11 @@ class _Counterparty(StrictModel):
     roles: Annotated[list[Annotated[str, OneOf(ROLES)]], AfterValidator(_some_roles)] = Field(
         description="the certificate roles this counterparty may hold"
     )
+    trusted_for: list[Annotated[str, AfterValidator(_protocol_name)]] = Field(
+        default_factory=list,
+        description="protocols in which this node trusts the counterparty to follow the protocol "
+        "where its own protection rests on that (the approval summary says what it risks)",
+    )
 
 
 class _Dataset(StrictModel):
@@ -312,6 +368,10 @@ class _Dataset(StrictModel):
     )
     budget_epsilon: Exact = Field(default="0", description="total ε of the privacy budget")
     budget_delta: Exact = Field(default="0", description="total δ of the privacy budget")
+    release_scores_to: list[Name] = Field(
+        default_factory=list,
+        description="who may receive per-record scores of a restricted-personal dataset",
+    )
     max_epsilon_per_job: Exact | None = Field(
         default=None, description="the most ε one job may charge (a query's cap)"
     )
@@ -328,6 +388,11 @@ class _Dataset(StrictModel):
     payload_columns: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=list,
         description="columns whose values labeled PSI may release for matched records",
+    )
+    identifiers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        description="columns that single out a person: no DP query may filter or group on them "
+        "(default: the column a job binds as id)",
     )
 
 
@@ -386,7 +451,16 @@ class _Limits(StrictModel):
 class PolicyFile(StrictModel):
     """``policy.toml`` as written: parsed by :func:`parse_policy` into a :class:`Policy`."""
 
-    cohort_floor: int = Field(default=10, ge=1, description="refuse a dataset smaller than this")
+    cohort_floor: int = Field(
+        default=10, ge=1, description="refuse a dataset, or a DP count's min_cell, below this"
+    )
+    dp_collusion_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONTRIBUTORS,
+        description="accept DP noise shares that meet ε while at most t-1 others collude, for "
+        "t at least this (default: add the whole noise alone)",
+    )
     counterparties: dict[Name, _Counterparty] = Field(default_factory=dict)
     datasets: dict[Name, _Dataset] = Field(default_factory=dict)
     approvals: _Approvals = Field(default_factory=_Approvals)
@@ -424,6 +498,8 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             budget=budget,
             max_epsilon_per_job=per_job,
             max_epsilon_per_requester=per_requester,
+            release_scores_to=frozenset(entry.release_scores_to),
+            identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
             trusted_counterparties=frozenset(entry.trusted_counterparties),
             payload_columns=frozenset(entry.payload_columns),
         )
@@ -451,6 +527,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             )
     return Policy(
         counterparties={n: frozenset(c.roles) for n, c in file.counterparties.items()},
+        trusted_for={n: frozenset(c.trusted_for) for n, c in file.counterparties.items()},
         datasets=datasets,
         cohort_floor=file.cohort_floor,
         approvals_required=approvals.required,
@@ -458,6 +535,7 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
         quorum=approvals.quorum,
         quorum_by_level={str(level): n for level, n in approvals.quorum_by_level.items()},
         limits={**DEFAULT_LIMITS, **file.limits.model_dump()},
+        dp_collusion_threshold=file.dp_collusion_threshold,
     )
 
 

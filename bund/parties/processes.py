@@ -49,6 +49,7 @@ class CatalogEntry:
         protocols: the protocols allowed on it; None leaves every protocol its level allows.
         budget_epsilon: its privacy budget's epsilon, an exact rational as text; None: none.
         budget_delta: its privacy budget's delta; None: none.
+        release_scores_to: who may receive per-record scores of it (restricted-personal data).
     """
 
     name: str
@@ -57,6 +58,7 @@ class CatalogEntry:
     protocols: tuple[str, ...] | None = None
     budget_epsilon: str | None = None
     budget_delta: str | None = None
+    release_scores_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class NodeFiles:
         extra: more ``node.toml`` text, e.g. a ``[compute]`` table.
         audit_store: the ``[audit] store`` (a path or a ``postgresql://`` URL); None: the default.
         written_by: who wrote the files, named in a comment at the top of each.
+        federation: the directory of the federation's live roster and revocation list; None:
+            the copies in ``identity``.
     """
 
     party: str
@@ -89,6 +93,8 @@ class NodeFiles:
     identity: Path
     peers_file: Path
     counterparties: tuple[tuple[str, str], ...] = ()
+    #: (counterparty, protocol): this node trusts the counterparty to follow the protocol.
+    trusted_for: tuple[tuple[str, str], ...] = ()
     datasets: tuple[CatalogEntry, ...] = ()
     approvals: bool = True
     cohort_floor: int = 10
@@ -99,6 +105,7 @@ class NodeFiles:
     extra: str = ""
     audit_store: str | None = None
     written_by: str = ""
+    federation: Path | None = None
 
 
 def _string(text: str) -> str:
@@ -134,6 +141,7 @@ def write_node_files(files: NodeFiles) -> Path:
         return _string(Path(os.path.relpath(p.absolute(), home.absolute())).as_posix())
 
     me = files.identity
+    fed = files.federation or me
     by = f" (written by {files.written_by})" if files.written_by else ""
     node = [
         f"# Node configuration of {files.party}{by}.",
@@ -148,6 +156,15 @@ def write_node_files(files: NodeFiles) -> Path:
         f"ca = {path(me / identity.CA_CERT)}",
         f"cert = {path(me / identity.NODE_CERT)}",
         f"key = {path(me / identity.NODE_KEY)}",
+        "",
+        "[federation]",
+        f"roster = {path(fed / identity.ROSTER_FILE)}",
+        f"revocations = {path(fed / identity.REVOCATIONS_FILE)}",
+        "",
+        "[operators]",
+        f"ca = {path(me / identity.OPERATOR_CA_CERT)}",
+        f"revocations = {path(me / identity.OPERATOR_REVOCATIONS_FILE)}",
+        f"credential = {path(me / identity.OPERATOR_DIR)}",
         "",
         "[audit]",
         f"signing_key = {path(me / identity.AUDIT_KEY)}",
@@ -172,6 +189,9 @@ def write_node_files(files: NodeFiles) -> Path:
     ]
     for other, role in files.counterparties:
         policy += ["", f"[counterparties.{_key(other)}]", f"roles = {_strings([role])}"]
+        trusted = [protocol for party, protocol in files.trusted_for if party == other]
+        if trusted:
+            policy.append(f"trusted_for = {_strings(trusted)}")
     for entry in files.datasets:
         node += ["", f"[datasets.{_key(entry.name)}]", 'kind = "csv"', f"path = {path(entry.csv)}"]
         policy += [
@@ -186,6 +206,8 @@ def write_node_files(files: NodeFiles) -> Path:
             policy.append(f"budget_epsilon = {_string(entry.budget_epsilon)}")
         if entry.budget_delta is not None:
             policy.append(f"budget_delta = {_string(entry.budget_delta)}")
+        if entry.release_scores_to:
+            policy.append(f"release_scores_to = {_strings(entry.release_scores_to)}")
     (home / "policy.toml").write_text("\n".join(policy) + "\n", encoding="utf-8")
     config = home / "node.toml"
     config.write_text("\n".join(node) + "\n", encoding="utf-8")

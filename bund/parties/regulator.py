@@ -25,11 +25,14 @@ Each layer can be used alone:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import socket
+import ssl
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -44,21 +47,28 @@ from rich.text import Text
 
 from bund.compute.errors import BundError
 from bund.parties.audit import (
+    AuditFormatError,
     AuditRecord,
     Checkpoint,
+    CheckpointReport,
     JsonScalar,
     LogFault,
     VerificationReport,
+    WitnessedHead,
     check_log_against_checkpoints,
+    verify_checkpoint,
+    verify_cosignature,
     verify_records,
 )
-from bund.parties.client import NodeClient
+from bund.parties.client import NodeClient, RemoteError
 from bund.parties.config import TlsPaths
 from bund.parties.errors import ConfigError
 from bund.parties.identity import (
     IdentityError,
+    certificate_facts,
     identity_from_pem,
     load_audit_public_key,
+    load_revocations,
     raw_key_id,
     raw_public_key,
 )
@@ -73,6 +83,7 @@ from bund.parties.lifecycle.events import (
     state_after,
 )
 from bund.parties.lifecycle.states import JobState
+from bund.parties.roster import RevocationList
 from bund.parties.schema import (
     Name,
     PeerAddress,
@@ -89,6 +100,15 @@ _SPEC_FIELDS: Final = (Key.PROTOCOL, Key.REQUESTER, Key.PARTIES, Key.RECEIVERS, 
 #: rather than not yet written. The logs are pulled one after another, each party's clock is its
 #: own, and a pull appends an ``rpc`` record to the log, so a second pull settles the question.
 SETTLE_TIME: Final = dt.timedelta(minutes=5)
+#: The largest difference allowed between a party's clock and a witness's or the regulator's
+#: (``[limits] max_clock_skew_s``).
+MAX_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
+#: How often the nodes exchange signed tree heads (``[limits] witness_interval_s``, as the
+#: nodes' ``[audit] witness_interval_s``).
+WITNESS_INTERVAL: Final = dt.timedelta(seconds=300)
+#: Outcomes of a close after which every message must have arrived and every peer's transcript
+#: been countersigned: a job that succeeded, or a standing contract's set-up, which then serves.
+_CLOSED_WELL: Final = frozenset({JobState.SUCCEEDED.value, JobState.SERVING.value})
 
 
 class Severity(StrEnum):
@@ -126,6 +146,11 @@ class FindingKind(StrEnum):
     DROPPED_OUT = "dropped_out"
     TRANSCRIPT_INCONSISTENT = "transcript_inconsistent"
     RESULT_OUTSIDE_RECEIVERS = "result_outside_receivers"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CLOCK_SKEW = "clock_skew"
+    CLOCK_REGRESSED = "clock_regressed"
+    WITNESS_INVALID = "witness_invalid"
+    UNWITNESSED = "unwitnessed"
 
 
 _CHECKPOINT_KINDS: Final[Mapping[LogFault, FindingKind]] = MappingProxyType(
@@ -151,6 +176,7 @@ class Finding:
         parties: The parties involved; for a message, sender first.
         detail: What was found, in words, naming the records.
         indexes: For each party whose log holds the evidence, the index of the record.
+        witnesses: The parties whose witnessed tree heads are the evidence, if any.
     """
 
     severity: Severity
@@ -159,6 +185,7 @@ class Finding:
     parties: tuple[str, ...]
     detail: str
     indexes: Mapping[str, int] = field(default_factory=dict)
+    witnesses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indexes", MappingProxyType(dict(self.indexes)))
@@ -191,14 +218,21 @@ class RegulatorConfig:
         parties: The parties to audit, by name.
         timeout_s: Deadline of each call to a node.
         max_message_bytes: gRPC message limit; a page of the log must fit in it.
+        state_dir: Where the regulator keeps every checkpoint it was given
+            (``checkpoints.jsonl``) and every witnessed head it collected (``witnessed.jsonl``).
+        max_clock_skew: The largest difference allowed between two parties' clocks.
+        witness_interval: How often the nodes exchange tree heads.
     """
 
     tls: TlsPaths
     parties: Mapping[str, AuditedParty]
     timeout_s: float = 60.0
     max_message_bytes: int = 8 << 20
-    #: Where the regulator keeps every checkpoint it was given (``checkpoints.jsonl``).
     state_dir: Path | None = None
+    #: The federation's revocation list: every party's served certificate is checked against it.
+    revocations: RevocationList | None = None
+    max_clock_skew: dt.timedelta = MAX_CLOCK_SKEW
+    witness_interval: dt.timedelta = WITNESS_INTERVAL
 
 
 class _RegulatorTls(StrictModel):
@@ -214,6 +248,22 @@ class _RegulatorLimits(StrictModel):
     max_message_bytes: PositiveNumber = Field(
         default=8 << 20, description="gRPC message limit; a page of a log must fit in it"
     )
+    max_clock_skew_s: PositiveNumber = Field(
+        default=MAX_CLOCK_SKEW.total_seconds(),
+        description="the largest difference allowed between a party's clock and a witness's or "
+        "the regulator's",
+    )
+    witness_interval_s: PositiveNumber = Field(
+        default=WITNESS_INTERVAL.total_seconds(),
+        description="the nodes' [audit] witness_interval_s: records older than it (plus the "
+        "skew) must have been witnessed",
+    )
+
+
+class _RegulatorFederation(StrictModel):
+    revocations: NonEmpty = Field(
+        default="revocations.json", description="the federation's signed revocation list"
+    )
 
 
 class _Audited(StrictModel):
@@ -225,8 +275,10 @@ class RegulatorFile(StrictModel):
     """``regulator.toml`` as written: parsed by :func:`load_regulator_config`."""
 
     tls: _RegulatorTls = Field(default_factory=_RegulatorTls)
+    federation: _RegulatorFederation = Field(default_factory=_RegulatorFederation)
     state_dir: NonEmpty = Field(
-        default="regulator-state", description="keeps every checkpoint the parties signed"
+        default="regulator-state",
+        description="keeps every checkpoint the parties signed and every head they witnessed",
     )
     limits: _RegulatorLimits = Field(default_factory=_RegulatorLimits)
     parties: dict[Name, _Audited] = Field(default_factory=dict)
@@ -237,6 +289,8 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
 
     ::
 
+        state_dir = "regulator-state"  # optional: keeps the checkpoints and witnessed heads
+
         [tls]                         # like a node's: the regulator's own certificate
         ca = "ca.pem"
         cert = "regulator.pem"        # issued with role "regulator"
@@ -244,9 +298,14 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
 
         state_dir = "regulator-state"  # optional: keeps every checkpoint the parties signed
 
+        [federation]                  # optional; the federation's signed revocation list
+        revocations = "revocations.json"
+
         [limits]                      # optional
         timeout_s = 60
         max_message_bytes = 8388608
+        max_clock_skew_s = 120        # clocks further apart than this are a finding
+        witness_interval_s = 300      # as the nodes' [audit] witness_interval_s
 
         [parties.bank]
         address = "bank.example:7443"
@@ -289,6 +348,10 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         except IdentityError as exc:
             raise ConfigError(f"{path}: parties.{name}.audit_public_key: {exc}") from None
         parties[name] = AuditedParty(name, entry.address, key)
+    try:
+        revocations = load_revocations(base / file.federation.revocations, tls.ca)
+    except BundError as exc:
+        raise ConfigError(f"{path}: federation.revocations: {exc}") from None
     limits = file.limits
     return RegulatorConfig(
         tls,
@@ -296,57 +359,195 @@ def load_regulator_config(path: Path) -> RegulatorConfig:
         limits.timeout_s,
         int(limits.max_message_bytes),
         base / file.state_dir,
+        revocations,
+        dt.timedelta(seconds=limits.max_clock_skew_s),
+        dt.timedelta(seconds=limits.witness_interval_s),
     )
+
+
+# -- the certificates the parties serve -----------------------------------------------------
+
+
+def served_certificate(address: str, party: str, tls: TlsPaths, timeout: float) -> bytes:
+    """The certificate (PEM) that ``party``'s node presents in a TLS handshake at ``address``.
+
+    The handshake is made as gRPC's would be (the regulator's certificate, the federation CA,
+    ``party`` as the expected name, ALPN ``h2``) and closed at once.
+
+    Raises:
+        OSError: The node cannot be reached, or the handshake fails.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    context.set_alpn_protocols(["h2"])
+    host, _, port = address.rpartition(":")
+    with (
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=party) as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    if der is None:
+        raise OSError(f"{party} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def certificate_findings(party: str, pem: bytes, revocations: RevocationList) -> list[Finding]:
+    """A ``certificate_revoked`` finding when the certificate ``party`` serves is revoked."""
+    facts = certificate_facts(pem)
+    revoked = revocations.get(facts.serial)
+    if revoked is None:
+        return []
+    return [
+        Finding(
+            Severity.ERROR,
+            FindingKind.CERTIFICATE_REVOKED,
+            "",
+            (party,),
+            f"{party}'s node serves certificate serial {revoked.serial} ({facts.name}, "
+            f"{facts.role}), which the federation revoked on {revoked.revoked_at}: "
+            f"{revoked.reason}",
+        )
+    ]
 
 
 # -- checkpoints the regulator holds --------------------------------------------------------
 
 CHECKPOINTS_FILE = "checkpoints.jsonl"
+#: The heads the regulator collected from the witnesses, every one it judged valid.
+WITNESSED_FILE = "witnessed.jsonl"
+#: How far the regulator has read each witness's store (its last ``seq``).
+WITNESS_CURSORS_FILE = "witness_cursors.json"
+
+
+def _checkpoint_doc(checkpoint: Checkpoint) -> dict[str, object]:
+    return {
+        "party": checkpoint.party,
+        "tree_size": checkpoint.tree_size,
+        "root_hash": checkpoint.root_hash.hex(),
+        "timestamp": checkpoint.timestamp,
+        "signature": checkpoint.signature.hex(),
+    }
+
+
+def _checkpoint_from(doc: Mapping[str, object]) -> Checkpoint:
+    return Checkpoint(
+        party=doc["party"],  # type: ignore[arg-type]
+        tree_size=doc["tree_size"],  # type: ignore[arg-type]
+        root_hash=bytes.fromhex(doc["root_hash"]),  # type: ignore[arg-type]
+        timestamp=doc["timestamp"],  # type: ignore[arg-type]
+        signature=bytes.fromhex(doc["signature"]),  # type: ignore[arg-type]
+    )
+
+
+def _read_lines(path: Path, what: str) -> Iterator[Mapping[str, object]]:
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                doc = json.loads(line)
+                if not isinstance(doc, dict):
+                    raise TypeError
+            except (ValueError, TypeError):
+                raise ConfigError(f"{path} line {number} is not {what}") from None
+            yield doc
+
+
+def _append_lines(path: Path, docs: Iterable[Mapping[str, object]]) -> None:
+    """Append JSON lines durably: flushed and synced before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps(doc, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_held_checkpoints(state_dir: Path) -> dict[str, list[Checkpoint]]:
     """Every checkpoint this regulator was given, by party (none when it has kept none)."""
     held: dict[str, list[Checkpoint]] = {}
     path = state_dir / CHECKPOINTS_FILE
-    if not path.exists():
-        return held
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                doc = json.loads(line)
-                cp = Checkpoint(
-                    party=doc["party"],
-                    tree_size=doc["tree_size"],
-                    root_hash=bytes.fromhex(doc["root_hash"]),
-                    timestamp=doc["timestamp"],
-                    signature=bytes.fromhex(doc["signature"]),
-                )
-            except (ValueError, KeyError, TypeError, BundError):
-                raise ConfigError(f"{path} line {number} is not a checkpoint record") from None
-            held.setdefault(cp.party, []).append(cp)
+    for number, doc in enumerate(_read_lines(path, "a checkpoint record"), 1):
+        try:
+            cp = _checkpoint_from(doc)
+        except (ValueError, KeyError, TypeError, BundError):
+            raise ConfigError(f"{path} line {number} is not a checkpoint record") from None
+        held.setdefault(cp.party, []).append(cp)
     return held
 
 
 def keep_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
     """Append a checkpoint to the regulator's own store (durably: flushed and synced)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(
-        {
-            "party": checkpoint.party,
-            "tree_size": checkpoint.tree_size,
-            "root_hash": checkpoint.root_hash.hex(),
-            "timestamp": checkpoint.timestamp,
-            "signature": checkpoint.signature.hex(),
-        },
-        sort_keys=True,
+    _append_lines(state_dir / CHECKPOINTS_FILE, [_checkpoint_doc(checkpoint)])
+
+
+def load_witnessed(state_dir: Path) -> list[WitnessedHead]:
+    """Every witnessed head this regulator collected and kept (none when it has kept none)."""
+    kept = []
+    path = state_dir / WITNESSED_FILE
+    for number, doc in enumerate(_read_lines(path, "a witnessed head"), 1):
+        try:
+            kept.append(
+                WitnessedHead(
+                    head=_checkpoint_from(doc),
+                    witness=doc["witness"],  # type: ignore[arg-type]
+                    received_at=doc["received_at"],  # type: ignore[arg-type]
+                    cosignature=bytes.fromhex(doc["cosignature"]),  # type: ignore[arg-type]
+                )
+            )
+        except (ValueError, KeyError, TypeError, BundError):
+            raise ConfigError(f"{path} line {number} is not a witnessed head") from None
+    return kept
+
+
+def keep_witnessed(state_dir: Path, heads: Iterable[WitnessedHead]) -> None:
+    """Append witnessed heads to the regulator's own store (durably)."""
+    _append_lines(
+        state_dir / WITNESSED_FILE,
+        (
+            {
+                **_checkpoint_doc(h.head),
+                "witness": h.witness,
+                "received_at": h.received_at,
+                "cosignature": h.cosignature.hex(),
+            }
+            for h in heads
+        ),
     )
-    with (state_dir / CHECKPOINTS_FILE).open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
+
+
+def load_witness_cursors(state_dir: Path) -> dict[str, int]:
+    """How far the regulator read each witness's store: the last ``seq`` it was given."""
+    path = state_dir / WITNESS_CURSORS_FILE
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not all(type(v) is int for v in doc.values()):
+            raise TypeError
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not a map of witness to last seq") from None
+    return {str(k): int(v) for k, v in doc.items()}
+
+
+def keep_witness_cursors(state_dir: Path, cursors: Mapping[str, int]) -> None:
+    """Replace the cursors file atomically (written beside it, synced, renamed over it)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / WITNESS_CURSORS_FILE
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(dict(sorted(cursors.items()))) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 # -- pulling and verifying one log ----------------------------------------------------------
+
+
+def _regulator_now() -> str:
+    """The regulator's clock, RFC 3339 UTC to the microsecond."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -363,6 +564,12 @@ class PulledLog:
         verification: The chain and signatures checked with ``public_key``; ``None`` when the
             pull failed.
         error: Why the pull failed, or ``""``.
+        pulled_at: When the pull began, by the regulator's clock (RFC 3339 UTC): what
+            "settled" is judged by, and the time the party's fresh head is compared with.
+        fresh_head: The head the node signed for this audit, just before the pull, if any.
+        head_refused: Why the node refused to sign one, or ``""``.
+        unreadable: ``(index, reason)`` of a stored record the node could not decode; the
+            records received end before it.
     """
 
     party: str
@@ -373,11 +580,22 @@ class PulledLog:
     reported_key: bytes
     verification: VerificationReport | None
     error: str = ""
+    pulled_at: str = ""
+    fresh_head: Checkpoint | None = None
+    head_refused: str = ""
+    unreadable: tuple[int, str] | None = None
 
     @property
     def key_matches(self) -> bool:
         """Whether the node reported the key the regulator was given for it."""
         return hmac.compare_digest(self.reported_key, raw_public_key(self.public_key))
+
+    def readable(self) -> Iterator[AuditRecord]:
+        """The records received, then the node's unreadable record as an error at its index."""
+        yield from self.records
+        if self.unreadable is not None:
+            index, reason = self.unreadable
+            raise AuditFormatError(f"the node cannot read record {index}: {reason}", index)
 
 
 def make_pulled_log(
@@ -387,6 +605,10 @@ def make_pulled_log(
     address: str = "",
     reported_size: int | None = None,
     reported_key: bytes | None = None,
+    pulled_at: str | None = None,
+    fresh_head: Checkpoint | None = None,
+    head_refused: str = "",
+    unreadable: tuple[int, str] | None = None,
 ) -> PulledLog:
     """Verify records of ``party``'s log (however obtained) with the key the regulator holds.
 
@@ -397,34 +619,53 @@ def make_pulled_log(
         address: Where the records came from, for the report.
         reported_size: The size the source claimed; the number of records when omitted.
         reported_key: The raw key the source claimed; ``public_key`` when omitted.
+        pulled_at: When the regulator obtained them, by its own clock; now when omitted.
+        fresh_head: The head the party signed for this audit, if any.
+        head_refused: Why the party's node refused to sign one, if it did.
+        unreadable: ``(index, reason)`` of a record the source could not decode; ``records``
+            end before it.
 
     Returns:
         The log and its verification report.
     """
     kept = tuple(records)
-    return PulledLog(
+    log = PulledLog(
         party=party,
         address=address,
         public_key=public_key,
         records=kept,
         reported_size=len(kept) if reported_size is None else reported_size,
         reported_key=raw_public_key(public_key) if reported_key is None else reported_key,
-        verification=verify_records(kept, public_key, party),
+        verification=None,
+        pulled_at=_regulator_now() if pulled_at is None else pulled_at,
+        fresh_head=fresh_head,
+        head_refused=head_refused,
+        unreadable=unreadable,
     )
+    return dataclasses.replace(log, verification=verify_records(log.readable(), public_key, party))
 
 
-def pull_log(client: NodeClient, public_key: Ed25519PublicKey, page_size: int = 0) -> PulledLog:
+def pull_log(
+    client: NodeClient,
+    public_key: Ed25519PublicKey,
+    page_size: int = 0,
+    fresh_head: Checkpoint | None = None,
+    head_refused: str = "",
+) -> PulledLog:
     """Pull a node's whole audit log over mTLS, page by page, and verify it.
 
     The pull stops at the size the node reported on the first page: records appended meanwhile
     (the pull's own ``rpc`` records, say) wait for the next pull. A node that stops sending
-    before that size is reported by :func:`log_findings` as ``log_incomplete``.
+    before that size is reported by :func:`log_findings` as ``log_incomplete``; one that names
+    a stored record it cannot decode is reported as ``log_invalid`` at that record.
 
     Args:
         client: A client to the party's node, made with the regulator's certificate; its
             ``party`` is the name the node's certificate must carry.
         public_key: The party's audit key as the regulator was given it, never the node's word.
         page_size: Records per call; 0 lets the node choose.
+        fresh_head: The head the node signed for this audit just before, if any.
+        head_refused: Why it refused to sign one, if it did.
 
     Returns:
         The log, verified with ``public_key``.
@@ -435,33 +676,56 @@ def pull_log(client: NodeClient, public_key: Ed25519PublicKey, page_size: int = 
         PeerUnavailableError: The node cannot be reached.
         BundError: The node sent records that cannot be decoded.
     """
+    pulled_at = _regulator_now()
     page = client.read_audit(0, page_size)
     size, reported_key = page.size, page.audit_public_key
     records = list(page.records)
-    while len(records) < size:
+    while len(records) < size and page.unreadable is None:
         page = client.read_audit(len(records), page_size)
-        if not page.records:
+        if not page.records and page.unreadable is None:
             break
         records.extend(page.records)
-    return make_pulled_log(client.party, records, public_key, client.address, size, reported_key)
+    return make_pulled_log(
+        client.party,
+        records,
+        public_key,
+        client.address,
+        size,
+        reported_key,
+        pulled_at,
+        fresh_head,
+        head_refused,
+        page.unreadable,
+    )
 
 
-def log_findings(log: PulledLog, checkpoints: Sequence[Checkpoint] = ()) -> list[Finding]:
-    """What is wrong with one party's log on its own: pull, key, chain, checkpoints.
+def log_findings(
+    log: PulledLog,
+    checkpoints: Sequence[Checkpoint] = (),
+    witnessed: Sequence[WitnessedHead] = (),
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+) -> list[Finding]:
+    """What is wrong with one party's log on its own: pull, key, chain, heads held, clock.
 
     Args:
         log: The pulled log.
-        checkpoints: Checkpoints of this party's log that the regulator holds; with them a log
-            truncated, or rewritten and re-signed with the party's own key, is caught too.
+        checkpoints: Checkpoints of this party's log that the regulator holds.
+        witnessed: Heads of this party's log that other parties witnessed (already checked by
+            :func:`judge_witnessed`). With these and the checkpoints, a log truncated, or
+            rewritten and re-signed with the party's own key, is caught, naming who holds the
+            contradicting head.
+        max_skew: The largest difference allowed between the party's clock and the regulator's.
 
     Returns:
         Findings about the log, with ``job_id`` ``""``.
     """
     party, found = log.party, []
 
-    def flag(kind: FindingKind, detail: str, index: int | None = None) -> None:
+    def flag(
+        kind: FindingKind, detail: str, index: int | None = None, witnesses: Sequence[str] = ()
+    ) -> None:
         indexes = {} if index is None else {party: index}
-        found.append(Finding(Severity.ERROR, kind, "", (party,), detail, indexes))
+        found.append(Finding(Severity.ERROR, kind, "", (party,), detail, indexes, tuple(witnesses)))
 
     if log.verification is None:
         flag(FindingKind.PULL_FAILED, f"{party}'s log at {log.address} was not pulled: {log.error}")
@@ -473,7 +737,7 @@ def log_findings(log: PulledLog, checkpoints: Sequence[Checkpoint] = ()) -> list
             f"{raw_key_id(log.public_key)} the regulator was given for {party}; its log was "
             "verified with the given key",
         )
-    if len(log.records) < log.reported_size:
+    if len(log.records) < log.reported_size and log.unreadable is None:
         flag(
             FindingKind.LOG_INCOMPLETE,
             f"{party}'s node reported {log.reported_size} records but sent {len(log.records)}",
@@ -487,11 +751,292 @@ def log_findings(log: PulledLog, checkpoints: Sequence[Checkpoint] = ()) -> list
             f"{report.reason}; records from there on are not evidence the party signed",
             report.first_bad_index,
         )
-    if checkpoints:
-        held = check_log_against_checkpoints(log.records, checkpoints, log.public_key, party)
-        if held.fault is not None and held.fault is not LogFault.RECORD:
-            flag(_CHECKPOINT_KINDS[held.fault], held.reason, held.first_bad_index)
+    elif log.head_refused:
+        flag(
+            FindingKind.PULL_FAILED,
+            f"{party}'s node refused to sign a tree head for this audit ({log.head_refused}); "
+            "its log was pulled and verified, but without a fresh head a truncation since "
+            "this audit cannot be caught at the next one",
+        )
+    found.extend(_held_head_findings(log, checkpoints, witnessed, max_skew))
+    found.extend(_clock_findings(log, report.count, max_skew))
     return found
+
+
+def _checkable(log: PulledLog, head: WitnessedHead, max_skew: dt.timedelta) -> bool:
+    """Whether a witnessed head can be held against this pull, or is newer than it."""
+    if head.head.tree_size <= len(log.records):
+        return True
+    if len(log.records) < log.reported_size or log.unreadable is not None:
+        return False  # the regulator did not get the records it covers
+    signed = _when(head.head.timestamp)
+    if log.fresh_head is not None:
+        fresh = _when(log.fresh_head.timestamp)
+        # Signed, by the party's own clock, no earlier than the head signed for this pull.
+        return not (signed is not None and fresh is not None and signed >= fresh)
+    received, pulled = _when(head.received_at), _when(log.pulled_at)
+    return received is None or pulled is None or received < pulled - max_skew
+
+
+def _held_head_findings(
+    log: PulledLog,
+    checkpoints: Sequence[Checkpoint],
+    witnessed: Sequence[WitnessedHead],
+    max_skew: dt.timedelta,
+) -> list[Finding]:
+    """The log against every head held of it: the regulator's checkpoints and the witnesses'.
+
+    Two heads of one size with different roots are an ``equivocation``; the log is then held
+    to the head of each size received first, so that the rewrite which followed is named too.
+    """
+    party = log.party
+    heads = [w for w in witnessed if w.head.party == party and _checkable(log, w, max_skew)]
+    if not checkpoints and not heads:
+        return []
+    holders: dict[Checkpoint, list[str]] = {}
+    witnesses_of: dict[Checkpoint, set[str]] = {}
+    first_seen: dict[Checkpoint, dt.datetime] = {}
+    for checkpoint in checkpoints:
+        holders.setdefault(checkpoint, []).append("the regulator")
+        first_seen[checkpoint] = _when(checkpoint.timestamp) or dt.datetime.max.replace(
+            tzinfo=dt.UTC
+        )
+    for w in heads:
+        holders.setdefault(w.head, []).append(
+            f"{w.witness} (witnessed {w.received_at} by its clock)"
+        )
+        witnesses_of.setdefault(w.head, set()).add(w.witness)
+        received = _when(w.received_at) or dt.datetime.max.replace(tzinfo=dt.UTC)
+        first_seen[w.head] = min(first_seen.get(w.head, received), received)
+
+    def check(held_heads: Iterable[Checkpoint]) -> tuple[LogFault, CheckpointReport] | None:
+        try:
+            report = check_log_against_checkpoints(
+                log.readable(), held_heads, log.public_key, party
+            )
+        except AuditFormatError:
+            return None  # reported as log_invalid already
+        fault = report.fault
+        return None if fault is None or fault is LogFault.RECORD else (fault, report)
+
+    found = []
+    result = check(holders)
+    if result is not None and result[0] is LogFault.EQUIVOCATION:
+        found.append(result)
+        earliest: dict[int, Checkpoint] = {}
+        for head in sorted(holders, key=lambda c: first_seen[c]):
+            earliest.setdefault(head.tree_size, head)
+        result = check(earliest.values())
+    if result is not None:
+        found.append(result)
+    findings = []
+    for fault, held in found:
+        involved = held.checkpoints
+        who = sorted({h for c in involved for h in holders.get(c, [])})
+        index = held.first_bad_index
+        detail = held.reason + (f"; held by {', '.join(who)}" if who else "")
+        if fault is LogFault.REWRITTEN and index is not None:
+            detail += f"; record {index} is the first one no matching head vouches for"
+        findings.append(
+            Finding(
+                Severity.ERROR,
+                _CHECKPOINT_KINDS[fault],
+                "",
+                (party,),
+                detail,
+                {} if index is None else {party: index},
+                tuple(sorted({name for c in involved for name in witnesses_of.get(c, ())})),
+            )
+        )
+    return findings
+
+
+def _clock_findings(log: PulledLog, count: int, max_skew: dt.timedelta) -> list[Finding]:
+    """The party's clock: monotonic in its log, and near the regulator's at the pull."""
+    party, found = log.party, []
+    previous: tuple[dt.datetime, AuditRecord] | None = None
+    for record in log.records[:count]:
+        when = _when(record.timestamp)
+        if when is None:
+            continue
+        if previous is not None and when < previous[0]:
+            found.append(
+                Finding(
+                    Severity.ERROR,
+                    FindingKind.CLOCK_REGRESSED,
+                    "",
+                    (party,),
+                    f"{party}'s record {record.index} is timed {record.timestamp}, before "
+                    f"record {previous[1].index} ({previous[1].timestamp}): a node never writes "
+                    "a time earlier than its last, so the log was altered or written by a "
+                    "modified node",
+                    {party: record.index},
+                )
+            )
+            break
+        previous = (when, record)
+    head = log.fresh_head
+    signed, pulled = (None, None) if head is None else (_when(head.timestamp), _when(log.pulled_at))
+    if head is not None and signed is not None and pulled is not None:
+        skew = abs(signed - pulled)
+        if skew > max_skew:
+            found.append(
+                Finding(
+                    Severity.ERROR,
+                    FindingKind.CLOCK_SKEW,
+                    "",
+                    (party,),
+                    f"{party}'s node signed its head for this audit at {head.timestamp} by its "
+                    f"clock, when the regulator's clock read {log.pulled_at}: {_span(skew)} "
+                    f"apart, more than the {_span(max_skew)} allowed; its record times are not "
+                    "evidence of when things happened",
+                )
+            )
+    return found
+
+
+def _span(delta: dt.timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.3f} s"
+
+
+def judge_witnessed(
+    heads: Iterable[WitnessedHead],
+    keys: Mapping[str, Ed25519PublicKey],
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+) -> tuple[list[WitnessedHead], list[Finding]]:
+    """Check heads that witnesses hold: cosigned by the witness, signed by the party, in time.
+
+    Pure. A head whose cosignature does not verify with the witness's audit key, or whose own
+    signature does not verify with the party's, is left out (``witness_invalid``,
+    ``checkpoint_invalid``). For each party and witness, the largest difference between a
+    head's time (the party's clock) and its time of receipt (the witness's clock) beyond
+    ``max_skew`` is a ``clock_skew`` naming both: one of the two clocks is wrong.
+
+    Args:
+        heads: Witnessed heads, as collected from the witnesses.
+        keys: Every configured party's audit key; heads of or by other parties are ignored.
+        max_skew: The largest difference allowed between two clocks.
+
+    Returns:
+        The heads that verify, and the findings.
+    """
+    valid: list[WitnessedHead] = []
+    found: list[Finding] = []
+    invalid: dict[tuple[FindingKind, str, str], int] = {}
+    worst: dict[tuple[str, str], tuple[dt.timedelta, WitnessedHead, int]] = {}
+    for w in heads:
+        party, witness = w.head.party, w.witness
+        if party not in keys or witness not in keys or party == witness:
+            continue
+        if not verify_cosignature(w, keys[witness]):
+            kind = FindingKind.WITNESS_INVALID
+        elif not verify_checkpoint(w.head, keys[party]):
+            kind = FindingKind.CHECKPOINT_INVALID
+        else:
+            valid.append(w)
+            signed, received = _when(w.head.timestamp), _when(w.received_at)
+            if signed is not None and received is not None:
+                skew = abs(signed - received)
+                before = worst.get((party, witness))
+                count = 1 + (0 if before is None else before[2])
+                if before is None or skew > before[0]:
+                    worst[(party, witness)] = (skew, w, count)
+                else:
+                    worst[(party, witness)] = (before[0], before[1], count)
+            continue
+        invalid[(kind, party, witness)] = invalid.get((kind, party, witness), 0) + 1
+    for (kind, party, witness), count in sorted(invalid.items()):
+        what = (
+            "is not countersigned with its audit key"
+            if kind is FindingKind.WITNESS_INVALID
+            else f"is not signed with {party}'s audit key"
+        )
+        found.append(
+            Finding(
+                Severity.ERROR,
+                kind,
+                "",
+                (witness,) if kind is FindingKind.WITNESS_INVALID else (party,),
+                f"{count} head(s) of {party}'s log that {witness} says it witnessed {what}: "
+                f"{witness}'s witness store was altered, or a key was replaced; they were left "
+                "out",
+                witnesses=(witness,),
+            )
+        )
+    for (party, witness), (skew, w, count) in sorted(worst.items()):
+        if skew > max_skew:
+            found.append(
+                Finding(
+                    Severity.ERROR,
+                    FindingKind.CLOCK_SKEW,
+                    "",
+                    (party, witness),
+                    f"{w.describe()}: the head's time and its receipt are {_span(skew)} apart "
+                    f"(the worst of {count} heads), more than the {_span(max_skew)} allowed; "
+                    f"{party}'s clock or {witness}'s is wrong (the regulator's own comparison "
+                    "with each party's clock says which)",
+                    witnesses=(witness,),
+                )
+            )
+    return valid, found
+
+
+def unwitnessed_finding(
+    log: PulledLog,
+    heads: Iterable[tuple[int, str]],
+    window: dt.timedelta,
+    since: str,
+) -> Finding | None:
+    """The first record of a log that no one else held a head of in time, if it is old enough.
+
+    A record written at ``t`` must be covered (a head of a larger size) by a head some other
+    party received by ``t + window`` (the exchange interval plus the clock skew allowed): only
+    then does a later rewrite of it contradict a witness. A party whose node does not exchange
+    its heads (its peers are down, or it withholds them) leaves its records unprotected; this
+    warns about it. Records younger than ``window`` at the pull, and records written before
+    ``since`` (when witnessing began), are not judged.
+
+    Args:
+        log: The pulled log.
+        heads: ``(tree_size, time received)`` of every head of this log held by a witness or
+            the regulator.
+        window: How soon a record must be witnessed.
+        since: When witnessing began (the earliest receipt of any witnessed head).
+
+    Returns:
+        An ``unwitnessed`` warning naming the first such record, or None.
+    """
+    start, pulled = _when(since), _when(log.pulled_at)
+    if start is None or pulled is None or log.verification is None:
+        return None
+    received = sorted((when, size) for size, at in heads if (when := _when(at)) is not None)
+    covered, j = 0, 0
+    for record in log.records[: log.verification.count]:
+        written = _when(record.timestamp)
+        if written is None or written < start:
+            continue
+        deadline = written + window
+        if deadline > pulled:
+            break
+        while j < len(received) and received[j][0] <= deadline:
+            covered = max(covered, received[j][1])
+            j += 1
+        if covered <= record.index:
+            return Finding(
+                Severity.WARNING,
+                FindingKind.UNWITNESSED,
+                "",
+                (log.party,),
+                f"{log.party}'s records from {record.index} (written {record.timestamp} by its "
+                f"clock) were not witnessed within {_span(window)}: no other party held a head "
+                "covering them in time, so a rewrite of them would contradict no one; check "
+                f"that {log.party}'s node exchanges tree heads with its peers",
+                {log.party: record.index},
+            )
+    return None
 
 
 # -- reconciliation -------------------------------------------------------------------------
@@ -537,12 +1082,15 @@ class _JobReconciler:
     """Reconciles the records of one job across the logs of all pulled parties."""
 
     def __init__(
-        self, job_id: str, views: Mapping[str, Sequence[AuditRecord]], last_seen: Mapping[str, str]
+        self,
+        job_id: str,
+        views: Mapping[str, Sequence[AuditRecord]],
+        pulled_at: Mapping[str, dt.datetime | None],
     ) -> None:
         self.job_id = job_id
         self.views = views
-        self.pulled = frozenset(last_seen)
-        self.last_seen = last_seen
+        self.pulled = frozenset(pulled_at)
+        self.pulled_at = pulled_at
         self.found: list[Finding] = []
         self.messages: dict[str, list[_Message]] = {}  # with other participants: reconciled
         self.recorded: dict[str, list[_Message]] = {}  # every readable one: the transcript
@@ -748,9 +1296,9 @@ class _JobReconciler:
                 if (receiver, tag, s.sha256) in self.undelivered.get(sender, set()):
                     continue  # the sender's own log says it never arrived
                 outcome = self.outcome(receiver)
-                severity = Severity.ERROR if outcome == "succeeded" else Severity.WARNING
+                severity = Severity.ERROR if outcome in _CLOSED_WELL else Severity.WARNING
                 why = (
-                    f"{receiver} closed the job as succeeded, so it must have taken the message"
+                    f"{receiver} closed the job as {outcome}, so it must have taken the message"
                     if severity is Severity.ERROR
                     else f"the job did not succeed at {receiver} ({outcome or 'not closed'}), "
                     "so it may never have taken the message"
@@ -778,9 +1326,13 @@ class _JobReconciler:
                 )
 
     def settled(self, party: str, since: str) -> bool:
-        """Whether ``party``'s pulled log reaches :data:`SETTLE_TIME` past ``since``."""
-        last, then = _when(self.last_seen.get(party, "")), _when(since)
-        return last is not None and then is not None and last - then > SETTLE_TIME
+        """Whether ``party``'s log was pulled more than :data:`SETTLE_TIME` after ``since``.
+
+        Judged by the regulator's clock (when it pulled the log), never by the party's own
+        record times: a party whose clock runs slow cannot keep a record it lacks unsettled.
+        """
+        pulled, then = self.pulled_at.get(party), _when(since)
+        return pulled is not None and then is not None and pulled - then > SETTLE_TIME
 
     def outcome(self, party: str) -> str | None:
         close = self.closes.get(party)
@@ -862,14 +1414,14 @@ class _JobReconciler:
             if key.startswith(PEER_TRANSCRIPT_PREFIX)
         }
         dropped = set(str(close.fields.get("dropped", "")).split(",")) - {""}
-        if spec is not None and self.outcome(party) == "succeeded":
+        if spec is not None and self.outcome(party) in _CLOSED_WELL:
             for peer in sorted(set(spec.parties) - {party} - set(reported)):
                 if peer in dropped:  # the protocol carries on without drop-outs, by design
                     self.flag(
                         FindingKind.DROPPED_OUT,
                         [party, peer],
-                        f"{party} closed the job as succeeded (record {close.index}) without "
-                        f"{peer}, which it records as dropped out",
+                        f"{party} closed the job as {self.outcome(party)} (record {close.index}) "
+                        f"without {peer}, which it records as dropped out",
                         {party: close.index},
                         Severity.WARNING,
                     )
@@ -877,8 +1429,8 @@ class _JobReconciler:
                 self.flag(
                     FindingKind.TRANSCRIPT_MISMATCH,
                     [party, peer],
-                    f"{party} closed the job as succeeded (record {close.index}) without "
-                    f"countersigning {peer}'s transcript digest",
+                    f"{party} closed the job as {self.outcome(party)} (record {close.index}) "
+                    f"without countersigning {peer}'s transcript digest",
                     {party: close.index},
                 )
         for peer, digest in sorted(reported.items()):
@@ -898,8 +1450,10 @@ class _JobReconciler:
                 )
 
 
-def reconcile(logs: Mapping[str, Sequence[AuditRecord]]) -> list[Finding]:
-    """Compare the logs of all parties, job by job; pure.
+def reconcile(
+    logs: Mapping[str, Sequence[AuditRecord]], pulled_at: Mapping[str, str] | None = None
+) -> list[Finding]:
+    """Compare the logs of all parties, job by job; pure but for the default ``pulled_at``.
 
     For every job: each party recorded the job's spec, and the same one; no party outside the
     spec has records of it or exchanges messages in it; every party that must know the job
@@ -912,12 +1466,14 @@ def reconcile(logs: Mapping[str, Sequence[AuditRecord]]) -> list[Finding]:
 
     Logs are snapshots taken one after another, so a job may be in flight in one and finished
     in the next. A missing record that a job still running explains is a warning; it becomes
-    an error once the log that lacks it reaches :data:`SETTLE_TIME` past the evidence, or the
-    party closed the job without it.
+    an error once the log that lacks it was pulled more than :data:`SETTLE_TIME` after the
+    evidence, by the regulator's clock, or the party closed the job without it.
 
     Args:
         logs: Each pulled party's records, in log order; a party missing here is not audited
             (its jobs are flagged ``not_reconciled``).
+        pulled_at: When the regulator pulled each party's log, RFC 3339 UTC by the regulator's
+            own clock; a party missing here, or every party when None, at the current time.
 
     Returns:
         Findings, job by job in the order the jobs first appear.
@@ -927,7 +1483,8 @@ def reconcile(logs: Mapping[str, Sequence[AuditRecord]]) -> list[Finding]:
     """
     by_job: dict[str, dict[str, list[AuditRecord]]] = {}
     first_seen: dict[str, str] = {}
-    last_seen = {party: records[-1].timestamp if records else "" for party, records in logs.items()}
+    now = dt.datetime.now(dt.UTC)
+    when = {party: _when((pulled_at or {}).get(party, "")) or now for party in logs}
     for party in sorted(logs):
         for record in logs[party]:
             if record.job_id:
@@ -936,7 +1493,7 @@ def reconcile(logs: Mapping[str, Sequence[AuditRecord]]) -> list[Finding]:
                 first_seen[record.job_id] = min(seen, record.timestamp)
     found: list[Finding] = []
     for job_id in sorted(by_job, key=lambda j: (first_seen[j], j)):
-        found.extend(_JobReconciler(job_id, by_job[job_id], last_seen).run())
+        found.extend(_JobReconciler(job_id, by_job[job_id], when).run())
     return found
 
 
@@ -955,8 +1512,10 @@ class PartyStatus:
         records: Records received.
         verified: Whether every record verified with the held key (and the node reported it).
         first_bad_index: The first record that failed verification, if any.
-        checkpoints: How many of the party's checkpoints the log was held to.
+        checkpoints: How many of the party's checkpoints the regulator holds.
         detail: Why it failed to pull or verify; ``""`` when it verified.
+        witnessed: How many heads of its log other parties witnessed (and the regulator holds).
+        witnesses: Who witnessed them.
     """
 
     party: str
@@ -968,6 +1527,8 @@ class PartyStatus:
     first_bad_index: int | None
     checkpoints: int
     detail: str
+    witnessed: int = 0
+    witnesses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1011,6 +1572,8 @@ class JobSummary:
     transcripts: Mapping[str, str]
     holders: tuple[str, ...]
     approvals: tuple[Approval, ...]
+    #: Why the job ended refused, failed or aborted at a party, as its log says.
+    reasons: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -1060,6 +1623,10 @@ class AuditOutcome:
         return sum(f.severity is Severity.ERROR for f in self.findings)
 
 
+#: The ends whose reason the report shows.
+_ENDED_BADLY = frozenset({JobState.REFUSED, JobState.FAILED, JobState.ABORTED})
+
+
 def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
     by_job: dict[str, list[tuple[str, AuditRecord]]] = {}
     for party in sorted(logs):
@@ -1074,6 +1641,7 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
         )
         told = {k: "" if spec is None else _text(spec, k) or "" for k in _SPEC_FIELDS}
         states: dict[str, str] = {}
+        reasons: dict[str, str] = {}
         transcripts: dict[str, str] = {}
         holders: list[str] = []
         approvals = []
@@ -1081,6 +1649,9 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
             state = state_after(r.event, r.fields)
             if state is not None:
                 states[party] = state.value.replace("_", " ")
+                reasons.pop(party, None)
+                if state in _ENDED_BADLY and _text(r, Key.REASON):
+                    reasons[party] = _text(r, Key.REASON) or ""
             if r.event == Event.JOB_CLOSED:
                 transcripts[party] = _text(r, Key.TRANSCRIPT_SHA256) or ""
                 if r.fields.get(Key.HOLDS_RESULT) is True:
@@ -1109,6 +1680,7 @@ def _jobs(logs: Mapping[str, Sequence[AuditRecord]]) -> tuple[JobSummary, ...]:
                 transcripts=MappingProxyType(transcripts),
                 holders=tuple(holders),
                 approvals=tuple(approvals),
+                reasons=MappingProxyType(reasons),
             )
         )
     return tuple(sorted(jobs, key=lambda j: (j.first_seen, j.job_id)))
@@ -1132,6 +1704,10 @@ def assess(
     pulled: Sequence[PulledLog],
     checkpoints: Mapping[str, Sequence[Checkpoint]] | None = None,
     generated_at: str | None = None,
+    witnessed: Sequence[WitnessedHead] = (),
+    findings: Sequence[Finding] = (),
+    max_skew: dt.timedelta = MAX_CLOCK_SKEW,
+    witness_interval: dt.timedelta = WITNESS_INTERVAL,
 ) -> AuditOutcome:
     """Judge pulled logs: each on its own (:func:`log_findings`), then all together.
 
@@ -1141,16 +1717,27 @@ def assess(
         pulled: One log per configured party, failed pulls included.
         checkpoints: Checkpoints the regulator holds, by party.
         generated_at: The audit's time; now when omitted.
+        witnessed: Heads that witnesses hold of the parties' logs, already checked by
+            :func:`judge_witnessed` (kept from earlier audits, and collected now).
+        findings: Findings made while collecting (:func:`judge_witnessed`, a witness store
+            that could not be read, a revoked certificate a party serves), reported with the rest.
+        max_skew: The largest difference allowed between two parties' clocks.
+        witness_interval: How often the nodes exchange tree heads: a record older than this
+            (plus ``max_skew``) that no one else held a head of is an ``unwitnessed`` warning.
 
     Returns:
         The outcome, findings sorted errors first, then as found.
     """
     held = checkpoints or {}
-    findings: list[Finding] = []
+    found: list[Finding] = list(findings)
+    of_party: dict[str, list[WitnessedHead]] = {}
+    for w in witnessed:
+        of_party.setdefault(w.head.party, []).append(w)
     statuses = []
     for log in pulled:
-        own = log_findings(log, held.get(log.party, ()))
-        findings.extend(own)
+        mine = of_party.get(log.party, [])
+        own = log_findings(log, held.get(log.party, ()), mine, max_skew)
+        found.extend(own)
         report = log.verification
         statuses.append(
             PartyStatus(
@@ -1163,11 +1750,23 @@ def assess(
                 first_bad_index=None if report is None else report.first_bad_index,
                 checkpoints=len(held.get(log.party, ())),
                 detail="; ".join(f.detail for f in own),
+                witnessed=len(mine),
+                witnesses=tuple(sorted({w.witness for w in mine})),
             )
         )
-    logs = {log.party: log.records for log in pulled if log.verification is not None}
-    findings.extend(reconcile(logs))
-    findings.sort(key=lambda f: f.severity is not Severity.ERROR)
+    receipts = [when for w in witnessed if (when := _when(w.received_at)) is not None]
+    if receipts:  # witnessing runs in this federation: every party's records must be witnessed
+        since = min(receipts).isoformat().replace("+00:00", "Z")
+        for log in pulled:
+            heads = [(w.head.tree_size, w.received_at) for w in of_party.get(log.party, [])]
+            heads += [(c.tree_size, c.timestamp) for c in held.get(log.party, ())]
+            late = unwitnessed_finding(log, heads, witness_interval + max_skew, since)
+            if late is not None:
+                found.append(late)
+    readable = [log for log in pulled if log.verification is not None]
+    logs = {log.party: log.records for log in readable}
+    found.extend(reconcile(logs, {log.party: log.pulled_at for log in readable}))
+    found.sort(key=lambda f: f.severity is not Severity.ERROR)
     return AuditOutcome(
         generated_at=generated_at or _utcnow(),
         parties=tuple(statuses),
@@ -1175,8 +1774,73 @@ def assess(
         jobs=_jobs(logs),
         budget=_events(logs, Event.BUDGET_CHARGED),
         receipts=_events(logs, Event.PRIVACY_RECEIPT),
-        findings=tuple(findings),
+        findings=tuple(found),
     )
+
+
+def pull_witnessed(
+    client: NodeClient, after: int = 0
+) -> tuple[list[WitnessedHead], int, Finding | None]:
+    """Collect the heads a party's node witnessed of others, after the regulator's cursor.
+
+    Args:
+        client: A client to the witness's node, made with the regulator's certificate.
+        after: The last ``seq`` collected from it at an earlier audit (0 for none).
+
+    Returns:
+        The heads (only those in the witness's own name), the new cursor, and a finding when
+        the store holds fewer heads than the cursor (it was reset or replaced: collected again
+        from the start), when it names another witness, or when it could not be read.
+    """
+    witness = client.party
+    note = None
+    try:
+        page = client.witnessed_heads(after)
+        if page.last_seq < after:
+            note = Finding(
+                Severity.ERROR,
+                FindingKind.WITNESS_INVALID,
+                "",
+                (witness,),
+                f"{witness}'s witness store holds heads up to seq {page.last_seq}, but gave "
+                f"heads up to {after} at an earlier audit: it was reset or replaced; the heads "
+                "kept from earlier audits are still checked. Ask why",
+                witnesses=(witness,),
+            )
+            after = 0
+            page = client.witnessed_heads(0)
+        collected = list(page.heads)
+        while collected and collected[-1][0] < page.last_seq:
+            page = client.witnessed_heads(collected[-1][0])
+            if not page.heads:
+                break
+            collected.extend(page.heads)
+    except BundError as exc:
+        return (
+            [],
+            after,
+            Finding(
+                Severity.WARNING,
+                FindingKind.WITNESS_INVALID,
+                "",
+                (witness,),
+                f"the heads {witness} witnessed of other parties could not be collected: {exc}; "
+                "the other parties' logs were held to the heads collected earlier only",
+                witnesses=(witness,),
+            ),
+        )
+    heads = [h for _, h in collected if h.witness == witness]
+    if len(heads) < len(collected) and note is None:
+        note = Finding(
+            Severity.ERROR,
+            FindingKind.WITNESS_INVALID,
+            "",
+            (witness,),
+            f"{witness}'s node served {len(collected) - len(heads)} head(s) in another "
+            "witness's name; they were left out",
+            witnesses=(witness,),
+        )
+    return heads, max([after, *(seq for seq, _ in collected)]), note
 
 
 def audit_federation(
@@ -1186,43 +1850,85 @@ def audit_federation(
     """Pull every configured party's log over mTLS, verify each, and reconcile them all.
 
     A party that cannot be pulled is a ``pull_failed`` finding; the others are still audited.
+    The certificate each party's node serves is checked against the federation's revocation
+    list (``certificate_revoked``).
+    From every party it also collects the heads its node witnessed of the others
+    (:func:`pull_witnessed`) and holds each party's log to every head anyone holds of it.
 
     Args:
         config: The regulator's configuration.
         checkpoints: Checkpoints of each party's log that the regulator holds. When None, they
             come from ``config.state_dir``: every checkpoint kept by earlier audits, plus a
             fresh one that each party signs now (asked for before its log is pulled, so the
-            pulled log covers it) and that is kept for the next audit.
+            pulled log covers it) and that is kept for the next audit; and so do the witnessed
+            heads: those kept by earlier audits, plus those collected now (kept too).
 
     Returns:
         The outcome, ready for :func:`bund.parties.report.write_report`.
     """
     collect = checkpoints is None
+    state = config.state_dir if collect else None
     held: dict[str, list[Checkpoint]] = (
-        load_held_checkpoints(config.state_dir)
-        if collect and config.state_dir is not None
+        load_held_checkpoints(state)
+        if state is not None
         else {p: list(cps) for p, cps in (checkpoints or {}).items()}
     )
+    kept = load_witnessed(state) if state is not None else []
+    cursors = load_witness_cursors(state) if state is not None else {}
+    collected: list[WitnessedHead] = []
+    notes: list[Finding] = []
     pulled = []
+    found: list[Finding] = []
     for party in config.parties.values():
+        if config.revocations is not None:
+            try:
+                pem = served_certificate(party.address, party.name, config.tls, config.timeout_s)
+                found.extend(certificate_findings(party.name, pem, config.revocations))
+            except (OSError, BundError):
+                pass  # an unreachable node is a pull_failed finding below
         client = NodeClient(
             party.address, party.name, config.tls, config.max_message_bytes, config.timeout_s
         )
         try:
             with client:
+                fresh, refused = None, ""
                 if collect:
-                    fresh = client.checkpoint()
-                    held.setdefault(party.name, []).append(fresh)
-                    if config.state_dir is not None:
-                        keep_checkpoint(config.state_dir, fresh)
-                pulled.append(pull_log(client, party.audit_public_key))
+                    try:
+                        fresh = client.checkpoint()
+                    except RemoteError as exc:  # the log is still pulled: it may say why
+                        refused = exc.details
+                    else:
+                        held.setdefault(party.name, []).append(fresh)
+                        if state is not None:
+                            keep_checkpoint(state, fresh)
+                pulled.append(pull_log(client, party.audit_public_key, 0, fresh, refused))
+                heads, cursors[party.name], note = pull_witnessed(
+                    client, cursors.get(party.name, 0)
+                )
+                collected.extend(heads)
+                notes.extend([] if note is None else [note])
         except BundError as exc:
             pulled.append(
                 PulledLog(
                     party.name, party.address, party.audit_public_key, (), 0, b"", None, str(exc)
                 )
             )
-    return assess(pulled, held)
+    known = set(kept)
+    keys = {name: p.audit_public_key for name, p in config.parties.items()}
+    valid, judged = judge_witnessed(
+        [h for h in collected if h not in known], keys, config.max_clock_skew
+    )
+    if state is not None:
+        keep_witnessed(state, valid)
+        keep_witness_cursors(state, cursors)
+    return assess(
+        pulled,
+        held,
+        witnessed=[*kept, *valid],
+        findings=[*found, *notes, *judged],
+        max_skew=config.max_clock_skew,
+        witness_interval=config.witness_interval,
+    )
 
 
 def report_command(config: Path, out: Path) -> int:

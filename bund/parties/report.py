@@ -20,6 +20,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from bund.compute.dp.budget import format_epsilon, parse_rational
+from bund.compute.errors import BundError
 from bund.parties.audit import JsonScalar
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ th, td { border: 1px solid #d5dae1; padding: .3rem .5rem; text-align: left; vert
 th { background: #f1f3f6; }
 code { font: 12px/1.3 "DejaVu Sans Mono", monospace; word-break: break-all; }
 ul { margin: 0; padding-left: 1.1rem; }
-.meta, .muted { color: #5b6575; } .muted { font-size: 12px; }
+.meta, .muted { color: #5b6575; } .muted { font-size: 12px; } .reason { color: #8a1c1c; }
 .verdict { display: inline-block; padding: .3rem .8rem; border-radius: 4px; font-weight: 600; }
 .ok { color: #0f6b2f; } .verdict.ok { background: #e3f4e8; }
 .error, .sev-error td:first-child { color: #a1001d; } .verdict.error { background: #fde7ea; }
@@ -94,6 +96,15 @@ def _field(fields: Mapping[str, JsonScalar], key: str) -> str:
     return "" if value is None else str(value)
 
 
+def _budget_field(fields: Mapping[str, JsonScalar], key: str) -> str:
+    """An exact privacy quantity of a record as a decimal, the exact value after it if needed."""
+    text = _field(fields, key)
+    try:
+        return format_epsilon(parse_rational(text))
+    except BundError:
+        return text
+
+
 # -- sections -----------------------------------------------------------------------------------
 
 
@@ -107,17 +118,26 @@ def _parties(parties: Sequence[PartyStatus]) -> str:
         else:
             log = f'<span class="error">NOT VERIFIED</span>: {_e(p.detail)}'
         held = (
-            f"{p.checkpoints} held"
+            f"{p.checkpoints} held by the regulator"
             if p.checkpoints
             else '<span class="warning">none held</span>: truncation and re-signed rewrites '
             "were not checkable"
         )
+        if p.witnessed:
+            held += (
+                f'<div class="muted">{p.witnessed} witnessed by {_e(", ".join(p.witnesses))}</div>'
+            )
+        elif p.pulled:
+            held += (
+                '<div class="muted">none witnessed: records since the last audit rest on its '
+                "word</div>"
+            )
         rows.append(
             f'<tr id="party-{_e(p.party)}"><td>{_e(p.party)}</td><td>{_e(p.address)}</td>'
             f"<td><code>{_e(p.key_id)}</code></td><td>{p.records}</td><td>{log}</td>"
             f"<td>{held}</td></tr>"
         )
-    headers = ("Party", "Node", "Audit key held", "Records", "Log", "Checkpoints")
+    headers = ("Party", "Node", "Audit key held", "Records", "Log", "Tree heads")
     return _table(headers, rows, "parties")
 
 
@@ -131,9 +151,13 @@ def _findings(findings: Sequence[Finding], jobs: set[str]) -> str:
         else:
             job = f"<code>{_e(f.job_id)}</code>" if f.job_id else "whole log"
         records = _list(f"{_e(p)} record {i}" for p, i in sorted(f.indexes.items()))
+        parties = _list(
+            [_e(p) for p in f.parties]
+            + [f'<span class="muted">witness</span> {_e(w)}' for w in f.witnesses]
+        )
         rows.append(
             f'<tr class="sev-{_e(f.severity)}"><td>{_e(f.severity)}</td><td>{_e(f.kind)}</td>'
-            f"<td>{job}</td><td>{_list(_e(p) for p in f.parties)}</td><td>{records}</td>"
+            f"<td>{job}</td><td>{parties}</td><td>{records}</td>"
             f"<td>{_e(f.detail)}</td></tr>"
         )
     headers = ("Severity", "Finding", "Job", "Parties", "Records", "Detail")
@@ -148,6 +172,19 @@ def _reconciliation(findings: Sequence[Finding]) -> str:
     css = "error" if errors else "warning"
     counts = f"{_count(errors, 'error')}, {_count(len(findings) - errors, 'warning')}"
     return f'<span class="{css}">{counts}</span>{_list(_e(k) for k in kinds)}'
+
+
+def _states(job: JobSummary) -> str:
+    """Each party's state of the job, with the reason where it ended refused, failed or aborted."""
+    return _list(
+        f"{_e(party)}: {_e(state)}"
+        + (
+            f' <span class="reason">({_e(job.reasons[party])})</span>'
+            if party in job.reasons
+            else ""
+        )
+        for party, state in sorted(job.states.items())
+    )
 
 
 def _jobs(jobs: Sequence[JobSummary], findings: Sequence[Finding]) -> str:
@@ -173,7 +210,7 @@ def _jobs(jobs: Sequence[JobSummary], findings: Sequence[Finding]) -> str:
             f'<tr id="job-{_e(j.job_id)}"><td><code>{_e(j.job_id)}</code>'
             f'<div>{_e(j.purpose)}</div><div class="muted">{_e(j.first_seen)}</div></td>'
             f"<td>{_e(j.protocol or '?')}</td><td>{parties}</td><td>{result}</td>"
-            f"<td>{_list(f'{_e(p)}: {_e(s)}' for p, s in sorted(j.states.items()))}</td>"
+            f"<td>{_states(j)}</td>"
             f"<td>{approvals}</td>"
             f"<td>{_list(f'{_e(p)}: {_digest(d)}' for p, d in sorted(j.transcripts.items()))}</td>"
             f"<td>{_reconciliation([f for f in findings if f.job_id == j.job_id])}</td></tr>"
@@ -197,7 +234,7 @@ def _mathtext_safe(text: str) -> str:
     return f" {text}" if text.startswith("_") else text
 
 
-def _budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
+def budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
     """A PNG of the epsilon spent on each party's dataset over time, from ``budget_charged``.
 
     One step line per party and dataset, starting from zero at its first charge, with the
@@ -261,7 +298,7 @@ def _budget_chart_png(charges: Sequence[LoggedEvent]) -> bytes | None:
 def _budget(charges: Sequence[LoggedEvent]) -> str:
     if not charges:
         return '<p id="budget-none">No privacy budget charged in the pulled logs.</p>'
-    png = _budget_chart_png(charges)
+    png = budget_chart_png(charges)
     chart = (
         '<figure id="budget-chart"><img alt="Chart: privacy budget (epsilon) spent per dataset '
         f'over time" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
@@ -273,15 +310,15 @@ def _budget(charges: Sequence[LoggedEvent]) -> str:
     rows = []
     for c in charges:
         cost = ", ".join(
-            f"{name} {_e(_field(c.fields, key))}"
+            f"{name} {_e(_budget_field(c.fields, key))}"
             for name, key in (("ε", "epsilon"), ("δ", "delta"), ("ρ", "rho"))
             if key in c.fields
         )
         rows.append(
             f"<tr><td>{_e(c.timestamp)}</td><td>{_e(c.party)}</td>"
             f"<td>{_e(_field(c.fields, 'dataset'))}</td><td><code>{_e(c.job_id)}</code></td>"
-            f"<td>{cost}</td><td>{_e(_field(c.fields, 'spent'))}</td>"
-            f"<td>{_e(_field(c.fields, 'total'))}</td></tr>"
+            f"<td>{cost}</td><td>{_e(_budget_field(c.fields, 'spent'))}</td>"
+            f"<td>{_e(_budget_field(c.fields, 'total'))}</td></tr>"
         )
     headers = ("Time", "Party", "Dataset", "Job", "Cost", "Spent (ε)", "Total (ε)")
     return chart + _table(headers, rows, "budget-table")
@@ -302,7 +339,7 @@ def _receipts(receipts: Sequence[LoggedEvent]) -> str:
         if "records" in f:
             dataset += f' <span class="muted">({_e(_field(f, "records"))} records)</span>'
         spent = ", ".join(
-            f"{name} {_e(_field(f, key))}"
+            f"{name} {_e(_budget_field(f, key))}"
             for name, key in (("ε", "epsilon"), ("δ", "delta"), ("ρ", "rho"), ("spent", "spent"))
             if key in f
         )
@@ -357,10 +394,13 @@ def render_report(outcome: AuditOutcome) -> str:
         "<footer><p>A verified log is, byte for byte, records the holder of the party's audit "
         "key signed, in order, none removed, inserted, reordered or altered; without "
         "checkpoints held, records cut off its end and a log re-signed with the party's own key "
-        "are not caught by verification alone. Reconciliation compares every party's records "
-        "of the same job. docs/governance.md explains every finding and what to do about it. "
-        "Every name and text in this report was taken from party logs and is shown as "
-        "text.</p></footer></body></html>\n"
+        "are not caught by verification alone. Every log is held to the tree heads the "
+        "regulator kept and to those its peers witnessed between audits; what a party wrote "
+        "since its last exchange of heads is not yet vouched for by anyone else. Clocks are "
+        "judged by the witnesses' and the regulator's. Reconciliation compares every party's "
+        "records of the same job. docs/governance.md explains every finding and what to do "
+        "about it. Every name and text in this report was taken from party logs and is shown "
+        "as text.</p></footer></body></html>\n"
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -17,14 +17,27 @@ from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import InvalidInputError
 from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import AuditFormatError, AuditRecord, Checkpoint
+from bund.parties.audit import (
+    AuditFormatError,
+    AuditRecord,
+    Checkpoint,
+    WitnessedHead,
+    WitnessError,
+    WitnessReply,
+)
 from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import JobSpec, JsonScalar, Participant
-from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
 from bund.parties.lifecycle.store import ResultInfo
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Decision, Scored
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
+from bund.v1.audit_pb2 import GetWitnessedHeadsResponse as ProtoWitnessedPage
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
+from bund.v1.audit_pb2 import UnreadableRecord as ProtoUnreadable
+from bund.v1.audit_pb2 import WitnessedHead as ProtoWitnessedHead
+from bund.v1.audit_pb2 import WitnessResponse as ProtoWitnessReply
 from bund.v1.common_pb2 import JobSpec as ProtoJobSpec
 from bund.v1.common_pb2 import Participant as ProtoParticipant
 from bund.v1.common_pb2 import Scalar as ProtoScalar
@@ -33,6 +46,14 @@ from bund.v1.job_pb2 import ApprovalRequest as ProtoApprovalRequest
 from bund.v1.job_pb2 import GetJobResultResponse as ProtoJobResult
 from bund.v1.job_pb2 import JobState as ProtoJobState
 from bund.v1.job_pb2 import JobStatus as ProtoJobStatus
+from bund.v1.job_pb2 import PartyView as ProtoPartyView
+from bund.v1.serving_pb2 import Applicant as ProtoApplicant
+from bund.v1.serving_pb2 import Decision as ProtoDecision
+from bund.v1.serving_pb2 import RequestProof as ProtoRequestProof
+from bund.v1.serving_pb2 import ScorePartsRequest as ProtoScorePartsRequest
+from bund.v1.serving_pb2 import ScorePartsResponse as ProtoAnswer
+from bund.v1.serving_pb2 import ScoreRequest as ProtoScoreRequest
+from bund.v1.serving_pb2 import ScoreResponse as ProtoScored
 
 
 def parse(message_type: type[Message], data: bytes) -> Message:
@@ -132,8 +153,26 @@ _STATE_TO_PROTO = {
     JobState.ABORTED: ProtoJobState.JOB_STATE_ABORTED,
     JobState.AWAITING_APPROVAL: ProtoJobState.JOB_STATE_AWAITING_APPROVAL,
     JobState.INTERRUPTED: ProtoJobState.JOB_STATE_INTERRUPTED,
+    JobState.SERVING: ProtoJobState.JOB_STATE_SERVING,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+
+
+def state_to_proto(state: JobState) -> ProtoJobState.ValueType:
+    """A job state's wire value."""
+    return _STATE_TO_PROTO[state]
+
+
+def state_from_proto(value: ProtoJobState.ValueType) -> JobState:
+    """A job state from its wire value.
+
+    Raises:
+        MalformedRequestError: If the value names no state.
+    """
+    try:
+        return _STATE_FROM_PROTO[value]
+    except KeyError:
+        raise MalformedRequestError(f"unknown job state {value}") from None
 
 
 def status_to_proto(status: JobStatus) -> ProtoJobStatus:
@@ -148,15 +187,26 @@ def status_to_proto(status: JobStatus) -> ProtoJobStatus:
         has_result=status.has_result,
         transcript_digest=status.transcript_digest,
         updated_at=status.updated_at,
+        approved_by=list(status.approved_by),
+        parties=[
+            ProtoPartyView(
+                party=v.party,
+                state=_STATE_TO_PROTO[v.state],
+                approved_by=list(v.approved_by),
+                reason=v.reason,
+            )
+            for v in status.parties
+        ],
     )
 
 
 def status_from_proto(message: ProtoJobStatus) -> JobStatus:
     """Deserialise a ``JobStatus``."""
-    try:
-        state = _STATE_FROM_PROTO[message.state]
-    except KeyError:
-        raise MalformedRequestError(f"unknown job state {message.state}") from None
+    state = state_from_proto(message.state)
+    parties = tuple(
+        PartyView(v.party, state_from_proto(v.state), tuple(v.approved_by), v.reason)
+        for v in message.parties
+    )
     return JobStatus(
         spec=spec_from_proto(message.spec),
         state=state,
@@ -167,6 +217,8 @@ def status_from_proto(message: ProtoJobStatus) -> JobStatus:
         has_result=message.has_result,
         transcript_digest=message.transcript_digest,
         updated_at=message.updated_at,
+        approved_by=tuple(message.approved_by),
+        parties=parties,
     )
 
 
@@ -193,6 +245,8 @@ class NodeInfo:
     version: str
     audit_public_key: bytes
     protocols: Mapping[str, str]
+    #: The node's signed instance epoch (``bund.parties.authz.Instance``), verified by the caller.
+    instance: bytes = b""
 
 
 def fields_to_json(fields: Mapping[str, JsonScalar]) -> str:
@@ -227,6 +281,7 @@ def node_info_to_proto(info: NodeInfo) -> ProtoNodeInfo:
         version=info.version,
         audit_public_key=info.audit_public_key,
         protocols=dict(info.protocols),
+        instance=info.instance,
     )
 
 
@@ -240,16 +295,22 @@ def node_info_from_proto(message: ProtoNodeInfo) -> NodeInfo:
         version=message.version,
         audit_public_key=message.audit_public_key,
         protocols=dict(message.protocols),
+        instance=message.instance,
     )
 
 
 @dataclass(frozen=True)
 class AuditPage:
-    """A slice of a node's audit log, with the log's size and the key that verifies it."""
+    """A slice of a node's audit log, with the log's size and the key that verifies it.
+
+    ``unreadable`` is ``(index, reason)`` when the record after the last one sent is stored but
+    cannot be decoded at the node: the regulator names it as the first bad record.
+    """
 
     records: tuple[AuditRecord, ...]
     size: int
     audit_public_key: bytes
+    unreadable: tuple[int, str] | None = None
 
 
 def audit_record_to_proto(record: AuditRecord) -> ProtoAuditRecord:
@@ -290,11 +351,15 @@ def audit_record_from_proto(message: ProtoAuditRecord) -> AuditRecord:
 
 def audit_page_to_proto(page: AuditPage) -> ProtoAuditPage:
     """Serialise an ``AuditPage``."""
-    return ProtoAuditPage(
+    message = ProtoAuditPage(
         records=[audit_record_to_proto(r) for r in page.records],
         size=page.size,
         audit_public_key=page.audit_public_key,
     )
+    if page.unreadable is not None:
+        index, reason = page.unreadable
+        message.unreadable.CopyFrom(ProtoUnreadable(index=index, reason=reason))
+    return message
 
 
 def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
@@ -303,6 +368,11 @@ def audit_page_from_proto(message: ProtoAuditPage) -> AuditPage:
         records=tuple(audit_record_from_proto(r) for r in message.records),
         size=message.size,
         audit_public_key=message.audit_public_key,
+        unreadable=(
+            (message.unreadable.index, message.unreadable.reason[:1000])
+            if message.HasField("unreadable")
+            else None
+        ),
     )
 
 
@@ -376,3 +446,179 @@ def checkpoint_from_proto(message: ProtoCheckpoint) -> Checkpoint:
         )
     except AuditFormatError as exc:
         raise MalformedRequestError(f"malformed checkpoint: {exc}") from None
+
+
+def witnessed_head_to_proto(witnessed: WitnessedHead, seq: int = 0) -> ProtoWitnessedHead:
+    """Serialise a ``WitnessedHead`` (with its position in the witness's store)."""
+    return ProtoWitnessedHead(
+        head=checkpoint_to_proto(witnessed.head),
+        witness=witnessed.witness,
+        received_at=witnessed.received_at,
+        cosignature=witnessed.cosignature,
+        seq=seq,
+    )
+
+
+def witnessed_head_from_proto(message: ProtoWitnessedHead) -> WitnessedHead:
+    """Deserialise a ``WitnessedHead`` (its signatures are judged by the verifiers)."""
+    try:
+        return WitnessedHead(
+            head=checkpoint_from_proto(message.head),
+            witness=message.witness,
+            received_at=message.received_at,
+            cosignature=message.cosignature,
+        )
+    except (AuditFormatError, WitnessError) as exc:
+        raise MalformedRequestError(f"malformed witnessed head: {exc}") from None
+
+
+def witness_reply_to_proto(reply: WitnessReply) -> ProtoWitnessReply:
+    """Serialise a witness's ``WitnessReply``."""
+    return ProtoWitnessReply(
+        cosigned=witnessed_head_to_proto(reply.cosigned),
+        head=checkpoint_to_proto(reply.head),
+        audit_public_key=reply.audit_public_key,
+    )
+
+
+def witness_reply_from_proto(message: ProtoWitnessReply) -> WitnessReply:
+    """Deserialise a ``WitnessReply`` (the presenter checks it: ``Witness.present``)."""
+    return WitnessReply(
+        cosigned=witnessed_head_from_proto(message.cosigned),
+        head=checkpoint_from_proto(message.head),
+        audit_public_key=message.audit_public_key,
+    )
+
+
+@dataclass(frozen=True)
+class WitnessedPage:
+    """A page of the heads a node witnessed: ``(seq, head)`` pairs and the largest seq it holds."""
+
+    heads: tuple[tuple[int, WitnessedHead], ...]
+    last_seq: int
+
+
+def witnessed_page_to_proto(page: WitnessedPage) -> ProtoWitnessedPage:
+    """Serialise a ``WitnessedPage``."""
+    return ProtoWitnessedPage(
+        heads=[witnessed_head_to_proto(head, seq) for seq, head in page.heads],
+        last_seq=page.last_seq,
+    )
+
+
+def witnessed_page_from_proto(message: ProtoWitnessedPage) -> WitnessedPage:
+    """Deserialise a ``WitnessedPage``."""
+    return WitnessedPage(
+        heads=tuple((m.seq, witnessed_head_from_proto(m)) for m in message.heads),
+        last_seq=message.last_seq,
+    )
+
+
+# -- serving (a standing contract's requests) ---------------------------------------------------
+
+#: The most applicants or ids one serving request may carry on the wire.
+MAX_SERVING_IDS = 10_000
+#: The most bank features one applicant may bring.
+MAX_APPLICANT_FEATURES = 1024
+
+
+def score_request_to_proto(contract_id: str, applicants: Sequence[Applicant]) -> ProtoScoreRequest:
+    """Serialise a loan system's request to score ``applicants`` under a contract."""
+    return ProtoScoreRequest(
+        contract_id=contract_id,
+        applicants=[ProtoApplicant(id=a.id, features=dict(a.features)) for a in applicants],
+    )
+
+
+def score_request_from_proto(message: ProtoScoreRequest) -> tuple[str, list[Applicant]]:
+    """Deserialise a request to score; the contract id and the applicants, checked in form."""
+    if len(message.applicants) > MAX_SERVING_IDS:
+        raise MalformedRequestError(f"a request carries at most {MAX_SERVING_IDS} applicants")
+    applicants = []
+    for a in message.applicants:
+        if len(a.features) > MAX_APPLICANT_FEATURES:
+            raise MalformedRequestError(
+                f"an applicant brings at most {MAX_APPLICANT_FEATURES} features"
+            )
+        if not all(math.isfinite(v) for v in a.features.values()):
+            raise MalformedRequestError("a feature value is not a finite number")
+        applicants.append(Applicant(a.id, dict(a.features)))
+    return job_id(message.contract_id), applicants
+
+
+def scored_to_proto(scored: Scored) -> ProtoScored:
+    """Serialise the decisions on a request."""
+    return ProtoScored(
+        contract_id=scored.contract_id,
+        nonce=scored.nonce,
+        request_sha256=scored.request_sha256,
+        decisions=[
+            ProtoDecision(id=d.id, decision=d.decision, probability=d.probability)
+            if d.probability is not None
+            else ProtoDecision(id=d.id, decision=d.decision)
+            for d in scored.decisions
+        ],
+    )
+
+
+def scored_from_proto(message: ProtoScored) -> Scored:
+    """Deserialise the decisions on a request."""
+    return Scored(
+        contract_id=message.contract_id,
+        nonce=message.nonce,
+        request_sha256=message.request_sha256,
+        decisions=tuple(
+            Decision(d.id, d.decision, d.probability if d.HasField("probability") else None)
+            for d in message.decisions
+        ),
+    )
+
+
+def score_parts_request_to_proto(
+    contract_id: str, nonce: bytes, ids: Sequence[str]
+) -> ProtoScorePartsRequest:
+    """Serialise the bank's request to a provider."""
+    return ProtoScorePartsRequest(contract_id=contract_id, nonce=nonce, ids=list(ids))
+
+
+def score_parts_request_from_proto(
+    message: ProtoScorePartsRequest,
+) -> tuple[str, bytes, list[str]]:
+    """Deserialise the bank's request to a provider: contract id, nonce and ids (in form)."""
+    if len(message.ids) > MAX_SERVING_IDS:
+        raise MalformedRequestError(f"a request carries at most {MAX_SERVING_IDS} ids")
+    return job_id(message.contract_id), message.nonce, list(message.ids)
+
+
+def answer_to_proto(answer: Answer) -> ProtoAnswer:
+    """Serialise a provider's masked answer."""
+    return ProtoAnswer(request_sha256=answer.request_sha256, answer=answer.answer)
+
+
+def answer_from_proto(message: ProtoAnswer) -> Answer:
+    """Deserialise a provider's masked answer (its cells are checked by the bank)."""
+    return Answer(message.request_sha256, message.answer)
+
+
+def request_proof_to_proto(proof: RequestProof) -> ProtoRequestProof:
+    """Serialise a request's inclusion proof."""
+    return ProtoRequestProof(
+        contract_id=proof.contract_id,
+        request_sha256=proof.request_sha256,
+        seq=proof.seq,
+        root_record=audit_record_to_proto(proof.root_record),
+        path=list(proof.path),
+    )
+
+
+def request_proof_from_proto(message: ProtoRequestProof) -> RequestProof:
+    """Deserialise a request's inclusion proof (checked by ``verify_request_proof``)."""
+    if len(message.path) > 64:
+        raise MalformedRequestError("an audit path has at most 64 hashes")
+    return RequestProof(
+        contract_id=message.contract_id,
+        request_sha256=message.request_sha256,
+        seq=position(message.seq, "seq"),
+        root_record=audit_record_from_proto(message.root_record),
+        path=tuple(message.path),
+    )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62und/v1/audit.proto\x12\x07\x62und.v1\"\x16\n\x14GetCheckpointRequest\"g\n\nCheckpoint\x12\r\n\x05party\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"3\n\x13ReadAuditLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xad\x01\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x13\n\x0b\x66ields_json\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x13\n\x0brecord_hash\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"e\n\x14ReadAuditLogResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.bund.v1.AuditRecord\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x03 \x01(\x0c\x32\x99\x01\n\x05\x41udit\x12K\n\x0cReadAuditLog\x12\x1c.bund.v1.ReadAuditLogRequest\x1a\x1d.bund.v1.ReadAuditLogResponse\x12\x43\n\rGetCheckpoint\x12\x1d.bund.v1.GetCheckpointRequest\x1a\x13.bund.v1.Checkpointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x62und/v1/audit.proto\x12\x07\x62und.v1\"\x16\n\x14GetCheckpointRequest\"g\n\nCheckpoint\x12\r\n\x05party\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"3\n\x13ReadAuditLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xad\x01\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\r\n\x05party\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x13\n\x0b\x66ields_json\x18\x06 \x01(\t\x12\x11\n\tprev_hash\x18\x07 \x01(\x0c\x12\x13\n\x0brecord_hash\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"1\n\x10UnreadableRecord\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x94\x01\n\x14ReadAuditLogResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.bund.v1.AuditRecord\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x18\n\x10\x61udit_public_key\x18\x03 \x01(\x0c\x12-\n\nunreadable\x18\x04 \x01(\x0b\x32\x19.bund.v1.UnreadableRecord\"M\n\x0eWitnessRequest\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.bund.v1.Checkpoint\x12\x18\n\x10\x61udit_public_key\x18\x02 \x01(\x0c\"z\n\rWitnessedHead\x12!\n\x04head\x18\x01 \x01(\x0b\x32\x13.bund.v1.Checkpoint\x12\x0f\n\x07witness\x18\x02 \x01(\t\x12\x13\n\x0breceived_at\x18\x03 \x01(\t\x12\x13\n\x0b\x63osignature\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"x\n\x0fWitnessResponse\x12(\n\x08\x63osigned\x18\x01 \x01(\x0b\x32\x16.bund.v1.WitnessedHead\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x13.bund.v1.Checkpoint\x12\x18\n\x10\x61udit_public_key\x18\x03 \x01(\x0c\"8\n\x18GetWitnessedHeadsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"T\n\x19GetWitnessedHeadsResponse\x12%\n\x05heads\x18\x01 \x03(\x0b\x32\x16.bund.v1.WitnessedHead\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x32\xb3\x02\n\x05\x41udit\x12K\n\x0cReadAuditLog\x12\x1c.bund.v1.ReadAuditLogRequest\x1a\x1d.bund.v1.ReadAuditLogResponse\x12\x43\n\rGetCheckpoint\x12\x1d.bund.v1.GetCheckpointRequest\x1a\x13.bund.v1.Checkpoint\x12<\n\x07Witness\x12\x17.bund.v1.WitnessRequest\x1a\x18.bund.v1.WitnessResponse\x12Z\n\x11GetWitnessedHeads\x12!.bund.v1.GetWitnessedHeadsRequest\x1a\".bund.v1.GetWitnessedHeadsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READAUDITLOGREQUEST']._serialized_end=212
   _globals['_AUDITRECORD']._serialized_start=215
   _globals['_AUDITRECORD']._serialized_end=388
-  _globals['_READAUDITLOGRESPONSE']._serialized_start=390
-  _globals['_READAUDITLOGRESPONSE']._serialized_end=491
-  _globals['_AUDIT']._serialized_start=494
-  _globals['_AUDIT']._serialized_end=647
+  _globals['_UNREADABLERECORD']._serialized_start=390
+  _globals['_UNREADABLERECORD']._serialized_end=439
+  _globals['_READAUDITLOGRESPONSE']._serialized_start=442
+  _globals['_READAUDITLOGRESPONSE']._serialized_end=590
+  _globals['_WITNESSREQUEST']._serialized_start=592
+  _globals['_WITNESSREQUEST']._serialized_end=669
+  _globals['_WITNESSEDHEAD']._serialized_start=671
+  _globals['_WITNESSEDHEAD']._serialized_end=793
+  _globals['_WITNESSRESPONSE']._serialized_start=795
+  _globals['_WITNESSRESPONSE']._serialized_end=915
+  _globals['_GETWITNESSEDHEADSREQUEST']._serialized_start=917
+  _globals['_GETWITNESSEDHEADSREQUEST']._serialized_end=973
+  _globals['_GETWITNESSEDHEADSRESPONSE']._serialized_start=975
+  _globals['_GETWITNESSEDHEADSRESPONSE']._serialized_end=1059
+  _globals['_AUDIT']._serialized_start=1062
+  _globals['_AUDIT']._serialized_end=1369
 # @@protoc_insertion_point(module_scope)

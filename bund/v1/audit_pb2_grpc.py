@@ -44,6 +44,16 @@ class AuditStub:
                 request_serializer=bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_audit__pb2.Checkpoint.FromString,
                 _registered_method=True)
+        self.Witness = channel.unary_unary(
+                '/bund.v1.Audit/Witness',
+                request_serializer=bund_dot_v1_dot_audit__pb2.WitnessRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_audit__pb2.WitnessResponse.FromString,
+                _registered_method=True)
+        self.GetWitnessedHeads = channel.unary_unary(
+                '/bund.v1.Audit/GetWitnessedHeads',
+                request_serializer=bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -62,6 +72,22 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Witness(self, request, context):
+        """A peer presents its own signed tree head; this node checks it against the heads it holds of
+        that peer, keeps it, countersigns it and answers with its own head (both directions in one
+        call). Only the head's own party may present it, and only to a node that names it a peer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWitnessedHeads(self, request, context):
+        """The heads this node witnessed of other parties' logs: its own operator and regulators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +100,16 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
                     response_serializer=bund_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
+            ),
+            'Witness': grpc.unary_unary_rpc_method_handler(
+                    servicer.Witness,
+                    request_deserializer=bund_dot_v1_dot_audit__pb2.WitnessRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_audit__pb2.WitnessResponse.SerializeToString,
+            ),
+            'GetWitnessedHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWitnessedHeads,
+                    request_deserializer=bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +166,60 @@ class Audit:
             '/bund.v1.Audit/GetCheckpoint',
             bund_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
             bund_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Witness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Audit/Witness',
+            bund_dot_v1_dot_audit__pb2.WitnessRequest.SerializeToString,
+            bund_dot_v1_dot_audit__pb2.WitnessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWitnessedHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Audit/GetWitnessedHeads',
+            bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsRequest.SerializeToString,
+            bund_dot_v1_dot_audit__pb2.GetWitnessedHeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

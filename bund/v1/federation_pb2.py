@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62und/v1/federation.proto\x12\x07\x62und.v1\"\x14\n\x12GetNodeInfoRequest\"\xcf\x01\n\x13GetNodeInfoResponse\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10\x61udit_public_key\x18\x04 \x01(\x0c\x12>\n\tprotocols\x18\x05 \x03(\x0b\x32+.bund.v1.GetNodeInfoResponse.ProtocolsEntry\x1a\x30\n\x0eProtocolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32V\n\nFederation\x12H\n\x0bGetNodeInfo\x12\x1b.bund.v1.GetNodeInfoRequest\x1a\x1c.bund.v1.GetNodeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62und/v1/federation.proto\x12\x07\x62und.v1\"\x14\n\x12GetNodeInfoRequest\"\xe1\x01\n\x13GetNodeInfoResponse\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10\x61udit_public_key\x18\x04 \x01(\x0c\x12>\n\tprotocols\x18\x05 \x03(\x0b\x32+.bund.v1.GetNodeInfoResponse.ProtocolsEntry\x12\x10\n\x08instance\x18\x06 \x01(\x0c\x1a\x30\n\x0eProtocolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32V\n\nFederation\x12H\n\x0bGetNodeInfo\x12\x1b.bund.v1.GetNodeInfoRequest\x1a\x1c.bund.v1.GetNodeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNODEINFOREQUEST']._serialized_start=37
   _globals['_GETNODEINFOREQUEST']._serialized_end=57
   _globals['_GETNODEINFORESPONSE']._serialized_start=60
-  _globals['_GETNODEINFORESPONSE']._serialized_end=267
-  _globals['_GETNODEINFORESPONSE_PROTOCOLSENTRY']._serialized_start=219
-  _globals['_GETNODEINFORESPONSE_PROTOCOLSENTRY']._serialized_end=267
-  _globals['_FEDERATION']._serialized_start=269
-  _globals['_FEDERATION']._serialized_end=355
+  _globals['_GETNODEINFORESPONSE']._serialized_end=285
+  _globals['_GETNODEINFORESPONSE_PROTOCOLSENTRY']._serialized_start=237
+  _globals['_GETNODEINFORESPONSE_PROTOCOLSENTRY']._serialized_end=285
+  _globals['_FEDERATION']._serialized_start=287
+  _globals['_FEDERATION']._serialized_end=373
 # @@protoc_insertion_point(module_scope)

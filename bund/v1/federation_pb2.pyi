@@ -62,11 +62,16 @@ class GetNodeInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     AUDIT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PROTOCOLS_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
     party: _builtins.str
     role: _builtins.str
     version: _builtins.str
     audit_public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key that verifies this node's audit log."""
+    instance: _builtins.bytes
+    """The node's signed instance epoch of this run (bund.parties.authz.Instance wire layout):
+    peers ask for it to tell a restarted node from a second one with the same identity.
+    """
     @_builtins.property
     def protocols(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Protocol name -> version."""
@@ -79,10 +84,11 @@ class GetNodeInfoResponse(_message.Message):
         version: _builtins.str = ...,
         audit_public_key: _builtins.bytes = ...,
         protocols: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        instance: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_public_key", b"audit_public_key", "party", b"party", "protocols", b"protocols", "role", b"role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_public_key", b"audit_public_key", "instance", b"instance", "party", b"party", "protocols", b"protocols", "role", b"role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

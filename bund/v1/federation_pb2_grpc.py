@@ -45,7 +45,7 @@ class FederationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetNodeInfo(self, request, context):
-        """The node's party name, role, software version, audit key and protocols.
+        """The node's party name, role, software version, audit key, protocols and instance epoch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

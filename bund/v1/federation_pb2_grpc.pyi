@@ -32,13 +32,13 @@ class FederationStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FederationAsyncStub: ...
     GetNodeInfo: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetNodeInfoRequest, _federation_pb2.GetNodeInfoResponse]
-    """The node's party name, role, software version, audit key and protocols."""
+    """The node's party name, role, software version, audit key, protocols and instance epoch."""
 
 @_typing.type_check_only
 class FederationAsyncStub(FederationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetNodeInfo: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetNodeInfoRequest, _federation_pb2.GetNodeInfoResponse]  # type: ignore[assignment]
-    """The node's party name, role, software version, audit key and protocols."""
+    """The node's party name, role, software version, audit key, protocols and instance epoch."""
 
 class FederationServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,6 +47,6 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         request: _federation_pb2.GetNodeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.GetNodeInfoResponse, _abc.Awaitable[_federation_pb2.GetNodeInfoResponse]]:
-        """The node's party name, role, software version, audit key and protocols."""
+        """The node's party name, role, software version, audit key, protocols and instance epoch."""
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,13 +4,14 @@ isort:skip_file
 Job lifecycle and the per-job mailbox.
 
 Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
-  GetApprovalRequest, ApproveJob, DenyJob.
+  GetApprovalRequest, ApproveJob, DenyJob, GetJobLog.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
 The caller's identity is always taken from its TLS certificate, never from a field.
 """
 
+from bund.v1 import audit_pb2 as _audit_pb2
 from bund.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -51,6 +52,10 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
     last checkpoints.
     """
+    JOB_STATE_SERVING: _JobState.ValueType  # 10
+    """A standing contract (serving_contract), set up and answering requests until it is revoked,
+    expires or its limits are spent.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -70,6 +75,10 @@ JOB_STATE_AWAITING_APPROVAL: JobState.ValueType  # 8
 JOB_STATE_INTERRUPTED: JobState.ValueType  # 9
 """Stopped by a fault (a silent peer, a missed deadline, a restart); can be resumed from its
 last checkpoints.
+"""
+JOB_STATE_SERVING: JobState.ValueType  # 10
+"""A standing contract (serving_contract), set up and answering requests until it is revoked,
+expires or its limits are spent.
 """
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
@@ -146,6 +155,8 @@ class JobStatus(_message.Message):
     HAS_RESULT_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_DIGEST_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    PARTIES_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     phase: _builtins.str
     """Current phase and its progress, for long phases."""
@@ -161,6 +172,14 @@ class JobStatus(_message.Message):
     """RFC 3339 UTC."""
     @_builtins.property
     def spec(self) -> _common_pb2.JobSpec: ...
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This node's approvers who approved the job, in order."""
+
+    @_builtins.property
+    def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyView]:
+        """At the requester's node: each other participant's answer as last heard, in spec order."""
+
     def __init__(
         self,
         *,
@@ -173,14 +192,48 @@ class JobStatus(_message.Message):
         has_result: _builtins.bool = ...,
         transcript_digest: _builtins.str = ...,
         updated_at: _builtins.str = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        parties: _abc.Iterable[Global___PartyView] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "has_result", b"has_result", "phase", b"phase", "spec", b"spec", "state", b"state", "total", b"total", "transcript_digest", b"transcript_digest", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "done", b"done", "error", b"error", "has_result", b"has_result", "parties", b"parties", "phase", b"phase", "spec", b"spec", "state", b"state", "total", b"total", "transcript_digest", b"transcript_digest", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class PartyView(_message.Message):
+    """Another participant's answer to a job, as the requester's node last heard it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    state: Global___JobState.ValueType
+    reason: _builtins.str
+    """Why it refused, in its words."""
+    @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "party", b"party", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartyView: _TypeAlias = PartyView  # noqa: Y015
 
 @_typing.final
 class GetJobStatusResponse(_message.Message):
@@ -347,16 +400,22 @@ class ListJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """At most this many of the newest jobs; 0 means the node's default."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """Only jobs in these states; none means every state."""
+
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -755,3 +814,54 @@ class DenyJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DenyJobResponse: _TypeAlias = DenyJobResponse  # noqa: Y015
+
+@_typing.final
+class GetJobLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    start: _builtins.int
+    """The audit index to continue from (a previous response's next_index); 0: the job's first
+    record.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        start: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobLogRequest: _TypeAlias = GetJobLogRequest  # noqa: Y015
+
+@_typing.final
+class GetJobLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_INDEX_FIELD_NUMBER: _builtins.int
+    next_index: _builtins.int
+    """Where the next page begins; 0 when there are no more."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.AuditRecord]:
+        """The job's records, in log order, as signed in the node's audit log."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_audit_pb2.AuditRecord] | None = ...,
+        next_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_index", b"next_index", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobLogResponse: _TypeAlias = GetJobLogResponse  # noqa: Y015

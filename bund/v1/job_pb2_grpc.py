@@ -99,6 +99,11 @@ class JobsStub:
                 request_serializer=bund_dot_v1_dot_job__pb2.DenyJobRequest.SerializeToString,
                 response_deserializer=bund_dot_v1_dot_job__pb2.DenyJobResponse.FromString,
                 _registered_method=True)
+        self.GetJobLog = channel.unary_unary(
+                '/bund.v1.Jobs/GetJobLog',
+                request_serializer=bund_dot_v1_dot_job__pb2.GetJobLogRequest.SerializeToString,
+                response_deserializer=bund_dot_v1_dot_job__pb2.GetJobLogResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -182,6 +187,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobLog(self, request, context):
+        """One job's records of this node's signed audit log, in pages (`bund job logs`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +261,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.DenyJob,
                     request_deserializer=bund_dot_v1_dot_job__pb2.DenyJobRequest.FromString,
                     response_serializer=bund_dot_v1_dot_job__pb2.DenyJobResponse.SerializeToString,
+            ),
+            'GetJobLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobLog,
+                    request_deserializer=bund_dot_v1_dot_job__pb2.GetJobLogRequest.FromString,
+                    response_serializer=bund_dot_v1_dot_job__pb2.GetJobLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +619,33 @@ class Jobs:
             '/bund.v1.Jobs/DenyJob',
             bund_dot_v1_dot_job__pb2.DenyJobRequest.SerializeToString,
             bund_dot_v1_dot_job__pb2.DenyJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bund.v1.Jobs/GetJobLog',
+            bund_dot_v1_dot_job__pb2.GetJobLogRequest.SerializeToString,
+            bund_dot_v1_dot_job__pb2.GetJobLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,7 @@ isort:skip_file
 Job lifecycle and the per-job mailbox.
 
 Operator -> own node: SubmitJob, GetJobStatus, GetJobResult, ReadArtifact, ListJobs,
-  GetApprovalRequest, ApproveJob, DenyJob.
+  GetApprovalRequest, ApproveJob, DenyJob, GetJobLog.
 Requester node -> participant nodes: ProposeJob, StartJob, AbortJob.
 Any participant's operator -> own node -> every participant: AbortJob (cancel), ResumeJob.
 Participant node -> participant node: Deliver (mailbox).
@@ -52,6 +52,8 @@ class JobsStub:
     GetApprovalRequest: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]
     ApproveJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]
     DenyJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.DenyJobRequest, _job_pb2.DenyJobResponse]
+    GetJobLog: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobLogRequest, _job_pb2.GetJobLogResponse]
+    """One job's records of this node's signed audit log, in pages (`bund job logs`)."""
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -69,6 +71,8 @@ class JobsAsyncStub(JobsStub):
     GetApprovalRequest: _aio.UnaryUnaryMultiCallable[_job_pb2.GetApprovalRequestRequest, _job_pb2.ApprovalRequest]  # type: ignore[assignment]
     ApproveJob: _aio.UnaryUnaryMultiCallable[_job_pb2.ApproveJobRequest, _job_pb2.ApproveJobResponse]  # type: ignore[assignment]
     DenyJob: _aio.UnaryUnaryMultiCallable[_job_pb2.DenyJobRequest, _job_pb2.DenyJobResponse]  # type: ignore[assignment]
+    GetJobLog: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobLogRequest, _job_pb2.GetJobLogResponse]  # type: ignore[assignment]
+    """One job's records of this node's signed audit log, in pages (`bund job logs`)."""
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,5 +165,13 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.DenyJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.DenyJobResponse, _abc.Awaitable[_job_pb2.DenyJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetJobLog(
+        self,
+        request: _job_pb2.GetJobLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.GetJobLogResponse, _abc.Awaitable[_job_pb2.GetJobLogResponse]]:
+        """One job's records of this node's signed audit log, in pages (`bund job logs`)."""
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,7 +11,7 @@ from benchmarks import suite
 from bund.compute import insecure
 
 #: The families run here in quick mode (the others have their own benchmark tests).
-FAMILIES = ("paillier", "ckks", "fed", "ckks_scoring", "vertical_lr")
+FAMILIES = ("paillier", "ou", "ckks", "fed", "ckks_scoring", "vertical_lr", "witness")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,26 @@ def test_paillier_rows_carry_the_phe_ratio(reports: tuple[Path, dict[str, dict]]
     for row in rows:
         assert row["ratio_vs_phe"] > 0
         assert row["params"]["insecure_test_key"] is True  # quick mode uses a small key
+
+
+def test_ou_rows_compare_with_paillier_and_phe(reports: tuple[Path, dict[str, dict]]) -> None:
+    rows = {row["kernel"]: row for row in reports[1]["ou"]["rows"]}
+    assert {
+        "keygen",
+        "encrypt_key_owner",
+        "encrypt_evaluator",
+        "rerandomise",
+        "encrypt_pooled_online",
+        "add",
+        "mul_scalar",
+        "matvec_per_term",
+        "decrypt",
+        "decrypt_packed_per_value",
+    } <= set(rows)
+    for row in rows.values():
+        assert row["ratio_vs_paillier"] > 0 and row["timing"] == "cpu"
+    packed = rows["decrypt_packed_per_value"]["params"]
+    assert 0 < packed["slots"] < packed["paillier_slots"]  # OU's plaintext space is p, not n
 
 
 def test_quick_mode_leaves_the_test_switch_as_it_found_it(

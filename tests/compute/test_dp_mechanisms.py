@@ -1,8 +1,10 @@
-"""Discrete Laplace: exact cost, OpenDP's privacy map, and the sampler against its exact pmf."""
+"""Discrete Laplace: exact cost, OpenDP's privacy map, the sampler; randomised response's rate."""
 
 from __future__ import annotations
 
+import decimal
 import math
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -11,7 +13,7 @@ import scipy.stats  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bund.compute.dp.mechanisms import DiscreteLaplace
+from bund.compute.dp.mechanisms import MAX_RR_EPSILON, DiscreteLaplace, RandomizedResponse
 
 DRAWS = 1_000_000
 
@@ -110,3 +112,39 @@ def test_sampler_matches_exact_distribution(scale: Fraction) -> None:
     # The same test has power: the same draws shifted by one, or read at another scale, fail it.
     assert _chi_square(mech, draws + 1) < 1e-6
     assert _chi_square(DiscreteLaplace.create(1 / (scale * Fraction(11, 10)), 1), draws) < 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.fractions(min_value=Fraction(1, 1000), max_value=MAX_RR_EPSILON))
+def test_randomised_response_never_undercuts_the_charged_epsilon(epsilon: Fraction) -> None:
+    """keep/flip ≤ e^ε exactly, and the flip probability is within 2^-63 of 1/(1 + e^ε)."""
+    rr = RandomizedResponse.create(epsilon)
+    assert rr.epsilon == epsilon and rr.flip.denominator <= 1 << 64 and 0 < rr.flip < Fraction(1, 2)
+    with decimal.localcontext() as context:
+        context.prec = 80
+        keep, flip = (Decimal(f.numerator) / Decimal(f.denominator) for f in (rr.keep, rr.flip))
+        eps = Decimal(epsilon.numerator) / Decimal(epsilon.denominator)
+        assert (keep / flip).ln() <= eps
+        assert abs(flip - 1 / (1 + eps.exp())) <= Decimal(2) ** -63
+
+
+def test_randomised_response_flips_at_its_rate() -> None:
+    rr = RandomizedResponse.create(Fraction(1))
+    bits = np.tile(np.array([0, 1], dtype=np.int64), 20_000)
+    out = rr.apply(bits)
+    assert out.dtype == np.int64 and set(out.tolist()) <= {0, 1} and out.shape == bits.shape
+    rate = float(np.mean(out != bits))
+    sd = math.sqrt(float(rr.flip * rr.keep) / len(bits))
+    assert abs(rate - float(rr.flip)) < 5 * sd  # 0.2689 ± 0.011
+    assert rr.apply(np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize("epsilon", [Fraction(0), Fraction(-1), MAX_RR_EPSILON + 1, 1])
+def test_randomised_response_refuses_bad_epsilon(epsilon: Fraction) -> None:
+    with pytest.raises(ValueError, match="epsilon"):
+        RandomizedResponse.create(epsilon)
+
+
+def test_randomised_response_takes_bits_only() -> None:
+    with pytest.raises(ValueError, match="bits"):
+        RandomizedResponse.create(Fraction(1)).apply(np.array([0, 2]))

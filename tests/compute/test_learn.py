@@ -149,3 +149,41 @@ def test_early_stopping_and_schedule() -> None:
     assert [cfg.rate(e) for e in range(3)] == [1.0, 1 / 1.5, 0.5]
     with pytest.raises(ValueError, match="batch_size"):
         lg.TrainConfig(batch_size=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    z=st.floats(min_value=-30, max_value=30),
+    y=st.sampled_from([0.0, 1.0]),
+    flip=st.floats(min_value=0, max_value=0.45),
+)
+def test_the_label_flip_correction_is_unbiased_and_keeps_residuals_bounded(
+    z: float, y: float, flip: float
+) -> None:
+    """Natarajan et al.'s correction: over the randomised response, gain·r averages to σ(z) − y.
+
+    Each label is kept with probability 1 − q and flipped with q; the residual of either stays
+    within ±1 (so the masks and bounds of the protocol hold), and its sign is the label it saw.
+    """
+    config = lg.TrainConfig(label_flip=flip)
+    zz = np.array([z])
+    kept = int(lg.residuals(zz, np.array([y]), flip)[0])
+    flipped = int(lg.residuals(zz, np.array([1 - y]), flip)[0])
+    assert max(abs(kept), abs(flipped)) <= lg.MAX_RESIDUAL_INT
+    mean = ((1 - flip) * kept + flip * flipped) * config.gain / lg.MAX_RESIDUAL_INT
+    truth = float(lg.sigmoid(zz)[0]) - y
+    assert mean == pytest.approx(truth, abs=config.gain * 2.0**-23)
+    assert (kept <= 0) if y == 1 else (kept >= 0)
+    loss = (1 - flip) * lg.log_loss(zz, np.array([y]), flip) + flip * lg.log_loss(
+        zz, np.array([1 - y]), flip
+    )
+    assert loss == pytest.approx(lg.log_loss(zz, np.array([y])), rel=1e-9, abs=1e-9)
+
+
+def test_no_label_flip_is_the_plain_algorithm() -> None:
+    rng = np.random.default_rng(5)
+    z, y = rng.normal(size=50), (rng.random(50) < 0.3).astype(float)
+    plain = np.rint((lg.sigmoid(z) - y) * lg.MAX_RESIDUAL_INT).astype(np.int64)
+    assert np.array_equal(lg.residuals(z, y), plain) and lg.TrainConfig().gain == 1.0
+    with pytest.raises(ValueError, match="label_flip"):
+        lg.TrainConfig(label_flip=0.5)

@@ -31,7 +31,7 @@ from bund.compute.errors import BundError
 from bund.parties import wire
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus
-from bund.parties.protocols import vertical_alignment, vertical_lr
+from bund.parties.protocols import proved_key, vertical_alignment, vertical_lr
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import ReadAuditLogResponse as ProtoAuditPage
@@ -148,6 +148,13 @@ def decoders() -> dict[str, Decoder]:
         "vertical_alignment.decode_rows": Decoder(
             lambda b: vertical_alignment.decode_rows(b, 8),
             [vertical_alignment.encode_rows([3, 0, 7])],
+        ),
+        "proved_key.decode_key_message": Decoder(
+            proved_key.decode_key_message,
+            [
+                proved_key.encode_key_message(public.to_bytes(), b"proof"),
+                proved_key.encode_key_message(public.to_bytes(), b""),
+            ],
         ),
         "vertical_lr._decode_ints": Decoder(
             lambda b: vertical_lr._decode_ints(vertical_lr._SCORES_MAGIC, b, 8, 4),

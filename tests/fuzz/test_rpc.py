@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
 from bund.parties.client import channel_options
-from bund.v1 import audit_pb2, federation_pb2, job_pb2
+from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 from tests.conftest import NodeFactory
 from tests.fuzz.corpus import mutations, populate
 
@@ -47,7 +47,7 @@ RPC_FUZZ = settings(
 def methods() -> list[MethodDescriptor]:
     """Every method of every service in proto/bund/v1."""
     found = []
-    for module in (audit_pb2, federation_pb2, job_pb2):
+    for module in (audit_pb2, federation_pb2, job_pb2, serving_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             found += list(service.methods)
     return found

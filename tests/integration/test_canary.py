@@ -1,9 +1,10 @@
 """The canary test of issue 9: planted ids and values, and every secret key, stay with their owner.
 
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
-protocol once over mTLS: psi, woe_iv, vertical_lr and vertical_score between the bank and its
-providers, psi_unbalanced (a labeled setup and a query) between the registry and the bank;
-dp_stats, fed_dp_sgd and ckks_scoring between the hospitals and the insurer. Their datasets
+protocol once over mTLS: psi, woe_iv, vertical_lr, vertical_score and a serving_contract (one
+request, then its total limit ends it) between the bank and its providers, psi_unbalanced (a
+labeled setup and a query) between the registry and the bank; dp_stats, fed_dp_sgd,
+ckks_scoring, paillier_scoring and cox_ph between the hospitals and the insurer. Their datasets
 carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
@@ -17,9 +18,11 @@ canary ids are each held by one party), the unbalanced PSI's filter and sealed l
 open only for the bank's own applicants that the registry holds (the payload column released is
 ``industry_code``, which carries no value canary: a released payload is meant to reach the
 bank), the vertical protocols' results hold each party's own model part and metrics, the
-scores of ``vertical_score`` go to the bank (they list its own applicants), ``ckks_scoring``
-here sends the scores to the hospital only, and dp_stats and fed_dp_sgd release noisy
-aggregates and a model, never a record.
+scores of ``vertical_score`` go to the bank (they list its own applicants), and so do the
+decisions of the serving contract (its loan system's answer; it asks about applicants that
+every provider holds: the ids it names are shown to the providers in the clear by design, so it
+names none of its own canary ids), ``ckks_scoring`` here sends the scores to the hospital only,
+and dp_stats, fed_dp_sgd and cox_ph release noisy aggregates and a model, never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
@@ -64,6 +67,7 @@ from bund.compute.errors import BundError
 from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
 from bund.compute.psi_oprf import setup_context
 from bund.parties import client as client_module
+from bund.parties import identity
 from bund.parties.data import Table
 from bund.parties.demo_data import (
     generate_finance,
@@ -71,14 +75,18 @@ from bund.parties.demo_data import (
     resident_id_check_char,
     uscc_check_char,
 )
+from bund.parties.follow import follow_job, in_state
 from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState
-from bund.parties.protocols import PROTOCOLS, ckks_scoring
+from bund.parties.protocols import PROTOCOLS, ckks_scoring, paillier_scoring
+from bund.parties.serving.service import Applicant
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
 from tests.integration.test_psi_scale_nodes import add_policy
+from tests.integration.test_serving_nodes import contract_spec as serving_spec
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
 from tests.protocols.test_vertical_lr import make_spec as vlr_spec
+from tests.protocols.test_vertical_lr import trust_of
 from tests.protocols.test_vertical_score import score_spec
 from tests.protocols.test_woe_iv import make_spec as woe_spec
 
@@ -158,6 +166,12 @@ def with_rows(table: Table, rows: Sequence[Mapping[str, str]]) -> Table:
         for c, v in columns.items():
             v.append({**template, **row}[c])
     return Table.from_columns(table.name, columns)
+
+
+#: Declared outputs that carry an owner's ids to another party (in its messages and store): the
+#: paillier_scoring job releases hospital-c's scores, by patient id, to the insurer (hospital-c's
+#: policy says release_scores_to).
+IDS_OUT = {("hospital-c", "insurer")}
 
 
 def value_rows(owner: str, id_column: str, ids: Sequence[str]) -> list[dict[str, str]]:
@@ -469,7 +483,8 @@ class Sent:
 def install_capture(mp: pytest.MonkeyPatch, sent: list[Sent]) -> None:
     """Record every request a node's client makes to another node, and what comes back.
 
-    A client's own party is the one whose certificate it presents; a test's operator client
+    A client's own party is the one whose certificate it presents (a node certificate lies in
+    the party's directory, an operator credential in its ``operator/``); a test's operator client
     talks to its own node (sender == receiver), which is not a node sending, and is skipped.
     """
     real_init = client_module.NodeClient.__init__
@@ -477,7 +492,8 @@ def install_capture(mp: pytest.MonkeyPatch, sent: list[Sent]) -> None:
 
     def init(self: Any, address: str, party: str, tls: Any, *args: Any, **kw: Any) -> None:
         real_init(self, address, party, tls, *args, **kw)
-        self._canary_sender = Path(tls.cert).parent.name
+        home = Path(tls.cert).parent
+        self._canary_sender = (home.parent if home.name == identity.OPERATOR_DIR else home).name
 
     def call(
         self: Any, service: str, method: str, request: Any, response: Any, timeout: Any = None
@@ -561,6 +577,12 @@ def forbidden(needle: Needle, hay: Haystack) -> bool:
         return True
     if hay.kind == "log":
         return False
+    if needle.what.startswith("id ") and any(
+        (hay.kind, hay.party) in (("store", to), ("sent", f"{owner}->{to}"))
+        for owner, to in IDS_OUT
+        if owner == needle.owner
+    ):
+        return False
     return not (hay.kind == "store" and hay.party == needle.owner)
 
 
@@ -602,8 +624,10 @@ def start_nodes(
     """The seven nodes, each with its own canary-planted datasets; returns the datasets."""
     finance, health = finance_tables(), health_tables()
     for party, tables in finance.items():
-        allowed = [p for p in finance if p != party]
-        config = factory.write_config(party, allowed=allowed, tables=tables)
+        others = [p for p in finance if p != party]
+        config = factory.write_config(
+            party, allowed=others, tables=tables, trusted_for=trust_of(party)
+        )
         if party == "registry":  # labeled unbalanced PSI releases one column to the bank
             add_policy(factory, party, ['payload_columns = ["industry_code"]'])
         factory.run(party, config)
@@ -612,6 +636,7 @@ def start_nodes(
         factory.start(
             h, allowed=others, level="restricted-personal", budget_epsilon="100",
             budget_delta="1/1000", tables={"patients": table},
+            release_scores_to=[p for o, p in IDS_OUT if o == h],
         )  # fmt: skip
     factory.start("insurer", allowed=list(HOSPITALS), tables={"risk_model": model})
     return finance, health
@@ -635,11 +660,16 @@ def unbalanced_spec(phase: str, setup_job: str | None = None) -> JobSpec:
     )
 
 
-def run_jobs(factory: NodeFactory) -> tuple[dict[str, JobSpec], dict[str, JobSpec]]:
+def run_jobs(
+    factory: NodeFactory, applicants: Table
+) -> tuple[dict[str, JobSpec], dict[str, JobSpec], list[tuple[str, bytes]]]:
     """Every registered protocol once, each to success; returns the specs as the nodes hold them,
-    and those of the jobs that prepare one (the unbalanced setup).
+    those of the jobs that prepare one (the unbalanced setup), and the serving contract's answer
+    to the bank's loan system (a result it keeps no copy of).
 
-    The health jobs run at the insurer while the finance chain runs at the bank.
+    The health jobs run at the insurer while the finance chain runs at the bank. The serving
+    contract scores the two shared applicants (``applicants`` holds the bank's features) in one
+    request that spends its total limit, so it ends, succeeded.
     """
     dp = JobSpec(
         protocol="dp_stats",
@@ -655,9 +685,28 @@ def run_jobs(factory: NodeFactory) -> tuple[dict[str, JobSpec], dict[str, JobSpe
             "upper": "2190", "bins": 6, "epsilon": "1/2", "min_cell": 5,
         },
     )  # fmt: skip
+    cox = JobSpec(
+        protocol="cox_ph",
+        participants=(
+            *(Participant(h, "hospital", "patients", {"time": "follow_up_days"})
+              for h in HOSPITALS),
+            Participant("insurer", "analyst"),
+        ),
+        receivers=("insurer",),
+        purpose="canary: a Cox model across hospitals",
+        requester="insurer",
+        params={
+            "features": "age,bmi_kg_m2", "upper": "2190", "bins": 6, "iterations": 2,
+            "min_cell": 5, "concordance_bins": 10,
+        },
+    )  # fmt: skip
     fed = dataclasses.replace(fed_spec(rounds=2, noise_multiplier=1.0), job_id="")
     # Scores to the hospital only: sent to the insurer, they would carry the patient ids.
     cks = ckks_scoring.make_spec("hospital-a", "insurer", receivers=("hospital-a",))
+    # Scores by patient id to the insurer: a declared output (IDS_OUT).
+    pai = paillier_scoring.make_spec(
+        "hospital-c", "insurer", ckks_scoring.DEMO_FEATURES, key_bits=768
+    )
     psi = JobSpec(
         protocol="psi",
         participants=(
@@ -671,7 +720,11 @@ def run_jobs(factory: NodeFactory) -> tuple[dict[str, JobSpec], dict[str, JobSpe
     )
     jobs: dict[str, tuple[str, str]] = {}
     with factory.client("insurer") as insurer, factory.client("bank") as bank:
-        for name, spec in (("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks)):
+        health_jobs = (
+            ("dp_stats", dp), ("fed_dp_sgd", fed), ("ckks_scoring", cks), ("paillier_scoring", pai),
+            ("cox_ph", cox),
+        )  # fmt: skip
+        for name, spec in health_jobs:
             jobs[name] = ("insurer", insurer.submit(spec))
         for name, spec in (("psi", psi), ("woe_iv", woe_spec()), ("vertical_lr", vlr_spec())):
             jobs[name] = ("bank", bank.submit(spec))
@@ -684,6 +737,27 @@ def run_jobs(factory: NodeFactory) -> tuple[dict[str, JobSpec], dict[str, JobSpe
         setups = {"psi_unbalanced": status.spec}
         factory.wait_closed(setup)
         jobs["psi_unbalanced"] = ("bank", bank.submit(unbalanced_spec("query", setup)))
+        one = len(SHARED_APPLICANTS)
+        contract = serving_spec(jobs["vertical_lr"][1], max_batch=one, max_total=one)
+        jobs["serving_contract"] = ("bank", bank.submit(contract))
+        for party in FINANCE_DATASETS:
+            with factory.client(party) as c:
+                status = follow_job(
+                    c, jobs["serving_contract"][1], until=in_state(JobState.SERVING), timeout=240
+                )
+            assert status.state is JobState.SERVING, (party, status.error)
+        rows = list(applicants.column("company_id"))
+        features = [c for c in applicants.columns if c != "company_id"]
+        scored = bank.score(
+            jobs["serving_contract"][1],
+            [
+                Applicant(i, {c: float(applicants.column(c)[rows.index(i)]) for c in features})
+                for i in SHARED_APPLICANTS
+            ],
+        )
+    assert [d.id for d in scored.decisions] == list(SHARED_APPLICANTS)
+    assert all(d.probability is not None for d in scored.decisions)  # held by both providers
+    answer = json.dumps([dataclasses.asdict(d) for d in scored.decisions]).encode()
     specs = {}
     for name, (requester, job_id) in jobs.items():
         with factory.client(requester) as c:
@@ -691,15 +765,18 @@ def run_jobs(factory: NodeFactory) -> tuple[dict[str, JobSpec], dict[str, JobSpe
         assert status.state is JobState.SUCCEEDED, (name, status.error)
         specs[name] = status.spec
         factory.wait_closed(job_id)
-    return specs, setups
+    return specs, setups, [("serving_contract decisions", answer)]
 
 
 def received_results(
     factory: NodeFactory, jobs: Mapping[str, JobSpec]
 ) -> dict[str, list[tuple[str, bytes]]]:
-    """Each node's results as its operator reads them: summary and artifacts."""
+    """Each node's results as its operator reads them: summary and artifacts (a standing
+    contract keeps none: its answers go to the loan system, request by request)."""
     out: dict[str, list[tuple[str, bytes]]] = {n: [] for n in factory.nodes}
     for name, spec in jobs.items():
+        if PROTOCOLS[spec.protocol].standing:
+            continue
         for party in spec.receivers:
             with factory.client(party) as c:
                 result = c.result(spec.job_id)
@@ -735,8 +812,9 @@ def world(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> I
             model = ckks_scoring.make_demo_model(generate_health(80, 12)["hospital_b"])
             finance, health = start_nodes(factory, model)
             dirs = {n: node.config.state_dir for n, node in factory.nodes.items()}
-            jobs, setups = run_jobs(factory)
+            jobs, setups, answers = run_jobs(factory, finance["bank"]["applicants"])
             results = received_results(factory, jobs)
+            results["bank"] += answers
             running = read_state(dirs, "running")
         finally:
             factory.stop_all()
@@ -817,6 +895,8 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     expected = {"bank->tax", "tax->bank", "bank->registry", "registry->bank"}
     expected |= {f"{h}->insurer" for h in HOSPITALS} | {f"insurer->{h}" for h in HOSPITALS}
     assert expected <= pairs
+    methods = {what for h in world.haystacks if h.kind == "sent" for what, _ in h.parts}
+    assert {"ScoreParts", "ScoreParts answer"} <= methods  # the serving contract's request
     for party in (*FINANCE_DATASETS, *HOSPITALS, "insurer"):
         names = [n for n, _ in world.hay("store", party).parts]
         assert any(n.endswith("resume.db") for n in names), names
@@ -824,7 +904,7 @@ def test_every_job_ran_and_the_capture_holds_its_traffic(world: World) -> None:
     made = world.secrets
     assert len(made.paillier) >= 2  # woe_iv's and vertical_lr's keys at the bank
     assert len(made.blinding) >= 2 + 3 * 4  # psi; three alignments with two providers each
-    assert len(made.masking) >= 3 + 2  # dp_stats at each hospital; vertical_score at each provider
+    assert len(made.masking) >= 3 + 3 + 2  # dp_stats, cox_ph at each hospital; vertical_score
     assert len(made.rounds) >= 2 * len(HOSPITALS)  # fed_dp_sgd: each hospital, each round
     assert made.ckks and made.ckks_public, "the sandbox worker did not report its secret key"
 

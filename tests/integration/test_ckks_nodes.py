@@ -34,7 +34,12 @@ def test_encrypted_scoring_between_hospital_and_insurer_processes(
     patients = data["hospital_a"]
     model_table = cs.make_demo_model(data["hospital_b"], "logistic")
     hospital = f.write_config(
-        HOSPITAL, allowed=[INSURER], level="restricted-personal", tables={"patients": patients}
+        HOSPITAL,
+        allowed=[INSURER],
+        level="restricted-personal",
+        tables={"patients": patients},
+        trusted_for=[(INSURER, "ckks_scoring")],  # the insurer receives: the hospital trusts it
+        release_scores_to=[INSURER],
     )
     insurer = f.write_config(INSURER, allowed=[HOSPITAL], tables={"risk_model": model_table})
     f.spawn(HOSPITAL, hospital)

@@ -138,7 +138,7 @@ def test_budget_show_lists_each_dataset_exactly(node_factory: NodeFactory) -> No
     policy.write_text(
         policy.read_text().replace(
             'level = "restricted-personal"',
-            'level = "restricted-personal"\nbudget_epsilon = "5/2"\nbudget_delta = "1e-6"',
+            'level = "restricted-personal"\nbudget_epsilon = "7/3"\nbudget_delta = "1e-6"',
         )
     )
     config = str(node_factory.config("bank").source)
@@ -149,5 +149,8 @@ def test_budget_show_lists_each_dataset_exactly(node_factory: NodeFactory) -> No
         for line in r.output.splitlines()
         if line.startswith("│")
     ]
-    assert ["loans", "restricted-personal", "ε", "5/2", "0", "5/2"] in rows
-    assert ["", "", "δ", "1/1000000", "0", "1/1000000"] in rows
+    # total, spent, reserved (by running jobs), left: decimals, exact where a decimal is not
+    exact = "2.334*"
+    assert ["loans", "restricted-personal", "ε", exact, "0", "0", exact] in rows
+    assert "* rounded up; exactly: 2.334 is 7/3" in " ".join(r.output.split())
+    assert ["", "", "δ", "1e-06", "0", "0", "1e-06"] in rows

@@ -30,7 +30,7 @@ from bund.parties.workflow import (
 )
 from tests.conftest import NodeFactory
 from tests.integration.test_regulator import write_regulator_config
-from tests.protocols.test_vertical_lr import PARAMS
+from tests.protocols.test_vertical_lr import PARAMS, trust_of
 from tests.protocols.test_vertical_score import APPLICANTS, reference
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "credit" / "workflow.toml"
@@ -62,6 +62,7 @@ def start_nodes(
             allowed=[p for p in DATASETS if p != party],
             tables={n: data[n] for n in names},
             protocols=protocols,
+            trusted_for=trust_of(party),
         )
 
 

@@ -2,8 +2,8 @@
 
 The insurer asks; each hospital's node checks its policy (restricted-personal health data may feed
 dp_stats), charges the query's epsilon to its dataset before anything runs, and contributes a
-masked, clamped vector; only the insurer receives the noisy aggregate. The regulator then
-reconciles all four logs.
+masked, clamped vector with its own noise; only the insurer receives the noisy aggregate. The
+regulator then reconciles all four logs.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ def test_dp_survival_curve_across_hospital_nodes(node_factory: NodeFactory, tmp_
     for hospital in HOSPITALS:
         ledger = node_factory.nodes[hospital].manager.ledger
         assert str(ledger.line("patients").spent) == "epsilon=1, delta=0"
+        # Every hospital noised its own vector, whatever its place in the spec.
+        records = node_factory.nodes[hospital].audit_store.read()
+        contributed = [r for r in records if r.event == "protocol_dp_stats.contributed"]
+        assert len(contributed) == 2 and all(r.fields["noise_added_here"] for r in contributed)
     for job in (first, second):
         node_factory.wait_closed(job)
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}

@@ -1,9 +1,11 @@
 """fed_dp_sgd between four nodes over mTLS: an insurer coordinates three hospitals.
 
 Each hospital's node admits the job on its restricted-personal patient data, charges every
-round's ε increment to its ledger before the round (audited as ``budget_charged`` with the
-round as its part), trains locally with DP-SGD and uploads only masked updates; the insurer
-receives the global model, the curves and the ε per hospital. The regulator reconciles the logs.
+round's ε increment and every evaluation's ε to its ledger before it runs (audited as
+``budget_charged`` with the round or the evaluation as its part), trains locally with DP-SGD
+and uploads only masked updates and noisy evaluations; the insurer receives the global model,
+the curves and the ε per hospital. The regulator reconciles the logs. An insurer node that runs
+a modified coordinator and asks for 62 evaluations gets one.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import pytest
 from bund.parties.demo_data import generate_health
 from bund.parties.follow import follow_job
 from bund.parties.lifecycle.states import JobState
-from bund.parties.protocols import fed_dp_sgd
+from bund.parties.protocols import PROTOCOLS, fed_dp_sgd
 from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.serve_test_node import CRASH_ENV
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
 from tests.protocols.test_fed_dp_sgd import HOSPITALS, spec
+from tests.protocols.test_fed_dp_sgd_privacy import EVAL, greedy_coordinator, with_coordinator
 
 
 def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_path: Path) -> None:
@@ -48,18 +51,23 @@ def test_federated_dp_sgd_across_hospital_nodes(node_factory: NodeFactory, tmp_p
         result = insurer.result(job_id)
     p = fed_dp_sgd.plan(job)
     assert result.summary["rounds_run"] == 2
+    assert result.summary["evaluations_run"] == 1 and result.summary["final_eval_rows"]
     assert {"model.json", "history.csv", "training_curves.png"} <= set(result.artifacts)
     assert len(json.loads(result.artifacts["model.json"])["weights"]) == p.model.size
     node_factory.wait_closed(job_id)
+    planned = p.planned_cost()
     for hospital in HOSPITALS:
-        assert Fraction(result.summary[f"epsilon_{hospital}"]) == p.epsilon(2)
+        assert Fraction(result.summary[f"epsilon_training_{hospital}"]) == p.epsilon(2)
+        assert Fraction(result.summary[f"epsilon_{hospital}"]) == planned.epsilon
         charges = [
             r.fields
             for r in node_factory.nodes[hospital].audit_store.read()
             if r.event == "budget_charged" and r.job_id == job_id
         ]
-        assert [c["part"] for c in charges] == ["round-1", "round-2"]
-        assert Fraction(str(charges[-1]["spent"])) == p.epsilon(2)
+        # Two rounds, then the final evaluation (step 2), each charged before it ran.
+        assert [c["part"] for c in charges] == ["round-1", "round-2", "eval-2"]
+        assert Fraction(str(charges[-1]["epsilon"])) == p.evaluation.epsilon
+        assert Fraction(str(charges[-1]["spent"])) == planned.epsilon
         ledger = node_factory.nodes[hospital].manager.ledger
         assert ledger.line("patients").spent.delta == p.delta
     addresses = {n: f"127.0.0.1:{node.port}" for n, node in node_factory.nodes.items()}
@@ -170,4 +178,47 @@ def test_a_killed_node_resumes_its_round_and_no_round_is_charged_twice(
             ]
         finally:
             db.close()
-        assert sorted(parts) == [f"round-{r}" for r in range(1, rounds + 1)]
+        assert sorted(parts) == [f"eval-{rounds}"] + [f"round-{r}" for r in range(1, rounds + 1)]
+
+
+def test_a_coordinator_node_asking_for_62_evaluations_gets_one_noisy_answer(
+    node_factory: NodeFactory,
+) -> None:
+    """Issue 14's attack between nodes: ``rounds = 1``, then 62 evaluate steps of chosen weights.
+
+    The insurer's node runs a modified coordinator role; the hospitals run the real protocol.
+    Each hospital answers the one evaluation the spec implies, charged to its ledger and noised,
+    and refuses the next: the job fails naming the step, and no hospital sends anything for it.
+    """
+    importlib.import_module("opacus")  # see the drop-out test above
+    data = generate_health(80, 11)
+    for hospital, table in HOSPITALS.items():
+        others = [p for p in (*HOSPITALS, "insurer") if p != hospital]
+        node_factory.start(
+            hospital, allowed=others, level="restricted-personal", budget_epsilon="100",
+            budget_delta="1/1000", tables={"patients": data[table]},
+        )  # fmt: skip
+    learned: list[object] = []
+    attacker = with_coordinator(greedy_coordinator([(EVAL, 1)] * 62, learned))
+    registry = {**PROTOCOLS, "fed_dp_sgd": attacker}
+    node_factory.start("insurer", allowed=list(HOSPITALS), registry=registry)
+    job = dataclasses.replace(spec(rounds=1, noise_multiplier=1.0), job_id="")
+    with node_factory.client("insurer") as insurer:
+        job_id = insurer.submit(job)
+        status = wait_final(insurer, job_id, timeout=120)
+    assert status.state in (JobState.FAILED, JobState.ABORTED)
+    assert "evaluation 2, beyond the 1 approved" in status.error
+    assert len(learned) == 1
+    for hospital in HOSPITALS:  # each hospital's role has ended (failed, or aborted by a peer)
+        with node_factory.client(hospital) as client:
+            assert wait_final(client, job_id).state in (JobState.FAILED, JobState.ABORTED)
+    refusals = 0
+    for hospital in HOSPITALS:
+        records = [r for r in node_factory.nodes[hospital].audit_store.read() if r.job_id == job_id]
+        charges = [r.fields for r in records if r.event == "budget_charged"]
+        assert [c["part"] for c in charges] == ["eval-0"]
+        assert Fraction(str(charges[0]["epsilon"])) == 1
+        sent = [str(r.fields["tag"]) for r in records if r.event == "message_sent"]
+        assert "fed/masked/0" in sent and not [t for t in sent if t.endswith("/1")]
+        refusals += any(r.event == "protocol_fed_dp_sgd.step_refused" for r in records)
+    assert refusals >= 1  # the first hospital to see step 1 refused it; the others were stopped

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from bund.compute.dp.budget import Budget
 from bund.parties import identity
+from bund.parties.cli import app
 from bund.parties.client import NodeClient, RemoteError
 from bund.parties.follow import follow_job, in_state
 from bund.parties.jobs import JobContext, JobSpec, Participant, ProtocolDef, Result
@@ -106,6 +108,53 @@ def test_approval_signed_for_another_spec_is_refused(node_factory: NodeFactory) 
     no_protocol_messages(node_factory, second)
 
 
+def _cli(*args: str) -> str:
+    r = CliRunner().invoke(app, list(args))
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_pending_lists_what_awaits_approval_and_status_shows_each_answer(
+    node_factory: NodeFactory,
+) -> None:
+    start_approving_pair(node_factory)
+    bank_config = str(node_factory.config("bank").source)
+    tax_config = str(node_factory.config("tax").source)
+    with node_factory.client("bank") as bank, node_factory.client("tax") as tax:
+        job_id = bank.submit(psi_spec())
+        wait_state(tax, job_id, JobState.AWAITING_APPROVAL)
+        (pending,) = json.loads(_cli("job", "pending", "--config", tax_config, "--json"))["jobs"]
+        assert pending["job_id"] == job_id and pending["dataset"] == "filings"
+        assert pending["learns"]["bank"] and pending["epsilon"] == "0"
+        text = _cli("job", "pending", "--config", tax_config)
+        assert f"bund job approve {job_id}" in text and "purpose:" in text
+        # The bank's node has heard the tax bureau's answer: awaiting its approval.
+        status = follow_job(
+            bank, job_id, until=lambda s: bool(s.parties), timeout=30, interval=0.02
+        )
+        assert [(v.party, v.state) for v in status.parties] == [("tax", JobState.AWAITING_APPROVAL)]
+        approve(node_factory, "tax", job_id)
+        status = follow_job(
+            bank,
+            job_id,
+            until=lambda s: any(v.state is JobState.ACCEPTED for v in s.parties),
+            timeout=30,
+            interval=0.02,
+        )
+        assert [(v.party, v.approved_by) for v in status.parties] == [("tax", ("approver",))]
+        doc = json.loads(_cli("job", "status", job_id, "--config", bank_config, "--json"))
+        assert doc["parties"] == [
+            {"party": "tax", "state": "accepted", "approved_by": ["approver"], "reason": ""}
+        ]
+        assert "tax: accepted, approved by approver" in _cli(
+            "job", "status", job_id, "--config", bank_config
+        )
+        assert json.loads(_cli("job", "pending", "--config", tax_config, "--json"))["jobs"] == []
+        approve(node_factory, "bank", job_id)
+        assert wait_state(bank, job_id, JobState.SUCCEEDED) is JobState.SUCCEEDED
+        assert bank.status(job_id).approved_by == ("approver",)
+
+
 def test_denied_job_is_refused_everywhere_before_any_message(node_factory: NodeFactory) -> None:
     start_approving_pair(node_factory)
     with node_factory.client("bank") as bank, node_factory.client("tax") as tax:
@@ -113,7 +162,12 @@ def test_denied_job_is_refused_everywhere_before_any_message(node_factory: NodeF
         wait_state(tax, job_id, JobState.AWAITING_APPROVAL)
         tax.deny(job_id, "purpose not covered by our data-sharing agreement")
         assert wait_state(bank, job_id, JobState.REFUSED) is JobState.REFUSED
-        assert "data-sharing agreement" in bank.status(job_id).error
+        status = bank.status(job_id)
+        assert "data-sharing agreement" in status.error
+        # Who denied, and why, as the requester's operator sees it.
+        (view,) = status.parties
+        assert view.party == "tax" and view.state is JobState.REFUSED
+        assert "data-sharing agreement" in view.reason
     no_protocol_messages(node_factory, job_id)
     denied = [f for ev, jid, f in audit_events(node_factory, "tax") if ev == "job_denied"]
     assert denied and "agreement" in str(denied[0]["reason"])

@@ -257,6 +257,18 @@ def test_outcome_has_the_findings_the_report_must_show(outcome: AuditOutcome) ->
     assert not [f for f in outcome.findings if f.job_id in (JOB_CLEAN, JOB_DENIED)]
     assert [j.job_id for j in outcome.jobs] == [JOB_CLEAN, JOB_OMITTED, JOB_HOSTILE, JOB_DENIED]
     assert len(outcome.budget) == 5 and len(outcome.receipts) == 6
+    (denied,) = [j for j in outcome.jobs if j.job_id == JOB_DENIED]
+    assert dict(denied.reasons) == {"tax": "<b>no purpose</b> given", "bank": "denied"}
+    (clean,) = [j for j in outcome.jobs if j.job_id == JOB_CLEAN]
+    assert not clean.reasons
+
+
+def test_report_shows_reasons_and_budgets_as_decimals(outcome: AuditOutcome) -> None:
+    text = render_report(outcome)
+    assert 'tax: refused <span class="reason">(&lt;b&gt;no purpose&lt;/b&gt; given)</span>' in text
+    # ε of 1/2, 1/4 and 3/4 read as decimals; the exact rationals stay in the logs.
+    assert "ε 0.5" in text and "ε 0.25" in text and "<td>0.75</td>" in text
+    assert "1/4" not in text
 
 
 class _Elements(HTMLParser):

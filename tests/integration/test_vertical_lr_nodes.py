@@ -20,7 +20,7 @@ from bund.parties.regulator import audit_federation, load_regulator_config
 from tests.conftest import NodeFactory
 from tests.integration.test_node import wait_final
 from tests.integration.test_regulator import write_regulator_config
-from tests.protocols.test_vertical_lr import ROLES, make_spec
+from tests.protocols.test_vertical_lr import ROLES, make_spec, trust_of
 
 
 @pytest.fixture
@@ -34,7 +34,9 @@ def test_vertical_lr_between_three_nodes(node_factory: NodeFactory, tmp_path: Pa
     data = generate_finance(1500, 11)
     for party, dataset in ROLES.items():
         others = [p for p in ROLES if p != party]
-        node_factory.start(party, allowed=others, tables={dataset: data[dataset]})
+        node_factory.start(
+            party, allowed=others, tables={dataset: data[dataset]}, trusted_for=trust_of(party)
+        )
     with node_factory.client("bank") as bank:
         job_id = bank.submit(make_spec())
         status = wait_final(bank, job_id, timeout=240)

@@ -146,6 +146,9 @@ class PartySetup:
     #: The party's approvers, by name (when ``approvals``), and how many must approve.
     approver_names: tuple[str, ...] = ("approver",)
     quorum: int = 1
+    #: Counterparty -> protocols this party trusts it to follow; who may receive scores.
+    trusted_for: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    release_scores_to: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -173,11 +176,13 @@ class Loopback:
                 budget=Budget(setup.budget_epsilon),
                 max_epsilon_per_job=setup.max_epsilon_per_job,
                 max_epsilon_per_requester=setup.max_epsilon_per_requester,
+                release_scores_to=setup.release_scores_to,
             )
             for name in setup.datasets
         }
         policy = Policy(
             counterparties={o: frozenset({o}) for o in others},
+            trusted_for=dict(setup.trusted_for),
             datasets=datasets,
             cohort_floor=1,
             approvals_required=setup.approvals,

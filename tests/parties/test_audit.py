@@ -122,6 +122,40 @@ class AuditStoreContract:
                 store.append(records[0])
             assert store.read() == records[:1]
 
+    def test_a_group_commit_keeps_all_its_records_or_none(self) -> None:
+        with self.store_factory() as store:
+            records = make_records(5)
+            store.append(records[0])
+            with pytest.raises(AuditLogConflictError):  # a gap inside the group
+                store.append_many([records[1], records[3]])
+            with pytest.raises(AuditLogConflictError):  # not the next records
+                store.append_many(records[2:4])
+            assert store.read() == records[:1]
+            store.append_many(records[1:4])
+            store.append_many([])
+            assert store.read() == records[:4] and store.last() == records[3]
+
+    def test_a_log_group_commits_records_as_appends_would(self) -> None:
+        with self.store_factory() as store:
+            log = AuditLog(store, KEY, PARTY, make_clock())
+            first = log.append("node_started")
+            head = log.checkpoint()  # the frontier follows a group commit too
+            group = log.append_many(
+                [("serving_request", "c", {"seq": i, "ids": 1}) for i in range(3)]
+            )
+            last = log.append("node_stopped")
+            assert [r.index for r in group] == [1, 2, 3] and last.index == 4
+            assert group[0].prev_hash == first.record_hash
+            assert last.prev_hash == group[-1].record_hash
+            assert store.read(1, 4) == group and log.append_many([]) == []
+            assert verify_store(store, PUB, PARTY).count == 5
+            assert check(store.read(), [head, log.checkpoint()]).ok
+            with pytest.raises(ValueError, match="event"):
+                log.append_many([("serving_request", "c", {}), ("", "c", {})])
+            with pytest.raises(AuditFormatError):
+                log.append_many([("serving_request", "c", {}), ("rpc", "", {"bad": b"x"})])  # type: ignore[dict-item]
+            assert len(store) == 5  # nothing of a refused group
+
     def test_a_new_log_continues_the_chain(self) -> None:
         with self.store_factory() as store:
             first = fill(AuditLog(store, KEY, PARTY, make_clock()), 3)
@@ -354,6 +388,27 @@ def postgres_dsn_from_env() -> str:
             f"BUND_TEST_POSTGRES_DSN is not set, and CI must run the PostgreSQL tests: {how}"
         )
     pytest.skip(f"BUND_TEST_POSTGRES_DSN is not set: {how}")
+
+
+class _RefusesSome(MemoryAuditStore):
+    """A store that appends one by one and refuses one event (a store that fails part-way)."""
+
+    def append(self, record: AuditRecord) -> None:
+        if record.event == "refused":
+            raise AuditStoreUnavailableError("down for this record (test)")
+        super().append(record)
+
+
+def test_a_log_continues_after_what_a_one_by_one_store_kept_of_a_group() -> None:
+    store = _RefusesSome()
+    log = AuditLog(store, KEY, PARTY, make_clock())
+    log.append("node_started")
+    with pytest.raises(AuditStoreUnavailableError):
+        log.append_many([("kept", "", {}), ("refused", "", {}), ("lost", "", {})])
+    assert [r.event for r in store.read()] == ["node_started", "kept"]
+    after = log.append("node_stopped")
+    assert after.index == 2 and verify_store(store, PUB, PARTY).count == 3
+    assert check(store.read(), [log.checkpoint()]).ok
 
 
 def test_postgres_tests_skip_locally_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import get_args
@@ -124,6 +125,24 @@ def test_a_valid_node_file_loads_as_before(node_dir: Path) -> None:
     assert config.tls.cert == node_dir / "node.pem"
     assert config.audit_store == str(node_dir / "state" / "audit.db")
     assert config.policy.datasets["loans"].owner == "bank"
+
+
+def test_witnessing_is_configured_under_audit(node_dir: Path) -> None:
+    config = load_config(node_dir / "node.toml")
+    assert config.witness_interval_s == 300.0 and config.regulator is None
+    assert config.witness_parties() == {"tax"}
+    peers_file = write(node_dir, "peers.toml", '[insurer]\naddress = "127.0.0.1:1"\n')
+    text = (
+        NODE.replace('state_dir = "state"\n', 'state_dir = "state"\npeers_file = "peers.toml"\n')
+        + '[audit]\nwitness_interval_s = 0.5\nregulator = "regulator"\n'
+    )
+    config = load_config(write(node_dir, "node.toml", text))
+    assert config.peers_file == peers_file and config.witness_interval_s == 0.5
+    assert config.witness_parties() == {"tax", "insurer", "regulator"}
+    for wrong, words in (("0", "must be a positive"), ('"soon"', "must be a positive")):
+        bad = text.replace("witness_interval_s = 0.5", f"witness_interval_s = {wrong}")
+        with pytest.raises(ConfigError, match=f"audit.witness_interval_s {words}"):
+            load_config(write(node_dir, "node.toml", bad))
 
 
 @pytest.mark.parametrize(
@@ -306,6 +325,7 @@ def test_regulator_file_is_checked(federation: Federation, tmp_path: Path) -> No
     bank = federation.party_dir("bank")
     good = (
         f'[tls]\nca = "{reg / "ca.pem"}"\ncert = "{reg / "node.pem"}"\nkey = "{reg / "node.key"}"\n'
+        f'[federation]\nrevocations = "{reg / "revocations.json"}"\n'
         f'[parties.bank]\naddress = "127.0.0.1:7443"\n'
         f'audit_public_key = "{bank / "audit_ed25519.pub"}"\n'
     )
@@ -450,7 +470,14 @@ REQUIRED = {
     "psi_unbalanced": {"phase": '"setup"'},
     "dp_stats": {"kind": '"count"', "epsilon": '"1/2"', "min_cell": "5"},
     "ckks_scoring": {"features": '"age,bmi"', "model": '"logistic"'},
+    "paillier_scoring": {"features": '"age,bmi"'},
     "vertical_score": {"model_job": '"' + "ab" * 16 + '"'},
+    "serving_contract": {
+        "model_job": '"' + "ab" * 16 + '"',
+        "expires": f'"{dt.date.today() + dt.timedelta(days=30)}T00:00:00Z"',
+        "max_daily": "1000",
+    },
+    "cox_ph": {"features": '"age,bmi_kg_m2"', "upper": '"2190"', "bins": "6"},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Mapping
@@ -15,8 +16,8 @@ from bund.parties.audit import AuditLog, MemoryAuditStore
 from bund.parties.errors import JobStateError, UnknownJobError
 from bund.parties.jobs import AuditSink, JobSpec, JsonScalar, Participant, Result
 from bund.parties.lifecycle.events import Event, Key
-from bund.parties.lifecycle.states import IllegalTransitionError, JobState
-from bund.parties.lifecycle.store import JobStore, MemoryJobStore, SqliteJobStore
+from bund.parties.lifecycle.states import IllegalTransitionError, JobState, PartyView
+from bund.parties.lifecycle.store import JobNote, JobStore, MemoryJobStore, SqliteJobStore
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -141,6 +142,37 @@ class JobStoreContract:
             _spec(4).job_id,
         ]
 
+    def test_other_parties_answers_are_kept_in_spec_order_and_not_audited(
+        self, store: JobStore, audit: MemoryAuditStore
+    ) -> None:
+        spec = dataclasses.replace(
+            _spec(1),
+            participants=(
+                *_spec(1).participants,
+                Participant("tax", "member", "filings"),
+                Participant("registry", "member", "firms"),
+            ),
+        )
+        seen = store.create(spec, Event.JOB_SUBMITTED)
+        job = spec.job_id
+        store.note_party(job, PartyView("registry", JobState.REFUSED, (), "不在协议范围"))
+        store.note_party(job, PartyView("tax", JobState.AWAITING_APPROVAL))
+        store.note_party(job, PartyView("tax", JobState.ACCEPTED, ("alice", "bob")))
+        status = store.wait_for_change(job, seen, 0.0)
+        assert status.parties == (
+            PartyView("tax", JobState.ACCEPTED, ("alice", "bob")),
+            PartyView("registry", JobState.REFUSED, (), "不在协议范围"),
+        )
+        assert store.newest(1)[0].parties == status.parties
+        assert len(audit) == 1  # the submission only
+
+    def test_listing_by_state(self, store: JobStore) -> None:
+        for n in range(1, 4):
+            store.create(_spec(n), Event.JOB_SUBMITTED)
+        store.transition(_spec(2).job_id, JobState.AWAITING_APPROVAL, Event.JOB_AWAITING_APPROVAL)
+        waiting = store.newest(10, frozenset({JobState.AWAITING_APPROVAL}))
+        assert [s.spec.job_id for s in waiting] == [_spec(2).job_id]
+
     def test_progress_is_kept_but_not_audited(
         self, store: JobStore, audit: MemoryAuditStore
     ) -> None:
@@ -164,6 +196,44 @@ class JobStoreContract:
         # An unchanged status returns once the timeout passes.
         now = store.get(job)
         assert store.wait_for_change(job, now, 0.01) == now
+
+    def test_observers_hear_each_lifecycle_record_and_progress_after_it(
+        self, store: JobStore, audit: MemoryAuditStore
+    ) -> None:
+        job = _spec(1).job_id
+        heard: list[tuple[str | None, str, int]] = []
+
+        def observe(note: JobNote) -> None:
+            # Called after the record is durable: the log holds it already.
+            heard.append((note.event, note.status.state.value, len(audit)))
+            assert note.event is None or note.fields[Key.STATE] == note.status.state.value
+
+        def broken(note: JobNote) -> None:
+            raise RuntimeError("an observer's failure changes nothing")
+
+        store.add_observer(broken)
+        store.add_observer(observe)
+        created = store.create(_spec(1), Event.JOB_SUBMITTED)
+        assert created.created_at and created.created_at == created.updated_at
+        store.transition(job, JobState.AWAITING_APPROVAL, Event.JOB_AWAITING_APPROVAL)
+        assert store.approve(job, "alice", {Key.APPROVER: "alice"}) == ("alice",)
+        store.transition(job, JobState.ACCEPTED, Event.JOB_ACCEPTED)
+        store.transition(job, JobState.RUNNING, Event.JOB_STARTED)
+        store.progress(job, "blind", 1, 2)
+        store.record(job, Event.MESSAGE_SENT, {Key.PEER: "tax"})  # not the job's life: unheard
+        store.transition(job, JobState.SUCCEEDED, Event.JOB_CLOSED)
+        store.record(job, Event.JOB_CLOSED, {Key.OUTCOME: "succeeded"})
+        assert heard == [
+            ("job_submitted", "proposed", 1),
+            ("job_awaiting_approval", "awaiting_approval", 2),
+            ("job_approved", "awaiting_approval", 3),
+            ("job_accepted", "accepted", 4),
+            ("job_started", "running", 5),
+            (None, "running", 5),
+            ("job_closed", "succeeded", 7),
+            ("job_closed", "succeeded", 8),
+        ]
+        assert store.get(job).created_at == created.created_at
 
 
 class TestMemoryJobStore(JobStoreContract):

@@ -115,6 +115,28 @@ def test_a_denial_reaches_the_requester_with_its_reason(loop: Loopback) -> None:
         loop.managers["tax"].deny(job, "tax", "again")
 
 
+def test_an_approval_that_crosses_the_requesters_abort_says_the_job_ended(
+    loop: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pair(loop, PartySetup({"filings": ROWS}, approvals=True))
+    job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]
+    loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    tax = loop.managers["tax"]
+    verify = tax.admission.verify
+
+    def abort_then_verify(*args: object) -> object:
+        # The bank's abort arrives while tax's node checks the approver's signature.
+        tax.abort(job, "bank", "refused by registry")
+        return verify(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tax.admission, "verify", abort_then_verify)
+    with pytest.raises(JobStateError, match="was refused meanwhile .*will not run"):
+        loop.approve("tax", job)
+    status = tax.store.get(job)
+    assert status.state is JobState.REFUSED and "refused by registry" in status.error
+    assert "job_approved" in loop.events("tax", job)  # the signature given is on record
+
+
 def test_cancelling_while_awaiting_approval_calls_the_job_off_everywhere(loop: Loopback) -> None:
     _pair(loop, PartySetup({"filings": ROWS}, approvals=True))
     job = loop.managers["bank"].submit(_exchange(), "bank")  # type: ignore[arg-type]

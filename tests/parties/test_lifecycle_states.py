@@ -110,6 +110,21 @@ def test_terminal_resumable_and_reachable() -> None:
         assert seen & terminal
 
 
+def test_a_standing_contract_serves_after_its_set_up_and_ends_like_a_job() -> None:
+    """SERVING is entered only from RUNNING (its roles set it up) and left only for an end."""
+    into = {s for s in JobState if JobState.SERVING in TRANSITIONS[s]}
+    assert into == {JobState.RUNNING}
+    assert TRANSITIONS[JobState.SERVING] == {
+        JobState.SUCCEEDED,  # expired, or its limits spent
+        JobState.ABORTED,  # revoked by any party
+        JobState.FAILED,
+    }
+    assert not is_terminal(JobState.SERVING) and not is_resumable(JobState.SERVING)
+    assert state_after(Event.CONTRACT_ENDED, {Key.STATE: "succeeded"}) is JobState.SUCCEEDED
+    assert state_after(Event.JOB_CLOSED, {Key.OUTCOME: "serving"}) is JobState.SERVING
+    assert state_after(Event.SERVING_REQUEST, {Key.STATE: "running"}) is None
+
+
 def test_every_event_has_a_meaning_for_the_reader() -> None:
     assert set(KINDS) == set(Event)
     for event, kind in KINDS.items():

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bund.parties import wire
-from bund.parties.audit import AuditRecord
+from bund.parties.audit import AuditRecord, Checkpoint, WitnessedHead, WitnessReply
 from bund.parties.errors import MalformedRequestError
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus
 from bund.parties.lifecycle.store import ResultInfo
-from bund.v1 import common_pb2, job_pb2
+from bund.parties.serving.proofs import RequestProof
+from bund.parties.serving.service import Answer, Applicant, Decision, Scored
+from bund.v1 import common_pb2, job_pb2, serving_pb2
 
 names = st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True)
 scalars = st.one_of(
@@ -89,7 +94,7 @@ def test_result_round_trips(summary: dict[str, object], artifacts: dict[str, byt
 
 
 def test_node_info_round_trips() -> None:
-    info = wire.NodeInfo("bank", "bank", "0.1.0", b"k" * 32, {"psi": "1"})
+    info = wire.NodeInfo("bank", "bank", "0.1.0", b"k" * 32, {"psi": "1"}, b"s" * 100)
     assert wire.node_info_from_proto(wire.node_info_to_proto(info)) == info
     bad = wire.node_info_to_proto(info)
     bad.audit_public_key = b"short"
@@ -113,6 +118,21 @@ def test_audit_record_and_page_round_trip(fields: dict[str, object], index: int)
     assert wire.audit_record_from_proto(wire.audit_record_to_proto(record)) == record
     page = wire.AuditPage((record,), index + 1, b"k" * 32)
     assert wire.audit_page_from_proto(wire.audit_page_to_proto(page)) == page
+    broken = wire.AuditPage((record,), index + 3, b"k" * 32, (index + 1, "not canonical"))
+    assert wire.audit_page_from_proto(wire.audit_page_to_proto(broken)) == broken
+
+
+HEAD = Checkpoint("bank", 7, b"\x04" * 32, "2026-11-24T00:00:00.000000Z", b"\x05" * 64)
+SEEN = WitnessedHead(HEAD, "tax", "2026-11-24T00:00:01.000000Z", b"\x06" * 64)
+
+
+def test_witness_messages_round_trip() -> None:
+    assert wire.witnessed_head_from_proto(wire.witnessed_head_to_proto(SEEN, 9)) == SEEN
+    assert wire.witnessed_head_to_proto(SEEN, 9).seq == 9
+    reply = WitnessReply(SEEN, dataclasses.replace(HEAD, party="tax"), b"k" * 32)
+    assert wire.witness_reply_from_proto(wire.witness_reply_to_proto(reply)) == reply
+    page = wire.WitnessedPage(((3, SEEN), (5, SEEN)), 8)
+    assert wire.witnessed_page_from_proto(wire.witnessed_page_to_proto(page)) == page
 
 
 def test_non_finite_parameters_are_refused() -> None:
@@ -138,3 +158,59 @@ def test_invalid_spec_from_the_wire_names_the_field() -> None:
     message.requester = "tax"
     with pytest.raises(InvalidJobSpecError, match="requester"):
         wire.spec_from_proto(message)
+
+
+CONTRACT = "c" * 32
+features = st.dictionaries(names, st.floats(allow_nan=False, allow_infinity=False), max_size=4)
+
+
+@given(st.lists(st.tuples(st.text(max_size=20), features), max_size=5))
+def test_serving_requests_round_trip(applicants: list[tuple[str, dict[str, float]]]) -> None:
+    given_ = [Applicant(i, f) for i, f in applicants]
+    message = wire.score_request_to_proto(CONTRACT, given_)
+    assert wire.score_request_from_proto(message) == (CONTRACT, given_)
+    parts = wire.score_parts_request_to_proto(CONTRACT, b"n" * 32, [a.id for a in given_])
+    assert wire.score_parts_request_from_proto(parts) == (
+        CONTRACT,
+        b"n" * 32,
+        [a.id for a in given_],
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=20),
+            st.sampled_from(["approve", "decline", "refer"]),
+            st.one_of(st.none(), st.floats(0, 1)),
+        ),
+        max_size=5,
+    )
+)
+def test_serving_answers_round_trip(decisions: list[tuple[str, str, float | None]]) -> None:
+    scored = Scored(CONTRACT, b"n" * 32, b"d" * 32, tuple(Decision(*d) for d in decisions))
+    assert wire.scored_from_proto(wire.scored_to_proto(scored)) == scored
+    answer = Answer(b"d" * 32, b"BSRV" + bytes(8))
+    assert wire.answer_from_proto(wire.answer_to_proto(answer)) == answer
+
+
+def test_a_request_proof_round_trips_and_garbage_is_refused() -> None:
+    record = AuditRecord(
+        3, "2026-11-24T00:00:00.000000Z", "tax", "serving_root", CONTRACT,
+        {"first_seq": 0, "count": 2, "root_hash": "ab"}, b"\x01" * 32, b"\x02" * 32, b"\x03" * 64,
+    )  # fmt: skip
+    proof = RequestProof(CONTRACT, b"d" * 32, 1, record, (b"\x04" * 32,))
+    assert wire.request_proof_from_proto(wire.request_proof_to_proto(proof)) == proof
+    long = wire.request_proof_to_proto(dataclasses.replace(proof, path=(b"\x04" * 32,) * 65))
+    with pytest.raises(MalformedRequestError, match="64 hashes"):
+        wire.request_proof_from_proto(long)
+    with pytest.raises(MalformedRequestError, match="job_id"):
+        wire.score_request_from_proto(serving_pb2.ScoreRequest(contract_id="nope"))
+    too_many = serving_pb2.ScorePartsRequest(contract_id=CONTRACT, ids=["a"] * 10_001)
+    with pytest.raises(MalformedRequestError, match="at most 10000"):
+        wire.score_parts_request_from_proto(too_many)
+    nan = serving_pb2.ScoreRequest(
+        contract_id=CONTRACT, applicants=[serving_pb2.Applicant(id="a", features={"x": math.nan})]
+    )
+    with pytest.raises(MalformedRequestError, match="finite"):
+        wire.score_request_from_proto(nan)

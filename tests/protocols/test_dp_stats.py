@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bund.compute import insecure
+from bund.compute.dp import pairwise_masks
 from bund.compute.dp.budget import Budget
 from bund.compute.dp.stats import contribution, parse_query, release
 from bund.parties.data import Table
@@ -28,6 +29,7 @@ from bund.parties.jobs import (
     run_in_memory,
 )
 from bund.parties.ledger import BudgetExhaustedError, BudgetLedger
+from bund.parties.policy import DatasetPolicy, Policy, PolicyRefusedError
 from bund.parties.protocols import dp_stats, get_protocol
 from bund.parties.transport import InMemoryNetwork
 
@@ -205,7 +207,8 @@ def test_a_contributing_analyst() -> None:
     results = run_in_memory(spec, dp_stats.DEFINITION, tables)
     assert results["hosp-a"] is not None
     assert results["hosp-a"].summary["count"] == 1600
-    assert dp_stats.plan(spec).noiser == "hosp-b"
+    plan = dp_stats.plan(spec)
+    assert plan.contributors == ("hosp-a", "hosp-b", "hosp-c", "insurer") and plan.shares == 1
 
 
 def test_cost_is_charged_to_each_dataset_and_an_overspend_is_refused(tmp_path: Path) -> None:
@@ -237,7 +240,8 @@ def test_registered_and_definition() -> None:
     spec = make_spec(QUERIES["count"])
     assert dp_stats.outputs(spec) == frozenset({"dp_aggregate"})
     learns = dp_stats.learns(spec)
-    assert "noisy count" in learns["insurer"] and "draws the noise" in learns["hosp-a"]
+    assert "noisy count" in learns["insurer"] and "alone meets ε = 1/2" in learns["hosp-a"]
+    assert "3 times the variance of one draw" in learns["hosp-c"]
 
 
 @pytest.mark.parametrize(
@@ -327,8 +331,9 @@ def _hockey_stick(p: Counter[int], q: Counter[int], epsilon: Fraction, n: int) -
 def test_released_count_on_neighbouring_datasets_respects_epsilon() -> None:
     """Empirical privacy audit of the released count: D and D minus one of hospital B's records.
 
-    The exact aggregates come from the protocol itself (noise off); the noisy releases add the
-    draws of the very mechanism the noiser uses (``plan(spec).mechanisms()``).
+    The exact aggregates come from the protocol itself (noise off); the noisy releases add only
+    the draws of the mechanism hospital B adds itself (``plan(spec).mechanisms()``), as if the
+    other contributors added none: B's own noise alone must meet ε.
     """
     spec = make_spec({"kind": "count", "filter": "sex=F"})
     neighbour = TABLES["hosp-b"].select(
@@ -375,3 +380,147 @@ def test_a_resumed_job_sends_the_same_noisy_vectors_and_releases_the_same_table(
     )
     assert fresh[receiver] is not None
     assert fresh[receiver].artifacts["result.csv"] != a[receiver].artifacts["result.csv"]
+
+
+#: A 4096-cell contingency table (age 20..83 by a sex column padded with unused categories): many
+#: independent noise draws per run, and no plot to draw.
+WIDE = {
+    "kind": "contingency", "column": "age", "categories": "|".join(str(a) for a in range(20, 84)),
+    "column2": "sex", "categories2": "|".join(["M", "F", *(f"x{i}" for i in range(62))]),
+    "min_cell": 1,
+}  # fmt: skip
+
+
+def _released_noise(spec: JobSpec) -> np.ndarray:
+    """The noise in the aggregate the analyst unmasks: unmasked from the captured messages."""
+    net = InMemoryNetwork(list(spec.parties))
+    run(spec, net)
+    query = dp_stats.plan(spec).query
+    masked = [
+        pairwise_masks.decode_vector(payload, query.length)
+        for _, _, tag, payload in net.captured
+        if tag == "dp/masked"
+    ]
+    aggregate = np.array(pairwise_masks.unmask_sum(masked))
+    exact = sum(np.array(contribution(query, t.data, t.num_rows)) for t in TABLES.values())
+    return np.asarray(aggregate - exact)
+
+
+@pytest.mark.parametrize("order", ["analyst last", "analyst first, hospitals reversed"])
+@pytest.mark.parametrize(("threshold", "ratio"), [(None, 3.0), (3, 3.0), (2, 1.5)])
+def test_the_release_carries_n_over_k_times_the_variance_of_one_draw(
+    order: str, threshold: int | None, ratio: float
+) -> None:
+    """Every contributor adds its own noise, whatever the spec's order: n whole draws, or n
+    shares of 1/k (k = n − t + 1) under a collusion threshold t."""
+    parts = PARTS if order == "analyst last" else (PARTS[3], *reversed(PARTS[:3]))
+    extra: dict[str, str | int] = {} if threshold is None else {"collusion_threshold": threshold}
+    spec = make_spec(WIDE, parts, **extra)
+    noise = _released_noise(spec)
+    (whole,) = dp_stats.plan(spec).mechanisms()
+    assert noise.shape == (4096,)
+    assert noise.var() / whole.variance() == pytest.approx(ratio, rel=0.15)
+    (summed,) = dp_stats.plan(spec).noises()
+    assert summed.variance() == pytest.approx(ratio * whole.variance())
+
+
+def test_the_approval_summary_states_the_collusion_threshold() -> None:
+    spec = make_spec(QUERIES["count"], collusion_threshold=2)
+    learns = dp_stats.learns(spec)
+    assert "1/2 share of the noise" in learns["hosp-a"]
+    assert "at most 1 of the other contributors collude" in learns["hosp-a"]
+    assert "collusion threshold t = 2" in learns["hosp-b"]
+    result = run(spec)
+    assert result.summary["collusion_threshold"] == 2 and result.summary["noise_share"] == "1/2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"collusion_threshold": 4}, "exceeds the 3 contributors"),
+        ({"collusion_threshold": 0}, r"integer in \[1, 64\]"),
+        (
+            {
+                "collusion_threshold": 2,
+                "epsilon": "1/1000",
+                "kind": "histogram",
+                "column": "age",
+                "lower": "0",
+                "upper": "100",
+                "bins": 100,
+            },
+            "cells × noise scale",
+        ),
+    ],
+)
+def test_collusion_threshold_errors(extra: dict[str, str | int], message: str) -> None:
+    with pytest.raises(InvalidJobSpecError, match=message):
+        dp_stats.validate(make_spec({"kind": "count", **extra}))  # type: ignore[arg-type]
+
+
+def _policy(
+    identifiers: frozenset[str] | None = None, floor: int = 10, threshold: int | None = None
+) -> Policy:
+    dataset = DatasetPolicy("hosp-a", "restricted-personal", identifiers=identifiers)
+    return Policy({}, {"hospital_a": dataset}, cohort_floor=floor, dp_collusion_threshold=threshold)
+
+
+def test_the_owner_refuses_a_query_on_an_identifier_column() -> None:
+    one_patient = make_spec({"kind": "count", "filter": f"patient_id={POOLED['patient_id'][0]}"},
+                            min_cell=10)  # fmt: skip
+    with pytest.raises(PolicyRefusedError, match=r"declares \['patient_id'\] identifier"):
+        dp_stats.check_owner(one_patient, "hosp-a", _policy(frozenset({"patient_id"})))
+    # A category column is as good as a filter: a histogram over the ids is refused too.
+    by_id = make_spec({"kind": "histogram", "column": "pid", "categories": "P1|P2"}, min_cell=10)
+    bound = dataclasses.replace(
+        by_id, participants=(Participant("hosp-a", "contributor", "hospital_a",
+                                         {"pid": "patient_id"}), *PARTS[1:]))  # fmt: skip
+    with pytest.raises(PolicyRefusedError, match=r"declares \['pid'\] identifier"):
+        dp_stats.check_owner(bound, "hosp-a", _policy(frozenset({"patient_id"})))
+    # With no identifiers declared, the column a job binds as id is one.
+    as_id = dataclasses.replace(
+        make_spec({"kind": "count", "filter": "id=P1"}, min_cell=10),
+        participants=(Participant("hosp-a", "contributor", "hospital_a", {"id": "patient_id"}),
+                      *PARTS[1:]),
+    )  # fmt: skip
+    with pytest.raises(PolicyRefusedError, match="identifier"):
+        dp_stats.check_owner(as_id, "hosp-a", _policy())
+    dp_stats.check_owner(make_spec(QUERIES["count"], min_cell=10), "hosp-a", _policy())
+
+
+@pytest.mark.parametrize("name", ["count", "mean", "histogram_bins", "contingency", "quantiles"])
+def test_the_cohort_floor_is_the_least_min_cell_of_a_count(name: str) -> None:
+    with pytest.raises(PolicyRefusedError, match="below hosp-a's cohort floor of 10"):
+        dp_stats.check_owner(make_spec(QUERIES[name], min_cell=9), "hosp-a", _policy())
+    dp_stats.check_owner(make_spec(QUERIES[name], min_cell=10), "hosp-a", _policy())
+
+
+def test_sums_and_survival_tables_are_not_floored() -> None:
+    for name in ("sum", "survival"):
+        dp_stats.check_owner(make_spec(QUERIES[name], min_cell=1), "hosp-a", _policy())
+    # The analyst brings no dataset: nothing of the owner's to check.
+    dp_stats.check_owner(make_spec(QUERIES["count"], min_cell=1), "insurer", _policy())
+
+
+def test_a_collusion_threshold_needs_the_owners_consent() -> None:
+    spec = make_spec(QUERIES["count"], min_cell=10, collusion_threshold=2)
+    with pytest.raises(PolicyRefusedError, match="accepts no noise shares"):
+        dp_stats.check_owner(spec, "hosp-a", _policy())
+    with pytest.raises(PolicyRefusedError, match="accepts t >= 3"):
+        dp_stats.check_owner(spec, "hosp-a", _policy(threshold=3))
+    dp_stats.check_owner(spec, "hosp-a", _policy(threshold=2))
+    dp_stats.check_owner(spec, "hosp-a", _policy(threshold=1))
+
+
+def test_the_columns_a_contributor_reads_through_its_bindings() -> None:
+    spec = dataclasses.replace(
+        make_spec(QUERIES["contingency"]),
+        participants=(Participant("hosp-a", "contributor", "hospital_a", {"sex": "gender"}),
+                      *PARTS[1:]),
+    )  # fmt: skip
+    assert dp_stats.columns(spec, "hosp-a") == frozenset({"gender", "diagnosis"})
+    assert dp_stats.columns(spec, "hosp-b") == frozenset({"sex", "diagnosis"})
+    assert dp_stats.columns(spec, "insurer") == frozenset()
+    assert dp_stats.DEFINITION.missing_columns(spec, "hosp-a", TABLES["hosp-a"].columns) == [
+        "gender"
+    ]

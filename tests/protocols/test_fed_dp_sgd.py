@@ -136,15 +136,22 @@ def test_noise_free_federated_model_equals_plain_fedavg_of_the_same_updates(
 
 
 def test_with_noise_the_result_reports_epsilon_per_hospital_and_the_curves() -> None:
-    job = spec(noise_multiplier=1.0)
+    # Large ε and few bins: the tables are small, and a class's noisy count must stay positive.
+    job = spec(noise_multiplier=1.0, eval_epsilon="50", eval_bins=4)
     result = run_in_memory(job, fed_dp_sgd.DEFINITION, TABLES)["insurer"]
     assert result is not None
     p = fed_dp_sgd.plan(job)
     for h in HOSPITALS:
-        assert Fraction(result.summary[f"epsilon_{h}"]) == p.epsilon(2) > 0
-    assert 0 <= result.summary["final_accuracy"] <= 1
+        assert Fraction(result.summary[f"epsilon_training_{h}"]) == p.epsilon(2) > 0
+        total = Fraction(result.summary[f"epsilon_{h}"])
+        assert total == p.epsilon(2) + p.evaluation.epsilon == p.planned_cost().epsilon
+    assert result.summary["evaluate"] == "final" and result.summary["evaluations_run"] == 1
+    assert 0 <= result.summary["final_auc"] <= 1 and result.summary["final_auc_band"] > 0
+    assert 0 <= result.summary["final_log_loss"] <= p.evaluation.loss_bound
+    assert "final_accuracy" not in result.summary
     history = json.loads(result.artifacts["model.json"])["history"]
     assert [h["kind"] for h in history] == ["train", "train", "evaluate"]
+    assert ["auc" in h for h in history] == [False, False, True]
 
 
 def _reveals(network: InMemoryNetwork) -> dict[str, list[dropout_secagg.Reveal]]:
@@ -207,10 +214,12 @@ class Ledger:
 
 
 def test_training_stops_when_a_hospitals_budget_would_be_exceeded() -> None:
-    job = spec(rounds=4, noise_multiplier=1.0)
+    job = spec(rounds=4, noise_multiplier=1.0, eval_epsilon="1/1000")
     p = fed_dp_sgd.plan(job)
-    roomy = Budget(p.epsilon(4), p.delta)
-    tight = Budget(p.epsilon(2), p.delta)  # two rounds, not three
+    evaluation = p.eval_cost.epsilon
+    assert evaluation < p.epsilon(3) - p.epsilon(2)
+    roomy = p.planned_cost()
+    tight = Budget(p.epsilon(2) + evaluation, p.delta)  # two rounds and the final evaluation
     ledgers = {
         "hospital-a": Ledger(roomy),
         "hospital-b": Ledger(tight),
@@ -220,11 +229,14 @@ def test_training_stops_when_a_hospitals_budget_would_be_exceeded() -> None:
     assert result is not None
     assert result.summary["rounds_run"] == 2
     assert "budget exhausted at hospital-b" in str(result.summary["stopped"])
-    assert ledgers["hospital-b"].spent == Budget(p.epsilon(2), p.delta)
-    assert set(ledgers["hospital-b"].parts) == {"round-1", "round-2"}
+    assert ledgers["hospital-b"].spent == tight
+    assert set(ledgers["hospital-b"].parts) == {"round-1", "round-2", "eval-3"}
     # The others paid for round 3 before it was called off: fail closed, never refunded.
-    assert ledgers["hospital-a"].spent == Budget(p.epsilon(3), p.delta)
-    assert Fraction(result.summary["epsilon_hospital-a"]) == p.epsilon(3)
+    assert ledgers["hospital-a"].spent == Budget(p.epsilon(3) + evaluation, p.delta)
+    assert Fraction(result.summary["epsilon_hospital-a"]) == p.epsilon(3) + evaluation
+    history = json.loads(result.artifacts["model.json"])["history"]
+    assert history[-1]["kind"] == "evaluate" and history[-1]["round"] == 2  # evaluated after all
+    assert history[-1]["survivors"] == 3 and result.summary["evaluations_run"] == 1
 
 
 class CrashAfter:
@@ -262,8 +274,9 @@ def test_a_killed_coordinator_resumes_from_the_last_round_without_double_charges
     assert history[:2] == before["history"]  # the first two rounds were not run again
     p = fed_dp_sgd.plan(job)
     for ledger in ledgers.values():
-        assert ledger.calls == ["round-1", "round-2", "round-3"]  # each round charged once
-        assert ledger.spent == Budget(p.epsilon(3), p.delta)
+        # Each round and the final evaluation charged once.
+        assert ledger.calls == ["round-1", "round-2", "round-3", "eval-3"]
+        assert ledger.spent == p.planned_cost()
 
 
 def test_noise_off_is_refused_without_the_test_switch() -> None:
@@ -280,6 +293,14 @@ def test_noise_off_is_refused_without_the_test_switch() -> None:
         ({"rounds": 0}, "rounds"),
         ({"delta": "2"}, "delta"),
         ({"feature_ranges": "salary-0-9"}, "name:low:high"),
+        ({"evaluate": "sometimes"}, "evaluate"),
+        ({"eval_epsilon": "0"}, "eval_epsilon"),
+        ({"eval_epsilon": "1/10000"}, "eval_epsilon"),
+        ({"eval_clip": "1e-7"}, "eval_clip"),
+        ({"eval_epsilon": 0.5}, "eval_epsilon"),
+        ({"eval_epsilon": "a lot"}, "eval_epsilon"),
+        ({"eval_clip": "1/2"}, "eval_clip"),
+        ({"eval_bins": 1}, "eval_bins"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(params: dict, match: str) -> None:
@@ -287,10 +308,17 @@ def test_bad_specs_are_refused_naming_the_field(params: dict, match: str) -> Non
         fed_dp_sgd.validate(spec(**params))
 
 
-def test_learns_names_every_party() -> None:
-    learned = fed_dp_sgd.learns(spec())
+def test_learns_names_every_party_and_each_hospitals_most_cost() -> None:
+    job = spec(evaluate="every_round", eval_epsilon="1/2", noise_multiplier=1.0)
+    learned = fed_dp_sgd.learns(job)
     assert set(learned) == {"insurer", *HOSPITALS}
     assert "never one hospital's" in learned["insurer"]
+    assert "at most 2 evaluation(s) (evaluate = every_round)" in learned["insurer"]
+    cost = fed_dp_sgd.planned_cost(job, "hospital-a")
+    p = fed_dp_sgd.plan(job)
+    assert cost == Budget(p.epsilon(2) + 2 * Fraction(1, 2), p.delta)
+    assert f"at most ε = {cost.epsilon}, δ = 1/100000" in learned["hospital-a"]
+    assert fed_dp_sgd.planned_cost(job, "insurer") == Budget()
 
 
 def test_step_messages_are_validated() -> None:

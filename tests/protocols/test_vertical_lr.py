@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Iterator
+from fractions import Fraction
 
+import gmpy2
 import numpy as np
 import pytest
 
-from bund.compute import insecure
+from bund.compute import insecure, ou
+from bund.compute import paillier as pl
+from bund.compute.dp.budget import Budget
+from bund.compute.dp.mechanisms import RandomizedResponse
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc
+from bund.compute.zk.mod import MOD_REPETITIONS, ModProof
 from bund.parties.data import Table
 from bund.parties.demo_data import generate_finance
-from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
+from bund.parties.jobs import (
+    InvalidJobSpecError,
+    JobSpec,
+    MemoryResumeStates,
+    Participant,
+    new_job_id,
+    run_in_memory,
+)
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import vertical_lr as proto
+from bund.parties.protocols.proved_key import decode_key_message
 from bund.parties.protocols.vertical_alignment import feature_matrix, numeric_features
 from bund.parties.transport import InMemoryNetwork
 
@@ -48,6 +64,15 @@ def make_spec(receivers: tuple[str, ...] = tuple(ROLES), **params: int | float) 
         Participant("registry", "feature_holder", "business_registry", {"id": "company_id"}),
     )
     return JobSpec("vertical_lr", parts, receivers, "credit model", "bank", {**PARAMS, **params})
+
+
+#: The bank's policy trusts both providers with vertical_lr: a job without label DP needs it.
+BANK_TRUSTS = (("tax", "vertical_lr"), ("registry", "vertical_lr"))
+
+
+def trust_of(party: str) -> tuple[tuple[str, str], ...]:
+    """What ``party``'s policy trusts in the tests' vertical_lr jobs without label DP."""
+    return BANK_TRUSTS if party == "bank" else ()
 
 
 EXCLUDE = {"bank": {"company_id", "default_12m"}, "tax": {"company_id"}, "registry": {"company_id"}}
@@ -223,3 +248,151 @@ def test_a_forged_gradient_ciphertext_is_refused(finance: dict[str, Table]) -> N
     net.mailboxes["bank"].put = put  # type: ignore[method-assign, assignment]
     with pytest.raises(InvalidCiphertextError):
         run_in_memory(make_spec(epochs=1), proto.DEFINITION, finance, LIMITS, network=net)
+
+
+# --- the scheme: Paillier (default) or Okamoto–Uchiyama ---
+
+#: OU test keys: 1024 bits leave three gradient slots per ciphertext after the guard's headroom.
+OU_BITS = 1024
+
+
+@pytest.fixture(scope="module")
+def ou_run(finance: dict[str, Table]) -> tuple[dict, InMemoryNetwork]:  # type: ignore[type-arg]
+    insecure.enable_insecure_test_parameters()
+    net = InMemoryNetwork(list(ROLES))
+    spec = make_spec(scheme="ou", key_bits=OU_BITS)
+    results = run_in_memory(spec, proto.DEFINITION, finance, LIMITS, network=net)
+    insecure.disable_insecure_test_parameters()
+    return results, net
+
+
+def test_both_schemes_train_the_same_model_bit_for_bit(run: tuple, ou_run: tuple) -> None:  # type: ignore[type-arg]
+    # The same integers are decrypted (exact masked gradients), so nothing but the ciphertexts
+    # differs: every party's model and every metric is identical, not merely close.
+    for party in ROLES:
+        paillier = json.loads(run[0][party].artifacts["model.json"])
+        okamoto = json.loads(ou_run[0][party].artifacts["model.json"])
+        assert paillier == okamoto
+        assert run[0][party].summary == ou_run[0][party].summary
+
+
+def test_each_scheme_has_its_own_wire_layout(run: tuple, ou_run: tuple) -> None:  # type: ignore[type-arg]
+    k = 512 // 8  # the Paillier job's key: unchanged layouts, 2K-byte ciphertexts
+    for _, _to, tag, payload in run[1].captured:
+        if tag == "vlr/key":  # the key with its Π^mod
+            key, proof = decode_key_message(payload)
+            assert payload[:4] == b"BPKM" and key[:4] == b"BNPK" and len(key) == 7 + 3 * k
+            pl.PublicKey.from_bytes(key)
+            assert ModProof.from_bytes(proof).repetitions == MOD_REPETITIONS
+        elif tag.startswith(("vlr/r/", "vlr/g/")):
+            assert payload[:4] == b"BNPC" and (len(payload) - 27) % (2 * k) == 0
+    k = OU_BITS // 8
+    tags = set()
+    for _, _to, tag, payload in ou_run[1].captured:
+        if tag == "vlr/key":  # no proof exists for an OU modulus
+            key, proof = decode_key_message(payload)
+            assert key[:4] == b"BNOK" and len(key) == 7 + 3 * k and proof == b""
+            ou.PublicKey.from_bytes(key)
+        elif tag.startswith(("vlr/r/", "vlr/g/")):
+            assert payload[:4] == b"BNOC" and (len(payload) - 27) % k == 0
+        tags.add(tag.split("/")[1] if tag.startswith("vlr/") else "")
+    assert {"key", "r", "g", "u"} <= tags
+
+
+def test_the_approval_text_states_the_ou_trust_in_the_key_holder() -> None:
+    paillier = proto.learns(make_spec())
+    okamoto = proto.learns(make_spec(scheme="ou"))
+    assert all("Okamoto" not in text for text in paillier.values())
+    for provider in ("tax", "registry"):
+        assert "TRUSTS bank" in okamoto[provider] and "no proof" in okamoto[provider]
+        assert okamoto[provider].startswith(paillier[provider])
+    assert "retires the key" in okamoto["bank"]
+    assert "Okamoto–Uchiyama" in proto.DEFINITION.description
+    proto.validate(make_spec(scheme="paillier"))
+    for bad in ("rsa", 3, "OU"):
+        with pytest.raises(InvalidJobSpecError, match="scheme"):
+            proto.validate(make_spec(scheme=bad))  # type: ignore[arg-type]
+
+
+def test_a_provider_playing_the_ou_factoring_attack_is_refused(finance: dict[str, Table]) -> None:
+    """The tax bureau sends g^M with M ≥ p for its gradient: decrypted, M mod p would factor n.
+
+    The bank's decryption service refuses it, retires the key and fails the job; no decryption
+    of that batch (``vlr/u``) ever reaches the tax bureau.
+    """
+    net = InMemoryNetwork(list(ROLES))
+    seen: dict[str, ou.PublicKey] = {}
+    to_tax, to_bank = net.mailboxes["tax"].put, net.mailboxes["bank"].put
+
+    def tax_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:
+        if tag == "vlr/key":
+            seen["key"] = ou.PublicKey.from_bytes(decode_key_message(payload)[0])
+        return to_tax(job_id, frm, tag, payload)
+
+    def bank_receives(job_id: str, frm: str, tag: str, payload: bytes) -> bool:
+        if tag == "vlr/g/0/0" and frm == "tax":
+            key = seen["key"]
+            count = (len(payload) - 27) // key.ciphertext_bytes
+            m = (1 << (key.p_bits + 5)) + 123_456_789  # ≥ p, though the tax bureau knows no p
+            forged = [gmpy2.powmod(key.g, m, key.n)] * count
+            payload = ou.encode_ciphertexts(key, forged, lg.GRADIENT_FRAC_BITS)
+        return to_bank(job_id, frm, tag, payload)
+
+    net.mailboxes["tax"].put = tax_receives  # type: ignore[method-assign, assignment]
+    net.mailboxes["bank"].put = bank_receives  # type: ignore[method-assign, assignment]
+    spec = make_spec(scheme="ou", key_bits=OU_BITS, epochs=1)
+    with pytest.raises(ou.DecryptionRangeError, match="retired"):
+        run_in_memory(spec, proto.DEFINITION, finance, LIMITS, network=net)
+    assert not [t for s, to, t, _ in net.captured if to == "tax" and t.startswith("vlr/u/")]
+
+
+def test_label_dp_trains_on_the_randomised_labels_as_the_reference_does(
+    finance: dict[str, Table],
+) -> None:
+    """With ``label_epsilon`` the bank flips each training label once, then trains as usual.
+
+    The federated model equals the plaintext reference run on the same randomised labels with
+    the same correction; the held-out metrics use the true labels.
+    """
+    spec = dataclasses.replace(make_spec(label_epsilon="1", epochs=3), job_id=new_job_id())  # type: ignore[arg-type]
+    states = {party: MemoryResumeStates() for party in ROLES}
+    results = run_in_memory(spec, proto.DEFINITION, finance, LIMITS, states=states)
+    blocks, y, train, test = joined(finance)
+    saved = states["bank"].load(spec.job_id, "bank", "labels")
+    assert saved is not None
+    noisy = y.copy()
+    noisy[train] = np.unpackbits(np.frombuffer(saved, dtype=np.uint8), count=len(train))
+    flip = float(RandomizedResponse.create(Fraction(1)).flip)
+    changed = float(np.mean(noisy[train] != y[train]))
+    assert abs(changed - flip) < 5 * math.sqrt(flip * (1 - flip) / len(train))  # 0.27 ± 0.13
+    fit = lg.fit_vertical(
+        blocks, noisy, train, dataclasses.replace(config(), epochs=3, label_flip=flip)
+    )
+    bank = results["bank"]
+    assert bank is not None
+    model = json.loads(bank.artifacts["model.json"])
+    assert np.allclose(list(model["coefficients"].values()), fit.weights[0], atol=1e-4, rtol=0)
+    assert model["intercept"] == pytest.approx(fit.bias, abs=1e-4)
+    for k, party in enumerate(("tax", "registry"), start=1):
+        own = json.loads(results[party].artifacts["model.json"])  # type: ignore[union-attr]
+        assert np.allclose(list(own["coefficients"].values()), fit.weights[k], atol=1e-4, rtol=0)
+    assert bank.summary["auc"] == pytest.approx(
+        auc(y[test], lg.predict_scores(blocks, fit, test)), abs=1e-3
+    )
+    assert bank.summary["label_epsilon"] == "1" and bank.summary["label_flip"] == flip
+
+
+def test_label_dp_or_trust_decides_what_the_bank_must_accept() -> None:
+    plain, dp = make_spec(), make_spec(label_epsilon="1/2")  # type: ignore[arg-type]
+    assert proto.cost(plain, "bank").is_zero and proto.cost(dp, "tax").is_zero
+    assert proto.cost(dp, "bank") == Budget(Fraction(1, 2))
+    risks = proto.trusts(plain, "bank")
+    assert set(risks) == {"tax", "registry"} and "every training label" in risks["tax"]
+    assert proto.trusts(dp, "bank") == {} and proto.trusts(plain, "tax") == {}
+    assert "BANK'S POLICY TRUSTS tax" in proto.learns(plain)["tax"]
+    text = proto.learns(dp)["tax"]
+    assert "randomised at ε = 1/2" in text and "post-processing" in text and "TRUSTS" not in text
+    assert "Label DP" in proto.learns(dp)["bank"]
+    for bad in ("0", "41", "x", 0.5):
+        with pytest.raises(InvalidJobSpecError, match="label_epsilon"):
+            proto.validate(make_spec(label_epsilon=bad))  # type: ignore[arg-type]

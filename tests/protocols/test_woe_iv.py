@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bund.compute import insecure
-from bund.compute.errors import InvalidCiphertextError
+from bund.compute import paillier as pl
+from bund.compute.errors import InvalidCiphertextError, ProofError
 from bund.compute.learn.woe_iv import assign_bins, merge_small_bins, quantile_edges, woe_iv
+from bund.compute.zk.mod import MOD_REPETITIONS, ModProof
+from bund.compute.zk.randomness import FullRandomness
 from bund.parties.data import Table
 from bund.parties.demo_data import generate_finance
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, Participant, run_in_memory
 from bund.parties.protocols import PROTOCOLS
 from bund.parties.protocols import woe_iv as proto
+from bund.parties.protocols.proved_key import decode_key_message, encode_key_message
 from bund.parties.transport import InMemoryNetwork
 
 LIMITS = {"psi_max_set_size": 100_000}
@@ -137,6 +142,55 @@ def test_a_forged_ciphertext_is_refused(finance: dict[str, Table]) -> None:
     net.mailboxes["bank"].put = put  # type: ignore[method-assign]
     with pytest.raises(InvalidCiphertextError):
         run_in_memory(make_spec(), proto.DEFINITION, finance, LIMITS, network=net)
+
+
+def test_a_bank_key_without_its_proof_is_refused_before_a_provider_sends_anything(
+    finance: dict[str, Table],
+) -> None:
+    """Issue 14, attack 4: the bank's key arrives without Π^mod; the providers refuse it.
+
+    A provider verifies the proof first, before the PSI alignment: nothing of its own leaves it.
+    """
+    net = InMemoryNetwork(list(ROLES))
+    for provider in ("tax", "registry"):
+        original = net.mailboxes[provider].put
+
+        def put(job_id: str, frm: str, tag: str, payload: bytes, original: Any = original) -> None:
+            if tag == proto.KEY_TAG:
+                key, _ = decode_key_message(payload)
+                payload = encode_key_message(key, b"")  # the proof stripped
+            original(job_id, frm, tag, payload)
+
+        net.mailboxes[provider].put = put  # type: ignore[method-assign]
+    with pytest.raises(ProofError, match="without the proof"):
+        run_in_memory(make_spec(), proto.DEFINITION, finance, LIMITS, network=net)
+    assert [(s, t) for s, _, t, _ in net.captured if s != "bank"] == []
+
+
+def test_the_providers_rerandomise_with_their_own_full_randomness(
+    finance: dict[str, Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every events ciphertext a provider returns is re-randomised by its own r^N, never h_s."""
+    drawn: list[int] = []
+    full = FullRandomness.rerandomize
+
+    def spy(self: FullRandomness, cts: Any, executor: Any = None) -> Any:
+        drawn.append(len(cts))
+        return full(self, cts, executor)
+
+    monkeypatch.setattr(FullRandomness, "rerandomize", spy)
+    net = InMemoryNetwork(list(ROLES))
+    run_in_memory(make_spec(), proto.DEFINITION, finance, LIMITS, network=net)
+    (key_message,) = {p for _, to, t, p in net.captured if t == proto.KEY_TAG}
+    key, proof = decode_key_message(key_message)
+    assert ModProof.from_bytes(proof).repetitions == MOD_REPETITIONS
+    public = pl.PublicKey.from_bytes(key)
+    exported = [
+        len(pl.decode_ciphertexts(public, p, frac_bits=0, max_count=64))
+        for _, _, t, p in net.captured
+        if t == "woe/events"
+    ]
+    assert sorted(drawn) == sorted(exported) and len(exported) == 2
 
 
 def test_spec_validation() -> None:

@@ -11,6 +11,7 @@ False
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -36,6 +37,34 @@ def parse_rational(value: str | int | Fraction, what: str = "value") -> Fraction
 def format_rational(value: Fraction) -> str:
     """``Fraction(3, 4)`` as ``"3/4"`` and ``Fraction(2)`` as ``"2"``: exact and parseable."""
     return str(value)
+
+
+def format_decimal(value: Fraction, digits: int = 4) -> str:
+    """``value`` as a decimal for people, to ``digits`` significant digits, rounded up.
+
+    A cost or a spend is never shown below what it is: ``Fraction(155081, 62500)`` (2.4812960)
+    is ``"2.482"``; a value that fits is exact (``"0.5"``, ``"1e-06"``). Ledgers, records and
+    ``--json`` keep the exact rational (:func:`format_rational`).
+
+    >>> format_decimal(Fraction(155081, 62500)), format_decimal(Fraction(1, 2))
+    ('2.482', '0.5')
+    >>> format_decimal(Fraction(1, 1_000_000)), format_decimal(Fraction(0))
+    ('1e-06', '0')
+    """
+    if value < 0:
+        raise ValueError("a privacy cost is not negative")
+    if value == 0:
+        return "0"
+    exponent = math.floor(math.log10(value.numerator) - math.log10(value.denominator))
+    scale = Fraction(10) ** (digits - 1 - exponent)
+    rounded = Fraction(math.ceil(value * scale)) / scale
+    return f"{float(rounded):.{digits}g}"
+
+
+def format_epsilon(value: Fraction) -> str:
+    """A decimal for people, and the exact rational after it when the decimal is not exact."""
+    shown = format_decimal(value)
+    return shown if Fraction(shown) == value else f"{shown} (exactly {format_rational(value)})"
 
 
 @dataclass(frozen=True, order=False)

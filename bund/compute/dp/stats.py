@@ -18,8 +18,9 @@ mean           sum block (ε/2) + count block (ε/2)             sum, count and 
 histogram      bins or categories cells, Δ 1, ε                one count per bin
 contingency    rows × columns cells, Δ 1, ε                    one count per cell
 quantiles      bins cells, Δ 1, ε                              quantiles of the noisy CDF
-survival       events per time bin + censored per time bin,    Kaplan–Meier curve, at-risk
-               Δ 1, ε                                          and event counts per bin
+survival       per stratum: deaths per time bin, censored per     Kaplan–Meier and
+               time bin, followed past the horizon; Δ 1, ε     Nelson–Aalen per bin with
+                                                               bands, log-rank across strata
 =============  ==============================================  ===========================
 
 Everything after the noise (suppression of small cells, ratios, quantiles, the Kaplan–Meier
@@ -39,14 +40,22 @@ import enum
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
+import numpy as np
+import numpy.typing as npt
+
+from bund.compute.dp import survival
 from bund.compute.dp.budget import parse_rational
 from bund.compute.errors import InvalidInputError
 
-#: The most cells (bins, categories, table cells, time bins × 2) one query may release.
+#: The most cells (bins, categories, table cells) one query may release.
 MAX_CELLS = 4096
+#: The most time bins of a survival query: 16,384 days is 44.9 years at one bin a day.
+MAX_SURVIVAL_BINS = 1 << 14
+#: The most cells of a survival query, strata × (2·bins + 1): one masked vector's limit.
+MAX_SURVIVAL_CELLS = 1 << 16
 #: Bounds on ε per query: below, the noise swamps everything; above, the guarantee is void.
 MIN_EPSILON, MAX_EPSILON = Fraction(1, 1000), Fraction(10)
 #: The largest clamping bound in units of the resolution.
@@ -158,7 +167,24 @@ class Query:
             return (Block("cells", len(self.categories) * len(self.categories2), 1, eps),)
         if kind is QueryKind.QUANTILES:
             return (Block("bins", self.bins, 1, eps),)
-        return (Block("events_censored", 2 * self.bins, 1, eps),)
+        # One record lands in one cell: its stratum's death or censoring in its bin, or its
+        # stratum's past-horizon count.
+        return (Block("events_censored", self.strata * (2 * self.bins + 1), 1, eps),)
+
+    @property
+    def strata(self) -> int:
+        """Survival: the number of strata (curves), 1 when the query is not stratified."""
+        return len(self.categories2) if self.kind is QueryKind.SURVIVAL and self.column2 else 1
+
+    @property
+    def floored(self) -> bool:
+        """Whether ``min_cell`` suppresses released counts a data owner's cohort floor bounds.
+
+        Count, mean (its count), histogram, contingency and quantiles (the total) are; a sum
+        releases no count, and a survival table's per-bin event counts are small by nature and
+        protected by the noise alone (its ``min_cell`` applies to the number at risk).
+        """
+        return self.kind not in (QueryKind.SUM, QueryKind.SURVIVAL)
 
     @property
     def length(self) -> int:
@@ -331,7 +357,7 @@ def parse_query(params: Mapping[str, object]) -> Query:
         fields.update(column=_name(params, "column"), categories=_categories(params, "categories"))
     elif kind in (QueryKind.HISTOGRAM, QueryKind.QUANTILES, QueryKind.SURVIVAL):
         allowed |= {"column", "lower", "upper", "bins"}
-        cap = MAX_CELLS // 2 if kind is QueryKind.SURVIVAL else MAX_CELLS
+        cap = MAX_SURVIVAL_BINS if kind is QueryKind.SURVIVAL else MAX_CELLS
         fields.update(column=_name(params, "column"), bins=_int(params, "bins", 1, cap))
         fields["lower"], fields["upper"] = _bounds(params, None)
         if kind is QueryKind.QUANTILES:
@@ -344,10 +370,18 @@ def parse_query(params: Mapping[str, object]) -> Query:
                 )
             fields["quantiles"] = qs
         if kind is QueryKind.SURVIVAL:
-            allowed.add("event")
+            allowed |= {"event", "column2", "categories2"}
             fields["event"] = _name(params, "event")
             if fields["lower"] != 0:
                 raise InvalidInputError("a survival query's time grid starts at lower = 0")
+            if ("column2" in params) != ("categories2" in params):
+                raise InvalidInputError(
+                    "a stratified survival query names both column2 (the stratum column) and "
+                    "categories2 (its strata, 'a|b')"
+                )
+            if "column2" in params:
+                fields["column2"] = _name(params, "column2")
+                fields["categories2"] = _categories(params, "categories2")
     elif kind is QueryKind.CONTINGENCY:
         allowed |= {"column", "categories", "column2", "categories2"}
         rows, cols = _categories(params, "categories"), _categories(params, "categories2")
@@ -359,8 +393,11 @@ def parse_query(params: Mapping[str, object]) -> Query:
     if extra:
         raise InvalidInputError(f"a {kind.value} query does not take {extra}; remove them")
     query = Query(kind, epsilon, min_cell, filters, **fields)  # type: ignore[arg-type]
-    if not 1 <= query.length <= MAX_CELLS:
-        raise InvalidInputError(f"a query releases 1 to {MAX_CELLS} cells, this one {query.length}")
+    most = MAX_SURVIVAL_CELLS if kind is QueryKind.SURVIVAL else MAX_CELLS
+    if not 1 <= query.length <= most:
+        raise InvalidInputError(
+            f"a {kind.value} query releases 1 to {most} cells, this one {query.length}"
+        )
     return query
 
 
@@ -436,26 +473,69 @@ def contribution(query: Query, columns: Mapping[str, Sequence[str]], rows: int) 
         return out
     assert query.event is not None
     events = columns[query.event]
-    out = [0] * (2 * query.bins)
+    width = 2 * query.bins + 1
+    stratum_of = {c: k for k, c in enumerate(query.categories2)}
+    groups = columns[query.column2] if query.column2 else None
+    out = [0] * query.length
     for i in keep:
+        stratum = 0 if groups is None else stratum_of.get(groups[i].strip())
+        if stratum is None:
+            continue
         time = _number(cells[i], query.column)
         flag = events[i].strip()
         if flag not in ("0", "1"):
             raise InvalidInputError(f"event column {query.event!r} holds {flag!r}; use 0 or 1")
-        died = flag == "1" and time <= query.upper
-        # Right-closed bins (start, end]: a time is rounded up to the end of its bin.
-        slot = math.ceil(min(max(time, query.lower), query.upper) * query.bins / query.upper)
-        out[max(slot - 1, 0) + (0 if died else query.bins)] += 1
+        if time > query.upper:  # followed past the horizon: at risk throughout, censored there
+            out[stratum * width + 2 * query.bins] += 1
+            continue
+        # Right-closed bins (start, end]: a time counts at the end of its bin; 0 in the first.
+        slot = max(math.ceil(max(time, query.lower) * query.bins / query.upper) - 1, 0)
+        out[stratum * width + slot + (0 if flag == "1" else query.bins)] += 1
     return out
+
+
+def uncounted(query: Query, columns: Mapping[str, Sequence[str]], rows: int) -> int | None:
+    """Records that pass the filters but fall in no listed category, so count nowhere.
+
+    A blank category cell is one. A data-quality count for the record's owner alone: it says
+    how many of its own records the query could not place. ``None`` for a query that lists no
+    categories, where every selected record counts (or :func:`contribution` refuses it).
+
+    >>> q = parse_query({"kind": "histogram", "epsilon": "1", "min_cell": 1, "column": "sex",
+    ...                  "categories": "M|F"})
+    >>> uncounted(q, {"sex": ["M", "", "F", "x"]}, rows=4)
+    2
+    """
+    keep = _selected(query, columns, rows)
+    if query.kind is QueryKind.SURVIVAL and query.column2:
+        strata, cells = set(query.categories2), columns[query.column2]
+        return sum(1 for i in keep if cells[i].strip() not in strata)
+    if query.kind is QueryKind.CONTINGENCY:
+        assert query.column is not None and query.column2 is not None
+        first, second = set(query.categories), set(query.categories2)
+        cells, cells2 = columns[query.column], columns[query.column2]
+        return sum(
+            1 for i in keep if cells[i].strip() not in first or cells2[i].strip() not in second
+        )
+    if query.kind is QueryKind.HISTOGRAM and query.categories:
+        assert query.column is not None
+        listed, cells = set(query.categories), columns[query.column]
+        return sum(1 for i in keep if cells[i].strip() not in listed)
+    return None
 
 
 @dataclass(frozen=True)
 class Release:
-    """The released table: a header and rows of text, integers or ``None`` (suppressed)."""
+    """The released table: a header and rows of text, integers or ``None`` (suppressed).
+
+    ``figures`` holds what a person reads beside the table (survival: the log-rank test, the
+    past-horizon counts, the discretisation), for the result's summary.
+    """
 
     header: tuple[str, ...]
     rows: list[tuple[Cell, ...]]
     suppressed: int = 0
+    figures: Mapping[str, str | int | float | None] = field(default_factory=dict)
 
 
 def format_exact(value: Fraction) -> str:
@@ -484,11 +564,15 @@ def _suppress(count: int, query: Query) -> int | None:
     return count if count >= query.min_cell else None
 
 
-def release(query: Query, vector: Sequence[int]) -> Release:
+def release(
+    query: Query, vector: Sequence[int], noise_draws: npt.NDArray[np.int64] | None = None
+) -> Release:
     """The released table from the aggregate (noisy, or exact with noise off) vector.
 
     Counts below ``min_cell`` are suppressed (``None``); a mean is suppressed with its count.
     This is post-processing: it reads nothing but the vector and the public query.
+    ``noise_draws`` (survival only, ``(draws, cells)``) are fresh draws of the release's noise
+    from which its bands take the noise's variance; ``None`` with noise off.
 
     Raises:
         ValueError: If the vector does not have the query's length.
@@ -528,7 +612,7 @@ def release(query: Query, vector: Sequence[int]) -> Release:
         return Release(("bin", "count"), list(zip(labels, cells, strict=True)), cells.count(None))
     if kind is QueryKind.QUANTILES:
         return Release(("quantile", "value"), _quantile_rows(query, v))
-    return _survival(query, v)
+    return _survival(query, v, noise_draws)
 
 
 def _quantile_rows(query: Query, v: list[int]) -> list[tuple[Cell, ...]]:
@@ -555,93 +639,85 @@ def _quantile_rows(query: Query, v: list[int]) -> list[tuple[Cell, ...]]:
     return rows
 
 
-@dataclass(frozen=True)
-class SurvivalPoint:
-    """One time bin of a Kaplan–Meier curve from (noisy) counts."""
+#: The columns of a survival release (a stratified one starts with ``stratum``).
+SURVIVAL_HEADER = (
+    "start",
+    "end",
+    "at_risk",
+    "events",
+    "censored",
+    "survival",
+    "survival_lower",
+    "survival_upper",
+    "cumulative_hazard",
+    "cumulative_hazard_se",
+    "binning_bound",
+)
 
-    start: Fraction
-    end: Fraction
-    at_risk: int
-    events: int
-    censored: int
-    survival: float
-    greenwood_se: float
 
-
-def kaplan_meier(query: Query, vector: Sequence[int]) -> list[SurvivalPoint]:
-    """Kaplan–Meier on the query's time grid from per-bin event and censoring counts.
-
-    A record's time is rounded up to the end of its bin (bins are ``(start, end]``; a time of 0
-    falls in the first); within a bin, censorings count as at risk for that bin's events (the
-    usual tie rule). Noisy counts are clamped at zero, the
-    number at risk is the (noisy) total less everyone who left in earlier bins, and a bin whose
-    at-risk count is not positive leaves the curve flat. The standard error is Greenwood's.
-    """
-    bins = query.bins
-    events = [max(0, int(x)) for x in vector[:bins]]
-    censored = [max(0, int(x)) for x in vector[bins:]]
-    at_risk = sum(events) + sum(censored)
-    edges = query.bin_edges()
-    survival, greenwood = 1.0, 0.0
-    out: list[SurvivalPoint] = []
-    for j in range(bins):
-        d = min(events[j], at_risk)
-        if at_risk > 0:
-            survival *= 1 - d / at_risk
-            if at_risk > d:
-                greenwood += d / (at_risk * (at_risk - d))
-        se = survival * math.sqrt(greenwood)
-        out.append(
-            SurvivalPoint(edges[j], edges[j + 1], at_risk, events[j], censored[j], survival, se)
-        )
-        at_risk = max(0, at_risk - events[j] - censored[j])
+def survival_curves(
+    query: Query, vector: Sequence[int], noise_draws: npt.NDArray[np.int64] | None = None
+) -> list[survival.Curve]:
+    """One Kaplan–Meier / Nelson–Aalen curve per stratum (``bund.compute.dp.survival``)."""
+    deaths, censored, past = survival.split_counts(vector, query.bins)
+    width = 2 * query.bins + 1
+    out = []
+    for k in range(query.strata):
+        draws = None if noise_draws is None else noise_draws[:, k * width : (k + 1) * width]
+        out.append(survival.curve(deaths[k], censored[k], int(past[k]), draws))
     return out
 
 
-def survival_band(
-    query: Query, vector: Sequence[int], noise_draws: Sequence[Sequence[int]], confidence: float
-) -> tuple[list[float], list[float]]:
-    """A pointwise band for the noise in a released Kaplan–Meier curve (post-processing).
-
-    Each row of ``noise_draws`` is a fresh draw of the release's noise (same mechanism, same
-    scale); the curve is recomputed from ``vector`` plus each draw and the band is the central
-    ``confidence`` range at every bin. It shows how much the curve moves by noise alone; it
-    reads nothing but the released vector and public parameters.
-
-    Returns:
-        The lower and upper band, one value per time bin.
-    """
-    if not noise_draws:
-        raise ValueError("the band needs at least one noise draw")
-    curves = [
-        [p.survival for p in kaplan_meier(query, [a + b for a, b in zip(vector, d, strict=True)])]
-        for d in noise_draws
-    ]
-    tail = (1 - confidence) / 2
-    lower, upper = [], []
-    for j in range(query.bins):
-        column = sorted(c[j] for c in curves)
-        lower.append(column[int(tail * (len(column) - 1))])
-        upper.append(column[math.ceil((1 - tail) * (len(column) - 1))])
-    return lower, upper
+def _fixed(x: float) -> str:
+    return f"{x:.6f}"
 
 
-def _survival(query: Query, v: list[int]) -> Release:
-    points = kaplan_meier(query, v)
+def _survival(query: Query, v: list[int], noise_draws: npt.NDArray[np.int64] | None) -> Release:
+    curves = survival_curves(query, v, noise_draws)
+    edges = query.bin_edges()
     rows: list[tuple[Cell, ...]] = []
     suppressed = 0
-    for p in points:
-        small = p.at_risk < query.min_cell
-        suppressed += int(small)
-        rows.append(
-            (
-                format_exact(p.start),
-                format_exact(p.end),
-                None if small else p.at_risk,
-                None if small else p.events,
-                None if small else p.censored,
-                None if small else f"{p.survival:.6f}",
+    figures: dict[str, str | int | float | None] = {
+        "time_grid": f"{query.bins} bins (a, b] of width {format_exact(edges[1])} up to "
+        f"{format_exact(query.upper)}",
+        "discretisation": "deaths and censorings count at the end of their bin, a bin's "
+        "censorings at risk for its deaths; records followed past the horizon are at risk "
+        "throughout and counted in past_horizon, not in the last bin; survival at a bin's end "
+        "exceeds the exact Kaplan-Meier by at most binning_bound",
+    }
+    names = query.categories2 or ("",)
+    for name, c in zip(names, curves, strict=True):
+        for j in range(query.bins):
+            small = int(c.at_risk[j]) < query.min_cell
+            suppressed += int(small)
+            shown: tuple[Cell, ...] = (
+                int(c.at_risk[j]),
+                int(c.deaths[j]),
+                int(c.censored[j]),
+                _fixed(c.survival[j]),
+                _fixed(c.lower[j]),
+                _fixed(c.upper[j]),
+                _fixed(c.cumulative_hazard[j]),
+                _fixed(c.cumulative_hazard_se[j]),
+                _fixed(c.binning_bound[j]),
             )
+            row: tuple[Cell, ...] = (format_exact(edges[j]), format_exact(edges[j + 1]))
+            row += tuple(None for _ in shown) if small else shown
+            rows.append((name, *row) if query.column2 else row)
+        key = f"past_horizon_{name}" if query.column2 else "past_horizon"
+        figures[key] = c.past_horizon if c.past_horizon >= query.min_cell else None
+        suppressed += int(c.past_horizon < query.min_cell)
+    if len(curves) >= 2:
+        test = survival.logrank(
+            np.stack([c.deaths for c in curves]), np.stack([c.at_risk for c in curves])
         )
-    header = ("start", "end", "at_risk", "events", "censored", "survival")
-    return Release(header, rows, suppressed)
+        figures.update(
+            logrank_statistic=round(test.statistic, 6),
+            logrank_df=test.df,
+            logrank_p_value=float(f"{test.p_value:.6g}"),
+        )
+        for name, observed, expected in zip(names, test.observed, test.expected, strict=True):
+            figures[f"logrank_observed_{name}"] = round(observed, 6)
+            figures[f"logrank_expected_{name}"] = round(expected, 6)
+    header = (("stratum",) if query.column2 else ()) + SURVIVAL_HEADER
+    return Release(header, rows, suppressed, figures)

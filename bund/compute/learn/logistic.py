@@ -67,6 +67,9 @@ class TrainConfig:
         tol: Least improvement of the epoch loss that counts as progress.
         patience: Epochs without progress before stopping.
         seed: Public seed of the train/test split and the batch order.
+        label_flip: The probability ``q`` with which the label holder flipped each training label
+            (randomised response, label DP; 0: true labels). Training then corrects for it
+            (:func:`residuals`, :attr:`gain`).
     """
 
     epochs: int = 10
@@ -77,6 +80,7 @@ class TrainConfig:
     tol: float = 1e-4
     patience: int = 2
     seed: int = 0
+    label_flip: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.epochs <= 10_000:
@@ -95,6 +99,13 @@ class TrainConfig:
             raise ValueError("patience lies in [1, 10000]")
         if not 0 <= self.seed < 2**63:
             raise ValueError("seed lies in [0, 2^63)")
+        if not 0 <= self.label_flip < 0.5:
+            raise ValueError("label_flip lies in [0, 0.5)")
+
+    @property
+    def gain(self) -> float:
+        """``1/(1 − 2q)``: what scales the residuals of :func:`residuals` back to unbiased."""
+        return 1.0 / (1.0 - 2.0 * self.label_flip)
 
     def rate(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (0-based)."""
@@ -205,14 +216,34 @@ def sigmoid(z: FloatArray) -> FloatArray:
     return out
 
 
-def log_loss(z: FloatArray, y: FloatArray) -> float:
-    """Mean logistic loss of scores ``z`` against labels ``y``."""
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+def unbiased_labels(y: FloatArray, flip: float) -> FloatArray:
+    """``ŷ = (y − q)/(1 − 2q)`` for labels each flipped with probability ``q``: ``E[ŷ] = true y``.
+
+    The unbiased estimator of Natarajan, Dhillon, Ravikumar and Tewari (*Learning with Noisy
+    Labels*, NeurIPS 2013, Lemma 1) for symmetric noise: the logistic loss and its gradient are
+    linear in the label, so with ``ŷ`` in place of the label both are unbiased for their values
+    on the true labels, and the loss stays convex in the weights.
+    """
+    out: FloatArray = (y - flip) / (1.0 - 2.0 * flip)
+    return out
 
 
-def residuals(z: FloatArray, y: FloatArray) -> IntArray:
-    """``sigmoid(z) − y`` as ``RESIDUAL_FRAC_BITS`` fixed-point integers (what gets encrypted)."""
-    return np.rint((sigmoid(z) - y) * (1 << RESIDUAL_FRAC_BITS)).astype(np.int64)
+def log_loss(z: FloatArray, y: FloatArray, flip: float = 0.0) -> float:
+    """Mean logistic loss of scores ``z`` against labels ``y`` (unbiased if flipped with ``q``)."""
+    return float(np.mean(np.logaddexp(0.0, z) - unbiased_labels(y, flip) * z))
+
+
+def residuals(z: FloatArray, y: FloatArray, flip: float = 0.0) -> IntArray:
+    """``(1 − 2q)·sigmoid(z) + q − y`` as ``RESIDUAL_FRAC_BITS`` fixed-point integers.
+
+    What gets encrypted. With true labels (``q = 0``) it is ``sigmoid(z) − y``. With labels each
+    flipped with probability ``q`` (randomised response) it is ``(1 − 2q)·(sigmoid(z) − ŷ)``,
+    the unbiased residual (:func:`unbiased_labels`) scaled by ``1 − 2q`` so that ``|r| ≤ 1``
+    still holds (every bound and mask is unchanged); the steps multiply by
+    ``TrainConfig.gain = 1/(1 − 2q)``. Its sign is the (randomised) label's either way.
+    """
+    r = (1.0 - 2.0 * flip) * sigmoid(z) + flip - y
+    return np.rint(r * (1 << RESIDUAL_FRAC_BITS)).astype(np.int64)
 
 
 def gradient_ints(xq: IntArray, rq: IntArray) -> IntArray:
@@ -232,17 +263,25 @@ def gradient_bound(batch_rows: int) -> int:
 
 
 def step(
-    weights: FloatArray, grad: IntArray, batch_rows: int, rate: float, l2: float
+    weights: FloatArray,
+    grad: IntArray,
+    batch_rows: int,
+    rate: float,
+    l2: float,
+    gain: float = 1.0,
 ) -> FloatArray:
-    """One gradient step: ``w − rate·(g / batch_rows + l2·w)``, ``g`` decoded from integers."""
-    g = grad.astype(np.float64) / float(1 << GRADIENT_FRAC_BITS) / batch_rows
+    """One gradient step: ``w − rate·(gain·g / batch_rows + l2·w)``, ``g`` decoded from integers.
+
+    ``gain`` is ``TrainConfig.gain``: 1 with true labels.
+    """
+    g = grad.astype(np.float64) / float(1 << GRADIENT_FRAC_BITS) / batch_rows * gain
     out: FloatArray = weights - rate * (g + l2 * weights)
     return out
 
 
-def step_bias(bias: float, rq: IntArray, rate: float) -> float:
-    """The intercept's step (no L2): ``b − rate·mean(r)``."""
-    return float(bias - rate * (rq.sum() / float(1 << RESIDUAL_FRAC_BITS) / len(rq)))
+def step_bias(bias: float, rq: IntArray, rate: float, gain: float = 1.0) -> float:
+    """The intercept's step (no L2): ``b − rate·gain·mean(r)``."""
+    return float(bias - rate * (rq.sum() / float(1 << RESIDUAL_FRAC_BITS) / len(rq) * gain))
 
 
 @dataclass
@@ -305,7 +344,8 @@ def fit_vertical(
     Args:
         blocks: Integer features of each party for all aligned rows (:func:`prepare_features`);
             block 0 is the label holder's.
-        y: 0/1 labels of all aligned rows.
+        y: 0/1 labels of all aligned rows (the randomised ones under label DP, with
+            ``config.label_flip`` their flip probability).
         train: Positions of the training rows.
         config: The shared hyper-parameters.
         reshuffle: New batch membership every epoch (only for leakage measurements).
@@ -331,15 +371,15 @@ def fit_vertical(
                 for b, w in zip(blocks[1:], weights[1:], strict=True)
             ]
             z = joint_scores(partial_scores(blocks[0][rows], weights[0]), bias, others)
-            total += log_loss(z, y[rows]) * len(rows)
+            total += log_loss(z, y[rows], config.label_flip) * len(rows)
             rows_seen += len(rows)
-            rq = residuals(z, y[rows])
+            rq = residuals(z, y[rows], config.label_flip)
             for k, block in enumerate(blocks):
                 grad = gradient_ints(block[rows], rq)
                 if k:
                     trace[k - 1].append((rows, grad))
-                weights[k] = step(weights[k], grad, len(rows), rate, config.l2)
-            bias = step_bias(bias, rq, rate)
+                weights[k] = step(weights[k], grad, len(rows), rate, config.l2, config.gain)
+            bias = step_bias(bias, rq, rate, config.gain)
         losses.append(total / rows_seen)
         if stopper.update(losses[-1]):
             break

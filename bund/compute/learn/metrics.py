@@ -1,10 +1,15 @@
-"""Binary-classifier metrics, exact: AUC (ties count half), KS, ROC points, confusion table.
+"""Binary-classifier metrics: exact AUC, KS, ROC points, confusion table; binned AUC, log-loss.
 
-Labels are 0/1 (1 = the event, for credit a default); a higher score means "more likely 1".
+Labels are 0/1 (1 = the event, for credit a default); a higher score means "more likely 1". The
+exact metrics count ties half. The binned AUC and the clipped log-loss are what a differentially
+private evaluation can release: they work on integer counts, so each party can add integer noise
+to its own counts and the sum of the noisy counts still gives an estimate
+(``bund.compute.learn.fed``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,3 +164,125 @@ def confusion(y: npt.ArrayLike, score: npt.ArrayLike, cutoff: float) -> Confusio
         true_negative=int((~called & ~event).sum()),
         false_negative=int((~called & event).sum()),
     )
+
+
+# --- binned metrics: what a differentially private evaluation can release -------------------
+
+IntArray = npt.NDArray[np.int64]
+
+
+def clip_logits(logits: npt.ArrayLike, clip: float) -> FloatArray:
+    """Scores on the logit scale, clipped so that ``sigmoid`` stays in ``[clip, 1 − clip]``.
+
+    The clip bounds every record's log-loss by ``ln(1/clip)`` (a finite sensitivity) and gives
+    the AUC's bins a fixed, public range ``[−L, L]`` with ``L = ln((1 − clip)/clip)``.
+    """
+    if not 0 < clip < 0.5:
+        raise ValueError("clip must lie in (0, 1/2)")
+    bound = math.log((1 - clip) / clip)
+    values = np.asarray(logits, dtype=np.float64).ravel()
+    if not np.isfinite(values).all():
+        raise ValueError("scores must be finite")
+    return np.clip(values, -bound, bound)
+
+
+def score_bins(logits: npt.ArrayLike, bins: int, clip: float) -> IntArray:
+    """The bin of each score: ``bins`` equal-width bins of the clipped logit over ``[−L, L]``.
+
+    The binning is monotone (a higher score never lands in a lower bin), so the binned AUC below
+    only loses the order of the pairs that share a bin.
+
+    >>> score_bins([-100.0, 0.0, 0.1, 100.0], 4, 0.01).tolist()
+    [0, 2, 2, 3]
+    """
+    if bins < 1:
+        raise ValueError("need at least one bin")
+    clipped = clip_logits(logits, clip)
+    bound = math.log((1 - clip) / clip)
+    index = np.floor((clipped + bound) / (2 * bound) * bins)
+    return np.clip(index, 0, bins - 1).astype(np.int64)
+
+
+def binned_counts(y: npt.ArrayLike, logits: npt.ArrayLike, bins: int, clip: float) -> IntArray:
+    """Rows per score bin and label: ``bins`` counts of label 0, then ``bins`` of label 1.
+
+    >>> binned_counts([0, 1, 1], [-1.0, 0.5, 3.0], 2, 0.01).tolist()
+    [1, 0, 0, 2]
+    """
+    labels = np.asarray(y, dtype=np.float64).ravel()
+    where = score_bins(logits, bins, clip)
+    if labels.shape != where.shape:
+        raise ValueError(f"{labels.size} labels but {where.size} scores")
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    negatives = np.bincount(where[labels == 0], minlength=bins)
+    positives = np.bincount(where[labels == 1], minlength=bins)
+    return np.concatenate([negatives, positives]).astype(np.int64)
+
+
+def _halves(counts: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    cells = np.asarray(counts, dtype=np.float64).ravel()
+    if cells.size % 2 or cells.size == 0 or not np.isfinite(cells).all():
+        raise ValueError("binned counts are 2·B finite cells: label 0 by bin, then label 1")
+    half = cells.size // 2
+    return cells[:half], cells[half:]
+
+
+def binned_auc(counts: npt.ArrayLike) -> float:
+    """The Mann–Whitney AUC from binned counts: pairs in one bin count half.
+
+    ``counts`` is :func:`binned_counts`'s layout, possibly noisy (a cell may then be negative:
+    the estimate stays the same bilinear form, clipped to [0, 1]). It is the exact AUC of the
+    scores rounded to their bins, which differs from the AUC of the scores themselves by at
+    most :func:`binned_auc_tolerance`.
+
+    Raises:
+        ValueError: If a class has no rows (a total of 0 or less).
+
+    >>> round(binned_auc([2, 1, 0, 0, 1, 2]), 4)
+    0.9444
+    """
+    negatives, positives = _halves(counts)
+    total_neg, total_pos = negatives.sum(), positives.sum()
+    if total_neg <= 0 or total_pos <= 0:
+        raise ValueError("the AUC needs rows of both labels")
+    below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
+    u = float((positives * (below + negatives / 2)).sum())
+    return min(1.0, max(0.0, u / float(total_neg * total_pos)))
+
+
+def binned_auc_tolerance(counts: npt.ArrayLike) -> float:
+    """How far :func:`binned_auc` can lie from the AUC of the unbinned scores: ``½ Σ_b π_b ν_b``.
+
+    ``π_b`` and ``ν_b`` are the shares of label-1 and label-0 rows in bin ``b``. Binning changes
+    only the pairs that share a bin: the exact AUC counts each such pair 1, ½ or 0, the binned
+    one ½, so the difference is at most half the share of pairs within a bin. On noisy counts
+    it is an estimate (negative cells count as empty).
+
+    Raises:
+        ValueError: If a class has no rows.
+
+    >>> round(binned_auc_tolerance([2, 1, 0, 0, 1, 2]), 4)
+    0.0556
+    """
+    negatives, positives = (np.maximum(half, 0.0) for half in _halves(counts))
+    if negatives.sum() <= 0 or positives.sum() <= 0:
+        raise ValueError("the AUC needs rows of both labels")
+    return float((negatives / negatives.sum() * positives / positives.sum()).sum() / 2)
+
+
+def clipped_log_loss(y: npt.ArrayLike, logits: npt.ArrayLike, clip: float) -> FloatArray:
+    """Each record's log-loss with the predicted probability clipped to ``[clip, 1 − clip]``.
+
+    Every value lies in ``[0, ln(1/clip)]``.
+
+    >>> clipped_log_loss([1, 0, 1], [0.0, 0.0, -50.0], 0.01).round(4).tolist()
+    [0.6931, 0.6931, 4.6052]
+    """
+    labels = np.asarray(y, dtype=np.float64).ravel()
+    z = clip_logits(logits, clip)
+    if labels.shape != z.shape:
+        raise ValueError(f"{labels.size} labels but {z.size} scores")
+    # -log sigmoid(z) for label 1 and -log sigmoid(-z) for label 0, stably: log1p(exp(∓z)).
+    signed = np.where(labels == 1, z, -z)
+    return np.asarray(np.logaddexp(0.0, -signed), dtype=np.float64)

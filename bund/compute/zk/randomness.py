@@ -22,8 +22,6 @@ out once.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Sequence
 from functools import partial
 
@@ -31,6 +29,7 @@ import gmpy2
 
 from bund.compute.errors import CiphertextNotUnitError, CiphertextRangeError
 from bund.compute.executor import Executor, InlineExecutor, split_evenly
+from bund.compute.modexp import PrecomputedPool
 from bund.compute.paillier import Mpz, Obfuscator, PublicKey
 from bund.compute.zk.arith import random_unit, released_gil
 
@@ -86,32 +85,42 @@ class FullRandomness:
 
     It has the interface of ``bund.compute.paillier.RandomnessSource``, so
     ``vector.to_bytes(FullRandomness(public_key))`` re-randomises an evaluator's results with
-    its own randomness. It can hold a pool: :meth:`refill` computes values ahead (in executor
-    batches), and every value is removed under a lock when handed out, so none is used twice;
-    what the pool lacks is computed on the spot.
+    its own randomness; ``bund.compute.he`` hands it out as a Paillier public key's
+    ``encryptor()``. It can hold a pool (``bund.compute.modexp.PrecomputedPool``): :meth:`refill`
+    computes values ahead in executor batches, or :meth:`run_refills` in a thread the node owns,
+    and every value is removed under a lock when handed out, so none is used twice; what the pool
+    lacks is computed on the spot.
 
     Args:
         public_key: The key (verify the owner's Π^mod proof first).
-        capacity: Most values held in the pool (about 0.8 KB each at 2048 bits).
+        capacity: Most values held in the pool (about 0.8 KB each at 2048 bits); 0 keeps none.
+        low_water: :meth:`run_refills` tops the pool up below this (default: half the capacity).
     """
 
-    def __init__(self, public_key: PublicKey, capacity: int = 0) -> None:
+    def __init__(
+        self, public_key: PublicKey, capacity: int = 0, low_water: int | None = None
+    ) -> None:
         if not isinstance(public_key, PublicKey):
             raise TypeError("FullRandomness draws for a PublicKey")
         if capacity < 0:
             raise ValueError("capacity is at least 0")
         self._public_key = public_key
-        self._capacity = capacity
-        self._values: deque[Mpz] = deque()
-        self._lock = threading.Lock()
+        self._pool: PrecomputedPool[Mpz] | None = (
+            PrecomputedPool(self._compute, capacity, low_water) if capacity else None
+        )
 
     @property
     def public_key(self) -> PublicKey:
         """The key whose ciphertexts this source makes."""
         return self._public_key
 
+    @property
+    def capacity(self) -> int:
+        """Most values the pool holds (0: no pool)."""
+        return 0 if self._pool is None else self._pool.capacity
+
     def __len__(self) -> int:
-        return len(self._values)
+        return 0 if self._pool is None else len(self._pool)
 
     def _compute(self, count: int, executor: Executor | None) -> list[Mpz]:
         executor = executor or InlineExecutor()
@@ -125,27 +134,25 @@ class FullRandomness:
         Returns:
             How many were added.
         """
-        with self._lock:
-            room = self._capacity - len(self._values)
-        want = room if count is None else min(count, room)
-        if want <= 0:
-            return 0
-        fresh = self._compute(want, executor)
-        with self._lock:
-            room = self._capacity - len(self._values)
-            self._values.extend(fresh[:room])
-            return min(room, len(fresh))
+        return 0 if self._pool is None else self._pool.refill(count, executor)
+
+    def run_refills(self, batch: int = 256) -> None:
+        """Keep the pool above its low-water mark until :meth:`close`; run it in a node thread."""
+        if self._pool is not None:
+            self._pool.run_refills(batch)
+
+    def close(self) -> None:
+        """Stop :meth:`run_refills` (after its current round); the source stays usable."""
+        if self._pool is not None:
+            self._pool.close()
 
     def residues(self, count: int, executor: Executor | None = None) -> list[Mpz]:
         """``count`` values ``r^N mod N²`` never handed out before (pool first)."""
         if count < 0:
             raise ValueError("count is at least 0")
-        with self._lock:
-            take = min(count, len(self._values))
-            out = [self._values.popleft() for _ in range(take)]
-        if take < count:
-            out.extend(self._compute(count - take, executor))
-        return out
+        if self._pool is None:
+            return self._compute(count, executor)
+        return self._pool.take(count, executor)
 
     def obfuscators(self, count: int, executor: Executor | None = None) -> list[Obfuscator]:
         """``count`` pairs ``(r^N mod N², r^N mod N)``, as ``RandomnessSource`` asks."""

@@ -3,7 +3,8 @@
 Every node keeps one log. A record holds who did what and never payload content; each record is
 bound to the one before it by a hash chain and signed with the node's audit key. The party signs
 tree heads (checkpoints: its log's size and Merkle root) that the regulator keeps, so that a log
-later truncated, or rewritten and re-signed with the party's own key, is caught. ``docs/audit.md``
+later truncated, or rewritten and re-signed with the party's own key, is caught; and every
+node witnesses its peers' tree heads between the regulator's audits. ``docs/audit.md``
 says what each check proves. One module per part, all names importable from here:
 
 * :mod:`~bund.parties.audit.records`: :class:`AuditRecord`, the fields it may hold, its body;
@@ -13,6 +14,9 @@ says what each check proves. One module per part, all names importable from here
 * :mod:`~bund.parties.audit.verify`: :func:`verify_records`, :func:`verify_store`;
 * :mod:`~bund.parties.audit.treehead`: :class:`Checkpoint` and the regulator's
   :func:`check_log_against_checkpoints`;
+* :mod:`~bund.parties.audit.witness`: witness cosigning: :class:`Witness`, which checks, keeps
+  and countersigns other parties' heads (:class:`WitnessedHead`) in a :class:`WitnessStore`,
+  and the node's :class:`WitnessExchange` thread;
 * :mod:`~bund.parties.audit.jsonl`: export and strict import of JSON lines.
 
 The hashing itself is pure and lives in :mod:`bund.compute.merkle` (RFC 6962 trees, proofs, the
@@ -28,6 +32,8 @@ from bund.parties.audit.records import (
     AuditFormatError,
     AuditRecord,
     JsonScalar,
+    is_timestamp,
+    parse_timestamp,
 )
 from bund.parties.audit.stores import (
     SCHEMA_VERSION,
@@ -48,10 +54,29 @@ from bund.parties.audit.treehead import (
     check_log_against_checkpoints,
     verify_checkpoint,
 )
-from bund.parties.audit.verify import VerificationReport, verify_records, verify_store
+from bund.parties.audit.verify import (
+    VerificationReport,
+    read_readable,
+    verify_records,
+    verify_store,
+)
+from bund.parties.audit.witness import (
+    COSIGNATURE_DOMAIN,
+    Witness,
+    WitnessConflictError,
+    WitnessedHead,
+    WitnessError,
+    WitnessExchange,
+    WitnessKeyError,
+    WitnessReply,
+    WitnessStore,
+    cosign,
+    verify_cosignature,
+)
 
 __all__ = [
     "CHECKPOINT_DOMAIN",
+    "COSIGNATURE_DOMAIN",
     "GENESIS_HASH",
     "SCHEMA_VERSION",
     "SIGNATURE_SIZE",
@@ -72,12 +97,25 @@ __all__ = [
     "SqlAuditStore",
     "SqliteAuditStore",
     "VerificationReport",
+    "Witness",
+    "WitnessConflictError",
+    "WitnessError",
+    "WitnessExchange",
+    "WitnessKeyError",
+    "WitnessReply",
+    "WitnessStore",
+    "WitnessedHead",
     "check_log_against_checkpoints",
+    "cosign",
     "export_jsonl",
+    "is_timestamp",
     "iter_jsonl",
     "open_audit_store",
+    "parse_timestamp",
     "read_jsonl",
+    "read_readable",
     "verify_checkpoint",
+    "verify_cosignature",
     "verify_records",
     "verify_store",
 ]

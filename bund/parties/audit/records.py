@@ -9,6 +9,7 @@ hash is RFC 6962's over that body (:func:`bund.compute.merkle.leaf_hash`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -49,6 +50,22 @@ class AuditFormatError(BundError, ValueError):
 def is_timestamp(value: object) -> bool:
     """Whether ``value`` is an RFC 3339 UTC time as the log writes it (``...T09:30:00.000Z``)."""
     return isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """An RFC 3339 UTC time as the log writes it, as an aware ``datetime`` (to the microsecond).
+
+    Timestamps are compared as times, never as text: ``...:00Z`` sorts after ``...:00.5Z``.
+
+    Raises:
+        ValueError: ``value`` is not such a time (:func:`is_timestamp`).
+
+    >>> parse_timestamp("2026-11-24T09:30:00.5Z") < parse_timestamp("2026-11-24T09:30:01Z")
+    True
+    """
+    if not is_timestamp(value):
+        raise ValueError(f"not an RFC 3339 UTC time such as 2026-11-24T09:30:00.000000Z: {value!r}")
+    return dt.datetime.fromisoformat(value)
 
 
 def check_text(name: str, value: object) -> None:

@@ -11,6 +11,7 @@ contract suite in ``tests/parties/test_audit_stores.py``.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import sqlite3
 import threading
@@ -63,6 +64,21 @@ class AuditStore(ABC):
                 (0 for an empty store).
         """
 
+    def append_many(self, records: Sequence[AuditRecord]) -> None:
+        """Add consecutive ``records`` durably (a group commit).
+
+        The default appends them one by one with :meth:`append`, each durably, so a failure
+        part-way keeps the records before it; a store that can commit them in one transaction
+        (one sync to disk, all or none) overrides it, as the SQL stores do.
+
+        Raises:
+            AuditLogConflictError: The first record is not the next one, or the records do not
+                follow each other; nothing is appended.
+        """
+        _check_consecutive(records)
+        for record in records:
+            self.append(record)
+
     @abstractmethod
     def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
         """The records with ``start <= index < stop`` (to the end if ``stop`` is None), in order.
@@ -99,6 +115,12 @@ class AuditStore(ABC):
 def _check_range(start: int, stop: int | None) -> None:
     if start < 0 or (stop is not None and stop < start):
         raise ValueError(f"bad record range [{start}, {stop})")
+
+
+def _check_consecutive(records: Sequence[AuditRecord]) -> None:
+    for before, record in itertools.pairwise(records):
+        if record.index != before.index + 1:
+            raise _conflict(record, before.index + 1)
 
 
 def _conflict(record: AuditRecord, expected: int) -> AuditLogConflictError:
@@ -287,23 +309,28 @@ class SqlAuditStore(AuditStore):
             io.UnsupportedOperation: The store was opened read-only.
             AuditLogConflictError: ``record`` is not the next record.
         """
+        self.append_many((record,))
+
+    def append_many(self, records: Sequence[AuditRecord]) -> None:
+        """Add consecutive ``records`` in one durable transaction (one commit for them all).
+
+        Raises:
+            io.UnsupportedOperation: The store was opened read-only.
+            AuditLogConflictError: The records are not the next ones; nothing is appended.
+        """
         if self._read_only:
             raise io.UnsupportedOperation(f"{self.where} was opened read-only")
-        texts = (record.timestamp, record.party, record.event, record.job_id)
-        row = (
-            record.index,
-            *(self._column(text) for text in texts),
-            self._column(canonical_json(record.fields).decode("utf-8")),
-            record.prev_hash,
-            record.record_hash,
-            record.signature,
-        )
+        if not records:
+            return
+        _check_consecutive(records)
+        rows = [self._row(record) for record in records]
         try:
             with self._lock, self._transaction(self._LOCK_RECORDS):
                 [(expected,)] = self._db.execute(_NEXT_INDEX).fetchall()
-                if record.index != expected:
-                    raise _conflict(record, expected)
-                self._db.execute(self._INSERT, row)
+                if records[0].index != expected:
+                    raise _conflict(records[0], expected)
+                for row in rows:
+                    self._db.execute(self._INSERT, row)
         except Exception as exc:
             if not self._write_failure(exc):
                 raise
@@ -311,6 +338,18 @@ class SqlAuditStore(AuditStore):
                 f"the audit store {self.where} cannot take records now ({exc}); nothing that "
                 "needs a record was done. The node's operator must make the audit store writable"
             ) from exc
+
+    def _row(self, record: AuditRecord) -> tuple[object, ...]:
+        """``record`` as the nine parameters of :attr:`_INSERT`."""
+        texts = (record.timestamp, record.party, record.event, record.job_id)
+        return (
+            record.index,
+            *(self._column(text) for text in texts),
+            self._column(canonical_json(record.fields).decode("utf-8")),
+            record.prev_hash,
+            record.record_hash,
+            record.signature,
+        )
 
     def read(self, start: int = 0, stop: int | None = None) -> list[AuditRecord]:
         """Records ``start`` to ``stop`` (see :meth:`AuditStore.read`)."""

@@ -178,6 +178,36 @@ def _then_raise(records: Iterable[AuditRecord], exc: AuditFormatError) -> Iterat
     raise exc
 
 
+def read_readable(
+    store: AuditStore, start: int, stop: int
+) -> tuple[list[AuditRecord], AuditFormatError | None]:
+    """Records ``start <= index < stop`` up to the first one the store cannot decode, and why.
+
+    A node serves its log to the regulator this way: the records before an undecodable one (its
+    bytes altered into invalid UTF-8 or non-canonical JSON) still reach the regulator, and the
+    error names the record, so the regulator reports the first bad index rather than a failed
+    pull.
+
+    Args:
+        store: The store to read.
+        start: The first index.
+        stop: One past the last index.
+
+    Returns:
+        The readable records from ``start``, and the error at the first record that is not
+        (``None`` when every record read).
+
+    Raises:
+        AuditFormatError: The store failed without naming a record.
+    """
+    try:
+        return store.read(start, stop), None
+    except AuditFormatError as exc:
+        if exc.index is None or not start <= exc.index < stop:
+            raise
+        return store.read(start, exc.index), exc
+
+
 def verify_store(
     store: AuditStore, public_key: Ed25519PublicKey, party: str | None = None
 ) -> VerificationReport:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bund.compute.errors import BundError
 from bund.parties.approvals import ApprovalError, ApprovalRequest, verify_approval
-from bund.parties.data import Table
+from bund.parties.data import DatasetError, Table
 from bund.parties.identity import raw_key_id
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, JsonScalar, ProtocolDef
 from bund.parties.ledger import BudgetLedger
@@ -105,9 +106,13 @@ class Admission:
         """Shape, policy, dataset version pin, cohort floor and budget; raise on any."""
         definition = self.definition(spec)
         self.policy.check(spec, self.party, definition.outputs(spec), requester_role)
+        for peer, risk in sorted(definition.trusts(spec, self.party).items()):
+            self.policy.check_trusted(peer, spec.protocol, risk)
         request = self.approval_request(spec)
         if request is None:
             return None
+        self.check_bindings(spec)  # before anything is reserved; names only missing columns
+        definition.check_owner(spec, self.party, self.policy)
         entry = self.policy.datasets[request.dataset]
         if entry.version is not None and not hmac.compare_digest(
             entry.version, request.dataset_version
@@ -120,6 +125,33 @@ class Admission:
         self.policy.check_cohort(request.dataset, self.table(request.dataset).num_rows)
         self.ledger.check_caps(request.dataset, spec.requester, request.cost)
         return request
+
+    def check_bindings(self, spec: JobSpec) -> None:
+        """Refuse a job that reads a column this node's dataset lacks, naming only those columns.
+
+        Runs at admission before anything is reserved, and at the requester's own submission.
+        A spec its protocol refuses is left to :meth:`check`, which gives that reason instead.
+
+        Raises:
+            DatasetError: Naming the missing columns, never the dataset's other columns.
+        """
+        definition = self.protocols.get(spec.protocol)
+        if definition is None or self.party not in spec.parties:
+            return
+        dataset = spec.participant(self.party).dataset
+        if dataset is None or dataset not in self.tables:
+            return
+        try:
+            definition.validate(spec)
+        except BundError:
+            return
+        missing = definition.missing_columns(spec, self.party, self.table(dataset).columns)
+        if missing:
+            raise DatasetError(
+                f"{self.party}'s dataset {dataset!r} has no column "
+                f"{', '.join(repr(c) for c in missing)}, which the job reads: bind a column it "
+                "has (columns = {...} in the participant's entry) or change the query"
+            )
 
     def needs_approval(self, request: ApprovalRequest | None) -> bool:
         """Whether a job whose checks passed must wait for this node's approver."""

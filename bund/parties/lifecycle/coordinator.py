@@ -19,7 +19,7 @@ from bund.compute.errors import BundError
 from bund.parties.jobs import JobSpec, JsonScalar, transcript_digest
 from bund.parties.lifecycle.events import Event, Key
 from bund.parties.lifecycle.runner import Move
-from bund.parties.lifecycle.states import JobState, JobStatus, is_terminal
+from bund.parties.lifecycle.states import JobState, JobStatus, PartyView, is_terminal
 from bund.parties.lifecycle.store import JobStore
 
 log = logging.getLogger("bund.jobs")
@@ -132,6 +132,7 @@ class Coordinator:
                 if isinstance(answer, BundError):
                     raise answer
                 if not answer[0]:
+                    self._note(spec, PartyView(peer, JobState.REFUSED, reason=answer[1]))
                     self._call_off(
                         spec, proposed, f"refused by {peer}: {answer[1]}", peer, answer[1]
                     )
@@ -209,6 +210,13 @@ class Coordinator:
             if done != peer:
                 self._abort_peer(done, spec.job_id, why)
 
+    def _note(self, spec: JobSpec, view: PartyView) -> None:
+        """Keep a participant's answer for ``bund job status``; a failure to keep it is logged."""
+        try:
+            self._store.note_party(spec.job_id, view)
+        except Exception:  # noqa: BLE001 - a display aid; the job goes on without it
+            log.exception("job %s: could not keep %s's answer", spec.job_id, view.party)
+
     def _await_acceptance(self, spec: JobSpec, others: list[str]) -> tuple[str, str] | None:
         """Wait until every participant (this one too) accepted; else return (party, why)."""
         deadline = time.monotonic() + self.approval_timeout
@@ -216,11 +224,12 @@ class Coordinator:
         pause = threading.Event()
         while pending:
             for party in list(pending):
-                status = (
-                    self._store.get(spec.job_id)
-                    if party == self.party
-                    else self._peers.status(party, spec.job_id)
-                )
+                if party == self.party:
+                    status = self._store.get(spec.job_id)
+                else:
+                    status = self._peers.status(party, spec.job_id)
+                    seen = PartyView(party, status.state, status.approved_by, status.error)
+                    self._note(spec, seen)
                 if status.state is JobState.ACCEPTED:
                     pending.remove(party)
                 elif is_terminal(status.state):

@@ -47,6 +47,8 @@ class Event(StrEnum):
     #: Proposed or accepted here, and never started within ``unstarted_expiry_s``.
     JOB_EXPIRED = "job_expired"
     JOB_CLOSED = "job_closed"
+    #: A standing contract ended by its own terms: it expired, or its total limit was spent.
+    CONTRACT_ENDED = "contract_ended"
     PRIVACY_RECEIPT = "privacy_receipt"
     #: This node's operator read a result or a page of an artifact (recorded before it is served).
     RESULT_READ = "result_read"
@@ -64,6 +66,19 @@ class Event(StrEnum):
     BUDGET_RESERVED = "budget_reserved"
     BUDGET_CHARGED = "budget_charged"
     BUDGET_RELEASED = "budget_released"
+    # Requests to a standing contract (``bund.parties.serving``), by digest, never the ids.
+    #: A request taken and answered (recorded before the answer is released).
+    SERVING_REQUEST = "serving_request"
+    #: A request refused (replayed nonce, past a limit or the expiry, the contract ended).
+    SERVING_REFUSED = "serving_refused"
+    #: The Merkle root of the digests of the requests taken since the last root.
+    SERVING_ROOT = "serving_root"
+    # Witnessing other parties' signed tree heads (``bund.parties.audit.witness``).
+    #: A party presented a tree head that contradicts one this node holds of it (kept as
+    #: evidence): two logs of one size, or a log that shrank.
+    WITNESS_CONFLICT = "witness_conflict"
+    #: A party presented a tree head with another audit key than the one this node pinned.
+    WITNESS_KEY_CHANGED = "witness_key_changed"
     # The node itself.
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
@@ -72,6 +87,15 @@ class Event(StrEnum):
     RPC = "rpc"
     #: Refused or failed calls, counted per caller, method and status over an interval.
     RPC_REFUSED = "rpc_refused"
+    # Identities: which run of a peer this node works with, and its trust lists.
+    #: A call from a second running node with a peer's identity, refused.
+    DUPLICATE_INSTANCE = "duplicate_instance"
+    #: A peer's node restarted (or moved): its new instance epoch is pinned.
+    PEER_INSTANCE_CHANGED = "peer_instance_changed"
+    #: A new version of the roster or of a revocation list was loaded.
+    TRUST_LIST_LOADED = "trust_list_loaded"
+    #: A changed roster or revocation list was refused (bad signature, older version, gone).
+    TRUST_LIST_REFUSED = "trust_list_refused"
 
 
 class Key(StrEnum):
@@ -122,6 +146,21 @@ class Key(StrEnum):
     ARTIFACT = "artifact"
     OFFSET = "offset"
     BYTES = "bytes"
+    TREE_SIZE = "tree_size"
+    ROOT_HASH = "root_hash"
+    HEAD_TIMESTAMP = "head_timestamp"
+    HELD_TREE_SIZE = "held_tree_size"
+    HELD_ROOT_HASH = "held_root_hash"
+    HELD_TIMESTAMP = "held_timestamp"
+    KEY_ID = "key_id"
+    PINNED_KEY_ID = "pinned_key_id"
+    SEQ = "seq"
+    NONCE = "nonce"
+    REQUEST_SHA256 = "request_sha256"
+    IDS = "ids"
+    DAY = "day"
+    FIRST_SEQ = "first_seq"
+    COUNT = "count"
 
 
 class EventKind(StrEnum):
@@ -145,6 +184,12 @@ class EventKind(StrEnum):
     RPC = "rpc"
     #: Refused or failed calls, counted per caller, method and status over an interval.
     RPC_REFUSED = "rpc_refused"
+    #: Who the node trusts: peers' instances, the roster and the revocation lists.
+    IDENTITY = "identity"
+    #: What this node saw while witnessing another party's tree heads.
+    WITNESS = "witness"
+    #: A request to a standing contract, or the Merkle root of a batch of them.
+    SERVING = "serving"
 
 
 _E = Event
@@ -169,6 +214,7 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
                 _E.JOB_RESUMED,
                 _E.JOB_EXPIRED,
                 _E.JOB_CLOSED,
+                _E.CONTRACT_ENDED,
             ),
             EventKind.LIFECYCLE,
         ),
@@ -190,11 +236,25 @@ KINDS: Final[Mapping[Event, EventKind]] = MappingProxyType(
         _E.BUDGET_RESERVED: EventKind.BUDGET,
         _E.BUDGET_CHARGED: EventKind.BUDGET,
         _E.BUDGET_RELEASED: EventKind.BUDGET,
+        _E.SERVING_REQUEST: EventKind.SERVING,
+        _E.SERVING_REFUSED: EventKind.SERVING,
+        _E.SERVING_ROOT: EventKind.SERVING,
+        _E.WITNESS_CONFLICT: EventKind.WITNESS,
+        _E.WITNESS_KEY_CHANGED: EventKind.WITNESS,
         _E.NODE_STARTED: EventKind.NODE,
         _E.NODE_STOPPED: EventKind.NODE,
         _E.POLICY_RELOADED: EventKind.NODE,
         _E.RPC: EventKind.RPC,
         _E.RPC_REFUSED: EventKind.RPC,
+        **dict.fromkeys(
+            (
+                _E.DUPLICATE_INSTANCE,
+                _E.PEER_INSTANCE_CHANGED,
+                _E.TRUST_LIST_LOADED,
+                _E.TRUST_LIST_REFUSED,
+            ),
+            EventKind.IDENTITY,
+        ),
     }
 )
 #: Lifecycle events that record a decision without changing the job's state by themselves.
@@ -225,6 +285,7 @@ LEGACY_STATE_AFTER: Final[Mapping[Event, JobState]] = MappingProxyType(
         _E.JOB_INTERRUPTED: JobState.INTERRUPTED,
         _E.JOB_RESUMED: JobState.RUNNING,
         _E.JOB_EXPIRED: JobState.FAILED,
+        _E.CONTRACT_ENDED: JobState.SUCCEEDED,
     }
 )
 

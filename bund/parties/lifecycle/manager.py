@@ -44,6 +44,7 @@ from bund.parties.lifecycle.states import (
     IllegalTransitionError,
     JobState,
     JobStatus,
+    PartyView,
     is_resumable,
     is_terminal,
 )
@@ -124,6 +125,8 @@ class JobManager:
         code_version: The running code's version.
         timing: Timeouts, heartbeats and pool size.
         executor: Where heavy kernel batches run (inline by default).
+        on_job_closed: Called when this node's role of a job ends with the job closed (the node
+            exchanges tree heads with the job's peers); must not raise.
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class JobManager:
         code_version: str,
         timing: LifecycleTiming = LifecycleTiming(),
         executor: Executor | None = None,
+        on_job_closed: Callable[[JobSpec], None] = lambda spec: None,
     ) -> None:
         self.party = party
         self.audit = stores.audit
@@ -183,6 +187,7 @@ class JobManager:
                 executor=self.executor,
                 liveness=self.liveness,
                 abort_peers=self._abort_peers,
+                job_closed=on_job_closed,
             ),
             timing.recv_timeout,
         )
@@ -318,6 +323,7 @@ class JobManager:
             raise InvalidJobSpecError("leave job_id empty in a submission: the node assigns it")
         if spec.requester != self.party:
             raise InvalidJobSpecError(f"requester must be this node's party {self.party!r}")
+        self.admission.check_bindings(spec)  # the requester's own bindings, before anything
         spec = dataclasses.replace(spec, job_id=new_job_id())
         self.store.create(spec, Event.JOB_SUBMITTED, self._spec_fields(spec))
         self._pool.submit(self.coordinator.coordinate, spec)
@@ -352,6 +358,12 @@ class JobManager:
         try:
             self._accept(request.spec, request)
         except BundError as exc:
+            ended = self.store.get(job_id)
+            if is_terminal(ended.state):  # called off meanwhile (a peer refused, a cancel)
+                raise JobStateError(
+                    f"job {job_id} was {ended.state.value} meanwhile ({ended.error}); "
+                    "the approval is on record, but the job will not run"
+                ) from None
             self._refuse(job_id, str(exc))
             raise
 
@@ -440,11 +452,13 @@ class JobManager:
         )
         return data, total
 
-    def list(self, caller: str, limit: int = 50) -> list[JobStatus]:
-        """The newest jobs, for this node's operator."""
+    def list(
+        self, caller: str, limit: int = 50, states: frozenset[JobState] | None = None
+    ) -> list[JobStatus]:
+        """The newest jobs (in ``states``, when given), for this node's operator."""
         if caller != self.party:
             raise NotAuthorizedError("only this node's own operator may list its jobs")
-        return self.store.newest(max(1, min(limit, 1000)))
+        return self.store.newest(max(1, min(limit, 1000)), states)
 
     # -- requester node -> participant nodes -----------------------------------------------
 
@@ -505,6 +519,10 @@ class JobManager:
             self.store.record(job_id, Event.JOB_ABORTED, fields)
             return
         state = JobState.REFUSED if status.state in NOT_STARTED else JobState.ABORTED
+        if status.spec.requester == self.party:
+            # The caller's answer, for ``bund job status``: its abort may end the job here
+            # before the coordinator's next poll would have heard it.
+            self.store.note_party(job_id, PartyView(caller, state, reason=reason[:500]))
         self.store.transition(job_id, state, Event.JOB_ABORTED, fields, error=f"{caller}: {reason}")
         if is_resumable(status.state):
             self.resume.forget(job_id)
@@ -530,8 +548,8 @@ class JobManager:
             Key.SHA256: digest(payload).hex(),
             Key.SIZE: len(payload),
         }
-        if status.state is JobState.SUCCEEDED and bound:
-            # A peer resumed after this node finished: its re-sent messages change nothing here.
+        if status.state in (JobState.SUCCEEDED, JobState.SERVING) and bound:
+            # A peer resumed (or re-sent) after this node closed: its messages change nothing.
             self.store.record(job_id, Event.MESSAGE_AFTER_CLOSE, note)
             return False
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):

@@ -214,6 +214,8 @@ class RunnerPorts:
     liveness: LivenessHooks
     #: Tell every other participant that the job is off (logs, never raises).
     abort_peers: Callable[[JobSpec, str], None]
+    #: The role ended with the job closed here (the node exchanges tree heads; never raises).
+    job_closed: Callable[[JobSpec], None] = lambda spec: None
 
 
 class RoleRunner:
@@ -285,15 +287,18 @@ class RoleRunner:
             peer_digests = self._exchange_closing(
                 ctx, transcript, definition.dropouts(spec, self.party)
             )
-            receipt = self._receipt(spec, definition, request, transcript)
+            receipt = self._receipt(spec, definition, request, transcript, ctx.quality)
         except Exception as exc:
             self._fail(spec, ctx, exc)
         else:
             self._succeed(spec, ctx, result, receipt, peer_digests)
         finally:
             self._p.mailbox.forget(job_id)
-            self._p.liveness.role_ended(job_id, self._p.store.get(job_id).state)
+            state = self._p.store.get(job_id).state
+            self._p.liveness.role_ended(job_id, state)
             self.release(job_id)
+            if is_terminal(state):
+                self._p.job_closed(spec)
 
     def _context(self, spec: JobSpec, resumed: bool) -> RoleContext:
         job_id = spec.job_id
@@ -358,11 +363,17 @@ class RoleRunner:
         receipt: Mapping[str, JsonScalar],
         peer_digests: Mapping[str, str],
     ) -> None:
-        """The closing records first, then the result and the state, in one step."""
+        """The closing records first, then the result and the state, in one step.
+
+        A standing contract's roles only set it up: it closes their exchange the same way, and
+        then stands SERVING with the resume states its roles saved (its masking keys).
+        """
         job_id = spec.job_id
         transcript = str(receipt["transcript_sha256"])
+        standing = self._admission.protocols[spec.protocol].standing
+        state = JobState.SERVING if standing else JobState.SUCCEEDED
         fields: dict[str, JsonScalar] = {
-            Key.OUTCOME: JobState.SUCCEEDED.value,
+            Key.OUTCOME: state.value,
             Key.TRANSCRIPT_SHA256: transcript,
             Key.MESSAGES: len(ctx.transcript),
             Key.RESULT_TO: ",".join(spec.receivers),
@@ -380,17 +391,13 @@ class RoleRunner:
         try:
             self._p.store.record(job_id, Event.PRIVACY_RECEIPT, receipt)
             self._p.store.transition(
-                job_id,
-                JobState.SUCCEEDED,
-                Event.JOB_CLOSED,
-                fields,
-                transcript=transcript,
-                result=stored,
+                job_id, state, Event.JOB_CLOSED, fields, transcript=transcript, result=stored
             )
         except Exception as exc:  # noqa: BLE001 - cancelled meanwhile, or the stores failed
             self._fail(spec, ctx, exc)
             return
-        self._p.resume.forget(job_id)
+        if not standing:
+            self._p.resume.forget(job_id)
 
     def _fail(self, spec: JobSpec, ctx: RoleContext, exc: Exception) -> None:
         job_id = spec.job_id
@@ -421,10 +428,11 @@ class RoleRunner:
         }
         move = Move(job_id, state, Event.JOB_CLOSED, fields, reason)
         try:
-            if is_terminal(current):
-                self._p.store.record(job_id, Event.JOB_CLOSED, fields)
-            else:
-                move.write(self._p.store)
+            if is_terminal(current) or not move.write(self._p.store):
+                # Ended here already (a cancel, or a peer's abort that landed meanwhile): the
+                # role's close is still recorded, with the state the job ended in.
+                ended = self._p.store.get(job_id).state
+                self._p.store.record(job_id, Event.JOB_CLOSED, {**fields, Key.OUTCOME: ended.value})
         except BundError:
             log.exception("job %s: could not record its end at %s; retrying", job_id, self.party)
             if not is_terminal(current):
@@ -484,8 +492,13 @@ class RoleRunner:
         definition: ProtocolDef,
         request: ApprovalRequest | None,
         transcript: str,
+        quality: Mapping[str, int],
     ) -> dict[str, JsonScalar]:
-        """This party's privacy receipt: protocol, crypto, what each learned, budget, digest."""
+        """This party's privacy receipt: protocol, crypto, what each learned, budget, digest.
+
+        And the data-quality counts its role noted (``quality.<name>``): this party's own
+        receipt is the one place they go, since a peer must not learn them.
+        """
         receipt: dict[str, JsonScalar] = {
             "protocol": spec.protocol,
             "protocol_version": definition.version,
@@ -507,4 +520,5 @@ class RoleRunner:
                 epsilon=format_rational(request.cost.epsilon),
                 delta=format_rational(request.cost.delta),
             )
+        receipt.update({f"quality.{name}": count for name, count in sorted(quality.items())})
         return receipt

@@ -5,17 +5,20 @@
 
 ::
 
-    PROPOSED ──► AWAITING_APPROVAL ──► ACCEPTED ──► RUNNING ──► SUCCEEDED
-       │                │                  │         │  ▲
-       │                │                  │         ▼  │ (resumed)
-       │                │                  │      INTERRUPTED
+    PROPOSED ──► AWAITING_APPROVAL ──► ACCEPTED ──► RUNNING ─────────► SUCCEEDED
+       │                │                  │         │  ▲  │              ▲
+       │                │                  │         ▼  │  └──► SERVING ──┘
+       │                │                  │      INTERRUPTED  (a standing contract)
        ▼                ▼                  ▼         ▼
      REFUSED, FAILED, ABORTED (from any state that is not terminal)
 
 A job that was never started ends REFUSED when someone says no (a policy, an approver, a peer)
 and FAILED when something broke; a started job ends SUCCEEDED, FAILED or ABORTED. INTERRUPTED
 is not terminal: a fault stopped the role, its resume states are kept, and the node resumes it
-by itself once its peers answer again (or an operator does).
+by itself once its peers answer again (or an operator does). SERVING is where a standing
+contract (``serving_contract``) stands once its roles set it up: it answers requests, each
+checked against its terms, until it ends SUCCEEDED (expired, or its limits spent), ABORTED
+(revoked by any party) or FAILED.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class JobState(enum.Enum):
     RUNNING = "running"
     #: Stopped by a fault (a silent peer, a missed deadline, a node restart); resumable.
     INTERRUPTED = "interrupted"
+    #: A standing contract, set up and answering requests until it is revoked or ends.
+    SERVING = "serving"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REFUSED = "refused"
@@ -54,8 +59,9 @@ TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = MappingProxyType(
         ),
         _S.AWAITING_APPROVAL: frozenset({_S.ACCEPTED, _S.REFUSED, _S.FAILED, _S.ABORTED}),
         _S.ACCEPTED: frozenset({_S.RUNNING, _S.REFUSED, _S.FAILED, _S.ABORTED}),
-        _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.ABORTED, _S.INTERRUPTED}),
+        _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.ABORTED, _S.INTERRUPTED, _S.SERVING}),
         _S.INTERRUPTED: frozenset({_S.RUNNING, _S.FAILED, _S.ABORTED}),
+        _S.SERVING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.ABORTED}),
         _S.SUCCEEDED: frozenset(),
         _S.FAILED: frozenset(),
         _S.REFUSED: frozenset(),
@@ -91,6 +97,18 @@ class IllegalTransitionError(BundError):
 
 
 @dataclass(frozen=True)
+class PartyView:
+    """Another participant's answer to a job, as the requester's node last heard it."""
+
+    party: str
+    state: JobState
+    #: Its approvers who approved the job, in order.
+    approved_by: tuple[str, ...] = ()
+    #: Why it refused (its approver's reason for a denial), in its words.
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """One node's view of a job."""
 
@@ -103,5 +121,9 @@ class JobStatus:
     has_result: bool = False
     transcript_digest: str = ""
     updated_at: str = ""
+    #: When this node first recorded the job (kept by the node; not sent over the wire).
+    created_at: str = ""
     #: The approvers of this node who approved the job, in the order they did.
     approved_by: tuple[str, ...] = ()
+    #: At the requester's node: each other participant's answer as last heard, in spec order.
+    parties: tuple[PartyView, ...] = ()

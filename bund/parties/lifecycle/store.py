@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from bund.parties.lifecycle.states import (
     IllegalTransitionError,
     JobState,
     JobStatus,
+    PartyView,
     can_move,
     is_terminal,
 )
@@ -46,6 +47,21 @@ _MAX_ERROR = 1000
 def utcnow() -> str:
     """The current UTC time, as the job table stores it."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobNote:
+    """What just happened to a job at this node, as an observer hears it (the node's job log).
+
+    Attributes:
+        status: The job's status right after it.
+        event: The lifecycle record just written, or None for a progress update.
+        fields: That record's fields (empty for progress).
+    """
+
+    status: JobStatus
+    event: Event | None
+    fields: Mapping[str, JsonScalar]
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,12 @@ def spec_from_json(text: str) -> JobSpec:
     )
 
 
+def in_spec_order(spec: JobSpec, views: Iterable[PartyView]) -> tuple[PartyView, ...]:
+    """``views`` in the order the spec lists their parties."""
+    order = {party: i for i, party in enumerate(spec.parties)}
+    return tuple(sorted(views, key=lambda v: (order.get(v.party, len(order)), v.party)))
+
+
 class JobStore(ABC):
     """This node's jobs, their state, progress and results; the one writer of their state.
 
@@ -85,6 +107,7 @@ class JobStore(ABC):
         self._changed = threading.Condition(self._lock)
         self._revision = 0
         self._listeners: list[Callable[[JobStatus], None]] = []
+        self._observers: list[Callable[[JobNote], None]] = []
 
     def add_listener(self, listener: Callable[[JobStatus], None]) -> None:
         """Call ``listener`` with the new status after every move (outside the store's lock).
@@ -93,12 +116,31 @@ class JobStore(ABC):
         """
         self._listeners.append(listener)
 
+    def add_observer(self, observer: Callable[[JobNote], None]) -> None:
+        """Call ``observer`` after each lifecycle record and progress update of a job.
+
+        It hears a job's creation, every move, approvals, the lifecycle records that change no
+        state (``job_closed``) and progress, outside the store's lock, after the record is
+        durable. One that raises is logged and changes nothing.
+        """
+        self._observers.append(observer)
+
     def _notify(self, status: JobStatus) -> None:
         for listener in self._listeners:
             try:
                 listener(status)
             except Exception:  # noqa: BLE001 - the move is made; a listener's failure is logged
                 log.exception("a listener failed on job %s", status.spec.job_id)
+
+    def _observe(
+        self, status: JobStatus, event: Event | None, fields: Mapping[str, JsonScalar]
+    ) -> None:
+        note = JobNote(status, event, dict(fields))
+        for observer in self._observers:
+            try:
+                observer(note)
+            except Exception:  # noqa: BLE001 - what happened stands; an observer's failure is logged
+                log.exception("an observer failed on job %s", status.spec.job_id)
 
     # -- what a back-end provides ---------------------------------------------------------------
 
@@ -127,6 +169,14 @@ class JobStore(ABC):
     @abstractmethod
     def _approvers(self, job_id: str) -> tuple[str, ...]:
         """Who approved the job here, in order."""
+
+    @abstractmethod
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        """Keep another participant's answer (replacing the one before)."""
+
+    @abstractmethod
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        """The other participants' answers kept for the job, in spec order."""
 
     @abstractmethod
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
@@ -165,11 +215,12 @@ class JobStore(ABC):
         with self._lock:
             if self._row(spec.job_id) is not None:
                 raise JobStateError(f"job {spec.job_id} is already known here")
-            self._audit.append(
-                event, spec.job_id, {**(fields or {}), Key.STATE: JobState.PROPOSED.value}
-            )
+            written = {**(fields or {}), Key.STATE: JobState.PROPOSED.value}
+            self._audit.append(event, spec.job_id, written)
             self._insert(spec, JobState.PROPOSED, utcnow())
-            return self._changed_now(spec.job_id)
+            status = self._changed_now(spec.job_id)
+        self._observe(status, event, written)
+        return status
 
     def transition(
         self,
@@ -204,7 +255,8 @@ class JobStore(ABC):
             current = self.get(job_id)
             if not can_move(current.state, to):
                 raise IllegalTransitionError(job_id, current.state, to)
-            self._audit.append(event, job_id, {**(fields or {}), Key.STATE: to.value})
+            written = {**(fields or {}), Key.STATE: to.value}
+            self._audit.append(event, job_id, written)
             changes: dict[str, str | int] = {"state": to.value}
             if error is not None:
                 changes["error"] = error[:_MAX_ERROR]
@@ -215,6 +267,7 @@ class JobStore(ABC):
                 self._set_admitted(job_id, admitted)
             status = self._changed_now(job_id)
         self._notify(status)
+        self._observe(status, event, written)
         return status
 
     def approve(
@@ -229,10 +282,24 @@ class JobStore(ABC):
             if approver in self._approvers(job_id):
                 raise JobStateError(f"{approver} approved job {job_id} already")
             state = self.get(job_id).state.value
-            self._audit.append(Event.JOB_APPROVED, job_id, {**fields, Key.STATE: state})
+            written = {**fields, Key.STATE: state}
+            self._audit.append(Event.JOB_APPROVED, job_id, written)
             self._add_approval(job_id, approver, utcnow())
+            status = self._changed_now(job_id)
+        self._observe(status, Event.JOB_APPROVED, written)
+        return status.approved_by
+
+    def note_party(self, job_id: str, view: PartyView) -> None:
+        """Keep what another participant answered, as this node (its requester) last heard it.
+
+        Shown by ``bund job status``; not audited here (the participant's own log records its
+        answer). A view unchanged since the last one changes nothing.
+        """
+        with self._lock:
+            if view in self._parties(job_id):
+                return
+            self._set_party(job_id, view, utcnow())
             self._changed_now(job_id)
-            return self._approvers(job_id)
 
     def admitted(self, job_id: str) -> bytes | None:
         """What the job was accepted on here (its approval payload), or None."""
@@ -247,16 +314,21 @@ class JobStore(ABC):
         A record of the job's life names the state the job stays in, so that a reader never
         guesses it from the event (``job_closed`` of a job cancelled while its role finished).
         """
-        extra: dict[str, JsonScalar] = {}
-        if KINDS.get(event) is EventKind.LIFECYCLE:
-            extra[Key.STATE] = self.get(job_id).state.value
-        self._audit.append(event, job_id, {**(fields or {}), **extra})
+        lifecycle = KINDS.get(event) is EventKind.LIFECYCLE
+        status = self.get(job_id) if lifecycle else None
+        written: dict[str, JsonScalar] = dict(fields or {})
+        if status is not None:
+            written[Key.STATE] = status.state.value
+        self._audit.append(event, job_id, written)
+        if status is not None:
+            self._observe(status, event, written)
 
     def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
         """Note a running job's progress (shown by ``bund job status``; not audited)."""
         with self._lock:
             self._update(job_id, {"phase": phase, "done": done, "total": total}, utcnow(), None)
-            self._changed_now(job_id)
+            status = self._changed_now(job_id)
+        self._observe(status, None, {})
 
     def _changed_now(self, job_id: str) -> JobStatus:
         self._revision += 1
@@ -280,10 +352,10 @@ class JobStore(ABC):
         with self._lock:
             return self._row(job_id)
 
-    def newest(self, limit: int) -> list[JobStatus]:
-        """The newest ``limit`` jobs."""
+    def newest(self, limit: int, states: frozenset[JobState] | None = None) -> list[JobStatus]:
+        """The newest ``limit`` jobs (only those in ``states``, when given)."""
         with self._lock:
-            return self._rows(None, limit)
+            return self._rows(states, limit)
 
     def unfinished(self) -> list[JobStatus]:
         """Every job not in a terminal state, oldest first (what a restarting node looks at)."""
@@ -338,10 +410,11 @@ class MemoryJobStore(JobStore):
         self._order: list[str] = []
         self._results: dict[str, Result] = {}
         self._approvals: dict[str, list[str]] = {}
+        self._views: dict[str, dict[str, PartyView]] = {}
         self._admission: dict[str, bytes] = {}
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
-        self._jobs[spec.job_id] = JobStatus(spec=spec, state=state, updated_at=now)
+        self._jobs[spec.job_id] = JobStatus(spec=spec, state=state, updated_at=now, created_at=now)
         self._order.append(spec.job_id)
 
     def _row(self, job_id: str) -> JobStatus | None:
@@ -349,7 +422,10 @@ class MemoryJobStore(JobStore):
         if status is None:
             return None
         return replace(
-            status, has_result=job_id in self._results, approved_by=self._approvers(job_id)
+            status,
+            has_result=job_id in self._results,
+            approved_by=self._approvers(job_id),
+            parties=in_spec_order(status.spec, self._parties(job_id)),
         )
 
     def _add_approval(self, job_id: str, approver: str, now: str) -> None:
@@ -357,6 +433,12 @@ class MemoryJobStore(JobStore):
 
     def _approvers(self, job_id: str) -> tuple[str, ...]:
         return tuple(self._approvals.get(job_id, ()))
+
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        self._views.setdefault(job_id, {})[view.party] = view
+
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        return tuple(self._views.get(job_id, {}).values())
 
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
         self._admission[job_id] = payload
@@ -404,7 +486,7 @@ class MemoryJobStore(JobStore):
         """Nothing to release."""
 
 
-_COLUMNS = "spec, state, phase, done, total, error, transcript, updated"
+_COLUMNS = "spec, state, phase, done, total, error, transcript, updated, created"
 _HAS_RESULT = "EXISTS(SELECT 1 FROM results r WHERE r.job_id = jobs.job_id)"
 
 
@@ -437,6 +519,11 @@ class SqliteJobStore(JobStore):
                 "CREATE TABLE IF NOT EXISTS approvals (job_id TEXT NOT NULL, "
                 "approver TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (job_id, approver))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS party_views (job_id TEXT NOT NULL, "
+                "party TEXT NOT NULL, state TEXT NOT NULL, approved_by TEXT NOT NULL, "
+                "reason TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (job_id, party))"
+            )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "admitted" not in columns:  # a job table written before admissions were kept
                 self._db.execute("ALTER TABLE jobs ADD COLUMN admitted BLOB")
@@ -454,7 +541,7 @@ class SqliteJobStore(JobStore):
         ).fetchone()
         if row is None:
             return None
-        return replace(self._status(row), approved_by=self._approvers(job_id))
+        return self._complete(self._status(row))
 
     def _add_approval(self, job_id: str, approver: str, now: str) -> None:
         self._db.execute(
@@ -466,6 +553,30 @@ class SqliteJobStore(JobStore):
             "SELECT approver FROM approvals WHERE job_id = ? ORDER BY at, rowid", (job_id,)
         ).fetchall()
         return tuple(r[0] for r in rows)
+
+    def _set_party(self, job_id: str, view: PartyView, now: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO party_views (job_id, party, state, approved_by, reason, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                view.party,
+                view.state.value,
+                json.dumps(list(view.approved_by)),
+                view.reason[:_MAX_ERROR],
+                now,
+            ),
+        )
+
+    def _parties(self, job_id: str) -> tuple[PartyView, ...]:
+        rows = self._db.execute(
+            "SELECT party, state, approved_by, reason FROM party_views WHERE job_id = ?",
+            (job_id,),
+        ).fetchall()
+        return tuple(
+            PartyView(party, JobState(state), tuple(json.loads(approved)), reason)
+            for party, state, approved, reason in rows
+        )
 
     def _set_admitted(self, job_id: str, payload: bytes) -> None:
         self._db.execute("UPDATE jobs SET admitted = ? WHERE job_id = ?", (payload, job_id))
@@ -490,12 +601,17 @@ class SqliteJobStore(JobStore):
             f"SELECT {_COLUMNS}, {_HAS_RESULT} FROM jobs {where} {order}",  # noqa: S608
             args,
         ).fetchall()
-        statuses = [self._status(r) for r in rows]
-        return [replace(s, approved_by=self._approvers(s.spec.job_id)) for s in statuses]
+        return [self._complete(self._status(r)) for r in rows]
+
+    def _complete(self, status: JobStatus) -> JobStatus:
+        """A row's status with its approvals and the other participants' answers."""
+        job_id = status.spec.job_id
+        parties = in_spec_order(status.spec, self._parties(job_id))
+        return replace(status, approved_by=self._approvers(job_id), parties=parties)
 
     @staticmethod
-    def _status(row: tuple[str, str, str, int, int, str, str, str, int]) -> JobStatus:
-        spec_json, state, phase, done, total, error, transcript, updated, has_result = row
+    def _status(row: tuple[str, str, str, int, int, str, str, str, str, int]) -> JobStatus:
+        spec_json, state, phase, done, total, error, transcript, updated, created, has_result = row
         return JobStatus(
             spec=spec_from_json(spec_json),
             state=JobState(state),
@@ -506,6 +622,7 @@ class SqliteJobStore(JobStore):
             has_result=bool(has_result),
             transcript_digest=transcript,
             updated_at=updated,
+            created_at=created,
         )
 
     def _update(

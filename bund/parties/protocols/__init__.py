@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING
 from bund.parties.jobs import InvalidJobSpecError, JobSpec, ProtocolDef
 from bund.parties.protocols import (
     ckks_scoring,
+    cox_ph,
     dp_stats,
     fed_dp_sgd,
+    paillier_scoring,
     psi,
     psi_unbalanced,
+    serving_contract,
     vertical_lr,
     vertical_score,
     woe_iv,
@@ -28,11 +31,14 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
         psi.DEFINITION,
         psi_unbalanced.DEFINITION,
         dp_stats.DEFINITION,
+        cox_ph.DEFINITION,
         ckks_scoring.DEFINITION,
+        paillier_scoring.DEFINITION,
         fed_dp_sgd.DEFINITION,
         woe_iv.DEFINITION,
         vertical_lr.DEFINITION,
         vertical_score.DEFINITION,
+        serving_contract.DEFINITION,
     )
 }
 

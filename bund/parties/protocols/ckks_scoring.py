@@ -566,6 +566,24 @@ def learns(spec: JobSpec) -> dict[str, str]:
     return {p.hospital: hospital, p.insurer: insurer}
 
 
+def trusts(spec: JobSpec, party: str) -> dict[str, str]:
+    """Whom the hospital must trust: the insurer, once the insurer receives the scores.
+
+    The hospital decrypts what the insurer returns; released to the insurer, that decryption is
+    an oracle no proof can guard (a CKKS result can decrypt to any polynomial of the inputs).
+    """
+    p = plan(spec)
+    if party == p.hospital and p.insurer in spec.receivers:
+        return {
+            p.insurer: (
+                "a deviating insurer could return any ciphertext (a feature column, or one "
+                "crafted to recover the CKKS secret key) and receive its decryption; use "
+                "paillier_scoring, or make the hospital the only receiver"
+            )
+        }
+    return {}
+
+
 #: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
 DEFINITION = ProtocolDef(
     name="ckks_scoring",
@@ -578,5 +596,6 @@ DEFINITION = ProtocolDef(
     },
     outputs=outputs,
     learns=learns,
+    trusts=trusts,
     description="encrypted risk scoring: CKKS model evaluation, flooded and rounded decryption",
 )

@@ -8,19 +8,21 @@ the result. The query is the job's flat parameters (``bund.compute.dp.stats.pars
 Messages (``docs/protocols/dp-statistics.md`` has layouts and what each role learns):
 
 1. ``dp/key``: each contributor to every other contributor: its fresh X25519 masking key (40 B).
-2. ``dp/masked``: each contributor to the analyst: its integer vector plus its pairwise masks,
-   mod 2^64 (12 + 8·cells bytes). The *noiser*, the first contributor in spec order that is not
-   the analyst, adds the query's full discrete Laplace noise before masking, so the analyst only
-   ever unmasks the noisy aggregate.
+2. ``dp/masked``: each contributor to the analyst: its integer vector plus its own discrete
+   Laplace noise plus its pairwise masks, mod 2^64 (12 + 8·cells bytes). Every contributor noises
+   its own vector with noise that alone meets the query's ε (or, under a collusion threshold ``t``
+   its policy accepts, a share that meets ε while at most ``t − 1`` others collude), sized from the
+   query it parsed itself; whatever the others add, the analyst unmasks only a noisy aggregate.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,17 +31,23 @@ from pydantic import Field
 from bund.compute import insecure
 from bund.compute.dp import pairwise_masks
 from bund.compute.dp.budget import Budget, format_rational
-from bund.compute.dp.mechanisms import DiscreteLaplace
+from bund.compute.dp.mechanisms import (
+    MAX_SHARE_WORK,
+    DiscreteLaplace,
+    DiscreteLaplaceShare,
+    SummedNoise,
+)
 from bund.compute.dp.stats import (
     MAX_CELLS,
     MAX_EPSILON,
+    MAX_SURVIVAL_BINS,
     MIN_EPSILON,
     Query,
     QueryKind,
     Release,
-    kaplan_meier,
     parse_query,
-    survival_band,
+    survival_curves,
+    uncounted,
 )
 from bund.compute.dp.stats import contribution as compute_contribution
 from bund.compute.dp.stats import release as compute_release
@@ -48,11 +56,13 @@ from bund.parties.jobs import (
     InvalidJobSpecError,
     JobContext,
     JobSpec,
+    OwnerTerms,
     ProtocolDef,
     ProtocolParams,
     Result,
     RoleRequirement,
 )
+from bund.parties.policy import PolicyRefusedError
 from bund.parties.protocols.plots import png
 from bund.parties.schema import Exact
 
@@ -60,6 +70,8 @@ ROLE_CONTRIBUTOR = "contributor"
 ROLE_ANALYST = "analyst"
 #: The parameter that turns noise off; only ``"on"`` is accepted without the test-only switch.
 PARAM_NOISE = "noise"
+#: The parameter that lets contributors add noise shares (``collusion_threshold = t``).
+PARAM_THRESHOLD = "collusion_threshold"
 #: Confidence of the noise band drawn on histograms and survival curves.
 BAND_CONFIDENCE = 0.95
 #: Noise redraws behind the survival curve's noise band (post-processing, no privacy cost).
@@ -78,17 +90,34 @@ class NoiseOffRefusedError(BundError):
 
 @dataclass(frozen=True)
 class Plan:
-    """What every party derives from the spec alone: the query, who contributes, who adds noise."""
+    """What every party derives from the spec alone: the query, who contributes, how they noise.
+
+    Every contributor adds noise to its own vector. Without a collusion threshold each adds a
+    whole draw of every block's mechanism, which alone makes the release ε-DP for its records;
+    with ``threshold = t`` each adds a ``1/shares`` part, ``shares = n − t + 1``: any ``shares``
+    honest contributors' parts add up to a whole draw.
+    """
 
     query: Query
     analyst: str
     contributors: tuple[str, ...]
-    noiser: str
     noise: bool
+    threshold: int | None = None
+
+    @property
+    def shares(self) -> int:
+        """How many contributors' parts add up to one whole draw (1: each adds a whole draw)."""
+        if self.threshold is None:
+            return 1
+        return max(1, len(self.contributors) - self.threshold + 1)
 
     def mechanisms(self) -> list[DiscreteLaplace]:
-        """One discrete Laplace mechanism per block of the query's vector."""
+        """One discrete Laplace mechanism per block: a whole draw meets the block's share of ε."""
         return [DiscreteLaplace.create(b.epsilon, b.sensitivity) for b in self.query.blocks]
+
+    def noises(self) -> list[SummedNoise]:
+        """Per block, the noise the release carries: every contributor's part added up."""
+        return [SummedNoise(m, len(self.contributors), self.shares) for m in self.mechanisms()]
 
 
 class DpStatsParams(ProtocolParams):
@@ -131,17 +160,21 @@ class DpStatsParams(ProtocolParams):
     bins: int | None = Field(
         default=None,
         ge=1,
-        le=MAX_CELLS,
-        description="equal-width bins in [lower, upper] (numeric histogram, quantiles, survival)",
+        le=max(MAX_CELLS, MAX_SURVIVAL_BINS),
+        description=f"equal-width bins in [lower, upper] (numeric histogram and quantiles: up to "
+        f"{MAX_CELLS}; survival time grid: up to {MAX_SURVIVAL_BINS})",
     )
     categories: str | None = Field(
         default=None, description="'a|b|c' categories (categorical histogram; contingency rows)"
     )
     column2: str | None = Field(
-        default=None, description="the column category column (contingency)"
+        default=None,
+        description="the column category column (contingency); the stratum column (survival)",
     )
     categories2: str | None = Field(
-        default=None, description="'a|b|c' column categories (contingency)"
+        default=None,
+        description="'a|b|c' column categories (contingency); the strata (survival: one curve "
+        "each, and the log-rank test across them)",
     )
     event: str | None = Field(default=None, description="the 0/1 event column (survival)")
     quantiles: str | None = Field(
@@ -149,6 +182,14 @@ class DpStatsParams(ProtocolParams):
     )
     noise: Literal["on", "off"] = Field(
         default="on", description="'off' releases exact statistics: only under the test-only switch"
+    )
+    collusion_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        le=pairwise_masks.MAX_CONTRIBUTORS,
+        description="t: each contributor adds a 1/(n-t+1) share of the noise, which meets ε only "
+        "while at most t-1 other contributors collude with the analyst; every contributor's "
+        "policy must accept t (dp_collusion_threshold). Default: each adds the whole noise",
     )
 
     def query(self) -> Query:
@@ -158,7 +199,8 @@ class DpStatsParams(ProtocolParams):
             InvalidJobSpecError: Naming the query parameter to fix.
         """
         try:
-            return parse_query(self.model_dump(exclude_none=True, exclude={PARAM_NOISE}))
+            query = self.model_dump(exclude_none=True, exclude={PARAM_NOISE, PARAM_THRESHOLD})
+            return parse_query(query)
         except InvalidInputError as exc:
             raise InvalidJobSpecError(f"dp_stats query: {exc}") from None
 
@@ -173,10 +215,11 @@ def plan(spec: JobSpec) -> Plan:
     params = DpStatsParams.of(spec)
     analyst = next(p.party for p in spec.participants if p.role == ROLE_ANALYST)
     contributors = tuple(p.party for p in spec.participants if p.dataset is not None)
-    others = [c for c in contributors if c != analyst]
     if len(contributors) > pairwise_masks.MAX_CONTRIBUTORS:
         raise InvalidJobSpecError(f"at most {pairwise_masks.MAX_CONTRIBUTORS} contributors")
-    return Plan(params.query(), analyst, contributors, others[0], params.noise == "on")
+    return Plan(
+        params.query(), analyst, contributors, params.noise == "on", params.collusion_threshold
+    )
 
 
 def _check_noise(p: Plan) -> None:
@@ -214,7 +257,11 @@ def _own_vector(s: _State) -> list[int]:
     me = s.ctx.spec.participant(s.ctx.party)
     table = s.ctx.table()
     columns = {name: table.column(me.columns.get(name, name)) for name in query.columns}
-    return compute_contribution(query, columns, table.num_rows)
+    vector = compute_contribution(query, columns, table.num_rows)
+    outside = uncounted(query, columns, table.num_rows)
+    if outside is not None:
+        s.ctx.note_quality("rows_outside_categories", outside)
+    return vector
 
 
 def _exchange_keys(s: _State) -> None:
@@ -232,11 +279,18 @@ def _exchange_keys(s: _State) -> None:
 
 
 def _masked_vector(s: _State) -> npt.NDArray[np.uint64]:
-    """This party's contribution (plus the full noise, if it is the noiser), masked."""
+    """This party's contribution plus its own noise, masked.
+
+    The noise is sized here, from the query this party parsed from the spec and the clamping its
+    own contribution applies, never from a figure another party sent: a whole draw of each
+    block's mechanism, or the ``1/shares`` part the spec's collusion threshold (which this
+    node's policy accepted at admission) allows.
+    """
     vector = np.array(_own_vector(s), dtype=object)
-    if s.plan.noise and s.ctx.party == s.plan.noiser:
+    if s.plan.noise:
         blocks = zip(s.plan.mechanisms(), s.plan.query.blocks, strict=True)
-        noise = [mech.sample(block.length) for mech, block in blocks]
+        parts = [DiscreteLaplaceShare.create(m, s.plan.shares) for m, _ in blocks]
+        noise = [part.sample(b.length) for part, b in zip(parts, s.plan.query.blocks, strict=True)]
         vector = vector + np.concatenate(noise).astype(object)
         s.noise_added = True
     context = bytes.fromhex(s.ctx.spec.digest())
@@ -267,7 +321,7 @@ def _contribute(ctx: JobContext) -> tuple[_State, npt.NDArray[np.uint64]]:
 
 
 def run_contributor(ctx: JobContext) -> None:
-    """Run one hospital's side: agree masks, send the masked (and maybe noised) vector.
+    """Run one hospital's side: agree masks, send its masked, noised vector.
 
     Raises:
         NoiseOffRefusedError: If the job asks for noise off and the test-only switch is off.
@@ -296,9 +350,10 @@ def run_analyst(ctx: JobContext) -> Result:
         if c != ctx.party:
             vectors.append(pairwise_masks.decode_vector(ctx.recv(c, _TAG_MASKED), p.query.length))
     aggregate = pairwise_masks.unmask_sum(vectors)
-    table = compute_release(p.query, aggregate)
+    draws = _noise_draws(p)
+    table = compute_release(p.query, aggregate, draws)
     artifacts = {"result.csv": _csv(table)}
-    plot = _plot(p, aggregate)
+    plot = _plot(p, aggregate, draws)
     if plot is not None:
         artifacts[f"{p.query.kind.value}.png"] = plot
     fields = _audit_fields(p, noise_added=False)
@@ -311,13 +366,29 @@ def run_analyst(ctx: JobContext) -> Result:
         "cells": p.query.length,
         "suppressed_cells": table.suppressed,
         "contributors": len(p.contributors),
+        "noise_share": f"1/{p.shares}",
+        "collusion_threshold": p.threshold,
     }
-    for block, mech in zip(p.query.blocks, p.mechanisms(), strict=True):
-        summary[f"scale_{block.name}"] = float(mech.scale)
+    for block, noise in zip(p.query.blocks, p.noises(), strict=True):
+        summary[f"scale_{block.name}"] = float(noise.whole.scale)
+        if p.noise:
+            summary[f"noise_sd_{block.name}"] = round(noise.variance() ** 0.5, 6)
     if len(table.rows) <= 3 and table.header == ("statistic", "value"):
         for name, value in table.rows:
             summary[str(name)] = value
+    summary.update(table.figures)
     return Result(summary, artifacts)
+
+
+def _noise_draws(p: Plan) -> npt.NDArray[np.int64] | None:
+    """Fresh draws of a survival release's summed noise, for its bands; None otherwise.
+
+    Post-processing: the draws describe the noise the release carries and protect nothing.
+    """
+    if not p.noise or p.query.kind is not QueryKind.SURVIVAL:
+        return None
+    (noise,) = p.noises()
+    return noise.sample(BAND_DRAWS * p.query.length).reshape(BAND_DRAWS, -1)
 
 
 def _audit_fields(p: Plan, *, noise_added: bool) -> dict[str, str | int | float | bool | None]:
@@ -327,6 +398,8 @@ def _audit_fields(p: Plan, *, noise_added: bool) -> dict[str, str | int | float 
         "cells": p.query.length,
         "noise": p.noise,
         "noise_added_here": noise_added,
+        "noise_share": f"1/{p.shares}",
+        "collusion_threshold": p.threshold,
     }
 
 
@@ -340,7 +413,7 @@ def _csv(table: Release) -> bytes:
     return out.getvalue().encode()
 
 
-def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
+def _plot(p: Plan, aggregate: list[int], draws: npt.NDArray[np.int64] | None) -> bytes | None:
     """A PNG with the noise band for histograms and survival curves; None for other kinds."""
     kind = p.query.kind
     if kind not in (QueryKind.HISTOGRAM, QueryKind.SURVIVAL):
@@ -351,14 +424,18 @@ def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    (mech,) = p.mechanisms()
-    noise_note = f"discrete Laplace, scale {float(mech.scale):.3g}" if p.noise else "noise off"
+    (noise,) = p.noises()
+    noise_note = (
+        f"discrete Laplace from each of {noise.parties}, sd {noise.variance() ** 0.5:.3g}"
+        if p.noise
+        else "noise off"
+    )
     if kind is QueryKind.HISTOGRAM:
         labels = list(p.query.categories) or [f"{float(a):g}" for a in p.query.bin_edges()[:-1]]
         shown = [x if x >= p.query.min_cell else 0 for x in aggregate]
         axes.bar(range(len(shown)), shown, color="#4c72b0", label="noisy count")
         if p.noise:
-            k = mech.half_width(BAND_CONFIDENCE)
+            k = noise.half_width(BAND_CONFIDENCE)
             axes.errorbar(
                 range(len(shown)),
                 shown,
@@ -371,46 +448,112 @@ def _plot(p: Plan, aggregate: list[int]) -> bytes | None:
         axes.set_ylabel("records")
         axes.set_title(f"{p.query.column}: ε = {p.query.epsilon} ({noise_note})")
     else:
-        points = kaplan_meier(p.query, aggregate)
-        times = [float(pt.end) for pt in points]
-        survival = [pt.survival for pt in points]
-        axes.step([0.0, *times], [1.0, *survival], where="post", color="#4c72b0", label="KM")
-        low = [max(0.0, s - 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)]
-        high = [
-            min(1.0, s + 1.96 * pt.greenwood_se) for s, pt in zip(survival, points, strict=True)
-        ]
-        axes.fill_between(
-            times, low, high, step="post", alpha=0.2, color="#4c72b0", label="95% Greenwood band"
-        )
-        if p.noise:
-            draws = mech.sample(BAND_DRAWS * p.query.length).reshape(BAND_DRAWS, -1).tolist()
-            band_low, band_high = survival_band(p.query, aggregate, draws, BAND_CONFIDENCE)
-            axes.fill_between(
-                times,
-                band_low,
-                band_high,
-                step="post",
-                alpha=0.3,
-                color="#c44e52",
-                label=f"{BAND_CONFIDENCE:.0%} noise band",
-            )
-        axes.set_ylim(0, 1.02)
-        axes.set_xlabel(p.query.column or "time")
-        axes.set_ylabel("survival")
+        _survival_axes(axes, p, aggregate, draws)
         axes.set_title(f"Kaplan–Meier, ε = {p.query.epsilon} ({noise_note})")
     axes.legend(fontsize=8)
     figure.tight_layout()
     return png(figure)
 
 
+def _survival_axes(
+    axes: Any, p: Plan, aggregate: list[int], draws: npt.NDArray[np.int64] | None
+) -> None:
+    """Each stratum's step curve and its 95 % band (sampling and, with noise on, DP noise)."""
+    curves = survival_curves(p.query, aggregate, draws)
+    times = [0.0, *(float(e) for e in p.query.bin_edges()[1:])]
+    colours = ("#4c72b0", "#c44e52", "#55a868", "#8172b2", "#ccb974", "#64b5cd")
+    names = p.query.categories2 or ("KM",)
+    band = "Greenwood + noise" if p.noise else "Greenwood"
+    for k, (name, c) in enumerate(zip(names, curves, strict=True)):
+        colour = colours[k % len(colours)]
+        axes.step(times, [1.0, *c.survival], where="post", color=colour, label=name)
+        axes.fill_between(
+            times,
+            [1.0, *c.lower],
+            [1.0, *c.upper],
+            step="post",
+            alpha=0.2,
+            color=colour,
+            label=f"{BAND_CONFIDENCE:.0%} band ({band})" if k == 0 else None,
+        )
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel(p.query.column or "time")
+    axes.set_ylabel("survival")
+
+
 def check(spec: JobSpec) -> None:
-    """The checks beyond roles and parameters: the query as a whole, and the noise switch.
+    """The checks beyond roles and parameters: the query, the noise switch, the threshold.
 
     Raises:
         InvalidJobSpecError: Naming the query parameter to fix.
         NoiseOffRefusedError: If it asks for noise off while the test-only switch is off.
     """
-    _check_noise(plan(spec))
+    p = plan(spec)
+    _check_noise(p)
+    n = len(p.contributors)
+    if p.threshold is not None and p.threshold > n:
+        raise InvalidJobSpecError(
+            f"{PARAM_THRESHOLD} = {p.threshold} exceeds the {n} contributors; t = {n} already "
+            f"has every contributor add the whole noise: set t to at most {n} or leave it out"
+        )
+    if p.noise and p.shares > 1:
+        blocks = zip(p.query.blocks, p.mechanisms(), strict=True)
+        work = sum(b.length * max(1, math.ceil(m.scale)) for b, m in blocks)
+        if work > MAX_SHARE_WORK:
+            raise InvalidJobSpecError(
+                f"noise shares are drawn exactly, in time that grows with cells × noise scale "
+                f"({work} here, at most {MAX_SHARE_WORK}): raise epsilon, narrow the bounds, use "
+                f"fewer cells, or leave {PARAM_THRESHOLD} out"
+            )
+
+
+def columns(spec: JobSpec, party: str) -> frozenset[str]:
+    """The columns of ``party``'s dataset the job reads: the query's, through its bindings."""
+    me = spec.participant(party)
+    if me.dataset is None:
+        return frozenset()
+    query = DpStatsParams.of(spec).query()
+    return frozenset({me.columns.get(c, c) for c in query.columns} | set(me.columns.values()))
+
+
+def check_owner(spec: JobSpec, party: str, policy: OwnerTerms) -> None:
+    """A contributor's own terms, at its admission: identifiers, its floor, its threshold.
+
+    The query may not read a column the owner's policy declares an identifier (a filter or a
+    category on a patient id singles out one person); a query whose released counts are
+    suppressed below ``min_cell`` must set it at least to the owner's cohort floor (survival is
+    exempt: its noise is its protection); a collusion threshold must be one the owner's policy
+    accepts. The floor is a heuristic against a careless analyst, since the analyst suppresses:
+    the noise and the ε charged for it are the control.
+
+    Raises:
+        PolicyRefusedError: Naming the rule and the fix.
+    """
+    me = spec.participant(party)
+    if me.dataset is None:
+        return
+    p = plan(spec)
+    identifying = policy.identifying(me.dataset, me.columns)
+    hits = sorted(c for c in p.query.columns if me.columns.get(c, c) in identifying)
+    if hits:
+        raise PolicyRefusedError(
+            f"{party}'s dataset {me.dataset!r} declares {hits} identifier columns: a DP query may "
+            "not filter or group on an identifier, which can single out one person; query the "
+            "cohort by its attributes instead"
+        )
+    if p.query.floored and p.query.min_cell < policy.cohort_floor:
+        raise PolicyRefusedError(
+            f"min_cell = {p.query.min_cell} is below {party}'s cohort floor of "
+            f"{policy.cohort_floor}: set min_cell to at least {policy.cohort_floor}"
+        )
+    accepted = policy.dp_collusion_threshold
+    if p.threshold is not None and (accepted is None or p.threshold < accepted):
+        lowest = "accepts no noise shares" if accepted is None else f"accepts t >= {accepted}"
+        raise PolicyRefusedError(
+            f"{PARAM_THRESHOLD} = {p.threshold} lets each contributor add a share of the noise "
+            f"that meets ε only while at most {p.threshold - 1} others collude; {party}'s policy "
+            f"{lowest} (dp_collusion_threshold in policy.toml): leave {PARAM_THRESHOLD} out"
+        )
 
 
 def validate(spec: JobSpec) -> None:
@@ -428,6 +571,22 @@ def outputs(spec: JobSpec) -> frozenset[str]:
     return frozenset({"dp_aggregate"})
 
 
+def _noise_terms(p: Plan) -> str:
+    """How a contributor noises its figures, in words, for the approver."""
+    eps = p.query.epsilon
+    n = len(p.contributors)
+    if p.threshold is None or p.shares == 1:
+        return (
+            f"it adds noise to its own figures that alone meets ε = {eps} whoever else colludes "
+            f"(the release carries {n} times the variance of one draw)"
+        )
+    return (
+        f"it adds a 1/{p.shares} share of the noise, which meets ε = {eps} only while at most "
+        f"{p.threshold - 1} of the other contributors collude with the analyst (collusion "
+        f"threshold t = {p.threshold}; a contributing analyst counts among them)"
+    )
+
+
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/dp-statistics.md`` states it."""
     p = plan(spec)
@@ -439,10 +598,10 @@ def learns(spec: JobSpec) -> dict[str, str]:
                 f"(ε = {p.query.epsilon}), with cells below min_cell = {p.query.min_cell} "
                 "suppressed; no single hospital's figures"
             )
-        elif party == p.noiser:
-            out[party] = "nothing but the other contributors' masking keys; it draws the noise"
+            if party in p.contributors:
+                out[party] += f"; as a contributor, {_noise_terms(p)}"
         else:
-            out[party] = "nothing but the other contributors' masking keys"
+            out[party] = f"nothing but the other contributors' masking keys; {_noise_terms(p)}"
     return out
 
 
@@ -480,6 +639,9 @@ DEFINITION = ProtocolDef(
     outputs=outputs,
     learns=learns,
     cost=cost,
-    description="Cross-hospital DP statistics: secure aggregation plus discrete Laplace noise",
+    description="Cross-hospital DP statistics: secure aggregation, each hospital adding its own "
+    "discrete Laplace noise",
     resumable=True,
+    columns=columns,
+    check_owner=check_owner,
 )

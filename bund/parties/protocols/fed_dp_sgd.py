@@ -10,10 +10,20 @@ parameters, what each role learns and the threat model; ``docs/protocols/secure-
 the masking, the shares and the drop-out bound.
 
 The job is a sequence of *steps* ``s = 0, 1, …``; each is a training round, the final evaluation,
-or the end. Messages of step ``s`` (H: a hospital, C: the coordinator):
+or the end. With ``evaluate = "every_round"`` a training step of round ``r ≥ 2`` also evaluates
+the incoming model (trained ``r − 1`` rounds), so every trained model is evaluated once; with
+``"final"`` only the last one is. A hospital counts the steps it accepts in its resume state and
+refuses (:class:`StepLimitError`, failing the job) a training step beyond ``rounds`` or out of
+order, and an evaluation beyond the plan's: whatever weights a coordinator sends, it gets at
+most the answers the approved spec implies. Each
+evaluation is the hospital's own noisy integer vector (``bund.compute.learn.fed.EvalConfig``:
+score-bin counts by label and a clipped log-loss sum, discrete Laplace noise sized from its own
+``eval_epsilon``), charged to its ledger before it answers. Messages of step ``s`` (H: a
+hospital, C: the coordinator):
 
 1. ``fed/go/s`` (C → every H): kind (train, evaluate, done), round and the global weights.
-   On *train*, H charges its round's ε increment to its dataset (``ctx.charge``) and draws the
+   H checks the step against its limits, charges its round's ε increment (on *train*) and the
+   evaluation's ε (when the step evaluates) to its dataset (``ctx.charge``) and draws the
    step's 32-byte seed from ``secrets`` (saved before it sends anything).
 2. ``fed/keys/s`` (H → C): its two X25519 public keys and a commitment to its self-mask seed,
    or the budget-exhausted marker.
@@ -21,7 +31,7 @@ or the end. Messages of step ``s`` (H: a hospital, C: the coordinator):
    threshold ``t = hospitals − max_dropouts``), or an empty roster: sit this step out.
 4. ``fed/shares/s`` (H → C): its Shamir shares of both secrets, AES-GCM-encrypted per peer.
 5. ``fed/inbox/s`` (C → H): the encrypted shares addressed to it (or an empty list).
-6. ``fed/masked/s`` (H → C): its masked, quantised update (and held-out evaluation sums).
+6. ``fed/masked/s`` (H → C): its masked, quantised update and/or its noisy evaluation vector.
 7. ``fed/unmask/s`` (C → H): which masked vectors arrived and which did not (or empty).
 8. ``fed/reveal/s`` (H → C): shares of the arrived hospitals' self-mask seeds and of the
    missing hospitals' mask keys, never both for one hospital.
@@ -36,6 +46,7 @@ identical messages, and is never charged twice for a round (the ledger charges o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import io
@@ -53,7 +64,7 @@ from pydantic import AfterValidator, Field
 
 from bund.compute import insecure
 from bund.compute.dp import dropout_secagg
-from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.dp.budget import Budget, format_decimal, format_rational, parse_rational
 from bund.compute.errors import BundError, InvalidInputError, InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import fed
@@ -67,8 +78,8 @@ from bund.parties.jobs import (
     RoleRequirement,
 )
 from bund.parties.ledger import BudgetExhaustedError
-from bund.parties.protocols.plots import png
-from bund.parties.schema import OneOf
+from bund.parties.protocols.plots import training_curves
+from bund.parties.schema import Exact, OneOf
 from bund.parties.transport import (
     JobAbortedError,
     JobInterruptedError,
@@ -80,11 +91,14 @@ ROLE_COORDINATOR = "coordinator"
 ROLE_HOSPITAL = "hospital"
 #: The label column's logical name (bind another column through the participant's columns).
 LABEL = "event"
-#: Fractional bits of a quantised weight update, and of a held-out loss sum.
+#: Fractional bits of a quantised weight update.
 UPDATE_FRAC_BITS = 24
-METRIC_FRAC_BITS = 8
 #: Most rows one hospital may bring (keeps the evaluation sums far inside 63 bits).
 MAX_ROWS = 1 << 20
+#: When the hospitals evaluate: only the final model, or every trained model.
+EVALUATE_MODES = ("final", "every_round")
+#: The ε one evaluation may cost a hospital: a smaller one would drown every count in noise.
+MIN_EVAL_EPSILON, MAX_EVAL_EPSILON = Fraction(1, 1000), Fraction(100)
 #: The ``format`` of ``model.json``.
 MODEL_FORMAT = "bund.fed_dp_sgd.model/1"
 
@@ -96,6 +110,13 @@ _EXHAUSTED = Header(b"BFDX", 1, reserved=3).pack()
 
 class NoiseOffRefusedError(BundError):
     """A job asked for DP-SGD without noise while the test-only switch is off."""
+
+
+class StepLimitError(BundError):
+    """The coordinator asked a hospital for a step beyond what the approved spec allows.
+
+    The hospital computes, charges and sends nothing for it, and its role fails the job.
+    """
 
 
 # --- the plan: what every party derives from the spec alone ---------------------------------
@@ -161,7 +182,9 @@ class FedDpSgdParams(ProtocolParams):
         default=fed.ACCOUNTANTS[0], description="the privacy accountant"
     )
     grad_sample_mode: Annotated[str, OneOf(fed.GRAD_SAMPLE_MODES)] = Field(
-        default=fed.GRAD_SAMPLE_MODES[0], description="how Opacus computes per-example gradients"
+        default=fed.GRAD_SAMPLE_MODES[0],
+        description="how per-example gradients are computed: closed_form (exact formulas for "
+        "the logistic and one-hidden-layer models), or Opacus's hooks, ew or ghost",
     )
     max_dropouts: int = Field(
         default=0,
@@ -191,7 +214,30 @@ class FedDpSgdParams(ProtocolParams):
         description="receive timeouts the coordinator waits for the updates",
     )
     patience: int = Field(
-        default=10, ge=1, le=1000, description="rounds without held-out improvement before stopping"
+        default=10,
+        ge=1,
+        le=1000,
+        description="receive timeouts a hospital waits for the coordinator",
+    )
+    evaluate: Annotated[str, OneOf(EVALUATE_MODES)] = Field(
+        default=EVALUATE_MODES[0],
+        description="evaluate only the final model, or every trained model (one per round)",
+    )
+    eval_epsilon: Exact = Field(
+        default="1",
+        description=f"the ε each evaluation costs each hospital, in [{MIN_EVAL_EPSILON}, "
+        f"{MAX_EVAL_EPSILON}]",
+    )
+    eval_bins: int = Field(
+        default=20,
+        ge=2,
+        le=fed.MAX_BINS,
+        description="score bins of the held-out AUC (more: finer, but noisier)",
+    )
+    eval_clip: Exact = Field(
+        default="1/100",
+        description="predicted probabilities are clipped to [eval_clip, 1 - eval_clip] for the "
+        f"log-loss bound and the AUC bins' range, in [{fed.MIN_CLIP}, 1/4]",
     )
 
 
@@ -214,6 +260,8 @@ class Plan:
     update_bound: float
     upload_patience: int
     patience: int
+    evaluate: str
+    evaluation: fed.EvalConfig
 
     @property
     def noise(self) -> bool:
@@ -231,6 +279,32 @@ class Plan:
         steps = rounds * self.dpsgd.steps
         d = self.dpsgd
         return _epsilon(d.noise_multiplier, d.sample_rate, steps, self.delta, self.accountant)
+
+    @property
+    def evaluations(self) -> int:
+        """The most evaluations a hospital answers: one per trained model, or the final one."""
+        return self.rounds if self.evaluate == "every_round" else 1
+
+    def evaluates(self, kind: int, round_: int) -> bool:
+        """Whether a step of ``kind`` (training ``round_``) carries an evaluation."""
+        if kind == _EVAL:
+            return True
+        return kind == _TRAIN and self.evaluate == "every_round" and round_ >= 2
+
+    @property
+    def eval_cost(self) -> Budget:
+        """What one evaluation costs a hospital: its ``eval_epsilon`` (0 with noise off)."""
+        return Budget(self.evaluation.epsilon)
+
+    def planned_cost(self) -> Budget:
+        """The most the job can charge one hospital: every round and every evaluation.
+
+        The round increments telescope to ``epsilon(rounds)``, δ is paid once, and a hospital
+        answers at most ``evaluations`` evaluations, so no run of the job charges more.
+        """
+        delta = self.delta if self.noise else Fraction(0)
+        total = self.epsilon(self.rounds) + self.evaluations * self.evaluation.epsilon
+        return Budget(total, delta)
 
     def round_cost(self, trained: int) -> Budget:
         """What a hospital that has trained ``trained`` rounds pays for its next one.
@@ -282,6 +356,17 @@ def plan(spec: JobSpec) -> Plan:
             "that a coordinator can never collect two disjoint quorums of shares"
         )
     try:
+        eval_epsilon = parse_rational(params.eval_epsilon, "eval_epsilon")
+        clip = parse_rational(params.eval_clip, "eval_clip")
+    except InvalidInputError as exc:
+        raise InvalidJobSpecError(f"fed_dp_sgd: {exc}") from None
+    if not MIN_EVAL_EPSILON <= eval_epsilon <= MAX_EVAL_EPSILON:
+        raise InvalidJobSpecError(
+            f"eval_epsilon must lie in [{MIN_EVAL_EPSILON}, {MAX_EVAL_EPSILON}]"
+        )
+    if not fed.MIN_CLIP <= clip <= Fraction(1, 4):
+        raise InvalidJobSpecError(f"eval_clip must lie in [{fed.MIN_CLIP}, 1/4]")
+    try:
         model = fed.ModelSpec(params.model, len(features), params.hidden)
         dpsgd = fed.DpSgdConfig(
             steps=params.local_steps,
@@ -310,6 +395,10 @@ def plan(spec: JobSpec) -> Plan:
         update_bound=params.update_bound,
         upload_patience=params.upload_patience,
         patience=params.patience,
+        evaluate=params.evaluate,
+        evaluation=fed.EvalConfig(
+            params.eval_bins, clip, eval_epsilon if params.noise_multiplier > 0 else Fraction(0)
+        ),
     )
 
 
@@ -326,9 +415,10 @@ def _context(spec: JobSpec, step: int) -> bytes:
     return hashlib.sha256(f"bund/fed_dp_sgd/v1/{spec.digest()}/{step}".encode()).digest()
 
 
-def _vector_length(p: Plan, kind: int) -> int:
-    """The update's cells (on a training step) plus three evaluation sums."""
-    return (p.model.size if kind == _TRAIN else 0) + 3
+def _vector_length(p: Plan, kind: int, round_: int) -> int:
+    """The update's cells (on a training step), then the evaluation's (when it evaluates)."""
+    update = p.model.size if kind == _TRAIN else 0
+    return update + (p.evaluation.length if p.evaluates(kind, round_) else 0)
 
 
 # --- messages of this module ------------------------------------------------------------------
@@ -369,10 +459,19 @@ def decode_go(payload: bytes, size: int) -> tuple[int, int, np.ndarray[Any, Any]
 
 @dataclass
 class _HospitalState:
-    """A hospital's progress, saved (as JSON) before each message it determines."""
+    """A hospital's progress, saved (as JSON) before each message it determines.
+
+    The step counters (``train_steps``, ``evaluations``) count the steps it accepted and persist
+    across restarts, so neither a resumed job nor a coordinator's choice of messages resets them.
+    """
 
     step: int = 0
+    #: Training steps accepted, and rounds paid for (fewer when a budget ran out).
+    train_steps: int = 0
     trained: int = 0
+    #: Evaluating steps accepted, and evaluations paid for.
+    evaluations: int = 0
+    evaluated: int = 0
     go: str = ""
     seed: str = ""
     exhausted: bool = False
@@ -387,6 +486,12 @@ class _HospitalState:
         saved = ctx.load_state("hospital")
         return cls(**json.loads(saved)) if saved else cls()
 
+    def next_step(self) -> _HospitalState:
+        """The state at the start of the next step: the counters carry over, nothing else."""
+        return dataclasses.replace(
+            self, step=self.step + 1, go="", seed="", exhausted=False, values=[], request=[]
+        )
+
 
 @dataclass(frozen=True)
 class _Data:
@@ -396,6 +501,11 @@ class _Data:
     y_train: np.ndarray[Any, Any]
     x_test: np.ndarray[Any, Any]
     y_test: np.ndarray[Any, Any]
+
+
+def split_salt(p: Plan, hospital: str) -> bytes:
+    """The public salt of ``hospital``'s held-out split (``fed.held_out``)."""
+    return f"bund/fed_dp_sgd/split/v2/{p.seed}/{p.index(hospital)}/".encode()
 
 
 def _load_data(ctx: JobContext, p: Plan) -> _Data:
@@ -408,16 +518,10 @@ def _load_data(ctx: JobContext, p: Plan) -> _Data:
     if not np.isin(y, (0.0, 1.0)).all():
         raise InvalidInputError(f"the label column of {ctx.party} must hold 0 and 1 only")
     x = fed.scale_features(columns, p.ranges)
-    # A repeatable split from the public seed, by hashing (no PRNG): it protects nothing.
-    salt = f"bund/fed_dp_sgd/split/{p.seed}/{p.index(ctx.party)}/".encode()
-    order = np.array(
-        sorted(range(len(y)), key=lambda i: hashlib.sha256(salt + str(i).encode()).digest())
-    )
-    cut = int(round(len(y) * (1 - p.test_fraction)))
-    train, test = order[:cut], order[cut:]
-    if len(train) == 0:
+    test = fed.held_out(x, y, p.test_fraction, split_salt(p, ctx.party))
+    if test.all():
         raise InvalidJobSpecError(f"{ctx.party} has no training rows left: lower test_fraction")
-    return _Data(x[train], y[train], x[test], y[test])
+    return _Data(x[~test], y[~test], x[test], y[test])
 
 
 def _await(ctx: JobContext, frm: str, tag: str, patience: int) -> bytes:
@@ -436,30 +540,26 @@ def _stream_key(seed: bytes) -> bytes:
 
 
 def _values(
-    p: Plan, kind: int, weights: np.ndarray[Any, Any], data: _Data, seed: bytes
+    p: Plan, kind: int, round_: int, weights: np.ndarray[Any, Any], data: _Data, seed: bytes
 ) -> list[int]:
-    """This hospital's integer vector of a step: its quantised update and evaluation sums."""
-    score = fed.evaluate(p.model, weights, data.x_test, data.y_test)
-    metrics = [
-        int(
-            dropout_secagg.quantize([score.loss_sum], fed.LOSS_CAP * MAX_ROWS, METRIC_FRAC_BITS)[0]
-        ),
-        score.correct,
-        score.rows,
-    ]
-    if kind != _TRAIN:
-        return metrics
-    update = fed.local_update(
-        p.model, weights, data.x_train, data.y_train, p.dpsgd, _stream_key(seed)
-    )
-    quantised = dropout_secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS)
-    return [int(v) for v in quantised] + metrics
+    """This hospital's integer vector of a step: its quantised update, its noisy evaluation."""
+    out: list[int] = []
+    if kind == _TRAIN:
+        update = fed.local_update(
+            p.model, weights, data.x_train, data.y_train, p.dpsgd, _stream_key(seed)
+        )
+        out += dropout_secagg.quantize(update.delta, p.update_bound, UPDATE_FRAC_BITS).tolist()
+    if p.evaluates(kind, round_):
+        logits = fed.scores(p.model, weights, data.x_test)
+        counts = fed.evaluation_counts(p.evaluation, logits, data.y_test)
+        out += fed.add_evaluation_noise(p.evaluation, counts).tolist()
+    return out
 
 
 def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> None:
     """Phases 2-8 of one step at a hospital, resuming wherever its state says it stopped."""
     me, c = p.index(ctx.party), p.coordinator
-    kind, _, weights = decode_go(bytes.fromhex(s.go), p.model.size)
+    kind, round_, weights = decode_go(bytes.fromhex(s.go), p.model.size)
     tag = f"{s.step}"
     if s.exhausted:
         ctx.send(c, f"fed/keys/{tag}", _EXHAUSTED)
@@ -483,8 +583,8 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
     opened = mine.open_inbox(me, roster, p.threshold, inbox, context)
     shared = {j: roster[j] for j in opened.s}
     if not s.values:
-        s.values = _values(p, kind, weights, data, seed)
-        s.save(ctx)  # write-ahead: the masked vector below is determined by it
+        s.values = _values(p, kind, round_, weights, data, seed)
+        s.save(ctx)  # write-ahead: the masked vector below is determined by it, noise included
     masked = mine.mask(me, np.asarray(s.values, dtype=np.int64), shared, context)
     ctx.send(c, f"fed/masked/{tag}", dropout_secagg.encode_vector(masked))
     survivors, dropped = dropout_secagg.decode_request(
@@ -504,11 +604,84 @@ def _hospital_step(ctx: JobContext, p: Plan, s: _HospitalState, data: _Data) -> 
     ctx.send(c, f"fed/reveal/{tag}", dropout_secagg.encode_reveal(reveal))
 
 
+_KIND_NAMES = {_TRAIN: "train", _EVAL: "evaluate"}
+
+
+def _admit(ctx: JobContext, p: Plan, s: _HospitalState, kind: int, round_: int) -> None:
+    """Accept a training or evaluating step within the plan's limits and count it, or refuse.
+
+    The limits come from the spec this node approved, never from the coordinator: at most
+    ``rounds`` training steps, numbered 1, 2, … in order, and at most ``p.evaluations``
+    evaluating steps, whatever their kind.
+
+    Raises:
+        StepLimitError: Naming the step, before anything is computed or charged for it.
+    """
+    problem = ""
+    evaluates = p.evaluates(kind, round_)
+    if kind == _TRAIN and s.train_steps >= p.rounds:
+        problem = f"training round {round_}, beyond the {p.rounds} approved"
+    elif kind == _TRAIN and round_ != s.train_steps + 1:
+        problem = f"training round {round_} where this hospital's next is {s.train_steps + 1}"
+    elif evaluates and s.evaluations >= p.evaluations:
+        problem = f"evaluation {s.evaluations + 1}, beyond the {p.evaluations} approved"
+    if problem:
+        ctx.record(
+            "fed_dp_sgd.step_refused",
+            {"step": s.step, "kind": _KIND_NAMES[kind], "round": round_, "reason": problem},
+        )
+        raise StepLimitError(
+            f"step {s.step} (fed/go/{s.step}): the coordinator asked {ctx.party} for {problem}. "
+            f"The approved spec allows {p.rounds} training round(s) and {p.evaluations} "
+            f"evaluation(s) (evaluate = {p.evaluate!r}); {ctx.party} computes, charges and sends "
+            "nothing for it and stops the job"
+        )
+    s.train_steps += kind == _TRAIN
+    s.evaluations += evaluates
+
+
+def _pay(ctx: JobContext, p: Plan, s: _HospitalState, kind: int, round_: int) -> None:
+    """Charge the step's round and evaluation to this hospital's dataset, before anything runs.
+
+    A charge that does not fit marks the step exhausted: the hospital then sends only the
+    exhausted marker. A round paid before its evaluation's charge failed is not refunded.
+    """
+    try:
+        if kind == _TRAIN:
+            cost = p.round_cost(s.trained)
+            ctx.charge(f"round-{s.train_steps}", cost)  # its own count, equal to round_
+            s.trained += 1
+            ctx.record(
+                "fed_dp_sgd.round_charged",
+                {
+                    "round": round_,
+                    "epsilon": format_rational(cost.epsilon),
+                    "delta": format_rational(cost.delta),
+                    "epsilon_total": format_rational(p.epsilon(s.trained)),
+                },
+            )
+        if p.evaluates(kind, round_):
+            ctx.charge(f"eval-{s.step}", p.eval_cost)
+            s.evaluated += 1
+            ctx.record(
+                "fed_dp_sgd.evaluation_charged",
+                {
+                    "step": s.step,
+                    "evaluation": s.evaluated,
+                    "epsilon": format_rational(p.eval_cost.epsilon),
+                },
+            )
+    except BudgetExhaustedError as exc:
+        s.exhausted = True
+        ctx.record("fed_dp_sgd.budget_stop", {"round": round_, "step": s.step, "reason": str(exc)})
+
+
 def run_hospital(ctx: JobContext) -> Result | None:
-    """A hospital's side: per round, pay, train locally with DP-SGD and upload masked.
+    """A hospital's side: per step, check the limits, pay, train or evaluate, upload masked.
 
     Raises:
         NoiseOffRefusedError: If the job turns noise off while the test-only switch is off.
+        StepLimitError: If the coordinator asks for a step beyond what the spec allows.
         InvalidMessageError: If the coordinator's or a peer's message is malformed.
         DropoutError: If too few hospitals are left to form a round.
     """
@@ -521,43 +694,32 @@ def run_hospital(ctx: JobContext) -> Result | None:
             go = _await(ctx, p.coordinator, f"fed/go/{s.step}", p.patience)
             kind, round_, weights = decode_go(go, p.model.size)
             if kind == _DONE:
-                ctx.record("fed_dp_sgd.finished", {"rounds_trained": s.trained})
-                return _hospital_result(ctx, p, weights, s.trained)
+                ctx.record(
+                    "fed_dp_sgd.finished",
+                    {"rounds_trained": s.trained, "evaluations": s.evaluated},
+                )
+                return _hospital_result(ctx, p, weights, s)
+            _admit(ctx, p, s, kind, round_)
             s.go, s.exhausted = go.hex(), False
-            if kind == _TRAIN:
-                cost = p.round_cost(s.trained)
-                try:
-                    ctx.charge(f"round-{round_}", cost)
-                except BudgetExhaustedError as exc:
-                    s.exhausted = True
-                    ctx.record("fed_dp_sgd.budget_stop", {"round": round_, "reason": str(exc)})
-                else:
-                    s.trained += 1
-                    ctx.record(
-                        "fed_dp_sgd.round_charged",
-                        {
-                            "round": round_,
-                            "epsilon": format_rational(cost.epsilon),
-                            "delta": format_rational(cost.delta),
-                            "epsilon_total": format_rational(p.epsilon(s.trained)),
-                        },
-                    )
+            _pay(ctx, p, s, kind, round_)
             s.seed = secrets.token_bytes(dropout_secagg.SEED_BYTES).hex()
             s.save(ctx)  # write-ahead: keys, shares and masks all derive from this seed
         _hospital_step(ctx, p, s, data)
-        s = _HospitalState(step=s.step + 1, trained=s.trained)
+        s = s.next_step()
         s.save(ctx)
         ctx.progress("train", s.step, p.rounds + 2)
 
 
 def _hospital_result(
-    ctx: JobContext, p: Plan, weights: np.ndarray[Any, Any], trained: int
+    ctx: JobContext, p: Plan, weights: np.ndarray[Any, Any], s: _HospitalState
 ) -> Result | None:
     if ctx.party not in ctx.spec.receivers:
         return None
+    spent = p.epsilon(s.trained) + s.evaluated * p.evaluation.epsilon
     summary: dict[str, str | int | float | bool | None] = {
-        "rounds_trained_here": trained,
-        "epsilon_spent_here": format_rational(p.epsilon(trained)),
+        "rounds_trained_here": s.trained,
+        "evaluations_here": s.evaluated,
+        "epsilon_spent_here": format_rational(spent),
         "delta": format_rational(p.delta) if p.noise else "0",
     }
     return Result(summary, {"model.json": _model_json(p, weights, [])})
@@ -574,7 +736,11 @@ class _CoordinatorState:
     round: int = 0
     weights: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Per hospital, the training rounds and the evaluations it answered (and so paid for).
     joined: dict[str, int] = field(default_factory=dict)
+    evaluated: dict[str, int] = field(default_factory=dict)
+    #: Evaluations run (whose noisy sums were unmasked).
+    evaluations: int = 0
     stop: str = ""
     kind: int = _TRAIN
     roster: str = ""
@@ -656,16 +822,23 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
     if not s.roster:
         answers = _collect(ctx, [h for h in everyone if h not in s.gone], f"fed/keys/{tag}", 1)
         exhausted = sorted(h for h, a in answers.items() if a == _EXHAUSTED)
-        for h in answers:  # each hospital that answered a training step has paid for it
-            s.joined[h] = s.joined.get(h, 0) + (s.kind == _TRAIN and h not in exhausted)
+        evaluates = p.evaluates(s.kind, s.round + 1)
+        for h in answers:  # each hospital that answered a step has paid for it
+            if h not in exhausted:
+                s.joined[h] = s.joined.get(h, 0) + (s.kind == _TRAIN)
+                s.evaluated[h] = s.evaluated.get(h, 0) + evaluates
+        roster = {
+            p.index(h): dropout_secagg.decode_advertised(a)
+            for h, a in answers.items()
+            if h not in exhausted
+        }
         if exhausted:
-            s.stop = f"privacy budget exhausted at {', '.join(exhausted)}"
-            s.roster = dropout_secagg.encode_roster({}).hex()
-        else:
-            roster = {p.index(h): dropout_secagg.decode_advertised(a) for h, a in answers.items()}
-            if len(roster) < p.threshold:
-                raise _too_few(p, s.step, "keys", len(roster))
-            s.roster = dropout_secagg.encode_roster(roster).hex()
+            s.stop = s.stop or f"privacy budget exhausted at {', '.join(exhausted)}"
+        if exhausted and (s.kind == _TRAIN or len(roster) < p.threshold):
+            roster = {}  # a round is called off; an evaluation goes on without the exhausted
+        elif len(roster) < p.threshold:
+            raise _too_few(p, s.step, "keys", len(roster))
+        s.roster = dropout_secagg.encode_roster(roster).hex()
         s.save(ctx)
     roster = dropout_secagg.decode_roster(bytes.fromhex(s.roster))
     members = {names[i] for i in roster}
@@ -698,7 +871,7 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
         for h in uploads
     }
     _tell(ctx, p, s, set(uploads), f"fed/inbox/{tag}", inboxes, dropout_secagg.encode_boxes({}))
-    length = _vector_length(p, s.kind)
+    length = _vector_length(p, s.kind, s.round + 1)
     if not s.request:
         got = _collect(ctx, sorted(uploads), f"fed/masked/{tag}", p.upload_patience)
         s.masked = {h: payload.hex() for h, payload in got.items()}
@@ -733,20 +906,35 @@ def _coordinator_step(ctx: JobContext, p: Plan, s: _CoordinatorState) -> np.ndar
 
 
 def _aggregate(p: Plan, s: _CoordinatorState, total: np.ndarray[Any, Any]) -> None:
-    """Apply the unmasked sum: FedAvg step on a training round, and the evaluation figures."""
+    """Apply the unmasked sum: FedAvg step on a training round, and the evaluation's metrics.
+
+    An evaluation in a training step is of the incoming model, so ``round`` in the history
+    is always the number of rounds the evaluated (or incoming) model was trained.
+    """
     entry = s.history[-1]
     survivors = entry["survivors"]
-    loss_sum, correct, rows = total[-3:]
     entry["round"] = s.round
     entry["kind"] = "train" if s.kind == _TRAIN else "evaluate"
-    entry["eval_rows"] = int(rows)
-    entry["loss"] = float(loss_sum) / 2**METRIC_FRAC_BITS / int(rows) if rows else None
-    entry["accuracy"] = int(correct) / int(rows) if rows else None
+    if p.evaluates(s.kind, s.round + 1):
+        got = fed.read_evaluation(p.evaluation, total[-p.evaluation.length :], survivors)
+        s.evaluations += 1
+        entry.update(
+            eval_rows=got.rows,
+            auc=got.auc,
+            auc_band=got.auc_band,
+            auc_tolerance=got.auc_tolerance,
+            log_loss=got.log_loss,
+            log_loss_band=got.log_loss_band,
+        )
     if s.kind == _TRAIN:
-        mean = dropout_secagg.dequantize(total[:-3], UPDATE_FRAC_BITS) / survivors
+        mean = dropout_secagg.dequantize(total[: p.model.size], UPDATE_FRAC_BITS) / survivors
         s.weights = (np.asarray(s.weights) + mean).tolist()
         s.round += 1
-        entry["epsilon"] = format_rational(p.epsilon(s.round))
+    training = p.epsilon(s.round)
+    evaluation = s.evaluations * p.evaluation.epsilon
+    entry["epsilon_training"] = format_rational(training)
+    entry["epsilon_evaluation"] = format_rational(evaluation)
+    entry["epsilon"] = format_rational(training + evaluation)
 
 
 def run_coordinator(ctx: JobContext) -> Result:
@@ -789,7 +977,7 @@ def _next_kind(p: Plan, s: _CoordinatorState) -> int:
 
 
 def _coordinator_result(ctx: JobContext, p: Plan, s: _CoordinatorState) -> Result:
-    final = next((h for h in reversed(s.history) if h.get("kind") == "evaluate"), None)
+    final: dict[str, Any] = next((h for h in reversed(s.history) if "eval_rows" in h), {})
     summary: dict[str, str | int | float | bool | None] = {
         "model": p.model.kind,
         "parameters": p.model.size,
@@ -799,16 +987,27 @@ def _coordinator_result(ctx: JobContext, p: Plan, s: _CoordinatorState) -> Resul
         "noise": "gaussian (Opacus DP-SGD)" if p.noise else "off (test only)",
         "noise_multiplier": p.dpsgd.noise_multiplier,
         "delta": format_rational(p.delta) if p.noise else "0",
-        "final_loss": final["loss"] if final else None,
-        "final_accuracy": final["accuracy"] if final else None,
+        "evaluate": p.evaluate,
+        "evaluations_run": s.evaluations,
+        "eval_epsilon": format_rational(p.evaluation.epsilon),
+        "eval_bins": p.evaluation.bins,
+        "final_eval_rows": final.get("eval_rows"),
+        "final_auc": final.get("auc"),
+        "final_auc_band": final.get("auc_band"),
+        "final_auc_tolerance": final.get("auc_tolerance"),
+        "final_log_loss": final.get("log_loss"),
+        "final_log_loss_band": final.get("log_loss_band"),
     }
     for h in p.hospitals:
-        summary[f"epsilon_{h}"] = format_rational(p.epsilon(s.joined.get(h, 0)))
+        training = p.epsilon(s.joined.get(h, 0))
+        summary[f"epsilon_training_{h}"] = format_rational(training)
+        evaluations = s.evaluated.get(h, 0) * p.evaluation.epsilon
+        summary[f"epsilon_{h}"] = format_rational(training + evaluations)
     ctx.record("fed_dp_sgd.finished", {"rounds": s.round, "stopped": summary["stopped"]})
     artifacts = {
         "model.json": _model_json(p, np.asarray(s.weights), s.history),
         "history.csv": _history_csv(s.history),
-        "training_curves.png": _curves(p, s.history),
+        "training_curves.png": training_curves(s.history, _chart_title(p, s)),
     }
     return Result(summary, artifacts)
 
@@ -829,46 +1028,53 @@ def _model_json(p: Plan, weights: np.ndarray[Any, Any], history: list[dict[str, 
     return json.dumps(doc, indent=1).encode()
 
 
+#: The columns of ``history.csv``, one row per step that unmasked a sum.
+HISTORY_COLUMNS = (
+    "step",
+    "kind",
+    "round",
+    "survivors",
+    "dropped",
+    "eval_rows",
+    "auc",
+    "auc_band",
+    "auc_tolerance",
+    "log_loss",
+    "log_loss_band",
+    "epsilon_training",
+    "epsilon_evaluation",
+    "epsilon",
+)
+
+
+#: The history's exact ε columns, written to the CSV as decimals (model.json keeps them exact).
+_EPSILON_COLUMNS = ("epsilon_training", "epsilon_evaluation", "epsilon")
+
+
 def _history_csv(history: list[dict[str, Any]]) -> bytes:
+    """The history for people and spreadsheets: ε as decimals, rounded up."""
     out = io.StringIO(newline="")
-    columns = [
-        "step",
-        "kind",
-        "round",
-        "survivors",
-        "dropped",
-        "eval_rows",
-        "loss",
-        "accuracy",
-        "epsilon",
-    ]
-    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(out, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(history)
+    for entry in history:
+        shown = {
+            k: format_decimal(parse_rational(entry[k])) for k in _EPSILON_COLUMNS if k in entry
+        }
+        writer.writerow({**entry, **shown})
     return out.getvalue().encode()
 
 
-def _curves(p: Plan, history: list[dict[str, Any]]) -> bytes:
-    """Held-out loss and accuracy of the global model before each round and at the end."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    points = [h for h in history if h.get("loss") is not None]
-    x = [h["round"] for h in points]
-    figure = Figure(figsize=(8, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2)
-    left.plot(x, [h["loss"] for h in points], marker="o")
-    left.set_xlabel("rounds trained")
-    left.set_ylabel("held-out log-loss")
-    right.plot(x, [h["accuracy"] for h in points], marker="o", color="#55a868")
-    right.set_xlabel("rounds trained")
-    right.set_ylabel("held-out accuracy")
-    eps = [h["epsilon"] for h in history if "epsilon" in h]
-    noise = f"σ = {p.dpsgd.noise_multiplier}, ε = {eps[-1]}" if eps and p.noise else "no noise"
-    figure.suptitle(f"fed_dp_sgd {p.model.kind}: {noise}, δ = {p.delta if p.noise else 0}")
-    figure.tight_layout()
-    return png(figure)
+def _chart_title(p: Plan, s: _CoordinatorState) -> str:
+    """The chart's title: the model, the noise, and what a hospital that took every step paid."""
+    if not p.noise:
+        return f"fed_dp_sgd {p.model.kind}: no noise (test only)"
+    training = p.epsilon(s.round)
+    total = training + s.evaluations * p.evaluation.epsilon
+    return (
+        f"fed_dp_sgd {p.model.kind}: σ = {p.dpsgd.noise_multiplier}, δ = {p.delta}; ε per "
+        f"hospital {float(total):.3g} = DP-SGD {float(training):.3g} + {s.evaluations} "
+        f"evaluation(s) × {p.evaluation.epsilon}"
+    )
 
 
 # --- the job spec -----------------------------------------------------------------------------
@@ -895,26 +1101,52 @@ def validate(spec: JobSpec) -> None:
 
 
 def outputs(spec: JobSpec) -> frozenset[str]:
-    """What the job releases: a model (trained with DP-SGD)."""
-    return frozenset({"model"})
+    """What the job releases: a model (trained with DP-SGD) and DP held-out metrics."""
+    return frozenset({"model", "dp_aggregate"})
 
 
 def learns(spec: JobSpec) -> dict[str, str]:
-    """What each party learns, as ``docs/protocols/fed-dp-sgd.md`` states it."""
+    """What each party learns, and what each hospital may pay, as the protocol doc states it."""
     p = plan(spec)
+    noise = (
+        f"each hospital's vector ε = {p.evaluation.epsilon} DP by its own discrete Laplace noise"
+        if p.noise
+        else "exact: noise off, test only"
+    )
     out = {
         p.coordinator: (
             "per round the sum of the surviving hospitals' DP-SGD updates (never one hospital's), "
-            "hence the global model; the pooled held-out loss sum, correct count and row count "
-            "(exact aggregates over the hospitals' held-out rows); who answered each phase"
+            f"hence the global model; at most {p.evaluations} evaluation(s) (evaluate = "
+            f"{p.evaluate}), each the sum of the hospitals' held-out score counts by label "
+            f"({p.evaluation.bins} bins) and clipped log-loss sums ({noise}); who answered each "
+            "phase"
         )
     }
+    cost = p.planned_cost()
     for h in p.hospitals:
         out[h] = (
             "the global model of every round; the other hospitals' public keys and the Shamir "
-            "shares they encrypted for it (which alone reveal nothing)"
+            f"shares they encrypted for it (which alone reveal nothing). It answers at most "
+            f"{p.rounds} training round(s) and {p.evaluations} evaluation(s), whatever the "
+            f"coordinator asks, so the job charges its dataset at most ε = "
+            f"{format_rational(cost.epsilon)}, δ = {format_rational(cost.delta)} (DP-SGD "
+            f"{format_rational(p.epsilon(p.rounds))}, evaluations {p.evaluations} × "
+            f"{format_rational(p.evaluation.epsilon)})"
         )
     return out
+
+
+def planned_cost(spec: JobSpec, party: str) -> Budget:
+    """The most the job can charge ``party``'s dataset, from the spec alone (nothing without one).
+
+    Every training round's increment and every evaluation a hospital can be made to answer
+    (``Plan.planned_cost``): its step limits make this a bound on the sum of its charges. It is
+    ``DEFINITION.cost``: the ledger reserves it at acceptance and the approver sees it; the job
+    pays as it goes (``ctx.charge`` per round and per evaluation) out of that reservation.
+    """
+    if spec.participant(party).dataset is None:
+        return Budget()
+    return plan(spec).planned_cost()
 
 
 #: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
@@ -947,5 +1179,9 @@ DEFINITION = ProtocolDef(
     learns=learns,
     description="Federated DP-SGD (Opacus) across hospitals with drop-out tolerant SecAgg",
     dropouts=dropouts,
+    # The most the plan can charge a hospital is reserved at acceptance (and shown to its
+    # approver); each round and evaluation is charged out of it as it goes.
+    cost=planned_cost,
+    pays_as_it_goes=True,
     resumable=True,
 )

@@ -59,6 +59,7 @@ from bund.compute.psi import (
     POINT_SIZE,
     BlindingKey,
     Disclosure,
+    NormalisedIds,
     PointArray,
     SetHeader,
     blind_array,
@@ -249,6 +250,12 @@ def check_own_set(ctx: JobContext, column: str, size: int) -> int:
     return cap
 
 
+def note_id_quality(ctx: JobContext, ids: NormalisedIds) -> None:
+    """Note the blank and duplicate ids normalisation dropped, for this party's receipt only."""
+    ctx.note_quality("blank_ids_skipped", ids.blanks)
+    ctx.note_quality("duplicate_ids_dropped", ids.duplicates)
+
+
 def check_peer_header(peer: str, own: SetHeader, header: SetHeader) -> SetHeader:
     """Refuse a peer header of another mode or over either side's cap; return it."""
     if header.mode is not own.mode:
@@ -359,6 +366,8 @@ def _blind_own_set(s: _State) -> None:
         s.checkpoint(own=[s.own_size, s.blanks, s.duplicates])
     else:
         s.own_size, s.blanks, s.duplicates = done
+    ctx.note_quality("blank_ids_skipped", s.blanks)
+    ctx.note_quality("duplicate_ids_dropped", s.duplicates)
     cap = check_own_set(ctx, s.column, s.own_size)
     s.own_header = SetHeader(s.mode, s.own_size, cap, MAX_CHUNK_POINTS)
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from bund.compute import paillier as pl
+from bund.compute import he
 from bund.compute.canonical import canonical_json
 from bund.compute.errors import InvalidMessageError
 from bund.compute.layout import Header
@@ -45,7 +45,7 @@ from bund.compute.psi import (
 )
 from bund.parties.data import DatasetError, Table
 from bund.parties.jobs import JobContext, JobSpec, ProtocolParams, RoleRequirement
-from bund.parties.protocols.psi import check_own_set, exchange_headers
+from bund.parties.protocols.psi import check_own_set, exchange_headers, note_id_quality
 
 LABEL_HOLDER = "label_holder"
 FEATURE_HOLDER = "feature_holder"
@@ -55,6 +55,8 @@ LABEL_COLUMN = "label"
 MAX_MESSAGE_BYTES = 2 << 20
 #: Most features a feature holder may bring.
 MAX_FEATURES = 4096
+#: The data-quality count of the columns left out of the features (a blank, text or NaN in them).
+QUALITY_SKIPPED_COLUMNS = "feature_columns_skipped"
 
 #: Version of the aligned row list and of the metadata layout.
 _WIRE_VERSION = 1
@@ -70,6 +72,7 @@ def _own_ids(ctx: JobContext) -> tuple[NormalisedIds, int]:
     """This party's distinct ids (with their rows) and its node's cap, checked against it."""
     column = ctx.spec.participant(ctx.party).columns[ID_COLUMN]
     ids = normalise_ids(ctx.table().column(column))
+    note_id_quality(ctx, ids)
     return ids, check_own_set(ctx, column, len(ids.items))
 
 
@@ -268,23 +271,20 @@ def label_vector(table: Table, column: str, rows: list[int]) -> npt.NDArray[np.f
     return y
 
 
-def max_ciphertexts_per_message(key: pl.PublicKey) -> int:
+def max_ciphertexts_per_message(key: he.HePublicKey) -> int:
     """How many ciphertexts fit one message below 2 MiB."""
-    return max(1, (MAX_MESSAGE_BYTES - 64) // (2 * ((key.bits + 7) // 8)))
+    return max(1, (MAX_MESSAGE_BYTES - 64) // key.ciphertext_bytes)
 
 
-def vector_chunks(vector: pl.EncryptedVector, source: pl.RandomnessSource) -> list[bytes]:
+def vector_chunks(vector: he.HeVector, source: he.HeEncryptor) -> list[bytes]:
     """An encrypted vector as the payloads of :func:`send_chunks`, each below 2 MiB.
 
-    Each export re-randomises the ciphertexts, so a role that must be able to re-send the same
-    bytes after a restart saves these payloads before sending them.
+    Each export of a computed vector re-randomises it with ``source`` (an evaluator's: its own
+    full randomness), so a role that must re-send the same bytes after a restart saves these
+    payloads before sending them.
     """
-    key, cts = vector.public_key, vector.ciphertexts
-    per = max_ciphertexts_per_message(key)
-    return [
-        pl.EncryptedVector(key, cts[i : i + per], vector.frac_bits, vector.fresh).to_bytes(source)
-        for i in range(0, max(1, len(vector)), per)
-    ]
+    per = max_ciphertexts_per_message(vector.public_key)
+    return [part.to_bytes(source) for part in vector.split(per)]
 
 
 def send_chunks(ctx: JobContext, to: str, tag: str, chunks: list[bytes]) -> None:
@@ -294,7 +294,7 @@ def send_chunks(ctx: JobContext, to: str, tag: str, chunks: list[bytes]) -> None
 
 
 def send_vector(
-    ctx: JobContext, to: str, tag: str, vector: pl.EncryptedVector, source: pl.RandomnessSource
+    ctx: JobContext, to: str, tag: str, vector: he.HeVector, source: he.HeEncryptor
 ) -> None:
     """Send an encrypted vector in chunks below 2 MiB (``tag/0``, ``tag/1``, ...)."""
     send_chunks(ctx, to, tag, vector_chunks(vector, source))
@@ -347,25 +347,28 @@ def unpack_state(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def recv_vector(
-    ctx: JobContext, frm: str, tag: str, key: pl.PublicKey, count: int, frac_bits: int
-) -> pl.EncryptedVector:
+    ctx: JobContext, frm: str, tag: str, key: he.HePublicKey, count: int, frac_bits: int
+) -> he.HeVector:
     """Receive and validate a vector of exactly ``count`` ciphertexts sent by :func:`send_vector`.
+
+    Every ciphertext goes through the engine's validation (key id, exponent, and each one a unit
+    below the modulus: ``gcd(c, N) = 1``).
 
     Raises:
         InvalidMessageError: If a chunk has the wrong number of ciphertexts.
         InvalidCiphertextError: If a ciphertext fails the engine's validation.
     """
     per = max_ciphertexts_per_message(key)
-    cts: list[Any] = []
+    parts: list[he.HeVector] = []
     for i, start in enumerate(range(0, max(1, count), per)):
         want = min(per, count - start)
-        part = pl.EncryptedVector.from_bytes(
-            key, ctx.recv(frm, f"{tag}/{i}"), frac_bits=frac_bits, max_count=want
+        part = key.vector_from_bytes(
+            ctx.recv(frm, f"{tag}/{i}"), frac_bits=frac_bits, max_count=want
         )
         if len(part) != want:
             raise InvalidMessageError(f"expected {want} ciphertexts in {tag}/{i}, got {len(part)}")
-        cts += part.ciphertexts
-    return pl.EncryptedVector(key, tuple(cts), frac_bits)
+        parts.append(part)
+    return parts[0].extended(parts[1:])
 
 
 def encode_meta(doc: dict[str, Any]) -> bytes:

@@ -8,14 +8,18 @@ iteration and the label-leakage analysis. Messages, after the alignment of
 :func:`bund.parties.protocols.vertical_alignment.align_label_holder`:
 
 1. ``vlr/meta`` (provider → bank): its number of features. ``vlr/key`` (bank → provider): the
-   Paillier public key. Both sides derive the train/test split and the batches from the seed.
+   public key of the job's additively homomorphic scheme (``scheme``: ``"paillier"``, the default,
+   or ``"ou"``, Okamoto–Uchiyama; ``bund.compute.he``). Both sides derive the train/test split
+   and the batches from the seed.
 2. Per batch ``t`` of epoch ``e``:
    ``vlr/s/e/t`` (provider → bank): its partial scores ``x·w`` of the batch rows, fixed point;
    ``vlr/r/e/t/i`` (bank → provider): the encrypted residuals ``[[p − y]]`` of the batch rows;
    ``vlr/g/e/t`` (provider → bank): ``[[Σ_i x_ij·r_i + m_j]]`` for its features ``j``, an
    encrypted matrix-vector product plus a fresh mask ``m`` drawn from ``secrets``, squeezed
-   (packed) and re-randomised; ``vlr/u/e/t`` (bank → provider): the decrypted masked values;
-   the provider subtracts ``m`` and steps its own weights.
+   (packed) and re-randomised with the provider's own randomness; ``vlr/u/e/t`` (bank →
+   provider): the decrypted masked values, released by the scheme's decryption service (under OU
+   only within the layout's range, else the job fails); the provider subtracts ``m`` and steps
+   its own weights.
 3. ``vlr/c/e`` (bank → provider): continue or stop (early stopping on the epoch loss).
 4. ``vlr/eval/i`` (provider → bank): its partial scores of the held-out rows; the bank computes
    AUC, KS, the confusion table and the charts.
@@ -34,19 +38,22 @@ import json
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from bund.compute import paillier as pl
-from bund.compute.encoding import squeeze_layout
-from bund.compute.errors import InvalidMessageError
+from bund.compute import he
+from bund.compute.dp.budget import Budget, format_rational, parse_rational
+from bund.compute.dp.mechanisms import MAX_RR_EPSILON, RandomizedResponse
+from bund.compute.encoding import squeeze_slots
+from bund.compute.errors import InvalidInputError, InvalidMessageError
 from bund.compute.layout import Header
 from bund.compute.learn import logistic as lg
 from bund.compute.learn.metrics import auc, confusion, ks_statistic, roc_curve
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
+from bund.parties.protocols.proved_key import recv_proved_key, send_proved_key
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     FEATURE_HOLDER_NEEDS,
@@ -55,6 +62,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
     align_label_holder,
@@ -71,6 +79,7 @@ from bund.parties.protocols.vertical_alignment import (
     unpack_state,
     vector_chunks,
 )
+from bund.parties.schema import Exact
 
 #: Statistical hiding of a gradient by its mask: the masked value's distribution moves by at
 #: most ``2^-MASK_SIGMA`` when the gradient changes.
@@ -84,13 +93,18 @@ SCORES_PER_MESSAGE = 250_000
 #: The ``format`` of every party's ``model.json``: what ``vertical_score`` accepts.
 MODEL_FORMAT = "bund.vertical_lr.part/1"
 
+#: The tag of the bank's proved public key (``proved_key``), sent before anything else.
+KEY_TAG = "vlr/key"
+
 _INTS_VERSION = 1
 _INTS_FIELDS = struct.Struct(">BI")  # width, count
 _SCORES_MAGIC = b"BVLS"
 _UNMASK_MAGIC = b"BVLU"
 
 
-def _config(params: VerticalLrParams) -> lg.TrainConfig:
+def _config(spec: JobSpec) -> lg.TrainConfig:
+    params = VerticalLrParams.of(spec)
+    mechanism = label_mechanism(spec)
     return lg.TrainConfig(
         epochs=params.epochs,
         batch_size=params.batch_size,
@@ -100,19 +114,76 @@ def _config(params: VerticalLrParams) -> lg.TrainConfig:
         tol=params.tol,
         patience=params.patience,
         seed=params.seed,
+        label_flip=0.0 if mechanism is None else float(mechanism.flip),
     )
 
 
-def mask_layout(batch_rows: int, key_bits: int) -> tuple[int, int, int]:
+def label_mechanism(spec: JobSpec) -> RandomizedResponse | None:
+    """The bank's randomised response of the training labels (label DP), or None without it.
+
+    Raises:
+        InvalidJobSpecError: If ``label_epsilon`` is not a rational in ``(0, MAX_RR_EPSILON]``.
+    """
+    value = VerticalLrParams.of(spec).label_epsilon
+    if value is None:
+        return None
+    try:
+        return RandomizedResponse.create(parse_rational(value, "label_epsilon"))
+    except (InvalidInputError, ValueError):
+        raise InvalidJobSpecError(
+            f'label_epsilon must be a rational in (0, {MAX_RR_EPSILON}] written exactly, like "1" '
+            f'or "1/2", not {value!r}'
+        ) from None
+
+
+def _training_labels(
+    ctx: JobContext, y: lg.FloatArray, train: lg.IntArray, mechanism: RandomizedResponse | None
+) -> lg.FloatArray:
+    """The labels training uses: under label DP the training rows' randomised, once per job.
+
+    Randomised response runs once and its output is saved before any residual is computed from
+    it (write-ahead), so a resumed bank trains on the same randomised labels and a provider never
+    sees a second, independent randomisation of a label. The held-out rows keep their true
+    labels: they only enter the bank's own metrics, never a message.
+    """
+    if mechanism is None:
+        return y
+    saved = ctx.load_state("labels")
+    if saved is None:
+        noisy = mechanism.apply(y[train].astype(np.int64))
+        saved = np.packbits(noisy.astype(np.uint8)).tobytes()
+        ctx.save_state("labels", saved)
+        ctx.record(
+            "vertical_lr.label_dp",
+            {"epsilon": format_rational(mechanism.epsilon), "labels": len(train)},
+        )
+    out = y.copy()
+    out[train] = np.unpackbits(np.frombuffer(saved, dtype=np.uint8), count=len(train))
+    return out
+
+
+def mask_layout(batch_rows: int, capacity_bits: int) -> tuple[int, int, int]:
     """The mask bits, squeezed slot width and slots per ciphertext for a batch's gradient.
 
-    Both sides derive them from the batch size: a gradient integer is below
+    Both sides derive them from the batch size and the key's packing capacity
+    (``public_key.packing_bits(max_decryptions(...))``): a gradient integer is below
     ``B = lg.gradient_bound(batch_rows)``; its mask is uniform in ``[0, 2^(bits(B)+σ))``, so a
     masked value lies in ``(−B, 2^(bits(B)+σ) + B)``.
     """
     mask_bits = lg.gradient_bound(batch_rows).bit_length() + MASK_SIGMA
-    width, per = squeeze_layout(_masked_bound(batch_rows), key_bits)
+    width, per = squeeze_slots(_masked_bound(batch_rows), capacity_bits)
     return mask_bits, width, per
+
+
+def max_decryptions(epochs: int, batches: int, providers: int) -> int:
+    """A bound on the ciphertexts the bank decrypts for the providers over the whole job.
+
+    ``epochs × batches × providers × MAX_FEATURES``: every party can compute it from the spec
+    (a provider does not know the others' feature counts, hence ``MAX_FEATURES``), and it bounds
+    the real count, at most one decryption per gradient value. Under OU it sizes the decryption
+    guard's headroom (``log2`` of it, so the slack costs a few bits).
+    """
+    return max(1, epochs * batches * providers * MAX_FEATURES)
 
 
 def _masked_bound(batch_rows: int) -> int:
@@ -164,7 +235,8 @@ def _recv_scores(ctx: JobContext, frm: str, tag: str, count: int) -> lg.IntArray
 
 def _features(ctx: JobContext, exclude: set[str], rows: list[int]) -> tuple[list[str], Any]:
     table = ctx.table()
-    names, _ = numeric_features(table, exclude)
+    names, skipped = numeric_features(table, exclude)
+    ctx.note_quality(QUALITY_SKIPPED_COLUMNS, len(skipped))
     if not 1 <= len(names) <= MAX_FEATURES:
         raise InvalidJobSpecError(
             f"{ctx.party}'s dataset has {len(names)} numeric feature columns; vertical_lr needs "
@@ -215,14 +287,23 @@ class _BankState:
         return cls(**doc, pending=pending)
 
 
-def _bank_key(ctx: JobContext, bits: int) -> pl.PrivateKey:
-    """The job's Paillier key: made once, saved (sealed) before its public half is sent."""
+def _bank_key(ctx: JobContext, scheme: he.HeScheme, bits: int) -> he.HeSecretKey:
+    """The job's key of its scheme: made once, saved (sealed) before its public half is sent.
+
+    A job that fails (an out-of-range OU decryption among the causes) loses its resume states,
+    so its key is never used again.
+    """
     saved = ctx.load_state("key")
     if saved is not None:
-        return pl.PrivateKey.from_resume_state(saved)
-    _, private = pl.generate_keypair(bits)
-    ctx.save_state("key", private.export_for_resume())
-    return private
+        return scheme.secret_key_from_resume_state(saved)
+    secret = scheme.generate_keypair(bits)
+    ctx.save_state("key", secret.export_for_resume())
+    return secret
+
+
+def _decryptions(sizes: list[int], counts: list[int], capacity: int) -> int:
+    """Packed ciphertexts the bank decrypts for batches of ``sizes`` rows and ``counts``."""
+    return sum(-(-count // mask_layout(size, capacity)[2]) for size in sizes for count in counts)
 
 
 def run_label_holder(ctx: JobContext) -> Result:
@@ -240,7 +321,10 @@ def run_label_holder(ctx: JobContext) -> Result:
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
+    secret = _bank_key(ctx, scheme_of(spec), params.key_bits)
+    # First of all, so a provider refuses a key it cannot verify before it sends anything.
+    send_proved_key(ctx, secret, providers, KEY_TAG)
     alignment = aligned_once(ctx, lambda: align_label_holder(ctx, providers))
     rows = alignment.rows
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], rows)
@@ -251,18 +335,23 @@ def run_label_holder(ctx: JobContext) -> Result:
             f"{len(rows)} aligned rows leave no usable training or held-out split (the held-out "
             "rows need both labels): change test_fraction or align more rows"
         )
-    private = _bank_key(ctx, params.key_bits)
-    public = private.public_key
-    source = pl.Encryptor(private)
-    # The key owner's fast encryptor holds the secret: only an in-process executor may use it.
-    batch_source = source if ctx.executor.in_process else pl.Encryptor(public)
+    y_fit = _training_labels(ctx, y, train, label_mechanism(spec))
+    public = secret.public_key
+    # The key owner's fast encryptor holds the secret: it runs on an in-process executor only.
+    source = secret.encryptor_for(ctx.executor)
     st = _BankState.load(ctx)
     if st is None:
         counts = _provider_feature_counts(ctx, providers, min(config.batch_size, len(train)))
         st = _BankState(counts, [0.0] * len(names))
         st.save(ctx)
-    for peer in providers:
-        ctx.send(peer, "vlr/key", public.to_bytes())
+    sizes = [len(b) for b in lg.epoch_batches(train, config.batch_size, config.seed, 0)]
+    bound = max_decryptions(config.epochs, len(sizes), len(providers))
+    capacity = public.packing_bits(bound)
+    per_epoch = _decryptions(sizes, st.counts, capacity)
+    current = lg.epoch_batches(train, config.batch_size, config.seed, st.epoch)[: st.batch]
+    done = st.epoch * per_epoch + _decryptions([len(b) for b in current], st.counts, capacity)
+    # Every decryption a provider sees goes through the service (OU: the range guard).
+    service = secret.decryption_service(bound, used=min(done, bound))
     if st.epoch > 0:  # a resumed bank may have stopped before telling the providers
         _send_flags(ctx, providers, st.epoch - 1, st.stopped)
     scaler = lg.Standardiser.fit(x[train])
@@ -280,25 +369,21 @@ def run_label_holder(ctx: JobContext) -> Result:
                 others = [_recv_scores(ctx, p, f"vlr/s/{epoch}/{t}", size) for p in providers]
                 weights = np.asarray(st.weights)
                 z = lg.joint_scores(lg.partial_scores(xq[batch], weights), st.bias, others)
-                rq = lg.residuals(z, y[batch])
-                encrypted = pl.encrypt(
-                    batch_source,
-                    rq.tolist(),
-                    frac_bits=lg.RESIDUAL_FRAC_BITS,
-                    executor=ctx.executor,
+                rq = lg.residuals(z, y_fit[batch], config.label_flip)
+                encrypted = source.encrypt(
+                    rq.tolist(), frac_bits=lg.RESIDUAL_FRAC_BITS, executor=ctx.executor
                 )
                 st.pending = [vector_chunks(encrypted, source) for _ in providers]
-                st.total += lg.log_loss(z, y[batch]) * size
-                step = lg.step(weights, lg.gradient_ints(xq[batch], rq), size, rate, config.l2)
-                st.weights = step.tolist()
-                st.bias = lg.step_bias(st.bias, rq, rate)
+                st.total += lg.log_loss(z, y_fit[batch], config.label_flip) * size
+                grad = lg.gradient_ints(xq[batch], rq)
+                st.weights = lg.step(weights, grad, size, rate, config.l2, config.gain).tolist()
+                st.bias = lg.step_bias(st.bias, rq, rate, config.gain)
                 st.save(ctx)  # write-ahead: the residuals' random encryption, before sending
             for peer, chunks in zip(providers, st.pending, strict=True):
                 send_chunks(ctx, peer, f"vlr/r/{epoch}/{t}", chunks)
-            _, width, per = mask_layout(size, public.bits)
+            _, width, per = mask_layout(size, capacity)
             for peer, count in zip(providers, st.counts, strict=True):
-                packed = pl.PackedVector.from_bytes(
-                    public,
+                packed = public.packed_from_bytes(
                     ctx.recv(peer, f"vlr/g/{epoch}/{t}"),
                     slot_bits=width,
                     slots=per,
@@ -306,7 +391,7 @@ def run_label_holder(ctx: JobContext) -> Result:
                     bound=_masked_bound(size),
                     frac_bits=lg.GRADIENT_FRAC_BITS,
                 )
-                masked = pl.decrypt_packed(private, packed)
+                masked = service.decrypt_packed(packed)
                 payload = _encode_ints(_UNMASK_MAGIC, masked, _int_bytes(width))
                 ctx.send(peer, f"vlr/u/{epoch}/{t}", payload)
             st.batch, st.pending = t + 1, []
@@ -321,7 +406,8 @@ def run_label_holder(ctx: JobContext) -> Result:
     weights = np.asarray(st.weights)
     others = [_recv_scores(ctx, p, "vlr/eval", len(test)) for p in providers]
     z_test = lg.joint_scores(lg.partial_scores(xq[test], weights), st.bias, others)
-    baseline = lg.fit_vertical([xq], y, train, config)
+    # The bank-only model: the bank's own labels, at its own node (what it has without the job).
+    baseline = lg.fit_vertical([xq], y, train, dataclasses.replace(config, label_flip=0.0))
     z_bank = lg.predict_scores([xq], baseline, test)
     ctx.record("vertical_lr.finished", {"aligned_rows": len(rows), "epochs": len(st.losses)})
     part = _part(ctx, names, weights, scaler) | {"intercept": st.bias, "providers": providers}
@@ -404,6 +490,10 @@ def _report(
         "true_negative": table.true_negative,
         "false_negative": table.false_negative,
     }
+    mechanism = label_mechanism(spec)
+    if mechanism is not None:  # trained on randomised labels; the metrics use the true ones
+        summary["label_epsilon"] = format_rational(mechanism.epsilon)
+        summary["label_flip"] = float(mechanism.flip)
     model = part | {
         "cutoff": cutoff,
         "note": "on the bank's standardised, clipped features; providers keep their own weights",
@@ -471,7 +561,6 @@ class _ProviderState:
     gradient is sent, so a resumed provider re-sends the same bytes and removes the same masks.
     """
 
-    key: bytes
     weights: list[float]
     epoch: int = 0
     batch: int = 0
@@ -481,9 +570,8 @@ class _ProviderState:
     pending: bytes | None = None
 
     def save(self, ctx: JobContext) -> None:
-        doc = {k: v for k, v in vars(self).items() if k not in ("key", "pending")}
-        blobs = [self.key] + ([] if self.pending is None else [self.pending])
-        ctx.save_state("train", pack_state(doc, blobs))
+        doc = {k: v for k, v in vars(self).items() if k != "pending"}
+        ctx.save_state("train", pack_state(doc, [] if self.pending is None else [self.pending]))
 
     @classmethod
     def load(cls, ctx: JobContext) -> _ProviderState | None:
@@ -491,7 +579,17 @@ class _ProviderState:
         if saved is None:
             return None
         doc, blobs = unpack_state(saved)
-        return cls(key=blobs[0], pending=blobs[1] if len(blobs) > 1 else None, **doc)
+        return cls(pending=blobs[0] if blobs else None, **doc)
+
+
+def _provider_key(ctx: JobContext, scheme: he.HeScheme, bank: str) -> he.HePublicKey:
+    """The bank's public key, verified once (:func:`recv_proved_key`) and kept for a resume."""
+    saved = ctx.load_state("key")
+    if saved is not None:
+        return scheme.public_key_from_bytes(saved)  # verified before it was saved
+    public = recv_proved_key(ctx, scheme, bank, KEY_TAG)
+    ctx.save_state("key", public.to_bytes())
+    return public
 
 
 def run_feature_holder(ctx: JobContext) -> Result:
@@ -501,14 +599,17 @@ def run_feature_holder(ctx: JobContext) -> Result:
 
     Raises:
         InvalidKeyError: If the bank's key fails validation.
+        ProofError: If the bank's Paillier key comes without a valid Π^mod: nothing is sent.
         InvalidCiphertextError: If a ciphertext fails the engine's validation.
         InvalidMessageError: If a message is malformed.
     """
     spec = ctx.spec
-    bank, _ = roles_of(spec)
+    bank, providers = roles_of(spec)
     me = spec.participant(ctx.party)
     params = VerticalLrParams.of(spec)
-    config = _config(params)
+    config = _config(spec)
+    # Before anything is sent: the bank's key, its Π^mod verified (OU: trusted at admission).
+    public = _provider_key(ctx, scheme_of(spec), bank)
     alignment = aligned_once(ctx, lambda: align_feature_holder(ctx, bank))
     rows = alignment.rows
     names, x = _features(ctx, {me.columns[ID_COLUMN]}, rows)
@@ -516,11 +617,16 @@ def run_feature_holder(ctx: JobContext) -> Result:
     ctx.send(bank, "vlr/meta", encode_meta({"features": len(names)}))
     st = _ProviderState.load(ctx)
     if st is None:
-        st = _ProviderState(ctx.recv(bank, "vlr/key"), [0.0] * len(names))
-        pl.PublicKey.from_bytes(st.key)  # validated before anything is kept
+        st = _ProviderState([0.0] * len(names))
         st.save(ctx)
-    public = pl.PublicKey.from_bytes(st.key)
-    source = pl.Encryptor(public)
+    # This provider's own randomness re-randomises all it sends, never the bank's base: Paillier
+    # r^N, OU u^n, with r (u) uniform in Z*_n, each used once; computed ahead for each batch's
+    # export on the node's executor while the bank encrypts the batch's residuals.
+    source = public.encryptor().pool(capacity=len(names))
+    batches_per_epoch = len(lg.epoch_batches(train, config.batch_size, config.seed, 0))
+    capacity = public.packing_bits(
+        max_decryptions(config.epochs, batches_per_epoch, len(providers))
+    )
     scaler = lg.Standardiser.fit(x[train])
     xq = scaler.apply(x)
     while st.epoch < config.epochs and not st.stopped:
@@ -532,19 +638,20 @@ def run_feature_holder(ctx: JobContext) -> Result:
             batch = batches[t]
             size = len(batch)
             weights = np.asarray(st.weights)
-            mask_bits, width, _ = mask_layout(size, public.bits)
+            mask_bits, width, per = mask_layout(size, capacity)
             if st.pending is None or st.masks is None:
                 scores = lg.quantize_scores(lg.partial_scores(xq[batch], weights))
                 _send_scores(ctx, bank, f"vlr/s/{epoch}/{t}", scores)
+                source.refill(-(-len(names) // per), ctx.executor)
                 residuals = recv_vector(
                     ctx, bank, f"vlr/r/{epoch}/{t}", public, size, lg.RESIDUAL_FRAC_BITS
                 )
-                gradient = pl.matvec(
+                gradient = public.matvec(
                     xq[batch].T, residuals, lg.FEATURE_FRAC_BITS, executor=ctx.executor
                 )
                 # The mask must come from the CSPRNG: it is all that hides the gradient.
                 st.masks = [secrets.randbits(mask_bits) for _ in names]
-                packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size))
+                packed = gradient.add_plain(st.masks).squeeze(_masked_bound(size), capacity)
                 st.pending = packed.to_bytes(source)
                 st.save(ctx)  # write-ahead: masks and the re-randomised export, before sending
             ctx.send(bank, f"vlr/g/{epoch}/{t}", st.pending)
@@ -555,7 +662,7 @@ def run_feature_holder(ctx: JobContext) -> Result:
             )
             if np.abs(exact).max(initial=0) > lg.gradient_bound(size):
                 raise InvalidMessageError("the unmasked gradient is out of range: bad reply")
-            st.weights = lg.step(weights, exact, size, rate, config.l2).tolist()
+            st.weights = lg.step(weights, exact, size, rate, config.l2, config.gain).tolist()
             st.batch, st.masks, st.pending = t + 1, None, None
             st.save(ctx)
             ctx.progress("train", epoch * len(batches) + t + 1, config.epochs * len(batches))
@@ -644,6 +751,22 @@ class VerticalLrParams(PaillierParams):
         le=1,
         description="default probability at which the confusion table declines",
     )
+    scheme: Literal["paillier", "ou"] = Field(
+        default="paillier",
+        description="the additively homomorphic scheme: Paillier, or Okamoto–Uchiyama (faster; "
+        "no proof of the bank's modulus exists, so each provider's policy must trust the bank)",
+    )
+    label_epsilon: Exact | None = Field(
+        default=None,
+        description="label DP: the bank trains on its labels randomised once per job at this ε "
+        "(randomised response), charged to its dataset; without it the bank's policy must trust "
+        "every provider with vertical_lr (a deviating provider could read every training label)",
+    )
+
+
+def scheme_of(spec: JobSpec) -> he.HeScheme:
+    """The job's additively homomorphic scheme (``scheme``, default ``"paillier"``)."""
+    return he.create_scheme(VerticalLrParams.of(spec).scheme)
 
 
 def validate(spec: JobSpec) -> None:
@@ -655,14 +778,55 @@ def validate(spec: JobSpec) -> None:
     DEFINITION.validate(spec)
 
 
+def check(spec: JobSpec) -> None:
+    """The checks the parameters' schema cannot make: ``label_epsilon``'s range.
+
+    Raises:
+        InvalidJobSpecError: Naming the parameter to fix.
+    """
+    label_mechanism(spec)
+
+
 def outputs(spec: JobSpec) -> frozenset[str]:
     """What the job releases: a model (``policy.OUTPUTS``)."""
     return frozenset({"model"})
 
 
+def cost(spec: JobSpec, party: str) -> Budget:
+    """Label DP's ε, charged to the bank's dataset (reserved at admission, charged at start).
+
+    Nothing for a provider, nor for the bank without label DP (its policy trusts the providers).
+    """
+    bank, _ = roles_of(spec)
+    mechanism = label_mechanism(spec)
+    if party != bank or mechanism is None:
+        return Budget()
+    return Budget(mechanism.epsilon)
+
+
+def _packing_attack(bank: str, provider: str) -> str:
+    return (
+        f"a deviating {provider} can pack the encrypted residuals it receives in place of its "
+        f"gradient, and {bank}'s decryption returns every residual of each batch, whose sign is "
+        "the label: it reads every training label"
+    )
+
+
 def learns(spec: JobSpec) -> dict[str, str]:
     """What each party learns, as ``docs/protocols/vertical-lr.md`` states it."""
     bank, providers = roles_of(spec)
+    ou = spec.params.get("scheme") == "ou"
+    mechanism = label_mechanism(spec)
+    label_dp = (
+        ""
+        if mechanism is None
+        else (
+            f". Label DP: it trains on its training labels randomised once per job at ε = "
+            f"{format_rational(mechanism.epsilon)} (each flipped with probability "
+            f"{float(mechanism.flip):.4f}, charged to its dataset) and evaluates on the true "
+            "held-out labels, which never leave it"
+        )
+    )
     out = {
         bank: (
             "which of its ids each provider also holds; each provider's feature count; per "
@@ -671,15 +835,73 @@ def learns(spec: JobSpec) -> dict[str, str]:
             "the joint and bank-only metrics. Never a provider's feature values, weights or "
             "gradients (they reach it masked)"
         )
+        + label_dp
+        + (
+            ". Okamoto–Uchiyama scheme: it returns a provider's decrypted values only if they lie "
+            "in the protocol's range (40 + log2(decryptions) bits below p); the first "
+            "out-of-range one fails the job and retires the key"
+            if ou
+            else ""
+        )
     }
     for p in providers:
+        deviating = (
+            f". {bank.upper()}'S POLICY TRUSTS {p}: {_packing_attack(bank, p)}"
+            if mechanism is None
+            else (
+                f". Even a deviating {p} (one that packs the encrypted residuals in place of its "
+                f"gradient) learns at most {bank}'s training labels randomised at ε = "
+                f"{format_rational(mechanism.epsilon)}, each equal to the true label with "
+                f"probability {float(mechanism.keep):.4f}: whatever it obtains is "
+                "post-processing of that label DP"
+            )
+        )
         out[p] = (
             f"which of its own ids are in the common set; {bank}'s set size; per batch its own "
             "gradient Σ x·(p − y) summed over the batch (never per row), and its own weights "
             "and standardisation, which it keeps as its own result (nothing of the bank's); "
-            "never a label, a residual or a score in the clear"
+            "never a label, a residual or a score in the clear" + deviating
+        ) + (
+            f". Okamoto–Uchiyama scheme: {p}'s node TRUSTS {bank}, the key holder, to have made "
+            "its modulus well formed; no proof of that exists (a modulus with p | q−1 would let "
+            f"{bank} read more of {p}'s features than the masked gradients past {p}'s "
+            f"re-randomisation), so {p}'s approver approves only if {p}'s policy trusts {bank} as "
+            f"key holder; {p}'s node still checks the key and every ciphertext and re-randomises "
+            "with its own randomness"
+            if ou
+            else ""
         )
     return out
+
+
+def trusts(spec: JobSpec, party: str) -> dict[str, str]:
+    """Whom each party must trust: the bank its providers without label DP; under OU, the bank.
+
+    The bank decrypts what a provider sends and returns the plaintexts, so a provider that packs
+    the residual ciphertexts in place of its gradient reads every residual, hence every training
+    label; only label DP (``label_epsilon``) makes that harmless. No proof that an OU modulus is
+    well formed exists (unlike Paillier's Π^mod), so under OU a provider's re-randomisation rests
+    on the bank's key being honest (``docs/ou.md``).
+    """
+    params = VerticalLrParams.of(spec)
+    bank, providers = roles_of(spec)
+    if party == bank and label_mechanism(spec) is None:
+        return {
+            p: (
+                f"{_packing_attack(bank, p)}; protect the labels with label DP (label_epsilon) "
+                f"if {p} is not trusted"
+            )
+            for p in providers
+        }
+    if params.scheme == "ou" and party in providers:
+        return {
+            bank: (
+                "no proof exists that an Okamoto–Uchiyama modulus is well formed: a bank that "
+                "made its key otherwise could learn more of this provider's gradients than the "
+                'masked sums (docs/ou.md); use scheme = "paillier" if the bank is not trusted'
+            )
+        }
+    return {}
 
 
 #: The protocol as registered in ``bund.parties.protocols.PROTOCOLS``.
@@ -693,8 +915,14 @@ DEFINITION = ProtocolDef(
         LABEL_HOLDER: dataclasses.replace(LABEL_HOLDER_NEEDS, receives=True),
         FEATURE_HOLDER: dataclasses.replace(FEATURE_HOLDER_NEEDS, receives=True),
     },
+    check=check,
     outputs=outputs,
     learns=learns,
-    description="vertical logistic regression: Paillier-encrypted residuals, masked gradients",
+    cost=cost,
+    trusts=trusts,
+    description=(
+        "vertical logistic regression: residuals under the job's additively homomorphic scheme "
+        '(Paillier, or Okamoto–Uchiyama with scheme = "ou"), masked gradients'
+    ),
     resumable=True,
 )

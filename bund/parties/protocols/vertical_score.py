@@ -118,7 +118,15 @@ def load_part(ctx: JobContext, role: str) -> ModelPart:
         PriorResultError: If this node holds no such result, or it is not a part for ``role``.
     """
     job = VerticalScoreParams.of(ctx.spec).model_job
-    result = ctx.prior_result(job, TRAINING)
+    return part_from_result(ctx.prior_result(job, TRAINING), role, job, ctx.party)
+
+
+def part_from_result(result: Result, role: str, job: str, party: str) -> ModelPart:
+    """``party``'s part for ``role`` of the model that job ``job`` trained, from its result.
+
+    Raises:
+        PriorResultError: If the result is not a part for ``role`` of a model of this format.
+    """
     try:
         doc = json.loads(result.artifacts["model.json"])
         features = doc["features"]
@@ -134,7 +142,7 @@ def load_part(ctx: JobContext, role: str) -> ModelPart:
         ok = False
     if not ok or not np.isfinite(values).all() or min(values[2]) <= 0:
         raise PriorResultError(
-            f"{ctx.party}'s result of job {job} is not a {role} part of a {MODEL_FORMAT} model; "
+            f"{party}'s result of job {job} is not a {role} part of a {MODEL_FORMAT} model; "
             "train again with this version of vertical_lr"
         )
     weights, mean, scale = (np.asarray(v, dtype=np.float64) for v in values)

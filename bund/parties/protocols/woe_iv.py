@@ -7,14 +7,17 @@ holder's features are every numeric column of its dataset but the id; each is bi
 of its own values on the aligned rows. ``docs/protocols/woe-iv.md`` has the messages, sizes and
 what each role learns. In short:
 
+0. ``woe/key``: the label holder's Paillier public key with Π^mod
+   (``bund.parties.protocols.proved_key``), which each feature holder verifies before it sends
+   anything.
 1. **Align** (``bund.parties.protocols.vertical_alignment``): ECDH-PSI between the label holder and
    each feature holder; each feature holder learns only which of its own ids are in the common set.
-2. ``woe/key``: the label holder's Paillier public key; ``woe/labels/<i>``: the encrypted 0/1
-   labels of the common rows, in chunks below 2 MiB.
+2. ``woe/labels/<i>``: the encrypted 0/1 labels of the common rows, in chunks below 2 MiB.
 3. ``woe/meta``: each feature holder's feature names, bins per feature and rows per bin;
    ``woe/events``: the encrypted event count of every (feature, bin), an encrypted
    matrix-vector product of its bin indicators with the encrypted labels, squeezed (packed)
-   and re-randomised.
+   and re-randomised with the feature holder's own ``r^N`` (``r`` uniform in ``Z*_N``), never
+   the bank's ``h_s``.
 
 The label holder decrypts the event counts and computes WOE and IV (``bund.compute.learn.woe_iv``);
 it never sees a feature value, an edge or which row fell in which bin.
@@ -29,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from bund.compute import paillier as pl
-from bund.compute.encoding import squeeze_layout
+from bund.compute import he
+from bund.compute.encoding import squeeze_slots
 from bund.compute.errors import InvalidMessageError
 from bund.compute.learn.woe_iv import (
     MAX_BINS,
@@ -42,6 +45,7 @@ from bund.compute.learn.woe_iv import (
 )
 from bund.parties.jobs import InvalidJobSpecError, JobContext, JobSpec, ProtocolDef, Result
 from bund.parties.protocols.plots import png
+from bund.parties.protocols.proved_key import recv_proved_key, send_proved_key
 from bund.parties.protocols.vertical_alignment import (
     FEATURE_HOLDER,
     FEATURE_HOLDER_NEEDS,
@@ -50,6 +54,7 @@ from bund.parties.protocols.vertical_alignment import (
     LABEL_HOLDER,
     LABEL_HOLDER_NEEDS,
     MAX_FEATURES,
+    QUALITY_SKIPPED_COLUMNS,
     PaillierParams,
     align_feature_holder,
     align_label_holder,
@@ -62,6 +67,11 @@ from bund.parties.protocols.vertical_alignment import (
     roles_of,
     send_vector,
 )
+
+#: The only scheme of ``woe_iv``: Paillier, whose modulus the bank proves (Π^mod).
+SCHEME = he.create_scheme("paillier")
+#: The tag of the bank's proved public key, sent before anything else.
+KEY_TAG = "woe/key"
 
 # --- WOE / IV -------------------------------------------------------------------------------
 
@@ -77,14 +87,16 @@ def run_label_holder(ctx: JobContext) -> Result | None:
     spec = ctx.spec
     _, providers = roles_of(spec)
     me = spec.participant(ctx.party)
+    secret = SCHEME.generate_keypair(WoeIvParams.of(spec).key_bits)
+    # First of all, so a provider refuses a key it cannot verify before it sends anything.
+    send_proved_key(ctx, secret, providers, KEY_TAG)
     alignment = align_label_holder(ctx, providers)
     y = label_vector(ctx.table(), me.columns[LABEL_COLUMN], alignment.rows)
     n = len(y)
-    public, private = pl.generate_keypair(WoeIvParams.of(spec).key_bits)
-    source = pl.Encryptor(private)
-    labels = pl.encrypt(source, y.astype(np.int64).tolist())
+    public = secret.public_key
+    source = secret.encryptor()  # the key owner's own: labels under its own key
+    labels = source.encrypt(y.astype(np.int64).tolist())
     for peer in providers:
-        ctx.send(peer, "woe/key", public.to_bytes())
         send_vector(ctx, peer, "woe/labels", labels, source)
     report: dict[str, dict[str, Any]] = {}
     summary: dict[str, str | int | float | bool | None] = {
@@ -95,16 +107,16 @@ def run_label_holder(ctx: JobContext) -> Result | None:
         meta = decode_meta(ctx.recv(peer, "woe/meta"))
         names, bin_rows = _check_meta(meta, n)
         total_bins = sum(len(r) for r in bin_rows)
-        width, per = _events_layout(n, public.bits)
-        packed = pl.PackedVector.from_bytes(
-            public,
+        width, per = squeeze_slots(max(1, n), public.packing_bits(1))
+        packed = public.packed_from_bytes(
             ctx.recv(peer, "woe/events"),
             slot_bits=width,
             slots=per,
             count=total_bins,
             bound=n,
+            frac_bits=0,
         )
-        events = pl.decrypt_packed(private, packed)
+        events = secret.decrypt_packed(packed)  # for the bank's own use: nothing goes back
         at = 0
         for name, rows in zip(names, bin_rows, strict=True):
             counts = events[at : at + len(rows)]
@@ -129,10 +141,6 @@ def run_label_holder(ctx: JobContext) -> Result | None:
         "iv.png": _iv_chart(report),
     }
     return Result(summary, artifacts)
-
-
-def _events_layout(n: int, key_bits: int) -> tuple[int, int]:
-    return squeeze_layout(max(1, n), key_bits)
 
 
 def _check_meta(meta: dict[str, Any], n: int) -> tuple[list[str], list[list[int]]]:
@@ -161,17 +169,19 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
 
     Raises:
         InvalidKeyError: If the label holder's key fails validation.
+        ProofError: If its key comes without a valid Π^mod: nothing is sent.
         InvalidCiphertextError: If a ciphertext fails validation.
     """
     spec = ctx.spec
     bank, _ = roles_of(spec)
     me = spec.participant(ctx.party)
+    public = recv_proved_key(ctx, SCHEME, bank, KEY_TAG)  # before anything is sent
     alignment = align_feature_holder(ctx, bank)
     n = len(alignment.rows)
-    public = pl.PublicKey.from_bytes(ctx.recv(bank, "woe/key"))
     labels = recv_vector(ctx, bank, "woe/labels", public, n, 0)
     table = ctx.table()
-    names, _ = numeric_features(table, {me.columns[ID_COLUMN]})
+    names, skipped = numeric_features(table, {me.columns[ID_COLUMN]})
+    ctx.note_quality(QUALITY_SKIPPED_COLUMNS, len(skipped))
     if len(names) > MAX_FEATURES:
         raise InvalidJobSpecError(f"at most {MAX_FEATURES} features per party")
     x = feature_matrix(table, names, alignment.rows)
@@ -190,9 +200,10 @@ def run_feature_holder(ctx: JobContext) -> Result | None:
         rows_per_bin.append(np.bincount(assigned, minlength=count).tolist())
         edges_out[name] = edges.tolist()
     ctx.send(bank, "woe/meta", encode_meta({"features": names, "rows": rows_per_bin}))
-    events = pl.matvec(indicator, labels) if indicator else pl.EncryptedVector(public, ())
-    packed = events.squeeze(max(1, n))
-    ctx.send(bank, "woe/events", packed.to_bytes(pl.Encryptor(public)))
+    events = public.matvec(indicator, labels, executor=ctx.executor)
+    packed = events.squeeze(max(1, n), public.packing_bits(1))
+    # Re-randomised with this node's own r^N, r uniform in Z*_N: never the bank's h_s.
+    ctx.send(bank, "woe/events", packed.to_bytes(public.encryptor()))
     ctx.record("woe_iv.finished", {"aligned_rows": n, "features": len(names)})
     if ctx.party not in spec.receivers:
         return None
