@@ -358,7 +358,6 @@ def load_csv(
     ('上海浦东发展银行',)
     """
     _check_max_rows(max_rows)
-    _csv_codec(encoding)
     path = Path(path)
     quality: dict[str, int] = {}
     records = _csv_records(path, encoding, max_rows, quality)
