@@ -23,7 +23,15 @@ rates they came from).
 CPU time rather than wall time keeps the figure meaningful on a shared machine; wall time is
 reported too.
 
-Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE]``.
+The bucketed row (``bucketed_intersection_two_receivers``) runs each member as a node does at
+scale: ids streamed from a CSV file, the peer's messages spooled to a sealed on-disk journal,
+buckets in files; it adds each member's peak RSS. With ``--executor SPEC`` each member's kernels
+run on that executor, and the row splits its CPU into the node process and its workers. With
+``--bucket-points P`` each member aims at buckets of ``P`` points (``psi_bucket_points``, 2^20 by
+default): a set of 10^6 ids then spans several buckets, which shows the memory bound.
+
+Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE] [--bucketed-n N] [--executor SPEC]
+[--bucket-points P] [--only-bucketed]``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
+import resource
 import statistics
 import threading
 import time
@@ -44,9 +54,11 @@ import gmpy2
 from nacl.bindings import crypto_core_ed25519_from_uniform
 
 from bund.compute import psi
-from bund.parties.data import Table
+from bund.compute.executor import create_executor
+from bund.parties.data import DataSource, Table, open_source
 from bund.parties.jobs import JobSpec, Participant, RoleContext, new_job_id
 from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, run_member
+from bund.parties.resume import ResumeStore
 from bund.parties.transport import Mailbox
 
 _PARTIES = ("bank", "tax")
@@ -143,6 +155,9 @@ class _NoSink:
     def replayed(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
         pass
 
+    def undelivered(self, job_id: str, peer: str, tag: str, sha: str, n: int) -> None:
+        pass
+
     def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:
         pass
 
@@ -151,12 +166,35 @@ class _NoSink:
 
 
 def _party_main(
-    spec: JobSpec, party: str, n: int, inbox: Connection, outbox: Connection, results: Any
+    spec: JobSpec,
+    party: str,
+    n: int,
+    inbox: Connection,
+    outbox: Connection,
+    results: Any,
+    home: Path | None = None,
+    executor_spec: str = "inline",
+    bucket_points: int | None = None,
 ) -> None:
-    """One member in its own process: pump the pipe into a mailbox, run the role, report CPU."""
+    """One member in its own process: pump the pipe into a mailbox, run the role, report CPU.
+
+    With ``home`` the member runs as a node would at scale: its ids streamed from a CSV file
+    in ``home``, the peer's messages spooled to a sealed on-disk journal, its buckets spilled
+    to a scratch directory (``psi_spill_rows = 0``); it also reports its peak RSS.
+    """
     peer = next(p for p in spec.parties if p != party)
-    table = Table.from_columns(party, {"id": _ids(party, n)})
-    mailbox = Mailbox(max_payload=64 << 20)
+    limits: dict[str, int] = {LIMIT_MAX_SET_SIZE: n}
+    store: ResumeStore | None = None
+    if home is None:
+        table = Table.from_columns(party, {"id": _ids(party, n)})
+    else:
+        table = open_source(DataSource("csv", home / f"{party}.csv"), party)
+        store = ResumeStore(home / f"{party}-state" / "resume.db", os.urandom(32))
+        limits["psi_spill_rows"] = 0
+        if bucket_points is not None:
+            limits["psi_bucket_points"] = bucket_points
+    mailbox = Mailbox(max_payload=64 << 20, journal=store)
+    executor = create_executor(executor_spec)
 
     def pump() -> None:
         while True:
@@ -173,24 +211,73 @@ def _party_main(
         _PipeTransport(outbox),
         mailbox,
         lambda: table,
-        {LIMIT_MAX_SET_SIZE: n},
+        limits,
         _NoSink(),
-        600.0,
+        3600.0,
+        states=store,
+        executor=executor,
     )
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_member(ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    executor.close()  # its worker processes are reaped, so their CPU time is counted below
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     size = result.summary["intersection_size"] if result else None
-    results.put({"party": party, "cpu_s": cpu, "wall_s": wall, "intersection_size": size})
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.put(
+        {
+            "party": party,
+            "cpu_s": cpu,
+            "worker_cpu_s": children.ru_utime + children.ru_stime,
+            "wall_s": wall,
+            "intersection_size": size,
+            "rss_mib": rss,
+        }
+    )
     outbox.close()
 
 
-def measure_protocol(n: int, samples: int) -> dict[str, Any]:
+def measure_protocol(
+    n: int,
+    samples: int,
+    bucketed: bool = False,
+    executor: str = "inline",
+    bucket_points: int | None = None,
+) -> dict[str, Any]:
     """Run both members at n ids each in two processes, between two measurements of the ceiling.
 
     This machine's speed drifts by a few per cent over minutes, so the ceiling for the fraction
-    is the mean of the group costs measured just before and just after the run.
+    is the mean of the group costs measured just before and just after the run. ``bucketed``
+    runs each member as at scale (see :func:`_party_main`): streamed CSV, spooled inbox,
+    spilled buckets; the row then reports each member's peak RSS.
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bund-bench-psi-") as tmp:
+        home = Path(tmp) if bucketed else None
+        if home is not None:
+            for party in _PARTIES:
+                _write_ids(home / f"{party}.csv", party, n)
+        return _measure_protocol(n, samples, home, executor, bucket_points)
+
+
+def _write_ids(path: Path, party: str, n: int) -> None:
+    """A one-column CSV of ``_ids(party, n)``, written in slices (10^7 rows: 190 MB)."""
+    start = 0 if party == _PARTIES[0] else n - n // 2
+    with path.open("w", encoding="utf-8") as f:
+        f.write("id\n")
+        for lo in range(start, start + n, 1 << 20):
+            hi = min(lo + (1 << 20), start + n)
+            f.write("".join(f"91310000{i:010d}\n" for i in range(lo, hi)))
+
+
+def _measure_protocol(
+    n: int,
+    samples: int,
+    home: Path | None,
+    executor: str = "inline",
+    bucket_points: int | None = None,
+) -> dict[str, Any]:
     before = _group_costs(samples)
     spec = JobSpec(
         protocol="psi",
@@ -206,13 +293,19 @@ def measure_protocol(n: int, samples: int) -> dict[str, Any]:
     to_bank_r, to_bank_w = ctx.Pipe(duplex=False)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_party_main, args=(spec, "bank", n, to_bank_r, to_tax_w, results)),
-        ctx.Process(target=_party_main, args=(spec, "tax", n, to_tax_r, to_bank_w, results)),
+        ctx.Process(
+            target=_party_main,
+            args=(spec, "bank", n, to_bank_r, to_tax_w, results, home, executor, bucket_points),
+        ),
+        ctx.Process(
+            target=_party_main,
+            args=(spec, "tax", n, to_tax_r, to_bank_w, results, home, executor, bucket_points),
+        ),
     ]
     wall = time.perf_counter()
     for proc in procs:
         proc.start()
-    reports = {r["party"]: r for r in (results.get(timeout=1200) for _ in procs)}
+    reports = {r["party"]: r for r in (results.get(timeout=4 * 3600) for _ in procs)}
     for proc in procs:
         proc.join()
     wall = time.perf_counter() - wall
@@ -221,11 +314,29 @@ def measure_protocol(n: int, samples: int) -> dict[str, Any]:
     ceiling = 1 / (t_hash + 2 * t_mult)
     if any(r["intersection_size"] != n // 2 for r in reports.values()):
         raise RuntimeError(f"wrong intersection size at n={n}: {reports}")
-    rate = n / max(r["cpu_s"] for r in reports.values())
+    rate = n / max(r["cpu_s"] + r["worker_cpu_s"] for r in reports.values())
+    kernel = "protocol_intersection_two_receivers"
+    extra: dict[str, Any] = {}
+    if home is not None:
+        kernel = "bucketed_intersection_two_receivers"
+        extra = {"party_peak_rss_mib": {p: round(r["rss_mib"], 1) for p, r in reports.items()}}
+    if executor != "inline":
+        kernel += f"@{executor}"
+        extra["party_node_cpu_us_per_id"] = {p: 1e6 * r["cpu_s"] / n for p, r in reports.items()}
+        extra["party_worker_cpu_us_per_id"] = {
+            p: 1e6 * r["worker_cpu_s"] / n for p, r in reports.items()
+        }
     return {
+        **extra,
         "family": "psi",
-        "kernel": "protocol_intersection_two_receivers",
-        "params": {"n": n, "mode": "intersection", "receivers": 2, "overlap": n // 2},
+        "kernel": kernel,
+        "params": {
+            "n": n,
+            "mode": "intersection",
+            "receivers": 2,
+            "overlap": n // 2,
+            **({"bucket_points": bucket_points} if bucket_points is not None else {}),
+        },
         "ops_per_s": rate,
         "elements_per_s_per_party": rate,
         "ceiling_elements_per_s": ceiling,
@@ -317,15 +428,17 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def run(quick: bool, bucketed_n: int | None = None) -> list[dict[str, Any]]:
     """Measure the kernels and the ceiling, then the protocol at 10^3-10^4 (quick) or 10^4-10^6.
 
-    Then the same job between two node processes over mTLS gRPC (10^3 quick; 10^4 to 10^6).
+    Then the same protocol at scale, bucketed (10^4 quick; 10^6, or ``bucketed_n``), and the
+    job between two node processes over mTLS gRPC (10^3 quick; 10^4 to 10^6).
     """
     samples = 5_000 if quick else 20_000
     rows = measure_kernels(samples)
     for n in (10**3, 10**4) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_protocol(n, samples))
+    rows.append(measure_protocol(bucketed_n or (10**4 if quick else 10**6), samples, True))
     for n in (10**3,) if quick else (10**4, 10**5, 10**6):
         rows.append(measure_nodes(n, samples))
     return rows
@@ -355,8 +468,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10^3 and 10^4 elements only")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    parser.add_argument(
+        "--bucketed-n", type=int, metavar="N", help="ids per member of the bucketed run (10^7)"
+    )
+    parser.add_argument(
+        "--only-bucketed", action="store_true", help="the ceiling and the bucketed run only"
+    )
+    parser.add_argument(
+        "--executor",
+        default="inline",
+        help="each member's executor in the bucketed run, e.g. process:1: the row then splits "
+        "each member's CPU into its node process (serial) and its workers (parallel)",
+    )
+    parser.add_argument(
+        "--bucket-points",
+        type=int,
+        metavar="P",
+        help="points per bucket in the bucketed run (psi_bucket_points; default 2^20)",
+    )
     args = parser.parse_args()
-    rows = run(args.quick)
+    if args.only_bucketed:
+        samples = 20_000
+        rows = measure_kernels(samples)
+        n = args.bucketed_n or 10**6
+        rows.append(measure_protocol(n, samples, True, args.executor, args.bucket_points))
+    else:
+        rows = run(args.quick, args.bucketed_n)
     _print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -41,6 +41,7 @@ KERNELS: dict[str, str] = {
     "paillier_scoring": "benchmarks.bench_paillier_scoring",
     "psi": "benchmarks.bench_psi",
     "psi_multi": "benchmarks.bench_psi_multi",
+    "psi_unbalanced": "benchmarks.bench_psi_unbalanced",
     "dp": "benchmarks.bench_dp",
     "vertical_lr": "benchmarks.bench_vertical_lr",
     "secureboost": "benchmarks.bench_secureboost",

@@ -61,10 +61,11 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import gmpy2
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from bund.compute.errors import InvalidMessageError, InvalidPointError
@@ -296,28 +297,56 @@ class _WorkerKey:
         return X25519PrivateKey.from_private_bytes(self._raw)
 
 
+#: A job's scalar as a kernel batch holds it: the key itself in process, else its worker form.
+KeyHandle = BlindingKey | _WorkerKey
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_with_key(
+    task: Callable[[KeyHandle, Sequence[T]], R],
+    values: Sequence[T],
+    key: BlindingKey,
+    executor: Executor | None = None,
+) -> list[R]:
+    """Split ``values`` into one batch per worker and run ``task(key, batch)`` on each, in order.
+
+    An out-of-process executor gets the scalar as a ``_WorkerKey`` (module docstring); the
+    ``BlindingKey`` itself never leaves the process.
+    """
+    if not isinstance(key, BlindingKey):
+        raise TypeError("blinding needs a BlindingKey")
+    executor = executor or InlineExecutor()
+    held: KeyHandle = key
+    if not executor.in_process:
+        held = _WorkerKey(key._key.private_bytes_raw())
+    return executor.map(partial(task, held), split_evenly(values, executor.workers))
+
+
 def _run_batches(
-    task: Callable[[BlindingKey | _WorkerKey, Sequence[bytes]], list[bytes]],
+    task: Callable[[KeyHandle, Sequence[bytes]], list[bytes]],
     values: Sequence[bytes],
     key: BlindingKey,
     executor: Executor | None,
 ) -> list[bytes]:
-    """Split ``values`` into one batch per worker and run ``task`` with the key on each."""
-    if not isinstance(key, BlindingKey):
-        raise TypeError("blinding needs a BlindingKey")
-    executor = executor or InlineExecutor()
-    held: BlindingKey | _WorkerKey = key
-    if not executor.in_process:
-        held = _WorkerKey(key._key.private_bytes_raw())
-    batches = split_evenly(values, executor.workers)
-    return [point for part in executor.map(partial(task, held), batches) for point in part]
+    """:func:`map_with_key`, with the batches' lists of points joined into one list."""
+    return [point for part in map_with_key(task, values, key, executor) for point in part]
 
 
-def _x25519(key: BlindingKey | _WorkerKey) -> X25519PrivateKey:
+def _x25519(key: KeyHandle) -> X25519PrivateKey:
     return key._key if isinstance(key, BlindingKey) else key.x25519()
 
 
-def _blind_task(key: BlindingKey | _WorkerKey, points: Sequence[bytes]) -> list[bytes]:
+def multiply_points(key: KeyHandle, points: Sequence[bytes]) -> list[bytes]:
+    """One batch of :func:`blind`, for kernels that run on an executor with a ``KeyHandle``.
+
+    Raises:
+        InvalidPointError: If a point is malformed or of low order.
+    """
+    return _blind_task(key, points)
+
+
+def _blind_task(key: KeyHandle, points: Sequence[bytes]) -> list[bytes]:
     exchange = _x25519(key).exchange
     try:
         return list(map(exchange, map(X25519PublicKey.from_public_bytes, points)))
@@ -332,6 +361,175 @@ def _hash_and_blind_task(
     context: bytes, key: BlindingKey | _WorkerKey, items: Sequence[bytes]
 ) -> list[bytes]:
     return _blind_task(key, hash_to_points(items, context))
+
+
+#: A point set held packed: one ``S32`` element per canonical u-coordinate (32 bytes each,
+#: against ~100 bytes for a ``bytes`` object in a list). numpy compares ``S32`` bytewise, so
+#: ``np.sort`` gives the wire order; take elements out with ``tobytes()``, since indexing one
+#: strips its trailing zero bytes.
+PointArray = npt.NDArray[np.bytes_]
+
+
+def as_point_array(payload: bytes | bytearray | memoryview) -> PointArray:
+    """The points of a concatenated payload as a packed array (copied, so it owns its memory).
+
+    >>> as_point_array(bytes(64)).shape
+    (2,)
+    """
+    if len(payload) % POINT_SIZE:
+        raise ValueError(f"a point payload is a multiple of {POINT_SIZE} bytes")
+    return np.frombuffer(bytes(payload), dtype=f"S{POINT_SIZE}").copy()
+
+
+def hash_and_blind_array(
+    items: Sequence[bytes], context: bytes, key: BlindingKey, executor: Executor | None = None
+) -> PointArray:
+    """:func:`hash_and_blind` into a packed array; each batch returns one joined ``bytes``.
+
+    Raises:
+        ValueError: If ``context`` is longer than 255 bytes.
+    """
+    if len(context) > 255:
+        raise ValueError("the hash context must be at most 255 bytes")
+    task = partial(_joined, partial(_hash_and_blind_task, context))
+    return as_point_array(b"".join(_run_batches(task, items, key, executor)))
+
+
+def blind_array(
+    points: PointArray,
+    key: BlindingKey,
+    executor: Executor | None = None,
+    *,
+    check_curve: bool = False,
+) -> PointArray:
+    """:func:`blind` of a packed array; batches travel as joined bytes, not lists of points.
+
+    With ``check_curve``, each batch first checks that its points lie on the curve, not on its
+    twist (a Legendre symbol each): the one check of :func:`validate_point_array` that costs
+    arithmetic, run in the batches so that it spreads over the executor's workers. Call it
+    with points that passed ``validate_point_array(..., compared_only=True)``.
+
+    Raises:
+        InvalidPointError: If a point is of low order or, with ``check_curve``, on the twist.
+    """
+    executor = executor or InlineExecutor()
+    parts = [
+        p.tobytes() for p in np.array_split(points, max(1, min(executor.workers, len(points))))
+    ]
+    task = partial(_joined_payload, _checked_blind_task if check_curve else _blind_task)
+    return as_point_array(b"".join(_run_batches(task, parts, key, executor)))
+
+
+def _checked_blind_task(key: KeyHandle, points: Sequence[bytes]) -> list[bytes]:
+    _check_curve(points)
+    return _blind_task(key, points)
+
+
+def _check_curve(points: Iterable[bytes | memoryview]) -> None:
+    """Refuse a point on the twist of Curve25519 (a Legendre symbol of ``u³ + A·u² + u``)."""
+    from_bytes, mpz, jacobi, p, a = int.from_bytes, gmpy2.mpz, gmpy2.jacobi, _P, _A
+    for index, point in enumerate(points):
+        m = mpz(from_bytes(point, "little"))
+        # Euler: u is on the curve iff u³ + A·u² + u is a square (else on the twist); its
+        # only root u = 0 is of low order and refused before. jacobi() reduces mod p itself.
+        if jacobi(((m + a) * m + 1) * m, p) != 1:
+            _invalid(f"point {index} of a batch lies on the twist of Curve25519, not the curve")
+
+
+def _joined(
+    task: Callable[[BlindingKey | _WorkerKey, Sequence[bytes]], list[bytes]],
+    key: BlindingKey | _WorkerKey,
+    values: Sequence[bytes],
+) -> list[bytes]:
+    return [b"".join(task(key, values))]
+
+
+def _joined_payload(
+    task: Callable[[BlindingKey | _WorkerKey, Sequence[bytes]], list[bytes]],
+    key: BlindingKey | _WorkerKey,
+    payloads: Sequence[bytes],
+) -> list[bytes]:
+    out = []
+    for payload in payloads:
+        points = [payload[i : i + POINT_SIZE] for i in range(0, len(payload), POINT_SIZE)]
+        out.append(b"".join(task(key, points)))
+    return out
+
+
+def validate_point_array(
+    payload: bytes,
+    expected_count: int,
+    *,
+    ascending_after: bytes | None = None,
+    ascending: bool = False,
+    compared_only: bool = False,
+) -> PointArray:
+    """:func:`validate_points` for a set sent in ascending order, without a set of seen points.
+
+    Every check of :func:`validate_points` but the repeat check across payloads, which an
+    ascending set makes local: with ``ascending``, the points must be strictly ascending
+    bytewise, within the payload and after ``ascending_after`` (the last point of the previous
+    chunk), so a repeat anywhere in the set is two equal neighbours. Without ``ascending`` (a
+    set returned in our order), repeats must be checked by the caller (per bucket).
+
+    Raises:
+        InvalidPointError: Naming the first check that failed.
+    """
+    _check_payload(payload, expected_count, compared_only)
+    points = np.frombuffer(payload, dtype=f"S{POINT_SIZE}")
+    if ascending and len(points):
+        if ascending_after is not None:
+            previous = np.frombuffer(ascending_after, dtype=f"S{POINT_SIZE}")
+            if not bool((points[:1] > previous).all()):
+                _not_ascending(points[:1].tobytes() == ascending_after)
+        bad = np.flatnonzero(~(points[1:] > points[:-1]))
+        if bad.size:
+            i = int(bad[0])
+            _not_ascending(points[i : i + 1].tobytes() == points[i + 1 : i + 2].tobytes())
+    return points.copy()
+
+
+def _not_ascending(repeat: bool) -> NoReturn:
+    if repeat:
+        _invalid("a point repeats within the set; an honest party sends distinct points")
+    _invalid("the points are not in ascending order, as an honest party sends them")
+
+
+def _check_payload(payload: bytes, expected_count: int, compared_only: bool) -> None:
+    """Length, canonical encoding, low order and (unless ``compared_only``) the twist."""
+    if expected_count < 0 or len(payload) != POINT_SIZE * expected_count:
+        _invalid(
+            f"expected {expected_count} points of {POINT_SIZE} bytes, got a payload of "
+            f"{len(payload)} bytes"
+        )
+    # u >= p needs a top byte >= 0x7f: find those rows in C, then compare them exactly.
+    top_bytes = np.frombuffer(payload, dtype=np.uint8)[POINT_SIZE - 1 :: POINT_SIZE]
+    for index in np.flatnonzero(top_bytes >= 0x7F).tolist():
+        point = payload[index * POINT_SIZE : (index + 1) * POINT_SIZE]
+        if int.from_bytes(point, "little") >= FIELD_PRIME:
+            _invalid(f"point {index} is not a canonical u-coordinate (u >= 2^255 - 19)")
+    view = memoryview(payload)
+    starts = range(0, len(payload), POINT_SIZE)
+    if not LOW_ORDER_POINTS.isdisjoint(bytes(view[i : i + POINT_SIZE]) for i in starts):
+        _invalid("a point is of low order (its multiple by any clamped scalar is the identity)")
+    if not compared_only:
+        _check_curve(view[start : start + POINT_SIZE] for start in starts)
+
+
+def bucket_of(points: PointArray, bits: int) -> npt.NDArray[np.intp]:
+    """The bucket of each point: its first ``bits`` bits (bytewise order), ``bits`` in 0..16.
+
+    Buckets in order, each sorted, are the whole set sorted. Bucket only blinded values: a
+    bucket of ``H(x)`` or of the id itself would let a peer test guesses through bucket sizes.
+
+    >>> bucket_of(as_point_array(bytes([0x80, 0x01]) + bytes(30) + bytes(32)), 1).tolist()
+    [1, 0]
+    """
+    if not 0 <= bits <= 16:
+        raise ValueError("bits is in [0, 16]")
+    raw = points.view(np.uint8).reshape(-1, POINT_SIZE)
+    top = (raw[:, 0].astype(np.intp) << 8) | raw[:, 1]
+    return top >> (16 - bits)
 
 
 def validate_points(
@@ -366,27 +564,8 @@ def validate_points(
     Raises:
         InvalidPointError: Naming the first check that failed.
     """
-    if expected_count < 0 or len(payload) != POINT_SIZE * expected_count:
-        _invalid(
-            f"expected {expected_count} points of {POINT_SIZE} bytes, got a payload of "
-            f"{len(payload)} bytes"
-        )
+    _check_payload(payload, expected_count, compared_only)
     points = [payload[i : i + POINT_SIZE] for i in range(0, len(payload), POINT_SIZE)]
-    # u >= p needs a top byte >= 0x7f: find those rows in C, then compare them exactly.
-    top_bytes = np.frombuffer(payload, dtype=np.uint8)[POINT_SIZE - 1 :: POINT_SIZE]
-    for index in np.flatnonzero(top_bytes >= 0x7F).tolist():
-        if int.from_bytes(points[index], "little") >= FIELD_PRIME:
-            _invalid(f"point {index} is not a canonical u-coordinate (u >= 2^255 - 19)")
-    if not LOW_ORDER_POINTS.isdisjoint(points):
-        _invalid("a point is of low order (its multiple by any clamped scalar is the identity)")
-    if not compared_only:
-        from_bytes, mpz, jacobi, p, a = int.from_bytes, gmpy2.mpz, gmpy2.jacobi, _P, _A
-        for index, point in enumerate(points):
-            m = mpz(from_bytes(point, "little"))
-            # Euler: u is on the curve iff u³ + A·u² + u is a square (else on the twist); its
-            # only root u = 0 is of low order and refused above. jacobi() reduces mod p itself.
-            if jacobi(((m + a) * m + 1) * m, p) != 1:
-                _invalid(f"point {index} lies on the twist of Curve25519, not on the curve")
     known = set() if seen is None else seen
     before = len(known)
     known.update(points)

@@ -1,9 +1,19 @@
-"""Dataset sources and the in-memory table a protocol role reads its own data from.
+"""Dataset sources and the table a protocol role reads its own data from.
 
 A node declares each catalog dataset as a ``DataSource`` (CSV, SQLite, Parquet or PostgreSQL) and
-reads it into a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The
+opens it as a ``Table`` with ``open_source``; ``write_csv`` writes a table back as CSV. The
 synthetic demo datasets are drawn in ``bund.parties.demo_data``; ``docs/datasets.md`` describes
 both, and how each typed value becomes text (:func:`cell_text`).
+
+A table opened from a CSV (in its declared encoding), SQLite or Parquet source reads only its
+header at once. Its values are read on first use of ``column``/``data`` (held as Python strings,
+so capped at ``DEFAULT_MAX_ROWS``), while ``iter_column``, ``num_rows``, ``content_hash`` and a
+CSV table's ``quality`` counts stream the source in chunks without holding it (capped at
+``STREAM_MAX_ROWS``): PSI at 10^8 ids reads its id column that way. The table pins the file it
+was opened on (size and modification time): once the file changes, every read refuses, so one
+table never mixes two versions of a dataset. A PostgreSQL source is read whole when it is opened
+(one read-only transaction, so one consistent snapshot): it does not stream, and its
+``iter_column`` slices the table in memory.
 """
 
 from __future__ import annotations
@@ -13,13 +23,16 @@ import csv
 import datetime as dt
 import hashlib
 import importlib
+import itertools
 import logging
 import math
+import os
 import re
 import sqlite3
+import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,6 +48,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 10_000_000
 """Row cap of the loaders unless the caller passes another: a guard against exhausting memory."""
+
+STREAM_MAX_ROWS = 1_000_000_000
+"""Row cap of a streamed read (``Table.iter_column``), which holds one chunk at a time."""
+
+#: Rows per chunk of ``Table.iter_column`` unless the caller asks for another size.
+STREAM_CHUNK_ROWS = 65_536
 
 DEFAULT_BATCH_ROWS = 10_000
 """Rows a PostgreSQL source fetches per round trip from its server-side cursor."""
@@ -75,7 +94,8 @@ class Table:
     ``quality`` holds what the loader counted while reading (for a CSV file, blank lines it
     skipped): facts about its owner's data that stay with the owner. A role that reads the table
     reports them through ``JobContext.note_quality``; they are no part of the table's content, its
-    equality or its version.
+    equality or its version. A CSV table opened from a source counts them by streaming the file
+    the first time they are read (with its row count, in the same pass).
     """
 
     name: str
@@ -83,6 +103,8 @@ class Table:
     quality: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, _SourceColumns):
+            return
         lengths = {len(v) for v in self.data.values()}
         if len(lengths) > 1:
             raise DatasetError(f"dataset {self.name!r}: columns have different lengths {lengths}")
@@ -99,8 +121,47 @@ class Table:
 
     @property
     def num_rows(self) -> int:
-        """Number of rows."""
+        """Number of rows (a table opened from a source counts them by streaming it)."""
+        if isinstance(self.data, _SourceColumns):
+            return self.data.num_rows()
         return len(next(iter(self.data.values()))) if self.data else 0
+
+    def iter_column(self, name: str, chunk_rows: int = STREAM_CHUNK_ROWS) -> Iterator[list[str]]:
+        """The values of column ``name`` in chunks of ``chunk_rows``, in row order.
+
+        A table opened from a CSV, SQLite or Parquet source streams them (one chunk in memory,
+        up to ``STREAM_MAX_ROWS`` rows); an in-memory table (PostgreSQL's among them) slices its
+        column.
+
+        Raises:
+            DatasetError: The column does not exist, or the source cannot be read or changed.
+
+        >>> list(Table.from_columns("t", {"id": ["a", "b", "c"]}).iter_column("id", 2))
+        [['a', 'b'], ['c']]
+        """
+        return (columns[0] for columns in self.iter_columns((name,), chunk_rows))
+
+    def iter_columns(
+        self, names: Sequence[str], chunk_rows: int = STREAM_CHUNK_ROWS
+    ) -> Iterator[list[list[str]]]:
+        """The values of several columns, chunk by chunk: one list per column, rows aligned.
+
+        Raises:
+            DatasetError: A column does not exist, or the source cannot be read or changed.
+        """
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be at least 1")
+        for name in names:
+            if name not in self.data:
+                self.column(name)  # raises, naming the columns
+        if isinstance(self.data, _SourceColumns):
+            return self.data.stream(names, chunk_rows)
+        return self._slices(names, chunk_rows)
+
+    def _slices(self, names: Sequence[str], chunk_rows: int) -> Iterator[list[list[str]]]:
+        columns = [self.column(name) for name in names]
+        for start in range(0, self.num_rows, chunk_rows):
+            yield [list(values[start : start + chunk_rows]) for values in columns]
 
     def column(self, name: str) -> tuple[str, ...]:
         """The values of column ``name`` as text."""
@@ -158,6 +219,8 @@ class Table:
         >>> a.content_hash() == Table.from_columns("a", {"id": ["12"]}).content_hash()
         False
         """
+        if isinstance(self.data, _SourceColumns):
+            return self.data.content_hash()
         digest = hashlib.sha256(_TABLE_HASH_DOMAIN)
         digest.update(len(self.data).to_bytes(8, "big"))
         for column, values in self.data.items():
@@ -295,28 +358,44 @@ def load_csv(
     ('上海浦东发展银行',)
     """
     _check_max_rows(max_rows)
-    codec = _csv_codec(encoding)
     path = Path(path)
+    quality: dict[str, int] = {}
+    records = _csv_records(path, encoding, max_rows, quality)
+    header = next(records)
+    rows = list(records)
+    blank = quality[QUALITY_BLANK_LINES]
+    if blank:
+        log.warning("%s: %d blank line(s) between rows skipped", path, blank)
+    columns = zip(*rows, strict=True) if rows else ((),) * len(header)
+    return Table(
+        name or path.stem, dict(zip(header, (tuple(c) for c in columns), strict=True)), quality
+    )
+
+
+def _csv_records(
+    path: Path, encoding: str, max_rows: int, quality: dict[str, int] | None = None
+) -> Iterator[list[str]]:
+    """The header of a CSV file, then each data record, checked as ``load_csv`` documents.
+
+    ``quality``, if given, gets ``blank_lines_skipped``: the blank lines between the records
+    read so far (final once the records are exhausted).
+    """
+    codec = _csv_codec(encoding)
     try:
         with path.open(encoding=codec, newline="") as f:
-            header, rows, blank = _read_csv(csv.reader(f, strict=True), str(path), max_rows)
+            records = _checked_csv(csv.reader(f, strict=True), str(path), max_rows, quality)
+            header = next(records)
+            if header[0].startswith("\ufeff"):  # GB18030's byte-order mark (0x84 0x31 0x95 0x33)
+                header[0] = header[0][1:]
+                _check_names(header, str(path))
+            yield header
+            yield from records
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file; check the dataset's path") from None
     except UnicodeDecodeError as exc:
         raise _not_decodable(path, encoding, codec, exc) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
-    if header[0].startswith("\ufeff"):  # GB18030's byte-order mark (0x84 0x31 0x95 0x33)
-        header[0] = header[0][1:]
-        _check_names(header, str(path))
-    if blank:
-        log.warning("%s: %d blank line(s) between rows skipped", path, blank)
-    columns = zip(*rows, strict=True) if rows else ((),) * len(header)
-    return Table(
-        name or path.stem,
-        dict(zip(header, (tuple(c) for c in columns), strict=True)),
-        {QUALITY_BLANK_LINES: blank},
-    )
 
 
 def _csv_codec(encoding: str) -> str:
@@ -365,13 +444,15 @@ def _first_undecodable_line(path: Path, codec: str) -> tuple[int, str, int] | No
     return None
 
 
-def _read_csv(
-    reader: Iterable[list[str]], where: str, max_rows: int
-) -> tuple[list[str], list[list[str]], int]:
-    """The header, the rows, and the number of blank lines between rows (trailing ones aside)."""
+def _checked_csv(
+    reader: Iterable[list[str]], where: str, max_rows: int, quality: dict[str, int] | None
+) -> Iterator[list[str]]:
+    """The header, then the rows; blank lines between rows (trailing ones aside) are counted."""
     records = iter(reader)
+    counts: dict[str, int] = {} if quality is None else quality
     line = 1
-    skipped = pending = 0
+    skipped = pending = rows = 0
+    counts[QUALITY_BLANK_LINES] = 0
     try:
         header = next(records, None)
         if not header:
@@ -380,24 +461,25 @@ def _read_csv(
                 "the first line must name the columns"
             )
         _check_names(header, where)
-        rows: list[list[str]] = []
+        yield header
         for line, record in enumerate(records, start=2):
             if not record:
                 pending += 1
                 continue
             skipped, pending = skipped + pending, 0
+            counts[QUALITY_BLANK_LINES] = skipped
             if len(record) != len(header):
                 raise DatasetError(
                     f"{where} record {line}: {len(record)} fields but the header names "
                     f"{len(header)} columns; give every row one value per column and quote "
                     "values that contain commas"
                 )
-            if len(rows) == max_rows:
+            if rows == max_rows:
                 raise _too_many_rows(where, max_rows)
-            rows.append(record)
+            rows += 1
+            yield record
     except csv.Error as exc:
         raise DatasetError(f"{where} near record {line + 1}: malformed CSV ({exc})") from None
-    return header, rows, skipped
 
 
 def _check_select(query: str, where: str) -> str:
@@ -440,7 +522,15 @@ def load_sqlite(
     ('120.0',)
     """
     _check_max_rows(max_rows)
-    path = Path(path)
+    records = _sqlite_records(Path(path), query, name, max_rows)
+    names = next(records)
+    rows = list(records)
+    columns = zip(*rows, strict=True) if rows else ((),) * len(names)
+    return Table(name, dict(zip(names, (tuple(c) for c in columns), strict=True)))
+
+
+def _sqlite_records(path: Path, query: str, name: str, max_rows: int) -> Iterator[list[str]]:
+    """The column names of a SELECT, then each row as text, checked as ``load_sqlite`` says."""
     where = f"{path} ({name})"
     statement = _check_select(query, where)
     if not path.is_file():
@@ -451,15 +541,21 @@ def load_sqlite(
             cursor = db.execute(statement)
             names = [d[0] for d in cursor.description]
             _check_names(names, where)
-            rows = cursor.fetchmany(max_rows + 1)
+            yield names
+            count = 0
+            while batch := cursor.fetchmany(DEFAULT_BATCH_ROWS):
+                count += len(batch)
+                if count > max_rows:
+                    raise _too_many_rows(where, max_rows)
+                for row in batch:
+                    yield [
+                        v if type(v) is str else cell_text(v, where, c)
+                        for c, v in zip(names, row, strict=True)
+                    ]
     except sqlite3.ProgrammingError as exc:
         raise DatasetError(f"{where}: the query must be one SELECT statement ({exc})") from None
     except sqlite3.Error as exc:
         raise DatasetError(f"{where}: the query failed ({exc}); check the SQL") from None
-    if len(rows) > max_rows:
-        raise _too_many_rows(where, max_rows)
-    columns = _columns_as_text(names, rows, where)
-    return Table(name, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
 
 
 _SQLITE_READ_ACTIONS = frozenset(
@@ -507,6 +603,20 @@ def load_parquet(
     """
     _check_max_rows(max_rows)
     path = Path(path)
+    names, batches = _parquet_batches(path, max_rows)
+    columns: list[list[str]] = [[] for _ in names]
+    for batch in batches:
+        for values, column in zip(columns, batch, strict=True):
+            values += column
+    return Table(name or path.stem, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
+
+
+def _parquet_batches(path: Path, max_rows: int) -> tuple[list[str], Iterator[list[list[str]]]]:
+    """The column names of a Parquet file (read now), and its record batches as text columns.
+
+    The row count comes from the file's footer, so a file over ``max_rows`` is refused before
+    any row is read.
+    """
     where = str(path)
     if not path.is_file():
         raise DatasetError(f"{where}: no such file; check the dataset's path")
@@ -519,13 +629,26 @@ def load_parquet(
             raise _too_many_rows(where, max_rows)
         names: list[str] = list(schema.names)
         _check_names(names, where)
-        columns: list[list[str]] = [[] for _ in names]
-        for batch in file.iter_batches(batch_size=DEFAULT_BATCH_ROWS):
-            for j, column in enumerate(names):
-                columns[j] += _arrow_text(pa, batch.column(j), where, column)
     except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
         raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
-    return Table(name or path.stem, {n: tuple(c) for n, c in zip(names, columns, strict=True)})
+    return names, _arrow_batches(pa, file, names, where)
+
+
+def _arrow_batches(pa: Any, file: Any, names: list[str], where: str) -> Iterator[list[list[str]]]:
+    """Each record batch of an open Parquet file, one list of text values per column."""
+    try:
+        for batch in file.iter_batches(batch_size=DEFAULT_BATCH_ROWS):
+            yield [_arrow_text(pa, batch.column(j), where, c) for j, c in enumerate(names)]
+    except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+        raise DatasetError(f"{where}: not a readable Parquet file ({exc})") from None
+
+
+def _parquet_records(path: Path, max_rows: int) -> Iterator[list[str]]:
+    """The column names of a Parquet file, then each row as text, read in record batches."""
+    names, batches = _parquet_batches(path, max_rows)
+    yield names
+    for batch in batches:
+        yield from (list(row) for row in zip(*batch, strict=True))
 
 
 def _arrow_text(pa: Any, array: Any, where: str, column: str) -> list[str]:
@@ -835,8 +958,179 @@ _OPENERS: dict[str, Callable[[DataSource, str], Table]] = {
 }
 
 
+def _source_records(
+    source: DataSource, name: str, max_rows: int, quality: dict[str, int] | None = None
+) -> Iterator[list[str]]:
+    """The column names of a file source, then its rows as text, one at a time.
+
+    ``quality`` gets what the reader counts (a CSV file's blank lines between rows).
+    """
+    if source.kind == "csv":
+        return _csv_records(_path(source), source.encoding, max_rows, quality)
+    if source.kind == "sqlite":
+        return _sqlite_records(_path(source), source.query or "", name, max_rows)
+    return _parquet_records(_path(source), max_rows)
+
+
+#: The kinds of source ``open_source`` opens lazily and streams (files it can pin).
+_STREAMED_KINDS = frozenset({"csv", "sqlite", "parquet"})
+
+
+class _SourceColumns(Mapping[str, tuple[str, ...]]):
+    """The columns of a table opened from a file source: names at once, values when first used.
+
+    Values read through the mapping are loaded whole and kept (``DEFAULT_MAX_ROWS``); streamed
+    reads (``stream``, ``num_rows``, ``quality``, ``content_hash``) hold one chunk. Every read
+    first checks that the file still has the size and modification time it had when the table
+    was opened.
+    """
+
+    def __init__(self, source: DataSource, name: str) -> None:
+        self._source, self._name = source, name
+        records = _source_records(source, name, STREAM_MAX_ROWS)
+        try:
+            self.names: tuple[str, ...] = tuple(next(records))
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+        self._pin = self._stat()
+        self._lock = threading.RLock()
+        self._loaded: Table | None = None
+        self._rows: int | None = None
+        self._quality: dict[str, int] | None = None
+        self._hash: str | None = None
+
+    def _stat(self) -> tuple[int, int]:
+        path = _path(self._source)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DatasetError(
+                f"{path}: cannot read it ({exc.strerror}); check the dataset's path"
+            ) from None
+        return st.st_size, st.st_mtime_ns
+
+    def _check_pin(self) -> None:
+        if self._stat() != self._pin:
+            raise DatasetError(
+                f"{self._source.path} changed after this node opened dataset {self._name!r}; "
+                "reload the node's catalogue (SIGHUP) or restart it, so jobs see one version"
+            )
+
+    def _records(self, quality: dict[str, int] | None = None) -> Iterator[list[str]]:
+        self._check_pin()
+        records = _source_records(self._source, self._name, STREAM_MAX_ROWS, quality)
+        next(records)
+        return records
+
+    def _load(self) -> Table:
+        with self._lock:
+            if self._loaded is None:
+                self._check_pin()
+                self._loaded = _OPENERS[self._source.kind](self._source, self._name)
+            return self._loaded
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        if key not in self.names:
+            raise KeyError(key)
+        return self._load().data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def stream(self, columns: Sequence[str], chunk_rows: int) -> Iterator[list[list[str]]]:
+        """The values of ``columns`` in chunks, read from the source as they are needed."""
+        indices = [self.names.index(c) for c in columns]
+        records = self._records()
+        while rows := list(itertools.islice(records, chunk_rows)):
+            yield [[r[i] for r in rows] for i in indices]
+
+    def _scan(self) -> tuple[int, dict[str, int]]:
+        """The row count and the reader's quality counts: one streamed pass, done once."""
+        with self._lock:
+            if self._rows is None or self._quality is None:
+                if self._loaded is not None:
+                    rows, quality = self._loaded.num_rows, dict(self._loaded.quality)
+                else:
+                    quality = {}
+                    rows = sum(1 for _ in self._records(quality))
+                    if quality.get(QUALITY_BLANK_LINES):
+                        log.warning(
+                            "%s: %d blank line(s) between rows skipped",
+                            self._source.path,
+                            quality[QUALITY_BLANK_LINES],
+                        )
+                self._rows, self._quality = rows, quality
+            return self._rows, self._quality
+
+    def num_rows(self) -> int:
+        """How many rows the source holds (counted once per opened table)."""
+        return self._scan()[0]
+
+    def quality(self) -> dict[str, int]:
+        """What the reader counted (a CSV file's blank lines), counted once per opened table."""
+        return self._scan()[1]
+
+    def counted_quality(self) -> dict[str, int] | None:
+        """The quality counts if a pass has counted them already, else None (reads nothing)."""
+        with self._lock:
+            if self._quality is not None:
+                return self._quality
+            return None if self._loaded is None else dict(self._loaded.quality)
+
+    def content_hash(self) -> str:
+        """``Table.content_hash`` computed by streaming: one pass to count, one per column."""
+        with self._lock:
+            if self._hash is None:
+                if self._loaded is not None:
+                    self._hash = self._loaded.content_hash()
+                    return self._hash
+                rows = self.num_rows()
+                digest = hashlib.sha256(_TABLE_HASH_DOMAIN)
+                digest.update(len(self.names).to_bytes(8, "big"))
+                for index, column in enumerate(self.names):
+                    _hash_text(digest, column)
+                    digest.update(rows.to_bytes(8, "big"))
+                    for record in self._records():
+                        _hash_text(digest, record[index])
+                self._hash = digest.hexdigest()
+            return self._hash
+
+
+class _SourceQuality(Mapping[str, int]):
+    """The ``quality`` of a CSV table opened from a source: counted when first read."""
+
+    def __init__(self, columns: _SourceColumns) -> None:
+        self._columns = columns
+
+    def __getitem__(self, key: str) -> int:
+        return self._columns.quality()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns.quality())
+
+    def __len__(self) -> int:
+        return len(self._columns.quality())
+
+    def __repr__(self) -> str:
+        counted = self._columns.counted_quality()
+        return "<counted on first read>" if counted is None else repr(counted)
+
+
 def open_source(source: DataSource, name: str) -> Table:
-    """Read a declared dataset into a table called ``name``.
+    """Open a declared dataset as a table called ``name``.
+
+    A CSV, SQLite or Parquet source is opened lazily: only its header is read now, and its
+    values on first use, whole (``column``, ``data``) or streamed (``iter_column``,
+    ``num_rows``, ``content_hash``, a CSV table's ``quality``); see the module docstring. A
+    PostgreSQL source is read whole now.
 
     Args:
         source: the catalog entry.
@@ -846,9 +1140,14 @@ def open_source(source: DataSource, name: str) -> Table:
         The table.
 
     Raises:
-        DatasetError: if the source cannot be read; the message names the fix.
+        DatasetError: if the source cannot be read; the message names the fix. An error
+            further into a file surfaces when its values are first read.
     """
-    return _OPENERS[source.kind](source, name)
+    if source.kind not in _STREAMED_KINDS:
+        return _OPENERS[source.kind](source, name)
+    columns = _SourceColumns(source, name)
+    quality: Mapping[str, int] = _SourceQuality(columns) if source.kind == "csv" else {}
+    return Table(name, columns, quality)
 
 
 def write_csv(table: Table, path: Path) -> Path:

@@ -14,9 +14,13 @@ import logging
 import math
 import re
 import secrets
+import shutil
+import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from pydantic import ValidationError
@@ -262,6 +266,28 @@ class JobContext(Protocol):
         """The state an earlier run of this job saved under ``name`` at this node, or ``None``."""
         ...
 
+    def save_kept(self, name: str, state: bytes) -> None:
+        """Durably keep ``state`` under ``name`` at this node beyond this job, for later jobs.
+
+        Sealed at rest like resume states, but not deleted when the job ends: for a secret that
+        must outlive one job and never leave the node (an unbalanced PSI holder's key per
+        querying party). A later call under the same name replaces it.
+        """
+        ...
+
+    def load_kept(self, name: str) -> bytes | None:
+        """The state some job kept under ``name`` at this node (``save_kept``), or ``None``."""
+        ...
+
+    def scratch_dir(self) -> Path:
+        """A directory of this role's own for spill files, kept until the job ends.
+
+        It survives a restart of the node, so a resumed role finds its files again, and it is
+        deleted with the job's resume states. Its files are not sealed: put only what the node's
+        operator may read there (blinded values, row numbers), never a secret key.
+        """
+        ...
+
     def prior_result(self, job_id: str, protocol: str) -> Result:
         """This party's own result of an earlier ``protocol`` job that succeeded here.
 
@@ -333,13 +359,26 @@ class ResumeStateStore(Protocol):
         """The stored state, or ``None``."""
         ...
 
+    def scratch_dir(self, job_id: str, party: str) -> Path:
+        """A directory for the role's spill files, created if needed, deleted with the job."""
+        ...
+
+
+#: The job id under which ``save_kept`` stores states that outlive every job (no real job id,
+#: which is 32 hex digits, can take this value, so no job's clean-up ever deletes them).
+KEPT_STATES = "kept"
+
 
 class MemoryResumeStates:
-    """Resume states in a dict: for in-memory runs, and for tests that simulate a restart."""
+    """Resume states in a dict: for in-memory runs, and for tests that simulate a restart.
+
+    Scratch directories live in one temporary directory, removed when the store is collected.
+    """
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
+        self._scratch: Path | None = None
 
     def save(self, job_id: str, party: str, name: str, state: bytes) -> None:
         """Store a copy of ``state``."""
@@ -350,6 +389,16 @@ class MemoryResumeStates:
         """The stored state, or ``None``."""
         with self._lock:
             return self._states.get((job_id, party, name))
+
+    def scratch_dir(self, job_id: str, party: str) -> Path:
+        """A directory under this store's temporary directory, one per job and party."""
+        with self._lock:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="bund-scratch-"))
+                weakref.finalize(self, shutil.rmtree, self._scratch, True)
+            path = self._scratch / check_name("job id", job_id) / party
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 RoleFn = Callable[[JobContext], "Result | None"]
@@ -497,6 +546,10 @@ class OwnerTerms(Protocol):
 
     def exact_aggregates_to(self, dataset: str) -> frozenset[str]:
         """The counterparties that may receive noise-free aggregates of ``dataset``."""
+        ...
+
+    def guards_membership(self, dataset: str, counterparty: str) -> bool:
+        """Whether ``dataset`` must not reveal to ``counterparty`` which individuals it holds."""
         ...
 
 
@@ -911,6 +964,20 @@ class RoleContext:
         """The state saved under ``name`` by an earlier run of this job here, or ``None``."""
         check_name("resume state", name)
         return self._states.load(self._spec.job_id, self._party, name)
+
+    def save_kept(self, name: str, state: bytes) -> None:
+        """Keep ``state`` under ``name`` in the node's sealed store, beyond this job."""
+        check_name("kept state", name)
+        self._states.save(KEPT_STATES, self._party, name, state)
+
+    def load_kept(self, name: str) -> bytes | None:
+        """The state kept under ``name`` at this node, or ``None``."""
+        check_name("kept state", name)
+        return self._states.load(KEPT_STATES, self._party, name)
+
+    def scratch_dir(self) -> Path:
+        """This role's spill directory in the node's state directory (deleted with the job)."""
+        return self._states.scratch_dir(self._spec.job_id, self._party)
 
     def prior_result(self, job_id: str, protocol: str) -> Result:
         """This party's own result of an earlier ``protocol`` job, from the node's job store."""

@@ -12,13 +12,15 @@ level                  protocols                              outputs
 =====================  =====================================  ==================================
 public                 every protocol                         every output, raw export included
 internal               every protocol                         every output but raw export
-confidential           psi, psi_multi, woe_iv, vertical_lr,   intersection, membership,
-                       vertical_score, vertical_secureboost,  cardinality, dp_aggregate, model,
-                       vertical_tree_score, serving_contract, score
+confidential           psi, psi_multi, psi_unbalanced,        intersection, membership,
+                       woe_iv, vertical_lr, vertical_score,   cardinality, dp_aggregate, model,
+                       vertical_secureboost,                  score, payload
+                       vertical_tree_score, serving_contract,
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
-restricted-personal    psi, psi_multi, woe_iv, vertical_lr,   cardinality, dp_aggregate, model,
-                       vertical_score, vertical_secureboost,  score (never which individuals)
+restricted-personal    psi, psi_multi, psi_unbalanced,        cardinality, dp_aggregate, model,
+                       woe_iv, vertical_lr, vertical_score,   score (never which individuals)
+                       vertical_secureboost,
                        vertical_tree_score, serving_contract,
                        dp_stats, ckks_scoring,
                        paillier_scoring, fed_dp_sgd, cox_ph
@@ -28,6 +30,11 @@ A dataset entry may narrow its level's protocols further, never widen them. ``me
 declared per direction (:func:`membership_output`): a protocol that aligns by PSI names each
 party that learns which ids another party's dataset holds; a dataset whose level forbids
 membership allows it only towards the parties its entry names in ``reveal_membership_to``.
+``payload`` (columns of matched records, labeled PSI) is released only for the columns the entry
+names in ``payload_columns``. A level that never releases which individuals (``intersection``)
+guards membership against every counterparty the entry does not name in
+``trusted_counterparties``; protocols read that through :meth:`Policy.guards_membership`
+(cardinality PSI, for one).
 """
 
 from __future__ import annotations
@@ -70,7 +77,16 @@ class PolicyFileError(BundError):
 APPROVER = "approver"
 #: Every kind of output a protocol can release.
 OUTPUTS = frozenset(
-    {"raw", "intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}
+    {
+        "raw",
+        "intersection",
+        "membership",
+        "cardinality",
+        "dp_aggregate",
+        "model",
+        "score",
+        "payload",
+    }
 )
 #: The output kind of a membership revealed in one direction: ``membership:OWNER>LEARNER``.
 MEMBERSHIP = "membership"
@@ -79,6 +95,7 @@ _PROTECTED_PROTOCOLS = frozenset(
     {
         "psi",
         "psi_multi",
+        "psi_unbalanced",
         "woe_iv",
         "vertical_lr",
         "vertical_score",
@@ -92,6 +109,8 @@ _PROTECTED_PROTOCOLS = frozenset(
         "cox_ph",
     }
 )
+#: The logical-column prefix under which a job binds the payload columns it releases.
+PAYLOAD_PREFIX = "payload."
 ANY_PROTOCOL = "*"
 
 
@@ -128,7 +147,17 @@ LEVELS: Mapping[str, LevelRules] = {
     "internal": LevelRules(frozenset({ANY_PROTOCOL}), OUTPUTS - {"raw"}),
     "confidential": LevelRules(
         _PROTECTED_PROTOCOLS,
-        frozenset({"intersection", "membership", "cardinality", "dp_aggregate", "model", "score"}),
+        frozenset(
+            {
+                "intersection",
+                "membership",
+                "cardinality",
+                "dp_aggregate",
+                "model",
+                "score",
+                "payload",
+            }
+        ),
     ),
     "restricted-personal": LevelRules(
         _PROTECTED_PROTOCOLS, frozenset({"cardinality", "dp_aggregate", "model", "score"})
@@ -153,11 +182,27 @@ class DatasetPolicy:
     max_epsilon_per_job: Fraction | None = None
     #: The most ε all jobs of one requester may charge this dataset (None: up to the total).
     max_epsilon_per_requester: Fraction | None = None
+    #: Counterparties trusted to run unmodified node code with this dataset (semi-honest).
+    trusted_counterparties: frozenset[str] = frozenset()
+    #: Columns whose values labeled PSI may release for matched records (output ``payload``).
+    payload_columns: frozenset[str] = frozenset()
     #: Columns that single out a person (no query may filter or group on them); None: the
     #: column a job binds as ``id``.
     identifiers: frozenset[str] | None = None
     #: Parties that may learn which ids this dataset holds where its level forbids membership.
     reveal_membership_to: frozenset[str] = frozenset()
+
+    def guards_membership(self, counterparty: str) -> bool:
+        """Whether this dataset must not reveal to ``counterparty`` which individuals it holds.
+
+        True when its level never releases ``intersection`` and the counterparty is not
+        trusted: protocols then keep every value that a modified peer could turn into
+        membership (cardinality PSI's re-blinded set, an exact count) from it.
+        """
+        return (
+            "intersection" not in self.rules.outputs
+            and counterparty not in self.trusted_counterparties
+        )
 
     @property
     def budget_limits(self) -> BudgetLimits:
@@ -182,7 +227,10 @@ class DatasetPolicy:
 
 #: Limits a node sets for every job, with their defaults.
 DEFAULT_LIMITS: Mapping[str, int] = {
-    "psi_max_set_size": 2_000_000,
+    "psi_max_set_size": 100_000_000,
+    "psi_unbalanced_max_queries": 1_000_000,
+    "psi_spill_rows": 1 << 20,
+    "psi_bucket_points": 1 << 20,
     "job_max_messages": 1_000_000,
     "job_max_bytes": 16 << 30,
 }
@@ -293,6 +341,13 @@ class Policy:
                         f'reveal_membership_to = ["{learner}"] under [datasets.{me.dataset}] '
                         "in policy.toml"
                     )
+        payload = {c for k, c in me.columns.items() if k.startswith(PAYLOAD_PREFIX)}
+        undeclared = sorted(payload - entry.payload_columns) if "payload" in outputs else []
+        if undeclared:
+            raise PolicyRefusedError(
+                f"{party}'s dataset {me.dataset!r} releases no payload column {undeclared[0]!r}; "
+                f"its operator can add it to payload_columns under [datasets.{me.dataset}]"
+            )
 
     def check_trusted(self, party: str, protocol: str, why: str) -> None:
         """Refuse a job whose protection of this node's data rests on ``party`` following it.
@@ -315,6 +370,14 @@ class Policy:
         """Who may receive noise-free survival, log-rank and Cox aggregates of ``dataset``."""
         entry = self.datasets.get(dataset)
         return frozenset() if entry is None else entry.exact_aggregates_to
+
+    def guards_membership(self, dataset: str, counterparty: str) -> bool:
+        """Whether ``dataset`` must not reveal to ``counterparty`` which individuals it holds.
+
+        See :meth:`DatasetPolicy.guards_membership`; an unknown dataset guards it.
+        """
+        entry = self.datasets.get(dataset)
+        return True if entry is None else entry.guards_membership(counterparty)
 
     def check_cohort(self, dataset: str, size: int) -> None:
         """Refuse a group smaller than the cohort floor (it could single out individuals)."""
@@ -390,6 +453,15 @@ class _Dataset(StrictModel):
         description="the most ε all jobs of one requester may charge, in total (the control "
         "against differencing: each query of the same cohort costs its ε)",
     )
+    trusted_counterparties: list[Name] = Field(
+        default_factory=list,
+        description="counterparties trusted to run unmodified node code with this dataset: "
+        "protocols may skip their defences against a deviating peer for them",
+    )
+    payload_columns: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        description="columns whose values labeled PSI may release for matched records",
+    )
     identifiers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None,
         description="columns that single out a person: no DP query may filter or group on them "
@@ -426,6 +498,21 @@ class _Limits(StrictModel):
         default=DEFAULT_LIMITS["psi_max_set_size"],
         ge=1,
         description="largest PSI set, own or a peer's",
+    )
+    psi_unbalanced_max_queries: int = Field(
+        default=DEFAULT_LIMITS["psi_unbalanced_max_queries"],
+        ge=0,
+        description="most ids one counterparty may query against an unbalanced PSI setup, in all",
+    )
+    psi_spill_rows: int = Field(
+        default=DEFAULT_LIMITS["psi_spill_rows"],
+        ge=0,
+        description="a PSI member whose dataset has more rows keeps its buckets in files",
+    )
+    psi_bucket_points: int = Field(
+        default=DEFAULT_LIMITS["psi_bucket_points"],
+        ge=1024,
+        description="points per PSI bucket the member aims at: its memory is a few buckets",
     )
     job_max_messages: int = Field(
         default=DEFAULT_LIMITS["job_max_messages"],
@@ -493,6 +580,8 @@ def parse_policy(doc: Mapping[str, Any], path: Path, party: str | None) -> Polic
             exact_aggregates_to=frozenset(entry.exact_aggregates_to),
             identifiers=None if entry.identifiers is None else frozenset(entry.identifiers),
             reveal_membership_to=frozenset(entry.reveal_membership_to),
+            trusted_counterparties=frozenset(entry.trusted_counterparties),
+            payload_columns=frozenset(entry.payload_columns),
         )
     approvals = file.approvals
     approvers = {name: path.parent / key for name, key in approvals.approvers.items()}

@@ -12,12 +12,17 @@ data binds each blob to its job, party, kind and name, so a blob copied to anoth
 job or another node fails authentication: a tampered or moved state is refused, never used.
 
 Rows of a job are deleted when the job ends, whatever the outcome, except while it is
-interrupted (resumable).
+interrupted (resumable). So is the job's scratch directory (``state_dir/scratch/JOB``), where a
+role spills data too large for memory (PSI's buckets of blinded values); its files are not
+sealed and hold nothing secret. States kept beyond every job (``JobContext.save_kept``) are
+rows under the reserved job id ``kept``, sealed like the others and never deleted by a job.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sqlite3
 import stat
 import threading
@@ -64,6 +69,7 @@ class ResumeStore:
 
     def __init__(self, path: Path, key: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._scratch = path.parent / "scratch"
         self._aead = AESGCM(key)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -138,7 +144,15 @@ class ResumeStore:
             _aad("checkpoint", job_id, party, name), bytes(row[0]), f"resume state {name!r}"
         )
 
-    # -- the durable inbox (parties.transport.MailboxJournal) ---------------------------------
+    def scratch_dir(self, job_id: str, party: str) -> Path:
+        """The job's scratch directory for ``party``'s role (0700), created if needed."""
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+            raise ValueError(f"{job_id!r} is not a job id")
+        path = self._scratch / job_id / party
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+        # -- the durable inbox (parties.transport.MailboxJournal) ---------------------------------
 
     def received(self, job_id: str, sender: str, tag: str, sha256: bytes, payload: bytes) -> None:
         """Store a new message durably before the mailbox acknowledges it."""
@@ -218,6 +232,8 @@ class ResumeStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        if re.fullmatch(r"[0-9a-f]{32}", job_id):
+            shutil.rmtree(self._scratch / job_id, ignore_errors=True)
 
     def close(self) -> None:
         """Close the database."""

@@ -3,8 +3,9 @@
 Seven in-process nodes (bank, tax, registry, three hospitals, insurer) run every registered
 protocol once over mTLS: psi, psi_multi, woe_iv, vertical_lr, vertical_score,
 vertical_secureboost, vertical_tree_score and a serving_contract (one request, then its total
-limit ends it) between the bank and its providers; dp_stats, fed_dp_sgd, ckks_scoring,
-paillier_scoring and cox_ph between the hospitals and the insurer. Their datasets carry canaries:
+limit ends it) between the bank and its providers, psi_unbalanced (a labeled setup and a query)
+between the registry and the bank; dp_stats, fed_dp_sgd, ckks_scoring, paillier_scoring and
+cox_ph between the hospitals and the insurer. Their datasets carry canaries:
 
 * ids that only their owner holds: bank-only borrowers and applicants, tax-only filers,
   registry-only firms, and in every hospital patients recorded nowhere else;
@@ -14,13 +15,15 @@ paillier_scoring and cox_ph between the hospitals and the insurer. Their dataset
 
 No result may contain them: the PSI result at the bank holds only ids that both parties hold (the
 canary ids are each held by one party), psi_multi's at the bank and the registry only ids all
-three hold, the vertical protocols' results hold each party's own model part and metrics, the
-scores of ``vertical_score`` go to the bank (they list its own applicants), and so do the
-decisions of the serving contract (its loan system's answer; it asks about applicants that every
-provider holds: the ids it names are shown to the providers in the clear by design, so it names
-none of its own canary ids), ``ckks_scoring`` here sends the scores to the hospital only, and
-dp_stats, fed_dp_sgd and cox_ph release noisy aggregates and a
-model, never a record.
+three hold, the unbalanced PSI's filter and sealed labels at the bank open only for the bank's
+own applicants that the registry holds (the payload column released is ``industry_code``, which
+carries no value canary: a released payload is meant to reach the bank), the vertical
+protocols' results hold each party's own model part and metrics, the scores of
+``vertical_score`` go to the bank (they list its own applicants), and so do the decisions of the
+serving contract (its loan system's answer; it asks about applicants that every provider holds:
+the ids it names are shown to the providers in the clear by design, so it names none of its own
+canary ids), ``ckks_scoring`` here sends the scores to the hospital only, and dp_stats,
+fed_dp_sgd and cox_ph release noisy aggregates and a model, never a record.
 
 Every payload a node sends to another (``NodeClient._call``: deliver, propose, start, status,
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
@@ -39,8 +42,10 @@ from __future__ import annotations
 
 import base64
 import bisect
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -61,6 +66,7 @@ from bund.compute import paillier as pl
 from bund.compute.dp import dropout_secagg, pairwise_masks
 from bund.compute.errors import BundError
 from bund.compute.psi import BlindingKey, create_blinding_key, hash_to_points
+from bund.compute.psi_oprf import setup_context
 from bund.parties import client as client_module
 from bund.parties import identity
 from bund.parties.data import Table
@@ -77,6 +83,7 @@ from bund.parties.protocols import PROTOCOLS, ckks_scoring, paillier_scoring
 from bund.parties.serving.service import Applicant
 from tests.conftest import Federation, NodeFactory
 from tests.integration.test_node import wait_final
+from tests.integration.test_psi_scale_nodes import add_policy
 from tests.integration.test_serving_nodes import contract_spec as serving_spec
 from tests.protocols.test_fed_dp_sgd import spec as fed_spec
 from tests.protocols.test_vertical_lr import make_spec as vlr_spec
@@ -610,6 +617,8 @@ class World:
     """What the jobs left: every payload sent, every node's stores, the secrets made."""
 
     jobs: dict[str, JobSpec]
+    #: Jobs that only prepare one in ``jobs``: the unbalanced PSI's setup, by protocol.
+    setups: dict[str, JobSpec]
     haystacks: list[Haystack]
     secrets: Secrets
     finance: dict[str, dict[str, Table]]
@@ -638,10 +647,16 @@ def start_nodes(
     """The seven nodes, each with its own canary-planted datasets; returns the datasets."""
     finance, health = finance_tables(), health_tables()
     for party, tables in finance.items():
-        factory.start(
-            party, allowed=[p for p in finance if p != party], tables=tables,
+        others = [p for p in finance if p != party]
+        config = factory.write_config(
+            party,
+            allowed=others,
+            tables=tables,
             trusted_for=[*trust_of(party), *secureboost_trust(party)],
-        )  # fmt: skip
+        )
+        if party == "registry":  # labeled unbalanced PSI releases one column to the bank
+            add_policy(factory, party, ['payload_columns = ["industry_code"]'])
+        factory.run(party, config)
     for h, table in health.items():
         others = [p for p in (*HOSPITALS, "insurer") if p != h]
         factory.start(
@@ -660,11 +675,30 @@ def secureboost_trust(party: str) -> list[tuple[str, str]]:
     return [("bank", "vertical_secureboost"), ("bank", "vertical_tree_score")]
 
 
+def unbalanced_spec(phase: str, setup_job: str | None = None) -> JobSpec:
+    """Labeled unbalanced PSI of the bank's applicants against the registry, ``phase``."""
+    querier = (
+        Participant("bank", "querier", "applicants", {"id": "company_id"})
+        if phase == "query"
+        else Participant("bank", "querier")
+    )
+    columns = {"id": "company_id", "payload.industry": "industry_code"}
+    return JobSpec(
+        protocol="psi_unbalanced",
+        participants=(Participant("registry", "holder", "business_registry", columns), querier),
+        receivers=("bank",),
+        purpose=f"canary: registered applicants ({phase})",
+        requester="bank",
+        params={"phase": phase, **({"setup_job": setup_job} if setup_job else {})},
+    )
+
+
 def run_jobs(
     factory: NodeFactory, applicants: Table
-) -> tuple[dict[str, JobSpec], list[tuple[str, bytes]]]:
+) -> tuple[dict[str, JobSpec], dict[str, JobSpec], list[tuple[str, bytes]]]:
     """Every registered protocol once, each to success; returns the specs as the nodes hold them,
-    and the serving contract's answer to the bank's loan system (a result it keeps no copy of).
+    those of the jobs that prepare one (the unbalanced setup), and the serving contract's answer
+    to the bank's loan system (a result it keeps no copy of).
 
     The health jobs run at the insurer while the finance chain runs at the bank. The serving
     contract scores the two shared applicants (``applicants`` holds the bank's features) in one
@@ -755,6 +789,12 @@ def run_jobs(
         factory.wait_closed(jobs["vertical_secureboost"][1])  # the providers hold their parts
         tree_scores = tree_score_spec(jobs["vertical_secureboost"][1])
         jobs["vertical_tree_score"] = ("bank", bank.submit(tree_scores))
+        setup = bank.submit(unbalanced_spec("setup"))
+        status = wait_final(bank, setup, timeout=240)
+        assert status.state is JobState.SUCCEEDED, ("psi_unbalanced setup", status.error)
+        setups = {"psi_unbalanced": status.spec}
+        factory.wait_closed(setup)
+        jobs["psi_unbalanced"] = ("bank", bank.submit(unbalanced_spec("query", setup)))
         one = len(SHARED_APPLICANTS)
         contract = serving_spec(jobs["vertical_lr"][1], max_batch=one, max_total=one)
         jobs["serving_contract"] = ("bank", bank.submit(contract))
@@ -783,7 +823,7 @@ def run_jobs(
         assert status.state is JobState.SUCCEEDED, (name, status.error)
         specs[name] = status.spec
         factory.wait_closed(job_id)
-    return specs, [("serving_contract decisions", answer)]
+    return specs, setups, [("serving_contract decisions", answer)]
 
 
 def received_results(
@@ -830,7 +870,7 @@ def world(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> I
             model = ckks_scoring.make_demo_model(generate_health(80, 12)["hospital_b"])
             finance, health = start_nodes(factory, model)
             dirs = {n: node.config.state_dir for n, node in factory.nodes.items()}
-            jobs, answers = run_jobs(factory, finance["bank"]["applicants"])
+            jobs, setups, answers = run_jobs(factory, finance["bank"]["applicants"])
             results = received_results(factory, jobs)
             results["bank"] += answers
             running = read_state(dirs, "running")
@@ -856,7 +896,7 @@ def world(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> I
             Haystack("store", n, tuple(running[n] + stopped[n] + results[n])) for n in dirs
         ]
         haystacks.append(Haystack("log", "all", tuple(("log", m.encode()) for m in logs.lines)))
-        yield World(jobs, haystacks, made, finance, health, model)
+        yield World(jobs, setups, haystacks, made, finance, health, model)
 
 
 class LogCapture(logging.Handler):
@@ -873,12 +913,16 @@ class LogCapture(logging.Handler):
 # --- the tests ------------------------------------------------------------------------------------
 
 
-def hash_point_needles(jobs: Mapping[str, JobSpec]) -> list[Needle]:
+def hash_point_needles(jobs: Mapping[str, JobSpec], setups: Mapping[str, JobSpec]) -> list[Needle]:
     """Each finance canary id hashed to the curve as each vertical or PSI job hashes it, unblinded
-    (a dictionary attack would recognise it)."""
+    (a dictionary attack would recognise it). Unbalanced PSI hashes with its setup's context."""
+    contexts = {
+        name: bytes.fromhex(jobs[name].digest())
+        for name in ("psi", "psi_multi", "woe_iv", "vertical_lr", "vertical_score")
+    }
+    contexts["psi_unbalanced"] = setup_context(bytes.fromhex(setups["psi_unbalanced"].digest()))
     out = []
-    for name in ("psi", "psi_multi", "woe_iv", "vertical_lr", "vertical_score"):
-        context = bytes.fromhex(jobs[name].digest())
+    for name, context in contexts.items():
         for owner in FINANCE_DATASETS:
             for raw in ONLY_IDS[owner]:
                 (point,) = hash_to_points([raw.encode()], context)
@@ -973,6 +1017,11 @@ def test_controls_the_search_finds_what_is_legitimately_there(world: World) -> N
     assert {n.what for n, _ in search(shared, world.hay("store", "bank"))} >= {
         f"id {raw} as utf-8 {raw!r}" for raw in SHARED
     }
+    # The unbalanced query matched the bank's applicants that the registry holds, with a label.
+    matches = dict(world.hay("store", "bank").parts)["result psi_unbalanced matches.csv"]
+    rows = list(csv.DictReader(io.StringIO(matches.decode("utf-8"))))
+    assert {r["id"] for r in rows} >= set(SHARED_APPLICANTS)
+    assert all(r["industry"] for r in rows)
 
 
 def public_x25519(raw: bytes) -> bytes:
@@ -996,7 +1045,7 @@ def test_no_planted_id_or_value_leaves_its_owner(world: World) -> None:
             for i in t.column(c)
         }
         assert set(ids) <= held
-    needles = data_needles() + hash_point_needles(world.jobs)
+    needles = data_needles() + hash_point_needles(world.jobs, world.setups)
     needles += model_needles(world.model)
     assert violations(world, needles) == []
 

@@ -5,6 +5,7 @@ Every refusal must happen before any protocol message is sent, and be in the aud
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -186,13 +187,23 @@ def test_unapproved_job_times_out_refused(node_factory: NodeFactory) -> None:
 def test_restricted_personal_data_never_reveals_which_ids(node_factory: NodeFactory) -> None:
     node_factory.start("bank", {"loans": {"company_id": BANK_IDS}}, ("tax",))
     node_factory.start(
-        "tax", {"filings": {"uscc": TAX_IDS}}, ("bank",), level="restricted-personal"
+        "tax",
+        {"filings": {"uscc": TAX_IDS}},
+        ("bank",),
+        level="restricted-personal",
+        budget_epsilon="1",
     )
     with node_factory.client("bank") as bank:
         job_id = bank.submit(psi_spec("intersection"))
         assert wait_state(bank, job_id, JobState.REFUSED) is JobState.REFUSED
         assert "never releases intersection" in bank.status(job_id).error
-        ok = bank.submit(psi_spec("cardinality"))
+        # An exact count of a padded set is one candidate's membership (issue 14.3): refused.
+        exact = bank.submit(psi_spec("cardinality"))
+        assert wait_state(bank, exact, JobState.REFUSED) is JobState.REFUSED
+        assert "only with noise" in bank.status(exact).error
+        noisy = psi_spec("cardinality")
+        noisy = dataclasses.replace(noisy, params={**noisy.params, "epsilon": "1/2"})
+        ok = bank.submit(noisy)
         assert wait_state(bank, ok, JobState.SUCCEEDED, JobState.FAILED) is JobState.SUCCEEDED
     no_protocol_messages(node_factory, job_id)
     refusals = [f for ev, jid, f in audit_events(node_factory, "tax") if ev == "job_refused"]

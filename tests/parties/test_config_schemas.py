@@ -468,6 +468,7 @@ def test_role_requirements_are_checked_generically() -> None:
 REQUIRED = {
     "psi": {"mode": '"cardinality"'},
     "psi_multi": {"mode": '"intersection"'},
+    "psi_unbalanced": {"phase": '"setup"'},
     "dp_stats": {"kind": '"count"', "epsilon": '"1/2"', "min_cell": "5"},
     "ckks_scoring": {"features": '"age,bmi"', "model": '"logistic"'},
     "paillier_scoring": {"features": '"age,bmi"'},

@@ -432,3 +432,87 @@ def test_a_postgres_source_never_shows_its_password() -> None:
         "postgres", url="postgresql://reader@db/core", table="lending.loans", password="s3cr3t"
     )
     assert "s3cr3t" not in repr(source) and "lending.loans" in repr(source)
+
+
+# -- streamed sources ----------------------------------------------------------------------------
+
+
+def test_an_opened_source_streams_columns_without_loading_them(tmp_path: Path) -> None:
+    rows = [f"9131{i:014d},{i % 7}," for i in range(1000)]
+    path = write(tmp_path, "id,x,empty\n" + "\n".join(rows) + "\n\n")
+    table = open_source(DataSource("csv", path), "ids")
+    assert table.columns == ("id", "x", "empty") and "x" in table.data
+    assert [len(c) for c in table.iter_column("id", 300)] == [300, 300, 300, 100]
+    chunks = list(table.iter_columns(["x", "id"], 600))
+    assert chunks[1][1][0] == "913100000000000600" and chunks[1][0][0] == str(600 % 7)
+    assert table.num_rows == 1000
+    loaded = load_csv(path, "ids")
+    assert table.content_hash() == loaded.content_hash()
+    assert table.data._loaded is None  # type: ignore[attr-defined]  # nothing held whole yet
+    assert table.column("x") == loaded.column("x")  # loading on first use still works
+    with pytest.raises(DatasetError, match="no column 'nope'"):
+        table.iter_column("nope")
+
+
+def test_a_streamed_sqlite_source_agrees_with_the_loaded_one(database: Path) -> None:
+    source = DataSource("sqlite", database, "SELECT company_id, amount FROM loans ORDER BY rowid")
+    table = open_source(source, "loans")
+    assert list(table.iter_columns(["amount", "company_id"], 1)) == [
+        [["120.5"], ["91350100M000100Y43"]],
+        [[""], ["0012"]],
+    ]
+    assert table.content_hash() == load_sqlite(database, source.query or "", "x").content_hash()
+
+
+def test_a_source_changed_after_opening_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "id\na\nb\n")
+    table = open_source(DataSource("csv", path), "ids")
+    assert table.num_rows == 2
+    path.write_text("id\na\nb\nc\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="changed after this node opened"):
+        list(table.iter_column("id"))
+    with pytest.raises(DatasetError, match="no such file"):
+        open_source(DataSource("csv", tmp_path / "absent.csv"), "ids")
+
+
+def test_a_streamed_csv_in_a_declared_encoding_counts_its_blank_lines_without_loading(
+    tmp_path: Path,
+) -> None:
+    text = firms_csv(FIRMS).replace("\r\n91440300", "\r\n\r\n\r\n91440300") + "\r\n\r\n"
+    path = write(tmp_path, ("\ufeff" + text).encode("gb18030"), "firms.csv")
+    loaded = load_csv(path, encoding="gb18030")
+    assert loaded.quality == {"blank_lines_skipped": 2}  # trailing blank lines are not counted
+    table = open_source(DataSource("csv", path, encoding="gb18030"), "firms")
+    assert table.columns == loaded.columns
+    assert table.quality == {"blank_lines_skipped": 2} and table.num_rows == 3
+    assert [c for chunk in table.iter_column("企业名称", 2) for c in chunk] == list(
+        loaded.column("企业名称")
+    )
+    assert table.content_hash() == loaded.content_hash()
+    assert table.data._loaded is None  # type: ignore[attr-defined]  # counted, never held whole
+    assert table == Table("firms", loaded.data)
+    ascii_rows = "".join(f"{i},firm {i}\n" for i in range(5000))  # past the first buffer read
+    gbk_rows = write(tmp_path, f"id,name\n{ascii_rows}5000,上海\n".encode("gbk"), "g.csv")
+    as_utf8 = open_source(DataSource("csv", gbk_rows), "g")  # what it read so far decodes
+    assert repr(as_utf8.quality) == "<counted on first read>"
+    with pytest.raises(DatasetError, match=r"line 5002: not UTF-8 text"):
+        as_utf8.quality["blank_lines_skipped"]
+
+
+def test_a_streamed_parquet_source_agrees_with_the_loaded_one(tmp_path: Path) -> None:
+    n = 25_000  # three record batches
+    path = write_parquet(
+        tmp_path / "d.parquet",
+        {
+            "id": pa.array([f"{i:018d}" for i in range(n)]),
+            "rate": pa.array([i / 8 if i % 3 else None for i in range(n)], pa.float32()),
+        },
+    )
+    loaded = load_parquet(path, "d")
+    table = open_source(DataSource("parquet", path), "d")
+    assert table.num_rows == n and table.quality == {}
+    chunks = list(table.iter_columns(["rate", "id"], 10_000))
+    assert [len(c[1]) for c in chunks] == [10_000, 10_000, 5_000]
+    assert [v for c in chunks for v in c[0]] == list(loaded.column("rate"))
+    assert table.content_hash() == loaded.content_hash()
+    assert table.data._loaded is None  # type: ignore[attr-defined]

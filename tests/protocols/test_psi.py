@@ -134,17 +134,21 @@ def test_chunks_larger_sets(monkeypatch: pytest.MonkeyPatch) -> None:
         assert max(len(payload) for *_, payload in net.captured) <= 7 * 32
 
 
-def test_cardinality_mode_returns_the_double_blinded_set_sorted() -> None:
+def test_cardinality_mode_never_returns_a_receiver_its_own_set() -> None:
     net = InMemoryNetwork(["bank", "tax"])
     bank = [f"B{i}" for i in range(30)]
+    tax = [f"B{i}" for i in range(20, 45)]
     run_in_memory(
-        make_spec("cardinality", ("bank",)), psi.DEFINITION, tables(bank, bank), LIMITS, net
+        make_spec("cardinality", ("bank",)), psi.DEFINITION, tables(bank, tax), LIMITS, net
     )
     double = [(frm, to, p) for frm, to, tag, p in net.captured if tag.startswith("psi/double/")]
-    # Only the receiver gets message 3, as one sorted set of 30 points.
-    assert [(frm, to) for frm, to, _ in double] == [("tax", "bank")]
-    points = [double[0][2][i : i + 32] for i in range(0, 30 * 32, 32)]
-    assert points == sorted(points) and len(set(points)) == 30
+    # Message 3 goes from the receiver to the counting peer: the peer's 25 points, re-blinded,
+    # as one sorted set. The receiver never gets a double-blinded value; it gets one count.
+    assert [(frm, to) for frm, to, _ in double] == [("bank", "tax")]
+    points = [double[0][2][i : i + 32] for i in range(0, 25 * 32, 32)]
+    assert points == sorted(points) and len(set(points)) == 25 and len(double[0][2]) == 25 * 32
+    to_bank = {tag for frm, to, tag, _ in net.captured if to == "bank"}
+    assert to_bank == {"psi/tick/0", "psi/header", "psi/count", "psi/blinded/0"}
 
 
 class _Sink:
@@ -206,7 +210,7 @@ def test_peer_set_over_cap_is_refused_by_both_before_any_point_is_sent() -> None
     assert "raise psi_max_set_size" in str(out["tax"])
     assert isinstance(out["bank"], SetTooLargeError)
     assert "accepts at most 2" in str(out["bank"])
-    assert {tag for _, _, tag, _ in net.captured} == {"psi/header"}
+    assert {tag for _, _, tag, _ in net.captured} == {"psi/tick/0", "psi/header"}  # no point
 
 
 def test_size_cap_through_run_in_memory() -> None:
@@ -319,7 +323,7 @@ def test_registered() -> None:
     from bund.parties.protocols import get_protocol
 
     assert get_protocol("psi") is psi.DEFINITION
-    assert psi.DEFINITION.version == "1" and set(psi.DEFINITION.roles) == {"member"}
+    assert psi.DEFINITION.version == "2" and set(psi.DEFINITION.roles) == {"member"}
 
 
 def _demo_ids() -> tuple[list[str], list[str]]:

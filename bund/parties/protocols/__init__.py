@@ -13,6 +13,7 @@ from bund.parties.protocols import (
     paillier_scoring,
     psi,
     psi_multi,
+    psi_unbalanced,
     serving_contract,
     vertical_lr,
     vertical_score,
@@ -28,6 +29,7 @@ PROTOCOLS: Mapping[str, ProtocolDef] = {
     for d in (
         psi.DEFINITION,
         psi_multi.DEFINITION,
+        psi_unbalanced.DEFINITION,
         dp_stats.DEFINITION,
         cox_ph.DEFINITION,
         ckks_scoring.DEFINITION,

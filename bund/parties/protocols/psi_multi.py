@@ -55,8 +55,12 @@ from bund.parties.jobs import (
     RoleRequirement,
 )
 from bund.parties.policy import membership_output
-from bund.parties.protocols.psi import LIMIT_MAX_SET_SIZE, check_own_set, exchange_headers
-from bund.parties.protocols.psi import _ids_csv as ids_csv
+from bund.parties.protocols.psi import (
+    LIMIT_MAX_SET_SIZE,
+    check_own_set,
+    exchange_headers,
+    ids_csv,
+)
 from bund.parties.transport import MessagePlan
 
 LEADER = "leader"
