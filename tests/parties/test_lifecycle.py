@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from bund.parties.errors import JobStateError, NotAuthorizedError
 from bund.parties.lifecycle.events import CLOSE_TAG, Event, Key
 from bund.parties.lifecycle.states import JobState, is_terminal
+from tests.conftest import wait_until
 from tests.integration.fault_protocols import RELAY
 from tests.parties.lifecycle_harness import (
     EXCHANGE,
@@ -135,6 +137,19 @@ def test_an_approval_that_crosses_the_requesters_abort_says_the_job_ended(
     status = tax.store.get(job)
     assert status.state is JobState.REFUSED and "refused by registry" in status.error
     assert "job_approved" in loop.events("tax", job)  # the signature given is on record
+
+
+def test_a_node_stopping_while_its_job_awaits_approval_stops_waiting(loop: Loopback) -> None:
+    _pair(loop, PartySetup({"filings": ROWS}, approvals=True))
+    bank = loop.managers["bank"]
+    job = bank.submit(_exchange(), "bank")  # type: ignore[arg-type]
+    loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
+    coordinating = [t for t in threading.enumerate() if t.name.startswith("bund-job")]
+    assert coordinating  # the requester's coordinator waits for tax's approver
+    bank.shutdown()
+    # Its wait ends now (not at the approval timeout): nothing holds the process at exit.
+    wait_until(lambda: not any(t.is_alive() for t in coordinating) or None, 10, "the wait to end")
+    assert bank.store.get(job).state is JobState.ACCEPTED  # kept as it was, for the restart
 
 
 def test_cancelling_while_awaiting_approval_calls_the_job_off_everywhere(loop: Loopback) -> None:

@@ -65,6 +65,10 @@ class RoleSlot(Protocol):
         ...
 
 
+class _Stopping(Exception):
+    """The node stops while the coordinator waits: the job stays as it is, for the restart."""
+
+
 class Coordinator:
     """Brings a submitted job from proposal to start, at the requester's node.
 
@@ -104,6 +108,10 @@ class Coordinator:
         self.fallback_poll = fallback_poll
         self._wakeups = Wakeups()
 
+    def stop(self) -> None:
+        """The node stops: waits for answers end now; a restart resumes coordinating the jobs."""
+        self._wakeups.close()
+
     def wake(self, job_id: str) -> bool:
         """A participant's answer to ``job_id`` changed (or the job did here): read them now.
 
@@ -125,6 +133,8 @@ class Coordinator:
         self._wakeups.register(spec.job_id)  # before proposing: no push is missed
         try:
             self._coordinate(spec, again)
+        except _Stopping:
+            log.info("job %s: this node stops; a restart resumes coordinating it", spec.job_id)
         finally:
             self._wakeups.forget(spec.job_id)
 
@@ -247,6 +257,8 @@ class Coordinator:
         pending = [self.party, *others]
         pushed = self._wakeups.register(spec.job_id)
         while pending:
+            if self._wakeups.closed:
+                raise _Stopping
             pushed.clear()  # a push during the reads below makes the next wait return at once
             for party in list(pending):
                 if party == self.party:

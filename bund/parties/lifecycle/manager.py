@@ -726,6 +726,7 @@ class JobManager:
 
     def shutdown(self) -> None:
         """Stop taking work and wait for running roles to finish or fail."""
+        self.coordinator.stop()
         self.watches.close()
         self.liveness.stop()
         self._notices.shutdown(wait=False, cancel_futures=True)

@@ -139,11 +139,28 @@ class Wakeups:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, threading.Event] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the node is stopping: every wait returns at once."""
+        return self._closed
 
     def register(self, job_id: str) -> threading.Event:
         """The job's event, created if new (a push may arrive before the wait begins)."""
         with self._lock:
-            return self._events.setdefault(job_id, threading.Event())
+            event = self._events.setdefault(job_id, threading.Event())
+            if self._closed:
+                event.set()
+            return event
+
+    def close(self) -> None:
+        """The node stops: wake every waiter now and every later one at once."""
+        with self._lock:
+            self._closed = True
+            events = list(self._events.values())
+        for event in events:
+            event.set()
 
     def wake(self, job_id: str) -> bool:
         """Wake the job's waiter; False when nothing waits on it here."""
