@@ -78,6 +78,10 @@ def _federation(
                 identity=home / "id",
                 peers_file=peers,
                 counterparties=tuple((p, p) for p in PARTIES if p != party),
+                # The model is trained without label DP: the bank trusts its providers with it.
+                trusted_for=tuple(
+                    (p, "vertical_lr") for p in PARTIES if party == "bank" and p != party
+                ),
                 datasets=tuple(
                     CatalogEntry(name, write_csv(table, home / f"{name}.csv"))
                     for name, table in tables.items()

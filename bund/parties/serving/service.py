@@ -36,7 +36,7 @@ from bund.compute.dp.pairwise_masks import MaskingKey
 from bund.compute.errors import BundError, InvalidMessageError
 from bund.compute.merkle import inclusion_proof, leaf_hash, merkle_root
 from bund.compute.psi import normalise_ids
-from bund.parties.audit import AuditLog, AuditRecord, AuditStore, JsonScalar
+from bund.parties.audit import AuditLog, AuditRecord, AuditStore, JsonScalar, read_readable
 from bund.parties.data import Table
 from bund.parties.errors import JobStateError, NotAuthorizedError, PeerUnavailableError
 from bund.parties.jobs import JobSpec, PriorResultError, Result
@@ -228,7 +228,13 @@ class ServingService:
         ledger, store = self._p.ledger, self._p.audit_store
         start, end, caught = ledger.indexed_upto(), len(store), 0
         for first in range(start, end, 10_000):
-            caught += ledger.catch_up(store.read(first, min(first + 10_000, end)))
+            records, unreadable = read_readable(store, first, min(first + 10_000, end))
+            caught += ledger.catch_up(records)
+            if unreadable is not None:  # the node seals its log there: it serves nothing more
+                log.error(
+                    "%s: serving index stops at an unreadable record: %s", self.party, unreadable
+                )
+                break
         if caught:
             log.info("%s: indexed %d serving records from the audit log", self.party, caught)
         with self._lock:
