@@ -1,10 +1,10 @@
 """Live updates of a job for the console's pages: the one place they come from.
 
-:func:`job_updates` yields a node's view of a job each time it changes. Today it follows the
-job with the client's status calls (:func:`bund.parties.follow.status_changes`); when the
-client gains a pushed watch stream, this function is the one to switch to it, and the pages
-and their script do not change. :func:`event_stream` frames the updates as Server-Sent Events
-of ``bund job status --json`` documents.
+:func:`job_updates` yields a node's view of a job each time it changes: the node pushes each
+change over its ``WatchJob`` stream (:func:`bund.parties.follow.status_changes`), and the
+console asks again only where the node cannot be watched (too many watches, an older node).
+:func:`event_stream` frames the updates as Server-Sent Events of ``bund job status --json``
+documents.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bund.parties.follow import StatusSource, status_changes
 from bund.parties.lifecycle.states import JobStatus
 from bund.parties.views import dumps, status_document
 
-#: Seconds between two status calls while following a job.
+#: Seconds between two status calls where the node cannot be watched.
 POLL_INTERVAL_S = 0.5
 #: How long one stream follows a job before it ends (the browser then reconnects by itself).
 STREAM_S = 120.0
