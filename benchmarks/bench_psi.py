@@ -133,7 +133,26 @@ class _PipeTransport:
 
 
 class _NoSink:
-    def message(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+    """A ``MessageSink`` that records nothing: the protocol rows run without an audit log."""
+
+    def message(
+        self,
+        job_id: str,
+        direction: str,
+        peer: str,
+        tag: str,
+        sha256: str,
+        size: int,
+        in_transcript: bool = True,
+    ) -> None:
+        pass
+
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
+        pass
+
+    def undelivered(self, job_id: str, peer: str, tag: str, sha256: str, size: int) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:
