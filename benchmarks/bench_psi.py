@@ -23,7 +23,15 @@ rates they came from).
 CPU time rather than wall time keeps the figure meaningful on a shared machine; wall time is
 reported too.
 
-Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE]``.
+The audit row (only with ``--audit-overhead N``): what write-ahead auditing costs the node job at
+N ids, measured in one run: the latency of one durable append through the real store and log on
+the same disk, each node's durable appends during the job (traced by ``benchmarks.audit_node``,
+counted again in its ``audit.db``), their share of the job's wall time and of the node's CPU
+time, and the job's wall and CPU time with the audit store's sync switched off, as a ratio
+(:func:`measure_audit_overhead`).
+
+Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE]``, or
+``python -m benchmarks.bench_psi --audit-overhead 100000 [--pairs 3] [--json FILE]``.
 """
 
 from __future__ import annotations
