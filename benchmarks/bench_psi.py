@@ -30,22 +30,34 @@ run on that executor, and the row splits its CPU into the node process and its w
 ``--bucket-points P`` each member aims at buckets of ``P`` points (``psi_bucket_points``, 2^20 by
 default): a set of 10^6 ids then spans several buckets, which shows the memory bound.
 
+The audit row (only with ``--audit-overhead N``): what write-ahead auditing costs the node job at
+N ids, measured in one run: the latency of one durable append through the real store and log on
+the same disk, each node's durable appends during the job (traced by ``benchmarks.audit_node``,
+counted again in its ``audit.db``), their share of the job's wall time and of the node's CPU
+time, and the job's wall and CPU time with the audit store's sync switched off, as a ratio
+(:func:`measure_audit_overhead`).
+
 Run: ``python -m benchmarks.bench_psi [--quick] [--json FILE] [--bucketed-n N] [--executor SPEC]
-[--bucket-points P] [--only-bucketed]``.
+[--bucket-points P] [--only-bucketed]``, or
+``python -m benchmarks.bench_psi --audit-overhead 100000 [--pairs 3] [--json FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime as dt
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import resource
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -140,22 +152,26 @@ class _PipeTransport:
 
 
 class _NoSink:
+    """A ``MessageSink`` that records nothing: the protocol rows run without an audit log."""
+
     def message(
         self,
         job_id: str,
         direction: str,
         peer: str,
         tag: str,
-        sha: str,
-        n: int,
+        sha256: str,
+        size: int,
         in_transcript: bool = True,
     ) -> None:
         pass
 
-    def replayed(self, job_id: str, direction: str, peer: str, tag: str, sha: str, n: int) -> None:
+    def replayed(
+        self, job_id: str, direction: str, peer: str, tag: str, sha256: str, size: int
+    ) -> None:
         pass
 
-    def undelivered(self, job_id: str, peer: str, tag: str, sha: str, n: int) -> None:
+    def undelivered(self, job_id: str, peer: str, tag: str, sha256: str, size: int) -> None:
         pass
 
     def record(self, job_id: str, event: str, fields: Mapping[str, object]) -> None:
@@ -351,6 +367,101 @@ def _measure_protocol(
     }
 
 
+@dataclass(frozen=True)
+class _NodeJob:
+    """One PSI job between two node processes, as the harness saw it.
+
+    Attributes:
+        job_id: the job's id.
+        wall_s: from the bank operator's submission until both nodes reported it succeeded.
+        window_unix: (start, end) of that span by ``time.time()``, to compare with audit records.
+        window_monotonic: the same span by ``time.monotonic()``, to compare with node traces.
+        party_cpu_s: each node process's CPU seconds (user + system) during the span.
+        homes: each party's node directory (``node.toml``, ``state/audit.db``).
+    """
+
+    job_id: str
+    wall_s: float
+    window_unix: tuple[float, float]
+    window_monotonic: tuple[float, float]
+    party_cpu_s: dict[str, float]
+    homes: dict[str, Path]
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a live process, from ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    fields = stat[stat.rindex(")") + 2 :].split()  # the fields after the command's name
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _node_job(root: Path, n: int, command: Sequence[str] | None = None) -> _NodeJob:
+    """Set up two parties under ``root`` and run one n-id PSI job between their node processes.
+
+    Args:
+        root: an empty directory for the federation, the data and the two nodes.
+        n: ids per party (half of them shared).
+        command: the server command (``BUND_SERVE`` when None); the node.toml path is appended.
+
+    Raises:
+        RuntimeError: the job did not succeed at both nodes, or found the wrong intersection.
+    """
+    from bund.parties import identity
+    from bund.parties.client import NodeClient
+    from bund.parties.config import load_config, operator_of
+    from bund.parties.data import write_csv
+    from bund.parties.demo import DemoParty, node_files
+    from bund.parties.follow import follow_job
+    from bund.parties.processes import BUND_SERVE, NodeGroup, write_node_files
+
+    identity.create_federation(root / "federation", "bench")
+    parties = [DemoParty(p, p, "ids", f"{p}.csv", "id") for p in _PARTIES]
+    paths, configs = {}, {}
+    for party in parties:
+        table = Table.from_columns("ids", {"id": _ids(party.name, n)})
+        write_csv(table, root / "data" / party.csv)
+        identity.create_party(root / "federation", party.name, party.role, root / party.name)
+        others = [p for p in parties if p is not party]
+        # Approvals off: the benchmark times the machines, not a person's signature.
+        files = node_files(root, party, root / "data", others, root / "peers.toml", False)
+        paths[party.name] = write_node_files(files)
+        configs[party.name] = load_config(paths[party.name])
+    with NodeGroup(root / "peers.toml") as group:
+        ports = group.spawn_all(paths, command=BUND_SERVE if command is None else command)
+        pids = {p: group.processes[p].pid for p in _PARTIES}
+        spec = JobSpec(
+            protocol="psi",
+            participants=tuple(Participant(p, "member", "ids", {"id": "id"}) for p in _PARTIES),
+            receivers=_PARTIES,
+            purpose="benchmark",
+            requester=_PARTIES[0],
+            params={"mode": "intersection"},
+        )
+        clients = {  # each party's operator credential, from `party init`
+            p: NodeClient(f"127.0.0.1:{ports[p]}", p, operator_of(configs[p]).tls) for p in _PARTIES
+        }
+        try:
+            cpu = {p: _process_cpu_s(pid) for p, pid in pids.items()}
+            unix, mono, wall = time.time(), time.monotonic(), time.perf_counter()
+            job_id = clients["bank"].submit(spec)
+            statuses = {
+                p: follow_job(c, job_id, timeout=600, interval=0.1) for p, c in clients.items()
+            }
+            wall = time.perf_counter() - wall
+            window_unix, window_mono = (unix, time.time()), (mono, time.monotonic())
+            cpu = {p: _process_cpu_s(pid) - cpu[p] for p, pid in pids.items()}
+            summary = clients["bank"].result(job_id).summary
+        finally:
+            for c in clients.values():
+                c.close()
+    if any(st.state.value != "succeeded" for st in statuses.values()):
+        raise RuntimeError(f"node job failed at n={n}: {statuses}")
+    if summary["intersection_size"] != n // 2:
+        raise RuntimeError(f"wrong intersection size at n={n}: {summary}")
+    homes = {p: path.parent for p, path in paths.items()}
+    return _NodeJob(job_id, wall, window_unix, window_mono, cpu, homes)
+
+
 def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     """The whole job between two `bund serve` processes over mTLS gRPC, timed by wall clock.
 
@@ -360,58 +471,9 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     """
     import tempfile
 
-    from bund.parties import identity
-    from bund.parties.client import NodeClient
-    from bund.parties.config import load_config, operator_of
-    from bund.parties.data import write_csv
-    from bund.parties.demo import DemoParty, node_files
-    from bund.parties.follow import follow_job
-    from bund.parties.processes import NodeGroup, write_node_files
-
     before = _group_costs(samples)
     with tempfile.TemporaryDirectory(prefix="bund-bench-psi-") as tmp:
-        root = Path(tmp)
-        identity.create_federation(root / "federation", "bench")
-        parties = [DemoParty(p, p, "ids", f"{p}.csv", "id") for p in _PARTIES]
-        paths, configs = {}, {}
-        for party in parties:
-            table = Table.from_columns("ids", {"id": _ids(party.name, n)})
-            write_csv(table, root / "data" / party.csv)
-            identity.create_party(root / "federation", party.name, party.role, root / party.name)
-            others = [p for p in parties if p is not party]
-            # Approvals off: the benchmark times the machines, not a person's signature.
-            files = node_files(root, party, root / "data", others, root / "peers.toml", False)
-            paths[party.name] = write_node_files(files)
-            configs[party.name] = load_config(paths[party.name])
-        with NodeGroup(root / "peers.toml") as group:
-            ports = group.spawn_all(paths)
-            spec = JobSpec(
-                protocol="psi",
-                participants=tuple(Participant(p, "member", "ids", {"id": "id"}) for p in _PARTIES),
-                receivers=_PARTIES,
-                purpose="benchmark",
-                requester=_PARTIES[0],
-                params={"mode": "intersection"},
-            )
-            clients = {  # each party's operator credential, from `party init`
-                p: NodeClient(f"127.0.0.1:{ports[p]}", p, operator_of(configs[p]).tls)
-                for p in _PARTIES
-            }
-            try:
-                wall = time.perf_counter()
-                job_id = clients["bank"].submit(spec)
-                statuses = {
-                    p: follow_job(c, job_id, timeout=600, interval=0.1) for p, c in clients.items()
-                }
-                wall = time.perf_counter() - wall
-                summary = clients["bank"].result(job_id).summary
-            finally:
-                for c in clients.values():
-                    c.close()
-    if any(st.state.value != "succeeded" for st in statuses.values()):
-        raise RuntimeError(f"node job failed at n={n}: {statuses}")
-    if summary["intersection_size"] != n // 2:
-        raise RuntimeError(f"wrong intersection size at n={n}: {summary}")
+        wall = _node_job(Path(tmp), n).wall_s
     after = _group_costs(samples)
     t_hash, t_mult = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     ceiling = 1 / (t_hash + 2 * t_mult)
@@ -425,6 +487,145 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
         "ceiling_elements_per_s": ceiling,
         "fraction_of_ceiling": rate / ceiling,
         "job_wall_s": wall,
+    }
+
+
+def _append_latency(path: Path, count: int, relaxed: bool) -> tuple[float, float]:
+    """Median wall and thread-CPU seconds of one ``AuditLog.append`` to a new ``audit.db``.
+
+    Each append is a ``message_sent`` record like the node's (peer, tag, sha256, size): chained,
+    signed and committed through the real :class:`SqliteAuditStore`, which syncs it to disk
+    (``synchronous = FULL``) unless ``relaxed`` (the benchmark-only ``synchronous = OFF``).
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from benchmarks.audit_node import RelaxedSqliteAuditStore
+    from bund.parties.audit import AuditLog, SqliteAuditStore
+    from bund.parties.audit.records import JsonScalar
+
+    def clock() -> str:
+        return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    store = (RelaxedSqliteAuditStore if relaxed else SqliteAuditStore)(path)
+    walls, cpus = [], []
+    try:
+        log = AuditLog(store, Ed25519PrivateKey.generate(), "bank", clock)
+        sha = hashlib.sha256(b"payload").hexdigest()
+        for i in range(count + 5):  # five warm-up appends
+            fields: dict[str, JsonScalar] = {
+                "peer": "tax",
+                "tag": f"psi/blinded/{i}",
+                "sha256": sha,
+                "size": 1 << 20,
+            }
+            wall, cpu = time.perf_counter(), time.thread_time()
+            log.append("message_sent", "job-latency", fields)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.thread_time() - cpu)
+    finally:
+        store.close()
+    return statistics.median(walls[5:]), statistics.median(cpus[5:])
+
+
+def _audit_at_node(job: _NodeJob, party: str, latency_s: float) -> dict[str, Any]:
+    """What one node's audit cost during ``job``: its ``audit.db`` records and its append trace.
+
+    Its shares: ``durable appends x latency_s`` (one durable append measured in this run) and the
+    traced appends' wall time, over the job's wall time; the appends' CPU time over the node's.
+    Records counted are the job's and the node-level ones (no job id) stamped within the job's
+    span; traced appends are the node's ``AuditLog`` calls that began within it, each one durable
+    commit (a group commit holds several records).
+    """
+    from benchmarks.audit_node import TRACE_FILE
+    from bund.parties.audit import SqliteAuditStore
+    from bund.parties.audit.records import parse_timestamp
+
+    home = job.homes[party]
+    with SqliteAuditStore(home / "state" / "audit.db", read_only=True) as store:
+        records = store.read()
+    start, end = job.window_unix
+    of_job = [r for r in records if r.job_id == job.job_id]
+    node_level = [
+        r
+        for r in records
+        if not r.job_id and start <= parse_timestamp(r.timestamp).timestamp() <= end
+    ]
+    events = collections.Counter(r.event for r in of_job + node_level)
+    trace = json.loads((home / TRACE_FILE).read_text(encoding="utf-8"))
+    lo, hi = job.window_monotonic
+    calls = [t for t in trace["appends"] if lo <= t["start"] <= hi]
+    append_wall, append_cpu = sum(t["wall_s"] for t in calls), sum(t["cpu_s"] for t in calls)
+    cpu = job.party_cpu_s[party]
+    return {
+        "records_of_job": len(of_job),
+        "records_node_level": len(node_level),
+        "events": dict(sorted(events.items())),
+        "durable_appends": len(calls),
+        "traced_records": sum(t["records"] for t in calls),
+        "append_wall_s": append_wall,
+        "append_cpu_s": append_cpu,
+        "process_cpu_s": cpu,
+        "share_of_wall_by_latency": len(calls) * latency_s / job.wall_s,
+        "share_of_wall_traced": append_wall / job.wall_s,
+        "share_of_cpu": append_cpu / cpu if cpu else None,
+    }
+
+
+def measure_audit_overhead(n: int, pairs: int = 2, latency_appends: int = 300) -> dict[str, Any]:
+    """What write-ahead auditing costs a two-node PSI job of n ids, measured in one run.
+
+    In one temporary directory (one disk): the median latency of a durable append through the
+    real store and log (and of a relaxed one); then ``pairs`` pairs of the node job, ordered
+    full, relaxed, relaxed, full, ... so that drift falls on both sides. Every node runs
+    ``benchmarks.audit_node``: ``bund serve`` with each audit append timed, and in the relaxed
+    runs the audit store's ``synchronous = OFF``. Per party, from the full runs: the records the
+    job left in ``audit.db``, the durable appends, their share of the job's wall time
+    (``appends x median latency / wall``, and the traced sum of the appends' wall times) and of the
+    node's CPU time (``/proc``). ``ratio_full_vs_relaxed`` is the mean wall time of the full jobs
+    over that of the relaxed ones; ``cpu_ratio_full_vs_relaxed`` the same for the two nodes' CPU
+    seconds, which a shared machine's load disturbs less.
+    """
+    import tempfile
+
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bund-bench-audit-") as tmp:
+        root = Path(tmp)
+        latency_full = _append_latency(root / "latency-full.db", latency_appends, relaxed=False)
+        latency_relaxed = _append_latency(root / "latency-off.db", latency_appends, relaxed=True)
+        order = [m for i in range(pairs) for m in (("full", "relaxed"), ("relaxed", "full"))[i % 2]]
+        for i, mode in enumerate(order):
+            command = (sys.executable, "-m", "benchmarks.audit_node", mode)
+            job = _node_job(root / f"run{i}-{mode}", n, command)
+            at = {p: _audit_at_node(job, p, latency_full[0]) for p in _PARTIES}
+            runs.append({"mode": mode, "job_wall_s": job.wall_s, "parties": at})
+    full = [r["job_wall_s"] for r in runs if r["mode"] == "full"]
+    relaxed = [r["job_wall_s"] for r in runs if r["mode"] == "relaxed"]
+    cpu = {
+        mode: statistics.mean(
+            sum(a["process_cpu_s"] for a in r["parties"].values())
+            for r in runs
+            if r["mode"] == mode
+        )
+        for mode in ("full", "relaxed")
+    }
+    first_full = next(r for r in runs if r["mode"] == "full")
+    ratio = statistics.mean(full) / statistics.mean(relaxed)
+    return {
+        "family": "psi",
+        "kernel": "audit_overhead_nodes",
+        "params": {"n": n, "mode": "intersection", "pairs": pairs, "order": order},
+        "ops_per_s": n / statistics.mean(full),
+        "append_latency_s": latency_full[0],
+        "append_cpu_s": latency_full[1],
+        "append_latency_relaxed_s": latency_relaxed[0],
+        "append_cpu_relaxed_s": latency_relaxed[1],
+        "job_wall_full_s": full,
+        "job_wall_relaxed_s": relaxed,
+        "ratio_full_vs_relaxed": ratio,
+        "overhead_fraction": ratio - 1,
+        "cpu_ratio_full_vs_relaxed": cpu["full"] / cpu["relaxed"],
+        "parties": first_full["parties"],
+        "runs": runs,
     }
 
 
@@ -464,6 +665,33 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     Console(width=140).print(table)
 
 
+def _print_audit(row: dict[str, Any]) -> None:
+    """The audit overhead row in words: latency, per-party shares, the paired ratio."""
+    from rich.console import Console
+
+    console = Console(width=140)
+    console.print(
+        f"write-ahead audit at n={row['params']['n']}: one durable append "
+        f"{row['append_latency_s'] * 1e3:.2f} ms wall, {row['append_cpu_s'] * 1e3:.3f} ms CPU "
+        f"(synchronous=OFF: {row['append_latency_relaxed_s'] * 1e3:.3f} ms)"
+    )
+    for party, a in row["parties"].items():
+        console.print(
+            f"  {party}: {a['records_of_job']} job records + {a['records_node_level']} node-level, "
+            f"{a['durable_appends']} durable appends; share of the job's wall "
+            f"{a['share_of_wall_by_latency']:.2%} (appends x latency), "
+            f"{a['share_of_wall_traced']:.2%} (traced); "
+            f"CPU {a['append_cpu_s']:.3f} of {a['process_cpu_s']:.2f} s ({a['share_of_cpu']:.2%})"
+        )
+    full = ", ".join(f"{w:.2f}" for w in row["job_wall_full_s"])
+    relaxed = ", ".join(f"{w:.2f}" for w in row["job_wall_relaxed_s"])
+    console.print(
+        f"  job wall full [{full}] s, relaxed [{relaxed}] s: "
+        f"ratio full/relaxed {row['ratio_full_vs_relaxed']:.3f} "
+        f"(both nodes' CPU seconds: {row['cpu_ratio_full_vs_relaxed']:.3f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10^3 and 10^4 elements only")
@@ -486,15 +714,28 @@ def main() -> None:
         metavar="P",
         help="points per bucket in the bucketed run (psi_bucket_points; default 2^20)",
     )
+    parser.add_argument(
+        "--audit-overhead",
+        type=int,
+        metavar="N",
+        help="only the write-ahead audit overhead row, at N ids per party",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=2, help="full/relaxed job pairs of --audit-overhead"
+    )
     args = parser.parse_args()
-    if args.only_bucketed:
+    if args.audit_overhead is not None:
+        rows = [measure_audit_overhead(args.audit_overhead, args.pairs)]
+        _print_audit(rows[0])
+    elif args.only_bucketed:
         samples = 20_000
         rows = measure_kernels(samples)
         n = args.bucketed_n or 10**6
         rows.append(measure_protocol(n, samples, True, args.executor, args.bucket_points))
+        _print_table(rows)
     else:
         rows = run(args.quick, args.bucketed_n)
-    _print_table(rows)
+        _print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)
