@@ -260,8 +260,11 @@ def test_a_rerun_from_saved_state_sends_identical_bytes_and_the_same_result() ->
     results = run_in_memory(spec, psi_multi.DEFINITION, tables(sets), LIMITS, second, states=states)
     before = {(s, r, t): p for s, r, t, p in first.captured}
     after = {(s, r, t): p for s, r, t, p in second.captured}
-    assert len(set(before) & set(after)) >= 20
-    assert all(after[k] == p for k, p in before.items() if k in after)
+    shared = set(before) & set(after)
+    # What the registry's lost hint answered went out in both runs (how much else did before
+    # the drop depends on the threads); every message sent twice is byte-identical.
+    assert {("bank", "registry", "mpsi/header"), ("bank", "registry", "mpsi/query/0")} <= shared
+    assert all(after[k] == before[k] for k in shared)
     expected = set.intersection(*(set(v) for v in sets.values()))
     assert all(set(csv_ids(r)) == expected for r in results.values() if r)
     # A fresh job id gives fresh secrets: no message repeats across jobs.
