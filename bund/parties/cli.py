@@ -812,7 +812,7 @@ def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     """Each dataset's privacy budget: total, spent, reserved, left (``--json``: exact)."""
     from fractions import Fraction
 
-    from bund.compute.dp.budget import format_decimal, format_rational
+    from bund.compute.dp.budget import format_decimal, format_rational, shown_exactly
     from bund.parties.ledger import BudgetLedger
 
     cfg = _config(config)
@@ -841,7 +841,7 @@ def budget_show(config: ConfigOpt, json_out: JsonOpt = False) -> None:
     def cell(value: Fraction) -> str:
         """A decimal that fits the table; one rounded up is starred and its exact value noted."""
         shown = format_decimal(value)
-        if Fraction(shown) == value:
+        if shown_exactly(value):
             return shown
         exact[shown] = format_rational(value)
         return f"{shown}*"

@@ -61,10 +61,19 @@ def format_decimal(value: Fraction, digits: int = 4) -> str:
     return f"{float(rounded):.{digits}g}"
 
 
+def shown_exactly(value: Fraction) -> bool:
+    """Whether :func:`format_decimal` shows ``value`` itself (nothing was rounded up).
+
+    >>> shown_exactly(Fraction(1, 2)), shown_exactly(Fraction(7, 3))
+    (True, False)
+    """
+    return Fraction(format_decimal(value)) == value
+
+
 def format_epsilon(value: Fraction) -> str:
     """A decimal for people, and the exact rational after it when the decimal is not exact."""
     shown = format_decimal(value)
-    return shown if Fraction(shown) == value else f"{shown} (exactly {format_rational(value)})"
+    return shown if shown_exactly(value) else f"{shown} (exactly {format_rational(value)})"
 
 
 @dataclass(frozen=True, order=False)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from bund.compute.dp.budget import format_decimal, format_rational
+from bund.compute.dp.budget import format_decimal, format_rational, shown_exactly
 from bund.compute.errors import BundError
 from bund.parties.audit import AuditRecord, JsonScalar
 from bund.parties.lifecycle.events import MESSAGE_DIRECTIONS, Event, Key
@@ -36,7 +36,7 @@ class Amount:
     @property
     def rounded(self) -> bool:
         """Whether the decimal is not the exact value (the page notes the exact one)."""
-        return Fraction(self.decimal) != self.exact
+        return not shown_exactly(self.exact)
 
     @property
     def rational(self) -> str:
