@@ -199,16 +199,43 @@ class JobSpec:
         return hashlib.sha256(self.canonical_json()).hexdigest()
 
 
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_artifact_name(name: str) -> str:
+    """``name`` if it may name an artifact's file: letters, digits, ``._-``, no leading dot."""
+    if not _ARTIFACT_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} cannot name an artifact file (letters, digits, '._-')")
+    return name
+
+
 @dataclass(frozen=True)
 class Result:
     """What a job delivers to a receiver: a small JSON summary and named binary artifacts.
 
     ``summary`` holds figures a person reads (for PSI: the intersection size); ``artifacts`` holds
-    files (for PSI in intersection mode: ``intersection.csv``).
+    files (for PSI in intersection mode: ``intersection.csv``). ``files`` holds artifacts too
+    large for memory (PSI's at 10^8 ids): files a role wrote in its scratch directory, which the
+    node's job store moves into its own artifact directory when it stores the result (a stored
+    result's artifacts are read in pages, whichever way they arrived).
     """
 
     summary: Mapping[str, JsonScalar]
     artifacts: Mapping[str, bytes] = field(default_factory=dict)
+    files: Mapping[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        both = set(self.artifacts) & set(self.files)
+        if both:
+            raise ValueError(f"artifacts {sorted(both)} are given both as bytes and as files")
+        for name in self.files:
+            check_artifact_name(name)
+
+    def artifact(self, name: str) -> bytes:
+        """One artifact's bytes, held or read whole from its file (small results and tests)."""
+        if name in self.files:
+            return self.files[name].read_bytes()
+        return self.artifacts[name]
 
 
 class JobContext(Protocol):
@@ -1062,6 +1089,7 @@ def run_in_memory(
     ``states`` (party -> store) to a second run of the same spec simulates a restart;
     ``prior_results`` (party -> loader) stands in for each node's store of earlier results and
     ``chargers`` (party -> charger) for each node's ledger; every role shares ``executor``.
+    A role's file artifacts (``Result.files``) come back as bytes, as a node's store serves them.
     """
     if not spec.job_id:
         spec = dataclasses.replace(spec, job_id=new_job_id())
@@ -1086,7 +1114,11 @@ def run_in_memory(
             executor,
         )
         try:
-            results[p.party] = definition.roles[p.role](ctx)
+            result = definition.roles[p.role](ctx)
+            if result is not None and result.files:  # read while the scratch directory lives
+                held = {n: f.read_bytes() for n, f in result.files.items()}
+                result = Result(result.summary, {**result.artifacts, **held})
+            results[p.party] = result
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
             net.abort(spec.job_id, f"{p.party} failed: {exc}")

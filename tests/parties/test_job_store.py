@@ -127,6 +127,26 @@ class JobStoreContract:
         with pytest.raises(JobStateError, match="no artifact"):
             store.read_artifact(job, "missing", 0, 1)
 
+    def test_a_file_artifact_is_read_like_one_held_in_bytes(
+        self, store: JobStore, tmp_path: Path
+    ) -> None:
+        job = _spec(1).job_id
+        store.create(_spec(1), Event.JOB_SUBMITTED)
+        for state in (JobState.ACCEPTED, JobState.RUNNING):
+            store.transition(job, state, Event.JOB_STARTED)
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        (scratch / "big.csv").write_bytes(b"id\n" + b"x" * 1000)
+        result = Result({"n": 1}, {"small.txt": b"ab"}, {"big.csv": scratch / "big.csv"})
+        store.transition(job, JobState.SUCCEEDED, Event.JOB_CLOSED, result=result)
+        info = store.load_result(job)
+        assert info is not None and dict(info.artifact_sizes) == {"big.csv": 1003, "small.txt": 2}
+        assert store.read_artifact(job, "big.csv", 1000, 10) == (b"xxx", 1003)
+        assert store.read_artifact(job, "big.csv", 2000, 10) == (b"", 1003)
+        full = store.load_full_result(job)
+        assert full is not None
+        assert dict(full.artifacts) == {"big.csv": b"id\n" + b"x" * 1000, "small.txt": b"ab"}
+
     def test_listing_newest_first_and_unfinished_includes_interrupted(
         self, store: JobStore
     ) -> None:
@@ -248,6 +268,36 @@ class TestSqliteJobStore(JobStoreContract):
 
     def make(self, tmp_path: Path, audit: AuditSink) -> JobStore:
         return SqliteJobStore(tmp_path / "jobs.db", audit)
+
+    def test_file_artifacts_move_into_the_store_and_survive_reopening(self, tmp_path: Path) -> None:
+        audit = AuditLog(MemoryAuditStore(), KEY, "bank", _clock)
+        store = SqliteJobStore(tmp_path / "state" / "jobs.db", audit)
+        job = _spec(1).job_id
+        store.create(_spec(1), Event.JOB_SUBMITTED)
+        for state in (JobState.ACCEPTED, JobState.RUNNING):
+            store.transition(job, state, Event.JOB_STARTED)
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        (scratch / "c.csv").write_bytes(b"c.csv" * 100)
+        result = Result({"n": 2}, files={"c.csv": scratch / "c.csv"})
+        store.transition(job, JobState.SUCCEEDED, Event.JOB_CLOSED, result=result)
+        folder = tmp_path / "state" / "artifacts" / job
+        assert sorted(p.name for p in folder.iterdir()) == ["c.csv"]
+        assert not (scratch / "c.csv").exists()  # moved, not copied
+        store.close()
+        again = SqliteJobStore(tmp_path / "state" / "jobs.db", audit)
+        try:
+            assert again.read_artifact(job, "c.csv", 0, 7) == (b"c.csvc.", 500)
+            (folder / "c.csv").unlink()
+            with pytest.raises(JobStateError, match="missing"):
+                again.read_artifact(job, "c.csv", 0, 5)
+        finally:
+            again.close()
+
+    def test_an_artifact_file_name_cannot_leave_its_folder(self, tmp_path: Path) -> None:
+        for name in ("../jobs.db", "a/b", ".hidden", ""):
+            with pytest.raises(ValueError, match="cannot name an artifact file"):
+                Result({}, files={name: tmp_path / "x"})
 
     def test_jobs_and_results_survive_reopening(self, tmp_path: Path) -> None:
         audit = AuditLog(MemoryAuditStore(), KEY, "bank", _clock)

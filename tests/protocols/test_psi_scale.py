@@ -64,6 +64,14 @@ def test_spilled_files_live_in_the_scratch_directory_and_bound_the_buckets(
     assert max(Path(scratch, f).stat().st_size for f in own) < 3 * 64 * 40
     assert any(f.startswith("peer_double.") for f in files)
     assert any(f.startswith("own_double.") for f in files)
+    # The common rows are re-partitioned by row range (bank's 600..999: the last 7 of 16), and
+    # the result is written to a file there, not built in memory.
+    hits = {f: Path(scratch, f).stat().st_size for f in files if f.startswith("hits.")}
+    assert sorted(hits) == [f"hits.{i:05d}" for i in range(9, 16)]
+    assert max(hits.values()) <= -(-1000 // 16) * 8
+    written = Path(scratch, "intersection.csv").read_bytes()
+    assert written == results["bank"].artifacts["intersection.csv"]
+    assert written.split(b"\n")[1:-1] == [f"B{i}".encode() for i in range(600, 1000)]
 
 
 class Charges:

@@ -386,7 +386,9 @@ class RoleRunner:
         stored = None
         if result is not None:
             stored = Result(
-                result.summary, {**result.artifacts, "receipt.json": receipt_json(receipt)}
+                result.summary,
+                {**result.artifacts, "receipt.json": receipt_json(receipt)},
+                result.files,
             )
         try:
             self._p.store.record(job_id, Event.PRIVACY_RECEIPT, receipt)

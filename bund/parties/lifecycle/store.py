@@ -15,8 +15,12 @@ lifecycle tests.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
+import os
+import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -27,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from bund.parties.errors import JobStateError, UnknownJobError
-from bund.parties.jobs import AuditSink, JobSpec, JsonScalar, Participant, Result
+from bund.parties.jobs import (
+    AuditSink,
+    JobSpec,
+    JsonScalar,
+    Participant,
+    Result,
+    check_artifact_name,
+)
 from bund.parties.lifecycle.events import KINDS, Event, EventKind, Key
 from bund.parties.lifecycle.states import (
     IllegalTransitionError,
@@ -416,6 +427,41 @@ class JobStore(ABC):
         return page
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _check_job_id(job_id: str) -> str:
+    """``job_id`` if it is a job id (32 hex digits), which may then name a folder."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"{job_id!r} is not a job id")
+    return job_id
+
+
+def _move_durably(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` (a rename, or a synced copy across file systems)."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temporary = target.with_name(target.name + ".new")
+        with source.open("rb") as src, temporary.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(temporary, target)
+        source.unlink()
+
+
+def _sync_directory(path: Path) -> None:
+    """Make the entries of directory ``path`` durable (after a rename into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class MemoryJobStore(JobStore):
     """Jobs in dicts: for in-process lifecycle tests (nothing survives the process)."""
 
@@ -477,7 +523,8 @@ class MemoryJobStore(JobStore):
             mapped["state"] = JobState(mapped["state"])
         self._jobs[job_id] = replace(status, **mapped, updated_at=now)
         if result is not None:
-            self._results[job_id] = Result(dict(result.summary), dict(result.artifacts))
+            files = {check_artifact_name(n): p.read_bytes() for n, p in result.files.items()}
+            self._results[job_id] = Result(dict(result.summary), {**result.artifacts, **files})
 
     def _stored(
         self, job_id: str, bytes_too: bool
@@ -511,6 +558,8 @@ class SqliteJobStore(JobStore):
     def __init__(self, path: Path, audit: AuditSink) -> None:
         super().__init__(audit)
         path.parent.mkdir(parents=True, exist_ok=True)
+        #: Where artifacts that arrive as files (``Result.files``) are kept, one folder per job.
+        self._files = path.parent / "artifacts"
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -542,6 +591,9 @@ class SqliteJobStore(JobStore):
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "admitted" not in columns:  # a job table written before admissions were kept
                 self._db.execute("ALTER TABLE jobs ADD COLUMN admitted BLOB")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(artifacts)")}
+            if "file" not in columns:  # an artifact table written before artifacts as files
+                self._db.execute("ALTER TABLE artifacts ADD COLUMN file INTEGER NOT NULL DEFAULT 0")
 
     def _insert(self, spec: JobSpec, state: JobState, now: str) -> None:
         self._db.execute(
@@ -647,6 +699,8 @@ class SqliteJobStore(JobStore):
         if not changes.keys() <= allowed:
             raise ValueError(f"unknown job columns {set(changes) - allowed}")
         cols = ", ".join(f"{k} = ?" for k in changes)
+        if result is not None:
+            self._keep_files(job_id, result)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(
@@ -661,13 +715,38 @@ class SqliteJobStore(JobStore):
                     (job_id, json.dumps(dict(result.summary), sort_keys=True)),
                 )
                 self._db.executemany(
-                    "INSERT INTO artifacts (job_id, name, data) VALUES (?, ?, ?)",
-                    [(job_id, name, data) for name, data in result.artifacts.items()],
+                    "INSERT INTO artifacts (job_id, name, data, file) VALUES (?, ?, ?, ?)",
+                    [(job_id, name, data, 0) for name, data in result.artifacts.items()]
+                    + [(job_id, name, b"", 1) for name in result.files],
                 )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _keep_files(self, job_id: str, result: Result) -> None:
+        """Move a result's file artifacts into this store's folder for the job, durably.
+
+        They move before the row that names them is committed: a crash in between leaves files
+        no row names, which the resumed job's own files (of the same names) replace.
+        """
+        if not result.files:
+            return
+        folder = self._files / _check_job_id(job_id)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, source in result.files.items():
+            _move_durably(source, folder / check_artifact_name(name))
+        _sync_directory(folder)
+        _sync_directory(self._files)
+
+    def _file(self, job_id: str, name: str) -> Path:
+        path = self._files / _check_job_id(job_id) / check_artifact_name(name)
+        if not path.is_file():
+            raise JobStateError(
+                f"job {job_id}'s artifact {name!r} is missing from {path.parent}: it was moved or "
+                "deleted outside the node"
+            )
+        return path
 
     def _stored(
         self, job_id: str, bytes_too: bool
@@ -677,21 +756,34 @@ class SqliteJobStore(JobStore):
         if row is None:
             return None
         artifacts = self._db.execute(
-            f"SELECT name, {column} FROM artifacts WHERE job_id = ? ORDER BY name",  # noqa: S608
+            f"SELECT name, {column}, file FROM artifacts WHERE job_id = ? ORDER BY name",  # noqa: S608
             (job_id,),
         ).fetchall()
-        return json.loads(row[0]), [(n, bytes(d) if bytes_too else int(d)) for n, d in artifacts]
+        listed: list[tuple[str, bytes | int]] = []
+        for name, data, file in artifacts:
+            if file:
+                path = self._file(job_id, name)
+                listed.append((name, path.read_bytes() if bytes_too else path.stat().st_size))
+            else:
+                listed.append((name, bytes(data) if bytes_too else int(data)))
+        return json.loads(row[0]), listed
 
     def _artifact_page(
         self, job_id: str, name: str, offset: int, limit: int
     ) -> tuple[bytes, int] | None:
         row = self._db.execute(
-            "SELECT substr(data, ?, ?), length(data) FROM artifacts WHERE job_id = ? AND name = ?",
+            "SELECT substr(data, ?, ?), length(data), file FROM artifacts "
+            "WHERE job_id = ? AND name = ?",
             (offset + 1, limit, job_id, name),
         ).fetchone()
         if row is None:
             return None
-        return bytes(row[0] or b""), int(row[1])
+        if not row[2]:
+            return bytes(row[0] or b""), int(row[1])
+        with self._file(job_id, name).open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(min(offset, size))
+            return f.read(limit), size
 
     def close(self) -> None:
         """Close the database."""

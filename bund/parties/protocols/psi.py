@@ -28,6 +28,7 @@ its saved scalar (its messages are then byte-identical replays).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +111,8 @@ _COUNT_STATE = "psi.count"
 #: A point with its dataset row; a bare point.
 _WITH_ROW = np.dtype([("p", f"S{POINT_SIZE}"), ("row", "<i8")])
 _POINT = np.dtype([("p", f"S{POINT_SIZE}")])
+#: A row number alone (the common rows, partitioned by row range).
+_ROW = np.dtype([("row", "<i8")])
 #: ``psi/count``: magic, version; the count (8, big-endian), whether noise was added (1).
 _COUNT = Header(b"BPSC", 1)
 _COUNT_FIELDS = struct.Struct(">QB")
@@ -526,11 +529,7 @@ def _match(s: _State) -> None:
     """Join bucket by bucket: the common ids (intersection), or the count we release."""
     if s.mode is Disclosure.INTERSECTION:
         if s.receiver:
-            rows = _common_rows(s)
-            summary = _summary(s)
-            summary["intersection_size"] = len(rows)
-            csv = _ids_csv(s.ctx, s.column, rows)
-            s.result = Result(summary, {"intersection.csv": csv})
+            s.result = _intersection_result(s)
         return
     if s.counts_for_peer:
         _release_count(s, _count(s))
@@ -567,9 +566,40 @@ def _join_buckets(s: _State) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[np.
         yield own, hit
 
 
-def _common_rows(s: _State) -> npt.NDArray[np.int64]:
-    parts = [own["row"][hit] for own, hit in _join_buckets(s)]
-    return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+def _common_rows(s: _State) -> Iterator[npt.NDArray[np.int64]]:
+    """Our rows whose ids the peer holds, ascending, in parts (one bucket of rows at a time).
+
+    The join goes by buckets of blinded values, whose rows are scattered; the hits are
+    re-partitioned by row range (in files, for a member that spills), so that no part holds
+    more than about a bucket's rows, whatever the intersection's size.
+    """
+    hits = Buckets(_ROW, s.own.count, s.scratch, "hits")
+    hits.truncate([0] * hits.count)  # a restart during the join left half-written buckets
+    for own, hit in _join_buckets(s):
+        rows = np.empty(int(hit.sum()), dtype=_ROW)
+        rows["row"] = own["row"][hit]
+        hits.append(rows["row"] * hits.count // max(s.rows, 1), rows)
+    hits.sync()
+    return (np.sort(part["row"]) for part in hits)
+
+
+def _intersection_result(s: _State) -> Result:
+    """``intersection.csv`` with the intersection's size: in a scratch file when we spill.
+
+    The file is synced before the result names it; the node's job store then moves it into its
+    artifact folder (``Result.files``), so no copy of the whole intersection is ever in memory.
+    """
+    summary = _summary(s)
+    if s.scratch is None:
+        buffer = io.BytesIO()
+        summary["intersection_size"] = _write_ids_csv(s.ctx, s.column, _common_rows(s), buffer)
+        return Result(summary, {"intersection.csv": buffer.getvalue()})
+    path = s.scratch / "intersection.csv"
+    with path.open("wb") as f:
+        summary["intersection_size"] = _write_ids_csv(s.ctx, s.column, _common_rows(s), f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Result(summary, files={"intersection.csv": path})
 
 
 def _count(s: _State) -> int:
@@ -650,24 +680,37 @@ def ids_csv(ids: Iterable[bytes]) -> bytes:
     return "".join(["id\n", *(_csv_field(i.decode("utf-8")) + "\n" for i in ids)]).encode()
 
 
-def _ids_csv(ctx: JobContext, column: str, rows: npt.NDArray[np.int64]) -> bytes:
-    """``intersection.csv``: a header ``id``, then each common id (normalised), in row order.
+def _write_ids_csv(
+    ctx: JobContext, column: str, rows: Iterable[npt.NDArray[np.int64]], out: BinaryIO
+) -> int:
+    """Write ``intersection.csv`` to ``out``: a header ``id``, then each common id, in row order.
 
-    The ids are read again from the dataset, streamed, at the given rows; fields are quoted as
-    :func:`ids_csv` quotes them.
+    ``rows`` are the common rows, ascending, in parts. The ids are read again from the dataset,
+    streamed, a chunk at a time; fields are quoted as :func:`ids_csv` quotes them. Returns how
+    many ids were written.
     """
-    out = ["id\n"]
-    wanted = rows.tolist()
-    at, start = 0, 0
+    out.write(b"id\n")
+    parts = iter(rows)
+    pending = next(parts, None)
+    written = start = 0
     for values in ctx.table().iter_column(column, MAX_CHUNK_POINTS):
         end = start + len(values)
-        while at < len(wanted) and wanted[at] < end:
-            out.append(_csv_field(values[wanted[at] - start].strip()) + "\n")
-            at += 1
+        lines: list[str] = []
+        while pending is not None:
+            here = int(np.searchsorted(pending, end))
+            lines.extend(
+                _csv_field(values[r - start].strip()) + "\n" for r in pending[:here].tolist()
+            )
+            if here < len(pending):
+                pending = pending[here:]
+                break
+            pending = next(parts, None)
+        out.write("".join(lines).encode("utf-8"))
+        written += len(lines)
         start = end
-        if at == len(wanted):
+        if pending is None:
             break
-    return "".join(out).encode("utf-8")
+    return written
 
 
 class PsiParams(ProtocolParams):
