@@ -55,7 +55,12 @@ PHASES = (
 
 
 @contextmanager
-def _two_nodes(directory: Path) -> Iterator[tuple[Any, Any]]:
+def two_nodes(directory: Path) -> Iterator[tuple[Any, Any]]:
+    """Bank and tax nodes in this process, 10 ids each for PSI; tax's approver must sign.
+
+    Everything lives under ``directory``: each party's identity in ``PARTY/id`` (its operator
+    credential in ``PARTY/id/operator``), its node.toml, datasets and state in ``PARTY``.
+    """
     from bund.parties import identity
     from bund.parties.config import load_config
     from bund.parties.data import Table, write_csv
@@ -198,7 +203,7 @@ def run(quick: bool, samples: int | None = None) -> list[dict[str, Any]]:
     times: dict[str, list[dict[str, float]]] = {"push": [], "poll": []}
     with (
         tempfile.TemporaryDirectory(prefix="bund-bench-job-") as tmp,
-        _two_nodes(Path(tmp)) as (
+        two_nodes(Path(tmp)) as (
             bank,
             tax,
         ),

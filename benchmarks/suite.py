@@ -51,6 +51,7 @@ KERNELS: dict[str, str] = {
     "serving": "benchmarks.bench_serving",
     "survival": "benchmarks.bench_survival",
     "job": "benchmarks.bench_job",
+    "cli": "benchmarks.bench_cli",
 }
 
 #: The families whose rows measure a Bund kernel against its library baseline in the same run:

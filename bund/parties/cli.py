@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from bund.parties import identity
     from bund.parties.audit import VerificationReport
     from bund.parties.client import NodeClient
-    from bund.parties.config import NodeConfig, OperatorConfig
+    from bund.parties.config import NodeConfig
     from bund.parties.jobs import JobSpec, Result
     from bund.parties.lifecycle.states import JobStatus
+    from bund.parties.operator_file import OperatorConfig
 else:
     identity = cli_env.lazy_module("bund.parties.identity")
 
@@ -124,7 +125,7 @@ def _config(path: Path) -> NodeConfig:
 
 
 def _is_operator_file(path: Path) -> bool:
-    from bund.parties.config import is_operator_file
+    from bund.parties.operator_file import is_operator_file
 
     try:
         return is_operator_file(path)
@@ -133,7 +134,8 @@ def _is_operator_file(path: Path) -> bool:
 
 
 def _operator(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
-    from bund.parties.config import load_cli_config
+    """The operator credential ``path`` names: an operator.toml (no pydantic), or a node.toml."""
+    from bund.parties.operator_file import load_cli_config
 
     try:
         return load_cli_config(path)

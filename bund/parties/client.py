@@ -13,34 +13,39 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from bund.compute.errors import BundError
 from bund.parties import wire
-from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
-from bund.parties.authz import INSTANCE_METADATA
-from bund.parties.config import NodeConfig, TlsPaths, load_cli_config
 from bund.parties.errors import (
     ANSWERED_BY_NODE,
     ConfigError,
     NotAuthorizedError,
     PeerUnavailableError,
 )
-from bund.parties.jobs import JobSpec, Result
+from bund.parties.jobspec import JobSpec, Result
 from bund.parties.lifecycle.states import JobState, JobStatus
+from bund.parties.operator_file import TlsPaths, load_cli_config
 from bund.parties.serving.errors import (
     ReplayedRequestError,
     ServingLimitError,
     ServingRefusedError,
 )
-from bund.parties.serving.proofs import RequestProof
-from bund.parties.serving.service import Answer, Applicant, Scored
 from bund.parties.transport import PayloadTooLargeError, envelope_digest
 from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
+
+# An operator's call (``bund job status``) loads what is above and no more: the classes below
+# come from modules that load the node's (cryptography, pydantic, the protocols), and a call
+# that returns one has them loaded by ``wire``'s conversion.
+if TYPE_CHECKING:
+    from bund.parties.approvals import ApprovalRequest
+    from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
+    from bund.parties.config import NodeConfig
+    from bund.parties.serving.proofs import RequestProof
+    from bund.parties.serving.service import Answer, Applicant, Scored
 
 T = TypeVar("T", bound=Message)
 
@@ -182,7 +187,11 @@ class NodeClient:
         self.address = address
         self.party = party
         self.timeout = timeout
-        self._metadata = ((INSTANCE_METADATA, instance),) if instance is not None else None
+        self._metadata: tuple[tuple[str, bytes], ...] | None = None
+        if instance is not None:  # a node's call to a peer: the node has authz loaded
+            from bund.parties.authz import INSTANCE_METADATA
+
+            self._metadata = ((INSTANCE_METADATA, instance),)
         self._channel = grpc.secure_channel(
             address, creds, options=channel_options(max_message_bytes, party)
         )

@@ -10,7 +10,9 @@ addresses, and the federation's signed roster and revocation lists, which the no
 whenever their files change (``bund.parties.roster.WatchedDocument``).
 
 ``operator.toml`` (:class:`OperatorFile`) is an operator's own file, on their workstation: where
-the party's node listens and the operator credential that ``bund job ...`` presents to it.
+the party's node listens and the operator credential that ``bund job ...`` presents to it. Its
+loaders (and ``OperatorConfig``, ``TlsPaths``) live in :mod:`bund.parties.operator_file`, which
+loads no pydantic for a well-formed file; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ from bund.compute import insecure
 from bund.compute.executor import create_executor
 from bund.parties.data import DEFAULT_STATEMENT_TIMEOUT_S, DataSource
 from bund.parties.errors import ConfigError
-from bund.parties.identity import (
-    APPROVER_KEY,
-    CA_CERT,
-    OPERATOR_CERT,
-    OPERATOR_KEY,
-    IdentityError,
-    certificate_facts,
-)
+from bund.parties.identity import APPROVER_KEY, CA_CERT, OPERATOR_CERT, OPERATOR_KEY
+from bund.parties.operator_file import OPERATOR_TLS_DEFAULTS
+from bund.parties.operator_file import OperatorConfig as OperatorConfig
+from bund.parties.operator_file import TlsPaths as TlsPaths
+from bund.parties.operator_file import is_operator_file as is_operator_file
+from bund.parties.operator_file import load_cli_config as load_cli_config
+from bund.parties.operator_file import load_operator_config as load_operator_config
 from bund.parties.policy import Policy, load_policy
 from bund.parties.schema import (
     ListenAddress,
@@ -48,15 +49,6 @@ from bund.parties.schema import (
 )
 
 _MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class TlsPaths:
-    """TLS material: the federation CA, and a node's or an operator's certificate with its key."""
-
-    ca: Path
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True)
@@ -574,34 +566,21 @@ level = "INFO"                      # DEBUG | INFO | WARNING | ERROR
 # --- an operator's file -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
-    """What the ``bund`` command needs to call its party's node as an operator.
-
-    Read from an operator's ``operator.toml`` (:func:`load_operator_config`), or from a
-    ``node.toml`` on the node's host with its ``[operators] credential`` (:func:`load_cli_config`).
-    """
-
-    party: str
-    #: ``HOST:PORT`` of the node, or None to read the port from ``port_file``.
-    node: str | None
-    port_file: Path | None
-    #: The federation CA (verifies the node) and the operator credential.
-    tls: TlsPaths
-    #: The approver's Ed25519 private key, if this operator approves jobs.
-    approver_key: Path | None = None
-    max_message_bytes: int = 8 * _MIB
-    source: Path | None = field(default=None, compare=False)
-
-
 class _OperatorTls(StrictModel):
-    ca: Text = Field(default="ca.pem", description="the federation CA: it verifies the node")
-    cert: Text = Field(default="operator.pem", description="the operator credential")
-    key: Text = Field(default="operator.key", description="its private key (0600)")
+    ca: Text = Field(
+        default=OPERATOR_TLS_DEFAULTS["ca"], description="the federation CA: it verifies the node"
+    )
+    cert: Text = Field(default=OPERATOR_TLS_DEFAULTS["cert"], description="the operator credential")
+    key: Text = Field(default=OPERATOR_TLS_DEFAULTS["key"], description="its private key (0600)")
 
 
 class OperatorFile(StrictModel):
-    """``operator.toml`` as written: parsed by :func:`load_operator_config`."""
+    """``operator.toml`` as written: the schema of :func:`load_operator_config`.
+
+    ``bund.parties.operator_file`` reads a well-formed file without it (no pydantic import for
+    ``bund job status``) and hands it every other file; keep its keys those of
+    ``OPERATOR_KEYS`` and ``OPERATOR_TLS_DEFAULTS`` there.
+    """
 
     party: Name = Field(description="the party whose node this operator works")
     node: PeerAddress | None = Field(default=None, description="where the party's node listens")
@@ -612,37 +591,6 @@ class OperatorFile(StrictModel):
         default=None, description="the approver's Ed25519 key, when this operator approves jobs"
     )
     tls: _OperatorTls = Field(default_factory=_OperatorTls)
-
-
-def load_operator_config(path: Path) -> OperatorConfig:
-    """Read and validate an ``operator.toml``; paths are relative to the file.
-
-    Raises:
-        ConfigError: Naming the file and the key to fix.
-    """
-    path = path.resolve()
-    file = parse_file(OperatorFile, _read_toml(path), path, ConfigError)
-    if (file.node is None) == (file.port_file is None):
-        raise ConfigError(f'{path}: give exactly one of node = "HOST:PORT" and port_file = "PATH"')
-    base = path.parent
-    tls = TlsPaths(ca=base / file.tls.ca, cert=base / file.tls.cert, key=base / file.tls.key)
-    try:
-        facts = certificate_facts(tls.cert.read_bytes())
-    except (OSError, IdentityError) as exc:
-        raise ConfigError(f"{path}: tls.cert: {exc}") from None
-    if not facts.operator_usage or facts.organisation != file.party:
-        raise ConfigError(
-            f"{path}: tls.cert is not an operator credential of {file.party} ({facts.describe()}); "
-            "`bund operator issue` makes one"
-        )
-    return OperatorConfig(
-        party=file.party,
-        node=file.node,
-        port_file=base / file.port_file if file.port_file is not None else None,
-        tls=tls,
-        approver_key=base / file.approver_key if file.approver_key is not None else None,
-        source=path,
-    )
 
 
 def operator_of(config: NodeConfig) -> OperatorConfig:
@@ -671,37 +619,6 @@ def operator_of(config: NodeConfig) -> OperatorConfig:
         max_message_bytes=config.max_message_bytes,
         source=config.source,
     )
-
-
-def is_operator_file(path: Path) -> bool:
-    """Whether ``path`` is an operator's file rather than a ``node.toml``.
-
-    It is when it is named ``operator.toml`` or has a ``node`` or ``port_file`` key (a
-    ``node.toml`` has neither).
-
-    Raises:
-        ConfigError: The file is missing or not TOML.
-    """
-    if path.name == "operator.toml":
-        return True
-    doc = _read_toml(path)
-    return "node" in doc or "port_file" in doc
-
-
-def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
-    """What a ``bund job ...`` command was pointed at: an ``operator.toml`` or a ``node.toml``.
-
-    A file named ``operator.toml``, or one with a ``node`` or ``port_file`` key, is an operator's
-    file; anything else is read as a ``node.toml`` (on the node's host), whose configuration is
-    returned too.
-
-    Raises:
-        ConfigError: The file is invalid, or a node.toml names no operator credential.
-    """
-    if is_operator_file(path):
-        return load_operator_config(path), None
-    config = load_config(path)
-    return operator_of(config), config
 
 
 def operator_template(party: str, node: str | None, port_file: str | None) -> str:

@@ -7,10 +7,12 @@ operator finds in the node log, and the detail never leaves the node.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import NoReturn, Protocol
 
 import grpc
@@ -25,13 +27,7 @@ from bund.compute.errors import (
     KeySizeError,
     SetTooLargeError,
 )
-from bund.parties.approvals import ApprovalError
-from bund.parties.audit import AuditStoreUnavailableError
-from bund.parties.data import DatasetError
-from bund.parties.identity import IdentityError
-from bund.parties.jobs import InvalidJobSpecError
-from bund.parties.ledger import BudgetExhaustedError
-from bund.parties.policy import PolicyFileError, PolicyRefusedError
+from bund.parties.jobspec import InvalidJobSpecError
 from bund.parties.serving.errors import (
     ReplayedRequestError,
     RequestProofError,
@@ -77,41 +73,57 @@ class ConfigError(BundError):
     """A node configuration file is missing, malformed or inconsistent."""
 
 
-#: Exception class -> gRPC status. The most specific class wins (walk the MRO).
-CATALOG: dict[type[BaseException], grpc.StatusCode] = {
-    BundError: grpc.StatusCode.FAILED_PRECONDITION,
-    InvalidJobSpecError: grpc.StatusCode.INVALID_ARGUMENT,
-    MalformedRequestError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidPointError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidCiphertextError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidKeyError: grpc.StatusCode.INVALID_ARGUMENT,
-    EncodingOverflowError: grpc.StatusCode.INVALID_ARGUMENT,
-    KeySizeError: grpc.StatusCode.INVALID_ARGUMENT,
-    DatasetError: grpc.StatusCode.FAILED_PRECONDITION,
-    PolicyRefusedError: grpc.StatusCode.PERMISSION_DENIED,
-    NotAuthorizedError: grpc.StatusCode.PERMISSION_DENIED,
-    UnknownJobError: grpc.StatusCode.NOT_FOUND,
-    JobStateError: grpc.StatusCode.FAILED_PRECONDITION,
-    PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    SetTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    EquivocationError: grpc.StatusCode.ABORTED,
-    JobAbortedError: grpc.StatusCode.ABORTED,
-    PeerTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    PeerUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    TransportError: grpc.StatusCode.UNAVAILABLE,
-    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
-    PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
-    IdentityError: grpc.StatusCode.FAILED_PRECONDITION,
-    BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    TooManyWatchesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
-    AuditStoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    ServingRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
-    ReplayedRequestError: grpc.StatusCode.ALREADY_EXISTS,
-    ServingLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RequestProofError: grpc.StatusCode.FAILED_PRECONDITION,
-}
+@functools.cache
+def catalog() -> Mapping[type[BaseException], grpc.StatusCode]:
+    """Exception class -> gRPC status. The most specific class wins (walk the MRO).
+
+    Built at its first use, so that a client (``bund job status``) that imports this module for
+    its error classes loads none of the node's modules that the other classes live in.
+    """
+    from bund.parties.approvals import ApprovalError
+    from bund.parties.audit import AuditStoreUnavailableError
+    from bund.parties.data import DatasetError
+    from bund.parties.identity import IdentityError
+    from bund.parties.ledger import BudgetExhaustedError
+    from bund.parties.policy import PolicyFileError, PolicyRefusedError
+
+    return MappingProxyType(
+        {
+            BundError: grpc.StatusCode.FAILED_PRECONDITION,
+            InvalidJobSpecError: grpc.StatusCode.INVALID_ARGUMENT,
+            MalformedRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+            InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+            InvalidPointError: grpc.StatusCode.INVALID_ARGUMENT,
+            InvalidCiphertextError: grpc.StatusCode.INVALID_ARGUMENT,
+            InvalidKeyError: grpc.StatusCode.INVALID_ARGUMENT,
+            EncodingOverflowError: grpc.StatusCode.INVALID_ARGUMENT,
+            KeySizeError: grpc.StatusCode.INVALID_ARGUMENT,
+            DatasetError: grpc.StatusCode.FAILED_PRECONDITION,
+            PolicyRefusedError: grpc.StatusCode.PERMISSION_DENIED,
+            NotAuthorizedError: grpc.StatusCode.PERMISSION_DENIED,
+            UnknownJobError: grpc.StatusCode.NOT_FOUND,
+            JobStateError: grpc.StatusCode.FAILED_PRECONDITION,
+            PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            SetTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            EquivocationError: grpc.StatusCode.ABORTED,
+            JobAbortedError: grpc.StatusCode.ABORTED,
+            PeerTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+            PeerUnavailableError: grpc.StatusCode.UNAVAILABLE,
+            TransportError: grpc.StatusCode.UNAVAILABLE,
+            ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+            PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
+            IdentityError: grpc.StatusCode.FAILED_PRECONDITION,
+            BudgetExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            TooManyWatchesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ApprovalError: grpc.StatusCode.PERMISSION_DENIED,
+            AuditStoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+            ServingRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
+            ReplayedRequestError: grpc.StatusCode.ALREADY_EXISTS,
+            ServingLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            RequestProofError: grpc.StatusCode.FAILED_PRECONDITION,
+        }
+    )
+
 
 #: Longest message sent to a peer; longer ones are cut (messages are ours, but bound them anyway).
 _MAX_PUBLIC_MESSAGE = 1000
@@ -119,9 +131,10 @@ _MAX_PUBLIC_MESSAGE = 1000
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The catalog status of an exception (INTERNAL for anything not a ``BundError``)."""
+    statuses = catalog()
     for cls in type(exc).__mro__:
-        if cls in CATALOG:
-            return CATALOG[cls]
+        if cls in statuses:
+            return statuses[cls]
     return grpc.StatusCode.INTERNAL
 
 

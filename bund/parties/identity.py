@@ -30,8 +30,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bund.compute.errors import BundError
 from bund.parties import roles, roster
+from bund.parties.certificates import OPERATOR_USAGE as OPERATOR_USAGE
+from bund.parties.certificates import CertificateFacts as CertificateFacts
+from bund.parties.certificates import IdentityError as IdentityError
+from bund.parties.certificates import certificate_facts as certificate_facts
 
 ROLES = roles.ROLES
 
@@ -56,14 +59,7 @@ REVOCATIONS_FILE = "revocations.json"
 OPERATOR_REVOCATIONS_FILE = "operators_revoked.json"
 #: The organisational unit of every operator credential.
 OPERATOR_UNIT = "operator"
-#: Extended key usage that marks an operator credential (a UUID-derived OID, RFC 9562 / X.667).
-OPERATOR_USAGE = x509.ObjectIdentifier("2.25.16510484274688882238656126690857142510")
-
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-
-
-class IdentityError(BundError):
-    """A certificate or key is missing, malformed, or not what the federation issued."""
 
 
 @dataclass(frozen=True)
@@ -556,55 +552,6 @@ def identity_from_pem(pem: bytes) -> PartyIdentity:
     except ValueError:
         raise IdentityError("peer certificate is not a PEM certificate") from None
     return _identity_from_name(cert.subject)
-
-
-@dataclass(frozen=True)
-class CertificateFacts:
-    """What a node reads from a client certificate that TLS verified, before it trusts it."""
-
-    #: The subject's common name: a party's name, or an operator's.
-    name: str
-    #: The subject's organisational unit: a party's role, or ``operator``.
-    role: str
-    #: The subject's organisation: on an operator credential, the party it operates.
-    organisation: str
-    serial: int
-    #: SHA-256 of the certificate's DER encoding, hex.
-    fingerprint: str
-    #: Whether the certificate carries the operator extended key usage.
-    operator_usage: bool
-
-    def describe(self) -> str:
-        """The subject in words, for logs and audit records."""
-        of = f" of {self.organisation}" if self.organisation else ""
-        return f"{self.name} ({self.role}{of}), serial {self.serial:x}"
-
-
-@lru_cache(maxsize=1024)
-def certificate_facts(pem: bytes) -> CertificateFacts:
-    """The facts of a PEM certificate; ``IdentityError`` if it is not a certificate."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise IdentityError("the certificate is not a PEM certificate") from None
-
-    def one(oid: x509.ObjectIdentifier) -> str:
-        values = cert.subject.get_attributes_for_oid(oid)
-        return str(values[0].value) if len(values) == 1 else ""
-
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        operator_usage = OPERATOR_USAGE in usages
-    except x509.ExtensionNotFound:
-        operator_usage = False
-    return CertificateFacts(
-        name=one(NameOID.COMMON_NAME),
-        role=one(NameOID.ORGANIZATIONAL_UNIT_NAME),
-        organisation=one(NameOID.ORGANIZATION_NAME),
-        serial=cert.serial_number,
-        fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
-        operator_usage=operator_usage,
-    )
 
 
 @lru_cache(maxsize=1024)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
@@ -42,13 +40,15 @@ from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
 from bund.compute.errors import BundError
+from bund.parties.tomlfile import MAX_DEPTH as MAX_DEPTH
+from bund.parties.tomlfile import NAME_PATTERN, peer_address
+from bund.parties.tomlfile import listen_address as listen_address
+from bund.parties.tomlfile import read_toml as read_toml
 
-#: Tables and arrays nest at most this deep in any file Bund reads (its schemas need four).
-MAX_DEPTH = 8
 #: How a template marks a value the person must fill in: ``"<a party, e.g. bank>"``.
 PLACEHOLDER = re.compile(r"^<[^<>]*>$")
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_NAME = f"^{NAME_PATTERN}$"
 
 
 @dataclass(frozen=True)
@@ -69,32 +69,6 @@ class StrictModel(BaseModel):
 M = TypeVar("M", bound=StrictModel)
 
 
-def _check_address(value: str, lowest_port: int) -> str:
-    host, sep, port = value.rpartition(":")
-    if (
-        not sep
-        or not host
-        or not port.isdigit()
-        or not lowest_port <= int(port) <= 65535
-        or any(c.isspace() for c in value)
-    ):
-        first = "0 (the OS picks one) to" if lowest_port == 0 else "1 to"
-        raise ValueError(
-            f'must be "HOST:PORT" with a port from {first} 65535, for example '
-            f'"127.0.0.1:7443", not {value!r}'
-        )
-    return value
-
-
-def listen_address(value: str) -> str:
-    """``value`` if a node can listen on it (``HOST:PORT``, port 0 included), else ValueError."""
-    return _check_address(value, 0)
-
-
-def _peer_address(value: str) -> str:
-    return _check_address(value, 1)
-
-
 #: A party, role, dataset or column name: what ``bund.parties.jobs.check_name`` accepts.
 Name = Annotated[
     str, Field(pattern=_NAME), Expect("a name of 1-64 letters, digits, '_', '.' or '-'")
@@ -109,7 +83,7 @@ ListenAddress = Annotated[
 ]
 #: Where another node is reached: ``HOST:PORT``.
 PeerAddress = Annotated[
-    str, AfterValidator(_peer_address), Expect('"HOST:PORT", for example "tax.example:7443"')
+    str, AfterValidator(peer_address), Expect('"HOST:PORT", for example "tax.example:7443"')
 ]
 
 
@@ -195,57 +169,6 @@ def choices(values: Sequence[object]) -> str:
 
 
 # --- reading TOML ------------------------------------------------------------------------------
-
-
-def _too_deep(doc: Mapping[str, Any]) -> str | None:
-    """The dotted key of the first value nested deeper than ``MAX_DEPTH`` (found iteratively)."""
-    stack: list[tuple[object, int, str]] = [(doc, 0, "")]
-    while stack:
-        value, depth, key = stack.pop()
-        if depth > MAX_DEPTH:
-            return key or "the top level"
-        if isinstance(value, dict):
-            stack += [(v, depth + 1, f"{key}.{k}" if key else str(k)) for k, v in value.items()]
-        elif isinstance(value, list):
-            stack += [(v, depth + 1, f"{key}[{i + 1}]") for i, v in enumerate(value)]
-    return None
-
-
-def read_toml(path: Path, what: str, error: type[BundError]) -> dict[str, Any]:
-    """Read a TOML file a person wrote, or raise ``error`` saying what is wrong with it.
-
-    Args:
-        path: The file.
-        what: What it is, in words (``"job spec"``), for the messages.
-        error: The exception class to raise.
-
-    Raises:
-        BundError: ``error``, when the file is missing, unreadable, not UTF-8, not TOML, or
-            nested deeper than any Bund file (a clean error, never a ``RecursionError``).
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{what} {path} not found") from None
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise error(f"{path} is not UTF-8 text; save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise error(f"{path} is not valid TOML: {exc}") from None
-    except RecursionError:
-        raise error(
-            f"{path} nests arrays or inline tables too deeply to read; a {what} nests at most "
-            f"{MAX_DEPTH} levels"
-        ) from None
-    deep = _too_deep(doc)
-    if deep is not None:
-        raise error(
-            f"{path}: {deep} is nested too deeply; a {what} nests at most {MAX_DEPTH} levels"
-        )
-    return doc
 
 
 def placeholders(doc: Mapping[str, Any]) -> list[str]:

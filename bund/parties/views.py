@@ -12,16 +12,19 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
-from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import AuditRecord, VerificationReport
-from bund.parties.jobs import JsonScalar, Result
-from bund.parties.ledger import BudgetLine
+from bund.parties.jobspec import JsonScalar, Result
 from bund.parties.lifecycle.events import KINDS, Event, EventKind
 from bund.parties.lifecycle.states import JobStatus
-from bund.parties.oplog import pairs
+
+# ``bund job status --json`` and ``bund job list --json`` load what is above and no more.
+if TYPE_CHECKING:
+    from bund.parties.approvals import ApprovalRequest
+    from bund.parties.audit import AuditRecord, VerificationReport
+    from bund.parties.ledger import BudgetLine
 
 #: Record kinds ``bund job logs`` leaves out unless asked for all (one per message).
 MESSAGE_KINDS = frozenset({EventKind.MESSAGE, EventKind.MESSAGE_NOTE})
@@ -178,6 +181,8 @@ def record_document(record: AuditRecord) -> dict[str, object]:
 
 def record_line(record: AuditRecord) -> str:
     """One record as a line: ``TIME #INDEX EVENT key=value ...``, every value one token."""
+    from bund.parties.oplog import pairs
+
     text = f"{record.timestamp} #{record.index} {record.event}"
     fields = pairs(record.fields)
     return f"{text} {fields}" if fields else text

@@ -10,27 +10,16 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError, Message
 
 from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import InvalidInputError
-from bund.parties.approvals import ApprovalRequest
-from bund.parties.audit import (
-    AuditFormatError,
-    AuditRecord,
-    Checkpoint,
-    WitnessedHead,
-    WitnessError,
-    WitnessReply,
-)
 from bund.parties.errors import MalformedRequestError
-from bund.parties.jobs import JobSpec, JsonScalar, Participant
+from bund.parties.jobspec import JobSpec, JsonScalar, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
-from bund.parties.lifecycle.store import ResultInfo
-from bund.parties.serving.proofs import RequestProof
-from bund.parties.serving.service import Answer, Applicant, Decision, Scored
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
 from bund.v1.audit_pb2 import GetWitnessedHeadsResponse as ProtoWitnessedPage
@@ -54,6 +43,17 @@ from bund.v1.serving_pb2 import ScorePartsRequest as ProtoScorePartsRequest
 from bund.v1.serving_pb2 import ScorePartsResponse as ProtoAnswer
 from bund.v1.serving_pb2 import ScoreRequest as ProtoScoreRequest
 from bund.v1.serving_pb2 import ScoreResponse as ProtoScored
+
+# A job's spec and status convert with the light modules above: ``bund job status`` loads no
+# more. The domain classes of approvals, audit records, results and serving come from modules
+# that load the node's (cryptography, pydantic, the protocols): each conversion that builds one
+# imports it where it does.
+if TYPE_CHECKING:
+    from bund.parties.approvals import ApprovalRequest
+    from bund.parties.audit import AuditRecord, Checkpoint, WitnessedHead, WitnessReply
+    from bund.parties.lifecycle.store import ResultInfo
+    from bund.parties.serving.proofs import RequestProof
+    from bund.parties.serving.service import Answer, Applicant, Scored
 
 
 def parse(message_type: type[Message], data: bytes) -> Message:
@@ -233,6 +233,8 @@ def result_to_proto(job_id: str, result: ResultInfo) -> ProtoJobResult:
 
 def result_from_proto(message: ProtoJobResult) -> ResultInfo:
     """Deserialise a result's summary and artifact sizes."""
+    from bund.parties.lifecycle.store import ResultInfo
+
     return ResultInfo(scalars_from_proto(message.summary), dict(message.artifact_sizes))
 
 
@@ -330,6 +332,8 @@ def audit_record_to_proto(record: AuditRecord) -> ProtoAuditRecord:
 
 def audit_record_from_proto(message: ProtoAuditRecord) -> AuditRecord:
     """Deserialise an ``AuditRecord`` (its signature is checked by the verifier, not here)."""
+    from bund.parties.audit import AuditRecord
+
     try:
         fields = json.loads(message.fields_json)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than any record's
@@ -399,6 +403,8 @@ def approval_request_from_proto(message: ProtoApprovalRequest, party: str) -> Ap
     The approver signs what it rebuilds from the fields it shows, so a node cannot slip other
     bytes under a summary.
     """
+    from bund.parties.approvals import ApprovalRequest
+
     try:
         cost = Budget(parse_rational(message.epsilon), parse_rational(message.delta))
     except (InvalidInputError, ValueError):
@@ -436,6 +442,8 @@ def checkpoint_to_proto(checkpoint: Checkpoint) -> ProtoCheckpoint:
 
 def checkpoint_from_proto(message: ProtoCheckpoint) -> Checkpoint:
     """Deserialise a ``Checkpoint`` (its signature is judged by ``verify_checkpoint``)."""
+    from bund.parties.audit import AuditFormatError, Checkpoint
+
     try:
         return Checkpoint(
             party=message.party,
@@ -461,6 +469,8 @@ def witnessed_head_to_proto(witnessed: WitnessedHead, seq: int = 0) -> ProtoWitn
 
 def witnessed_head_from_proto(message: ProtoWitnessedHead) -> WitnessedHead:
     """Deserialise a ``WitnessedHead`` (its signatures are judged by the verifiers)."""
+    from bund.parties.audit import AuditFormatError, WitnessedHead, WitnessError
+
     try:
         return WitnessedHead(
             head=checkpoint_from_proto(message.head),
@@ -483,6 +493,8 @@ def witness_reply_to_proto(reply: WitnessReply) -> ProtoWitnessReply:
 
 def witness_reply_from_proto(message: ProtoWitnessReply) -> WitnessReply:
     """Deserialise a ``WitnessReply`` (the presenter checks it: ``Witness.present``)."""
+    from bund.parties.audit import WitnessReply
+
     return WitnessReply(
         cosigned=witnessed_head_from_proto(message.cosigned),
         head=checkpoint_from_proto(message.head),
@@ -532,6 +544,8 @@ def score_request_to_proto(contract_id: str, applicants: Sequence[Applicant]) ->
 
 def score_request_from_proto(message: ProtoScoreRequest) -> tuple[str, list[Applicant]]:
     """Deserialise a request to score; the contract id and the applicants, checked in form."""
+    from bund.parties.serving.service import Applicant
+
     if len(message.applicants) > MAX_SERVING_IDS:
         raise MalformedRequestError(f"a request carries at most {MAX_SERVING_IDS} applicants")
     applicants = []
@@ -563,6 +577,8 @@ def scored_to_proto(scored: Scored) -> ProtoScored:
 
 def scored_from_proto(message: ProtoScored) -> Scored:
     """Deserialise the decisions on a request."""
+    from bund.parties.serving.service import Decision, Scored
+
     return Scored(
         contract_id=message.contract_id,
         nonce=message.nonce,
@@ -597,6 +613,8 @@ def answer_to_proto(answer: Answer) -> ProtoAnswer:
 
 def answer_from_proto(message: ProtoAnswer) -> Answer:
     """Deserialise a provider's masked answer (its cells are checked by the bank)."""
+    from bund.parties.serving.service import Answer
+
     return Answer(message.request_sha256, message.answer)
 
 
@@ -613,6 +631,8 @@ def request_proof_to_proto(proof: RequestProof) -> ProtoRequestProof:
 
 def request_proof_from_proto(message: ProtoRequestProof) -> RequestProof:
     """Deserialise a request's inclusion proof (checked by ``verify_request_proof``)."""
+    from bund.parties.serving.proofs import RequestProof
+
     if len(message.path) > 64:
         raise MalformedRequestError("an audit path has at most 64 hashes")
     return RequestProof(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -192,6 +194,17 @@ def test_party_init_enrols_the_party_in_the_signed_roster(federation: Federation
     audit = identity.load_audit_public_key(federation.party_dir("bank") / identity.AUDIT_PUB)
     assert bank.audit_key == identity.raw_public_key(audit)
     assert current.members["hospital-a"].role == "hospital"
+
+
+def test_a_certificate_s_fingerprint_is_the_sha256_of_its_der_encoding(
+    federation: Federation,
+) -> None:
+    # What every roster holds, whichever version of Bund wrote it: a rewrite of the computation
+    # must not change a byte of it.
+    pem = (federation.party_dir("bank") / "node.pem").read_text()
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    facts = identity.certificate_facts(pem.encode())
+    assert facts.fingerprint == hashlib.sha256(der).hexdigest()
 
 
 def test_operator_credentials_are_marked_and_bound_to_their_party(federation: Federation) -> None:

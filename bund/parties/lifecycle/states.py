@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Final
 
 from bund.compute.errors import BundError
-from bund.parties.jobs import JobSpec
+from bund.parties.jobspec import JobSpec
 
 
 class JobState(enum.Enum):
