@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from bund.parties.audit import VerificationReport
     from bund.parties.client import NodeClient
     from bund.parties.config import NodeConfig
-    from bund.parties.jobs import JobSpec, Result
+    from bund.parties.jobs import JobSpec
     from bund.parties.lifecycle.states import JobStatus
+    from bund.parties.lifecycle.store import ResultInfo
     from bund.parties.operator_file import OperatorConfig
 else:
     identity = cli_env.lazy_module("bund.parties.identity")
@@ -553,7 +554,7 @@ def job_submit(
                 if status.state not in (JobState.SUCCEEDED, JobState.SERVING):
                     raise typer.Exit(1)
                 if status.has_result:
-                    _print_result(client.result(job_id))
+                    _print_result(client.result_info(job_id))
     except BundError as exc:
         raise _fail(str(exc)) from None
 
@@ -585,15 +586,27 @@ def job_status(
     _print_json(status_document(status))
 
 
-def _print_result(result: Result) -> None:
+def _print_result(result: ResultInfo) -> None:
     from bund.parties.views import shown_value as _shown
 
     t = _table(title="result", show_header=False)
     for k, v in result.summary.items():
         t.add_row(escape(k), escape(_shown(k, v)))
-    for name, data in result.artifacts.items():
-        t.add_row(escape(f"artifact {name}"), f"{len(data):,} bytes")
+    for name, size in result.artifact_sizes.items():
+        t.add_row(escape(f"artifact {name}"), f"{size:,} bytes")
     console.print(t)
+
+
+def _download(client: NodeClient, job_id: str, name: str, size: int, target: Path) -> None:
+    """Write one artifact to ``target`` page by page (a temporary file, renamed when whole)."""
+    temporary = target.with_name(f".{target.name}.part")
+    try:
+        with temporary.open("wb") as f:
+            for page in client.artifact_pages(job_id, name, size):
+                f.write(page)
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @job_app.command("result")
@@ -607,22 +620,22 @@ def job_result(
 ) -> None:
     """Show (and optionally save) a job's result held at this party's node."""
     cfg, _ = _operator(config)
+    written: dict[str, Path] = {}
     try:
         with _client(cfg) as client:
-            result = client.result(job_id)
+            result = client.result_info(job_id)
+            if not json_out:
+                _print_result(result)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                for name, size in result.artifact_sizes.items():
+                    target = out / Path(name).name
+                    _download(client, job_id, name, size, target)
+                    written[name] = target
+                    if not json_out:
+                        console.print(f"wrote {target}")
     except BundError as exc:
         raise _fail(str(exc)) from None
-    if not json_out:
-        _print_result(result)
-    written: dict[str, Path] = {}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in result.artifacts.items():
-            target = out / Path(name).name
-            target.write_bytes(data)
-            written[name] = target
-            if not json_out:
-                console.print(f"wrote {target}")
     if json_out:
         from bund.parties.views import result_document
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from bund.parties.approvals import ApprovalRequest
     from bund.parties.audit import AuditRecord, Checkpoint, WitnessReply
     from bund.parties.config import NodeConfig
+    from bund.parties.lifecycle.store import ResultInfo
     from bund.parties.serving.proofs import RequestProof
     from bund.parties.serving.service import Answer, Applicant, Scored
 
@@ -297,24 +298,35 @@ class NodeClient:
             stream.cancel()  # type: ignore[no-untyped-call]  # a follower that stopped reading
 
     def result(self, job_id: str) -> Result:
-        """A job's result held at this node, its artifacts read in pages."""
+        """A job's result held at this node, every artifact read whole (in pages)."""
+        info = self.result_info(job_id)
+        return Result(
+            info.summary,
+            {
+                name: b"".join(self.artifact_pages(job_id, name, size))
+                for name, size in info.artifact_sizes.items()
+            },
+        )
+
+    def result_info(self, job_id: str) -> ResultInfo:
+        """A job's result held at this node: its summary and each artifact's size, no bytes."""
         r = self._call(
             "Jobs",
             "GetJobResult",
             job_pb2.GetJobResultRequest(job_id=job_id),
             job_pb2.GetJobResultResponse,
         )
-        info = wire.result_from_proto(r)
-        return Result(
-            info.summary,
-            {
-                name: self._read_artifact(job_id, name, size)
-                for name, size in info.artifact_sizes.items()
-            },
-        )
+        return wire.result_from_proto(r)
 
-    def _read_artifact(self, job_id: str, name: str, size: int) -> bytes:
-        parts: list[bytes] = []
+    def artifact_pages(self, job_id: str, name: str, size: int) -> Iterator[bytes]:
+        """One artifact of ``size`` bytes (from :meth:`result_info`), page by page, in order.
+
+        A large artifact (PSI's ``intersection.csv`` at 10^8 ids) is never whole in memory when
+        the caller writes each page out as it comes.
+
+        Raises:
+            RemoteError: DATA_LOSS if the artifact's size changed while it was read.
+        """
         offset = 0
         while offset < size:
             page = self._call(
@@ -325,9 +337,8 @@ class NodeClient:
             )
             if not page.data or page.total_size != size:
                 raise RemoteError(self.party, grpc.StatusCode.DATA_LOSS, f"artifact {name} changed")
-            parts.append(page.data)
             offset += len(page.data)
-        return b"".join(parts)
+            yield page.data
 
     def list_jobs(self, limit: int = 50, states: Collection[JobState] = ()) -> list[JobStatus]:
         """The newest jobs at this node (only those in ``states``, when given)."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bund.compute.dp.budget import Budget, format_rational
 from bund.compute.errors import BundError
-from bund.parties.jobspec import JsonScalar, Result
+from bund.parties.jobspec import JsonScalar
 from bund.parties.lifecycle.events import KINDS, Event, EventKind
 from bund.parties.lifecycle.states import JobStatus
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from bund.parties.approvals import ApprovalRequest
     from bund.parties.audit import AuditRecord, VerificationReport
     from bund.parties.ledger import BudgetLine
+    from bund.parties.lifecycle.store import ResultInfo
 
 #: Record kinds ``bund job logs`` leaves out unless asked for all (one per message).
 MESSAGE_KINDS = frozenset({EventKind.MESSAGE, EventKind.MESSAGE_NOTE})
@@ -100,7 +101,7 @@ def list_document(statuses: Sequence[JobStatus]) -> dict[str, object]:
 
 
 def result_document(
-    job_id: str, result: Result, written: Mapping[str, Path] | None = None
+    job_id: str, result: ResultInfo, written: Mapping[str, Path] | None = None
 ) -> dict[str, object]:
     """``bund job result --json``: the summary, and each artifact's size and where it went."""
     return {
@@ -109,10 +110,10 @@ def result_document(
         "artifacts": [
             {
                 "name": name,
-                "bytes": len(data),
+                "bytes": size,
                 "path": str(written[name]) if written and name in written else None,
             }
-            for name, data in result.artifacts.items()
+            for name, size in result.artifact_sizes.items()
         ],
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 from pathlib import Path
@@ -91,6 +92,10 @@ def test_submit_status_result_list(node_factory: NodeFactory, tmp_path: Path) ->
         app, ["job", "result", job_id, "--config", config, "--out", str(tmp_path / "out")]
     )
     assert r.exit_code == 0 and str(expected) in r.output
+    # Written page by page into a temporary file, renamed when whole: nothing else is left.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["receipt.json"]
+    receipt = json.loads((tmp_path / "out" / "receipt.json").read_text())
+    assert receipt["transcript_sha256"] and receipt["protocol"] == "psi"
     # The tax bureau's operator asks its own node: the result went to the bank.
     tax_config = str(node_factory.config("tax").source)
     r = runner.invoke(app, ["job", "result", job_id, "--config", tax_config])

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from bund.compute.dp.budget import Budget
 from bund.parties.audit import AuditRecord, VerificationReport
 from bund.parties.cli import app
-from bund.parties.jobs import Result
 from bund.parties.ledger import BudgetLine
+from bund.parties.lifecycle.store import ResultInfo
 from bund.parties.oplog import version
 from bund.parties.views import (
     budget_document,
@@ -60,7 +60,7 @@ def test_budgets_stay_exact_and_a_nan_is_null() -> None:
     [doc] = budget_document([line], {"loans": "restricted-personal"})["datasets"]  # type: ignore[index]
     assert doc["left"] == {"epsilon": "13/6", "delta": "1/1000000"}
     assert doc["spent"] == {"epsilon": "1/3", "delta": "0"}
-    result = result_document("j", Result({"auc": float("nan"), "n": 3}, {"a.csv": b"xy"}))
+    result = result_document("j", ResultInfo({"auc": float("nan"), "n": 3}, {"a.csv": 2}))
     assert json.loads(dumps(result))["summary"] == {"auc": None, "n": 3}
     assert result["artifacts"] == [{"name": "a.csv", "bytes": 2, "path": None}]
 

@@ -239,13 +239,16 @@ class Pages:
     def result(self, request: Request) -> Response:
         """The job's result held here: its summary and its files (read as ``bund job result``)."""
         job_id = request.path_params["job_id"]
-        result = self._node().client.result(job_id)
-        files = [(name, len(data)) for name, data in result.artifacts.items()]
-        # The charts the protocol drew (ROC, KS, training curves...), when they are PNG.
+        client = self._node().client
+        result = client.result_info(job_id)
+        files = list(result.artifact_sizes.items())
+        # The charts the protocol drew (ROC, KS, training curves...), when they are PNG; only
+        # these are read here (an intersection.csv may be gigabytes).
         charts = [
             (name, url)
-            for name, data in result.artifacts.items()
-            if name.endswith(".png") and (url := png_data_url(data))
+            for name, size in files
+            if name.endswith(".png")
+            and (url := png_data_url(b"".join(client.artifact_pages(job_id, name, size))))
         ]
         return self.render(
             request,
@@ -259,14 +262,19 @@ class Pages:
     def artifact(self, request: Request) -> Response:
         """One result file, as a download (never shown inline)."""
         job_id, name = request.path_params["job_id"], request.path_params["name"]
-        result = self._node().client.result(job_id)
-        if name not in result.artifacts:
+        client = self._node().client
+        result = client.result_info(job_id)
+        if name not in result.artifact_sizes:
             return self.failure(request, f"job {job_id} has no result file {name}", 404)
+        size = result.artifact_sizes[name]
         filename = Path(name).name.replace('"', "")
-        return Response(
-            result.artifacts[name],
+        return StreamingResponse(  # page by page: the file is never whole in memory here
+            client.artifact_pages(job_id, name, size),
             media_type="application/octet-stream",
-            headers={"content-disposition": f'attachment; filename="{filename}"'},
+            headers={
+                "content-disposition": f'attachment; filename="{filename}"',
+                "content-length": str(size),
+            },
         )
 
     def approvals(self, request: Request) -> Response:
