@@ -25,10 +25,13 @@ reported too.
 
 The bucketed row (``bucketed_intersection_two_receivers``) runs each member as a node does at
 scale: ids streamed from a CSV file, the peer's messages spooled to a sealed on-disk journal,
-buckets in files; it adds each member's peak RSS. With ``--executor SPEC`` each member's kernels
-run on that executor, and the row splits its CPU into the node process and its workers. With
-``--bucket-points P`` each member aims at buckets of ``P`` points (``psi_bucket_points``, 2^20 by
-default): a set of 10^6 ids then spans several buckets, which shows the memory bound.
+buckets in files; it adds each member's peak RSS, and by how much that peak grew in each phase
+(``setup``: the process and its dataset opened, then ``blind``, ``reblind``, ``match`` and
+``join``, the last the join and the result written): what grows with the set shows there.
+With ``--executor SPEC`` each member's kernels run on that executor, and the row splits its CPU
+into the node process and its workers. With ``--bucket-points P`` each member aims at buckets of
+``P`` points (``psi_bucket_points``, 2^20 by default): a set of 10^6 ids then spans several
+buckets, which shows the memory bound.
 
 The audit row (only with ``--audit-overhead N``): what write-ahead auditing costs the node job at
 N ids, measured in one run: the latency of one durable append through the real store and log on
@@ -181,6 +184,35 @@ class _NoSink:
         pass
 
 
+class _PhaseSink(_NoSink):
+    """A ``_NoSink`` that notes in which phase the member's peak RSS grew (``ctx.progress``).
+
+    The role reports progress after each chunk of its phases (``blind``, ``reblind``,
+    ``match``); growth of the peak between two reports is put on the phase of the earlier one,
+    and growth after the last report (the join and the result) on ``join``.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "setup"
+        self.grew: dict[str, float] = {}
+        self._peak = _peak_rss_mib()
+
+    def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        self.note(phase)
+
+    def note(self, phase: str) -> None:
+        """Put the peak's growth since the last note on the phase until now; enter ``phase``."""
+        peak = _peak_rss_mib()
+        if peak > self._peak:
+            self.grew[self.phase] = round(self.grew.get(self.phase, 0.0) + peak - self._peak, 1)
+            self._peak = peak
+        self.phase = phase
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _party_main(
     spec: JobSpec,
     party: str,
@@ -221,6 +253,7 @@ def _party_main(
             mailbox.put(job_id, peer, tag, payload)
 
     threading.Thread(target=pump, daemon=True).start()
+    sink = _PhaseSink()
     ctx = RoleContext(
         spec,
         party,
@@ -228,7 +261,7 @@ def _party_main(
         mailbox,
         lambda: table,
         limits,
-        _NoSink(),
+        sink,
         3600.0,
         states=store,
         executor=executor,
@@ -236,13 +269,16 @@ def _party_main(
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_member(ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    sink.note("join")  # after the last progress report: the join and the result
+    sink.note("done")
     executor.close()  # its worker processes are reaped, so their CPU time is counted below
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     size = result.summary["intersection_size"] if result else None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = _peak_rss_mib()
     results.put(
         {
             "party": party,
+            "rss_growth_mib_by_phase": sink.grew,
             "cpu_s": cpu,
             "worker_cpu_s": children.ru_utime + children.ru_stime,
             "wall_s": wall,
@@ -335,7 +371,12 @@ def _measure_protocol(
     extra: dict[str, Any] = {}
     if home is not None:
         kernel = "bucketed_intersection_two_receivers"
-        extra = {"party_peak_rss_mib": {p: round(r["rss_mib"], 1) for p, r in reports.items()}}
+        extra = {
+            "party_peak_rss_mib": {p: round(r["rss_mib"], 1) for p, r in reports.items()},
+            "party_peak_rss_growth_mib_by_phase": {
+                p: r["rss_growth_mib_by_phase"] for p, r in reports.items()
+            },
+        }
     if executor != "inline":
         kernel += f"@{executor}"
         extra["party_node_cpu_us_per_id"] = {p: 1e6 * r["cpu_s"] / n for p, r in reports.items()}
