@@ -531,7 +531,7 @@ def measure_nodes(n: int, samples: int) -> dict[str, Any]:
     }
 
 
-def _append_latency(path: Path, count: int, relaxed: bool) -> tuple[float, float]:
+def append_latency(path: Path, count: int, relaxed: bool) -> tuple[float, float]:
     """Median wall and thread-CPU seconds of one ``AuditLog.append`` to a new ``audit.db``.
 
     Each append is a ``message_sent`` record like the node's (peer, tag, sha256, size): chained,
@@ -631,8 +631,8 @@ def measure_audit_overhead(n: int, pairs: int = 2, latency_appends: int = 300) -
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bund-bench-audit-") as tmp:
         root = Path(tmp)
-        latency_full = _append_latency(root / "latency-full.db", latency_appends, relaxed=False)
-        latency_relaxed = _append_latency(root / "latency-off.db", latency_appends, relaxed=True)
+        latency_full = append_latency(root / "latency-full.db", latency_appends, relaxed=False)
+        latency_relaxed = append_latency(root / "latency-off.db", latency_appends, relaxed=True)
         order = [m for i in range(pairs) for m in (("full", "relaxed"), ("relaxed", "full"))[i % 2]]
         for i, mode in enumerate(order):
             command = (sys.executable, "-m", "benchmarks.audit_node", mode)

@@ -17,4 +17,8 @@ def test_both_variants_report_every_phase_of_a_job() -> None:
         assert all(value >= 0 for value in median.values())
         assert median["submit_to_result"] >= median["protocol"]
         assert row["ops_per_s"] > 0 and row["ratio_vs_poll"] > 0
+        assert row["durable_append_s"] > 0
+        assert row["approval_wait_beyond_durable_writes_s"] == pytest.approx(
+            median["approval_wait"] - 2 * row["durable_append_s"]
+        )
     assert rows["poll"]["ratio_vs_poll"] == 1.0

@@ -171,7 +171,8 @@ class Coordinator:
                         spec, proposed, f"refused by {peer}: {answer[1]}", peer, answer[1]
                     )
                     return
-            refusal = self._await_acceptance(spec, others)
+            heard: list[PartyView] = []
+            refusal = self._await_acceptance(spec, others, heard)
             if refusal is not None:
                 peer, reason = refusal
                 self._call_off(spec, proposed, f"refused by {peer}: {reason}", peer, reason)
@@ -190,6 +191,8 @@ class Coordinator:
                 if claimed:
                     self._roles.release(spec.job_id)
                 raise
+            for view in heard:  # the acceptances that started it, kept once all were told
+                self._note(spec, view)
         except BundError as exc:
             self._fail(spec, proposed, f"could not start the job: {exc}")
             return
@@ -251,8 +254,15 @@ class Coordinator:
         except Exception:  # noqa: BLE001 - a display aid; the job goes on without it
             log.exception("job %s: could not keep %s's answer", spec.job_id, view.party)
 
-    def _await_acceptance(self, spec: JobSpec, others: list[str]) -> tuple[str, str] | None:
-        """Wait until every participant (this one too) accepted; else return (party, why)."""
+    def _await_acceptance(
+        self, spec: JobSpec, others: list[str], heard: list[PartyView]
+    ) -> tuple[str, str] | None:
+        """Wait until every participant (this one too) accepted; else return (party, why).
+
+        Each answer read is kept for ``bund job status`` at once while the job waits on; those
+        of the last round, which end the wait, are left in ``heard`` for the caller to keep
+        after the start: a display aid's durable write does not delay the start.
+        """
         deadline = time.monotonic() + self.approval_timeout
         pending = [self.party, *others]
         pushed = self._wakeups.register(spec.job_id)
@@ -260,18 +270,22 @@ class Coordinator:
             if self._wakeups.closed:
                 raise _Stopping
             pushed.clear()  # a push during the reads below makes the next wait return at once
+            heard.clear()
             for party in list(pending):
                 if party == self.party:
                     status = self._store.get(spec.job_id)
                 else:
                     status = self._peers.status(party, spec.job_id)
-                    seen = PartyView(party, status.state, status.approved_by, status.error)
-                    self._note(spec, seen)
+                    heard.append(PartyView(party, status.state, status.approved_by, status.error))
                 if status.state is JobState.ACCEPTED:
                     pending.remove(party)
                 elif is_terminal(status.state):
+                    for view in heard:
+                        self._note(spec, view)
                     return party, status.error or status.state.value
             if pending:
+                for view in heard:
+                    self._note(spec, view)
                 if time.monotonic() > deadline:
                     return pending[0], (
                         f"no approval within {self.approval_timeout:.0f} s; submit the job again "
