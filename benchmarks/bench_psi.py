@@ -26,8 +26,8 @@ reported too.
 The bucketed row (``bucketed_intersection_two_receivers``) runs each member as a node does at
 scale: ids streamed from a CSV file, the peer's messages spooled to a sealed on-disk journal,
 buckets in files; it adds each member's peak RSS, and by how much that peak grew in each phase
-(``setup``: the process and its dataset opened, then ``blind``, ``reblind``, ``match`` and
-``join``, the last the join and the result written): what grows with the set shows there.
+(``setup``: the process and its dataset opened, then ``blind``, ``reblind``, ``match``,
+``join`` and ``result``, the common ids written): what grows with the set shows there.
 With ``--executor SPEC`` each member's kernels run on that executor, and the row splits its CPU
 into the node process and its workers. With ``--bucket-points P`` each member aims at buckets of
 ``P`` points (``psi_bucket_points``, 2^20 by default): a set of 10^6 ids then spans several
@@ -187,9 +187,9 @@ class _NoSink:
 class _PhaseSink(_NoSink):
     """A ``_NoSink`` that notes in which phase the member's peak RSS grew (``ctx.progress``).
 
-    The role reports progress after each chunk of its phases (``blind``, ``reblind``,
-    ``match``); growth of the peak between two reports is put on the phase of the earlier one,
-    and growth after the last report (the join and the result) on ``join``.
+    The role reports progress after each chunk or bucket of its phases (``blind``,
+    ``reblind``, ``match``, ``join``, ``result``); growth of the peak between two reports is put
+    on the phase of the earlier one.
     """
 
     def __init__(self) -> None:
@@ -269,7 +269,6 @@ def _party_main(
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_member(ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    sink.note("join")  # after the last progress report: the join and the result
     sink.note("done")
     executor.close()  # its worker processes are reaped, so their CPU time is counted below
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

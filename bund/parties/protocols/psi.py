@@ -575,10 +575,11 @@ def _common_rows(s: _State) -> Iterator[npt.NDArray[np.int64]]:
     """
     hits = Buckets(_ROW, s.own.count, s.scratch, "hits")
     hits.truncate([0] * hits.count)  # a restart during the join left half-written buckets
-    for own, hit in _join_buckets(s):
+    for index, (own, hit) in enumerate(_join_buckets(s)):
         rows = np.empty(int(hit.sum()), dtype=_ROW)
         rows["row"] = own["row"][hit]
         hits.append(rows["row"] * hits.count // max(s.rows, 1), rows)
+        s.ctx.progress("join", index + 1, hits.count)
     hits.sync()
     return (np.sort(part["row"]) for part in hits)
 
@@ -592,11 +593,11 @@ def _intersection_result(s: _State) -> Result:
     summary = _summary(s)
     if s.scratch is None:
         buffer = io.BytesIO()
-        summary["intersection_size"] = _write_ids_csv(s.ctx, s.column, _common_rows(s), buffer)
+        summary["intersection_size"] = _write_ids_csv(s, _common_rows(s), buffer)
         return Result(summary, {"intersection.csv": buffer.getvalue()})
     path = s.scratch / "intersection.csv"
     with path.open("wb") as f:
-        summary["intersection_size"] = _write_ids_csv(s.ctx, s.column, _common_rows(s), f)
+        summary["intersection_size"] = _write_ids_csv(s, _common_rows(s), f)
         f.flush()
         os.fsync(f.fileno())
     return Result(summary, files={"intersection.csv": path})
@@ -680,9 +681,7 @@ def ids_csv(ids: Iterable[bytes]) -> bytes:
     return "".join(["id\n", *(_csv_field(i.decode("utf-8")) + "\n" for i in ids)]).encode()
 
 
-def _write_ids_csv(
-    ctx: JobContext, column: str, rows: Iterable[npt.NDArray[np.int64]], out: BinaryIO
-) -> int:
+def _write_ids_csv(s: _State, rows: Iterable[npt.NDArray[np.int64]], out: BinaryIO) -> int:
     """Write ``intersection.csv`` to ``out``: a header ``id``, then each common id, in row order.
 
     ``rows`` are the common rows, ascending, in parts. The ids are read again from the dataset,
@@ -693,7 +692,7 @@ def _write_ids_csv(
     parts = iter(rows)
     pending = next(parts, None)
     written = start = 0
-    for values in ctx.table().iter_column(column, MAX_CHUNK_POINTS):
+    for values in s.ctx.table().iter_column(s.column, MAX_CHUNK_POINTS):
         end = start + len(values)
         lines: list[str] = []
         while pending is not None:
@@ -708,6 +707,7 @@ def _write_ids_csv(
         out.write("".join(lines).encode("utf-8"))
         written += len(lines)
         start = end
+        s.ctx.progress("result", start, s.rows)
         if pending is None:
             break
     return written
