@@ -31,8 +31,9 @@ from bund.parties.console.live import event_stream
 from bund.parties.console.security import CSP, CSRF_COOKIE, Listen, check_listen
 from bund.parties.console.server import approver_key_of, make_server
 from bund.parties.errors import ConfigError
-from bund.parties.jobs import JobSpec, Participant, Result
+from bund.parties.jobs import JobSpec, Participant
 from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
+from bund.parties.lifecycle.store import ResultInfo
 from bund.parties.wire import AuditPage
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -134,15 +135,20 @@ class FakeNode:
     def deny(self, job_id: str, reason: str) -> None:
         self.denied.append((job_id, reason))
 
-    def result(self, job_id: str) -> Result:
-        return Result(
-            {"matched": 30, "epsilon": "1/3"},
-            {
-                "ids.csv": b"id\n1\n",
-                "roc.png": PNG_MAGIC + b"a chart",
-                "fake.png": b"<svg onload=alert(1)>",
-            },
-        )
+    files = {
+        "ids.csv": b"id\n1\n",
+        "roc.png": PNG_MAGIC + b"a chart",
+        "fake.png": b"<svg onload=alert(1)>",
+    }
+
+    def result_info(self, job_id: str) -> ResultInfo:
+        sizes = {name: len(data) for name, data in self.files.items()}
+        return ResultInfo({"matched": 30, "epsilon": "1/3"}, sizes)
+
+    def artifact_pages(self, job_id: str, name: str, size: int) -> Iterator[bytes]:
+        data = self.files[name]
+        assert size == len(data)
+        return (data[i : i + 3] for i in range(0, size, 3))  # small pages: several per file
 
     def read_audit(self, start: int = 0, limit: int = 0) -> AuditPage:
         raw = self.key.public_key().public_bytes(
@@ -337,6 +343,7 @@ def test_result_page_and_file_download(browser: TestClient) -> None:
     r = browser.get(f"/jobs/{JOB_RUN}/result/ids.csv")
     assert r.content == b"id\n1\n" and r.headers["content-type"] == "application/octet-stream"
     assert r.headers["content-disposition"] == 'attachment; filename="ids.csv"'
+    assert r.headers["content-length"] == "5"  # streamed in pages, its size said first
     assert browser.get(f"/jobs/{JOB_RUN}/result/other").status_code == 404
     # A chart the protocol drew is shown; bytes that are not a PNG are only a download.
     (chart,) = re.findall(r'<img alt="Chart: ([^"]+)" src="data:image/png;base64,', text)
