@@ -19,7 +19,7 @@ from bund.compute.canonical import canonical_json
 from bund.compute.errors import BundError
 
 #: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 JsonScalar = str | int | float | bool | None
 
@@ -36,7 +36,7 @@ class InvalidJobSpecError(BundError):
 
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid party/role/dataset/column name, else raise."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):  # "$" would allow "x\n"
         raise InvalidJobSpecError(
             f"{kind} {value!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
         )

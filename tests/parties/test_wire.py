@@ -160,6 +160,17 @@ def test_invalid_spec_from_the_wire_names_the_field() -> None:
         wire.spec_from_proto(message)
 
 
+@pytest.mark.parametrize("name", ["bank\n", "bank\r", "", ".bank", "b/ank", "b" * 65])
+def test_a_party_name_from_the_wire_is_a_whole_name(name: str) -> None:
+    # "bank\n" matched a "$"-anchored pattern: a name is checked whole (log lines, file paths).
+    message = wire.spec_to_proto(
+        JobSpec("psi", (Participant("bank", "member"),), ("bank",), "p", "bank")
+    )
+    message.participants[0].party = name
+    with pytest.raises(InvalidJobSpecError, match="not a valid name"):
+        wire.spec_from_proto(message)
+
+
 CONTRACT = "c" * 32
 features = st.dictionaries(names, st.floats(allow_nan=False, allow_infinity=False), max_size=4)
 
