@@ -132,9 +132,20 @@ class CkksSandbox:
         return self._live().pid
 
     def _live(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
+        """The running worker; one that exited since the last call is reported once and reaped.
+
+        So a crash reads "died" whether the next call finds the process gone or its pipe closed,
+        and the pipes are closed either way (not left to the garbage collector).
+        """
+        if self._proc is None:
             raise SandboxError(
                 "the CKKS worker is gone (it failed on earlier input); the job cannot go on"
+            )
+        if self._proc.poll() is not None:
+            self.close()
+            raise SandboxError(
+                "the CKKS worker died since its last answer (the peer's data may be crafted to "
+                "crash it)"
             )
         return self._proc
 
