@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import re
 import secrets
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from bund.parties.jobspec import Participant as Participant
 from bund.parties.jobspec import Result as Result
 from bund.parties.jobspec import check_artifact_name as check_artifact_name
 from bund.parties.jobspec import check_name as check_name
+from bund.parties.jobspec import is_job_id as is_job_id
 from bund.parties.schema import StrictModel, did_you_mean, problems
 from bund.parties.transport import (
     InMemoryNetwork,
@@ -824,7 +824,7 @@ class RoleContext:
 
     def prior_result(self, job_id: str, protocol: str) -> Result:
         """This party's own result of an earlier ``protocol`` job, from the node's job store."""
-        if not re.fullmatch(r"[0-9a-f]{32}", job_id) or job_id == self._spec.job_id:
+        if not is_job_id(job_id) or job_id == self._spec.job_id:
             raise PriorResultError(f"{job_id!r} is not the id of an earlier job")
         return self._prior_results(job_id, check_name("protocol", protocol))
 

@@ -21,6 +21,8 @@ from bund.compute.errors import BundError
 #: Names of parties, roles, datasets, columns and tags: short, printable, no separators.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
 JsonScalar = str | int | float | bool | None
 
 #: Bounds on a spec, so that a proposal cannot make a node store much (a spec is kept per job).
@@ -32,6 +34,11 @@ MAX_BINDINGS = 256
 
 class InvalidJobSpecError(BundError):
     """A job spec is malformed: the message names the field to fix."""
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` is a job id: 32 lower-case hex digits (so it may also name a folder)."""
+    return _JOB_ID.fullmatch(value) is not None
 
 
 def check_name(kind: str, value: str) -> str:
@@ -118,7 +125,7 @@ class JobSpec:
                 raise InvalidJobSpecError(f"parameter {key!r} must be a string, number or bool")
             if isinstance(value, float) and not math.isfinite(value):
                 raise InvalidJobSpecError(f"parameter {key!r} must be a finite number")
-        if self.job_id and not re.fullmatch(r"[0-9a-f]{32}", self.job_id):
+        if self.job_id and not is_job_id(self.job_id):
             raise InvalidJobSpecError("job_id must be 32 lower-case hex digits")
         object.__setattr__(self, "params", dict(sorted(self.params.items())))
         object.__setattr__(self, "receivers", tuple(self.receivers))

@@ -21,7 +21,6 @@ rows under the reserved job id ``kept``, sealed like the others and never delete
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sqlite3
 import stat
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bund.compute.errors import BundError
 from bund.parties.jobs import TranscriptEntry
+from bund.parties.jobspec import is_job_id
 
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -146,7 +146,7 @@ class ResumeStore:
 
     def scratch_dir(self, job_id: str, party: str) -> Path:
         """The job's scratch directory for ``party``'s role (0700), created if needed."""
-        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+        if not is_job_id(job_id):
             raise ValueError(f"{job_id!r} is not a job id")
         path = self._scratch / job_id / party
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ class ResumeStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        if re.fullmatch(r"[0-9a-f]{32}", job_id):
+        if is_job_id(job_id):
             shutil.rmtree(self._scratch / job_id, ignore_errors=True)
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from bund.compute.canonical import canonical_json
 from bund.compute.dp.budget import Budget, format_rational, parse_rational
 from bund.compute.errors import InvalidInputError
 from bund.parties.errors import MalformedRequestError
-from bund.parties.jobspec import JobSpec, JsonScalar, Participant
+from bund.parties.jobspec import JobSpec, JsonScalar, Participant, is_job_id
 from bund.parties.lifecycle.states import JobState, JobStatus, PartyView
 from bund.v1.audit_pb2 import AuditRecord as ProtoAuditRecord
 from bund.v1.audit_pb2 import Checkpoint as ProtoCheckpoint
@@ -270,7 +270,7 @@ def position(value: int, what: str) -> int:
 
 def job_id(value: str) -> str:
     """A job id from a request: 32 lower-case hex digits."""
-    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+    if not is_job_id(value):
         raise MalformedRequestError("job_id must be 32 lower-case hex digits")
     return value
 

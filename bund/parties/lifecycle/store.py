@@ -19,7 +19,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import threading
@@ -38,6 +37,7 @@ from bund.parties.jobs import (
     Participant,
     Result,
     check_artifact_name,
+    is_job_id,
 )
 from bund.parties.lifecycle.events import KINDS, Event, EventKind, Key
 from bund.parties.lifecycle.states import (
@@ -427,16 +427,6 @@ class JobStore(ABC):
         return page
 
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _check_job_id(job_id: str) -> str:
-    """``job_id`` if it is a job id (32 hex digits), which may then name a folder."""
-    if not _JOB_ID.fullmatch(job_id):
-        raise ValueError(f"{job_id!r} is not a job id")
-    return job_id
-
-
 def _move_durably(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` (a rename, or a synced copy across file systems)."""
     try:
@@ -732,15 +722,20 @@ class SqliteJobStore(JobStore):
         """
         if not result.files:
             return
-        folder = self._files / _check_job_id(job_id)
+        folder = self._job_folder(job_id)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, source in result.files.items():
             _move_durably(source, folder / check_artifact_name(name))
         _sync_directory(folder)
         _sync_directory(self._files)
 
+    def _job_folder(self, job_id: str) -> Path:
+        if not is_job_id(job_id):
+            raise ValueError(f"{job_id!r} is not a job id")
+        return self._files / job_id
+
     def _file(self, job_id: str, name: str) -> Path:
-        path = self._files / _check_job_id(job_id) / check_artifact_name(name)
+        path = self._job_folder(job_id) / check_artifact_name(name)
         if not path.is_file():
             raise JobStateError(
                 f"job {job_id}'s artifact {name!r} is missing from {path.parent}: it was moved or "

@@ -89,6 +89,7 @@ from bund.parties.jobs import (
     ProtocolParams,
     Result,
     RoleRequirement,
+    is_job_id,
 )
 from bund.parties.policy import PAYLOAD_PREFIX, PolicyRefusedError
 from bund.parties.protocols.buckets import Buckets, ahead, rechunk
@@ -168,7 +169,7 @@ def _check(spec: JobSpec) -> None:
     if params.phase == "query":
         if params.setup_job is None:
             raise InvalidJobSpecError("a psi_unbalanced query needs the parameter setup_job")
-        if not re.fullmatch(r"[0-9a-f]{32}", params.setup_job):
+        if not is_job_id(params.setup_job):
             raise InvalidJobSpecError(
                 f"setup_job {params.setup_job!r} must be the id of the setup job (32 hex digits)"
             )
