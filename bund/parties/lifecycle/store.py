@@ -15,11 +15,9 @@ lifecycle tests.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -29,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bund.parties.durable import move_durably, sync_directory
 from bund.parties.errors import JobStateError, UnknownJobError
 from bund.parties.jobs import (
     AuditSink,
@@ -427,31 +426,6 @@ class JobStore(ABC):
         return page
 
 
-def _move_durably(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target`` (a rename, or a synced copy across file systems)."""
-    try:
-        os.replace(source, target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        temporary = target.with_name(target.name + ".new")
-        with source.open("rb") as src, temporary.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(temporary, target)
-        source.unlink()
-
-
-def _sync_directory(path: Path) -> None:
-    """Make the entries of directory ``path`` durable (after a rename into it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class MemoryJobStore(JobStore):
     """Jobs in dicts: for in-process lifecycle tests (nothing survives the process)."""
 
@@ -725,9 +699,9 @@ class SqliteJobStore(JobStore):
         folder = self._job_folder(job_id)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, source in result.files.items():
-            _move_durably(source, folder / check_artifact_name(name))
-        _sync_directory(folder)
-        _sync_directory(self._files)
+            move_durably(source, folder / check_artifact_name(name))
+        sync_directory(folder)
+        sync_directory(self._files)
 
     def _job_folder(self, job_id: str) -> Path:
         if not is_job_id(job_id):

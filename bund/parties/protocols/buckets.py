@@ -20,6 +20,8 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
+from bund.parties.durable import sync_directory
+
 #: The most buckets one partition may have (file handles are opened one at a time).
 MAX_BUCKETS = 1 << 16
 
@@ -135,11 +137,7 @@ class Buckets:
                 with path.open("rb") as f:
                     os.fsync(f.fileno())
         self._dirty.clear()
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(self._dir)
 
 
 def chunks(
