@@ -931,10 +931,8 @@ def run_in_memory(
         )
         try:
             result = definition.roles[p.role](ctx)
-            if result is not None and result.files:  # read while the scratch directory lives
-                held = {n: f.read_bytes() for n, f in result.files.items()}
-                result = Result(result.summary, {**result.artifacts, **held})
-            results[p.party] = result
+            # Files are read while the role's scratch directory lives.
+            results[p.party] = None if result is None else result.held()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
             net.abort(spec.job_id, f"{p.party} failed: {exc}")

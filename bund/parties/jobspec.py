@@ -211,8 +211,9 @@ class Result:
         for name in self.files:
             check_artifact_name(name)
 
-    def artifact(self, name: str) -> bytes:
-        """One artifact's bytes, held or read whole from its file (small results and tests)."""
-        if name in self.files:
-            return self.files[name].read_bytes()
-        return self.artifacts[name]
+    def held(self) -> Result:
+        """This result with its file artifacts read into bytes (an in-memory store, a test run)."""
+        if not self.files:
+            return self
+        read = {name: path.read_bytes() for name, path in self.files.items()}
+        return Result(self.summary, {**self.artifacts, **read})

@@ -75,7 +75,7 @@ def plaintext(values: list[str]) -> set[str]:
 
 
 def csv_ids(result: Result) -> list[str]:
-    text = result.artifact("intersection.csv").decode()
+    text = result.artifacts["intersection.csv"].decode()
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[0] == ["id"]
     return [r[0] for r in rows[1:]]

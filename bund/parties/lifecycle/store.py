@@ -487,8 +487,8 @@ class MemoryJobStore(JobStore):
             mapped["state"] = JobState(mapped["state"])
         self._jobs[job_id] = replace(status, **mapped, updated_at=now)
         if result is not None:
-            files = {check_artifact_name(n): p.read_bytes() for n, p in result.files.items()}
-            self._results[job_id] = Result(dict(result.summary), {**result.artifacts, **files})
+            held = result.held()
+            self._results[job_id] = Result(dict(held.summary), dict(held.artifacts))
 
     def _stored(
         self, job_id: str, bytes_too: bool
