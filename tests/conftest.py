@@ -287,18 +287,20 @@ class NodeFactory:
 
         Without ``as_party`` it presents ``name``'s operator credential; with it, the node
         certificate of ``as_party``, as ``as_party``'s node calls another: with that node's
-        signed instance epoch when it runs in this process.
+        signed instance epoch (asked of it when it runs in its own process).
         """
         if as_party is None:
             return NodeClient(
                 f"127.0.0.1:{self.port(name)}", name, self.federation.operator_tls(name)
             )
         node = self.nodes.get(as_party)
+        if node is not None:
+            epoch = node.peers.instance
+        else:
+            with self.client(as_party) as own:
+                epoch = own.node_info().instance
         return NodeClient(
-            f"127.0.0.1:{self.port(name)}",
-            name,
-            self.federation.tls(as_party),
-            instance=node.peers.instance if node is not None else None,
+            f"127.0.0.1:{self.port(name)}", name, self.federation.tls(as_party), instance=epoch
         )
 
     def config(self, name: str) -> NodeConfig:

@@ -34,7 +34,7 @@ from bund.parties.serving.errors import (
     ServingLimitError,
     ServingRefusedError,
 )
-from bund.parties.transport import PayloadTooLargeError, envelope_digest
+from bund.parties.transport import JobAbortedError, PayloadTooLargeError, envelope_digest
 from bund.v1 import audit_pb2, federation_pb2, job_pb2, serving_pb2
 
 # An operator's call (``bund job status``) loads what is above and no more: the classes below
@@ -628,6 +628,10 @@ class PeerClients:
                 # A frozen peer accepts the connection and never answers: bound each attempt.
                 self.client(to).deliver(job_id, tag, payload, self.config.peer_silence_s)
                 return
+            except RemoteError as exc:
+                if exc.code is grpc.StatusCode.ABORTED:  # the job ended there: end it here too
+                    raise JobAbortedError(str(exc)) from None
+                raise
             except PeerUnavailableError:
                 if time.monotonic() + delay > deadline:
                     raise

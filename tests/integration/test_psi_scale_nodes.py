@@ -14,12 +14,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import numpy as np
 import pytest
 
 from bund.compute import psi as cpsi
 from bund.compute.psi_oprf import create_query_blinding
 from bund.parties.audit import SqliteAuditStore
+from bund.parties.client import RemoteError
 from bund.parties.follow import follow_job
 from bund.parties.jobs import JobContext, JobSpec, Participant, Result
 from bund.parties.lifecycle.events import PROTOCOL_PREFIX
@@ -295,9 +297,16 @@ def test_labeled_unbalanced_psi_between_nodes_matches_plaintext(node_factory: No
         # The registry answers at most 300 ids in all: the second query of 200 fails.
         again = bank.submit(unbalanced_spec("query", LABELS, setup))
         status = wait_final(bank, again, timeout=120)
-        assert status.state is JobState.ABORTED and "psi_unbalanced_max_queries" in status.error
+        assert status.state is JobState.ABORTED, status.error
+        assert "psi_unbalanced_max_queries" in status.error
     with f.client("registry") as registry:
         assert wait_final(registry, again).state is JobState.FAILED
+    # A query that reaches the registry after the job failed there is answered with why, so a
+    # querier whose role sends before the registry's abort reaches it ends aborted, not failed.
+    with f.client("registry", "bank") as to_registry:
+        with pytest.raises(RemoteError, match="psi_unbalanced_max_queries") as late:
+            to_registry.deliver(again, "psi_u/query/0", b"late")
+        assert late.value.code is grpc.StatusCode.ABORTED
     f.stop_all()
     prefix = f"{PROTOCOL_PREFIX}psi_unbalanced."
     store = SqliteAuditStore(f.workdir / "registry" / "state" / "audit.db")

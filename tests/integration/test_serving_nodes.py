@@ -87,12 +87,7 @@ class Served:
 
     def as_bank(self, to: str) -> NodeClient:
         """A client that calls ``to`` as the bank's node: its certificate and instance epoch."""
-        with self.factory.client("bank") as bank:
-            epoch = bank.node_info().instance
-        port = self.factory.port(to)
-        return NodeClient(
-            f"127.0.0.1:{port}", to, self.factory.federation.tls("bank"), instance=epoch
-        )
+        return self.factory.client(to, "bank")
 
     def log(self, party: str, contract_id: str, event: Event) -> list[AuditRecord]:
         with self.factory.client(party) as c:

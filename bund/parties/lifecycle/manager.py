@@ -54,6 +54,7 @@ from bund.parties.policy import Policy, PolicyFileError
 from bund.parties.resume import ResumeStore
 from bund.parties.transport import (
     EquivocationError,
+    JobAbortedError,
     Mailbox,
     MessagePlan,
     Transport,
@@ -617,6 +618,12 @@ class JobManager:
             # A peer resumed (or re-sent) after this node closed: its messages change nothing.
             self.store.record(job_id, Event.MESSAGE_AFTER_CLOSE, note)
             return False
+        if status.state in (JobState.FAILED, JobState.ABORTED, JobState.REFUSED):
+            # Why it ended, for the sender's role: it may send before this node's abort reaches
+            # it, and then ends aborted with the cause rather than failed on a refused message.
+            raise JobAbortedError(
+                f"job {job_id} ended at {self.party} ({status.state.value}): {status.error}"
+            )
         if status.state not in (JobState.ACCEPTED, JobState.RUNNING, JobState.INTERRUPTED):
             raise JobStateError(f"job {job_id} is {status.state.value}; it takes no messages")
         if not bound:
