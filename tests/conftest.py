@@ -287,16 +287,16 @@ class NodeFactory:
 
         Without ``as_party`` it presents ``name``'s operator credential; with it, the node
         certificate of ``as_party``, as ``as_party``'s node calls another: with that node's
-        signed instance epoch (asked of it when it runs in its own process).
+        signed instance epoch (asked of it when it runs in its own process; none when it runs
+        nowhere, as a party that only holds a certificate).
         """
         if as_party is None:
             return NodeClient(
                 f"127.0.0.1:{self.port(name)}", name, self.federation.operator_tls(name)
             )
         node = self.nodes.get(as_party)
-        if node is not None:
-            epoch = node.peers.instance
-        else:
+        epoch = node.peers.instance if node is not None else None
+        if node is None and as_party in self.group.ports:
             with self.client(as_party) as own:
                 epoch = own.node_info().instance
         return NodeClient(

@@ -29,7 +29,9 @@ Every payload a node sends to another (``NodeClient._call``: deliver, propose, s
 resume, abort, and each answer and error coming back) is recorded with its sender and receiver,
 and after the jobs every file under each node's state directory (SQLite databases with their
 ``-wal``/``-shm``, the sealed ``resume.db``) and each receiver's results are read. The search
-looks for every canary in every encoding it could take, and for every secret key made during the
+looks for every canary in every encoding it could take (a value's text where no digit precedes
+it: after one it is another number, such as an audit timestamp's seconds), and for every secret
+key made during the
 jobs (Paillier ``p``, ``q``; PSI blinding scalars; the job secrets of multi-party PSI and their
 zero-sharing keys; X25519 masking keys of ``pairwise_masks``; the round seeds and keys of
 ``secagg``; the CKKS secret key, dumped from inside the sandbox worker) in everything every node
@@ -49,6 +51,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import struct
 import threading
@@ -232,15 +235,30 @@ class Needle:
     owner: str | None
     what: str
     data: bytes
+    #: For a number written as text, the bytes of one character (1 UTF-8, 2 UTF-16); 0 otherwise.
+    numeral: int = 0
+
+    def stands_alone(self, data: bytes, pos: int) -> bool:
+        """Whether the find at ``pos`` is this needle and not the tail of a longer number.
+
+        A value's text after a digit is another number: ``6.318642`` in an audit timestamp's
+        ``...:16.318642Z`` (its seconds and microseconds) is no copy of the value 6.318642.
+        """
+        if not self.numeral or pos < self.numeral:
+            return True
+        before = data[pos - self.numeral : pos]  # one character: a digit, then zero bytes
+        return not (before[:1].isdigit() and before[1:] == bytes(self.numeral - 1))
 
 
 def text_needles(owner: str | None, what: str, texts: Iterable[str]) -> list[Needle]:
     """UTF-8 (and UTF-16) forms of ``texts`` that are long enough not to match by chance."""
     out = []
     for t in dict.fromkeys(texts):
-        for enc in ("utf-8", "utf-16-le"):
+        numeral = re.fullmatch(r"\d+(\.\d+)?(e[+-]\d+)?", t) is not None
+        for enc, width in (("utf-8", 1), ("utf-16-le", 2)):
             if len(t.encode(enc)) >= MIN_NEEDLE:
-                out.append(Needle(owner, f"{what} as {enc} {t!r}", t.encode(enc)))
+                data = t.encode(enc)
+                out.append(Needle(owner, f"{what} as {enc} {t!r}", data, width * numeral))
     return out
 
 
@@ -577,7 +595,12 @@ def find(needles: Sequence[Needle], data: bytes) -> dict[int, int]:
         for w in np.flatnonzero(keys[at] == words):
             pos = shift + MIN_NEEDLE * int(w)
             for i in by_prefix[int(words[w])]:
-                if data.startswith(needles[i].data, pos) and pos < found.get(i, len(data)):
+                n = needles[i]
+                if (
+                    data.startswith(n.data, pos)
+                    and n.stands_alone(data, pos)
+                    and pos < found.get(i, len(data))
+                ):
                     found[i] = pos
     return found
 
@@ -1193,3 +1216,18 @@ def test_the_search_finds_a_serialised_ckks_secret_key(tmp_path: Path) -> None:
     assert find(needles, embedded(context.serialize(save_secret_key=True))) != {}
     assert find(needles, context.serialize(save_secret_key=False)) == {}
     assert find(needles, embedded(coeffs.astype(">u8").tobytes())) != {}
+
+
+def test_a_value_inside_a_longer_number_is_no_find() -> None:
+    """A value's text after a digit is another number, such as an audit timestamp's seconds.
+
+    hospital-b's HbA1c canary ``6.318642`` was once found in hospital-a's audit WAL: the shape
+    of a timestamp's ``...:16.318642Z``, which one timestamp in 10^7 has by chance.
+    """
+    needles = value_needles("hospital-b", "6.318642")
+    stamp = "2026-12-06T09:32:16.318642Z"
+    for enc in ("utf-8", "utf-16-le"):
+        assert find(needles, embedded(stamp.encode(enc))) == {}
+        for leak in ('"hba1c": 6.318642', "[6.318642,7.318642]", "hba1c=6.318642000000001"):
+            found = find(needles, embedded(leak.encode(enc)))
+            assert f"value 6.318642 as {enc} '6.318642'" in {needles[i].what for i in found}
