@@ -20,10 +20,12 @@ from bund.parties.lifecycle.events import (
     Key,
     state_after,
 )
+from bund.parties.lifecycle.runner import Move
 from bund.parties.lifecycle.states import (
     TRANSITIONS,
     IllegalTransitionError,
     JobState,
+    JobStatus,
     can_move,
     is_resumable,
     is_terminal,
@@ -178,3 +180,32 @@ def test_the_regulator_reads_a_cancelled_job_as_aborted_old_log_and_new() -> Non
     assert _regulator_states(interrupted) == {"bank": "interrupted"}
     resumed = [*interrupted, (Event.JOB_RESUMED, {Key.BY: "bank"})]
     assert _regulator_states(resumed) == {"bank": "running"}
+
+
+class _AbortedMeanwhile(MemoryJobStore):
+    """A store whose job a peer's abort ends just after a reader saw it running."""
+
+    armed = False
+
+    def get(self, job_id: str) -> JobStatus:
+        seen = super().get(job_id)
+        if self.armed and seen.state is JobState.RUNNING:
+            self.armed = False
+            self.transition(job_id, JobState.ABORTED, Event.JOB_ABORTED, error="tax: failed")
+        return seen
+
+
+def test_a_move_that_an_abort_overtook_is_not_made() -> None:
+    """A role's failure after an abort landed leaves the job aborted and records nothing more."""
+    store = MemoryAuditStore()
+    jobs = _AbortedMeanwhile(AuditLog(store, KEY, "bank", _clock))
+    jobs.create(_spec(), Event.JOB_SUBMITTED)
+    for step in _path_to(JobState.RUNNING):
+        jobs.transition(JOB, step, Event.JOB_ACCEPTED)
+    jobs.armed = True
+    move = Move(JOB, JobState.FAILED, Event.JOB_CLOSED, {Key.REASON: "x"}, "x")
+    assert move.write(jobs) is False
+    status = jobs.get(JOB)
+    assert status.state is JobState.ABORTED and status.error == "tax: failed"
+    last = store.last()
+    assert last is not None and last.event == Event.JOB_ABORTED

@@ -167,8 +167,8 @@ class JobManager:
         self.admission = Admission(
             party, protocols, policy, tables, stores.ledger, approvers, code_version
         )
-        self._pool = ThreadPoolExecutor(
-            max_workers=timing.max_workers, thread_name_prefix="bund-job"
+        self._pool = ThreadPoolExecutor(  # named by party: nodes may share a process
+            max_workers=timing.max_workers, thread_name_prefix=f"bund-job-{party}"
         )
         self.liveness = Liveness(
             party,
@@ -581,17 +581,23 @@ class JobManager:
         status = self._participant(job_id, caller)
         self.mailbox.abort(job_id, f"{caller}: {reason}")
         fields: dict[str, JsonScalar] = {Key.BY: caller, Key.REASON: reason[:500]}
-        if is_terminal(status.state):
-            self.store.record(job_id, Event.JOB_ABORTED, fields)
+        while not is_terminal(status.state):
+            state = JobState.REFUSED if status.state in NOT_STARTED else JobState.ABORTED
+            if status.spec.requester == self.party:
+                # The caller's answer, for ``bund job status``: its abort may end the job here
+                # before the coordinator's next poll would have heard it.
+                self.store.note_party(job_id, PartyView(caller, state, reason=reason[:500]))
+            try:
+                self.store.transition(
+                    job_id, state, Event.JOB_ABORTED, fields, error=f"{caller}: {reason}"
+                )
+            except IllegalTransitionError:  # it moved meanwhile (started, or its role ended it)
+                status = self.store.get(job_id)
+                continue
+            if is_resumable(status.state):
+                self.resume.forget(job_id)
             return
-        state = JobState.REFUSED if status.state in NOT_STARTED else JobState.ABORTED
-        if status.spec.requester == self.party:
-            # The caller's answer, for ``bund job status``: its abort may end the job here
-            # before the coordinator's next poll would have heard it.
-            self.store.note_party(job_id, PartyView(caller, state, reason=reason[:500]))
-        self.store.transition(job_id, state, Event.JOB_ABORTED, fields, error=f"{caller}: {reason}")
-        if is_resumable(status.state):
-            self.resume.forget(job_id)
+        self.store.record(job_id, Event.JOB_ABORTED, fields)
 
     def deliver(
         self,

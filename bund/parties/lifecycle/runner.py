@@ -108,10 +108,17 @@ class Move:
     error: str
 
     def write(self, store: JobStore) -> bool:
-        """Make the move, recording it first; False (nothing done) once it no longer applies."""
+        """Make the move, recording it first; False (nothing done) once it no longer applies.
+
+        The store checks the move again under its lock: an abort that lands between the two
+        checks ends the job first, and this move no longer applies.
+        """
         if not can_move(store.get(self.job_id).state, self.state):
             return False
-        store.transition(self.job_id, self.state, self.event, self.fields, error=self.error)
+        try:
+            store.transition(self.job_id, self.state, self.event, self.fields, error=self.error)
+        except IllegalTransitionError:
+            return False
         return True
 
 
