@@ -144,7 +144,7 @@ def test_a_node_stopping_while_its_job_awaits_approval_stops_waiting(loop: Loopb
     bank = loop.managers["bank"]
     job = bank.submit(_exchange(), "bank")  # type: ignore[arg-type]
     loop.wait_state("tax", job, JobState.AWAITING_APPROVAL)
-    coordinating = [t for t in threading.enumerate() if t.name.startswith("bund-job")]
+    coordinating = [t for t in threading.enumerate() if t.name.startswith("bund-job-bank_")]
     assert coordinating  # the requester's coordinator waits for tax's approver
     bank.shutdown()
     # Its wait ends now (not at the approval timeout): nothing holds the process at exit.
