@@ -1,6 +1,9 @@
-"""The ``bund`` command: federation and parties, the node, jobs, audit, data, benchmarks, demo."""
+"""The ``bund`` command: federation and parties, the node, jobs, audit, data, benchmarks, demo.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: typer reads every command's parameters from its
+signature at each start, and string annotations cost it 15 ms of ``eval`` (names that load
+lazily are quoted instead).
+"""
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast, get_args
@@ -97,7 +100,7 @@ def main(
     """Bund: privacy-preserving joint computation between party nodes."""
 
 
-def _table(**options: object) -> RichTable:
+def _table(**options: object) -> "RichTable":
     """A rich table (rich.table loads with the first one)."""
     from rich.table import Table
 
@@ -116,7 +119,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _config(path: Path) -> NodeConfig:
+def _config(path: Path) -> "NodeConfig":
     from bund.parties.config import load_config
 
     try:
@@ -134,17 +137,21 @@ def _is_operator_file(path: Path) -> bool:
         raise _fail(str(exc)) from None
 
 
-def _operator(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
-    """The operator credential ``path`` names: an operator.toml (no pydantic), or a node.toml."""
+def _operator(path: Path) -> "tuple[OperatorConfig, NodeConfig | None]":
+    """The operator credential ``path`` names: an operator.toml (no pydantic), or a node.toml.
+
+    The node checks that the certificate is an operator credential of its party (PERMISSION_DENIED
+    naming it): reading it here too would cost each command 40 ms of ``cryptography.x509``.
+    """
     from bund.parties.operator_file import load_cli_config
 
     try:
-        return load_cli_config(path)
+        return load_cli_config(path, check_credential=False)
     except BundError as exc:
         raise _fail(str(exc)) from None
 
 
-def operator_address(config: OperatorConfig) -> str:
+def operator_address(config: "OperatorConfig") -> str:
     """Where the operator's node listens: ``node``, or its port file on this host."""
     if config.node is not None:
         return config.node
@@ -158,7 +165,7 @@ def operator_address(config: OperatorConfig) -> str:
     return f"127.0.0.1:{port}"
 
 
-def _client(config: OperatorConfig) -> NodeClient:
+def _client(config: "OperatorConfig") -> "NodeClient":
     """A client to the party's own node, presenting the operator credential."""
     from bund.parties.client import NodeClient
 
@@ -393,7 +400,7 @@ def serve(
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def load_spec(path: Path, requester: str) -> JobSpec:
+def load_spec(path: Path, requester: str) -> "JobSpec":
     """Read a job spec TOML file; the requester is this node's party.
 
     The file is parsed by its declared schema and checked by its protocol before anything is
@@ -432,7 +439,7 @@ def job_init(
     console.print(f'wrote {out}: fill in every "<...>", then `bund config check {out}`')
 
 
-def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobStatus:
+def wait_for(client: "NodeClient", job_id: str, timeout: float = 3600.0) -> "JobStatus":
     """Follow a job with a progress bar until it is terminal.
 
     An interrupted job is followed on (its node resumes it once its peers answer); the user is
@@ -456,7 +463,7 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
     ) as progress:
         task = progress.add_task("", total=None, state="proposed", count="")
 
-        def show(status: JobStatus) -> None:
+        def show(status: "JobStatus") -> None:
             progress.update(
                 task,
                 description=status.phase,
@@ -483,7 +490,7 @@ def wait_for(client: NodeClient, job_id: str, timeout: float = 3600.0) -> JobSta
         )
 
 
-def approval_lines(status: JobStatus) -> list[str]:
+def approval_lines(status: "JobStatus") -> list[str]:
     """Each party's answer: this node's approvers, and (at the requester) the others' answers."""
     from bund.parties.lifecycle.states import JobState
 
@@ -500,7 +507,7 @@ def approval_lines(status: JobStatus) -> list[str]:
     return lines
 
 
-def print_status(status: JobStatus) -> None:
+def print_status(status: "JobStatus") -> None:
     """A job's status as a small table."""
     from bund.parties.lifecycle.states import JobState
 
@@ -586,7 +593,7 @@ def job_status(
     _print_json(status_document(status))
 
 
-def _print_result(result: ResultInfo) -> None:
+def _print_result(result: "ResultInfo") -> None:
     from bund.parties.views import shown_value as _shown
 
     t = _table(title="result", show_header=False)
@@ -597,7 +604,7 @@ def _print_result(result: ResultInfo) -> None:
     console.print(t)
 
 
-def _download(client: NodeClient, job_id: str, name: str, size: int, target: Path) -> None:
+def _download(client: "NodeClient", job_id: str, name: str, size: int, target: Path) -> None:
     """Write one artifact to ``target`` page by page (a temporary file, renamed when whole)."""
     temporary = target.with_name(f".{target.name}.part")
     try:
@@ -929,7 +936,7 @@ def audit_verify(
 
 
 def _show_verification(
-    report: VerificationReport | None, error: str, shown: str, json_out: bool
+    report: "VerificationReport | None", error: str, shown: str, json_out: bool
 ) -> None:
     """Print a verification's outcome; exit 1 unless the log verified."""
     if json_out:
@@ -948,7 +955,7 @@ def _show_verification(
     raise _fail(f"{why} ({shown})")
 
 
-def _verify_remote(config: OperatorConfig, key: Path | None, json_out: bool) -> None:
+def _verify_remote(config: "OperatorConfig", key: Path | None, json_out: bool) -> None:
     """Pull the party's log from its node with the operator credential, and verify it."""
     from bund.parties.regulator import pull_log
 

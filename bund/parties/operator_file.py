@@ -9,8 +9,9 @@ checks of names, addresses and non-empty text, from :mod:`bund.parties.tomlfile`
 directly, and any other file goes to the schema, which accepts it or words what is wrong.
 Whatever this reads, the schema reads alike (``tests/parties/test_operator_file.py``).
 
-The credential check is the same either way: the certificate must carry the operator usage and
-name the party (``cryptography.x509``, in :mod:`bund.parties.certificates`).
+The credential check, where asked for, is the same either way: the certificate must carry the
+operator usage and name the party (``cryptography.x509``, in :mod:`bund.parties.certificates`).
+The ``bund`` command leaves it to the node, which refuses any other certificate in words.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from bund.parties.certificates import IdentityError, certificate_facts
 from bund.parties.errors import ConfigError
 from bund.parties.tomlfile import is_name, peer_address, read_toml
 
@@ -139,8 +139,13 @@ def _read(path: Path) -> dict[str, Any]:
     return read_toml(path, "configuration file", ConfigError)
 
 
-def load_operator_config(path: Path) -> OperatorConfig:
+def load_operator_config(path: Path, check_credential: bool = True) -> OperatorConfig:
     """Read and validate an ``operator.toml``; paths are relative to the file.
+
+    ``check_credential`` reads ``tls.cert`` (``cryptography.x509``: 40 ms to load) and refuses
+    one that is not an operator credential of the party before anything is sent. The ``bund``
+    command leaves that to the node, which refuses any other certificate with
+    PERMISSION_DENIED naming it.
 
     Raises:
         ConfigError: Naming the file and the key to fix.
@@ -152,15 +157,8 @@ def load_operator_config(path: Path) -> OperatorConfig:
         raise ConfigError(f'{path}: give exactly one of node = "HOST:PORT" and port_file = "PATH"')
     base = path.parent
     tls = TlsPaths(ca=base / values.ca, cert=base / values.cert, key=base / values.key)
-    try:
-        facts = certificate_facts(tls.cert.read_bytes())
-    except (OSError, IdentityError) as exc:
-        raise ConfigError(f"{path}: tls.cert: {exc}") from None
-    if not facts.operator_usage or facts.organisation != values.party:
-        raise ConfigError(
-            f"{path}: tls.cert is not an operator credential of {values.party} "
-            f"({facts.describe()}); `bund operator issue` makes one"
-        )
+    if check_credential:
+        _check_credential(path, tls.cert, values.party)
     return OperatorConfig(
         party=values.party,
         node=values.node,
@@ -169,6 +167,21 @@ def load_operator_config(path: Path) -> OperatorConfig:
         approver_key=base / values.approver_key if values.approver_key is not None else None,
         source=path,
     )
+
+
+def _check_credential(path: Path, cert: Path, party: str) -> None:
+    """Refuse ``cert`` unless it is an operator credential of ``party``."""
+    from bund.parties.certificates import IdentityError, certificate_facts
+
+    try:
+        facts = certificate_facts(cert.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise ConfigError(f"{path}: tls.cert: {exc}") from None
+    if not facts.operator_usage or facts.organisation != party:
+        raise ConfigError(
+            f"{path}: tls.cert is not an operator credential of {party} "
+            f"({facts.describe()}); `bund operator issue` makes one"
+        )
 
 
 def is_operator_file(path: Path) -> bool:
@@ -186,18 +199,21 @@ def is_operator_file(path: Path) -> bool:
     return "node" in doc or "port_file" in doc
 
 
-def load_cli_config(path: Path) -> tuple[OperatorConfig, NodeConfig | None]:
+def load_cli_config(
+    path: Path, check_credential: bool = True
+) -> tuple[OperatorConfig, NodeConfig | None]:
     """What a ``bund job ...`` command was pointed at: an ``operator.toml`` or a ``node.toml``.
 
     A file named ``operator.toml``, or one with a ``node`` or ``port_file`` key, is an operator's
-    file; anything else is read as a ``node.toml`` (on the node's host, with the node's whole
-    configuration: :func:`bund.parties.config.load_config`), whose configuration is returned too.
+    file (``check_credential``: see :func:`load_operator_config`); anything else is read as a
+    ``node.toml`` (on the node's host, with the node's whole configuration:
+    :func:`bund.parties.config.load_config`), whose configuration is returned too.
 
     Raises:
         ConfigError: The file is invalid, or a node.toml names no operator credential.
     """
     if is_operator_file(path):
-        return load_operator_config(path), None
+        return load_operator_config(path, check_credential), None
     from bund.parties.config import load_config, operator_of
 
     config = load_config(path)

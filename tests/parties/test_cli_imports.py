@@ -45,14 +45,13 @@ HEAVY = (
     "bund.compute.paillier",
 )
 
-#: What a status command needs to make its call: gRPC and the generated messages, the client,
-#: and ``cryptography.x509``, which checks that operator.toml names an operator credential of
-#: its party before anything is sent (``bund.parties.operator_file``). Not pydantic: typer is
-#: kept below 0.29, which builds a pydantic ``TypeAdapter`` for each parameter (pyproject.toml).
+#: What a status command needs to make its call: gRPC and the generated messages, and the
+#: client. Not ``cryptography``: the node checks that the certificate is an operator credential
+#: of its party. Not pydantic: typer is kept below 0.29, which builds a pydantic
+#: ``TypeAdapter`` for each parameter (pyproject.toml).
 STATUS_NEEDS = (
     "grpc",
     "google.protobuf",
-    "cryptography",
     "bund.v1",
     "bund.parties.client",
 )
@@ -161,3 +160,25 @@ def test_status_and_list_at_a_real_node_load_none_of_the_node_s_modules(
         output, stderr, loaded = _run(*argv, "--config", config)
         assert shown in output, (argv, output, stderr)
         assert _heavy(loaded, allowed=STATUS_NEEDS) == [], argv
+
+
+def test_a_node_certificate_given_as_the_operator_credential_is_refused_in_words(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """The command does not read the certificate; the node's refusal says what is wrong."""
+    node_factory.start("bank")
+    config = _operator_toml(
+        node_factory.federation, tmp_path, f"127.0.0.1:{node_factory.port('bank')}"
+    )
+    node = node_factory.federation.tls("bank")  # the node's own certificate, not an operator's
+    shutil.copy(node.cert, config.parent / "operator.pem")
+    shutil.copy(node.key, config.parent / "operator.key")
+    _, stderr, _ = _run("job", "list", "--config", str(config))
+    assert "PERMISSION_DENIED" in stderr, stderr
+    assert "operators call with an operator credential (bund operator issue)" in stderr
+    tax = node_factory.federation.operator_tls("tax")  # another party's operator
+    shutil.copy(tax.cert, config.parent / "operator.pem")
+    shutil.copy(tax.key, config.parent / "operator.key")
+    _, stderr, _ = _run("job", "list", "--config", str(config))
+    assert "does it accept your certificate?" in stderr, stderr
+    assert "an operator credential of bank" in stderr
