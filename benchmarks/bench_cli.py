@@ -12,8 +12,8 @@ Rows (median and minimum wall time, median CPU time of the process, user + syste
 - ``help``: ``bund --help``;
 - ``job_status``: ``bund job status JOB --config operator.toml``, with ``breakdown_s``:
   ``interpreter``, ``imports`` (a process that imports exactly the modules the command loaded,
-  less the interpreter) and ``command`` (the rest: reading operator.toml and checking its
-  credential, the TLS handshake and the call, printing);
+  less the interpreter) and ``command`` (the rest: typer building its commands, reading
+  operator.toml, the TLS handshake and the call, printing);
 - ``job_list``: ``bund job list --config operator.toml``.
 
 ``--baseline DIR`` runs the same commands from another checkout of Bund (say the commit before a
