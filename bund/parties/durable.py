@@ -1,7 +1,8 @@
-"""Files that survive a crash: a directory's entries synced, a file moved in durably.
+"""Files that survive a crash: a directory's entries synced, a file moved in or replaced durably.
 
 A rename is durable only once the directory that holds the new name is synced; the bucket files
-of a spilling role and the job store's artifact files both rely on it.
+of a spilling role and the job store's artifact files both rely on it. A file replaced by a
+rename must be synced before it: else a crash can leave the new name on an empty file.
 """
 
 from __future__ import annotations
@@ -38,3 +39,17 @@ def move_durably(source: Path, target: Path) -> None:
             os.fsync(dst.fileno())
         os.replace(temporary, target)
         source.unlink()
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: written beside it, synced, renamed over it.
+
+    A reader, or a restart after a crash, sees the old file or the new one whole. The caller
+    syncs the directory where the rename itself must survive a crash.
+    """
+    temporary = path.with_name(path.name + ".new")
+    with temporary.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    temporary.replace(path)

@@ -62,6 +62,7 @@ from bund.parties.audit import (
 )
 from bund.parties.client import NodeClient, RemoteError
 from bund.parties.config import TlsPaths
+from bund.parties.durable import replace_file
 from bund.parties.errors import ConfigError
 from bund.parties.identity import (
     IdentityError,
@@ -533,13 +534,8 @@ def load_witness_cursors(state_dir: Path) -> dict[str, int]:
 def keep_witness_cursors(state_dir: Path, cursors: Mapping[str, int]) -> None:
     """Replace the cursors file atomically (written beside it, synced, renamed over it)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / WITNESS_CURSORS_FILE
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(dict(sorted(cursors.items()))) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    document = json.dumps(dict(sorted(cursors.items()))) + "\n"
+    replace_file(state_dir / WITNESS_CURSORS_FILE, document.encode())
 
 
 # -- pulling and verifying one log ----------------------------------------------------------

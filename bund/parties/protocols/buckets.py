@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from bund.parties.durable import sync_directory
+from bund.parties.durable import replace_file, sync_directory
 
 #: The most buckets one partition may have (file handles are opened one at a time).
 MAX_BUCKETS = 1 << 16
@@ -89,13 +89,7 @@ class Buckets:
         if self._dir is None:
             self._memory[index] = [records.copy()]
             return
-        path = self._path(index)
-        temporary = path.with_suffix(".new")
-        with temporary.open("wb") as f:
-            f.write(records.astype(self.dtype, copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        temporary.replace(path)
+        replace_file(self._path(index), records.astype(self.dtype, copy=False).tobytes())
         self._dirty.add(index)
 
     def __iter__(self) -> Iterator[npt.NDArray[np.void]]:

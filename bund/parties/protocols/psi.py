@@ -72,6 +72,7 @@ from bund.compute.psi import (
     validate_point_array,
 )
 from bund.parties.data import STREAM_MAX_ROWS
+from bund.parties.durable import replace_file
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobContext,
@@ -194,13 +195,7 @@ class _State:
         if self.scratch is None:
             return
         self.progress.update(parts)
-        path = self.scratch / _PROGRESS
-        temporary = path.with_suffix(".new")
-        with temporary.open("w", encoding="utf-8") as f:
-            json.dump(self.progress, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        temporary.replace(path)
+        replace_file(self.scratch / _PROGRESS, json.dumps(self.progress, sort_keys=True).encode())
 
 
 def run_member(ctx: JobContext) -> Result | None:

@@ -80,6 +80,7 @@ from bund.compute.psi_oprf import (
     setup_context,
     unblind_outputs,
 )
+from bund.parties.durable import replace_file
 from bund.parties.jobs import (
     InvalidJobSpecError,
     JobContext,
@@ -401,9 +402,7 @@ def _build_shards(
     for index, path in enumerate(_shard_files(scratch, (keys.count - 1).bit_length())):
         if not path.exists():
             shard = FuseFilter.build(keys.read(index)["k"], first_seed=seed)
-            temporary = path.with_suffix(".new")
-            temporary.write_bytes(shard.to_bytes())
-            temporary.replace(path)
+            replace_file(path, shard.to_bytes())  # synced: a resumed setup trusts what exists
         total += path.stat().st_size
         ticks.after_shard(index)
         ctx.progress("filter", index + 1, keys.count)
