@@ -1,8 +1,8 @@
 """The ``bund`` command: federation and parties, the node, jobs, audit, data, benchmarks, demo.
 
 No ``from __future__ import annotations`` here: typer reads every command's parameters from its
-signature at each start, and string annotations cost it 15 ms of ``eval`` (names that load
-lazily are quoted instead).
+signature at each start, and string annotations cost it about 20 ms of ``eval`` (names that
+load lazily are quoted instead).
 """
 
 from pathlib import Path
@@ -140,8 +140,8 @@ def _is_operator_file(path: Path) -> bool:
 def _operator(path: Path) -> "tuple[OperatorConfig, NodeConfig | None]":
     """The operator credential ``path`` names: an operator.toml (no pydantic), or a node.toml.
 
-    The node checks that the certificate is an operator credential of its party (PERMISSION_DENIED
-    naming it): reading it here too would cost each command 40 ms of ``cryptography.x509``.
+    The node checks that the certificate is an operator credential of its party and refuses
+    another in words: reading it here too would cost each command 40 ms of ``cryptography.x509``.
     """
     from bund.parties.operator_file import load_cli_config
 

@@ -144,8 +144,8 @@ def load_operator_config(path: Path, check_credential: bool = True) -> OperatorC
 
     ``check_credential`` reads ``tls.cert`` (``cryptography.x509``: 40 ms to load) and refuses
     one that is not an operator credential of the party before anything is sent. The ``bund``
-    command leaves that to the node, which refuses any other certificate with
-    PERMISSION_DENIED naming it.
+    command leaves that to the node, which refuses any other certificate in words (its own node
+    certificate with PERMISSION_DENIED, another party's at the TLS handshake).
 
     Raises:
         ConfigError: Naming the file and the key to fix.
