@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_job import two_nodes
+from benchmarks.bench_job import psi_job, two_nodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: What the ``bund`` console script runs.
@@ -66,25 +66,12 @@ for name in open(os.environ["BUND_BENCH_MODULES"]).read().split():
 
 def _finished_job(bank: Any, tax: Any, directory: Path) -> str:
     """Run one PSI job to its end (tax's approver signs); its id."""
-    from bund.parties import identity
     from bund.parties.client import NodeClient
     from bund.parties.config import operator_of
     from bund.parties.follow import follow_job
-    from bund.parties.jobs import JobSpec, Participant
     from bund.parties.lifecycle.states import JobState
 
-    spec = JobSpec(
-        protocol="psi",
-        participants=(
-            Participant("bank", "member", "loans", {"id": "id"}),
-            Participant("tax", "member", "filings", {"id": "id"}),
-        ),
-        receivers=("bank",),
-        purpose="benchmark",
-        requester="bank",
-        params={"mode": "intersection"},
-    )
-    key = identity.load_audit_signing_key(directory / "tax" / "id" / "approver_ed25519.key")
+    spec, key = psi_job(directory)
     with (
         NodeClient(f"127.0.0.1:{bank.port}", "bank", operator_of(bank.config).tls) as at_bank,
         NodeClient(f"127.0.0.1:{tax.port}", "tax", operator_of(tax.config).tls) as at_tax,

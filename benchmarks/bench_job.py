@@ -42,9 +42,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.bench_psi import append_latency
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bund.parties.jobs import JobSpec
 
 #: Seconds between the requester's reads of its participants, and a follower's questions,
 #: in the ``poll`` variant: what the node did before the push.
@@ -123,6 +128,26 @@ class _Asked:
         return self._client.status(job_id)
 
 
+def psi_job(directory: Path) -> tuple[JobSpec, Ed25519PrivateKey]:
+    """The benchmark's PSI job between the two nodes, and tax's approver key that signs it."""
+    from bund.parties import identity
+    from bund.parties.jobs import JobSpec, Participant
+
+    spec = JobSpec(
+        protocol="psi",
+        participants=(
+            Participant("bank", "member", "loans", {"id": "id"}),
+            Participant("tax", "member", "filings", {"id": "id"}),
+        ),
+        receivers=("bank",),
+        purpose="benchmark",
+        requester="bank",
+        params={"mode": "intersection"},
+    )
+    key = identity.load_audit_signing_key(directory / "tax" / "id" / "approver_ed25519.key")
+    return spec, key
+
+
 def _seconds(stamp: str) -> float:
     import datetime as dt
 
@@ -139,25 +164,12 @@ def _records(node: Any, job_id: str) -> dict[str, float]:
 
 
 def _sample(bank: Any, tax: Any, directory: Path, push: bool) -> dict[str, float]:
-    from bund.parties import identity
     from bund.parties.client import NodeClient
     from bund.parties.config import operator_of
     from bund.parties.follow import follow_job
-    from bund.parties.jobs import JobSpec, Participant
     from bund.parties.lifecycle.states import JobState
 
-    spec = JobSpec(
-        protocol="psi",
-        participants=(
-            Participant("bank", "member", "loans", {"id": "id"}),
-            Participant("tax", "member", "filings", {"id": "id"}),
-        ),
-        receivers=("bank",),
-        purpose="benchmark",
-        requester="bank",
-        params={"mode": "intersection"},
-    )
-    key = identity.load_audit_signing_key(directory / "tax" / "id" / "approver_ed25519.key")
+    spec, key = psi_job(directory)
     original = tax.manager.peers.notify
     bank.manager.coordinator.fallback_poll = 5.0 if push else POLL_S
     if not push:

@@ -38,6 +38,14 @@ def _spec(n: int) -> JobSpec:
     )
 
 
+def _running(store: JobStore) -> str:
+    """Job 1 created, accepted and started in ``store``: its id."""
+    store.create(_spec(1), Event.JOB_SUBMITTED)
+    for state in (JobState.ACCEPTED, JobState.RUNNING):
+        store.transition(_spec(1).job_id, state, Event.JOB_STARTED)
+    return _spec(1).job_id
+
+
 class _DownAudit:
     """An audit log whose store is down: every append fails."""
 
@@ -106,10 +114,7 @@ class JobStoreContract:
             store.close()
 
     def test_the_result_is_stored_with_the_success_in_one_step(self, store: JobStore) -> None:
-        job = _spec(1).job_id
-        store.create(_spec(1), Event.JOB_SUBMITTED)
-        for state in (JobState.ACCEPTED, JobState.RUNNING):
-            store.transition(job, state, Event.JOB_STARTED)
+        job = _running(store)
         assert store.load_result(job) is None and not store.get(job).has_result
         result = Result({"n": 3, "name": "交集"}, {"b.csv": b"0123456789", "a.bin": b"\x00\x01"})
         status = store.transition(
@@ -130,10 +135,7 @@ class JobStoreContract:
     def test_a_file_artifact_is_read_like_one_held_in_bytes(
         self, store: JobStore, tmp_path: Path
     ) -> None:
-        job = _spec(1).job_id
-        store.create(_spec(1), Event.JOB_SUBMITTED)
-        for state in (JobState.ACCEPTED, JobState.RUNNING):
-            store.transition(job, state, Event.JOB_STARTED)
+        job = _running(store)
         scratch = tmp_path / "scratch"
         scratch.mkdir()
         (scratch / "big.csv").write_bytes(b"id\n" + b"x" * 1000)
@@ -272,10 +274,7 @@ class TestSqliteJobStore(JobStoreContract):
     def test_file_artifacts_move_into_the_store_and_survive_reopening(self, tmp_path: Path) -> None:
         audit = AuditLog(MemoryAuditStore(), KEY, "bank", _clock)
         store = SqliteJobStore(tmp_path / "state" / "jobs.db", audit)
-        job = _spec(1).job_id
-        store.create(_spec(1), Event.JOB_SUBMITTED)
-        for state in (JobState.ACCEPTED, JobState.RUNNING):
-            store.transition(job, state, Event.JOB_STARTED)
+        job = _running(store)
         scratch = tmp_path / "scratch"
         scratch.mkdir()
         (scratch / "c.csv").write_bytes(b"c.csv" * 100)
@@ -302,10 +301,7 @@ class TestSqliteJobStore(JobStoreContract):
     def test_jobs_and_results_survive_reopening(self, tmp_path: Path) -> None:
         audit = AuditLog(MemoryAuditStore(), KEY, "bank", _clock)
         store = SqliteJobStore(tmp_path / "jobs.db", audit)
-        job = _spec(1).job_id
-        store.create(_spec(1), Event.JOB_SUBMITTED)
-        for state in (JobState.ACCEPTED, JobState.RUNNING):
-            store.transition(job, state, Event.JOB_STARTED)
+        job = _running(store)
         store.transition(job, JobState.SUCCEEDED, Event.JOB_CLOSED, result=Result({"n": 1}))
         store.close()
         again = SqliteJobStore(tmp_path / "jobs.db", audit)
